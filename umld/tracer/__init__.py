@@ -1,0 +1,45 @@
+"""The tracer platform (see :mod:`umld.tracer.platform`).
+
+Backends register here by name; ``open_tracer(name)`` creates one.  The
+default is the C core ("c"); "python" is the pure-Python backend built on
+python-ptrace.
+"""
+
+from __future__ import annotations
+
+from umld.tracer.platform import (
+    SpawnSpec as SpawnSpec,
+    TracerError as TracerError,
+    TracerPlatform as TracerPlatform,
+    TracerUnavailable as TracerUnavailable,
+)
+
+BACKENDS = ("c", "python")
+DEFAULT_BACKEND = "c"
+
+
+def open_tracer(name: str = DEFAULT_BACKEND) -> TracerPlatform:
+    """A new tracer of backend ``name``, owned by the calling thread."""
+    if name == "c":
+        from umld.tracer.ptrace_c import CTracer
+
+        return CTracer()
+    if name == "python":
+        from umld.tracer.ptrace_py import PythonTracer
+
+        return PythonTracer()
+    raise ValueError(f"unknown tracer backend {name!r} (choose from {', '.join(BACKENDS)})")
+
+
+def available(name: str) -> str | None:
+    """None when backend ``name`` can be used here, else why not."""
+    try:
+        if name == "c":
+            import umld.tracer.ptrace_c  # noqa: F401
+        elif name == "python":
+            import umld.tracer.ptrace_py  # noqa: F401
+        else:
+            return f"unknown backend {name!r}"
+    except ImportError as exc:
+        return str(exc)
+    return None

@@ -1,0 +1,148 @@
+"""Stop events reported by a tracer backend.
+
+Events are values, never exceptions.  Every event names the thread (``tid``)
+it concerns.  Two groups:
+
+* **Stops** (:class:`SyscallStop`, :class:`SyscallExit`, :class:`SignalStop`):
+  the thread is left stopped under ptrace and the core must answer with
+  exactly one of ``resume``/``complete``/``rewrite`` on the platform.
+* **Notifications** (everything else): the backend has already done what
+  ptrace requires (resumed, listened, reaped); the core only updates its
+  bookkeeping.
+
+Ordering guarantee given by every backend: the :class:`Cloned` event that
+announces a child is delivered before any event of that child, and no event
+of a thread follows its :class:`Exited` event.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import NewType
+
+Tid = NewType("Tid", int)
+"""A host thread id (the value waitpid(2) and ptrace(2) use)."""
+
+
+class Arch(enum.IntEnum):
+    """Which system call ABI a stop came from (seccomp_data.arch)."""
+
+    X86_64 = 0
+    I386 = 1  # int 0x80 / sysenter from a 64-bit or 32-bit process
+    X32 = 2  # x32 ABI: nr has bit 30 set
+
+
+class CloneKind(enum.Enum):
+    FORK = "fork"
+    VFORK = "vfork"
+    THREAD = "thread"  # clone(2) with CLONE_THREAD: same thread group
+    PROCESS = "process"  # clone(2) without CLONE_THREAD, not fork/vfork
+
+
+@dataclass(frozen=True, slots=True)
+class SyscallStop:
+    """The thread is about to execute a trapped syscall (seccomp RET_TRACE).
+
+    ``args`` always has six entries, already taken from the registers the
+    ABI uses for arguments (for I386: ebx, ecx, edx, esi, edi, ebp).
+    """
+
+    tid: Tid
+    nr: int
+    args: tuple[int, int, int, int, int, int]
+    arch: Arch = Arch.X86_64
+
+
+@dataclass(frozen=True, slots=True)
+class SyscallExit:
+    """The thread returns from a syscall it was resumed from with
+    ``stop_at_exit=True``.  ``nr`` is the syscall that ran (-1 if it was
+    skipped), ``result`` the value in the return register (negative errno on
+    failure)."""
+
+    tid: Tid
+    nr: int
+    result: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignalStop:
+    """Signal-delivery-stop: ``signo`` is about to be delivered to ``tid``.
+
+    The core resumes with ``signo`` to deliver it or 0 to suppress it."""
+
+    tid: Tid
+    signo: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cloned:
+    """``tid`` created ``child`` (already attached and running)."""
+
+    tid: Tid
+    child: Tid
+    kind: CloneKind
+
+
+@dataclass(frozen=True, slots=True)
+class Execed:
+    """``tid`` completed execve(2).  When a non-leader thread execs, the
+    kernel gives it the leader's id: ``tid`` is then the leader's id and
+    ``former_tid`` the id the thread had before (see ptrace(2), "execve(2)
+    under ptrace").  Otherwise ``former_tid == tid``."""
+
+    tid: Tid
+    former_tid: Tid
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    """``tid`` is gone and reaped by the tracer.
+
+    ``status`` is the raw wait status (use ``os.WIFEXITED`` & co.).  For a
+    process created by ``spawn`` that died before its first execve succeeded,
+    ``spawn_error`` says where it failed: ``("seccomp", errno)``,
+    ``("exec", errno)`` or ``("setup", errno)``; otherwise it is None."""
+
+    tid: Tid
+    status: int
+    spawn_error: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStopped:
+    """``tid`` entered a group-stop because of ``signo`` (SIGSTOP, SIGTSTP,
+    SIGTTIN, SIGTTOU).  The backend keeps it stopped with PTRACE_LISTEN so
+    that a later SIGCONT resumes it as it would without a tracer."""
+
+    tid: Tid
+    signo: int
+
+
+@dataclass(frozen=True, slots=True)
+class Continued:
+    """``tid`` left a group-stop (SIGCONT arrived)."""
+
+    tid: Tid
+
+
+@dataclass(frozen=True, slots=True)
+class HostSignal:
+    """umld itself received ``signo`` (one of the signals passed to
+    ``set_host_signals``).  ``tid`` is 0."""
+
+    signo: int
+    tid: Tid = Tid(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Wakeup:
+    """``wait`` returned because another thread called ``wake``."""
+
+    tid: Tid = Tid(0)
+
+
+Stop = SyscallStop | SyscallExit | SignalStop
+Notification = Cloned | Execed | Exited | GroupStopped | Continued | HostSignal | Wakeup
+Event = Stop | Notification
