@@ -1,0 +1,3 @@
+from umld.cli import main
+
+raise SystemExit(main())

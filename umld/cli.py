@@ -1,0 +1,147 @@
+"""The ``umld`` command line: argument parsing only, no logic.
+
+Every user mistake ends here as one line on stderr and an exit status
+(2 for usage, 127/126 for a command that cannot run, 1 otherwise), never
+a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from umld.errors import UmldError, UsageError
+
+PROG = "umld"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog=PROG, description="Run Linux programs under umld's user-space guest kernel.")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser(
+        "run",
+        help="run a command in a new guest machine",
+        usage="umld run [OPTIONS] -- CMD [ARGS...]",
+        description="Start a guest machine whose first process is CMD; exit with its status "
+        "(128+N if it dies of signal N).",
+    )
+    run.add_argument(
+        "--tracer",
+        choices=("c", "python"),
+        default="c",
+        help="tracer backend: the C core (default) or pure Python on python-ptrace",
+    )
+    run.add_argument("--hostname", metavar="NAME", help="the guest's host name (uname -n)")
+    run.add_argument("--domainname", metavar="NAME", help="the guest's NIS domain name")
+    run.add_argument(
+        "--trace",
+        action="store_true",
+        help="full-trace mode: every syscall stops and is logged (slow; for debugging)",
+    )
+    run.add_argument(
+        "--trace-output", metavar="FILE", help="write the trace to FILE instead of stderr"
+    )
+    run.add_argument("-C", "--cwd", metavar="DIR", help="working directory of CMD")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+
+    syscalls = sub.add_parser(
+        "syscalls", help="list the syscall table (what traps, what is emulated or denied)"
+    )
+    syscalls.add_argument(
+        "--format", choices=("table", "markdown"), default="table", help="output format"
+    )
+    syscalls.add_argument(
+        "--trapped", action="store_true", help="only the calls the seccomp filter stops"
+    )
+    return p
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from umld.core.machine import Config, Machine
+
+    command: list[str] = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("missing command (usage: umld run [OPTIONS] -- CMD [ARGS...])")
+    out: TextIO | None = None
+    if args.trace_output:
+        try:
+            out = open(args.trace_output, "w", buffering=1)
+        except OSError as exc:
+            raise UmldError(
+                f"cannot open trace output {args.trace_output}: {exc.strerror}"
+            ) from None
+    cfg = Config(
+        hostname=args.hostname,
+        domainname=args.domainname,
+        tracer=args.tracer,
+        trace=args.trace or out is not None,
+        trace_output=out,
+    )
+    try:
+        return Machine(cfg).run(command, cwd=args.cwd).returncode
+    finally:
+        if out is not None:
+            out.close()
+
+
+def _cmd_syscalls(args: argparse.Namespace) -> int:
+    from umld.core.syscalls import lookup_table
+
+    table = lookup_table("x86_64")
+    rows = [r for r in table if r.traps or not args.trapped]
+    if args.format == "markdown":
+        print("| nr | name | family | disposition | note |")
+        print("|---:|---|---|---|---|")
+        for r in rows:
+            fam = (r.family.name or "").lower()
+            print(f"| {r.nr} | {r.name} | {fam} | {r.disposition.value} | {r.note} |")
+    else:
+        for r in rows:
+            fam = (r.family.name or "").lower()
+            print(f"{r.nr:4d} {r.name:24s} {fam:9s} {r.disposition.value:12s} {r.note}")
+    trapped = len(table.trapped())
+    print(f"# {len(table)} syscalls, {trapped} trapped by the seccomp filter", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(format="umld: %(levelname)s: %(message)s", level=logging.WARNING)
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.version:
+            from umld import __version__
+
+            print(f"umld {__version__}")
+            return 0
+        if args.cmd == "run":
+            return _cmd_run(args)
+        if args.cmd == "syscalls":
+            return _cmd_syscalls(args)
+        parser.print_usage(sys.stderr)
+        return 2
+    except UsageError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        sys.stderr.write("usage: umld run [OPTIONS] -- CMD [ARGS...]   (umld --help for more)\n")
+        return 2
+    except UmldError as exc:
+        msg = str(exc)
+        sys.stderr.write(msg if msg.startswith(f"{PROG}:") else f"{PROG}: {msg}")
+        sys.stderr.write("\n")
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 141

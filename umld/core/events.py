@@ -1,0 +1,23 @@
+"""Records of what happens in a guest, for logs and the event stream."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class GuestEvent:
+    """One line of the event stream.
+
+    ``kind`` is one of: spawn, exec, exit, signal, denied, config, syscall,
+    note.  ``text`` is the human line without time or pid.
+    """
+
+    kind: str
+    pid: int
+    text: str
+    time: float = field(default_factory=time.time)
+
+    def line(self) -> str:
+        return f"{self.time:.6f} {self.kind} pid={self.pid} {self.text}"

@@ -1,0 +1,391 @@
+"""The guest kernel: tasks, the syscall table, and the stop loop.
+
+Every event of the tracer goes through :meth:`GuestKernel.handle`:
+process events keep the task bookkeeping; a syscall stop is dispatched by
+its table row.  Handlers raise GuestError; only :meth:`_dispatch` turns
+that into -errno (errors are translated once, at this boundary), and an
+unexpected exception in a handler is logged and answered with EIO so a
+bug in one handler never takes the machine down.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO, final
+
+from umld.core.events import GuestEvent
+from umld.core.syscalls.context import SyscallContext
+from umld.core.syscalls.table import Disposition, SyscallTable
+from umld.core.task import Pid, Task, TaskState, ThreadGroup
+from umld.core.trace import SyscallFormatter
+from umld.errors import GuestError
+from umld.tracer.events import (
+    Arch,
+    Cloned,
+    CloneKind,
+    Continued,
+    Event,
+    Execed,
+    Exited,
+    GroupStopped,
+    HostSignal,
+    SignalStop,
+    SyscallExit,
+    SyscallStop,
+    Tid,
+    Wakeup,
+)
+from umld.tracer.platform import SpawnSpec, TracerPlatform
+
+log = logging.getLogger("umld.kernel")
+
+#: Host signals that ask the guest to end: forwarded once, then SIGKILL.
+TERMINATING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+@final
+@dataclass(slots=True)
+class UtsState:
+    """The guest's struct new_utsname (uname(2))."""
+
+    sysname: bytes
+    nodename: bytes
+    release: bytes
+    version: bytes
+    machine: bytes
+    domainname: bytes
+
+    @classmethod
+    def from_host(cls) -> UtsState:
+        u = os.uname()
+        try:
+            with open("/proc/sys/kernel/domainname", "rb") as f:
+                domain = f.read().rstrip(b"\n")
+        except OSError:
+            domain = b"(none)"
+        enc = os.fsencode
+        return cls(
+            enc(u.sysname), enc(u.nodename), enc(u.release), enc(u.version), enc(u.machine), domain
+        )
+
+
+def wait_status_to_exit_code(status: int) -> int:
+    """A shell's $? for a raw wait status: the exit code, or 128+N when
+    killed by signal N."""
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return 255
+
+
+@final
+class GuestKernel:
+    """One guest machine's kernel state.
+
+    Preconditions:
+        Every method runs on the thread that owns ``tracer``.
+    """
+
+    def __init__(
+        self,
+        tracer: TracerPlatform,
+        table: SyscallTable,
+        *,
+        uts: UtsState | None = None,
+        trace_output: TextIO | None = None,
+    ) -> None:
+        self.tracer = tracer
+        self.table = table
+        self.uts = uts or UtsState.from_host()
+        self.tasks: dict[Tid, Task] = {}
+        self.processes: dict[Pid, ThreadGroup] = {}
+        #: Trapped syscalls by number, all tasks, since start.
+        self.syscalls: Counter[int] = Counter()
+        self.root_pid: Pid | None = None
+        self.root_status: int | None = None
+        #: Why the first process could not start: (stage, errno).
+        self.spawn_error: tuple[str, int] | None = None
+        self.listeners: list[Callable[[GuestEvent], None]] = []
+        self.on_group_stop: Callable[[Task, int], None] | None = None
+        self._trace = (
+            SyscallFormatter(table, trace_output, tracer.read_string) if trace_output else None
+        )
+        self._terminate_requests = 0
+        #: monotonic time after which every guest process is killed (set
+        #: by a termination request the guest does not obey).
+        self.kill_deadline: float | None = None
+        self.termination_grace = 10.0
+        self._handlers: dict[type, Callable[[GuestKernel, Event], None]] = {
+            SyscallStop: GuestKernel._on_syscall,
+            SyscallExit: GuestKernel._on_syscall_exit,
+            SignalStop: GuestKernel._on_signal,
+            Cloned: GuestKernel._on_cloned,
+            Execed: GuestKernel._on_exec,
+            Exited: GuestKernel._on_exit,
+            GroupStopped: GuestKernel._on_group_stop,
+            Continued: GuestKernel._on_continued,
+            HostSignal: GuestKernel._on_host_signal,
+            Wakeup: GuestKernel._on_wakeup,
+        }
+
+    # -- state changes usable from handlers and the export ---------------
+
+    def set_hostname(self, name: bytes, source: str = "config") -> None:
+        self.uts.nodename = name
+        self.emit("config", 0, f"hostname={name.decode(errors='replace')} by {source}")
+
+    def emit(self, kind: str, pid: int, text: str) -> None:
+        if self.listeners:
+            ev = GuestEvent(kind, pid, text)
+            for listener in self.listeners:
+                listener(ev)
+
+    # -- life cycle ------------------------------------------------------
+
+    def start(self, spec: SpawnSpec) -> Pid:
+        """Start the guest's first process."""
+        tid = self.tracer.spawn(spec)
+        pid = Pid(tid)
+        self.root_pid = pid
+        self._add_process(pid, Pid(os.getpid()), tid)
+        self.emit("spawn", pid, os.fsdecode(spec.path))
+        return pid
+
+    @property
+    def finished(self) -> bool:
+        return self.root_status is not None and not self.tasks
+
+    def run(self) -> int:
+        """Handle events until the first process and every other guest
+        thread are gone; return the first process's raw wait status."""
+        wait = self.tracer.wait
+        handlers = self._handlers
+        while not self.finished:
+            timeout = None
+            if self.kill_deadline is not None:
+                timeout = self.kill_deadline - time.monotonic()
+                if timeout <= 0:
+                    self.kill_deadline = None
+                    self.kill_all()
+                    continue
+            ev = wait(timeout)
+            if ev is not None:
+                handlers[type(ev)](self, ev)
+        assert self.root_status is not None
+        return self.root_status
+
+    def handle(self, ev: Event) -> None:
+        self._handlers[type(ev)](self, ev)
+
+    def kill_all(self, signo: int = signal.SIGKILL) -> None:
+        for tid in list(self.tasks):
+            self.tracer.kill(tid, signo)
+
+    def request_termination(self, signo: int) -> None:
+        """umld was asked to end (SIGINT/SIGTERM...): the first request
+        goes to the guest's first process group as the terminal would send
+        it; a second one kills every guest process."""
+        self._terminate_requests += 1
+        if self._terminate_requests == 1 and self.root_status is None and self.root_pid:
+            try:
+                os.killpg(self.root_pid, signo)
+            except OSError:
+                self.tracer.kill(Tid(self.root_pid), signo)
+            self.kill_deadline = time.monotonic() + self.termination_grace
+        else:
+            self.kill_all()
+
+    # -- event handlers --------------------------------------------------
+
+    def _task(self, tid: Tid) -> Task:
+        task = self.tasks.get(tid)
+        if task is None:
+            # Backends announce every thread before its first event; this
+            # is only reached for a thread adopted from elsewhere.
+            log.warning("event for unannounced thread %d", tid)
+            pid = Pid(_tgid_of(tid) or tid)
+            if pid not in self.processes:
+                self._add_process(pid, Pid(0), Tid(pid))
+            task = self._add_thread(pid, tid)
+        return task
+
+    def _on_syscall(self, ev: Event) -> None:
+        assert isinstance(ev, SyscallStop)
+        tid, nr = ev.tid, ev.nr
+        task = self.tasks.get(tid) or self._task(tid)
+        task.syscalls[nr] += 1
+        self.syscalls[nr] += 1
+        trace = self._trace
+        if ev.arch is not Arch.X86_64:
+            # Another ABI's numbers mean other calls; umld emulates nothing
+            # there yet, so they run natively, visibly.
+            if trace:
+                trace.foreign(task, ev)
+            self.tracer.resume(tid)
+            return
+        row = self.table.lookup(nr)
+        if trace:
+            trace.enter(task, nr, ev.args)
+        if row is None or row.disposition is Disposition.PASSTHROUGH:
+            task.current_syscall = nr
+            self.tracer.resume(tid, stop_at_exit=trace is not None)
+            return
+        if row.disposition is Disposition.DENY:
+            result: int | None = -row.deny_errno
+            self.emit("denied", task.tgid, f"{row.name}: {row.note}")
+        else:
+            assert row.handler is not None
+            try:
+                result = row.handler(SyscallContext(self, task, nr, ev.args))
+            except GuestError as exc:
+                result = -exc.errno
+            except Exception:
+                log.exception("handler for %s failed; the guest gets EIO", row.name)
+                result = -errno.EIO
+        if result is None:
+            task.current_syscall = nr
+            self.tracer.resume(tid, stop_at_exit=trace is not None)
+        else:
+            self.tracer.complete(tid, result)
+            if trace:
+                trace.exit(task, nr, result, emulated=True)
+
+    def _on_syscall_exit(self, ev: Event) -> None:
+        assert isinstance(ev, SyscallExit)
+        task = self._task(ev.tid)
+        if self._trace:
+            self._trace.exit(task, task.current_syscall, ev.result)
+        task.current_syscall = -1
+        self.tracer.resume(ev.tid)
+
+    def _on_signal(self, ev: Event) -> None:
+        assert isinstance(ev, SignalStop)
+        task = self._task(ev.tid)
+        if self._trace:
+            self._trace.signal(task, ev.signo)
+        if self.listeners:
+            self.emit("signal", task.tgid, f"tid={ev.tid} {_signame(ev.signo)}")
+        self.tracer.resume(ev.tid, ev.signo)
+
+    def _on_cloned(self, ev: Event) -> None:
+        assert isinstance(ev, Cloned)
+        parent = self._task(ev.tid)
+        if ev.kind is CloneKind.THREAD:
+            self._add_thread(parent.tgid, ev.child)
+        else:
+            self._add_process(Pid(ev.child), parent.tgid, ev.child)
+            if self.listeners:
+                self.emit("spawn", ev.child, f"{ev.kind.value} from pid {parent.tgid}")
+
+    def _on_exec(self, ev: Event) -> None:
+        assert isinstance(ev, Execed)
+        task = self._task(ev.former_tid) if ev.former_tid in self.tasks else self._task(ev.tid)
+        group = self.processes[task.tgid]
+        if ev.former_tid != ev.tid:
+            # A non-leader thread exec'd: the kernel killed every other
+            # thread and gave this one the leader's id (ptrace(2), "execve(2)
+            # under ptrace").  Those threads report no exit of their own.
+            for other in list(group.threads):
+                if other != ev.former_tid:
+                    self._drop_thread(group, other)
+            del self.tasks[ev.former_tid]
+            del group.threads[ev.former_tid]
+            task.tid = ev.tid
+            self.tasks[ev.tid] = task
+            group.threads[ev.tid] = task
+        group.execs += 1
+        if self.listeners:
+            from umld.core.task import read_cmdline
+
+            self.emit("exec", group.pid, " ".join(read_cmdline(group.pid)))
+
+    def _on_exit(self, ev: Event) -> None:
+        assert isinstance(ev, Exited)
+        task = self.tasks.pop(ev.tid, None)
+        if self._trace:
+            self._trace.gone(ev.tid)
+        if task is not None:
+            group = self.processes.get(task.tgid)
+            if group is not None:
+                group.threads.pop(ev.tid, None)
+                if not group.threads:
+                    del self.processes[task.tgid]
+        if ev.tid == self.root_pid:
+            self.root_status = ev.status
+            self.spawn_error = ev.spawn_error
+            # Like the init of a PID namespace (pid_namespaces(7)): when
+            # the first process ends, every other guest process is killed,
+            # so nothing the guest started outlives the machine.
+            self.kill_all()
+        if self.listeners and task is not None and task.tid == task.tgid:
+            self.emit("exit", task.tgid, _describe_status(ev.status))
+
+    def _on_group_stop(self, ev: Event) -> None:
+        assert isinstance(ev, GroupStopped)
+        task = self._task(ev.tid)
+        task.state = TaskState.STOPPED
+        if self.listeners:
+            self.emit("signal", task.tgid, f"tid={ev.tid} stopped by {_signame(ev.signo)}")
+        if self.on_group_stop is not None and ev.tid == self.root_pid:
+            self.on_group_stop(task, ev.signo)
+
+    def _on_continued(self, ev: Event) -> None:
+        assert isinstance(ev, Continued)
+        self._task(ev.tid).state = TaskState.RUNNING
+
+    def _on_host_signal(self, ev: Event) -> None:
+        assert isinstance(ev, HostSignal)
+        if ev.signo in TERMINATING_SIGNALS:
+            self.request_termination(ev.signo)
+
+    def _on_wakeup(self, ev: Event) -> None:
+        pass
+
+    # -- bookkeeping -----------------------------------------------------
+
+    def _add_process(self, pid: Pid, ppid: Pid, leader: Tid) -> None:
+        self.processes[pid] = ThreadGroup(pid=pid, ppid=ppid)
+        self._add_thread(pid, leader)
+
+    def _add_thread(self, pid: Pid, tid: Tid) -> Task:
+        task = Task(tid=tid, tgid=pid)
+        self.tasks[tid] = task
+        self.processes[pid].threads[tid] = task
+        return task
+
+    def _drop_thread(self, group: ThreadGroup, tid: Tid) -> None:
+        group.threads.pop(tid, None)
+        self.tasks.pop(tid, None)
+
+
+def _tgid_of(tid: int) -> int | None:
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _signame(signo: int) -> str:
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        return f"SIG{signo}"
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        core = " (core dumped)" if os.WCOREDUMP(status) else ""
+        return f"killed by {_signame(os.WTERMSIG(status))}{core}"
+    return f"status={os.WEXITSTATUS(status)}"
