@@ -1,0 +1,59 @@
+# umld: `make demo` and `make test` work on a fresh Debian machine.
+# Every target installs what is missing first (apt packages, .venv, the
+# compiled C tracer), so nothing needs to be installed by hand.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMPS := .stamp-apt .stamp-venv .stamp-ctracer
+C_TRACER_SRC := $(wildcard c_tracer/*.c c_tracer/*.h c_tracer/build_ffi.py)
+C_TRACER_SO := .stamp-ctracer
+
+# Debian packages: compiler and headers for the C tracer and pyfuse3, the
+# FUSE runtime, the peers the benchmark compares against, and the programs
+# the tests run as guests.
+APT_PACKAGES := gcc make pkg-config python3 python3-venv python3-dev libffi-dev \
+	fuse3 libfuse3-dev strace proot git tar procps psmisc hostname
+
+.PHONY: all install demo test test-fast lint typecheck bench conformance clean
+
+all: install
+
+install: .stamp-apt .stamp-venv $(C_TRACER_SO)
+
+.stamp-apt: scripts/install-deps.sh
+	scripts/install-deps.sh $(APT_PACKAGES)
+	touch $@
+
+.stamp-venv: .stamp-apt pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+$(C_TRACER_SO): .stamp-venv $(C_TRACER_SRC)
+	$(VPY) c_tracer/build_ffi.py
+	touch $@
+
+demo: install
+	@scripts/demo.sh
+
+test: install
+	$(VPY) -m pytest -q
+
+test-fast: install
+	$(VPY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check umld tests bench conformance
+	$(VENV)/bin/mypy
+
+bench: install
+	$(VPY) bench/run.py $(BENCH_ARGS)
+
+conformance: install
+	$(VPY) conformance/run.py $(CONFORMANCE_ARGS)
+
+clean:
+	rm -rf $(VENV) $(STAMPS) build umld/tracer/_c_tracer* bench/out
