@@ -1,0 +1,130 @@
+"""Shared fixtures: tracer backends, guest programs, native-vs-umld runs.
+
+Everything here runs real programs: natively, and under a real `umld run`
+with real ptrace.  Nothing of the kernel interface is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from umld.tracer import BACKENDS, available
+
+ROOT = Path(__file__).resolve().parent.parent
+GUEST_SRC = Path(__file__).resolve().parent / "guest"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    reason = available(name)
+    if reason is not None:
+        pytest.skip(f"tracer backend {name!r} unavailable: {reason}")
+    return name
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def umld_argv(backend: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "umld", "run", f"--tracer={backend}", *options, "--"]
+
+
+def run(argv: Sequence[str], *, timeout: float = 120, **kw: object) -> Result:
+    p = subprocess.run(
+        list(argv),
+        stdin=kw.pop("stdin", subprocess.DEVNULL),  # type: ignore[arg-type]
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,  # type: ignore[arg-type]
+    )
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+class Compare:
+    """Runs one command natively and under umld and compares them."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+
+    def native(self, argv: Sequence[str], **kw: object) -> Result:
+        return run(argv, **kw)
+
+    def guest(self, argv: Sequence[str], *options: str, **kw: object) -> Result:
+        return run([*umld_argv(self.backend, *options), *argv], **kw)
+
+    def __call__(self, argv: Sequence[str], *, stderr: bool = True, **kw: object) -> Result:
+        n = self.native(argv, **kw)
+        g = self.guest(argv, **kw)
+        assert (g.returncode, g.stdout) == (n.returncode, n.stdout), (
+            f"native rc={n.returncode} stderr={n.stderr!r}\n"
+            f"umld   rc={g.returncode} stderr={g.stderr!r}"
+        )
+        if stderr:
+            assert g.stderr == n.stderr
+        return g
+
+
+@pytest.fixture
+def compare(backend: str) -> Compare:
+    return Compare(backend)
+
+
+@pytest.fixture(scope="session")
+def guest_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/guest/*.c compiled once per session (gcc -O1 -pthread)."""
+    out = tmp_path_factory.mktemp("guest-bin")
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    for src in sorted(GUEST_SRC.glob("*.c")):
+        subprocess.run(
+            [cc, "-O1", "-Wall", "-Werror", "-pthread", "-o", str(out / src.stem), str(src)],
+            check=True,
+        )
+    return out
+
+
+def live_pids_with(marker: str) -> list[int]:
+    """Pids of live (non-zombie) processes whose command line has ``marker``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmd and state != b"Z" and int(entry) != os.getpid():
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.fixture
+def no_strays() -> Iterator[str]:
+    """A unique marker; the test fails if a process carrying it survives."""
+    marker = f"umld-stray-{os.getpid()}-{os.urandom(4).hex()}"
+    yield marker
+    left = live_pids_with(marker)
+    for pid in left:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    assert not left, f"stray processes left behind: {left}"

@@ -1,0 +1,208 @@
+"""`umld run` itself: the hostname service, process model guarantees,
+signals to umld, and errors for user mistakes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Compare, live_pids_with, run, umld_argv
+
+pytestmark = pytest.mark.uses_ptrace
+
+
+# -- the first emulated service: the guest's host name --------------------------
+
+
+def test_hostname_option(backend: str) -> None:
+    r = run([*umld_argv(backend, "--hostname", "guest-one"), "sh", "-c", "hostname; uname -n"])
+    assert (r.returncode, r.stdout) == (0, "guest-one\nguest-one\n"), r.stderr
+    py = run(
+        [*umld_argv(backend, "--hostname", "guest-two"), "python3", "-c",
+         "import socket, os; print(socket.gethostname(), os.uname().nodename)"]
+    )
+    assert py.stdout == "guest-two guest-two\n", py.stderr
+
+
+def test_default_hostname_is_the_hosts(compare: Compare) -> None:
+    r = compare(["uname", "-a"])
+    assert socket.gethostname() in r.stdout
+
+
+def test_sethostname_changes_only_the_guest(backend: str) -> None:
+    before = socket.gethostname()
+    r = run([*umld_argv(backend, "--hostname", "a"), "sh", "-c",
+             "hostname renamed-in-guest && hostname && sh -c 'uname -n'"])
+    assert (r.returncode, r.stdout) == (0, "renamed-in-guest\nrenamed-in-guest\n"), r.stderr
+    assert socket.gethostname() == before
+    with open("/proc/sys/kernel/hostname") as f:
+        assert f.read().strip() == before
+
+
+def test_sethostname_errors_match_linux(backend: str) -> None:
+    code = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def call(name, n):
+    r = libc.sethostname(name, n)
+    return r, ctypes.get_errno() if r else 0
+print(call(b"x" * 65, 65))       # EINVAL: longer than __NEW_UTS_LEN
+print(call(b"x", -1))            # EINVAL
+print(call(None, 5))             # EFAULT
+print(call(b"ok", 2), os.uname().nodename)
+"""
+    r = run([*umld_argv(backend), "python3", "-c", code])
+    assert r.stdout.splitlines() == ["(-1, 22)", "(-1, 22)", "(-1, 14)", "(0, 0) ok"], r.stderr
+    # Without CAP_SYS_ADMIN the guest gets EPERM, as natively.
+    nobody = run([*umld_argv(backend), "setpriv", "--reuid=65534", "--regid=65534",
+                  "--clear-groups", "--inh-caps=-all", "hostname", "x"])
+    assert nobody.returncode != 0 and "not permitted" in nobody.stderr.lower(), nobody
+
+
+def test_denied_host_calls(backend: str) -> None:
+    code = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+print(libc.syscall(169, 0, 0, 0, 0), ctypes.get_errno())   # reboot
+print(libc.syscall(164, 0, 0), ctypes.get_errno())          # settimeofday
+"""
+    r = run([*umld_argv(backend), "python3", "-c", code])
+    assert r.stdout.split() == ["-1", "1", "-1", "1"], r.stderr
+
+
+# -- process model ----------------------------------------------------------------
+
+
+def test_orphans_reparent_to_first_process(backend: str, guest_bin: Path) -> None:
+    r = run([*umld_argv(backend), str(guest_bin / "orphan")])
+    assert r.stdout == "orphan re-parented to first process: 1\n", r
+
+
+def test_background_processes_end_with_the_guest(backend: str, no_strays: str) -> None:
+    r = run([*umld_argv(backend), "sh", "-c",
+             f"(exec -a {no_strays} sleep 1000 &); (exec -a {no_strays} sleep 1000 &); exit 3"])
+    assert r.returncode == 3
+    deadline = time.monotonic() + 5
+    while live_pids_with(no_strays) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _start_guest(backend: str, marker: str) -> subprocess.Popen[bytes]:
+    p = subprocess.Popen(
+        [*umld_argv(backend), "sh", "-c", f"exec -a {marker} sleep 1000"],
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 10
+    while not live_pids_with(marker):
+        assert time.monotonic() < deadline, "guest did not start"
+        time.sleep(0.02)
+    return p
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_umld_ends_the_guest(backend: str, no_strays: str, sig: int) -> None:
+    p = _start_guest(backend, no_strays)
+    p.send_signal(sig)
+    assert p.wait(10) == 128 + sig
+    assert not live_pids_with(no_strays)
+
+
+def test_sigkill_of_umld_kills_the_guest(backend: str, no_strays: str) -> None:
+    p = _start_guest(backend, no_strays)
+    p.kill()
+    p.wait(10)
+    deadline = time.monotonic() + 5
+    while live_pids_with(no_strays) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_guest_that_ignores_sigterm_is_killed_by_a_second(backend: str, no_strays: str) -> None:
+    p = subprocess.Popen(
+        [*umld_argv(backend), "sh", "-c", f"trap '' TERM; exec -a {no_strays} sleep 1000"],
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not live_pids_with(no_strays):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    p.terminate()
+    time.sleep(0.3)
+    assert p.poll() is None  # the guest ignores it; umld waits
+    p.terminate()
+    assert p.wait(10) == 128 + signal.SIGKILL
+
+
+def test_guest_crash_reports_signal(backend: str) -> None:
+    r = run([*umld_argv(backend), "python3", "-c", "import os; os.abort()"])
+    assert r.returncode == 128 + signal.SIGABRT
+
+
+# -- user mistakes: a message, an exit status, never a traceback ---------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["run"], 2, "missing command"),
+        (["run", "--bogus", "--", "true"], 2, "unrecognized arguments"),
+        (["run", "--tracer=nope", "--", "true"], 2, "invalid choice"),
+        (["run", "--", "no-such-command-xyz"], 127, "no-such-command-xyz: command not found"),
+        (["run", "--", "/no/such/file"], 127, "No such file or directory"),
+        (["run", "--", "/etc/passwd"], 126, "Permission denied"),
+        (["run", "--", "/etc"], 126, "Is a directory"),
+        (["run", "--hostname", "x" * 65, "--", "true"], 2, "longer than 64"),
+        (["frobnicate"], 2, "invalid choice"),
+    ],
+)
+def test_user_mistakes(args: list[str], code: int, message: str) -> None:
+    r = run([sys.executable, "-m", "umld", *args])
+    assert r.returncode == code, r
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_interactive_shell_job_control(backend: str) -> None:
+    """`umld run -- bash -i` on a terminal: Ctrl-C reaches the guest's
+    foreground job, not umld; the shell carries on."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a session leader with the pty as terminal
+        os.environ["PS1"] = "PROMPT> "
+        os.environ["TERM"] = "dumb"
+        os.execv(sys.executable, [*umld_argv(backend), "bash", "--norc", "--noprofile", "-i"])
+    out = b""
+
+    def expect(token: bytes, timeout: float = 15) -> None:
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while token not in out:
+            assert time.monotonic() < deadline, f"did not see {token!r} in {out[-500:]!r}"
+            import select
+
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:
+                    break
+
+    expect(b"PROMPT> ")
+    os.write(fd, b"sleep 1000\n")
+    time.sleep(0.5)
+    os.write(fd, b"\x03")  # Ctrl-C
+    out = b""
+    expect(b"PROMPT> ")
+    os.write(fd, b"echo status=$?\n")
+    expect(b"status=130")
+    os.write(fd, b"exit 5\n")
+    _, st = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.WEXITSTATUS(st) == 5
