@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -51,6 +52,9 @@ def _parser() -> _Parser:
     run.add_argument(
         "--trace-output", metavar="FILE", help="write the trace to FILE instead of stderr"
     )
+    run.add_argument(
+        "--stats", action="store_true", help="print trapped-syscall and process counts at exit"
+    )
     run.add_argument("-C", "--cwd", metavar="DIR", help="working directory of CMD")
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
 
@@ -89,11 +93,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
         trace=args.trace or out is not None,
         trace_output=out,
     )
+    machine = Machine(cfg)
+    start = time.monotonic()
     try:
-        return Machine(cfg).run(command, cwd=args.cwd).returncode
+        code = machine.run(command, cwd=args.cwd).returncode
+        if args.stats and machine.kernel is not None:
+            _print_stats(machine.kernel.statistics(), time.monotonic() - start)
+        return code
     finally:
         if out is not None:
             out.close()
+
+
+def _print_stats(stats: dict[str, object], elapsed: float) -> None:
+    calls = stats.get("syscalls") or {}
+    assert isinstance(calls, dict)
+    shown = ", ".join(f"{k} {v}" for k, v in list(calls.items())[:12]) or "none"
+    sys.stderr.write(
+        f"umld: {elapsed:.3f} s, {stats.get('trapped', 0)} trapped syscalls ({shown}); "
+        f"{stats.get('processes', 0)} processes, {stats.get('threads', 0)} threads, "
+        f"{stats.get('execs', 0)} execs, {stats.get('signals', 0)} signals, "
+        f"{stats.get('denied', 0)} denied\n"
+    )
 
 
 def _cmd_syscalls(args: argparse.Namespace) -> int:

@@ -109,7 +109,9 @@ class GuestKernel:
         self.processes: dict[Pid, ThreadGroup] = {}
         #: Trapped syscalls by number, all tasks, since start.
         self.syscalls: Counter[int] = Counter()
-        self.root_pid: Pid | None = None
+        #: processes, threads, execs, signals, denied: since start.
+        self.counters: Counter[str] = Counter()
+        self.root_pid: int | None = None
         self.root_status: int | None = None
         #: Why the first process could not start: (stage, errno).
         self.spawn_error: tuple[str, int] | None = None
@@ -182,6 +184,17 @@ class GuestKernel:
         assert self.root_status is not None
         return self.root_status
 
+    def statistics(self) -> dict[str, object]:
+        """Counters since start: trapped syscalls by name and events."""
+        name = self.table.name
+        return {
+            "syscalls": {name(nr): n for nr, n in self.syscalls.most_common()},
+            "trapped": sum(self.syscalls.values()),
+            **dict(self.counters),
+            "live_processes": len(self.processes),
+            "live_threads": len(self.tasks),
+        }
+
     def handle(self, ev: Event) -> None:
         self._handlers[type(ev)](self, ev)
 
@@ -240,6 +253,7 @@ class GuestKernel:
             return
         if row.disposition is Disposition.DENY:
             result: int | None = -row.deny_errno
+            self.counters["denied"] += 1
             self.emit("denied", task.tgid, f"{row.name}: {row.note}")
         else:
             assert row.handler is not None
@@ -269,6 +283,7 @@ class GuestKernel:
     def _on_signal(self, ev: Event) -> None:
         assert isinstance(ev, SignalStop)
         task = self._task(ev.tid)
+        self.counters["signals"] += 1
         if self._trace:
             self._trace.signal(task, ev.signo)
         if self.listeners:
@@ -302,6 +317,7 @@ class GuestKernel:
             self.tasks[ev.tid] = task
             group.threads[ev.tid] = task
         group.execs += 1
+        self.counters["execs"] += 1
         if self.listeners:
             from umld.core.task import read_cmdline
 
@@ -325,7 +341,7 @@ class GuestKernel:
             # the first process ends, every other guest process is killed,
             # so nothing the guest started outlives the machine.
             self.kill_all()
-        if self.listeners and task is not None and task.tid == task.tgid:
+        if self.listeners and task is not None and int(task.tid) == task.tgid:
             self.emit("exit", task.tgid, _describe_status(ev.status))
 
     def _on_group_stop(self, ev: Event) -> None:
@@ -352,10 +368,12 @@ class GuestKernel:
     # -- bookkeeping -----------------------------------------------------
 
     def _add_process(self, pid: Pid, ppid: Pid, leader: Tid) -> None:
+        self.counters["processes"] += 1
         self.processes[pid] = ThreadGroup(pid=pid, ppid=ppid)
         self._add_thread(pid, leader)
 
     def _add_thread(self, pid: Pid, tid: Tid) -> Task:
+        self.counters["threads"] += 1
         task = Task(tid=tid, tgid=pid)
         self.tasks[tid] = task
         self.processes[pid].threads[tid] = task

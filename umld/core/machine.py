@@ -134,7 +134,7 @@ class Machine:
         path = resolve_command(argv[0], environ)
         cfg = self.config
         host_signals = (signal.SIGCHLD, *TERMINATING_SIGNALS)
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, host_signals)
+        old_mask: set[int] = set(signal.pthread_sigmask(signal.SIG_BLOCK, host_signals))
         try:
             reason = available(cfg.tracer)
             if reason is not None:
@@ -155,7 +155,7 @@ class Machine:
         path: bytes,
         environ: Mapping[str, str],
         cwd: str | None,
-        old_mask: set[signal.Signals],
+        old_mask: set[int],
     ) -> RunResult:
         cfg = self.config
         uts = UtsState.from_host()

@@ -23,11 +23,13 @@ def open_tracer(name: str = DEFAULT_BACKEND) -> TracerPlatform:
     if name == "c":
         from umld.tracer.ptrace_c import CTracer
 
-        return CTracer()
+        tracer: TracerPlatform = CTracer()
+        return tracer
     if name == "python":
         from umld.tracer.ptrace_py import PythonTracer
 
-        return PythonTracer()
+        tracer = PythonTracer()
+        return tracer
     raise ValueError(f"unknown tracer backend {name!r} (choose from {', '.join(BACKENDS)})")
 
 

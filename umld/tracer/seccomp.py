@@ -130,6 +130,6 @@ def evaluate(program: bytes, nr: int, arch: int = AUDIT_ARCH_X86_64) -> int:
         elif code == BPF_JMP | BPF_JA:
             pc += 1 + k
         elif code == BPF_RET | BPF_K:
-            return k
+            return int(k)
         else:
             raise ValueError(f"unexpected BPF instruction {code:#x}")
