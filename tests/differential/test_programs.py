@@ -45,7 +45,7 @@ def test_death_by_signal_is_128_plus_n(compare: Compare) -> None:
 
 def test_shebang_script(compare: Compare, tmp_path: Path) -> None:
     script = tmp_path / "s.sh"
-    script.write_text("#!/bin/sh\necho \"args: $*\"\nexit 3\n")
+    script.write_text('#!/bin/sh\necho "args: $*"\nexit 3\n')
     script.chmod(0o755)
     compare([str(script), "a", "b c"])
 
@@ -199,7 +199,7 @@ def test_tcp_server_and_client(compare: Compare) -> None:
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="no gcc")
 def test_gcc_compile_link_run(compare: Compare, tmp_path: Path) -> None:
     (tmp_path / "m.c").write_text(
-        "#include <stdio.h>\nint f(int);\nint main(void){printf(\"%d\\n\", f(20));return 0;}\n"
+        '#include <stdio.h>\nint f(int);\nint main(void){printf("%d\\n", f(20));return 0;}\n'
     )
     (tmp_path / "f.c").write_text("int f(int n){return n < 2 ? n : f(n-1) + f(n-2);}\n")
     script = f"""
@@ -213,8 +213,7 @@ def test_gcc_compile_link_run(compare: Compare, tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_make(compare: Compare, tmp_path: Path) -> None:
     (tmp_path / "Makefile").write_text(
-        "all: b\n\na: ; @echo making a > a\nb: a ; @cat a > b; echo made b\n"
-        "clean: ; @rm -f a b\n"
+        "all: b\n\na: ; @echo making a > a\nb: a ; @cat a > b; echo made b\nclean: ; @rm -f a b\n"
     )
     compare(sh(f"cd {tmp_path} && make -s clean && make -s -j2 && cat b"))
 

@@ -25,8 +25,12 @@ def test_hostname_option(backend: str) -> None:
     r = run([*umld_argv(backend, "--hostname", "guest-one"), "sh", "-c", "hostname; uname -n"])
     assert (r.returncode, r.stdout) == (0, "guest-one\nguest-one\n"), r.stderr
     py = run(
-        [*umld_argv(backend, "--hostname", "guest-two"), "python3", "-c",
-         "import socket, os; print(socket.gethostname(), os.uname().nodename)"]
+        [
+            *umld_argv(backend, "--hostname", "guest-two"),
+            "python3",
+            "-c",
+            "import socket, os; print(socket.gethostname(), os.uname().nodename)",
+        ]
     )
     assert py.stdout == "guest-two guest-two\n", py.stderr
 
@@ -38,8 +42,14 @@ def test_default_hostname_is_the_hosts(compare: Compare) -> None:
 
 def test_sethostname_changes_only_the_guest(backend: str) -> None:
     before = socket.gethostname()
-    r = run([*umld_argv(backend, "--hostname", "a"), "sh", "-c",
-             "hostname renamed-in-guest && hostname && sh -c 'uname -n'"])
+    r = run(
+        [
+            *umld_argv(backend, "--hostname", "a"),
+            "sh",
+            "-c",
+            "hostname renamed-in-guest && hostname && sh -c 'uname -n'",
+        ]
+    )
     assert (r.returncode, r.stdout) == (0, "renamed-in-guest\nrenamed-in-guest\n"), r.stderr
     assert socket.gethostname() == before
     with open("/proc/sys/kernel/hostname") as f:
@@ -61,8 +71,18 @@ print(call(b"ok", 2), os.uname().nodename)
     r = run([*umld_argv(backend), "python3", "-c", code])
     assert r.stdout.splitlines() == ["(-1, 22)", "(-1, 22)", "(-1, 14)", "(0, 0) ok"], r.stderr
     # Without CAP_SYS_ADMIN the guest gets EPERM, as natively.
-    nobody = run([*umld_argv(backend), "setpriv", "--reuid=65534", "--regid=65534",
-                  "--clear-groups", "--inh-caps=-all", "hostname", "x"])
+    nobody = run(
+        [
+            *umld_argv(backend),
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "hostname",
+            "x",
+        ]
+    )
     assert nobody.returncode != 0 and "not permitted" in nobody.stderr.lower(), nobody
 
 
@@ -86,8 +106,14 @@ def test_orphans_reparent_to_first_process(backend: str, guest_bin: Path) -> Non
 
 
 def test_background_processes_end_with_the_guest(backend: str, no_strays: str) -> None:
-    r = run([*umld_argv(backend), "sh", "-c",
-             f"(exec -a {no_strays} sleep 1000 &); (exec -a {no_strays} sleep 1000 &); exit 3"])
+    r = run(
+        [
+            *umld_argv(backend),
+            "sh",
+            "-c",
+            f"(exec -a {no_strays} sleep 1000 &); (exec -a {no_strays} sleep 1000 &); exit 3",
+        ]
+    )
     assert r.returncode == 3
     deadline = time.monotonic() + 5
     while live_pids_with(no_strays) and time.monotonic() < deadline:

@@ -43,9 +43,7 @@ def test_core_uses_only_the_tracer_interface() -> None:
 def test_fusefs_uses_only_the_public_core_api() -> None:
     for f in _files("fusefs"):
         bad = {
-            m
-            for m in _imports(f)
-            if (m.startswith("umld.core.") or m.startswith("umld.tracer"))
+            m for m in _imports(f) if (m.startswith("umld.core.") or m.startswith("umld.tracer"))
         }
         assert not bad, f"{f} imports {bad}"
 

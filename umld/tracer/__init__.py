@@ -37,7 +37,7 @@ def available(name: str) -> str | None:
     """None when backend ``name`` can be used here, else why not."""
     try:
         if name == "c":
-            import umld.tracer.ptrace_c  # noqa: F401
+            import umld.tracer.ptrace_c
         elif name == "python":
             import umld.tracer.ptrace_py  # noqa: F401
         else:

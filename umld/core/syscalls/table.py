@@ -83,9 +83,7 @@ def emulated(nr: int, name: str, family: Family, handler: Handler, note: str = "
     return Syscall(nr, name, family, Disposition.EMULATE, handler=handler, note=note)
 
 
-def denied(
-    nr: int, name: str, family: Family, note: str, deny_errno: int = errno.EPERM
-) -> Syscall:
+def denied(nr: int, name: str, family: Family, note: str, deny_errno: int = errno.EPERM) -> Syscall:
     return Syscall(nr, name, family, Disposition.DENY, deny_errno=deny_errno, note=note)
 
 

@@ -9,10 +9,13 @@ seccomp filter traps.  Edit here; everything else is generated.
 from __future__ import annotations
 
 from umld.core.syscalls import sys_time, sys_utsname
-from umld.core.syscalls.table import Family, SyscallTable
-from umld.core.syscalls.table import denied as D
-from umld.core.syscalls.table import emulated as E
-from umld.core.syscalls.table import passthrough as P
+from umld.core.syscalls.table import (
+    Family,
+    SyscallTable,
+    denied as D,
+    emulated as E,
+    passthrough as P,
+)
 
 FILE, DESC, PROCESS, SIGNAL = Family.FILE, Family.DESC, Family.PROCESS, Family.SIGNAL
 MEMORY, IPC, NETWORK, TIME = Family.MEMORY, Family.IPC, Family.NETWORK, Family.TIME
