@@ -1,0 +1,1048 @@
+"""The pure-Python tracer backend (``--tracer=python``), on python-ptrace.
+
+It implements :class:`umld.tracer.platform.TracerPlatform` exactly as the
+"How it works" notes of :mod:`umld.tracer.platform` describe.  python-ptrace
+supplies the ``ptrace()`` binding, the x86-64 ``user_regs_struct`` and
+PTRACE_GETREGS/SETREGS; ctypes supplies what it lacks (prctl(2), seccomp(2)
+through syscall(2), tgkill(2), process_vm_readv(2)/process_vm_writev(2),
+execve(2) with pre-built argument arrays, and the PTRACE_SEIZE, LISTEN,
+GET_SYSCALL_INFO requests and their constants).
+
+The module is x86-64 only (the seccomp filter and the register layout are);
+importing it elsewhere raises ImportError, which ``umld.tracer.available``
+turns into a reason.
+
+Bookkeeping, in one place (every name below is a tid, the value waitpid(2)
+and ptrace(2) use):
+
+* ``_known``: spawned or announced (Cloned) and not yet Exited.  Only these
+  get events (the ordering guarantee of :mod:`umld.tracer.events`).
+* ``_parked``: raw wait statuses of tids not yet announced, kept (tracee
+  left in its ptrace-stop) until the creator's clone event is reported.
+* ``_stopped``: which reported stop a tid sits in (syscall entry, syscall
+  exit, signal); resume/complete/rewrite/set_result check it.
+* ``_at_exit``: tids restarted with PTRACE_SYSCALL from a seccomp stop;
+  their next SIGTRAP|0x80 stop is the syscall-exit-stop (ptrace(2),
+  "Syscall-stops": a seccomp stop "functions comparably to a
+  syscall-entry-stop").
+* ``_listening``: tids left in group-stop with PTRACE_LISTEN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno as _errno
+import math
+import os
+import platform as _platform
+import signal
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any, NoReturn
+
+from umld.tracer.events import (
+    Arch,
+    Cloned,
+    CloneKind,
+    Continued,
+    Event,
+    Execed,
+    Exited,
+    GroupStopped,
+    HostSignal,
+    SignalStop,
+    SyscallExit,
+    SyscallStop,
+    Tid,
+    Wakeup,
+)
+from umld.tracer.platform import SpawnSpec, TracerError, TracerUnavailable
+from umld.tracer.seccomp import AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT
+
+if _platform.machine() != "x86_64":  # pragma: no cover - other hosts
+    raise ImportError(f"the python tracer supports x86_64 only, not {_platform.machine()}")
+
+# python-ptrace has no type information: everything crossing into it is Any.
+import ptrace.binding.func as _ptb
+from ptrace.binding.linux_struct import user_regs_struct as _user_regs
+from ptrace.error import PtraceError as _PtraceError
+
+_ptrace: Any = _ptb.ptrace
+_RegsStruct: Any = _user_regs
+
+# --- ptrace(2) requests and options (linux/ptrace.h) ------------------------
+PTRACE_CONT: int = _ptb.PTRACE_CONT
+PTRACE_SYSCALL: int = _ptb.PTRACE_SYSCALL
+PTRACE_GETREGS: int = _ptb.PTRACE_GETREGS
+PTRACE_SETREGS: int = _ptb.PTRACE_SETREGS
+PTRACE_POKEUSER: int = _ptb.PTRACE_POKEUSER
+PTRACE_GETEVENTMSG: int = _ptb.PTRACE_GETEVENTMSG
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_LISTEN = 0x4208
+PTRACE_GET_SYSCALL_INFO = 0x420E
+
+PTRACE_SYSCALL_INFO_SECCOMP = 3
+
+PTRACE_O_TRACESYSGOOD = 0x01
+PTRACE_O_TRACEFORK = 0x02
+PTRACE_O_TRACEVFORK = 0x04
+PTRACE_O_TRACECLONE = 0x08
+PTRACE_O_TRACEEXEC = 0x10
+PTRACE_O_TRACESECCOMP = 0x80
+PTRACE_O_EXITKILL = 1 << 20
+
+PTRACE_EVENT_FORK = 1
+PTRACE_EVENT_VFORK = 2
+PTRACE_EVENT_CLONE = 3
+PTRACE_EVENT_EXEC = 4
+PTRACE_EVENT_SECCOMP = 7
+PTRACE_EVENT_STOP = 128
+
+SEIZE_OPTIONS = (
+    PTRACE_O_TRACESYSGOOD
+    | PTRACE_O_TRACEFORK
+    | PTRACE_O_TRACEVFORK
+    | PTRACE_O_TRACECLONE
+    | PTRACE_O_TRACEEXEC
+    | PTRACE_O_TRACESECCOMP
+    | PTRACE_O_EXITKILL
+)
+
+# --- wait(2) flags (linux/wait.h) -------------------------------------------
+WALL: int = getattr(os, "__WALL", 0x40000000)
+WNOTHREAD: int = getattr(os, "__WNOTHREAD", 0x20000000)
+_WAIT_FLAGS = os.WNOHANG | WALL | WNOTHREAD
+
+# --- prctl(2), seccomp(2), syscall numbers (x86-64) -------------------------
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+SECCOMP_SET_MODE_FILTER = 1
+SYS_TGKILL = 234
+SYS_SECCOMP = 317
+SYS_CLONE = 56
+SYS_CLONE3 = 435
+SYS_I386_CLONE = 120
+CLONE_THREAD = 0x00010000
+
+_SYSGOOD_TRAP = signal.SIGTRAP | 0x80
+_STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_IOV_MAX = 1024
+_U64 = 1 << 64
+
+#: A child whose creator never reports the clone event (the creator got a
+#: fatal signal inside fork(2): ptrace_stop() is skipped when a fatal signal
+#: is pending) would stay parked for ever.  After this many seconds without
+#: its Cloned, a parked process is killed and forgotten: the guest kernel
+#: never saw it, so it must not run.
+ORPHAN_TIMEOUT = 5.0
+
+#: What the reported stop of a tid is; decides what may be done with it.
+_AT_SYSCALL, _AT_EXIT, _AT_SIGNAL = 1, 2, 3
+
+# Registers that carry syscall arguments (events.SyscallStop).
+_ARGS_64 = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
+_ARGS_I386 = ("rbx", "rcx", "rdx", "rsi", "rdi", "rbp")
+_OFF_ORIG_RAX: int = _RegsStruct.orig_rax.offset
+_OFF_RAX: int = _RegsStruct.rax.offset
+
+
+# --- libc through ctypes ----------------------------------------------------
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))
+
+
+class _SockFprog(ctypes.Structure):
+    # struct sock_fprog (linux/filter.h)
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+class _SyscallInfo(ctypes.Structure):
+    # struct ptrace_syscall_info (linux/ptrace.h), seccomp member of the
+    # union spelled out: nr and args overlay entry.nr/args and exit.rval.
+    _fields_ = (
+        ("op", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+        ("arch", ctypes.c_uint32),
+        ("instruction_pointer", ctypes.c_uint64),
+        ("stack_pointer", ctypes.c_uint64),
+        ("nr", ctypes.c_uint64),
+        ("args", ctypes.c_uint64 * 6),
+        ("ret_data", ctypes.c_uint32),
+        ("pad2", ctypes.c_uint32),
+    )
+
+
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_prctl = _libc.prctl
+_prctl.restype = ctypes.c_int
+_prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_execve = _libc.execve
+_execve.restype = ctypes.c_int
+_execve.argtypes = (
+    ctypes.c_char_p,
+    ctypes.POINTER(ctypes.c_char_p),
+    ctypes.POINTER(ctypes.c_char_p),
+)
+_sigdfl = _libc.signal
+_sigdfl.restype = ctypes.c_void_p
+_sigdfl.argtypes = (ctypes.c_int, ctypes.c_void_p)
+_SIG_ERR = ctypes.c_void_p(-1).value
+_vm_args = (
+    ctypes.c_int,
+    ctypes.POINTER(_Iovec),
+    ctypes.c_ulong,
+    ctypes.POINTER(_Iovec),
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+)
+_vm_readv = _libc.process_vm_readv
+_vm_readv.restype = ctypes.c_ssize_t
+_vm_readv.argtypes = _vm_args
+_vm_writev = _libc.process_vm_writev
+_vm_writev.restype = ctypes.c_ssize_t
+_vm_writev.argtypes = _vm_args
+
+
+def _signed(value: int) -> int:
+    """A register (unsigned 64-bit in user_regs_struct) as a signed long."""
+    return value - _U64 if value >= 1 << 63 else value
+
+
+def _cstrings(items: Sequence[bytes]) -> Any:
+    """A NULL-terminated ``char *[]`` (the array keeps its strings alive
+    through ctypes' own references)."""
+    arr = (ctypes.c_char_p * (len(items) + 1))()
+    for i, item in enumerate(items):
+        arr[i] = item
+    arr[len(items)] = None
+    return arr
+
+
+def _proc_status_field(tid: int, field: str) -> int | None:
+    """An integer field of /proc/<tid>/status (Tgid, PPid, TracerPid)."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(field.encode() + b":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _unavailable_reason(err: int) -> str:
+    """Why PTRACE_SEIZE of our own child was refused, as far as we can tell."""
+    why = [f"PTRACE_SEIZE of a child refused: {os.strerror(err)}"]
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            scope = f.read().strip()
+        meaning = {
+            "0": "classic ptrace permissions",
+            "1": "restricted to descendants",
+            "2": "admin-only attach: needs CAP_SYS_PTRACE",
+            "3": "no attach at all, until reboot",
+        }.get(scope, "unknown value")
+        why.append(f"Yama kernel.yama.ptrace_scope={scope} ({meaning})")
+    except OSError:
+        pass
+    mode = _proc_status_field(os.getpid(), "Seccomp")
+    if mode:
+        why.append(
+            f"umld itself runs under a seccomp filter (Seccomp: {mode} in /proc/self/status); "
+            "a container's seccomp profile commonly denies ptrace(2)"
+        )
+    if len(why) == 1:
+        why.append("an LSM (AppArmor, SELinux) or a container runtime may forbid ptrace")
+    return "; ".join(why)
+
+
+class _SpawnPrep:
+    """Everything the forked child needs, built before fork(2) so that the
+    child only makes system calls (no allocation, no imports)."""
+
+    def __init__(self, spec: SpawnSpec) -> None:
+        self.parent = os.getpid()
+        self.path = bytes(spec.path)
+        self.argv = _cstrings([bytes(a) for a in spec.argv])
+        env = (
+            [bytes(e) for e in spec.env]
+            if spec.env is not None
+            else [k + b"=" + v for k, v in os.environb.items()]
+        )
+        self.envp = _cstrings(env)
+        self.cwd = spec.cwd
+        self.new_pgrp = spec.new_process_group
+        self.tty = spec.foreground_tty
+        self.subreaper = spec.subreaper
+        self.reset = [int(s) for s in spec.reset_signals]
+        self.sigmask = {signal.Signals(s) for s in spec.sigmask}
+        self.ttou = {signal.SIGTTOU}
+        self.filter_buf: Any = None
+        self.fprog: Any = None
+        if spec.seccomp_filter:
+            self.filter_buf = ctypes.create_string_buffer(bytes(spec.seccomp_filter))
+            # A length that is not a whole number of instructions is invalid;
+            # len 0 makes the kernel say so (EINVAL) in the child, where
+            # filter errors are reported.
+            count = len(spec.seccomp_filter) // 8 if len(spec.seccomp_filter) % 8 == 0 else 0
+            self.fprog = _SockFprog(min(count, 0xFFFF), ctypes.addressof(self.filter_buf))
+
+
+def _child_main(prep: _SpawnPrep, go_r: int, go_w: int, err_w: int) -> NoReturn:
+    """The forked child: wait for the tracer, set up, exec.  Never returns.
+
+    Runs in a copy of a possibly multi-threaded process, so it stays small:
+    system calls through os/ctypes on data prepared before the fork."""
+    stage = "setup"
+    code = _errno.EINVAL
+    try:
+        os.close(go_w)
+        # Block until the parent has seized us (EOF: it gave up).
+        if os.read(go_r, 1) != b"g":
+            os._exit(127)
+        os.close(go_r)
+        if prep.new_pgrp:
+            os.setpgid(0, 0)
+        if prep.tty is not None:
+            # tcsetpgrp(3) from a background group raises SIGTTOU unless
+            # SIGTTOU is blocked or ignored (termios(3), "TOSTOP").
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, prep.ttou)
+            os.tcsetpgrp(prep.tty, os.getpgrp())
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if prep.subreaper and _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "PR_SET_CHILD_SUBREAPER")
+        # Die with the tracer thread even before EXITKILL could apply.
+        if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "PR_SET_PDEATHSIG")
+        if os.getppid() != prep.parent:  # the parent died before prctl
+            os._exit(127)
+        for signo in prep.reset:
+            # libc signal(2) rather than signal.signal: no Python handler
+            # bookkeeping in a child that is about to exec.
+            if _sigdfl(signo, 0) == _SIG_ERR:
+                raise OSError(ctypes.get_errno(), "signal")
+        if prep.cwd is not None:
+            os.chdir(prep.cwd)
+        # The mask is set before the filter goes in (the brief lists it
+        # after): every call made after seccomp(2) passes through the guest's
+        # filter, so the only one left there is execve(2) itself.
+        signal.pthread_sigmask(signal.SIG_SETMASK, prep.sigmask)
+        if prep.fprog is not None:
+            stage = "seccomp"
+            # seccomp(2): without CAP_SYS_ADMIN a filter requires no_new_privs.
+            if _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
+            if _syscall(SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(prep.fprog)) != 0:
+                raise OSError(ctypes.get_errno(), "seccomp")
+        stage = "exec"
+        _execve(prep.path, prep.argv, prep.envp)
+        code = ctypes.get_errno()
+    except OSError as exc:
+        code = exc.errno or _errno.EINVAL
+    except BaseException:
+        code = _errno.EINVAL
+    try:
+        os.write(err_w, struct.pack("=8si", stage.encode(), code))
+    finally:
+        os._exit(127)
+
+
+class PythonTracer:
+    """A tracer built on python-ptrace.  See :class:`TracerPlatform`.
+
+    Every method but ``wake`` must be called from the thread that created
+    the object (ptrace(2): requests come from the attached thread)."""
+
+    name = "python"
+
+    def __init__(self) -> None:
+        self._owner = threading.get_ident()
+        self._owner_native = threading.get_native_id()
+        # sigtimedwait(2) only works for a blocked signal: an unblocked
+        # SIGCHLD (default action: ignore) would be discarded, not queued.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        self._host: frozenset[int] = frozenset()
+        self._sigset: set[int] = {signal.SIGCHLD}
+        self._woken = False
+        self._closed = False
+        self._known: set[int] = set()
+        self._tgid: dict[int, int] = {}
+        self._stopped: dict[int, int] = {}
+        self._arch: dict[int, Arch] = {}
+        self._at_exit: set[int] = set()
+        self._listening: set[int] = set()
+        self._parked: dict[int, list[int]] = {}
+        self._parked_since: dict[int, float] = {}
+        self._dropped: set[int] = set()
+        self._errpipes: dict[int, int] = {}
+        self._ready: deque[tuple[int, int]] = deque()
+        self._last_sigpoll = time.monotonic()
+        # Scratch buffers reused by every stop (one thread uses them).
+        self._info = _SyscallInfo()
+        self._info_addr = ctypes.addressof(self._info)
+        self._regs: Any = _RegsStruct()
+        self._regs_addr: int = ctypes.addressof(self._regs)
+        self._msg = ctypes.c_ulong()
+        self._msg_addr = ctypes.addressof(self._msg)
+
+    # --- helpers -----------------------------------------------------------
+
+    def _check_owner(self) -> None:
+        if threading.get_ident() != self._owner:
+            raise TracerError("tracer used from a thread other than its owner", _errno.EPERM)
+        if self._closed:
+            raise TracerError("tracer is closed", _errno.EBADF)
+
+    def _eventmsg(self, tid: int) -> int:
+        # python-ptrace's ptrace_geteventmsg hands the kernel a 4-byte c_int
+        # where it stores an unsigned long; use an unsigned long of our own.
+        _ptrace(PTRACE_GETEVENTMSG, tid, 0, self._msg_addr)
+        return int(self._msg.value)
+
+    def _getregs(self, tid: int) -> Any:
+        _ptrace(PTRACE_GETREGS, tid, 0, self._regs_addr)
+        return self._regs
+
+    def _restart(self, tid: int, request: int, signo: int = 0) -> None:
+        """PTRACE_CONT/SYSCALL/LISTEN; a tracee that vanished (ESRCH after
+        we saw it stop: SIGKILL, exit_group of another thread, exec of
+        another thread) is not an error, its Exited follows (ptrace(2),
+        "Death under ptrace")."""
+        self._stopped.pop(tid, None)
+        if request == PTRACE_SYSCALL:
+            self._at_exit.add(tid)
+        else:
+            self._at_exit.discard(tid)
+        try:
+            _ptrace(request, tid, 0, signo)
+        except _PtraceError as exc:
+            self._at_exit.discard(tid)
+            if exc.errno != _errno.ESRCH:
+                raise TracerError(f"ptrace({request:#x}, {tid}): {exc}", exc.errno or 0) from None
+
+    def _continue(self, tid: int) -> None:
+        """Internal resume after a stop the core never sees; keeps a pending
+        syscall-exit-stop (PTRACE_SYSCALL) when one was asked for."""
+        self._restart(tid, PTRACE_SYSCALL if tid in self._at_exit else PTRACE_CONT)
+
+    def _require_stop(self, tid: int, kinds: Iterable[int], what: str) -> int:
+        kind = self._stopped.get(tid)
+        if tid not in self._known:
+            raise TracerError(f"{what}: thread {tid} is not traced", _errno.ESRCH)
+        if kind is None or kind not in kinds:
+            raise TracerError(f"{what}: thread {tid} is not in a suitable stop", _errno.EINVAL)
+        return kind
+
+    def _forget(self, tid: int) -> None:
+        self._known.discard(tid)
+        self._tgid.pop(tid, None)
+        self._stopped.pop(tid, None)
+        self._arch.pop(tid, None)
+        self._at_exit.discard(tid)
+        self._listening.discard(tid)
+
+    def _announce(self, tid: int, tgid: int) -> None:
+        self._known.add(tid)
+        self._tgid[tid] = tgid
+        parked = self._parked.pop(tid, None)
+        self._parked_since.pop(tid, None)
+        if parked:
+            # Delivered right after the Cloned being returned now.
+            self._ready.extendleft((tid, s) for s in reversed(parked))
+
+    # --- spawn -------------------------------------------------------------
+
+    def spawn(self, spec: SpawnSpec) -> Tid:
+        """Fork, PTRACE_SEIZE, release the child into setup + exec."""
+        self._check_owner()
+        prep = _SpawnPrep(spec)
+        go_r, go_w = os.pipe()
+        err_r, err_w = os.pipe()  # both O_CLOEXEC (PEP 446): exec closes err_w
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in (go_r, go_w, err_r, err_w):
+                os.close(fd)
+            raise TracerError(f"fork: {exc.strerror}", exc.errno or 0) from None
+        if pid == 0:  # pragma: no cover - runs in the child
+            os.close(err_r)
+            _child_main(prep, go_r, go_w, err_w)
+        os.close(go_r)
+        os.close(err_w)
+        try:
+            _ptrace(PTRACE_SEIZE, pid, 0, SEIZE_OPTIONS)
+        except _PtraceError as exc:
+            os.close(go_w)  # EOF: the child exits 127
+            os.close(err_r)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.waitpid(pid, 0)
+            code = exc.errno or _errno.EPERM
+            if code in (_errno.EPERM, _errno.EACCES):
+                raise TracerUnavailable(_unavailable_reason(code), code) from None
+            raise TracerError(f"PTRACE_SEIZE {pid}: {os.strerror(code)}", code) from None
+        os.set_blocking(err_r, False)
+        os.write(go_w, b"g")
+        os.close(go_w)
+        # A parked leftover under a recycled pid number is stale by now.
+        self._parked.pop(pid, None)
+        self._parked_since.pop(pid, None)
+        self._dropped.discard(pid)
+        self._known.add(pid)
+        self._tgid[pid] = pid
+        self._errpipes[pid] = err_r
+        return Tid(pid)
+
+    def _spawn_error(self, pid: int) -> tuple[str, int] | None:
+        fd = self._errpipes.pop(pid, None)
+        if fd is None:
+            return None
+        try:
+            data = os.read(fd, 64)
+        except OSError:
+            data = b""
+        finally:
+            os.close(fd)
+        if len(data) < 12:
+            return None
+        stage, code = struct.unpack("=8si", data[:12])
+        return stage.rstrip(b"\0").decode(), code
+
+    # --- wait --------------------------------------------------------------
+
+    def set_host_signals(self, signals: Sequence[int]) -> None:
+        """Signals ``wait`` reports as HostSignal (blocked here too, in the
+        calling thread; the caller blocks them in every other thread)."""
+        self._host = frozenset(int(s) for s in signals)
+        self._sigset = {signal.SIGCHLD, *self._host}
+        if self._host:
+            signal.pthread_sigmask(signal.SIG_BLOCK, self._host)
+
+    def wake(self) -> None:
+        """Make the owner's ``wait`` return Wakeup.  Any thread."""
+        if self._closed:
+            return
+        # Flag first, then the signal: wait checks the flag after every
+        # wake-up, so a wake between its check and its sleep is not lost
+        # (the thread-directed SIGCHLD stays pending and ends the sleep).
+        self._woken = True
+        with contextlib.suppress(OSError):
+            signal.pthread_kill(self._owner, signal.SIGCHLD)
+
+    def wait(self, timeout: float | None = None) -> Event | None:
+        """Next event, or None after ``timeout`` seconds without one."""
+        self._check_owner()
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while True:
+            if self._woken:
+                self._woken = False
+                return Wakeup()
+            while self._ready:
+                pid, status = self._ready.popleft()
+                event = self._handle(pid, status)
+                if event is not None:
+                    return event
+            now = time.monotonic()
+            # Fairness: a stream of tracee stops never lets wait sleep, so
+            # look at the host signals at least every 10 ms anyway.
+            if self._host and now - self._last_sigpoll > 0.01:
+                self._last_sigpoll = now
+                info = signal.sigtimedwait(self._host, 0)
+                if info is not None:
+                    return HostSignal(info.si_signo)
+            try:
+                pid, status = os.waitpid(-1, _WAIT_FLAGS)
+            except ChildProcessError:
+                pid = 0
+            if pid:
+                event = self._handle(pid, status)
+                if event is not None:
+                    return event
+                continue
+            # Nothing to report: sleep until SIGCHLD, a host signal, wake(),
+            # the timeout, or a parked orphan's deadline.
+            if self._parked_since:
+                self._sweep_orphans(now)
+                if self._ready:
+                    continue
+            slice_: float | None = None if deadline is None else deadline - now
+            if self._parked_since:
+                first = min(self._parked_since.values()) + ORPHAN_TIMEOUT - now
+                if first != math.inf:
+                    slice_ = max(first, 0.001) if slice_ is None else min(slice_, max(first, 0.001))
+            self._last_sigpoll = now
+            if slice_ is None:
+                info = signal.sigwaitinfo(self._sigset)
+            else:
+                info = signal.sigtimedwait(self._sigset, max(slice_, 0.0))
+            if info is not None:
+                if info.si_signo in self._host:
+                    return HostSignal(info.si_signo)
+                continue  # SIGCHLD (a tracee, or wake): look again
+            if deadline is not None and time.monotonic() >= deadline:
+                # One last look: a stop may have landed just now.
+                if self._woken:
+                    self._woken = False
+                    return Wakeup()
+                return self._poll_once()
+
+    def _poll_once(self) -> Event | None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, _WAIT_FLAGS)
+            except ChildProcessError:
+                return None
+            if not pid:
+                return None
+            event = self._handle(pid, status)
+            if event is not None:
+                return event
+
+    def _handle(self, pid: int, status: int) -> Event | None:
+        """Turn one wait status into an event, or handle it internally."""
+        if pid not in self._known:
+            self._park(pid, status)
+            return None
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            self._forget(pid)
+            return Exited(Tid(pid), status, self._spawn_error(pid))
+        if not os.WIFSTOPPED(status):
+            return None  # WIFCONTINUED: not asked for (no WCONTINUED)
+        sig = (status >> 8) & 0xFF
+        event = status >> 16
+        if sig == _SYSGOOD_TRAP:
+            return self._syscall_exit(pid)
+        if event == 0:
+            # Signal-delivery-stop: the core injects or suppresses it.
+            self._stopped[pid] = _AT_SIGNAL
+            return SignalStop(Tid(pid), sig)
+        if event == PTRACE_EVENT_SECCOMP:
+            return self._seccomp_stop(pid)
+        if event in (PTRACE_EVENT_FORK, PTRACE_EVENT_VFORK, PTRACE_EVENT_CLONE):
+            return self._cloned(pid, event)
+        if event == PTRACE_EVENT_EXEC:
+            return self._execed(pid)
+        if event == PTRACE_EVENT_STOP:
+            if sig in _STOP_SIGNALS:
+                # Group-stop under PTRACE_SEIZE (ptrace(2), "Group-stop"):
+                # PTRACE_LISTEN keeps it stopped yet lets a SIGCONT wake it
+                # and be reported, as without a tracer.
+                self._stopped.pop(pid, None)
+                self._at_exit.discard(pid)
+                try:
+                    _ptrace(PTRACE_LISTEN, pid, 0, 0)
+                except _PtraceError as exc:
+                    if exc.errno != _errno.ESRCH:
+                        raise TracerError(f"PTRACE_LISTEN {pid}: {exc}", exc.errno or 0) from None
+                self._listening.add(pid)
+                return GroupStopped(Tid(pid), sig)
+            # SIGTRAP: the initial stop of an auto-attached child, or a
+            # re-trap (JOBCTL_TRAP_NOTIFY).  A listening tracee re-traps when
+            # SIGCONT ends its group-stop: that is the "Continued" edge.
+            was_listening = pid in self._listening
+            self._listening.discard(pid)
+            self._continue(pid)
+            return Continued(Tid(pid)) if was_listening else None
+        # Events we did not ask for (VFORK_DONE, EXIT): just go on.
+        self._continue(pid)
+        return None
+
+    def _seccomp_stop(self, pid: int) -> Event | None:
+        info = self._info
+        try:
+            _ptrace(PTRACE_GET_SYSCALL_INFO, pid, ctypes.sizeof(info), self._info_addr)
+        except _PtraceError as exc:
+            if exc.errno == _errno.ESRCH:
+                return None  # killed meanwhile; Exited follows
+            raise TracerError(f"PTRACE_GET_SYSCALL_INFO {pid}: {exc}", exc.errno or 0) from None
+        nr = int(info.nr)
+        if info.arch == AUDIT_ARCH_I386:
+            arch = Arch.I386
+        elif info.arch == AUDIT_ARCH_X86_64 and nr & X32_SYSCALL_BIT:
+            arch = Arch.X32
+        else:
+            arch = Arch.X86_64
+        a = info.args
+        self._stopped[pid] = _AT_SYSCALL
+        self._arch[pid] = arch
+        return SyscallStop(
+            Tid(pid),
+            _signed(nr),
+            (int(a[0]), int(a[1]), int(a[2]), int(a[3]), int(a[4]), int(a[5])),
+            arch,
+        )
+
+    def _syscall_exit(self, pid: int) -> Event | None:
+        if pid not in self._at_exit:
+            # A syscall stop we did not ask for (cannot happen: PTRACE_SYSCALL
+            # is only used from a seccomp stop).  Let it run.
+            self._restart(pid, PTRACE_CONT)
+            return None
+        self._at_exit.discard(pid)
+        try:
+            regs = self._getregs(pid)
+        except _PtraceError:
+            return None  # vanished; Exited follows
+        self._stopped[pid] = _AT_EXIT
+        return SyscallExit(Tid(pid), _signed(regs.orig_rax), _signed(regs.rax))
+
+    def _clone_is_thread(self, parent: int, child: int) -> bool:
+        # The child's Tgid says it best; if it is already gone (reaped and
+        # parked), fall back to the clone flags in the parent's registers
+        # (the event stop sits inside clone/clone3, arguments intact).
+        tgid = _proc_status_field(child, "Tgid")
+        if tgid is not None:
+            return tgid != child
+        try:
+            regs = self._getregs(parent)
+            nr = _signed(regs.orig_rax)
+            if nr == SYS_CLONE:
+                return bool(regs.rdi & CLONE_THREAD)
+            if nr == SYS_I386_CLONE:
+                return bool(regs.rbx & CLONE_THREAD)
+            if nr == SYS_CLONE3:  # struct clone_args: u64 flags first
+                ptr = regs.rdi if regs.cs == 0x33 else regs.rbx
+                (flags,) = struct.unpack("=Q", self.read_memory(Tid(parent), ptr, 8))
+                return bool(flags & CLONE_THREAD)
+        except (_PtraceError, TracerError, struct.error):
+            pass
+        return False
+
+    def _cloned(self, pid: int, event: int) -> Event | None:
+        try:
+            child = self._eventmsg(pid)
+        except _PtraceError:
+            return None  # the parent vanished; its Exited follows
+        if event == PTRACE_EVENT_FORK:
+            kind = CloneKind.FORK
+        elif event == PTRACE_EVENT_VFORK:
+            kind = CloneKind.VFORK
+        elif self._clone_is_thread(pid, child):
+            kind = CloneKind.THREAD
+        else:
+            kind = CloneKind.PROCESS
+        tgid = self._tgid.get(pid, pid) if kind is CloneKind.THREAD else child
+        self._continue(pid)
+        self._announce(child, tgid)
+        return Cloned(Tid(pid), Tid(child), kind)
+
+    def _execed(self, pid: int) -> Event | None:
+        try:
+            former = self._eventmsg(pid)
+        except _PtraceError:
+            return None
+        if former != pid:
+            # A non-leader thread exec'd and now carries the leader's id
+            # (ptrace(2), "execve(2) under ptrace").  Its old id is never
+            # seen again: no Exited for it.  The leader's own stop state is
+            # void; the exec'ing thread's carries over.
+            at_exit = former in self._at_exit
+            self._forget(former)
+            self._stopped.pop(pid, None)
+            self._listening.discard(pid)
+            if at_exit:
+                self._at_exit.add(pid)
+            else:
+                self._at_exit.discard(pid)
+        fd = self._errpipes.pop(pid, None)
+        if fd is not None:
+            os.close(fd)  # exec succeeded: no spawn error to come
+        self._continue(pid)
+        return Execed(Tid(pid), Tid(former))
+
+    # --- tids not announced yet --------------------------------------------
+
+    def _park(self, pid: int, status: int) -> None:
+        dead = os.WIFEXITED(status) or os.WIFSIGNALED(status)
+        if pid in self._dropped:
+            if dead:
+                self._dropped.discard(pid)
+            return
+        statuses = self._parked.setdefault(pid, [])
+        if statuses and not dead:
+            last = statuses[-1]
+            if os.WIFEXITED(last) or os.WIFSIGNALED(last):
+                statuses.clear()  # a stale death, then the pid was reused
+        statuses.append(status)
+        self._parked_since.setdefault(pid, time.monotonic())
+
+    def _sweep_orphans(self, now: float) -> None:
+        for pid, since in list(self._parked_since.items()):
+            if now - since < ORPHAN_TIMEOUT:
+                continue
+            statuses = self._parked.get(pid, [])
+            last = statuses[-1] if statuses else 0
+            if statuses and (os.WIFEXITED(last) or os.WIFSIGNALED(last)):
+                del self._parked[pid], self._parked_since[pid]
+                continue
+            if _proc_status_field(pid, "Tgid") == pid:
+                # A process whose creator died inside fork(2): kill it.
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                del self._parked[pid], self._parked_since[pid]
+                self._dropped.add(pid)
+            else:
+                # A thread: its whole group would go with a kill; leave it
+                # stopped and stop looking (its group dies with its creator).
+                self._parked_since[pid] = math.inf
+
+    # --- stops -------------------------------------------------------------
+
+    def resume(self, tid: Tid, signo: int = 0, *, stop_at_exit: bool = False) -> None:
+        """Restart a stopped thread (PTRACE_CONT, or PTRACE_SYSCALL for a
+        syscall-exit-stop when ``stop_at_exit`` at a SyscallStop)."""
+        kind = self._require_stop(tid, (_AT_SYSCALL, _AT_EXIT, _AT_SIGNAL), "resume")
+        request = PTRACE_SYSCALL if stop_at_exit and kind == _AT_SYSCALL else PTRACE_CONT
+        self._restart(tid, request, signo)
+
+    def complete(self, tid: Tid, result: int) -> None:
+        """Skip the trapped call, make it return ``result``, resume.
+
+        seccomp(2), SECCOMP_RET_TRACE: "The tracer can skip the system call
+        by changing the system call number to -1 ... the system call will
+        appear to return the value that the tracer puts in the return value
+        register."  Two PTRACE_POKEUSER writes cost the same two system
+        calls as GETREGS+SETREGS and copy less."""
+        self._require_stop(tid, (_AT_SYSCALL,), "complete")
+        try:
+            _ptrace(PTRACE_POKEUSER, tid, _OFF_ORIG_RAX, _U64 - 1)
+            _ptrace(PTRACE_POKEUSER, tid, _OFF_RAX, result % _U64)
+        except _PtraceError as exc:
+            if exc.errno == _errno.ESRCH:
+                self._stopped.pop(tid, None)
+                return
+            raise TracerError(f"complete {tid}: {exc}", exc.errno or 0) from None
+        self._restart(tid, PTRACE_CONT)
+
+    def rewrite(
+        self, tid: Tid, nr: int, args: Sequence[int], *, stop_at_exit: bool = False
+    ) -> None:
+        """Run syscall ``nr`` with ``args`` instead of the trapped one.
+        seccomp re-runs the filter after the stop with RET_TRACE meaning
+        ALLOW (ptrace(2), "PTRACE_EVENT_SECCOMP stops (since Linux 4.8)")."""
+        self._require_stop(tid, (_AT_SYSCALL,), "rewrite")
+        names = _ARGS_I386 if self._arch.get(tid) is Arch.I386 else _ARGS_64
+        try:
+            regs = self._getregs(tid)
+            regs.orig_rax = nr % _U64
+            for name, value in zip(names, args, strict=False):
+                setattr(regs, name, value % _U64)
+            _ptrace(PTRACE_SETREGS, tid, 0, self._regs_addr)
+        except _PtraceError as exc:
+            if exc.errno == _errno.ESRCH:
+                self._stopped.pop(tid, None)
+                return
+            raise TracerError(f"rewrite {tid}: {exc}", exc.errno or 0) from None
+        self._restart(tid, PTRACE_SYSCALL if stop_at_exit else PTRACE_CONT)
+
+    def set_result(self, tid: Tid, result: int) -> None:
+        """At a SyscallExit: put ``result`` in the return register."""
+        self._require_stop(tid, (_AT_EXIT,), "set_result")
+        try:
+            _ptrace(PTRACE_POKEUSER, tid, _OFF_RAX, result % _U64)
+        except _PtraceError as exc:
+            if exc.errno != _errno.ESRCH:
+                raise TracerError(f"set_result {tid}: {exc}", exc.errno or 0) from None
+
+    # --- memory ------------------------------------------------------------
+
+    @staticmethod
+    def _remote_iovecs(addr: int, size: int) -> list[tuple[int, int]]:
+        # One remote iovec per page: process_vm_readv(2) stops at the first
+        # element that fails, so a partial transfer ends at a page boundary.
+        out: list[tuple[int, int]] = []
+        end = addr + size
+        while addr < end:
+            step = min(end, (addr // _PAGE + 1) * _PAGE) - addr
+            out.append((addr, step))
+            addr += step
+        return out
+
+    def _vm_transfer(self, fn: Any, tid: int, buf: Any, addr: int, size: int) -> int:
+        """Bytes moved by process_vm_readv/writev from the start; raises
+        TracerError only when nothing moved."""
+        done = 0
+        pieces = self._remote_iovecs(addr, size)
+        for i in range(0, len(pieces), _IOV_MAX):
+            chunk = pieces[i : i + _IOV_MAX]
+            length = sum(n for _, n in chunk)
+            local = _Iovec(ctypes.addressof(buf) + done, length)
+            remote = (_Iovec * len(chunk))(*[_Iovec(a, n) for a, n in chunk])
+            n = fn(tid, ctypes.byref(local), 1, remote, len(chunk), 0)
+            if n < 0:
+                err = ctypes.get_errno()
+                if done:
+                    return done
+                if err == _errno.ESRCH:
+                    raise TracerError(f"thread {tid} is gone", err)
+                raise TracerError(f"guest memory at {addr:#x}: {os.strerror(err)}", _errno.EFAULT)
+            done += n
+            if n < length:
+                break
+        return done
+
+    def read_memory(self, tid: Tid, addr: int, size: int) -> bytes:
+        """Read guest memory; fewer bytes when the range runs into an
+        unmapped page; TracerError(EFAULT) when nothing is readable."""
+        if size <= 0:
+            return b""
+        buf = ctypes.create_string_buffer(size)
+        n = self._vm_transfer(_vm_readv, tid, buf, addr, size)
+        if n == 0:
+            raise TracerError(f"guest memory at {addr:#x} unreadable", _errno.EFAULT)
+        return buf.raw[:n]
+
+    def write_memory(self, tid: Tid, addr: int, data: bytes) -> None:
+        """Write guest memory.  process_vm_writev(2) honours page
+        protections; the rest goes through /proc/<tid>/mem, which writes
+        read-only pages as a debugger does (proc(5), FOLL_FORCE)."""
+        if not data:
+            return
+        buf = ctypes.create_string_buffer(bytes(data), len(data))
+        try:
+            n = self._vm_transfer(_vm_writev, tid, buf, addr, len(data))
+        except TracerError as exc:
+            if exc.errno == _errno.ESRCH:
+                raise
+            n = 0
+        if n == len(data):
+            return
+        try:
+            fd = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise TracerError(f"/proc/{tid}/mem: {exc.strerror}", exc.errno or 0) from None
+        try:
+            view = memoryview(data)[n:]
+            pos = addr + n
+            while view:
+                written = os.pwrite(fd, view, pos)
+                if written <= 0:
+                    raise OSError(_errno.EFAULT, "short write")
+                view = view[written:]
+                pos += written
+        except OSError as exc:
+            raise TracerError(
+                f"guest memory at {addr:#x} not writable: {exc.strerror}", _errno.EFAULT
+            ) from None
+        finally:
+            os.close(fd)
+
+    def read_string(self, tid: Tid, addr: int, limit: int = 4096) -> bytes:
+        """A NUL-terminated string of at most ``limit`` bytes (NUL excluded).
+        Reads page by page so a string ending just before an unmapped page
+        is still read."""
+        out = bytearray()
+        want = limit + 1  # room for the NUL after ``limit`` bytes
+        pos = addr
+        while len(out) < want:
+            step = min(want - len(out), _PAGE - pos % _PAGE)
+            data = self.read_memory(tid, pos, step)
+            nul = data.find(b"\0")
+            if nul >= 0:
+                out += data[:nul]
+                return bytes(out)
+            out += data
+            pos += len(data)
+            if len(data) < step:
+                raise TracerError(f"string at {addr:#x} runs into unmapped memory", _errno.EFAULT)
+        raise TracerError(f"string at {addr:#x} longer than {limit}", _errno.ENAMETOOLONG)
+
+    # --- misc --------------------------------------------------------------
+
+    def kill(self, tid: Tid, signo: int) -> None:
+        """tgkill(2) ``signo`` to ``tid``; a thread already gone is fine."""
+        tgid = self._tgid.get(tid) or _proc_status_field(tid, "Tgid")
+        if tgid is None:
+            return
+        if _syscall(SYS_TGKILL, ctypes.c_int(tgid), ctypes.c_int(tid), ctypes.c_int(signo)) != 0:
+            err = ctypes.get_errno()
+            if err != _errno.ESRCH:
+                raise TracerError(f"tgkill({tgid}, {tid}, {signo}): {os.strerror(err)}", err)
+
+    def tids(self) -> frozenset[Tid]:
+        """Threads announced and not yet Exited."""
+        return frozenset(Tid(t) for t in self._known)
+
+    def _our_tracees(self) -> list[int]:
+        """Processes whose tracer is this thread (TracerPid in
+        /proc/<pid>/status is the tracer's thread id).  Catches children
+        never announced, such as one created by a parent killed mid-fork."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and _proc_status_field(int(entry), "TracerPid") == (
+                self._owner_native
+            ):
+                found.append(int(entry))
+        return found
+
+    def close(self) -> None:
+        """SIGKILL every tracee, reap them all, close pipes.  Idempotent."""
+        if self._closed:
+            return
+        if threading.get_ident() != self._owner:
+            raise TracerError("close from a thread other than the owner", _errno.EPERM)
+        self._closed = True
+        pending = set(self._known) | set(self._dropped)
+        pending |= {p for p, st in self._parked.items() if st and os.WIFSTOPPED(st[-1])}
+        for tid in pending:
+            with contextlib.suppress(OSError):
+                os.kill(tid, signal.SIGKILL)  # the whole thread group dies
+        deadline = time.monotonic() + 5.0
+        scanned = False
+        while time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(-1, _WAIT_FLAGS)
+            except ChildProcessError:
+                pid, status = 0, 0
+            if pid:
+                if os.WIFSTOPPED(status):
+                    # Something we did not know about yet (a child whose
+                    # clone event was never seen): kill it as well.
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                    pending.add(pid)
+                else:
+                    pending.discard(pid)
+                continue
+            if not pending:
+                if scanned:
+                    break
+                scanned = True
+                for extra in self._our_tracees():
+                    with contextlib.suppress(OSError):
+                        os.kill(extra, signal.SIGKILL)
+                    pending.add(extra)
+                continue
+            scanned = False
+            signal.sigtimedwait({signal.SIGCHLD}, 0.01)
+        for fd in self._errpipes.values():
+            os.close(fd)
+        self._errpipes.clear()
+        self._known.clear()
+        self._tgid.clear()
+        self._stopped.clear()
+        self._arch.clear()
+        self._at_exit.clear()
+        self._listening.clear()
+        self._parked.clear()
+        self._parked_since.clear()
+        self._dropped.clear()
+        self._ready.clear()
+
+    def __enter__(self) -> PythonTracer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
