@@ -596,7 +596,7 @@ def target_rows(
             if cell.state == "ok":
                 value = fmt_time(cell.median) if tgt.absolute else fmt_ratio(cell.ratio)
                 met = tgt.met(cell.median, cell.ratio)
-                row.append(f"{value:>8}  {'MET' if met else 'MISSED'}")
+                row.append(f"{value:>8}  {'MET' if met else 'MISSED':<6}")
             elif cell.state == "n/a":
                 row.append("n/a")
             else:
