@@ -1,0 +1,114 @@
+/* Guest for tests/tracer/test_platform.py: makes the system calls named on its command
+ * line and prints what it saw, one line per call that reports.
+ *
+ *   -o FILE       (first) write the output to FILE
+ *   getppid:N     N raw getppid calls (untrapped in the tests)
+ *   uname:N       N raw uname calls; prints "uname=<ret> errno=<e> node=<n>"
+ *                 for the last one
+ *   rawargs       uname with six recognisable register arguments
+ *   memlayout     uname whose args point at strings placed at page edges,
+ *                 then checks what the tracer wrote (see test_platform.py)
+ *   procinfo      prints the working directory, whether it leads its
+ *                 process group, and the blocked signals (hex mask)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+static void do_uname(long n)
+{
+	struct utsname u;
+	long r = 0;
+	int e = 0;
+	for (long i = 0; i < n; i++) {
+		memset(&u, 0, sizeof u);
+		errno = 0;
+		r = syscall(SYS_uname, &u);
+		e = errno;
+	}
+	printf("uname=%ld errno=%d node=%s\n", r, e, u.nodename);
+}
+
+static int memlayout(void)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	/* Four pages, the second and fourth unmapped: strings at the very
+	 * edge of the first and third. */
+	char *p = mmap(NULL, 4 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	/* Two mapped pages: a string crossing between them. */
+	char *q = mmap(NULL, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	/* A read-only page the tracer writes through /proc/PID/mem. */
+	char *r = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	/* A long string. */
+	char *l = malloc(6000);
+	if (p == MAP_FAILED || q == MAP_FAILED || r == MAP_FAILED || !l)
+		return 2;
+	munmap(p + page, page);
+	munmap(p + 3 * page, page);
+	char *edge = p + page - 6;
+	memcpy(edge, "hello", 6);  /* NUL is the last byte of the page */
+	char *open_end = p + 3 * page - 4;
+	memcpy(open_end, "abcd", 4); /* no NUL before the hole */
+	char *cross = q + page - 3;
+	memcpy(cross, "crossing", 9);
+	memset(l, 'x', 5000);
+	l[5000] = 0;
+	memcpy(r, "ro-page", 8);
+	mprotect(r, page, PROT_READ);
+	long ret = syscall(SYS_uname, edge, open_end, cross, l, r, p + page);
+	/* The tracer completed the call with 0 after writing "WXYZ" into the
+	 * read-only page and "!" over the 'h' of "hello". */
+	printf("ret=%ld ro=%s edge=%s\n", ret, r, edge);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	int first = 1;
+	if (argc > 2 && !strcmp(argv[1], "-o")) {
+		if (!freopen(argv[2], "w", stdout))
+			return 2;
+		first = 3;
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	for (int i = first; i < argc; i++) {
+		char *arg = argv[i];
+		char *colon = strchr(arg, ':');
+		long n = colon ? atol(colon + 1) : 1;
+		if (!strncmp(arg, "getppid", 7)) {
+			for (long k = 0; k < n; k++)
+				syscall(SYS_getppid);
+		} else if (!strncmp(arg, "uname", 5)) {
+			do_uname(n);
+		} else if (!strcmp(arg, "rawargs")) {
+			struct utsname u;
+			long r = syscall(SYS_uname, &u, 0x1111L, 0x2222L, 0x3333L, 0x4444L, 0x5555L);
+			printf("rawargs=%ld\n", r);
+		} else if (!strcmp(arg, "memlayout")) {
+			int rc = memlayout();
+			if (rc)
+				return rc;
+		} else if (!strcmp(arg, "procinfo")) {
+			char cwd[4096];
+			sigset_t set;
+			unsigned long mask = 0;
+			sigprocmask(SIG_BLOCK, NULL, &set);
+			for (int sig = 1; sig <= 64; sig++)
+				if (sigismember(&set, sig) == 1)
+					mask |= 1UL << (sig - 1);
+			printf("cwd=%s leader=%d sigblk=%lx\n", getcwd(cwd, sizeof cwd) ? cwd : "?",
+			       getpgrp() == getpid(), mask);
+		} else {
+			fprintf(stderr, "calls: unknown %s\n", arg);
+			return 2;
+		}
+	}
+	return 0;
+}

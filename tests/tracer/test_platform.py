@@ -1,0 +1,676 @@
+"""The shared tracer-backend suite: every backend must pass all of it.
+
+Real programs under real ptrace and seccomp; nothing is mocked.  Guests are
+/bin programs, sh one-liners, and tests/guest/tracer_{calls,procs}.c (built
+by the session fixture ``tracer_bin``).
+
+Every event a test sees goes through :class:`Driver`, which checks the
+ordering guarantee of umld.tracer.events on all of them: no event of a
+thread before the Cloned announcing it, none after its Exited.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from umld.tracer import SpawnSpec, TracerError, TracerPlatform
+from umld.tracer.events import (
+    Arch,
+    Cloned,
+    CloneKind,
+    Continued,
+    Event,
+    Execed,
+    Exited,
+    GroupStopped,
+    HostSignal,
+    SignalStop,
+    SyscallExit,
+    SyscallStop,
+    Tid,
+    Wakeup,
+)
+from umld.tracer.seccomp import build_filter
+
+from .conftest import traced_by
+
+pytestmark = pytest.mark.uses_ptrace
+
+NR_UNAME = 63
+NR_GETPPID = 110
+UNAME_FILTER = build_filter({NR_UNAME})
+UTS_LEN = 65  # struct utsname: six char[65] fields (sys/utsname.h)
+
+
+def spec(*argv: str | bytes | os.PathLike[str], **kw: object) -> SpawnSpec:
+    args = [os.fsencode(a) for a in argv]
+    return SpawnSpec(path=args[0], argv=args, **kw)  # type: ignore[arg-type]
+
+
+def redirected(out: Path, *argv: str | os.PathLike[str]) -> list[str]:
+    """argv running ``argv`` with stdout to ``out`` (sh execs it: same pid)."""
+    return ["/bin/sh", "-c", f'exec "$@" > {out}', "sh", *map(str, argv)]
+
+
+def proc_stat(pid: int) -> tuple[str, int]:
+    """(state letter, utime+stime in clock ticks) from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return fields[0].decode(), int(fields[11]) + int(fields[12])
+
+
+Handler = Callable[[Event], bool]
+
+
+class Driver:
+    """Runs a tracer's event loop for a test and checks event ordering."""
+
+    def __init__(self, tracer: TracerPlatform) -> None:
+        self.t = tracer
+        self.events: list[Event] = []
+        self.known: set[int] = set()
+        self.gone: set[int] = set()
+
+    def spawn(self, s: SpawnSpec) -> Tid:
+        pid = self.t.spawn(s)
+        self.known.add(pid)
+        assert pid in self.t.tids()
+        return pid
+
+    def next(self, timeout: float = 10.0) -> Event:
+        ev = self.t.wait(timeout)
+        assert ev is not None, f"no event within {timeout}s; so far {self.events[-8:]}"
+        self._check(ev)
+        self.events.append(ev)
+        return ev
+
+    def _check(self, ev: Event) -> None:
+        if isinstance(ev, HostSignal | Wakeup):
+            return
+        assert ev.tid in self.known, f"event of unannounced/exited thread: {ev}"
+        if isinstance(ev, Cloned):
+            assert ev.child not in self.known, f"announced twice: {ev}"
+            self.known.add(ev.child)
+        elif isinstance(ev, Execed) and ev.former_tid != ev.tid:
+            assert ev.former_tid in self.known, f"unknown former tid: {ev}"
+            self.known.discard(ev.former_tid)
+            self.gone.add(ev.former_tid)
+        elif isinstance(ev, Exited):
+            self.known.discard(ev.tid)
+            self.gone.add(ev.tid)
+        # tids(): exactly the threads announced and not yet Exited.
+        assert self.t.tids() == self.known, (ev, self.t.tids() ^ self.known)
+
+    def answer(self, ev: Event) -> None:
+        """The default answer to a stop: let the call run, deliver the
+        signal."""
+        if isinstance(ev, SignalStop):
+            self.t.resume(ev.tid, ev.signo)
+        elif isinstance(ev, SyscallStop | SyscallExit):
+            self.t.resume(ev.tid)
+
+    def run(self, root: int, on_event: Handler | None = None, timeout: float = 20.0) -> Exited:
+        """Until ``root`` exits; ``on_event`` answers the stops it wants
+        (returns True), the rest get the default answer."""
+        end = time.monotonic() + timeout
+        while True:
+            ev = self.next(max(end - time.monotonic(), 0.1))
+            if on_event is None or not on_event(ev):
+                self.answer(ev)
+            if isinstance(ev, Exited) and ev.tid == root:
+                return ev
+
+    def until(self, pred: Callable[[Event], bool], timeout: float = 10.0) -> Event:
+        """Answer events by default until one satisfies ``pred`` (that one
+        is returned unanswered)."""
+        end = time.monotonic() + timeout
+        while True:
+            ev = self.next(max(end - time.monotonic(), 0.1))
+            if pred(ev):
+                return ev
+            self.answer(ev)
+
+    def of(self, kind: type, tid: int | None = None) -> list[Event]:
+        return [e for e in self.events if isinstance(e, kind) and (tid is None or e.tid == tid)]
+
+
+@pytest.fixture
+def drv(tracer: TracerPlatform) -> Driver:
+    return Driver(tracer)
+
+
+# --- spawn, exec, exit --------------------------------------------------------
+
+
+def test_true_execs_then_exits(drv: Driver) -> None:
+    pid = drv.spawn(spec("/bin/true"))
+    assert drv.next() == Execed(pid, pid)
+    assert drv.next() == Exited(pid, 0)
+    assert pid not in drv.t.tids()
+
+
+@pytest.mark.parametrize("code", [0, 3, 255])
+def test_exit_codes(drv: Driver, code: int) -> None:
+    pid = drv.spawn(spec("/bin/sh", "-c", f"exit {code}"))
+    ex = drv.run(pid)
+    assert os.WIFEXITED(ex.status) and os.WEXITSTATUS(ex.status) == code
+    assert ex.spawn_error is None
+
+
+def test_death_by_signal_goes_through_signal_stop(drv: Driver) -> None:
+    pid = drv.spawn(spec("/bin/sh", "-c", "kill -TERM $$; sleep 5"))
+    ex = drv.run(pid)
+    assert SignalStop(pid, signal.SIGTERM) in drv.events
+    assert os.WIFSIGNALED(ex.status) and os.WTERMSIG(ex.status) == signal.SIGTERM
+
+
+def test_suppressed_signal_is_not_delivered(drv: Driver) -> None:
+    pid = drv.spawn(spec("/bin/sh", "-c", "kill -TERM $$; exit 4"))
+
+    def suppress(ev: Event) -> bool:
+        if isinstance(ev, SignalStop) and ev.signo == signal.SIGTERM:
+            drv.t.resume(ev.tid, 0)
+            return True
+        return False
+
+    ex = drv.run(pid, suppress)
+    assert os.WIFEXITED(ex.status) and os.WEXITSTATUS(ex.status) == 4
+
+
+def test_sigkill_from_outside(drv: Driver) -> None:
+    pid = drv.spawn(spec("/bin/sleep", "10"))
+    assert drv.next() == Execed(pid, pid)
+    os.kill(pid, signal.SIGKILL)
+    ex = drv.run(pid, timeout=5)
+    assert os.WIFSIGNALED(ex.status) and os.WTERMSIG(ex.status) == signal.SIGKILL
+
+
+def test_spawn_applies_cwd_pgrp_and_sigmask(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pid = drv.spawn(
+        spec(
+            tracer_bin / "tracer_calls",
+            "-o",
+            out,
+            "procinfo",
+            cwd=os.fsencode(tmp_path),
+            sigmask=frozenset({signal.SIGUSR2, signal.SIGTERM}),
+        )
+    )
+    assert drv.run(pid).status == 0
+    mask = (1 << (signal.SIGUSR2 - 1)) | (1 << (signal.SIGTERM - 1))
+    # new_process_group defaults to True: the guest leads its own group.
+    assert out.read_text() == f"cwd={tmp_path} leader=1 sigblk={mask:x}\n"
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", ("exec", errno.ENOENT)),
+        ("not-executable", ("exec", errno.EACCES)),
+        ("bad-filter", ("seccomp", errno.EINVAL)),
+        ("bad-cwd", ("setup", errno.ENOENT)),
+    ],
+)
+def test_spawn_errors(drv: Driver, tmp_path: Path, case: str, expected: tuple[str, int]) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("#!/bin/sh\n")
+    plain.chmod(0o644)
+    kw: dict[str, object] = {}
+    path: str | Path = "/bin/true"
+    if case == "missing":
+        path = tmp_path / "no-such-file"
+    elif case == "not-executable":
+        path = plain
+    elif case == "bad-filter":
+        # One BPF_LD instruction and no BPF_RET: the kernel refuses it.
+        kw["seccomp_filter"] = struct.pack("=HBBI", 0x20, 0, 0, 0)
+    else:
+        kw["cwd"] = os.fsencode(tmp_path / "no-such-dir")
+    pid = drv.spawn(spec(path, **kw))
+    ev = drv.next()
+    assert isinstance(ev, Exited) and ev.tid == pid, ev
+    assert ev.spawn_error == expected
+    assert os.WIFEXITED(ev.status) and os.WEXITSTATUS(ev.status) == 127
+
+
+# --- trapped system calls -----------------------------------------------------
+
+
+def test_trapped_call_stops_with_its_arguments(
+    drv: Driver, tracer_bin: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    pid = drv.spawn(
+        spec(*redirected(out, tracer_bin / "tracer_calls", "rawargs"), seccomp_filter=UNAME_FILTER)
+    )
+    stop = drv.until(lambda e: isinstance(e, SyscallStop))
+    assert isinstance(stop, SyscallStop)
+    assert (stop.tid, stop.nr, stop.arch) == (pid, NR_UNAME, Arch.X86_64)
+    assert stop.args[0] != 0
+    assert stop.args[1:] == (0x1111, 0x2222, 0x3333, 0x4444, 0x5555)
+    drv.t.complete(stop.tid, 42)
+    drv.run(pid)
+    assert out.read_text() == "rawargs=42\n"
+
+
+def test_complete_with_errno(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pid = drv.spawn(
+        spec(*redirected(out, tracer_bin / "tracer_calls", "uname:1"), seccomp_filter=UNAME_FILTER)
+    )
+
+    def deny(ev: Event) -> bool:
+        if isinstance(ev, SyscallStop):
+            drv.t.complete(ev.tid, -errno.EPERM)
+            return True
+        return False
+
+    drv.run(pid, deny)
+    assert out.read_text() == f"uname=-1 errno={errno.EPERM} node=\n"
+
+
+def test_complete_after_writing_a_fake_utsname(drv: Driver, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pid = drv.spawn(spec(*redirected(out, "/bin/uname", "-n"), seccomp_filter=UNAME_FILTER))
+    fields = [b"Linux", b"umld-fake", b"6.0.0-umld", b"#1", b"x86_64", b"(none)"]
+    fake = b"".join(f.ljust(UTS_LEN, b"\0") for f in fields)
+    stops = []
+
+    def fake_uname(ev: Event) -> bool:
+        if isinstance(ev, SyscallStop) and ev.nr == NR_UNAME:
+            stops.append(ev)
+            drv.t.write_memory(ev.tid, ev.args[0], fake)
+            drv.t.complete(ev.tid, 0)
+            return True
+        return False
+
+    ex = drv.run(pid, fake_uname)
+    assert stops and ex.status == 0
+    assert out.read_text() == "umld-fake\n"
+
+
+def test_untrapped_calls_do_not_stop(drv: Driver, tracer_bin: Path) -> None:
+    pid = drv.spawn(
+        spec(tracer_bin / "tracer_calls", "getppid:20000", "uname:1", seccomp_filter=UNAME_FILTER)
+    )
+    ex = drv.run(pid)
+    assert ex.status == 0
+    stops = drv.of(SyscallStop)
+    assert [(s.tid, s.nr) for s in stops] == [(pid, NR_UNAME)]  # type: ignore[attr-defined]
+
+
+def test_no_filter_means_no_syscall_stops(drv: Driver, tracer_bin: Path) -> None:
+    pid = drv.spawn(spec(tracer_bin / "tracer_calls", "getppid:100", "uname:3"))
+    assert drv.run(pid).status == 0
+    assert not drv.of(SyscallStop)
+
+
+def test_stop_at_exit_reports_the_native_result(
+    drv: Driver, tracer_bin: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    pid = drv.spawn(
+        spec(*redirected(out, tracer_bin / "tracer_calls", "uname:1"), seccomp_filter=UNAME_FILTER)
+    )
+    stop = drv.until(lambda e: isinstance(e, SyscallStop))
+    drv.t.resume(stop.tid, stop_at_exit=True)
+    ex = drv.next()
+    assert ex == SyscallExit(pid, NR_UNAME, 0)
+    drv.t.resume(pid)
+    drv.run(pid)
+    assert out.read_text() == f"uname=0 errno=0 node={os.uname().nodename}\n"
+
+
+def test_set_result_at_exit(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pid = drv.spawn(
+        spec(*redirected(out, tracer_bin / "tracer_calls", "uname:1"), seccomp_filter=UNAME_FILTER)
+    )
+    stop = drv.until(lambda e: isinstance(e, SyscallStop))
+    drv.t.resume(stop.tid, stop_at_exit=True)
+    assert drv.next() == SyscallExit(pid, NR_UNAME, 0)
+    drv.t.set_result(pid, -errno.EIO)
+    drv.t.resume(pid)
+    drv.run(pid)
+    assert out.read_text().startswith(f"uname=-1 errno={errno.EIO} ")
+
+
+def test_rewrite_runs_another_call(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pid = drv.spawn(
+        spec(*redirected(out, tracer_bin / "tracer_calls", "uname:1"), seccomp_filter=UNAME_FILTER)
+    )
+    stop = drv.until(lambda e: isinstance(e, SyscallStop))
+    drv.t.rewrite(stop.tid, NR_GETPPID, [], stop_at_exit=True)
+    # The rewritten call ran natively (trapped numbers are not re-trapped).
+    assert drv.next() == SyscallExit(pid, NR_GETPPID, os.getpid())
+    drv.t.resume(pid)
+    drv.run(pid)
+    assert out.read_text().startswith(f"uname={os.getpid()} errno=0 ")
+
+
+def test_rewrite_arguments(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
+    """uname(NULL) -> EFAULT: the rewritten first argument reached the kernel."""
+    out = tmp_path / "out"
+    pid = drv.spawn(
+        spec(*redirected(out, tracer_bin / "tracer_calls", "uname:1"), seccomp_filter=UNAME_FILTER)
+    )
+    stop = drv.until(lambda e: isinstance(e, SyscallStop))
+    drv.t.rewrite(stop.tid, NR_UNAME, [0])
+    drv.run(pid)
+    assert out.read_text() == f"uname=-1 errno={errno.EFAULT} node=\n"
+
+
+def test_guest_memory_and_strings(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
+    """tracer_calls memlayout passes: "hello" ending at a page end before an
+    unmapped page, "abcd" running into it, "crossing" over two mapped
+    pages, 5000 x's, a read-only page, the unmapped page."""
+    out = tmp_path / "out"
+    pid = drv.spawn(
+        spec(
+            *redirected(out, tracer_bin / "tracer_calls", "memlayout"), seccomp_filter=UNAME_FILTER
+        )
+    )
+    stop = drv.until(lambda e: isinstance(e, SyscallStop))
+    assert isinstance(stop, SyscallStop)
+    t, tid = drv.t, stop.tid
+    edge, open_end, cross, long_, ro, hole = stop.args
+
+    assert t.read_string(tid, edge) == b"hello"
+    assert t.read_string(tid, cross) == b"crossing"
+    assert t.read_string(tid, long_, 5000) == b"x" * 5000
+    assert t.read_string(tid, long_ + 4990, 10) == b"x" * 10
+    for addr, limit, code in [
+        (open_end, 4096, errno.EFAULT),
+        (hole, 4096, errno.EFAULT),
+        (long_, 4096, errno.ENAMETOOLONG),
+        (long_, 4999, errno.ENAMETOOLONG),
+        (long_ + 4990, 9, errno.ENAMETOOLONG),
+    ]:
+        with pytest.raises(TracerError) as err:
+            t.read_string(tid, addr, limit)
+        assert err.value.errno == code, (hex(addr), limit)
+
+    # A read running into the hole stops at the page end.
+    assert t.read_memory(tid, edge, 100) == b"hello\0"
+    assert t.read_memory(tid, cross, 9) == b"crossing\0"
+    with pytest.raises(TracerError) as err:
+        t.read_memory(tid, hole, 16)
+    assert err.value.errno == errno.EFAULT
+    with pytest.raises(TracerError) as err:
+        t.write_memory(tid, hole, b"x")
+    assert err.value.errno == errno.EFAULT
+
+    t.write_memory(tid, ro, b"WXYZ\0")  # a read-only page
+    assert t.read_memory(tid, ro, 5) == b"WXYZ\0"
+    t.write_memory(tid, edge, b"!")
+    t.complete(tid, 0)
+    drv.run(pid)
+    assert out.read_text() == "ret=0 ro=WXYZ edge=!ello\n"
+
+
+# --- processes and threads ----------------------------------------------------
+
+
+def _complete_unames(drv: Driver) -> Handler:
+    def handler(ev: Event) -> bool:
+        if isinstance(ev, SyscallStop) and ev.nr == NR_UNAME:
+            drv.t.complete(ev.tid, 0)
+            return True
+        return False
+
+    return handler
+
+
+def test_fork_children_are_announced_before_their_events(drv: Driver, tracer_bin: Path) -> None:
+    """50 children forked back to back, each trapping at once: their stops
+    race their parent's fork event, and must still come after Cloned."""
+    n = 50
+    pid = drv.spawn(spec(tracer_bin / "tracer_procs", "fork", str(n), seccomp_filter=UNAME_FILTER))
+    ex = drv.run(pid, _complete_unames(drv))
+    assert ex.status == 0
+    clones = drv.of(Cloned, pid)
+    assert len(clones) == n
+    assert {c.kind for c in clones} == {CloneKind.FORK}  # type: ignore[attr-defined]
+    children = {c.child for c in clones}  # type: ignore[attr-defined]
+    assert {s.tid for s in drv.of(SyscallStop)} == children
+    assert {e.tid for e in drv.of(Exited)} == children | {pid}
+    assert not drv.known and not drv.t.tids()
+
+
+def test_vfork(drv: Driver, tracer_bin: Path) -> None:
+    pid = drv.spawn(spec(tracer_bin / "tracer_procs", "vfork", "20"))
+    assert drv.run(pid).status == 0
+    clones = drv.of(Cloned, pid)
+    assert len(clones) == 20
+    assert {c.kind for c in clones} == {CloneKind.VFORK}  # type: ignore[attr-defined]
+
+
+def test_threads(drv: Driver, tracer_bin: Path) -> None:
+    n = 16
+    pid = drv.spawn(
+        spec(tracer_bin / "tracer_procs", "threads", str(n), seccomp_filter=UNAME_FILTER)
+    )
+    assert drv.run(pid, _complete_unames(drv)).status == 0
+    clones = drv.of(Cloned, pid)
+    assert len(clones) == n
+    assert {c.kind for c in clones} == {CloneKind.THREAD}  # type: ignore[attr-defined]
+    threads = {c.child for c in clones}  # type: ignore[attr-defined]
+    assert {s.tid for s in drv.of(SyscallStop)} == threads
+    exits = [e.tid for e in drv.of(Exited)]
+    assert set(exits) == threads | {pid} and exits[-1] == pid
+
+
+def test_clone_without_thread_is_a_process(drv: Driver, tracer_bin: Path) -> None:
+    pid = drv.spawn(spec(tracer_bin / "tracer_procs", "clone"))
+    assert drv.run(pid).status == 0
+    [clone] = drv.of(Cloned, pid)
+    assert clone.kind is CloneKind.PROCESS  # type: ignore[attr-defined]
+
+
+def test_exec_from_a_non_leader_thread(drv: Driver, tracer_bin: Path) -> None:
+    pid = drv.spawn(spec(tracer_bin / "tracer_procs", "thread-exec", "/bin/true"))
+    ex = drv.run(pid)
+    assert ex.status == 0
+    idle, execer = (c.child for c in drv.of(Cloned, pid))  # type: ignore[attr-defined]
+    execs = drv.of(Execed, pid)
+    assert execs == [Execed(pid, pid), Execed(pid, execer)]
+    # The exec'ing thread's old id is never reported again; the idle thread
+    # dies (status 0) in the exec.
+    assert all(e.tid != execer for e in drv.events[drv.events.index(execs[1]) + 1 :])
+    assert not drv.of(Exited, execer)
+    [idle_exit] = drv.of(Exited, idle)
+    assert idle_exit.status == 0  # type: ignore[attr-defined]
+    assert not drv.t.tids()
+
+
+def test_leader_exits_before_its_thread(drv: Driver, tracer_bin: Path) -> None:
+    pid = drv.spawn(spec(tracer_bin / "tracer_procs", "leader-exit"))
+    ex = drv.run(pid)
+    [clone] = drv.of(Cloned, pid)
+    exits = drv.of(Exited)
+    # The leader's death is reported last, with the group's exit status.
+    assert [e.tid for e in exits] == [clone.child, pid]  # type: ignore[attr-defined]
+    assert os.WIFEXITED(ex.status) and os.WEXITSTATUS(ex.status) == 7
+
+
+# --- signals, group-stop --------------------------------------------------------
+
+
+def test_group_stop_and_continue(drv: Driver) -> None:
+    pid = drv.spawn(spec("/bin/sh", "-c", "while :; do :; done"))
+    assert drv.next() == Execed(pid, pid)
+    os.kill(pid, signal.SIGSTOP)
+    stop = drv.until(lambda e: isinstance(e, GroupStopped))
+    assert SignalStop(pid, signal.SIGSTOP) in drv.events
+    assert stop == GroupStopped(pid, signal.SIGSTOP)
+    # Really stopped: a busy loop that burns no CPU.
+    state, cpu = proc_stat(pid)
+    time.sleep(0.3)
+    state2, cpu2 = proc_stat(pid)
+    assert state in "tT" and state2 in "tT"
+    assert cpu2 == cpu
+    assert drv.t.wait(0.1) is None  # and it stays quiet
+
+    os.kill(pid, signal.SIGCONT)
+    seen: set[type] = set()
+    while seen != {Continued, SignalStop}:
+        ev = drv.next()
+        if isinstance(ev, SignalStop):
+            assert ev.signo == signal.SIGCONT
+            drv.t.resume(ev.tid, ev.signo)
+        else:
+            assert ev == Continued(pid)
+        seen.add(type(ev))
+    time.sleep(0.2)
+    assert proc_stat(pid)[1] > cpu2  # running again
+    drv.t.kill(pid, signal.SIGKILL)
+    drv.run(pid)
+
+
+def test_signal_between_guest_processes(drv: Driver) -> None:
+    pid = drv.spawn(spec("/bin/sh", "-c", "sleep 5 & kill -USR1 $!; wait $!; exit $?"))
+    ex = drv.run(pid)
+    assert os.WEXITSTATUS(ex.status) == 128 + signal.SIGUSR1
+    [child] = [c.child for c in drv.of(Cloned, pid)]  # type: ignore[attr-defined]
+    assert SignalStop(child, signal.SIGUSR1) in drv.events
+    [cex] = drv.of(Exited, child)
+    assert os.WIFSIGNALED(cex.status) and os.WTERMSIG(cex.status) == signal.SIGUSR1  # type: ignore[attr-defined]
+
+
+def test_kill_method(drv: Driver) -> None:
+    pid = drv.spawn(spec("/bin/sleep", "10"))
+    assert drv.next() == Execed(pid, pid)
+    drv.t.kill(pid, signal.SIGTERM)
+    ex = drv.run(pid)
+    assert SignalStop(pid, signal.SIGTERM) in drv.events
+    assert os.WTERMSIG(ex.status) == signal.SIGTERM
+    drv.t.kill(pid, signal.SIGTERM)  # gone: ignored
+
+
+# --- wait: wake, host signals, timeout -----------------------------------------
+
+
+def test_wait_timeout(drv: Driver) -> None:
+    t0 = time.monotonic()
+    assert drv.t.wait(0.2) is None
+    assert 0.15 < time.monotonic() - t0 < 2
+    assert drv.t.wait(0) is None
+
+
+def test_wake_from_another_thread(drv: Driver) -> None:
+    pid = drv.spawn(spec("/bin/sleep", "10"))
+    assert drv.next() == Execed(pid, pid)
+    waker = threading.Timer(0.1, drv.t.wake)
+    waker.start()
+    t0 = time.monotonic()
+    assert drv.t.wait(5) == Wakeup()
+    assert time.monotonic() - t0 < 2
+    waker.join()
+    # A wake with no wait in progress makes the next wait return at once.
+    drv.t.wake()
+    assert drv.t.wait(5) == Wakeup()
+    assert drv.t.wait(0.05) is None
+
+
+def test_host_signal(drv: Driver) -> None:
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        drv.t.set_host_signals([signal.SIGUSR1])
+        pid = drv.spawn(spec("/bin/sleep", "10"))
+        assert drv.next() == Execed(pid, pid)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert drv.t.wait(5) == HostSignal(signal.SIGUSR1)
+        assert drv.t.wait(0.05) is None
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# --- vanishing tracees, close ---------------------------------------------------
+
+
+def test_sigkill_of_a_stopped_tracee(drv: Driver, tracer_bin: Path) -> None:
+    for answer in ("complete", "resume", "rewrite"):
+        pid = drv.spawn(spec(tracer_bin / "tracer_calls", "uname:1", seccomp_filter=UNAME_FILTER))
+        stop = drv.until(lambda e: isinstance(e, SyscallStop))
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+        if answer == "complete":
+            drv.t.complete(stop.tid, 0)
+        elif answer == "resume":
+            drv.t.resume(stop.tid)
+        else:
+            drv.t.rewrite(stop.tid, NR_GETPPID, [])
+        ex = drv.run(pid, timeout=5)
+        assert os.WIFSIGNALED(ex.status) and os.WTERMSIG(ex.status) == signal.SIGKILL
+
+
+def test_sigkill_of_a_group_stopped_tracee(drv: Driver) -> None:
+    pid = drv.spawn(spec("/bin/sleep", "10"))
+    assert drv.next() == Execed(pid, pid)
+    os.kill(pid, signal.SIGSTOP)
+    drv.until(lambda e: isinstance(e, GroupStopped))
+    os.kill(pid, signal.SIGKILL)
+    ex = drv.run(pid, timeout=5)
+    assert os.WTERMSIG(ex.status) == signal.SIGKILL
+
+
+def test_close_leaves_no_process_behind(tracer: TracerPlatform, tracer_bin: Path) -> None:
+    drv = Driver(tracer)
+    pid = drv.spawn(spec("/bin/sh", "-c", "sleep 100 & sleep 100 & exec sleep 100"))
+    # A guest in group-stop, one stopped at a trapped call, forks racing.
+    stopped = drv.spawn(spec("/bin/sleep", "100"))
+    trapped = drv.spawn(spec(tracer_bin / "tracer_calls", "uname:1", seccomp_filter=UNAME_FILTER))
+    forker = drv.spawn(spec(tracer_bin / "tracer_procs", "fork", "200"))
+    os.kill(stopped, signal.SIGSTOP)
+    execs = 0  # sh, its two sleeps, then sh becoming sleep: 4
+    group = trap = False
+    while execs < 4 or not group or not trap:
+        ev = drv.next()
+        family = {pid, *(c.child for c in drv.of(Cloned, pid))}  # type: ignore[attr-defined]
+        if isinstance(ev, Execed) and ev.tid in family:
+            execs += 1
+        group = group or isinstance(ev, GroupStopped)
+        if isinstance(ev, SyscallStop) and ev.tid == trapped:
+            trap = True
+            continue  # left stopped at the trapped call
+        drv.answer(ev)
+    seen = set(drv.known) | {forker}
+    tracer.close()
+    tracer.close()  # idempotent
+    assert not traced_by(threading.get_native_id())
+    for p in seen:
+        try:
+            state, _ = proc_stat(p)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        assert state == "Z", f"{p} still alive in state {state}"
+
+
+def test_tids_follow_announcements(drv: Driver, tracer_bin: Path) -> None:
+    """Driver checks tids() against the announcements at every event."""
+    pid = drv.spawn(spec(tracer_bin / "tracer_procs", "threads", "3", seccomp_filter=UNAME_FILTER))
+    assert drv.t.tids() == {pid}
+    drv.run(pid, _complete_unames(drv))
+    assert len(drv.of(Cloned)) == 3 and not drv.t.tids()
+
+
+def test_wrong_stop_kind_is_refused(drv: Driver, tracer_bin: Path) -> None:
+    pid = drv.spawn(spec(tracer_bin / "tracer_calls", "uname:1", seccomp_filter=UNAME_FILTER))
+    stop = drv.until(lambda e: isinstance(e, SyscallStop))
+    with pytest.raises(TracerError):
+        drv.t.set_result(stop.tid, 0)  # not at a syscall exit
+    drv.t.complete(stop.tid, 0)
+    with pytest.raises(TracerError):
+        drv.t.complete(stop.tid, 0)  # running now
+    drv.run(pid)
