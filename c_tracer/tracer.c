@@ -1,0 +1,1234 @@
+/*
+ * umld C tracer core: spawning, the wait loop and the answers to stops.
+ *
+ * References (all man-pages 6.x): ptrace(2) -- in particular "Group-stop",
+ * "PTRACE_EVENT stops", "execve(2) under ptrace", "PTRACE_EVENT_SECCOMP
+ * stops (since Linux 4.8)" --, seccomp(2) (SECCOMP_RET_TRACE), wait(2),
+ * sigtimedwait(2), process_vm_readv(2) (mem.c).
+ *
+ * Every ptrace request must come from the thread that attached (ptrace(2):
+ * "the tracee is attached to a thread"), hence the owner thread recorded in
+ * umld_tracer_new.  Only umld_wake may run elsewhere.
+ */
+#define _GNU_SOURCE
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tracer_internal.h"
+
+#ifndef __WALL
+#define __WALL 0x40000000
+#endif
+#ifndef __WNOTHREAD
+#define __WNOTHREAD 0x20000000
+#endif
+#define X32_SYSCALL_BIT 0x40000000UL
+
+extern char **environ;
+
+#define OFF_ORIG_RAX offsetof(struct user, regs.orig_rax)
+#define OFF_RAX offsetof(struct user, regs.rax)
+
+/* ------------------------------------------------------------------------
+ * Thread table: open addressing, linear probing, backward-shift deletion.
+ * ------------------------------------------------------------------------ */
+
+static inline size_t slot_of(pid_t tid, size_t mask)
+{
+    return ((uint32_t)tid * 2654435761u) & mask;
+}
+
+struct thr *umld__thr_find(struct umld_tracer *t, pid_t tid)
+{
+    size_t mask = t->tab_cap - 1;
+    for (size_t i = slot_of(tid, mask);; i = (i + 1) & mask) {
+        if (t->tab[i].tid == tid)
+            return &t->tab[i];
+        if (t->tab[i].tid == 0)
+            return NULL;
+    }
+}
+
+static int tab_grow(struct umld_tracer *t)
+{
+    size_t ncap = t->tab_cap * 2;
+    struct thr *nt = calloc(ncap, sizeof *nt);
+    if (!nt)
+        return -ENOMEM;
+    for (size_t i = 0; i < t->tab_cap; i++) {
+        if (t->tab[i].tid == 0)
+            continue;
+        size_t j = slot_of(t->tab[i].tid, ncap - 1);
+        while (nt[j].tid != 0)
+            j = (j + 1) & (ncap - 1);
+        nt[j] = t->tab[i];
+    }
+    free(t->tab);
+    t->tab = nt;
+    t->tab_cap = ncap;
+    return 0;
+}
+
+/* The record of `tid`, created (not announced) if absent; NULL on ENOMEM. */
+static struct thr *thr_get(struct umld_tracer *t, pid_t tid)
+{
+    struct thr *r = umld__thr_find(t, tid);
+    if (r)
+        return r;
+    if ((t->tab_len + 1) * 2 > t->tab_cap && tab_grow(t) < 0)
+        return NULL;
+    size_t mask = t->tab_cap - 1;
+    size_t i = slot_of(tid, mask);
+    while (t->tab[i].tid != 0)
+        i = (i + 1) & mask;
+    r = &t->tab[i];
+    memset(r, 0, sizeof *r);
+    r->tid = tid;
+    r->errfd = -1;
+    t->tab_len++;
+    return r;
+}
+
+static void thr_del(struct umld_tracer *t, pid_t tid)
+{
+    struct thr *r = umld__thr_find(t, tid);
+    if (!r)
+        return;
+    if (r->errfd >= 0)
+        close(r->errfd);
+    size_t mask = t->tab_cap - 1;
+    size_t i = (size_t)(r - t->tab);
+    t->tab[i].tid = 0;
+    t->tab_len--;
+    /* Backward shift: move later members of the probe run into the hole
+     * unless their home slot lies cyclically in (hole, j]. */
+    for (size_t j = (i + 1) & mask; t->tab[j].tid != 0; j = (j + 1) & mask) {
+        size_t k = slot_of(t->tab[j].tid, mask);
+        int stays = (i <= j) ? (i < k && k <= j) : (i < k || k <= j);
+        if (stays)
+            continue;
+        t->tab[i] = t->tab[j];
+        t->tab[j].tid = 0;
+        i = j;
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Event queues.
+ * ------------------------------------------------------------------------ */
+
+static inline void ev_init(struct umld_event *ev, int kind, pid_t tid)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->kind = kind;
+    ev->tid = tid;
+}
+
+static int q_push(struct umld_tracer *t, const struct umld_event *ev)
+{
+    if (t->q_len == t->q_cap) {
+        size_t ncap = t->q_cap ? t->q_cap * 2 : 64;
+        struct umld_event *nq = malloc(ncap * sizeof *nq);
+        if (!nq)
+            return -ENOMEM;
+        for (size_t i = 0; i < t->q_len; i++)
+            nq[i] = t->q[(t->q_head + i) % t->q_cap];
+        free(t->q);
+        t->q = nq;
+        t->q_cap = ncap;
+        t->q_head = 0;
+    }
+    t->q[(t->q_head + t->q_len) % t->q_cap] = *ev;
+    t->q_len++;
+    return 0;
+}
+
+static int pk_push(struct umld_tracer *t, const struct umld_event *ev)
+{
+    if (t->pk_len == t->pk_cap) {
+        size_t ncap = t->pk_cap ? t->pk_cap * 2 : 16;
+        struct umld_event *np = realloc(t->pk, ncap * sizeof *np);
+        if (!np)
+            return -ENOMEM;
+        t->pk = np;
+        t->pk_cap = ncap;
+    }
+    t->pk[t->pk_len++] = *ev;
+    t->stats[2]++;
+    return 0;
+}
+
+static void pk_remove(struct umld_tracer *t, size_t i)
+{
+    memmove(&t->pk[i], &t->pk[i + 1], (t->pk_len - i - 1) * sizeof *t->pk);
+    t->pk_len--;
+}
+
+/* ------------------------------------------------------------------------
+ * Small /proc helpers (only on rare paths).
+ * ------------------------------------------------------------------------ */
+
+/* Tgid and PPid of `tid` from /proc/<tid>/status; -errno if unreadable. */
+static int proc_ids(pid_t tid, pid_t *tgid, pid_t *ppid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -EIO;
+    buf[n] = '\0';
+    const char *p = strstr(buf, "\nTgid:");
+    const char *q = strstr(buf, "\nPPid:");
+    if (!p || !q)
+        return -EIO;
+    *tgid = (pid_t)strtol(p + 6, NULL, 10);
+    *ppid = (pid_t)strtol(q + 6, NULL, 10);
+    return 0;
+}
+
+/* True when `tid` names a live (not zombie, not dead) task right now. */
+static int proc_alive(pid_t tid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    /* The state follows the last ')' (the command name may contain one). */
+    const char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ')
+        return 0;
+    return p[2] != 'Z' && p[2] != 'X' && p[2] != 'x';
+}
+
+static pid_t tgid_of(struct thr *r)
+{
+    if (r->tgid == 0) {
+        pid_t tg, pp;
+        if (proc_ids(r->tid, &tg, &pp) == 0)
+            r->tgid = tg;
+    }
+    return r->tgid ? r->tgid : r->tid;
+}
+
+/* ------------------------------------------------------------------------
+ * Emission with the ordering guarantee (events.py): an event of a thread
+ * whose Cloned has not been queued yet is parked, and released right after
+ * that Cloned.
+ * ------------------------------------------------------------------------ */
+
+static int emit(struct umld_tracer *t, const struct umld_event *ev);
+
+/* A parked Exited followed by later events of the same tid, or one whose
+ * tid is alive again now, belongs to an earlier thread with that tid (one
+ * whose creator died before reporting it): drop it and what preceded it. */
+static void drop_stale_exits(struct umld_tracer *t, pid_t tid)
+{
+    ssize_t last_exit = -1;
+    size_t after = 0;
+    for (size_t i = 0; i < t->pk_len; i++) {
+        if (t->pk[i].tid != tid)
+            continue;
+        if (t->pk[i].kind == UMLD_EV_EXITED) {
+            last_exit = (ssize_t)i;
+            after = 0;
+        } else {
+            after++;
+        }
+    }
+    if (last_exit < 0)
+        return;
+    if (after == 0 && !proc_alive(tid))
+        return; /* an ordinary quick death: keep it */
+    for (size_t i = 0; i <= (size_t)last_exit;) {
+        if (t->pk[i].tid == tid) {
+            pk_remove(t, i);
+            last_exit--;
+        } else {
+            i++;
+        }
+    }
+}
+
+static int announce(struct umld_tracer *t, pid_t child)
+{
+    struct thr *c = thr_get(t, child);
+    if (!c)
+        return -ENOMEM;
+    c->announced = 1;
+    if (t->pk_len == 0)
+        return 0;
+    drop_stale_exits(t, child);
+    for (;;) {
+        size_t i;
+        for (i = 0; i < t->pk_len && t->pk[i].tid != child; i++)
+            ;
+        if (i == t->pk_len)
+            return 0;
+        struct umld_event ev = t->pk[i];
+        pk_remove(t, i);
+        int rc = emit(t, &ev);
+        if (rc < 0)
+            return rc;
+        if (ev.kind == UMLD_EV_EXITED)
+            return 0;
+    }
+}
+
+/* The thread group of `x` is about to lose its last announced thread.
+ * Threads that it created but whose Cloned was lost (the creator was killed
+ * in its PTRACE_EVENT_FORK/CLONE stop before we collected it) would stay
+ * parked -- and stopped -- forever; announce them as its children now. */
+static int sweep_orphans(struct umld_tracer *t, pid_t x)
+{
+    struct thr *xr = umld__thr_find(t, x);
+    if (!xr)
+        return 0;
+    pid_t g = tgid_of(xr);
+    pid_t cand[64];
+    size_t n = 0;
+    for (size_t i = 0; i < t->tab_cap; i++) {
+        struct thr *r = &t->tab[i];
+        if (r->tid == 0 || r->tid == x)
+            continue;
+        if (r->announced && r->tgid == g)
+            return 0; /* the group lives on; the event may still come */
+        if (!r->announced && r->seen_alive && r->creator_tgid == g && n < 64)
+            cand[n++] = r->tid;
+    }
+    for (size_t k = 0; k < n; k++) {
+        struct thr *r = umld__thr_find(t, cand[k]);
+        if (!r || r->announced)
+            continue;
+        struct umld_event ev;
+        ev_init(&ev, UMLD_EV_CLONED, x);
+        ev.child = cand[k];
+        ev.clone_kind = (r->tgid == g) ? UMLD_CLONE_THREAD : UMLD_CLONE_FORK;
+        int rc = emit(t, &ev);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int emit(struct umld_tracer *t, const struct umld_event *ev)
+{
+    struct thr *r = umld__thr_find(t, ev->tid);
+    if (!r || !r->announced) {
+        if (!r && !thr_get(t, ev->tid))
+            return -ENOMEM;
+        return pk_push(t, ev);
+    }
+    if (ev->kind == UMLD_EV_EXITED) {
+        if (t->pk_len) {
+            int rc = sweep_orphans(t, ev->tid);
+            if (rc < 0)
+                return rc;
+        }
+        thr_del(t, ev->tid);
+        return q_push(t, ev);
+    }
+    int rc = q_push(t, ev);
+    if (rc == 0 && ev->kind == UMLD_EV_CLONED)
+        rc = announce(t, ev->child);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------
+ * Creation and teardown.
+ * ------------------------------------------------------------------------ */
+
+struct umld_tracer *umld_tracer_new(void)
+{
+    struct umld_tracer *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->tab_cap = 64;
+    t->tab = calloc(t->tab_cap, sizeof *t->tab);
+    if (!t->tab) {
+        free(t);
+        errno = ENOMEM;
+        return NULL;
+    }
+    t->owner = pthread_self();
+    t->owner_tid = (pid_t)syscall(SYS_gettid);
+    atomic_init(&t->wake, 0);
+    t->pagesize = sysconf(_SC_PAGESIZE);
+    if (t->pagesize <= 0)
+        t->pagesize = 4096;
+    sigemptyset(&t->waitset);
+    sigemptyset(&t->hostset);
+    sigaddset(&t->waitset, SIGCHLD);
+    return t;
+}
+
+void umld_tracer_free(struct umld_tracer *t)
+{
+    if (!t)
+        return;
+    for (size_t i = 0; i < t->tab_cap; i++)
+        if (t->tab[i].tid != 0 && t->tab[i].errfd >= 0)
+            close(t->tab[i].errfd);
+    free(t->tab);
+    free(t->q);
+    free(t->pk);
+    free(t->buf);
+    free(t);
+}
+
+int umld_set_host_signals(struct umld_tracer *t, const int *signals, int n)
+{
+    UMLD_ENTER(t);
+    sigset_t ws, hs;
+    sigemptyset(&ws);
+    sigemptyset(&hs);
+    sigaddset(&ws, SIGCHLD);
+    for (int i = 0; i < n; i++) {
+        if (signals[i] <= 0 || signals[i] >= NSIG || signals[i] == SIGKILL ||
+            signals[i] == SIGSTOP || signals[i] == SIGCHLD)
+            return -EINVAL;
+        sigaddset(&ws, signals[i]);
+        sigaddset(&hs, signals[i]);
+    }
+    t->waitset = ws;
+    t->hostset = hs;
+    t->n_host = n;
+    t->mask_checked = 0;
+    return 0;
+}
+
+void umld_stats(struct umld_tracer *t, uint64_t *out5)
+{
+    memcpy(out5, t->stats, sizeof t->stats);
+}
+
+/* ------------------------------------------------------------------------
+ * Spawn.
+ * ------------------------------------------------------------------------ */
+
+/* Report (stage, errno) to the parent and die.  Runs in the forked child:
+ * async-signal-safe calls only from here to execve. */
+static void __attribute__((noreturn)) child_fail(int fd, int stage, int err)
+{
+    int msg[2] = {stage, err};
+    ssize_t n = write(fd, msg, sizeof msg);
+    (void)n;
+    _exit(127);
+}
+
+static void __attribute__((noreturn))
+child_main(int go_fd, int err_fd, pid_t parent, const char *path, char **argv,
+           char **envp, const char *cwd, const void *filter, size_t filter_len,
+           int flags, int tty_fd, const int *reset_signals, int n_reset,
+           uint64_t sigmask)
+{
+    /* All signals are blocked (the parent blocked them around fork), so no
+     * inherited handler can run before exec. */
+    char c;
+    ssize_t n;
+    do
+        n = read(go_fd, &c, 1);
+    while (n < 0 && errno == EINTR);
+    if (n != 1)
+        _exit(127); /* the tracer went away before attaching */
+    close(go_fd);
+
+    if ((flags & UMLD_SPAWN_NEW_PGRP) && setpgid(0, 0) < 0)
+        child_fail(err_fd, UMLD_STAGE_SETUP, errno);
+    /* tcsetpgrp from a background group raises SIGTTOU unless it is blocked
+     * or ignored (tcsetpgrp(3)); it is blocked here. */
+    if (tty_fd >= 0 && tcsetpgrp(tty_fd, getpgrp()) < 0)
+        child_fail(err_fd, UMLD_STAGE_SETUP, errno);
+    if ((flags & UMLD_SPAWN_SUBREAPER) && prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0)
+        child_fail(err_fd, UMLD_STAGE_SETUP, errno);
+    /* PR_SET_PDEATHSIG fires when the thread that forked us exits -- the
+     * tracer thread.  EXITKILL covers the same case once attached; this is
+     * belt and braces.  Check for the race where it already happened. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+        child_fail(err_fd, UMLD_STAGE_SETUP, errno);
+    if (getppid() != parent)
+        _exit(127);
+
+    /* Handlers inherited from umld must not run between now and exec. */
+    for (int s = 1; s < NSIG; s++) {
+        struct sigaction sa;
+        if (s == SIGKILL || s == SIGSTOP || sigaction(s, NULL, &sa) < 0)
+            continue;
+        if (sa.sa_handler != SIG_DFL && sa.sa_handler != SIG_IGN) {
+            memset(&sa, 0, sizeof sa);
+            sa.sa_handler = SIG_DFL;
+            sigaction(s, &sa, NULL);
+        }
+    }
+    for (int i = 0; i < n_reset; i++) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = SIG_DFL;
+        if (sigaction(reset_signals[i], &sa, NULL) < 0)
+            child_fail(err_fd, UMLD_STAGE_SETUP, errno);
+    }
+    if (cwd && chdir(cwd) < 0)
+        child_fail(err_fd, UMLD_STAGE_SETUP, errno);
+
+    /* The mask goes on before the filter so that rt_sigprocmask never
+     * stops in the tracer before exec, whatever the filter traps. */
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (int s = 1; s <= 64 && s < NSIG; s++)
+        if (sigmask & (1ULL << (s - 1)))
+            sigaddset(&mask, s);
+    if (sigprocmask(SIG_SETMASK, &mask, NULL) < 0)
+        child_fail(err_fd, UMLD_STAGE_SETUP, errno);
+
+    if (filter_len > 0) {
+        /* NO_NEW_PRIVS lets an unprivileged process install a filter
+         * (seccomp(2)); the kernel would reject a partial instruction with
+         * EINVAL, so do the same. */
+        if (filter_len % sizeof(struct sock_filter) != 0 ||
+            filter_len / sizeof(struct sock_filter) > USHRT_MAX)
+            child_fail(err_fd, UMLD_STAGE_SECCOMP, EINVAL);
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+            child_fail(err_fd, UMLD_STAGE_SECCOMP, errno);
+        struct sock_fprog prog = {
+            .len = (unsigned short)(filter_len / sizeof(struct sock_filter)),
+            .filter = (struct sock_filter *)(uintptr_t)filter,
+        };
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)
+            child_fail(err_fd, UMLD_STAGE_SECCOMP, errno);
+    }
+    execve(path, argv, envp ? envp : environ);
+    child_fail(err_fd, UMLD_STAGE_EXEC, errno);
+}
+
+int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp,
+               const char *cwd, const void *filter, size_t filter_len, int flags,
+               int tty_fd, const int *reset_signals, int n_reset, uint64_t sigmask,
+               int *out_pid)
+{
+    UMLD_ENTER(t);
+    /* Make sure the table can take the new pid before anything happens. */
+    if ((t->tab_len + 2) * 2 > t->tab_cap && tab_grow(t) < 0)
+        return -ENOMEM;
+    int go[2], ep[2];
+    if (pipe2(go, O_CLOEXEC) < 0)
+        return -errno;
+    if (pipe2(ep, O_CLOEXEC) < 0) {
+        int e = errno;
+        close(go[0]);
+        close(go[1]);
+        return -e;
+    }
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(go[1]);
+        close(ep[0]);
+        child_main(go[0], ep[1], parent, path, argv, envp, cwd, filter, filter_len, flags,
+                   tty_fd, reset_signals, n_reset, sigmask);
+    }
+    int fork_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close(go[0]);
+    close(ep[1]);
+    if (pid < 0) {
+        close(go[1]);
+        close(ep[0]);
+        return -fork_errno;
+    }
+    /* Both sides set the process group, as shells do, so that it is in
+     * place when we return whichever runs first; the child's call is the
+     * one that matters if this fails. */
+    if (flags & UMLD_SPAWN_NEW_PGRP)
+        setpgid(pid, pid);
+
+    long opts = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK |
+                PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESECCOMP |
+                PTRACE_O_EXITKILL;
+    if (ptrace(PTRACE_SEIZE, pid, 0, opts) < 0) {
+        int e = errno;
+        kill(pid, SIGKILL);
+        close(go[1]);
+        close(ep[0]);
+        int st;
+        while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR)
+            ;
+        return -e;
+    }
+    struct thr *r = thr_get(t, pid);
+    r->tgid = pid;
+    r->announced = 1;
+    r->seen_alive = 1;
+    r->errfd = ep[0];
+    fcntl(ep[0], F_SETFL, O_NONBLOCK);
+    ssize_t n;
+    do
+        n = write(go[1], "g", 1);
+    while (n < 0 && errno == EINTR);
+    close(go[1]);
+    *out_pid = pid;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Turning wait statuses into events.
+ * ------------------------------------------------------------------------ */
+
+static inline int restart_req(const struct thr *r)
+{
+    return r->exit_stop ? PTRACE_SYSCALL : PTRACE_CONT;
+}
+
+/* Restart after a stop handled here.  ESRCH (killed meanwhile) is fine:
+ * its exit status will follow. */
+static void restart(struct umld_tracer *t, pid_t tid)
+{
+    struct thr *r = umld__thr_find(t, tid);
+    int req = r ? restart_req(r) : PTRACE_CONT;
+    if (r)
+        r->state = ST_RUNNING;
+    ptrace(req, tid, 0, 0);
+}
+
+static int on_seccomp(struct umld_tracer *t, struct thr *r, struct umld_event *ev)
+{
+    struct __ptrace_syscall_info si;
+    pid_t tid = r->tid;
+    ev_init(ev, UMLD_EV_SYSCALL, tid);
+    if (ptrace(PTRACE_GET_SYSCALL_INFO, tid, sizeof si, &si) > 0 &&
+        si.op == PTRACE_SYSCALL_INFO_SECCOMP) {
+        int arch;
+        if (si.arch == AUDIT_ARCH_I386) {
+            arch = UMLD_ARCH_I386;
+            for (int i = 0; i < 6; i++)
+                ev->args[i] = (uint32_t)si.seccomp.args[i];
+        } else {
+            arch = (si.seccomp.nr & X32_SYSCALL_BIT) ? UMLD_ARCH_X32 : UMLD_ARCH_X86_64;
+            memcpy(ev->args, si.seccomp.args, sizeof ev->args);
+        }
+        ev->arch = arch;
+        ev->nr = (long)(int32_t)(uint32_t)si.seccomp.nr;
+    } else {
+        /* Kernel before 5.3, or a stop that is not what it looks like:
+         * fall back on the registers (cannot tell int 0x80 from syscall in
+         * a 64-bit process, but a 32-bit one shows in cs). */
+        struct user_regs_struct regs;
+        if (ptrace(PTRACE_GETREGS, tid, 0, &regs) < 0)
+            return errno == ESRCH ? 0 : -errno;
+        if (regs.cs == 0x23) {
+            ev->arch = UMLD_ARCH_I386;
+            uint64_t a[6] = {regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp};
+            for (int i = 0; i < 6; i++)
+                ev->args[i] = (uint32_t)a[i];
+        } else {
+            ev->arch = (regs.orig_rax & X32_SYSCALL_BIT) ? UMLD_ARCH_X32 : UMLD_ARCH_X86_64;
+            uint64_t a[6] = {regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9};
+            memcpy(ev->args, a, sizeof a);
+        }
+        ev->nr = (long)(int32_t)(uint32_t)regs.orig_rax;
+    }
+    r->state = ST_SECCOMP;
+    r->arch = (uint8_t)ev->arch;
+    return emit(t, ev);
+}
+
+static int on_sysexit(struct umld_tracer *t, struct thr *r, struct umld_event *ev)
+{
+    struct user_regs_struct regs;
+    pid_t tid = r->tid;
+    if (ptrace(PTRACE_GETREGS, tid, 0, &regs) < 0)
+        return errno == ESRCH ? 0 : -errno;
+    ev_init(ev, UMLD_EV_SYSEXIT, tid);
+    ev->arch = r->arch;
+    ev->nr = (long)(int32_t)(uint32_t)regs.orig_rax;
+    ev->result = r->arch == UMLD_ARCH_I386 ? (long)(int32_t)(uint32_t)regs.rax : (long)regs.rax;
+    r->state = ST_SYSEXIT;
+    r->exit_stop = 0;
+    return emit(t, ev);
+}
+
+/* Is `child` (created by a PTRACE_EVENT_CLONE) a thread of `parent`?  The
+ * child exists (attached, not reaped) unless it died in between; tgkill
+ * with signal 0 succeeds exactly when it is in thread group `ptgid`. */
+static int clone_is_thread(pid_t parent, pid_t ptgid, pid_t child)
+{
+    if (syscall(SYS_tgkill, ptgid, child, 0) == 0)
+        return 1;
+    if (errno != ESRCH || syscall(SYS_tgkill, child, child, 0) == 0)
+        return 0;
+    /* Gone already: read the flags the parent passed (it is stopped in the
+     * call).  clone(2) has them in rdi (x86_64, x32) or ebx (i386, nr
+     * 120); clone3(2) points at struct clone_args, flags first. */
+    struct user_regs_struct regs;
+    if (ptrace(PTRACE_GETREGS, parent, 0, &regs) < 0)
+        return 0;
+    unsigned long nr = regs.orig_rax & ~X32_SYSCALL_BIT;
+    uint64_t flags = 0;
+    if (nr == 56)
+        flags = regs.rdi;
+    else if (nr == 120)
+        flags = (uint32_t)regs.rbx;
+    else if (nr == 435) {
+        uint64_t ptr = regs.cs == 0x23 ? (uint32_t)regs.rbx : regs.rdi;
+        struct iovec l = {&flags, sizeof flags}, rm = {(void *)(uintptr_t)ptr, sizeof flags};
+        if (process_vm_readv(parent, &l, 1, &rm, 1, 0) != sizeof flags)
+            return 0;
+    }
+    return (flags & 0x00010000 /* CLONE_THREAD */) != 0;
+}
+
+static int on_clone(struct umld_tracer *t, struct thr *r, int event, struct umld_event *ev)
+{
+    pid_t tid = r->tid;
+    unsigned long msg = 0;
+    if (ptrace(PTRACE_GETEVENTMSG, tid, 0, &msg) < 0)
+        return 0; /* killed in the stop; its exit follows */
+    pid_t child = (pid_t)msg;
+    pid_t ptgid = tgid_of(r);
+    int kind;
+    if (event == PTRACE_EVENT_FORK)
+        kind = UMLD_CLONE_FORK;
+    else if (event == PTRACE_EVENT_VFORK)
+        kind = UMLD_CLONE_VFORK;
+    else
+        kind = clone_is_thread(tid, ptgid, child) ? UMLD_CLONE_THREAD : UMLD_CLONE_PROCESS;
+    struct thr *c = thr_get(t, child); /* invalidates r */
+    if (!c)
+        return -ENOMEM;
+    c->tgid = kind == UMLD_CLONE_THREAD ? ptgid : child;
+    restart(t, tid);
+    ev_init(ev, UMLD_EV_CLONED, tid);
+    ev->child = child;
+    ev->clone_kind = kind;
+    return emit(t, ev);
+}
+
+static int on_exec(struct umld_tracer *t, struct thr *r, struct umld_event *ev)
+{
+    pid_t tid = r->tid;
+    unsigned long msg = 0;
+    pid_t former = tid;
+    if (ptrace(PTRACE_GETEVENTMSG, tid, 0, &msg) == 0 && msg != 0)
+        former = (pid_t)msg;
+    if (former != tid) {
+        /* A non-leader thread exec'd and took the leader's tid (ptrace(2),
+         * "execve(2) under ptrace").  The old leader vanishes without an
+         * exit report; the record of `tid` now describes the execing
+         * thread, carrying its pending syscall-exit-stop if any. */
+        struct thr *f = umld__thr_find(t, former);
+        uint8_t exit_stop = f ? f->exit_stop : 0;
+        for (size_t i = 0; i < t->pk_len;) {
+            if (t->pk[i].tid == former)
+                pk_remove(t, i);
+            else
+                i++;
+        }
+        thr_del(t, former);
+        r = umld__thr_find(t, tid);
+        if (!r)
+            return 0;
+        r->exit_stop = exit_stop;
+    }
+    /* The spawn's own execve succeeded: no spawn error can come anymore. */
+    if (r->errfd >= 0) {
+        close(r->errfd);
+        r->errfd = -1;
+    }
+    r->tgid = tid;
+    restart(t, tid);
+    ev_init(ev, UMLD_EV_EXECED, tid);
+    ev->child = former;
+    return emit(t, ev);
+}
+
+static void read_spawn_error(int fd, struct umld_event *ev)
+{
+    int msg[2];
+    ssize_t n;
+    do
+        n = read(fd, msg, sizeof msg);
+    while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)sizeof msg) {
+        ev->spawn_stage = msg[0];
+        ev->spawn_errno = msg[1];
+    }
+}
+
+static int is_stop_signal(int sig)
+{
+    return sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
+}
+
+static int handle_status(struct umld_tracer *t, pid_t tid, int st)
+{
+    struct umld_event ev;
+    t->stats[0]++;
+    if (WIFEXITED(st) || WIFSIGNALED(st)) {
+        ev_init(&ev, UMLD_EV_EXITED, tid);
+        ev.status = st;
+        struct thr *r = umld__thr_find(t, tid);
+        if (r && r->errfd >= 0) {
+            read_spawn_error(r->errfd, &ev);
+            close(r->errfd);
+            r->errfd = -1;
+        }
+        return emit(t, &ev);
+    }
+    if (!WIFSTOPPED(st))
+        return 0;
+    int sig = WSTOPSIG(st);
+    int event = (unsigned)st >> 16;
+    struct thr *r = thr_get(t, tid);
+    if (!r)
+        return -ENOMEM;
+    if (!r->seen_alive && !r->announced) {
+        /* First sight of a thread whose creator has not reported it yet:
+         * note who probably created it, for sweep_orphans. */
+        pid_t tg, pp;
+        if (proc_ids(tid, &tg, &pp) == 0) {
+            r->tgid = tg;
+            r->creator_tgid = tg != tid ? tg : pp;
+        }
+    }
+    r->seen_alive = 1;
+
+    switch (event) {
+    case 0:
+        if (sig == (SIGTRAP | 0x80))
+            return on_sysexit(t, r, &ev);
+        /* Under PTRACE_SEIZE group-stops come as PTRACE_EVENT_STOP, so a
+         * plain stop is a signal-delivery-stop (ptrace(2), "Group-stop"). */
+        r->state = ST_SIGNAL;
+        ev_init(&ev, UMLD_EV_SIGNAL, tid);
+        ev.signo = sig;
+        return emit(t, &ev);
+    case PTRACE_EVENT_SECCOMP:
+        return on_seccomp(t, r, &ev);
+    case PTRACE_EVENT_STOP:
+        if (is_stop_signal(sig)) {
+            /* Group-stop.  PTRACE_LISTEN keeps it stopped yet lets SIGCONT
+             * (or a new stop) wake it into another PTRACE_EVENT_STOP. */
+            int was_listening = r->state == ST_LISTEN;
+            r->state = ST_LISTEN;
+            ptrace(PTRACE_LISTEN, tid, 0, 0);
+            if (was_listening)
+                return 0; /* re-trap while still stopped */
+            ev_init(&ev, UMLD_EV_GROUPSTOP, tid);
+            ev.signo = sig;
+            return emit(t, &ev);
+        }
+        /* SIGTRAP: on a listening tracee the group-stop ended (SIGCONT);
+         * otherwise the initial stop of an auto-attached child. */
+        if (r->state == ST_LISTEN) {
+            restart(t, tid);
+            ev_init(&ev, UMLD_EV_CONTINUED, tid);
+            return emit(t, &ev);
+        }
+        restart(t, tid);
+        return 0;
+    case PTRACE_EVENT_FORK:
+    case PTRACE_EVENT_VFORK:
+    case PTRACE_EVENT_CLONE:
+        return on_clone(t, r, event, &ev);
+    case PTRACE_EVENT_EXEC:
+        return on_exec(t, r, &ev);
+    default:
+        restart(t, tid);
+        return 0;
+    }
+}
+
+/* Reap what is there until an event is ready.  Returns 0 or -errno. */
+static int drain(struct umld_tracer *t)
+{
+    for (;;) {
+        int st;
+        pid_t p = waitpid(-1, &st, WNOHANG | __WALL | __WNOTHREAD);
+        if (p == 0)
+            return 0;
+        if (p < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == ECHILD ? 0 : -errno;
+        }
+        int rc = handle_status(t, p, st);
+        if (rc < 0)
+            return rc;
+        if (t->q_len)
+            return 0;
+    }
+}
+
+/* The signals umld_wait sleeps on must be blocked here (or sigtimedwait may
+ * lose them to delivery), and SIGCHLD must be neither ignored nor
+ * SA_NOCLDSTOP, or no SIGCHLD comes for ptrace stops (wait(2)). */
+static int check_signal_setup(struct umld_tracer *t)
+{
+    sigset_t cur;
+    pthread_sigmask(SIG_BLOCK, NULL, &cur);
+    for (int s = 1; s < NSIG; s++)
+        if (sigismember(&t->waitset, s) == 1 && sigismember(&cur, s) != 1)
+            return -EDEADLK;
+    struct sigaction sa;
+    if (sigaction(SIGCHLD, NULL, &sa) == 0 &&
+        (sa.sa_handler == SIG_IGN || (sa.sa_flags & SA_NOCLDSTOP)))
+        return -ENOTSUP;
+    t->mask_checked = 1;
+    return 0;
+}
+
+static void q_pop(struct umld_tracer *t, struct umld_event *ev)
+{
+    *ev = t->q[t->q_head];
+    t->q_head = (t->q_head + 1) % t->q_cap;
+    t->q_len--;
+    t->stats[1]++;
+}
+
+int umld_wait(struct umld_tracer *t, struct umld_event *ev, int timeout_ms)
+{
+    struct timespec deadline = {0, 0};
+    UMLD_ENTER(t);
+    if (timeout_ms > 0) {
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_sec += timeout_ms / 1000;
+        deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec++;
+            deadline.tv_nsec -= 1000000000L;
+        }
+    }
+    for (;;) {
+        if (atomic_load_explicit(&t->wake, memory_order_relaxed) &&
+            atomic_exchange(&t->wake, 0)) {
+            ev_init(ev, UMLD_EV_WAKEUP, 0);
+            return UMLD_EV_WAKEUP;
+        }
+        /* A guest that keeps us busy must not starve host signals: look
+         * at them now and then without sleeping. */
+        if (t->n_host && ++t->since_sleep >= 64) {
+            t->since_sleep = 0;
+            struct timespec zero = {0, 0};
+            int s = sigtimedwait(&t->hostset, NULL, &zero);
+            if (s > 0) {
+                ev_init(ev, UMLD_EV_HOSTSIG, 0);
+                ev->signo = s;
+                return UMLD_EV_HOSTSIG;
+            }
+        }
+        if (t->q_len == 0) {
+            int rc = drain(t);
+            if (rc < 0)
+                return rc;
+        }
+        if (t->q_len) {
+            q_pop(t, ev);
+            return ev->kind;
+        }
+
+        /* Nothing to reap: sleep until SIGCHLD, a host signal, a wake-up
+         * (a thread-directed SIGCHLD) or the deadline. */
+        if (!t->mask_checked) {
+            int rc = check_signal_setup(t);
+            if (rc < 0)
+                return rc;
+        }
+        struct timespec rel, *relp = NULL;
+        if (timeout_ms >= 0) {
+            rel.tv_sec = 0;
+            rel.tv_nsec = 0;
+            if (timeout_ms > 0) {
+                struct timespec now;
+                clock_gettime(CLOCK_MONOTONIC, &now);
+                rel.tv_sec = deadline.tv_sec - now.tv_sec;
+                rel.tv_nsec = deadline.tv_nsec - now.tv_nsec;
+                if (rel.tv_nsec < 0) {
+                    rel.tv_sec--;
+                    rel.tv_nsec += 1000000000L;
+                }
+                if (rel.tv_sec < 0)
+                    rel.tv_sec = rel.tv_nsec = 0;
+            }
+            relp = &rel;
+        }
+        t->stats[3]++;
+        t->since_sleep = 0;
+        siginfo_t si;
+        int s = sigtimedwait(&t->waitset, &si, relp);
+        if (s < 0) {
+            if (errno == EAGAIN) {
+                /* Timed out -- but look once more, a status may have come
+                 * with its SIGCHLD consumed by an earlier wait. */
+                int rc = drain(t);
+                if (rc < 0)
+                    return rc;
+                if (t->q_len) {
+                    q_pop(t, ev);
+                    return ev->kind;
+                }
+                return 0;
+            }
+            return -errno; /* EINTR: a handler ran; the caller retries */
+        }
+        if (s == SIGCHLD) {
+            /* A child changed state, or umld_wake (checked at loop top). */
+            if (!atomic_load_explicit(&t->wake, memory_order_relaxed))
+                t->stats[4]++;
+            continue;
+        }
+        ev_init(ev, UMLD_EV_HOSTSIG, 0);
+        ev->signo = s;
+        return UMLD_EV_HOSTSIG;
+    }
+}
+
+int umld_wake(struct umld_tracer *t)
+{
+    atomic_store(&t->wake, 1);
+    /* Thread-directed, so that exactly the tracer thread's sigtimedwait
+     * sees it; blocked there, so it stays pending until then. */
+    int rc = pthread_kill(t->owner, SIGCHLD);
+    return -rc;
+}
+
+/* ------------------------------------------------------------------------
+ * Answers to stops.
+ * ------------------------------------------------------------------------ */
+
+/* The record of `tid` if it is in one of the stops in `mask` (1 << state):
+ * NULL with *rc = -ESRCH when we do not trace it (any more), -EINVAL when
+ * it is not in such a stop. */
+static struct thr *stopped_in(struct umld_tracer *t, pid_t tid, unsigned mask, int *rc)
+{
+    struct thr *r = umld__thr_find(t, tid);
+    if (!r || !r->announced) {
+        *rc = -ESRCH;
+        return NULL;
+    }
+    if (!(mask & (1u << r->state))) {
+        *rc = -EINVAL;
+        return NULL;
+    }
+    return r;
+}
+
+#define M_SECCOMP (1u << ST_SECCOMP)
+#define M_ANY_STOP ((1u << ST_SECCOMP) | (1u << ST_SYSEXIT) | (1u << ST_SIGNAL))
+
+int umld_resume(struct umld_tracer *t, int tid, int sig, int stop_at_exit)
+{
+    UMLD_ENTER(t);
+    int rc;
+    struct thr *r = stopped_in(t, tid, M_ANY_STOP, &rc);
+    if (!r)
+        return rc;
+    int req = PTRACE_CONT;
+    if (stop_at_exit && r->state == ST_SECCOMP) {
+        req = PTRACE_SYSCALL;
+        r->exit_stop = 1;
+    }
+    r->state = ST_RUNNING;
+    if (ptrace(req, tid, 0, (long)sig) < 0)
+        return -errno;
+    return 0;
+}
+
+int umld_complete(struct umld_tracer *t, int tid, long result)
+{
+    UMLD_ENTER(t);
+    int rc;
+    struct thr *r = stopped_in(t, tid, M_SECCOMP, &rc);
+    if (!r)
+        return rc;
+    r->state = ST_RUNNING;
+    /* seccomp(2), SECCOMP_RET_TRACE: "The tracer can skip the system call
+     * by changing the system call number to -1", the return register then
+     * holds the result.  Two POKEUSERs cost the same two calls as GETREGS
+     * + SETREGS and copy less; the stop itself used GET_SYSCALL_INFO, so
+     * there are no cached registers to reuse. */
+    if (ptrace(PTRACE_POKEUSER, tid, OFF_ORIG_RAX, -1L) < 0 ||
+        ptrace(PTRACE_POKEUSER, tid, OFF_RAX, result) < 0 ||
+        ptrace(PTRACE_CONT, tid, 0, 0) < 0)
+        return -errno;
+    return 0;
+}
+
+int umld_rewrite(struct umld_tracer *t, int tid, long nr, const uint64_t *args, int nargs,
+                 int stop_at_exit)
+{
+    UMLD_ENTER(t);
+    int rc;
+    struct thr *r = stopped_in(t, tid, M_SECCOMP, &rc);
+    if (!r)
+        return rc;
+    struct user_regs_struct regs;
+    if (ptrace(PTRACE_GETREGS, tid, 0, &regs) < 0) {
+        r->state = ST_RUNNING;
+        return -errno;
+    }
+    /* Changing orig_rax at the seccomp stop changes the call; the filter is
+     * then run again with RET_TRACE meaning ALLOW (ptrace(2),
+     * "PTRACE_EVENT_SECCOMP stops (since Linux 4.8)"). */
+    regs.orig_rax = (unsigned long)nr;
+    unsigned long long *slot64[6] = {&regs.rdi, &regs.rsi, &regs.rdx,
+                                     &regs.r10, &regs.r8, &regs.r9};
+    unsigned long long *slot32[6] = {&regs.rbx, &regs.rcx, &regs.rdx,
+                                     &regs.rsi, &regs.rdi, &regs.rbp};
+    int i386 = r->arch == UMLD_ARCH_I386;
+    for (int i = 0; i < nargs && i < 6; i++)
+        *(i386 ? slot32 : slot64)[i] = i386 ? (uint32_t)args[i] : args[i];
+    int req = PTRACE_CONT;
+    if (stop_at_exit) {
+        req = PTRACE_SYSCALL;
+        r->exit_stop = 1;
+    }
+    r->state = ST_RUNNING;
+    if (ptrace(PTRACE_SETREGS, tid, 0, &regs) < 0 || ptrace(req, tid, 0, 0) < 0)
+        return -errno;
+    return 0;
+}
+
+int umld_set_result(struct umld_tracer *t, int tid, long result)
+{
+    UMLD_ENTER(t);
+    int rc;
+    if (!stopped_in(t, tid, 1u << ST_SYSEXIT, &rc))
+        return rc;
+    if (ptrace(PTRACE_POKEUSER, tid, OFF_RAX, result) < 0)
+        return -errno;
+    return 0;
+}
+
+int umld_kill(struct umld_tracer *t, int tid, int sig)
+{
+    UMLD_ENTER(t);
+    struct thr *r = umld__thr_find(t, tid);
+    long rc;
+    if (r && r->tgid)
+        rc = syscall(SYS_tgkill, r->tgid, tid, sig);
+    else
+        rc = kill(tid, sig); /* unknown group: reaches its process */
+    if (rc < 0 && errno != ESRCH)
+        return -errno;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Close: kill everything, reap everything.
+ * ------------------------------------------------------------------------ */
+
+static void kill_all(struct umld_tracer *t)
+{
+    for (size_t i = 0; i < t->tab_cap; i++) {
+        struct thr *r = &t->tab[i];
+        if (r->tid == 0)
+            continue;
+        /* SIGKILL acts on the whole thread group and also ends
+         * ptrace-stops and PTRACE_LISTEN (ptrace(2)). */
+        if (syscall(SYS_tgkill, r->tgid ? r->tgid : r->tid, r->tid, SIGKILL) < 0)
+            kill(r->tid, SIGKILL);
+    }
+}
+
+static size_t live_count(struct umld_tracer *t)
+{
+    /* Parked-only records whose Exited we already reaped do not count. */
+    size_t n = 0;
+    for (size_t i = 0; i < t->tab_cap; i++) {
+        struct thr *r = &t->tab[i];
+        if (r->tid == 0)
+            continue;
+        int dead = 0;
+        for (size_t k = 0; k < t->pk_len; k++)
+            if (t->pk[k].tid == r->tid && t->pk[k].kind == UMLD_EV_EXITED)
+                dead = 1;
+        n += !dead;
+    }
+    return n;
+}
+
+int umld_close(struct umld_tracer *t)
+{
+    if (t->closed)
+        return 0;
+    if (!pthread_equal(pthread_self(), t->owner))
+        return -UMLD_ERR_NOT_OWNER;
+    t->closed = 1;
+    kill_all(t);
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    int quiet_rounds = 0;
+    for (;;) {
+        int st;
+        pid_t p = waitpid(-1, &st, WNOHANG | __WALL | __WNOTHREAD);
+        if (p < 0 && errno == EINTR)
+            continue;
+        if (p < 0)
+            break; /* ECHILD: nothing left at all */
+        if (p > 0) {
+            quiet_rounds = 0;
+            if (WIFEXITED(st) || WIFSIGNALED(st)) {
+                thr_del(t, p);
+            } else {
+                /* A thread we had not seen (child of a fork in flight):
+                 * kill it too; SIGKILL ends its stop. */
+                struct thr *r = thr_get(t, p);
+                (void)r;
+                kill(p, SIGKILL);
+            }
+            continue;
+        }
+        size_t live = live_count(t);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long ms = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+        /* Once nothing we know of is alive, linger a little for children
+         * of forks that were in flight, then stop. */
+        if ((live == 0 && quiet_rounds >= 2) || ms > 10000)
+            break;
+        if (live)
+            kill_all(t);
+        struct timespec slice = {0, live ? 50000000L : 5000000L};
+        sigtimedwait(&chld, NULL, &slice);
+        quiet_rounds++;
+    }
+    for (size_t i = 0; i < t->tab_cap; i++) {
+        if (t->tab[i].tid != 0 && t->tab[i].errfd >= 0)
+            close(t->tab[i].errfd);
+        t->tab[i].tid = 0;
+    }
+    t->tab_len = 0;
+    t->q_len = t->q_head = 0;
+    t->pk_len = 0;
+    return 0;
+}

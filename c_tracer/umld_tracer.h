@@ -1,0 +1,145 @@
+/*
+ * umld C tracer core: ptrace + seccomp stops turned into small event records.
+ *
+ * This is the engine behind umld/tracer/ptrace_c.py; the Python side only
+ * converts `struct umld_event` into the dataclasses of umld/tracer/events.py.
+ * See umld/tracer/platform.py ("How it works") for the model.
+ *
+ * Threading rule (ptrace(2): "the tracee is attached to a thread"): every
+ * function here except umld_wake() must be called on the thread that called
+ * umld_tracer_new().  That thread must keep SIGCHLD and every host signal
+ * blocked (umld_wait sleeps in sigtimedwait(2) on them; umld_wake interrupts
+ * it with a thread-directed SIGCHLD).  It should have no children of its own
+ * other than the ones umld_spawn() starts: umld_wait reaps with
+ * waitpid(-1, __WALL | __WNOTHREAD).
+ *
+ * Return convention: 0 (or a count / event kind) on success, -errno on
+ * failure.
+ *
+ * The section between the CDEF markers is fed verbatim to cffi's cdef() by
+ * c_tracer/build_ffi.py, so it may only contain what pycparser accepts:
+ * plain declarations and integer #defines.
+ */
+#ifndef UMLD_TRACER_H
+#define UMLD_TRACER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* CDEF-BEGIN */
+/* Event kinds (struct umld_event.kind); umld_wait returns one of them. */
+#define UMLD_EV_SYSCALL 1    /* SyscallStop: tid nr args[6] arch          */
+#define UMLD_EV_SYSEXIT 2    /* SyscallExit: tid nr result                */
+#define UMLD_EV_SIGNAL 3     /* SignalStop: tid signo                     */
+#define UMLD_EV_CLONED 4     /* Cloned: tid child clone_kind              */
+#define UMLD_EV_EXECED 5     /* Execed: tid child(=former tid)            */
+#define UMLD_EV_EXITED 6     /* Exited: tid status spawn_stage spawn_errno */
+#define UMLD_EV_GROUPSTOP 7  /* GroupStopped: tid signo                   */
+#define UMLD_EV_CONTINUED 8  /* Continued: tid                            */
+#define UMLD_EV_HOSTSIG 9    /* HostSignal: signo                         */
+#define UMLD_EV_WAKEUP 10    /* Wakeup                                    */
+
+/* struct umld_event.arch (values of umld.tracer.events.Arch) */
+#define UMLD_ARCH_X86_64 0
+#define UMLD_ARCH_I386 1
+#define UMLD_ARCH_X32 2
+
+/* struct umld_event.clone_kind */
+#define UMLD_CLONE_FORK 0
+#define UMLD_CLONE_VFORK 1
+#define UMLD_CLONE_THREAD 2
+#define UMLD_CLONE_PROCESS 3
+
+/* struct umld_event.spawn_stage: where a spawned child failed before exec */
+#define UMLD_STAGE_NONE 0
+#define UMLD_STAGE_SETUP 1
+#define UMLD_STAGE_SECCOMP 2
+#define UMLD_STAGE_EXEC 3
+
+/* Returned (negated) by every function but umld_wake when called from a
+ * thread other than the one that created the tracer. */
+#define UMLD_ERR_NOT_OWNER 100000
+
+/* umld_spawn flags */
+#define UMLD_SPAWN_NEW_PGRP 1
+#define UMLD_SPAWN_SUBREAPER 2
+
+struct umld_event {
+    int kind;
+    int tid;
+    int arch;
+    int signo;
+    int child;        /* Cloned: the new tid; Execed: the former tid */
+    int clone_kind;
+    int status;       /* Exited: raw wait status */
+    int spawn_stage;
+    int spawn_errno;
+    long nr;
+    long result;
+    uint64_t args[6];
+};
+
+struct umld_tracer;
+
+/* A tracer owned by the calling thread; NULL (errno set) on failure. */
+struct umld_tracer *umld_tracer_new(void);
+/* Free memory only (call umld_close first to kill and reap tracees). */
+void umld_tracer_free(struct umld_tracer *t);
+
+/* Start `path` traced.  argv and envp are NULL-terminated; envp NULL means
+ * the current environ.  cwd may be NULL.  filter is a struct sock_filter
+ * array of filter_len bytes (0: no filter, no NO_NEW_PRIVS).  sigmask holds
+ * signal s in bit s-1.  On success *out_pid is the child and 0 is returned;
+ * -EPERM (or -EACCES / -ENOSYS) means PTRACE_SEIZE was refused.  Failures in
+ * the child come back later in that pid's Exited event. */
+int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp,
+               const char *cwd, const void *filter, size_t filter_len, int flags,
+               int tty_fd, const int *reset_signals, int n_reset, uint64_t sigmask,
+               int *out_pid);
+
+/* Signals that umld_wait reports as UMLD_EV_HOSTSIG (replaces the set). */
+int umld_set_host_signals(struct umld_tracer *t, const int *signals, int n);
+
+/* Next event into *ev: returns its kind (> 0), 0 after timeout_ms
+ * milliseconds without one (-1: no timeout), -EINTR when a signal handler
+ * interrupted the sleep (the caller runs its handlers and calls again), or
+ * another -errno. */
+int umld_wait(struct umld_tracer *t, struct umld_event *ev, int timeout_ms);
+
+/* Make the current or next umld_wait return UMLD_EV_WAKEUP.  Any thread. */
+int umld_wake(struct umld_tracer *t);
+
+/* Answers to a stop.  -ESRCH: the thread is gone or not stopped (an Exited
+ * follows if it was killed); -EINVAL: wrong kind of stop for the request. */
+int umld_resume(struct umld_tracer *t, int tid, int sig, int stop_at_exit);
+int umld_complete(struct umld_tracer *t, int tid, long result);
+/* Sets the syscall number and the first nargs (<= 6) arguments. */
+int umld_rewrite(struct umld_tracer *t, int tid, long nr, const uint64_t *args, int nargs,
+                 int stop_at_exit);
+int umld_set_result(struct umld_tracer *t, int tid, long result);
+
+/* Guest memory.  Reads point *out at a buffer owned by the tracer, valid
+ * until the next read; they return the byte count or -errno. */
+long umld_read_mem(struct umld_tracer *t, int tid, uint64_t addr, size_t size,
+                   const char **out);
+int umld_write_mem(struct umld_tracer *t, int tid, uint64_t addr, const char *data,
+                   size_t size);
+/* String length (without NUL), at most `limit`: reads up to limit + 1
+ * bytes for the NUL; -ENAMETOOLONG when there is none, -EFAULT when the
+ * string runs into unreadable memory. */
+long umld_read_string(struct umld_tracer *t, int tid, uint64_t addr, size_t limit,
+                      const char **out);
+
+/* tgkill(2) `sig` to `tid`; 0 when the thread is already gone. */
+int umld_kill(struct umld_tracer *t, int tid, int sig);
+
+/* SIGKILL every traced thread, reap them all, close fds.  Idempotent. */
+int umld_close(struct umld_tracer *t);
+
+/* Counters for tests and benchmarks: [0] waitpid statuses handled,
+ * [1] events delivered, [2] events that were parked, [3] sleeps,
+ * [4] spurious wake-ups (SIGCHLD with nothing to reap). */
+void umld_stats(struct umld_tracer *t, uint64_t *out5);
+/* CDEF-END */
+
+#endif /* UMLD_TRACER_H */
