@@ -68,13 +68,22 @@ def traced_by(native_tid: int) -> list[int]:
     return found
 
 
-@pytest.fixture(autouse=True)
-def _tracer_signal_mask() -> Iterator[None]:
-    """wait() sleeps in sigtimedwait(2): SIGCHLD must be blocked in the
-    tracer thread before the tracer exists (platform.py)."""
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
+    """SIGCHLD blocked for the whole protocol of every tracer test.
+
+    wait() sleeps in sigtimedwait(2), so every thread must block SIGCHLD
+    (platform.py): a thread that does not can be handed the tracer's
+    SIGCHLD by the kernel and discard it (default action: ignore), and the
+    wait sleeps on.  Blocking it here, before the other plugins' wrappers
+    run, makes the threads they start during the test (faulthandler's
+    watchdog, created per test with the creator's mask, blocks signals
+    only once it first runs) inherit the block."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-    yield
-    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    try:
+        return (yield)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @pytest.fixture

@@ -143,6 +143,13 @@ _U64 = 1 << 64
 #: never saw it, so it must not run.
 ORPHAN_TIMEOUT = 5.0
 
+#: Longest single sleep in ``wait``.  SIGCHLD ends a sleep only if no
+#: thread of the process has it unblocked (the kernel may hand the signal
+#: to such a thread, which discards it); a thread started with an
+#: inherited mask before the owner blocked SIGCHLD is enough.  Bounding
+#: the sleep turns such a lost wake-up into a delay instead of a hang.
+MAX_SLEEP = 0.1
+
 #: What the reported stop of a tid is; decides what may be done with it.
 _AT_SYSCALL, _AT_EXIT, _AT_SIGNAL = 1, 2, 3
 
@@ -577,16 +584,12 @@ class PythonTracer:
                 self._sweep_orphans(now)
                 if self._ready:
                     continue
-            slice_: float | None = None if deadline is None else deadline - now
+            slice_ = MAX_SLEEP if deadline is None else min(deadline - now, MAX_SLEEP)
             if self._parked_since:
                 first = min(self._parked_since.values()) + ORPHAN_TIMEOUT - now
-                if first != math.inf:
-                    slice_ = max(first, 0.001) if slice_ is None else min(slice_, max(first, 0.001))
+                slice_ = min(slice_, max(first, 0.001))
             self._last_sigpoll = now
-            if slice_ is None:
-                info = signal.sigwaitinfo(self._sigset)
-            else:
-                info = signal.sigtimedwait(self._sigset, max(slice_, 0.0))
+            info = signal.sigtimedwait(self._sigset, max(slice_, 0.0))
             if info is not None:
                 if info.si_signo in self._host:
                     return HostSignal(info.si_signo)
@@ -597,6 +600,7 @@ class PythonTracer:
                     self._woken = False
                     return Wakeup()
                 return self._poll_once()
+            # A slice ended (or a lost SIGCHLD): look again.
 
     def _poll_once(self) -> Event | None:
         while True:
