@@ -521,9 +521,14 @@ def case_differences(a: ModuleRun, b: ModuleRun) -> list[str]:
 
 def render(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    # Durations are right-aligned so their decimal points line up.
+    right = [h == "time" for h in rows[0]]
     out = []
     for n, row in enumerate(rows):
-        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        cells = [
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)
+        ]
+        out.append("  ".join(cells).rstrip())
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return out
@@ -662,9 +667,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     guest_label = f"umld --tracer={args.tracer}" if args.under == "umld" else args.under
     prefix: list[str] = []
     unavailable: str | None = None
+    runner = args.under
     if not args.native_only:
         prefix = runner_prefix(args.under, args.tracer, args.umld.absolute())
         unavailable = check_runner(prefix, args.under)
+        if args.under == "umld":
+            # Logs go to conformance/out/<runner>/: keep the backends apart.
+            runner = f"umld-{args.tracer}"
         if unavailable is not None:
             # Still worth running natively: the native counts are the
             # reference and their duration is part of the report.
@@ -680,7 +689,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         guest_s = 0.0
         if not args.native_only and unavailable is None:
             guest, guest_s = run_phase(
-                args.under, prefix, modules, interp.path, scratch, args.jobs, args.timeout
+                runner, prefix, modules, interp.path, scratch, args.jobs, args.timeout
             )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -700,7 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "native": to_json(native, native_s),
         }
         if guest is not None:
-            doc[args.under] = to_json(guest, guest_s)
+            doc[runner] = to_json(guest, guest_s)
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
     if guest is None:
         if unavailable is None:
