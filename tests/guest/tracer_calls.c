@@ -10,6 +10,10 @@
  *                 then checks what the tracer wrote (see test_platform.py)
  *   procinfo      prints the working directory, whether it leads its
  *                 process group, and the blocked signals (hex mask)
+ *   i386          getpid through int 0x80 (i386 ABI, nr 20) with ebx..ebp
+ *                 set to 0x1111..0x6666; prints "i386=<eax>"
+ *   x32           getpid with the x32 bit (0x40000000 | 39); prints
+ *                 "x32=<rax>"
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -69,6 +73,32 @@ static int memlayout(void)
 	return 0;
 }
 
+static long int80_getpid(void)
+{
+	long ret;
+	/* ebx, ecx, edx, esi, edi, ebp carry i386 arguments; rbp is saved by
+	 * hand because the compiler may use it as the frame pointer. */
+	__asm__ volatile("push %%rbp\n\t"
+			 "mov $0x6666, %%rbp\n\t"
+			 "int $0x80\n\t"
+			 "pop %%rbp"
+			 : "=a"(ret)
+			 : "a"(20L), "b"(0x1111L), "c"(0x2222L), "d"(0x3333L), "S"(0x4444L),
+			   "D"(0x5555L)
+			 : "memory", "r8", "r9", "r10", "r11");
+	return ret;
+}
+
+static long x32_getpid(void)
+{
+	long ret;
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "a"(0x40000000L | 39)
+			 : "rcx", "r11", "memory");
+	return ret;
+}
+
 int main(int argc, char **argv)
 {
 	int first = 1;
@@ -105,6 +135,10 @@ int main(int argc, char **argv)
 					mask |= 1UL << (sig - 1);
 			printf("cwd=%s leader=%d sigblk=%lx\n", getcwd(cwd, sizeof cwd) ? cwd : "?",
 			       getpgrp() == getpid(), mask);
+		} else if (!strcmp(arg, "i386")) {
+			printf("i386=%ld\n", int80_getpid());
+		} else if (!strcmp(arg, "x32")) {
+			printf("x32=%ld\n", x32_getpid());
 		} else {
 			fprintf(stderr, "calls: unknown %s\n", arg);
 			return 2;

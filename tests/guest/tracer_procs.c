@@ -8,6 +8,7 @@
  *                   (not a thread, not a fork: PTRACE_EVENT_CLONE)
  *   thread-exec P   a third thread execs P while the leader and a second
  *                   thread sleep in pause(2)
+ *   pause N         N threads and the leader sleep in pause(2) for ever
  *   leader-exit     the leader leaves with exit(2) (only itself); its thread
  *                   exits the group with status 7 a little later
  */
@@ -122,6 +123,13 @@ int main(int argc, char **argv)
 			return 3;
 		if (pthread_create(&t, NULL, thread_exec, NULL))
 			return 3;
+		for (;;)
+			pause();
+	} else if (!strcmp(argv[1], "pause")) {
+		pthread_t t;
+		for (long i = 0; i < n; i++)
+			if (pthread_create(&t, NULL, thread_pause, NULL))
+				return 3;
 		for (;;)
 			pause();
 	} else if (!strcmp(argv[1], "leader-exit")) {

@@ -359,6 +359,40 @@ def test_rewrite_runs_another_call(drv: Driver, tracer_bin: Path, tmp_path: Path
     assert out.read_text().startswith(f"uname={os.getpid()} errno=0 ")
 
 
+@pytest.mark.parametrize(
+    "mode, nrs, event",
+    [
+        ("fork", {56}, Cloned),  # glibc fork(): clone(SIGCHLD)
+        ("threads", {435}, Cloned),  # pthread_create: clone3
+        ("exec", {59}, Execed),
+    ],
+)
+def test_stop_at_exit_survives_process_events(
+    drv: Driver, tracer_bin: Path, mode: str, nrs: set[int], event: type
+) -> None:
+    """A call resumed with stop_at_exit that creates a thread or execs still
+    stops at its exit, after the Cloned/Execed event (the backend resumes
+    the event stop itself and must keep the syscall-exit-stop)."""
+    if mode == "exec":
+        argv: list[str | Path] = ["/bin/sh", "-c", f"exec {tracer_bin / 'tracer_calls'}"]
+    else:
+        argv = [tracer_bin / "tracer_procs", mode, "1"]
+    pid = drv.spawn(spec(*argv, seccomp_filter=build_filter(nrs)))
+    stop = drv.until(lambda e: isinstance(e, SyscallStop) and e.tid == pid)
+    assert isinstance(stop, SyscallStop) and stop.nr in nrs
+    drv.t.resume(pid, stop_at_exit=True)
+    ev = drv.until(lambda e: isinstance(e, event) and e.tid == pid)
+    drv.answer(ev)
+    ex = drv.until(lambda e: isinstance(e, SyscallExit) and e.tid == pid)
+    assert isinstance(ex, SyscallExit) and ex.nr == stop.nr
+    if isinstance(ev, Cloned):
+        assert ex.result == ev.child  # clone returns the child's id
+    else:
+        assert ex.result == 0
+    drv.t.resume(pid)
+    assert drv.run(pid).status == 0
+
+
 def test_rewrite_arguments(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
     """uname(NULL) -> EFAULT: the rewritten first argument reached the kernel."""
     out = tmp_path / "out"
@@ -369,6 +403,31 @@ def test_rewrite_arguments(drv: Driver, tracer_bin: Path, tmp_path: Path) -> Non
     drv.t.rewrite(stop.tid, NR_UNAME, [0])
     drv.run(pid)
     assert out.read_text() == f"uname=-1 errno={errno.EFAULT} node=\n"
+
+
+def test_foreign_abis_trap_with_their_arch(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
+    """int 0x80 from a 64-bit process (i386 ABI: nr 20 is getpid, arguments
+    in ebx..ebp) and an x32 call (bit 30 set) always trap; complete works
+    for them too."""
+    out = tmp_path / "out"
+    pid = drv.spawn(
+        spec(tracer_bin / "tracer_calls", "-o", out, "i386", "x32", seccomp_filter=UNAME_FILTER)
+    )
+    stops: list[SyscallStop] = []
+
+    def answer(ev: Event) -> bool:
+        if isinstance(ev, SyscallStop):
+            stops.append(ev)
+            drv.t.complete(ev.tid, 1000 + len(stops))
+            return True
+        return False
+
+    assert drv.run(pid, answer).status == 0
+    assert stops == [
+        SyscallStop(pid, 20, (0x1111, 0x2222, 0x3333, 0x4444, 0x5555, 0x6666), Arch.I386),
+        SyscallStop(pid, 0x40000000 | 39, stops[1].args, Arch.X32),
+    ]
+    assert out.read_text() == "i386=1001\nx32=1002\n"
 
 
 def test_guest_memory_and_strings(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
@@ -538,6 +597,25 @@ def test_group_stop_and_continue(drv: Driver) -> None:
     drv.run(pid)
 
 
+def test_group_stop_of_a_threaded_process(drv: Driver, tracer_bin: Path) -> None:
+    """Every thread reports its own group-stop and its own continue."""
+    pid = drv.spawn(spec(tracer_bin / "tracer_procs", "pause", "3"))
+    while len(drv.of(Cloned, pid)) < 3:
+        drv.answer(drv.next())
+    tids = {pid, *(c.child for c in drv.of(Cloned, pid))}  # type: ignore[attr-defined]
+    os.kill(pid, signal.SIGSTOP)
+    while {e.tid for e in drv.of(GroupStopped)} != tids:
+        drv.answer(drv.next())
+    assert {e.signo for e in drv.of(GroupStopped)} == {signal.SIGSTOP}  # type: ignore[attr-defined]
+    assert {proc_stat(pid)[0]} <= set("tT")
+    os.kill(pid, signal.SIGCONT)
+    while {e.tid for e in drv.of(Continued)} != tids:
+        drv.answer(drv.next())
+    drv.t.kill(pid, signal.SIGKILL)
+    drv.run(pid)
+    assert {e.tid for e in drv.of(Exited)} == tids
+
+
 def test_signal_between_guest_processes(drv: Driver) -> None:
     pid = drv.spawn(spec("/bin/sh", "-c", "sleep 5 & kill -USR1 $!; wait $!; exit $?"))
     ex = drv.run(pid)
@@ -674,3 +752,50 @@ def test_wrong_stop_kind_is_refused(drv: Driver, tracer_bin: Path) -> None:
     with pytest.raises(TracerError):
         drv.t.complete(stop.tid, 0)  # running now
     drv.run(pid)
+
+
+UNAVAILABLE_PROBE = """
+import ctypes, errno, signal, struct, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+# A filter as a container runtime might install: ptrace(2) -> EPERM.
+prog = b"".join(struct.pack("=HBBI", *i) for i in [
+    (0x20, 0, 0, 0),                      # A = seccomp_data.nr
+    (0x15, 0, 1, 101),                    # nr == ptrace ?
+    (0x06, 0, 0, 0x00050000 | errno.EPERM),  # SECCOMP_RET_ERRNO | EPERM
+    (0x06, 0, 0, 0x7FFF0000),             # SECCOMP_RET_ALLOW
+])
+buf = ctypes.create_string_buffer(prog)
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+fprog = Fprog(len(prog) // 8, ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0
+assert libc.syscall(317, 1, 0, ctypes.byref(fprog)) == 0
+from umld.tracer import open_tracer, SpawnSpec, TracerUnavailable
+t = open_tracer(sys.argv[1])
+try:
+    t.spawn(SpawnSpec(b"/bin/true", [b"true"]))
+except TracerUnavailable as exc:
+    print("unavailable", exc.errno, exc)
+else:
+    print("spawned")
+t.close()
+"""
+
+
+def test_refused_ptrace_is_tracer_unavailable(backend: str) -> None:
+    """Run in a child interpreter under a seccomp filter that denies
+    ptrace(2): spawn raises TracerUnavailable and says why."""
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, "-c", UNAVAILABLE_PROBE, backend],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    kind, code, message = p.stdout.split(" ", 2)
+    assert kind == "unavailable" and int(code) == errno.EPERM
+    assert "seccomp" in message.lower(), message
