@@ -664,7 +664,8 @@ def maybe_plot(
             if cell.state == "ok":
                 xs.append(j + (i - (len(columns) - 1) / 2) * width)
                 ys.append(cell.ratio)
-        ax.bar(xs, ys, width, label=t.tool.label)
+        bars = ax.bar(xs, ys, width, label=t.tool.label)
+        ax.bar_label(bars, labels=[fmt_ratio(y) for y in ys], fontsize=6, rotation=90, padding=2)
     # The umld targets as short black ticks over each workload's group.
     for j, wl in enumerate(workloads):
         tgt = next((x for x in TARGETS if x.workload == wl.key and not x.absolute), None)
