@@ -14,6 +14,7 @@
  *                 set to 0x1111..0x6666; prints "i386=<eax>"
  *   x32           getpid with the x32 bit (0x40000000 | 39); prints
  *                 "x32=<rax>"
+ *   badnr         syscall(-1); prints "badnr=<ret> errno=<e>"
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -137,6 +138,10 @@ int main(int argc, char **argv)
 			       getpgrp() == getpid(), mask);
 		} else if (!strcmp(arg, "i386")) {
 			printf("i386=%ld\n", int80_getpid());
+		} else if (!strcmp(arg, "badnr")) {
+			errno = 0;
+			long r = syscall(-1L);
+			printf("badnr=%ld errno=%d\n", r, errno);
 		} else if (!strcmp(arg, "x32")) {
 			printf("x32=%ld\n", x32_getpid());
 		} else {

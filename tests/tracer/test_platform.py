@@ -407,11 +407,19 @@ def test_rewrite_arguments(drv: Driver, tracer_bin: Path, tmp_path: Path) -> Non
 
 def test_foreign_abis_trap_with_their_arch(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
     """int 0x80 from a 64-bit process (i386 ABI: nr 20 is getpid, arguments
-    in ebx..ebp) and an x32 call (bit 30 set) always trap; complete works
-    for them too."""
+    in ebx..ebp), an x32 call (bit 30 set) and syscall(-1) always trap;
+    complete works for them too."""
     out = tmp_path / "out"
     pid = drv.spawn(
-        spec(tracer_bin / "tracer_calls", "-o", out, "i386", "x32", seccomp_filter=UNAME_FILTER)
+        spec(
+            tracer_bin / "tracer_calls",
+            "-o",
+            out,
+            "i386",
+            "x32",
+            "badnr",
+            seccomp_filter=UNAME_FILTER,
+        )
     )
     stops: list[SyscallStop] = []
 
@@ -426,8 +434,10 @@ def test_foreign_abis_trap_with_their_arch(drv: Driver, tracer_bin: Path, tmp_pa
     assert stops == [
         SyscallStop(pid, 20, (0x1111, 0x2222, 0x3333, 0x4444, 0x5555, 0x6666), Arch.I386),
         SyscallStop(pid, 0x40000000 | 39, stops[1].args, Arch.X32),
+        # syscall(-1) traps too (as an out-of-range number) and is 64-bit.
+        SyscallStop(pid, -1, stops[2].args, Arch.X86_64),
     ]
-    assert out.read_text() == "i386=1001\nx32=1002\n"
+    assert out.read_text() == "i386=1001\nx32=1002\nbadnr=1003 errno=0\n"
 
 
 def test_guest_memory_and_strings(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:

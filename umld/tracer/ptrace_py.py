@@ -671,10 +671,11 @@ class PythonTracer:
             if exc.errno == _errno.ESRCH:
                 return None  # killed meanwhile; Exited follows
             raise TracerError(f"PTRACE_GET_SYSCALL_INFO {pid}: {exc}", exc.errno or 0) from None
-        nr = int(info.nr)
+        nr = _signed(int(info.nr))
         if info.arch == AUDIT_ARCH_I386:
             arch = Arch.I386
-        elif info.arch == AUDIT_ARCH_X86_64 and nr & X32_SYSCALL_BIT:
+        elif info.arch == AUDIT_ARCH_X86_64 and X32_SYSCALL_BIT <= nr < 2 * X32_SYSCALL_BIT:
+            # x32 numbers are 0x40000000 + n; -1 (all bits set) is not one.
             arch = Arch.X32
         else:
             arch = Arch.X86_64
@@ -683,7 +684,7 @@ class PythonTracer:
         self._arch[pid] = arch
         return SyscallStop(
             Tid(pid),
-            _signed(nr),
+            nr,
             (int(a[0]), int(a[1]), int(a[2]), int(a[3]), int(a[4]), int(a[5])),
             arch,
         )
