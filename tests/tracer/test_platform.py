@@ -809,3 +809,41 @@ def test_refused_ptrace_is_tracer_unavailable(backend: str) -> None:
     kind, code, message = p.stdout.split(" ", 2)
     assert kind == "unavailable" and int(code) == errno.EPERM
     assert "seccomp" in message.lower(), message
+
+
+def test_two_tracer_threads_in_one_process(backend: str, tracer_bin: Path) -> None:
+    """Two tracers, each owned by its own thread, run trapping guests at
+    the same time: each sees only its own events, and neither stalls when
+    the kernel hands its SIGCHLD to the other thread's sigtimedwait."""
+    from umld.tracer import open_tracer
+
+    n = 3000
+    results: dict[int, object] = {}
+
+    def run(slot: int) -> None:
+        t = open_tracer(backend)
+        try:
+            drv = Driver(t)
+            pid = drv.spawn(
+                spec(tracer_bin / "tracer_calls", f"uname:{n}", seccomp_filter=UNAME_FILTER)
+            )
+            t0 = time.monotonic()
+            ex = drv.run(pid, _complete_unames(drv), timeout=60)
+            results[slot] = (ex.status, len(drv.of(SyscallStop)), time.monotonic() - t0)
+        except BaseException as exc:  # reported by the main thread
+            results[slot] = exc
+        finally:
+            t.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(90)
+    for slot in range(2):
+        res = results.get(slot)
+        assert isinstance(res, tuple), res
+        status, stops, elapsed = res
+        assert (status, stops) == (0, n)
+        # ~20 us per stop; a lost wake-up costs a whole sleep slice.
+        assert elapsed < 5, f"tracer {slot} took {elapsed:.1f}s for {n} stops"

@@ -221,6 +221,33 @@ _vm_writev.restype = ctypes.c_ssize_t
 _vm_writev.argtypes = _vm_args
 
 
+# Threads of this process that own a PythonTracer (native tid -> count).
+# SIGCHLD is process-directed: the kernel wakes whichever thread is waiting
+# for it, possibly another tracer's thread, which finds nothing of its own
+# (__WNOTHREAD) while the owner sleeps on.  So a tracer that takes a
+# kernel-sent SIGCHLD passes it on to the others (see _forward_sigchld).
+_tracer_threads: dict[int, int] = {}
+_tracer_threads_lock = threading.Lock()
+
+
+def _tgkill_self(native_tid: int, signo: int) -> None:
+    """tgkill(2) a thread of this process; ESRCH (thread gone) is fine.
+    Unlike pthread_kill(3), safe for a thread that has already exited."""
+    _syscall(SYS_TGKILL, ctypes.c_int(os.getpid()), ctypes.c_int(native_tid), ctypes.c_int(signo))
+
+
+def _forward_sigchld(info: Any, me: int) -> None:
+    """Pass a SIGCHLD the kernel sent (si_code CLD_*, > 0) to the other
+    tracer threads.  Our own forwards arrive as SI_TKILL (< 0) and are not
+    forwarded again."""
+    if info.si_code <= 0 or len(_tracer_threads) < 2:
+        return
+    with _tracer_threads_lock:
+        others = [t for t in _tracer_threads if t != me]
+    for native in others:
+        _tgkill_self(native, signal.SIGCHLD)
+
+
 def _signed(value: int) -> int:
     """A register (unsigned 64-bit in user_regs_struct) as a signed long."""
     return value - _U64 if value >= 1 << 63 else value
@@ -376,6 +403,8 @@ class PythonTracer:
     def __init__(self) -> None:
         self._owner = threading.get_ident()
         self._owner_native = threading.get_native_id()
+        with _tracer_threads_lock:
+            _tracer_threads[self._owner_native] = _tracer_threads.get(self._owner_native, 0) + 1
         # sigtimedwait(2) only works for a blocked signal: an unblocked
         # SIGCHLD (default action: ignore) would be discarded, not queued.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
@@ -545,8 +574,7 @@ class PythonTracer:
         # wake-up, so a wake between its check and its sleep is not lost
         # (the thread-directed SIGCHLD stays pending and ends the sleep).
         self._woken = True
-        with contextlib.suppress(OSError):
-            signal.pthread_kill(self._owner, signal.SIGCHLD)
+        _tgkill_self(self._owner_native, signal.SIGCHLD)
 
     def wait(self, timeout: float | None = None) -> Event | None:
         """Next event, or None after ``timeout`` seconds without one."""
@@ -593,6 +621,7 @@ class PythonTracer:
             if info is not None:
                 if info.si_signo in self._host:
                     return HostSignal(info.si_signo)
+                _forward_sigchld(info, self._owner_native)
                 continue  # SIGCHLD (a tracee, or wake): look again
             if deadline is not None and time.monotonic() >= deadline:
                 # One last look: a stop may have landed just now.
@@ -1031,7 +1060,15 @@ class PythonTracer:
                     pending.add(extra)
                 continue
             scanned = False
-            signal.sigtimedwait({signal.SIGCHLD}, 0.01)
+            info = signal.sigtimedwait({signal.SIGCHLD}, 0.01)
+            if info is not None:
+                _forward_sigchld(info, self._owner_native)
+        with _tracer_threads_lock:
+            left = _tracer_threads.get(self._owner_native, 0) - 1
+            if left > 0:
+                _tracer_threads[self._owner_native] = left
+            else:
+                _tracer_threads.pop(self._owner_native, None)
         for fd in self._errpipes.values():
             os.close(fd)
         self._errpipes.clear()
