@@ -9,7 +9,8 @@
  *   memlayout     uname whose args point at strings placed at page edges,
  *                 then checks what the tracer wrote (see test_platform.py)
  *   procinfo      prints the working directory, whether it leads its
- *                 process group, and the blocked signals (hex mask)
+ *                 process group, the blocked and the ignored signals (hex
+ *                 masks) and $UMLD_TEST_VAR
  *   i386          getpid through int 0x80 (i386 ABI, nr 20) with ebx..ebp
  *                 set to 0x1111..0x6666; prints "i386=<eax>"
  *   x32           getpid with the x32 bit (0x40000000 | 39); prints
@@ -129,13 +130,19 @@ int main(int argc, char **argv)
 		} else if (!strcmp(arg, "procinfo")) {
 			char cwd[4096];
 			sigset_t set;
-			unsigned long mask = 0;
+			unsigned long mask = 0, ign = 0;
 			sigprocmask(SIG_BLOCK, NULL, &set);
-			for (int sig = 1; sig <= 64; sig++)
+			for (int sig = 1; sig <= 64; sig++) {
+				struct sigaction sa;
 				if (sigismember(&set, sig) == 1)
 					mask |= 1UL << (sig - 1);
-			printf("cwd=%s leader=%d sigblk=%lx\n", getcwd(cwd, sizeof cwd) ? cwd : "?",
-			       getpgrp() == getpid(), mask);
+				if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN)
+					ign |= 1UL << (sig - 1);
+			}
+			const char *var = getenv("UMLD_TEST_VAR");
+			printf("cwd=%s leader=%d sigblk=%lx sigign=%lx var=%s\n",
+			       getcwd(cwd, sizeof cwd) ? cwd : "?", getpgrp() == getpid(), mask, ign,
+			       var ? var : "-");
 		} else if (!strcmp(arg, "i386")) {
 			printf("i386=%ld\n", int80_getpid());
 		} else if (!strcmp(arg, "badnr")) {

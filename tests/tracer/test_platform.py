@@ -194,22 +194,112 @@ def test_sigkill_from_outside(drv: Driver) -> None:
     assert os.WIFSIGNALED(ex.status) and os.WTERMSIG(ex.status) == signal.SIGKILL
 
 
-def test_spawn_applies_cwd_pgrp_and_sigmask(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
+def _procinfo(drv: Driver, tracer_bin: Path, out: Path, **kw: object) -> dict[str, str]:
+    pid = drv.spawn(spec(tracer_bin / "tracer_calls", "-o", out, "procinfo", **kw))
+    assert drv.run(pid).status == 0
+    return dict(f.split("=", 1) for f in out.read_text().split())
+
+
+def _bit(*sigs: int) -> int:
+    return sum(1 << (s - 1) for s in sigs)
+
+
+def test_spawn_defaults(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
+    """umld's environment is inherited; the guest leads a new process
+    group; SIGPIPE and SIGXFSZ (ignored by Python) are back to SIG_DFL."""
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN  # Python's doing
+    os.environ["UMLD_TEST_VAR"] = "inherited"
+    try:
+        info = _procinfo(drv, tracer_bin, tmp_path / "out")
+    finally:
+        del os.environ["UMLD_TEST_VAR"]
+    assert info["leader"] == "1" and info["var"] == "inherited"
+    assert int(info["sigign"], 16) & _bit(signal.SIGPIPE, signal.SIGXFSZ) == 0
+    assert int(info["sigblk"], 16) == 0
+
+
+def test_spawn_applies_its_spec(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
+    info = _procinfo(
+        drv,
+        tracer_bin,
+        tmp_path / "out",
+        env=[b"UMLD_TEST_VAR=given"],
+        cwd=os.fsencode(tmp_path),
+        new_process_group=False,
+        reset_signals=(),
+        sigmask=frozenset({signal.SIGUSR2, signal.SIGTERM}),
+    )
+    assert info == {
+        "cwd": str(tmp_path),
+        "leader": "0",  # stayed in our group
+        "sigblk": f"{_bit(signal.SIGUSR2, signal.SIGTERM):x}",
+        # Nothing reset: Python's ignored signals stay ignored over exec.
+        "sigign": info["sigign"],
+        "var": "given",
+    }
+    assert int(info["sigign"], 16) & _bit(signal.SIGPIPE) != 0
+
+
+@pytest.mark.parametrize("subreaper", [True, False])
+def test_subreaper(drv: Driver, subreaper: bool, tmp_path: Path) -> None:
+    """Orphans of the guest re-parent to the spawned process when it is a
+    subreaper (prctl(2), PR_SET_CHILD_SUBREAPER), not otherwise."""
+    pidfile = tmp_path / "pid"
     pid = drv.spawn(
         spec(
-            tracer_bin / "tracer_calls",
-            "-o",
-            out,
-            "procinfo",
-            cwd=os.fsencode(tmp_path),
-            sigmask=frozenset({signal.SIGUSR2, signal.SIGTERM}),
+            "/bin/sh",
+            "-c",
+            f'sh -c "sleep 5 & echo \\$! > {pidfile}"; sleep 5',
+            subreaper=subreaper,
         )
     )
-    assert drv.run(pid).status == 0
-    mask = (1 << (signal.SIGUSR2 - 1)) | (1 << (signal.SIGTERM - 1))
-    # new_process_group defaults to True: the guest leads its own group.
-    assert out.read_text() == f"cwd={tmp_path} leader=1 sigblk={mask:x}\n"
+    inner = drv.until(lambda e: isinstance(e, Cloned) and e.tid == pid)
+    assert isinstance(inner, Cloned)
+    drv.until(lambda e: isinstance(e, Exited) and e.tid == inner.child)
+    with open(f"/proc/{int(pidfile.read_text())}/status") as f:
+        ppid = int(next(line for line in f if line.startswith("PPid:")).split()[1])
+    assert (ppid == pid) is subreaper
+    drv.t.kill(pid, signal.SIGKILL)
+
+
+FOREGROUND_PROBE = """
+import fcntl, os, signal, sys, termios
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+os.setsid()
+master, slave = os.openpty()
+fcntl.ioctl(slave, termios.TIOCSCTTY, 0)  # our controlling terminal
+from umld.tracer import open_tracer, SpawnSpec
+from umld.tracer.events import Execed, Exited, SignalStop
+t = open_tracer(sys.argv[1])
+pid = t.spawn(SpawnSpec(b"/bin/sleep", [b"sleep", b"5"], foreground_tty=slave))
+while True:
+    ev = t.wait(10)
+    if isinstance(ev, Execed):
+        print("foreground", os.tcgetpgrp(slave) == pid, os.getpgid(pid) == pid)
+        t.kill(pid, signal.SIGKILL)
+    elif isinstance(ev, SignalStop):
+        t.resume(ev.tid, ev.signo)
+    elif ev is None or isinstance(ev, Exited):
+        break
+t.close()
+"""
+
+
+def test_foreground_tty(backend: str) -> None:
+    """The guest's new group becomes the terminal's foreground group, set
+    from the background with SIGTTOU blocked (else the child would stop).
+    Runs in a child interpreter that owns a pty as controlling terminal."""
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, "-c", FOREGROUND_PROBE, backend],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "foreground True True\n"
 
 
 @pytest.mark.parametrize(
