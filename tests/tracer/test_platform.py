@@ -937,3 +937,55 @@ def test_two_tracer_threads_in_one_process(backend: str, tracer_bin: Path) -> No
         assert (status, stops) == (0, n)
         # ~20 us per stop; a lost wake-up costs a whole sleep slice.
         assert elapsed < 5, f"tracer {slot} took {elapsed:.1f}s for {n} stops"
+
+
+DYING_TRACER_PROBE = """
+import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+from umld.tracer import open_tracer, SpawnSpec
+from umld.tracer.events import Cloned, Execed, SignalStop, SyscallStop
+t = open_tracer(sys.argv[1])
+pids = [t.spawn(SpawnSpec(b"/bin/sh", [b"sh", b"-c", b"sleep 100 & exec sleep 100"]))]
+execs = 0
+while execs < 3:  # sh, the background sleep, sh becoming sleep
+    ev = t.wait(10)
+    if isinstance(ev, Cloned):
+        pids.append(ev.child)
+    elif isinstance(ev, Execed):
+        execs += 1
+    elif isinstance(ev, SignalStop):
+        t.resume(ev.tid, ev.signo)
+    elif isinstance(ev, SyscallStop):
+        t.resume(ev.tid)
+print(*pids, flush=True)
+os._exit(0)  # no close(): the tracer just dies
+"""
+
+
+def test_guests_die_with_the_tracer(backend: str) -> None:
+    """PTRACE_O_EXITKILL (ptrace(2)): when the tracer dies, every guest,
+    children included, is killed."""
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, "-c", DYING_TRACER_PROBE, backend],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    pids = [int(x) for x in p.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 5
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                if proc_stat(pid)[0] != "Z":
+                    alive.append(pid)
+            except FileNotFoundError:
+                pass
+        time.sleep(0.02)
+    assert not alive, f"guests outlived their tracer: {alive}"
