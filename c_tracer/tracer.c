@@ -43,6 +43,12 @@
 
 extern char **environ;
 
+/* How long a thread may stay unannounced before we stop waiting for its
+ * creator's PTRACE_EVENT_FORK/CLONE (see adopt_orphans).  A creator that
+ * is alive reports within microseconds; this only has to outlast a badly
+ * overloaded or CPU-throttled host. */
+#define ORPHAN_MS 2000
+
 #define OFF_ORIG_RAX offsetof(struct user, regs.orig_rax)
 #define OFF_RAX offsetof(struct user, regs.rax)
 
@@ -237,6 +243,24 @@ static pid_t tgid_of(struct thr *r)
     return r->tgid ? r->tgid : r->tid;
 }
 
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Start the orphan clock of an unannounced thread. */
+static void note_unannounced(struct umld_tracer *t, struct thr *r)
+{
+    if (r->since_ms)
+        return;
+    r->since_ms = now_ms();
+    int64_t due = r->since_ms + ORPHAN_MS;
+    if (!t->orphan_due_ms || due < t->orphan_due_ms)
+        t->orphan_due_ms = due;
+}
+
 /* ------------------------------------------------------------------------
  * Emission with the ordering guarantee (events.py): an event of a thread
  * whose Cloned has not been queued yet is parked, and released right after
@@ -341,8 +365,9 @@ static int emit(struct umld_tracer *t, const struct umld_event *ev)
 {
     struct thr *r = umld__thr_find(t, ev->tid);
     if (!r || !r->announced) {
-        if (!r && !thr_get(t, ev->tid))
+        if (!r && !(r = thr_get(t, ev->tid)))
             return -ENOMEM;
+        note_unannounced(t, r);
         return pk_push(t, ev);
     }
     if (ev->kind == UMLD_EV_EXITED) {
@@ -358,6 +383,91 @@ static int emit(struct umld_tracer *t, const struct umld_event *ev)
     if (rc == 0 && ev->kind == UMLD_EV_CLONED)
         rc = announce(t, ev->child);
     return rc;
+}
+
+static void drop_parked(struct umld_tracer *t, pid_t tid)
+{
+    for (size_t i = 0; i < t->pk_len;) {
+        if (t->pk[i].tid == tid)
+            pk_remove(t, i);
+        else
+            i++;
+    }
+}
+
+static int has_parked_exit(struct umld_tracer *t, pid_t tid)
+{
+    for (size_t i = 0; i < t->pk_len; i++)
+        if (t->pk[i].tid == tid && t->pk[i].kind == UMLD_EV_EXITED)
+            return 1;
+    return 0;
+}
+
+/* Threads unannounced for ORPHAN_MS: their creator died in its fork/clone
+ * event stop (a SIGKILL there discards the stop, so the event never comes)
+ * or the child was created in a way we could not attribute.  A dead one is
+ * forgotten (the core never knew it).  A live one is announced as a child
+ * of its thread group (a thread) or of its current parent -- the reaper it
+ * was re-parented to, as natively -- when we trace that; otherwise it has
+ * nobody in the guest to belong to and is killed. */
+static int adopt_orphans(struct umld_tracer *t)
+{
+    int64_t now = now_ms(), next = 0;
+    pid_t due[64];
+    size_t n = 0;
+    for (size_t i = 0; i < t->tab_cap; i++) {
+        struct thr *r = &t->tab[i];
+        if (r->tid == 0 || r->announced || !r->since_ms)
+            continue;
+        if (r->since_ms + ORPHAN_MS <= now && n < 64) {
+            due[n++] = r->tid;
+        } else {
+            int64_t d = r->since_ms + ORPHAN_MS;
+            if (!next || d < next)
+                next = d;
+        }
+    }
+    t->orphan_due_ms = next;
+    for (size_t k = 0; k < n; k++) {
+        pid_t tid = due[k];
+        struct thr *r = umld__thr_find(t, tid);
+        if (!r || r->announced)
+            continue;
+        if (has_parked_exit(t, tid)) {
+            drop_parked(t, tid);
+            thr_del(t, tid);
+            continue;
+        }
+        pid_t tg, pp;
+        struct thr *q;
+        struct umld_event ev;
+        if (proc_ids(tid, &tg, &pp) == 0) {
+            ev_init(&ev, UMLD_EV_CLONED, 0);
+            ev.child = tid;
+            if (tg != tid && (q = umld__thr_find(t, tg)) && q->announced) {
+                ev.tid = tg;
+                ev.clone_kind = UMLD_CLONE_THREAD;
+            } else if (tg == tid && (q = umld__thr_find(t, pp)) && q->announced) {
+                ev.tid = pp;
+                ev.clone_kind = UMLD_CLONE_FORK;
+            }
+            if (ev.tid) {
+                r->tgid = tg;
+                int rc = emit(t, &ev);
+                if (rc < 0)
+                    return rc;
+                continue;
+            }
+            kill(tid, SIGKILL);
+        }
+        /* Dying: give its exit status time to arrive, then forget it. */
+        r = umld__thr_find(t, tid);
+        if (r) {
+            r->since_ms = 0;
+            note_unannounced(t, r);
+        }
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -618,6 +728,14 @@ static void restart(struct umld_tracer *t, pid_t tid)
     ptrace(req, tid, 0, 0);
 }
 
+/* An x32 call is an x86_64-entry call whose number has bit 30 set; the
+ * kernel (and seccomp_data.nr) see the number as an int, so -1 and other
+ * negative numbers are out-of-range x86_64 calls, not x32. */
+static inline int is_x32(long nr)
+{
+    return nr >= (long)X32_SYSCALL_BIT && nr < 2 * (long)X32_SYSCALL_BIT;
+}
+
 static int on_seccomp(struct umld_tracer *t, struct thr *r, struct umld_event *ev)
 {
     struct __ptrace_syscall_info si;
@@ -625,17 +743,17 @@ static int on_seccomp(struct umld_tracer *t, struct thr *r, struct umld_event *e
     ev_init(ev, UMLD_EV_SYSCALL, tid);
     if (ptrace(PTRACE_GET_SYSCALL_INFO, tid, sizeof si, &si) > 0 &&
         si.op == PTRACE_SYSCALL_INFO_SECCOMP) {
-        int arch;
+        /* One call gives arch, nr and the arguments already taken from the
+         * ABI's registers (ebx..ebp for i386). */
+        ev->nr = (long)(int32_t)(uint32_t)si.seccomp.nr;
         if (si.arch == AUDIT_ARCH_I386) {
-            arch = UMLD_ARCH_I386;
+            ev->arch = UMLD_ARCH_I386;
             for (int i = 0; i < 6; i++)
                 ev->args[i] = (uint32_t)si.seccomp.args[i];
         } else {
-            arch = (si.seccomp.nr & X32_SYSCALL_BIT) ? UMLD_ARCH_X32 : UMLD_ARCH_X86_64;
+            ev->arch = is_x32(ev->nr) ? UMLD_ARCH_X32 : UMLD_ARCH_X86_64;
             memcpy(ev->args, si.seccomp.args, sizeof ev->args);
         }
-        ev->arch = arch;
-        ev->nr = (long)(int32_t)(uint32_t)si.seccomp.nr;
     } else {
         /* Kernel before 5.3, or a stop that is not what it looks like:
          * fall back on the registers (cannot tell int 0x80 from syscall in
@@ -649,7 +767,7 @@ static int on_seccomp(struct umld_tracer *t, struct thr *r, struct umld_event *e
             for (int i = 0; i < 6; i++)
                 ev->args[i] = (uint32_t)a[i];
         } else {
-            ev->arch = (regs.orig_rax & X32_SYSCALL_BIT) ? UMLD_ARCH_X32 : UMLD_ARCH_X86_64;
+            ev->arch = is_x32((int32_t)(uint32_t)regs.orig_rax) ? UMLD_ARCH_X32 : UMLD_ARCH_X86_64;
             uint64_t a[6] = {regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9};
             memcpy(ev->args, a, sizeof a);
         }
@@ -724,7 +842,10 @@ static int on_clone(struct umld_tracer *t, struct thr *r, int event, struct umld
     if (!c)
         return -ENOMEM;
     c->tgid = kind == UMLD_CLONE_THREAD ? ptgid : child;
+    int adopted = c->announced;
     restart(t, tid);
+    if (adopted)
+        return 0; /* announced by adopt_orphans already: say it once */
     ev_init(ev, UMLD_EV_CLONED, tid);
     ev->child = child;
     ev->clone_kind = kind;
@@ -745,12 +866,7 @@ static int on_exec(struct umld_tracer *t, struct thr *r, struct umld_event *ev)
          * thread, carrying its pending syscall-exit-stop if any. */
         struct thr *f = umld__thr_find(t, former);
         uint8_t exit_stop = f ? f->exit_stop : 0;
-        for (size_t i = 0; i < t->pk_len;) {
-            if (t->pk[i].tid == former)
-                pk_remove(t, i);
-            else
-                i++;
-        }
+        drop_parked(t, former);
         thr_del(t, former);
         r = umld__thr_find(t, tid);
         if (!r)
@@ -817,6 +933,7 @@ static int handle_status(struct umld_tracer *t, pid_t tid, int st)
             r->tgid = tg;
             r->creator_tgid = tg != tid ? tg : pp;
         }
+        note_unannounced(t, r);
     }
     r->seen_alive = 1;
 
@@ -866,24 +983,25 @@ static int handle_status(struct umld_tracer *t, pid_t tid, int st)
     }
 }
 
-/* Reap what is there until an event is ready.  Returns 0 or -errno. */
+/* Reap what is there until an event is ready.  Returns how many statuses
+ * were handled, or -errno. */
 static int drain(struct umld_tracer *t)
 {
-    for (;;) {
+    for (int handled = 0;; handled++) {
         int st;
         pid_t p = waitpid(-1, &st, WNOHANG | __WALL | __WNOTHREAD);
         if (p == 0)
-            return 0;
+            return handled;
         if (p < 0) {
             if (errno == EINTR)
                 continue;
-            return errno == ECHILD ? 0 : -errno;
+            return errno == ECHILD ? handled : -errno;
         }
         int rc = handle_status(t, p, st);
         if (rc < 0)
             return rc;
         if (t->q_len)
-            return 0;
+            return handled + 1;
     }
 }
 
@@ -915,17 +1033,9 @@ static void q_pop(struct umld_tracer *t, struct umld_event *ev)
 
 int umld_wait(struct umld_tracer *t, struct umld_event *ev, int timeout_ms)
 {
-    struct timespec deadline = {0, 0};
     UMLD_ENTER(t);
-    if (timeout_ms > 0) {
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_sec += timeout_ms / 1000;
-        deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000L;
-        }
-    }
+    int64_t deadline = timeout_ms > 0 ? now_ms() + timeout_ms : 0;
+    int after_sigchld = 0;
     for (;;) {
         if (atomic_load_explicit(&t->wake, memory_order_relaxed) &&
             atomic_exchange(&t->wake, 0)) {
@@ -944,64 +1054,69 @@ int umld_wait(struct umld_tracer *t, struct umld_event *ev, int timeout_ms)
                 return UMLD_EV_HOSTSIG;
             }
         }
+        if (t->orphan_due_ms && now_ms() >= t->orphan_due_ms) {
+            int rc = adopt_orphans(t);
+            if (rc < 0)
+                return rc;
+        }
         if (t->q_len == 0) {
             int rc = drain(t);
             if (rc < 0)
                 return rc;
+            if (rc == 0 && after_sigchld)
+                t->stats[4]++; /* a SIGCHLD with nothing for us */
         }
+        after_sigchld = 0;
         if (t->q_len) {
             q_pop(t, ev);
             return ev->kind;
         }
 
         /* Nothing to reap: sleep until SIGCHLD, a host signal, a wake-up
-         * (a thread-directed SIGCHLD) or the deadline. */
+         * (a thread-directed SIGCHLD), the deadline or an orphan's due
+         * time. */
         if (!t->mask_checked) {
             int rc = check_signal_setup(t);
             if (rc < 0)
                 return rc;
         }
-        struct timespec rel, *relp = NULL;
-        if (timeout_ms >= 0) {
-            rel.tv_sec = 0;
-            rel.tv_nsec = 0;
-            if (timeout_ms > 0) {
-                struct timespec now;
-                clock_gettime(CLOCK_MONOTONIC, &now);
-                rel.tv_sec = deadline.tv_sec - now.tv_sec;
-                rel.tv_nsec = deadline.tv_nsec - now.tv_nsec;
-                if (rel.tv_nsec < 0) {
-                    rel.tv_sec--;
-                    rel.tv_nsec += 1000000000L;
-                }
-                if (rel.tv_sec < 0)
-                    rel.tv_sec = rel.tv_nsec = 0;
+        int64_t rel = -1; /* ms; -1: no limit */
+        int64_t now = (timeout_ms > 0 || t->orphan_due_ms) ? now_ms() : 0;
+        if (timeout_ms == 0)
+            rel = 0;
+        else if (timeout_ms > 0)
+            rel = deadline > now ? deadline - now : 0;
+        int for_orphans = 0;
+        if (t->orphan_due_ms) {
+            int64_t o = t->orphan_due_ms > now ? t->orphan_due_ms - now : 0;
+            if (rel < 0 || o < rel) {
+                rel = o;
+                for_orphans = 1;
             }
-            relp = &rel;
         }
+        struct timespec ts = {(time_t)(rel / 1000), (long)(rel % 1000) * 1000000L};
         t->stats[3]++;
         t->since_sleep = 0;
-        siginfo_t si;
-        int s = sigtimedwait(&t->waitset, &si, relp);
+        int s = sigtimedwait(&t->waitset, NULL, rel < 0 ? NULL : &ts);
         if (s < 0) {
-            if (errno == EAGAIN) {
-                /* Timed out -- but look once more, a status may have come
-                 * with its SIGCHLD consumed by an earlier wait. */
-                int rc = drain(t);
-                if (rc < 0)
-                    return rc;
-                if (t->q_len) {
-                    q_pop(t, ev);
-                    return ev->kind;
-                }
-                return 0;
+            if (errno != EAGAIN)
+                return -errno; /* EINTR: a handler ran; the caller retries */
+            if (for_orphans)
+                continue;
+            /* Timed out -- but look once more: a status may have come with
+             * its SIGCHLD consumed by an earlier wait. */
+            int rc = drain(t);
+            if (rc < 0)
+                return rc;
+            if (t->q_len) {
+                q_pop(t, ev);
+                return ev->kind;
             }
-            return -errno; /* EINTR: a handler ran; the caller retries */
+            return 0;
         }
         if (s == SIGCHLD) {
             /* A child changed state, or umld_wake (checked at loop top). */
-            if (!atomic_load_explicit(&t->wake, memory_order_relaxed))
-                t->stats[4]++;
+            after_sigchld = 1;
             continue;
         }
         ev_init(ev, UMLD_EV_HOSTSIG, 0);

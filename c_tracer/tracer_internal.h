@@ -38,6 +38,8 @@ struct thr {
     uint8_t exit_stop;   /* resumed with PTRACE_SYSCALL: a syscall-exit-stop
                             is due, so internal restarts keep PTRACE_SYSCALL */
     int errfd;           /* spawn error pipe (read end), -1 if none */
+    int64_t since_ms;    /* unannounced only: when first seen (CLOCK_MONOTONIC
+                            ms), for the orphan deadline; 0 if not yet */
 };
 
 struct umld_tracer {
@@ -52,6 +54,7 @@ struct umld_tracer {
     sigset_t hostset;    /* host signals only */
     int n_host;
     uint32_t since_sleep;
+    int64_t orphan_due_ms; /* earliest orphan deadline, 0 if none */
 
     /* traced threads */
     struct thr *tab;

@@ -1,0 +1,152 @@
+"""Micro-benchmarks of a tracer backend (default: the C one).
+
+    .venv/bin/python c_tracer/bench.py [--backend c|python] [--calls N]
+                                       [--loops N] [--pin | --no-pin]
+
+1. Trapped-syscall round trip: a guest makes N raw uname(2) calls; uname is
+   trapped and every stop is answered from Python with ``complete`` (after
+   writing a fake nodename into the guest's struct utsname, as the guest
+   kernel's uname does, in the "+write" line).  Cost per call =
+   (traced time - native time) / N.
+2. Spawn-heavy guest: ``sh -c 'for i in $(seq 300); do /bin/true; done'``
+   natively and traced (empty filter, then a filter trapping only uname,
+   which that guest never calls): every fork, exec and exit is a ptrace
+   stop, the seccomp filter runs on every call.
+
+``--pin`` puts the tracer and the guest on one CPU (sched_setaffinity is
+inherited), ``--no-pin`` leaves them to the scheduler; default runs both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from umld.tracer import SpawnSpec, TracerPlatform, open_tracer
+from umld.tracer.events import Exited, SignalStop, SyscallStop
+from umld.tracer.seccomp import build_filter
+
+NR_UNAME = 63
+GUEST = r"""
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+    long n = argc > 1 ? atol(argv[1]) : 100000;
+    struct utsname u;
+    for (long i = 0; i < n; i++)
+        syscall(SYS_uname, &u);
+    return 0;
+}
+"""
+
+
+def build_guest(tmp: Path) -> Path:
+    src = tmp / "uname_loop.c"
+    src.write_text(GUEST)
+    exe = tmp / "uname_loop"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+    return exe
+
+
+def native(argv: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def traced(backend: str, argv: list[str], flt: bytes, write: bool) -> tuple[float, int]:
+    """Run argv under a tracer; return (seconds, trapped stops)."""
+    t: TracerPlatform = open_tracer(backend)
+    stops = 0
+    node = b"umld-guest\0"
+    try:
+        path = os.fsencode(argv[0])
+        t0 = time.perf_counter()
+        pid = t.spawn(SpawnSpec(path=path, argv=[os.fsencode(a) for a in argv], seccomp_filter=flt))
+        wait, complete, resume = t.wait, t.complete, t.resume
+        write_memory = t.write_memory
+        while True:
+            ev = wait()
+            if type(ev) is SyscallStop:
+                stops += 1
+                if write:
+                    write_memory(ev.tid, ev.args[0] + 65, node)
+                complete(ev.tid, 0)
+            elif type(ev) is SignalStop:
+                resume(ev.tid, ev.signo)
+            elif type(ev) is Exited and ev.tid == pid:
+                break
+        return time.perf_counter() - t0, stops
+    finally:
+        t.close()
+
+
+def best(fn: object, loops: int) -> float:
+    vals = [fn() for _ in range(loops)]  # type: ignore[operator]
+    return min(vals)
+
+
+def run(backend: str, calls: int, loops: int, guest: Path) -> None:
+    flt = build_filter({NR_UNAME})
+    argv = [str(guest), str(calls)]
+    nat = best(lambda: native(argv), loops)
+    print(f"  native {calls} uname:            {nat * 1e3:8.1f} ms")
+    for write in (False, True):
+        times = []
+        for _ in range(loops):
+            sec, stops = traced(backend, argv, flt, write)
+            assert stops == calls, (stops, calls)
+            times.append(sec)
+        tr = min(times)
+        per = (tr - nat) / calls * 1e6
+        label = "complete+write" if write else "complete"
+        print(
+            f"  traced ({label:14s}):      {tr * 1e3:8.1f} ms  -> {per:6.2f} us/trapped call"
+            f"  (median {(statistics.median(times) - nat) / calls * 1e6:.2f})"
+        )
+    sh = ["/bin/sh", "-c", "for i in $(seq 300); do /bin/true; done"]
+    nat = best(lambda: native(sh), loops)
+    print(f"  native sh 300x /bin/true:        {nat * 1e3:8.1f} ms")
+    for name, f in (("no filter", b""), ("uname filter", flt)):
+        tr = best(lambda f=f: traced(backend, sh, f, False)[0], loops)  # type: ignore[misc]
+        print(
+            f"  traced sh ({name:12s}):        {tr * 1e3:8.1f} ms  -> x{tr / nat:.2f},"
+            f" +{(tr - nat) / 300 * 1e6:.0f} us per fork+exec+exit"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backend", default="c")
+    ap.add_argument("--calls", type=int, default=100_000)
+    ap.add_argument("--loops", type=int, default=3)
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--pin", dest="pin", action="store_const", const=[True])
+    g.add_argument("--no-pin", dest="pin", action="store_const", const=[False])
+    args = ap.parse_args()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    cpus = sorted(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        guest = build_guest(Path(tmp))
+        for pin in args.pin or [True, False]:
+            os.sched_setaffinity(0, {cpus[0]} if pin else set(cpus))
+            where = f"pinned to CPU {cpus[0]}" if pin else f"unpinned ({len(cpus)} CPUs)"
+            print(f"backend {args.backend}, {where}:")
+            run(args.backend, args.calls, args.loops, guest)
+        os.sched_setaffinity(0, set(cpus))
+
+
+if __name__ == "__main__":
+    main()
