@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/audit.h>
@@ -1273,6 +1274,43 @@ static void kill_all(struct umld_tracer *t)
     }
 }
 
+/* SIGKILL every process whose tracer is this thread (TracerPid in
+ * /proc/PID/status names the tracing thread, proc(5)): catches tracees we
+ * never heard of, such as a child whose creator died in its fork event
+ * stop and that has not reported its first stop yet.  They get a record,
+ * so that close waits for their exit.  Returns how many. */
+static int kill_proc_tracees(struct umld_tracer *t)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9')
+            continue;
+        char path[64], buf[1024];
+        pid_t pid = (pid_t)strtol(e->d_name, NULL, 10);
+        snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t len = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (len <= 0)
+            continue;
+        buf[len] = '\0';
+        const char *tp = strstr(buf, "\nTracerPid:");
+        if (tp && (pid_t)strtol(tp + 11, NULL, 10) == t->owner_tid) {
+            kill(pid, SIGKILL);
+            thr_get(t, pid);
+            n++;
+        }
+    }
+    closedir(d);
+    return n;
+}
+
 static size_t live_count(struct umld_tracer *t)
 {
     /* Parked-only records whose Exited we already reaped do not count. */
@@ -1318,8 +1356,7 @@ int umld_close(struct umld_tracer *t)
             } else {
                 /* A thread we had not seen (child of a fork in flight):
                  * kill it too; SIGKILL ends its stop. */
-                struct thr *r = thr_get(t, p);
-                (void)r;
+                thr_get(t, p);
                 kill(p, SIGKILL);
             }
             continue;
@@ -1327,13 +1364,15 @@ int umld_close(struct umld_tracer *t)
         size_t live = live_count(t);
         clock_gettime(CLOCK_MONOTONIC, &now);
         long ms = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
-        /* Once nothing we know of is alive, linger a little for children
-         * of forks that were in flight, then stop. */
-        if ((live == 0 && quiet_rounds >= 2) || ms > 10000)
+        /* Once nothing we know of is alive, look for tracees we never
+         * heard of; when there are none either, stop. */
+        if (live == 0 && quiet_rounds >= 1 && kill_proc_tracees(t) == 0)
+            break;
+        if (ms > 10000)
             break;
         if (live)
             kill_all(t);
-        struct timespec slice = {0, live ? 50000000L : 5000000L};
+        struct timespec slice = {0, live ? 20000000L : 2000000L};
         sigtimedwait(&chld, NULL, &slice);
         quiet_rounds++;
     }
