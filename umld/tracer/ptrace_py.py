@@ -396,7 +396,21 @@ class PythonTracer:
     """A tracer built on python-ptrace.  See :class:`TracerPlatform`.
 
     Every method but ``wake`` must be called from the thread that created
-    the object (ptrace(2): requests come from the attached thread)."""
+    the object (ptrace(2): requests come from the attached thread).
+
+    Caveats:
+
+    * ``wait`` reaps with waitpid(-1, __WALL | __WNOTHREAD): the owner
+      thread must have no children of its own besides the guests (a
+      subprocess started from it would be reaped here and never be seen
+      by its owner).
+    * Several PythonTracers in one process (one per thread) pass kernel
+      SIGCHLDs on to each other, so none sleeps through its own tracee's
+      stop; a thread that does not block SIGCHLD can still swallow one,
+      which then costs at most MAX_SLEEP.
+    * A process created by a creator that is killed inside fork(2) is
+      never announced (no clone event); it is killed after
+      ORPHAN_TIMEOUT seconds, unseen by the guest kernel."""
 
     name = "python"
 
@@ -451,7 +465,7 @@ class PythonTracer:
         return self._regs
 
     def _restart(self, tid: int, request: int, signo: int = 0) -> None:
-        """PTRACE_CONT/SYSCALL/LISTEN; a tracee that vanished (ESRCH after
+        """PTRACE_CONT or PTRACE_SYSCALL; a tracee that vanished (ESRCH after
         we saw it stop: SIGKILL, exit_group of another thread, exec of
         another thread) is not an error, its Exited follows (ptrace(2),
         "Death under ptrace")."""
