@@ -17,7 +17,7 @@ is what a user waits for and what the W0 start-up target is about.
 
 The number of rounds is adaptive unless --repeat is given: one probe round
 times every cell, then each cell gets as many rounds as fit in its share of
-the remaining time budget (at least 3, at most 15; --quick: 1 and 5).  Fast
+the remaining time budget (at least 3, at most 21; --quick: 1 and 5).  Fast
 cells thus get many samples and stable medians, while a 25 s strace run is
 timed 3 times instead of blowing the 10 minute budget.
 
@@ -463,13 +463,15 @@ def measure_workload(
             # The workload itself is unstable: do not pretend a ratio exists.
             cell.state, cell.reason = "failed", f"paired native run: {bad[1]}"
             return
+        # A good native run counts for the native column even if the tool's
+        # run then fails.
+        natives.append(nat.seconds)
         got = run_once([*pin, *tool.prefix, *wl.argv], env=env, cwd=cwd, timeout=opts.timeout)
         bad = check_sample(got, ref, opts.timeout)
         if bad is not None:
             cell.state, cell.reason = bad
             progress.say(f"{label} {wl.key} {tool.key}: {bad[0].upper()}: {bad[1]}")
             return
-        natives.append(nat.seconds)
         cell.native_times.append(nat.seconds)
         cell.times.append(got.seconds)
         planned = f"/{cell.rounds}" if cell.rounds else ""
@@ -761,7 +763,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout=args.timeout or (90.0 if args.quick else 180.0),
         budget=args.budget or (75.0 if args.quick else 480.0),
         min_rounds=1 if args.quick else 3,
-        max_rounds=5 if args.quick else 15,
+        max_rounds=5 if args.quick else 21,
         pin=args.pin,
     )
     pin = ["taskset", "-c", opts.pin] if opts.pin else []
