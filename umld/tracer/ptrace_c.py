@@ -23,6 +23,7 @@ import errno as _errno
 import math
 import os
 import signal
+import struct
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -67,6 +68,18 @@ _EV_CONTINUED: int = _lib.UMLD_EV_CONTINUED
 _EV_HOSTSIG: int = _lib.UMLD_EV_HOSTSIG
 _EV_WAKEUP: int = _lib.UMLD_EV_WAKEUP
 _NOT_OWNER: int = -_lib.UMLD_ERR_NOT_OWNER
+
+# struct umld_event read in one go (one struct.unpack beats a dozen cdata
+# attribute reads): kind tid arch signo child clone_kind status spawn_stage
+# spawn_errno, padding, nr result, args[6].
+_EVENT = struct.Struct("=9i4xqq6Q")
+if (
+    _EVENT.size != _ffi.sizeof("struct umld_event")
+    or _ffi.offsetof("struct umld_event", "args") != _EVENT.size - 48
+):  # pragma: no cover - a header change without this
+    raise ImportError("umld.tracer._c_tracer: struct umld_event layout changed")
+_F_TID, _F_ARCH, _F_SIGNO, _F_CHILD, _F_CLONE, _F_STATUS, _F_STAGE, _F_ERRNO = range(1, 9)
+_F_NR, _F_RESULT = 9, 10
 
 _ARCHES = (Arch.X86_64, Arch.I386, Arch.X32)
 _CLONE_KINDS = (CloneKind.FORK, CloneKind.VFORK, CloneKind.THREAD, CloneKind.PROCESS)
@@ -141,6 +154,8 @@ class CTracer:
         self._closed = False
         self._tids: set[int] = set()
         self._ev: Any = _ffi.new("struct umld_event *")
+        self._evbuf: Any = _ffi.buffer(self._ev)
+        self._unpack_event = _EVENT.unpack_from
         self._out: Any = _ffi.new("const char **")
         self._args: Any = _ffi.new("uint64_t[6]")
         # Bound once: attribute lookups on the cffi lib are not free.
@@ -250,6 +265,7 @@ class CTracer:
     def wait(self, timeout: float | None = None) -> Event | None:
         """Next event; None when ``timeout`` seconds pass without one."""
         ev = self._ev
+        buf = self._evbuf
         if timeout is None:
             ms = -1
             deadline = 0.0
@@ -262,12 +278,10 @@ class CTracer:
         while True:
             k = self._c_wait(self._t, ev, ms)
             if k == _EV_SYSCALL:
-                a = ev.args
-                return SyscallStop(
-                    ev.tid, ev.nr, (a[0], a[1], a[2], a[3], a[4], a[5]), _ARCHES[ev.arch]
-                )
+                f = self._unpack_event(buf)
+                return SyscallStop(f[1], f[9], f[11:17], _ARCHES[f[2]])
             if k > 0:
-                return self._convert(k, ev)
+                return self._convert(k, self._unpack_event(buf))
             if k == 0:
                 return None
             if k != _EINTR:
@@ -281,32 +295,32 @@ class CTracer:
                 else:
                     ms = min(math.ceil(left * 1000), _INT_MAX)
 
-    def _convert(self, k: int, ev: Any) -> Event:
-        tid = ev.tid
+    def _convert(self, k: int, f: tuple[Any, ...]) -> Event:
+        tid = f[_F_TID]
         if k == _EV_SYSEXIT:
-            return SyscallExit(tid, ev.nr, ev.result)
+            return SyscallExit(tid, f[_F_NR], f[_F_RESULT])
         if k == _EV_SIGNAL:
-            return SignalStop(tid, ev.signo)
+            return SignalStop(tid, f[_F_SIGNO])
         if k == _EV_CLONED:
-            child = ev.child
+            child = f[_F_CHILD]
             self._tids.add(child)
-            return Cloned(tid, child, _CLONE_KINDS[ev.clone_kind])
+            return Cloned(tid, child, _CLONE_KINDS[f[_F_CLONE]])
         if k == _EV_EXITED:
             self._tids.discard(tid)
-            stage = ev.spawn_stage
-            err: tuple[str, int] | None = (_STAGES[stage], ev.spawn_errno) if stage else None
-            return Exited(tid, ev.status, err)
+            stage = f[_F_STAGE]
+            err: tuple[str, int] | None = (_STAGES[stage], f[_F_ERRNO]) if stage else None
+            return Exited(tid, f[_F_STATUS], err)
         if k == _EV_EXECED:
-            former = ev.child
+            former = f[_F_CHILD]
             if former != tid:
                 self._tids.discard(former)
             return Execed(tid, former)
         if k == _EV_GROUPSTOP:
-            return GroupStopped(tid, ev.signo)
+            return GroupStopped(tid, f[_F_SIGNO])
         if k == _EV_CONTINUED:
             return Continued(tid)
         if k == _EV_HOSTSIG:
-            return HostSignal(ev.signo)
+            return HostSignal(f[_F_SIGNO])
         if k == _EV_WAKEUP:
             return _WAKEUP
         raise TracerError(f"wait: unknown event kind {k}", _errno.EPROTO)
