@@ -446,7 +446,7 @@ def measure_workload(
         reason = f"native run: {describe_status(ref.status)} {ref.stderr_tail}"
         for cell in cells.values():
             cell.state, cell.reason = "failed", reason
-        progress.say(f"{label} {wl.key}: NATIVE FAILED: {reason}")
+        progress.say(f"{label} NATIVE FAILED: {reason}")
         return cells, natives
 
     for t in tools:
@@ -470,13 +470,13 @@ def measure_workload(
         bad = check_sample(got, ref, opts.timeout)
         if bad is not None:
             cell.state, cell.reason = bad
-            progress.say(f"{label} {wl.key} {tool.key}: {bad[0].upper()}: {bad[1]}")
+            progress.say(f"{label} {tool.key}: {bad[0].upper()}: {bad[1]}")
             return
         cell.native_times.append(nat.seconds)
         cell.times.append(got.seconds)
         planned = f"/{cell.rounds}" if cell.rounds else ""
         progress.say(
-            f"{label} {wl.key} {tool.key:<7} {round_no}{planned}: "
+            f"{label} {tool.key:<7} {round_no}{planned}: "
             f"{fmt_time(got.seconds)} (native {fmt_time(nat.seconds)})"
         )
 
@@ -512,7 +512,7 @@ def measure_workload(
         if cell.state != "ok":
             continue
         progress.say(
-            f"{label} {wl.key} {cell.tool:<7} median {fmt_time(cell.median)} "
+            f"{label} {cell.tool:<7} median {fmt_time(cell.median)} "
             f"= {fmt_ratio(cell.ratio)} native over {len(cell.times)} pairs"
         )
     return cells, natives
@@ -794,6 +794,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress.say(f"tool {k}: {shown}")
             tools.append(state)
 
+        meta: dict[str, Any] = {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": platform.node(),
+            "kernel": platform.release(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "pin": opts.pin,
+            "quick": opts.quick,
+            "repeat": opts.repeat,
+            "budget_s": opts.budget,
+            "timeout_s": opts.timeout,
+            "git_head": git_head(),
+            "gcc": tool_version(["gcc", "--version"]),
+            "strace": tool_version(["strace", "-V"]),
+            "proot": tool_version(["proot", "--version"]),
+            "w4_python": all_wl["W4"].argv[0],
+            "w6_iterations": w6_n,
+        }
+
         results: dict[str, dict[str, Cell]] = {}
         natives: dict[str, list[float]] = {}
         n_active = sum(1 for t in tools if t.available and t.tool.key != "native")
@@ -816,6 +835,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
     print_results(workloads, tools, results, natives, opts)
+    print(
+        f"  machine: {meta['host']}, Linux {meta['kernel']} {meta['machine']}, "
+        f"{meta['cpus']} CPUs; umld at {meta['git_head']}; gcc {meta['gcc']}, "
+        f"strace {meta['strace']}, proot {meta['proot']}"
+    )
+    keys = [w.key for w in workloads]
+    if "W4" in keys:
+        print(f"  W4 runs {meta['w4_python']} -I")
+    if "W6" in keys:
+        print(f"  W6 runs {w6_n:,} iterations (calibrated natively to {W6_SECONDS} s)")
 
     trows, trecords = target_rows(results, tools)
     if len(trows) > 1:
@@ -838,24 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.json is not None:
         doc = {
-            "meta": {
-                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "host": platform.node(),
-                "kernel": platform.release(),
-                "machine": platform.machine(),
-                "cpus": os.cpu_count(),
-                "pin": opts.pin,
-                "quick": opts.quick,
-                "repeat": opts.repeat,
-                "budget_s": opts.budget,
-                "timeout_s": opts.timeout,
-                "duration_s": total,
-                "git_head": git_head(),
-                "gcc": tool_version(["gcc", "--version"]),
-                "strace": tool_version(["strace", "-V"]),
-                "proot": tool_version(["proot", "--version"]),
-                "w6_iterations": w6_n,
-            },
+            "meta": {**meta, "duration_s": total},
             "tools": {
                 t.tool.key: {
                     "label": t.tool.label,
