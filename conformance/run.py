@@ -415,6 +415,7 @@ def run_module(
     # --randseed: regrtest seeds `random` in the test process; a fixed seed
     # makes both runs draw the same values.
     cmd = [*prefix, python, "-m", "test", "-v", "--randseed", "1", module]
+    print(f"[{runner}] {module} started", file=sys.stderr, flush=True)
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.monotonic()
         proc = subprocess.Popen(
