@@ -698,3 +698,51 @@ def test_round_trip_cost(ct: object, guests: dict[str, Path]) -> None:
     c.run(pid, handle)
     per = (time.perf_counter() - t0 - native) / n
     assert per < 200e-6, f"{per * 1e6:.1f} us per trapped call"
+
+
+@pytest.mark.slow
+def test_orphan_adopted_by_its_reaper(ct: object, guests: dict[str, Path]) -> None:
+    """As above, but the backend first sees the child after its parent is
+    dead: announced as a child of sh, its reaper, after the orphan delay."""
+    c = Checked(ct)
+    sh = c.spawn(
+        spec("/bin/sh", "-c", f"{guests['forkpause']}; exec sleep 100", seccomp_filter=UNAME)
+    )
+    parent = None
+    while parent is None:
+        ev = c.next()
+        if isinstance(ev, Execed) and ev.tid != sh:
+            parent = ev.tid
+        c.answer(ev)
+    time.sleep(0.3)
+    os.kill(parent, signal.SIGKILL)
+    time.sleep(0.3)  # dead and re-parented before the backend looks
+    t0 = time.monotonic()
+    adopted = None
+    while adopted is None or adopted.child in c.known:
+        ev = c.next()
+        if isinstance(ev, Cloned):
+            adopted = ev
+        if isinstance(ev, SyscallStop):
+            ct.complete(ev.tid, 0)  # type: ignore[attr-defined]
+        else:
+            c.answer(ev)
+    assert adopted.tid == sh and adopted.kind is CloneKind.FORK
+    assert 1.5 < time.monotonic() - t0 < 10
+
+
+@pytest.mark.slow
+def test_orphan_without_a_traced_reaper_is_killed(ct: object, guests: dict[str, Path]) -> None:
+    """No traced process to adopt the child (umld is no subreaper): it is
+    killed and never announced; nothing stays traced."""
+    c = Checked(ct)
+    pid = c.spawn(spec(guests["forkpause"], seccomp_filter=UNAME, subreaper=False))
+    assert c.next() == Execed(pid, pid)
+    time.sleep(0.3)
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.3)
+    ev = c.next()
+    assert isinstance(ev, Exited) and ev.tid == pid
+    assert ct.wait(4.5) is None  # type: ignore[attr-defined]  # the orphan is dealt with quietly
+    assert not traced_by(threading.get_native_id())
+    assert ct.stats()["parked"] >= 1  # type: ignore[attr-defined]
