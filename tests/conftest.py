@@ -61,7 +61,10 @@ class Compare:
         self.backend = backend
 
     def native(self, argv: Sequence[str], **kw: object) -> Result:
-        return run(argv, **kw)
+        r = run(argv, **kw)
+        if r.returncode < 0:  # as a shell reports it, and as umld does
+            r.returncode = 128 - r.returncode
+        return r
 
     def guest(self, argv: Sequence[str], *options: str, **kw: object) -> Result:
         return run([*umld_argv(self.backend, *options), *argv], **kw)
@@ -99,7 +102,8 @@ def guest_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def live_pids_with(marker: str) -> list[int]:
-    """Pids of live (non-zombie) processes whose command line has ``marker``."""
+    """Pids of live (non-zombie) processes whose argv[0] is ``marker``
+    (guests are started with `exec -a MARKER`)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -111,7 +115,7 @@ def live_pids_with(marker: str) -> list[int]:
                 state = f.read().rsplit(b")", 1)[1].split()[0]
         except OSError:
             continue
-        if marker.encode() in cmd and state != b"Z" and int(entry) != os.getpid():
+        if cmd.split(b"\0", 1)[0] == marker.encode() and state != b"Z":
             pids.append(int(entry))
     return pids
 
