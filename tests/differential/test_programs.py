@@ -105,9 +105,11 @@ def test_python_subprocess(compare: Compare) -> None:
     )
 
 
-def test_python_multiprocessing(compare: Compare) -> None:
-    compare(
-        py(
+def test_python_multiprocessing(compare: Compare, tmp_path: Path) -> None:
+    # A file, not -c: the spawn and forkserver methods re-import __main__.
+    script = tmp_path / "mp.py"
+    script.write_text(
+        textwrap.dedent(
             """
             import multiprocessing as mp
             def sq(x): return x * x
@@ -116,9 +118,9 @@ def test_python_multiprocessing(compare: Compare) -> None:
                     with mp.get_context(method).Pool(3) as pool:
                         print(method, sum(pool.map(sq, range(100))))
             """
-        ),
-        timeout=180,
+        )
     )
+    compare(["python3", str(script)], timeout=180)
 
 
 def test_python_signals(compare: Compare) -> None:

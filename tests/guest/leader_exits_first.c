@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 static void *worker(void *arg) {
-    usleep(100 * 1000);
+    usleep((useconds_t)(long)arg * 150 * 1000); /* worker 1 prints first */
     printf("worker %ld done\n", (long)arg);
     fflush(stdout);
     if ((long)arg == 2) { usleep(100 * 1000); exit(7); }
