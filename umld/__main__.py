@@ -1,3 +1,3 @@
-from umld.cli import main
+from umld.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+from typing import Any
 
 
 class UmldError(Exception):
@@ -34,3 +35,23 @@ class GuestError(Exception):
     def __init__(self, errno: int, reason: str = "") -> None:
         super().__init__(f"{_errno.errorcode.get(errno, errno)}: {reason or os.strerror(errno)}")
         self.errno = errno
+
+
+class _LazyLogger:
+    """A logger that imports :mod:`logging` only when something is logged:
+    logging costs milliseconds of every umld start and is rarely used."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import logging
+
+        root = logging.getLogger()
+        if not root.handlers:
+            logging.basicConfig(format="umld: %(levelname)s: %(message)s")
+        return getattr(logging.getLogger(self._name), attr)
+
+
+def get_logger(name: str) -> _LazyLogger:
+    return _LazyLogger(name)

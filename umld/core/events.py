@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class GuestEvent:
+class GuestEvent(NamedTuple):
     """One line of the event stream.
 
     ``kind`` is one of: spawn, exec, exit, signal, denied, config, syscall,
@@ -17,7 +16,11 @@ class GuestEvent:
     kind: str
     pid: int
     text: str
-    time: float = field(default_factory=time.time)
+    time: float
+
+    @classmethod
+    def now(cls, kind: str, pid: int, text: str) -> GuestEvent:
+        return cls(kind, pid, text, time.time())
 
     def line(self) -> str:
         return f"{self.time:.6f} {self.kind} pid={self.pid} {self.text}"

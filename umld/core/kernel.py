@@ -11,13 +11,11 @@ bug in one handler never takes the machine down.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import signal
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TextIO, final
 
 from umld.core.events import GuestEvent
@@ -25,7 +23,7 @@ from umld.core.syscalls.context import SyscallContext
 from umld.core.syscalls.table import Disposition, SyscallTable
 from umld.core.task import Pid, Task, TaskState, ThreadGroup
 from umld.core.trace import SyscallFormatter
-from umld.errors import GuestError
+from umld.errors import GuestError, get_logger
 from umld.tracer.events import (
     Arch,
     Cloned,
@@ -44,23 +42,33 @@ from umld.tracer.events import (
 )
 from umld.tracer.platform import SpawnSpec, TracerPlatform
 
-log = logging.getLogger("umld.kernel")
+log = get_logger("umld.kernel")
 
 #: Host signals that ask the guest to end: forwarded once, then SIGKILL.
 TERMINATING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 @final
-@dataclass(slots=True)
 class UtsState:
     """The guest's struct new_utsname (uname(2))."""
 
-    sysname: bytes
-    nodename: bytes
-    release: bytes
-    version: bytes
-    machine: bytes
-    domainname: bytes
+    __slots__ = ("domainname", "machine", "nodename", "release", "sysname", "version")
+
+    def __init__(
+        self,
+        sysname: bytes,
+        nodename: bytes,
+        release: bytes,
+        version: bytes,
+        machine: bytes,
+        domainname: bytes,
+    ) -> None:
+        self.sysname = sysname
+        self.nodename = nodename
+        self.release = release
+        self.version = version
+        self.machine = machine
+        self.domainname = domainname
 
     @classmethod
     def from_host(cls) -> UtsState:
@@ -146,7 +154,7 @@ class GuestKernel:
 
     def emit(self, kind: str, pid: int, text: str) -> None:
         if self.listeners:
-            ev = GuestEvent(kind, pid, text)
+            ev = GuestEvent.now(kind, pid, text)
             for listener in self.listeners:
                 listener(ev)
 

@@ -12,8 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TextIO, final
+from typing import NamedTuple, TextIO, final
 
 from umld.core.kernel import TERMINATING_SIGNALS, GuestKernel, UtsState, wait_status_to_exit_code
 from umld.core.syscalls import lookup_table
@@ -26,16 +25,29 @@ from umld.tracer.seccomp import build_filter
 UTS_LEN = 64
 
 
-@dataclass
 class Config:
-    """Settings of one machine (the embedded defaults are the values here)."""
+    """Settings of one machine (the embedded defaults are the defaults here)."""
 
-    hostname: str | None = None  # None: the host's name
-    domainname: str | None = None
-    tracer: str = "c"
-    #: Full-trace mode: every syscall stops and is written to trace_output.
-    trace: bool = False
-    trace_output: TextIO | None = None
+    def __init__(
+        self,
+        *,
+        hostname: str | None = None,
+        domainname: str | None = None,
+        tracer: str = "c",
+        trace: bool = False,
+        trace_output: TextIO | None = None,
+    ) -> None:
+        #: None: the host's name.
+        self.hostname = hostname
+        self.domainname = domainname
+        self.tracer = tracer
+        #: Full-trace mode: every syscall stops and is written to trace_output.
+        self.trace = trace
+        self.trace_output = trace_output
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"Config({fields})"
 
     def validate(self) -> None:
         for key in ("hostname", "domainname"):
@@ -44,8 +56,7 @@ class Config:
                 raise UsageError(f"{key} is longer than {UTS_LEN} bytes: {value!r}")
 
 
-@dataclass(frozen=True)
-class RunResult:
+class RunResult(NamedTuple):
     status: int  # raw wait status of the first process
     returncode: int  # a shell's $?: code, or 128+N for signal N
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import NewType, final
 
 from umld.tracer.events import Tid
@@ -24,17 +23,19 @@ class TaskState(enum.Enum):
 
 
 @final
-@dataclass(eq=False, slots=True)
 class Task:
     """A guest thread.  Owned by the tracer thread."""
 
-    tid: Tid
-    tgid: Pid
-    state: TaskState = TaskState.RUNNING
-    #: Trapped syscalls by number (every syscall in full-trace mode).
-    syscalls: Counter[int] = field(default_factory=Counter)
-    #: The call the task is stopped in, or -1.
-    current_syscall: int = -1
+    __slots__ = ("current_syscall", "state", "syscalls", "tgid", "tid")
+
+    def __init__(self, tid: Tid, tgid: Pid) -> None:
+        self.tid = tid
+        self.tgid = tgid
+        self.state = TaskState.RUNNING
+        #: Trapped syscalls by number (every syscall in full-trace mode).
+        self.syscalls: Counter[int] = Counter()
+        #: The call the task is stopped in, or -1.
+        self.current_syscall = -1
 
     def has_capability(self, cap: int) -> bool:
         """Whether the thread's effective capability set holds ``cap``
@@ -50,14 +51,16 @@ class Task:
 
 
 @final
-@dataclass(eq=False, slots=True)
 class ThreadGroup:
     """A guest process."""
 
-    pid: Pid
-    ppid: Pid
-    threads: dict[Tid, Task] = field(default_factory=dict)
-    execs: int = 0
+    __slots__ = ("execs", "pid", "ppid", "threads")
+
+    def __init__(self, pid: Pid, ppid: Pid) -> None:
+        self.pid = pid
+        self.ppid = ppid
+        self.threads: dict[Tid, Task] = {}
+        self.execs = 0
 
     def syscall_counts(self) -> Counter[int]:
         total: Counter[int] = Counter()

@@ -1,7 +1,10 @@
 """Stop events reported by a tracer backend.
 
-Events are values, never exceptions.  Every event names the thread (``tid``)
-it concerns.  Two groups:
+Events are values, never exceptions: immutable named tuples, cheap to
+build on the hot path (a frozen dataclass costs a setattr per field, and
+importing dataclasses alone costs milliseconds of every umld start).
+Compare events by type as well as by value.  Every event names the thread
+(``tid``) it concerns.  Two groups:
 
 * **Stops** (:class:`SyscallStop`, :class:`SyscallExit`, :class:`SignalStop`):
   the thread is left stopped under ptrace and the core must answer with
@@ -18,8 +21,7 @@ of a thread follows its :class:`Exited` event.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import NewType
+from typing import NamedTuple, NewType
 
 Tid = NewType("Tid", int)
 """A host thread id (the value waitpid(2) and ptrace(2) use)."""
@@ -40,8 +42,7 @@ class CloneKind(enum.Enum):
     PROCESS = "process"  # clone(2) without CLONE_THREAD, not fork/vfork
 
 
-@dataclass(frozen=True, slots=True)
-class SyscallStop:
+class SyscallStop(NamedTuple):
     """The thread is about to execute a trapped syscall (seccomp RET_TRACE).
 
     ``args`` always has six entries, already taken from the registers the
@@ -54,8 +55,7 @@ class SyscallStop:
     arch: Arch = Arch.X86_64
 
 
-@dataclass(frozen=True, slots=True)
-class SyscallExit:
+class SyscallExit(NamedTuple):
     """The thread returns from a syscall it was resumed from with
     ``stop_at_exit=True``.  ``nr`` is the syscall that ran (-1 if it was
     skipped), ``result`` the value in the return register (negative errno on
@@ -66,8 +66,7 @@ class SyscallExit:
     result: int
 
 
-@dataclass(frozen=True, slots=True)
-class SignalStop:
+class SignalStop(NamedTuple):
     """Signal-delivery-stop: ``signo`` is about to be delivered to ``tid``.
 
     The core resumes with ``signo`` to deliver it or 0 to suppress it."""
@@ -76,8 +75,7 @@ class SignalStop:
     signo: int
 
 
-@dataclass(frozen=True, slots=True)
-class Cloned:
+class Cloned(NamedTuple):
     """``tid`` created ``child`` (already attached and running)."""
 
     tid: Tid
@@ -85,8 +83,7 @@ class Cloned:
     kind: CloneKind
 
 
-@dataclass(frozen=True, slots=True)
-class Execed:
+class Execed(NamedTuple):
     """``tid`` completed execve(2).  When a non-leader thread execs, the
     kernel gives it the leader's id: ``tid`` is then the leader's id and
     ``former_tid`` the id the thread had before (see ptrace(2), "execve(2)
@@ -96,8 +93,7 @@ class Execed:
     former_tid: Tid
 
 
-@dataclass(frozen=True, slots=True)
-class Exited:
+class Exited(NamedTuple):
     """``tid`` is gone and reaped by the tracer.
 
     ``status`` is the raw wait status (use ``os.WIFEXITED`` & co.).  For a
@@ -110,8 +106,7 @@ class Exited:
     spawn_error: tuple[str, int] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class GroupStopped:
+class GroupStopped(NamedTuple):
     """``tid`` entered a group-stop because of ``signo`` (SIGSTOP, SIGTSTP,
     SIGTTIN, SIGTTOU).  The backend keeps it stopped with PTRACE_LISTEN so
     that a later SIGCONT resumes it as it would without a tracer."""
@@ -120,15 +115,13 @@ class GroupStopped:
     signo: int
 
 
-@dataclass(frozen=True, slots=True)
-class Continued:
+class Continued(NamedTuple):
     """``tid`` left a group-stop (SIGCONT arrived)."""
 
     tid: Tid
 
 
-@dataclass(frozen=True, slots=True)
-class HostSignal:
+class HostSignal(NamedTuple):
     """umld itself received ``signo`` (one of the signals passed to
     ``set_host_signals``).  ``tid`` is 0."""
 
@@ -136,8 +129,7 @@ class HostSignal:
     tid: Tid = Tid(0)
 
 
-@dataclass(frozen=True, slots=True)
-class Wakeup:
+class Wakeup(NamedTuple):
     """``wait`` returned because another thread called ``wake``."""
 
     tid: Tid = Tid(0)

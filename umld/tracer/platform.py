@@ -32,8 +32,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from umld.tracer.events import Event, Tid
 
@@ -52,8 +51,7 @@ class TracerUnavailable(TracerError):
     and why (for example Yama ptrace_scope, a container's seccomp profile)."""
 
 
-@dataclass(frozen=True)
-class SpawnSpec:
+class SpawnSpec(NamedTuple):
     """What ``spawn`` starts.
 
     ``path`` is the file to execve (already resolved by the caller);
@@ -80,7 +78,7 @@ class SpawnSpec:
     #: SIGPIPE and SIGXFSZ; a native shell would not).
     reset_signals: Sequence[int] = (signal.SIGPIPE, signal.SIGXFSZ)
     #: Signal mask the child execs with.
-    sigmask: frozenset[int] = field(default_factory=frozenset)
+    sigmask: frozenset[int] = frozenset()
 
 
 class TracerPlatform(Protocol):

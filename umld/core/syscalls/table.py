@@ -21,8 +21,7 @@ from __future__ import annotations
 import enum
 import errno
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 if TYPE_CHECKING:
     from umld.core.syscalls.context import SyscallContext
@@ -57,8 +56,7 @@ class Family(enum.Flag):
     MISC = enum.auto()
 
 
-@dataclass(frozen=True, slots=True)
-class Syscall:
+class Syscall(NamedTuple):
     nr: int
     name: str
     family: Family
