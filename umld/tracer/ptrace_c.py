@@ -82,6 +82,9 @@ _F_TID, _F_ARCH, _F_SIGNO, _F_CHILD, _F_CLONE, _F_STATUS, _F_STAGE, _F_ERRNO = r
 _F_NR, _F_RESULT = 9, 10
 
 _ARCHES = (Arch.X86_64, Arch.I386, Arch.X32)
+# Events are named tuples; tuple.__new__ with all fields is what
+# namedtuple's _make does, without the Python-level __new__ frame.
+_tuple_new = tuple.__new__
 _CLONE_KINDS = (CloneKind.FORK, CloneKind.VFORK, CloneKind.THREAD, CloneKind.PROCESS)
 _STAGES = ("", "setup", "seccomp", "exec")
 _U64 = 1 << 64
@@ -279,7 +282,8 @@ class CTracer:
             k = self._c_wait(self._t, ev, ms)
             if k == _EV_SYSCALL:
                 f = self._unpack_event(buf)
-                return SyscallStop(f[1], f[9], f[11:17], _ARCHES[f[2]])
+                stop: SyscallStop = _tuple_new(SyscallStop, (f[1], f[9], f[11:17], _ARCHES[f[2]]))
+                return stop
             if k > 0:
                 return self._convert(k, self._unpack_event(buf))
             if k == 0:
