@@ -135,6 +135,9 @@ def _start_guest(backend: str, marker: str) -> subprocess.Popen[bytes]:
         [*umld_argv(backend), "bash", "-c", f"exec -a {marker} sleep 1000"],
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        # A test run from a background job inherits SIGINT ignored; the
+        # guest would inherit that from umld, as it would natively.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 10
     while not live_pids_with(marker):
