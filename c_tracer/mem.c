@@ -138,15 +138,18 @@ long umld_read_string(struct umld_tracer *t, int tid, uint64_t addr, size_t limi
     UMLD_ENTER(t);
     size_t got = 0, want = limit + 1;
     uint64_t pmask = (uint64_t)t->pagesize - 1;
-    int rc = umld__ensure_buf(t, want);
-    if (rc < 0)
-        return rc;
-    *out = t->buf;
+    if (want == 0) /* limit == SIZE_MAX */
+        want = limit;
     while (got < want) {
         uint64_t a = addr + got;
         size_t chunk = (size_t)((pmask + 1) - (a & pmask));
         if (chunk > want - got)
             chunk = want - got;
+        /* Grown as the string turns out longer, not to `limit` up front. */
+        int rc = umld__ensure_buf(t, got + chunk);
+        if (rc < 0)
+            return rc;
+        *out = t->buf;
         struct iovec local = {t->buf + got, chunk};
         struct iovec remote = {(void *)(uintptr_t)a, chunk};
         ssize_t n = process_vm_readv(tid, &local, 1, &remote, 1, 0);
