@@ -2,8 +2,17 @@
  * umld C tracer core: ptrace + seccomp stops turned into small event records.
  *
  * This is the engine behind umld/tracer/ptrace_c.py; the Python side only
- * converts `struct umld_event` into the dataclasses of umld/tracer/events.py.
+ * converts `struct umld_event` into the events of umld/tracer/events.py.
  * See umld/tracer/platform.py ("How it works") for the model.
+ *
+ * Handled here without any event reaching the caller: the initial
+ * PTRACE_EVENT_STOP of auto-attached children (restarted), group-stops
+ * (PTRACE_LISTEN; re-traps while still stopped), the restarts after
+ * fork/vfork/clone/exec events (with PTRACE_SYSCALL when a syscall-exit-stop
+ * was asked for, so it is not lost), the clone kind (thread or process),
+ * the spawn error pipe, parking of events of threads not announced yet, and
+ * threads whose creator died in its fork event stop (announced as children
+ * of their thread group or reaper after a delay, or killed).
  *
  * Threading rule (ptrace(2): "the tracee is attached to a thread"): every
  * function here except umld_wake() must be called on the thread that called
@@ -137,8 +146,8 @@ int umld_kill(struct umld_tracer *t, int tid, int sig);
 int umld_close(struct umld_tracer *t);
 
 /* Counters for tests and benchmarks: [0] waitpid statuses handled,
- * [1] events delivered, [2] events that were parked, [3] sleeps,
- * [4] spurious wake-ups (SIGCHLD with nothing to reap). */
+ * [1] events delivered, [2] events that were parked, [3] sleeps in
+ * sigtimedwait, [4] SIGCHLDs after which there was nothing to reap. */
 void umld_stats(struct umld_tracer *t, uint64_t *out5);
 /* CDEF-END */
 
