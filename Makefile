@@ -14,7 +14,8 @@ C_TRACER_SO := .stamp-ctracer
 # FUSE runtime, the peers the benchmark compares against, and the programs
 # the tests run as guests.
 APT_PACKAGES := gcc make pkg-config python3 python3-venv python3-dev libffi-dev \
-	fuse3 libfuse3-dev strace proot git tar procps psmisc hostname
+	fuse3 libfuse3-dev strace proot git tar procps psmisc hostname util-linux \
+	libpython3.11-testsuite
 
 .PHONY: all install demo test test-fast lint typecheck bench conformance clean
 
