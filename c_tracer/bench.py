@@ -15,6 +15,8 @@
 
 ``--pin`` puts the tracer and the guest on one CPU (sched_setaffinity is
 inherited), ``--no-pin`` leaves them to the scheduler; default runs both.
+``--c-only`` also times the same uname loop driven from C (the objects
+build_ffi.py leaves in build/c_tracer/), i.e. without Python in the loop.
 """
 
 from __future__ import annotations
@@ -50,6 +52,63 @@ int main(int argc, char **argv)
     return 0;
 }
 """
+
+
+C_LOOP = r"""
+#include "umld_tracer.h"
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <time.h>
+int main(int argc, char **argv)
+{
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGCHLD);
+    pthread_sigmask(SIG_BLOCK, &s, NULL);
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 63, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRACE),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct umld_tracer *t = umld_tracer_new();
+    char *av[] = {argv[1], argv[2], NULL};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int pid;
+    if (umld_spawn(t, argv[1], av, NULL, NULL, f, sizeof f, 1, -1, NULL, 0, 0, &pid))
+        return 1;
+    struct umld_event ev;
+    for (;;) {
+        int k = umld_wait(t, &ev, -1);
+        if (k == UMLD_EV_SYSCALL)
+            umld_complete(t, ev.tid, 0);
+        else if (k == UMLD_EV_SIGNAL)
+            umld_resume(t, ev.tid, ev.signo, 0);
+        else if (k == UMLD_EV_EXITED && ev.tid == pid)
+            break;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("%.6f\n", (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
+    umld_close(t);
+    return 0;
+}
+"""
+
+
+def build_c_loop(tmp: Path) -> Path:
+    here = Path(__file__).resolve().parent
+    objs = sorted((here.parent / "build" / "c_tracer" / "c_tracer").glob("*.o"))
+    if not objs:
+        raise SystemExit("build the C tracer first: .venv/bin/python c_tracer/build_ffi.py")
+    src = tmp / "c_loop.c"
+    src.write_text(C_LOOP)
+    exe = tmp / "c_loop"
+    cmd = ["gcc", "-O2", f"-I{here}", "-o", str(exe), str(src), *map(str, objs), "-lpthread"]
+    subprocess.run(cmd, check=True)
+    return exe
 
 
 def build_guest(tmp: Path) -> Path:
@@ -98,11 +157,21 @@ def best(fn: object, loops: int) -> float:
     return min(vals)
 
 
-def run(backend: str, calls: int, loops: int, guest: Path) -> None:
+def run(backend: str, calls: int, loops: int, guest: Path, c_loop: Path | None) -> None:
     flt = build_filter({NR_UNAME})
     argv = [str(guest), str(calls)]
     nat = best(lambda: native(argv), loops)
     print(f"  native {calls} uname:            {nat * 1e3:8.1f} ms")
+    if c_loop is not None:
+        vals = [
+            float(subprocess.run([c_loop, *argv], check=True, capture_output=True).stdout)
+            for _ in range(loops)
+        ]
+        tr = min(vals)
+        per = (tr - nat) / calls * 1e6
+        print(
+            f"  C-only loop (umld_complete):     {tr * 1e3:8.1f} ms  -> {per:6.2f} us/trapped call"
+        )
     for write in (False, True):
         times = []
         for _ in range(loops):
@@ -139,6 +208,7 @@ def main() -> None:
     ap.add_argument("--backend", default="c")
     ap.add_argument("--calls", type=int, default=100_000)
     ap.add_argument("--loops", type=int, default=3)
+    ap.add_argument("--c-only", action="store_true")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--pin", dest="pin", action="store_const", const=[True])
     g.add_argument("--no-pin", dest="pin", action="store_const", const=[False])
@@ -147,11 +217,12 @@ def main() -> None:
     cpus = sorted(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
         guest = build_guest(Path(tmp))
+        c_loop = build_c_loop(Path(tmp)) if args.c_only else None
         for pin in args.pin or [True, False]:
             os.sched_setaffinity(0, {cpus[0]} if pin else set(cpus))
             where = f"pinned to CPU {cpus[0]}" if pin else f"unpinned ({len(cpus)} CPUs)"
             print(f"backend {args.backend}, {where}:")
-            run(args.backend, args.calls, args.loops, guest)
+            run(args.backend, args.calls, args.loops, guest, c_loop)
         os.sched_setaffinity(0, set(cpus))
 
 
