@@ -6,7 +6,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-STAMPS := .stamp-apt .stamp-venv .stamp-ctracer
+STAMPS := .stamp-apt .stamp-venv .stamp-ctracer .stamp-bench
 C_TRACER_SRC := $(wildcard c_tracer/*.c c_tracer/*.h c_tracer/build_ffi.py)
 C_TRACER_SO := .stamp-ctracer
 
@@ -17,7 +17,7 @@ APT_PACKAGES := gcc make pkg-config python3 python3-venv python3-dev libffi-dev 
 	fuse3 libfuse3-dev strace proot git tar procps psmisc hostname util-linux \
 	libpython3.11-testsuite
 
-.PHONY: all install demo test test-fast lint typecheck bench conformance clean
+.PHONY: all install demo test test-fast lint bench bench-quick conformance clean
 
 all: install
 
@@ -52,12 +52,22 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check umld tests bench conformance
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict bench/run.py bench/w7_source.py
+	$(VENV)/bin/mypy --strict conformance/run.py
 
-bench: install
-	$(VPY) bench/run.py $(BENCH_ARGS)
+# The bench draws its ratios as a PNG; matplotlib is only needed here.
+.stamp-bench: .stamp-venv
+	$(VPY) -m pip install -q matplotlib
+	touch $@
+
+bench: install .stamp-bench
+	$(VPY) bench/run.py --json bench/out/results.json --plot bench/out/ratios.png $(BENCH_ARGS)
+
+bench-quick: install .stamp-bench
+	$(VPY) bench/run.py --quick --plot bench/out/ratios.png $(BENCH_ARGS)
 
 conformance: install
 	$(VPY) conformance/run.py $(CONFORMANCE_ARGS)
 
 clean:
-	rm -rf $(VENV) $(STAMPS) build umld/tracer/_c_tracer* bench/out
+	rm -rf $(VENV) $(STAMPS) build umld/tracer/_c_tracer*.so umld/tracer/_c_tracer.c umld/tracer/_c_tracer.o bench/out conformance/out
