@@ -4,6 +4,7 @@ signals to umld, and errors for user mistakes."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -196,6 +197,16 @@ def test_user_mistakes(args: list[str], code: int, message: str) -> None:
     r = run([sys.executable, "-m", "umld", *args])
     assert r.returncode == code, r
     assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="no strace")
+def test_refused_ptrace_is_explained(backend: str) -> None:
+    # Under `strace -f` umld's children are strace's tracees: ptrace refuses.
+    r = run(["strace", "-f", "-o", "/dev/null", *umld_argv(backend), "true"])
+    assert r.returncode == 1
+    assert "umld: ptrace(PTRACE_SEIZE) of a child was refused" in r.stderr
+    assert "itself being traced" in r.stderr
     assert "Traceback" not in r.stderr
 
 

@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from umld.tracer.diagnostics import ptrace_refused_reason
 from umld.tracer.events import (
     Arch,
     Cloned,
@@ -93,37 +94,6 @@ _INT_MAX = (1 << 31) - 1
 _EINTR = -_errno.EINTR
 _ESRCH = -_errno.ESRCH
 _WAKEUP = Wakeup()
-
-
-def _unavailable_reason(err: int) -> str:
-    """Why PTRACE_SEIZE of our own child was refused, as far as we can tell."""
-    why = [f"ptrace(PTRACE_SEIZE) of a child was refused: {os.strerror(err)}"]
-    try:
-        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
-            scope = f.read().strip()
-        meaning = {
-            "0": "classic ptrace permissions",
-            "1": "restricted to descendants",
-            "2": "admin-only attach: needs CAP_SYS_PTRACE",
-            "3": "no attach at all until reboot",
-        }.get(scope, "unknown value")
-        why.append(f"Yama: /proc/sys/kernel/yama/ptrace_scope is {scope} ({meaning})")
-    except OSError:
-        pass
-    try:
-        with open("/proc/self/status") as f:
-            mode = next((ln.split()[1] for ln in f if ln.startswith("Seccomp:")), "0")
-    except OSError:
-        mode = "0"
-    if mode != "0":
-        why.append(
-            f"umld runs under a seccomp filter (Seccomp: {mode}); a container's "
-            "seccomp profile commonly denies ptrace(2) (docker/podman: "
-            "--security-opt seccomp=unconfined or --cap-add SYS_PTRACE)"
-        )
-    if len(why) == 1:
-        why.append("an LSM (AppArmor, SELinux) or the container runtime may forbid ptrace")
-    return "; ".join(why)
 
 
 def _cstrings(items: Sequence[bytes | str], keep: list[Any]) -> Any:
@@ -244,7 +214,7 @@ class CTracer:
             out,
         )
         if rc in (-_errno.EPERM, -_errno.EACCES, -_errno.ENOSYS):
-            raise TracerUnavailable(_unavailable_reason(-rc), -rc)
+            raise TracerUnavailable(ptrace_refused_reason(-rc), -rc)
         if rc < 0:
             raise self._error(rc, f"spawn {spec.path!r}")
         pid: int = out[0]

@@ -44,6 +44,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
+from umld.tracer.diagnostics import ptrace_refused_reason
 from umld.tracer.events import (
     Arch,
     Cloned,
@@ -273,32 +274,6 @@ def _proc_status_field(tid: int, field: str) -> int | None:
     except (OSError, ValueError):
         pass
     return None
-
-
-def _unavailable_reason(err: int) -> str:
-    """Why PTRACE_SEIZE of our own child was refused, as far as we can tell."""
-    why = [f"PTRACE_SEIZE of a child refused: {os.strerror(err)}"]
-    try:
-        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
-            scope = f.read().strip()
-        meaning = {
-            "0": "classic ptrace permissions",
-            "1": "restricted to descendants",
-            "2": "admin-only attach: needs CAP_SYS_PTRACE",
-            "3": "no attach at all, until reboot",
-        }.get(scope, "unknown value")
-        why.append(f"Yama kernel.yama.ptrace_scope={scope} ({meaning})")
-    except OSError:
-        pass
-    mode = _proc_status_field(os.getpid(), "Seccomp")
-    if mode:
-        why.append(
-            f"umld itself runs under a seccomp filter (Seccomp: {mode} in /proc/self/status); "
-            "a container's seccomp profile commonly denies ptrace(2)"
-        )
-    if len(why) == 1:
-        why.append("an LSM (AppArmor, SELinux) or a container runtime may forbid ptrace")
-    return "; ".join(why)
 
 
 class _SpawnPrep:
@@ -541,7 +516,7 @@ class PythonTracer:
                 os.waitpid(pid, 0)
             code = exc.errno or _errno.EPERM
             if code in (_errno.EPERM, _errno.EACCES):
-                raise TracerUnavailable(_unavailable_reason(code), code) from None
+                raise TracerUnavailable(ptrace_refused_reason(code), code) from None
             raise TracerError(f"PTRACE_SEIZE {pid}: {os.strerror(code)}", code) from None
         os.set_blocking(err_r, False)
         os.write(go_w, b"g")
