@@ -116,7 +116,6 @@ def _set_foreground(fd: int, pgrp: int) -> None:
 _STAGE_TEXT = {
     "seccomp": "the kernel refused the seccomp filter",
     "setup": "setting up the guest's first process failed",
-    "exec": "cannot execute",
 }
 
 

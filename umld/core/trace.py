@@ -52,11 +52,11 @@ class SyscallFormatter:
                 return hex(value)
             text = repr(s[:_MAX_STR])[1:]
             return text + ("..." if len(s) > _MAX_STR else "")
-        if ctype in ("int", "unsigned int", "long", "size_t", "pid_t", "uid_t", "gid_t"):
-            v = value - (1 << 64) if value >= 1 << 63 else value
-            if ctype == "int":
-                v = (value & 0xFFFFFFFF) - (1 << 32) if value & 0x80000000 else value & 0xFFFFFFFF
-            return str(v)
+        if ctype == "int":  # the low 32 bits, signed
+            low = value & 0xFFFFFFFF
+            return str(low - (1 << 32) if low & 0x80000000 else low)
+        if ctype in ("unsigned int", "long", "size_t", "pid_t", "uid_t", "gid_t"):
+            return str(value - (1 << 64) if value >= 1 << 63 else value)
         return hex(value)
 
     def format_call(self, tid: Tid, nr: int, args: Sequence[int]) -> str:
