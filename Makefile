@@ -30,7 +30,7 @@ install: .stamp-apt .stamp-venv $(C_TRACER_SO)
 .stamp-venv: .stamp-apt pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(VPY) -m pip install -q -e '.[test,export]' --config-settings editable_mode=compat
 	touch $@
 
 $(C_TRACER_SO): .stamp-venv $(C_TRACER_SRC) $(wildcard umld/*.py umld/*/*.py umld/*/*/*.py)
