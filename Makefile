@@ -21,7 +21,9 @@ APT_PACKAGES := gcc make pkg-config python3 python3-venv python3-dev libffi-dev 
 
 all: install
 
-install: .stamp-apt .stamp-venv $(C_TRACER_SO)
+SANDBOX_BIN := umld/core/umld-sandbox
+
+install: .stamp-apt .stamp-venv $(C_TRACER_SO) $(SANDBOX_BIN)
 
 .stamp-apt: scripts/install-deps.sh
 	scripts/install-deps.sh $(APT_PACKAGES)
@@ -32,6 +34,9 @@ install: .stamp-apt .stamp-venv $(C_TRACER_SO)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test,export]' --config-settings editable_mode=compat
 	touch $@
+
+$(SANDBOX_BIN): c_tracer/sandbox.c .stamp-apt
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ c_tracer/sandbox.c
 
 $(C_TRACER_SO): .stamp-venv $(C_TRACER_SRC) $(wildcard umld/*.py umld/*/*.py umld/*/*/*.py)
 	$(VPY) c_tracer/build_ffi.py
@@ -70,4 +75,4 @@ conformance: install
 	$(VPY) conformance/run.py $(CONFORMANCE_ARGS)
 
 clean:
-	rm -rf $(VENV) $(STAMPS) build umld/tracer/_c_tracer*.so umld/tracer/_c_tracer.c umld/tracer/_c_tracer.o bench/out conformance/out
+	rm -rf $(VENV) $(STAMPS) build umld/tracer/_c_tracer*.so umld/tracer/_c_tracer.c umld/tracer/_c_tracer.o $(SANDBOX_BIN) bench/out conformance/out

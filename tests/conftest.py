@@ -38,8 +38,19 @@ class Result:
     stderr: str
 
 
+#: Host paths every test machine is given: the session's temporary
+#: directory, where tests keep their files (the guest's own /tmp is a
+#: ramdisk of its own).
+TEST_BINDS: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _bind_basetemp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    TEST_BINDS[:] = [f"--bind={tmp_path_factory.getbasetemp()}"]
+
+
 def umld_argv(backend: str, *options: str) -> list[str]:
-    return [sys.executable, "-m", "umld", "run", f"--tracer={backend}", *options, "--"]
+    return [sys.executable, "-m", "umld", "run", f"--tracer={backend}", *TEST_BINDS, *options, "--"]
 
 
 def run(argv: Sequence[str], *, timeout: float = 120, **kw: object) -> Result:

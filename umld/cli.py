@@ -67,7 +67,8 @@ def _parser() -> _Parser:
     run.add_argument(
         "--stats", action="store_true", help="print trapped-syscall and process counts at exit"
     )
-    run.add_argument("-C", "--cwd", metavar="DIR", help="working directory of CMD")
+    run.add_argument("-C", "--cwd", metavar="DIR", help="working directory of CMD (a guest path)")
+    _add_machine_options(run)
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
 
     syscalls = sub.add_parser(
@@ -80,6 +81,107 @@ def _parser() -> _Parser:
         "--trapped", action="store_true", help="only the calls the seccomp filter stops"
     )
     return p
+
+
+def _add_machine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "machine",
+        "Without --root the guest's / is the host's, read-only, with ramdisks on /tmp, /run, "
+        "/dev/shm and $HOME ($HOME is the machine's disk image when it has a --name).",
+    )
+    g.add_argument("--config", metavar="FILE", help="read settings from a TOML file first")
+    g.add_argument("--name", metavar="NAME", help="the machine's name (keeps its home disk)")
+    g.add_argument("--root", metavar="DIR", help="a host directory as the guest's /")
+    g.add_argument(
+        "--read-only-root", action="store_true", default=None, help="make --root read-only"
+    )
+    g.add_argument(
+        "--bind", metavar="HOST[:GUEST][:ro]", action="append", default=[], help="bind a host path"
+    )
+    g.add_argument(
+        "--tmpfs", metavar="GUEST[:size=64M]", action="append", default=[], help="a ramdisk"
+    )
+    g.add_argument(
+        "--disk",
+        metavar="IMAGE:GUEST[:size=1G]",
+        action="append",
+        default=[],
+        help="a persistent ext4 filesystem in one image file (created on first use; root only)",
+    )
+    g.add_argument("--uid", type=_int_arg, metavar="UID", help="the guest's user id (0: fake root)")
+    g.add_argument("--gid", type=_int_arg, metavar="GID", help="the guest's group id")
+    g.add_argument("--vcpus", type=_int_arg, metavar="N", help="CPUs the guest sees")
+    g.add_argument("--memory", metavar="SIZE", help="memory the guest sees (/proc/meminfo)")
+    g.add_argument("--kernel-release", metavar="REL", help="uname -r in the guest")
+    g.add_argument("--uname-machine", metavar="ARCH", help="uname -m in the guest")
+
+
+def _int_arg(text: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _machine_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Config keyword arguments from --config FILE, then the options."""
+    from umld.core.sandbox import parse_bind, parse_disk, parse_size, parse_tmpfs
+
+    file: dict[str, Any] = {}
+    if args.config:
+        import tomllib
+
+        try:
+            with open(args.config, "rb") as f:
+                file = tomllib.load(f)
+        except OSError as exc:
+            raise UsageError(f"--config {args.config}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"--config {args.config}: {exc}") from None
+        known = {
+            "hostname", "domainname", "name", "root", "read_only_root", "bind", "tmpfs", "disk",
+            "uid", "gid", "vcpus", "memory", "kernel_release", "uname_machine",
+        }  # fmt: skip
+        unknown = sorted(set(file) - known)
+        if unknown:
+            raise UsageError(f"--config {args.config}: unknown settings: {', '.join(unknown)}")
+
+    def pick(key: str) -> Any:
+        value = getattr(args, key, None)
+        return file.get(key) if value is None else value
+
+    def strings(key: str) -> list[str]:
+        value = file.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"--config: {key} must be a list of strings")
+        return [*value, *getattr(args, key)]
+
+    mounts = [parse_bind(t) for t in strings("bind")]
+    mounts += [parse_tmpfs(t) for t in strings("tmpfs")]
+    mounts += [parse_disk(t) for t in strings("disk")]
+    memory = pick("memory")
+    out: dict[str, Any] = {
+        "name": pick("name"),
+        "root": pick("root"),
+        "root_readonly": bool(pick("read_only_root")),
+        "mounts": mounts,
+        "uid": pick("uid"),
+        "gid": pick("gid"),
+        "vcpus": pick("vcpus"),
+        "memory": parse_size(str(memory)) if memory is not None else None,
+        "kernel_release": pick("kernel_release"),
+        "uname_machine": pick("uname_machine"),
+        "hostname": pick("hostname"),
+        "domainname": pick("domainname"),
+    }
+    for key in ("uid", "gid", "vcpus"):
+        if out[key] is not None and not isinstance(out[key], int):
+            raise UsageError(f"{key} must be a number, not {out[key]!r}")
+    if out["root"] is not None:
+        out["root"] = os.path.abspath(os.path.expanduser(out["root"]))
+    return out
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -99,8 +201,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 f"cannot open trace output {args.trace_output}: {exc.strerror}"
             ) from None
     cfg = Config(
-        hostname=args.hostname,
-        domainname=args.domainname,
+        **_machine_settings(args),
         tracer=args.tracer,
         trace=args.trace or out is not None,
         trace_output=out,

@@ -119,7 +119,18 @@ class GuestKernel:
         self.syscalls: Counter[int] = Counter()
         #: processes, threads, execs, signals, denied: since start.
         self.counters: Counter[str] = Counter()
+        #: The guest's first process (pid 2 of its pid namespace); until
+        #: it exists, the sandbox process that builds the machine.
         self.root_pid: int | None = None
+        #: The guest's process group: the sandbox's, set up by spawn.
+        self.pgrp = 0
+        #: The sandbox stage and the guest's init: machine processes that
+        #: are not guest processes (not counted, not exported).
+        self.internal: set[Tid] = set()
+        self._spawn_tid: Tid | None = None
+        self._root_found = False
+        #: The machine's CPU count when it differs from the host's.
+        self.vcpus: int | None = None
         self.root_status: int | None = None
         #: Why the first process could not start: (stage, errno).
         self.spawn_error: tuple[str, int] | None = None
@@ -165,8 +176,10 @@ class GuestKernel:
         tid = self.tracer.spawn(spec)
         pid = Pid(tid)
         self.root_pid = pid
+        self.pgrp = pid
+        self._spawn_tid = tid
+        self.internal.add(tid)
         self._add_process(pid, Pid(os.getpid()), tid)
-        self.emit("spawn", pid, os.fsdecode(spec.path))
         return pid
 
     @property
@@ -217,7 +230,9 @@ class GuestKernel:
         self._terminate_requests += 1
         if self._terminate_requests == 1 and self.root_status is None and self.root_pid:
             try:
-                os.killpg(self.root_pid, signo)
+                # The sandbox and the guest's init block every signal:
+                # the guest's processes in this group are the ones to ask.
+                os.killpg(self.pgrp, signo)
             except OSError:
                 self.tracer.kill(Tid(self.root_pid), signo)
             self.kill_deadline = time.monotonic() + self.termination_grace
@@ -242,8 +257,9 @@ class GuestKernel:
         assert isinstance(ev, SyscallStop)
         tid, nr = ev.tid, ev.nr
         task = self.tasks.get(tid) or self._task(tid)
-        task.syscalls[nr] += 1
-        self.syscalls[nr] += 1
+        if tid not in self.internal:
+            task.syscalls[nr] += 1
+            self.syscalls[nr] += 1
         trace = self._trace
         if ev.arch is not Arch.X86_64:
             # Another ABI's numbers mean other calls; umld emulates nothing
@@ -291,7 +307,8 @@ class GuestKernel:
     def _on_signal(self, ev: Event) -> None:
         assert isinstance(ev, SignalStop)
         task = self._task(ev.tid)
-        self.counters["signals"] += 1
+        if ev.tid not in self.internal:
+            self.counters["signals"] += 1
         if self._trace:
             self._trace.signal(task, ev.signo)
         if self.listeners:
@@ -301,11 +318,19 @@ class GuestKernel:
     def _on_cloned(self, ev: Event) -> None:
         assert isinstance(ev, Cloned)
         parent = self._task(ev.tid)
+        if ev.tid in self.internal and ev.kind is not CloneKind.THREAD:
+            if ev.tid == self._spawn_tid:
+                # The sandbox's child is the guest's init (pid 1).
+                self.internal.add(ev.child)
+            elif not self._root_found:
+                # init's first child is the guest's first process.
+                self._root_found = True
+                self.root_pid = ev.child
         if ev.kind is CloneKind.THREAD:
             self._add_thread(parent.tgid, ev.child)
         else:
             self._add_process(Pid(ev.child), parent.tgid, ev.child)
-            if self.listeners:
+            if self.listeners and ev.child not in self.internal:
                 self.emit("spawn", ev.child, f"{ev.kind.value} from pid {parent.tgid}")
 
     def _on_exec(self, ev: Event) -> None:
@@ -324,6 +349,8 @@ class GuestKernel:
             task.tid = ev.tid
             self.tasks[ev.tid] = task
             group.threads[ev.tid] = task
+        if ev.tid in self.internal:
+            return
         group.execs += 1
         self.counters["execs"] += 1
         if self.listeners:
@@ -349,7 +376,9 @@ class GuestKernel:
             # the first process ends, every other guest process is killed,
             # so nothing the guest started outlives the machine.
             self.kill_all()
-        if self.listeners and task is not None and int(task.tid) == task.tgid:
+        if ev.tid in self.internal:
+            self.internal.discard(ev.tid)
+        elif self.listeners and task is not None and int(task.tid) == task.tgid:
             self.emit("exit", task.tgid, _describe_status(ev.status))
 
     def _on_group_stop(self, ev: Event) -> None:
@@ -376,12 +405,14 @@ class GuestKernel:
     # -- bookkeeping -----------------------------------------------------
 
     def _add_process(self, pid: Pid, ppid: Pid, leader: Tid) -> None:
-        self.counters["processes"] += 1
+        if leader not in self.internal:
+            self.counters["processes"] += 1
         self.processes[pid] = ThreadGroup(pid=pid, ppid=ppid)
         self._add_thread(pid, leader)
 
     def _add_thread(self, pid: Pid, tid: Tid) -> Task:
-        self.counters["threads"] += 1
+        if tid not in self.internal:
+            self.counters["threads"] += 1
         task = Task(tid=tid, tgid=pid)
         self.tasks[tid] = task
         self.processes[pid].threads[tid] = task

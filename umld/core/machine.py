@@ -7,16 +7,25 @@ imports nothing heavy, so ``umld run -- /bin/true`` stays fast.
 
 from __future__ import annotations
 
-import errno
 import os
+import re
 import signal
 import sys
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, TextIO, final
 
 from umld.core.kernel import TERMINATING_SIGNALS, GuestKernel, UtsState, wait_status_to_exit_code
+from umld.core.sandbox import (
+    SANDBOX,
+    Layout,
+    MachineFiles,
+    Mount,
+    cpu_list,
+    cpuinfo_for,
+    meminfo_for,
+    sandbox_argv,
+)
 from umld.core.syscalls import lookup_table
-from umld.core.task import Task
 from umld.errors import UmldError, UsageError
 from umld.tracer import TracerError, TracerUnavailable, available, open_tracer
 from umld.tracer.platform import SpawnSpec, TracerPlatform
@@ -26,7 +35,15 @@ UTS_LEN = 64
 
 
 class Config:
-    """Settings of one machine (the embedded defaults are the defaults here)."""
+    """Settings of one machine (the embedded defaults are the defaults here).
+
+    Mounts: with no ``root`` the guest's / is the host's, read-only, with
+    ramdisks on /tmp, /run and /dev/shm and a home directory that is a
+    ramdisk, or the machine's disk image when the machine has a ``name``.
+    With ``root`` the guest's / is that directory (writable unless
+    ``root_readonly``) with the host's /dev and /sys read-only.  ``mounts``
+    are added on top, in order.
+    """
 
     def __init__(
         self,
@@ -36,6 +53,17 @@ class Config:
         tracer: str = "c",
         trace: bool = False,
         trace_output: TextIO | None = None,
+        name: str | None = None,
+        root: str | None = None,
+        root_readonly: bool = False,
+        mounts: Sequence[Mount] = (),
+        uid: int | None = None,
+        gid: int | None = None,
+        vcpus: int | None = None,
+        memory: int | None = None,
+        kernel_release: str | None = None,
+        uname_machine: str | None = None,
+        state_dir: str | None = None,
     ) -> None:
         #: None: the host's name.
         self.hostname = hostname
@@ -44,49 +72,63 @@ class Config:
         #: Full-trace mode: every syscall stops and is written to trace_output.
         self.trace = trace
         self.trace_output = trace_output
+        self.name = name
+        self.root = root
+        self.root_readonly = root_readonly
+        self.mounts = list(mounts)
+        #: None: the host user's ids.  0 is fake root.
+        self.uid = uid
+        self.gid = gid
+        #: None: the host's count / size.
+        self.vcpus = vcpus
+        self.memory = memory
+        self.kernel_release = kernel_release
+        self.uname_machine = uname_machine
+        #: Where named machines keep their disk images.
+        self.state_dir = state_dir
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"Config({fields})"
 
     def validate(self) -> None:
-        for key in ("hostname", "domainname"):
+        for key in ("hostname", "domainname", "kernel_release", "uname_machine"):
             value = getattr(self, key)
             if value is not None and len(os.fsencode(value)) > UTS_LEN:
                 raise UsageError(f"{key} is longer than {UTS_LEN} bytes: {value!r}")
+        if self.name is not None and not _NAME.match(self.name):
+            raise UsageError(f"bad machine name {self.name!r} (letters, digits, . _ -)")
+        if self.vcpus is not None and not 1 <= self.vcpus <= 1024:
+            raise UsageError(f"vcpus must be between 1 and 1024, not {self.vcpus}")
+        if self.memory is not None and self.memory < 1 << 20:
+            raise UsageError("memory must be at least 1M")
+        for key in ("uid", "gid"):
+            value = getattr(self, key)
+            if value is not None and not 0 <= value < 1 << 32 - 1:
+                raise UsageError(f"bad {key} {value}")
+        if self.root is not None and not os.path.isdir(self.root):
+            raise UsageError(f"--root {self.root}: not a directory")
+
+    def home_disk(self) -> str | None:
+        """The disk image behind a named machine's home directory."""
+        if self.name is None:
+            return None
+        base = self.state_dir or (
+            "/var/lib/umld"
+            if os.geteuid() == 0
+            else os.path.join(
+                os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "umld"
+            )
+        )
+        return os.path.join(base, "machines", self.name, "home.img")
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class RunResult(NamedTuple):
     status: int  # raw wait status of the first process
     returncode: int  # a shell's $?: code, or 128+N for signal N
-
-
-def resolve_command(name: str, env: Mapping[str, str]) -> bytes:
-    """The file execve(2) will run for ``name``, found the way a shell
-    finds it (PATH when there is no slash).  Errors say it as bash does:
-    127 when nothing is found, 126 when found but not executable."""
-    if not name:
-        raise UmldError("umld: : command not found", 127)
-    if "/" in name:
-        candidates = [name]
-    else:
-        path = env.get("PATH", os.defpath)
-        candidates = [os.path.join(d or ".", name) for d in path.split(":")]
-    denied: str | None = None
-    for c in candidates:
-        if os.path.isdir(c):
-            if "/" in name:
-                raise UmldError(f"umld: {name}: Is a directory", 126)
-            continue
-        if os.path.exists(c):
-            if os.access(c, os.X_OK):
-                return os.fsencode(c)
-            denied = denied or c
-    if denied is not None:
-        raise UmldError(f"umld: {name}: Permission denied", 126)
-    if "/" in name:
-        raise UmldError(f"umld: {name}: No such file or directory", 127)
-    raise UmldError(f"umld: {name}: command not found", 127)
 
 
 def _controlling_tty() -> int | None:
@@ -141,8 +183,9 @@ class Machine:
         if not argv:
             raise UsageError("no command given")
         environ = dict(os.environ if env is None else env)
-        path = resolve_command(argv[0], environ)
         cfg = self.config
+        if not os.access(SANDBOX, os.X_OK):
+            raise UmldError(f"umld: {SANDBOX} is missing (run `make install`)")
         host_signals = (signal.SIGCHLD, *TERMINATING_SIGNALS)
         old_mask: set[int] = set(signal.pthread_sigmask(signal.SIG_BLOCK, host_signals))
         try:
@@ -152,7 +195,11 @@ class Machine:
                 raise UmldError(f"umld: tracer backend {cfg.tracer!r} unavailable: {reason}{hint}")
             tracer = open_tracer(cfg.tracer)
             try:
-                return self._run(tracer, argv, path, environ, cwd, old_mask)
+                files = MachineFiles()
+                try:
+                    return self._run(tracer, files, argv, environ, cwd, old_mask)
+                finally:
+                    files.close()
             finally:
                 tracer.close()
         finally:
@@ -161,8 +208,8 @@ class Machine:
     def _run(
         self,
         tracer: TracerPlatform,
+        files: MachineFiles,
         argv: Sequence[str],
-        path: bytes,
         environ: Mapping[str, str],
         cwd: str | None,
         old_mask: set[int],
@@ -173,27 +220,54 @@ class Machine:
             uts.nodename = os.fsencode(cfg.hostname)
         if cfg.domainname is not None:
             uts.domainname = os.fsencode(cfg.domainname)
+        if cfg.kernel_release is not None:
+            uts.release = os.fsencode(cfg.kernel_release)
+        if cfg.uname_machine is not None:
+            uts.machine = os.fsencode(cfg.uname_machine)
+        if cfg.vcpus is not None:
+            files.write("/proc/cpuinfo", cpuinfo_for(cfg.vcpus))
+            files.write("/sys/devices/system/cpu/online", cpu_list(cfg.vcpus))
+        if cfg.memory is not None:
+            files.write("/proc/meminfo", meminfo_for(cfg.memory))
+        uid = os.geteuid() if cfg.uid is None else cfg.uid
+        gid = os.getegid() if cfg.gid is None else cfg.gid
+        layout = Layout(
+            root=cfg.root,
+            root_readonly=cfg.root_readonly,
+            mounts=cfg.mounts,
+            home=environ.get("HOME") or None,
+            home_disk=cfg.home_disk(),
+        )
+        sandbox = sandbox_argv(
+            layout,
+            files,
+            uid=uid,
+            gid=gid,
+            cwd=cwd if cwd is not None else os.getcwd(),
+            cwd_strict=cwd is not None,
+            argv=argv,
+        )
         kernel = GuestKernel(
             tracer,
             self.table,
             uts=uts,
             trace_output=(cfg.trace_output or sys.stderr) if cfg.trace else None,
         )
+        kernel.vcpus = cfg.vcpus
         self.kernel = kernel
         kernel.tracer.set_host_signals(TERMINATING_SIGNALS)
         tty = _controlling_tty()
         spec = SpawnSpec(
-            path=path,
-            argv=[os.fsencode(a) for a in argv],
+            path=sandbox[0],
+            argv=sandbox,
             env=[os.fsencode(f"{k}={v}") for k, v in environ.items()],
-            cwd=os.fsencode(cwd) if cwd is not None else None,
             seccomp_filter=build_filter(self.table.trapped(), trace_all=cfg.trace),
             new_process_group=True,
             foreground_tty=tty,
             sigmask=frozenset(int(s) for s in old_mask),
         )
         if tty is not None:
-            kernel.on_group_stop = lambda task, signo: _suspend_with_guest(task, tty)
+            kernel.on_group_stop = lambda task, signo: _suspend_with_guest(kernel.pgrp, tty)
         try:
             kernel.start(spec)
         except TracerUnavailable as exc:
@@ -208,20 +282,16 @@ class Machine:
         if kernel.spawn_error is not None:
             stage, err = kernel.spawn_error
             text = _STAGE_TEXT.get(stage, stage)
-            name = argv[0]
             if stage == "exec":
-                raise UmldError(
-                    f"umld: {name}: {os.strerror(err)}", 126 if err != errno.ENOENT else 127
-                )
-            raise UmldError(f"umld: {text}: {os.strerror(err)}", 126)
+                text = f"cannot run {SANDBOX}"
+            raise UmldError(f"umld: {text}: {os.strerror(err)}", 125)
         return RunResult(status, wait_status_to_exit_code(status))
 
 
-def _suspend_with_guest(task: Task, tty: int) -> None:
+def _suspend_with_guest(pgrp: int, tty: int) -> None:
     """The guest's first process was stopped (Ctrl-Z): stop umld too, so
     the shell that started umld sees its job stopped; when it is
     continued (fg), give the terminal back to the guest and continue it."""
-    pgrp = task.tgid
     _set_foreground(tty, os.getpgrp())
     os.kill(os.getpid(), signal.SIGSTOP)
     # Here after SIGCONT.

@@ -8,7 +8,7 @@ seccomp filter traps.  Edit here; everything else is generated.
 
 from __future__ import annotations
 
-from umld.core.syscalls import sys_time, sys_utsname
+from umld.core.syscalls import sys_mount, sys_sched, sys_time, sys_utsname
 from umld.core.syscalls.table import (
     Family,
     SyscallTable,
@@ -178,7 +178,7 @@ TABLE = SyscallTable("x86_64", (
     P(152, "munlockall", MEMORY),
     D(153, "vhangup", SYSTEM, "would hang up the host terminal"),
     P(154, "modify_ldt", PROCESS),
-    D(155, "pivot_root", FILE, "would change the host mount table"),
+    E(155, "pivot_root", FILE, sys_mount.pivot_root, "native in the guest mount ns; reported"),
     P(156, "_sysctl", SYSTEM),
     P(157, "prctl", PROCESS),
     P(158, "arch_prctl", PROCESS),
@@ -188,8 +188,8 @@ TABLE = SyscallTable("x86_64", (
     P(162, "sync", SYSTEM),
     D(163, "acct", FILE, "would switch host process accounting"),
     D(164, "settimeofday", TIME, "would set the host clock"),
-    D(165, "mount", FILE, "would change the host mount table"),
-    D(166, "umount2", FILE, "would change the host mount table"),
+    E(165, "mount", FILE, sys_mount.mount, "native in the guest mount ns; reported"),
+    E(166, "umount2", FILE, sys_mount.umount2, "native; the machine's mounts are locked; reported"),
     D(167, "swapon", FILE, "would change the host's swap"),
     D(168, "swapoff", FILE, "would change the host's swap"),
     D(169, "reboot", SYSTEM, "would reboot the host"),
@@ -227,7 +227,7 @@ TABLE = SyscallTable("x86_64", (
     P(201, "time", TIME),
     P(202, "futex", PROCESS),
     P(203, "sched_setaffinity", SCHED),
-    P(204, "sched_getaffinity", SCHED),
+    E(204, "sched_getaffinity", SCHED, sys_sched.sched_getaffinity, "CPUs 0..vcpus-1 with --vcpus"),
     P(205, "set_thread_area", PROCESS),
     P(206, "io_setup", DESC),
     P(207, "io_destroy", DESC),
@@ -363,7 +363,7 @@ TABLE = SyscallTable("x86_64", (
     P(426, "io_uring_enter", DESC),
     P(427, "io_uring_register", DESC),
     P(428, "open_tree", FILE),
-    D(429, "move_mount", FILE, "would change the host mount table"),
+    E(429, "move_mount", FILE, sys_mount.move_mount, "native in the guest mount ns; reported"),
     P(430, "fsopen", FILE),
     P(431, "fsconfig", FILE),
     P(432, "fsmount", FILE),
@@ -376,7 +376,7 @@ TABLE = SyscallTable("x86_64", (
     P(439, "faccessat2", FILE),
     P(440, "process_madvise", MEMORY),
     P(441, "epoll_pwait2", DESC),
-    D(442, "mount_setattr", FILE, "would change the host mount table"),
+    E(442, "mount_setattr", FILE, sys_mount.mount_setattr, "native; locked ro binds stay ro"),
     D(443, "quotactl_fd", DESC, "would change host disk quotas"),
     P(444, "landlock_create_ruleset", PROCESS),
     P(445, "landlock_add_rule", PROCESS),

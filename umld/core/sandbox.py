@@ -1,0 +1,325 @@
+"""The guest's mount table and identity, realized with namespaces.
+
+The guest kernel keeps the mount table as data (:class:`Mount` rows);
+``umld-sandbox`` (c_tracer/sandbox.c) builds it as the guest's first
+traced process: a mount namespace whose mounts are locked to the guest, a
+PID namespace with a fresh /proc, a time namespace for the machine's
+uptime and a user namespace for its identity.  Path resolution is then
+the kernel's own, for every syscall that takes a path, including every
+race a tracer that rewrites path strings would have to win (a symlink
+swapped between check and use, dirfds opened before a rename): nothing
+outside the given paths is reachable at all.  Guest file data, and path
+lookups, never stop in the tracer.
+
+This module turns options into that table, prepares what the machine
+needs on the host (disk images, its generated /proc files), and writes
+the sandbox's argument list.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple, final
+
+from umld.errors import UmldError, UsageError
+
+SANDBOX = Path(__file__).with_name("umld-sandbox")
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?$")
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``64M``, ``1G``, ``512k`` or bytes; binary units as tmpfs(5) reads
+    them."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise UsageError(f"bad size {text!r} (use e.g. 64M or 1G)")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise UsageError(f"bad size {text!r}: must be more than 0")
+    return value
+
+
+class Mount(NamedTuple):
+    """One row of the guest's mount table.
+
+    kind is ``bind``, ``tmpfs`` or ``disk``; source is the host path (bind,
+    disk image) or empty; target the guest path; size in bytes (tmpfs,
+    disk) or 0 for the default.
+    """
+
+    kind: str
+    source: str
+    target: str
+    readonly: bool = False
+    size: int = 0
+
+    def describe(self) -> str:
+        ro = " (read-only)" if self.readonly else ""
+        if self.kind == "bind":
+            return f"{self.target}: bind of host {self.source}{ro}"
+        if self.kind == "tmpfs":
+            size = f", {self.size >> 20} MiB" if self.size else ""
+            return f"{self.target}: ramdisk{size}"
+        return f"{self.target}: ext4 disk image {self.source}"
+
+
+def _guest_path(text: str, option: str) -> str:
+    if not text.startswith("/"):
+        raise UsageError(f"{option}: the guest path {text!r} must be absolute")
+    norm = os.path.normpath(text)
+    if norm.startswith("//"):
+        norm = norm[1:]
+    return norm
+
+
+def _host_path(text: str, option: str, *, must_exist: bool = True) -> str:
+    if not text:
+        raise UsageError(f"{option}: empty host path")
+    path = os.path.abspath(os.path.expanduser(text))
+    if must_exist and not os.path.exists(path):
+        raise UsageError(f"{option}: {text}: no such file or directory on the host")
+    return path
+
+
+def parse_bind(text: str) -> Mount:
+    """``HOST[:GUEST][:ro|:rw]``."""
+    parts = text.split(":")
+    readonly = False
+    if len(parts) > 1 and parts[-1] in ("ro", "rw"):
+        readonly = parts.pop() == "ro"
+    if len(parts) > 2:
+        raise UsageError(f"--bind {text}: use HOST:GUEST[:ro]")
+    host = _host_path(parts[0], "--bind")
+    guest = _guest_path(parts[1] if len(parts) == 2 else host, "--bind")
+    return Mount("bind", host, guest, readonly)
+
+
+def _options(text: str, option: str, allowed: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filter(None, text.split(",")):
+        key, eq, value = item.partition("=")
+        if key not in allowed or not eq:
+            raise UsageError(f"{option}: unknown option {item!r} (allowed: {', '.join(allowed)})")
+        out[key] = value
+    return out
+
+
+def parse_tmpfs(text: str) -> Mount:
+    """``GUEST[:size=64M]``."""
+    target, _, opts = text.partition(":")
+    options = _options(opts, "--tmpfs", ("size",))
+    size = parse_size(options["size"]) if "size" in options else 0
+    return Mount("tmpfs", "", _guest_path(target, "--tmpfs"), size=size)
+
+
+def parse_disk(text: str) -> Mount:
+    """``IMAGE:GUEST[:size=1G]``."""
+    parts = text.split(":")
+    if len(parts) < 2 or len(parts) > 3:
+        raise UsageError(f"--disk {text}: use IMAGE:GUEST[:size=1G]")
+    options = _options(parts[2] if len(parts) == 3 else "", "--disk", ("size",))
+    size = parse_size(options.get("size", "1G"))
+    image = _host_path(parts[0], "--disk", must_exist=False)
+    return Mount("disk", image, _guest_path(parts[1], "--disk"), size=size)
+
+
+@final
+class Layout:
+    """Everything the sandbox builds for one machine."""
+
+    def __init__(
+        self,
+        *,
+        root: str | None,
+        root_readonly: bool,
+        mounts: Sequence[Mount],
+        home: str | None,
+        home_disk: str | None,
+    ) -> None:
+        self.root = root
+        self.root_readonly = root_readonly
+        self.mounts = list(mounts)
+        self.home = home
+        self.home_disk = home_disk
+
+    def table(self) -> list[Mount]:
+        """The mount table, parents before children: the defaults, then
+        what was asked, a later row over an earlier one at the same path."""
+        rows: list[Mount] = []
+        if self.root is None:
+            rows.append(Mount("bind", "/", "/", True))
+            defaults = [Mount("tmpfs", "", "/tmp"), Mount("tmpfs", "", "/run")]
+        else:
+            rows.append(Mount("bind", self.root, "/", self.root_readonly))
+            defaults = [Mount("bind", "/dev", "/dev", True), Mount("bind", "/sys", "/sys", True)]
+        defaults.append(Mount("tmpfs", "", "/dev/shm"))
+        if self.home is not None and self.root is None:
+            if self.home_disk is not None:
+                defaults.append(Mount("disk", self.home_disk, self.home, size=1 << 30))
+            else:
+                defaults.append(Mount("tmpfs", "", self.home))
+        asked = {m.target for m in self.mounts}
+        rows += [m for m in defaults if m.target not in asked]
+        rows += self.mounts
+        # A stable sort by depth keeps the order given at one depth.
+        first, rest = rows[0], rows[1:]
+        rest.sort(key=lambda m: m.target.rstrip("/").count("/"))
+        return [first, *rest]
+
+
+def _mode_for(target: str) -> str:
+    return "1777" if target in ("/tmp", "/dev/shm", "/var/tmp") else "755"
+
+
+@final
+class MachineFiles:
+    """The host side of one machine: a private runtime directory with the
+    generated /proc and /sys files the guest sees, and the locks of its
+    disk images.  Removed by :meth:`close`."""
+
+    def __init__(self) -> None:
+        base = os.environ.get("XDG_RUNTIME_DIR") if os.geteuid() else None
+        self.dir = tempfile.mkdtemp(prefix="umld-", dir=base)
+        self._locks: list[int] = []
+        #: guest path -> host file, bound over the guest's /proc and /sys.
+        self.files: dict[str, str] = {}
+
+    def close(self) -> None:
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def write(self, guest: str, content: bytes) -> None:
+        """(Re)write a generated file in place: a bind mount follows the
+        inode, so the running guest sees new content at its next read."""
+        host = self.files.get(guest)
+        if host is None:
+            host = os.path.join(self.dir, guest.strip("/").replace("/", "_"))
+            self.files[guest] = host
+        with open(host, "r+b" if os.path.exists(host) else "wb") as f:
+            f.write(content)
+            f.truncate()
+
+    def prepare_disk(self, mount: Mount, uid: int, gid: int) -> None:
+        """Create the image on first use (sparse, ext4, root directory
+        owned by the guest's user) and lock it: two machines mounting one
+        ext4 image would corrupt it."""
+        if os.geteuid() != 0:
+            raise UmldError(
+                f"umld: --disk {mount.source}: disk images need root (the kernel's loop "
+                "device); use --tmpfs or --bind a host directory instead"
+            )
+        image = mount.source
+        if not os.path.exists(image):
+            os.makedirs(os.path.dirname(image) or ".", exist_ok=True)
+            mkfs = shutil.which("mkfs.ext4") or "/sbin/mkfs.ext4"
+            with open(image, "xb") as f:
+                f.truncate(mount.size)
+            proc = subprocess.run(
+                [mkfs, "-q", "-F", "-E", f"root_owner={uid}:{gid}", "-L", "umld", image],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                os.unlink(image)
+                raise UmldError(
+                    f"umld: cannot create the disk image {image}: {proc.stderr.strip()}"
+                )
+        try:
+            fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise UmldError(f"umld: disk image {image}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UmldError(f"umld: disk image {image} is in use by another machine") from None
+        self._locks.append(fd)
+
+
+def cpuinfo_for(vcpus: int) -> bytes:
+    """/proc/cpuinfo with ``vcpus`` processors: the host's entries,
+    repeated and renumbered when the machine has more than the host."""
+    with open("/proc/cpuinfo", "rb") as f:
+        blocks = [b for b in f.read().split(b"\n\n") if b.strip()]
+    out = []
+    for i in range(vcpus):
+        block = blocks[i % len(blocks)]
+        lines = [
+            b"processor\t: %d" % i if line.startswith(b"processor") else line
+            for line in block.split(b"\n")
+        ]
+        out.append(b"\n".join(lines))
+    return b"\n\n".join(out) + b"\n\n"
+
+
+def cpu_list(vcpus: int) -> bytes:
+    """The kernel's cpulist format (/sys/devices/system/cpu/online)."""
+    return b"0\n" if vcpus == 1 else b"0-%d\n" % (vcpus - 1)
+
+
+def meminfo_for(memory: int) -> bytes:
+    """/proc/meminfo of a machine with ``memory`` bytes: the host's lines,
+    with the totals and free figures capped at the machine's size."""
+    kib = memory >> 10
+    out = []
+    with open("/proc/meminfo", "rb") as f:
+        for line in f:
+            key, _, rest = line.partition(b":")
+            if key in (b"MemTotal", b"MemFree", b"MemAvailable", b"CommitLimit"):
+                value = int(rest.split()[0])
+                value = kib if key == b"MemTotal" else min(value, kib)
+                line = b"%s:%s%d kB\n" % (key, b" " * max(1, 15 - len(key)), value)
+            out.append(line)
+    return b"".join(out)
+
+
+def sandbox_argv(
+    layout: Layout,
+    files: MachineFiles,
+    *,
+    uid: int,
+    gid: int,
+    cwd: str | None,
+    cwd_strict: bool,
+    argv: Sequence[str],
+) -> list[bytes]:
+    """The argument list of ``umld-sandbox`` for this machine."""
+    ops: list[str] = [str(SANDBOX)]
+    table = layout.table()
+    root = table[0]
+    ops += ["root", root.source, "ro" if root.readonly else "rw"]
+    for m in table[1:]:
+        if m.kind == "bind":
+            flags = "ro" if m.readonly else "rw"
+            if m.source in ("/dev", "/sys") and m.target == m.source:
+                flags += ",optional"
+            ops += ["bind", m.source, m.target, flags]
+        elif m.kind == "tmpfs":
+            opts = f"mode={_mode_for(m.target)}"
+            if m.size:
+                opts += f",size={m.size}"
+            ops += ["tmpfs", m.target, opts]
+        else:
+            files.prepare_disk(m, uid, gid)
+            ops += ["disk", m.source, m.target, "ext4"]
+    ops.append("proc")
+    for guest, host in files.files.items():
+        ops += ["file", host, guest]
+    ops += ["ids", str(uid), str(gid), "boottime", "subreaper"]
+    if cwd is not None:
+        ops += ["cwd", cwd, "strict" if cwd_strict else "fallback"]
+    ops.append("--")
+    ops += argv
+    return [os.fsencode(a) for a in ops]

@@ -1,0 +1,33 @@
+"""Handlers for the SCHED family: the machine's CPU view."""
+
+from __future__ import annotations
+
+import errno
+
+from umld.core.syscalls.context import SyscallContext
+from umld.core.syscalls.table import Outcome
+from umld.errors import GuestError
+
+#: sizeof(unsigned long): the unit of a CPU mask (sched_getaffinity(2)).
+_LONG = 8
+
+
+def sched_getaffinity(ctx: SyscallContext) -> Outcome:
+    """Implements Linux syscall sched_getaffinity(2).
+
+    With ``--vcpus N`` every guest thread may run on CPUs 0..N-1 (what
+    nproc(1) and os.sched_getaffinity count).  The raw call returns the
+    size of the kernel's mask in bytes; EINVAL when the buffer cannot hold
+    it or is not a multiple of a long, as kernel/sched/syscalls.c checks.
+    Without --vcpus the call runs natively.
+    """
+    vcpus = ctx.kernel.vcpus
+    if vcpus is None:
+        return None
+    size = ctx.args[1]
+    need = max(_LONG, (vcpus + 63) // 64 * _LONG)
+    if size * 8 < vcpus or size & (_LONG - 1):
+        raise GuestError(errno.EINVAL)
+    mask = ((1 << vcpus) - 1).to_bytes(need, "little")
+    ctx.write(ctx.args[2], mask)
+    return need
