@@ -542,6 +542,13 @@ int main(int argc, char **argv)
 			need(argc, i, 3, op);
 			op_disk(argv[i + 1], argv[i + 2], argv[i + 3]);
 			i += 3;
+		} else if (strcmp(op, "mkdir") == 0) {
+			need(argc, i, 1, op);
+			char *to = join("/newroot", argv[i + 1]);
+			if (mkdirs(to, 0755) < 0 || chmod(to, 01777) < 0)
+				die("cannot create %s in the guest", argv[i + 1]);
+			free(to);
+			i += 1;
 		} else if (strcmp(op, "proc") == 0) {
 			/* The host's /proc under the root bind goes: the guest
 			 * gets its own, and nothing is left below it to reveal. */

@@ -68,6 +68,14 @@ def _parser() -> _Parser:
         "--stats", action="store_true", help="print trapped-syscall and process counts at exit"
     )
     run.add_argument("-C", "--cwd", metavar="DIR", help="working directory of CMD (a guest path)")
+    run.add_argument(
+        "--mount",
+        metavar="DIR",
+        nargs="?",
+        const="",
+        help="export the running machine through FUSE at DIR (default: /run/umld/NAME as "
+        "root, $XDG_RUNTIME_DIR/umld/NAME otherwise)",
+    )
     _add_machine_options(run)
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
 
@@ -208,12 +216,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     machine = Machine(cfg)
     start = time.monotonic()
+    exports: list[Any] = []
+
+    def start_export(control: Any) -> None:
+        try:
+            from umld.fusefs import ExportThread, default_mountpoint
+        except ImportError as exc:
+            raise UmldError(f"umld: --mount needs trio and pyfuse3 ({exc})") from None
+        name = cfg.name or f"umld-{os.getpid()}"
+        export = ExportThread(control, args.mount or default_mountpoint(name), name=name)
+        export.start()
+        exports.append(export)
+
     try:
-        code = machine.run(command, cwd=args.cwd).returncode
+        code = machine.run(
+            command, cwd=args.cwd, on_start=start_export if args.mount is not None else None
+        ).returncode
         if args.stats and machine.kernel is not None:
             _print_stats(machine.kernel.statistics(), time.monotonic() - start)
         return code
     finally:
+        for export in exports:
+            export.stop()
         if out is not None:
             out.close()
 

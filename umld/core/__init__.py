@@ -1,5 +1,10 @@
 """The guest kernel.  This module is the API the other layers may use."""
 
+from umld.core.control import (
+    MachineControl as MachineControl,
+    ProcessInfo as ProcessInfo,
+    SettingError as SettingError,
+)
 from umld.core.events import GuestEvent as GuestEvent
 from umld.core.kernel import GuestKernel as GuestKernel
 from umld.core.machine import Config as Config, Machine as Machine, RunResult as RunResult

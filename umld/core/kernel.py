@@ -13,13 +13,16 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import TextIO, final
 
 from umld.core.events import GuestEvent
 from umld.core.syscalls.context import SyscallContext
+from umld.core.syscalls.sys_net import Hold
 from umld.core.syscalls.table import Disposition, SyscallTable
 from umld.core.task import Pid, Task, TaskState, ThreadGroup
 from umld.core.trace import SyscallFormatter
@@ -131,6 +134,20 @@ class GuestKernel:
         self._root_found = False
         #: The machine's CPU count when it differs from the host's.
         self.vcpus: int | None = None
+        #: config trace=syscalls: each syscall the kernel sees goes to the
+        #: event stream, decoded (every call in full-trace mode, else the
+        #: trapped ones: the others never stop).
+        self.trace_events = False
+        self._event_formatter: SyscallFormatter | None = None
+        #: Network policy (config net/accept, net/connect), read at each call.
+        self.net_accept_open = True
+        self.net_connect = "allow"
+        #: Threads held in accept(2) while net/accept is closed.
+        self.held: dict[Tid, int] = {}
+        #: Work other threads hand to the tracer thread (call_soon).
+        self._calls: deque[Callable[[], None]] = deque()
+        #: host pid -> pid in the guest's pid namespace, for the export.
+        self._guest_pids: dict[int, int] = {}
         self.root_status: int | None = None
         #: Why the first process could not start: (stage, errno).
         self.spawn_error: tuple[str, int] | None = None
@@ -163,9 +180,54 @@ class GuestKernel:
         self.uts.nodename = name
         self.emit("config", 0, f"hostname={name.decode(errors='replace')} by {source}")
 
+    def call_soon(self, fn: Callable[[], None], *, wait: float | None = None) -> bool:
+        """Run ``fn`` on the tracer thread at its next wake-up.  Callable
+        from any thread; with ``wait``, block up to that many seconds for
+        it to have run and return whether it did."""
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                fn()
+            finally:
+                done.set()
+
+        self._calls.append(run)
+        self.tracer.wake()
+        return done.wait(wait) if wait is not None else False
+
+    def set_accept_open(self, is_open: bool) -> None:
+        """net/accept.  Closing applies to the next accept(2); opening also
+        releases the threads waiting at one.  Tracer thread only."""
+        self.net_accept_open = is_open
+        if is_open:
+            held, self.held = self.held, {}
+            for tid in held:
+                if tid in self.tasks:
+                    self.tracer.resume(tid)
+
+    def guest_pid(self, host_pid: int) -> int:
+        """The pid the guest sees for a host pid (NSpid, proc(5)); 0 when
+        the process is gone or not in the guest's namespace."""
+        pid = self._guest_pids.get(host_pid)
+        if pid is None:
+            pid = 0
+            try:
+                with open(f"/proc/{host_pid}/status", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"NSpid:"):
+                            ids = line.split()[1:]
+                            pid = int(ids[-1]) if len(ids) > 1 else 0
+                            break
+            except OSError:
+                return 0
+            if host_pid in self.processes:
+                self._guest_pids[host_pid] = pid
+        return pid
+
     def emit(self, kind: str, pid: int, text: str) -> None:
         if self.listeners:
-            ev = GuestEvent.now(kind, pid, text)
+            ev = GuestEvent.now(kind, self.guest_pid(pid) if pid > 0 else pid, text)
             for listener in self.listeners:
                 listener(ev)
 
@@ -212,8 +274,8 @@ class GuestKernel:
             "syscalls": {name(nr): n for nr, n in self.syscalls.most_common()},
             "trapped": sum(self.syscalls.values()),
             **dict(self.counters),
-            "live_processes": len(self.processes),
-            "live_threads": len(self.tasks),
+            "live_processes": sum(1 for p in list(self.processes) if Tid(p) not in self.internal),
+            "live_threads": sum(1 for t in list(self.tasks) if t not in self.internal),
         }
 
     def handle(self, ev: Event) -> None:
@@ -271,6 +333,13 @@ class GuestKernel:
         row = self.table.lookup(nr)
         if trace:
             trace.enter(task, nr, ev.args)
+        if self.trace_events and self.listeners and tid not in self.internal:
+            fmt = self._event_formatter
+            if fmt is None:
+                fmt = self._event_formatter = SyscallFormatter(
+                    self.table, sys.stderr, self.tracer.read_string
+                )
+            self.emit("syscall", task.tgid, fmt.format_call(tid, nr, ev.args))
         if row is None or row.disposition is Disposition.PASSTHROUGH:
             task.current_syscall = nr
             self.tracer.resume(tid, stop_at_exit=trace is not None)
@@ -285,6 +354,11 @@ class GuestKernel:
                 result = row.handler(SyscallContext(self, task, nr, ev.args))
             except GuestError as exc:
                 result = -exc.errno
+            except Hold:
+                # Stay stopped at the call; released by the kernel later.
+                task.current_syscall = nr
+                self.held[tid] = nr
+                return
             except Exception:
                 log.exception("handler for %s failed; the guest gets EIO", row.name)
                 result = -errno.EIO
@@ -312,7 +386,7 @@ class GuestKernel:
         if self._trace:
             self._trace.signal(task, ev.signo)
         if self.listeners:
-            self.emit("signal", task.tgid, f"tid={ev.tid} {_signame(ev.signo)}")
+            self.emit("signal", task.tgid, _signame(ev.signo))
         self.tracer.resume(ev.tid, ev.signo)
 
     def _on_cloned(self, ev: Event) -> None:
@@ -331,7 +405,8 @@ class GuestKernel:
         else:
             self._add_process(Pid(ev.child), parent.tgid, ev.child)
             if self.listeners and ev.child not in self.internal:
-                self.emit("spawn", ev.child, f"{ev.kind.value} from pid {parent.tgid}")
+                ppid = self.guest_pid(parent.tgid)
+                self.emit("spawn", ev.child, f"{ev.kind.value} from pid {ppid}")
 
     def _on_exec(self, ev: Event) -> None:
         assert isinstance(ev, Execed)
@@ -361,6 +436,7 @@ class GuestKernel:
     def _on_exit(self, ev: Event) -> None:
         assert isinstance(ev, Exited)
         task = self.tasks.pop(ev.tid, None)
+        self.held.pop(ev.tid, None)
         if self._trace:
             self._trace.gone(ev.tid)
         if task is not None:
@@ -380,13 +456,15 @@ class GuestKernel:
             self.internal.discard(ev.tid)
         elif self.listeners and task is not None and int(task.tid) == task.tgid:
             self.emit("exit", task.tgid, _describe_status(ev.status))
+        if task is not None and task.tgid not in self.processes:
+            self._guest_pids.pop(task.tgid, None)
 
     def _on_group_stop(self, ev: Event) -> None:
         assert isinstance(ev, GroupStopped)
         task = self._task(ev.tid)
         task.state = TaskState.STOPPED
         if self.listeners:
-            self.emit("signal", task.tgid, f"tid={ev.tid} stopped by {_signame(ev.signo)}")
+            self.emit("signal", task.tgid, f"stopped by {_signame(ev.signo)}")
         if self.on_group_stop is not None and ev.tid == self.root_pid:
             self.on_group_stop(task, ev.signo)
 
@@ -400,7 +478,12 @@ class GuestKernel:
             self.request_termination(ev.signo)
 
     def _on_wakeup(self, ev: Event) -> None:
-        pass
+        calls = self._calls
+        while calls:
+            try:
+                calls.popleft()()
+            except Exception:
+                log.exception("a call handed to the tracer thread failed")
 
     # -- bookkeeping -----------------------------------------------------
 

@@ -11,9 +11,10 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, TextIO, final
 
+from umld.core.control import MachineControl
 from umld.core.kernel import TERMINATING_SIGNALS, GuestKernel, UtsState, wait_status_to_exit_code
 from umld.core.sandbox import (
     SANDBOX,
@@ -170,6 +171,8 @@ class Machine:
         self.config.validate()
         self.table = lookup_table("x86_64")
         self.kernel: GuestKernel | None = None
+        #: While a live machine runs (``on_start`` given): its control.
+        self.control: MachineControl | None = None
 
     def run(
         self,
@@ -177,6 +180,7 @@ class Machine:
         *,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
+        on_start: Callable[[MachineControl], None] | None = None,
     ) -> RunResult:
         """Run ``argv`` as the guest's first process until it and every
         process it started are gone."""
@@ -197,7 +201,7 @@ class Machine:
             try:
                 files = MachineFiles()
                 try:
-                    return self._run(tracer, files, argv, environ, cwd, old_mask)
+                    return self._run(tracer, files, argv, environ, cwd, old_mask, on_start)
                 finally:
                     files.close()
             finally:
@@ -213,6 +217,7 @@ class Machine:
         environ: Mapping[str, str],
         cwd: str | None,
         old_mask: set[int],
+        on_start: Callable[[MachineControl], None] | None,
     ) -> RunResult:
         cfg = self.config
         uts = UtsState.from_host()
@@ -224,11 +229,16 @@ class Machine:
             uts.release = os.fsencode(cfg.kernel_release)
         if cfg.uname_machine is not None:
             uts.machine = os.fsencode(cfg.uname_machine)
-        if cfg.vcpus is not None:
-            files.write("/proc/cpuinfo", cpuinfo_for(cfg.vcpus))
-            files.write("/sys/devices/system/cpu/online", cpu_list(cfg.vcpus))
-        if cfg.memory is not None:
-            files.write("/proc/meminfo", meminfo_for(cfg.memory))
+        # A live machine can change its CPU count and memory size later:
+        # its /proc and /sys files are the machine's from the start.
+        live = on_start is not None
+        vcpus = cfg.vcpus or ((os.cpu_count() or 1) if live else None)
+        memory = cfg.memory or (_host_memory() if live else None)
+        if vcpus is not None:
+            files.write("/proc/cpuinfo", cpuinfo_for(vcpus))
+            files.write("/sys/devices/system/cpu/online", cpu_list(vcpus))
+        if memory is not None:
+            files.write("/proc/meminfo", meminfo_for(memory))
         uid = os.geteuid() if cfg.uid is None else cfg.uid
         gid = os.getegid() if cfg.gid is None else cfg.gid
         layout = Layout(
@@ -246,6 +256,7 @@ class Machine:
             cwd=cwd if cwd is not None else os.getcwd(),
             cwd_strict=cwd is not None,
             argv=argv,
+            export_dir=live,
         )
         kernel = GuestKernel(
             tracer,
@@ -268,6 +279,17 @@ class Machine:
         )
         if tty is not None:
             kernel.on_group_stop = lambda task, signo: _suspend_with_guest(kernel.pgrp, tty)
+        if on_start is not None:
+            self.control = MachineControl(
+                kernel,
+                files,
+                name=cfg.name or f"umld-{os.getpid()}",
+                uid=uid,
+                gid=gid,
+                vcpus=vcpus or 1,
+                memory=memory or 0,
+            )
+            on_start(self.control)
         try:
             kernel.start(spec)
         except TracerUnavailable as exc:
@@ -286,6 +308,14 @@ class Machine:
                 text = f"cannot run {SANDBOX}"
             raise UmldError(f"umld: {text}: {os.strerror(err)}", 125)
         return RunResult(status, wait_status_to_exit_code(status))
+
+
+def _host_memory() -> int:
+    with open("/proc/meminfo", "rb") as f:
+        for line in f:
+            if line.startswith(b"MemTotal:"):
+                return int(line.split()[1]) << 10
+    return 1 << 30
 
 
 def _suspend_with_guest(pgrp: int, tty: int) -> None:

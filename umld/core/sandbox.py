@@ -294,6 +294,7 @@ def sandbox_argv(
     cwd: str | None,
     cwd_strict: bool,
     argv: Sequence[str],
+    export_dir: bool = False,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox`` for this machine."""
     ops: list[str] = [str(SANDBOX)]
@@ -314,6 +315,9 @@ def sandbox_argv(
         else:
             files.prepare_disk(m, uid, gid)
             ops += ["disk", m.source, m.target, "ext4"]
+    if export_dir:
+        # What guest programs export to the host (the export's export/).
+        ops += ["mkdir", "/run/umld/export"]
     ops.append("proc")
     for guest, host in files.files.items():
         ops += ["file", host, guest]

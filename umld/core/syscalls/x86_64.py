@@ -8,7 +8,7 @@ seccomp filter traps.  Edit here; everything else is generated.
 
 from __future__ import annotations
 
-from umld.core.syscalls import sys_mount, sys_sched, sys_time, sys_utsname
+from umld.core.syscalls import sys_mount, sys_net, sys_sched, sys_time, sys_utsname
 from umld.core.syscalls.table import (
     Family,
     SyscallTable,
@@ -65,8 +65,8 @@ TABLE = SyscallTable("x86_64", (
     P(39, "getpid", PROCESS),
     P(40, "sendfile", DESC),
     P(41, "socket", NETWORK),
-    P(42, "connect", NETWORK),
-    P(43, "accept", NETWORK),
+    E(42, "connect", NETWORK, sys_net.connect, "policy: net/connect"),
+    E(43, "accept", NETWORK, sys_net.accept, "waits while net/accept is closed"),
     P(44, "sendto", NETWORK),
     P(45, "recvfrom", NETWORK),
     P(46, "sendmsg", NETWORK),
@@ -311,7 +311,7 @@ TABLE = SyscallTable("x86_64", (
     P(285, "fallocate", DESC),
     P(286, "timerfd_settime", DESC),
     P(287, "timerfd_gettime", DESC),
-    P(288, "accept4", NETWORK),
+    E(288, "accept4", NETWORK, sys_net.accept4, "waits while net/accept is closed"),
     P(289, "signalfd4", DESC),
     P(290, "eventfd2", DESC),
     P(291, "epoll_create1", DESC),

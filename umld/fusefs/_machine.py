@@ -1,0 +1,265 @@
+"""The export tree of one machine, and the thread that serves it.
+
+Built only from umld.core's public API (a test enforces it):
+
+    fs/           the guest's file tree as the guest sees it
+    config/       one file per setting (value + newline), applied at write
+    proc/PID/     status cmdline cwd exe environ fds syscalls ctl
+    events        one line per event; tail -f follows it
+    ctl           pause | resume | halt
+    status        uptime, processes, trapped syscalls, config
+    export/       the guest's /run/umld/export, both ways
+    metrics.prom  Prometheus text format
+    syscalls      the syscall table (generated from it)
+
+The tree is served from a thread of its own running trio; the tracer
+thread keeps the guest running whatever the export does, so a slow or
+stuck reader never stalls the guest.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections.abc import Callable
+
+import trio
+
+from umld.core import GuestEvent, MachineControl, SettingError, lookup_table
+from umld.errors import UmldError, get_logger
+from umld.fusefs._errors import ExportError
+from umld.fusefs._hosttree import HostTree
+from umld.fusefs._node import Node
+from umld.fusefs._serve import clean_stale_mount, serve
+from umld.fusefs._stream import EventLog, StreamFile
+from umld.fusefs._synthetic import (
+    ControlFile,
+    Directory,
+    DynamicDirectory,
+    SnapshotFile,
+    WritableFile,
+)
+from umld.fusefs._sys import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
+
+log = get_logger("umld.export")
+
+#: Where guest programs put what they export (created by the sandbox).
+GUEST_EXPORT_DIR = b"run/umld/export"
+
+PROCESS_FILES = ("status", "cmdline", "cwd", "exe", "environ", "fds", "syscalls")
+
+
+def _setting_file(control: MachineControl, key: str) -> WritableFile:
+    def read() -> bytes:
+        return (control.get(key) + "\n").encode()
+
+    def apply(data: bytes) -> None:
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            control.kernel.emit("config", 0, f"{key}: rejected a value that is not UTF-8")
+            raise ExportError(errno.EINVAL) from None
+        try:
+            control.set(key, text)
+        except SettingError as exc:
+            raise ExportError(errno.EINVAL, str(exc)) from None
+
+    return WritableFile(read, apply)
+
+
+def _guarded(fn: Callable[[], bytes]) -> Callable[[], bytes]:
+    """A vanished process reads as ENOENT, never a hang or EIO."""
+
+    def generate() -> bytes:
+        try:
+            return fn()
+        except (ProcessLookupError, FileNotFoundError):
+            raise ExportError(errno.ENOENT) from None
+
+    return generate
+
+
+def _command(fn: Callable[[str], None]) -> Callable[[str], None]:
+    def run(line: str) -> None:
+        try:
+            fn(line)
+        except SettingError as exc:
+            raise ExportError(errno.EINVAL, str(exc)) from None
+        except ProcessLookupError:
+            raise ExportError(errno.ESRCH) from None
+
+    return run
+
+
+class _ProcessDirs:
+    """proc/: one directory per live guest process, kept while it lives
+    (the node object is the inode, so the same process keeps its inode)."""
+
+    def __init__(self, control: MachineControl) -> None:
+        self.control = control
+        self._dirs: dict[int, tuple[int, Directory]] = {}
+
+    def _dir(self, pid: int, host_pid: int) -> Directory:
+        known = self._dirs.get(pid)
+        if known is not None and known[0] == host_pid:
+            return known[1]
+        c = self.control
+        files: dict[str, Node] = {
+            "status": SnapshotFile(_guarded(lambda: c.process_status(pid))),
+            "ctl": ControlFile(_command(lambda line: c.control_process(pid, line))),
+        }
+        for what in PROCESS_FILES[1:]:
+            files[what] = SnapshotFile(_guarded(lambda w=what: c.process_file(pid, w)))  # type: ignore[misc]
+        node = Directory(files)
+        self._dirs[pid] = (host_pid, node)
+        return node
+
+    def list(self) -> dict[str, Node]:
+        live = {p.pid: p.host_pid for p in self.control.processes() if p.pid > 0}
+        for gone in set(self._dirs) - set(live):
+            del self._dirs[gone]
+        return {str(pid): self._dir(pid, host) for pid, host in live.items()}
+
+    def lookup(self, name: str) -> Node | None:
+        if not name.isdigit():
+            return None
+        pid = int(name)
+        host = self.control.host_pid(pid)
+        if host is None:
+            return None
+        return self._dir(pid, host)
+
+
+def _syscall_list() -> bytes:
+    table = lookup_table("x86_64")
+    rows = [
+        f"{r.nr}\t{r.name}\t{(r.family.name or '').lower()}\t{r.disposition.value}\t{r.note}\n"
+        for r in table
+    ]
+    return "".join(rows).encode()
+
+
+def build_tree(control: MachineControl, events: EventLog) -> Directory:
+    """The export tree of one machine."""
+
+    def guest_export_dir() -> int:
+        root = control.guest_root()
+        try:
+            return openat2(
+                root,
+                GUEST_EXPORT_DIR,
+                os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                0,
+                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+            )
+        finally:
+            os.close(root)
+
+    config = Directory()
+    subdirs: dict[str, Directory] = {}
+    for key in control.SETTINGS:
+        group, _, leaf = key.rpartition("/")
+        parent = config
+        if group:
+            parent = subdirs.get(group) or config.add(group, Directory())
+            subdirs[group] = parent
+        parent.add(leaf, _setting_file(control, key))
+
+    procs = _ProcessDirs(control)
+    return Directory(
+        {
+            "fs": HostTree(control.guest_root),
+            "config": config,
+            "proc": DynamicDirectory(procs.list, lookup=procs.lookup),
+            "events": StreamFile(events),
+            "ctl": ControlFile(_command(control.control_machine)),
+            "status": SnapshotFile(control.status),
+            "export": HostTree(guest_export_dir),
+            "metrics.prom": SnapshotFile(control.metrics),
+            "syscalls": SnapshotFile(_syscall_list),
+        }
+    )
+
+
+def default_mountpoint(name: str) -> str:
+    """/run/umld/NAME as root, $XDG_RUNTIME_DIR/umld/NAME otherwise (or
+    /tmp/umld-UID/NAME without a runtime directory)."""
+    if os.geteuid() == 0:
+        base = "/run/umld"
+    else:
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        base = os.path.join(runtime, "umld") if runtime else f"/tmp/umld-{os.geteuid()}"
+    return os.path.join(base, name)
+
+
+class ExportThread:
+    """Serves one machine's tree from a thread of its own.
+
+    ``start`` returns once the tree is mounted (the guest's first
+    instruction comes after); ``stop`` unmounts and joins.
+    """
+
+    def __init__(self, control: MachineControl, mountpoint: str, *, name: str) -> None:
+        self.control = control
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.name = name
+        self.events = EventLog()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._cancel: trio.CancelScope | None = None
+        self._thread = threading.Thread(target=self._main, name="umld-export", daemon=True)
+        self._created_dir = False
+
+    def start(self, timeout: float = 15.0) -> None:
+        clean_stale_mount(self.mountpoint)
+        if not os.path.isdir(self.mountpoint):
+            try:
+                os.makedirs(self.mountpoint, mode=0o755)
+            except OSError as exc:
+                raise UmldError(f"umld: cannot create {self.mountpoint}: {exc.strerror}") from None
+            self._created_dir = True
+        self.control.subscribe(self._on_event)
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._error is not None:
+            self.stop()
+            why = self._error or "timed out"
+            raise UmldError(f"umld: cannot mount the export at {self.mountpoint}: {why}")
+
+    def _on_event(self, ev: GuestEvent) -> None:
+        self.events.append(ev.line())
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._token = trio.lowlevel.current_trio_token()
+            with trio.CancelScope() as scope:
+                self._cancel = scope
+                root = build_tree(self.control, self.events)
+                await serve(
+                    root, self.mountpoint, fsname=f"umld-{self.name}", ready=self._ready.set
+                )
+
+        try:
+            trio.run(main)
+        except BaseException as exc:  # reported by start(), or logged
+            self._error = exc
+            if self._ready.is_set():
+                log.error("the export at %s failed: %s", self.mountpoint, exc)
+            self._ready.set()
+
+    def stop(self) -> None:
+        self.events.close()
+        token, scope = self._token, self._cancel
+        if token is not None and scope is not None and self._thread.is_alive():
+            try:
+                trio.from_thread.run_sync(scope.cancel, trio_token=token)
+            except trio.RunFinishedError:
+                pass
+        if self._thread.is_alive():
+            self._thread.join(10)
+        if self._created_dir:
+            try:
+                os.rmdir(self.mountpoint)
+            except OSError:
+                pass
