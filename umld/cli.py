@@ -76,6 +76,11 @@ def _parser() -> _Parser:
         help="export the running machine through FUSE at DIR (default: /run/umld/NAME as "
         "root, $XDG_RUNTIME_DIR/umld/NAME otherwise)",
     )
+    run.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        help="apply settings from files in DIR (laid out as the export's config/) as they change",
+    )
     _add_machine_options(run)
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
 
@@ -218,7 +223,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     exports: list[Any] = []
 
-    def start_export(control: Any) -> None:
+    def start_live(control: Any) -> None:
+        if args.config_dir:
+            from umld.core import ConfigDir
+
+            watcher = ConfigDir(control, args.config_dir)
+            watcher.start()
+            exports.append(watcher)
+        if args.mount is None:
+            return
         try:
             from umld.fusefs import ExportThread, default_mountpoint
         except ImportError as exc:
@@ -230,7 +243,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         code = machine.run(
-            command, cwd=args.cwd, on_start=start_export if args.mount is not None else None
+            command,
+            cwd=args.cwd,
+            on_start=start_live if args.mount is not None or args.config_dir else None,
         ).returncode
         if args.stats and machine.kernel is not None:
             _print_stats(machine.kernel.statistics(), time.monotonic() - start)

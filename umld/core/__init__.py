@@ -1,5 +1,6 @@
 """The guest kernel.  This module is the API the other layers may use."""
 
+from umld.core.configdir import ConfigDir as ConfigDir
 from umld.core.control import (
     MachineControl as MachineControl,
     ProcessInfo as ProcessInfo,
