@@ -358,6 +358,19 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
 	 * have falls back to /, as login does without a home directory. */
 	if (sp->cwd && chdir(sp->cwd) < 0 && (sp->cwd_strict || chdir("/") < 0))
 		die("cannot change to %s in the guest", sp->cwd);
+	if (!sp->argv[0]) {
+		/* A machine without a command (the Python API's): its first
+		 * process waits to be asked to end. */
+		sigset_t ends;
+		sigemptyset(&ends);
+		sigaddset(&ends, SIGTERM);
+		sigaddset(&ends, SIGINT);
+		sigaddset(&ends, SIGHUP);
+		int sig;
+		prctl(PR_SET_NAME, "umld-idle", 0, 0, 0);
+		sigwait(&ends, &sig);
+		_exit(0);
+	}
 	sigprocmask(SIG_SETMASK, mask, NULL);
 	exec_command(sp->argv);
 }
@@ -481,10 +494,107 @@ static void need(int argc, int i, int n, const char *op)
 	}
 }
 
+/* umld-sandbox enter PID [stdio IN OUT ERR] [ids UID GID] [cwd DIR] -- CMD...
+ *
+ * A new process in a running machine: join the namespaces of its process
+ * PID (user first: joining the others needs capabilities in it, see
+ * setns(2)), then fork, because a new pid namespace applies to children
+ * only, and exec the command there.  This process waits and exits with
+ * the command's status. */
+static int enter_main(int argc, char **argv)
+{
+	sigset_t mask, all;
+	sigfillset(&all);
+	sigprocmask(SIG_BLOCK, &all, &mask);
+	if (argc < 3)
+		die("sandbox: enter PID -- CMD");
+	const char *pid = argv[2];
+	/* Order matters (setns(2)): the pid and time namespaces belong to the
+	 * machine's outer user namespace, so they are joined while we still
+	 * have our capabilities there; the mount namespace belongs to the
+	 * guest's user namespace, joined just before it. */
+	static const char *const kinds[] = {"pid", "time", "user", "mnt", "cgroup", "ipc", "uts"};
+	int fds[7];
+	for (int k = 0; k < 7; k++) {
+		char path[64];
+		snprintf(path, sizeof path, "/proc/%s/ns/%s", pid, kinds[k]);
+		fds[k] = open(path, O_RDONLY | O_CLOEXEC);
+		if (fds[k] < 0 && k < 3)
+			die("the machine's process %s is gone", pid);
+	}
+	int in = -1, out = -1, err = -1;
+	struct spec sp = {.uid = getuid(), .gid = getgid(), .cwd = "/", .cwd_strict = 1};
+	int i = 3;
+	for (; i < argc; i++) {
+		const char *op = argv[i];
+		if (strcmp(op, "--") == 0) {
+			i++;
+			break;
+		} else if (strcmp(op, "stdio") == 0) {
+			need(argc, i, 3, op);
+			in = atoi(argv[i + 1]);
+			out = atoi(argv[i + 2]);
+			err = atoi(argv[i + 3]);
+			i += 3;
+		} else if (strcmp(op, "ids") == 0) {
+			need(argc, i, 2, op);
+			sp.uid = (uid_t)strtoul(argv[i + 1], NULL, 10);
+			sp.gid = (gid_t)strtoul(argv[i + 2], NULL, 10);
+			i += 2;
+		} else if (strcmp(op, "cwd") == 0) {
+			need(argc, i, 1, op);
+			sp.cwd = argv[++i];
+		} else {
+			errno = 0;
+			die("sandbox: unknown enter operation %s", op);
+		}
+	}
+	if (i >= argc) {
+		errno = 0;
+		die("sandbox: no command");
+	}
+	sp.argv = argv + i;
+	for (int k = 0; k < 7; k++) {
+		/* The guest shares the machine's ipc/uts/cgroup namespaces with
+		 * its init, which may be ours: EINVAL then means "already in". */
+		if (fds[k] >= 0 && setns(fds[k], 0) < 0 && k < 4 && errno != EINVAL)
+			die("cannot join the machine's %s namespace", kinds[k]);
+		if (fds[k] >= 0)
+			close(fds[k]);
+	}
+	pid_t child = fork();
+	if (child < 0)
+		die("fork");
+	if (child == 0) {
+		if (in >= 0 && (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0))
+			die("dup2");
+		if (in > 2)
+			close(in);
+		if (out > 2)
+			close(out);
+		if (err > 2)
+			close(err);
+		guest_main(&sp, &mask);
+	}
+	if (in > 2)
+		close(in);
+	if (out > 2)
+		close(out);
+	if (err > 2)
+		close(err);
+	int status;
+	while (waitpid(child, &status, 0) < 0)
+		if (errno != EINTR)
+			die("waitpid");
+	return status_code(status);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc > 0 && strcmp(argv[0], "umld-init") == 0)
 		return init_main();
+	if (argc > 1 && strcmp(argv[1], "enter") == 0)
+		return enter_main(argc, argv);
 
 	sigset_t mask, all;
 	sigfillset(&all);
@@ -582,11 +692,7 @@ int main(int argc, char **argv)
 			die("sandbox: unknown operation %s", op);
 		}
 	}
-	if (i >= argc) {
-		errno = 0;
-		die("sandbox: no command");
-	}
-	sp.argv = argv + i;
+	sp.argv = argv + i; /* empty: an idle machine */
 
 	if (sp.boottime)
 		set_boottime();

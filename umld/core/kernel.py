@@ -132,6 +132,10 @@ class GuestKernel:
         self.internal: set[Tid] = set()
         self._spawn_tid: Tid | None = None
         self._root_found = False
+        #: Processes started in the running machine (exec): the sandbox
+        #: that enters it -> what to call with its first child's status.
+        self._entering: dict[Tid, Callable[[int], None]] = {}
+        self._sessions: dict[Tid, Callable[[int], None]] = {}
         #: The machine's CPU count when it differs from the host's.
         self.vcpus: int | None = None
         #: config trace=syscalls: each syscall the kernel sees goes to the
@@ -243,6 +247,16 @@ class GuestKernel:
         self.internal.add(tid)
         self._add_process(pid, Pid(os.getpid()), tid)
         return pid
+
+    def start_session(self, spec: SpawnSpec, on_exit: Callable[[int], None]) -> Tid:
+        """Start a process in the running machine (``umld-sandbox enter``);
+        ``on_exit`` gets its raw wait status (or the sandbox's, when it
+        could not start it).  Tracer thread only."""
+        tid = self.tracer.spawn(spec)
+        self.internal.add(tid)
+        self._entering[tid] = on_exit
+        self._add_process(Pid(tid), Pid(os.getpid()), tid)
+        return tid
 
     @property
     def finished(self) -> bool:
@@ -393,7 +407,9 @@ class GuestKernel:
         assert isinstance(ev, Cloned)
         parent = self._task(ev.tid)
         if ev.tid in self.internal and ev.kind is not CloneKind.THREAD:
-            if ev.tid == self._spawn_tid:
+            if ev.tid in self._entering:
+                self._sessions[ev.child] = self._entering.pop(ev.tid)
+            elif ev.tid == self._spawn_tid:
                 # The sandbox's child is the guest's init (pid 1).
                 self.internal.add(ev.child)
             elif not self._root_found:
@@ -452,6 +468,12 @@ class GuestKernel:
             # the first process ends, every other guest process is killed,
             # so nothing the guest started outlives the machine.
             self.kill_all()
+        done = self._sessions.pop(ev.tid, None) or self._entering.pop(ev.tid, None)
+        if done is not None:
+            try:
+                done(ev.status)
+            except Exception:
+                log.exception("a session's exit callback failed")
         if ev.tid in self.internal:
             self.internal.discard(ev.tid)
         elif self.listeners and task is not None and int(task.tid) == task.tgid:

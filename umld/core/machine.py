@@ -23,6 +23,7 @@ from umld.core.sandbox import (
     Mount,
     cpu_list,
     cpuinfo_for,
+    host_memory,
     meminfo_for,
     sandbox_argv,
 )
@@ -233,7 +234,7 @@ class Machine:
         # its /proc and /sys files are the machine's from the start.
         live = on_start is not None
         vcpus = cfg.vcpus or ((os.cpu_count() or 1) if live else None)
-        memory = cfg.memory or (_host_memory() if live else None)
+        memory = cfg.memory or (host_memory() if live else None)
         if vcpus is not None:
             files.write("/proc/cpuinfo", cpuinfo_for(vcpus))
             files.write("/sys/devices/system/cpu/online", cpu_list(vcpus))
@@ -308,14 +309,6 @@ class Machine:
                 text = f"cannot run {SANDBOX}"
             raise UmldError(f"umld: {text}: {os.strerror(err)}", 125)
         return RunResult(status, wait_status_to_exit_code(status))
-
-
-def _host_memory() -> int:
-    with open("/proc/meminfo", "rb") as f:
-        for line in f:
-            if line.startswith(b"MemTotal:"):
-                return int(line.split()[1]) << 10
-    return 1 << 30
 
 
 def _suspend_with_guest(pgrp: int, tty: int) -> None:

@@ -285,6 +285,15 @@ def meminfo_for(memory: int) -> bytes:
     return b"".join(out)
 
 
+def host_memory() -> int:
+    """The host's MemTotal in bytes."""
+    with open("/proc/meminfo", "rb") as f:
+        for line in f:
+            if line.startswith(b"MemTotal:"):
+                return int(line.split()[1]) << 10
+    return 1 << 30
+
+
 def sandbox_argv(
     layout: Layout,
     files: MachineFiles,
