@@ -342,6 +342,21 @@ static int init_main(void)
 	}
 }
 
+/* The first process of an idle machine: ends on SIGTERM, SIGINT, SIGHUP. */
+static int idle_main(void)
+{
+	sigset_t ends;
+	sigemptyset(&ends);
+	sigaddset(&ends, SIGTERM);
+	sigaddset(&ends, SIGINT);
+	sigaddset(&ends, SIGHUP);
+	sigprocmask(SIG_BLOCK, &ends, NULL);
+	prctl(PR_SET_NAME, "umld-idle", 0, 0, 0);
+	int sig;
+	sigwait(&ends, &sig);
+	return 0;
+}
+
 static void guest_main(struct spec *sp, const sigset_t *mask)
 {
 	/* The guest's identity (credentials(7)); supplementary groups are
@@ -360,16 +375,11 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
 		die("cannot change to %s in the guest", sp->cwd);
 	if (!sp->argv[0]) {
 		/* A machine without a command (the Python API's): its first
-		 * process waits to be asked to end. */
-		sigset_t ends;
-		sigemptyset(&ends);
-		sigaddset(&ends, SIGTERM);
-		sigaddset(&ends, SIGINT);
-		sigaddset(&ends, SIGHUP);
-		int sig;
-		prctl(PR_SET_NAME, "umld-idle", 0, 0, 0);
-		sigwait(&ends, &sig);
-		_exit(0);
+		 * process is this program again, waiting to be asked to end.
+		 * It execs, so the guest kernel sees the guest start. */
+		char *idle_argv[] = {"umld-idle", NULL};
+		execve("/proc/self/exe", idle_argv, environ);
+		die("cannot start the idle process");
 	}
 	sigprocmask(SIG_SETMASK, mask, NULL);
 	exec_command(sp->argv);
@@ -593,6 +603,8 @@ int main(int argc, char **argv)
 {
 	if (argc > 0 && strcmp(argv[0], "umld-init") == 0)
 		return init_main();
+	if (argc > 0 && strcmp(argv[0], "umld-idle") == 0)
+		return idle_main();
 	if (argc > 1 && strcmp(argv[1], "enter") == 0)
 		return enter_main(argc, argv);
 

@@ -12,17 +12,60 @@ from typing import TYPE_CHECKING, Any
 from umld.errors import GuestError as GuestError, UmldError as UmldError, UsageError as UsageError
 
 if TYPE_CHECKING:
-    from umld.core import Config as Config, Machine as Machine, RunResult as RunResult
+    from umld._api import (
+        CompletedProcess as CompletedProcess,
+        LiveConfig as LiveConfig,
+        RunningMachine as RunningMachine,
+        SyncMachine as SyncMachine,
+        machine as machine,
+        open_machine as open_machine,
+    )
+    from umld.core import (
+        Config as Config,
+        GuestEvent as GuestEvent,
+        Machine as Machine,
+        ProcessInfo as ProcessInfo,
+        RunResult as RunResult,
+        SettingError as SettingError,
+    )
 
 __version__ = "0.1.0"
-__all__ = ["Config", "GuestError", "Machine", "RunResult", "UmldError", "UsageError"]
+__all__ = [
+    "CompletedProcess",
+    "Config",
+    "GuestError",
+    "GuestEvent",
+    "LiveConfig",
+    "Machine",
+    "ProcessInfo",
+    "RunResult",
+    "RunningMachine",
+    "SettingError",
+    "SyncMachine",
+    "UmldError",
+    "UsageError",
+    "machine",
+    "open_machine",
+]
 
-_LAZY = {"Config", "Machine", "RunResult"}
+_CORE = {"Config", "GuestEvent", "Machine", "ProcessInfo", "RunResult", "SettingError"}
+_API = {
+    "CompletedProcess",
+    "LiveConfig",
+    "RunningMachine",
+    "SyncMachine",
+    "machine",
+    "open_machine",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
+    if name in _CORE:
         import umld.core
 
         return getattr(umld.core, name)
+    if name in _API:
+        import umld._api
+
+        return getattr(umld._api, name)
     raise AttributeError(f"module 'umld' has no attribute {name!r}")

@@ -43,6 +43,7 @@ from umld.tracer.platform import SpawnSpec, TracerPlatform
 from umld.tracer.seccomp import build_filter
 
 log = get_logger("umld.host")
+POLL = 0.05
 T = TypeVar("T")
 
 
@@ -241,6 +242,9 @@ class Host:
             if self.machines.get(name) is m:
                 del self.machines[name]
             raise
+        # Up once its first process runs its program (or it ended).
+        assert m.kernel is not None
+        m.kernel.started.wait(30)
         return m
 
     def close(self, grace: float = 10.0) -> None:
@@ -360,8 +364,9 @@ class Host:
                         kernel.kill_all()
                     else:
                         timeout = left if timeout is None else min(timeout, left)
-            if self._closing:
-                timeout = 0.5 if timeout is None else min(timeout, 0.5)
+            # A SIGCHLD taken by a thread that does not block it (a library
+            # user's) is lost to sigtimedwait: poll now and then as well.
+            timeout = POLL if timeout is None else min(timeout, POLL)
             ev = tracer.wait(timeout)
             if ev is None or isinstance(ev, HostSignal):
                 continue

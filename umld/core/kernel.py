@@ -132,6 +132,9 @@ class GuestKernel:
         self.internal: set[Tid] = set()
         self._spawn_tid: Tid | None = None
         self._root_found = False
+        #: Set when the guest's first process has started its program (or
+        #: the machine ended before): the machine is up.
+        self.started = threading.Event()
         #: Processes started in the running machine (exec): the sandbox
         #: that enters it -> what to call with its first child's status.
         self._entering: dict[Tid, Callable[[int], None]] = {}
@@ -442,6 +445,8 @@ class GuestKernel:
             group.threads[ev.tid] = task
         if ev.tid in self.internal:
             return
+        if ev.tid == self.root_pid and self._root_found:
+            self.started.set()
         group.execs += 1
         self.counters["execs"] += 1
         if self.listeners:
@@ -462,6 +467,7 @@ class GuestKernel:
                 if not group.threads:
                     del self.processes[task.tgid]
         if ev.tid == self.root_pid:
+            self.started.set()
             self.root_status = ev.status
             self.spawn_error = ev.spawn_error
             # Like the init of a PID namespace (pid_namespaces(7)): when

@@ -1,0 +1,359 @@
+"""The embeddable API: machines as trio async context managers, plus a
+small synchronous wrapper.
+
+    async with umld.open_machine(umld.Config(hostname="box")) as machine:
+        result = await machine.run(["uname", "-n"], capture_output=True)
+        machine.config["hostname"] = "other"
+
+One process has one tracer thread (:class:`umld.core.host.Host`), shared
+by every machine it opens; it is started on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import NamedTuple, final
+
+from umld.core import Config, GuestEvent, MachineControl, ProcessInfo, SettingError
+from umld.core.host import Host, HostedMachine
+from umld.errors import UmldError
+
+_host: Host | None = None
+_host_lock = threading.Lock()
+
+
+def _shared_host() -> Host:
+    # The tracer sleeps in sigtimedwait(SIGCHLD): a thread that leaves
+    # SIGCHLD unblocked may take it first (the host then polls).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    global _host
+    with _host_lock:
+        if _host is None:
+            host = Host()
+            host.start()
+            _host = host
+        return _host
+
+
+class CompletedProcess(NamedTuple):
+    """What :meth:`RunningMachine.run` returns, as subprocess.run does."""
+
+    args: list[str]
+    returncode: int
+    stdout: bytes | None
+    stderr: bytes | None
+
+    def check_returncode(self) -> None:
+        if self.returncode:
+            raise UmldError(f"umld: {self.args[0]} exited with {self.returncode}", self.returncode)
+
+
+@final
+class LiveConfig(MutableMapping[str, str]):
+    """A running machine's settings: ``config["hostname"] = "x"`` applies
+    at once; a bad value raises ValueError (umld.core.SettingError) and
+    changes nothing."""
+
+    def __init__(self, control: MachineControl) -> None:
+        self._control = control
+
+    def __getitem__(self, key: str) -> str:
+        if key not in self._control.SETTINGS:
+            raise KeyError(key)
+        return self._control.get(key)
+
+    def __setitem__(self, key: str, value: object) -> None:
+        if key not in self._control.SETTINGS:
+            raise KeyError(key)
+        self._control.set(key, str(value), source="api")
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("settings cannot be deleted")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._control.SETTINGS)
+
+    def __len__(self) -> int:
+        return len(self._control.SETTINGS)
+
+
+def _pipe_if(wanted: bool) -> tuple[int, int] | None:
+    return os.pipe2(os.O_CLOEXEC) if wanted else None
+
+
+def _returncode(status: int) -> int:
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return 255
+
+
+@final
+class RunningMachine:
+    """A running machine, for trio code.  Made by :func:`open_machine`."""
+
+    def __init__(self, hosted: HostedMachine) -> None:
+        self._hosted = hosted
+        assert hosted.control is not None
+        self._control = hosted.control
+        self.config = LiveConfig(hosted.control)
+
+    @property
+    def name(self) -> str:
+        return self._hosted.name
+
+    def processes(self) -> list[ProcessInfo]:
+        """The guest's processes now (pids as the guest sees them)."""
+        return self._control.processes()
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        capture_output: bool = False,
+        input: bytes | None = None,
+        check: bool = False,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> CompletedProcess:
+        """Run ``argv`` in the machine and wait for it, as trio.run_process
+        does; returncode is -N for a process killed by signal N."""
+        import trio
+
+        args = [str(a) for a in argv]
+        out_pipe = _pipe_if(capture_output)
+        err_pipe = _pipe_if(capture_output)
+        in_pipe = _pipe_if(input is not None)
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        stdio = (
+            in_pipe[0] if in_pipe else null,
+            out_pipe[1] if out_pipe else 1,
+            err_pipe[1] if err_pipe else 2,
+        )
+        token = trio.lowlevel.current_trio_token()
+        finished = trio.Event()
+        status: list[int] = []
+
+        def on_exit(st: int) -> None:  # on the tracer thread
+            status.append(st)
+            token.run_sync_soon(finished.set)
+
+        try:
+            await trio.to_thread.run_sync(
+                lambda: self._hosted.exec(args, stdio=stdio, env=env, cwd=cwd, on_exit=on_exit)
+            )
+        finally:
+            os.close(null)
+            for p in (out_pipe, err_pipe):
+                if p:
+                    os.close(p[1])
+            if in_pipe:
+                os.close(in_pipe[0])
+        outputs: dict[int, bytes] = {}
+
+        async def drain(fd: int) -> None:
+            chunks = []
+            async with trio.lowlevel.FdStream(fd) as stream:
+                while chunk := await stream.receive_some(1 << 16):
+                    chunks.append(chunk)
+            outputs[fd] = b"".join(chunks)
+
+        async def feed(fd: int, data: bytes) -> None:
+            async with trio.lowlevel.FdStream(fd) as stream:
+                try:
+                    await stream.send_all(data)
+                except trio.BrokenResourceError:
+                    pass
+
+        async with trio.open_nursery() as nursery:
+            if in_pipe and input is not None:
+                nursery.start_soon(feed, in_pipe[1], input)
+            for p in (out_pipe, err_pipe):
+                if p:
+                    nursery.start_soon(drain, p[0])
+            await finished.wait()
+        code = _returncode(status[0])
+        result = CompletedProcess(
+            args,
+            code,
+            outputs.get(out_pipe[0]) if out_pipe else None,
+            outputs.get(err_pipe[0]) if err_pipe else None,
+        )
+        if check:
+            result.check_returncode()
+        return result
+
+    async def events(self) -> AsyncIterator[GuestEvent]:
+        """Every event from now on (exec, exit, signal, config, ...)."""
+        import trio
+
+        send, receive = trio.open_memory_channel[GuestEvent](10_000)
+        token = trio.lowlevel.current_trio_token()
+
+        def listener(ev: GuestEvent) -> None:  # on the tracer thread
+            def put() -> None:
+                try:
+                    send.send_nowait(ev)
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    pass
+
+            try:
+                token.run_sync_soon(put)
+            except trio.RunFinishedError:
+                pass
+
+        self._control.subscribe(listener)
+        try:
+            async with receive:
+                async for ev in receive:
+                    yield ev
+        finally:
+            self._control.kernel.listeners.remove(listener)
+
+
+@asynccontextmanager
+async def open_machine(
+    config: Config | None = None, *, argv: Sequence[str] = ()
+) -> AsyncIterator[RunningMachine]:
+    """Start a machine (its first process ``argv``, or an idle one) and
+    stop it on exit (SIGTERM to its processes, SIGKILL after 10 s)."""
+    import trio
+
+    cfg = config or Config()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    host = await trio.to_thread.run_sync(_shared_host)
+    hosted = await trio.to_thread.run_sync(lambda: host.start_machine(cfg, argv))
+    try:
+        yield RunningMachine(hosted)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lambda: _stop(hosted))
+
+
+def _stop(hosted: HostedMachine) -> None:
+    if hosted.state == "running":
+        try:
+            hosted.stop()
+        except UmldError:
+            pass
+    hosted.exited.wait(15)
+
+
+@final
+class SyncMachine:
+    """The synchronous wrapper: the same machine without trio."""
+
+    def __init__(self, hosted: HostedMachine) -> None:
+        self._hosted = hosted
+        assert hosted.control is not None
+        self._control = hosted.control
+        self.config = LiveConfig(hosted.control)
+
+    def processes(self) -> list[ProcessInfo]:
+        return self._control.processes()
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        capture_output: bool = False,
+        input: bytes | None = None,
+        check: bool = False,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+    ) -> CompletedProcess:
+        args = [str(a) for a in argv]
+        out_pipe, err_pipe, in_pipe = (
+            _pipe_if(capture_output),
+            _pipe_if(capture_output),
+            _pipe_if(input is not None),
+        )
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        stdio = (
+            in_pipe[0] if in_pipe else null,
+            out_pipe[1] if out_pipe else 1,
+            err_pipe[1] if err_pipe else 2,
+        )
+        done = threading.Event()
+        status: list[int] = []
+
+        def on_exit(st: int) -> None:
+            status.append(st)
+            done.set()
+
+        try:
+            self._hosted.exec(args, stdio=stdio, env=env, cwd=cwd, on_exit=on_exit)
+        finally:
+            os.close(null)
+            for p in (out_pipe, err_pipe):
+                if p:
+                    os.close(p[1])
+            if in_pipe:
+                os.close(in_pipe[0])
+        outputs: dict[int, bytes] = {}
+        threads = []
+
+        def drain(fd: int) -> None:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            os.close(fd)
+            outputs[fd] = b"".join(chunks)
+
+        def feed(fd: int, data: bytes) -> None:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except BrokenPipeError:
+                pass
+            finally:
+                os.close(fd)
+
+        for p in (out_pipe, err_pipe):
+            if p:
+                threads.append(threading.Thread(target=drain, args=(p[0],), daemon=True))
+        if in_pipe and input is not None:
+            threads.append(threading.Thread(target=feed, args=(in_pipe[1], input), daemon=True))
+        for t in threads:
+            t.start()
+        if not done.wait(timeout):
+            raise TimeoutError(f"{args[0]} did not finish in {timeout} s")
+        for t in threads:
+            t.join()
+        result = CompletedProcess(
+            args,
+            _returncode(status[0]),
+            outputs.get(out_pipe[0]) if out_pipe else None,
+            outputs.get(err_pipe[0]) if err_pipe else None,
+        )
+        if check:
+            result.check_returncode()
+        return result
+
+
+@contextmanager
+def machine(config: Config | None = None, *, argv: Sequence[str] = ()) -> Iterator[SyncMachine]:
+    """``with umld.machine(umld.Config(...)) as m: m.run([...])``."""
+    hosted = _shared_host().start_machine(config or Config(), argv)
+    try:
+        yield SyncMachine(hosted)
+    finally:
+        _stop(hosted)
+
+
+__all__ = [
+    "CompletedProcess",
+    "LiveConfig",
+    "RunningMachine",
+    "SettingError",
+    "SyncMachine",
+    "machine",
+    "open_machine",
+]
