@@ -73,6 +73,7 @@ bench-quick: install .stamp-bench
 
 conformance: install
 	$(VPY) conformance/run.py $(CONFORMANCE_ARGS)
+	$(VPY) conformance/run.py --suite issue3 $(CONFORMANCE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(STAMPS) build umld/tracer/_c_tracer*.so umld/tracer/_c_tracer.c umld/tracer/_c_tracer.o $(SANDBOX_BIN) bench/out conformance/out
