@@ -4,7 +4,7 @@
 Usage (from the repository root):
 
     .venv/bin/python bench/run.py [--quick] [--only W1,W2]
-        [--tools native,strace,proot,umld,umld-py] [--repeat N]
+        [--tools native,strace,proot,umld,umld-py,proot-root,umld-root] [--repeat N]
         [--json out.json] [--plot out.png] [--pin CPU]
 
 Method.  Every workload is run natively and under each tool *in one run*, in
@@ -20,6 +20,16 @@ times every cell, then each cell gets as many rounds as fit in its share of
 the remaining time budget (at least 3, at most 21; --quick: 1 and 5).  Fast
 cells thus get many samples and stable medians, while a 25 s strace run is
 timed 3 times instead of blowing the 10 minute budget.
+
+An assembled root.  W2, W4 and W7 are also run in a guest root assembled
+from an empty directory: `umld run --root ROOT` (C backend) and
+`proot -r ROOT` with the same binds (/usr, /etc read-only for umld; the
+symlinks /bin, /lib, ... into usr/ as on the host; bench/out and the
+scratch directory at their host paths; /dev, /sys and /proc as umld's
+--root gives them).  These two columns are measured only for those
+workloads, paired with native runs like every other cell.  (umld's default
+layout has a /tmp ramdisk of its own: the umld columns bind the scratch
+directory, which W2, W5 and W7 use, at its host path.)
 
 Correctness before speed: a tool run whose exit status or stdout differs
 from the native reference is not timed but flagged FAILED (with the tool's
@@ -59,7 +69,9 @@ OUT_DIR: Final = BENCH_DIR / "out"
 # copy so the bench still prints the reference on a machine without /work.
 ANCHOR_PATHS: Final = (Path("/work/shared/anchors.md"), BENCH_DIR / "anchors.md")
 
-ALL_TOOLS: Final = ("native", "strace", "proot", "umld", "umld-py")
+ALL_TOOLS: Final = ("native", "strace", "proot", "umld", "umld-py", "proot-root", "umld-root")
+# The workloads the assembled-root tools run.
+ROOT_WORKLOADS: Final = ("W2", "W4", "W7")
 ALL_WORKLOADS: Final = ("W0", "W1", "W2", "W3", "W4", "W5", "W6", "W7")
 
 W1_CALLS: Final = 200_000
@@ -104,6 +116,10 @@ class Tool:
     key: str
     label: str
     prefix: tuple[str, ...]  # prepended to the workload's argv
+    only: tuple[str, ...] = ()  # the workloads it runs (empty: all)
+
+    def runs(self, workload: str) -> bool:
+        return not self.only or workload in self.only
 
 
 @dataclasses.dataclass
@@ -136,7 +152,7 @@ class Cell:
     tool: str
     times: list[float] = dataclasses.field(default_factory=list)
     native_times: list[float] = dataclasses.field(default_factory=list)
-    state: str = "ok"  # ok | failed | timeout | n/a
+    state: str = "ok"  # ok | failed | timeout | n/a | skip (the tool does not run it)
     reason: str = ""
     rounds: int = 0  # planned number of pairs
 
@@ -341,15 +357,73 @@ def build_workloads(
 # Tools
 
 
-def make_tools(umld: Path) -> dict[str, Tool]:
+def assemble_root(root: Path, shared: Sequence[Path]) -> tuple[list[str], list[str]]:
+    """Prepare the empty directory root as a guest's /; return the options
+    that complete it for `umld run` and for `proot`.
+
+    Both get /usr and /etc (read-only under umld; PRoot has no read-only
+    binds), the same symlinks /bin, /lib, ... into usr/ as on the host
+    (merged /usr, Debian 12; binds where the host has directories), and
+    the shared directories (the compiled workloads, the scratch directory)
+    at their host paths.  PRoot also gets the /dev, /sys and /proc that
+    umld's --root provides by itself.
+    """
+    umld = ["--root", str(root), "--bind=/usr:/usr:ro", "--bind=/etc:/etc:ro"]
+    proot = ["-r", str(root), "-b", "/usr:/usr", "-b", "/etc:/etc"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        host = Path("/", name)
+        if host.is_symlink():
+            (root / name).symlink_to(os.readlink(host))
+        elif host.is_dir():
+            umld.append(f"--bind=/{name}:/{name}:ro")
+            proot += ["-b", f"/{name}:/{name}"]
+    for name in ("dev", "sys", "proc"):
+        proot += ["-b", f"/{name}:/{name}"]
+    for path in shared:
+        umld.append(f"--bind={path}:{path}")
+        proot += ["-b", f"{path}:{path}"]
+    return umld, proot
+
+
+def remove_root(root: Path) -> None:
+    """Remove an assembled root (directories and symlinks; the binds live
+    only in the guests' mount namespaces).  Never recurse into a mount."""
+    for dirpath, dirnames, _ in os.walk(root):
+        for name in dirnames:
+            if os.path.ismount(os.path.join(dirpath, name)):
+                print(f"bench: {dirpath}/{name} is a mount point; kept {root}", file=sys.stderr)
+                return
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def make_tools(
+    umld: Path,
+    root_umld: Sequence[str] = (),
+    root_proot: Sequence[str] = (),
+    shared: Sequence[Path] = (),
+) -> dict[str, Tool]:
+    """The tools; shared: host directories the workloads write to, bound
+    into umld's default layout (whose /tmp is a ramdisk of its own)."""
     strace = shutil.which("strace") or "strace"
     proot = shutil.which("proot") or "proot"
+    binds = [f"--bind={p}:{p}" for p in shared]
     return {
         "native": Tool("native", "native", ()),
         "strace": Tool("strace", "strace -f", (strace, "-f", "-o", "/dev/null")),
         "proot": Tool("proot", "proot -r /", (proot, "-r", "/")),
-        "umld": Tool("umld", "umld (C)", (str(umld), "run", "--tracer=c", "--")),
-        "umld-py": Tool("umld-py", "umld (python)", (str(umld), "run", "--tracer=python", "--")),
+        "umld": Tool("umld", "umld (C)", (str(umld), "run", "--tracer=c", *binds, "--")),
+        "umld-py": Tool(
+            "umld-py", "umld (python)", (str(umld), "run", "--tracer=python", *binds, "--")
+        ),
+        "proot-root": Tool(
+            "proot-root", "proot -r ROOT", (proot, *root_proot), only=ROOT_WORKLOADS
+        ),
+        "umld-root": Tool(
+            "umld-root",
+            "umld (C) --root ROOT",
+            (str(umld), "run", "--tracer=c", *root_umld, "--"),
+            only=ROOT_WORKLOADS,
+        ),
     }
 
 
@@ -450,10 +524,15 @@ def measure_workload(
         return cells, natives
 
     for t in tools:
-        if t.tool.key != "native" and not t.available:
+        if t.tool.key != "native" and not t.tool.runs(wl.key):
+            cells[t.tool.key].state = "skip"
+            cells[t.tool.key].reason = f"runs only {', '.join(t.tool.only)}"
+        elif t.tool.key != "native" and not t.available:
             cells[t.tool.key].state = "n/a"
             cells[t.tool.key].reason = t.reason
-    active = [t.tool for t in tools if t.tool.key != "native" and t.available]
+    active = [
+        t.tool for t in tools if t.tool.key != "native" and t.available and t.tool.runs(wl.key)
+    ]
 
     def pair(tool: Tool, round_no: int) -> None:
         cell = cells[tool.key]
@@ -541,6 +620,8 @@ def cell_text(cell: Cell, notes: list[str], key: str) -> str:
         return f"{fmt_time(cell.median):>8} {fmt_ratio(cell.ratio):>7}"
     if cell.state == "n/a":
         return "n/a"
+    if cell.state == "skip":
+        return "-"
     notes.append(f"{key} {cell.tool}: {cell.reason}")
     word = "TIMEOUT" if cell.state == "timeout" else "FAILED"
     return f"{word} [{len(notes)}]"
@@ -719,7 +800,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--quick", action="store_true", help="fewer rounds (about 2 minutes)")
     p.add_argument("--only", default=",".join(ALL_WORKLOADS), help="workloads, e.g. W0,W1")
-    p.add_argument("--tools", default=",".join(ALL_TOOLS), help="tools to compare")
+    p.add_argument(
+        "--tools",
+        default=",".join(ALL_TOOLS),
+        help="tools to compare (proot-root and umld-root: W2, W4 and W7 in an assembled root)",
+    )
     p.add_argument(
         "--repeat", type=int, help="pairs per cell (default: adaptive within the budget)"
     )
@@ -769,6 +854,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pin = ["taskset", "-c", opts.pin] if opts.pin else []
 
     scratch = Path(tempfile.mkdtemp(prefix="umld-bench-", dir="/tmp"))
+    # The assembled root is not below scratch: the guest is given scratch.
+    root = Path(tempfile.mkdtemp(prefix="umld-bench-root-", dir="/tmp"))
+    root_umld, root_proot = assemble_root(root, [OUT_DIR, scratch])
     # A fixed, minimal environment: identical for every tool and free of the
     # caller's venv, locale quirks and PYTHON* variables.
     env = {
@@ -783,7 +871,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         all_wl = build_workloads(exes, scratch, w6_n)
         workloads = [all_wl[k] for k in ALL_WORKLOADS if k in only]
 
-        catalogue = make_tools(args.umld.absolute())
+        catalogue = make_tools(args.umld.absolute(), root_umld, root_proot, [scratch])
         # native is always measured: every ratio is relative to it.
         keys = ["native"] + [k for k in ALL_TOOLS if k in wanted_tools and k != "native"]
         tools = []
@@ -811,11 +899,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "proot": tool_version(["proot", "--version"]),
             "w4_python": all_wl["W4"].argv[0],
             "w6_iterations": w6_n,
+            "root": str(root),
         }
 
         results: dict[str, dict[str, Cell]] = {}
         natives: dict[str, list[float]] = {}
-        n_active = sum(1 for t in tools if t.available and t.tool.key != "native")
+
+        def cells_of(wl: Workload) -> int:
+            return sum(
+                1 for t in tools if t.available and t.tool.key != "native" and t.tool.runs(wl.key)
+            )
+
         for i, wl in enumerate(workloads):
             label = f"[{wl.key} {i + 1}/{len(workloads)}]"
             progress.say(f"{label} {wl.title}: {' '.join(wl.argv)[:100]}")
@@ -827,12 +921,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scratch,
                 progress,
                 label,
-                cells_left_after=n_active * (len(workloads) - i - 1),
+                cells_left_after=sum(cells_of(w) for w in workloads[i + 1 :]),
             )
             results[wl.key] = cells
             natives[wl.key] = nat
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        remove_root(root)
 
     print_results(workloads, tools, results, natives, opts)
     print(
