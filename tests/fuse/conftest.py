@@ -112,11 +112,13 @@ def _host_tree(host: Path) -> None:
     (host / "sub" / "root").symlink_to("/")
 
 
-def _server(tmp: Path, *options: str) -> Iterator[Server]:
-    host, mnt = tmp / "host", tmp / "mnt"
-    host.mkdir()
+def _server(tmp: Path, *options: str, host: Path | None = None) -> Iterator[Server]:
+    mnt = tmp / "mnt"
     mnt.mkdir()
-    _host_tree(host)
+    if host is None:
+        host = tmp / "host"
+        host.mkdir()
+        _host_tree(host)
     server = start_server(mnt, host, *options)
     try:
         yield server
@@ -140,3 +142,11 @@ def small_ring(fuse_ok: None, tmp_path: Path) -> Iterator[Server]:
 def fresh(fuse_ok: None, tmp_path: Path) -> Iterator[Server]:
     """A server of the test's own (to kill, say)."""
     yield from _server(tmp_path)
+
+
+@pytest.fixture
+def around_itself(fuse_ok: None, tmp_path: Path) -> Iterator[Server]:
+    """A server whose host tree contains its own mountpoint (a guest whose
+    root is the host's /)."""
+    (tmp_path / "file").write_text("beside the mount\n")
+    yield from _server(tmp_path, host=tmp_path)

@@ -100,7 +100,7 @@ def confine_symlink(target: bytes, depth: int) -> bytes:
         else:
             down.append(part)
     out = b"/".join([b".."] * climb + down) or b"."
-    if target.endswith(b"/") and out != b".":
+    if target.endswith(b"/") and down:  # "name/" must be a directory
         out += b"/"
     return out
 

@@ -413,6 +413,13 @@ class ExportOperations(pyfuse3.Operations):
             # are indices into the listing taken here, so entries appearing
             # or vanishing meanwhile never make another one skipped or
             # repeated.
+            try:
+                _check_alive(opened.node)
+            except ExportError:
+                # Read through a descriptor held from before it vanished:
+                # empty, as a removed directory reads (rmdir(2)).
+                opened.entries = ()
+                return
             opened.entries = opened.node._listing()
         for index in range(start_id, len(opened.entries)):
             name, child = opened.entries[index]

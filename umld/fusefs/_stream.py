@@ -257,10 +257,16 @@ class StreamFile(FileNode):
     line from there on, and at the end waits (without holding up other
     requests) until a line is appended: ``cat`` and ``tail -f`` follow it.
     A reader that falls behind the log's bound skips ahead to the oldest
-    kept line.  A waiting read ends with EINTR when its reader gets a
-    signal (so Ctrl-C works), with EAGAIN when the descriptor is
-    non-blocking (what ``tail -f`` expects of a regular file), and with end
-    of file once the log is closed.
+    kept line, and from then on its offsets are off by what it skipped:
+    fine for sequential readers, but a reader that trusts st_size and
+    reads back from it past what is kept (``tail -n N`` with more lines
+    than the log keeps, or a log bound below tail's 8 KiB block) finds
+    fewer bytes than st_size promised and waits for the next line.
+
+    A waiting read ends with EINTR when its reader gets a signal (so
+    Ctrl-C works), with EAGAIN when the descriptor is non-blocking (what
+    ``tail -f`` expects of a regular file), and with end of file once the
+    log is closed.
     """
 
     def __init__(self, log: EventLog) -> None:
