@@ -14,12 +14,12 @@ paths must be reachable.
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,10 +48,6 @@ def assert_usage_error(r: Result, code: int, text: str) -> None:
     lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("usage: ")]
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("umld: ") and text in lines[0], r.stderr
-
-
-def errno_name(code: int) -> str:
-    return errno.errorcode.get(code, str(code))
 
 
 # -- host-side observation ------------------------------------------------------
@@ -210,27 +206,37 @@ def read(path, **kw):
 
 
 def test_host_root_is_read_only(backend: str) -> None:
+    # A host directory of the test's own, outside every ramdisk and bind of
+    # the default layout: were the root writable, only it could suffer.
+    victim_dir = Path(tempfile.mkdtemp(prefix="umld-ro-", dir="/var/tmp"))
+    victim = victim_dir / "victim"
+    victim.write_text("unchanged\n")
+    before = snapshot(victim_dir)
     name = f"/etc/umld-test-{os.getpid()}-{os.urandom(3).hex()}"
     try:
         r = run([*umld_argv(backend), "sh", "-c", f"echo x > {name}"])
         assert r.returncode == 2
         assert "Read-only file system" in r.stderr
         code = f"""
+victim = {str(victim)!r}
 try_("create", lambda: open({name!r}, "w"))
-try_("append", lambda: open("/etc/hostname", "a"))
-try_("mkdir", lambda: os.mkdir("/usr/umld-test"))
-try_("unlink", lambda: os.unlink("/etc/hostname"))
-try_("chmod", lambda: os.chmod("/etc/hostname", 0o777))
+try_("append", lambda: open(victim, "a"))
+try_("mkdir", lambda: os.mkdir(victim + ".d"))
+try_("unlink", lambda: os.unlink(victim))
+try_("chmod", lambda: os.chmod(victim, 0o777))
+try_("rename", lambda: os.rename(victim, victim + ".moved"))
 """
         r = run([*umld_argv(backend), GUEST_PY, "-c", PY_PRELUDE + code])
         assert r.stdout.split() == [
             *("create", "EROFS", "append", "EROFS", "mkdir", "EROFS"),
-            *("unlink", "EROFS", "chmod", "EROFS"),
+            *("unlink", "EROFS", "chmod", "EROFS", "rename", "EROFS"),
         ], r
         assert not os.path.lexists(name)
+        assert snapshot(victim_dir) == before
     finally:
         if os.path.lexists(name):
             os.unlink(name)
+        shutil.rmtree(victim_dir, ignore_errors=True)
 
 
 def test_tmp_is_a_private_ramdisk(backend: str) -> None:
