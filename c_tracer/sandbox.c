@@ -245,6 +245,41 @@ static void op_disk(const char *image, const char *dst, const char *fstype)
 	free(to);
 }
 
+/* A /dev of its own (the way bubblewrap's --dev does it): a ramdisk with
+ * the harmless character devices bound from the host, a new devpts
+ * instance and the usual links.  The host's /dev would give the guest's
+ * root every disk and terminal of the host. */
+static void op_dev(void)
+{
+	static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
+	if (mount("tmpfs", "/newroot/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k") < 0)
+		die("cannot mount the guest's /dev");
+	for (size_t k = 0; k < sizeof nodes / sizeof nodes[0]; k++) {
+		char from[64], to[64];
+		snprintf(from, sizeof from, "/oldroot/dev/%s", nodes[k]);
+		snprintf(to, sizeof to, "/newroot/dev/%s", nodes[k]);
+		int fd = open(to, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
+		if (fd < 0)
+			die("cannot create /dev/%s in the guest", nodes[k]);
+		close(fd);
+		if (mount(from, to, NULL, MS_BIND, NULL) < 0)
+			die("cannot bind /dev/%s", nodes[k]);
+	}
+	if (mkdir("/newroot/dev/pts", 0755) < 0 || mkdir("/newroot/dev/shm", 01777) < 0)
+		die("cannot create /dev/pts");
+	if (mount("devpts", "/newroot/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+		  "newinstance,ptmxmode=0666,mode=0620") < 0)
+		die("cannot mount the guest's /dev/pts");
+	static const char *const links[][2] = {
+	    {"pts/ptmx", "/newroot/dev/ptmx"},	  {"/proc/self/fd", "/newroot/dev/fd"},
+	    {"/proc/self/fd/0", "/newroot/dev/stdin"}, {"/proc/self/fd/1", "/newroot/dev/stdout"},
+	    {"/proc/self/fd/2", "/newroot/dev/stderr"}, {"/proc/kcore", "/newroot/dev/core"},
+	};
+	for (size_t k = 0; k < sizeof links / sizeof links[0]; k++)
+		if (symlink(links[k][0], links[k][1]) < 0)
+			die("cannot create %s", links[k][1] + 8);
+}
+
 struct spec {
 	char **argv;	  /* the guest command */
 	const char *cwd;  /* guest path */
@@ -416,6 +451,20 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
 	if (sp->proc) {
 		if (mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
 			die("cannot mount the guest's /proc");
+		/* The guest's root may be the host's uid 0: what /proc lets uid
+		 * 0 change about the host kernel is made read-only or masked,
+		 * as container runtimes do (sysctl(2) files check the uid, not
+		 * a capability in the caller's namespace). */
+		if (mount("/newroot/proc/sys", "/newroot/proc/sys", NULL, MS_BIND | MS_REC, NULL) < 0)
+			die("cannot bind /proc/sys");
+		set_readonly("/newroot/proc/sys", "/proc/sys", 1);
+		static const char *const masked[] = {"sysrq-trigger", "kcore", "timer_list"};
+		for (size_t k = 0; k < sizeof masked / sizeof masked[0]; k++) {
+			char to[64];
+			snprintf(to, sizeof to, "/newroot/proc/%s", masked[k]);
+			if (access(to, F_OK) == 0 && mount("/oldroot/dev/null", to, NULL, MS_BIND, NULL) < 0)
+				die("cannot mask /proc/%s", masked[k]);
+		}
 	}
 	for (int i = 0; i < sp->nfiles; i++) {
 		char *from = join("/oldroot", sp->files[2 * i]);
@@ -664,6 +713,8 @@ int main(int argc, char **argv)
 			need(argc, i, 3, op);
 			op_disk(argv[i + 1], argv[i + 2], argv[i + 3]);
 			i += 3;
+		} else if (strcmp(op, "dev") == 0) {
+			op_dev();
 		} else if (strcmp(op, "mkdir") == 0) {
 			need(argc, i, 1, op);
 			char *to = join("/newroot", argv[i + 1]);

@@ -84,6 +84,50 @@ def _parser() -> _Parser:
     _add_machine_options(run)
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
 
+    d = sub.add_parser("daemon", help="run many machines in one long-running process")
+    d.add_argument("--mount", metavar="DIR", help="the export (default /run/umld/daemon as root)")
+    d.add_argument(
+        "--machines-dir",
+        metavar="DIR",
+        help="machine definitions NAME.toml (default /etc/umld/machines as root)",
+    )
+    d.add_argument("--tracer", choices=("c", "python"), default="c", help="tracer backend")
+    d.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    def with_mount(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--mount", metavar="DIR", help="the daemon's export (default: its default)")
+
+    st = sub.add_parser(
+        "start",
+        help="start a machine in the daemon",
+        usage="umld start NAME [OPTIONS] [-- CMD [ARGS...]]",
+    )
+    st.add_argument("name", metavar="NAME")
+    with_mount(st)
+    st.add_argument("--restart", choices=("no", "on-failure", "always"), default="no")
+    _add_machine_options(st, named=False)
+    st.add_argument("command", nargs=argparse.REMAINDER, help="the first process (default: idle)")
+    sp = sub.add_parser("stop", help="stop a machine in the daemon")
+    sp.add_argument("name", metavar="NAME")
+    with_mount(sp)
+    ls = sub.add_parser("ls", help="list the daemon's machines")
+    with_mount(ls)
+    ex = sub.add_parser(
+        "exec", help="run a command in a running machine", usage="umld exec NAME -- CMD [ARGS...]"
+    )
+    ex.add_argument("name", metavar="NAME")
+    with_mount(ex)
+    ex.add_argument("-C", "--cwd", metavar="DIR", help="working directory in the guest")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    lg = sub.add_parser("logs", help="a machine's events")
+    lg.add_argument("name", metavar="NAME")
+    with_mount(lg)
+    lg.add_argument("-f", "--follow", action="store_true", help="keep following")
+    top = sub.add_parser("top", help="live view of the daemon's machines and processes")
+    with_mount(top)
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+
     syscalls = sub.add_parser(
         "syscalls", help="list the syscall table (what traps, what is emulated or denied)"
     )
@@ -96,14 +140,15 @@ def _parser() -> _Parser:
     return p
 
 
-def _add_machine_options(p: argparse.ArgumentParser) -> None:
+def _add_machine_options(p: argparse.ArgumentParser, *, named: bool = True) -> None:
     g = p.add_argument_group(
         "machine",
         "Without --root the guest's / is the host's, read-only, with ramdisks on /tmp, /run, "
         "/dev/shm and $HOME ($HOME is the machine's disk image when it has a --name).",
     )
     g.add_argument("--config", metavar="FILE", help="read settings from a TOML file first")
-    g.add_argument("--name", metavar="NAME", help="the machine's name (keeps its home disk)")
+    if named:
+        g.add_argument("--name", metavar="NAME", help="the machine's name (keeps its home disk)")
     g.add_argument("--root", metavar="DIR", help="a host directory as the guest's /")
     g.add_argument(
         "--read-only-root", action="store_true", default=None, help="make --root read-only"
@@ -136,73 +181,117 @@ def _int_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
-def _machine_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Config keyword arguments from --config FILE, then the options."""
+MACHINE_KEYS = (
+    "hostname", "domainname", "name", "root", "read_only_root", "bind", "tmpfs", "disk",
+    "uid", "gid", "vcpus", "memory", "kernel_release", "uname_machine",
+)  # fmt: skip
+
+
+def config_from_mapping(data: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """Config keyword arguments from a mapping of settings (a TOML file,
+    the options, a daemon request), checked: UsageError names the bad one."""
     from umld.core.sandbox import parse_bind, parse_disk, parse_size, parse_tmpfs
 
-    file: dict[str, Any] = {}
-    if args.config:
-        import tomllib
-
-        try:
-            with open(args.config, "rb") as f:
-                file = tomllib.load(f)
-        except OSError as exc:
-            raise UsageError(f"--config {args.config}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"--config {args.config}: {exc}") from None
-        known = {
-            "hostname", "domainname", "name", "root", "read_only_root", "bind", "tmpfs", "disk",
-            "uid", "gid", "vcpus", "memory", "kernel_release", "uname_machine",
-        }  # fmt: skip
-        unknown = sorted(set(file) - known)
-        if unknown:
-            raise UsageError(f"--config {args.config}: unknown settings: {', '.join(unknown)}")
-
-    def pick(key: str) -> Any:
-        value = getattr(args, key, None)
-        return file.get(key) if value is None else value
+    unknown = sorted(set(data) - set(MACHINE_KEYS))
+    if unknown:
+        raise UsageError(f"{where}: unknown settings: {', '.join(unknown)}")
 
     def strings(key: str) -> list[str]:
-        value = file.get(key, [])
+        value = data.get(key) or []
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise UsageError(f"--config: {key} must be a list of strings")
-        return [*value, *getattr(args, key)]
+            raise UsageError(f"{where}: {key} must be a list of strings")
+        return value
+
+    def text(key: str) -> str | None:
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise UsageError(f"{where}: {key} must be a string, not {value!r}")
+        return value
+
+    def number(key: str) -> int | None:
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise UsageError(f"{where}: {key} must be a number, not {value!r}")
+        return value
+
+    def flag(key: str) -> bool:
+        value = data.get(key, False)
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: {key} must be true or false, not {value!r}")
+        return value
 
     mounts = [parse_bind(t) for t in strings("bind")]
     mounts += [parse_tmpfs(t) for t in strings("tmpfs")]
     mounts += [parse_disk(t) for t in strings("disk")]
-    memory = pick("memory")
-    out: dict[str, Any] = {
-        "name": pick("name"),
-        "root": pick("root"),
-        "root_readonly": bool(pick("read_only_root")),
+    memory = data.get("memory")
+    root = text("root")
+    return {
+        "name": text("name"),
+        "root": os.path.realpath(os.path.expanduser(root)) if root is not None else None,
+        "root_readonly": flag("read_only_root"),
         "mounts": mounts,
-        "uid": pick("uid"),
-        "gid": pick("gid"),
-        "vcpus": pick("vcpus"),
+        "uid": number("uid"),
+        "gid": number("gid"),
+        "vcpus": number("vcpus"),
         "memory": parse_size(str(memory)) if memory is not None else None,
-        "kernel_release": pick("kernel_release"),
-        "uname_machine": pick("uname_machine"),
-        "hostname": pick("hostname"),
-        "domainname": pick("domainname"),
+        "kernel_release": text("kernel_release"),
+        "uname_machine": text("uname_machine"),
+        "hostname": text("hostname"),
+        "domainname": text("domainname"),
     }
-    for key in ("uid", "gid", "vcpus"):
-        if out[key] is not None and not isinstance(out[key], int):
-            raise UsageError(f"{key} must be a number, not {out[key]!r}")
-    if out["root"] is not None:
-        out["root"] = os.path.abspath(os.path.expanduser(out["root"]))
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise UsageError(f"--config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--config {path}: {exc}") from None
+
+
+def _option_mapping(args: argparse.Namespace) -> dict[str, Any]:
+    """The machine options given on the command line, as settings."""
+    out: dict[str, Any] = {}
+    for key in MACHINE_KEYS:
+        value = getattr(args, key, None)
+        if value is not None and value != []:
+            out[key] = value
     return out
+
+
+def _machine_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """Config keyword arguments from --config FILE, then the options (a
+    list option adds to the file's list); and the file's command."""
+    data: dict[str, Any] = _read_config_file(args.config) if args.config else {}
+    command = data.pop("command", [])
+    if isinstance(command, str):
+        import shlex
+
+        command = shlex.split(command)
+    data.pop("restart", None)
+    for key, value in _option_mapping(args).items():
+        if isinstance(value, list):
+            old = data.get(key) or []
+            data[key] = [*([old] if isinstance(old, str) else old), *value]
+        else:
+            data[key] = value
+    return config_from_mapping(data, where=args.config or "options"), list(command)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from umld.core.machine import Config, Machine
 
+    settings, file_command = _machine_settings(args)
     command: list[str] = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    command = command or file_command
     if not command:
         raise UsageError("missing command (usage: umld run [OPTIONS] -- CMD [ARGS...])")
     out: TextIO | None = None
@@ -214,7 +303,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 f"cannot open trace output {args.trace_output}: {exc.strerror}"
             ) from None
     cfg = Config(
-        **_machine_settings(args),
+        **settings,
         tracer=args.tracer,
         trace=args.trace or out is not None,
         trace_output=out,
@@ -269,6 +358,61 @@ def _print_stats(stats: dict[str, object], elapsed: float) -> None:
     )
 
 
+def _cmd_daemon(args: argparse.Namespace) -> int:
+    from umld import client
+
+    if args.cmd == "daemon":
+        from umld import daemon
+
+        return daemon.main(args.mount, args.machines_dir, str(args.tracer), bool(args.verbose))
+    from umld.daemon import default_mount
+
+    mount = args.mount or default_mount()
+    if args.cmd == "ls":
+        table = client.call(mount, {"op": "ls"})["table"]
+        rows = [line.split("\t") for line in table.splitlines()]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
+        return 0
+    if args.cmd == "stop":
+        client.call(mount, {"op": "stop", "name": args.name})
+        return 0
+    if args.cmd == "logs":
+        return client.logs(mount, args.name, args.follow)
+    if args.cmd == "top":
+        from umld import top
+
+        return top.main(mount, args.interval, args.once)
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if args.cmd == "exec":
+        if not command:
+            raise UsageError("missing command (usage: umld exec NAME -- CMD [ARGS...])")
+        return client.exec_in(mount, args.name, command, args.cwd)
+    settings: dict[str, Any] = _read_config_file(args.config) if args.config else {}
+    file_command = settings.pop("command", [])
+    settings.pop("restart", None)
+    settings.update({k: v for k, v in _option_mapping(args).items() if k != "name"})
+    config_from_mapping({**settings, "name": args.name}, where=args.config or "options")
+    if isinstance(file_command, str):
+        import shlex
+
+        file_command = shlex.split(file_command)
+    client.call(
+        mount,
+        {
+            "op": "start",
+            "name": args.name,
+            "config": settings,
+            "argv": command or list(file_command),
+            "restart": args.restart,
+        },
+    )
+    return 0
+
+
 def _cmd_syscalls(args: argparse.Namespace) -> int:
     from umld.core.syscalls import lookup_table
 
@@ -292,7 +436,15 @@ def _cmd_syscalls(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        words = list(sys.argv[1:] if argv is None else argv)
+        tail: list[str] | None = None
+        if words and words[0] in ("start", "exec") and "--" in words:
+            # Options may follow NAME; the command is what follows "--".
+            cut = words.index("--")
+            words, tail = words[:cut], words[cut + 1 :]
+        args = parser.parse_args(words)
+        if tail is not None:
+            args.command = tail
         if args.version:
             from umld import __version__
 
@@ -302,6 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.cmd == "syscalls":
             return _cmd_syscalls(args)
+        if args.cmd in ("daemon", "start", "stop", "ls", "exec", "logs", "top"):
+            return _cmd_daemon(args)
         parser.print_usage(sys.stderr)
         return 2
     except UsageError as exc:

@@ -106,7 +106,7 @@ class Config:
             raise UsageError("memory must be at least 1M")
         for key in ("uid", "gid"):
             value = getattr(self, key)
-            if value is not None and not 0 <= value < 1 << 32 - 1:
+            if value is not None and not 0 <= value < (1 << 32) - 1:
                 raise UsageError(f"bad {key} {value}")
         if self.root is not None and not os.path.isdir(self.root):
             raise UsageError(f"--root {self.root}: not a directory")

@@ -51,9 +51,9 @@ def parse_size(text: str) -> int:
 class Mount(NamedTuple):
     """One row of the guest's mount table.
 
-    kind is ``bind``, ``tmpfs`` or ``disk``; source is the host path (bind,
-    disk image) or empty; target the guest path; size in bytes (tmpfs,
-    disk) or 0 for the default.
+    kind is ``bind``, ``tmpfs``, ``disk`` or ``dev`` (the machine's own
+    /dev); source is the host path (bind, disk image) or empty; target the
+    guest path; size in bytes (tmpfs, disk) or 0 for the default.
     """
 
     kind: str
@@ -69,6 +69,8 @@ class Mount(NamedTuple):
         if self.kind == "tmpfs":
             size = f", {self.size >> 20} MiB" if self.size else ""
             return f"{self.target}: ramdisk{size}"
+        if self.kind == "dev":
+            return f"{self.target}: the machine's devices (null, zero, random, tty, ptys)"
         return f"{self.target}: ext4 disk image {self.source}"
 
 
@@ -84,7 +86,10 @@ def _guest_path(text: str, option: str) -> str:
 def _host_path(text: str, option: str, *, must_exist: bool = True) -> str:
     if not text:
         raise UsageError(f"{option}: empty host path")
-    path = os.path.abspath(os.path.expanduser(text))
+    # The sandbox names host paths below its view of the host tree, where
+    # an absolute symlink would resolve against the wrong root: resolve
+    # them here, on the host.
+    path = os.path.realpath(os.path.expanduser(text))
     if must_exist and not os.path.exists(path):
         raise UsageError(f"{option}: {text}: no such file or directory on the host")
     return path
@@ -157,10 +162,11 @@ class Layout:
         rows: list[Mount] = []
         if self.root is None:
             rows.append(Mount("bind", "/", "/", True))
-            defaults = [Mount("tmpfs", "", "/tmp"), Mount("tmpfs", "", "/run")]
+            defaults = [Mount("dev", "", "/dev"), Mount("tmpfs", "", "/tmp")]
+            defaults.append(Mount("tmpfs", "", "/run"))
         else:
             rows.append(Mount("bind", self.root, "/", self.root_readonly))
-            defaults = [Mount("bind", "/dev", "/dev", True), Mount("bind", "/sys", "/sys", True)]
+            defaults = [Mount("dev", "", "/dev"), Mount("bind", "/sys", "/sys", True)]
         defaults.append(Mount("tmpfs", "", "/dev/shm"))
         if self.home is not None and self.root is None:
             if self.home_disk is not None:
@@ -187,8 +193,9 @@ class MachineFiles:
     disk images.  Removed by :meth:`close`."""
 
     def __init__(self) -> None:
-        base = os.environ.get("XDG_RUNTIME_DIR") if os.geteuid() else None
-        self.dir = tempfile.mkdtemp(prefix="umld-", dir=base)
+        base = (os.environ.get("XDG_RUNTIME_DIR") if os.geteuid() else None) or "/tmp"
+        _remove_stale(base)
+        self.dir = tempfile.mkdtemp(prefix=f"umld-{os.getpid()}-", dir=base)
         self._locks: list[int] = []
         #: guest path -> host file, bound over the guest's /proc and /sys.
         self.files: dict[str, str] = {}
@@ -246,6 +253,27 @@ class MachineFiles:
             os.close(fd)
             raise UmldError(f"umld: disk image {image} is in use by another machine") from None
         self._locks.append(fd)
+
+
+def _remove_stale(base: str) -> None:
+    """Runtime directories of umld processes that were killed (SIGKILL
+    leaves no chance to clean up): umld-PID-XXXX whose PID is gone."""
+    try:
+        entries = os.listdir(base)
+    except OSError:
+        return
+    for entry in entries:
+        parts = entry.split("-")
+        if len(parts) != 3 or parts[0] != "umld" or not parts[1].isdigit():
+            continue
+        path = os.path.join(base, entry)
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            if os.stat(path).st_uid == os.geteuid():
+                shutil.rmtree(path, ignore_errors=True)
+        except (PermissionError, OSError):
+            continue
 
 
 def cpuinfo_for(vcpus: int) -> bytes:
@@ -311,9 +339,11 @@ def sandbox_argv(
     root = table[0]
     ops += ["root", root.source, "ro" if root.readonly else "rw"]
     for m in table[1:]:
-        if m.kind == "bind":
+        if m.kind == "dev":
+            ops.append("dev")
+        elif m.kind == "bind":
             flags = "ro" if m.readonly else "rw"
-            if m.source in ("/dev", "/sys") and m.target == m.source:
+            if m.source == "/sys" and m.target == m.source:
                 flags += ",optional"
             ops += ["bind", m.source, m.target, flags]
         elif m.kind == "tmpfs":

@@ -1,0 +1,87 @@
+"""The daemon's clients: ``umld start|stop|ls|exec|logs`` talk to a
+running ``umld daemon`` through its control socket (umld/daemon.py) or
+read its export."""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import socket
+import sys
+from typing import Any
+
+from umld.errors import UmldError
+
+
+def _socket_path(mount: str) -> str:
+    return os.path.abspath(mount).rstrip("/") + ".sock"
+
+
+def request(mount: str, req: dict[str, Any], fds: tuple[int, ...] = ()) -> socket.socket:
+    """Send one request; the connected socket for the answers."""
+    path = _socket_path(mount)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        s.close()
+        raise UmldError(
+            f"umld: no daemon is running at {mount} (start one with `umld daemon --mount {mount}`"
+            " or `systemctl start umld`)"
+        ) from None
+    except PermissionError:
+        s.close()
+        raise UmldError(f"umld: {path}: permission denied (the daemon's user only)") from None
+    data = (json.dumps(req) + "\n").encode()
+    if fds:
+        s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        s.sendall(data)
+    return s
+
+
+def answer(s: socket.socket, buf: bytearray) -> dict[str, Any]:
+    while b"\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise UmldError("umld: the daemon closed the connection")
+        buf += chunk
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    reply = json.loads(line)
+    if "error" in reply:
+        raise UmldError(f"umld: {reply['error']}")
+    return reply  # type: ignore[no-any-return]
+
+
+def call(mount: str, req: dict[str, Any]) -> dict[str, Any]:
+    with request(mount, req) as s:
+        return answer(s, bytearray())
+
+
+def exec_in(mount: str, name: str, argv: list[str], cwd: str | None) -> int:
+    """Run argv in machine ``name`` with our stdin/stdout/stderr."""
+    env = {k: v for k, v in os.environ.items() if k in ("TERM", "LANG", "LC_ALL", "COLUMNS")}
+    req = {"op": "exec", "name": name, "argv": argv, "cwd": cwd, "env": _guest_env(env)}
+    with request(mount, req, (0, 1, 2)) as s:
+        buf = bytearray()
+        answer(s, buf)
+        return int(answer(s, buf)["exit"])
+
+
+def _guest_env(extra: dict[str, str]) -> dict[str, str]:
+    base = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
+    return {**base, **extra}
+
+
+def logs(mount: str, name: str, follow: bool) -> int:
+    path = os.path.join(mount, name, "events")
+    if not os.path.exists(os.path.join(mount, "machines")):
+        raise UmldError(f"umld: no daemon export at {mount}")
+    if not os.path.exists(path):
+        raise UmldError(f"umld: no running machine named {name!r}")
+    argv = ["tail", "-n", "+1"] + (["-f"] if follow else []) + [path]
+    sys.stdout.flush()
+    os.execvp("tail", argv)
+    return 1  # not reached

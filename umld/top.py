@@ -1,0 +1,133 @@
+"""``umld top``: a live full-screen view of the daemon's machines and their
+processes, built only from what the export shows (DIR/machines,
+DIR/NAME/status, DIR/NAME/proc/PID/status).  CPU is the change of each
+process's CpuTicks between two frames; syscalls/s the change of the
+machine's trapped-syscall count."""
+
+from __future__ import annotations
+
+import curses
+import os
+import time
+from typing import NamedTuple
+
+from umld.errors import UmldError
+
+
+class Row(NamedTuple):
+    machine: str
+    pid: str
+    name: str
+    state: str
+    syscall: str
+    cpu: float
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _fields(text: str, sep: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(sep)
+        out[key.strip()] = value.strip()
+    return out
+
+
+class Sampler:
+    def __init__(self, mount: str) -> None:
+        self.mount = mount
+        self.ticks: dict[tuple[str, str], int] = {}
+        self.trapped: dict[str, int] = {}
+        self.last = time.monotonic()
+        self.tck = os.sysconf("SC_CLK_TCK")
+
+    def frame(self) -> tuple[list[str], list[Row]]:
+        now = time.monotonic()
+        dt = max(now - self.last, 1e-3)
+        self.last = now
+        table = _read(os.path.join(self.mount, "machines"))
+        if not table:
+            raise UmldError(f"umld: no daemon export at {self.mount}")
+        header: list[str] = []
+        rows: list[Row] = []
+        ticks: dict[tuple[str, str], int] = {}
+        for line in table.splitlines()[1:]:
+            cols = line.split("\t")
+            name, state = cols[0], cols[1]
+            status = _fields(_read(os.path.join(self.mount, name, "status")), ":")
+            trapped = int(status.get("trapped", "0") or 0)
+            rate = (trapped - self.trapped.get(name, trapped)) / dt
+            self.trapped[name] = trapped
+            procs = status.get("processes", "-")
+            header.append(
+                f"{name:16.16} {state:12.12} up {cols[2]:>6}s  procs {procs:>4}"
+                f"  syscalls/s {rate:8.0f}"
+            )
+            proc_dir = os.path.join(self.mount, name, "proc")
+            try:
+                pids = sorted(os.listdir(proc_dir), key=lambda p: int(p) if p.isdigit() else 0)
+            except OSError:
+                continue
+            for pid in pids:
+                st = _fields(_read(os.path.join(proc_dir, pid, "status")), ":\t")
+                if not st:
+                    continue
+                t = int(st.get("CpuTicks", "0") or 0)
+                ticks[(name, pid)] = t
+                cpu = 100.0 * (t - self.ticks.get((name, pid), t)) / self.tck / dt
+                rows.append(
+                    Row(name, pid, st.get("Name", "?"), st.get("State", "?")[:1],
+                        st.get("Syscall", "?"), cpu)
+                )  # fmt: skip
+        self.ticks = ticks
+        rows.sort(key=lambda r: -r.cpu)
+        return header, rows
+
+
+def render(header: list[str], rows: list[Row], width: int, height: int) -> list[str]:
+    lines = [f"umld top — {len(header)} machine(s), {len(rows)} process(es)"[:width], ""]
+    lines += [h[:width] for h in header]
+    lines.append("")
+    lines.append(f"{'MACHINE':16} {'PID':>7} {'S':1} {'CPU%':>6}  {'SYSCALL':16} NAME"[:width])
+    for r in rows[: max(0, height - len(lines) - 1)]:
+        lines.append(
+            f"{r.machine:16.16} {r.pid:>7} {r.state:1} {r.cpu:6.1f}  {r.syscall:16.16} {r.name}"[
+                :width
+            ]
+        )
+    return lines
+
+
+def main(mount: str, interval: float, once: bool) -> int:
+    sampler = Sampler(mount)
+    if once or not os.isatty(1):
+        sampler.frame()
+        time.sleep(min(interval, 0.5))
+        header, rows = sampler.frame()
+        print("\n".join(render(header, rows, 200, 10_000)))
+        return 0
+
+    def loop(screen: curses.window) -> None:
+        curses.curs_set(0)
+        screen.timeout(int(interval * 1000))
+        while True:
+            header, rows = sampler.frame()
+            h, w = screen.getmaxyx()
+            screen.erase()
+            for i, line in enumerate(render(header, rows, w - 1, h)):
+                screen.addstr(i, 0, line)
+            screen.refresh()
+            if screen.getch() in (ord("q"), 27):
+                return
+
+    try:
+        curses.wrapper(loop)
+    except KeyboardInterrupt:
+        pass
+    return 0
