@@ -252,6 +252,7 @@ static void op_disk(const char *image, const char *dst, const char *fstype)
 static void op_dev(void)
 {
 	static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
+	ensure_target("/dev", (char[]){"/newroot/dev"}, 1);
 	if (mount("tmpfs", "/newroot/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k") < 0)
 		die("cannot mount the guest's /dev");
 	for (size_t k = 0; k < sizeof nodes / sizeof nodes[0]; k++) {

@@ -505,12 +505,6 @@ def test_disk_image_in_use_by_another_machine(tmp_path: Path, no_strays: str) ->
 
 
 @needs_disk_tools
-@pytest.mark.xfail(
-    reason="host /dev is bound with its device nodes: a guest that is host root (identity "
-    "id map) opens another machine's /dev/loopN and reads its disk image; a read-only bind "
-    "does not restrict device nodes",
-    strict=True,
-)
 def test_other_machines_disk_is_not_readable_through_dev(tmp_path: Path, no_strays: str) -> None:
     image = tmp_path / "disk.img"
     first = subprocess.Popen(
@@ -994,11 +988,6 @@ def test_proc_sys_hostname_is_the_guests() -> None:
     assert r.stdout == "guest-one\n", r
 
 
-@pytest.mark.xfail(
-    reason="a guest that is host root (identity id map) may write the host's sysctls: "
-    "/proc/sys checks only for kuid 0, not capabilities, and the guest's /proc is read-write",
-    strict=True,
-)
 def test_guest_cannot_write_host_sysctls() -> None:
     # Only opened for writing, never written.
     code = """
@@ -1009,11 +998,6 @@ for path in ("/proc/sys/kernel/hostname", "/proc/sys/vm/drop_caches"):
     assert r.returncode == 0 and "OK" not in r.stdout, r
 
 
-@pytest.mark.xfail(
-    reason="Config.validate: `1 << 32 - 1` is 1 << 31, so uids and gids from 2**31 up "
-    "(valid on Linux up to 2**32 - 2) are refused",
-    strict=True,
-)
 def test_large_uid() -> None:
     r = run(
         [*umld_argv("c", "--uid", "3000000000", "--gid", "3000000000"), "sh", "-c", "id -u; id -g"]
@@ -1154,10 +1138,6 @@ def test_config_value_of_the_wrong_type(tmp_path: Path, text: str) -> None:
     assert_usage_error(r, 2, text.split()[0])
 
 
-@pytest.mark.xfail(
-    reason='--config: read_only_root = "false" (a string) is taken as true, silently',
-    strict=True,
-)
 def test_config_read_only_root_must_be_a_boolean(tmp_path: Path) -> None:
     root = assemble_root(tmp_path / "root")
     for name in ("usr", "etc", "dev", "proc", "sys"):
@@ -1168,12 +1148,6 @@ def test_config_read_only_root_must_be_a_boolean(tmp_path: Path) -> None:
     assert_usage_error(r, 2, "read_only_root")
 
 
-@pytest.mark.xfail(
-    reason="host paths are opened below the sandbox's /oldroot, where an absolute symlink "
-    "(e.g. /etc/localtime, /var/run) resolves against the staging root: "
-    "`cannot bind ...: No such file or directory`",
-    strict=True,
-)
 def test_bind_of_an_absolute_symlink(tmp_path: Path) -> None:
     target = tmp_path / "target"
     target.mkdir()
