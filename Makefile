@@ -15,9 +15,9 @@ C_TRACER_SO := .stamp-ctracer
 # the tests run as guests.
 APT_PACKAGES := gcc make pkg-config python3 python3-venv python3-dev libffi-dev \
 	fuse3 libfuse3-dev strace proot git tar procps psmisc hostname util-linux \
-	libpython3.11-testsuite
+	libpython3.11-testsuite e2fsprogs systemd
 
-.PHONY: all install demo test test-fast lint bench bench-quick conformance clean
+.PHONY: all install install-systemd demo test test-fast lint bench bench-quick conformance clean
 
 all: install
 
@@ -74,6 +74,15 @@ bench-quick: install .stamp-bench
 conformance: install
 	$(VPY) conformance/run.py $(CONFORMANCE_ARGS)
 	$(VPY) conformance/run.py --suite issue3 $(CONFORMANCE_ARGS)
+
+# The daemon as a systemd service: units, tmpfiles snippet, and the umld
+# command on PATH (a link to this checkout's venv).
+install-systemd: install
+	ln -sf $(CURDIR)/$(VENV)/bin/umld /usr/local/bin/umld
+	install -m 0644 systemd/umld.service systemd/umld@.service /etc/systemd/system/
+	install -m 0644 systemd/umld.tmpfiles.conf /etc/tmpfiles.d/umld.conf
+	install -d -m 0755 /etc/umld/machines
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload && systemd-tmpfiles --create umld.conf; fi
 
 clean:
 	rm -rf $(VENV) $(STAMPS) build umld/tracer/_c_tracer*.so umld/tracer/_c_tracer.c umld/tracer/_c_tracer.o $(SANDBOX_BIN) bench/out conformance/out
