@@ -372,6 +372,26 @@ def test_ring_keeps_the_newest_lines_and_laggards_skip_ahead(small_ring: Server)
     assert os.stat(events).st_size == total  # every byte ever logged
 
 
+def test_poll_waits_for_the_next_line(small_ring: Server) -> None:
+    ctl(small_ring, "log first")
+    fd = os.open(small_ring.mnt / "events", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        assert within(5, lambda: poller.poll(0)) == [(fd, select.POLLIN)]
+        assert os.read(fd, 100) == b"first\n"
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 100)
+        assert within(5, lambda: poller.poll(200)) == []
+        threading.Timer(0.2, ctl, (small_ring, "log second")).start()
+        started = time.monotonic()
+        assert within(5, lambda: poller.poll(3000)) == [(fd, select.POLLIN)]
+        assert time.monotonic() - started < 2
+        assert os.read(fd, 100) == b"second\n"
+    finally:
+        os.close(fd)
+
+
 # -- the host tree ---------------------------------------------------------------
 
 
@@ -470,6 +490,43 @@ def test_host_tree_lists_big_directories(demo: Server) -> None:
     assert r.stdout.strip() == str(len(names) + 1)
 
 
+def test_host_tree_holds_no_descriptor_per_object(demo: Server) -> None:
+    tree = demo.host / "many"
+    for d in range(30):
+        (tree / f"d{d}").mkdir(parents=True)
+        for f in range(30):
+            (tree / f"d{d}" / f"f{f}").write_text("x")
+    fds = Path(f"/proc/{demo.proc.pid}/fd")
+    before = len(os.listdir(fds))
+    listing = "ls -R {} | wc -l && cat {}/*/* | wc -c"
+    exported = demo.mnt / "host" / "many"
+    r = within(30, lambda: sh(listing.format(exported, exported)))
+    assert r.stdout == sh(listing.format(tree, tree)).stdout
+    assert r.stdout.split()[1] == "900"
+    assert len(os.listdir(fds)) < before + 10
+
+
+def test_host_tree_follows_renames(demo: Server) -> None:
+    host, exported = demo.host, demo.mnt / "host"
+    (host / "r1" / "inner").mkdir(parents=True)
+    (host / "r1" / "inner" / "f").write_text("data")
+    held = os.open(exported / "r1" / "inner", os.O_RDONLY | os.O_DIRECTORY)
+    opened = os.open(exported / "r1" / "inner" / "f", os.O_RDONLY)
+    try:
+        os.rename(exported / "r1", exported / "r2")  # through the export
+        assert os.stat("f", dir_fd=held).st_size == 4
+        os.rename(host / "r2", host / "r3")  # behind its back
+        assert os.fstat(opened).st_size == 4  # open files are held
+        assert (exported / "r3" / "inner" / "f").read_text() == "data"
+        assert os.stat("f", dir_fd=held).st_size == 4  # the walk above refreshed it
+        os.unlink(host / "r3" / "inner" / "f")
+        assert os.fstat(opened).st_nlink == 0
+        assert os.pread(opened, 10, 0) == b"data"
+    finally:
+        os.close(held)
+        os.close(opened)
+
+
 def test_host_tree_cannot_be_escaped(demo: Server) -> None:
     exported = demo.mnt / "host"
     inside = "guest-host\n"
@@ -561,6 +618,14 @@ def test_stale_mount_is_cleaned_after_sigkill(fresh: Server) -> None:
 
 def test_sigterm_unmounts(fresh: Server) -> None:
     fresh.proc.send_signal(signal.SIGTERM)
+    assert fresh.proc.wait(timeout=5) == 0
+    assert not mounted(fresh.mnt)
+    assert tracebacks(fresh) == 0
+
+
+def test_unmounting_from_outside_ends_the_server(fresh: Server) -> None:
+    r = subprocess.run(["fusermount3", "-u", str(fresh.mnt)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     assert fresh.proc.wait(timeout=5) == 0
     assert not mounted(fresh.mnt)
     assert tracebacks(fresh) == 0

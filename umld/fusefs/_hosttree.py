@@ -1,14 +1,29 @@
 """A read/write passthrough of a host directory tree that cannot be escaped.
 
-Every object of the tree is held as an ``O_PATH`` descriptor (libfuse's
-passthrough_ll does the same), keyed by (st_dev, st_ino): renames behind
-our back do not matter, hard links are one inode, and the daemon never
-resolves a path of more than one component.  Each lookup is one openat2(2)
-of one name beneath its directory's descriptor with ``RESOLVE_IN_ROOT |
-RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS`` and ``O_NOFOLLOW``: no
-symlink, ``..`` or /proc magic link of the tree is ever followed by the
-daemon.  The other calls act on those descriptors with ``AT_EMPTY_PATH``
-or on one name beneath a directory descriptor (mkdirat, unlinkat, ...).
+The tree holds one descriptor: its root's.  Every object below is known
+by its path from the root and by (st_dev, st_ino), and every call
+resolves that path again with openat2(2) under ``RESOLVE_IN_ROOT |
+RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS`` and ``O_NOFOLLOW|O_PATH``:
+no symlink, ``..`` or /proc magic link of the tree is ever followed by
+the daemon, and nothing resolves outside the root.  The object found must
+still be the one the kernel asked about (same st_dev and st_ino), else the
+call fails with ESTALE.  The calls themselves act on that ``O_PATH``
+descriptor with ``AT_EMPTY_PATH`` (fchownat, utimensat, fchmodat2) or on
+one name beneath a directory's descriptor (mkdirat, unlinkat, ...).
+
+Why not one descriptor per object, as libfuse's passthrough_ll does: the
+kernel keeps every inode it has seen (readdirplus shows it all of a
+directory) until memory pressure makes it forget them, so one `find` or
+`rm -r` over a big tree (a guest whose root is the host's /) would use up
+the daemon's descriptors, and the daemon is umld itself.  Descriptors are
+only held while a file is open (so fstat(2) of an open file works after a
+rename or unlink behind our back).
+
+The price of paths: a guest renaming a directory behind our back leaves
+the paths below it stale until the kernel looks them up again, which it
+does on every path walk (entry_timeout 0); only a process whose working
+directory is below the moved one meets ESTALE meanwhile.  Renames made
+through the export update the paths at once.
 
 Symlinks are followed by the kernel, not by us, in the namespace of
 whoever reads the mount: so readlink() rewrites targets to relative ones
@@ -26,6 +41,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -43,6 +59,7 @@ from umld.fusefs._node import (
 )
 
 _RESOLVE = _sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS | _sys.RESOLVE_NO_SYMLINKS
+_PATH = os.O_PATH | os.O_NOFOLLOW
 _O_LARGEFILE = 0o100000  # what the kernel passes; os.O_LARGEFILE is 0 on 64-bit
 # open(2) flags passed on when opening a host file for a reader.  Not
 # O_DIRECT (our buffers are not aligned; FUSE has its own direct_io), not
@@ -54,6 +71,9 @@ _OPEN_FLAGS = (
 # pages with libfuse 3), so that cp, cat and dd use buffers that fill one
 # request instead of several round trips.
 _BLKSIZE = 1 << 20
+# What resolving a known object's path fails with when the path no longer
+# leads to it: a component is gone, or is no longer a directory.
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 
 
 @contextmanager
@@ -105,6 +125,45 @@ def confine_symlink(target: bytes, depth: int) -> bytes:
     return out
 
 
+def _refuse_own_mount(fd: int) -> None:
+    # The tree may contain our own mountpoint (a guest whose root is the
+    # host's /).  Stepping into it would make the daemon send itself a
+    # request from inside a handler and wait for it forever, so the mount
+    # looks like a loop from inside the tree.
+    own = _mount.CURRENT.dev
+    if own is not None and _sys.cached_device(fd) == own:
+        raise ExportError(errno.ELOOP, "the export itself")
+
+
+def _walk(start: int, path: bytes) -> int:
+    """An O_PATH descriptor of ``path`` beneath directory ``start``.
+
+    One openat2(2) that may not cross a mount (RESOLVE_NO_XDEV), which
+    therefore cannot reach our own mount.  When the path does cross one
+    (a guest's /proc, /tmp, ...), one component at a time instead, making
+    sure none is our own mount before taking the next step: the step into
+    it sends no request, the step after it would.
+    """
+    try:
+        return _sys.openat2(start, path, _PATH, 0, _RESOLVE | _sys.RESOLVE_NO_XDEV)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    fd = start
+    try:
+        for part in path.split(b"/"):
+            step = _sys.openat2(fd, part, _PATH, 0, _RESOLVE)
+            if fd != start:
+                os.close(fd)
+            fd = step
+            _refuse_own_mount(fd)
+    except BaseException:
+        if fd != start:
+            os.close(fd)
+        raise
+    return fd
+
+
 def _setattr(fd: int, is_link: bool, changes: SetAttr, handle: Handle | None) -> None:
     with _host_errors():
         if changes.uid is not None or changes.gid is not None:
@@ -125,78 +184,94 @@ def _setattr(fd: int, is_link: bool, changes: SetAttr, handle: Handle | None) ->
             _sys.futimens_path_fd(fd, changes.atime_ns, changes.mtime_ns)
 
 
-class _HostDirOps(DirNode):
-    """Directory calls of the tree, one name beneath this directory's descriptor."""
+class _HostObject(Node):
+    """What the tree's root and the objects below it share."""
 
     _tree: HostTree
+    _path: bytes  # from the tree's root; b"" for the root itself
 
-    def _dirfd(self) -> int:
+    @contextmanager
+    def _at(self) -> Iterator[tuple[int, os.stat_result]]:
+        """A descriptor of this very object (and its stat), for one call."""
         raise NotImplementedError
+        yield  # pragma: no cover
+
+    def _below(self, name: bytes) -> bytes:
+        return self._path + b"/" + name if self._path else name
+
+    def _attrs(self) -> Attrs:
+        with self._at() as (_, st):
+            return Attrs.from_stat(st, _BLKSIZE)
+
+    def _setattr(self, changes: SetAttr, handle: Handle | None) -> None:
+        with self._at() as (fd, _):
+            _setattr(fd, isinstance(self, LinkNode), changes, handle)
+
+
+class _HostDirOps(_HostObject, DirNode):
+    """Directory calls of the tree: one name beneath this directory."""
 
     def _child(self, name: bytes) -> Node | None:
         _check_name(name)
-        try:
-            fd = _sys.openat2(self._dirfd(), name, os.O_PATH | os.O_NOFOLLOW, 0, _RESOLVE)
-        except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ENOTDIR):
-                return None
-            raise ExportError(e.errno or errno.EIO, str(e)) from None
-        try:
-            with _host_errors():
-                _refuse_own_mount(fd)
-                st = os.fstat(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        return _entry(self._tree, fd, st)
+        with self._at() as (dirfd, _):
+            try:
+                fd = _walk(dirfd, name)
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                    return None
+                raise ExportError(e.errno or errno.EIO, str(e)) from None
+            try:
+                with _host_errors():
+                    st = os.fstat(fd)
+            finally:
+                os.close(fd)
+        return self._tree._entry(self._below(name), st)
 
     def _listing(self) -> Sequence[tuple[bytes, Node | None]]:
-        with _host_errors():
-            fd = _sys.openat2(self._dirfd(), b".", os.O_RDONLY | os.O_DIRECTORY, 0, _RESOLVE)
+        with self._at() as (dirfd, _), _host_errors():
+            fd = _sys.openat2(dirfd, b".", os.O_RDONLY | os.O_DIRECTORY, 0, _RESOLVE)
             try:
                 names = os.listdir(fd)
             finally:
                 os.close(fd)
-        # Entries are looked up (an O_PATH descriptor each) only as readdir
-        # sends them: a listing cut short by a small buffer costs nothing.
+        # Entries are looked up only as readdir sends them: a listing cut
+        # short by a small buffer costs nothing.
         return [(os.fsencode(name), None) for name in names]
 
     def _new(self, name: bytes, mode: int, caller: Caller) -> Node:
         """The entry just created under ``name``, made the caller's."""
         node = self._child(name)
-        if node is None:
+        if not isinstance(node, _HostEntry):
             raise ExportError(errno.ENOENT)
-        assert isinstance(node, _HostEntry)
-        with _host_errors():
-            node._adopt(mode, caller)
+        node._adopt(mode, caller)
         return node
 
     def _mkdir(self, name: bytes, mode: int, caller: Caller) -> Node:
         _check_name(name)
-        with _host_errors():
-            os.mkdir(name, stat.S_IMODE(mode), dir_fd=self._dirfd())
+        with self._at() as (dirfd, _), _host_errors():
+            os.mkdir(name, stat.S_IMODE(mode), dir_fd=dirfd)
         return self._new(name, mode, caller)
 
     def _mknod(self, name: bytes, mode: int, rdev: int, caller: Caller) -> Node:
         _check_name(name)
-        with _host_errors():
-            os.mknod(name, mode, rdev, dir_fd=self._dirfd())
+        with self._at() as (dirfd, _), _host_errors():
+            os.mknod(name, mode, rdev, dir_fd=dirfd)
         return self._new(name, mode, caller)
 
     def _symlink(self, name: bytes, target: bytes, caller: Caller) -> Node:
         _check_name(name)
-        with _host_errors():
-            os.symlink(target, name, dir_fd=self._dirfd())
+        with self._at() as (dirfd, _), _host_errors():
+            os.symlink(target, name, dir_fd=dirfd)
         return self._new(name, stat.S_IFLNK | 0o777, caller)
 
     def _create(self, name: bytes, mode: int, flags: int, caller: Caller) -> tuple[Node, Handle]:
         _check_name(name)
-        with _host_errors():
+        with self._at() as (dirfd, _), _host_errors():
             # O_NOFOLLOW: the kernel only sends CREATE for a name it found
             # missing; if a symlink appeared there since, refuse rather
             # than create its target (possibly outside the tree).
             fd = _sys.openat2(
-                self._dirfd(),
+                dirfd,
                 name,
                 (flags & _OPEN_FLAGS) | os.O_CREAT | os.O_NOFOLLOW,
                 stat.S_IMODE(mode),
@@ -204,30 +279,30 @@ class _HostDirOps(DirNode):
             )
         try:
             with _host_errors():
-                # The object just opened, not whatever the name means now.
-                path_fd = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
-                try:
-                    node = _entry(self._tree, path_fd, os.fstat(path_fd))
-                except BaseException:
-                    os.close(path_fd)
-                    raise
-                node._adopt(mode, caller)
+                node = self._tree._entry(self._below(name), os.fstat(fd))
+            assert isinstance(node, _HostFile)
+            handle = node._handle(fd)  # pins the object just created
         except BaseException:
             os.close(fd)
             raise
-        return node, _FileHandle(fd)
+        try:
+            node._adopt(mode, caller)
+        except BaseException:
+            handle.abandon()
+            raise
+        return node, handle
 
     def _link(self, node: Node, name: bytes) -> Node:
         _check_name(name)
         if not isinstance(node, _HostEntry) or node._tree is not self._tree:
             raise ExportError(errno.EXDEV)
-        with _host_errors():
+        with self._at() as (dirfd, _), node._at() as (fd, _), _host_errors():
             # linkat(2) of the descriptor's own object: AT_EMPTY_PATH would
             # need CAP_DAC_READ_SEARCH, the /proc/self/fd link does not.
             os.link(
-                os.fsencode(f"/proc/self/fd/{node._fd}"),
+                os.fsencode(f"/proc/self/fd/{fd}"),
                 name,
-                dst_dir_fd=self._dirfd(),
+                dst_dir_fd=dirfd,
                 follow_symlinks=True,
             )
         found = self._child(name)
@@ -237,61 +312,87 @@ class _HostDirOps(DirNode):
 
     def _unlink(self, name: bytes) -> None:
         _check_name(name)
-        with _host_errors():
-            os.unlink(name, dir_fd=self._dirfd())
+        with self._at() as (dirfd, _), _host_errors():
+            os.unlink(name, dir_fd=dirfd)
 
     def _rmdir(self, name: bytes) -> None:
         _check_name(name)
-        with _host_errors():
-            os.rmdir(name, dir_fd=self._dirfd())
+        with self._at() as (dirfd, _), _host_errors():
+            os.rmdir(name, dir_fd=dirfd)
 
     def _rename(self, name: bytes, new_dir: DirNode, new_name: bytes, flags: int) -> None:
         _check_name(name)
         _check_name(new_name)
         if not isinstance(new_dir, _HostDirOps) or new_dir._tree is not self._tree:
             raise ExportError(errno.EXDEV)
-        with _host_errors():
+        with self._at() as (old_fd, _), new_dir._at() as (new_fd, _), _host_errors():
             if flags:
-                _sys.renameat2(self._dirfd(), name, new_dir._dirfd(), new_name, flags)
+                _sys.renameat2(old_fd, name, new_fd, new_name, flags)
             else:
-                os.rename(name, new_name, src_dir_fd=self._dirfd(), dst_dir_fd=new_dir._dirfd())
+                os.rename(name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd)
+        old, new = self._below(name), new_dir._below(new_name)
+        moves = {old: new}
+        if flags & _sys.RENAME_EXCHANGE:
+            moves[new] = old
+        self._tree._moved(moves)
 
 
-def _refuse_own_mount(fd: int) -> None:
-    # The tree may contain our own mountpoint (a guest whose root is the
-    # host's /).  Stepping into it would make the daemon send itself a
-    # request from inside a handler and wait for it forever, so the mount
-    # looks like a loop from inside the tree.
-    own = _mount.CURRENT.dev
-    if own is not None and _sys.cached_device(fd) == own:
-        raise ExportError(errno.ELOOP, "the export itself")
+class _HostEntry(_HostObject):
+    """An object below the tree's root."""
 
-
-class _HostEntry(Node):
-    """What the tree's objects below its root share: an O_PATH descriptor."""
-
-    def __init__(self, tree: HostTree, fd: int, st: os.stat_result) -> None:
+    def __init__(self, tree: HostTree, path: bytes, st: os.stat_result) -> None:
         super().__init__()
         self._tree = tree
-        self._fd = fd
+        self._path = path
         self._dev_ino = (st.st_dev, st.st_ino)
+        # An O_PATH descriptor held while the object is open, and by how
+        # many handles: what fstat(2) of an open file needs even once its
+        # path is gone.
+        self._pinned = -1
+        self._pins = 0
 
     def _key(self) -> Hashable:
         return (self._tree, *self._dev_ino)
 
-    def _attrs(self) -> Attrs:
-        with _host_errors():
-            return Attrs.from_stat(os.fstat(self._fd), _BLKSIZE)
-
-    def _setattr(self, changes: SetAttr, handle: Handle | None) -> None:
-        _setattr(self._fd, isinstance(self, LinkNode), changes, handle)
-
-    def _forgotten(self) -> None:
-        os.close(self._fd)
-        self._fd = -1
+    def _refresh(self, newer: Node) -> None:
+        if isinstance(newer, _HostEntry):
+            self._path = newer._path
 
     def _liveness_parent(self) -> Node | None:
         return self._tree
+
+    @contextmanager
+    def _at(self) -> Iterator[tuple[int, os.stat_result]]:
+        if self._pinned >= 0:
+            with _host_errors():
+                yield self._pinned, os.fstat(self._pinned)
+            return
+        with self._tree._at() as (root, _):
+            try:
+                fd = _walk(root, self._path)
+            except OSError as e:
+                if e.errno in _GONE:
+                    raise ExportError(errno.ESTALE, "moved or removed behind our back") from None
+                raise ExportError(e.errno or errno.EIO, str(e)) from None
+        try:
+            with _host_errors():
+                st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != self._dev_ino:
+                raise ExportError(errno.ESTALE, "its path now leads elsewhere")
+            yield fd, st
+        finally:
+            os.close(fd)
+
+    def _pin(self, fd: int) -> None:
+        if self._pins == 0:
+            self._pinned = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
+        self._pins += 1
+
+    def _unpin(self) -> None:
+        self._pins -= 1
+        if self._pins == 0:
+            os.close(self._pinned)
+            self._pinned = -1
 
     def _adopt(self, mode: int, caller: Caller) -> None:
         """Give a new object to its creator, with the mode asked for.
@@ -300,25 +401,26 @@ class _HostEntry(Node):
         kernel already applied the caller's umask to ``mode``; the
         daemon's own umask must not cut it further.
         """
-        if os.geteuid() == 0 and (caller.uid, caller.gid) != (0, 0):
-            _sys.fchown_path_fd(self._fd, caller.uid, caller.gid)
-        if isinstance(self, LinkNode):
-            return
-        wanted = stat.S_IMODE(mode) & ~caller.umask
-        if stat.S_IMODE(os.fstat(self._fd).st_mode) != wanted:
-            _sys.fchmod_path_fd(self._fd, wanted)
+        with self._at() as (fd, st), _host_errors():
+            if os.geteuid() == 0 and (caller.uid, caller.gid) != (0, 0):
+                _sys.fchown_path_fd(fd, caller.uid, caller.gid)
+            if isinstance(self, LinkNode):
+                return
+            wanted = stat.S_IMODE(mode) & ~caller.umask
+            if stat.S_IMODE(st.st_mode) != wanted:
+                _sys.fchmod_path_fd(fd, wanted)
 
 
 class _HostDir(_HostEntry, _HostDirOps):
-    def _dirfd(self) -> int:
-        return self._fd
+    pass
 
 
 class _FileHandle(Handle):
     """An open host file: reads and writes go straight to it."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, node: _HostEntry) -> None:
         self._fd = fd
+        self._node = node
         self._buf = memoryview(b"")
 
     async def read(self, off: int, size: int) -> bytes | memoryview:
@@ -348,7 +450,7 @@ class _FileHandle(Handle):
             os.close(os.dup(self._fd))
 
     async def release(self) -> None:
-        os.close(self._fd)
+        self.abandon()
 
     async def fsync(self, datasync: bool) -> None:
         with _host_errors():
@@ -362,16 +464,29 @@ class _FileHandle(Handle):
             os.ftruncate(self._fd, size)
 
     def abandon(self) -> None:
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._node._unpin()
 
 
 class _HostFile(_HostEntry, FileNode):
     def _open(self, flags: int, caller: Caller) -> Handle:
-        with _host_errors():
+        with self._at() as (fd, _), _host_errors():
             # Reopen the object itself through its /proc/self/fd link: the
-            # only way from an O_PATH descriptor to an open file.
-            fd = os.open(f"/proc/self/fd/{self._fd}", (flags & _OPEN_FLAGS) | os.O_CLOEXEC)
-        return _FileHandle(fd)
+            # only way from an O_PATH descriptor to an open file, and it
+            # opens what was checked (O_TRUNC included), not a path.
+            data = os.open(f"/proc/self/fd/{fd}", (flags & _OPEN_FLAGS) | os.O_CLOEXEC)
+        try:
+            return self._handle(data)
+        except BaseException:
+            os.close(data)
+            raise
+
+    def _handle(self, data: int) -> _FileHandle:
+        with _host_errors():
+            self._pin(data)
+        return _FileHandle(data, self)
 
 
 class _HostLink(_HostEntry, LinkNode):
@@ -382,41 +497,15 @@ class _HostLink(_HostEntry, LinkNode):
         return attrs
 
     def _readlink(self) -> bytes:
-        with _host_errors():
-            target = os.readlink(b"", dir_fd=self._fd)
-        return confine_symlink(target, _depth(self))
+        with self._at() as (fd, _), _host_errors():
+            target = os.readlink(b"", dir_fd=fd)
+        return confine_symlink(target, self._path.count(b"/"))
 
 
 class _HostOther(_HostEntry):
     """FIFOs, sockets and device nodes: the kernel opens those itself (on a
     FUSE mount a FIFO is a new pipe of the reader's, a device is refused by
     nodev), so only their attributes come from us."""
-
-
-def _entry(tree: HostTree, fd: int, st: os.stat_result) -> _HostEntry:
-    if stat.S_ISDIR(st.st_mode):
-        return _HostDir(tree, fd, st)
-    if stat.S_ISREG(st.st_mode):
-        return _HostFile(tree, fd, st)
-    if stat.S_ISLNK(st.st_mode):
-        return _HostLink(tree, fd, st)
-    return _HostOther(tree, fd, st)
-
-
-def _depth(node: Node) -> int:
-    """Directories between a tree object's directory and the tree's root.
-
-    From the directories each object was last looked up in, which is the
-    walk the kernel just made to reach the link.  If the chain is broken
-    the answer is smaller, never larger: a confined target then climbs
-    less, it cannot climb out.
-    """
-    depth = 0
-    parent = node._parent
-    while isinstance(parent, _HostDir):
-        depth += 1
-        parent = parent._parent
-    return depth if isinstance(parent, HostTree) else 0
 
 
 class HostTree(_HostDirOps):
@@ -439,11 +528,15 @@ class HostTree(_HostDirOps):
     def __init__(self, root_fd_factory: Callable[[], int]) -> None:
         super().__init__()
         self._tree = self
+        self._path = b""
         self._factory = root_fd_factory
-        self._root_fd: int | None = None
+        self._root_fd = -1
+        # Every object handed out, to update their paths after a rename.
+        self._entries: weakref.WeakSet[_HostEntry] = weakref.WeakSet()
 
-    def _dirfd(self) -> int:
-        if self._root_fd is None:
+    @contextmanager
+    def _at(self) -> Iterator[tuple[int, os.stat_result]]:
+        if self._root_fd < 0:
             try:
                 fd = self._factory()
             except OSError as e:
@@ -455,20 +548,37 @@ class HostTree(_HostDirOps):
                 os.close(fd)
                 raise
             self._root_fd = fd
-        return self._root_fd
-
-    def _attrs(self) -> Attrs:
         with _host_errors():
-            return Attrs.from_stat(os.fstat(self._dirfd()), _BLKSIZE)
+            st = os.fstat(self._root_fd)
+        yield self._root_fd, st
 
-    def _setattr(self, changes: SetAttr, handle: Handle | None) -> None:
-        _setattr(self._dirfd(), False, changes, handle)
+    def _entry(self, path: bytes, st: os.stat_result) -> _HostEntry:
+        kind: type[_HostEntry]
+        if stat.S_ISDIR(st.st_mode):
+            kind = _HostDir
+        elif stat.S_ISREG(st.st_mode):
+            kind = _HostFile
+        elif stat.S_ISLNK(st.st_mode):
+            kind = _HostLink
+        else:
+            kind = _HostOther
+        entry = kind(self, path, st)
+        self._entries.add(entry)
+        return entry
+
+    def _moved(self, moves: dict[bytes, bytes]) -> None:
+        """Paths after a rename through the export: ``old`` and below became ``new``."""
+        for entry in list(self._entries):
+            for old, new in moves.items():
+                if entry._path == old or entry._path.startswith(old + b"/"):
+                    entry._path = new + entry._path[len(old) :]
+                    break
 
     def _forgotten(self) -> None:
-        if self._root_fd is not None:
+        if self._root_fd >= 0:
             os.close(self._root_fd)
-            self._root_fd = None
+            self._root_fd = -1
 
     def _statfs(self) -> os.statvfs_result | None:
-        with _host_errors():
-            return os.fstatvfs(self._dirfd())
+        with self._at() as (fd, _), _host_errors():
+            return os.fstatvfs(fd)

@@ -4,7 +4,7 @@ The FUSE protocol's rule (fuse_lowlevel.h, "lookup count"): every entry we
 return from lookup, create, mkdir, mknod, symlink, link or readdirplus is
 one more reference the kernel holds, and forget() gives them back.  A
 node stays in the table, and so keeps its inode number and whatever it
-holds (a host tree object's descriptor), while the kernel holds any.
+holds, while the kernel holds any.
 """
 
 from __future__ import annotations
@@ -59,15 +59,15 @@ class InodeTable:
         """The inode of ``node`` without taking a reference (see :meth:`ref`).
 
         Returns the node that holds the number: an equal-keyed one already
-        in the table wins, and ``node`` is then let go (its descriptor
-        closed).  An entry left with no reference is dropped by
-        :meth:`unref_unused`.
+        in the table wins (refreshed from ``node``, which is let go).  An
+        entry left with no reference is dropped by :meth:`unref_unused`.
         """
         key = node._key()
         ino = self._by_key.get(key)
         if ino is not None:
             existing = self._by_ino[ino].node
             if existing is not node:
+                existing._refresh(node)
                 node._forgotten()
             return ino, existing
         if not node._ino:

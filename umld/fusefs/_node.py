@@ -131,6 +131,10 @@ class Node:
     def _forgotten(self) -> None:
         """The kernel dropped its last reference; release what the node holds."""
 
+    def _refresh(self, newer: Node) -> None:
+        """``newer`` was just found with this node's key: take what is fresher
+        in it (where a host object is now)."""
+
     def _liveness_parent(self) -> Node | None:
         """The node whose presence in a dynamic directory this one depends on."""
         return self._parent

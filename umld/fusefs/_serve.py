@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import errno
 import os
-import resource
 import stat
 import subprocess
 import threading
@@ -150,17 +149,6 @@ def clean_stale_mount(mountpoint: str) -> bool:
     return True
 
 
-def _raise_fd_limit() -> None:
-    # The host tree holds one descriptor per object the kernel knows of;
-    # a find(1) over a big tree needs many (passthrough_ll does the same).
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (OSError, ValueError) as e:
-            _log.debug("fusefs: cannot raise RLIMIT_NOFILE: %s", e)
-
-
 async def serve(
     root: Node,
     mountpoint: str,
@@ -195,7 +183,6 @@ async def serve(
     options = {f"fsname={fsname}", "default_permissions"}
     if os.geteuid() == 0:
         options.add("allow_other")
-    _raise_fd_limit()
     try:
         pyfuse3.init(ops, path, options)
     except RuntimeError as e:
