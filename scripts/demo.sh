@@ -19,7 +19,22 @@ $UMLD run -- sh -c 'seq 1 100000 | sort -n | tail -n 1'
 $UMLD run -- python3 -c 'import threading, os; ts=[threading.Thread(target=os.getpid) for _ in range(8)]; [t.start() for t in ts]; [t.join() for t in ts]; print("8 threads joined")'
 tmp=$(mktemp -d)
 printf '#include <stdio.h>\nint main(void){puts("compiled and run inside the guest");return 0;}\n' > "$tmp/hello.c"
-$UMLD run -- sh -c "gcc -o '$tmp/hello' '$tmp/hello.c' && '$tmp/hello'"
+$UMLD run --bind "$tmp" -- sh -c "gcc -o '$tmp/hello' '$tmp/hello.c' && '$tmp/hello'"
+
+say "The guest's own file systems: host / read-only, private /tmp, its own /proc"
+$UMLD run --tmpfs /tmp:size=1M -- sh -c 'touch /etc/x 2>&1; df -h /tmp | tail -n 1; ps ax; cat /proc/uptime'
+$UMLD run --vcpus 3 --memory 512M --kernel-release 9.9-umld -- sh -c 'nproc; grep MemTotal /proc/meminfo; uname -r'
+
+say "Everything inside, live on the host through one FUSE mount"
+mnt="$tmp/mnt"
+$UMLD run --name demo --mount "$mnt" --hostname before -- sh -c 'for i in 1 2 3 4 5 6; do echo "guest says: $(hostname)"; sleep 0.5; done' &
+for _ in $(seq 50); do [ -r "$mnt/status" ] && break; sleep 0.1; done
+ls "$mnt"
+cat "$mnt/status" | head -n 5
+echo "pid 2: $(tr '\0' ' ' < "$mnt/proc/2/cmdline")"
+echo after > "$mnt/config/hostname"; echo "(host wrote 'after' to config/hostname)"
+echo bogus > "$mnt/config/vcpus" 2>/dev/null || echo "(config/vcpus refused 'bogus': EINVAL, old value kept: $(cat "$mnt/config/vcpus"))"
+wait
 rm -rf "$tmp"
 
 say "Exit status passes through (128+N for a signal)"

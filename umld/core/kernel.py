@@ -339,7 +339,8 @@ class GuestKernel:
         if tid not in self.internal:
             task.syscalls[nr] += 1
             self.syscalls[nr] += 1
-        trace = self._trace
+        # The machine's own sandbox stage is not the guest: not traced.
+        trace = self._trace if tid not in self.internal else None
         if ev.arch is not Arch.X86_64:
             # Another ABI's numbers mean other calls; umld emulates nothing
             # there yet, so they run natively, visibly.
@@ -390,7 +391,7 @@ class GuestKernel:
     def _on_syscall_exit(self, ev: Event) -> None:
         assert isinstance(ev, SyscallExit)
         task = self._task(ev.tid)
-        if self._trace:
+        if self._trace and ev.tid not in self.internal:
             self._trace.exit(task, task.current_syscall, ev.result)
         task.current_syscall = -1
         self.tracer.resume(ev.tid)
