@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.fuse.conftest import start_server, stop_server
+from tests.fuse.conftest import mounted, start_server, stop_server
 
 
 def _write(path: Path, total: int, chunk: int) -> None:
@@ -83,21 +83,24 @@ def main(argv: list[str]) -> None:
     (host / "file.bin").write_bytes(source.read_bytes())
     server = start_server(mnt, host)
     direct, exported = host, mnt / "host"
+
+    def cases(top: Path) -> list[tuple[str, Callable[[], None]]]:
+        return [
+            ("write", lambda: _write(top / "file.bin", total, chunk)),
+            ("read", lambda: _read(top / "file.bin", total, chunk)),
+            ("cat >/dev/null", _tool("cat", top / "file.bin")),
+            ("cp into the tree", _tool("cp", source, top / "copy.bin")),
+            ("cp out of it", _tool("cp", top / "file.bin", outside / "out.bin")),
+        ]
+
     rows: list[tuple[str, float, float]] = []
     try:
-        for what, case in (
-            ("write", lambda top: lambda: _write(top / "file.bin", total, chunk)),
-            ("read", lambda top: lambda: _read(top / "file.bin", total, chunk)),
-            ("cat >/dev/null", lambda top: _tool("cat", top / "file.bin")),
-            ("cp into the tree", lambda top: _tool("cp", source, top / "copy.bin")),
-            ("cp out of it", lambda top: _tool("cp", top / "file.bin", outside / "out.bin")),
-        ):
-            d = _best(case(direct), total, repeat)
-            f = _best(case(exported), total, repeat)
-            rows.append((what, d, f))
+        for (what, on_host), (_, through) in zip(cases(direct), cases(exported), strict=True):
+            rows.append((what, _best(on_host, total, repeat), _best(through, total, repeat)))
     finally:
         stop_server(server, mnt)
-        shutil.rmtree(work, ignore_errors=True)
+        if not mounted(mnt):  # never walk into a mount that is still there
+            shutil.rmtree(work, ignore_errors=True)
 
     print(
         f"{args.mib} MiB, {args.chunk_kib} KiB per read/write call, best of {repeat}, "

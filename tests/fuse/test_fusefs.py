@@ -616,10 +616,21 @@ def test_stale_mount_is_cleaned_after_sigkill(fresh: Server) -> None:
     assert not mounted(mnt)
 
 
-def test_sigterm_unmounts(fresh: Server) -> None:
-    fresh.proc.send_signal(signal.SIGTERM)
-    assert fresh.proc.wait(timeout=5) == 0
-    assert not mounted(fresh.mnt)
+def test_sigterm_unmounts_even_with_a_reader_waiting(fresh: Server) -> None:
+    cat = subprocess.Popen(
+        ["cat", str(fresh.mnt / "events")], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        time.sleep(0.5)  # cat waits in read(2) for a first line
+        fresh.proc.send_signal(signal.SIGTERM)
+        assert fresh.proc.wait(timeout=5) == 0
+        assert not mounted(fresh.mnt)
+        _, err = cat.communicate(timeout=5)
+        assert cat.returncode == 1 and b"events" in err  # its read(2) failed
+    finally:
+        if cat.poll() is None:
+            cat.kill()
+            cat.communicate()
     assert tracebacks(fresh) == 0
 
 

@@ -310,3 +310,14 @@ def test_export_error() -> None:
     e = ExportError(errno.EINVAL, "why")
     assert e.errno == errno.EINVAL and str(e) == "EINVAL: why"
     assert str(ExportError(errno.ENOENT)) == "ENOENT: No such file or directory"
+
+
+def test_statfs_of_a_host_tree_root(tmp_path: Path) -> None:
+    ops = ExportOperations(HostTree(lambda: os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)))
+
+    async def main() -> pyfuse3.StatvfsData:
+        return await ops.statfs(pyfuse3.RequestContext())
+
+    st, host = trio.run(main), os.statvfs(tmp_path)
+    assert (st.f_blocks, st.f_bsize, st.f_namemax) == (host.f_blocks, host.f_bsize, host.f_namemax)
+    ops.close()
