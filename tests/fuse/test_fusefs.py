@@ -306,6 +306,29 @@ def test_tail_f_follows_the_stream(demo: Server) -> None:
         tail.stderr.close()
 
 
+@pytest.mark.parametrize("how", ["empty log", "descriptor at the end"])
+def test_tail_f_started_at_the_end(small_ring: Server, how: str) -> None:
+    events = small_ring.mnt / "events"
+    if how == "empty log":
+        argv = ["tail", "-f", str(events)]
+        stdin: int | None = None
+    else:
+        ctl(small_ring, "log old")
+        stdin = os.open(events, os.O_RDONLY)
+        os.lseek(stdin, 0, os.SEEK_END)
+        argv = ["tail", "-n", "0", "-s", "0.1", "-f", "-"]
+    tail = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE)
+    try:
+        time.sleep(0.3)  # tail reached its follow loop (or not)
+        ctl(small_ring, "log new")
+        assert read_until(tail.stdout, b"new\n") == b"new\n"
+    finally:
+        if stdin is not None:
+            os.close(stdin)
+        tail.kill()
+        tail.communicate()
+
+
 def test_cat_follows_and_ctrl_c_ends_it(demo: Server) -> None:
     tag = uuid.uuid4().hex[:8]
     cat = subprocess.Popen(["cat", str(demo.mnt / "events")], stdout=subprocess.PIPE)
@@ -617,20 +640,22 @@ def test_stale_mount_is_cleaned_after_sigkill(fresh: Server) -> None:
 
 
 def test_sigterm_unmounts_even_with_a_reader_waiting(fresh: Server) -> None:
+    ctl(fresh, "log first")
     cat = subprocess.Popen(
         ["cat", str(fresh.mnt / "events")], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        time.sleep(0.5)  # cat waits in read(2) for a first line
+        read_until(cat.stdout, b"first\n")  # then cat waits in read(2)
+        time.sleep(0.3)
         fresh.proc.send_signal(signal.SIGTERM)
         assert fresh.proc.wait(timeout=5) == 0
         assert not mounted(fresh.mnt)
-        _, err = cat.communicate(timeout=5)
-        assert cat.returncode == 1 and b"events" in err  # its read(2) failed
+        assert cat.wait(timeout=5) == 1  # its read(2) failed
+        assert cat.stderr is not None and b"events" in cat.stderr.read()
     finally:
         if cat.poll() is None:
             cat.kill()
-            cat.communicate()
+        cat.communicate()
     assert tracebacks(fresh) == 0
 
 

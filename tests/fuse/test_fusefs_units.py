@@ -113,11 +113,12 @@ def test_event_log_appends_from_many_threads() -> None:
 
 def test_stream_reader_waits_skips_ahead_and_ends_at_close() -> None:
     log = EventLog(max_lines=2)
-    log.append("a")
     node = StreamFile(log)
 
     async def main() -> None:
         handle = node._open(os.O_RDONLY, NOBODY)
+        assert await handle.read(0, 100) == b""  # first read at the end: end of file
+        log.append("a")
         assert await handle.read(0, 100) == b"a\n"
 
         async def later() -> None:

@@ -172,6 +172,7 @@ class _StreamHandle(Handle):
         self._fd_hint: int | None = None
         self._poll_key: int | None = None
         self._released = False
+        self._started = False
 
     async def read(self, off: int, size: int) -> bytes:
         while True:
@@ -180,10 +181,16 @@ class _StreamHandle(Handle):
             if pos < first:
                 self._shift += first - pos
                 continue
+            started, self._started = self._started, True
             if data:
                 self._next = pos + len(data)
                 return data
-            if closed or self._released:
+            if closed or self._released or not started:
+                # A descriptor whose very first read is at the end (a log
+                # still empty, or an lseek to SEEK_END) gets end of file, as
+                # from a regular file: GNU tail reads such a file to end of
+                # file before it starts following (tail_lines() uses
+                # pipe_lines() when the offset is not below st_size).
                 return b""
             if self._nonblocking():
                 raise ExportError(errno.EAGAIN)
@@ -266,7 +273,10 @@ class StreamFile(FileNode):
     A waiting read ends with EINTR when its reader gets a signal (so
     Ctrl-C works), with EAGAIN when the descriptor is non-blocking (what
     ``tail -f`` expects of a regular file), and with end of file once the
-    log is closed.
+    log is closed.  A descriptor's first read never waits: at the end of
+    the log (nothing logged yet, or after an lseek to the end) it gets end
+    of file, as ``tail -f`` needs there; so ``cat`` started before the
+    first line ends at once instead of following.
     """
 
     def __init__(self, log: EventLog) -> None:
