@@ -79,6 +79,11 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[object]:
     run, makes the threads they start during the test (faulthandler's
     watchdog, created per test with the creator's mask, blocks signals
     only once it first runs) inherit the block."""
+    # A hook of a conftest.py runs for every test of the session, not only
+    # this directory's: leave the others (and the programs they start,
+    # which would inherit the mask) alone.
+    if Path(str(item.path)).parent != Path(__file__).parent:
+        return (yield)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     try:
         return (yield)
