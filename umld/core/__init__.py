@@ -1,6 +1,7 @@
 """The guest kernel.  This module is the API the other layers may use."""
 
-from umld.core.configdir import ConfigDir as ConfigDir
+from typing import TYPE_CHECKING, Any
+
 from umld.core.control import (
     MachineControl as MachineControl,
     ProcessInfo as ProcessInfo,
@@ -15,3 +16,15 @@ from umld.core.syscalls.table import (
     Family as Family,
     Syscall as Syscall,
 )
+
+if TYPE_CHECKING:
+    from umld.core.configdir import ConfigDir as ConfigDir
+
+
+def __getattr__(name: str) -> Any:
+    # ConfigDir pulls in ctypes: loaded on first use, not by every start.
+    if name == "ConfigDir":
+        from umld.core.configdir import ConfigDir
+
+        return ConfigDir
+    raise AttributeError(f"module 'umld.core' has no attribute {name!r}")

@@ -12,12 +12,13 @@ reason goes to the event stream.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import select
 import threading
-from typing import final
+from typing import TYPE_CHECKING, final
+
+if TYPE_CHECKING:
+    import ctypes
 
 from umld.core.control import MachineControl, SettingError
 from umld.errors import get_logger
@@ -35,6 +36,8 @@ POLL_INTERVAL = 1.0
 
 
 def _inotify() -> tuple[int, ctypes.CDLL] | None:
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)

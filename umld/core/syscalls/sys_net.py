@@ -11,8 +11,6 @@ call.
 from __future__ import annotations
 
 import errno
-import ipaddress
-import socket
 import struct
 
 from umld.core.syscalls.context import SyscallContext
@@ -41,6 +39,7 @@ accept4 = accept
 
 def _destination(ctx: SyscallContext) -> tuple[int, str] | None:
     """(family, address) of connect(2)'s sockaddr, for AF_INET/AF_INET6."""
+    import socket  # only once a policy applies: ~4 ms of every start
     addr, length = ctx.args[1], ctx.arg_int(2)
     if length < 2:
         return None
@@ -69,6 +68,8 @@ def connect(ctx: SyscallContext) -> Outcome:
     dest = _destination(ctx)
     if dest is None:
         return None
+    import ipaddress  # rarely needed; ~2 ms of every start otherwise
+
     _family, host = dest
     ip = ipaddress.ip_address(host)
     if policy == "loopback" and (
