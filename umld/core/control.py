@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple, final
 
 from umld.core.events import GuestEvent
 from umld.core.sandbox import cpu_list, cpuinfo_for, meminfo_for, parse_size
-from umld.errors import UsageError
+from umld.errors import UsageError, get_logger
 from umld.tracer.events import Tid
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from umld.core.sandbox import MachineFiles
 
 UTS_LEN = 64
+log = get_logger("umld.control")
 
 
 class SettingError(ValueError):
@@ -74,7 +75,8 @@ def _read(path: str) -> bytes:
 def _limit(text: str) -> int:
     if text == "unlimited":
         return resource.RLIM_INFINITY
-    if not text.isdigit() or not 0 < int(text) < 1 << 31:
+    # The length first: int() of thousands of digits raises ValueError.
+    if not text.isdigit() or len(text) > 10 or not 0 < int(text) < 1 << 31:
         raise SettingError(f"{text!r} is not a positive number or 'unlimited'")
     return int(text)
 
@@ -121,6 +123,7 @@ class MachineControl:
             "limits/nofile": str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
         }
         self._trace_listener: Callable[[GuestEvent], None] | None = None
+        self._cgroup: str | None = None
 
     # -- settings ----------------------------------------------------------
 
@@ -157,7 +160,7 @@ class MachineControl:
                 raise SettingError(f"a host name is 1 to {UTS_LEN} bytes")
             k.uts.nodename = raw
         elif key == "vcpus":
-            if not value.isdigit() or not 1 <= int(value) <= 1024:
+            if not value.isdigit() or len(value) > 4 or not 1 <= int(value) <= 1024:
                 raise SettingError("a number from 1 to 1024")
             n = int(value)
             self.files.write("/proc/cpuinfo", cpuinfo_for(n))
@@ -165,12 +168,14 @@ class MachineControl:
             k.vcpus = n
             self._values[key] = str(n)
         elif key == "memory":
+            if len(value) > 24:
+                raise SettingError("a size such as 512M or 4G")
             try:
                 size = parse_size(value)
-            except UsageError as exc:
-                raise SettingError(str(exc)) from None
-            if size < 1 << 20:
-                raise SettingError("at least 1M")
+            except (UsageError, ValueError, OverflowError):
+                raise SettingError("a size such as 512M or 4G") from None
+            if not 1 << 20 <= size <= 1 << 50:
+                raise SettingError("from 1M to 1P")
             self.files.write("/proc/meminfo", meminfo_for(size))
             self._values[key] = str(size)
         elif key in ("uid", "gid"):
@@ -202,14 +207,54 @@ class MachineControl:
             # on every guest process now; later ones inherit them.
             # RLIMIT_NPROC is counted per user namespace, so it bounds the
             # guest's processes, not the host user's.
-            for pid in self._guest_host_pids():
+            pids = self._guest_host_pids()
+            for pid in pids:
                 try:
                     resource.prlimit(pid, which, (n, n))
                 except (ProcessLookupError, PermissionError):
                     continue
+            if which == resource.RLIMIT_NPROC:
+                # The kernel never applies RLIMIT_NPROC to the host's root,
+                # and the guest's root is the host's when umld runs as root:
+                # the pids cgroup controller bounds the machine instead
+                # (fork(2) then fails with EAGAIN, as with the rlimit).
+                self._pids_cgroup(pids, None if n == resource.RLIM_INFINITY else n)
             self._values[key] = value
         else:
             raise SettingError(f"no setting {key!r}")
+
+    def _pids_cgroup(self, pids: list[int], limit: int | None) -> None:
+        if self._cgroup is None:
+            base = _pids_hierarchy()
+            if base is None:
+                return
+            path = os.path.join(base, f"umld-{self.name}-{os.getpid()}")
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                log.warning("no pids cgroup for %s: %s", self.name, exc)
+                return
+            self._cgroup = path
+        try:
+            with open(os.path.join(self._cgroup, "pids.max"), "w") as f:
+                f.write("max" if limit is None else str(limit))
+            for pid in pids:
+                try:
+                    with open(os.path.join(self._cgroup, "cgroup.procs"), "w") as f:
+                        f.write(str(pid))
+                except ProcessLookupError:
+                    continue
+        except OSError as exc:
+            log.warning("pids cgroup of %s: %s", self.name, exc)
+
+    def close(self) -> None:
+        """Remove what the machine left on the host (its pids cgroup)."""
+        if self._cgroup is not None:
+            try:
+                os.rmdir(self._cgroup)
+            except OSError:
+                pass
+            self._cgroup = None
 
     def _guest_host_pids(self) -> list[int]:
         internal = self.kernel.internal
@@ -437,6 +482,34 @@ class MachineControl:
         """``listener`` gets every event, on the tracer thread: it must be
         quick and thread-safe."""
         self.kernel.listeners.append(listener)
+
+
+def _pids_hierarchy() -> str | None:
+    """Where the pids cgroup controller is mounted (v1), or the unified
+    hierarchy when it offers pids (v2); None without root or controller."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, sup = left.split(), right.split()
+        if len(sup) >= 3 and sup[0] == "cgroup" and "pids" in sup[2].split(","):
+            return fields[4]
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, sup = left.split(), right.split()
+        if sup and sup[0] == "cgroup2":
+            try:
+                with open(os.path.join(fields[4], "cgroup.controllers")) as f:
+                    if "pids" in f.read().split():
+                        return fields[4]
+            except OSError:
+                continue
+    return None
 
 
 def _nr_open() -> int:

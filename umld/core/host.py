@@ -418,6 +418,8 @@ class Host:
         m.ended = time.time()
         if m.files is not None:
             m.files.close()
+        if m.control is not None:
+            m.control.close()
         m.exited.set()
         for hook in m.on_exit:
             try:

@@ -302,6 +302,8 @@ class Machine:
         finally:
             if tty is not None:
                 _set_foreground(tty, os.getpgrp())
+            if self.control is not None:
+                self.control.close()
         if kernel.spawn_error is not None:
             stage, err = kernel.spawn_error
             text = _STAGE_TEXT.get(stage, stage)

@@ -40,6 +40,7 @@ accept4 = accept
 def _destination(ctx: SyscallContext) -> tuple[int, str] | None:
     """(family, address) of connect(2)'s sockaddr, for AF_INET/AF_INET6."""
     import socket  # only once a policy applies: ~4 ms of every start
+
     addr, length = ctx.args[1], ctx.arg_int(2)
     if length < 2:
         return None
