@@ -93,10 +93,40 @@ def _returncode(status: int) -> int:
     return 255
 
 
-@final
-class RunningMachine:
-    """A running machine, for trio code.  Made by :func:`open_machine`."""
+class _Pipes:
+    """The descriptors of one run: pipes for what is captured or fed,
+    /dev/null for stdin otherwise, ours for the rest."""
 
+    def __init__(self, capture: bool, feed: bool) -> None:
+        self.out = _pipe_if(capture)
+        self.err = _pipe_if(capture)
+        self.inp = _pipe_if(feed)
+        self._null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.stdio = (
+            self.inp[0] if self.inp else self._null,
+            self.out[1] if self.out else 1,
+            self.err[1] if self.err else 2,
+        )
+
+    def close_child_ends(self) -> None:
+        """Once the child has them: keeping our copies would hide its EOF."""
+        os.close(self._null)
+        for p in (self.out, self.err):
+            if p:
+                os.close(p[1])
+        if self.inp:
+            os.close(self.inp[0])
+
+    def result(self, args: list[str], status: int, outputs: dict[int, bytes]) -> CompletedProcess:
+        return CompletedProcess(
+            args,
+            _returncode(status),
+            outputs.get(self.out[0]) if self.out else None,
+            outputs.get(self.err[0]) if self.err else None,
+        )
+
+
+class _MachineBase:
     def __init__(self, hosted: HostedMachine) -> None:
         self._hosted = hosted
         assert hosted.control is not None
@@ -110,6 +140,11 @@ class RunningMachine:
     def processes(self) -> list[ProcessInfo]:
         """The guest's processes now (pids as the guest sees them)."""
         return self._control.processes()
+
+
+@final
+class RunningMachine(_MachineBase):
+    """A running machine, for trio code.  Made by :func:`open_machine`."""
 
     async def run(
         self,
@@ -126,15 +161,8 @@ class RunningMachine:
         import trio
 
         args = [str(a) for a in argv]
-        out_pipe = _pipe_if(capture_output)
-        err_pipe = _pipe_if(capture_output)
-        in_pipe = _pipe_if(input is not None)
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        stdio = (
-            in_pipe[0] if in_pipe else null,
-            out_pipe[1] if out_pipe else 1,
-            err_pipe[1] if err_pipe else 2,
-        )
+        pipes = _Pipes(capture_output, input is not None)
+        stdio = pipes.stdio
         token = trio.lowlevel.current_trio_token()
         finished = trio.Event()
         status: list[int] = []
@@ -148,12 +176,7 @@ class RunningMachine:
                 lambda: self._hosted.exec(args, stdio=stdio, env=env, cwd=cwd, on_exit=on_exit)
             )
         finally:
-            os.close(null)
-            for p in (out_pipe, err_pipe):
-                if p:
-                    os.close(p[1])
-            if in_pipe:
-                os.close(in_pipe[0])
+            pipes.close_child_ends()
         outputs: dict[int, bytes] = {}
 
         async def drain(fd: int) -> None:
@@ -171,19 +194,13 @@ class RunningMachine:
                     pass
 
         async with trio.open_nursery() as nursery:
-            if in_pipe and input is not None:
-                nursery.start_soon(feed, in_pipe[1], input)
-            for p in (out_pipe, err_pipe):
+            if pipes.inp and input is not None:
+                nursery.start_soon(feed, pipes.inp[1], input)
+            for p in (pipes.out, pipes.err):
                 if p:
                     nursery.start_soon(drain, p[0])
             await finished.wait()
-        code = _returncode(status[0])
-        result = CompletedProcess(
-            args,
-            code,
-            outputs.get(out_pipe[0]) if out_pipe else None,
-            outputs.get(err_pipe[0]) if err_pipe else None,
-        )
+        result = pipes.result(args, status[0], outputs)
         if check:
             result.check_returncode()
         return result
@@ -245,17 +262,8 @@ def _stop(hosted: HostedMachine) -> None:
 
 
 @final
-class SyncMachine:
+class SyncMachine(_MachineBase):
     """The synchronous wrapper: the same machine without trio."""
-
-    def __init__(self, hosted: HostedMachine) -> None:
-        self._hosted = hosted
-        assert hosted.control is not None
-        self._control = hosted.control
-        self.config = LiveConfig(hosted.control)
-
-    def processes(self) -> list[ProcessInfo]:
-        return self._control.processes()
 
     def run(
         self,
@@ -269,17 +277,7 @@ class SyncMachine:
         timeout: float | None = None,
     ) -> CompletedProcess:
         args = [str(a) for a in argv]
-        out_pipe, err_pipe, in_pipe = (
-            _pipe_if(capture_output),
-            _pipe_if(capture_output),
-            _pipe_if(input is not None),
-        )
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        stdio = (
-            in_pipe[0] if in_pipe else null,
-            out_pipe[1] if out_pipe else 1,
-            err_pipe[1] if err_pipe else 2,
-        )
+        pipes = _Pipes(capture_output, input is not None)
         done = threading.Event()
         status: list[int] = []
 
@@ -288,14 +286,9 @@ class SyncMachine:
             done.set()
 
         try:
-            self._hosted.exec(args, stdio=stdio, env=env, cwd=cwd, on_exit=on_exit)
+            self._hosted.exec(args, stdio=pipes.stdio, env=env, cwd=cwd, on_exit=on_exit)
         finally:
-            os.close(null)
-            for p in (out_pipe, err_pipe):
-                if p:
-                    os.close(p[1])
-            if in_pipe:
-                os.close(in_pipe[0])
+            pipes.close_child_ends()
         outputs: dict[int, bytes] = {}
         threads = []
 
@@ -316,23 +309,18 @@ class SyncMachine:
             finally:
                 os.close(fd)
 
-        for p in (out_pipe, err_pipe):
+        for p in (pipes.out, pipes.err):
             if p:
                 threads.append(threading.Thread(target=drain, args=(p[0],), daemon=True))
-        if in_pipe and input is not None:
-            threads.append(threading.Thread(target=feed, args=(in_pipe[1], input), daemon=True))
+        if pipes.inp and input is not None:
+            threads.append(threading.Thread(target=feed, args=(pipes.inp[1], input), daemon=True))
         for t in threads:
             t.start()
         if not done.wait(timeout):
             raise TimeoutError(f"{args[0]} did not finish in {timeout} s")
         for t in threads:
             t.join()
-        result = CompletedProcess(
-            args,
-            _returncode(status[0]),
-            outputs.get(out_pipe[0]) if out_pipe else None,
-            outputs.get(err_pipe[0]) if err_pipe else None,
-        )
+        result = pipes.result(args, status[0], outputs)
         if check:
             result.check_returncode()
         return result

@@ -23,17 +23,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, final
 
 from umld.core.control import MachineControl
-from umld.core.kernel import GuestKernel, UtsState, wait_status_to_exit_code
-from umld.core.machine import Config
+from umld.core.kernel import GuestKernel, wait_status_to_exit_code
+from umld.core.machine import Config, prepare, uts_for
 from umld.core.sandbox import (
     SANDBOX,
-    Layout,
     MachineFiles,
-    cpu_list,
-    cpuinfo_for,
-    host_memory,
-    meminfo_for,
-    sandbox_argv,
 )
 from umld.core.syscalls import lookup_table
 from umld.errors import UmldError, get_logger
@@ -275,36 +269,11 @@ class Host:
         files = MachineFiles()
         m.files = files
         try:
-            vcpus = cfg.vcpus or os.cpu_count() or 1
-            memory = cfg.memory or host_memory()
-            files.write("/proc/cpuinfo", cpuinfo_for(vcpus))
-            files.write("/sys/devices/system/cpu/online", cpu_list(vcpus))
-            files.write("/proc/meminfo", meminfo_for(memory))
             environ = dict(_guest_env(m) if env is None else env)
-            layout = Layout(
-                root=cfg.root,
-                root_readonly=cfg.root_readonly,
-                mounts=cfg.mounts,
-                home=environ.get("HOME") or None,
-                home_disk=cfg.home_disk(),
-            )
-            argv = sandbox_argv(
-                layout,
-                files,
-                uid=m.uid,
-                gid=m.gid,
-                cwd="/",
-                cwd_strict=False,
-                argv=m.argv,
-                export_dir=True,
-            )
-            uts = UtsState.from_host()
-            if cfg.hostname is not None:
-                uts.nodename = os.fsencode(cfg.hostname)
-            if cfg.kernel_release is not None:
-                uts.release = os.fsencode(cfg.kernel_release)
-            if cfg.uname_machine is not None:
-                uts.machine = os.fsencode(cfg.uname_machine)
+            prep = prepare(cfg, files, environ, live=True, argv=m.argv, cwd="/", cwd_strict=False)
+            argv = prep.argv
+            vcpus, memory = prep.vcpus or 1, prep.memory or 0
+            uts = uts_for(cfg)
             kernel = GuestKernel(self._tracer, self.table, uts=uts)
             kernel.vcpus = cfg.vcpus
             m.kernel = kernel

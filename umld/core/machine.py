@@ -128,6 +128,72 @@ class Config:
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+class Prepared(NamedTuple):
+    """What a machine's start needs, from its configuration."""
+
+    argv: list[bytes]  # umld-sandbox's
+    uid: int
+    gid: int
+    vcpus: int | None  # None: the host's, and not bound over /proc
+    memory: int | None
+
+
+def prepare(
+    cfg: Config,
+    files: MachineFiles,
+    environ: Mapping[str, str],
+    *,
+    live: bool,
+    argv: Sequence[str],
+    cwd: str,
+    cwd_strict: bool,
+) -> Prepared:
+    """The machine's generated files and the sandbox's argument list.  A
+    live machine can change its CPU count and memory size later, so its
+    /proc and /sys files are the machine's from the start."""
+    vcpus = cfg.vcpus or ((os.cpu_count() or 1) if live else None)
+    memory = cfg.memory or (host_memory() if live else None)
+    if vcpus is not None:
+        files.write("/proc/cpuinfo", cpuinfo_for(vcpus))
+        files.write("/sys/devices/system/cpu/online", cpu_list(vcpus))
+    if memory is not None:
+        files.write("/proc/meminfo", meminfo_for(memory))
+    uid = os.geteuid() if cfg.uid is None else cfg.uid
+    gid = os.getegid() if cfg.gid is None else cfg.gid
+    layout = Layout(
+        root=cfg.root,
+        root_readonly=cfg.root_readonly,
+        mounts=cfg.mounts,
+        home=environ.get("HOME") or None,
+        home_disk=cfg.home_disk(),
+    )
+    sandbox = sandbox_argv(
+        layout,
+        files,
+        uid=uid,
+        gid=gid,
+        cwd=cwd,
+        cwd_strict=cwd_strict,
+        argv=argv,
+        export_dir=live,
+    )
+    return Prepared(sandbox, uid, gid, vcpus, memory)
+
+
+def uts_for(cfg: Config) -> UtsState:
+    """The guest's uname(2): the host's, with what the config sets."""
+    uts = UtsState.from_host()
+    for field, value in (
+        ("nodename", cfg.hostname),
+        ("domainname", cfg.domainname),
+        ("release", cfg.kernel_release),
+        ("machine", cfg.uname_machine),
+    ):
+        if value is not None:
+            setattr(uts, field, os.fsencode(value))
+    return uts
+
+
 class RunResult(NamedTuple):
     status: int  # raw wait status of the first process
     returncode: int  # a shell's $?: code, or 128+N for signal N
@@ -221,44 +287,18 @@ class Machine:
         on_start: Callable[[MachineControl], None] | None,
     ) -> RunResult:
         cfg = self.config
-        uts = UtsState.from_host()
-        if cfg.hostname is not None:
-            uts.nodename = os.fsencode(cfg.hostname)
-        if cfg.domainname is not None:
-            uts.domainname = os.fsencode(cfg.domainname)
-        if cfg.kernel_release is not None:
-            uts.release = os.fsencode(cfg.kernel_release)
-        if cfg.uname_machine is not None:
-            uts.machine = os.fsencode(cfg.uname_machine)
-        # A live machine can change its CPU count and memory size later:
-        # its /proc and /sys files are the machine's from the start.
+        uts = uts_for(cfg)
         live = on_start is not None
-        vcpus = cfg.vcpus or ((os.cpu_count() or 1) if live else None)
-        memory = cfg.memory or (host_memory() if live else None)
-        if vcpus is not None:
-            files.write("/proc/cpuinfo", cpuinfo_for(vcpus))
-            files.write("/sys/devices/system/cpu/online", cpu_list(vcpus))
-        if memory is not None:
-            files.write("/proc/meminfo", meminfo_for(memory))
-        uid = os.geteuid() if cfg.uid is None else cfg.uid
-        gid = os.getegid() if cfg.gid is None else cfg.gid
-        layout = Layout(
-            root=cfg.root,
-            root_readonly=cfg.root_readonly,
-            mounts=cfg.mounts,
-            home=environ.get("HOME") or None,
-            home_disk=cfg.home_disk(),
-        )
-        sandbox = sandbox_argv(
-            layout,
+        prep = prepare(
+            cfg,
             files,
-            uid=uid,
-            gid=gid,
+            environ,
+            live=live,
+            argv=argv,
             cwd=cwd if cwd is not None else os.getcwd(),
             cwd_strict=cwd is not None,
-            argv=argv,
-            export_dir=live,
         )
+        uid, gid, vcpus, memory, sandbox = prep.uid, prep.gid, prep.vcpus, prep.memory, prep.argv
         kernel = GuestKernel(
             tracer,
             self.table,
