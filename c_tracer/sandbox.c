@@ -285,6 +285,8 @@ struct spec {
 	char **argv;	  /* the guest command */
 	const char *cwd;  /* guest path */
 	int cwd_strict;
+	const char *hostname; /* of the guest's own UTS namespace */
+	const char *domainname;
 	uid_t uid;
 	gid_t gid;
 	int proc;	  /* mount a fresh /proc */
@@ -395,6 +397,13 @@ static int idle_main(void)
 
 static void guest_main(struct spec *sp, const sigset_t *mask)
 {
+	/* The guest's names, in its own UTS namespace (uts_namespaces(7)), so
+	 * /proc/sys/kernel/hostname agrees with uname(2); before the ids
+	 * change, while we hold CAP_SYS_ADMIN there. */
+	if (sp->hostname && sethostname(sp->hostname, strlen(sp->hostname)) < 0)
+		die("cannot set the guest's host name");
+	if (sp->domainname && setdomainname(sp->domainname, strlen(sp->domainname)) < 0)
+		die("cannot set the guest's domain name");
 	/* The guest's identity (credentials(7)); supplementary groups are
 	 * reset as login(1) would for a user with only a primary group. */
 	if (setgroups(1, &sp->gid) < 0 && errno != EPERM)
@@ -492,7 +501,8 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
 	int pipefd[2];
 	if (pipe2(pipefd, O_CLOEXEC) < 0)
 		die("pipe");
-	long g = syscall(SYS_clone, CLONE_NEWUSER | CLONE_NEWNS | SIGCHLD, 0, NULL, NULL, 0);
+	long g = syscall(SYS_clone, CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | SIGCHLD, 0, NULL,
+			 NULL, 0);
 	if (g < 0)
 		die("cannot create the guest's user namespace");
 	if (g == 0) {
@@ -746,6 +756,11 @@ int main(int argc, char **argv)
 			need(argc, i, 2, op);
 			sp.cwd = argv[i + 1];
 			sp.cwd_strict = strcmp(argv[i + 2], "strict") == 0;
+			i += 2;
+		} else if (strcmp(op, "uts") == 0) {
+			need(argc, i, 2, op);
+			sp.hostname = argv[i + 1];
+			sp.domainname = argv[i + 2];
 			i += 2;
 		} else if (strcmp(op, "subreaper") == 0) {
 			sp.subreaper = 1;

@@ -978,11 +978,6 @@ def test_uname_release_and_machine(backend: str) -> None:
     assert r.stdout.splitlines() == ["9.9.9-umld riscv64", "9.9.9-umld riscv64"], r
 
 
-@pytest.mark.xfail(
-    reason="the guest has no UTS namespace: /proc/sys/kernel/hostname is the host's name, "
-    "not the one uname(2) reports",
-    strict=True,
-)
 def test_proc_sys_hostname_is_the_guests() -> None:
     r = run([*umld_argv("c", "--hostname", "guest-one"), "cat", "/proc/sys/kernel/hostname"])
     assert r.stdout == "guest-one\n", r

@@ -159,6 +159,8 @@ class MachineControl:
             if not raw or len(raw) > UTS_LEN:
                 raise SettingError(f"a host name is 1 to {UTS_LEN} bytes")
             k.uts.nodename = raw
+            if k.root_pid is not None and k.root_status is None:
+                _set_guest_hostname(k.root_pid, raw)
         elif key == "vcpus":
             if not value.isdigit() or len(value) > 4 or not 1 <= int(value) <= 1024:
                 raise SettingError("a number from 1 to 1024")
@@ -482,6 +484,30 @@ class MachineControl:
         """``listener`` gets every event, on the tracer thread: it must be
         quick and thread-safe."""
         self.kernel.listeners.append(listener)
+
+
+def _set_guest_hostname(pid: int, name: bytes) -> None:
+    """sethostname(2) in the UTS namespace of guest process ``pid``, from a
+    thread of its own: a thread may join another UTS namespace (setns(2)),
+    and the change of namespace ends with it."""
+    import ctypes
+    import threading
+
+    def work() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            fd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            if libc.setns(fd, 0x04000000) != 0 or libc.sethostname(name, len(name)) != 0:
+                log.warning("guest hostname: %s", os.strerror(ctypes.get_errno()))
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=work, name="umld-uts")
+    t.start()
+    t.join(5)
 
 
 def _pids_hierarchy() -> str | None:

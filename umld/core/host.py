@@ -270,10 +270,12 @@ class Host:
         m.files = files
         try:
             environ = dict(_guest_env(m) if env is None else env)
-            prep = prepare(cfg, files, environ, live=True, argv=m.argv, cwd="/", cwd_strict=False)
+            uts = uts_for(cfg)
+            prep = prepare(
+                cfg, files, environ, uts=uts, live=True, argv=m.argv, cwd="/", cwd_strict=False
+            )
             argv = prep.argv
             vcpus, memory = prep.vcpus or 1, prep.memory or 0
-            uts = uts_for(cfg)
             kernel = GuestKernel(self._tracer, self.table, uts=uts)
             kernel.vcpus = cfg.vcpus
             m.kernel = kernel

@@ -147,6 +147,7 @@ def prepare(
     argv: Sequence[str],
     cwd: str,
     cwd_strict: bool,
+    uts: UtsState,
 ) -> Prepared:
     """The machine's generated files and the sandbox's argument list.  A
     live machine can change its CPU count and memory size later, so its
@@ -176,6 +177,7 @@ def prepare(
         cwd_strict=cwd_strict,
         argv=argv,
         export_dir=live,
+        uts=(os.fsdecode(uts.nodename), os.fsdecode(uts.domainname)),
     )
     return Prepared(sandbox, uid, gid, vcpus, memory)
 
@@ -293,6 +295,7 @@ class Machine:
             cfg,
             files,
             environ,
+            uts=uts,
             live=live,
             argv=argv,
             cwd=cwd if cwd is not None else os.getcwd(),

@@ -343,6 +343,7 @@ def sandbox_argv(
     cwd_strict: bool,
     argv: Sequence[str],
     export_dir: bool = False,
+    uts: tuple[str, str] | None = None,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox`` for this machine."""
     ops: list[str] = [str(SANDBOX)]
@@ -372,6 +373,8 @@ def sandbox_argv(
     for guest, host in files.files.items():
         ops += ["file", host, guest]
     ops += ["ids", str(uid), str(gid), "boottime", "subreaper"]
+    if uts is not None:
+        ops += ["uts", *uts]
     if cwd is not None:
         ops += ["cwd", cwd, "strict" if cwd_strict else "fallback"]
     ops.append("--")

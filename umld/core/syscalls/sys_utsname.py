@@ -42,18 +42,21 @@ def _read_name(ctx: SyscallContext) -> bytes:
 def sethostname(ctx: SyscallContext) -> Outcome:
     """Implements Linux syscall sethostname(2).
 
-    Changes the guest's nodename only; the host's is untouched.
+    Changes the guest's nodename only; the host's is untouched.  The call
+    then runs natively too, in the guest's own UTS namespace, so that
+    /proc/sys/kernel/hostname agrees.
     """
     name = _read_name(ctx)
     ctx.kernel.set_hostname(name, source=f"pid {ctx.task.tgid}")
-    return 0
+    return None
 
 
 def setdomainname(ctx: SyscallContext) -> Outcome:
     """Implements Linux syscall setdomainname(2).
 
-    Changes the guest's NIS domain name only.
+    Changes the guest's NIS domain name only (and natively, in the
+    guest's own UTS namespace).
     """
     name = _read_name(ctx)
     ctx.kernel.uts.domainname = name
-    return 0
+    return None
