@@ -67,6 +67,7 @@ lint: install
 
 bench: install .stamp-bench
 	$(VPY) bench/run.py --json bench/out/results.json --plot bench/out/ratios.png $(BENCH_ARGS)
+	$(VPY) bench/export.py --json bench/out/export.json
 
 bench-quick: install .stamp-bench
 	$(VPY) bench/run.py --quick --plot bench/out/ratios.png $(BENCH_ARGS)
