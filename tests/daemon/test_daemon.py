@@ -1,0 +1,722 @@
+"""``umld daemon`` end to end: a real daemon process (a real FUSE mount,
+real ptrace, real sd_notify datagrams on a socket of the test's own)
+driven by the real ``umld`` client commands.
+
+One daemon serves the module (its start and stop are checked by the
+fixture: READY=1 only once the mount is up; SIGTERM gives STOPPING=1,
+exit status 0, no mount, no control socket, no guest process left).
+Tests that need a daemon of their own (the journal format) start one.
+Every test uses machine names of its own and removes the definitions it
+adds, so the tests do not depend on their order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UMLD = [sys.executable, "-m", "umld"]
+START_TIMEOUT = 30.0
+
+# Machine names are global to the host: a named machine's home directory is a
+# disk image in the state directory (/var/lib/umld/machines/NAME as root,
+# which the daemon's settings cannot move), and a name in use by another
+# daemon or test run is refused.  So the names are this run's own, and
+# their state is removed afterwards.
+PREFIX = f"t{os.getpid()}-"
+
+
+def N(base: str) -> str:
+    return PREFIX + base
+
+
+DEFFILE, OTHER, BOX1, OPTS = N("deffile"), N("other"), N("box1"), N("opts")
+FLAKY, ONCE, CRASH, BOMB, LIM = N("flaky"), N("once"), N("crash"), N("bomb"), N("lim")
+HUP, DOOMED, J1 = N("hup"), N("doomed"), N("j1")
+
+pytestmark = [pytest.mark.uses_fuse, pytest.mark.uses_ptrace]
+
+
+def _unavailable() -> str | None:
+    if not os.path.exists("/dev/fuse") or not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "/dev/fuse is missing or not usable by this user"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (Debian package fuse3)"
+    try:
+        import pyfuse3  # noqa: F401
+        import trio  # noqa: F401
+    except ImportError as exc:
+        return f"the export extra is not installed: {exc}"
+    from umld.tracer import available
+
+    reason = available("c")
+    if reason is not None:
+        return f"the C tracer is unavailable: {reason}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def usable() -> None:
+    reason = _unavailable()
+    if reason is not None:
+        pytest.skip(f"no umld daemon here: {reason}")
+
+
+def mounted(path: Path) -> bool:
+    target = str(path).replace("\\", "\\134").replace(" ", "\\040")
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def wait_until(pred: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether host process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+class Notify:
+    """The systemd side of sd_notify(3): a datagram socket that records
+    every line sent to it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.bind(str(path))
+        self.messages: list[str] = []
+
+    def wait_for(
+        self,
+        line: str,
+        timeout: float,
+        *,
+        start: int = 0,
+        alive: Callable[[], bool] = lambda: True,
+    ) -> int:
+        """Index of the first message ``line`` at or after ``start``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i in range(start, len(self.messages)):
+                if self.messages[i] == line:
+                    return i
+            left = deadline - time.monotonic()
+            if left <= 0 or not alive():
+                raise AssertionError(f"no {line!r} from the daemon; got {self.messages}")
+            ready, _, _ = select.select([self.sock], [], [], min(left, 0.2))
+            if ready:
+                self.messages.extend(self.sock.recv(65536).decode().splitlines())
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    mount: Path
+    defs: Path
+    notify: Notify
+    log_path: Path
+    stopped: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+    # -- helpers for the tests ----------------------------------------------
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def umld(
+        self, cmd: str, *args: str, input: str | None = None, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        """``umld CMD --mount DIR ARGS...`` (--mount right after the command
+        word: see test_options_after_name_are_honoured)."""
+        return subprocess.run(
+            [*UMLD, cmd, "--mount", str(self.mount), *args],
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
+
+    def define(self, name: str, text: str) -> None:
+        (self.defs / f"{name}.toml").write_text(text)
+
+    def undefine(self, name: str) -> None:
+        (self.defs / f"{name}.toml").unlink(missing_ok=True)
+
+    def hup(self) -> None:
+        """SIGHUP, and wait until the daemon has re-read its definitions
+        (RELOADING=1, then READY=1)."""
+        mark = len(self.notify.messages)
+        self.proc.send_signal(signal.SIGHUP)
+        i = self.notify.wait_for("RELOADING=1", 10, start=mark, alive=self.alive)
+        self.notify.wait_for("READY=1", 30, start=i + 1, alive=self.alive)
+
+    def table(self) -> dict[str, list[str]]:
+        """DIR/machines, by name: [STATE, UPTIME, PROCESSES, CPU, RESTART, COMMAND]."""
+        lines = (self.mount / "machines").read_text().splitlines()
+        assert lines[0].split("\t")[:2] == ["NAME", "STATE"], lines[0]
+        return {c[0]: c[1:] for c in (line.split("\t") for line in lines[1:])}
+
+    def state(self, name: str) -> str | None:
+        row = self.table().get(name)
+        return row[0] if row else None
+
+    def listed(self, name: str) -> bool:
+        return name in os.listdir(self.mount)
+
+    def processes(self, name: str) -> list[dict[str, str]]:
+        """The status files of DIR/NAME/proc/*."""
+        out = []
+        proc = self.mount / name / "proc"
+        for pid in os.listdir(proc):
+            try:
+                text = (proc / pid / "status").read_text()
+            except OSError:
+                continue
+            fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+            out.append(fields)
+        return out
+
+    def first_process(self, name: str) -> dict[str, str]:
+        """The machine's first process (the one whose parent is its init)."""
+        firsts = [p for p in self.processes(name) if p.get("PPid") == "1"]
+        assert len(firsts) == 1, self.processes(name)
+        return firsts[0]
+
+    def stop_machine(self, name: str) -> None:
+        """Stop ``name`` if it runs (cleanup)."""
+        if self.alive() and self.state(name) == "running":
+            self.umld("stop", name)
+
+
+def start_daemon(tmp: Path, *, env: dict[str, str] | None = None) -> Daemon:
+    """A daemon at tmp/d with definitions from tmp/defs (written by the
+    caller beforehand); returns once READY=1 has arrived, checking that
+    the mount was up when it did."""
+    mount, defs, log_path = tmp / "d", tmp / "defs", tmp / "daemon.log"
+    defs.mkdir(exist_ok=True)
+    notify = Notify(tmp / "notify.sock")
+    environ = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
+    environ["NOTIFY_SOCKET"] = str(notify.path)
+    environ.update(env or {})
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [*UMLD, "daemon", "--mount", str(mount), "--machines-dir", str(defs)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=ROOT,
+            env=environ,
+        )
+    d = Daemon(proc, mount, defs, notify, log_path, extra=env or {})
+    try:
+        notify.wait_for("READY=1", START_TIMEOUT, alive=d.alive)
+        # Checked at once: READY=1 must mean "the export is there".
+        assert mounted(mount), "READY=1 came before the mount was up"
+        assert (mount / "machines").read_text().startswith("NAME\t"), "DIR/machines unreadable"
+        assert socket_path(mount).exists(), "READY=1 came before the control socket"
+    except BaseException:
+        kill_daemon(d)
+        raise AssertionError(f"the daemon did not become ready:\n{d.log()}") from None
+    return d
+
+
+def socket_path(mount: Path) -> Path:
+    return Path(str(mount) + ".sock")
+
+
+def kill_daemon(d: Daemon) -> None:
+    """Cleanup whatever happened: no daemon, no mount."""
+    if d.alive():
+        d.proc.kill()
+        d.proc.wait()
+    if mounted(d.mount):
+        subprocess.run(["fusermount3", "-u", "-z", str(d.mount)], check=False, capture_output=True)
+    d.notify.close()
+
+
+def stop_daemon(d: Daemon, *, expect_stopping: bool = True) -> None:
+    """SIGTERM and the checks of a clean stop."""
+    if d.stopped:
+        return
+    d.stopped = True
+    try:
+        mark = len(d.notify.messages)
+        d.proc.send_signal(signal.SIGTERM)
+        if expect_stopping:
+            d.notify.wait_for("STOPPING=1", 15, start=mark, alive=lambda: True)
+        rc = d.proc.wait(40)
+        assert rc == 0, f"the daemon exited with {rc}:\n{d.log()}"
+        assert not mounted(d.mount), "the mount is still there after the daemon exited"
+        assert not socket_path(d.mount).exists(), "the control socket is still there"
+    finally:
+        kill_daemon(d)
+
+
+@pytest.fixture(scope="module")
+def daemon(usable: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    tmp = tmp_path_factory.mktemp("daemon")
+    (tmp / "defs").mkdir()
+    (tmp / "defs" / f"{DEFFILE}.toml").write_text(
+        'command = ["sleep", "1000"]\nhostname = "from-file"\n'
+    )
+    # An idle machine: the "other machine" that must survive the others.
+    (tmp / "defs" / f"{OTHER}.toml").write_text('hostname = "other"\n')
+    d = start_daemon(tmp)
+    try:
+        yield d
+        wait_until(lambda: d.listed(DEFFILE), 5, "the defined machine to be exported")
+        guests = [int(p["HostPid"]) for p in d.processes(DEFFILE)]
+        assert guests
+        stop_daemon(d)
+        assert not [p for p in guests if pid_alive(p)], "guest processes outlived the daemon"
+    finally:
+        kill_daemon(d)
+        remove_state()
+
+
+def remove_state(*names: str) -> None:
+    """The home disks of ``names``, or of every machine of this run (see PREFIX)."""
+    from umld.core import Config
+
+    base = Path(Config(name=N("x")).home_disk() or "/nonexistent").parent.parent
+    for path in [base / n for n in names] if names else base.glob(f"{PREFIX}*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def share(daemon: Daemon, tmp_path: Path) -> Path:
+    """A host directory for a test's guests to write to (bound with --bind)."""
+    return tmp_path
+
+
+def lines_of(path: Path) -> int:
+    try:
+        return len(path.read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+# -- start-up and definitions ---------------------------------------------
+
+
+def test_ready_status_is_reported(daemon: Daemon) -> None:
+    status = [m for m in daemon.notify.messages if m.startswith("STATUS=")]
+    assert status and "machine(s) running" in status[-1], daemon.notify.messages
+
+
+def test_definition_file_starts_a_machine(daemon: Daemon) -> None:
+    ls = daemon.umld("ls")
+    assert ls.returncode == 0, ls.stderr
+    rows = {line.split()[0]: line.split() for line in ls.stdout.splitlines()[1:]}
+    assert rows[DEFFILE][1] == "running", ls.stdout
+    assert daemon.state(DEFFILE) == "running"
+    assert daemon.table()[DEFFILE][-1] == "sleep 1000"
+    assert daemon.listed(DEFFILE)
+    status = (daemon.mount / DEFFILE / "status").read_text()
+    assert f"name: {DEFFILE}\n" in status
+    assert "config.hostname: from-file\n" in status
+    assert int(re.search(r"^processes: (\d+)$", status, re.M).group(1)) >= 1  # type: ignore[union-attr]
+
+
+# -- start, exec, stop ------------------------------------------------------
+
+
+def test_start_exec_stop(daemon: Daemon) -> None:
+    r = daemon.umld("start", BOX1)
+    assert r.returncode == 0, r.stderr
+    try:
+        assert daemon.listed(BOX1)
+        assert daemon.state(BOX1) == "running"
+        script = "echo to-stdout; echo to-stderr >&2; exit 7"
+        r = daemon.umld("exec", BOX1, "--", "sh", "-c", script)
+        assert (r.returncode, r.stdout) == (7, "to-stdout\n"), r
+        assert "to-stderr" in r.stderr
+        r = daemon.umld("exec", BOX1, "--", "cat", input="fed through stdin\n")
+        assert (r.returncode, r.stdout) == (0, "fed through stdin\n"), r
+        r = daemon.umld("exec", BOX1, "--", "sh", "-c", "kill -SEGV $$")
+        assert r.returncode == 128 + signal.SIGSEGV, r
+        r = daemon.umld("exec", "-C", "/tmp", BOX1, "--", "pwd")
+        assert (r.returncode, r.stdout) == (0, "/tmp\n"), r
+        r = daemon.umld("stop", BOX1)
+        assert r.returncode == 0, r.stderr
+        assert not daemon.listed(BOX1)
+        assert (daemon.state(BOX1) or "").startswith("exited"), daemon.table()
+        r = daemon.umld("exec", BOX1, "--", "true")
+        assert r.returncode == 1
+        assert r.stderr.strip().splitlines() == [f"umld: no running machine named {BOX1!r}"]
+    finally:
+        daemon.stop_machine(BOX1)
+
+
+@pytest.mark.xfail(
+    reason="umld/cli.py main(): with `--`, the options between NAME and `--` are "
+    "swallowed by the `command` positional (argparse.REMAINDER) and then replaced by "
+    "what follows `--`: `umld exec NAME -C DIR -- CMD` runs in /, and "
+    "`umld exec NAME --mount DIR -- CMD` talks to the default mount",
+    strict=True,
+)
+def test_exec_options_after_name_are_honoured(daemon: Daemon) -> None:
+    r = daemon.umld("exec", OTHER, "-C", "/tmp", "--", "pwd")
+    assert (r.returncode, r.stdout) == (0, "/tmp\n"), r
+
+
+@pytest.mark.xfail(
+    reason="umld/cli.py main(): `umld start NAME --hostname H -- CMD` drops the options "
+    "after NAME (as in test_exec_options_after_name_are_honoured)",
+    strict=True,
+)
+def test_start_options_after_name_are_honoured(daemon: Daemon) -> None:
+    try:
+        r = daemon.umld("start", OPTS, "--hostname", "opt-host", "--", "sleep", "1000")
+        assert r.returncode == 0, r.stderr
+        r = daemon.umld("exec", OPTS, "--", "hostname")
+        assert r.stdout == "opt-host\n", r
+    finally:
+        daemon.stop_machine(OPTS)
+
+
+@pytest.mark.xfail(
+    reason="umld/daemon.py _recv_request(): the client's stdin/stdout/stderr arrive by "
+    "SCM_RIGHTS without MSG_CMSG_CLOEXEC, so they are inheritable in the daemon and the "
+    "sandbox started by HostedMachine._exec passes them on beside 0, 1, 2: a background "
+    "process of `umld exec` keeps the client's pipes open (`umld exec M -- sh -c "
+    "'sleep 60 >/dev/null 2>&1 &' | cat` waits 60 s)",
+    strict=True,
+)
+def test_exec_passes_only_stdio(daemon: Daemon) -> None:
+    r = daemon.umld("exec", OTHER, "--", "sh", "-c", "ls /proc/$$/fd")
+    assert (r.returncode, r.stdout.split()) == (0, ["0", "1", "2"]), r
+
+
+# -- logs and top -----------------------------------------------------------
+
+
+def _read_until(fd: int, pattern: re.Pattern[str], timeout: float) -> str:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not pattern.search(buf.decode(errors="replace")):
+        left = deadline - time.monotonic()
+        assert left > 0, f"{pattern.pattern!r} not seen in: {buf!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the pty's other side is closed
+                chunk = b""
+            assert chunk, f"{pattern.pattern!r} not seen before the end: {buf!r}"
+            buf += chunk
+    return buf.decode(errors="replace")
+
+
+def _logs_follow(daemon: Daemon, stdout: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*UMLD, "logs", DEFFILE, "--mount", str(daemon.mount), "-f"],
+        stdout=stdout,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_logs_follow_on_a_terminal_shows_exec_events(daemon: Daemon) -> None:
+    marker = f"logs-marker-{os.getpid()}"
+    r = daemon.umld("exec", DEFFILE, "--", "/bin/true", marker)
+    assert r.returncode == 0, r.stderr
+    import pty
+
+    master, slave = pty.openpty()
+    p = _logs_follow(daemon, slave)
+    os.close(slave)
+    try:
+        # What was logged before, then what comes while following.
+        _read_until(master, re.compile(rf"^\S+ exec pid=\d+ /bin/true {marker}\r?$", re.M), 15)
+        later = f"{marker}-later"
+        assert daemon.umld("exec", DEFFILE, "--", "/bin/true", later).returncode == 0
+        _read_until(master, re.compile(rf"^\S+ exec pid=\d+ /bin/true {later}\r?$", re.M), 15)
+    finally:
+        p.terminate()
+        p.wait(10)
+        os.close(master)
+
+
+@pytest.mark.xfail(
+    reason="umld/client.py logs(): `tail -n +1 -f DIR/NAME/events` reads the whole log "
+    "with blocking reads before it starts following; the events file (a StreamFile) "
+    "never gives end of file while the machine runs, so tail never flushes: "
+    "`umld logs -f NAME | grep ...` shows nothing (a terminal works: line buffered)",
+    strict=True,
+)
+def test_logs_follow_into_a_pipe_shows_exec_events(daemon: Daemon) -> None:
+    marker = f"pipe-marker-{os.getpid()}"
+    assert daemon.umld("exec", DEFFILE, "--", "/bin/true", marker).returncode == 0
+    p = _logs_follow(daemon, subprocess.PIPE)
+    try:
+        assert p.stdout is not None
+        _read_until(p.stdout.fileno(), re.compile(rf"exec pid=\d+ /bin/true {marker}$", re.M), 5)
+    finally:
+        p.terminate()
+        p.wait(10)
+        if p.stdout is not None:
+            p.stdout.close()
+
+
+@pytest.mark.xfail(
+    reason="umld/client.py logs(): without -f it runs `tail -n +1 DIR/NAME/events`, "
+    "but the events file is a StreamFile whose reads wait at the end of the log "
+    "(no end of file while the machine runs), so `umld logs NAME` never exits",
+    strict=True,
+)
+def test_logs_without_follow_exits(daemon: Daemon) -> None:
+    marker = f"nofollow-marker-{os.getpid()}"
+    daemon.umld("exec", DEFFILE, "--", "/bin/true", marker)
+    r = daemon.umld("logs", DEFFILE, timeout=5)
+    assert r.returncode == 0
+    assert re.search(rf"exec pid=\d+ /bin/true {marker}$", r.stdout, re.M), r.stdout
+
+
+def test_top_once_shows_machines_and_processes(daemon: Daemon) -> None:
+    r = daemon.umld("top", "--once")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(line.startswith(f"{DEFFILE} ") and "running" in line for line in lines), r.stdout
+    assert any(line.startswith(f"{OTHER} ") for line in lines), r.stdout
+    assert any(line.split()[:1] == [DEFFILE] and line.split()[-1] == "sleep" for line in lines), (
+        r.stdout
+    )
+
+
+# -- restart policies -------------------------------------------------------
+
+
+def test_restart_on_failure(daemon: Daemon, share: Path) -> None:
+    count = share / "count"
+    # Fails twice, then stays up: started three times in all.
+    script = f"echo run >> {count}; [ $(wc -l < {count}) -ge 3 ] && exec sleep 1000; exit 3"
+    daemon.define(
+        FLAKY,
+        f'command = ["sh", "-c", "{script}"]\nrestart = "on-failure"\nbind = ["{share}"]\n',
+    )
+    try:
+        daemon.hup()
+        wait_until(lambda: lines_of(count) >= 3, 20, "two restarts")
+        wait_until(lambda: daemon.state(FLAKY) == "running", 10, "flaky to stay up")
+        assert daemon.log().count(f"restarting machine {FLAKY}") >= 2, daemon.log()
+        assert daemon.table()[FLAKY][4] == "on-failure"
+    finally:
+        daemon.undefine(FLAKY)
+        daemon.hup()
+        daemon.stop_machine(FLAKY)
+    wait_until(lambda: not daemon.listed(FLAKY), 15, "flaky to stop")
+
+
+def test_restart_no_stays_exited(daemon: Daemon, share: Path) -> None:
+    count = share / "count"
+    daemon.define(
+        ONCE,
+        f'command = ["sh", "-c", "echo run >> {count}; exit 3"]\nrestart = "no"\n'
+        f'bind = ["{share}"]\n',
+    )
+    try:
+        daemon.hup()
+        wait_until(lambda: daemon.state(ONCE) == "exited(3)", 15, "once to exit")
+        time.sleep(2.5)  # more than two restart delays (umld.daemon.RESTART_DELAY)
+        assert lines_of(count) == 1
+        assert daemon.state(ONCE) == "exited(3)"
+        assert f"restarting machine {ONCE}" not in daemon.log()
+    finally:
+        daemon.undefine(ONCE)
+        daemon.hup()
+
+
+# -- isolation: a machine's trouble is its own ---------------------------------
+
+
+def test_crash_and_fork_bomb_leave_the_daemon_and_others_running(
+    daemon: Daemon, share: Path
+) -> None:
+    try:
+        r = daemon.umld("start", CRASH, "--", "sh", "-c", "sleep 0.2; kill -SEGV $$")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: (daemon.state(CRASH) or "").startswith("exited"), 15, "crash to end")
+        assert daemon.state(CRASH) == "exited(139)", daemon.table()
+
+        go, forked = share / "go", share / "forked"
+        bomb = (
+            f"while [ ! -e {go} ]; do sleep 0.05; done; i=0; "
+            f"while [ $i -lt 200 ]; do sleep 60 & echo $i >> {forked}; i=$((i+1)); done; wait"
+        )
+        r = daemon.umld("start", "--bind", str(share), BOMB, "--", "sh", "-c", bomb)
+        assert r.returncode == 0, r.stderr
+        (daemon.mount / BOMB / "config" / "limits" / "nproc").write_text("30\n")
+        assert (daemon.mount / BOMB / "config" / "limits" / "nproc").read_text() == "30\n"
+        go.touch()
+        # dash exits (status 2) when fork fails: the machine ends.
+        wait_until(lambda: (daemon.state(BOMB) or "").startswith("exited"), 30, "the bomb to end")
+        assert 5 < lines_of(forked) < 30, lines_of(forked)
+        assert daemon.state(BOMB) == "exited(2)", daemon.table()
+
+        assert daemon.alive(), daemon.log()
+        r = daemon.umld("exec", OTHER, "--", "sh", "-c", "echo still here; hostname")
+        assert (r.returncode, r.stdout) == (0, "still here\nother\n"), r
+        assert daemon.state(DEFFILE) == "running"
+    finally:
+        daemon.stop_machine(BOMB)
+
+
+@pytest.mark.xfail(
+    reason="umld/core/control.py MachineControl._apply('limits/nproc') moves only the "
+    "machine's current processes into its pids cgroup (and prlimits only them); a "
+    "session started later by HostedMachine._exec (umld/core/host.py, `umld exec`) is "
+    "forked by the tracer thread and stays in the daemon's cgroup, so it is not bounded",
+    strict=True,
+)
+def test_exec_sessions_are_bounded_by_nproc(daemon: Daemon) -> None:
+    r = daemon.umld("start", LIM)
+    assert r.returncode == 0, r.stderr
+    try:
+        (daemon.mount / LIM / "config" / "limits" / "nproc").write_text("10\n")
+        # Not captured: the sleeps would hold the pipes (test_exec_passes_only_stdio).
+        r = subprocess.run(
+            [*UMLD, "exec", "--mount", str(daemon.mount), LIM, "--", "sh", "-c",
+             "i=0; while [ $i -lt 30 ]; do sleep 60 </dev/null >/dev/null 2>&1 & i=$((i+1)); done"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )  # fmt: skip
+        status = (daemon.mount / LIM / "status").read_text()
+        procs = int(re.search(r"^processes: (\d+)$", status, re.M).group(1))  # type: ignore[union-attr]
+        assert procs <= 10, status
+        assert r.returncode != 0
+    finally:
+        daemon.stop_machine(LIM)
+
+
+# -- SIGHUP -----------------------------------------------------------------
+
+
+def test_sighup_applies_a_new_hostname_live(daemon: Daemon) -> None:
+    daemon.define(HUP, 'command = ["sleep", "1000"]\nhostname = "before"\n')
+    try:
+        daemon.hup()
+        wait_until(lambda: daemon.listed(HUP), 10, "hup to start")
+        first = daemon.first_process(HUP)
+        assert daemon.umld("exec", HUP, "--", "hostname").stdout == "before\n"
+        daemon.define(HUP, 'command = ["sleep", "1000"]\nhostname = "after"\n')
+        daemon.hup()
+        assert (daemon.mount / HUP / "config" / "hostname").read_text() == "after\n"
+        assert daemon.umld("exec", HUP, "--", "hostname").stdout == "after\n"
+        again = daemon.first_process(HUP)
+        assert (again["HostPid"], again["Pid"]) == (first["HostPid"], first["Pid"])
+        assert pid_alive(int(first["HostPid"]))
+        assert daemon.log().count(f"machine {HUP} started") == 1
+    finally:
+        daemon.undefine(HUP)
+        daemon.hup()
+        daemon.stop_machine(HUP)
+
+
+def test_sighup_after_removing_a_definition_stops_the_machine(daemon: Daemon) -> None:
+    daemon.define(DOOMED, 'command = ["sleep", "1000"]\n')
+    try:
+        daemon.hup()
+        wait_until(lambda: daemon.listed(DOOMED), 10, "doomed to start")
+        pid = int(daemon.first_process(DOOMED)["HostPid"])
+        assert pid_alive(pid)
+    finally:
+        daemon.undefine(DOOMED)
+    daemon.hup()
+    wait_until(lambda: not daemon.listed(DOOMED), 15, "doomed to stop")
+    assert (daemon.state(DOOMED) or "").startswith("exited"), daemon.table()
+    wait_until(lambda: not pid_alive(pid), 5, "doomed's process to end")
+    assert "definition removed" in daemon.log()
+    assert daemon.state(DEFFILE) == "running"
+
+
+# -- without a daemon, and under systemd -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("ls",),
+        ("start", "x"),
+        ("start", "x", "--", "true"),
+        ("stop", "x"),
+        ("exec", "x", "--", "true"),
+        ("logs", "x"),
+        ("top", "--once"),
+    ],
+    ids=lambda a: "-".join(a[:1] + a[2:3]),
+)
+def test_client_without_daemon_is_one_line(tmp_path: Path, args: tuple[str, ...]) -> None:
+    cmd, *rest = args
+    r = subprocess.run(
+        [*UMLD, cmd, "--mount", str(tmp_path / "none"), *rest],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    assert r.returncode == 1, r
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("umld: "), r.stderr
+    assert r.stdout == ""
+
+
+def test_journal_stream_priorities_without_timestamps(usable: None, tmp_path: Path) -> None:
+    (tmp_path / "defs").mkdir()
+    # <3>: a definition the daemon refuses.
+    (tmp_path / "defs" / "bad.toml").write_text('restart = "sometimes"\n')
+    d = start_daemon(tmp_path, env={"JOURNAL_STREAM": "8:12345"})
+    try:
+        # <4>: notifications that cannot be delivered once "systemd" is gone.
+        d.notify.close()
+        r = d.umld("start", J1)
+        assert r.returncode == 0, r.stderr
+        assert d.umld("stop", J1).returncode == 0
+    finally:
+        stop_daemon(d, expect_stopping=False)
+        remove_state(J1)
+    lines = d.log().splitlines()
+    assert lines
+    for line in lines:
+        assert re.match(r"<[0-7]>umld\.[a-z.]+: \S", line), line
+        assert not re.search(r"\d{4}-\d\d-\d\d|\d\d:\d\d:\d\d", line), line
+    prios = {line[:3] for line in lines}
+    assert {"<6>", "<4>", "<3>"} <= prios, lines
+    assert any(line.startswith("<3>") and "bad.toml" in line for line in lines)
+    assert any(line.startswith("<4>") and "cannot notify systemd" in line for line in lines)
+    assert any(line.startswith("<6>") and "ready" in line for line in lines)
