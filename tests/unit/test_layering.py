@@ -10,13 +10,42 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[2] / "umld"
 
 
-def _imports(path: Path) -> set[str]:
+def _module_of(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_module(dotted: str) -> bool:
+    base = PKG.parent.joinpath(*dotted.split("."))
+    return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
+
+
+def _imports(path: Path, module: str | None = None) -> set[str]:
+    """The modules ``path`` (module ``module``: by default its name in the
+    package) imports, anywhere in it, lazily too: relative imports
+    resolved, and ``from PKG import SUBMODULE`` counted as an import of
+    PKG.SUBMODULE."""
     out: set[str] = set()
+    package = module or _module_of(path)
+    if path.name != "__init__.py":
+        package = package.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            out.add(module)
+            for a in node.names:
+                if _is_module(f"{module}.{a.name}"):
+                    out.add(f"{module}.{a.name}")
     return out
 
 
@@ -24,28 +53,79 @@ def _files(sub: str) -> list[Path]:
     return sorted((PKG / sub).rglob("*.py"))
 
 
+def _umld(modules: set[str]) -> set[str]:
+    return {m for m in modules if m == "umld" or m.startswith("umld.")}
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
 def test_tracer_knows_nothing_of_core() -> None:
     files = _files("tracer")
     assert files
     for f in files:
-        bad = {m for m in _imports(f) if m.startswith(("umld.core", "umld.fusefs"))}
+        bad = {m for m in _imports(f) if _within(m, "umld.core") or _within(m, "umld.fusefs")}
         assert not bad, f"{f} imports {bad}"
 
 
 def test_core_uses_only_the_tracer_interface() -> None:
     allowed = {"umld.tracer", "umld.tracer.platform", "umld.tracer.events", "umld.tracer.seccomp"}
-    for f in _files("core"):
-        bad = {m for m in _imports(f) if m.startswith("umld.tracer") and m not in allowed}
+    files = _files("core")
+    assert files
+    for f in files:
+        bad = {m for m in _imports(f) if _within(m, "umld.tracer") and m not in allowed}
         assert not bad, f"{f} imports {bad}"
-        assert not {m for m in _imports(f) if m.startswith("umld.fusefs")}
+
+
+def test_core_never_imports_the_export() -> None:
+    for f in _files("core"):
+        bad = {m for m in _imports(f) if _within(m, "umld.fusefs")}
+        assert not bad, f"{f} imports {bad}"
 
 
 def test_fusefs_uses_only_the_public_core_api() -> None:
-    for f in _files("fusefs"):
+    """umld.fusefs imports umld.core (the package, not its modules),
+    umld.errors and itself: nothing else of umld."""
+    files = _files("fusefs")
+    assert files
+    for f in files:
         bad = {
-            m for m in _imports(f) if (m.startswith("umld.core.") or m.startswith("umld.tracer"))
+            m
+            for m in _umld(_imports(f))
+            if m not in ("umld.core", "umld.errors") and not _within(m, "umld.fusefs")
         }
         assert not bad, f"{f} imports {bad}"
+
+
+def test_the_import_scan_sees_every_form(tmp_path: Path) -> None:
+    """_imports resolves what the rules above depend on."""
+    probe = tmp_path / "_probe.py"
+    probe.write_text(
+        "from __future__ import annotations\n"
+        "import umld.daemon\n"
+        "from umld import cli\n"
+        "from umld.core import host, Config\n"
+        "from . import _node\n"
+        "from ..tracer import events\n"
+        "from .. import _api\n"
+        "def lazy():\n"
+        "    from umld.core.kernel import GuestKernel\n"
+    )
+    found = _umld(_imports(probe, "umld.fusefs._probe"))
+    assert found == {
+        "umld",
+        "umld.daemon",
+        "umld.cli",
+        "umld.core",
+        "umld.core.host",
+        "umld.fusefs",
+        "umld.fusefs._node",
+        "umld.tracer",
+        "umld.tracer.events",
+        "umld._api",
+        "umld.core.kernel",
+    }, found
 
 
 def test_only_the_cffi_modules_import_cffi() -> None:
