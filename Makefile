@@ -68,6 +68,7 @@ lint: install
 bench: install .stamp-bench
 	$(VPY) bench/run.py --json bench/out/results.json --plot bench/out/ratios.png $(BENCH_ARGS)
 	$(VPY) bench/export.py --json bench/out/export.json
+	$(VPY) bench/scale.py --soak 60 --json bench/out/scale.json --plot bench/out/soak.png $(SCALE_ARGS)
 
 bench-quick: install .stamp-bench
 	$(VPY) bench/run.py --quick --plot bench/out/ratios.png $(BENCH_ARGS)

@@ -29,8 +29,10 @@ Usage (from the repository root; run as the daemon's user, root here):
     while this script also runs `umld exec` and reads DIR/*/status once a
     sample.  Every 5 s: the daemon's open descriptors (/proc/PID/fd), its
     VmRSS, and the zombie processes on the whole host.  For SECONDS (300
-    by default; `make bench` runs 60).  The three series are printed and
-    drawn to bench/out/soak.png when matplotlib is importable.
+    by default; `make bench` runs 60 to keep the whole bench short, and
+    `make bench SCALE_ARGS="--soak 300"` the full one).  The three series
+    are printed and drawn to bench/out/soak.png when matplotlib is
+    importable.
 
 Machine names are this run's own (scale<pid>-...): a named machine keeps a
 home disk image in the state directory (/var/lib/umld/machines as root),
