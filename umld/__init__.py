@@ -5,13 +5,11 @@ The public API is what this module exports.  Names are loaded on first use
 does not need.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from umld.errors import GuestError as GuestError, UmldError as UmldError, UsageError as UsageError
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from umld._api import (
         CompletedProcess as CompletedProcess,
         LiveConfig as LiveConfig,
@@ -59,7 +57,7 @@ _API = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     if name in _CORE:
         import umld.core
 

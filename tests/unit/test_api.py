@@ -69,12 +69,6 @@ def test_other_names_do_not_resolve() -> None:
             getattr(umld, name)
 
 
-@pytest.mark.xfail(
-    reason="umld/__init__.py: `from __future__ import annotations` and `from typing "
-    "import TYPE_CHECKING, Any` leave umld.annotations, umld.TYPE_CHECKING and umld.Any "
-    "as public attributes outside __all__ (dir(umld), completion)",
-    strict=True,
-)
 def test_nothing_else_is_public() -> None:
     import types
 
@@ -346,15 +340,6 @@ def test_machines_stop_on_exit(config: umld.Config) -> None:
 
 @pytest.mark.uses_ptrace
 @needs_ptrace
-@pytest.mark.xfail(
-    reason="umld/core/host.py Host.start_machine(): an unnamed machine is given the "
-    "name machine-N (N counts this process's machines) and the name is written into "
-    "the caller's Config; prepare() then gives it the persistent home disk "
-    "STATE_DIR/machines/machine-N/home.img (/var/lib/umld as root), so two processes "
-    "that each open an unnamed machine collide ('disk image ... is in use by another "
-    "machine') and unnamed machines leave disk images behind",
-    strict=True,
-)
 def test_an_unnamed_machine_leaves_no_state(tmp_path: Path) -> None:
     cfg = umld.Config(state_dir=str(tmp_path))
     with umld.machine(cfg) as m:

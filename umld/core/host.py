@@ -221,12 +221,14 @@ class Host:
         """Start a machine whose first process is ``argv`` (or that idles
         when ``argv`` is empty, for machines driven by exec)."""
         config.validate()
+        # An unnamed machine gets a name for the export, but not the
+        # persistent home disk that a name (Config.name) asks for.
         name = config.name or f"machine-{len(self.machines) + 1}"
-        config.name = name
         old = self.machines.get(name)
         if old is not None and old.state in ("starting", "running"):
             raise UmldError(f"umld: a machine named {name} is already running")
         m = HostedMachine(self, config, argv)
+        m.name = name
         if on_control is not None:
             m.on_control.append(on_control)
         self.machines[name] = m
