@@ -194,18 +194,31 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def host_zombies() -> int:
-    n = 0
+def host_zombies(ancestor: int) -> tuple[int, int]:
+    """Zombie processes on the host, and those of them below ``ancestor``."""
+    parent: dict[int, int] = {}
+    zombies = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                    n += 1
+                fields = f.read().rsplit(b")", 1)[1].split()
         except (OSError, IndexError):
             continue
-    return n
+        parent[int(entry)] = int(fields[1])
+        if fields[0] == b"Z":
+            zombies.append(int(entry))
+    below = 0
+    for pid in zombies:
+        seen = 0
+        while pid > 1 and seen < 64:
+            pid = parent.get(pid, 0)
+            seen += 1
+            if pid == ancestor:
+                below += 1
+                break
+    return len(zombies), below
 
 
 def mounted(path: Path) -> bool:
@@ -504,7 +517,13 @@ def bench_soak(tmp: Path, seconds: float, interval: float, plot: Path | None) ->
         f"bind = {toml_list([str(counters)])}\n"
         for i in range(5)
     }
-    series: dict[str, list[float]] = {"t": [], "fds": [], "rss_mib": [], "zombies": []}
+    series: dict[str, list[float]] = {
+        "t": [],
+        "fds": [],
+        "rss_mib": [],
+        "zombies": [],
+        "daemon_zombies": [],
+    }
     execs_failed = 0
     with Daemon(tmp / "c", defs) as d:
         deadline = time.monotonic() + 60
@@ -520,11 +539,13 @@ def bench_soak(tmp: Path, seconds: float, interval: float, plot: Path | None) ->
             series["t"].append(round(now, 1))
             series["fds"].append(fd_count(d.pid))
             series["rss_mib"].append(round(rss_mib(d.pid), 1))
-            series["zombies"].append(host_zombies())
+            zombies, below = host_zombies(d.pid)
+            series["zombies"].append(zombies)
+            series["daemon_zombies"].append(below)
             print(
                 f"    t={now:6.1f} s  fds {series['fds'][-1]:4.0f}"
                 f"  RSS {series['rss_mib'][-1]:6.1f} MiB"
-                f"  host zombies {series['zombies'][-1]:3.0f}",
+                f"  host zombies {zombies:3d} ({below} below the daemon)",
                 flush=True,
             )
             if now >= seconds:
@@ -555,6 +576,7 @@ def bench_soak(tmp: Path, seconds: float, interval: float, plot: Path | None) ->
             max(series["rss_mib"]),
         ],
         "zombies_max": max(series["zombies"]),
+        "daemon_zombies_max": max(series["daemon_zombies"]),
         "execs_failed": execs_failed,
         "machine_states": states,
         "guest_cycles": cycles,
@@ -564,9 +586,11 @@ def bench_soak(tmp: Path, seconds: float, interval: float, plot: Path | None) ->
     print(f"    fds:     {series['fds']}")
     print(f"    RSS MiB: {series['rss_mib']}")
     print(f"    zombies: {series['zombies']}")
+    print(f"    of them below the daemon: {series['daemon_zombies']}")
     print(
         f"    fds first/last/max {out['fds_first_last_max']}, RSS first/last/max "
-        f"{out['rss_first_last_max']} MiB, zombies max {out['zombies_max']}, "
+        f"{out['rss_first_last_max']} MiB, host zombies max {out['zombies_max']} (below the"
+        f" daemon: {out['daemon_zombies_max']}), "
         f"exec failures {execs_failed}, machines {sorted(set(states.values()))}; the guests"
         f" started {out['guest_processes_per_second']} processes/s (2 per cycle, {cycles} cycles)",
         flush=True,
@@ -592,7 +616,10 @@ def draw(series: dict[str, list[float]], path: Path) -> None:
         ("open descriptors", "VmRSS (MiB)", "host zombies"),
         strict=True,
     ):
-        ax.plot(series["t"], series[key], marker=".")
+        ax.plot(series["t"], series[key], marker=".", label="all" if key == "zombies" else None)
+        if key == "zombies":
+            ax.plot(series["t"], series["daemon_zombies"], marker=".", label="below the daemon")
+            ax.legend(loc="upper right")
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
