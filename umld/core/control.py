@@ -475,8 +475,11 @@ class MachineControl:
     def guest_root(self) -> int:
         """An O_PATH descriptor of the guest's / (its mounts applied), for
         the export's fs/ view.  The caller closes it."""
+        # Until the guest's first process runs, root_pid is the sandbox
+        # stage, whose root is a staging directory: wait for the guest.
+        self.kernel.started.wait(5)
         root = self.kernel.root_pid
-        if root is None:
+        if root is None or not self.kernel.root_found:
             raise ProcessLookupError(0)
         return os.open(f"/proc/{root}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 

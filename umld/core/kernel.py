@@ -251,6 +251,11 @@ class GuestKernel:
         self._add_process(pid, Pid(os.getpid()), tid)
         return pid
 
+    @property
+    def root_found(self) -> bool:
+        """Whether root_pid is the guest's first process (not the sandbox)."""
+        return self._root_found
+
     def start_session(self, spec: SpawnSpec, on_exit: Callable[[int], None]) -> Tid:
         """Start a process in the running machine (``umld-sandbox enter``);
         ``on_exit`` gets its raw wait status (or the sandbox's, when it

@@ -46,6 +46,10 @@ def sethostname(ctx: SyscallContext) -> Outcome:
     then runs natively too, in the guest's own UTS namespace, so that
     /proc/sys/kernel/hostname agrees.
     """
+    if not ctx.kernel.started.is_set():
+        # The sandbox naming the guest's UTS namespace before the guest
+        # runs: the kernel already holds that name (or a newer one).
+        return None
     name = _read_name(ctx)
     ctx.kernel.set_hostname(name, source=f"pid {ctx.task.tgid}")
     return None
@@ -57,6 +61,8 @@ def setdomainname(ctx: SyscallContext) -> Outcome:
     Changes the guest's NIS domain name only (and natively, in the
     guest's own UTS namespace).
     """
+    if not ctx.kernel.started.is_set():
+        return None
     name = _read_name(ctx)
     ctx.kernel.uts.domainname = name
     return None
