@@ -458,7 +458,12 @@ class GuestKernel:
         if self.listeners:
             from umld.core.task import read_cmdline
 
-            self.emit("exec", group.pid, " ".join(read_cmdline(group.pid)))
+            argv = read_cmdline(group.pid)
+            if not argv:
+                # It already ran and exited (the tracer resumes an exec
+                # before this event is handled): a zombie keeps its comm.
+                argv = [_comm(group.pid)]
+            self.emit("exec", group.pid, " ".join(argv))
 
     def _on_exit(self, ev: Event) -> None:
         assert isinstance(ev, Exited)
@@ -549,6 +554,14 @@ def _tgid_of(tid: int) -> int | None:
     except OSError:
         pass
     return None
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().strip().decode(errors="replace")
+    except OSError:
+        return "?"
 
 
 def _signame(signo: int) -> str:
