@@ -143,9 +143,7 @@ class Machine:
         while True:
             if self.proc.poll() is not None:
                 raise SystemExit(f"umld ended with status {self.proc.returncode} before its mount")
-            # Up, and the guest's first process runs: fs/ is the guest's
-            # tree only from then on (an earlier look pins it to the
-            # sandbox's root, a bug of umld's).
+            # Up, and the guest's first process runs.
             try:
                 if os.listdir(self.mnt / "proc"):
                     return self

@@ -217,9 +217,7 @@ class Live:
             return ""
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        """Until the export is up and the guest's first process runs (fs/
-        is the guest's tree from then on: see
-        test_fs_accessed_as_soon_as_mounted_is_the_guest_tree)."""
+        """Until the export is up and the guest's first process runs."""
         deadline = time.monotonic() + timeout
         while True:
             if not self.alive():
@@ -394,16 +392,9 @@ def _hostname_machines(machine: Start, tmp_path: Path, central: Path) -> list[tu
     return pairs
 
 
-@pytest.mark.xfail(
-    reason="regression of 3dc6428 (the guest's own UTS namespace): umld-sandbox's guest_main "
-    "(c_tracer/sandbox.c) calls sethostname() with the name prepared before the machine "
-    "started; the call is traced, so sys_utsname.sethostname (umld/core/syscalls/"
-    "sys_utsname.py) applies it as a guest's ('hostname=vm by pid N' in events) after "
-    "ConfigDir.sync() (run by on_start) applied DIR/hostname, and ConfigDir never applies "
-    "the unchanged file again: the machine keeps the default name",
-    strict=True,
-)
 def test_config_dir_applies_at_start(machine: Start, tmp_path: Path) -> None:
+    # The sandbox names the guest's UTS namespace after the settings were
+    # read from the directory: that must not count as a change (3dc6428).
     central = tmp_path / "central"
     central.mkdir()
     (central / "hostname").write_text("alpha\n")
@@ -815,22 +806,13 @@ print(json.dumps({"seen": seen, "found": found}))
 """
 
 
-@pytest.mark.xfail(
-    reason="the mount is served before the guest exists, and GuestKernel.start() "
-    "(umld/core/kernel.py) sets root_pid to the umld-sandbox process until _on_cloned "
-    "finds the guest's first process: an fs/ access in between makes "
-    "MachineControl.guest_root() (umld/core/control.py) open /proc/<sandbox>/root, and "
-    "HostTree._at() (umld/fusefs/_hosttree.py) keeps that descriptor: fs/ then shows the "
-    "host's own / (its /tmp, writable through the export) or the sandbox's unfinished "
-    "root, where the guest's bound directories are ENOENT, until the kernel forgets the "
-    "tree's root inode",
-    strict=True,
-)
 def test_fs_accessed_as_soon_as_mounted_is_the_guest_tree(
     machine: Start, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    # The guest's /tmp is a ramdisk holding only the mountpoint of the
-    # bound test directory; the host's /tmp holds whatever it holds.
+    # The mount is up before the guest exists: fs/ must not be the root of
+    # the sandbox's stage then (the host's /, or an unfinished root) and
+    # stay so.  The guest's /tmp is a ramdisk holding only the mountpoint
+    # of the bound test directory; the host's /tmp holds whatever it holds.
     base = tmp_path_factory.getbasetemp().resolve()
     allowed = {base.parts[2]} if base.parts[1:2] == ("tmp",) else set()
     # A poller started before umld looks into fs/ as soon as the mount is
@@ -1008,22 +990,15 @@ while time.monotonic() < end:
 """
 
 
-@pytest.mark.xfail(
-    reason="GuestKernel._on_exec (umld/core/kernel.py) reads the command of the exec "
-    "event from /proc/PID/cmdline when it handles the Execed event, but the C tracer "
-    "(c_tracer/tracer.c on_exec) has already restarted the process by then: a process "
-    "that exits quickly is a zombie when it is read, whose cmdline is empty, and the "
-    "event reads `exec pid=N ` with no command (a few in every 200 /bin/true, more "
-    "while the export is busy)",
-    strict=True,
-)
-def test_exec_events_show_the_command(machine: Start, tmp_path: Path) -> None:
+def _exec_commands(machine: Start, tmp_path: Path) -> list[str]:
+    """The commands of the exec events of 300 quick `/bin/true` (and of
+    the shell, seq and a last sleep), while readers keep the export busy."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     loop = f"read x < {fifo}; for i in $(seq 300); do /bin/true; done; exec /bin/sleep 60"
     m = machine(["/bin/sh", "-c", loop])
-    # Readers keep the export busy: its thread then holds the GIL more often
-    # when the tracer thread handles an exec event, which widens the race.
+    # The export's thread then holds the GIL more often when the tracer
+    # thread handles an exec event, by when a quick process has exited.
     busy = [
         subprocess.Popen([sys.executable, "-c", _HAMMER, m.path(what), "15"])
         for what in ("status", "metrics.prom", "syscalls")
@@ -1036,7 +1011,25 @@ def test_exec_events_show_the_command(machine: Start, tmp_path: Path) -> None:
         for p in busy:
             p.kill()
             p.wait()
-    commands = re.findall(r"(?m)^\S+ exec pid=\d+ (.*)$", m.events())
+    return re.findall(r"(?m)^\S+ exec pid=\d+ (.*)$", m.events())
+
+
+def test_exec_events_name_the_program(machine: Start, tmp_path: Path) -> None:
+    commands = _exec_commands(machine, tmp_path)
+    assert all(c.strip() for c in commands), commands
+    assert sum(c in ("/bin/true", "true") for c in commands) == 300
+
+
+@pytest.mark.xfail(
+    reason="GuestKernel._on_exec (umld/core/kernel.py) reads the command of the exec "
+    "event from /proc/PID/cmdline when it handles the Execed event, but the C tracer "
+    "(c_tracer/tracer.c on_exec) has already restarted the process by then: for a "
+    "process that has exited meanwhile (a zombie, whose cmdline is empty) the event "
+    "only gives its comm since 213f1e1 (`exec pid=N true`), not its arguments",
+    strict=True,
+)
+def test_exec_events_show_the_command_line(machine: Start, tmp_path: Path) -> None:
+    commands = _exec_commands(machine, tmp_path)
     assert commands.count("/bin/true") == 300, [c for c in commands if c != "/bin/true"]
 
 
