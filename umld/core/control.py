@@ -272,13 +272,20 @@ class MachineControl:
                 out.append(info)
         return out
 
+    def pids(self) -> dict[int, int]:
+        """Guest pid -> host pid of every live guest process, from the
+        kernel's tables alone (cheap: what a directory listing needs)."""
+        k = self.kernel
+        out = {}
+        for host in self._guest_host_pids():
+            pid = k.guest_pid(host)
+            if pid > 0:
+                out[pid] = host
+        return out
+
     def host_pid(self, pid: int) -> int | None:
         """The host pid of guest pid ``pid``, while it is a guest process."""
-        k = self.kernel
-        for host in self._guest_host_pids():
-            if k.guest_pid(host) == pid:
-                return host
-        return None
+        return self.pids().get(pid)
 
     def process_by_host(self, host: int) -> ProcessInfo | None:
         k = self.kernel

@@ -111,12 +111,18 @@ class _ProcessDirs:
         }
         for what in PROCESS_FILES[1:]:
             files[what] = SnapshotFile(_guarded(lambda w=what: c.process_file(pid, w)))  # type: ignore[misc]
+        for f in files.values():
+            # The files of a process stay as long as it does, and a read
+            # of a vanished one fails at open(2) with ENOENT anyway: the
+            # kernel may keep their entries (a monitor's glob of
+            # proc/*/status then costs one lookup less per process).
+            f.entry_timeout = f.attr_timeout = 1.0
         node = Directory(files)
         self._dirs[pid] = (host_pid, node)
         return node
 
     def list(self) -> dict[str, Node]:
-        live = {p.pid: p.host_pid for p in self.control.processes() if p.pid > 0}
+        live = self.control.pids()
         for gone in set(self._dirs) - set(live):
             del self._dirs[gone]
         return {str(pid): self._dir(pid, host) for pid, host in live.items()}

@@ -90,6 +90,11 @@ class Node:
     new objects on every listing gives its entries new inode numbers.
     """
 
+    #: Seconds the kernel may keep this node's directory entry and
+    #: attributes (FUSE entry_timeout/attr_timeout); 0: ask every time.
+    entry_timeout: float = 0.0
+    attr_timeout: float = 0.0
+
     def __init__(self) -> None:
         # Export inode number, kept for the object's lifetime once assigned
         # so that a node the kernel forgot and looks up again keeps it.

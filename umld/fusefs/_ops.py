@@ -135,11 +135,13 @@ class ExportOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = ino
         e.generation = 0
-        # No caching anywhere: entries come and go (dynamic directories,
+        # No caching by default: entries come and go (dynamic directories,
         # the host tree changed by the guest), sizes and contents change
         # behind the kernel's back.  Every stat and every path walk asks.
-        e.entry_timeout = 0
-        e.attr_timeout = 0
+        # A node that is known to stay (a live file of a process, whose
+        # content is made at open anyway) may let the kernel keep it.
+        e.entry_timeout = node.entry_timeout
+        e.attr_timeout = node.attr_timeout
         e.st_mode = a.mode
         e.st_nlink = a.nlink
         e.st_uid = a.uid
