@@ -614,6 +614,16 @@ static int enter_main(int argc, char **argv)
 		} else if (strcmp(op, "cwd") == 0) {
 			need(argc, i, 1, op);
 			sp.cwd = argv[++i];
+		} else if (strcmp(op, "cgroup") == 0) {
+			/* The machine's pids cgroup (limits/nproc): the new process
+			 * counts against it like the others ("0" is the writer). */
+			need(argc, i, 1, op);
+			char path[4096];
+			snprintf(path, sizeof path, "%s/cgroup.procs", argv[++i]);
+			int cg = open(path, O_WRONLY | O_CLOEXEC);
+			if (cg < 0 || write(cg, "0", 1) != 1)
+				die("cannot join the machine's cgroup %s", argv[i]);
+			close(cg);
 		} else {
 			errno = 0;
 			die("sandbox: unknown enter operation %s", op);

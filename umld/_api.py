@@ -214,9 +214,11 @@ class RunningMachine(_MachineBase):
 
         def listener(ev: GuestEvent) -> None:  # on the tracer thread
             def put() -> None:
+                # A callback of run_sync_soon must not raise (it would be a
+                # TrioInternalError): the reader may be gone or slow.
                 try:
                     send.send_nowait(ev)
-                except (trio.WouldBlock, trio.ClosedResourceError):
+                except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                     pass
 
             try:

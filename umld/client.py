@@ -76,12 +76,31 @@ def _guest_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def logs(mount: str, name: str, follow: bool) -> int:
+    """Print a machine's events; with ``follow``, keep printing new ones.
+
+    The events file never ends while the machine runs: a read at its end
+    waits for the next line, or fails with EAGAIN on a non-blocking
+    descriptor, which is how the snapshot without ``follow`` ends."""
     path = os.path.join(mount, name, "events")
     if not os.path.exists(os.path.join(mount, "machines")):
         raise UmldError(f"umld: no daemon export at {mount}")
-    if not os.path.exists(path):
-        raise UmldError(f"umld: no running machine named {name!r}")
-    argv = ["tail", "-n", "+1"] + (["-f"] if follow else []) + [path]
-    sys.stdout.flush()
-    os.execvp("tail", argv)
-    return 1  # not reached
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (0 if follow else os.O_NONBLOCK))
+    except FileNotFoundError:
+        raise UmldError(f"umld: no running machine named {name!r}") from None
+    out = sys.stdout.buffer
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            out.write(chunk)
+            out.flush()  # a pipe reader sees each line as it comes
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        os.close(fd)
+    return 0

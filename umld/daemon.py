@@ -197,6 +197,8 @@ class Daemon:
             m = self.host.machines.get(name)
             if self.stopping or m is None or m.state in ("starting", "running"):
                 continue
+            if self.policies.get(name, "no") == "no":
+                continue  # stopped, or its definition removed, meanwhile
             log.info("restarting machine %s (policy %s)", name, self.policies.get(name))
             try:
                 policy = self.policies.get(name, "no")
@@ -235,9 +237,9 @@ class Daemon:
                 self._apply_live(m.control, cfg)
         for name in set(old) - set(found):
             m = self.host.machines.get(name)
+            self.policies[name] = "no"  # also ends pending restarts
             if m is not None and m.running:
                 log.info("machine %s: definition removed, stopping it", name)
-                self.policies[name] = "no"
                 m.stop()
 
     def _start_logged(self, cfg: Config, argv: list[str], restart: str) -> None:
@@ -506,7 +508,11 @@ async def _recv_request(sock: Any) -> tuple[bytes, list[int]]:
     fds: list[int] = []
     size = array.array("i").itemsize
     while b"\n" not in buf:
-        msg, ancdata, _flags, _addr = await sock.recvmsg(65536, socket.CMSG_SPACE(3 * size))
+        # Close-on-exec at once (unix(7)): only the exec'd command may get
+        # them, as its 0, 1, 2, never a sandbox or anything it starts.
+        msg, ancdata, _flags, _addr = await sock.recvmsg(
+            65536, socket.CMSG_SPACE(3 * size), socket.MSG_CMSG_CLOEXEC
+        )
         for level, kind, cdata in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 a = array.array("i")

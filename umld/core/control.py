@@ -249,6 +249,11 @@ class MachineControl:
         except OSError as exc:
             log.warning("pids cgroup of %s: %s", self.name, exc)
 
+    @property
+    def cgroup(self) -> str | None:
+        """The machine's pids cgroup, once limits/nproc made one."""
+        return self._cgroup
+
     def close(self) -> None:
         """Remove what the machine left on the host (its pids cgroup)."""
         if self._cgroup is not None:

@@ -117,6 +117,8 @@ class HostedMachine:
             for fd in inherited:
                 os.set_inheritable(fd, True)
             ops += ["stdio", *map(str, inherited)]
+        if self.control is not None and self.control.cgroup is not None:
+            ops += ["cgroup", self.control.cgroup]
         ops += ["ids", str(self.uid), str(self.gid), "cwd", cwd or "/", "--", *argv]
         environ = dict(_guest_env(self) if env is None else env)
         spec = SpawnSpec(

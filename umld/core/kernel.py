@@ -341,7 +341,7 @@ class GuestKernel:
         assert isinstance(ev, SyscallStop)
         tid, nr = ev.tid, ev.nr
         task = self.tasks.get(tid) or self._task(tid)
-        if tid not in self.internal:
+        if tid not in self.internal and self.started.is_set():
             task.syscalls[nr] += 1
             self.syscalls[nr] += 1
         # The machine's own sandbox stage is not the guest: not traced.
