@@ -54,8 +54,6 @@ def _parser() -> _Parser:
         default="c",
         help="tracer backend: the C core (default) or pure Python on python-ptrace",
     )
-    run.add_argument("--hostname", metavar="NAME", help="the guest's host name (uname -n)")
-    run.add_argument("--domainname", metavar="NAME", help="the guest's NIS domain name")
     run.add_argument(
         "--trace",
         action="store_true",
@@ -147,6 +145,8 @@ def _add_machine_options(p: argparse.ArgumentParser, *, named: bool = True) -> N
         "/dev/shm and $HOME ($HOME is the machine's disk image when it has a --name).",
     )
     g.add_argument("--config", metavar="FILE", help="read settings from a TOML file first")
+    g.add_argument("--hostname", metavar="NAME", help="the guest's host name (uname -n)")
+    g.add_argument("--domainname", metavar="NAME", help="the guest's NIS domain name")
     if named:
         g.add_argument("--name", metavar="NAME", help="the machine's name (keeps its home disk)")
     g.add_argument("--root", metavar="DIR", help="a host directory as the guest's /")
