@@ -450,13 +450,6 @@ def test_start_options_after_name_are_honoured(daemon: Daemon) -> None:
         daemon.stop_machine(OPTS)
 
 
-@pytest.mark.xfail(
-    reason="umld/cli.py _parser(): --hostname and --domainname are options of `umld run` "
-    "only (not of _add_machine_options), so `umld start NAME --hostname H` is refused "
-    "('unrecognized arguments'), though hostname is a setting of definition files and "
-    "--config; the usage line then printed is `umld run`'s (main()'s UsageError handler)",
-    strict=True,
-)
 def test_start_takes_a_hostname(daemon: Daemon) -> None:
     try:
         r = daemon.umld("start", OPTS, "--hostname", "opt-host", "--", "sleep", "1000")
