@@ -75,7 +75,9 @@ def sd_notify(text: str) -> None:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
             s.connect(path)
-            s.send(text.encode())
+            # Never wait for the manager: a full queue drops a status line
+            # rather than freezing the daemon.
+            s.send(text.encode(), socket.MSG_DONTWAIT)
     except OSError as exc:
         log.warning("cannot notify systemd: %s", exc)
 
