@@ -468,6 +468,13 @@ def test_exec_passes_only_stdio(daemon: Daemon) -> None:
 # -- logs and top -----------------------------------------------------------
 
 
+#: A command whose exec event names its marker ($0 of sh): it lives long
+#: enough for its command line to be read (a process that already exited
+#: is named by its comm only, umld/core/kernel.py).
+MARKED = ["sh", "-c", "sleep 0.3"]
+SHOWN = re.escape(" ".join(MARKED))
+
+
 def _read_until(fd: int, pattern: re.Pattern[str], timeout: float) -> str:
     buf = b""
     deadline = time.monotonic() + timeout
@@ -496,7 +503,7 @@ def _logs_follow(daemon: Daemon, stdout: int) -> subprocess.Popen[bytes]:
 
 def test_logs_follow_on_a_terminal_shows_exec_events(daemon: Daemon) -> None:
     marker = f"logs-marker-{os.getpid()}"
-    r = daemon.umld("exec", DEFFILE, "--", "/bin/true", marker)
+    r = daemon.umld("exec", DEFFILE, "--", *MARKED, marker)
     assert r.returncode == 0, r.stderr
     import pty
 
@@ -505,10 +512,10 @@ def test_logs_follow_on_a_terminal_shows_exec_events(daemon: Daemon) -> None:
     os.close(slave)
     try:
         # What was logged before, then what comes while following.
-        _read_until(master, re.compile(rf"^\S+ exec pid=\d+ /bin/true {marker}\r?$", re.M), 15)
+        _read_until(master, re.compile(rf"^\S+ exec pid=\d+ {SHOWN} {marker}\r?$", re.M), 15)
         later = f"{marker}-later"
-        assert daemon.umld("exec", DEFFILE, "--", "/bin/true", later).returncode == 0
-        _read_until(master, re.compile(rf"^\S+ exec pid=\d+ /bin/true {later}\r?$", re.M), 15)
+        assert daemon.umld("exec", DEFFILE, "--", *MARKED, later).returncode == 0
+        _read_until(master, re.compile(rf"^\S+ exec pid=\d+ {SHOWN} {later}\r?$", re.M), 15)
     finally:
         p.terminate()
         p.wait(10)
@@ -517,11 +524,11 @@ def test_logs_follow_on_a_terminal_shows_exec_events(daemon: Daemon) -> None:
 
 def test_logs_follow_into_a_pipe_shows_exec_events(daemon: Daemon) -> None:
     marker = f"pipe-marker-{os.getpid()}"
-    assert daemon.umld("exec", DEFFILE, "--", "/bin/true", marker).returncode == 0
+    assert daemon.umld("exec", DEFFILE, "--", *MARKED, marker).returncode == 0
     p = _logs_follow(daemon, subprocess.PIPE)
     try:
         assert p.stdout is not None
-        _read_until(p.stdout.fileno(), re.compile(rf"exec pid=\d+ /bin/true {marker}$", re.M), 5)
+        _read_until(p.stdout.fileno(), re.compile(rf"exec pid=\d+ {SHOWN} {marker}$", re.M), 5)
     finally:
         p.terminate()
         p.wait(10)
@@ -531,10 +538,10 @@ def test_logs_follow_into_a_pipe_shows_exec_events(daemon: Daemon) -> None:
 
 def test_logs_without_follow_exits(daemon: Daemon) -> None:
     marker = f"nofollow-marker-{os.getpid()}"
-    daemon.umld("exec", DEFFILE, "--", "/bin/true", marker)
+    daemon.umld("exec", DEFFILE, "--", *MARKED, marker)
     r = daemon.umld("logs", DEFFILE, timeout=5)
     assert r.returncode == 0
-    assert re.search(rf"exec pid=\d+ /bin/true {marker}$", r.stdout, re.M), r.stdout
+    assert re.search(rf"exec pid=\d+ {SHOWN} {marker}$", r.stdout, re.M), r.stdout
 
 
 def test_top_once_shows_machines_and_processes(daemon: Daemon) -> None:

@@ -270,7 +270,7 @@ async def test_open_machine_end_to_end(config: umld.Config) -> None:
             async with aclosing(m.events()) as events:
                 async for ev in events:
                     seen.append(ev)
-                    if ev.kind == "exec" and "/bin/echo event-marker" in ev.text:
+                    if ev.kind == "exec" and ev.text == "sh -c sleep 0.2 event-marker":
                         found.set()
                         return
 
@@ -278,7 +278,9 @@ async def test_open_machine_end_to_end(config: umld.Config) -> None:
             nursery.start_soon(watch)
             with trio.fail_after(20):
                 while not found.is_set():
-                    await m.run(["/bin/echo", "event-marker"], capture_output=True)
+                    # Lives long enough for its command line to be read (a
+                    # process already gone is named by its comm only).
+                    await m.run(["sh", "-c", "sleep 0.2", "event-marker"])
                     with trio.move_on_after(0.5):
                         await found.wait()
         ev = next(e for e in seen if e.kind == "exec")
