@@ -433,6 +433,20 @@ def _cmd_syscalls(args: argparse.Namespace) -> int:
     return 0
 
 
+#: One line per command, shown after a usage error.
+USAGES = {
+    "run": "umld run [OPTIONS] -- CMD [ARGS...]",
+    "daemon": "umld daemon [--mount DIR] [--machines-dir DIR] [--tracer c|python] [-v]",
+    "start": "umld start NAME [--mount DIR] [--restart POLICY] [OPTIONS] [-- CMD [ARGS...]]",
+    "stop": "umld stop NAME [--mount DIR]",
+    "ls": "umld ls [--mount DIR]",
+    "exec": "umld exec NAME [--mount DIR] [-C DIR] -- CMD [ARGS...]",
+    "logs": "umld logs NAME [--mount DIR] [-f]",
+    "top": "umld top [--mount DIR] [--interval S] [--once]",
+    "syscalls": "umld syscalls [--trapped] [--format table|markdown]",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     try:
@@ -460,7 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except UsageError as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
-        sys.stderr.write("usage: umld run [OPTIONS] -- CMD [ARGS...]   (umld --help for more)\n")
+        given = list(sys.argv[1:] if argv is None else argv)
+        usage = USAGES.get(given[0] if given else "", USAGES["run"])
+        sys.stderr.write(f"usage: {usage}   (umld --help for more)\n")
         return 2
     except UmldError as exc:
         msg = str(exc)

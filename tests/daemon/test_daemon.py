@@ -756,11 +756,6 @@ def test_client_without_daemon_is_one_line(tmp_path: Path, args: tuple[str, ...]
     assert r.stdout == ""
 
 
-@pytest.mark.xfail(
-    reason="umld/cli.py main(): every UsageError is followed by `usage: umld run [OPTIONS] "
-    "-- CMD [ARGS...]`, also for `umld start`/`exec`/`stop`/... mistakes",
-    strict=True,
-)
 @pytest.mark.parametrize("cmd", ["start", "exec", "stop", "logs"])
 def test_usage_errors_show_the_commands_usage(tmp_path: Path, cmd: str) -> None:
     r = subprocess.run(

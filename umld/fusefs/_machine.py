@@ -173,7 +173,7 @@ def build_tree(control: MachineControl, events: EventLog) -> Directory:
         parent.add(leaf, _setting_file(control, key))
 
     procs = _ProcessDirs(control)
-    return Directory(
+    tree = Directory(
         {
             "fs": HostTree(control.guest_root),
             "config": config,
@@ -186,6 +186,14 @@ def build_tree(control: MachineControl, events: EventLog) -> Directory:
             "syscalls": SnapshotFile(_syscall_list),
         }
     )
+    # These entries stay for the machine's life and their content is made
+    # at open: the kernel may keep their lookups for a second (a monitor's
+    # `cat DIR/*/status` then costs one request less per file).
+    for name in ("status", "metrics.prom", "syscalls", "ctl"):
+        node = tree.lookup_child(name)
+        node.entry_timeout = node.attr_timeout = 1.0
+    tree.entry_timeout = 1.0
+    return tree
 
 
 def default_mountpoint(name: str) -> str:

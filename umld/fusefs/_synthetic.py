@@ -54,6 +54,10 @@ class Directory(DirNode):
         self._children[entry_name(name)] = node
         return node
 
+    def lookup_child(self, name: str) -> Node:
+        """The child called ``name`` (KeyError if there is none)."""
+        return self._children[entry_name(name)]
+
     def remove(self, name: str) -> None:
         """Take ``name`` away; later lookups of it give ENOENT."""
         self._children.pop(entry_name(name), None)
