@@ -67,3 +67,18 @@ def test_large_filters_use_long_jumps_correctly(size: int) -> None:
     prog = build_filter(trapped)
     for nr in range(0, size * 2 + 10):
         assert (evaluate(prog, nr) == SECCOMP_RET_TRACE) == (nr in trapped)
+
+
+def test_conditional_traps_follow_the_machines_features() -> None:
+    # accept/connect stop only in a live machine (net/ settings can change),
+    # sched_getaffinity only when the machine has a CPU count of its own.
+    table = lookup_table("x86_64")
+    nr = {name: table.by_name(name).nr for name in ("accept", "connect", "sched_getaffinity")}
+    plain = table.trapped(set())
+    assert not set(nr.values()) & plain
+    assert table.by_name("uname").nr in plain
+    assert nr["sched_getaffinity"] in table.trapped({"vcpus"})
+    assert nr["accept"] not in table.trapped({"vcpus"})
+    live = table.trapped({"live", "vcpus"})
+    assert set(nr.values()) <= live
+    assert live == table.trapped()

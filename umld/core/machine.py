@@ -182,6 +182,17 @@ def prepare(
     return Prepared(sandbox, uid, gid, vcpus, memory)
 
 
+def features(*, live: bool, vcpus: int | None) -> set[str]:
+    """The machine features that decide its conditional traps (Syscall.needs):
+    a live machine can change any setting, so it traps them all."""
+    out = set()
+    if live:
+        out |= {"live", "vcpus"}
+    if vcpus is not None:
+        out.add("vcpus")
+    return out
+
+
 def uts_for(cfg: Config) -> UtsState:
     """The guest's uname(2): the host's, with what the config sets."""
     uts = UtsState.from_host()
@@ -316,7 +327,9 @@ class Machine:
             path=sandbox[0],
             argv=sandbox,
             env=[os.fsencode(f"{k}={v}") for k, v in environ.items()],
-            seccomp_filter=build_filter(self.table.trapped(), trace_all=cfg.trace),
+            seccomp_filter=build_filter(
+                self.table.trapped(features(live=live, vcpus=vcpus)), trace_all=cfg.trace
+            ),
             new_process_group=True,
             foreground_tty=tty,
             sigmask=frozenset(int(s) for s in old_mask),

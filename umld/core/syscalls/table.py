@@ -66,6 +66,11 @@ class Syscall(NamedTuple):
     deny_errno: int = 0
     #: What differs from Linux, for the docs; empty when nothing does.
     note: str = ""
+    #: A machine feature without which the call need not stop: "live"
+    #: (settings that change while it runs) or "vcpus" (a CPU count of its
+    #: own).  A machine without it leaves the call out of its filter, and
+    #: the handler, which would pass it through anyway, never runs.
+    needs: str = ""
 
     @property
     def traps(self) -> bool:
@@ -77,8 +82,10 @@ def passthrough(nr: int, name: str, family: Family, note: str = "") -> Syscall:
     return Syscall(nr, name, family, Disposition.PASSTHROUGH, note=note)
 
 
-def emulated(nr: int, name: str, family: Family, handler: Handler, note: str = "") -> Syscall:
-    return Syscall(nr, name, family, Disposition.EMULATE, handler=handler, note=note)
+def emulated(
+    nr: int, name: str, family: Family, handler: Handler, note: str = "", needs: str = ""
+) -> Syscall:
+    return Syscall(nr, name, family, Disposition.EMULATE, handler=handler, note=note, needs=needs)
 
 
 def denied(nr: int, name: str, family: Family, note: str, deny_errno: int = errno.EPERM) -> Syscall:
@@ -121,6 +128,12 @@ class SyscallTable:
         row = self.lookup(nr)
         return row.name if row is not None else f"syscall_{nr}"
 
-    def trapped(self) -> frozenset[int]:
-        """Numbers the seccomp filter must stop on."""
-        return frozenset(r.nr for r in self._by_nr.values() if r.traps)
+    def trapped(self, features: Iterable[str] | None = None) -> frozenset[int]:
+        """Numbers the seccomp filter must stop on; with ``features``, only
+        the conditional rows (``needs``) whose feature is in it."""
+        have = None if features is None else set(features)
+        return frozenset(
+            r.nr
+            for r in self._by_nr.values()
+            if r.traps and (have is None or not r.needs or r.needs in have)
+        )
