@@ -63,16 +63,11 @@ def call(mount: str, req: dict[str, Any]) -> dict[str, Any]:
 def exec_in(mount: str, name: str, argv: list[str], cwd: str | None) -> int:
     """Run argv in machine ``name`` with our stdin/stdout/stderr."""
     env = {k: v for k, v in os.environ.items() if k in ("TERM", "LANG", "LC_ALL", "COLUMNS")}
-    req = {"op": "exec", "name": name, "argv": argv, "cwd": cwd, "env": _guest_env(env)}
+    req = {"op": "exec", "name": name, "argv": argv, "cwd": cwd, "env": env}
     with request(mount, req, (0, 1, 2)) as s:
         buf = bytearray()
         answer(s, buf)
         return int(answer(s, buf)["exit"])
-
-
-def _guest_env(extra: dict[str, str]) -> dict[str, str]:
-    base = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}
-    return {**base, **extra}
 
 
 def logs(mount: str, name: str, follow: bool) -> int:

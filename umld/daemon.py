@@ -181,6 +181,8 @@ class Daemon:
 
     def _exited(self, m: HostedMachine) -> None:  # tracer thread
         log.info("machine %s exited with status %s", m.name, m.returncode)
+        # Its tree goes with it (a restart makes a new machine and tree).
+        self.exports.pop(id(m), None)
         policy = self.policies.get(m.name, "no")
         again = policy == "always" or (policy == "on-failure" and m.returncode != 0)
         token, send = self.token, self._restart_send

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple, final
 
 from umld.core.events import GuestEvent
 from umld.core.sandbox import cpu_list, cpuinfo_for, meminfo_for, parse_size
+from umld.core.syscalls.sys_utsname import UTS_LEN
 from umld.errors import UsageError, get_logger
 from umld.tracer.events import Tid
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from umld.core.kernel import GuestKernel
     from umld.core.sandbox import MachineFiles
 
-UTS_LEN = 64
 log = get_logger("umld.control")
 
 
@@ -122,7 +122,6 @@ class MachineControl:
             "limits/nproc": "unlimited",
             "limits/nofile": str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
         }
-        self._trace_listener: Callable[[GuestEvent], None] | None = None
         self._cgroup: str | None = None
 
     # -- settings ----------------------------------------------------------

@@ -120,7 +120,7 @@ class HostedMachine:
         if self.control is not None and self.control.cgroup is not None:
             ops += ["cgroup", self.control.cgroup]
         ops += ["ids", str(self.uid), str(self.gid), "cwd", cwd or "/", "--", *argv]
-        environ = dict(_guest_env(self) if env is None else env)
+        environ = {**_guest_env(self), **(env or {})}
         spec = SpawnSpec(
             path=os.fsencode(SANDBOX),
             argv=[os.fsencode(a) for a in ops],

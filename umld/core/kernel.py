@@ -22,8 +22,7 @@ from typing import TextIO, final
 
 from umld.core.events import GuestEvent
 from umld.core.syscalls.context import SyscallContext
-from umld.core.syscalls.sys_net import Hold
-from umld.core.syscalls.table import Disposition, SyscallTable
+from umld.core.syscalls.table import Disposition, Hold, SyscallTable
 from umld.core.task import Pid, Task, TaskState, ThreadGroup
 from umld.core.trace import SyscallFormatter
 from umld.errors import GuestError, get_logger
@@ -125,8 +124,6 @@ class GuestKernel:
         #: The guest's first process (pid 2 of its pid namespace); until
         #: it exists, the sandbox process that builds the machine.
         self.root_pid: int | None = None
-        #: The guest's process group: the sandbox's, set up by spawn.
-        self.pgrp = 0
         #: The sandbox stage and the guest's init: machine processes that
         #: are not guest processes (not counted, not exported).
         self.internal: set[Tid] = set()
@@ -245,11 +242,15 @@ class GuestKernel:
         tid = self.tracer.spawn(spec)
         pid = Pid(tid)
         self.root_pid = pid
-        self.pgrp = pid
         self._spawn_tid = tid
         self.internal.add(tid)
         self._add_process(pid, Pid(os.getpid()), tid)
         return pid
+
+    @property
+    def pgrp(self) -> int:
+        """The guest's process group: the sandbox's, made by spawn."""
+        return self._spawn_tid or 0
 
     @property
     def root_found(self) -> bool:
@@ -359,6 +360,7 @@ class GuestKernel:
         if self.trace_events and self.listeners and tid not in self.internal:
             fmt = self._event_formatter
             if fmt is None:
+                # Only format_call is used: the output stream is unused.
                 fmt = self._event_formatter = SyscallFormatter(
                     self.table, sys.stderr, self.tracer.read_string
                 )

@@ -28,12 +28,11 @@ from umld.core.sandbox import (
     sandbox_argv,
 )
 from umld.core.syscalls import lookup_table
+from umld.core.syscalls.sys_utsname import UTS_LEN
 from umld.errors import UmldError, UsageError
 from umld.tracer import TracerError, TracerUnavailable, available, open_tracer
 from umld.tracer.platform import SpawnSpec, TracerPlatform
 from umld.tracer.seccomp import build_filter
-
-UTS_LEN = 64
 
 
 class Config:

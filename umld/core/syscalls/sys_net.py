@@ -14,13 +14,8 @@ import errno
 import struct
 
 from umld.core.syscalls.context import SyscallContext
-from umld.core.syscalls.table import Outcome
+from umld.core.syscalls.table import Hold, Outcome
 from umld.errors import GuestError
-
-
-class Hold(Exception):
-    """Raised by a handler to keep the task stopped in its syscall until
-    the kernel releases it (the call then runs natively)."""
 
 
 def accept(ctx: SyscallContext) -> Outcome:

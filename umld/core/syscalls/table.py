@@ -32,6 +32,11 @@ Outcome: TypeAlias = int | None
 Handler: TypeAlias = "Callable[[SyscallContext], Outcome]"
 
 
+class Hold(Exception):
+    """Raised by a handler to keep the task stopped in its syscall until
+    the kernel releases it (the call then runs natively)."""
+
+
 class Disposition(enum.Enum):
     PASSTHROUGH = "passthrough"
     EMULATE = "emulate"
