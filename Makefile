@@ -3,7 +3,9 @@
 # compiled C tracer), so nothing needs to be installed by hand.
 
 SHELL := /bin/bash
-PYTHON ?= python3
+# Debian's interpreter: every user can run it (a pyenv under /root cannot
+# be run by the ordinary users the tests and the demo run umld as).
+PYTHON ?= /usr/bin/python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMPS := .stamp-apt .stamp-venv .stamp-ctracer .stamp-bench

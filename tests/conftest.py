@@ -143,3 +143,99 @@ def no_strays() -> Iterator[str]:
         except OSError:
             pass
     assert not left, f"stray processes left behind: {left}"
+
+
+# -- an ordinary user ---------------------------------------------------------
+
+#: The account the tests run umld as when they check what an ordinary user
+#: gets (created by the test set-up when the tests run as root).
+ORDINARY_USER = "umld-tester"
+
+
+@dataclass
+class User:
+    """An ordinary (non-root) account and a private directory of its own."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    #: A directory the user owns (mode 0700) for the test's files and the
+    #: user's XDG_RUNTIME_DIR.
+    work: Path
+
+    def argv(self, argv: Sequence[str], **env: str) -> list[str]:
+        """``argv`` run as this user with a clean login-like environment."""
+        base = {
+            "HOME": str(self.home),
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "XDG_RUNTIME_DIR": str(self.work / "run"),
+            "PYTHONPATH": str(ROOT),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        base.update(env)
+        return [
+            "setpriv",
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            "--init-groups",
+            "--reset-env",
+            "env",
+            *(f"{k}={v}" for k, v in base.items()),
+            *argv,
+        ]
+
+    def umld_argv(self, backend: str, *options: str) -> list[str]:
+        """``umld run`` as this user (without the root test binds)."""
+        return self.argv([sys.executable, "-m", "umld", "run", f"--tracer={backend}", *options, "--"])
+
+
+def _interpreter_usable_by_others() -> str | None:
+    """Why an ordinary user cannot run this interpreter, or None."""
+    for path in (sys.executable, os.path.realpath(sys.executable), str(ROOT)):
+        p = Path(path)
+        for part in (p, *p.parents):
+            try:
+                mode = part.stat().st_mode
+            except OSError:
+                return f"{part} is not reachable"
+            if part.is_dir() and not mode & 0o001:
+                return f"{part} is not searchable by other users (use `make install`'s venv)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def ordinary_user(tmp_path_factory: pytest.TempPathFactory) -> User:
+    """The ordinary account, created when missing (tests run as root), with
+    /dev/fuse usable by it (this host's /dev/fuse is 0600; Debian's default
+    is 0666)."""
+    import pwd
+
+    if os.geteuid() != 0:
+        me = pwd.getpwuid(os.geteuid())
+        work = tmp_path_factory.mktemp("ordinary-user")
+        (work / "run").mkdir(mode=0o700)
+        return User(me.pw_name, me.pw_uid, me.pw_gid, Path(me.pw_dir), work)
+    reason = _interpreter_usable_by_others()
+    if reason is not None:
+        pytest.skip(f"cannot run umld as an ordinary user: {reason}")
+    try:
+        entry = pwd.getpwnam(ORDINARY_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--create-home", "--shell", "/bin/sh", "--user-group", ORDINARY_USER],
+            check=True,
+            capture_output=True,
+        )
+        entry = pwd.getpwnam(ORDINARY_USER)
+    if os.path.exists("/dev/fuse"):
+        os.chmod("/dev/fuse", 0o666)
+    work = Path(f"/tmp/umld-tester-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "run").mkdir(parents=True, mode=0o700)
+    for path in (work, work / "run"):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+        path.chmod(0o700)
+    return User(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), work)
