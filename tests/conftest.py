@@ -189,7 +189,9 @@ class User:
 
     def umld_argv(self, backend: str, *options: str) -> list[str]:
         """``umld run`` as this user (without the root test binds)."""
-        return self.argv([sys.executable, "-m", "umld", "run", f"--tracer={backend}", *options, "--"])
+        return self.argv(
+            [sys.executable, "-m", "umld", "run", f"--tracer={backend}", *options, "--"]
+        )
 
 
 def _interpreter_usable_by_others() -> str | None:
