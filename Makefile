@@ -8,7 +8,7 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-STAMPS := .stamp-apt .stamp-venv .stamp-ctracer .stamp-bench
+STAMPS := .stamp-apt .stamp-ids .stamp-venv .stamp-ctracer .stamp-bench
 C_TRACER_SRC := $(wildcard c_tracer/*.c c_tracer/*.h c_tracer/build_ffi.py)
 C_TRACER_SO := .stamp-ctracer
 
@@ -17,7 +17,7 @@ C_TRACER_SO := .stamp-ctracer
 # the tests run as guests.
 APT_PACKAGES := gcc make pkg-config python3 python3-venv python3-dev libffi-dev \
 	fuse3 libfuse3-dev strace proot git tar procps psmisc hostname util-linux \
-	libpython3.11-testsuite e2fsprogs systemd
+	libpython3.11-testsuite e2fsprogs systemd keyutils
 
 .PHONY: all install install-systemd demo test test-fast lint bench bench-quick conformance clean
 
@@ -25,10 +25,15 @@ all: install
 
 SANDBOX_BIN := umld/core/umld-sandbox
 
-install: .stamp-apt .stamp-venv $(C_TRACER_SO) $(SANDBOX_BIN)
+install: .stamp-apt .stamp-ids .stamp-venv $(C_TRACER_SO) $(SANDBOX_BIN)
 
 .stamp-apt: scripts/install-deps.sh
 	scripts/install-deps.sh $(APT_PACKAGES)
+	touch $@
+
+# The `umld` user whose subordinate ids root-run machines get.
+.stamp-ids: scripts/install-ids.sh
+	scripts/install-ids.sh
 	touch $@
 
 .stamp-venv: .stamp-apt pyproject.toml

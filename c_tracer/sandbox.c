@@ -7,23 +7,38 @@
  * guest's first traced process, before the guest's first instruction:
  *
  *   S (this program, host pid namespace)
- *     unshare(NEWUSER) when not root (user_namespaces(7)), unshare(NEWNS),
- *     make every mount private, pivot into a staging tmpfs with the host
- *     tree at /oldroot, build the guest tree at /newroot (binds, ramdisks,
- *     loop-mounted disk images), unshare(NEWTIME) with the machine's
- *     boot time, then clone(NEWUSER|NEWNS|NEWPID) → I and write I's id
- *     maps.  The mounts S made are *locked* in I's namespace
+ *     joins the machine's cgroups, unshare(NEWUSER) when not root
+ *     (user_namespaces(7)), unshare(NEWNS), makes every mount private,
+ *     pivots into a staging tmpfs with the host tree at /oldroot, builds
+ *     the guest tree at /newroot (binds, ramdisks, loop-mounted disk
+ *     images; umld's own exports hidden; host-global kernel files masked),
+ *     unshare(NEWTIME) with the machine's boot time, then
+ *     clone(NEWNS|NEWPID) → I.
+ *   I (pid 1 of the guest's pid namespace)
+ *     mounts a fresh /proc (it shows only the guest's processes), masks
+ *     what it tells of the host, binds the machine's generated /proc and
+ *     /sys files over it, pivot_root(2)s into /newroot and detaches the
+ *     host tree, clones G with NEWUSER|NEWNS|NEWUTS|NEWCGROUP, writes G's
+ *     id maps, and re-execs as "umld-init": a reaper that exits with G's
+ *     status.  The mounts S made are *locked* in G's namespace
  *     (mount_namespaces(7), "Restrictions on mount namespaces"): the guest
  *     cannot unmount them to see what is below, nor make a read-only bind
  *     writable.
- *   I (pid 1 of the guest's pid namespace)
- *     mounts a fresh /proc (it shows only the guest's processes), binds
- *     the machine's generated /proc and /sys files over it, pivot_root(2)s
- *     into /newroot and detaches the host tree, forks G, and re-execs as
- *     "umld-init": a reaper that exits with G's status.
  *   G (pid 2, the guest's first process)
- *     takes the guest's uid/gid, restores the signal mask, chdirs and
- *     execs the command (searching PATH as a shell does).
+ *     takes a session keyring of its own and the guest's uid/gid,
+ *     restores the signal mask, chdirs and execs the command (searching
+ *     PATH as a shell does).
+ *
+ * Identity.  Run by root, the guest's ids are a range of host ids that
+ * nobody else uses ("subids BASEUID BASEGID COUNT", leased by
+ * umld/core/ids.py): guest uid k is host uid BASEUID+k, so the guest's
+ * root is an unprivileged host user whose capabilities reach only the
+ * machine's namespaces.  The host trees it is given are presented
+ * through idmapped mounts (mount_setattr(2), MOUNT_ATTR_IDMAP) with the
+ * same map, so host uid k shows as guest uid k: the guest sees the owners
+ * the caller sees, and what it writes lands with the ids it used.  Run by
+ * another user, the guest's one id is that user (an unprivileged user
+ * namespace of our own), and no idmapped mount is possible or needed.
  *
  * Failures print one line "umld: ..." and exit 125, as env(1) does for its
  * own errors; a command that cannot be found or run exits 127 or 126.
@@ -41,6 +56,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <grp.h>
+#include <sys/fsuid.h>
+#include <sys/resource.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -56,6 +73,16 @@
 #ifndef AT_RECURSIVE
 #define AT_RECURSIVE 0x8000
 #endif
+#ifndef CLONE_NEWCGROUP
+#define CLONE_NEWCGROUP 0x02000000
+#endif
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+#define KEYCTL_JOIN_SESSION_KEYRING 1 /* linux/keyctl.h */
 
 #define EXIT_SETUP 125
 #define STAGING "/tmp"
@@ -102,6 +129,18 @@ static char *join(const char *prefix, const char *path)
 	return out;
 }
 
+/* The guest's host ids when root runs the machine ("subids"): guest id k
+ * is host id base+k for k below count - 1; a guest uid or gid at or above
+ * that takes the range's last id (so one machine may still run as, say,
+ * uid 3000000000).  Off when not root, or in the --unsafe-host-ids mode. */
+static struct {
+	int on;
+	unsigned long uid, gid, count;
+	uid_t guest_uid;
+	gid_t guest_gid;
+	int userns; /* a user namespace with the guest's maps: the idmap */
+} ids = {.userns = -1};
+
 /* mkdir -p; a missing mount point is created where the tree is writable
  * (a ramdisk, a root the guest was given); on a read-only tree the error
  * says which mount point is missing. */
@@ -121,7 +160,44 @@ static int mkdirs(char *path, mode_t mode)
 	return 0;
 }
 
+/* With the guest's own ids, what the sandbox creates in the guest's tree
+ * (mount points, /dev entries) is created as the guest's root: an
+ * idmapped mount refuses to create files for a host id its map lacks
+ * (EOVERFLOW, mount_setattr(2)), and the guest owns what it would own
+ * natively.  setfsuid(2) also drops the capabilities that would let the
+ * sandbox create where the guest's root could not. */
+struct fsids {
+	int uid, gid;
+};
+
+static struct fsids as_guest_root(void)
+{
+	struct fsids old = {-1, -1};
+	if (ids.on) {
+		old.gid = setfsgid((gid_t)ids.gid);
+		old.uid = setfsuid((uid_t)ids.uid);
+	}
+	return old;
+}
+
+static void restore_fsids(struct fsids old)
+{
+	if (old.uid >= 0) {
+		setfsuid((uid_t)old.uid);
+		setfsgid((gid_t)old.gid);
+	}
+}
+
+static void ensure_target_as(const char *guest, char *target, int want_dir);
+
 static void ensure_target(const char *guest, char *target, int want_dir)
+{
+	struct fsids old = as_guest_root();
+	ensure_target_as(guest, target, want_dir);
+	restore_fsids(old);
+}
+
+static void ensure_target_as(const char *guest, char *target, int want_dir)
 {
 	struct stat st;
 	if (stat(target, &st) == 0) {
@@ -171,6 +247,319 @@ static int has_flag(const char *flags, const char *name)
 	return 0;
 }
 
+
+/* uid_map / gid_map text (user_namespaces(7)) of the guest's range. */
+static void format_map(char *buf, size_t size, unsigned long base, unsigned long count,
+		       unsigned long id)
+{
+	if (id < count)
+		snprintf(buf, size, "0 %lu %lu\n", base, count);
+	else
+		snprintf(buf, size, "0 %lu %lu\n%lu %lu 1\n", base, count - 1, id, base + count - 1);
+}
+
+static void write_id_maps(pid_t pid, const char *proc)
+{
+	char path[96], text[128];
+	format_map(text, sizeof text, ids.uid, ids.count, ids.guest_uid);
+	snprintf(path, sizeof path, "%s/%d/uid_map", proc, pid);
+	write_file(path, text);
+	format_map(text, sizeof text, ids.gid, ids.count, ids.guest_gid);
+	snprintf(path, sizeof path, "%s/%d/gid_map", proc, pid);
+	write_file(path, text);
+}
+
+/* A user namespace with the guest's id maps, for MOUNT_ATTR_IDMAP: made by
+ * a child that only waits.  CLONE_UNTRACED keeps it out of the tracer's
+ * sight (the guest kernel counts this process's children: init, then the
+ * guest); it inherits the seccomp filter and makes no call that stops. */
+static int idmap_userns(void)
+{
+	if (ids.userns >= 0)
+		return ids.userns;
+	int pipefd[2];
+	if (pipe2(pipefd, O_CLOEXEC) < 0)
+		die("pipe");
+	long pid = syscall(SYS_clone, CLONE_NEWUSER | CLONE_UNTRACED | SIGCHLD, 0, NULL, NULL, 0);
+	if (pid < 0)
+		die("cannot create the user namespace of the idmapped mounts");
+	if (pid == 0) {
+		char c;
+		close(pipefd[1]);
+		_exit(read(pipefd[0], &c, 1) < 0);
+	}
+	close(pipefd[0]);
+	write_id_maps((pid_t)pid, "/oldroot/proc");
+	char path[64];
+	snprintf(path, sizeof path, "/oldroot/proc/%ld/ns/user", pid);
+	ids.userns = open(path, O_RDONLY | O_CLOEXEC);
+	if (ids.userns < 0)
+		die("cannot open %s", path);
+	close(pipefd[1]);
+	while (waitpid((pid_t)pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	return ids.userns;
+}
+
+/* Attributes every bind of a host tree gets: set-uid bits and device
+ * nodes placed there by anyone mean nothing in the guest. */
+#define BIND_ATTRS (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
+
+/* Clone the one mount at PATH (open_tree(2), not recursive), idmapped
+ * when the filesystem allows it (ext4, xfs, btrfs, overlayfs; tmpfs from
+ * Linux 6.3), and attach it at TARGET.  A filesystem that refuses an
+ * idmap (proc, sysfs, devpts, fuse, nfs) shows its owners unmapped
+ * (nobody) in the guest.  -1 when a mount that is not REQUIRED cannot be
+ * cloned. */
+static int attach_clone(const char *path, const char *target, unsigned long long attrs,
+			int required)
+{
+	int fd = (int)syscall(SYS_open_tree, AT_FDCWD, path,
+			      OPEN_TREE_CLONE | O_CLOEXEC | AT_NO_AUTOMOUNT);
+	if (fd < 0) {
+		/* A submount root may not reach (another user's FUSE mount
+		 * without allow_other): the guest goes without it. */
+		if (!required)
+			return -1;
+		die("cannot clone the mount %s", path + 8);
+	}
+	struct mount_attr attr = {.attr_set = attrs | MOUNT_ATTR_IDMAP,
+				  .userns_fd = (uint64_t)idmap_userns()};
+	if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) {
+		memset(&attr, 0, sizeof attr);
+		attr.attr_set = attrs;
+		if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
+			die("cannot set the attributes of %s", path + 8);
+	}
+	if (syscall(SYS_move_mount, fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+		die("cannot attach %s at %s", path + 8, target + 8);
+	close(fd);
+	return 0;
+}
+
+/* Give the mount at TARGET the guest's idmap, in place: clone it, idmap
+ * the clone, detach the original, attach the clone. */
+static void idmap_in_place(const char *target, const char *guest)
+{
+	int fd = (int)syscall(SYS_open_tree, AT_FDCWD, target, OPEN_TREE_CLONE | O_CLOEXEC);
+	if (fd < 0)
+		die("cannot clone the mount %s", guest);
+	struct mount_attr attr = {.attr_set = MOUNT_ATTR_IDMAP, .userns_fd = (uint64_t)idmap_userns()};
+	if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
+		die("cannot idmap %s", guest);
+	if (umount2(target, MNT_DETACH) < 0 ||
+	    syscall(SYS_move_mount, fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+		die("cannot replace %s with its idmapped clone", guest);
+	close(fd);
+}
+
+/* One line of mountinfo (proc(5)) that matters here. */
+struct mnt {
+	char *point;
+	int hidden; /* one of umld's own exports */
+};
+
+/* mountinfo escapes space, tab, newline and backslash as \ooo. */
+static void unescape(char *s)
+{
+	char *out = s;
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+		    s[3] >= '0' && s[3] <= '7') {
+			*out++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+			s += 3;
+		} else {
+			*out++ = *s;
+		}
+	}
+	*out = '\0';
+}
+
+static int below(const char *path, const char *dir)
+{
+	size_t n = strlen(dir);
+	return strncmp(path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/' || dir[n - 1] == '/');
+}
+
+/* The mounts at or below DIR as this process sees them, in the order they
+ * were mounted, without the ones another hides (mounted over them or over
+ * a directory above them).  Exports of umld (FUSE mounts whose source is
+ * "umld-NAME") are marked hidden: no machine ever sees one. */
+static size_t mounts_below(const char *dir, struct mnt **out)
+{
+	FILE *f = fopen("/oldroot/proc/self/mountinfo", "re");
+	if (!f)
+		die("cannot read the host's mount table");
+	size_t n = 0, cap = 64;
+	struct mnt *list = malloc(cap * sizeof *list);
+	char *line = NULL;
+	size_t len = 0;
+	while (list && getline(&line, &len, f) > 0) {
+		char point[4096], fstype[256], source[4096];
+		char *sep = strstr(line, " - ");
+		if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", point) != 1 ||
+		    sscanf(sep + 3, "%255s %4095s", fstype, source) != 2)
+			continue;
+		unescape(point);
+		unescape(source);
+		if (!below(point, dir))
+			continue;
+		/* Covered: drop what this mount hides. */
+		size_t kept = 0;
+		for (size_t k = 0; k < n; k++) {
+			if (below(list[k].point, point))
+				free(list[k].point);
+			else
+				list[kept++] = list[k];
+		}
+		n = kept;
+		if (n == cap) {
+			cap *= 2;
+			list = realloc(list, cap * sizeof *list);
+			if (!list)
+				break;
+		}
+		list[n].point = strdup(point);
+		list[n].hidden = strncmp(fstype, "fuse", 4) == 0 && strncmp(source, "umld-", 5) == 0;
+		n++;
+	}
+	if (!list)
+		die("out of memory");
+	free(line);
+	fclose(f);
+	*out = list;
+	return n;
+}
+
+/* An empty read-only directory over a guest path: what hides a mount. */
+static void cover_dir(const char *target, const char *guest)
+{
+	if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+		  "size=4k,mode=0555") < 0)
+		die("cannot hide %s", guest);
+}
+
+/* Bind the host tree FROM (below /oldroot) at TO (below /newroot).  With
+ * the guest's own id range, mount by mount, each clone idmapped; else one
+ * recursive bind.  umld's exports below FROM are left out or covered. */
+static void bind_tree(const char *from_path, const char *to, unsigned long long attrs)
+{
+	char from[4096];
+	snprintf(from, sizeof from, "%s", from_path);
+	for (size_t len = strlen(from); len > 1 && from[len - 1] == '/'; len--)
+		from[len - 1] = '\0';
+	struct mnt *list;
+	size_t n = mounts_below(from, &list);
+	if (ids.on) {
+		attach_clone(from, to, attrs, 1);
+		for (size_t k = 0; k < n; k++) {
+			const char *p = list[k].point;
+			/* Below a mount left out (an export, or one that cannot
+			 * be cloned): left out too. */
+			int out = list[k].hidden;
+			for (size_t j = 0; j < k && !out; j++)
+				out = list[j].hidden && below(p, list[j].point);
+			if (out) {
+				list[k].hidden = 1;
+				continue;
+			}
+			if (strcmp(p, from) == 0)
+				continue;
+			char *target = join(to, p + strlen(from));
+			if (attach_clone(p, target, attrs, 0) < 0)
+				list[k].hidden = 1;
+			free(target);
+		}
+	} else {
+		if (mount(from, to, NULL, MS_BIND | MS_REC, NULL) < 0)
+			die("cannot bind %s at %s", from + 8, to + 8);
+		struct mount_attr attr = {.attr_set = attrs};
+		if (syscall(SYS_mount_setattr, AT_FDCWD, to, AT_RECURSIVE, &attr, sizeof attr) < 0)
+			die("cannot set the attributes of %s", to + 8);
+		/* Mounts copied from the host's namespace are locked together
+		 * (mount_namespaces(7)): an export is covered, not unmounted. */
+		for (size_t k = 0; k < n; k++) {
+			if (!list[k].hidden)
+				continue;
+			char *target = join(to, list[k].point + strlen(from));
+			cover_dir(target, target + 8);
+			free(target);
+		}
+	}
+	for (size_t k = 0; k < n; k++)
+		free(list[k].point);
+	free(list);
+}
+
+/* "hide GUEST": what the guest must not reach although it lies inside a
+ * tree it was given (the daemon's control socket): a directory becomes an
+ * empty one, anything else an empty file. */
+static void op_hide(const char *guest)
+{
+	char *target = join("/newroot", guest);
+	struct stat st;
+	if (lstat(target, &st) < 0) {
+		free(target);
+		return;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		cover_dir(target, guest);
+	} else if (!S_ISLNK(st.st_mode)) {
+		int fd = open("/hidden", O_WRONLY | O_CREAT | O_CLOEXEC, 0);
+		if (fd < 0)
+			die("cannot create the staging file /hidden");
+		close(fd);
+		if (mount("/hidden", target, NULL, MS_BIND | MS_RDONLY, NULL) < 0)
+			die("cannot hide %s", guest);
+	}
+	free(target);
+}
+
+/* Host-global kernel files: masked or read-only, as OCI runtimes do by
+ * default (runc's masked and read-only paths). */
+static const char *const proc_masked_files[] = {"kcore",       "keys",		"latency_stats",
+						"timer_list",  "timer_stats",	"sched_debug",
+						"sysrq-trigger"};
+static const char *const proc_masked_dirs[] = {"acpi", "asound", "scsi"};
+static const char *const proc_readonly[] = {"bus", "fs", "irq", "sys"};
+static const char *const sys_masked_dirs[] = {"firmware", "devices/virtual/powercap"};
+
+static void mask_sys(void)
+{
+	for (size_t k = 0; k < sizeof sys_masked_dirs / sizeof sys_masked_dirs[0]; k++) {
+		char to[96];
+		struct stat st;
+		snprintf(to, sizeof to, "/newroot/sys/%s", sys_masked_dirs[k]);
+		if (stat(to, &st) == 0 && S_ISDIR(st.st_mode))
+			cover_dir(to, to + 8);
+	}
+}
+
+static void mask_proc(void)
+{
+	for (size_t k = 0; k < sizeof proc_masked_files / sizeof proc_masked_files[0]; k++) {
+		char to[96];
+		snprintf(to, sizeof to, "/newroot/proc/%s", proc_masked_files[k]);
+		if (access(to, F_OK) == 0 && mount("/oldroot/dev/null", to, NULL, MS_BIND, NULL) < 0)
+			die("cannot mask /proc/%s", proc_masked_files[k]);
+	}
+	for (size_t k = 0; k < sizeof proc_masked_dirs / sizeof proc_masked_dirs[0]; k++) {
+		char to[96];
+		snprintf(to, sizeof to, "/newroot/proc/%s", proc_masked_dirs[k]);
+		if (access(to, F_OK) == 0)
+			cover_dir(to, to + 8);
+	}
+	for (size_t k = 0; k < sizeof proc_readonly / sizeof proc_readonly[0]; k++) {
+		char to[96];
+		snprintf(to, sizeof to, "/newroot/proc/%s", proc_readonly[k]);
+		if (access(to, F_OK) != 0)
+			continue;
+		if (mount(to, to, NULL, MS_BIND | MS_REC, NULL) < 0)
+			die("cannot bind /proc/%s", proc_readonly[k]);
+		set_readonly(to, to + 8, 1);
+	}
+}
+
 static void op_bind(const char *src, const char *dst, const char *flags)
 {
 	char *from = join("/oldroot", src);
@@ -182,10 +571,7 @@ static void op_bind(const char *src, const char *dst, const char *flags)
 		die("cannot bind %s", src);
 	}
 	ensure_target(dst, to, S_ISDIR(st.st_mode));
-	if (mount(from, to, NULL, MS_BIND | MS_REC, NULL) < 0)
-		die("cannot bind %s at %s", src, dst);
-	if (has_flag(flags, "ro"))
-		set_readonly(to, dst, 1);
+	bind_tree(from, to, BIND_ATTRS | (has_flag(flags, "ro") ? MOUNT_ATTR_RDONLY : 0));
 	free(from);
 	free(to);
 }
@@ -236,6 +622,10 @@ static void op_disk(const char *image, const char *dst, const char *fstype)
 		}
 		if (mount(dev, to, fstype, MS_NOSUID | MS_NODEV, NULL) < 0)
 			die("cannot mount the disk image %s at %s (%s)", image, dst, fstype);
+		/* The image holds guest ids (mkfs made its root the guest's): the
+		 * same ids in every run, whichever host range the machine has. */
+		if (ids.on)
+			idmap_in_place(to, dst);
 		close(lfd);
 		break;
 	}
@@ -253,8 +643,12 @@ static void op_dev(void)
 {
 	static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
 	ensure_target("/dev", (char[]){"/newroot/dev"}, 1);
-	if (mount("tmpfs", "/newroot/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k") < 0)
+	char opts[96] = "mode=0755,size=64k";
+	if (ids.on)
+		snprintf(opts, sizeof opts, "mode=0755,size=64k,uid=%lu,gid=%lu", ids.uid, ids.gid);
+	if (mount("tmpfs", "/newroot/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, opts) < 0)
 		die("cannot mount the guest's /dev");
+	struct fsids old = as_guest_root();
 	for (size_t k = 0; k < sizeof nodes / sizeof nodes[0]; k++) {
 		char from[64], to[64];
 		snprintf(from, sizeof from, "/oldroot/dev/%s", nodes[k]);
@@ -279,6 +673,7 @@ static void op_dev(void)
 	for (size_t k = 0; k < sizeof links / sizeof links[0]; k++)
 		if (symlink(links[k][0], links[k][1]) < 0)
 			die("cannot create %s", links[k][1] + 8);
+	restore_fsids(old);
 }
 
 struct spec {
@@ -412,6 +807,11 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
 		die("cannot become gid %u", (unsigned)sp->gid);
 	if (setresuid(sp->uid, sp->uid, sp->uid) < 0)
 		die("cannot become uid %u", (unsigned)sp->uid);
+	/* A session keyring of the guest's own (keyrings(7)): the one
+	 * inherited from umld's caller would let the guest use the caller's
+	 * keys.  The user and persistent keyrings are per user namespace. */
+	if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0 && errno != ENOSYS)
+		die("cannot create the guest's session keyring");
 	if (sp->subreaper)
 		prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 	/* An implicit working directory (umld's own) that the guest does not
@@ -433,10 +833,13 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
 static void write_maps(pid_t child, uid_t uid, gid_t gid, int was_root)
 {
 	char path[64], text[128];
+	if (ids.on) {
+		write_id_maps(child, "/proc");
+		return;
+	}
 	if (was_root) {
-		/* Root on the host: the guest's ids are the host's, so owners
-		 * set by chown(2) in the guest are real and persist on disk
-		 * images; capabilities stay confined to the guest's namespaces. */
+		/* --unsafe-host-ids: the guest's ids are the host's, and its
+		 * root is the host's root on every host file it can reach. */
 		snprintf(text, sizeof text, "0 0 4294967295\n");
 		snprintf(path, sizeof path, "/proc/%d/uid_map", child);
 		write_file(path, text);
@@ -461,20 +864,11 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
 	if (sp->proc) {
 		if (mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
 			die("cannot mount the guest's /proc");
-		/* The guest's root may be the host's uid 0: what /proc lets uid
-		 * 0 change about the host kernel is made read-only or masked,
-		 * as container runtimes do (sysctl(2) files check the uid, not
-		 * a capability in the caller's namespace). */
-		if (mount("/newroot/proc/sys", "/newroot/proc/sys", NULL, MS_BIND | MS_REC, NULL) < 0)
-			die("cannot bind /proc/sys");
-		set_readonly("/newroot/proc/sys", "/proc/sys", 1);
-		static const char *const masked[] = {"sysrq-trigger", "kcore", "timer_list"};
-		for (size_t k = 0; k < sizeof masked / sizeof masked[0]; k++) {
-			char to[64];
-			snprintf(to, sizeof to, "/newroot/proc/%s", masked[k]);
-			if (access(to, F_OK) == 0 && mount("/oldroot/dev/null", to, NULL, MS_BIND, NULL) < 0)
-				die("cannot mask /proc/%s", masked[k]);
-		}
+		/* What /proc tells of, or lets change about, the host kernel is
+		 * masked or read-only, as container runtimes do: sysctl(2) files
+		 * check the uid, not a capability in the caller's namespace,
+		 * and --unsafe-host-ids makes the guest's root the host's. */
+		mask_proc();
 	}
 	for (int i = 0; i < sp->nfiles; i++) {
 		char *from = join("/oldroot", sp->files[2 * i]);
@@ -501,8 +895,12 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
 	int pipefd[2];
 	if (pipe2(pipefd, O_CLOEXEC) < 0)
 		die("pipe");
-	long g = syscall(SYS_clone, CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | SIGCHLD, 0, NULL,
-			 NULL, 0);
+	/* A cgroup namespace rooted at the machine's cgroup (S joined it):
+	 * the guest sees, and may mount, only its own subtree
+	 * (cgroup_namespaces(7)). */
+	long g = syscall(SYS_clone,
+			 CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWCGROUP | SIGCHLD, 0,
+			 NULL, NULL, 0);
 	if (g < 0)
 		die("cannot create the guest's user namespace");
 	if (g == 0) {
@@ -554,6 +952,46 @@ static void set_boottime(void)
 	}
 	snprintf(text, sizeof text, "boottime %lld %ld\n", sec, nsec);
 	write_file("/oldroot/proc/self/timens_offsets", text);
+}
+
+/* Move this process into the cgroup DIR (a host path, seen below PREFIX):
+ * every process it starts is then charged to it ("0" is the writer,
+ * cgroups(7)). */
+static void join_cgroup_at(const char *prefix, const char *dir)
+{
+	char path[4096];
+	snprintf(path, sizeof path, "%s%s/cgroup.procs", prefix, dir);
+	int cg = open(path, O_WRONLY | O_CLOEXEC);
+	if (cg < 0 || write(cg, "0", 1) != 1)
+		die("cannot join the machine's cgroup %s", dir);
+	close(cg);
+}
+
+static void join_cgroup(const char *dir)
+{
+	join_cgroup_at("/oldroot", dir);
+}
+
+/* "rlimit nproc|nofile N": set before the guest's first instruction, so
+ * that it and everything it starts inherit it (getrlimit(2)). */
+static void set_rlimit(const char *name, const char *value)
+{
+	int which;
+	if (strcmp(name, "nproc") == 0)
+		which = RLIMIT_NPROC;
+	else if (strcmp(name, "nofile") == 0)
+		which = RLIMIT_NOFILE;
+	else {
+		errno = 0;
+		die("sandbox: unknown rlimit %s", name);
+	}
+	struct rlimit lim;
+	if (strcmp(value, "unlimited") == 0)
+		lim.rlim_cur = lim.rlim_max = RLIM_INFINITY;
+	else
+		lim.rlim_cur = lim.rlim_max = strtoull(value, NULL, 10);
+	if (setrlimit(which, &lim) < 0)
+		die("cannot set the guest's %s limit to %s", name, value);
 }
 
 static void need(int argc, int i, int n, const char *op)
@@ -618,12 +1056,7 @@ static int enter_main(int argc, char **argv)
 			/* The machine's pids cgroup (limits/nproc): the new process
 			 * counts against it like the others ("0" is the writer). */
 			need(argc, i, 1, op);
-			char path[4096];
-			snprintf(path, sizeof path, "%s/cgroup.procs", argv[++i]);
-			int cg = open(path, O_WRONLY | O_CLOEXEC);
-			if (cg < 0 || write(cg, "0", 1) != 1)
-				die("cannot join the machine's cgroup %s", argv[i]);
-			close(cg);
+			join_cgroup_at("", argv[++i]);
 		} else {
 			errno = 0;
 			die("sandbox: unknown enter operation %s", op);
@@ -689,6 +1122,10 @@ int main(int argc, char **argv)
 	if (self_fd < 0)
 		die("cannot open /proc/self/exe");
 
+	const char **hides = calloc((size_t)argc, sizeof(char *));
+	int nhides = 0;
+	if (!hides)
+		die("out of memory");
 	if (!sp.was_root)
 		become_own_userns();
 	if (unshare(CLONE_NEWNS) < 0)
@@ -716,11 +1153,9 @@ int main(int argc, char **argv)
 		} else if (strcmp(op, "root") == 0) {
 			need(argc, i, 2, op);
 			char *from = join("/oldroot", argv[i + 1]);
-			if (mount(from, "/newroot", NULL, MS_BIND | MS_REC, NULL) < 0)
-				die("cannot use %s as the guest's root", argv[i + 1]);
+			bind_tree(from, "/newroot",
+				  BIND_ATTRS | (strcmp(argv[i + 2], "ro") == 0 ? MOUNT_ATTR_RDONLY : 0));
 			free(from);
-			if (strcmp(argv[i + 2], "ro") == 0)
-				set_readonly("/newroot", "/", 1);
 			i += 2;
 		} else if (strcmp(op, "bind") == 0) {
 			need(argc, i, 3, op);
@@ -739,16 +1174,20 @@ int main(int argc, char **argv)
 		} else if (strcmp(op, "mkdir") == 0) {
 			need(argc, i, 1, op);
 			char *to = join("/newroot", argv[i + 1]);
+			struct fsids old = as_guest_root();
 			if (mkdirs(to, 0755) < 0 || chmod(to, 01777) < 0)
 				die("cannot create %s in the guest", argv[i + 1]);
+			restore_fsids(old);
 			free(to);
 			i += 1;
 		} else if (strcmp(op, "proc") == 0) {
 			/* The host's /proc under the root bind goes: the guest
 			 * gets its own, and nothing is left below it to reveal. */
 			struct stat st;
+			struct fsids old = as_guest_root();
 			if (stat("/newroot/proc", &st) < 0 && mkdirs((char[]){"/newroot/proc"}, 0555) < 0)
 				die("cannot create /proc in the guest");
+			restore_fsids(old);
 			umount2("/newroot/proc", MNT_DETACH);
 			sp.proc = 1;
 		} else if (strcmp(op, "file") == 0) {
@@ -761,6 +1200,33 @@ int main(int argc, char **argv)
 			need(argc, i, 2, op);
 			sp.uid = (uid_t)strtoul(argv[i + 1], NULL, 10);
 			sp.gid = (gid_t)strtoul(argv[i + 2], NULL, 10);
+			ids.guest_uid = sp.uid;
+			ids.guest_gid = sp.gid;
+			i += 2;
+		} else if (strcmp(op, "subids") == 0) {
+			need(argc, i, 3, op);
+			if (!sp.was_root) {
+				errno = 0;
+				die("sandbox: subids needs root");
+			}
+			ids.on = 1;
+			ids.uid = strtoul(argv[i + 1], NULL, 10);
+			ids.gid = strtoul(argv[i + 2], NULL, 10);
+			ids.count = strtoul(argv[i + 3], NULL, 10);
+			if (ids.uid == 0 || ids.gid == 0 || ids.count < 2) {
+				errno = 0;
+				die("sandbox: bad subids");
+			}
+			i += 3;
+		} else if (strcmp(op, "cgroup") == 0) {
+			need(argc, i, 1, op);
+			join_cgroup(argv[++i]);
+		} else if (strcmp(op, "hide") == 0) {
+			need(argc, i, 1, op);
+			hides[nhides++] = argv[++i];
+		} else if (strcmp(op, "rlimit") == 0) {
+			need(argc, i, 2, op);
+			set_rlimit(argv[i + 1], argv[i + 2]);
 			i += 2;
 		} else if (strcmp(op, "cwd") == 0) {
 			need(argc, i, 2, op);
@@ -782,6 +1248,9 @@ int main(int argc, char **argv)
 		}
 	}
 	sp.argv = argv + i; /* empty: an idle machine */
+	mask_sys();
+	for (int k = 0; k < nhides; k++)
+		op_hide(hides[k]);
 
 	if (sp.boottime)
 		set_boottime();

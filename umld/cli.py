@@ -172,6 +172,13 @@ def _add_machine_options(p: argparse.ArgumentParser, *, named: bool = True) -> N
     g.add_argument("--memory", metavar="SIZE", help="memory the guest sees (/proc/meminfo)")
     g.add_argument("--kernel-release", metavar="REL", help="uname -r in the guest")
     g.add_argument("--uname-machine", metavar="ARCH", help="uname -m in the guest")
+    g.add_argument(
+        "--unsafe-host-ids",
+        action="store_true",
+        default=None,
+        help="DANGEROUS, root only: the guest's ids are the host's, so its root is the host's "
+        "root on every host file it can reach (default: a range of host ids of its own)",
+    )
 
 
 def _int_arg(text: str) -> int:
@@ -183,7 +190,7 @@ def _int_arg(text: str) -> int:
 
 MACHINE_KEYS = (
     "hostname", "domainname", "name", "root", "read_only_root", "bind", "tmpfs", "disk",
-    "uid", "gid", "vcpus", "memory", "kernel_release", "uname_machine",
+    "uid", "gid", "vcpus", "memory", "kernel_release", "uname_machine", "unsafe_host_ids",
 )  # fmt: skip
 
 
@@ -240,6 +247,7 @@ def config_from_mapping(data: dict[str, Any], *, where: str) -> dict[str, Any]:
         "uname_machine": text("uname_machine"),
         "hostname": text("hostname"),
         "domainname": text("domainname"),
+        "unsafe_host_ids": flag("unsafe_host_ids"),
     }
 
 

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 log = get_logger("umld.control")
 
+#: limits/nproc of a new machine: processes and threads, together (the
+#: pids controller counts tasks; podman's default is 2048).
+DEFAULT_NPROC = 4096
+
 
 class SettingError(ValueError):
     """A value a setting refuses; the message says why."""
@@ -119,10 +123,17 @@ class MachineControl:
             "uid": str(uid),
             "gid": str(gid),
             "trace": "off",
-            "limits/nproc": "unlimited",
+            "limits/nproc": str(DEFAULT_NPROC),
             "limits/nofile": str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
         }
-        self._cgroup: str | None = None
+        #: Limits changed before the guest runs: given to the sandbox, so
+        #: they hold from its first instruction (spawn_limits).
+        self._spawn_limits: dict[str, str] = {"nproc": str(DEFAULT_NPROC)}
+        if files.cgroup is not None:
+            try:
+                files.cgroup.set_pids_max(DEFAULT_NPROC)
+            except OSError as exc:
+                log.warning("pids cgroup of %s: %s", name, exc)
 
     # -- settings ----------------------------------------------------------
 
@@ -214,53 +225,33 @@ class MachineControl:
                     resource.prlimit(pid, which, (n, n))
                 except (ProcessLookupError, PermissionError):
                     continue
-            if which == resource.RLIMIT_NPROC:
-                # The kernel never applies RLIMIT_NPROC to the host's root,
-                # and the guest's root is the host's when umld runs as root:
-                # the pids cgroup controller bounds the machine instead
-                # (fork(2) then fails with EAGAIN, as with the rlimit).
-                self._pids_cgroup(pids, None if n == resource.RLIM_INFINITY else n)
+            self._spawn_limits[key.split("/")[1]] = value
+            if which == resource.RLIMIT_NPROC and self.files.cgroup is not None:
+                # The pids controller bounds the whole machine, whatever
+                # its ids (the kernel never applies RLIMIT_NPROC to a root
+                # that is the host's, --unsafe-host-ids); fork(2) then
+                # fails with EAGAIN, as with the rlimit.
+                try:
+                    self.files.cgroup.set_pids_max(None if n == resource.RLIM_INFINITY else n)
+                except OSError as exc:
+                    log.warning("pids cgroup of %s: %s", self.name, exc)
             self._values[key] = value
         else:
             raise SettingError(f"no setting {key!r}")
 
-    def _pids_cgroup(self, pids: list[int], limit: int | None) -> None:
-        if self._cgroup is None:
-            base = _pids_hierarchy()
-            if base is None:
-                return
-            path = os.path.join(base, f"umld-{self.name}-{os.getpid()}")
-            try:
-                os.makedirs(path, exist_ok=True)
-            except OSError as exc:
-                log.warning("no pids cgroup for %s: %s", self.name, exc)
-                return
-            self._cgroup = path
-        try:
-            with open(os.path.join(self._cgroup, "pids.max"), "w") as f:
-                f.write("max" if limit is None else str(limit))
-            for pid in pids:
-                try:
-                    with open(os.path.join(self._cgroup, "cgroup.procs"), "w") as f:
-                        f.write(str(pid))
-                except ProcessLookupError:
-                    continue
-        except OSError as exc:
-            log.warning("pids cgroup of %s: %s", self.name, exc)
+    def spawn_limits(self) -> list[tuple[str, str]]:
+        """(nproc|nofile, value) for the sandbox: the limits in force when
+        the guest starts (the defaults, and what --config-dir set)."""
+        return sorted(self._spawn_limits.items())
 
     @property
-    def cgroup(self) -> str | None:
-        """The machine's pids cgroup, once limits/nproc made one."""
-        return self._cgroup
+    def cgroups(self) -> list[str]:
+        """The machine's cgroup directories (what a new process joins)."""
+        return self.files.cgroup.paths if self.files.cgroup is not None else []
 
     def close(self) -> None:
-        """Remove what the machine left on the host (its pids cgroup)."""
-        if self._cgroup is not None:
-            try:
-                os.rmdir(self._cgroup)
-            except OSError:
-                pass
-            self._cgroup = None
+        """Nothing of the machine is left to remove here: its cgroups and
+        files go with MachineFiles."""
 
     def _guest_host_pids(self) -> list[int]:
         internal = self.kernel.internal
@@ -522,34 +513,6 @@ def _set_guest_hostname(pid: int, name: bytes) -> None:
     t = threading.Thread(target=work, name="umld-uts")
     t.start()
     t.join(5)
-
-
-def _pids_hierarchy() -> str | None:
-    """Where the pids cgroup controller is mounted (v1), or the unified
-    hierarchy when it offers pids (v2); None without root or controller."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        with open("/proc/self/mountinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, sup = left.split(), right.split()
-        if len(sup) >= 3 and sup[0] == "cgroup" and "pids" in sup[2].split(","):
-            return fields[4]
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, sup = left.split(), right.split()
-        if sup and sup[0] == "cgroup2":
-            try:
-                with open(os.path.join(fields[4], "cgroup.controllers")) as f:
-                    if "pids" in f.read().split():
-                        return fields[4]
-            except OSError:
-                continue
-    return None
 
 
 def _nr_open() -> int:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar, final
 
 from umld.core.control import MachineControl
 from umld.core.kernel import GuestKernel, wait_status_to_exit_code
-from umld.core.machine import Config, prepare, uts_for
+from umld.core.machine import Config, machine_argv, prepare, uts_for
 from umld.core.sandbox import (
     SANDBOX,
     MachineFiles,
@@ -117,8 +117,9 @@ class HostedMachine:
             for fd in inherited:
                 os.set_inheritable(fd, True)
             ops += ["stdio", *map(str, inherited)]
-        if self.control is not None and self.control.cgroup is not None:
-            ops += ["cgroup", self.control.cgroup]
+        if self.control is not None:
+            for path in self.control.cgroups:
+                ops += ["cgroup", path]
         ops += ["ids", str(self.uid), str(self.gid), "cwd", cwd or "/", "--", *argv]
         environ = {**_guest_env(self), **(env or {})}
         spec = SpawnSpec(
@@ -275,10 +276,7 @@ class Host:
         try:
             environ = dict(_guest_env(m) if env is None else env)
             uts = uts_for(cfg)
-            prep = prepare(
-                cfg, files, environ, uts=uts, live=True, argv=m.argv, cwd="/", cwd_strict=False
-            )
-            argv = prep.argv
+            prep = prepare(cfg, files, environ, live=True, name=m.name)
             vcpus, memory = prep.vcpus or 1, prep.memory or 0
             kernel = GuestKernel(self._tracer, self.table, uts=uts)
             kernel.vcpus = cfg.vcpus
@@ -288,6 +286,17 @@ class Host:
             )
             for hook in m.on_control:
                 hook(m.control)
+            argv = machine_argv(
+                cfg,
+                prep,
+                files,
+                live=True,
+                argv=m.argv,
+                cwd="/",
+                cwd_strict=False,
+                uts=uts,
+                rlimits=m.control.spawn_limits(),
+            )
             spec = SpawnSpec(
                 path=argv[0],
                 argv=argv,

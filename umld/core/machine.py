@@ -14,7 +14,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, TextIO, final
 
-from umld.core.control import MachineControl
+from umld.core.cgroups import MachineCgroup
+from umld.core.control import DEFAULT_NPROC, MachineControl
+from umld.core.ids import IdRange, lease as lease_ids
 from umld.core.kernel import TERMINATING_SIGNALS, GuestKernel, UtsState, wait_status_to_exit_code
 from umld.core.sandbox import (
     SANDBOX,
@@ -29,10 +31,13 @@ from umld.core.sandbox import (
 )
 from umld.core.syscalls import lookup_table
 from umld.core.syscalls.sys_utsname import UTS_LEN
-from umld.errors import UmldError, UsageError
+from umld.errors import UmldError, UsageError, get_logger
 from umld.tracer import TracerError, TracerUnavailable, available, open_tracer
 from umld.tracer.platform import SpawnSpec, TracerPlatform
 from umld.tracer.seccomp import build_filter
+
+
+log = get_logger("umld.machine")
 
 
 class Config:
@@ -65,6 +70,8 @@ class Config:
         kernel_release: str | None = None,
         uname_machine: str | None = None,
         state_dir: str | None = None,
+        unsafe_host_ids: bool = False,
+        hidden: Sequence[str] = (),
     ) -> None:
         #: None: the host's name.
         self.hostname = hostname
@@ -87,6 +94,13 @@ class Config:
         self.uname_machine = uname_machine
         #: Where named machines keep their disk images.
         self.state_dir = state_dir
+        #: Run by root: the guest's ids are the host's own (its root is the
+        #: host's root on every host file it reaches) instead of a range
+        #: of its own.  Dangerous; for compatibility only.
+        self.unsafe_host_ids = unsafe_host_ids
+        #: Host paths the guest must not reach although a tree it is
+        #: given holds them (the daemon's control socket).
+        self.hidden = list(hidden)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -130,27 +144,20 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 class Prepared(NamedTuple):
     """What a machine's start needs, from its configuration."""
 
-    argv: list[bytes]  # umld-sandbox's
+    layout: Layout
     uid: int
     gid: int
     vcpus: int | None  # None: the host's, and not bound over /proc
     memory: int | None
+    ids: IdRange | None  # the machine's host ids (root-run machines)
 
 
 def prepare(
-    cfg: Config,
-    files: MachineFiles,
-    environ: Mapping[str, str],
-    *,
-    live: bool,
-    argv: Sequence[str],
-    cwd: str,
-    cwd_strict: bool,
-    uts: UtsState,
+    cfg: Config, files: MachineFiles, environ: Mapping[str, str], *, live: bool, name: str
 ) -> Prepared:
-    """The machine's generated files and the sandbox's argument list.  A
-    live machine can change its CPU count and memory size later, so its
-    /proc and /sys files are the machine's from the start."""
+    """The machine's host side: its generated files, its host ids and its
+    cgroups.  A live machine can change its CPU count and memory size
+    later, so its /proc and /sys files are the machine's from the start."""
     vcpus = cfg.vcpus or ((os.cpu_count() or 1) if live else None)
     memory = cfg.memory or (host_memory() if live else None)
     if vcpus is not None:
@@ -167,18 +174,49 @@ def prepare(
         home=environ.get("HOME") or None,
         home_disk=cfg.home_disk(),
     )
-    sandbox = sandbox_argv(
-        layout,
+    ids = None
+    if os.geteuid() == 0 and not cfg.unsafe_host_ids:
+        files.ids = lease_ids()
+        ids = files.ids.ids
+    elif os.geteuid() == 0:
+        log.warning(
+            "machine %s: --unsafe-host-ids: the guest's root is the host's root on every host "
+            "file, cgroup, socket and keyring it can reach",
+            name,
+        )
+    files.cgroup = MachineCgroup.create(name)
+    return Prepared(layout, uid, gid, vcpus, memory, ids)
+
+
+def machine_argv(
+    cfg: Config,
+    prep: Prepared,
+    files: MachineFiles,
+    *,
+    live: bool,
+    argv: Sequence[str],
+    cwd: str,
+    cwd_strict: bool,
+    uts: UtsState,
+    rlimits: Sequence[tuple[str, str]],
+) -> list[bytes]:
+    """umld-sandbox's argument list for a prepared machine."""
+    return sandbox_argv(
+        prep.layout,
         files,
-        uid=uid,
-        gid=gid,
+        uid=prep.uid,
+        gid=prep.gid,
         cwd=cwd,
         cwd_strict=cwd_strict,
         argv=argv,
+        memory=prep.memory or host_memory(),
         export_dir=live,
         uts=(os.fsdecode(uts.nodename), os.fsdecode(uts.domainname)),
+        ids=prep.ids,
+        cgroups=files.cgroup.paths if files.cgroup is not None else (),
+        hidden=cfg.hidden,
+        rlimits=rlimits,
     )
-    return Prepared(sandbox, uid, gid, vcpus, memory)
 
 
 def features(*, live: bool, vcpus: int | None) -> set[str]:
@@ -301,17 +339,9 @@ class Machine:
         cfg = self.config
         uts = uts_for(cfg)
         live = on_start is not None
-        prep = prepare(
-            cfg,
-            files,
-            environ,
-            uts=uts,
-            live=live,
-            argv=argv,
-            cwd=cwd if cwd is not None else os.getcwd(),
-            cwd_strict=cwd is not None,
-        )
-        uid, gid, vcpus, memory, sandbox = prep.uid, prep.gid, prep.vcpus, prep.memory, prep.argv
+        name = cfg.name or f"umld-{os.getpid()}"
+        prep = prepare(cfg, files, environ, live=live, name=name)
+        uid, gid, vcpus, memory = prep.uid, prep.gid, prep.vcpus, prep.memory
         kernel = GuestKernel(
             tracer,
             self.table,
@@ -322,6 +352,34 @@ class Machine:
         self.kernel = kernel
         kernel.tracer.set_host_signals(TERMINATING_SIGNALS)
         tty = _controlling_tty()
+        if on_start is not None:
+            self.control = MachineControl(
+                kernel,
+                files,
+                name=name,
+                uid=uid,
+                gid=gid,
+                vcpus=vcpus or 1,
+                memory=memory or 0,
+            )
+            on_start(self.control)
+        sandbox = machine_argv(
+            cfg,
+            prep,
+            files,
+            live=live,
+            argv=argv,
+            cwd=cwd if cwd is not None else os.getcwd(),
+            cwd_strict=cwd is not None,
+            uts=uts,
+            rlimits=(
+                self.control.spawn_limits()
+                if self.control is not None
+                else [("nproc", str(DEFAULT_NPROC))]
+            ),
+        )
+        if files.cgroup is not None and self.control is None:
+            files.cgroup.set_pids_max(DEFAULT_NPROC)
         spec = SpawnSpec(
             path=sandbox[0],
             argv=sandbox,
@@ -335,17 +393,6 @@ class Machine:
         )
         if tty is not None:
             kernel.on_group_stop = lambda task, signo: _suspend_with_guest(kernel.pgrp, tty)
-        if on_start is not None:
-            self.control = MachineControl(
-                kernel,
-                files,
-                name=cfg.name or f"umld-{os.getpid()}",
-                uid=uid,
-                gid=gid,
-                vcpus=vcpus or 1,
-                memory=memory or 0,
-            )
-            on_start(self.control)
         try:
             kernel.start(spec)
         except TracerUnavailable as exc:

@@ -24,6 +24,8 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple, final
 
+from umld.core.cgroups import MachineCgroup
+from umld.core.ids import IdLease, IdRange
 from umld.errors import UmldError, UsageError
 
 SANDBOX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "umld-sandbox")
@@ -182,6 +184,26 @@ def _mode_for(target: str) -> str:
     return "1777" if target in ("/tmp", "/dev/shm", "/var/tmp") else "755"
 
 
+#: Default ramdisk sizes, as shares of the machine's memory (``memory``,
+#: the host's by default): /tmp 20%, the home directory 20%, /dev/shm
+#: 10%, /run 5% but at most 32 MiB; together at most 55% of it.  A
+#: ``--tmpfs`` without ``size=`` gets the /tmp share.  The pages are
+#: charged to the machine's memory cgroup, as the guest writes them.
+RAMDISK_SHARE = {"/tmp": 0.20, "/dev/shm": 0.10, "/run": 0.05}
+HOME_SHARE = 0.20
+RUN_MAX = 32 << 20
+
+
+def ramdisk_size(target: str, memory: int, home: str | None) -> int:
+    """The default size of a ramdisk at ``target`` in a machine of
+    ``memory`` bytes (at least 1 MiB, whole pages)."""
+    share = HOME_SHARE if target == home else RAMDISK_SHARE.get(target, RAMDISK_SHARE["/tmp"])
+    size = int(memory * share)
+    if target == "/run":
+        size = min(size, RUN_MAX)
+    return max(1 << 20, size - size % 4096)
+
+
 @final
 class MachineFiles:
     """The host side of one machine: a private runtime directory with the
@@ -203,11 +225,21 @@ class MachineFiles:
         self._locks: list[int] = []
         #: guest path -> host file, bound over the guest's /proc and /sys.
         self.files: dict[str, str] = {}
+        #: The machine's host ids (root-run machines), leased for its life.
+        self.ids: IdLease | None = None
+        #: The machine's cgroups, when it could have some.
+        self.cgroup: MachineCgroup | None = None
 
     def close(self) -> None:
         for fd in self._locks:
             os.close(fd)
         self._locks.clear()
+        if self.cgroup is not None:
+            self.cgroup.close()
+            self.cgroup = None
+        if self.ids is not None:
+            self.ids.close()
+            self.ids = None
         for name in os.listdir(self.dir):
             os.unlink(os.path.join(self.dir, name))
         os.rmdir(self.dir)
@@ -342,11 +374,32 @@ def sandbox_argv(
     cwd: str | None,
     cwd_strict: bool,
     argv: Sequence[str],
+    memory: int,
     export_dir: bool = False,
     uts: tuple[str, str] | None = None,
+    ids: IdRange | None = None,
+    cgroups: Sequence[str] = (),
+    hidden: Sequence[str] = (),
+    rlimits: Sequence[tuple[str, str]] = (),
 ) -> list[bytes]:
-    """The argument list of ``umld-sandbox`` for this machine."""
+    """The argument list of ``umld-sandbox`` for this machine.
+
+    ``ids``: the machine's host id range (root-run machines); None keeps
+    the guest's ids those of umld's user (or, as root, the host's own:
+    the unsafe mode).  ``cgroups``: directories the sandbox joins first.
+    ``hidden``: host paths the guest must not reach although a tree it is
+    given holds them (the daemon's socket).  ``rlimits``: (nproc|nofile,
+    value) set before the guest's first instruction."""
     ops: list[str] = [str(SANDBOX)]
+    for path in cgroups:
+        ops += ["cgroup", path]
+    for name, value in rlimits:
+        ops += ["rlimit", name, value]
+    if ids is not None:
+        ops += ["subids", str(ids.uid), str(ids.gid), str(ids.count)]
+    # Before any mount: the idmap of the host trees includes the guest's
+    # own uid and gid when they lie above the range.
+    ops += ["ids", str(uid), str(gid)]
     table = layout.table()
     root = table[0]
     ops += ["root", root.source, "ro" if root.readonly else "rw"]
@@ -360,8 +413,13 @@ def sandbox_argv(
             ops += ["bind", m.source, m.target, flags]
         elif m.kind == "tmpfs":
             opts = f"mode={_mode_for(m.target)}"
-            if m.size:
-                opts += f",size={m.size}"
+            opts += f",size={m.size or ramdisk_size(m.target, memory, layout.home)}"
+            if ids is not None:
+                # Owned by the guest's root (its home: by its user), who
+                # is host id ids.uid here.
+                owner = (uid, gid) if m.target == layout.home else (0, 0)
+                opts += f",uid={_host_id(ids.uid, ids.count, owner[0])}"
+                opts += f",gid={_host_id(ids.gid, ids.count, owner[1])}"
             ops += ["tmpfs", m.target, opts]
         else:
             files.prepare_disk(m, uid, gid)
@@ -372,7 +430,10 @@ def sandbox_argv(
     ops.append("proc")
     for guest, host in files.files.items():
         ops += ["file", host, guest]
-    ops += ["ids", str(uid), str(gid), "boottime", "subreaper"]
+    for path in hidden:
+        for guest in guest_paths(table, path):
+            ops += ["hide", guest]
+    ops += ["boottime", "subreaper"]
     if uts is not None:
         ops += ["uts", *uts]
     if cwd is not None:
@@ -380,3 +441,30 @@ def sandbox_argv(
     ops.append("--")
     ops += argv
     return [os.fsencode(a) for a in ops]
+
+
+def _host_id(base: int, count: int, guest: int) -> int:
+    """The host id of guest id ``guest`` in a range (see sandbox.c's
+    format_map: ids above the range take its last id)."""
+    return base + guest if guest < count else base + count - 1
+
+
+def guest_paths(table: Sequence[Mount], host: str) -> list[str]:
+    """Where the host path ``host`` shows in a guest with this mount
+    table, through the binds that hold it (the last row at a guest path
+    wins, as it is mounted last)."""
+    host = os.path.realpath(host)
+    out: list[str] = []
+    for m in table:
+        if m.kind != "bind":
+            continue
+        src = m.source.rstrip("/") or "/"
+        if host == src or host.startswith(src.rstrip("/") + "/"):
+            rel = host[len(src) :].lstrip("/")
+            guest = os.path.join(m.target, rel) if rel else m.target
+            # Hidden by a later mount at or above it: nothing to hide.
+            later = table[table.index(m) + 1 :]
+            if any(guest == x.target or guest.startswith(x.target.rstrip("/") + "/") for x in later):
+                continue
+            out.append(guest)
+    return out
