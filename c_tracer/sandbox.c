@@ -384,7 +384,8 @@ static int below(const char *path, const char *dir)
 /* The mounts at or below DIR as this process sees them, in the order they
  * were mounted, without the ones another hides (mounted over them or over
  * a directory above them).  Exports of umld (FUSE mounts whose source is
- * "umld-NAME") are marked hidden: no machine ever sees one. */
+ * "umld", a daemon's, or "umld-NAME", a machine's) are marked hidden: no
+ * machine ever sees one. */
 static size_t mounts_below(const char *dir, struct mnt **out)
 {
 	FILE *f = fopen("/oldroot/proc/self/mountinfo", "re");
@@ -420,7 +421,8 @@ static size_t mounts_below(const char *dir, struct mnt **out)
 				break;
 		}
 		list[n].point = strdup(point);
-		list[n].hidden = strncmp(fstype, "fuse", 4) == 0 && strncmp(source, "umld-", 5) == 0;
+		list[n].hidden = strncmp(fstype, "fuse", 4) == 0 &&
+				 (strcmp(source, "umld") == 0 || strncmp(source, "umld-", 5) == 0);
 		n++;
 	}
 	if (!list)

@@ -172,6 +172,12 @@ class Daemon:
         def attach(control: MachineControl) -> None:
             control.subscribe(lambda ev: log_.append(ev.line()))
 
+        # The control socket is never in reach of a guest (a tree it is
+        # given may hold it: the sandbox covers it).  The export mount is
+        # hidden by the sandbox like every umld export.
+        sock = socket_path(self.mount)
+        if sock not in cfg.hidden:
+            cfg.hidden.append(sock)
         m = self.host.start_machine(cfg, argv, on_control=attach)
         self.policies[m.name] = restart
         m.on_exit.append(self._exited)

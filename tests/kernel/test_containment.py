@@ -70,7 +70,7 @@ def test_root_run_guest_maps_only_its_own_subordinate_range(backend: str) -> Non
         assert rows, text
         for _inside, outside, count in rows:
             assert outside != 0 and count <= SLOT, text
-            assert allowed.start <= outside and outside + count <= allowed.start + allowed.count
+            assert allowed.start <= outside and outside + count <= allowed.start + allowed.size
     # And the host sees the guest's root as that unprivileged id.
     marker = f"umld-ids-{os.getpid()}"
     p = subprocess.Popen(

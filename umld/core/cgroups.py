@@ -91,13 +91,13 @@ def hierarchies(
         else:
             continue
         for key in keys:
-            path = paths.get(key)
-            if path is None or key in out:
+            own_path = paths.get(key)
+            if own_path is None or key in out:
                 continue
             # A cgroup namespace's mount shows its root as "/"; elsewhere
             # the mount's root is a prefix of our path.
-            rel = path[len(root) :] if root != "/" and path.startswith(root) else path
-            out[key] = os.path.join(point, rel.lstrip("/"))
+            rel = own_path[len(root) :] if root != "/" and own_path.startswith(root) else own_path
+            out[key] = os.path.normpath(os.path.join(point, rel.lstrip("/")))
     return out
 
 

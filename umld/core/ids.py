@@ -40,7 +40,7 @@ LOCK_DIR = "/run/umld/ids"
 
 class Subrange(NamedTuple):
     start: int
-    count: int
+    size: int
 
 
 def read_subordinate(path: str, user: str = USER, uid: int | None = None) -> list[Subrange]:
@@ -89,14 +89,14 @@ def _uid_of(user: str) -> int | None:
 def usable(ranges: list[Subrange]) -> Subrange | None:
     """The first range holding at least one slot, aligned down to whole slots."""
     for r in ranges:
-        if r.count >= SLOT and r.start > 0:
-            return Subrange(r.start, r.count - r.count % SLOT)
+        if r.size >= SLOT and r.start > 0:
+            return Subrange(r.start, r.size - r.size % SLOT)
     return None
 
 
 def _overlaps(a: Subrange, others: list[Subrange]) -> Subrange | None:
     for o in others:
-        if a.start < o.start + o.count and o.start < a.start + a.count:
+        if a.start < o.start + o.size and o.start < a.start + a.size:
             return o
     return None
 
@@ -106,10 +106,12 @@ class IdRange(NamedTuple):
 
     uid: int
     gid: int
-    count: int
+    size: int
 
 
-def machine_ranges(subuid: str = "/etc/subuid", subgid: str = "/etc/subgid") -> tuple[Subrange, Subrange]:
+def machine_ranges(
+    subuid: str = "/etc/subuid", subgid: str = "/etc/subgid"
+) -> tuple[Subrange, Subrange]:
     """The uid and gid ranges machines are leased from."""
     uid = _uid_of(USER)
     found = []
@@ -120,7 +122,7 @@ def machine_ranges(subuid: str = "/etc/subuid", subgid: str = "/etc/subgid") -> 
             clash = _overlaps(r, _others(path, USER, uid))
             if clash is not None:
                 raise UmldError(
-                    f"umld: {path} gives ids {clash.start}..{clash.start + clash.count - 1} to "
+                    f"umld: {path} gives ids {clash.start}..{clash.start + clash.size - 1} to "
                     f"another user, inside umld's default range; give the '{USER}' user a range "
                     "of its own (`make install` does)"
                 )
@@ -146,7 +148,7 @@ class IdLease:
 def lease(lock_dir: str = LOCK_DIR, ranges: tuple[Subrange, Subrange] | None = None) -> IdLease:
     """Lease a free slot of host ids for a new machine."""
     uids, gids = ranges if ranges is not None else machine_ranges()
-    slots = min(uids.count, gids.count) // SLOT
+    slots = min(uids.size, gids.size) // SLOT
     try:
         os.makedirs(lock_dir, mode=0o700, exist_ok=True)
     except OSError as exc:

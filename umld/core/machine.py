@@ -36,7 +36,6 @@ from umld.tracer import TracerError, TracerUnavailable, available, open_tracer
 from umld.tracer.platform import SpawnSpec, TracerPlatform
 from umld.tracer.seccomp import build_filter
 
-
 log = get_logger("umld.machine")
 
 

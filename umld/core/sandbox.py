@@ -396,7 +396,7 @@ def sandbox_argv(
     for name, value in rlimits:
         ops += ["rlimit", name, value]
     if ids is not None:
-        ops += ["subids", str(ids.uid), str(ids.gid), str(ids.count)]
+        ops += ["subids", str(ids.uid), str(ids.gid), str(ids.size)]
     # Before any mount: the idmap of the host trees includes the guest's
     # own uid and gid when they lie above the range.
     ops += ["ids", str(uid), str(gid)]
@@ -418,8 +418,8 @@ def sandbox_argv(
                 # Owned by the guest's root (its home: by its user), who
                 # is host id ids.uid here.
                 owner = (uid, gid) if m.target == layout.home else (0, 0)
-                opts += f",uid={_host_id(ids.uid, ids.count, owner[0])}"
-                opts += f",gid={_host_id(ids.gid, ids.count, owner[1])}"
+                opts += f",uid={_host_id(ids.uid, ids.size, owner[0])}"
+                opts += f",gid={_host_id(ids.gid, ids.size, owner[1])}"
             ops += ["tmpfs", m.target, opts]
         else:
             files.prepare_disk(m, uid, gid)
@@ -464,7 +464,9 @@ def guest_paths(table: Sequence[Mount], host: str) -> list[str]:
             guest = os.path.join(m.target, rel) if rel else m.target
             # Hidden by a later mount at or above it: nothing to hide.
             later = table[table.index(m) + 1 :]
-            if any(guest == x.target or guest.startswith(x.target.rstrip("/") + "/") for x in later):
+            if any(
+                guest == x.target or guest.startswith(x.target.rstrip("/") + "/") for x in later
+            ):
                 continue
             out.append(guest)
     return out
