@@ -16,6 +16,7 @@ Tests run as root and, where it applies, as an ordinary user (the
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -634,3 +635,110 @@ def test_ramdisk_pages_are_charged_to_the_machine() -> None:
     finally:
         p.kill()
         p.wait()
+
+
+# -- fake root keeps working -----------------------------------------------------
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not all(shutil.which(t) for t in ("mkfs.ext4", "debugfs")),
+    reason="disk images need root and e2fsprogs",
+)
+def test_chown_persists_on_the_disk_image_with_guest_ids(tmp_path: Path) -> None:
+    """Ids written by the guest's fake root land on its disk image as the
+    guest's ids (an idmapped mount), not as the machine's host range, so
+    they read back the same in the next run whatever range it gets."""
+    from tests.kernel.test_sandbox import wait_detached
+
+    image = tmp_path / "disk.img"
+    disk = f"--disk={image}:/mnt:size=16M"
+    r = run([*umld_argv("c", disk), "sh", "-c", "touch /mnt/f && chown 1234:5678 /mnt/f"])
+    assert r.returncode == 0, r
+    # Another machine holds a range meanwhile: the next run gets another.
+    holder = subprocess.Popen(
+        [*umld_argv("c"), "sleep", "30"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
+    try:
+        wait_detached(image)
+        r = run([*umld_argv("c", disk), "stat", "-c", "%u:%g", "/mnt/f"])
+        assert r.stdout == "1234:5678\n", r
+    finally:
+        holder.kill()
+        holder.wait()
+    wait_detached(image)
+    r = run(["debugfs", "-R", "stat /f", str(image)])
+    assert "User:  1234" in r.stdout and "Group:  5678" in r.stdout, r
+
+
+# -- what held in the review keeps holding --------------------------------------------
+
+_HELD = r"""
+import ctypes, errno, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+
+def err():
+    return errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno())
+
+# ptrace of the machine's init and of the first process's parent.
+out["ptrace"] = "ok" if libc.ptrace(16, 1, 0, 0) == 0 else err()   # PTRACE_ATTACH
+# process_vm_writev into init.
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+buf = ctypes.create_string_buffer(8)
+local = iovec(ctypes.cast(buf, ctypes.c_void_p), 8)
+remote = iovec(0x400000, 8)
+r = libc.process_vm_writev(1, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+out["process_vm_writev"] = "ok" if r >= 0 else err()
+# setns into init's mount namespace (built by the more privileged sandbox).
+try:
+    ns = os.open("/proc/1/ns/mnt", os.O_RDONLY)
+    out["setns"] = "ok" if libc.setns(ns, 0) == 0 else err()
+except OSError as e:
+    out["setns"] = errno.errorcode[e.errno]
+fd = os.open("/", os.O_RDONLY)
+# open_by_handle_at needs CAP_DAC_READ_SEARCH in the initial namespace.
+class fh(ctypes.Structure):
+    _fields_ = [("bytes", ctypes.c_uint), ("type", ctypes.c_int), ("h", ctypes.c_char * 128)]
+h = fh(8, 1)
+out["open_by_handle_at"] = "ok" if libc.open_by_handle_at(fd, ctypes.byref(h), 0) >= 0 else err()
+# A classic chroot escape ends at the guest's root, not the host's.
+os.makedirs("/tmp/jail", exist_ok=True)
+keep = os.open("/", os.O_RDONLY)
+os.chroot("/tmp/jail")
+os.fchdir(keep)
+for _ in range(64):
+    os.chdir("..")
+os.chroot(".")
+out["chroot"] = "guest" if open("/proc/1/cmdline", "rb").read().startswith(b"umld-init") else "host"
+print(" ".join(f"{k}={v}" for k, v in out.items()), flush=True)
+# Last, kill(-1): every process it may signal, which are the guest's (this
+# one included).
+os.kill(-1, signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("who", ["root", "user"])
+def test_checks_that_held_keep_holding(who: str, ordinary_user: User, tmp_path: Path) -> None:
+    if who == "root" and os.geteuid() != 0:
+        pytest.skip("root only")
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        if who == "root":
+            argv = [*umld_argv("c", "--uid=0"), PY, "-c", _HELD]
+        else:
+            argv = [*ordinary_user.umld_argv("c", "--uid=0"), PY, "-c", _HELD]
+        r = run(argv)
+        # kill(-1, SIGKILL) killed the probe itself too: its output stands.
+        fields = dict(w.split("=", 1) for w in r.stdout.split())
+        assert fields == {
+            "ptrace": "EPERM",
+            "process_vm_writev": "EPERM",
+            "setns": fields.get("setns") if fields.get("setns") in ("EPERM", "EACCES") else "?",
+            "open_by_handle_at": "EPERM",
+            "chroot": "guest",
+        }, r
+        assert victim.poll() is None, "kill(-1) in a guest reached a host process"
+    finally:
+        victim.kill()
+        victim.wait()
