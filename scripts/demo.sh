@@ -11,8 +11,11 @@ say "umld run --hostname demo-guest -- sh -c 'hostname; uname -n'"
 $UMLD run --hostname demo-guest -- sh -c 'hostname; uname -n'
 
 say "sethostname inside the guest changes only the guest"
-$UMLD run --hostname demo-guest -- sh -c 'hostname renamed-inside; echo "guest now: $(hostname)"'
+$UMLD run --uid 0 --hostname demo-guest -- sh -c 'hostname renamed-inside; echo "guest now: $(hostname)"'
 echo "host still: $(hostname)"
+
+say "The guest's root is root of the machine only (its ids on the host: /proc/self/uid_map)"
+$UMLD run --uid 0 -- sh -c 'id; cat /proc/self/uid_map; echo 1 > /proc/sys/kernel/printk'
 
 say "Unmodified programs: a pipeline, python3 threads, gcc"
 $UMLD run -- sh -c 'seq 1 100000 | sort -n | tail -n 1'
