@@ -116,25 +116,11 @@ def setup_logging(verbose: bool) -> None:
 
 def load_definition(path: str) -> tuple[Config, list[str], str]:
     """(config, command, restart policy) from a machine's TOML file."""
-    import tomllib
-
-    from umld.cli import config_from_mapping
+    from umld.cli import command_from, config_from_mapping, read_toml
 
     name = os.path.basename(path).removesuffix(".toml")
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise UsageError(f"{path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: {exc}") from None
-    command = data.pop("command", [])
-    if isinstance(command, str):
-        import shlex
-
-        command = shlex.split(command)
-    if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
-        raise UsageError(f"{path}: command must be a string or a list of strings")
+    data = read_toml(path, "")
+    command = command_from(data.pop("command", []), path)
     restart = data.pop("restart", "no")
     if restart not in RESTART_POLICIES:
         raise UsageError(f"{path}: restart must be one of {', '.join(RESTART_POLICIES)}")

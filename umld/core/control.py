@@ -193,7 +193,12 @@ class MachineControl:
             if value not in ("open", "closed"):
                 raise SettingError("'open' or 'closed'")
             is_open = value == "open"
-            if not k.call_soon(lambda: k.set_accept_open(is_open), wait=5.0):
+            if k.root_pid is None or k.finished:
+                # No tracer loop yet (a --config-dir read before the start,
+                # on the thread that is about to run the loop) or any more:
+                # no thread is held, and nobody would run a call_soon.
+                k.net_accept_open = is_open
+            elif not k.call_soon(lambda: k.set_accept_open(is_open), wait=5.0):
                 k.net_accept_open = is_open
         elif key == "net/connect":
             if value not in ("allow", "loopback", "deny"):
