@@ -344,7 +344,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     exports: list[Any] = []
 
+    guard = _SignalsDuringTeardown()
+
     def start_live(control: Any) -> None:
+        guard.armed = True  # Machine.run blocks the signals from here on
         if args.config_dir:
             from umld.core import ConfigDir
 
@@ -362,20 +365,73 @@ def _cmd_run(args: argparse.Namespace) -> int:
         export.start()
         exports.append(export)
 
+    live = args.mount is not None or bool(args.config_dir)
     try:
-        code = machine.run(
-            command,
-            cwd=args.cwd,
-            on_start=start_live if args.mount is not None or args.config_dir else None,
-        ).returncode
+        if live:
+            guard.install()
+        code = machine.run(command, cwd=args.cwd, on_start=start_live if live else None).returncode
         if args.stats and machine.kernel is not None:
             _print_stats(machine.kernel.statistics(), time.monotonic() - start)
         return code
     finally:
-        for export in exports:
-            export.stop()
-        if out is not None:
-            out.close()
+        try:
+            for export in exports:
+                export.stop()
+        finally:
+            guard.uninstall()
+            if out is not None:
+                out.close()
+
+
+class _SignalsDuringTeardown:
+    """SIGINT, SIGTERM, SIGHUP and SIGQUIT while a live machine's helpers
+    (the export, the --config-dir watcher) are stopped.
+
+    Machine.run blocks these signals while the machine runs (the tracer
+    takes them and passes them on to the guest) and unblocks them when
+    it returns.  One that arrived in between, once the tracer no longer
+    took them (the second of a storm of SIGTERMs, say), used to end umld
+    right there with its default action, before the export was
+    unmounted: a dead mount ("Transport endpoint is not connected") until
+    someone ran fusermount3 -u.  So from the machine's start (``armed``)
+    until the helpers are stopped such a signal is only noted: the
+    machine it was meant for is over, and umld exits with that machine's
+    status.  Before the start a signal acts as it always did.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.noted: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        import signal
+
+        from umld.core.kernel import TERMINATING_SIGNALS
+
+        for signo in TERMINATING_SIGNALS:
+            self._previous[signo] = signal.signal(signo, self._handler)
+
+    def uninstall(self) -> None:
+        import signal
+
+        for signo, previous in self._previous.items():
+            signal.signal(signo, previous)
+        self._previous.clear()
+
+    def _handler(self, signo: int, frame: Any) -> None:
+        import signal
+
+        if self.armed:
+            self.noted.append(signo)
+            return
+        # Not started yet: what the signal did before we took it.
+        previous = self._previous.get(signo, signal.SIG_DFL)
+        signal.signal(signo, previous)
+        if callable(previous):
+            previous(signo, frame)  # SIGINT: KeyboardInterrupt
+        elif previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signo)
 
 
 def _check_config_dir(path: str) -> None:

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import ROOT, live_pids_with, umld_argv
+from tests.conftest import ROOT, User, live_pids_with, umld_argv
 
 pytestmark = [pytest.mark.uses_fuse, pytest.mark.uses_ptrace]
 
@@ -1180,3 +1180,52 @@ def test_stale_mount_after_kill_9_is_cleaned(
     assert second.text("status").startswith("name: ")
     assert second.stop()
     first.mnt = tmp_path / "never-mounted"  # its mount was the stale one, now gone
+
+
+def _sigterm_storm(m: Live, rounds: int) -> None:
+    """SIGTERM after SIGTERM until umld exits; its mount must be gone."""
+    while m.alive():
+        try:
+            m.proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            break
+        time.sleep(0.0005)
+    rc = m.proc.wait(15)
+    assert not mounted(m.mnt), f"round {rounds}: umld left its mount (exit status {rc})"
+    # The guest died of the first SIGTERM (143) or was killed after the
+    # second (137) and umld exited with that; or, its mount gone, one more
+    # SIGTERM ended umld on its way out (-15).
+    assert rc in (128 + signal.SIGTERM, 128 + signal.SIGKILL, -signal.SIGTERM), m.output()
+
+
+def test_sigterm_storm_never_leaves_a_dead_mount(machine: Start, tmp_path: Path) -> None:
+    """The export is stopped and unmounted before any SIGTERM can end umld
+    (one that arrived once the machine was over used to kill umld with
+    its mount still there: "Transport endpoint is not connected")."""
+    deadline = time.monotonic() + 20
+    rounds = 0
+    while rounds < 8 and time.monotonic() < deadline:
+        m = machine(["/bin/sh", "-c", "sleep 100"], mnt=tmp_path / f"storm{rounds}")
+        _sigterm_storm(m, rounds)
+        rounds += 1
+    assert rounds >= 3
+
+
+def test_sigterm_storm_as_an_ordinary_user(ordinary_user: User, tmp_path: Path) -> None:
+    """The same for a user's mount (unmounted through fusermount3), which
+    only that user can read: ready once mountinfo shows it."""
+    started: list[Live] = []
+    try:
+        for rounds in range(4):
+            mnt = ordinary_user.work / f"storm{rounds}"
+            mnt.mkdir()
+            os.chown(mnt, ordinary_user.uid, ordinary_user.gid)
+            argv = [*ordinary_user.umld_argv("c", f"--mount={mnt}"), "/bin/sh", "-c", "sleep 100"]
+            m = Live(argv, mnt, tmp_path / f"umld{rounds}.log")
+            started.append(m)
+            wait_for(lambda: mounted(mnt) or not m.alive(), "the user's mount", 20)
+            assert m.alive(), m.output()
+            _sigterm_storm(m, rounds)
+    finally:
+        left = [str(m.mnt) for m in started if not m.stop()]
+    assert not left, f"mounts left behind (unmounted now): {left}"
