@@ -1223,7 +1223,7 @@ def test_sigterm_storm_as_an_ordinary_user(ordinary_user: User, tmp_path: Path) 
             argv = [*ordinary_user.umld_argv("c", f"--mount={mnt}"), "/bin/sh", "-c", "sleep 100"]
             m = Live(argv, mnt, tmp_path / f"umld{rounds}.log")
             started.append(m)
-            wait_for(lambda: mounted(mnt) or not m.alive(), "the user's mount", 20)
+            wait_for(lambda m=m: mounted(m.mnt) or not m.alive(), "the user's mount", 20)
             assert m.alive(), m.output()
             _sigterm_storm(m, rounds)
     finally:
