@@ -23,6 +23,7 @@ import re
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -1229,3 +1230,135 @@ def test_sigterm_storm_as_an_ordinary_user(ordinary_user: User, tmp_path: Path) 
     finally:
         left = [str(m.mnt) for m in started if not m.stop()]
     assert not left, f"mounts left behind (unmounted now): {left}"
+
+
+# -- the export's edges (issue 9, item 7) -----------------------------------------
+
+
+_LINKS = r"""
+import os, sys
+base, depth_dirs = sys.argv[1], sys.argv[2]
+deep = os.path.join(base, depth_dirs)
+os.makedirs(deep, exist_ok=True)
+os.symlink("/victim", os.path.join(deep, "L"))
+os.link(os.path.join(deep, "L"), os.path.join(base, "W"), follow_symlinks=False)
+os.mkfifo(os.path.join(base, "fifo"))
+open(sys.argv[3], "w").close()
+import signal
+signal.pause()
+"""
+
+
+@pytest.mark.parametrize(
+    ("tree", "guest_dir"),
+    [("fs/tmp", "/tmp"), ("export", "/run/umld/export")],
+    ids=["fs", "export"],
+)
+def test_hard_linked_symlink_never_leads_out(
+    machine: Start, tmp_path: Path, tree: str, guest_dir: str
+) -> None:
+    """A symlink the guest hard-links at two depths, looked up through one
+    path while the host follows the other: the target is always confined
+    for the path followed.  The victim is a file of the test's, where the
+    deep link's rewritten target leads from the shallow link's directory."""
+    script, ready = tmp_path / "links.py", tmp_path / "ready"
+    script.write_text(_LINKS)
+    m = machine([GUEST_PYTHON, str(script), guest_dir, "a/b", str(ready)])
+    wait_for(ready.exists, "the guest's links")
+    # W's directory is `levels` below the tree's root; the deep link
+    # rewritten for its own depth climbs `levels + 2` from there: out of
+    # the tree and the mount, to the mount's parent.
+    levels = tree.count("/")
+    victim = m.mnt.parent / "victim"
+    assert os.path.normpath(m.mnt / tree / ("../" * (levels + 2) + "victim")) == str(victim)
+    victim.write_text("host secret\n")
+    shallow, deep = m.path(f"{tree}/W"), m.path(f"{tree}/a/b/L")
+    assert timed(lambda: os.readlink(shallow), "readlink W") == "../" * levels + "victim"
+    assert timed(lambda: os.readlink(deep), "readlink L") == "../" * (levels + 2) + "victim"
+
+    stop = threading.Event()
+    leaks: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def look_up_the_deep_one() -> None:
+        while not stop.is_set():
+            try:
+                os.lstat(deep)
+            except OSError as exc:
+                errors.append(exc)
+
+    def follow_the_shallow_one() -> None:
+        while not stop.is_set():
+            try:
+                with open(shallow, "rb") as f:
+                    leaks.append(f.read())
+            except FileNotFoundError:
+                pass  # the right answer: the guest has no /victim
+            except OSError as exc:
+                errors.append(exc)
+
+    threads = [
+        threading.Thread(target=look_up_the_deep_one, daemon=True),
+        threading.Thread(target=look_up_the_deep_one, daemon=True),
+        threading.Thread(target=follow_the_shallow_one, daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not leaks:
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join(ACCESS_TIMEOUT)
+        assert not t.is_alive(), "an access to the export hung"
+    assert not leaks, f"the shallow link led out of the tree: read {leaks[0]!r}"
+    assert not errors, errors[:3]
+    assert victim.read_text() == "host secret\n"
+
+
+@pytest.mark.parametrize("tree", ["fs/tmp", "export"])
+def test_guest_fifo_never_blocks_a_host_reader(machine: Start, tmp_path: Path, tree: str) -> None:
+    """A FIFO the guest made is an empty file that cannot be opened: a
+    host reader (or writer) gets ENXIO at once, never a wait for a
+    writer that cannot come."""
+    script, ready = tmp_path / "links.py", tmp_path / "ready"
+    script.write_text(_LINKS)
+    guest_dir = "/tmp" if tree == "fs/tmp" else "/run/umld/export"
+    m = machine([GUEST_PYTHON, str(script), guest_dir, "a/b", str(ready)])
+    wait_for(ready.exists, "the guest's FIFO")
+    fifo = m.path(f"{tree}/fifo")
+    st = timed(lambda: os.stat(fifo), "stat of the FIFO")
+    assert stat.S_ISREG(st.st_mode) and st.st_size == 0
+    for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDONLY | os.O_NONBLOCK):
+        with pytest.raises(OSError) as info:
+            timed(lambda flags=flags: os.open(fifo, flags), f"open of the FIFO ({flags:#o})")
+        assert info.value.errno == errno.ENXIO
+    r = timed(
+        lambda: subprocess.run(["cat", fifo], capture_output=True, text=True, timeout=10),
+        "cat of the FIFO",
+        12,
+    )
+    assert r.returncode == 1 and "No such device or address" in r.stderr, r
+    # grep -r and find over the tree never stop at it either.
+    r = timed(
+        lambda: subprocess.run(
+            ["grep", "-r", "--devices=read", "nothing-here", m.path(tree)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ),
+        "grep -r over the tree",
+        12,
+    )
+    assert r.returncode in (1, 2), r
+    # And the guest's FIFO is still the guest's: a writer of the guest's
+    # reaches a reader of the guest's.
+    assert m.alive()
+
+
+def test_export_mount_is_nosuid_and_nodev(machine: Start) -> None:
+    m = machine(["/bin/sh", "-c", "sleep 100"])
+    target = os.path.realpath(m.mnt.parent) + "/" + m.mnt.name
+    with open("/proc/self/mountinfo") as f:
+        fields = next(line.split() for line in f if line.split()[4] == target)
+    assert {"nosuid", "nodev"} <= set(fields[5].split(",")), fields

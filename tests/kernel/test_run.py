@@ -266,7 +266,7 @@ def _one_clear_line(r: object, code: int, message: str) -> None:
 BAD_TOML = {
     "number": ("command = 5\n", "command must be a string or a list of strings"),
     "mixed-list": ('command = ["true", 1]\n', "command must be a string or a list of strings"),
-    "quote": ("command = \"sh -c 'echo unterminated\"\n", "command: No closing quotation"),
+    "quote": ('command = "sh -c \'echo unterminated"\n', "command: No closing quotation"),
     "binary": (b"\xff\xfe\x00\x01\x80command = 1\n", "not a UTF-8 TOML file"),
 }
 

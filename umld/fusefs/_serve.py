@@ -14,6 +14,11 @@ Mount options, and why:
     above.  A non-root user may only pass it with ``user_allow_other`` in
     /etc/fuse.conf, so it is not asked for then: the mount is then the
     mounting user's alone.
+``nosuid``, ``nodev``
+    libfuse's defaults, asked for all the same: a set-user-ID file the
+    guest made never runs with its owner's rights on the host, and no
+    device node of the guest's tree is the host's device (the host tree
+    does not even show them as devices: see _hosttree).
 ``fsname``
     What mount(8) and /proc/self/mountinfo show as the source.
 
@@ -180,7 +185,7 @@ async def serve(
         raise UmldError(f"cannot mount the export at {path}: not a directory")
 
     ops = ExportOperations(root)
-    options = {f"fsname={fsname}", "default_permissions"}
+    options = {f"fsname={fsname}", "default_permissions", "nosuid", "nodev"}
     if os.geteuid() == 0:
         options.add("allow_other")
     try:
