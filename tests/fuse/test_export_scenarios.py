@@ -1362,3 +1362,52 @@ def test_export_mount_is_nosuid_and_nodev(machine: Start) -> None:
     with open("/proc/self/mountinfo") as f:
         fields = next(line.split() for line in f if line.split()[4] == target)
     assert {"nosuid", "nodev"} <= set(fields[5].split(",")), fields
+
+
+PRIVATE_FILES = ("environ", "fds", "cwd", "exe")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs a root machine (allow_other) and a second user"
+)
+def test_private_process_files_are_the_owners_alone(
+    machine: Start, ordinary_user: User, tmp_path: Path
+) -> None:
+    """environ, fds, cwd and exe of a guest process are readable only by
+    the user who started the machine (and root), as /proc's own are
+    (proc(5)); another user reading the allow_other mount of a root
+    machine is refused.  status and cmdline stay readable by everyone."""
+    base = Path(f"/tmp/umld-private-{os.getpid()}")
+    base.mkdir(mode=0o755)
+    try:
+        base.chmod(0o755)  # reachable by the other user
+        m = machine(
+            ["/usr/bin/env", "SECRET=hunter2", "/bin/sh", "-c", "exec sleep 100"],
+            mnt=base / "mnt",
+        )
+        pid = m.pid_of(b"sleep")
+        assert b"SECRET=hunter2" in m.read(f"proc/{pid}/environ")  # root may
+        for name in PRIVATE_FILES:
+            path = m.path(f"proc/{pid}/{name}")
+            st = timed(lambda path=path: os.stat(path), f"stat {name}")
+            assert stat.S_IMODE(st.st_mode) == 0o400, (name, oct(st.st_mode))
+            r = subprocess.run(
+                ordinary_user.argv(["cat", path]), capture_output=True, text=True, timeout=20
+            )
+            assert r.returncode == 1 and "Permission denied" in r.stderr, (name, r)
+            assert "hunter2" not in r.stdout
+        for name in ("status", "cmdline"):
+            r = subprocess.run(
+                ordinary_user.argv(["cat", m.path(f"proc/{pid}/{name}")]),
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            assert r.returncode == 0 and "sleep" in r.stdout, (name, r)
+        assert m.stop()
+    finally:
+        for leftover in base.iterdir():
+            if not mounted(leftover):
+                leftover.rmdir()
+        if not any(base.iterdir()):
+            base.rmdir()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -433,3 +434,19 @@ def test_create_never_opens_a_special_file_that_appeared(tmp_path: Path) -> None
         t.join(5)
         raise AssertionError("create() opened the FIFO and waited for a writer")
     assert done
+
+
+def test_private_snapshot_is_its_owners_and_roots() -> None:
+    node = SnapshotFile(lambda: b"SECRET=1\n", private=True)
+    assert node._attrs().mode == stat.S_IFREG | 0o400
+    other = Caller(os.geteuid() + 12345, 0, 0, 0)
+
+    async def main() -> None:
+        for caller in (Caller(os.geteuid(), 0, 0, 0), Caller(0, 0, 0, 0)):
+            assert await node._open(os.O_RDONLY, caller).read(0, 100) == b"SECRET=1\n"
+        with pytest.raises(ExportError) as e:
+            node._open(os.O_RDONLY, other)
+        assert e.value.errno == errno.EACCES
+
+    trio.run(main)
+    assert SnapshotFile(lambda: b"")._attrs().mode == stat.S_IFREG | 0o444
