@@ -253,6 +253,15 @@ class Daemon:
             except SettingError as exc:
                 log.error("machine %s: %s: %s", control.name, key, exc)
 
+    def inside_a_machine(self, tid: int) -> bool:
+        """Whether host thread ``tid`` belongs to one of our machines (any
+        thread: the export asks in every request)."""
+        for m in list(self.host.machines.values()):
+            control = m.control
+            if control is not None and control.is_guest_thread(tid):
+                return True
+        return False
+
     # the export ----------------------------------------------------------
 
     def tree(self) -> Any:
@@ -449,7 +458,13 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
-                    lambda: serve(self.tree(), self.mount, fsname="umld", ready=mounted.set)
+                    lambda: serve(
+                        self.tree(),
+                        self.mount,
+                        fsname="umld",
+                        ready=mounted.set,
+                        refuse=self.inside_a_machine,
+                    )
                 )
                 await mounted.wait()
                 await nursery.start(self.serve_control)

@@ -1411,3 +1411,20 @@ def test_private_process_files_are_the_owners_alone(
                 leftover.rmdir()
         if not any(base.iterdir()):
             base.rmdir()
+
+
+def test_a_machine_never_reads_its_own_export(machine: Start, tmp_path: Path) -> None:
+    """The mount lies in a directory the guest is given (the test's binds):
+    the guest still cannot read, list or write its own export (whether
+    its mount table hides the export or the export refuses its threads)."""
+    out, mnt = tmp_path / "out", tmp_path / "mnt"
+    probe = (
+        f"for p in {mnt}/status {mnt}/proc {mnt}/fs/etc/hostname; do "
+        f"  (cat $p || ls $p) >> {out}.data 2>> {out}.err; done; "
+        f"echo hacked > {mnt}/config/hostname 2>> {out}.err; echo done > {out}; sleep 100"
+    )
+    m = machine(["/bin/sh", "-c", probe], mnt=mnt)
+    wait_for(lambda: out.exists(), "the guest's probe")
+    assert Path(f"{out}.data").read_text() == "", "the guest read its own export"
+    assert m.text("config/hostname") != "hacked\n"
+    assert m.text("status").startswith("name: ")  # the host still can

@@ -7,6 +7,7 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -450,3 +451,55 @@ def test_private_snapshot_is_its_owners_and_roots() -> None:
 
     trio.run(main)
     assert SnapshotFile(lambda: b"")._attrs().mode == stat.S_IFREG | 0o444
+
+
+def test_operations_refuse_the_threads_they_are_closed_to(tmp_path: Path) -> None:
+    """serve(refuse=...): every request naming a refused thread is EACCES,
+    before any node is asked; others are served."""
+    from types import SimpleNamespace
+
+    (tmp_path / "f").write_text("x")
+    asked: list[int] = []
+
+    def refuse(tid: int) -> bool:
+        asked.append(tid)
+        return tid == 4242
+
+    ops = ExportOperations(
+        Directory(
+            {
+                "status": SnapshotFile(lambda: b"up\n"),
+                "fs": HostTree(lambda: os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)),
+            }
+        ),
+        refuse=refuse,
+    )
+    guest: Any = SimpleNamespace(uid=0, gid=0, pid=4242, umask=0o022)
+    host: Any = SimpleNamespace(uid=0, gid=0, pid=4243, umask=0o022)
+
+    async def main() -> None:
+        status = await ops.lookup(ROOT_INODE, b"status", host)
+        fs = await ops.lookup(ROOT_INODE, b"fs", host)
+        attempts = [
+            lambda: ops.lookup(ROOT_INODE, b"status", guest),
+            lambda: ops.getattr(ROOT_INODE, guest),
+            lambda: ops.open(status.st_ino, os.O_RDONLY, guest),
+            lambda: ops.opendir(ROOT_INODE, guest),
+            lambda: ops.statfs(guest),
+            lambda: ops.create(fs.st_ino, b"new", 0o644, os.O_WRONLY, guest),
+            lambda: ops.mkdir(fs.st_ino, b"dir", 0o755, guest),
+            lambda: ops.unlink(fs.st_ino, b"f", guest),
+            lambda: ops.rename(fs.st_ino, b"f", fs.st_ino, b"g", 0, guest),
+        ]
+        for attempt in attempts:
+            with pytest.raises(pyfuse3.FUSEError) as e:
+                await attempt()
+            assert e.value.errno == errno.EACCES
+        assert sorted(os.listdir(tmp_path)) == ["f"]
+        fi = await ops.open(status.st_ino, os.O_RDONLY, host)
+        assert await ops.read(fi.fh, 0, 10) == b"up\n"
+        await ops.release(fi.fh)
+        ops.close()
+
+    trio.run(main)
+    assert 4242 in asked and 4243 in asked

@@ -267,6 +267,13 @@ class MachineControl:
                 pass
             self._cgroup = None
 
+    def is_guest_thread(self, tid: int) -> bool:
+        """Whether host thread ``tid`` is one of the machine's (a guest
+        thread, its init, or a sandbox entering it): every one is traced,
+        and known here before it runs a guest instruction.  Any thread;
+        one dictionary lookup."""
+        return Tid(tid) in self.kernel.tasks
+
     def _guest_host_pids(self) -> list[int]:
         internal = self.kernel.internal
         return [int(p) for p in list(self.kernel.processes) if Tid(p) not in internal]

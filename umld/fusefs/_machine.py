@@ -258,7 +258,13 @@ class ExportThread:
                 self._cancel = scope
                 root = build_tree(self.control, self.events)
                 await serve(
-                    root, self.mountpoint, fsname=f"umld-{self.name}", ready=self._ready.set
+                    root,
+                    self.mountpoint,
+                    fsname=f"umld-{self.name}",
+                    ready=self._ready.set,
+                    # A machine never sees its own export, even where
+                    # its mount table would show it.
+                    refuse=self.control.is_guest_thread,
                 )
 
         try:

@@ -160,8 +160,15 @@ async def serve(
     *,
     fsname: str,
     ready: Callable[[], None] | None = None,
+    refuse: Callable[[int], bool] | None = None,
 ) -> None:
     """Mount ``root`` at ``mountpoint`` and serve it until cancelled or unmounted.
+
+    ``refuse(tid)``, when given, is asked about the thread behind every
+    request that names one (its id in our pid namespace, fuse_req_ctx(3))
+    and true means EACCES: umld closes the export to the guest's own
+    threads, whatever the guest's mount table shows it.  It runs in
+    every request: a dictionary lookup, not a read of /proc.
 
     Runs inside the caller's trio run (pyfuse3.init, then pyfuse3.main)
     and always unmounts on the way out (pyfuse3.close(unmount=True)), on
@@ -184,7 +191,7 @@ async def serve(
     if not stat.S_ISDIR(st.st_mode):
         raise UmldError(f"cannot mount the export at {path}: not a directory")
 
-    ops = ExportOperations(root)
+    ops = ExportOperations(root, refuse=refuse)
     options = {f"fsname={fsname}", "default_permissions", "nosuid", "nodev"}
     if os.geteuid() == 0:
         options.add("allow_other")
