@@ -12,6 +12,14 @@ line each way; ``exec`` also passes the client's stdin, stdout and
 stderr with SCM_RIGHTS (unix(7)) and is answered a second time with the
 command's exit status.
 
+Every peer is checked before it is read (umld._peer): a process inside a
+machine, or in a machine's cgroup, is refused with one line whatever it
+can reach, and the refusal is logged.  A connection that has not sent
+its request within REQUEST_TIMEOUT seconds is closed.  A client that goes
+away while its ``exec`` runs hangs the command up as a terminal would:
+SIGHUP and SIGCONT to its process group, SIGKILL HANGUP_GRACE seconds
+later if it is still there.
+
 Machine definitions: ``MACHINES_DIR/NAME.toml`` with ``command`` (list
 or string), ``restart`` (``no`` | ``on-failure`` | ``always``) and the
 settings of ``umld run --config``.
@@ -42,6 +50,12 @@ RESTART_POLICIES = ("no", "on-failure", "always")
 LIVE_KEYS = ("hostname", "vcpus", "memory", "net/accept", "net/connect", "limits/nproc")
 RESTART_DELAY = 1.0
 MAX_LINE = 1 << 20
+#: Seconds a control connection may take to send its request line: a
+#: client sends it at once (umld/client.py), so only a stuck or idle
+#: connection, holding a descriptor of the daemon's, ever waits that long.
+REQUEST_TIMEOUT = 5.0
+#: Seconds between the SIGHUP of a hung-up exec and its SIGKILL.
+HANGUP_GRACE = 3.0
 
 
 def default_mount() -> str:
@@ -338,10 +352,36 @@ class Daemon:
             except OSError:
                 pass
 
+    def _peer_refusal(self, sock: Any) -> str | None:
+        """Why the peer of ``sock`` may not command us, or None (logged)."""
+        from umld import _peer
+
+        cgroups = [
+            m.control.cgroup
+            for m in list(self.host.machines.values())
+            if m.running and m.control is not None and m.control.cgroup is not None
+        ]
+        peer, why = _peer.refusal(sock, machine_cgroups=cgroups, is_guest=self.inside_a_machine)
+        if why is not None:
+            who = f"pid {peer.pid} (uid {peer.uid})" if peer is not None else "a peer"
+            log.warning("control socket: refused %s: %s", who, why)
+        return why
+
     async def _client(self, stream: trio.SocketStream) -> None:
         sock = stream.socket
+        fds: list[int] = []
         try:
-            data, fds = await _recv_request(sock)
+            # Checked before anything it sent is read (see umld._peer).
+            why = self._peer_refusal(sock)
+            if why is not None:
+                await _send(sock, {"error": f"refused: {why}"})
+                return
+            with trio.move_on_after(REQUEST_TIMEOUT) as waited:
+                data, fds = await _recv_request(sock)
+            if waited.cancelled_caught:
+                log.debug("control socket: no request within %s s", REQUEST_TIMEOUT)
+                await _send(sock, {"error": f"no request within {REQUEST_TIMEOUT:g} s"})
+                return
             try:
                 request = json.loads(data)
                 if not isinstance(request, dict):
@@ -359,7 +399,7 @@ class Daemon:
             except OSError:
                 pass
         finally:
-            for fd in fds if "fds" in locals() else []:
+            for fd in fds:
                 try:
                     os.close(fd)
                 except OSError:
@@ -426,7 +466,7 @@ class Daemon:
         cwd = req.get("cwd")
         env = req.get("env")
         try:
-            await trio.to_thread.run_sync(
+            session = await trio.to_thread.run_sync(
                 lambda: m.exec(
                     argv,
                     stdio=(fds[0], fds[1], fds[2]),
@@ -438,11 +478,38 @@ class Daemon:
         except UmldError as exc:
             await _send(sock, {"error": str(exc).removeprefix("umld: ")})
             return
-        await _send(sock, {"ok": True})
-        await done.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._hang_up_when_gone, sock, name, session, done)
+            try:
+                await _send(sock, {"ok": True})
+            except OSError:
+                pass  # gone already: the watcher hangs up
+            await done.wait()
+            nursery.cancel_scope.cancel()
         st = status[0]
         code = os.WEXITSTATUS(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st)
         await _send(sock, {"exit": code})
+
+    @staticmethod
+    async def _hang_up_when_gone(sock: Any, name: str, session: int, done: trio.Event) -> None:
+        """Wait for the exec's client to go away (end of file or an error
+        on its socket; it sends nothing more), then end its command as a
+        terminal hangup ends a session's job (SIGHUP, SIGCONT) and kill
+        what is left of its process group after HANGUP_GRACE seconds."""
+        while True:
+            try:
+                if not await sock.recv(4096):
+                    break
+            except OSError:
+                break
+        log.info("exec in %s: the client went away; hanging up its command", name)
+        for sig in (signal.SIGHUP, signal.SIGCONT):
+            _signal_group(session, sig)
+        with trio.move_on_after(HANGUP_GRACE):
+            await done.wait()
+            return
+        log.info("exec in %s: the command outlived its hangup; killing it", name)
+        _signal_group(session, signal.SIGKILL)
 
     # main ----------------------------------------------------------------
 
@@ -491,6 +558,16 @@ class Daemon:
                     await trio.to_thread.run_sync(self.host.close)
                     nursery.cancel_scope.cancel()
                     break
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    # The group's leader (the sandbox that entered the machine) lives
+    # until the command it waits for has ended, so the group id is still
+    # this session's until ``done`` is set.
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _try_send(send: trio.MemorySendChannel[str], name: str) -> None:
