@@ -28,7 +28,6 @@ settings of ``umld run --config``.
 from __future__ import annotations
 
 import array
-import errno
 import json
 import logging
 import os
@@ -376,8 +375,9 @@ class Daemon:
             if why is not None:
                 await _send(sock, {"error": f"refused: {why}"})
                 return
+            data = b""
             with trio.move_on_after(REQUEST_TIMEOUT) as waited:
-                data, fds = await _recv_request(sock)
+                data = await _recv_request(sock, fds)
             if waited.cancelled_caught:
                 log.debug("control socket: no request within %s s", REQUEST_TIMEOUT)
                 await _send(sock, {"error": f"no request within {REQUEST_TIMEOUT:g} s"})
@@ -390,6 +390,11 @@ class Daemon:
                 await _send(sock, {"error": "bad request"})
                 return
             await self._dispatch(sock, request, fds)
+        except _TooLong:
+            try:
+                await _send(sock, {"error": f"request longer than {MAX_LINE} bytes"})
+            except OSError:
+                pass
         except (OSError, trio.BrokenResourceError) as exc:
             log.debug("control client went away: %s", exc)
         except Exception:
@@ -584,10 +589,14 @@ async def _send(sock: Any, obj: dict[str, Any]) -> None:
         view = view[await sock.send(view) :]
 
 
-async def _recv_request(sock: Any) -> tuple[bytes, list[int]]:
-    """One request line, with the descriptors that came with it."""
+class _TooLong(Exception):
+    """A request line beyond MAX_LINE."""
+
+
+async def _recv_request(sock: Any, fds: list[int]) -> bytes:
+    """One request line; the descriptors that came with it are added to
+    ``fds`` as they come (the caller closes them, whatever happens)."""
     buf = bytearray()
-    fds: list[int] = []
     size = array.array("i").itemsize
     while b"\n" not in buf:
         # Close-on-exec at once (unix(7)): only the exec'd command may get
@@ -604,8 +613,8 @@ async def _recv_request(sock: Any) -> tuple[bytes, list[int]]:
             break
         buf += msg
         if len(buf) > MAX_LINE:
-            raise OSError(errno.EMSGSIZE, "request too long")
-    return bytes(buf).split(b"\n", 1)[0], fds
+            raise _TooLong
+    return bytes(buf).split(b"\n", 1)[0]
 
 
 def main(mount: str | None, machines_dir: str | None, tracer: str, verbose: bool) -> int:

@@ -986,3 +986,94 @@ def test_exec_client_that_goes_away_ends_its_command(
         if client.poll() is None:
             client.kill()
             client.wait()
+
+
+def _ask_raw(mount: Path, data: bytes, fds: tuple[int, ...] = ()) -> bytes:
+    """Send ``data`` (with ``fds``) on a new control connection; what comes
+    back until the daemon closes it."""
+    import array
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(socket_path(mount)))
+        try:
+            if fds:
+                s.sendmsg(
+                    [data[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                )
+                data = data[1:]
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except ConnectionResetError:
+            pass
+        return got
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_bad_control_requests_are_one_line_and_leak_nothing(daemon: Daemon) -> None:
+    """Malformed, huge and idle requests from the daemon's own user: one
+    error line each, the daemon carries on, and the descriptors sent with
+    them are closed (an idle one's too)."""
+    from umld.daemon import MAX_LINE, REQUEST_TIMEOUT
+
+    before = _open_fds(daemon.proc.pid)
+    cases = {
+        b"\x00\xff garbage\n": b'{"error": "bad request"}\n',
+        b"[1, 2]\n": b'{"error": "bad request"}\n',
+        b'{"op": "frobnicate"}\n': b'{"error": "unknown operation \'frobnicate\'"}\n',
+        b'{"op": "exec", "name": "' + OTHER.encode() + b'", "argv": ["true"]}\n': (
+            b'{"error": "exec needs the client\'s stdin, stdout and stderr"}\n'
+        ),
+        b'{"op": "start", "name": "../x"}\n': b'{"error": "bad machine name',
+        b'{"op": "start", "name": "x", "config": 1}\n': b'{"error": "config must be an object"}\n',
+        b"x" * (MAX_LINE + 2): f'{{"error": "request longer than {MAX_LINE} bytes"}}\n'.encode(),
+    }
+    with open(os.devnull) as null:
+        for data, answer in cases.items():
+            fds = () if b'"exec"' in data else (null.fileno(),) * 3
+            got = _ask_raw(daemon.mount, data, fds)
+            assert got.startswith(answer) and got.count(b"\n") == 1, (data[:40], got)
+        # Idle connections that sent descriptors and half a line.
+        threads = [
+            threading.Thread(target=_ask_raw, args=(daemon.mount, b'{"op"', (null.fileno(),)))
+            for _ in range(10)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(REQUEST_TIMEOUT + 20)
+    assert daemon.alive()
+    wait_until(lambda: _open_fds(daemon.proc.pid) <= before, 10, "the daemon's descriptors")
+    assert daemon.umld("ls").returncode == 0
+
+
+def test_sigkill_of_the_daemon_ends_its_guests_and_the_next_start_cleans_up(
+    usable: None, tmp_path: Path, no_strays: str
+) -> None:
+    d = start_daemon(tmp_path)
+    try:
+        name = N("killed")
+        r = d.umld("start", name, "--", "bash", "-c", f"exec -a {no_strays} sleep 1000")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: live_pids_with(no_strays), 20, "the guest")
+        d.proc.kill()
+        d.proc.wait(10)
+        wait_until(lambda: not live_pids_with(no_strays), 10, "the guest to die with the daemon")
+        assert mounted(d.mount), "no stale mount (did the daemon unmount on SIGKILL?)"
+        d.notify.close()
+        again = start_daemon(tmp_path)  # cleans the stale mount and socket
+        try:
+            assert again.umld("ls").returncode == 0
+        finally:
+            stop_daemon(again)
+    finally:
+        kill_daemon(d)
+        remove_state(N("killed"))
