@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import live_pids_with
+from tests.conftest import User, live_pids_with
 
 ROOT = Path(__file__).resolve().parents[2]
 UMLD = [sys.executable, "-m", "umld"]
@@ -1077,3 +1077,66 @@ def test_sigkill_of_the_daemon_ends_its_guests_and_the_next_start_cleans_up(
     finally:
         kill_daemon(d)
         remove_state(N("killed"))
+
+
+def test_control_socket_of_an_ordinary_users_daemon(
+    usable: None, ordinary_user: User, tmp_path: Path
+) -> None:
+    """The same refusals when the daemon and its machines are an ordinary
+    user's (the guest's uid is then the daemon's: only the peer check
+    tells them apart); the user's own client is served."""
+    user = ordinary_user
+    base = user.work / f"daemon-{os.getpid()}"
+    mount, defs, share = base / "d", base / "defs", base / "share"
+    for d in (base, defs, share):
+        d.mkdir()
+        os.chown(d, user.uid, user.gid)
+    (share / "probe.py").write_text(_PROBE)
+    os.chmod(share / "probe.py", 0o644)
+    log_path = tmp_path / "daemon.log"
+
+    def as_user(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            user.argv([sys.executable, "-m", "umld", *args]),
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout,
+        )  # fmt: skip
+
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            user.argv([*UMLD, "daemon", "--mount", str(mount), "--machines-dir", str(defs)]),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        wait_until(
+            lambda: "umld daemon ready" in log_path.read_text() or proc.poll() is not None,
+            START_TIMEOUT,
+            "the user's daemon",
+        )
+        assert proc.poll() is None, log_path.read_text()
+        # A named machine's home is a disk image, which needs root: an
+        # ordinary user's machine asks for no home (a bind over its "/").
+        no_home = ("--bind", "/:/:ro", "--bind", str(share))
+        r = as_user("start", TARGET, "--mount", str(mount), *no_home)
+        assert r.returncode == 0, r.stderr
+        os.link(socket_path(mount), share / "ctl.sock")
+        r = as_user(
+            "start", PROBER, "--mount", str(mount), *no_home, "--",
+            sys.executable, str(share / "probe.py"), str(share / "ctl"), TARGET, SPAWNED,
+            str(share / "out"),
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: (share / "out").exists(), 60, "the machine's probes")
+        _check_refused(json.loads((share / "out").read_text()))
+        table = as_user("ls", "--mount", str(mount))
+        names = [line.split()[0] for line in table.stdout.splitlines()[1:]]
+        assert table.returncode == 0 and TARGET in names and SPAWNED not in names, table
+        assert "control socket: refused pid" in log_path.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0, log_path.read_text()
+        assert not mounted(mount)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if mounted(mount):
+            subprocess.run(["fusermount3", "-u", "-z", str(mount)], check=False)
