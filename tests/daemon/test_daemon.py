@@ -935,19 +935,20 @@ def test_idle_control_connections_time_out(daemon: Daemon) -> None:
     after umld.daemon.REQUEST_TIMEOUT (5 s); a partial line too."""
     from umld.daemon import REQUEST_TIMEOUT
 
-    for first in (b"", b'{"op": "ls"'):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(REQUEST_TIMEOUT + 10)
-            s.connect(str(socket_path(daemon.mount)))
-            start = time.monotonic()
-            s.sendall(first)
+    socks = []
+    start = time.monotonic()
+    for first in (b"", b'{"op": "ls"'):  # idle, and half a line: at once
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        socks.append(s)
+        s.settimeout(REQUEST_TIMEOUT + 10)
+        s.connect(str(socket_path(daemon.mount)))
+        s.sendall(first)
+    for s in socks:
+        with s:
             got = b""
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
+            while chunk := s.recv(4096):
                 got += chunk
-            took = time.monotonic() - start
+        took = time.monotonic() - start
         assert got == b'{"error": "no request within 5 s"}\n', got
         assert REQUEST_TIMEOUT - 0.5 < took < REQUEST_TIMEOUT + 5, took
     assert daemon.umld("ls").returncode == 0
