@@ -1428,3 +1428,67 @@ def test_a_machine_never_reads_its_own_export(machine: Start, tmp_path: Path) ->
     assert Path(f"{out}.data").read_text() == "", "the guest read its own export"
     assert m.text("config/hostname") != "hacked\n"
     assert m.text("status").startswith("name: ")  # the host still can
+
+
+_BOUND_DIR = r"""
+import os, subprocess, sys
+deep, shallow, ready = sys.argv[1], sys.argv[2], sys.argv[3]
+os.makedirs(deep)
+os.makedirs(shallow)
+os.symlink("/victim", os.path.join(deep, "L"))
+subprocess.run(["mount", "--bind", deep, shallow], check=True)
+open(ready, "w").close()
+import signal
+signal.pause()
+"""
+
+
+def test_symlink_in_a_directory_bound_at_two_depths_never_leads_out(
+    machine: Start, tmp_path: Path
+) -> None:
+    """The guest binds a deep directory holding a symlink at a shallow
+    place (mount --bind in its own mount table): one host directory, two
+    depths.  Followed through either, the link's target stays inside."""
+    script, ready = tmp_path / "bind.py", tmp_path / "ready"
+    script.write_text(_BOUND_DIR)
+    m = machine([GUEST_PYTHON, str(script), "/tmp/d1/d2/d3", "/tmp/x", str(ready)])
+    wait_for(ready.exists, "the guest's bind mount")
+    victim = m.mnt.parent / "victim"
+    # From fs/tmp/x the deep link's rewritten target (4 levels up) leads
+    # to the mount's parent.
+    assert os.path.normpath(m.mnt / "fs/tmp/x" / ("../" * 4 + "victim")) == str(victim)
+    victim.write_text("host secret\n")
+    deep, shallow = m.path("fs/tmp/d1/d2/d3/L"), m.path("fs/tmp/x/L")
+    stop = threading.Event()
+    leaks: list[bytes] = []
+
+    def walk_deep() -> None:
+        while not stop.is_set():
+            try:
+                os.lstat(deep)
+            except OSError:
+                pass
+
+    def follow_shallow() -> None:
+        while not stop.is_set():
+            for path in (shallow, deep):
+                try:
+                    with open(path, "rb") as f:
+                        leaks.append(f.read())
+                except OSError:
+                    pass
+
+    threads = [
+        threading.Thread(target=t, daemon=True) for t in (walk_deep, walk_deep, follow_shallow)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not leaks:
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join(ACCESS_TIMEOUT)
+        assert not t.is_alive(), "an access to the export hung"
+    assert not leaks, f"a link led out of the tree: read {leaks[0]!r}"
+    assert timed(lambda: os.readlink(shallow), "readlink") == "../../victim"

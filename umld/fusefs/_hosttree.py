@@ -30,9 +30,10 @@ whoever reads the mount: so readlink() rewrites targets to relative ones
 that stay inside the tree (:func:`confine_symlink`).  An absolute target
 means the tree's root, as it does for the processes whose root the tree
 is.  The rewrite depends on the depth of the link's directory, and a
-FUSE readlink names an inode, not a path: so a symlink is one export
-inode per path it was found at, never one per host inode (a symlink
-hard-linked at two depths is two inodes here; see :class:`_HostLink`).
+FUSE readlink names an inode, not a path: so symlinks and directories
+are one export inode per host inode and depth, never one per host
+inode (a symlink hard-linked at two depths, or a directory a guest bound
+at two depths, is two inodes here; see :class:`_PerDepth`).
 
 FIFOs, sockets and device nodes are shown as empty regular files (their
 permissions, owners and times kept) whose open fails with ENXIO, and the
@@ -471,7 +472,41 @@ class _HostEntry(_HostObject):
                 _sys.fchmod_path_fd(fd, wanted)
 
 
-class _HostDir(_HostEntry, _HostDirOps):
+def _depth(path: bytes) -> int:
+    """How many directories below the tree's root the entry ``path`` is."""
+    return path.count(b"/")
+
+
+class _PerDepth(_HostEntry):
+    """A kind of object that is one export inode per host inode *and
+    depth*: symlinks and the directories that hold them.
+
+    What readlink answers depends on the depth of the directory entry the
+    link was found at (see :func:`confine_symlink`), and a FUSE readlink
+    names an inode, not a path.  So the kernel's directory entry of a
+    link, and of each directory above it, must stay at the depth its node
+    was found at for as long as the node lives:
+
+    * a symlink hard-linked at two depths is two inodes here (one node
+      shared by both took the depth of whichever was looked up last, and
+      the shallow link's target climbed out of the tree);
+    * a directory reachable at two depths (a guest's ``mount --bind``)
+      is two inodes here too: the kernel keeps one entry per directory
+      inode and moves it to the path looked up last (d_splice_alias),
+      taking the links below it to a depth they were not made for.
+
+    At one depth, one inode: a directory the guest renamed behind our back
+    is the same inode at its new path, so descriptors held below it work
+    again once it is looked up there.  A rename through the export moves
+    the kernel's entries and our paths together (HostTree._moved), to any
+    depth.  The price: a directory at two depths shows two st_ino.
+    """
+
+    def _key(self) -> Hashable:
+        return self  # HostTree._entry finds the node of the same inode and depth
+
+
+class _HostDir(_PerDepth, _HostDirOps):
     pass
 
 
@@ -553,22 +588,8 @@ class _HostFile(_HostEntry, FileNode):
         return _FileHandle(data, self)
 
 
-class _HostLink(_HostEntry, LinkNode):
-    """A symlink, as found at one path.
-
-    Not one node per host inode as the other kinds are: what readlink
-    answers depends on the depth of the path it was found at (see
-    :func:`confine_symlink`), and a FUSE readlink names the inode, not
-    the path.  One symlink hard-linked at two depths must therefore be
-    two inodes of the export, each keeping the path of its own directory
-    entry (the kernel moves that entry on a rename through the export,
-    and so does :meth:`HostTree._moved`).  A node shared by two paths
-    took the depth of whichever was looked up last, and a host write
-    through the shallow one followed a target climbing out of the tree.
-    """
-
-    def _key(self) -> Hashable:
-        return self  # never merged with another path's node (HostTree._entry reuses)
+class _HostLink(_PerDepth, LinkNode):
+    """A symlink (see :class:`_PerDepth`)."""
 
     def _attrs(self) -> Attrs:
         # st_size of a symlink is the length of what readlink returns.
@@ -616,8 +637,10 @@ class HostTree(_HostDirOps):
         self._root_fd = -1
         # Every object handed out, to update their paths after a rename.
         self._entries: weakref.WeakSet[_HostEntry] = weakref.WeakSet()
-        # The symlink node of each path (see _HostLink).
-        self._links: weakref.WeakValueDictionary[bytes, _HostLink] = weakref.WeakValueDictionary()
+        # Directories and symlinks by host inode and depth (see _PerDepth).
+        self._by_depth: weakref.WeakValueDictionary[tuple[int, int, int], _HostEntry] = (
+            weakref.WeakValueDictionary()
+        )
 
     @contextmanager
     def _at(self) -> Iterator[tuple[int, os.stat_result]]:
@@ -644,33 +667,30 @@ class HostTree(_HostDirOps):
         elif stat.S_ISREG(st.st_mode):
             kind = _HostFile
         elif stat.S_ISLNK(st.st_mode):
-            known = self._links.get(path)
-            if known is not None and known._path == path and known._dev_ino == _dev_ino(st):
-                return known
-            link = _HostLink(self, path, st)
-            self._links[path] = link
-            self._entries.add(link)
-            return link
+            kind = _HostLink
         else:
             kind = _HostOther
-        entry = kind(self, path, st)
+        if issubclass(kind, _PerDepth):
+            key = (st.st_dev, st.st_ino, _depth(path))
+            known = self._by_depth.get(key)
+            # Its depth may have changed since (a rename through the export).
+            if known is not None and _depth(known._path) == key[2]:
+                known._path = path  # where the kernel's entry will be now
+                return known
+            entry = kind(self, path, st)
+            self._by_depth[key] = entry
+        else:
+            entry = kind(self, path, st)
         self._entries.add(entry)
         return entry
 
     def _moved(self, moves: dict[bytes, bytes]) -> None:
         """Paths after a rename through the export: ``old`` and below became ``new``."""
-        links: list[_HostLink] = []
         for entry in list(self._entries):
             for old, new in moves.items():
                 if entry._path == old or entry._path.startswith(old + b"/"):
-                    if isinstance(entry, _HostLink):
-                        links.append(entry)
-                        if self._links.get(entry._path) is entry:
-                            del self._links[entry._path]
                     entry._path = new + entry._path[len(old) :]
                     break
-        for link in links:
-            self._links[link._path] = link
 
     def _forgotten(self) -> None:
         if self._root_fd >= 0:
