@@ -1492,3 +1492,70 @@ def test_symlink_in_a_directory_bound_at_two_depths_never_leads_out(
         assert not t.is_alive(), "an access to the export hung"
     assert not leaks, f"a link led out of the tree: read {leaks[0]!r}"
     assert timed(lambda: os.readlink(shallow), "readlink") == "../../victim"
+
+
+_RACE = r"""
+import json, os, sys, threading, time
+shallow, deep, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+stop, leaks = threading.Event(), []
+def walk():
+    while not stop.is_set():
+        try:
+            os.lstat(deep)
+        except OSError:
+            pass
+def follow():
+    while not stop.is_set():
+        try:
+            with open(shallow, "rb") as f:
+                leaks.append(f.read().decode(errors="replace"))
+        except OSError:
+            pass
+threads = [threading.Thread(target=f, daemon=True) for f in (walk, walk, follow)]
+for t in threads:
+    t.start()
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline and not leaks:
+    time.sleep(0.05)
+stop.set()
+for t in threads:
+    t.join(5)
+print(json.dumps({"leaks": leaks[:1], "hung": any(t.is_alive() for t in threads)}))
+"""
+
+
+def test_hard_linked_symlink_as_an_ordinary_user(ordinary_user: User, tmp_path: Path) -> None:
+    """The hard-linked symlink race on fs/ of an ordinary user's machine,
+    raced by that user (the only one who can read the mount)."""
+    user = ordinary_user
+    base = user.work / f"links-{os.getpid()}"
+    mnt = base / "mnt"
+    for d in (base, mnt):
+        d.mkdir()
+        os.chown(d, user.uid, user.gid)
+    for name, text in (("links.py", _LINKS), ("race.py", _RACE)):
+        (base / name).write_text(text)
+        (base / name).chmod(0o644)
+    victim, ready = base / "victim", base / "ready"
+    victim.write_text("host secret\n")
+    os.chown(victim, user.uid, user.gid)
+    argv = [
+        *user.umld_argv("c", f"--mount={mnt}", f"--bind={base}"),
+        GUEST_PYTHON, str(base / "links.py"), "/tmp", "a/b", str(ready),
+    ]  # fmt: skip
+    m = Live(argv, mnt, tmp_path / "umld.log")
+    try:
+        wait_for(lambda: ready.exists() or not m.alive(), "the guest's links", 20)
+        assert m.alive(), m.output()
+        # From fs/tmp, three levels up is the mount's parent: base.
+        r = subprocess.run(
+            user.argv([sys.executable, str(base / "race.py"), f"{mnt}/fs/tmp/W",
+                       f"{mnt}/fs/tmp/a/b/L", "3"]),
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        assert not got["hung"]
+        assert not got["leaks"], f"the shallow link led out of the tree: {got['leaks']}"
+    finally:
+        assert m.stop(), "the user's mount was left behind"
