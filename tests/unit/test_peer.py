@@ -18,6 +18,17 @@ from umld import _peer
 NOT_GUEST = {"machine_cgroups": (), "is_guest": lambda tid: False}
 
 
+@pytest.fixture(autouse=True, params=["SO_PEERPIDFD", "pidfd_open"])
+def pidfd_source(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test twice: with the peer's pidfd from SO_PEERPIDFD (Linux
+    6.5), and as on older kernels, where that option is unknown
+    (ENOPROTOOPT: an option number no kernel has) and pidfd_open(2) of the
+    SO_PEERCRED pid is the fallback."""
+    if request.param == "pidfd_open":
+        monkeypatch.setattr(_peer, "SO_PEERPIDFD", 0x7FFF)
+    return str(request.param)
+
+
 def _listener(tmp_path: Path) -> tuple[socket.socket, str]:
     path = str(tmp_path / "s")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
