@@ -1379,6 +1379,7 @@ def test_private_process_files_are_the_owners_alone(
     machine is refused.  status and cmdline stay readable by everyone."""
     base = Path(f"/tmp/umld-private-{os.getpid()}")
     base.mkdir(mode=0o755)
+    m: Live | None = None
     try:
         base.chmod(0o755)  # reachable by the other user
         m = machine(
@@ -1404,13 +1405,12 @@ def test_private_process_files_are_the_owners_alone(
                 timeout=20,
             )
             assert r.returncode == 0 and "sleep" in r.stdout, (name, r)
-        assert m.stop()
     finally:
+        if m is not None:
+            assert m.stop(), "the mount was left behind"
         for leftover in base.iterdir():
-            if not mounted(leftover):
-                leftover.rmdir()
-        if not any(base.iterdir()):
-            base.rmdir()
+            leftover.rmdir()
+        base.rmdir()
 
 
 def test_a_machine_never_reads_its_own_export(machine: Start, tmp_path: Path) -> None:
