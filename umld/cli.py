@@ -194,6 +194,11 @@ MACHINE_KEYS = (
 )  # fmt: skip
 
 
+#: What --memory may say: the bounds of the live setting config/memory.
+MIN_MEMORY, MAX_MEMORY = 1 << 20, 1 << 50
+MIN_DISK = 1 << 20
+
+
 def config_from_mapping(data: dict[str, Any], *, where: str) -> dict[str, Any]:
     """Config keyword arguments from a mapping of settings (a TOML file,
     the options, a daemon request), checked: UsageError names the bad one."""
@@ -232,7 +237,13 @@ def config_from_mapping(data: dict[str, Any], *, where: str) -> dict[str, Any]:
     mounts = [parse_bind(t) for t in strings("bind")]
     mounts += [parse_tmpfs(t) for t in strings("tmpfs")]
     mounts += [parse_disk(t) for t in strings("disk")]
-    memory = data.get("memory")
+    for m in mounts:
+        # mkfs.ext4 refuses less than ~128k; 1M leaves it room for a journal.
+        if m.kind == "disk" and m.size < MIN_DISK:
+            raise UsageError(f"{where}: --disk {m.source}: a disk image is at least 1M")
+    memory = parse_size(str(data["memory"])) if data.get("memory") is not None else None
+    if memory is not None and not MIN_MEMORY <= memory <= MAX_MEMORY:
+        raise UsageError(f"{where}: memory must be from 1M to 1P, not {data['memory']}")
     root = text("root")
     return {
         "name": text("name"),
@@ -242,7 +253,7 @@ def config_from_mapping(data: dict[str, Any], *, where: str) -> dict[str, Any]:
         "uid": number("uid"),
         "gid": number("gid"),
         "vcpus": number("vcpus"),
-        "memory": parse_size(str(memory)) if memory is not None else None,
+        "memory": memory,
         "kernel_release": text("kernel_release"),
         "uname_machine": text("uname_machine"),
         "hostname": text("hostname"),
@@ -251,16 +262,39 @@ def config_from_mapping(data: dict[str, Any], *, where: str) -> dict[str, Any]:
     }
 
 
-def _read_config_file(path: str) -> dict[str, Any]:
+def read_toml(path: str, what: str) -> dict[str, Any]:
+    """The table of a TOML settings file; UsageError "WHAT PATH: why"."""
     import tomllib
 
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except OSError as exc:
-        raise UsageError(f"--config {path}: {exc.strerror}") from None
+        raise UsageError(f"{what}{path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        # tomllib decodes the whole file first (TOML is UTF-8, toml.io).
+        raise UsageError(f"{what}{path}: not a UTF-8 TOML file") from None
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"--config {path}: {exc}") from None
+        raise UsageError(f"{what}{path}: {exc}") from None
+
+
+def command_from(value: object, where: str) -> list[str]:
+    """A settings file's ``command``: a list of strings, or one string
+    split as a shell would (shlex), checked."""
+    if isinstance(value, str):
+        import shlex
+
+        try:
+            return shlex.split(value)
+        except ValueError as exc:  # "No closing quotation", "No escaped character"
+            raise UsageError(f"{where}: command: {exc}") from None
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise UsageError(f"{where}: command must be a string or a list of strings")
+    return list(value)
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    return read_toml(path, "--config ")
 
 
 def _option_mapping(args: argparse.Namespace) -> dict[str, Any]:
@@ -277,11 +311,7 @@ def _machine_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[st
     """Config keyword arguments from --config FILE, then the options (a
     list option adds to the file's list); and the file's command."""
     data: dict[str, Any] = _read_config_file(args.config) if args.config else {}
-    command = data.pop("command", [])
-    if isinstance(command, str):
-        import shlex
-
-        command = shlex.split(command)
+    command = command_from(data.pop("command", []), f"--config {args.config}")
     data.pop("restart", None)
     for key, value in _option_mapping(args).items():
         if isinstance(value, list):
@@ -289,13 +319,15 @@ def _machine_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[st
             data[key] = [*([old] if isinstance(old, str) else old), *value]
         else:
             data[key] = value
-    return config_from_mapping(data, where=args.config or "options"), list(command)
+    return config_from_mapping(data, where=args.config or "options"), command
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from umld.core.machine import Config, Machine
 
     settings, file_command = _machine_settings(args)
+    if args.config_dir:
+        _check_config_dir(args.config_dir)
     command: list[str] = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
@@ -320,7 +352,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     exports: list[Any] = []
 
+    guard = _SignalsDuringTeardown()
+
     def start_live(control: Any) -> None:
+        guard.armed = True  # Machine.run blocks the signals from here on
         if args.config_dir:
             from umld.core import ConfigDir
 
@@ -338,20 +373,85 @@ def _cmd_run(args: argparse.Namespace) -> int:
         export.start()
         exports.append(export)
 
+    live = args.mount is not None or bool(args.config_dir)
     try:
-        code = machine.run(
-            command,
-            cwd=args.cwd,
-            on_start=start_live if args.mount is not None or args.config_dir else None,
-        ).returncode
+        if live:
+            guard.install()
+        code = machine.run(command, cwd=args.cwd, on_start=start_live if live else None).returncode
         if args.stats and machine.kernel is not None:
             _print_stats(machine.kernel.statistics(), time.monotonic() - start)
         return code
     finally:
-        for export in exports:
-            export.stop()
-        if out is not None:
-            out.close()
+        try:
+            for export in exports:
+                export.stop()
+        finally:
+            guard.uninstall()
+            if out is not None:
+                out.close()
+
+
+class _SignalsDuringTeardown:
+    """SIGINT, SIGTERM, SIGHUP and SIGQUIT while a live machine's helpers
+    (the export, the --config-dir watcher) are stopped.
+
+    Machine.run blocks these signals while the machine runs (the tracer
+    takes them and passes them on to the guest) and unblocks them when
+    it returns.  One that arrived in between, once the tracer no longer
+    took them (the second of a storm of SIGTERMs, say), used to end umld
+    right there with its default action, before the export was
+    unmounted: a dead mount ("Transport endpoint is not connected") until
+    someone ran fusermount3 -u.  So from the machine's start (``armed``)
+    until the helpers are stopped such a signal is only noted: the
+    machine it was meant for is over, and umld exits with that machine's
+    status.  Before the start a signal acts as it always did.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.noted: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        import signal
+
+        from umld.core.kernel import TERMINATING_SIGNALS
+
+        for signo in TERMINATING_SIGNALS:
+            self._previous[signo] = signal.signal(signo, self._handler)
+
+    def uninstall(self) -> None:
+        import signal
+
+        for signo, previous in self._previous.items():
+            signal.signal(signo, previous)
+        self._previous.clear()
+
+    def _handler(self, signo: int, frame: Any) -> None:
+        import signal
+
+        if self.armed:
+            self.noted.append(signo)
+            return
+        # Not started yet: what the signal did before we took it.
+        previous = self._previous.get(signo, signal.SIG_DFL)
+        signal.signal(signo, previous)
+        if callable(previous):
+            previous(signo, frame)  # SIGINT: KeyboardInterrupt
+        elif previous == signal.SIG_DFL:
+            os.kill(os.getpid(), signo)
+
+
+def _check_config_dir(path: str) -> None:
+    # A typo must not go unnoticed: the directory may hold a `deny`.
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise UsageError(f"--config-dir {path}: {exc.strerror}") from None
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"--config-dir {path}: not a directory")
 
 
 def _print_stats(stats: dict[str, object], elapsed: float) -> None:
@@ -400,21 +500,17 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
             raise UsageError("missing command (usage: umld exec NAME -- CMD [ARGS...])")
         return client.exec_in(mount, args.name, command, args.cwd)
     settings: dict[str, Any] = _read_config_file(args.config) if args.config else {}
-    file_command = settings.pop("command", [])
+    file_command = command_from(settings.pop("command", []), f"--config {args.config}")
     settings.pop("restart", None)
     settings.update({k: v for k, v in _option_mapping(args).items() if k != "name"})
     config_from_mapping({**settings, "name": args.name}, where=args.config or "options")
-    if isinstance(file_command, str):
-        import shlex
-
-        file_command = shlex.split(file_command)
     client.call(
         mount,
         {
             "op": "start",
             "name": args.name,
             "config": settings,
-            "argv": command or list(file_command),
+            "argv": command or file_command,
             "restart": args.restart,
         },
     )

@@ -34,16 +34,24 @@ def request(mount: str, req: dict[str, Any], fds: tuple[int, ...] = ()) -> socke
         s.close()
         raise UmldError(f"umld: {path}: permission denied (the daemon's user only)") from None
     data = (json.dumps(req) + "\n").encode()
-    if fds:
-        s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-    else:
-        s.sendall(data)
+    try:
+        if fds:
+            s.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        else:
+            s.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        # The daemon answered and closed before reading (a refusal): its
+        # line is still there to read.
+        pass
     return s
 
 
 def answer(s: socket.socket, buf: bytearray) -> dict[str, Any]:
     while b"\n" not in buf:
-        chunk = s.recv(65536)
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
         if not chunk:
             raise UmldError("umld: the daemon closed the connection")
         buf += chunk

@@ -12,6 +12,14 @@ line each way; ``exec`` also passes the client's stdin, stdout and
 stderr with SCM_RIGHTS (unix(7)) and is answered a second time with the
 command's exit status.
 
+Every peer is checked before it is read (umld._peer): a process inside a
+machine, or in a machine's cgroup, is refused with one line whatever it
+can reach, and the refusal is logged.  A connection that has not sent
+its request within REQUEST_TIMEOUT seconds is closed.  A client that goes
+away while its ``exec`` runs hangs the command up as a terminal would:
+SIGHUP and SIGCONT to its process group, SIGKILL HANGUP_GRACE seconds
+later if it is still there.
+
 Machine definitions: ``MACHINES_DIR/NAME.toml`` with ``command`` (list
 or string), ``restart`` (``no`` | ``on-failure`` | ``always``) and the
 settings of ``umld run --config``.
@@ -20,7 +28,6 @@ settings of ``umld run --config``.
 from __future__ import annotations
 
 import array
-import errno
 import json
 import logging
 import os
@@ -42,6 +49,12 @@ RESTART_POLICIES = ("no", "on-failure", "always")
 LIVE_KEYS = ("hostname", "vcpus", "memory", "net/accept", "net/connect", "limits/nproc")
 RESTART_DELAY = 1.0
 MAX_LINE = 1 << 20
+#: Seconds a control connection may take to send its request line: a
+#: client sends it at once (umld/client.py), so only a stuck or idle
+#: connection, holding a descriptor of the daemon's, ever waits that long.
+REQUEST_TIMEOUT = 5.0
+#: Seconds between the SIGHUP of a hung-up exec and its SIGKILL.
+HANGUP_GRACE = 3.0
 
 
 def default_mount() -> str:
@@ -116,25 +129,11 @@ def setup_logging(verbose: bool) -> None:
 
 def load_definition(path: str) -> tuple[Config, list[str], str]:
     """(config, command, restart policy) from a machine's TOML file."""
-    import tomllib
-
-    from umld.cli import config_from_mapping
+    from umld.cli import command_from, config_from_mapping, read_toml
 
     name = os.path.basename(path).removesuffix(".toml")
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise UsageError(f"{path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: {exc}") from None
-    command = data.pop("command", [])
-    if isinstance(command, str):
-        import shlex
-
-        command = shlex.split(command)
-    if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
-        raise UsageError(f"{path}: command must be a string or a list of strings")
+    data = read_toml(path, "")
+    command = command_from(data.pop("command", []), path)
     restart = data.pop("restart", "no")
     if restart not in RESTART_POLICIES:
         raise UsageError(f"{path}: restart must be one of {', '.join(RESTART_POLICIES)}")
@@ -273,6 +272,15 @@ class Daemon:
             except SettingError as exc:
                 log.error("machine %s: %s: %s", control.name, key, exc)
 
+    def inside_a_machine(self, tid: int) -> bool:
+        """Whether host thread ``tid`` belongs to one of our machines (any
+        thread: the export asks in every request)."""
+        for m in list(self.host.machines.values()):
+            control = m.control
+            if control is not None and control.is_guest_thread(tid):
+                return True
+        return False
+
     # the export ----------------------------------------------------------
 
     def tree(self) -> Any:
@@ -349,10 +357,38 @@ class Daemon:
             except OSError:
                 pass
 
+    def _peer_refusal(self, sock: Any) -> str | None:
+        """Why the peer of ``sock`` may not command us, or None (logged)."""
+        from umld import _peer
+
+        cgroups = [
+            path
+            for m in list(self.host.machines.values())
+            if m.running and m.control is not None
+            for path in m.control.cgroups
+        ]
+        peer, why = _peer.refusal(sock, machine_cgroups=cgroups, is_guest=self.inside_a_machine)
+        if why is not None:
+            who = f"pid {peer.pid} (uid {peer.uid})" if peer is not None else "a peer"
+            log.warning("control socket: refused %s: %s", who, why)
+        return why
+
     async def _client(self, stream: trio.SocketStream) -> None:
         sock = stream.socket
+        fds: list[int] = []
         try:
-            data, fds = await _recv_request(sock)
+            # Checked before anything it sent is read (see umld._peer).
+            why = self._peer_refusal(sock)
+            if why is not None:
+                await _send(sock, {"error": f"refused: {why}"})
+                return
+            data = b""
+            with trio.move_on_after(REQUEST_TIMEOUT) as waited:
+                data = await _recv_request(sock, fds)
+            if waited.cancelled_caught:
+                log.debug("control socket: no request within %s s", REQUEST_TIMEOUT)
+                await _send(sock, {"error": f"no request within {REQUEST_TIMEOUT:g} s"})
+                return
             try:
                 request = json.loads(data)
                 if not isinstance(request, dict):
@@ -361,6 +397,11 @@ class Daemon:
                 await _send(sock, {"error": "bad request"})
                 return
             await self._dispatch(sock, request, fds)
+        except _TooLong:
+            try:
+                await _send(sock, {"error": f"request longer than {MAX_LINE} bytes"})
+            except OSError:
+                pass
         except (OSError, trio.BrokenResourceError) as exc:
             log.debug("control client went away: %s", exc)
         except Exception:
@@ -370,7 +411,7 @@ class Daemon:
             except OSError:
                 pass
         finally:
-            for fd in fds if "fds" in locals() else []:
+            for fd in fds:
                 try:
                     os.close(fd)
                 except OSError:
@@ -437,7 +478,7 @@ class Daemon:
         cwd = req.get("cwd")
         env = req.get("env")
         try:
-            await trio.to_thread.run_sync(
+            session = await trio.to_thread.run_sync(
                 lambda: m.exec(
                     argv,
                     stdio=(fds[0], fds[1], fds[2]),
@@ -449,11 +490,38 @@ class Daemon:
         except UmldError as exc:
             await _send(sock, {"error": str(exc).removeprefix("umld: ")})
             return
-        await _send(sock, {"ok": True})
-        await done.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._hang_up_when_gone, sock, name, session, done)
+            try:
+                await _send(sock, {"ok": True})
+            except OSError:
+                pass  # gone already: the watcher hangs up
+            await done.wait()
+            nursery.cancel_scope.cancel()
         st = status[0]
         code = os.WEXITSTATUS(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st)
         await _send(sock, {"exit": code})
+
+    @staticmethod
+    async def _hang_up_when_gone(sock: Any, name: str, session: int, done: trio.Event) -> None:
+        """Wait for the exec's client to go away (end of file or an error
+        on its socket; it sends nothing more), then end its command as a
+        terminal hangup ends a session's job (SIGHUP, SIGCONT) and kill
+        what is left of its process group after HANGUP_GRACE seconds."""
+        while True:
+            try:
+                if not await sock.recv(4096):
+                    break
+            except OSError:
+                break
+        log.info("exec in %s: the client went away; hanging up its command", name)
+        for sig in (signal.SIGHUP, signal.SIGCONT):
+            _signal_group(session, sig)
+        with trio.move_on_after(HANGUP_GRACE):
+            await done.wait()
+            return
+        log.info("exec in %s: the command outlived its hangup; killing it", name)
+        _signal_group(session, signal.SIGKILL)
 
     # main ----------------------------------------------------------------
 
@@ -469,7 +537,13 @@ class Daemon:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
-                    lambda: serve(self.tree(), self.mount, fsname="umld", ready=mounted.set)
+                    lambda: serve(
+                        self.tree(),
+                        self.mount,
+                        fsname="umld",
+                        ready=mounted.set,
+                        refuse=self.inside_a_machine,
+                    )
                 )
                 await mounted.wait()
                 await nursery.start(self.serve_control)
@@ -498,6 +572,16 @@ class Daemon:
                     break
 
 
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    # The group's leader (the sandbox that entered the machine) lives
+    # until the command it waits for has ended, so the group id is still
+    # this session's until ``done`` is set.
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _try_send(send: trio.MemorySendChannel[str], name: str) -> None:
     try:
         send.send_nowait(name)
@@ -512,10 +596,14 @@ async def _send(sock: Any, obj: dict[str, Any]) -> None:
         view = view[await sock.send(view) :]
 
 
-async def _recv_request(sock: Any) -> tuple[bytes, list[int]]:
-    """One request line, with the descriptors that came with it."""
+class _TooLong(Exception):
+    """A request line beyond MAX_LINE."""
+
+
+async def _recv_request(sock: Any, fds: list[int]) -> bytes:
+    """One request line; the descriptors that came with it are added to
+    ``fds`` as they come (the caller closes them, whatever happens)."""
     buf = bytearray()
-    fds: list[int] = []
     size = array.array("i").itemsize
     while b"\n" not in buf:
         # Close-on-exec at once (unix(7)): only the exec'd command may get
@@ -532,8 +620,8 @@ async def _recv_request(sock: Any) -> tuple[bytes, list[int]]:
             break
         buf += msg
         if len(buf) > MAX_LINE:
-            raise OSError(errno.EMSGSIZE, "request too long")
-    return bytes(buf).split(b"\n", 1)[0], fds
+            raise _TooLong
+    return bytes(buf).split(b"\n", 1)[0]
 
 
 def main(mount: str | None, machines_dir: str | None, tracer: str, verbose: bool) -> int:

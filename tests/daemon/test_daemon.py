@@ -12,6 +12,7 @@ adds, so the tests do not depend on their order.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import User, live_pids_with
 
 ROOT = Path(__file__).resolve().parents[2]
 UMLD = [sys.executable, "-m", "umld"]
@@ -795,3 +798,346 @@ def test_journal_stream_priorities_without_timestamps(usable: None, tmp_path: Pa
     assert any(line.startswith("<3>") and "bad.toml" in line for line in lines)
     assert any(line.startswith("<4>") and "cannot notify systemd" in line for line in lines)
     assert any(line.startswith("<6>") and "ready" in line for line in lines)
+
+
+# -- the control socket's edges (issue 9, item 6) ------------------------------------
+
+PROBER, TARGET, SPAWNED, CGV = N("prober"), N("target"), N("spawned"), N("cgv")
+
+#: Run inside a machine: every request the control socket knows, through
+#: the real client, and raw ones (malformed, huge); one JSON line per try.
+_PROBE = r"""
+import json, socket, subprocess, sys
+base, target, new, out = sys.argv[1:5]
+umld = [sys.executable, "-m", "umld"]
+results = {}
+for name, args in {
+    "ls": ["ls"],
+    "start": ["start", new, "--", "sleep", "1000"],
+    "stop": ["stop", target],
+    "exec": ["exec", target, "--", "true"],
+}.items():
+    r = subprocess.run([*umld, args[0], "--mount", base, *args[1:]],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    results[name] = [r.returncode, r.stdout, r.stderr]
+for name, line in {"garbage": b"\x00\xffnot json\n", "huge": b"x" * (4 << 20)}.items():
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(30)
+    s.connect(base + ".sock")
+    try:
+        s.sendall(line)
+    except OSError:
+        pass
+    got = b""
+    try:
+        while not got.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    except OSError as exc:
+        got += repr(exc).encode()
+    results[name] = got.decode(errors="replace")
+with open(out, "w") as f:
+    json.dump(results, f)
+"""
+
+
+def _check_refused(results: dict[str, object]) -> None:
+    for name in ("ls", "start", "stop", "exec"):
+        rc, stdout, stderr = results[name]  # type: ignore[misc]
+        assert rc == 1 and stdout == "", (name, results[name])
+        assert stderr.startswith("umld: refused: ") and stderr.count("\n") == 1, (name, stderr)
+        assert "inside a machine" in stderr, (name, stderr)
+    for name in ("garbage", "huge"):
+        assert str(results[name]).startswith('{"error": "refused: '), (name, results[name])
+
+
+def test_control_socket_refuses_processes_inside_a_machine(daemon: Daemon, share: Path) -> None:
+    """A machine given the control socket (a hard link of it in a
+    directory bound into the machine, the daemon's mount outside /run)
+    tries every request, from its first process and from an exec'd one:
+    each is refused with one line, nothing happens, the daemon logs it."""
+    os.link(socket_path(daemon.mount), share / "ctl.sock")
+    (share / "probe.py").write_text(_PROBE)
+    base = str(share / "ctl")
+    try:
+        assert daemon.umld("start", TARGET, "--bind", str(share)).returncode == 0
+        r = daemon.umld(
+            "start", PROBER, "--bind", str(share), "--",
+            sys.executable, str(share / "probe.py"), base, TARGET, SPAWNED, str(share / "first"),
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: (share / "first").exists(), 60, "the machine's probes")
+        _check_refused(json.loads((share / "first").read_text()))
+        r = daemon.umld(
+            "exec", TARGET, "--",
+            sys.executable, str(share / "probe.py"), base, TARGET, SPAWNED, str(share / "exec"),
+            timeout=90,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        _check_refused(json.loads((share / "exec").read_text()))
+        assert daemon.state(TARGET) == "running"
+        assert daemon.state(SPAWNED) is None
+        assert daemon.log().count("control socket: refused pid") >= 12, daemon.log()
+        # The host's own client, on the same socket, is served.
+        assert daemon.umld("ls").returncode == 0
+        assert daemon.alive()
+    finally:
+        for name in (PROBER, TARGET, SPAWNED):
+            daemon.stop_machine(name)
+        remove_state(PROBER, TARGET, SPAWNED)
+
+
+def _cgroup_of(pid: int) -> Path | None:
+    """The pids cgroup directory of process ``pid`` (v1 or v2), if any."""
+    from umld._peer import cgroup_dirs
+
+    for d in cgroup_dirs(pid):
+        if (Path(d) / "pids.max").exists():
+            return Path(d)
+    return None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="moving a process between cgroups needs root")
+def test_control_socket_refuses_a_host_process_in_a_machines_cgroup(daemon: Daemon) -> None:
+    """A process of the host's (the daemon's pid and user namespaces) moved
+    into a machine's cgroup is refused: the cgroup check stands alone."""
+    assert daemon.umld("start", CGV, "--", "sleep", "1000").returncode == 0
+    helper = None
+    try:
+        (daemon.mount / CGV / "config" / "limits" / "nproc").write_text("100\n")
+        guest = int(daemon.first_process(CGV)["HostPid"])
+        machine_cgroup = _cgroup_of(guest)
+        assert machine_cgroup is not None and machine_cgroup != _cgroup_of(os.getpid())
+        # The victim waits for a line, then asks like a client would.
+        helper = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys; sys.stdin.readline(); from umld.cli import main; "
+             f"sys.exit(main(['ls', '--mount', {str(daemon.mount)!r}]))"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, cwd=ROOT,
+        )  # fmt: skip
+        (machine_cgroup / "cgroup.procs").write_text(str(helper.pid))
+        out, err = helper.communicate("go\n", timeout=30)
+        assert helper.returncode == 1 and out == "", (out, err)
+        assert err == "umld: refused: it runs in a machine's cgroup\n", err
+    finally:
+        if helper is not None and helper.poll() is None:
+            helper.kill()
+            helper.wait()
+        daemon.stop_machine(CGV)
+        remove_state(CGV)
+
+
+def test_idle_control_connections_time_out(daemon: Daemon) -> None:
+    """A connection that sends nothing is answered one line and closed
+    after umld.daemon.REQUEST_TIMEOUT (5 s); a partial line too."""
+    from umld.daemon import REQUEST_TIMEOUT
+
+    socks = []
+    start = time.monotonic()
+    for first in (b"", b'{"op": "ls"'):  # idle, and half a line: at once
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        socks.append(s)
+        s.settimeout(REQUEST_TIMEOUT + 10)
+        s.connect(str(socket_path(daemon.mount)))
+        s.sendall(first)
+    for s in socks:
+        with s:
+            got = b""
+            while chunk := s.recv(4096):
+                got += chunk
+        took = time.monotonic() - start
+        assert got == b'{"error": "no request within 5 s"}\n', got
+        assert REQUEST_TIMEOUT - 0.5 < took < REQUEST_TIMEOUT + 5, took
+    assert daemon.umld("ls").returncode == 0
+
+
+@pytest.mark.parametrize("ignores_hup", [False, True], ids=["hup", "ignores-hup"])
+def test_exec_client_that_goes_away_ends_its_command(
+    daemon: Daemon, no_strays: str, ignores_hup: bool
+) -> None:
+    """`umld exec` killed mid-command (SIGKILL: no chance to say goodbye)
+    ends its command as a terminal hangup would: SIGHUP, and SIGKILL
+    after umld.daemon.HANGUP_GRACE for a command that ignores SIGHUP."""
+    from umld.daemon import HANGUP_GRACE
+
+    trap = "trap '' HUP; " if ignores_hup else ""
+    client = subprocess.Popen(
+        [*UMLD, "exec", "--mount", str(daemon.mount), OTHER, "--",
+         "bash", "-c", f"{trap}exec -a {no_strays} sleep 1000"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: live_pids_with(no_strays), 20, "the exec'd command")
+        client.kill()
+        client.wait(10)
+        start = time.monotonic()
+        wait_until(lambda: not live_pids_with(no_strays), HANGUP_GRACE + 10, "the command to end")
+        took = time.monotonic() - start
+        if ignores_hup:
+            assert took > HANGUP_GRACE - 0.5, took
+            assert "the command outlived its hangup; killing it" in daemon.log()
+        else:
+            assert took < HANGUP_GRACE, took
+        assert "the client went away; hanging up its command" in daemon.log()
+        assert daemon.state(OTHER) == "running"
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+
+
+def _ask_raw(mount: Path, data: bytes, fds: tuple[int, ...] = ()) -> bytes:
+    """Send ``data`` (with ``fds``) on a new control connection; what comes
+    back until the daemon closes it."""
+    import array
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(socket_path(mount)))
+        try:
+            if fds:
+                s.sendmsg(
+                    [data[:1]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                )
+                data = data[1:]
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except ConnectionResetError:
+            pass
+        return got
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_bad_control_requests_are_one_line_and_leak_nothing(daemon: Daemon) -> None:
+    """Malformed, huge and idle requests from the daemon's own user: one
+    error line each, the daemon carries on, and the descriptors sent with
+    them are closed (an idle one's too)."""
+    from umld.daemon import MAX_LINE, REQUEST_TIMEOUT
+
+    before = _open_fds(daemon.proc.pid)
+    cases = {
+        b"\x00\xff garbage\n": b'{"error": "bad request"}\n',
+        b"[1, 2]\n": b'{"error": "bad request"}\n',
+        b'{"op": "frobnicate"}\n': b'{"error": "unknown operation \'frobnicate\'"}\n',
+        b'{"op": "exec", "name": "' + OTHER.encode() + b'", "argv": ["true"]}\n': (
+            b'{"error": "exec needs the client\'s stdin, stdout and stderr"}\n'
+        ),
+        b'{"op": "start", "name": "../x"}\n': b'{"error": "bad machine name',
+        b'{"op": "start", "name": "x", "config": 1}\n': b'{"error": "config must be an object"}\n',
+        b"x" * (MAX_LINE + 2): f'{{"error": "request longer than {MAX_LINE} bytes"}}\n'.encode(),
+    }
+    with open(os.devnull) as null:
+        for data, answer in cases.items():
+            fds = () if b'"exec"' in data else (null.fileno(),) * 3
+            got = _ask_raw(daemon.mount, data, fds)
+            assert got.startswith(answer) and got.count(b"\n") == 1, (data[:40], got)
+        # Idle connections that sent descriptors and half a line.
+        threads = [
+            threading.Thread(target=_ask_raw, args=(daemon.mount, b'{"op"', (null.fileno(),)))
+            for _ in range(10)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(REQUEST_TIMEOUT + 20)
+    assert daemon.alive()
+    wait_until(lambda: _open_fds(daemon.proc.pid) <= before, 10, "the daemon's descriptors")
+    assert daemon.umld("ls").returncode == 0
+
+
+def test_sigkill_of_the_daemon_ends_its_guests_and_the_next_start_cleans_up(
+    usable: None, tmp_path: Path, no_strays: str
+) -> None:
+    d = start_daemon(tmp_path)
+    try:
+        name = N("killed")
+        r = d.umld("start", name, "--", "bash", "-c", f"exec -a {no_strays} sleep 1000")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: live_pids_with(no_strays), 20, "the guest")
+        d.proc.kill()
+        d.proc.wait(10)
+        wait_until(lambda: not live_pids_with(no_strays), 10, "the guest to die with the daemon")
+        assert mounted(d.mount), "no stale mount (did the daemon unmount on SIGKILL?)"
+        d.notify.close()
+        again = start_daemon(tmp_path)  # cleans the stale mount and socket
+        try:
+            assert again.umld("ls").returncode == 0
+        finally:
+            stop_daemon(again)
+    finally:
+        kill_daemon(d)
+        remove_state(N("killed"))
+
+
+def test_control_socket_of_an_ordinary_users_daemon(
+    usable: None, ordinary_user: User, tmp_path: Path
+) -> None:
+    """The same refusals when the daemon and its machines are an ordinary
+    user's (the guest's uid is then the daemon's: only the peer check
+    tells them apart); the user's own client is served."""
+    user = ordinary_user
+    base = user.work / f"daemon-{os.getpid()}"
+    mount, defs, share = base / "d", base / "defs", base / "share"
+    for d in (base, defs, share):
+        d.mkdir()
+        os.chown(d, user.uid, user.gid)
+    (share / "probe.py").write_text(_PROBE)
+    os.chmod(share / "probe.py", 0o644)
+    log_path = tmp_path / "daemon.log"
+
+    def as_user(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            user.argv([sys.executable, "-m", "umld", *args]),
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout,
+        )  # fmt: skip
+
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            user.argv([*UMLD, "daemon", "--mount", str(mount), "--machines-dir", str(defs)]),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        wait_until(
+            lambda: "umld daemon ready" in log_path.read_text() or proc.poll() is not None,
+            START_TIMEOUT,
+            "the user's daemon",
+        )
+        assert proc.poll() is None, log_path.read_text()
+        # A named machine's home is a disk image, which needs root: an
+        # ordinary user's machine asks for no home (a bind over its "/").
+        no_home = ("--bind", "/:/:ro", "--bind", str(share))
+        r = as_user("start", TARGET, "--mount", str(mount), *no_home)
+        assert r.returncode == 0, r.stderr
+        os.link(socket_path(mount), share / "ctl.sock")
+        r = as_user(
+            "start", PROBER, "--mount", str(mount), *no_home, "--",
+            sys.executable, str(share / "probe.py"), str(share / "ctl"), TARGET, SPAWNED,
+            str(share / "out"),
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: (share / "out").exists(), 60, "the machine's probes")
+        _check_refused(json.loads((share / "out").read_text()))
+        table = as_user("ls", "--mount", str(mount))
+        names = [line.split()[0] for line in table.stdout.splitlines()[1:]]
+        assert table.returncode == 0 and TARGET in names and SPAWNED not in names, table
+        assert "control socket: refused pid" in log_path.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0, log_path.read_text()
+        assert not mounted(mount)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if mounted(mount):
+            subprocess.run(["fusermount3", "-u", "-z", str(mount)], check=False)

@@ -23,6 +23,7 @@ import re
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -33,7 +34,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import ROOT, live_pids_with, umld_argv
+from tests.conftest import ROOT, User, live_pids_with, umld_argv
 
 pytestmark = [pytest.mark.uses_fuse, pytest.mark.uses_ptrace]
 
@@ -1180,3 +1181,381 @@ def test_stale_mount_after_kill_9_is_cleaned(
     assert second.text("status").startswith("name: ")
     assert second.stop()
     first.mnt = tmp_path / "never-mounted"  # its mount was the stale one, now gone
+
+
+def _sigterm_storm(m: Live, rounds: int) -> None:
+    """SIGTERM after SIGTERM until umld exits; its mount must be gone."""
+    while m.alive():
+        try:
+            m.proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            break
+        time.sleep(0.0005)
+    rc = m.proc.wait(15)
+    assert not mounted(m.mnt), f"round {rounds}: umld left its mount (exit status {rc})"
+    # The guest died of the first SIGTERM (143) or was killed after the
+    # second (137) and umld exited with that; or, its mount gone, one more
+    # SIGTERM ended umld on its way out (-15).
+    assert rc in (128 + signal.SIGTERM, 128 + signal.SIGKILL, -signal.SIGTERM), m.output()
+
+
+def test_sigterm_storm_never_leaves_a_dead_mount(machine: Start, tmp_path: Path) -> None:
+    """The export is stopped and unmounted before any SIGTERM can end umld
+    (one that arrived once the machine was over used to kill umld with
+    its mount still there: "Transport endpoint is not connected")."""
+    deadline = time.monotonic() + 20
+    rounds = 0
+    while rounds < 8 and time.monotonic() < deadline:
+        m = machine(["/bin/sh", "-c", "sleep 100"], mnt=tmp_path / f"storm{rounds}")
+        _sigterm_storm(m, rounds)
+        rounds += 1
+    assert rounds >= 3
+
+
+def test_sigterm_storm_as_an_ordinary_user(ordinary_user: User, tmp_path: Path) -> None:
+    """The same for a user's mount (unmounted through fusermount3), which
+    only that user can read: ready once mountinfo shows it."""
+    started: list[Live] = []
+    try:
+        for rounds in range(4):
+            mnt = ordinary_user.work / f"storm{rounds}"
+            mnt.mkdir()
+            os.chown(mnt, ordinary_user.uid, ordinary_user.gid)
+            argv = [*ordinary_user.umld_argv("c", f"--mount={mnt}"), "/bin/sh", "-c", "sleep 100"]
+            m = Live(argv, mnt, tmp_path / f"umld{rounds}.log")
+            started.append(m)
+            wait_for(lambda m=m: mounted(m.mnt) or not m.alive(), "the user's mount", 20)
+            assert m.alive(), m.output()
+            _sigterm_storm(m, rounds)
+    finally:
+        left = [str(m.mnt) for m in started if not m.stop()]
+    assert not left, f"mounts left behind (unmounted now): {left}"
+
+
+# -- the export's edges (issue 9, item 7) -----------------------------------------
+
+
+_LINKS = r"""
+import os, sys
+base, depth_dirs = sys.argv[1], sys.argv[2]
+deep = os.path.join(base, depth_dirs)
+os.makedirs(deep, exist_ok=True)
+os.symlink("/victim", os.path.join(deep, "L"))
+os.link(os.path.join(deep, "L"), os.path.join(base, "W"), follow_symlinks=False)
+os.mkfifo(os.path.join(base, "fifo"))
+open(sys.argv[3], "w").close()
+import signal
+signal.pause()
+"""
+
+
+@pytest.mark.parametrize(
+    ("tree", "guest_dir"),
+    [("fs/tmp", "/tmp"), ("export", "/run/umld/export")],
+    ids=["fs", "export"],
+)
+def test_hard_linked_symlink_never_leads_out(
+    machine: Start, tmp_path: Path, tree: str, guest_dir: str
+) -> None:
+    """A symlink the guest hard-links at two depths, looked up through one
+    path while the host follows the other: the target is always confined
+    for the path followed.  The victim is a file of the test's, where the
+    deep link's rewritten target leads from the shallow link's directory."""
+    script, ready = tmp_path / "links.py", tmp_path / "ready"
+    script.write_text(_LINKS)
+    m = machine([GUEST_PYTHON, str(script), guest_dir, "a/b", str(ready)])
+    wait_for(ready.exists, "the guest's links")
+    # W's directory is `levels` below the tree's root; the deep link
+    # rewritten for its own depth climbs `levels + 2` from there: out of
+    # the tree and the mount, to the mount's parent.
+    levels = tree.count("/")
+    victim = m.mnt.parent / "victim"
+    assert os.path.normpath(m.mnt / tree / ("../" * (levels + 2) + "victim")) == str(victim)
+    victim.write_text("host secret\n")
+    shallow, deep = m.path(f"{tree}/W"), m.path(f"{tree}/a/b/L")
+    assert timed(lambda: os.readlink(shallow), "readlink W") == "../" * levels + "victim"
+    assert timed(lambda: os.readlink(deep), "readlink L") == "../" * (levels + 2) + "victim"
+
+    stop = threading.Event()
+    leaks: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def look_up_the_deep_one() -> None:
+        while not stop.is_set():
+            try:
+                os.lstat(deep)
+            except OSError as exc:
+                errors.append(exc)
+
+    def follow_the_shallow_one() -> None:
+        while not stop.is_set():
+            try:
+                with open(shallow, "rb") as f:
+                    leaks.append(f.read())
+            except FileNotFoundError:
+                pass  # the right answer: the guest has no /victim
+            except OSError as exc:
+                errors.append(exc)
+
+    threads = [
+        threading.Thread(target=look_up_the_deep_one, daemon=True),
+        threading.Thread(target=look_up_the_deep_one, daemon=True),
+        threading.Thread(target=follow_the_shallow_one, daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not leaks:
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join(ACCESS_TIMEOUT)
+        assert not t.is_alive(), "an access to the export hung"
+    assert not leaks, f"the shallow link led out of the tree: read {leaks[0]!r}"
+    assert not errors, errors[:3]
+    assert victim.read_text() == "host secret\n"
+
+
+@pytest.mark.parametrize("tree", ["fs/tmp", "export"])
+def test_guest_fifo_never_blocks_a_host_reader(machine: Start, tmp_path: Path, tree: str) -> None:
+    """A FIFO the guest made is an empty file that cannot be opened: a
+    host reader (or writer) gets ENXIO at once, never a wait for a
+    writer that cannot come."""
+    script, ready = tmp_path / "links.py", tmp_path / "ready"
+    script.write_text(_LINKS)
+    guest_dir = "/tmp" if tree == "fs/tmp" else "/run/umld/export"
+    m = machine([GUEST_PYTHON, str(script), guest_dir, "a/b", str(ready)])
+    wait_for(ready.exists, "the guest's FIFO")
+    fifo = m.path(f"{tree}/fifo")
+    st = timed(lambda: os.stat(fifo), "stat of the FIFO")
+    assert stat.S_ISREG(st.st_mode) and st.st_size == 0
+    for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDONLY | os.O_NONBLOCK):
+        with pytest.raises(OSError) as info:
+            timed(lambda flags=flags: os.open(fifo, flags), f"open of the FIFO ({flags:#o})")
+        assert info.value.errno == errno.ENXIO
+    r = timed(
+        lambda: subprocess.run(["cat", fifo], capture_output=True, text=True, timeout=10),
+        "cat of the FIFO",
+        12,
+    )
+    assert r.returncode == 1 and "No such device or address" in r.stderr, r
+    # grep -r and find over the tree never stop at it either.
+    r = timed(
+        lambda: subprocess.run(
+            ["grep", "-r", "--devices=read", "nothing-here", m.path(tree)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ),
+        "grep -r over the tree",
+        12,
+    )
+    assert r.returncode in (1, 2), r
+    # And the guest's FIFO is still the guest's: a writer of the guest's
+    # reaches a reader of the guest's.
+    assert m.alive()
+
+
+def test_export_mount_is_nosuid_and_nodev(machine: Start) -> None:
+    m = machine(["/bin/sh", "-c", "sleep 100"])
+    target = os.path.realpath(m.mnt.parent) + "/" + m.mnt.name
+    with open("/proc/self/mountinfo") as f:
+        fields = next(line.split() for line in f if line.split()[4] == target)
+    assert {"nosuid", "nodev"} <= set(fields[5].split(",")), fields
+
+
+PRIVATE_FILES = ("environ", "fds", "cwd", "exe")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs a root machine (allow_other) and a second user"
+)
+def test_private_process_files_are_the_owners_alone(
+    machine: Start, ordinary_user: User, tmp_path: Path
+) -> None:
+    """environ, fds, cwd and exe of a guest process are readable only by
+    the user who started the machine (and root), as /proc's own are
+    (proc(5)); another user reading the allow_other mount of a root
+    machine is refused.  status and cmdline stay readable by everyone."""
+    base = Path(f"/tmp/umld-private-{os.getpid()}")
+    base.mkdir(mode=0o755)
+    m: Live | None = None
+    try:
+        base.chmod(0o755)  # reachable by the other user
+        m = machine(
+            ["/usr/bin/env", "SECRET=hunter2", "/bin/sh", "-c", "exec sleep 100"],
+            mnt=base / "mnt",
+        )
+        pid = m.pid_of(b"sleep")
+        assert b"SECRET=hunter2" in m.read(f"proc/{pid}/environ")  # root may
+        for name in PRIVATE_FILES:
+            path = m.path(f"proc/{pid}/{name}")
+            st = timed(lambda path=path: os.stat(path), f"stat {name}")
+            assert stat.S_IMODE(st.st_mode) == 0o400, (name, oct(st.st_mode))
+            r = subprocess.run(
+                ordinary_user.argv(["cat", path]), capture_output=True, text=True, timeout=20
+            )
+            assert r.returncode == 1 and "Permission denied" in r.stderr, (name, r)
+            assert "hunter2" not in r.stdout
+        for name in ("status", "cmdline"):
+            r = subprocess.run(
+                ordinary_user.argv(["cat", m.path(f"proc/{pid}/{name}")]),
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            assert r.returncode == 0 and "sleep" in r.stdout, (name, r)
+    finally:
+        if m is not None:
+            assert m.stop(), "the mount was left behind"
+        for leftover in base.iterdir():
+            leftover.rmdir()
+        base.rmdir()
+
+
+def test_a_machine_never_reads_its_own_export(machine: Start, tmp_path: Path) -> None:
+    """The mount lies in a directory the guest is given (the test's binds):
+    the guest still cannot read, list or write its own export (whether
+    its mount table hides the export or the export refuses its threads)."""
+    out, mnt = tmp_path / "out", tmp_path / "mnt"
+    probe = (
+        f"for p in {mnt}/status {mnt}/proc {mnt}/fs/etc/hostname; do "
+        f"  (cat $p || ls $p) >> {out}.data 2>> {out}.err; done; "
+        f"echo hacked > {mnt}/config/hostname 2>> {out}.err; echo done > {out}; sleep 100"
+    )
+    m = machine(["/bin/sh", "-c", probe], mnt=mnt)
+    wait_for(lambda: out.exists(), "the guest's probe")
+    assert Path(f"{out}.data").read_text() == "", "the guest read its own export"
+    assert m.text("config/hostname") != "hacked\n"
+    assert m.text("status").startswith("name: ")  # the host still can
+
+
+_BOUND_DIR = r"""
+import os, subprocess, sys
+deep, shallow, ready = sys.argv[1], sys.argv[2], sys.argv[3]
+os.makedirs(deep)
+os.makedirs(shallow)
+os.symlink("/victim", os.path.join(deep, "L"))
+subprocess.run(["mount", "--bind", deep, shallow], check=True)
+open(ready, "w").close()
+import signal
+signal.pause()
+"""
+
+
+def test_symlink_in_a_directory_bound_at_two_depths_never_leads_out(
+    machine: Start, tmp_path: Path
+) -> None:
+    """The guest binds a deep directory holding a symlink at a shallow
+    place (mount --bind in its own mount table): one host directory, two
+    depths.  Followed through either, the link's target stays inside."""
+    script, ready = tmp_path / "bind.py", tmp_path / "ready"
+    script.write_text(_BOUND_DIR)
+    m = machine([GUEST_PYTHON, str(script), "/tmp/d1/d2/d3", "/tmp/x", str(ready)])
+    wait_for(ready.exists, "the guest's bind mount")
+    victim = m.mnt.parent / "victim"
+    # From fs/tmp/x the deep link's rewritten target (4 levels up) leads
+    # to the mount's parent.
+    assert os.path.normpath(m.mnt / "fs/tmp/x" / ("../" * 4 + "victim")) == str(victim)
+    victim.write_text("host secret\n")
+    deep, shallow = m.path("fs/tmp/d1/d2/d3/L"), m.path("fs/tmp/x/L")
+    stop = threading.Event()
+    leaks: list[bytes] = []
+
+    def walk_deep() -> None:
+        while not stop.is_set():
+            try:
+                os.lstat(deep)
+            except OSError:
+                pass
+
+    def follow_shallow() -> None:
+        while not stop.is_set():
+            for path in (shallow, deep):
+                try:
+                    with open(path, "rb") as f:
+                        leaks.append(f.read())
+                except OSError:
+                    pass
+
+    threads = [
+        threading.Thread(target=t, daemon=True) for t in (walk_deep, walk_deep, follow_shallow)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not leaks:
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join(ACCESS_TIMEOUT)
+        assert not t.is_alive(), "an access to the export hung"
+    assert not leaks, f"a link led out of the tree: read {leaks[0]!r}"
+    assert timed(lambda: os.readlink(shallow), "readlink") == "../../victim"
+
+
+_RACE = r"""
+import json, os, sys, threading, time
+shallow, deep, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+stop, leaks = threading.Event(), []
+def walk():
+    while not stop.is_set():
+        try:
+            os.lstat(deep)
+        except OSError:
+            pass
+def follow():
+    while not stop.is_set():
+        try:
+            with open(shallow, "rb") as f:
+                leaks.append(f.read().decode(errors="replace"))
+        except OSError:
+            pass
+threads = [threading.Thread(target=f, daemon=True) for f in (walk, walk, follow)]
+for t in threads:
+    t.start()
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline and not leaks:
+    time.sleep(0.05)
+stop.set()
+for t in threads:
+    t.join(5)
+print(json.dumps({"leaks": leaks[:1], "hung": any(t.is_alive() for t in threads)}))
+"""
+
+
+def test_hard_linked_symlink_as_an_ordinary_user(ordinary_user: User, tmp_path: Path) -> None:
+    """The hard-linked symlink race on fs/ of an ordinary user's machine,
+    raced by that user (the only one who can read the mount)."""
+    user = ordinary_user
+    base = user.work / f"links-{os.getpid()}"
+    mnt = base / "mnt"
+    for d in (base, mnt):
+        d.mkdir()
+        os.chown(d, user.uid, user.gid)
+    for name, text in (("links.py", _LINKS), ("race.py", _RACE)):
+        (base / name).write_text(text)
+        (base / name).chmod(0o644)
+    victim, ready = base / "victim", base / "ready"
+    victim.write_text("host secret\n")
+    os.chown(victim, user.uid, user.gid)
+    argv = [
+        *user.umld_argv("c", f"--mount={mnt}", f"--bind={base}"),
+        GUEST_PYTHON, str(base / "links.py"), "/tmp", "a/b", str(ready),
+    ]  # fmt: skip
+    m = Live(argv, mnt, tmp_path / "umld.log")
+    try:
+        wait_for(lambda: ready.exists() or not m.alive(), "the guest's links", 20)
+        assert m.alive(), m.output()
+        # From fs/tmp, three levels up is the mount's parent: base.
+        r = subprocess.run(
+            user.argv([sys.executable, str(base / "race.py"), f"{mnt}/fs/tmp/W",
+                       f"{mnt}/fs/tmp/a/b/L", "3"]),
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        got = json.loads(r.stdout)
+        assert not got["hung"]
+        assert not got["leaks"], f"the shallow link led out of the tree: {got['leaks']}"
+    finally:
+        assert m.stop(), "the user's mount was left behind"

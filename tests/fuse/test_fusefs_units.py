@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -322,3 +324,182 @@ def test_statfs_of_a_host_tree_root(tmp_path: Path) -> None:
     st, host = trio.run(main), os.statvfs(tmp_path)
     assert (st.f_blocks, st.f_bsize, st.f_namemax) == (host.f_blocks, host.f_bsize, host.f_namemax)
     ops.close()
+
+
+def _ops_over(root: Path) -> ExportOperations:
+    return ExportOperations(HostTree(lambda: os.open(root, os.O_PATH | os.O_DIRECTORY)))
+
+
+async def _lookup(ops: ExportOperations, path: str) -> int:
+    ino = ROOT_INODE
+    for name in path.split("/"):
+        ino = (await ops.lookup(ino, name.encode(), pyfuse3.RequestContext())).st_ino
+    return ino
+
+
+def test_hard_linked_symlinks_resolve_for_their_own_path(tmp_path: Path) -> None:
+    """One symlink inode at two depths: each path's readlink is confined
+    for that path's depth, whatever was looked up last (an inode-keyed
+    node used to take the depth of the last path looked up, so the
+    shallow link's target climbed out of the tree)."""
+    (tmp_path / "tmp" / "a" / "b").mkdir(parents=True)
+    deep, shallow = tmp_path / "tmp" / "a" / "b" / "L", tmp_path / "tmp" / "W"
+    deep.symlink_to("/victim")
+    os.link(deep, shallow, follow_symlinks=False)
+    assert deep.lstat().st_ino == shallow.lstat().st_ino
+    ops, ctx = _ops_over(tmp_path), pyfuse3.RequestContext()
+
+    async def main() -> None:
+        w = await _lookup(ops, "tmp/W")
+        d = await _lookup(ops, "tmp/a/b/L")
+        assert await ops.readlink(w, ctx) == b"../victim"
+        assert await ops.readlink(d, ctx) == b"../../../victim"
+        w_again = await _lookup(ops, "tmp/W")
+        assert w_again == w  # one inode per path, kept while looked up
+        assert await ops.readlink(d, ctx) == b"../../../victim"
+        # A rename through the export moves the node with its new depth.
+        tmp = await _lookup(ops, "tmp")
+        b = await _lookup(ops, "tmp/a/b")
+        await ops.rename(tmp, b"W", b, b"W2", 0, ctx)
+        assert await ops.readlink(w, ctx) == b"../../../victim"
+        assert await ops.readlink(d, ctx) == b"../../../victim"
+        # ... and the old path, linked again, is a node of its own.
+        os.link(deep, shallow, follow_symlinks=False)
+        w3 = await _lookup(ops, "tmp/W")
+        assert w3 not in (w, d)
+        assert await ops.readlink(w3, ctx) == b"../victim"
+        assert await ops.readlink(w, ctx) == b"../../../victim"
+        ops.close()
+
+    trio.run(main)
+
+
+def test_special_files_are_served_as_unopenable_files(tmp_path: Path) -> None:
+    """A FIFO, socket or device node of the tree is shown as an empty
+    regular file whose open fails with ENXIO: the host's kernel would
+    otherwise open it itself (a FIFO of the reader's, blocking forever)."""
+    import socket as socketlib
+    import stat as statlib
+
+    os.mkfifo(tmp_path / "fifo", 0o644)
+    with socketlib.socket(socketlib.AF_UNIX) as s:
+        s.bind(str(tmp_path / "sock"))
+    specials = ["fifo", "sock"]
+    if os.geteuid() == 0:
+        os.mknod(tmp_path / "null", 0o666 | statlib.S_IFCHR, os.makedev(1, 3))
+        specials.append("null")
+    ops, ctx = _ops_over(tmp_path), pyfuse3.RequestContext()
+
+    async def main() -> None:
+        for name in specials:
+            attrs = await ops.lookup(ROOT_INODE, name.encode(), ctx)
+            assert statlib.S_ISREG(attrs.st_mode), name
+            assert (attrs.st_size, attrs.st_rdev) == (0, 0), name
+            for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR):
+                with pytest.raises(pyfuse3.FUSEError) as e:
+                    await ops.open(attrs.st_ino, flags, ctx)
+                assert e.value.errno == errno.ENXIO, name
+        # The host may not make special files in the tree either.
+        for kind in (statlib.S_IFIFO, statlib.S_IFSOCK, statlib.S_IFCHR):
+            with pytest.raises(pyfuse3.FUSEError) as e:
+                await ops.mknod(ROOT_INODE, b"new", kind | 0o644, 0, ctx)
+            assert e.value.errno == errno.EPERM
+        assert not (tmp_path / "new").exists()
+        ops.close()
+
+    trio.run(main)
+
+
+def test_create_never_opens_a_special_file_that_appeared(tmp_path: Path) -> None:
+    """CREATE of a name that became a FIFO meanwhile (the guest made one
+    between the kernel's lookup and our create) must not open it: the
+    daemon would wait for a writer forever."""
+    os.mkfifo(tmp_path / "late", 0o666)
+    ops = _ops_over(tmp_path)
+    ctx = pyfuse3.RequestContext()
+
+    async def main() -> None:
+        for flags in (os.O_RDONLY, os.O_WRONLY):
+            with pytest.raises(pyfuse3.FUSEError) as e:
+                await ops.create(ROOT_INODE, b"late", 0o644, flags, ctx)
+            assert e.value.errno == errno.ENXIO
+        ops.close()
+
+    done: list[bool] = []
+    t = threading.Thread(target=lambda: (trio.run(main), done.append(True)), daemon=True)
+    t.start()
+    t.join(5)
+    if t.is_alive():
+        fd = os.open(tmp_path / "late", os.O_WRONLY | os.O_NONBLOCK)  # unblock it
+        os.close(fd)
+        t.join(5)
+        raise AssertionError("create() opened the FIFO and waited for a writer")
+    assert done
+
+
+def test_private_snapshot_is_its_owners_and_roots() -> None:
+    node = SnapshotFile(lambda: b"SECRET=1\n", private=True)
+    assert node._attrs().mode == stat.S_IFREG | 0o400
+    other = Caller(os.geteuid() + 12345, 0, 0, 0)
+
+    async def main() -> None:
+        for caller in (Caller(os.geteuid(), 0, 0, 0), Caller(0, 0, 0, 0)):
+            assert await node._open(os.O_RDONLY, caller).read(0, 100) == b"SECRET=1\n"
+        with pytest.raises(ExportError) as e:
+            node._open(os.O_RDONLY, other)
+        assert e.value.errno == errno.EACCES
+
+    trio.run(main)
+    assert SnapshotFile(lambda: b"")._attrs().mode == stat.S_IFREG | 0o444
+
+
+def test_operations_refuse_the_threads_they_are_closed_to(tmp_path: Path) -> None:
+    """serve(refuse=...): every request naming a refused thread is EACCES,
+    before any node is asked; others are served."""
+    from types import SimpleNamespace
+
+    (tmp_path / "f").write_text("x")
+    asked: list[int] = []
+
+    def refuse(tid: int) -> bool:
+        asked.append(tid)
+        return tid == 4242
+
+    ops = ExportOperations(
+        Directory(
+            {
+                "status": SnapshotFile(lambda: b"up\n"),
+                "fs": HostTree(lambda: os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)),
+            }
+        ),
+        refuse=refuse,
+    )
+    guest: Any = SimpleNamespace(uid=0, gid=0, pid=4242, umask=0o022)
+    host: Any = SimpleNamespace(uid=0, gid=0, pid=4243, umask=0o022)
+
+    async def main() -> None:
+        status = await ops.lookup(ROOT_INODE, b"status", host)
+        fs = await ops.lookup(ROOT_INODE, b"fs", host)
+        attempts = [
+            lambda: ops.lookup(ROOT_INODE, b"status", guest),
+            lambda: ops.getattr(ROOT_INODE, guest),
+            lambda: ops.open(status.st_ino, os.O_RDONLY, guest),
+            lambda: ops.opendir(ROOT_INODE, guest),
+            lambda: ops.statfs(guest),
+            lambda: ops.create(fs.st_ino, b"new", 0o644, os.O_WRONLY, guest),
+            lambda: ops.mkdir(fs.st_ino, b"dir", 0o755, guest),
+            lambda: ops.unlink(fs.st_ino, b"f", guest),
+            lambda: ops.rename(fs.st_ino, b"f", fs.st_ino, b"g", 0, guest),
+        ]
+        for attempt in attempts:
+            with pytest.raises(pyfuse3.FUSEError) as e:
+                await attempt()
+            assert e.value.errno == errno.EACCES
+        assert sorted(os.listdir(tmp_path)) == ["f"]
+        fi = await ops.open(status.st_ino, os.O_RDONLY, host)
+        assert await ops.read(fi.fh, 0, 10) == b"up\n"
+        await ops.release(fi.fh)
+        ops.close()
+
+    trio.run(main)
+    assert 4242 in asked and 4243 in asked

@@ -247,3 +247,135 @@ def test_interactive_shell_job_control(backend: str) -> None:
     _, st = os.waitpid(pid, 0)
     os.close(fd)
     assert os.WEXITSTATUS(st) == 5
+
+
+# -- bad input found in the review (issue 9, item 10) ---------------------------
+
+
+def _one_clear_line(r: object, code: int, message: str) -> None:
+    """Exit status ``code``, ``message`` on the first line of stderr, no
+    traceback; a usage hint may follow a usage error, nothing else."""
+    assert r.returncode == code, r  # type: ignore[attr-defined]
+    lines = r.stderr.splitlines()  # type: ignore[attr-defined]
+    assert "Traceback" not in r.stderr, r.stderr  # type: ignore[attr-defined]
+    assert lines and lines[0].startswith("umld: ") and message in lines[0], lines
+    rest = lines[1:]
+    assert rest == [] or (code == 2 and len(rest) == 1 and rest[0].startswith("usage: ")), lines
+
+
+BAD_TOML = {
+    "number": ("command = 5\n", "command must be a string or a list of strings"),
+    "mixed-list": ('command = ["true", 1]\n', "command must be a string or a list of strings"),
+    "quote": ('command = "sh -c \'echo unterminated"\n', "command: No closing quotation"),
+    "binary": (b"\xff\xfe\x00\x01\x80command = 1\n", "not a UTF-8 TOML file"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_TOML))
+@pytest.mark.parametrize("cmd", ["run", "start"])
+def test_bad_config_file_is_one_line(tmp_path: Path, kind: str, cmd: str) -> None:
+    text, message = BAD_TOML[kind]
+    path = tmp_path / "machine.toml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    if cmd == "run":
+        argv = ["run", "--config", str(path)]
+    else:  # checked by the client before it looks for a daemon
+        argv = ["start", "x", "--mount", str(tmp_path / "none"), "--config", str(path)]
+    r = run([sys.executable, "-m", "umld", *argv])
+    _one_clear_line(r, 2, message)
+    assert str(path) in r.stderr.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("99999999999T", "memory must be from 1M to 1P"),
+        ("9" * 400, "bad size"),
+        ("1025T", "memory must be from 1M to 1P"),
+    ],
+    ids=["petabytes", "400-digits", "1025T"],
+)
+def test_absurd_memory_is_refused(value: str, message: str) -> None:
+    r = run([sys.executable, "-m", "umld", "run", "--memory", value, "--", "true"])
+    _one_clear_line(r, 2, message)
+
+
+def test_huge_sizes_are_refused_everywhere() -> None:
+    for option in (f"--tmpfs=/x:size={'9' * 400}", f"--disk=/tmp/x.img:/x:size={'9' * 400}"):
+        r = run([sys.executable, "-m", "umld", "run", option, "--", "true"])
+        _one_clear_line(r, 2, "bad size")
+
+
+def test_missing_config_dir_is_refused(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    r = run([sys.executable, "-m", "umld", "run", f"--config-dir={missing}", "--", "true"])
+    _one_clear_line(r, 2, f"--config-dir {missing}: No such file or directory")
+    afile = tmp_path / "file"
+    afile.write_text("")
+    r = run([sys.executable, "-m", "umld", "run", f"--config-dir={afile}", "--", "true"])
+    _one_clear_line(r, 2, f"--config-dir {afile}: not a directory")
+
+
+def test_config_dir_closing_accept_does_not_delay_the_start(tmp_path: Path) -> None:
+    """A setting applied before the machine's tracer loop runs must not
+    wait for that loop (it used to wait 5 s for net/accept)."""
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "accept").write_text("closed\n")
+    start = time.monotonic()
+    r = run([*umld_argv("c", f"--config-dir={tmp_path}"), "true"], timeout=60)
+    elapsed = time.monotonic() - start
+    assert r.returncode == 0, r.stderr
+    assert elapsed < 3.0, f"umld run took {elapsed:.1f} s"
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="disk images need root")
+
+
+@needs_root
+def test_tiny_disk_is_one_line(tmp_path: Path) -> None:
+    image = tmp_path / "tiny.img"
+    r = run([*umld_argv("c", f"--disk={image}:/mnt:size=1k"), "true"], timeout=60)
+    _one_clear_line(r, 2, "a disk image is at least 1M")
+    assert not image.exists()
+
+
+@needs_root
+def test_failed_machine_leaves_no_new_disk_image(tmp_path: Path) -> None:
+    # /data cannot be made on the host's read-only /: the machine fails
+    # after the image was created (mkfs) and before it was ever mounted.
+    image = tmp_path / "new.img"
+    r = run([*umld_argv("c", f"--disk={image}:/no-such-dir-umld/data"), "true"], timeout=60)
+    _one_clear_line(r, 125, "cannot create the mount point")
+    assert not image.exists(), "the machine failed but left its new image behind"
+    # An image that existed before is never removed.
+    old = tmp_path / "old.img"
+    subprocess.run(["truncate", "-s", "64M", str(old)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(old)], check=True)
+    r = run([*umld_argv("c", f"--disk={old}:/no-such-dir-umld/data"), "true"], timeout=60)
+    assert r.returncode == 125, r
+    assert old.exists()
+    # And a machine that mounted its new image keeps it.
+    r = run([*umld_argv("c", f"--disk={image}:/tmp/data"), "sh", "-c", "echo x > /tmp/data/f"])
+    assert r.returncode == 0, r.stderr
+    assert image.exists()
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_TOML))
+def test_bad_machine_definition_is_one_line(tmp_path: Path, kind: str) -> None:
+    """The daemon reads definitions with the same checks (it logs the line)."""
+    from umld.daemon import load_definition
+    from umld.errors import UsageError
+
+    text, message = BAD_TOML[kind]
+    path = tmp_path / "box.toml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    with pytest.raises(UsageError) as info:
+        load_definition(str(path))
+    assert message in str(info.value) and str(path) in str(info.value)
+    assert "\n" not in str(info.value)

@@ -204,7 +204,12 @@ class MachineControl:
             if value not in ("open", "closed"):
                 raise SettingError("'open' or 'closed'")
             is_open = value == "open"
-            if not k.call_soon(lambda: k.set_accept_open(is_open), wait=5.0):
+            if k.root_pid is None or k.finished:
+                # No tracer loop yet (a --config-dir read before the start,
+                # on the thread that is about to run the loop) or any more:
+                # no thread is held, and nobody would run a call_soon.
+                k.net_accept_open = is_open
+            elif not k.call_soon(lambda: k.set_accept_open(is_open), wait=5.0):
                 k.net_accept_open = is_open
         elif key == "net/connect":
             if value not in ("allow", "loopback", "deny"):
@@ -252,6 +257,13 @@ class MachineControl:
     def close(self) -> None:
         """Nothing of the machine is left to remove here: its cgroups and
         files go with MachineFiles."""
+
+    def is_guest_thread(self, tid: int) -> bool:
+        """Whether host thread ``tid`` is one of the machine's (a guest
+        thread, its init, or a sandbox entering it): every one is traced,
+        and known here before it runs a guest instruction.  Any thread;
+        one dictionary lookup."""
+        return Tid(tid) in self.kernel.tasks
 
     def _guest_host_pids(self) -> list[int]:
         internal = self.kernel.internal

@@ -87,13 +87,15 @@ class HostedMachine:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         on_exit: Callable[[int], None],
-    ) -> None:
+    ) -> int:
         """Start ``argv`` inside the running machine (its mounts, identity
         and pid namespace).  ``stdio`` descriptors become its 0, 1, 2;
-        ``on_exit`` gets its raw wait status, on the tracer thread."""
+        ``on_exit`` gets its raw wait status, on the tracer thread.
+        Returns the host pid of the session: the leader of the process
+        group the command starts in (alive until ``on_exit``)."""
         if not argv:
             raise UmldError("umld: no command")
-        self.host.call(lambda: self._exec(list(argv), stdio, env, cwd, on_exit))
+        return self.host.call(lambda: self._exec(list(argv), stdio, env, cwd, on_exit))
 
     def _exec(
         self,
@@ -102,7 +104,7 @@ class HostedMachine:
         env: Mapping[str, str] | None,
         cwd: str | None,
         on_exit: Callable[[int], None],
-    ) -> None:
+    ) -> int:
         kernel = self.kernel
         if kernel is None or self.state != "running" or kernel.root_status is not None:
             raise UmldError(f"umld: machine {self.name} is not running")
@@ -135,6 +137,7 @@ class HostedMachine:
             for fd in inherited:
                 os.close(fd)
         self.host.adopt(tid, kernel)
+        return int(tid)
 
     def stop(self, grace: float = 10.0) -> None:
         """Ask the machine to end (SIGTERM to its processes, SIGKILL after

@@ -38,8 +38,9 @@ def parse_size(text: str) -> int:
     """``64M``, ``1G``, ``512k`` or bytes; binary units as tmpfs(5) reads
     them."""
     m = _SIZE.match(text.strip())
-    if not m:
-        raise UsageError(f"bad size {text!r} (use e.g. 64M or 1G)")
+    # The length first: float() of hundreds of digits is infinity.
+    if not m or len(text) > 32:
+        raise UsageError(f"bad size {text[:40]!r} (use e.g. 64M or 1G)")
     value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     if value <= 0:
         raise UsageError(f"bad size {text!r}: must be more than 0")
@@ -223,6 +224,8 @@ class MachineFiles:
                 continue
         self.dir = path
         self._locks: list[int] = []
+        #: Disk images this machine created (prepare_disk).
+        self._created: list[str] = []
         #: guest path -> host file, bound over the guest's /proc and /sys.
         self.files: dict[str, str] = {}
         #: The machine's host ids (root-run machines), leased for its life.
@@ -231,6 +234,13 @@ class MachineFiles:
         self.cgroup: MachineCgroup | None = None
 
     def close(self) -> None:
+        # An image made for this machine that was never mounted (the
+        # machine failed before its mounts were made) goes with it: the
+        # next start makes it again, and a typo leaves no stray gigabyte.
+        for image in list(self._created):
+            if not _ever_mounted(image):
+                self._forget_new(image)
+        self._created.clear()
         for fd in self._locks:
             os.close(fd)
         self._locks.clear()
@@ -269,21 +279,27 @@ class MachineFiles:
 
         image = mount.source
         if not os.path.exists(image):
-            os.makedirs(os.path.dirname(image) or ".", exist_ok=True)
             mkfs = shutil.which("mkfs.ext4") or "/sbin/mkfs.ext4"
-            with open(image, "xb") as f:
-                f.truncate(mount.size)
-            proc = subprocess.run(
-                [mkfs, "-q", "-F", "-E", f"root_owner={uid}:{gid}", "-L", "umld", image],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                os.unlink(image)
-                raise UmldError(
-                    f"umld: cannot create the disk image {image}: {proc.stderr.strip()}"
+            why = ""
+            try:
+                os.makedirs(os.path.dirname(image) or ".", exist_ok=True)
+                with open(image, "xb") as f:
+                    self._created.append(image)
+                    f.truncate(mount.size)
+                proc = subprocess.run(
+                    [mkfs, "-q", "-F", "-E", f"root_owner={uid}:{gid}", "-L", "umld", image],
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
                 )
+                if proc.returncode != 0:
+                    # mkfs explains itself over several indented lines: one.
+                    why = " ".join(proc.stderr.split()) or f"{mkfs} failed ({proc.returncode})"
+            except OSError as exc:
+                why = f"{exc.filename or image}: {exc.strerror}"
+            if why:
+                self._forget_new(image)
+                raise UmldError(f"umld: cannot create the disk image {image}: {why}")
         try:
             fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -294,6 +310,29 @@ class MachineFiles:
             os.close(fd)
             raise UmldError(f"umld: disk image {image} is in use by another machine") from None
         self._locks.append(fd)
+
+    def _forget_new(self, image: str) -> None:
+        """Remove ``image`` if this machine created it."""
+        if image not in self._created:
+            return
+        self._created.remove(image)
+        try:
+            os.unlink(image)
+        except OSError:
+            pass
+
+
+def _ever_mounted(image: str) -> bool:
+    """Whether an ext4 image was ever mounted: the superblock (at 1024)
+    counts mounts in s_mnt_count (le16 at offset 0x34), which mkfs leaves
+    at 0 and every read-write mount increments (ext4_setup_super)."""
+    try:
+        with open(image, "rb") as f:
+            f.seek(1024 + 0x34)
+            raw = f.read(2)
+    except OSError:
+        return True  # unknown: keep it
+    return len(raw) != 2 or int.from_bytes(raw, "little") != 0
 
 
 def _remove_stale(base: str) -> None:

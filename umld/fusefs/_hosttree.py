@@ -29,7 +29,21 @@ Symlinks are followed by the kernel, not by us, in the namespace of
 whoever reads the mount: so readlink() rewrites targets to relative ones
 that stay inside the tree (:func:`confine_symlink`).  An absolute target
 means the tree's root, as it does for the processes whose root the tree
-is.
+is.  The rewrite depends on the depth of the link's directory, and a
+FUSE readlink names an inode, not a path: so symlinks and directories
+are one export inode per host inode and depth, never one per host
+inode (a symlink hard-linked at two depths, or a directory a guest bound
+at two depths, is two inodes here; see :class:`_PerDepth`).
+
+FIFOs, sockets and device nodes are shown as empty regular files (their
+permissions, owners and times kept) whose open fails with ENXIO, and the
+export makes none (mknod of one: EPERM).  Shown as what they are, the
+host's kernel would open them itself, never asking us: a FIFO on a FUSE
+mount is a pipe of the host's, unconnected to the guest's, so a host
+reader of a file the guest replaced by a FIFO would wait forever, and a
+device node would be the host's device.  Nor does the daemon ever open
+one: a regular file is reopened only after its pinned inode was checked
+to be one, and CREATE of a name that became a FIFO meanwhile refuses it.
 
 I/O is done synchronously in the trio thread: the request round trip is
 the cost that matters, a thread hop per request would double it.  A tree
@@ -83,6 +97,11 @@ def _host_errors() -> Iterator[None]:
         yield
     except OSError as e:
         raise ExportError(e.errno or errno.EIO, str(e)) from None
+
+
+def _special(mode: int) -> bool:
+    """A FIFO, socket or device node: what the export never opens."""
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
 
 
 def _check_name(name: bytes) -> None:
@@ -184,6 +203,10 @@ def _setattr(fd: int, is_link: bool, changes: SetAttr, handle: Handle | None) ->
             _sys.futimens_path_fd(fd, changes.atime_ns, changes.mtime_ns)
 
 
+def _dev_ino(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
 class _HostObject(Node):
     """What the tree's root and the objects below it share."""
 
@@ -201,7 +224,12 @@ class _HostObject(Node):
 
     def _attrs(self) -> Attrs:
         with self._at() as (_, st):
-            return Attrs.from_stat(st, _BLKSIZE)
+            attrs = Attrs.from_stat(st, _BLKSIZE)
+        if _special(st.st_mode):
+            # See the module's notes: an empty file nobody can open.
+            attrs.mode = stat.S_IFREG | stat.S_IMODE(st.st_mode)
+            attrs.size = attrs.rdev = attrs.blocks = 0
+        return attrs
 
     def _setattr(self, changes: SetAttr, handle: Handle | None) -> None:
         with self._at() as (fd, _):
@@ -254,6 +282,10 @@ class _HostDirOps(_HostObject, DirNode):
 
     def _mknod(self, name: bytes, mode: int, rdev: int, caller: Caller) -> Node:
         _check_name(name)
+        if not stat.S_ISREG(mode):
+            # The export serves no special file (see the module's notes), so
+            # one made through it would come back as another kind of file.
+            raise ExportError(errno.EPERM, "no FIFOs, sockets or devices through the export")
         with self._at() as (dirfd, _), _host_errors():
             os.mknod(name, mode, rdev, dir_fd=dirfd)
         return self._new(name, mode, caller)
@@ -266,17 +298,26 @@ class _HostDirOps(_HostObject, DirNode):
 
     def _create(self, name: bytes, mode: int, flags: int, caller: Caller) -> tuple[Node, Handle]:
         _check_name(name)
+        created = True
         with self._at() as (dirfd, _), _host_errors():
-            # O_NOFOLLOW: the kernel only sends CREATE for a name it found
-            # missing; if a symlink appeared there since, refuse rather
-            # than create its target (possibly outside the tree).
-            fd = _sys.openat2(
-                dirfd,
-                name,
-                (flags & _OPEN_FLAGS) | os.O_CREAT | os.O_NOFOLLOW,
-                stat.S_IMODE(mode),
-                _RESOLVE,
-            )
+            # The kernel only sends CREATE for a name it found missing.  If
+            # something appeared there since, O_EXCL refuses to open it: a
+            # symlink (its target may be outside the tree) or a FIFO (the
+            # open would wait for a writer, and the export with it).
+            try:
+                fd = _sys.openat2(
+                    dirfd,
+                    name,
+                    (flags & _OPEN_FLAGS) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                    stat.S_IMODE(mode),
+                    _RESOLVE,
+                )
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+                # open(2) without O_EXCL opens what is there, if we may.
+                created = False
+                fd = self._reopen_existing(dirfd, name, flags)
         try:
             with _host_errors():
                 node = self._tree._entry(self._below(name), os.fstat(fd))
@@ -285,12 +326,32 @@ class _HostDirOps(_HostObject, DirNode):
         except BaseException:
             os.close(fd)
             raise
-        try:
-            node._adopt(mode, caller)
-        except BaseException:
-            handle.abandon()
-            raise
+        if created:
+            try:
+                node._adopt(mode, caller)
+            except BaseException:
+                handle.abandon()
+                raise
         return node, handle
+
+    @staticmethod
+    def _reopen_existing(dirfd: int, name: bytes, flags: int) -> int:
+        """An open descriptor of the regular file ``name`` (O_TRUNC and
+        the access mode of ``flags``), checked before it is opened."""
+        path = _walk(dirfd, name)
+        try:
+            st = os.fstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                raise ExportError(errno.EISDIR)
+            if stat.S_ISLNK(st.st_mode):
+                raise ExportError(errno.ELOOP)  # O_NOFOLLOW's answer
+            if not stat.S_ISREG(st.st_mode):
+                raise ExportError(errno.ENXIO)
+            return os.open(
+                f"/proc/self/fd/{path}", (flags & _OPEN_FLAGS & ~os.O_EXCL) | os.O_CLOEXEC
+            )
+        finally:
+            os.close(path)
 
     def _link(self, node: Node, name: bytes) -> Node:
         _check_name(name)
@@ -411,7 +472,41 @@ class _HostEntry(_HostObject):
                 _sys.fchmod_path_fd(fd, wanted)
 
 
-class _HostDir(_HostEntry, _HostDirOps):
+def _depth(path: bytes) -> int:
+    """How many directories below the tree's root the entry ``path`` is."""
+    return path.count(b"/")
+
+
+class _PerDepth(_HostEntry):
+    """A kind of object that is one export inode per host inode *and
+    depth*: symlinks and the directories that hold them.
+
+    What readlink answers depends on the depth of the directory entry the
+    link was found at (see :func:`confine_symlink`), and a FUSE readlink
+    names an inode, not a path.  So the kernel's directory entry of a
+    link, and of each directory above it, must stay at the depth its node
+    was found at for as long as the node lives:
+
+    * a symlink hard-linked at two depths is two inodes here (one node
+      shared by both took the depth of whichever was looked up last, and
+      the shallow link's target climbed out of the tree);
+    * a directory reachable at two depths (a guest's ``mount --bind``)
+      is two inodes here too: the kernel keeps one entry per directory
+      inode and moves it to the path looked up last (d_splice_alias),
+      taking the links below it to a depth they were not made for.
+
+    At one depth, one inode: a directory the guest renamed behind our back
+    is the same inode at its new path, so descriptors held below it work
+    again once it is looked up there.  A rename through the export moves
+    the kernel's entries and our paths together (HostTree._moved), to any
+    depth.  The price: a directory at two depths shows two st_ino.
+    """
+
+    def _key(self) -> Hashable:
+        return self  # HostTree._entry finds the node of the same inode and depth
+
+
+class _HostDir(_PerDepth, _HostDirOps):
     pass
 
 
@@ -472,7 +567,11 @@ class _FileHandle(Handle):
 
 class _HostFile(_HostEntry, FileNode):
     def _open(self, flags: int, caller: Caller) -> Handle:
-        with self._at() as (fd, _), _host_errors():
+        with self._at() as (fd, st), _host_errors():
+            if not stat.S_ISREG(st.st_mode):
+                # Its inode number now belongs to a FIFO or a device the
+                # guest made: never opened (see the module's notes).
+                raise ExportError(errno.ENXIO)
             # Reopen the object itself through its /proc/self/fd link: the
             # only way from an O_PATH descriptor to an open file, and it
             # opens what was checked (O_TRUNC included), not a path.
@@ -489,7 +588,9 @@ class _HostFile(_HostEntry, FileNode):
         return _FileHandle(data, self)
 
 
-class _HostLink(_HostEntry, LinkNode):
+class _HostLink(_PerDepth, LinkNode):
+    """A symlink (see :class:`_PerDepth`)."""
+
     def _attrs(self) -> Attrs:
         # st_size of a symlink is the length of what readlink returns.
         attrs = super()._attrs()
@@ -502,10 +603,13 @@ class _HostLink(_HostEntry, LinkNode):
         return confine_symlink(target, self._path.count(b"/"))
 
 
-class _HostOther(_HostEntry):
-    """FIFOs, sockets and device nodes: the kernel opens those itself (on a
-    FUSE mount a FIFO is a new pipe of the reader's, a device is refused by
-    nodev), so only their attributes come from us."""
+class _HostOther(_HostEntry, FileNode):
+    """A FIFO, socket or device node, served as an empty regular file that
+    cannot be opened (see the module's notes)."""
+
+    def _open(self, flags: int, caller: Caller) -> Handle:
+        # What open(2) of a socket gives, and of a FIFO without a reader.
+        raise ExportError(errno.ENXIO, "a FIFO, socket or device of the guest")
 
 
 class HostTree(_HostDirOps):
@@ -533,6 +637,10 @@ class HostTree(_HostDirOps):
         self._root_fd = -1
         # Every object handed out, to update their paths after a rename.
         self._entries: weakref.WeakSet[_HostEntry] = weakref.WeakSet()
+        # Directories and symlinks by host inode and depth (see _PerDepth).
+        self._by_depth: weakref.WeakValueDictionary[tuple[int, int, int], _HostEntry] = (
+            weakref.WeakValueDictionary()
+        )
 
     @contextmanager
     def _at(self) -> Iterator[tuple[int, os.stat_result]]:
@@ -562,7 +670,17 @@ class HostTree(_HostDirOps):
             kind = _HostLink
         else:
             kind = _HostOther
-        entry = kind(self, path, st)
+        if issubclass(kind, _PerDepth):
+            key = (st.st_dev, st.st_ino, _depth(path))
+            known = self._by_depth.get(key)
+            # Its depth may have changed since (a rename through the export).
+            if known is not None and _depth(known._path) == key[2]:
+                known._path = path  # where the kernel's entry will be now
+                return known
+            entry = kind(self, path, st)
+            self._by_depth[key] = entry
+        else:
+            entry = kind(self, path, st)
         self._entries.add(entry)
         return entry
 

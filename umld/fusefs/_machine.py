@@ -48,6 +48,10 @@ log = get_logger("umld.export")
 GUEST_EXPORT_DIR = b"run/umld/export"
 
 PROCESS_FILES = ("status", "cmdline", "cwd", "exe", "environ", "fds", "syscalls")
+#: What only the machine's user (and root) may read, as in /proc (proc(5):
+#: environ is 0400, fd/, cwd and exe need ptrace access): the mount of a
+#: root machine is open to every user (allow_other).
+PRIVATE_FILES = frozenset(("environ", "fds", "cwd", "exe"))
 
 
 def _setting_file(control: MachineControl, key: str) -> WritableFile:
@@ -110,7 +114,10 @@ class _ProcessDirs:
             "ctl": ControlFile(_command(lambda line: c.control_process(pid, line))),
         }
         for what in PROCESS_FILES[1:]:
-            files[what] = SnapshotFile(_guarded(lambda w=what: c.process_file(pid, w)))  # type: ignore[misc]
+            files[what] = SnapshotFile(
+                _guarded(lambda w=what: c.process_file(pid, w)),  # type: ignore[misc]
+                private=what in PRIVATE_FILES,
+            )
         for f in files.values():
             # The files of a process stay as long as it does, and a read
             # of a vanished one fails at open(2) with ENOENT anyway: the
@@ -251,7 +258,13 @@ class ExportThread:
                 self._cancel = scope
                 root = build_tree(self.control, self.events)
                 await serve(
-                    root, self.mountpoint, fsname=f"umld-{self.name}", ready=self._ready.set
+                    root,
+                    self.mountpoint,
+                    fsname=f"umld-{self.name}",
+                    ready=self._ready.set,
+                    # A machine never sees its own export, even where
+                    # its mount table would show it.
+                    refuse=self.control.is_guest_thread,
                 )
 
         try:

@@ -96,11 +96,12 @@ class ExportOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, root: Node) -> None:
+    def __init__(self, root: Node, *, refuse: Callable[[int], bool] | None = None) -> None:
         super().__init__()
         if not isinstance(root, DirNode):
             raise TypeError("the root of an export is a directory node")
         self._root = root
+        self._refuse = refuse
         self._inodes = InodeTable(root)
         self._files: dict[int, Handle] = {}
         self._dirs: dict[int, _OpenDir] = {}
@@ -118,6 +119,12 @@ class ExportOperations(pyfuse3.Operations):
         self._inodes.clear()
 
     # -- helpers -------------------------------------------------------
+
+    def _admit(self, ctx: pyfuse3.RequestContext) -> None:
+        """EACCES for a request of a process the mount is closed to (see
+        :func:`umld.fusefs.serve`'s ``refuse``)."""
+        if self._refuse is not None and ctx.pid and self._refuse(ctx.pid):
+            raise ExportError(errno.EACCES, f"the export is closed to thread {ctx.pid}")
 
     def _new_fh(self) -> int:
         fh = self._next_fh
@@ -173,6 +180,7 @@ class ExportOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        self._admit(ctx)
         parent = _dir(self._inodes.node(parent_inode))
         _check_alive(parent)
         child = parent._child(name)
@@ -190,6 +198,7 @@ class ExportOperations(pyfuse3.Operations):
 
     @_guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._admit(ctx)
         return self._attributes(inode, self._inodes.node(inode))
 
     @_guarded
@@ -201,6 +210,7 @@ class ExportOperations(pyfuse3.Operations):
         fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        self._admit(ctx)
         node = self._inodes.node(inode)
         changes = SetAttr(
             mode=attr.st_mode if fields.update_mode else None,
@@ -216,6 +226,7 @@ class ExportOperations(pyfuse3.Operations):
 
     @_guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        self._admit(ctx)
         node = self._inodes.node(inode)
         if not isinstance(node, LinkNode):
             raise ExportError(errno.EINVAL)
@@ -224,6 +235,7 @@ class ExportOperations(pyfuse3.Operations):
 
     @_guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        self._admit(ctx)
         # pyfuse3 does not say which inode statfs(2) was called on, so the
         # answer is the root's: its host filesystem's when the root is a
         # HostTree, else the numbers of an empty, unbounded filesystem.
@@ -250,6 +262,7 @@ class ExportOperations(pyfuse3.Operations):
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        self._admit(ctx)
         parent = _dir(self._inodes.node(parent_inode))
         _check_alive(parent)
         return self._entry(parent, name, parent._mkdir(name, mode, _caller(ctx)))
@@ -258,6 +271,7 @@ class ExportOperations(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        self._admit(ctx)
         parent = _dir(self._inodes.node(parent_inode))
         _check_alive(parent)
         return self._entry(parent, name, parent._mknod(name, mode, rdev, _caller(ctx)))
@@ -266,6 +280,7 @@ class ExportOperations(pyfuse3.Operations):
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        self._admit(ctx)
         parent = _dir(self._inodes.node(parent_inode))
         _check_alive(parent)
         return self._entry(parent, name, parent._symlink(name, target, _caller(ctx)))
@@ -274,6 +289,7 @@ class ExportOperations(pyfuse3.Operations):
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        self._admit(ctx)
         node = self._inodes.node(inode)
         parent = _dir(self._inodes.node(new_parent_inode))
         _check_alive(parent)
@@ -281,12 +297,14 @@ class ExportOperations(pyfuse3.Operations):
 
     @_guarded
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._admit(ctx)
         parent = _dir(self._inodes.node(parent_inode))
         _check_alive(parent)
         parent._unlink(name)
 
     @_guarded
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._admit(ctx)
         parent = _dir(self._inodes.node(parent_inode))
         _check_alive(parent)
         parent._rmdir(name)
@@ -301,6 +319,7 @@ class ExportOperations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
+        self._admit(ctx)
         old = _dir(self._inodes.node(parent_inode_old))
         new = _dir(self._inodes.node(parent_inode_new))
         _check_alive(old)
@@ -322,6 +341,7 @@ class ExportOperations(pyfuse3.Operations):
 
     @_guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        self._admit(ctx)
         node = self._inodes.node(inode)
         if isinstance(node, DirNode):
             raise ExportError(errno.EISDIR)
@@ -339,6 +359,7 @@ class ExportOperations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._admit(ctx)
         parent = _dir(self._inodes.node(parent_inode))
         _check_alive(parent)
         node, handle = parent._create(name, mode, flags, _caller(ctx))
@@ -380,6 +401,7 @@ class ExportOperations(pyfuse3.Operations):
         poll_handle: pyfuse3.PollHandle | None,
         ctx: pyfuse3.RequestContext,
     ) -> int:
+        self._admit(ctx)
         handle = self._files.get(fh)
         if handle is None:
             return POLL_ALWAYS
@@ -399,6 +421,7 @@ class ExportOperations(pyfuse3.Operations):
 
     @_guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        self._admit(ctx)
         node = _dir(self._inodes.node(inode))
         _check_alive(node)
         fh = self._new_fh()

@@ -14,6 +14,11 @@ Mount options, and why:
     above.  A non-root user may only pass it with ``user_allow_other`` in
     /etc/fuse.conf, so it is not asked for then: the mount is then the
     mounting user's alone.
+``nosuid``, ``nodev``
+    libfuse's defaults, asked for all the same: a set-user-ID file the
+    guest made never runs with its owner's rights on the host, and no
+    device node of the guest's tree is the host's device (the host tree
+    does not even show them as devices: see _hosttree).
 ``fsname``
     What mount(8) and /proc/self/mountinfo show as the source.
 
@@ -155,8 +160,15 @@ async def serve(
     *,
     fsname: str,
     ready: Callable[[], None] | None = None,
+    refuse: Callable[[int], bool] | None = None,
 ) -> None:
     """Mount ``root`` at ``mountpoint`` and serve it until cancelled or unmounted.
+
+    ``refuse(tid)``, when given, is asked about the thread behind every
+    request that names one (its id in our pid namespace, fuse_req_ctx(3))
+    and true means EACCES: umld closes the export to the guest's own
+    threads, whatever the guest's mount table shows it.  It runs in
+    every request: a dictionary lookup, not a read of /proc.
 
     Runs inside the caller's trio run (pyfuse3.init, then pyfuse3.main)
     and always unmounts on the way out (pyfuse3.close(unmount=True)), on
@@ -179,8 +191,8 @@ async def serve(
     if not stat.S_ISDIR(st.st_mode):
         raise UmldError(f"cannot mount the export at {path}: not a directory")
 
-    ops = ExportOperations(root)
-    options = {f"fsname={fsname}", "default_permissions"}
+    ops = ExportOperations(root, refuse=refuse)
+    options = {f"fsname={fsname}", "default_permissions", "nosuid", "nodev"}
     if os.geteuid() == 0:
         options.add("allow_other")
     try:

@@ -121,19 +121,28 @@ class SnapshotFile(FileNode):
     Its size reads as 0 (as in /proc): the content is only known once
     generated, and direct_io makes readers read until end of file anyway.
     Opening it for writing gives EACCES, also to root.
+
+    ``private``: readable only by the user who runs the export (the owner
+    of every synthetic node) and by root, as /proc/PID/environ is (mode
+    0400, proc(5)).  The kernel already refuses others by the mode
+    (default_permissions); the open checks the caller again, so that the
+    rule does not depend on a mount option.
     """
 
-    def __init__(self, generate: Callable[[], bytes]) -> None:
+    def __init__(self, generate: Callable[[], bytes], *, private: bool = False) -> None:
         super().__init__()
         self._generate = generate
+        self._private = private
 
     def _attrs(self) -> Attrs:
-        return self._base_attrs(stat.S_IFREG | 0o444)
+        return self._base_attrs(stat.S_IFREG | (0o400 if self._private else 0o444))
 
     def _open(self, flags: int, caller: Caller) -> Handle:
         if access_mode(flags)[1]:
             # default_permissions lets root past the mode bits: refusing
             # here is what makes read-only mean read-only for everyone.
+            raise ExportError(errno.EACCES)
+        if self._private and caller.uid not in (0, os.geteuid()):
             raise ExportError(errno.EACCES)
         return _BytesHandle(self._generate())
 
