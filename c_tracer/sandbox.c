@@ -484,7 +484,12 @@ static void bind_tree(const char *from_path, const char *to, unsigned long long 
 			if (!list[k].hidden)
 				continue;
 			char *target = join(to, list[k].point + strlen(from));
-			cover_dir(target, target + 8);
+			/* An export we may not even look up (another user's,
+			 * without allow_other) is as closed to the guest. */
+			if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+				  "size=4k,mode=0555") < 0 &&
+			    errno != EACCES)
+				die("cannot hide %s", target + 8);
 			free(target);
 		}
 	}

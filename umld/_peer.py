@@ -56,7 +56,7 @@ class Peer:
 
 def credentials(sock: socket.socket) -> Peer:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
+    pid, uid, gid = struct.unpack("i2I", raw)  # struct ucred: pid_t, uid_t, gid_t
     return Peer(pid, uid, gid)
 
 
