@@ -9,7 +9,7 @@
  *   memlayout     uname whose args point at strings placed at page edges,
  *                 then checks what the tracer wrote (see test_platform.py)
  *   procinfo      prints the working directory, whether it leads its
- *                 process group, the blocked and the ignored signals (hex
+ *                 process group and its session, the blocked and the ignored signals (hex
  *                 masks) and $UMLD_TEST_VAR
  *   i386          getpid through int 0x80 (i386 ABI, nr 20) with ebx..ebp
  *                 set to 0x1111..0x6666; prints "i386=<eax>"
@@ -157,9 +157,9 @@ int main(int argc, char **argv)
 					ign |= 1UL << (sig - 1);
 			}
 			const char *var = getenv("UMLD_TEST_VAR");
-			printf("cwd=%s leader=%d sigblk=%lx sigign=%lx var=%s\n",
-			       getcwd(cwd, sizeof cwd) ? cwd : "?", getpgrp() == getpid(), mask, ign,
-			       var ? var : "-");
+			printf("cwd=%s leader=%d session=%d sigblk=%lx sigign=%lx var=%s\n",
+			       getcwd(cwd, sizeof cwd) ? cwd : "?", getpgrp() == getpid(),
+			       getsid(0) == getpid(), mask, ign, var ? var : "-");
 		} else if (!strcmp(arg, "i386")) {
 			printf("i386=%ld\n", int80_getpid());
 		} else if (!strcmp(arg, "i386hi")) {

@@ -215,6 +215,7 @@ def test_spawn_defaults(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
     finally:
         del os.environ["UMLD_TEST_VAR"]
     assert info["leader"] == "1" and info["var"] == "inherited"
+    assert info["session"] == "0"  # the caller's session
     assert int(info["sigign"], 16) & _bit(signal.SIGPIPE, signal.SIGXFSZ) == 0
     assert int(info["sigblk"], 16) == 0
 
@@ -233,12 +234,24 @@ def test_spawn_applies_its_spec(drv: Driver, tracer_bin: Path, tmp_path: Path) -
     assert info == {
         "cwd": str(tmp_path),
         "leader": "0",  # stayed in our group
+        "session": "0",
         "sigblk": f"{_bit(signal.SIGUSR2, signal.SIGTERM):x}",
         # Nothing reset: Python's ignored signals stay ignored over exec.
         "sigign": info["sigign"],
         "var": "given",
     }
     assert int(info["sigign"], 16) & _bit(signal.SIGPIPE) != 0
+
+
+def test_spawn_in_a_new_session(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
+    """new_session: the child leads a session (and so a process group) of
+    its own, away from the caller's terminal; a terminal to hand it makes
+    no sense, and is refused."""
+    info = _procinfo(drv, tracer_bin, tmp_path / "out", new_session=True)
+    assert (info["leader"], info["session"]) == ("1", "1")
+    with pytest.raises(TracerError) as err:
+        drv.t.spawn(spec("/bin/true", new_session=True, foreground_tty=0))
+    assert err.value.errno == errno.EINVAL
 
 
 @pytest.mark.parametrize("subreaper", [True, False])

@@ -126,6 +126,7 @@ class HostedMachine:
             env=[os.fsencode(f"{k}={v}") for k, v in environ.items()],
             seccomp_filter=self.host.filter,
             new_process_group=True,
+            new_session=True,  # never the daemon's terminal
         )
         try:
             tid = kernel.start_session(spec, on_exit)
@@ -295,6 +296,7 @@ class Host:
                 env=[os.fsencode(f"{k}={v}") for k, v in environ.items()],
                 seccomp_filter=self.filter,
                 new_process_group=True,
+                new_session=True,  # never the daemon's terminal
             )
             tid = kernel.start(spec)
         except BaseException:

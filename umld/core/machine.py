@@ -332,6 +332,9 @@ class Machine:
             env=[os.fsencode(f"{k}={v}") for k, v in environ.items()],
             seccomp_filter=machine_filter(feats, trace_all=cfg.trace),
             new_process_group=True,
+            # Without the terminal the guest must not keep umld's: its own
+            # session, where /dev/tty is ENXIO (issue 9).
+            new_session=tty is None,
             foreground_tty=tty,
             sigmask=frozenset(int(s) for s in old_mask),
         )

@@ -298,6 +298,7 @@ class _SpawnPrep:
         self.envp = _cstrings(env)
         self.cwd = spec.cwd
         self.new_pgrp = spec.new_process_group
+        self.new_session = spec.new_session
         self.tty = spec.foreground_tty
         self.subreaper = spec.subreaper
         self.reset = [int(s) for s in spec.reset_signals]
@@ -327,7 +328,9 @@ def _child_main(prep: _SpawnPrep, go_r: int, go_w: int, err_w: int) -> NoReturn:
         if os.read(go_r, 1) != b"g":
             os._exit(127)
         os.close(go_r)
-        if prep.new_pgrp:
+        if prep.new_session:
+            os.setsid()  # a new process group too, and no terminal
+        elif prep.new_pgrp:
             os.setpgid(0, 0)
         if prep.tty is not None:
             # tcsetpgrp(3) from a background group raises SIGTTOU unless
@@ -497,6 +500,8 @@ class PythonTracer:
     def spawn(self, spec: SpawnSpec) -> Tid:
         """Fork, PTRACE_SEIZE, release the child into setup + exec."""
         self._check_owner()
+        if spec.new_session and spec.foreground_tty is not None:
+            raise TracerError("spawn: a new session has no terminal to take", _errno.EINVAL)
         prep = _SpawnPrep(spec)
         go_r, go_w = os.pipe()
         err_r, err_w = os.pipe()  # both O_CLOEXEC (PEP 446): exec closes err_w
