@@ -120,6 +120,9 @@ class GuestKernel:
     ) -> None:
         self.tracer = tracer
         self.table = table
+        #: The tracer thread: the one that makes the kernel (Machine._run,
+        #: Host._start) and runs it.
+        self._owner = threading.get_ident()
         #: The i386 ABI's calls (int 0x80, 32-bit programs).
         self.compat_table = compat_table or lookup_table("i386")
         #: The machine's features (Syscall.needs); None: all of them.
@@ -200,6 +203,12 @@ class GuestKernel:
         """Run ``fn`` on the tracer thread at its next wake-up.  Callable
         from any thread; with ``wait``, block up to that many seconds for
         it to have run and return whether it did."""
+        if wait is not None and threading.get_ident() == self._owner:
+            # Already on the tracer thread (a setting applied before the
+            # machine runs, from on_start): now, not after waiting for a
+            # wake-up that only this thread could serve.
+            fn()
+            return True
         done = threading.Event()
 
         def run() -> None:
