@@ -20,10 +20,11 @@
  *                the same through io_uring (raw syscalls): IORING_OP_CONNECT,
  *                IORING_OP_SENDMSG; "-ENOSYS" when io_uring_setup fails so
  *   race-connect, race-sendto, race-sendmsg
- *                N calls (UDP) while a second thread flips the sockaddr
- *                (or msg_name) between IP:PORT and IP2:PORT2; IP2 "unspec"
- *                flips to an AF_UNSPEC sockaddr, "unix" to an AF_UNIX one.
- *                Sends "raced"; prints how many calls succeeded
+ *                up to N calls (UDP) while a second thread flips the
+ *                sockaddr (or msg_name) between IP:PORT and IP2:PORT2; IP2
+ *                "unspec" flips to an AF_UNSPEC sockaddr, "unix" to an
+ *                AF_UNIX one.  Sends "raced"; stops once 300 calls succeeded
+ *                and 300 failed; prints "MODE=SUCCEEDED failed=FAILED"
  *   accept, sc-accept, sc-accept4, accept4
  *                listen on IP:PORT (0: any), print "listening PORT", accept one
  *                connection (accept(2) or accept4(2); sc-: through
@@ -36,6 +37,7 @@
 #include <linux/net.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -180,13 +182,19 @@ static long ring_run(struct ring *r, struct io_uring_sqe *sqe)
 static struct sockaddr_storage flip_a, flip_b, *flip_target;
 static socklen_t flip_len;
 static atomic_int flipping = 1;
+static atomic_long flips;
 
 static void *flipper(void *arg)
 {
 	(void)arg;
 	while (atomic_load_explicit(&flipping, memory_order_relaxed)) {
+		/* The barriers keep the compiler from dropping the first store
+		 * (it is overwritten without a read in between, as it sees it). */
 		memcpy(flip_target, &flip_a, flip_len);
+		__asm__ volatile("" ::: "memory");
 		memcpy(flip_target, &flip_b, flip_len);
+		__asm__ volatile("" ::: "memory");
+		atomic_fetch_add_explicit(&flips, 1, memory_order_relaxed);
 	}
 	return NULL;
 }
@@ -222,7 +230,9 @@ static int race(const char *mode, struct sockaddr_in *target, char **argv, int a
 	memcpy(&live, target, sizeof *target);
 	pthread_t t;
 	pthread_create(&t, NULL, flipper, NULL);
-	long ok = 0;
+	while (atomic_load(&flips) < 1000) /* it runs before the calls start */
+		sched_yield();
+	long ok = 0, failed = 0;
 	int fd = udp();
 	for (long i = 0; i < n; i++) {
 		long r;
@@ -245,10 +255,15 @@ static int race(const char *mode, struct sockaddr_in *target, char **argv, int a
 		}
 		if (r >= 0)
 			ok++;
+		else
+			failed++;
+		/* Enough of each outcome: both addresses were seen. */
+		if (ok >= 300 && failed >= 300)
+			break;
 	}
 	atomic_store(&flipping, 0);
 	pthread_join(t, NULL);
-	printf("%s=%ld\n", mode, ok);
+	printf("%s=%ld failed=%ld\n", mode, ok, failed);
 	return 0;
 }
 
