@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from umld.core.syscalls import lookup_table, machine_filter
+from umld.core.syscalls import check_filter, lookup_table, machine_filter
 from umld.core.syscalls.table import AllOf, ArgTest, Disposition, Syscall
 from umld.tracer.seccomp import (
     AUDIT_ARCH_I386,
@@ -246,3 +246,16 @@ def test_many_conditional_numbers_need_long_jumps() -> None:
             hit = evaluate(prog, n, arch, (n, 0, 0, 0, 0, 0)) == SECCOMP_RET_TRACE
             miss = evaluate(prog, n, arch, (n + 1, 0, 0, 0, 0, 0)) == SECCOMP_RET_TRACE
             assert hit is (n in rules) and not miss, n
+
+
+def test_check_filter_finds_a_filter_that_differs() -> None:
+    """umld syscalls --check's own check: silent on the generated filter
+    (for any features), loud on one that lost a row's tests."""
+    assert check_filter(machine_filter(None)) == []
+    for feats in (set(), {"live"}, {"hostroot", "vcpus"}):
+        assert check_filter(machine_filter(feats), feats) == []
+    x86 = lookup_table("x86_64")
+    rules = x86.rules()
+    rules[x86.by_name("ioctl").nr] = ()  # every ioctl would stop
+    wrong = check_filter(build_filter(rules, i386=lookup_table("i386").rules()))
+    assert wrong and all(" 16 ioctl " in w for w in wrong), wrong

@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from umld.core.syscalls.table import SyscallTable
-from umld.tracer.seccomp import build_filter
+from umld.tracer.seccomp import (
+    AUDIT_ARCH_I386,
+    AUDIT_ARCH_X86_64,
+    SECCOMP_RET_ALLOW,
+    SECCOMP_RET_TRACE,
+    build_filter,
+    evaluate,
+)
 
 
 def lookup_table(arch: str = "x86_64") -> SyscallTable:
@@ -29,3 +36,28 @@ def machine_filter(features: Iterable[str] | None, *, trace_all: bool = False) -
         i386=lookup_table("i386").rules(have),
         trace_all=trace_all,
     )
+
+
+def check_filter(program: bytes, features: Iterable[str] | None = None) -> list[str]:
+    """Run ``program`` on every number of both ABIs, with argument vectors
+    that make each row's tests hold and fail (Syscall.probe_args), and
+    name every call it decides otherwise than the tables (for a machine
+    with ``features``).  Empty when the filter is right."""
+    have = None if features is None else set(features)
+    wrong = []
+    for abi, arch in (("x86_64", AUDIT_ARCH_X86_64), ("i386", AUDIT_ARCH_I386)):
+        table = lookup_table(abi)
+        top = max(r.nr for r in table) + 64
+        for nr in range(top):
+            row = table.lookup(nr)
+            probes = row.probe_args() if row is not None else [(0,) * 6]
+            for args in probes:
+                traps = row is not None and row.traps
+                if row is not None and row.needs and have is not None:
+                    traps = traps and row.needs in have
+                want = traps and row is not None and row.stops_for(args, wide=abi == "x86_64")
+                got = evaluate(program, nr, arch, args)
+                if got != (SECCOMP_RET_TRACE if want else SECCOMP_RET_ALLOW):
+                    name = row.name if row is not None else f"syscall_{nr}"
+                    wrong.append(f"{abi} {nr} {name} {args}: {'stops' if not want else 'runs'}")
+    return wrong

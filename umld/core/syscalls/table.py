@@ -133,6 +133,41 @@ class Syscall(NamedTuple):
         """The argument tests, for ``umld syscalls``; "" when none."""
         return " or ".join(c.describe() for c in self.when)
 
+    def describe_stops(self) -> str:
+        """When the call stops, for ``umld syscalls``: "never", "always",
+        or its feature and argument tests."""
+        if not self.traps:
+            return "never"
+        parts = []
+        if self.needs:
+            parts.append(f"{self.needs} machines")
+        if self.when:
+            parts.append(f"when {self.describe_when()}")
+        return ", ".join(parts) or "always"
+
+    def probe_args(self) -> list[tuple[int, int, int, int, int, int]]:
+        """Argument vectors that tell whether a filter decides as this row
+        does: all zero, all ones, and for each clause of its tests one
+        that makes it hold (garbage in the high words, which 32-bit tests
+        ignore) and the same with each test broken in turn."""
+        out = [_six((0,) * 6), _six((0xFFFFFFFFFFFFFFFF,) * 6)]
+        for clause in self.when:
+            tests = clause.tests if isinstance(clause, AllOf) else (clause,)
+            args = [0xDEAD_0000_0000_0000] * 6
+            for t in tests:
+                wanted = t.value if t.op in ("eq", "any") else t.value ^ 1
+                args[t.arg] = (args[t.arg] if t.bits == 32 else 0) | wanted
+            out.append(_six(args))
+            for t in tests:
+                broken = list(args)
+                broken[t.arg] = t.value if t.op == "ne" else (t.value ^ 1 if t.op == "eq" else 0)
+                out.append(_six(broken))
+        return out
+
+
+def _six(args: Sequence[int]) -> tuple[int, int, int, int, int, int]:
+    return (args[0], args[1], args[2], args[3], args[4], args[5])
+
 
 def passthrough(nr: int, name: str, family: Family, note: str = "") -> Syscall:
     return Syscall(nr, name, family, Disposition.PASSTHROUGH, note=note)
