@@ -355,5 +355,9 @@ def offload(
 
         kernel.call_soon(done)
 
-    _WORKERS.submit(job)
+    try:
+        _WORKERS.submit(job)
+    except BaseException:
+        os.close(sock.fd)
+        raise
     raise hold
