@@ -153,6 +153,27 @@ int main(int argc, char **argv)
 	struct xattr_args xa = {.value = (uint64_t)(uintptr_t)cap_v2, .size = sizeof cap_v2};
 	report_cap("setxattrat-cap", "setxattrat",
 		   syscall(NR_SETXATTRAT, dirfd_, "setxattrat", 0, "security.capability", &xa, sizeof xa));
+	/* setxattrat with a user.* name, through its three shapes. */
+	static const char *shapes[] = {"setxattrat-user-rel", "setxattrat-user-abs",
+				       "setxattrat-user-fd"};
+	for (int i = 0; i < 3; i++) {
+		fresh(shapes[i]);
+		struct xattr_args ua = {.value = (uint64_t)(uintptr_t) "v-of-at", .size = 7};
+		long r;
+		if (i == 0) {
+			r = syscall(NR_SETXATTRAT, dirfd_, shapes[i], 0, "user.at", &ua, sizeof ua);
+		} else if (i == 1) {
+			r = syscall(NR_SETXATTRAT, AT_FDCWD, in(shapes[i]), AT_SYMLINK_NOFOLLOW, "user.at",
+				    &ua, sizeof ua);
+		} else {
+			int f = openat(dirfd_, shapes[i], O_RDONLY);
+			r = syscall(NR_SETXATTRAT, f, "", AT_EMPTY_PATH, "user.at", &ua, sizeof ua);
+			close(f);
+		}
+		char got[32] = "";
+		getxattr(in(shapes[i]), "user.at", got, sizeof got - 1);
+		printf("%s=%ld value=%s\n", shapes[i], r < 0 ? -errno : r, got);
+	}
 	fresh("user-xattr");
 	report_cap("setxattr-user", "user-xattr", setxattr(in("user-xattr"), "user.umld", "1", 1, 0));
 	return 0;

@@ -27,10 +27,12 @@ made on a copy and then have the kernel use values that copy fixes: an
 openat2(2) without resolve flags runs as the openat(2) of its checked
 ``open_how``; an xattr value whose size is not that of a capability
 (20 or 24 bytes, vfs_cap_data v2/v3: the kernel rejects any other size
-for ``security.capability`` with EINVAL) cannot become one.  What remains
-open to a second thread that rewrites memory in the window between the
-check and the kernel's copy is an openat2 with resolve flags and an xattr
-name for a 20- or 24-byte value; both are named in the README.
+for ``security.capability`` with EINVAL) cannot become one, and a
+setxattrat runs as the setxattr of its checked copy.  What remains open to
+a second thread that rewrites memory in the window between the check and
+the kernel's copy is an openat2 with resolve flags, an xattr name for a
+20- or 24-byte value, and a setxattrat relative to a directory descriptor;
+they are named in the README.
 """
 
 from __future__ import annotations
@@ -210,7 +212,42 @@ def fsetxattr(ctx: SyscallContext) -> Outcome:
     return _check_xattr(ctx, 1, "fsetxattr")
 
 
+#: The calls setxattrat becomes, by ABI: setxattr, lsetxattr, fsetxattr.
+_NR_XATTR = {False: (188, 189, 190), True: (226, 227, 228)}
+_AT_FDCWD = -100
+_AT_SYMLINK_NOFOLLOW, _AT_EMPTY_PATH = 0x100, 0x1000
+_XATTR_ARGS_SIZE = 16  # XATTR_ARGS_SIZE_VER0: u64 value, u32 size, u32 flags
+
+
 def setxattrat(ctx: SyscallContext) -> Outcome:
     """Implements Linux syscall setxattrat(2) in a root-run machine (as
-    setxattr; the value's size is in guest memory, struct xattr_args)."""
-    return _check_xattr(ctx, 3, "setxattrat")
+    setxattr).
+
+    Its value's size is in guest memory (struct xattr_args), where another
+    thread could make it a capability's: so the copy is checked (EINVAL,
+    E2BIG as fs/xattr.c) and the call runs as the fsetxattr(2) (empty path
+    with AT_EMPTY_PATH), setxattr(2) or lsetxattr(2) (absolute path, or
+    AT_FDCWD) of the copy, with the size in a register.  A relative path
+    from a directory descriptor runs natively.
+    """
+    _check_xattr(ctx, 3, "setxattrat")
+    at_flags, size = ctx.arg_int(2), ctx.args[5]
+    if at_flags & ~(_AT_SYMLINK_NOFOLLOW | _AT_EMPTY_PATH):
+        raise GuestError(errno.EINVAL)
+    if size < _XATTR_ARGS_SIZE:
+        raise GuestError(errno.EINVAL)
+    if size > _PAGE:
+        raise GuestError(errno.E2BIG)
+    raw = ctx.read(ctx.args[4], size)
+    if any(raw[_XATTR_ARGS_SIZE:]):
+        raise GuestError(errno.E2BIG)
+    value, value_size, flags = struct.unpack_from("=QII", raw)
+    path = ctx.read_string(ctx.args[1]) if ctx.args[1] else b""
+    dfd = ctx.arg_int(0)
+    nr_set, nr_lset, nr_fset = _NR_XATTR[ctx.compat]
+    if not path and at_flags & _AT_EMPTY_PATH:
+        return Rewrite(nr_fset, (ctx.args[0], ctx.args[3], value, value_size, flags))
+    if path.startswith(b"/") or dfd == _AT_FDCWD:
+        nr = nr_lset if at_flags & _AT_SYMLINK_NOFOLLOW else nr_set
+        return Rewrite(nr, (ctx.args[1], ctx.args[3], value, value_size, flags))
+    return None
