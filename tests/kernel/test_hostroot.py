@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ REFUSED = {
 
 
 @pytest.fixture(scope="module")
-def setid_bins() -> Path:
+def setid_bins() -> Iterator[Path]:
     out = Path(f"/tmp/umld-setid-{os.getpid()}")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(mode=0o755)
@@ -63,8 +64,10 @@ def setid_bins() -> Path:
         text=True,
     )
     if m32.returncode != 0:
+        shutil.rmtree(out, ignore_errors=True)
         pytest.skip(f"cannot build 32-bit programs (gcc-multilib): {m32.stderr.strip()}")
-    return out
+    yield out
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def _lines(text: str) -> dict[str, str]:

@@ -62,7 +62,7 @@ HOST_IP = _host_address()
 
 
 @pytest.fixture(scope="module")
-def probes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def probes() -> Iterator[Path]:
     """netprobe (64-bit) and netprobe32 (-m32) in a directory every user
     can read."""
     out = Path(f"/tmp/umld-netprobe-{os.getpid()}")
@@ -75,8 +75,10 @@ def probes(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [*base, "-m32", "-o", str(out / "netprobe32"), src], capture_output=True, text=True
     )
     if m32.returncode != 0:
+        shutil.rmtree(out, ignore_errors=True)
         pytest.skip(f"cannot build 32-bit programs (gcc-multilib): {m32.stderr.strip()}")
-    return out
+    yield out
+    shutil.rmtree(out, ignore_errors=True)
 
 
 @dataclass
@@ -191,11 +193,12 @@ class Guest:
 
 
 @pytest.fixture
-def guest(backend: str, who: User | None, tmp_path: Path, probes: Path) -> Guest:
+def guest(backend: str, who: User | None, tmp_path: Path, probes: Path) -> Iterator[Guest]:
     base = Path(f"/tmp/umld-net-{os.getpid()}-{tmp_path.name}")
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir()
-    return Guest(backend, who, base, probes)
+    yield Guest(backend, who, base, probes)
+    shutil.rmtree(base, ignore_errors=True)
 
 
 #: Each mechanism: (probe, mode, what natively arrives, its output natively).
