@@ -17,7 +17,7 @@ C_TRACER_SO := .stamp-ctracer
 # the tests run as guests.
 APT_PACKAGES := gcc make pkg-config python3 python3-venv python3-dev libffi-dev \
 	fuse3 libfuse3-dev strace proot git tar procps psmisc hostname util-linux \
-	libpython3.11-testsuite e2fsprogs systemd keyutils
+	libpython3.11-testsuite e2fsprogs systemd keyutils tmux gcc-multilib
 
 .PHONY: all install install-systemd demo test test-fast lint bench bench-quick conformance clean
 

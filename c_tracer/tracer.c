@@ -570,8 +570,14 @@ child_main(int go_fd, int err_fd, pid_t parent, const char *path, char **argv,
         _exit(127); /* the tracer went away before attaching */
     close(go_fd);
 
-    if ((flags & UMLD_SPAWN_NEW_PGRP) && setpgid(0, 0) < 0)
+    /* A new session detaches from the caller's controlling terminal
+     * (setsid(2)); it is also a new process group. */
+    if (flags & UMLD_SPAWN_NEW_SESSION) {
+        if (setsid() < 0)
+            child_fail(err_fd, UMLD_STAGE_SETUP, errno);
+    } else if ((flags & UMLD_SPAWN_NEW_PGRP) && setpgid(0, 0) < 0) {
         child_fail(err_fd, UMLD_STAGE_SETUP, errno);
+    }
     /* tcsetpgrp from a background group raises SIGTTOU unless it is blocked
      * or ignored (tcsetpgrp(3)); it is blocked here. */
     if (tty_fd >= 0 && tcsetpgrp(tty_fd, getpgrp()) < 0)
@@ -643,6 +649,8 @@ int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp
                int *out_pid)
 {
     UMLD_ENTER(t);
+    if ((flags & UMLD_SPAWN_NEW_SESSION) && tty_fd >= 0)
+        return -EINVAL; /* a new session has no terminal to take */
     /* Make sure the table can take the new pid before anything happens. */
     if ((t->tab_len + 2) * 2 > t->tab_cap && tab_grow(t) < 0)
         return -ENOMEM;
@@ -678,8 +686,8 @@ int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp
     /* Both sides set the process group, as shells do, so that it is in
      * place when we return whichever runs first; the child's call is the
      * one that matters if this fails. */
-    if (flags & UMLD_SPAWN_NEW_PGRP)
-        setpgid(pid, pid);
+    if ((flags & UMLD_SPAWN_NEW_PGRP) && !(flags & UMLD_SPAWN_NEW_SESSION))
+        setpgid(pid, pid); /* (a group leader could not call setsid) */
 
     long opts = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK |
                 PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESECCOMP |

@@ -72,6 +72,7 @@
 /* umld_spawn flags */
 #define UMLD_SPAWN_NEW_PGRP 1
 #define UMLD_SPAWN_SUBREAPER 2
+#define UMLD_SPAWN_NEW_SESSION 4  /* setsid(2) instead of setpgid; no tty_fd */
 
 struct umld_event {
     int kind;

@@ -135,6 +135,14 @@ def _parser() -> _Parser:
     syscalls.add_argument(
         "--trapped", action="store_true", help="only the calls the seccomp filter stops"
     )
+    syscalls.add_argument(
+        "--abi", choices=("x86_64", "i386"), default="x86_64", help="which ABI's table"
+    )
+    syscalls.add_argument(
+        "--check",
+        action="store_true",
+        help="run the generated seccomp filter on every row and check it stops what the table says",
+    )
     return p
 
 
@@ -518,22 +526,37 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def _cmd_syscalls(args: argparse.Namespace) -> int:
-    from umld.core.syscalls import lookup_table
+    from umld.core.syscalls import check_filter, lookup_table, machine_filter
 
-    table = lookup_table("x86_64")
+    if args.check:
+        program = machine_filter(None)
+        wrong = check_filter(program)
+        for line in wrong:
+            print(line)
+        size = len(program) // 8
+        verdict = "does not match the tables" if wrong else "stops exactly what the tables say"
+        print(f"# the seccomp filter ({size} instructions) {verdict}", file=sys.stderr)
+        return 1 if wrong else 0
+    table = lookup_table(args.abi)
     rows = [r for r in table if r.traps or not args.trapped]
     if args.format == "markdown":
-        print("| nr | name | family | disposition | note |")
-        print("|---:|---|---|---|---|")
+        print("| nr | name | family | disposition | stops | note |")
+        print("|---:|---|---|---|---|---|")
         for r in rows:
             fam = (r.family.name or "").lower()
-            print(f"| {r.nr} | {r.name} | {fam} | {r.disposition.value} | {r.note} |")
+            stops = r.describe_stops().replace("|", "\\|")
+            print(f"| {r.nr} | {r.name} | {fam} | {r.disposition.value} | {stops} | {r.note} |")
     else:
         for r in rows:
             fam = (r.family.name or "").lower()
-            print(f"{r.nr:4d} {r.name:24s} {fam:9s} {r.disposition.value:12s} {r.note}")
+            stops = r.describe_stops()
+            when = f"  [stops: {stops}]" if stops not in ("always", "never") else ""
+            print(f"{r.nr:4d} {r.name:24s} {fam:9s} {r.disposition.value:12s} {r.note}{when}")
     trapped = len(table.trapped())
-    print(f"# {len(table)} syscalls, {trapped} trapped by the seccomp filter", file=sys.stderr)
+    print(
+        f"# {args.abi}: {len(table)} syscalls, {trapped} trapped by the seccomp filter",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -547,7 +570,7 @@ USAGES = {
     "exec": "umld exec NAME [--mount DIR] [-C DIR] -- CMD [ARGS...]",
     "logs": "umld logs NAME [--mount DIR] [-f]",
     "top": "umld top [--mount DIR] [--interval S] [--once]",
-    "syscalls": "umld syscalls [--trapped] [--format table|markdown]",
+    "syscalls": "umld syscalls [--trapped] [--abi x86_64|i386] [--format table|markdown] [--check]",
 }
 
 

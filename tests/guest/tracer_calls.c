@@ -9,10 +9,12 @@
  *   memlayout     uname whose args point at strings placed at page edges,
  *                 then checks what the tracer wrote (see test_platform.py)
  *   procinfo      prints the working directory, whether it leads its
- *                 process group, the blocked and the ignored signals (hex
+ *                 process group and its session, the blocked and the ignored signals (hex
  *                 masks) and $UMLD_TEST_VAR
  *   i386          getpid through int 0x80 (i386 ABI, nr 20) with ebx..ebp
  *                 set to 0x1111..0x6666; prints "i386=<eax>"
+ *   i386hi        as i386, with garbage in the upper halves of rbx..rbp
+ *                 (the i386 ABI ignores them); prints "i386hi=<eax>"
  *   x32           getpid with the x32 bit (0x40000000 | 39); prints
  *                 "x32=<rax>"
  *   badnr         syscall(-1); prints "badnr=<ret> errno=<e>"
@@ -91,6 +93,21 @@ static long int80_getpid(void)
 	return ret;
 }
 
+static long int80_getpid_hi(void)
+{
+	long ret;
+	__asm__ volatile("push %%rbp\n\t"
+			 "mov $0xdead000000006666, %%rbp\n\t"
+			 "int $0x80\n\t"
+			 "pop %%rbp"
+			 : "=a"(ret)
+			 : "a"(20L), "b"(0xdead000000001111L), "c"(0xdead000000002222L),
+			   "d"(0xdead000000003333L), "S"(0xdead000000004444L),
+			   "D"(0xdead000000005555L)
+			 : "memory", "r8", "r9", "r10", "r11");
+	return ret;
+}
+
 static long x32_getpid(void)
 {
 	long ret;
@@ -140,11 +157,13 @@ int main(int argc, char **argv)
 					ign |= 1UL << (sig - 1);
 			}
 			const char *var = getenv("UMLD_TEST_VAR");
-			printf("cwd=%s leader=%d sigblk=%lx sigign=%lx var=%s\n",
-			       getcwd(cwd, sizeof cwd) ? cwd : "?", getpgrp() == getpid(), mask, ign,
-			       var ? var : "-");
+			printf("cwd=%s leader=%d session=%d sigblk=%lx sigign=%lx var=%s\n",
+			       getcwd(cwd, sizeof cwd) ? cwd : "?", getpgrp() == getpid(),
+			       getsid(0) == getpid(), mask, ign, var ? var : "-");
 		} else if (!strcmp(arg, "i386")) {
 			printf("i386=%ld\n", int80_getpid());
+		} else if (!strcmp(arg, "i386hi")) {
+			printf("i386hi=%ld\n", int80_getpid_hi());
 		} else if (!strcmp(arg, "badnr")) {
 			errno = 0;
 			long r = syscall(-1L);

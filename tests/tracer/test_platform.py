@@ -15,6 +15,7 @@ import errno
 import os
 import signal
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -214,6 +215,7 @@ def test_spawn_defaults(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
     finally:
         del os.environ["UMLD_TEST_VAR"]
     assert info["leader"] == "1" and info["var"] == "inherited"
+    assert info["session"] == "0"  # the caller's session
     assert int(info["sigign"], 16) & _bit(signal.SIGPIPE, signal.SIGXFSZ) == 0
     assert int(info["sigblk"], 16) == 0
 
@@ -232,12 +234,24 @@ def test_spawn_applies_its_spec(drv: Driver, tracer_bin: Path, tmp_path: Path) -
     assert info == {
         "cwd": str(tmp_path),
         "leader": "0",  # stayed in our group
+        "session": "0",
         "sigblk": f"{_bit(signal.SIGUSR2, signal.SIGTERM):x}",
         # Nothing reset: Python's ignored signals stay ignored over exec.
         "sigign": info["sigign"],
         "var": "given",
     }
     assert int(info["sigign"], 16) & _bit(signal.SIGPIPE) != 0
+
+
+def test_spawn_in_a_new_session(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
+    """new_session: the child leads a session (and so a process group) of
+    its own, away from the caller's terminal; a terminal to hand it makes
+    no sense, and is refused."""
+    info = _procinfo(drv, tracer_bin, tmp_path / "out", new_session=True)
+    assert (info["leader"], info["session"]) == ("1", "1")
+    with pytest.raises(TracerError) as err:
+        drv.t.spawn(spec("/bin/true", new_session=True, foreground_tty=0))
+    assert err.value.errno == errno.EINVAL
 
 
 @pytest.mark.parametrize("subreaper", [True, False])
@@ -528,6 +542,110 @@ def test_foreign_abis_trap_with_their_arch(drv: Driver, tracer_bin: Path, tmp_pa
         SyscallStop(pid, -1, stops[2].args, Arch.X86_64),
     ]
     assert out.read_text() == "i386=1001\nx32=1002\nbadnr=1003 errno=0\n"
+
+
+def test_i386_arguments_are_32_bits(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
+    """int 0x80 from a 64-bit process with garbage in the upper halves of
+    rbx..rbp: the i386 ABI takes the low 32 bits, and so must the stop
+    (the guest kernel's handlers and the filter's tests read them)."""
+    out = tmp_path / "out"
+    pid = drv.spawn(
+        spec(tracer_bin / "tracer_calls", "-o", out, "i386hi", seccomp_filter=UNAME_FILTER)
+    )
+    stops: list[SyscallStop] = []
+
+    def answer(ev: Event) -> bool:
+        if isinstance(ev, SyscallStop):
+            stops.append(ev)
+            drv.t.complete(ev.tid, 7)
+            return True
+        return False
+
+    assert drv.run(pid, answer).status == 0
+    assert stops == [
+        SyscallStop(pid, 20, (0x1111, 0x2222, 0x3333, 0x4444, 0x5555, 0x6666), Arch.I386)
+    ]
+    assert out.read_text() == "i386hi=7\n"
+
+
+NR_I386_GETPGID = 132
+
+
+def test_i386_complete_and_rewrite(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
+    """complete and rewrite at an i386 stop use the i386 registers: an
+    error result reaches the guest's eax, a rewrite's arguments its
+    ebx..ebp (getpgid(ppid) instead of getpid)."""
+    out = tmp_path / "out"
+    pid = drv.spawn(
+        spec(tracer_bin / "tracer_calls", "-o", out, "i386", "i386", seccomp_filter=UNAME_FILTER)
+    )
+    seen = 0
+
+    def answer(ev: Event) -> bool:
+        nonlocal seen
+        if isinstance(ev, SyscallStop) and ev.arch is Arch.I386:
+            seen += 1
+            if seen == 1:
+                drv.t.complete(ev.tid, -errno.EPERM)
+            else:
+                drv.t.rewrite(ev.tid, NR_I386_GETPGID, [os.getpid()])
+            return True
+        return False
+
+    assert drv.run(pid, answer).status == 0
+    assert out.read_text() == f"i386=-{errno.EPERM}\ni386={os.getpgrp()}\n"
+
+
+@pytest.fixture(scope="session")
+def abi32_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/guest/abi32.c as a 32-bit program (gcc -m32: gcc-multilib)."""
+    out = tmp_path_factory.mktemp("abi32") / "abi32"
+    src = Path(__file__).resolve().parent.parent / "guest" / "abi32.c"
+    built = subprocess.run(
+        ["gcc", "-m32", "-O1", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(src)],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        pytest.skip(f"cannot build 32-bit programs (gcc-multilib): {built.stderr.strip()}")
+    return out
+
+
+NR_I386_CLOSE = 6
+NR_I386_GETPID = 20
+
+
+def test_a_32_bit_program(drv: Driver, abi32_bin: Path, tmp_path: Path) -> None:
+    """A real -m32 program: its calls stop as I386 through a filter's i386
+    section (only the trapped numbers stop: the dynamic loader's calls run),
+    with its arguments; complete, and a stop at exit with eax's result."""
+    out = tmp_path / "out"
+    flt = build_filter({NR_UNAME}, i386={NR_I386_GETPID: (), NR_I386_CLOSE: ()})
+    pid = drv.spawn(spec(*redirected(out, abi32_bin, "getpid", "close"), seccomp_filter=flt))
+    stops: list[SyscallStop] = []
+    exits: list[SyscallExit] = []
+
+    def answer(ev: Event) -> bool:
+        if isinstance(ev, SyscallStop) and ev.arch is Arch.I386:
+            stops.append(ev)
+            if ev.nr == NR_I386_GETPID:
+                drv.t.complete(ev.tid, 4242)
+            else:
+                drv.t.resume(ev.tid, stop_at_exit=True)
+            return True
+        if isinstance(ev, SyscallExit):
+            exits.append(ev)
+        return False
+
+    assert drv.run(pid, answer).status == 0
+    getpid = [s for s in stops if s.nr == NR_I386_GETPID]
+    assert getpid == [
+        SyscallStop(pid, 20, (0x1111, 0x2222, 0x3333, 0x4444, 0x5555, 0x6666), Arch.I386)
+    ]
+    closes = [s for s in stops if s.nr == NR_I386_CLOSE]
+    assert closes[-1].args[0] == 0xFFFFFFFF  # close(-1): a 32-bit int
+    assert exits[-1] == SyscallExit(pid, NR_I386_CLOSE, -errno.EBADF)
+    assert out.read_text() == f"getpid=4242\nclose=-1 errno={errno.EBADF}\n"
 
 
 def test_guest_memory_and_strings(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:

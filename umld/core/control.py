@@ -314,7 +314,7 @@ class MachineControl:
         threads = list(group.threads.values())
         for t in threads:
             if t.current_syscall >= 0:
-                syscall = k.table.name(t.current_syscall)
+                syscall = k.syscall_name(t.current_syscall)
                 break
         if syscall == "running":
             try:
@@ -366,7 +366,7 @@ class MachineControl:
                 group = self.kernel.processes.get(host)  # type: ignore[call-overload]
                 if group is None:
                     raise ProcessLookupError(pid)
-                name = self.kernel.table.name
+                name = self.kernel.syscall_name
                 counts = group.syscall_counts()
                 return "".join(f"{name(nr)} {n}\n" for nr, n in counts.most_common()).encode()
         except FileNotFoundError:

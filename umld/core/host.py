@@ -24,17 +24,16 @@ from typing import Any, TypeVar, final
 
 from umld.core.control import MachineControl
 from umld.core.kernel import GuestKernel, wait_status_to_exit_code
-from umld.core.machine import Config, machine_argv, prepare, uts_for
+from umld.core.machine import Config, features, machine_argv, prepare, uts_for
 from umld.core.sandbox import (
     SANDBOX,
     MachineFiles,
 )
-from umld.core.syscalls import lookup_table
+from umld.core.syscalls import lookup_table, machine_filter
 from umld.errors import UmldError, get_logger
 from umld.tracer import available, open_tracer
 from umld.tracer.events import Cloned, Exited, HostSignal, Tid, Wakeup
 from umld.tracer.platform import SpawnSpec, TracerPlatform
-from umld.tracer.seccomp import build_filter
 
 log = get_logger("umld.host")
 POLL = 0.05
@@ -130,6 +129,7 @@ class HostedMachine:
             env=[os.fsencode(f"{k}={v}") for k, v in environ.items()],
             seccomp_filter=self.host.filter,
             new_process_group=True,
+            new_session=True,  # never the daemon's terminal
         )
         try:
             tid = kernel.start_session(spec, on_exit)
@@ -177,7 +177,9 @@ class Host:
             raise UmldError(f"umld: {SANDBOX} is missing (run `make install`)")
         self.tracer_name = tracer
         self.table = lookup_table("x86_64")
-        self.filter = build_filter(self.table.trapped(), trace_all=False)
+        #: Every machine of the daemon is live; run by root, it is hostroot.
+        self.features = features(live=True, vcpus=None)
+        self.filter = machine_filter(self.features)
         self.machines: dict[str, HostedMachine] = {}
         self._owner: dict[Tid, GuestKernel] = {}
         self._by_kernel: dict[int, HostedMachine] = {}
@@ -281,7 +283,7 @@ class Host:
             uts = uts_for(cfg)
             prep = prepare(cfg, files, environ, live=True, name=m.name)
             vcpus, memory = prep.vcpus or 1, prep.memory or 0
-            kernel = GuestKernel(self._tracer, self.table, uts=uts)
+            kernel = GuestKernel(self._tracer, self.table, uts=uts, features=self.features)
             kernel.vcpus = cfg.vcpus
             m.kernel = kernel
             m.control = MachineControl(
@@ -306,6 +308,7 @@ class Host:
                 env=[os.fsencode(f"{k}={v}") for k, v in environ.items()],
                 seccomp_filter=self.filter,
                 new_process_group=True,
+                new_session=True,  # never the daemon's terminal
             )
             tid = kernel.start(spec)
         except BaseException:

@@ -17,12 +17,13 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TextIO, final
 
 from umld.core.events import GuestEvent
+from umld.core.syscalls import lookup_table
 from umld.core.syscalls.context import SyscallContext
-from umld.core.syscalls.table import Disposition, Hold, SyscallTable
+from umld.core.syscalls.table import Disposition, Hold, Outcome, Rewrite, SyscallTable
 from umld.core.task import Pid, Task, TaskState, ThreadGroup
 from umld.core.trace import SyscallFormatter
 from umld.errors import GuestError, get_logger
@@ -45,6 +46,9 @@ from umld.tracer.events import (
 from umld.tracer.platform import SpawnSpec, TracerPlatform
 
 log = get_logger("umld.kernel")
+
+#: Calls of the i386 ABI are counted under their number with this bit set.
+I386_KEY = 1 << 20
 
 #: Host signals that ask the guest to end: forwarded once, then SIGKILL.
 TERMINATING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -111,9 +115,18 @@ class GuestKernel:
         *,
         uts: UtsState | None = None,
         trace_output: TextIO | None = None,
+        compat_table: SyscallTable | None = None,
+        features: Iterable[str] | None = None,
     ) -> None:
         self.tracer = tracer
         self.table = table
+        #: The tracer thread: the one that makes the kernel (Machine._run,
+        #: Host._start) and runs it.
+        self._owner = threading.get_ident()
+        #: The i386 ABI's calls (int 0x80, 32-bit programs).
+        self.compat_table = compat_table or lookup_table("i386")
+        #: The machine's features (Syscall.needs); None: all of them.
+        self.features = None if features is None else frozenset(features)
         self.uts = uts or UtsState.from_host()
         self.tasks: dict[Tid, Task] = {}
         self.processes: dict[Pid, ThreadGroup] = {}
@@ -146,8 +159,10 @@ class GuestKernel:
         #: Network policy (config net/accept, net/connect), read at each call.
         self.net_accept_open = True
         self.net_connect = "allow"
-        #: Threads held in accept(2) while net/accept is closed.
-        self.held: dict[Tid, int] = {}
+        #: Threads stopped in a call until the kernel releases them: in
+        #: accept(2) while net/accept is closed (Hold), or while umld does
+        #: the call for them elsewhere (Offloaded).
+        self.held: dict[Tid, Hold] = {}
         #: Work other threads hand to the tracer thread (call_soon).
         self._calls: deque[Callable[[], None]] = deque()
         #: host pid -> pid in the guest's pid namespace, for the export.
@@ -188,6 +203,12 @@ class GuestKernel:
         """Run ``fn`` on the tracer thread at its next wake-up.  Callable
         from any thread; with ``wait``, block up to that many seconds for
         it to have run and return whether it did."""
+        if wait is not None and threading.get_ident() == self._owner:
+            # Already on the tracer thread (a setting applied before the
+            # machine runs, from on_start): now, not after waiting for a
+            # wake-up that only this thread could serve.
+            fn()
+            return True
         done = threading.Event()
 
         def run() -> None:
@@ -205,10 +226,8 @@ class GuestKernel:
         releases the threads waiting at one.  Tracer thread only."""
         self.net_accept_open = is_open
         if is_open:
-            held, self.held = self.held, {}
-            for tid in held:
-                if tid in self.tasks:
-                    self.tracer.resume(tid)
+            for tid in [t for t, h in self.held.items() if type(h) is Hold]:
+                self.release(tid)
 
     def guest_pid(self, host_pid: int) -> int:
         """The pid the guest sees for a host pid (NSpid, proc(5)); 0 when
@@ -228,6 +247,11 @@ class GuestKernel:
             if host_pid in self.processes:
                 self._guest_pids[host_pid] = pid
         return pid
+
+    def deny(self, task: Task, text: str) -> None:
+        """Count a refused call and report it (a ``denied`` event)."""
+        self.counters["denied"] += 1
+        self.emit("denied", task.tgid, text)
 
     def emit(self, kind: str, pid: int, text: str) -> None:
         if self.listeners:
@@ -292,7 +316,7 @@ class GuestKernel:
 
     def statistics(self) -> dict[str, object]:
         """Counters since start: trapped syscalls by name and events."""
-        name = self.table.name
+        name = self.syscall_name
         return {
             "syscalls": {name(nr): n for nr, n in self.syscalls.most_common()},
             "trapped": sum(self.syscalls.values()),
@@ -340,23 +364,23 @@ class GuestKernel:
 
     def _on_syscall(self, ev: Event) -> None:
         assert isinstance(ev, SyscallStop)
-        tid, nr = ev.tid, ev.nr
+        tid, nr, arch = ev.tid, ev.nr, ev.arch
         task = self.tasks.get(tid) or self._task(tid)
+        if arch is Arch.X86_64:
+            table, key = self.table, nr
+        elif arch is Arch.I386:
+            table, key = self.compat_table, I386_KEY | (nr & 0xFFFFFFFF)
+        else:
+            self._refuse_abi(task, ev)
+            return
         if tid not in self.internal and self.started.is_set():
-            task.syscalls[nr] += 1
-            self.syscalls[nr] += 1
+            task.syscalls[key] += 1
+            self.syscalls[key] += 1
         # The machine's own sandbox stage is not the guest: not traced.
         trace = self._trace if tid not in self.internal else None
-        if ev.arch is not Arch.X86_64:
-            # Another ABI's numbers mean other calls; umld emulates nothing
-            # there yet, so they run natively, visibly.
-            if trace:
-                trace.foreign(task, ev)
-            self.tracer.resume(tid)
-            return
-        row = self.table.lookup(nr)
+        row = table.lookup(nr)
         if trace:
-            trace.enter(task, nr, ev.args)
+            trace.enter(task, nr, ev.args, table)
         if self.trace_events and self.listeners and tid not in self.internal:
             fmt = self._event_formatter
             if fmt is None:
@@ -364,36 +388,86 @@ class GuestKernel:
                 fmt = self._event_formatter = SyscallFormatter(
                     self.table, sys.stderr, self.tracer.read_string
                 )
-            self.emit("syscall", task.tgid, fmt.format_call(tid, nr, ev.args))
-        if row is None or row.disposition is Disposition.PASSTHROUGH:
-            task.current_syscall = nr
+            self.emit("syscall", task.tgid, fmt.format_call(tid, nr, ev.args, table))
+        if (
+            row is None
+            or row.disposition is Disposition.PASSTHROUGH
+            # A conditional row outside the machine's features, or whose
+            # argument tests do not hold, is one the filter lets through
+            # (it stops here only in full-trace mode).
+            or (row.needs and self.features is not None and row.needs not in self.features)
+            or (row.when and not row.stops_for(ev.args, wide=arch is Arch.X86_64))
+        ):
+            task.current_syscall = key
             self.tracer.resume(tid, stop_at_exit=trace is not None)
             return
         if row.disposition is Disposition.DENY:
-            result: int | None = -row.deny_errno
+            result: Outcome = -row.deny_errno
             self.counters["denied"] += 1
             self.emit("denied", task.tgid, f"{row.name}: {row.note}")
         else:
             assert row.handler is not None
             try:
-                result = row.handler(SyscallContext(self, task, nr, ev.args))
+                result = row.handler(SyscallContext(self, task, nr, ev.args, arch))
             except GuestError as exc:
                 result = -exc.errno
-            except Hold:
+            except Hold as hold:
                 # Stay stopped at the call; released by the kernel later.
-                task.current_syscall = nr
-                self.held[tid] = nr
+                task.current_syscall = key
+                self.held[tid] = hold
                 return
             except Exception:
                 log.exception("handler for %s failed; the guest gets EIO", row.name)
                 result = -errno.EIO
         if result is None:
-            task.current_syscall = nr
+            task.current_syscall = key
             self.tracer.resume(tid, stop_at_exit=trace is not None)
+        elif isinstance(result, Rewrite):
+            task.current_syscall = key
+            self.tracer.rewrite(tid, result.nr, result.args, stop_at_exit=trace is not None)
         else:
             self.tracer.complete(tid, result)
             if trace:
                 trace.exit(task, nr, result, emulated=True)
+
+    def _refuse_abi(self, task: Task, ev: SyscallStop) -> None:
+        """A call of an ABI umld does not support (x32: bit 30 of the
+        number with the x86_64 entry): ENOSYS, as a kernel built without
+        CONFIG_X86_X32_ABI answers."""
+        if self._trace and task.tid not in self.internal:
+            self._trace.foreign(task, ev)
+        if task.tid not in self.internal:
+            self.counters["denied"] += 1
+            self.emit("denied", task.tgid, f"{ev.arch.name.lower()} call {ev.nr:#x}: ENOSYS")
+        self.tracer.complete(task.tid, -errno.ENOSYS)
+
+    def syscall_name(self, key: int) -> str:
+        """The name of a call counted under ``key`` (i386 calls are
+        counted apart: their numbers mean other calls)."""
+        if key >= 0 and key & I386_KEY:
+            return self.compat_table.name(key & ~I386_KEY) + " (i386)"
+        return self.table.name(key)
+
+    def release(self, tid: Tid, reason: type[Hold] = Hold) -> bool:
+        """Let a held thread's call run natively.  Tracer thread only."""
+        hold = self.held.get(tid)
+        if hold is None or type(hold) is not reason:
+            return False
+        del self.held[tid]
+        if tid in self.tasks:
+            self.tracer.resume(tid)
+        return True
+
+    def finish(self, tid: Tid, hold: Hold, result: int) -> None:
+        """Complete a call held by ``hold`` (an Offloaded) with ``result``;
+        nothing when the thread is gone or no longer held by it.  Tracer
+        thread only."""
+        if self.held.get(tid) is not hold:
+            return
+        del self.held[tid]
+        if tid in self.tasks:
+            self.tasks[tid].current_syscall = -1
+            self.tracer.complete(tid, result)
 
     def _on_syscall_exit(self, ev: Event) -> None:
         assert isinstance(ev, SyscallExit)

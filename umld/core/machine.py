@@ -29,12 +29,11 @@ from umld.core.sandbox import (
     meminfo_for,
     sandbox_argv,
 )
-from umld.core.syscalls import lookup_table
+from umld.core.syscalls import lookup_table, machine_filter
 from umld.core.syscalls.sys_utsname import UTS_LEN
 from umld.errors import UmldError, UsageError, get_logger
 from umld.tracer import TracerError, TracerUnavailable, available, open_tracer
 from umld.tracer.platform import SpawnSpec, TracerPlatform
-from umld.tracer.seccomp import build_filter
 
 log = get_logger("umld.machine")
 
@@ -220,12 +219,15 @@ def machine_argv(
 
 def features(*, live: bool, vcpus: int | None) -> set[str]:
     """The machine features that decide its conditional traps (Syscall.needs):
-    a live machine can change any setting, so it traps them all."""
+    a live machine can change any setting, so it traps them all; a machine
+    run by host root writes the host's files as root ("hostroot")."""
     out = set()
     if live:
         out |= {"live", "vcpus"}
     if vcpus is not None:
         out.add("vcpus")
+    if os.geteuid() == 0:
+        out.add("hostroot")
     return out
 
 
@@ -341,11 +343,13 @@ class Machine:
         name = cfg.name or f"umld-{os.getpid()}"
         prep = prepare(cfg, files, environ, live=live, name=name)
         uid, gid, vcpus, memory = prep.uid, prep.gid, prep.vcpus, prep.memory
+        feats = features(live=live, vcpus=vcpus)
         kernel = GuestKernel(
             tracer,
             self.table,
             uts=uts,
             trace_output=(cfg.trace_output or sys.stderr) if cfg.trace else None,
+            features=feats,
         )
         kernel.vcpus = cfg.vcpus
         self.kernel = kernel
@@ -383,10 +387,11 @@ class Machine:
             path=sandbox[0],
             argv=sandbox,
             env=[os.fsencode(f"{k}={v}") for k, v in environ.items()],
-            seccomp_filter=build_filter(
-                self.table.trapped(features(live=live, vcpus=vcpus)), trace_all=cfg.trace
-            ),
+            seccomp_filter=machine_filter(feats, trace_all=cfg.trace),
             new_process_group=True,
+            # Without the terminal the guest must not keep umld's: its own
+            # session, where /dev/tty is ENXIO (issue 9).
+            new_session=tty is None,
             foreground_tty=tty,
             sigmask=frozenset(int(s) for s in old_mask),
         )

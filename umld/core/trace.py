@@ -59,8 +59,11 @@ class SyscallFormatter:
             return str(value - (1 << 64) if value >= 1 << 63 else value)
         return hex(value)
 
-    def format_call(self, tid: Tid, nr: int, args: Sequence[int]) -> str:
-        name = self.table.name(nr)
+    def format_call(
+        self, tid: Tid, nr: int, args: Sequence[int], table: SyscallTable | None = None
+    ) -> str:
+        table = table or self.table
+        name = table.name(nr)
         proto = self.protos.get(name)
         if proto is None:
             shown = ", ".join(hex(a) for a in args[:6])
@@ -68,10 +71,13 @@ class SyscallFormatter:
             shown = ", ".join(
                 self._arg(tid, ctype, args[i]) for i, (ctype, _n) in enumerate(proto[1][:6])
             )
-        return f"{name}({shown})"
+        abi = "" if table is self.table else f"[{table.arch}] "
+        return f"{abi}{name}({shown})"
 
-    def enter(self, task: Task, nr: int, args: Sequence[int]) -> None:
-        self.pending[task.tid] = f"{task.tid} {self.format_call(task.tid, nr, args)}"
+    def enter(
+        self, task: Task, nr: int, args: Sequence[int], table: SyscallTable | None = None
+    ) -> None:
+        self.pending[task.tid] = f"{task.tid} {self.format_call(task.tid, nr, args, table)}"
 
     def exit(self, task: Task, nr: int, result: int, *, emulated: bool = False) -> None:
         call = self.pending.pop(task.tid, f"{task.tid} {self.table.name(nr)}(...)")
@@ -91,7 +97,9 @@ class SyscallFormatter:
         self.out.write(f"{task.tid} --- {name} ---\n")
 
     def foreign(self, task: Task, ev: SyscallStop) -> None:
-        self.out.write(f"{task.tid} [{ev.arch.name}] syscall_{ev.nr}(...) (native)\n")
+        self.out.write(
+            f"{task.tid} [{ev.arch.name.lower()}] syscall_{ev.nr:#x}(...) = -1 ENOSYS (umld)\n"
+        )
 
     def gone(self, tid: Tid) -> None:
         call = self.pending.pop(tid, None)

@@ -68,6 +68,12 @@ class SpawnSpec(NamedTuple):
     seccomp_filter: bytes = b""
     #: Put the child in a new process group of its own (setpgid(0, 0)).
     new_process_group: bool = True
+    #: Put the child in a new session of its own (setsid(2)), which also
+    #: makes a new process group: it has no controlling terminal, so
+    #: opening /dev/tty fails with ENXIO as in a daemon, and nothing it
+    #: does reaches the terminal of the caller's session.  Excludes
+    #: ``foreground_tty``.
+    new_session: bool = False
     #: When not None, a terminal fd: the child's new process group becomes
     #: the foreground group of that terminal (tcsetpgrp(3)) before exec.
     foreground_tty: int | None = None

@@ -193,8 +193,10 @@ class CTracer:
         mask = 0
         for s in spec.sigmask:
             mask |= 1 << (int(s) - 1)
-        flags = (_lib.UMLD_SPAWN_NEW_PGRP if spec.new_process_group else 0) | (
-            _lib.UMLD_SPAWN_SUBREAPER if spec.subreaper else 0
+        flags = (
+            (_lib.UMLD_SPAWN_NEW_PGRP if spec.new_process_group else 0)
+            | (_lib.UMLD_SPAWN_SUBREAPER if spec.subreaper else 0)
+            | (_lib.UMLD_SPAWN_NEW_SESSION if spec.new_session else 0)
         )
         tty = -1 if spec.foreground_tty is None else int(spec.foreground_tty)
         out = _ffi.new("int *")

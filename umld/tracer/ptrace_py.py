@@ -254,6 +254,12 @@ def _signed(value: int) -> int:
     return value - _U64 if value >= 1 << 63 else value
 
 
+def _signed32(value: int) -> int:
+    """The low 32 bits of a register as a signed int (an i386 eax)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
 def _cstrings(items: Sequence[bytes]) -> Any:
     """A NULL-terminated ``char *[]`` (the array keeps its strings alive
     through ctypes' own references)."""
@@ -292,6 +298,7 @@ class _SpawnPrep:
         self.envp = _cstrings(env)
         self.cwd = spec.cwd
         self.new_pgrp = spec.new_process_group
+        self.new_session = spec.new_session
         self.tty = spec.foreground_tty
         self.subreaper = spec.subreaper
         self.reset = [int(s) for s in spec.reset_signals]
@@ -321,7 +328,9 @@ def _child_main(prep: _SpawnPrep, go_r: int, go_w: int, err_w: int) -> NoReturn:
         if os.read(go_r, 1) != b"g":
             os._exit(127)
         os.close(go_r)
-        if prep.new_pgrp:
+        if prep.new_session:
+            os.setsid()  # a new process group too, and no terminal
+        elif prep.new_pgrp:
             os.setpgid(0, 0)
         if prep.tty is not None:
             # tcsetpgrp(3) from a background group raises SIGTTOU unless
@@ -491,6 +500,8 @@ class PythonTracer:
     def spawn(self, spec: SpawnSpec) -> Tid:
         """Fork, PTRACE_SEIZE, release the child into setup + exec."""
         self._check_owner()
+        if spec.new_session and spec.foreground_tty is not None:
+            raise TracerError("spawn: a new session has no terminal to take", _errno.EINVAL)
         prep = _SpawnPrep(spec)
         go_r, go_w = os.pipe()
         err_r, err_w = os.pipe()  # both O_CLOEXEC (PEP 446): exec closes err_w
@@ -700,12 +711,15 @@ class PythonTracer:
         a = info.args
         self._stopped[pid] = _AT_SYSCALL
         self._arch[pid] = arch
-        return SyscallStop(
-            Tid(pid),
-            nr,
-            (int(a[0]), int(a[1]), int(a[2]), int(a[3]), int(a[4]), int(a[5])),
-            arch,
-        )
+        if arch is Arch.I386:
+            # i386 arguments are 32 bits: after int 0x80 in a 64-bit
+            # process the upper halves of rbx..rbp are whatever they were,
+            # and the kernel's compat entry ignores them.
+            m = 0xFFFFFFFF
+            args = (a[0] & m, a[1] & m, a[2] & m, a[3] & m, a[4] & m, a[5] & m)
+        else:
+            args = (int(a[0]), int(a[1]), int(a[2]), int(a[3]), int(a[4]), int(a[5]))
+        return SyscallStop(Tid(pid), nr, args, arch)
 
     def _syscall_exit(self, pid: int) -> Event | None:
         if pid not in self._at_exit:
@@ -719,7 +733,11 @@ class PythonTracer:
         except _PtraceError:
             return None  # vanished; Exited follows
         self._stopped[pid] = _AT_EXIT
-        return SyscallExit(Tid(pid), _signed(regs.orig_rax), _signed(regs.rax))
+        result = _signed(regs.rax)
+        if self._arch.get(pid) is Arch.I386:
+            # The i386 ABI returns eax: a negative errno is its sign.
+            result = _signed32(regs.rax)
+        return SyscallExit(Tid(pid), _signed(regs.orig_rax), result)
 
     def _clone_is_thread(self, parent: int, child: int) -> bool:
         # The child's Tgid says it best; if it is already gone (reaped and
@@ -860,8 +878,9 @@ class PythonTracer:
         try:
             regs = self._getregs(tid)
             regs.orig_rax = nr % _U64
+            wrap = 1 << 32 if names is _ARGS_I386 else _U64
             for name, value in zip(names, args, strict=False):
-                setattr(regs, name, value % _U64)
+                setattr(regs, name, value % wrap)
             _ptrace(PTRACE_SETREGS, tid, 0, self._regs_addr)
         except _PtraceError as exc:
             if exc.errno == _errno.ESRCH:

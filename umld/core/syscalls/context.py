@@ -6,6 +6,7 @@ import errno
 from typing import TYPE_CHECKING, final
 
 from umld.errors import GuestError
+from umld.tracer.events import Arch
 from umld.tracer.platform import TracerError
 
 if TYPE_CHECKING:
@@ -22,15 +23,28 @@ class SyscallContext:
         thread.
     """
 
-    __slots__ = ("args", "kernel", "nr", "task")
+    __slots__ = ("arch", "args", "kernel", "nr", "task")
 
     def __init__(
-        self, kernel: GuestKernel, task: Task, nr: int, args: tuple[int, int, int, int, int, int]
+        self,
+        kernel: GuestKernel,
+        task: Task,
+        nr: int,
+        args: tuple[int, int, int, int, int, int],
+        arch: Arch = Arch.X86_64,
     ) -> None:
         self.kernel = kernel
         self.task = task
         self.nr = nr
         self.args = args
+        #: The ABI of the call: I386 calls pass 32-bit arguments and
+        #: structures in their 32-bit (compat) layout.
+        self.arch = arch
+
+    @property
+    def compat(self) -> bool:
+        """Whether the call is of the i386 ABI (32-bit longs and pointers)."""
+        return self.arch is Arch.I386
 
     def arg_int(self, i: int) -> int:
         """Argument ``i`` as a C ``int`` (the low 32 bits, signed)."""

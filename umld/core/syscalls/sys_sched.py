@@ -8,8 +8,9 @@ from umld.core.syscalls.context import SyscallContext
 from umld.core.syscalls.table import Outcome
 from umld.errors import GuestError
 
-#: sizeof(unsigned long): the unit of a CPU mask (sched_getaffinity(2)).
-_LONG = 8
+#: sizeof(unsigned long): the unit of a CPU mask (sched_getaffinity(2)),
+#: by ABI: compat_sys_sched_getaffinity counts in 32-bit longs.
+_LONG = {False: 8, True: 4}
 
 
 def sched_getaffinity(ctx: SyscallContext) -> Outcome:
@@ -24,9 +25,11 @@ def sched_getaffinity(ctx: SyscallContext) -> Outcome:
     vcpus = ctx.kernel.vcpus
     if vcpus is None:
         return None
-    size = ctx.args[1]
-    need = max(_LONG, (vcpus + 63) // 64 * _LONG)
-    if size * 8 < vcpus or size & (_LONG - 1):
+    size = ctx.args[1] & 0xFFFFFFFF if ctx.compat else ctx.args[1]
+    unit = _LONG[ctx.compat]
+    bits = unit * 8
+    need = max(unit, (vcpus + bits - 1) // bits * unit)
+    if size * 8 < vcpus or size & (unit - 1):
         raise GuestError(errno.EINVAL)
     mask = ((1 << vcpus) - 1).to_bytes(need, "little")
     ctx.write(ctx.args[2], mask)

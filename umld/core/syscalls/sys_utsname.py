@@ -66,3 +66,28 @@ def setdomainname(ctx: SyscallContext) -> Outcome:
     name = _read_name(ctx)
     ctx.kernel.uts.domainname = name
     return None
+
+
+#: __OLD_UTS_LEN: struct oldold_utsname's fields are 9 bytes.
+_OLD_LEN = 8
+
+
+def olduname(ctx: SyscallContext) -> Outcome:
+    """Implements Linux syscall olduname (i386 109, struct old_utsname).
+
+    The first five fields of uname(2), 65 bytes each (no domainname).
+    """
+    uts = ctx.kernel.uts
+    fields = (uts.sysname, uts.nodename, uts.release, uts.version, uts.machine)
+    ctx.write(ctx.args[0], b"".join(f[:UTS_LEN].ljust(_FIELD, b"\0") for f in fields))
+    return 0
+
+
+def oldolduname(ctx: SyscallContext) -> Outcome:
+    """Implements Linux syscall oldolduname (i386 59, struct
+    oldold_utsname): five fields of 9 bytes, each cut to 8 and
+    NUL-terminated, as kernel/sys.c copies them."""
+    uts = ctx.kernel.uts
+    fields = (uts.sysname, uts.nodename, uts.release, uts.version, uts.machine)
+    ctx.write(ctx.args[0], b"".join(f[:_OLD_LEN].ljust(_OLD_LEN + 1, b"\0") for f in fields))
+    return 0

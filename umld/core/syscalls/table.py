@@ -20,21 +20,59 @@ from __future__ import annotations
 
 import enum
 import errno
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+
+from umld.tracer.seccomp import AllOf, ArgTest, Clause, Conditions, conditions_hold
+
+__all__ = [
+    "AllOf",
+    "ArgTest",
+    "Clause",
+    "Conditions",
+    "Disposition",
+    "Family",
+    "Handler",
+    "Hold",
+    "Offloaded",
+    "Outcome",
+    "Rewrite",
+    "Syscall",
+    "SyscallTable",
+    "denied",
+    "derive",
+    "emulated",
+    "passthrough",
+]
 
 if TYPE_CHECKING:
     from umld.core.syscalls.context import SyscallContext
 
+
+class Rewrite(NamedTuple):
+    """A handler's answer: run syscall ``nr`` of the same ABI with ``args``
+    (from registers, which no other guest thread can change) instead."""
+
+    nr: int
+    args: tuple[int, ...]
+
+
 #: What a handler returns: None lets the call run natively, an int
-#: completes it with that result (negative errno for failure).
-Outcome: TypeAlias = int | None
+#: completes it with that result (negative errno for failure), a Rewrite
+#: runs another call natively in its place.
+Outcome: TypeAlias = int | Rewrite | None
 Handler: TypeAlias = "Callable[[SyscallContext], Outcome]"
 
 
 class Hold(Exception):
     """Raised by a handler to keep the task stopped in its syscall until
     the kernel releases it (the call then runs natively)."""
+
+
+class Offloaded(Hold):
+    """Raised by a handler that has umld do the call elsewhere (a worker
+    thread): the task stays stopped in it until that work hands its result
+    to ``GuestKernel.finish`` (on the tracer thread)."""
 
 
 class Disposition(enum.Enum):
@@ -73,14 +111,62 @@ class Syscall(NamedTuple):
     note: str = ""
     #: A machine feature without which the call need not stop: "live"
     #: (settings that change while it runs) or "vcpus" (a CPU count of its
-    #: own).  A machine without it leaves the call out of its filter, and
-    #: the handler, which would pass it through anyway, never runs.
+    #: own) or "hostroot" (run by host root, so that its writes to the
+    #: host's files are root's).  A machine without it leaves the call out
+    #: of its filter, and the handler never runs.
     needs: str = ""
+    #: Argument tests (seccomp.ArgTest, AllOf): when given, the call stops
+    #: only when one of them holds, and runs natively, unseen, otherwise.
+    when: Conditions = ()
 
     @property
     def traps(self) -> bool:
         """Whether the call stops in the tracer (is in the filter)."""
         return self.disposition is not Disposition.PASSTHROUGH
+
+    def stops_for(self, args: Sequence[int], *, wide: bool = True) -> bool:
+        """Whether a call with ``args`` is one the filter stops (its
+        argument tests hold); ``wide`` False for a 32-bit ABI."""
+        return conditions_hold(self.when, args, wide=wide)
+
+    def describe_when(self) -> str:
+        """The argument tests, for ``umld syscalls``; "" when none."""
+        return " or ".join(c.describe() for c in self.when)
+
+    def describe_stops(self) -> str:
+        """When the call stops, for ``umld syscalls``: "never", "always",
+        or its feature and argument tests."""
+        if not self.traps:
+            return "never"
+        parts = []
+        if self.needs:
+            parts.append(f"{self.needs} machines")
+        if self.when:
+            parts.append(f"when {self.describe_when()}")
+        return ", ".join(parts) or "always"
+
+    def probe_args(self) -> list[tuple[int, int, int, int, int, int]]:
+        """Argument vectors that tell whether a filter decides as this row
+        does: all zero, all ones, and for each clause of its tests one
+        that makes it hold (garbage in the high words, which 32-bit tests
+        ignore) and the same with each test broken in turn."""
+        out = [_six((0,) * 6), _six((0xFFFFFFFFFFFFFFFF,) * 6)]
+        for clause in self.when:
+            tests = clause.tests if isinstance(clause, AllOf) else (clause,)
+            args = [0xDEAD_0000_0000_0000] * 6
+            for t in tests:
+                wanted = t.value if t.op in ("eq", "any") else t.value ^ 1
+                args[t.arg] = (args[t.arg] if t.bits == 32 else 0) | wanted
+            out.append(_six(args))
+            for t in tests:
+                broken = list(args)
+                broken[t.arg] = t.value if t.op == "ne" else (t.value ^ 1 if t.op == "eq" else 0)
+                out.append(_six(broken))
+        return out
+
+
+def _six(args: Sequence[int]) -> tuple[int, int, int, int, int, int]:
+    return (args[0], args[1], args[2], args[3], args[4], args[5])
 
 
 def passthrough(nr: int, name: str, family: Family, note: str = "") -> Syscall:
@@ -88,13 +174,73 @@ def passthrough(nr: int, name: str, family: Family, note: str = "") -> Syscall:
 
 
 def emulated(
-    nr: int, name: str, family: Family, handler: Handler, note: str = "", needs: str = ""
+    nr: int,
+    name: str,
+    family: Family,
+    handler: Handler,
+    note: str = "",
+    needs: str = "",
+    when: Iterable[Clause] = (),
 ) -> Syscall:
-    return Syscall(nr, name, family, Disposition.EMULATE, handler=handler, note=note, needs=needs)
+    return Syscall(
+        nr,
+        name,
+        family,
+        Disposition.EMULATE,
+        handler=handler,
+        note=note,
+        needs=needs,
+        when=tuple(when),
+    )
 
 
 def denied(nr: int, name: str, family: Family, note: str, deny_errno: int = errno.EPERM) -> Syscall:
     return Syscall(nr, name, family, Disposition.DENY, deny_errno=deny_errno, note=note)
+
+
+#: How another ABI names the variants of a call (syscall_32.tbl):
+#: clock_settime64, fcntl64, chown32, _llseek, oldstat, _newselect.
+_SUFFIXES = ("_time64", "_time32", "64", "32")
+_PREFIXES = ("_", "old", "new")
+
+
+def _variants(name: str) -> Iterator[str]:
+    """``name``, then the names it may be a variant of."""
+    yield name
+    stems = [name] + [name[: -len(s)] for s in _SUFFIXES if name.endswith(s)]
+    for stem in stems:
+        yield stem
+        for p in _PREFIXES:
+            if stem.startswith(p):
+                yield stem[len(p) :]
+                if stem[len(p) :].startswith("new"):
+                    yield stem[len(p) + 3 :]
+
+
+def derive(
+    names: Mapping[int, str], sibling: SyscallTable, own: Iterable[Syscall], family: Family
+) -> list[Syscall]:
+    """The rows of another ABI's table: each number's name, with the row of
+    the same name in ``sibling`` (its disposition, handler, notes, feature
+    and argument tests: the same call goes through the same handler); or
+    its row in ``own`` (the ABI's own calls and decisions); or the row of
+    the call it is a variant of (``clock_settime64`` is denied as
+    ``clock_settime`` is, ``chown32`` passes as ``chown`` does); or else a
+    PASSTHROUGH row of ``family``."""
+    mine = {row.name: row for row in own}
+    rows = []
+    for nr, name in sorted(names.items()):
+        row = mine.pop(name, None)
+        if row is None:
+            variant = next((sibling.find(n) for n in _variants(name) if sibling.find(n)), None)
+            if variant is None:
+                row = Syscall(nr, name, family, Disposition.PASSTHROUGH)
+            else:
+                row = variant._replace(name=name)
+        rows.append(row._replace(nr=nr))
+    if mine:
+        raise ValueError(f"own rows without a number: {sorted(mine)}")
+    return rows
 
 
 class SyscallTable:
@@ -129,6 +275,9 @@ class SyscallTable:
     def by_name(self, name: str) -> Syscall:
         return self._by_name[name]
 
+    def find(self, name: str) -> Syscall | None:
+        return self._by_name.get(name)
+
     def name(self, nr: int) -> str:
         row = self.lookup(nr)
         return row.name if row is not None else f"syscall_{nr}"
@@ -136,9 +285,15 @@ class SyscallTable:
     def trapped(self, features: Iterable[str] | None = None) -> frozenset[int]:
         """Numbers the seccomp filter must stop on; with ``features``, only
         the conditional rows (``needs``) whose feature is in it."""
+        return frozenset(self.rules(features))
+
+    def rules(self, features: Iterable[str] | None = None) -> dict[int, Conditions]:
+        """What the filter section of this ABI traps: number -> argument
+        tests (empty: always), for a machine with ``features`` (None: a
+        machine with every feature)."""
         have = None if features is None else set(features)
-        return frozenset(
-            r.nr
+        return {
+            r.nr: r.when
             for r in self._by_nr.values()
             if r.traps and (have is None or not r.needs or r.needs in have)
-        )
+        }

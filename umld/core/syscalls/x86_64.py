@@ -8,8 +8,20 @@ seccomp filter traps.  Edit here; everything else is generated.
 
 from __future__ import annotations
 
-from umld.core.syscalls import sys_mount, sys_net, sys_sched, sys_time, sys_utsname
+import errno
+
+from umld.core.syscalls import (
+    sys_file,
+    sys_mount,
+    sys_net,
+    sys_sched,
+    sys_time,
+    sys_tty,
+    sys_utsname,
+)
 from umld.core.syscalls.table import (
+    AllOf,
+    ArgTest,
     Family,
     SyscallTable,
     denied as D,
@@ -21,11 +33,45 @@ FILE, DESC, PROCESS, SIGNAL = Family.FILE, Family.DESC, Family.PROCESS, Family.S
 MEMORY, IPC, NETWORK, TIME = Family.MEMORY, Family.IPC, Family.NETWORK, Family.TIME
 IDENTITY, UTS, SCHED, SYSTEM = Family.IDENTITY, Family.UTS, Family.SCHED, Family.SYSTEM
 
+#: ioctl(2) requests that push input into a terminal (ioctl_tty(2)):
+#: TIOCSTI fakes typed bytes, TIOCLINUX 2/3 pastes the console selection.
+TTY_INPUT = (
+    ArgTest(1, "eq", sys_tty.TIOCSTI, label="TIOCSTI"),
+    ArgTest(1, "eq", sys_tty.TIOCLINUX, label="TIOCLINUX"),
+)
+#: sendto(2) with a destination, or MSG_FASTOPEN (a connect in a send).
+SENDTO_ADDRESSED = (
+    ArgTest(4, "ne", 0, bits=64, label="NULL"),
+    ArgTest(3, "any", sys_net.MSG_FASTOPEN, label="MSG_FASTOPEN"),
+)
+
+
+def setid_mode(mode: int) -> ArgTest:
+    """The mode argument ``mode`` asks for a set-user-ID or set-group-ID bit."""
+    return ArgTest(mode, "any", sys_file.S_ISUID | sys_file.S_ISGID, label="S_ISUID|S_ISGID")
+
+
+def setid_create(flags: int, mode: int) -> AllOf:
+    """open(2) creates a file (the mode counts only then) with a set-id mode."""
+    creates = ArgTest(
+        flags, "any", sys_file.O_CREAT | sys_file.O_TMPFILE_BIT, label="O_CREAT|O_TMPFILE"
+    )
+    return AllOf((creates, setid_mode(mode)))
+
+
+SETID_NOTE = "root-run: set-uid, set-gid+g+x modes: EPERM (also for set-gid dirs)"
+FCAPS_NOTE = "root-run: security.capability: EPERM (file capabilities)"
+#: io_uring's operations (connect, sendmsg, accept, openat, setxattr, ...)
+#: run inside the kernel, where neither the filter nor the tracer sees
+#: them, and a ring made under one policy keeps working under the next:
+#: refused, as Docker's default profile and gVisor do.
+IO_URING_NOTE = "refused: its connect, sendmsg, accept, openat... run unseen by any filter"
+
 # fmt: off
 TABLE = SyscallTable("x86_64", (
     P(0, "read", DESC),
     P(1, "write", DESC),
-    P(2, "open", FILE),
+    E(2, "open", FILE, sys_file.open_, SETID_NOTE, "hostroot", (setid_create(1, 2),)),
     P(3, "close", DESC),
     P(4, "stat", FILE),
     P(5, "fstat", DESC),
@@ -39,7 +85,8 @@ TABLE = SyscallTable("x86_64", (
     P(13, "rt_sigaction", SIGNAL),
     P(14, "rt_sigprocmask", SIGNAL),
     P(15, "rt_sigreturn", SIGNAL),
-    P(16, "ioctl", DESC),
+    E(16, "ioctl", DESC, sys_tty.ioctl, "TIOCSTI, TIOCLINUX: EPERM (no typing into a terminal)",
+      when=TTY_INPUT),
     P(17, "pread64", DESC),
     P(18, "pwrite64", DESC),
     P(19, "readv", DESC),
@@ -67,9 +114,10 @@ TABLE = SyscallTable("x86_64", (
     P(41, "socket", NETWORK),
     E(42, "connect", NETWORK, sys_net.connect, "policy: net/connect", "live"),
     E(43, "accept", NETWORK, sys_net.accept, "waits while net/accept is closed", "live"),
-    P(44, "sendto", NETWORK),
+    E(44, "sendto", NETWORK, sys_net.sendto, "net/connect, on a copy; stops only with an address",
+      "live", SENDTO_ADDRESSED),
     P(45, "recvfrom", NETWORK),
-    P(46, "sendmsg", NETWORK),
+    E(46, "sendmsg", NETWORK, sys_net.sendmsg, "policy: net/connect, done on a copy", "live"),
     P(47, "recvmsg", NETWORK),
     P(48, "shutdown", NETWORK),
     P(49, "bind", NETWORK),
@@ -108,13 +156,13 @@ TABLE = SyscallTable("x86_64", (
     P(82, "rename", FILE),
     P(83, "mkdir", FILE),
     P(84, "rmdir", FILE),
-    P(85, "creat", FILE),
+    E(85, "creat", FILE, sys_file.creat, SETID_NOTE, "hostroot", (setid_mode(1),)),
     P(86, "link", FILE),
     P(87, "unlink", FILE),
     P(88, "symlink", FILE),
     P(89, "readlink", FILE),
-    P(90, "chmod", FILE),
-    P(91, "fchmod", DESC),
+    E(90, "chmod", FILE, sys_file.chmod, SETID_NOTE, "hostroot", (setid_mode(1),)),
+    E(91, "fchmod", DESC, sys_file.fchmod, SETID_NOTE, "hostroot", (setid_mode(1),)),
     P(92, "chown", FILE),
     P(93, "fchown", DESC),
     P(94, "lchown", FILE),
@@ -156,7 +204,7 @@ TABLE = SyscallTable("x86_64", (
     P(130, "rt_sigsuspend", SIGNAL),
     P(131, "sigaltstack", SIGNAL),
     P(132, "utime", FILE),
-    P(133, "mknod", FILE),
+    E(133, "mknod", FILE, sys_file.mknod, SETID_NOTE, "hostroot", (setid_mode(1),)),
     P(134, "uselib", FILE),
     P(135, "personality", PROCESS),
     P(136, "ustat", SYSTEM),
@@ -211,9 +259,9 @@ TABLE = SyscallTable("x86_64", (
     P(185, "security", SYSTEM),
     P(186, "gettid", PROCESS),
     P(187, "readahead", DESC),
-    P(188, "setxattr", FILE),
-    P(189, "lsetxattr", FILE),
-    P(190, "fsetxattr", DESC),
+    E(188, "setxattr", FILE, sys_file.setxattr, FCAPS_NOTE, "hostroot"),
+    E(189, "lsetxattr", FILE, sys_file.lsetxattr, FCAPS_NOTE, "hostroot"),
+    E(190, "fsetxattr", DESC, sys_file.fsetxattr, FCAPS_NOTE, "hostroot"),
     P(191, "getxattr", FILE),
     P(192, "lgetxattr", FILE),
     P(193, "fgetxattr", DESC),
@@ -280,9 +328,9 @@ TABLE = SyscallTable("x86_64", (
     P(254, "inotify_add_watch", FILE),
     P(255, "inotify_rm_watch", DESC),
     P(256, "migrate_pages", MEMORY),
-    P(257, "openat", FILE),
+    E(257, "openat", FILE, sys_file.openat, SETID_NOTE, "hostroot", (setid_create(2, 3),)),
     P(258, "mkdirat", FILE),
-    P(259, "mknodat", FILE),
+    E(259, "mknodat", FILE, sys_file.mknodat, SETID_NOTE, "hostroot", (setid_mode(2),)),
     P(260, "fchownat", FILE),
     P(261, "futimesat", FILE),
     P(262, "newfstatat", FILE),
@@ -291,7 +339,7 @@ TABLE = SyscallTable("x86_64", (
     P(265, "linkat", FILE),
     P(266, "symlinkat", FILE),
     P(267, "readlinkat", FILE),
-    P(268, "fchmodat", FILE),
+    E(268, "fchmodat", FILE, sys_file.fchmodat, SETID_NOTE, "hostroot", (setid_mode(2),)),
     P(269, "faccessat", FILE),
     P(270, "pselect6", DESC),
     P(271, "ppoll", DESC),
@@ -330,7 +378,7 @@ TABLE = SyscallTable("x86_64", (
     P(304, "open_by_handle_at", DESC),
     E(305, "clock_adjtime", TIME, sys_time.clock_adjtime, "reading works; setting: EPERM"),
     P(306, "syncfs", DESC),
-    P(307, "sendmmsg", NETWORK),
+    E(307, "sendmmsg", NETWORK, sys_net.sendmmsg, "policy: net/connect, done on a copy", "live"),
     P(308, "setns", PROCESS),
     P(309, "getcpu", PROCESS),
     P(310, "process_vm_readv", PROCESS),
@@ -359,9 +407,9 @@ TABLE = SyscallTable("x86_64", (
     P(333, "io_pgetevents", DESC),
     P(334, "rseq", PROCESS),
     P(424, "pidfd_send_signal", SIGNAL),
-    P(425, "io_uring_setup", DESC),
-    P(426, "io_uring_enter", DESC),
-    P(427, "io_uring_register", DESC),
+    D(425, "io_uring_setup", DESC, IO_URING_NOTE, errno.ENOSYS),
+    D(426, "io_uring_enter", DESC, IO_URING_NOTE, errno.ENOSYS),
+    D(427, "io_uring_register", DESC, IO_URING_NOTE, errno.ENOSYS),
     P(428, "open_tree", FILE),
     E(429, "move_mount", FILE, sys_mount.move_mount, "native, guest mount ns; reported", "live"),
     P(430, "fsopen", FILE),
@@ -371,7 +419,7 @@ TABLE = SyscallTable("x86_64", (
     P(434, "pidfd_open", PROCESS),
     P(435, "clone3", PROCESS),
     P(436, "close_range", DESC),
-    P(437, "openat2", FILE),
+    E(437, "openat2", FILE, sys_file.openat2, SETID_NOTE + "; done as openat", "hostroot"),
     P(438, "pidfd_getfd", DESC),
     P(439, "faccessat2", FILE),
     P(440, "process_madvise", MEMORY),
@@ -386,7 +434,7 @@ TABLE = SyscallTable("x86_64", (
     P(449, "futex_waitv", PROCESS),
     P(450, "set_mempolicy_home_node", MEMORY),
     P(451, "cachestat", DESC),
-    P(452, "fchmodat2", FILE),
+    E(452, "fchmodat2", FILE, sys_file.fchmodat2, SETID_NOTE, "hostroot", (setid_mode(2),)),
     P(453, "map_shadow_stack", MEMORY),
     P(454, "futex_wake", PROCESS),
     P(455, "futex_wait", PROCESS),
@@ -397,7 +445,7 @@ TABLE = SyscallTable("x86_64", (
     P(460, "lsm_set_self_attr", PROCESS),
     P(461, "lsm_list_modules", PROCESS),
     P(462, "mseal", MEMORY),
-    P(463, "setxattrat", FILE),
+    E(463, "setxattrat", FILE, sys_file.setxattrat, FCAPS_NOTE, "hostroot"),
     P(464, "getxattrat", FILE),
     P(465, "listxattrat", FILE),
     P(466, "removexattrat", FILE),
