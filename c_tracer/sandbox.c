@@ -46,6 +46,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/loop.h>
 #include <linux/mount.h>
 #include <sched.h>
@@ -806,6 +807,14 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
 		die("cannot set the guest's host name");
 	if (sp->domainname && setdomainname(sp->domainname, strlen(sp->domainname)) < 0)
 		die("cannot set the guest's domain name");
+	/* Run by root, what the guest writes to a tree it is given lands as
+	 * root's: no file capability may land with it (a security.capability
+	 * xattr whose root is the guest's maps to the host's root through the
+	 * idmap).  Without CAP_SETFCAP in its bounding set the guest can set
+	 * none, nor map a nested user namespace's root to its own
+	 * (user_namespaces(7), "Defining user and group ID mappings"). */
+	if (sp->was_root && prctl(PR_CAPBSET_DROP, CAP_SETFCAP, 0, 0, 0) < 0)
+		die("cannot drop CAP_SETFCAP");
 	/* The guest's identity (credentials(7)); supplementary groups are
 	 * reset as login(1) would for a user with only a primary group. */
 	if (setgroups(1, &sp->gid) < 0 && errno != EPERM)
@@ -1038,7 +1047,8 @@ static int enter_main(int argc, char **argv)
 			die("the machine's process %s is gone", pid);
 	}
 	int in = -1, out = -1, err = -1;
-	struct spec sp = {.uid = getuid(), .gid = getgid(), .cwd = "/", .cwd_strict = 1};
+	struct spec sp = {
+	    .uid = getuid(), .gid = getgid(), .cwd = "/", .cwd_strict = 1, .was_root = geteuid() == 0};
 	int i = 3;
 	for (; i < argc; i++) {
 		const char *op = argv[i];

@@ -793,6 +793,28 @@ static int on_sysexit(struct umld_tracer *t, struct thr *r, struct umld_event *e
     pid_t tid = r->tid;
     if (ptrace(PTRACE_GETREGS, tid, 0, &regs) < 0)
         return errno == ESRCH ? 0 : -errno;
+    if (r->restore) {
+        /* The exit of a rewritten call: the guest's argument registers
+         * back (a call the kernel restarts then restarts as the guest
+         * made it, and stops at its seccomp stop again). */
+        unsigned long long *slot64[6] = {&regs.rdi, &regs.rsi, &regs.rdx,
+                                         &regs.r10, &regs.r8, &regs.r9};
+        unsigned long long *slot32[6] = {&regs.rbx, &regs.rcx, &regs.rdx,
+                                         &regs.rsi, &regs.rdi, &regs.rbp};
+        unsigned long long **slot = r->arch == UMLD_ARCH_I386 ? slot32 : slot64;
+        for (int i = 0; i < 6; i++)
+            *slot[i] = r->saved[i];
+        r->restore = 0;
+        if (ptrace(PTRACE_SETREGS, tid, 0, &regs) < 0)
+            return errno == ESRCH ? 0 : -errno;
+        if (!r->report_exit) {
+            r->exit_stop = 0;
+            r->state = ST_RUNNING;
+            if (ptrace(PTRACE_CONT, tid, 0, 0) < 0 && errno != ESRCH)
+                return -errno;
+            return 0;
+        }
+    }
     ev_init(ev, UMLD_EV_SYSEXIT, tid);
     ev->arch = r->arch;
     ev->nr = (long)(int32_t)(uint32_t)regs.orig_rax;
@@ -1227,15 +1249,20 @@ int umld_rewrite(struct umld_tracer *t, int tid, long nr, const uint64_t *args, 
     unsigned long long *slot32[6] = {&regs.rbx, &regs.rcx, &regs.rdx,
                                      &regs.rsi, &regs.rdi, &regs.rbp};
     int i386 = r->arch == UMLD_ARCH_I386;
+    unsigned long long **slot = i386 ? slot32 : slot64;
+    /* The kernel preserves every register but the result's (syscall(2),
+     * "Architecture calling conventions"), and compiled code relies on it
+     * (an i386 PIC's ebx, arguments kept in registers across a call): the
+     * guest's own argument registers go back at the call's exit. */
+    for (int i = 0; i < 6; i++)
+        r->saved[i] = *slot[i];
     for (int i = 0; i < nargs && i < 6; i++)
-        *(i386 ? slot32 : slot64)[i] = i386 ? (uint32_t)args[i] : args[i];
-    int req = PTRACE_CONT;
-    if (stop_at_exit) {
-        req = PTRACE_SYSCALL;
-        r->exit_stop = 1;
-    }
+        *slot[i] = i386 ? (uint32_t)args[i] : args[i];
+    r->restore = 1;
+    r->report_exit = stop_at_exit != 0;
+    r->exit_stop = 1;
     r->state = ST_RUNNING;
-    if (ptrace(PTRACE_SETREGS, tid, 0, &regs) < 0 || ptrace(req, tid, 0, 0) < 0)
+    if (ptrace(PTRACE_SETREGS, tid, 0, &regs) < 0 || ptrace(PTRACE_SYSCALL, tid, 0, 0) < 0)
         return -errno;
     return 0;
 }

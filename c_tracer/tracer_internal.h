@@ -37,7 +37,10 @@ struct thr {
     uint8_t seen_alive;  /* we have seen at least one stop of it */
     uint8_t exit_stop;   /* resumed with PTRACE_SYSCALL: a syscall-exit-stop
                             is due, so internal restarts keep PTRACE_SYSCALL */
+    uint8_t restore;     /* rewritten: at its exit, put `saved` back */
+    uint8_t report_exit; /* with restore: the caller asked for SyscallExit */
     int errfd;           /* spawn error pipe (read end), -1 if none */
+    uint64_t saved[6];   /* the argument registers before a rewrite */
     int64_t since_ms;    /* unannounced only: when first seen (CLOCK_MONOTONIC
                             ms), for the orphan deadline; 0 if not yet */
 };

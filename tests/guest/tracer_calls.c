@@ -13,6 +13,8 @@
  *                 masks) and $UMLD_TEST_VAR
  *   i386          getpid through int 0x80 (i386 ABI, nr 20) with ebx..ebp
  *                 set to 0x1111..0x6666; prints "i386=<eax>"
+ *   i386regs      getpid through int 0x80, then prints ebx..ebp and eax
+ *   regs64        getppid through syscall, then prints rdi..r9 and rax
  *   i386hi        as i386, with garbage in the upper halves of rbx..rbp
  *                 (the i386 ABI ignores them); prints "i386hi=<eax>"
  *   x32           getpid with the x32 bit (0x40000000 | 39); prints
@@ -108,6 +110,41 @@ static long int80_getpid_hi(void)
 	return ret;
 }
 
+/* i386regs: getpid through int 0x80 with ebx..ebp = 0x1111..0x6666;
+ * prints the six registers after the call (the kernel preserves them) and
+ * eax: "i386regs=1111,2222,3333,4444,5555,6666 ret=N". */
+static void int80_regs(void)
+{
+	unsigned long b = 0x1111, c = 0x2222, d = 0x3333, si = 0x4444, di = 0x5555;
+	register unsigned long bp __asm__("r8");
+	long ret;
+	__asm__ volatile("push %%rbp\n\t"
+			 "mov $0x6666, %%rbp\n\t"
+			 "int $0x80\n\t"
+			 "mov %%rbp, %%r8\n\t"
+			 "pop %%rbp"
+			 : "=a"(ret), "+b"(b), "+c"(c), "+d"(d), "+S"(si), "+D"(di), "=r"(bp)
+			 : "0"(20L)
+			 : "memory", "r9", "r10", "r11");
+	printf("i386regs=%lx,%lx,%lx,%lx,%lx,%lx ret=%ld\n", b, c, d, si, di, bp, ret);
+}
+
+/* regs64: getppid through syscall with rdi..r9 = 0x1111..0x6666; prints
+ * them after the call and rax: "regs64=1111,...,6666 ret=N". */
+static void syscall_regs(void)
+{
+	unsigned long di = 0x1111, si = 0x2222, d = 0x3333;
+	register unsigned long r10 __asm__("r10") = 0x4444;
+	register unsigned long r8 __asm__("r8") = 0x5555;
+	register unsigned long r9 __asm__("r9") = 0x6666;
+	long ret;
+	__asm__ volatile("syscall"
+			 : "=a"(ret), "+D"(di), "+S"(si), "+d"(d), "+r"(r10), "+r"(r8), "+r"(r9)
+			 : "0"(110L)
+			 : "rcx", "r11", "memory");
+	printf("regs64=%lx,%lx,%lx,%lx,%lx,%lx ret=%ld\n", di, si, d, r10, r8, r9, ret);
+}
+
 static long x32_getpid(void)
 {
 	long ret;
@@ -160,6 +197,10 @@ int main(int argc, char **argv)
 			printf("cwd=%s leader=%d session=%d sigblk=%lx sigign=%lx var=%s\n",
 			       getcwd(cwd, sizeof cwd) ? cwd : "?", getpgrp() == getpid(),
 			       getsid(0) == getpid(), mask, ign, var ? var : "-");
+		} else if (!strcmp(arg, "i386regs")) {
+			int80_regs();
+		} else if (!strcmp(arg, "regs64")) {
+			syscall_regs();
 		} else if (!strcmp(arg, "i386")) {
 			printf("i386=%ld\n", int80_getpid());
 		} else if (!strcmp(arg, "i386hi")) {

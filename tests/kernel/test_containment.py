@@ -742,3 +742,76 @@ def test_checks_that_held_keep_holding(who: str, ordinary_user: User, tmp_path: 
     finally:
         victim.kill()
         victim.wait()
+
+
+# -- no file capability can reach the host ---------------------------------------
+
+
+@as_root
+def test_root_run_guest_cannot_get_a_capability_onto_the_host() -> None:
+    """CAP_SETFCAP is out of a root-run guest's bounding set: it can set no
+    security.capability (whatever a race on guest memory would let past
+    the seccomp checks), nor map a nested user namespace's root onto its
+    own root (which could)."""
+    r = run(
+        [
+            *umld_argv("c", "--uid=0"),
+            "sh",
+            "-c",
+            "grep CapBnd /proc/self/status; "
+            "unshare --user --map-root-user true 2>/dev/null; echo nested=$?; "
+            "setpriv --reuid=1000 --regid=1000 --clear-groups "
+            "unshare --user --map-root-user true; echo other=$?",
+        ]
+    )
+    bounding, nested, other = r.stdout.split("\n")[:3]
+    assert not int(bounding.split()[1], 16) >> 31 & 1, r  # CAP_SETFCAP
+    # The guest's root may not map a nested root onto itself; its other
+    # users may (no idmap turns their ids into the host's root).
+    assert (nested, other) == ("nested=1", "other=0"), r
+    native = run(["unshare", "--user", "--map-root-user", "true"])
+    assert native.returncode == 0, native
+
+
+def test_sctp_is_refused_in_a_live_machine(tmp_path: Path) -> None:
+    from tests.fuse.conftest import fuse_unavailable
+
+    if fuse_unavailable():
+        pytest.skip(str(fuse_unavailable()))
+    mnt = tmp_path / "m"
+    code = (
+        "import socket, sys\n"
+        "for t, p in ((socket.SOCK_SEQPACKET, 0), (socket.SOCK_STREAM, 132), "
+        "(socket.SOCK_SEQPACKET, 132)):\n"
+        "    try:\n"
+        "        socket.socket(socket.AF_INET, t, p); print('made')\n"
+        "    except OSError as e:\n"
+        "        print(e.errno)\n"
+        "socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); print('unix')\n"
+        "sys.stdout.flush(); import time; time.sleep(30)\n"
+    )
+    p = subprocess.Popen(
+        [*umld_argv("c", f"--mount={mnt}"), PY, "-c", code],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout is not None
+        lines = [p.stdout.readline().strip() for _ in range(4)]
+        assert lines == ["93", "93", "93", "unix"], (lines, p)  # EPROTONOSUPPORT
+        # events is a stream (tail -f): read what is there.
+        fd = os.open(mnt / "events", os.O_RDONLY)
+        try:
+            events = b""
+            while events.count(b"socket: SCTP") < 3:
+                chunk = os.read(fd, 65536)
+                assert chunk, events
+                events += chunk
+        finally:
+            os.close(fd)
+    finally:
+        # SIGTERM: umld unmounts its export on the way out.
+        p.terminate()
+        p.communicate(timeout=30)

@@ -596,6 +596,37 @@ def test_i386_complete_and_rewrite(drv: Driver, tracer_bin: Path, tmp_path: Path
     assert out.read_text() == f"i386=-{errno.EPERM}\ni386={os.getpgrp()}\n"
 
 
+NR_GETPPID = 110
+NR_GETPID = 39
+
+
+@pytest.mark.parametrize("abi", ["regs64", "i386regs"])
+def test_rewrite_leaves_the_guests_registers(
+    drv: Driver, tracer_bin: Path, tmp_path: Path, abi: str
+) -> None:
+    """After a rewritten call the guest finds its argument registers as it
+    left them, as after any call (the kernel preserves them; compiled code
+    relies on it, an i386 PIC's ebx first): only the result changes."""
+    out = tmp_path / "out"
+    flt = build_filter({NR_GETPPID}, i386={NR_I386_GETPID: ()})
+    pid = drv.spawn(spec(tracer_bin / "tracer_calls", "-o", out, abi, seccomp_filter=flt))
+    rewritten = 0
+
+    def answer(ev: Event) -> bool:
+        nonlocal rewritten
+        if isinstance(ev, SyscallStop) and ev.nr in (NR_GETPPID, NR_I386_GETPID):
+            rewritten += 1
+            nr = NR_I386_GETPGID if ev.arch is Arch.I386 else NR_GETPID
+            drv.t.rewrite(ev.tid, nr, [0, 7, 7, 7, 7, 7])
+            return True
+        return False
+
+    assert drv.run(pid, answer).status == 0
+    assert rewritten == 1
+    want = pid  # getpid, or getpgid(0) of a process in a group of its own
+    assert out.read_text() == f"{abi}=1111,2222,3333,4444,5555,6666 ret={want}\n"
+
+
 @pytest.fixture(scope="session")
 def abi32_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/guest/abi32.c as a 32-bit program (gcc -m32: gcc-multilib)."""

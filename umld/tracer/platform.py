@@ -127,7 +127,11 @@ class TracerPlatform(Protocol):
     def rewrite(
         self, tid: Tid, nr: int, args: Sequence[int], *, stop_at_exit: bool = False
     ) -> None:
-        """At a SyscallStop: run syscall ``nr`` with ``args`` instead, resume."""
+        """At a SyscallStop: run syscall ``nr`` with ``args`` instead, resume.
+        At the call's exit the guest's own argument registers are put back
+        (the kernel preserves them, and compiled code relies on it), so
+        only the result is the rewritten call's; with ``stop_at_exit`` the
+        SyscallExit comes after that."""
         ...
 
     def set_result(self, tid: Tid, result: int) -> None:

@@ -415,6 +415,9 @@ class PythonTracer:
         self._stopped: dict[int, int] = {}
         self._arch: dict[int, Arch] = {}
         self._at_exit: set[int] = set()
+        #: Rewritten calls: tid -> (register names, the guest's values, whether
+        #: the caller asked for the SyscallExit), restored at the exit stop.
+        self._restore: dict[int, tuple[tuple[str, ...], tuple[int, ...], bool]] = {}
         self._listening: set[int] = set()
         self._parked: dict[int, list[int]] = {}
         self._parked_since: dict[int, float] = {}
@@ -484,6 +487,7 @@ class PythonTracer:
         self._stopped.pop(tid, None)
         self._arch.pop(tid, None)
         self._at_exit.discard(tid)
+        self._restore.pop(tid, None)
         self._listening.discard(tid)
 
     def _announce(self, tid: int, tgid: int) -> None:
@@ -731,7 +735,23 @@ class PythonTracer:
         try:
             regs = self._getregs(pid)
         except _PtraceError:
+            self._restore.pop(pid, None)
             return None  # vanished; Exited follows
+        restore = self._restore.pop(pid, None)
+        if restore is not None:
+            # The exit of a rewritten call: the guest's argument registers
+            # back (a call the kernel restarts then restarts as the guest
+            # made it, and stops at its seccomp stop again).
+            names, saved, report = restore
+            for name, value in zip(names, saved, strict=True):
+                setattr(regs, name, value)
+            try:
+                _ptrace(PTRACE_SETREGS, pid, 0, self._regs_addr)
+            except _PtraceError:
+                return None
+            if not report:
+                self._restart(pid, PTRACE_CONT)
+                return None
         self._stopped[pid] = _AT_EXIT
         result = _signed(regs.rax)
         if self._arch.get(pid) is Arch.I386:
@@ -877,6 +897,10 @@ class PythonTracer:
         names = _ARGS_I386 if self._arch.get(tid) is Arch.I386 else _ARGS_64
         try:
             regs = self._getregs(tid)
+            # The kernel preserves every register but the result's
+            # (syscall(2)), and compiled code relies on it: the guest's own
+            # argument registers go back at the call's exit.
+            saved = tuple(int(getattr(regs, name)) for name in names)
             regs.orig_rax = nr % _U64
             wrap = 1 << 32 if names is _ARGS_I386 else _U64
             for name, value in zip(names, args, strict=False):
@@ -887,7 +911,8 @@ class PythonTracer:
                 self._stopped.pop(tid, None)
                 return
             raise TracerError(f"rewrite {tid}: {exc}", exc.errno or 0) from None
-        self._restart(tid, PTRACE_SYSCALL if stop_at_exit else PTRACE_CONT)
+        self._restore[tid] = (names, saved, stop_at_exit)
+        self._restart(tid, PTRACE_SYSCALL)
 
     def set_result(self, tid: Tid, result: int) -> None:
         """At a SyscallExit: put ``result`` in the return register."""

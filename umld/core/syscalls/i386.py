@@ -32,6 +32,7 @@ MISC = Family.MISC
 
 #: socketcall(2)'s calls that meet the network policy (linux/net.h SYS_*).
 SOCKETCALL_POLICED = {
+    1: "SYS_SOCKET",
     3: "SYS_CONNECT",
     5: "SYS_ACCEPT",
     11: "SYS_SENDTO",

@@ -19,7 +19,11 @@ capabilities, for a host user to run.  So in such machines:
   set-group-ID parent directory is untouched (mkdir(2) does not stop).
 * setting the extended attribute ``security.capability`` (file
   capabilities, capabilities(7)) is refused with EPERM in setxattr(2),
-  lsetxattr, fsetxattr and setxattrat.
+  lsetxattr, fsetxattr and setxattrat.  The kernel enforces the same: the
+  sandbox drops CAP_SETFCAP from a root-run guest's bounding set, which
+  also keeps a nested user namespace from mapping its root to the
+  guest's (user_namespaces(7): writing such a map needs CAP_SETFCAP), so
+  no race on guest memory can get a capability onto the host.
 
 Modes are arguments in registers: no other guest thread can change them
 between the check and the call.  The checks that read guest memory are
@@ -30,9 +34,10 @@ openat2(2) without resolve flags runs as the openat(2) of its checked
 for ``security.capability`` with EINVAL) cannot become one, and a
 setxattrat runs as the setxattr of its checked copy.  What remains open to
 a second thread that rewrites memory in the window between the check and
-the kernel's copy is an openat2 with resolve flags, an xattr name for a
-20- or 24-byte value, and a setxattrat relative to a directory descriptor;
-they are named in the README.
+the kernel's copy is nothing that matters: an openat2 with resolve flags
+fails with ENOSYS, and an xattr name for a 20- or 24-byte value or a
+setxattrat relative to a directory descriptor meets the kernel's own
+refusal (CAP_SETFCAP is out of the guest's bounding set).
 """
 
 from __future__ import annotations
@@ -148,7 +153,8 @@ def openat2(ctx: SyscallContext) -> Outcome:
     ``struct open_how`` is copied and checked as fs/open.c does (EINVAL,
     E2BIG in its order), then its mode as open(2)'s.  Without resolve
     flags the call runs as the openat(2) of the copy, so the kernel uses
-    exactly the checked flags and mode; with them it runs natively.
+    exactly the checked flags and mode; with them it fails with ENOSYS
+    (no copy could carry them).
     """
     size = ctx.args[3]
     if size < _OPEN_HOW_SIZE:
@@ -175,10 +181,15 @@ def openat2(ctx: SyscallContext) -> Outcome:
         raise GuestError(errno.EINVAL)
     if flags & _O_PATH and flags & ~_O_PATH_FLAGS:
         raise GuestError(errno.EINVAL)
+    if resolve:
+        # The kernel would read open_how again from guest memory, which
+        # another thread may rewrite after this check (a set-uid mode);
+        # openat(2) has no resolve flags to carry.  Programs that use them
+        # (systemd's chase) fall back to openat(2) on ENOSYS.
+        ctx.kernel.deny(ctx.task, "openat2 with resolve flags: not checkable race-free")
+        raise GuestError(errno.ENOSYS)
     if _creates(flags):
         _check_mode(ctx, mode, "openat2")
-    if resolve:
-        return None
     return Rewrite(_NR_OPENAT[ctx.compat], (ctx.args[0], ctx.args[1], flags, mode))
 
 

@@ -255,7 +255,36 @@ def sendmmsg(ctx: SyscallContext) -> Outcome:
 #: socketcall(2): its calls that meet the policy (linux/net.h SYS_*), how
 #: many arguments each takes (net/socket.c nargs), their handler, and the
 #: direct i386 call that does the same with register arguments.
+#: linux/in.h, linux/net.h, bits/socket.h
+IPPROTO_SCTP = 132
+SOCK_SEQPACKET = 5
+_SOCK_TYPE_MASK = 0xF
+_AF_INET, _AF_INET6 = 2, 10
+
+
+def socket(ctx: SyscallContext) -> Outcome:
+    """Implements Linux syscall socket(2) in a live machine: SCTP sockets
+    are refused with EPROTONOSUPPORT, as by a kernel without SCTP.
+
+    SCTP connects through setsockopt(2) (SCTP_SOCKOPT_CONNECTX) and sends
+    to addresses given in control messages, ways around ``net/connect``
+    that the policy does not follow; a live machine's policy may become
+    restrictive after a socket exists, so SCTP is refused in every live
+    machine.  The filter stops socket(2) only for IPPROTO_SCTP or a
+    SOCK_SEQPACKET/SOCK_RDM type (an IP SOCK_SEQPACKET socket with
+    protocol 0 is SCTP); everything else here runs natively.
+    """
+    domain, kind, proto = ctx.arg_int(0), ctx.arg_int(1) & _SOCK_TYPE_MASK, ctx.arg_int(2)
+    if domain not in (_AF_INET, _AF_INET6):
+        return None
+    if proto == IPPROTO_SCTP or (kind == SOCK_SEQPACKET and proto == 0):
+        ctx.kernel.deny(ctx.task, "socket: SCTP (its connects and sends escape net/connect)")
+        raise GuestError(errno.EPROTONOSUPPORT)
+    return None
+
+
 _SOCKETCALLS = {
+    1: (3, socket, 359),  # SYS_SOCKET -> socket
     3: (3, connect, 362),  # SYS_CONNECT -> connect
     5: (3, accept, 364),  # SYS_ACCEPT -> accept4(..., 0)
     11: (6, sendto, 369),  # SYS_SENDTO -> sendto

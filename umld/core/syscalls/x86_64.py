@@ -39,6 +39,12 @@ TTY_INPUT = (
     ArgTest(1, "eq", sys_tty.TIOCSTI, label="TIOCSTI"),
     ArgTest(1, "eq", sys_tty.TIOCLINUX, label="TIOCLINUX"),
 )
+#: socket(2) that may make an SCTP socket: IPPROTO_SCTP, or a type with
+#: bit 2 (SOCK_RDM, SOCK_SEQPACKET: an IP SOCK_SEQPACKET is SCTP).
+SCTP_SOCKET = (
+    ArgTest(2, "eq", sys_net.IPPROTO_SCTP, label="IPPROTO_SCTP"),
+    ArgTest(1, "any", 4, label="SOCK_SEQPACKET|SOCK_RDM"),
+)
 #: sendto(2) with a destination, or MSG_FASTOPEN (a connect in a send).
 SENDTO_ADDRESSED = (
     ArgTest(4, "ne", 0, bits=64, label="NULL"),
@@ -111,7 +117,8 @@ TABLE = SyscallTable("x86_64", (
     P(38, "setitimer", TIME),
     P(39, "getpid", PROCESS),
     P(40, "sendfile", DESC),
-    P(41, "socket", NETWORK),
+    E(41, "socket", NETWORK, sys_net.socket, "SCTP: EPROTONOSUPPORT (escapes net/connect)",
+      "live", SCTP_SOCKET),
     E(42, "connect", NETWORK, sys_net.connect, "policy: net/connect", "live"),
     E(43, "accept", NETWORK, sys_net.accept, "waits while net/accept is closed", "live"),
     E(44, "sendto", NETWORK, sys_net.sendto, "net/connect, on a copy; stops only with an address",
