@@ -209,7 +209,7 @@ def _interpreter_usable_by_others() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def ordinary_user(tmp_path_factory: pytest.TempPathFactory) -> User:
+def ordinary_user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[User]:
     """The ordinary account, created when missing (tests run as root), with
     /dev/fuse usable by it (this host's /dev/fuse is 0600; Debian's default
     is 0666)."""
@@ -219,7 +219,8 @@ def ordinary_user(tmp_path_factory: pytest.TempPathFactory) -> User:
         me = pwd.getpwuid(os.geteuid())
         work = tmp_path_factory.mktemp("ordinary-user")
         (work / "run").mkdir(mode=0o700)
-        return User(me.pw_name, me.pw_uid, me.pw_gid, Path(me.pw_dir), work)
+        yield User(me.pw_name, me.pw_uid, me.pw_gid, Path(me.pw_dir), work)
+        return
     reason = _interpreter_usable_by_others()
     if reason is not None:
         pytest.skip(f"cannot run umld as an ordinary user: {reason}")
@@ -240,4 +241,5 @@ def ordinary_user(tmp_path_factory: pytest.TempPathFactory) -> User:
     for path in (work, work / "run"):
         os.chown(path, entry.pw_uid, entry.pw_gid)
         path.chmod(0o700)
-    return User(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), work)
+    yield User(entry.pw_name, entry.pw_uid, entry.pw_gid, Path(entry.pw_dir), work)
+    shutil.rmtree(work, ignore_errors=True)
