@@ -131,8 +131,12 @@ def test_conditional_rows_stop_only_for_their_arguments() -> None:
     assert evaluate(prog, openat, args=creat_suid) == SECCOMP_RET_TRACE
     assert evaluate(prog, openat, args=(0, 0, 0o1, 0o4755, 0, 0)) == SECCOMP_RET_ALLOW
     assert evaluate(prog, openat, args=(0, 0, 0o100, 0o644, 0, 0)) == SECCOMP_RET_ALLOW
+    socket = x86.by_name("socket").nr
+    assert evaluate(prog, socket, args=(2, 1, 0, 0, 0, 0)) == SECCOMP_RET_ALLOW  # TCP
+    assert evaluate(prog, socket, args=(2, 1 | 0o4000, 132, 0, 0, 0)) == SECCOMP_RET_TRACE
+    assert evaluate(prog, socket, args=(10, 5 | 0o2000000, 0, 0, 0, 0)) == SECCOMP_RET_TRACE
     socketcall = i386.by_name("socketcall").nr
-    for call, want in ((3, True), (1, False), (9, False), (11, True), (16, True), (20, True)):
+    for call, want in ((3, True), (1, True), (9, False), (11, True), (16, True), (20, True)):
         got = evaluate(prog, socketcall, AUDIT_ARCH_I386, (call, 0, 0, 0, 0, 0))
         assert got == (SECCOMP_RET_TRACE if want else SECCOMP_RET_ALLOW), call
 
