@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,30 @@ def extents(text: str) -> list[tuple[int, int, int]]:
     return [tuple(int(x) for x in line.split()) for line in text.splitlines() if line.strip()]  # type: ignore[misc]
 
 
+@contextmanager
+def sleeping_guest(
+    umld: list[str], before: str = ""
+) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """A machine whose first process runs the shell code ``before`` and then
+    sleeps: yields the sleep's host pid (found by its marker) and the umld
+    process, whose stdout is a pipe; kills the machine afterwards."""
+    marker = f"umld-sleeper-{os.getpid()}-{os.urandom(3).hex()}"
+    p = subprocess.Popen(
+        [*umld, "bash", "-c", f"{before}exec -a {marker} sleep 60"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        wait_for(lambda: live_pids_with(marker), what="the guest's sleep")
+        (pid,) = live_pids_with(marker)
+        yield pid, p
+    finally:
+        p.kill()
+        p.communicate()
+
+
 # -- identity -------------------------------------------------------------------
 
 
@@ -73,55 +98,26 @@ def test_root_run_guest_maps_only_its_own_subordinate_range(backend: str) -> Non
             assert outside != 0 and count <= SLOT, text
             assert allowed.start <= outside and outside + count <= allowed.start + allowed.size
     # And the host sees the guest's root as that unprivileged id.
-    marker = f"umld-ids-{os.getpid()}"
-    p = subprocess.Popen(
-        [*umld_argv(backend), "bash", "-c", f"exec -a {marker} sleep 30"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: live_pids_with(marker), what="the guest's sleep")
-        (pid,) = live_pids_with(marker)
+    with sleeping_guest(umld_argv(backend)) as (pid, _):
         status = Path(f"/proc/{pid}/status").read_text()
-        uid_line = next(ln for ln in status.splitlines() if ln.startswith("Uid:"))
-        host_uid = int(uid_line.split()[1])
-        assert host_uid == extents(uid_map)[0][1], status
-        assert host_uid >= uids.start
-    finally:
-        p.kill()
-        p.wait()
+    uid_line = next(ln for ln in status.splitlines() if ln.startswith("Uid:"))
+    host_uid = int(uid_line.split()[1])
+    assert host_uid == extents(uid_map)[0][1], status
+    assert host_uid >= uids.start
 
 
 def test_ordinary_user_guest_is_that_user(ordinary_user: User) -> None:
-    marker = f"umld-uids-{os.getpid()}"
-    p = subprocess.Popen(
-        [
-            *ordinary_user.umld_argv("c", "--uid=0"),
-            "bash",
-            "-c",
-            f"id -u; exec -a {marker} sleep 30",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        wait_for(lambda: live_pids_with(marker), what="the guest's sleep")
-        (pid,) = live_pids_with(marker)
+    with sleeping_guest(ordinary_user.umld_argv("c", "--uid=0"), "id -u; ") as (pid, p):
         # Read from the host's user namespace: the host ids.
-        for name in ("uid_map", "gid_map"):
-            rows = extents(Path(f"/proc/{pid}/{name}").read_text())
-            # --uid=0 without --gid: the guest's gid stays the user's.
-            expect = (
-                (0, ordinary_user.uid, 1) if name == "uid_map" else (ordinary_user.gid,) * 2 + (1,)
-            )
-            assert rows == [expect], (name, rows)
-    finally:
-        p.kill()
-        out, _ = p.communicate()
-    assert out.strip() == "0"
+        maps = {n: extents(Path(f"/proc/{pid}/{n}").read_text()) for n in ("uid_map", "gid_map")}
+        assert p.stdout is not None
+        first = p.stdout.readline()
+    assert first.strip() == "0"
+    # --uid=0 without --gid: the guest's gid stays the user's.
+    assert maps == {
+        "uid_map": [(0, ordinary_user.uid, 1)],
+        "gid_map": [(ordinary_user.gid, ordinary_user.gid, 1)],
+    }
 
 
 @as_root
@@ -331,33 +327,22 @@ def test_cgroup_kill_of_a_host_process_is_out_of_reach(
 
 @as_root
 def test_machine_runs_in_its_own_cgroups_with_the_default_process_limit() -> None:
-    marker = f"umld-cg-{os.getpid()}"
-    p = subprocess.Popen(
-        [*umld_argv("c"), "bash", "-c", f"cat /proc/self/cgroup; exec -a {marker} sleep 30"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        wait_for(lambda: live_pids_with(marker), what="the guest's sleep")
-        (pid,) = live_pids_with(marker)
+    with sleeping_guest(umld_argv("c"), "cat /proc/self/cgroup; ") as (pid, p):
         host_view = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-        own = {
-            ln.split(":")[1]: ln.split(":", 2)[2]
-            for ln in Path("/proc/self/cgroup").read_text().splitlines()
-        }
-        pids_line = next(ln for ln in host_view if ln.split(":")[1] == "pids")
-        path = pids_line.split(":", 2)[2]
-        assert Path(path).name.startswith("umld-") and path != own["pids"], host_view
-        pids_max = Path("/sys/fs/cgroup/pids") / path.lstrip("/") / "pids.max"
-        if pids_max.exists():
-            assert pids_max.read_text().strip() == "4096"
-    finally:
-        p.kill()
-        out, _ = p.communicate()
+        assert p.stdout is not None
+        inside = [p.stdout.readline().strip() for _ in host_view]
+    own = {
+        ln.split(":")[1]: ln.split(":", 2)[2]
+        for ln in Path("/proc/self/cgroup").read_text().splitlines()
+    }
+    pids_line = next(ln for ln in host_view if ln.split(":")[1] == "pids")
+    path = pids_line.split(":", 2)[2]
+    assert Path(path).name.startswith("umld-") and path != own["pids"], host_view
+    pids_max = Path("/sys/fs/cgroup/pids") / path.lstrip("/") / "pids.max"
+    if pids_max.exists():
+        assert pids_max.read_text().strip() == "4096"
     # Inside, its cgroup namespace: every hierarchy at its root.
-    assert all(line.endswith(":/") for line in out.splitlines() if line), out
+    assert all(line.endswith(":/") for line in inside), inside
 
 
 _FORKS = """
@@ -439,26 +424,16 @@ def test_host_global_proc_and_sys_files_are_masked(ordinary_user: User) -> None:
             assert seen.get(p) in ("0", "err 13", "err 1", "err 2"), (p, seen.get(p), g)
 
 
-_IRQ = """
-import sys
-path = "/proc/irq/default_smp_affinity"
-value = open(path).read()
-try:
-    with open(path, "w") as f:
-        f.write(value)
-    print("written")
-except OSError as e:
-    print("refused", e.errno)
-"""
 
 
 @as_root
 def test_proc_irq_write_back_is_refused() -> None:
     if not os.path.exists("/proc/irq/default_smp_affinity"):
         pytest.skip("no /proc/irq here")
-    native = run([PY, "-c", _IRQ])
+    irq = ["/proc/irq/default_smp_affinity"]
+    native = run([PY, "-c", _WRITE_BACK, *irq])
     assert native.stdout.strip() == "written", native
-    guest = run([*umld_argv("c"), PY, "-c", _IRQ])
+    guest = run([*umld_argv("c"), PY, "-c", _WRITE_BACK, *irq])
     assert guest.stdout.split() == ["refused", "30"], guest  # EROFS
 
 
@@ -605,21 +580,8 @@ def test_default_ramdisks_are_bounded_by_the_machines_memory() -> None:
 
 @as_root
 def test_ramdisk_pages_are_charged_to_the_machine() -> None:
-    marker = f"umld-mem-{os.getpid()}"
-    p = subprocess.Popen(
-        [
-            *umld_argv("c"),
-            "bash",
-            "-c",
-            f"head -c 64M /dev/zero > /tmp/fill && exec -a {marker} sleep 30",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: live_pids_with(marker), what="the guest's sleep")
-        (pid,) = live_pids_with(marker)
+    fill = "head -c 64M /dev/zero > /tmp/fill && "
+    with sleeping_guest(umld_argv("c"), fill) as (pid, _):
         mem = None
         for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
             _, ctrl, path = line.split(":", 2)
@@ -632,9 +594,6 @@ def test_ramdisk_pages_are_charged_to_the_machine() -> None:
         if mem is None or not mem.exists():
             pytest.skip("no memory controller here")
         assert int(mem.read_text()) >= 64 << 20
-    finally:
-        p.kill()
-        p.wait()
 
 
 # -- fake root keeps working -----------------------------------------------------

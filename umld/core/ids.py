@@ -43,38 +43,33 @@ class Subrange(NamedTuple):
     size: int
 
 
+def _entries(path: str) -> list[tuple[str, Subrange]]:
+    """(owner, range) of every well-formed line of a subuid(5) file."""
+    out: list[tuple[str, Subrange]] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            out.append((parts[0], Subrange(int(parts[1]), int(parts[2]))))
+    return out
+
+
+def _owned(owner: str, user: str, uid: int | None) -> bool:
+    return owner == user or (uid is not None and owner == str(uid))
+
+
 def read_subordinate(path: str, user: str = USER, uid: int | None = None) -> list[Subrange]:
     """The ranges of ``user`` (by name, or by ``uid``) in a subuid(5)
     file; every other line is skipped."""
-    out: list[Subrange] = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        parts = line.strip().split(":")
-        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-            continue
-        if parts[0] == user or (uid is not None and parts[0] == str(uid)):
-            out.append(Subrange(int(parts[1]), int(parts[2])))
-    return out
+    return [r for owner, r in _entries(path) if _owned(owner, user, uid)]
 
 
 def _others(path: str, user: str, uid: int | None) -> list[Subrange]:
-    out: list[Subrange] = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        parts = line.strip().split(":")
-        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-            continue
-        if parts[0] != user and (uid is None or parts[0] != str(uid)):
-            out.append(Subrange(int(parts[1]), int(parts[2])))
-    return out
+    return [r for owner, r in _entries(path) if not _owned(owner, user, uid)]
 
 
 def _uid_of(user: str) -> int | None:
