@@ -867,10 +867,13 @@ def test_control_socket_refuses_processes_inside_a_machine(daemon: Daemon, share
     os.link(socket_path(daemon.mount), share / "ctl.sock")
     (share / "probe.py").write_text(_PROBE)
     base = str(share / "ctl")
+    # The probe runs this checkout's interpreter and umld: a checkout under
+    # /tmp (a CI clone) is hidden by the guest's own /tmp unless bound.
+    own = ("--bind", f"{ROOT}:{ROOT}:ro", "--bind", str(share))
     try:
-        assert daemon.umld("start", TARGET, "--bind", str(share)).returncode == 0
+        assert daemon.umld("start", TARGET, *own).returncode == 0
         r = daemon.umld(
-            "start", PROBER, "--bind", str(share), "--",
+            "start", PROBER, *own, "--",
             sys.executable, str(share / "probe.py"), base, TARGET, SPAWNED, str(share / "first"),
         )  # fmt: skip
         assert r.returncode == 0, r.stderr
@@ -1122,7 +1125,7 @@ def test_control_socket_of_an_ordinary_users_daemon(
         assert proc.poll() is None, log_path.read_text()
         # A named machine's home is a disk image, which needs root: an
         # ordinary user's machine asks for no home (a bind over its "/").
-        no_home = ("--bind", "/:/:ro", "--bind", str(share))
+        no_home = ("--bind", "/:/:ro", "--bind", f"{ROOT}:{ROOT}:ro", "--bind", str(share))
         r = as_user("start", TARGET, "--mount", str(mount), *no_home)
         assert r.returncode == 0, r.stderr
         os.link(socket_path(mount), share / "ctl.sock")
