@@ -18,7 +18,15 @@ from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping, Se
 from contextlib import asynccontextmanager, contextmanager
 from typing import NamedTuple, final
 
-from umld.core import Config, GuestEvent, MachineControl, ProcessInfo, SettingError
+from umld.core import (
+    Config,
+    GuestEvent,
+    MachineControl,
+    ProcessInfo,
+    SettingError,
+    live_keys,
+    returncode,
+)
 from umld.core.host import Host, HostedMachine
 from umld.errors import UmldError
 
@@ -62,12 +70,12 @@ class LiveConfig(MutableMapping[str, str]):
         self._control = control
 
     def __getitem__(self, key: str) -> str:
-        if key not in self._control.SETTINGS:
+        if key not in live_keys():
             raise KeyError(key)
         return self._control.get(key)
 
     def __setitem__(self, key: str, value: object) -> None:
-        if key not in self._control.SETTINGS:
+        if key not in live_keys():
             raise KeyError(key)
         self._control.set(key, str(value), source="api")
 
@@ -75,22 +83,14 @@ class LiveConfig(MutableMapping[str, str]):
         raise TypeError("settings cannot be deleted")
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._control.SETTINGS)
+        return iter(live_keys())
 
     def __len__(self) -> int:
-        return len(self._control.SETTINGS)
+        return len(live_keys())
 
 
 def _pipe_if(wanted: bool) -> tuple[int, int] | None:
     return os.pipe2(os.O_CLOEXEC) if wanted else None
-
-
-def _returncode(status: int) -> int:
-    if os.WIFEXITED(status):
-        return os.WEXITSTATUS(status)
-    if os.WIFSIGNALED(status):
-        return -os.WTERMSIG(status)
-    return 255
 
 
 class _Pipes:
@@ -120,7 +120,7 @@ class _Pipes:
     def result(self, args: list[str], status: int, outputs: dict[int, bytes]) -> CompletedProcess:
         return CompletedProcess(
             args,
-            _returncode(status),
+            returncode(status),
             outputs.get(self.out[0]) if self.out else None,
             outputs.get(self.err[0]) if self.err else None,
         )
@@ -232,7 +232,7 @@ class RunningMachine(_MachineBase):
                 async for ev in receive:
                     yield ev
         finally:
-            self._control.kernel.listeners.remove(listener)
+            self._control.unsubscribe(listener)
 
 
 @asynccontextmanager

@@ -147,190 +147,44 @@ def _parser() -> _Parser:
 
 
 def _add_machine_options(p: argparse.ArgumentParser, *, named: bool = True) -> None:
+    from umld.core import settings
+
     g = p.add_argument_group(
         "machine",
         "Without --root the guest's / is the host's, read-only, with ramdisks on /tmp, /run, "
         "/dev/shm and $HOME ($HOME is the machine's disk image when it has a --name).",
     )
     g.add_argument("--config", metavar="FILE", help="read settings from a TOML file first")
-    g.add_argument("--hostname", metavar="NAME", help="the guest's host name (uname -n)")
-    g.add_argument("--domainname", metavar="NAME", help="the guest's NIS domain name")
-    if named:
-        g.add_argument("--name", metavar="NAME", help="the machine's name (keeps its home disk)")
-    g.add_argument("--root", metavar="DIR", help="a host directory as the guest's /")
-    g.add_argument(
-        "--read-only-root", action="store_true", default=None, help="make --root read-only"
-    )
-    g.add_argument(
-        "--bind", metavar="HOST[:GUEST][:ro]", action="append", default=[], help="bind a host path"
-    )
-    g.add_argument(
-        "--tmpfs", metavar="GUEST[:size=64M]", action="append", default=[], help="a ramdisk"
-    )
-    g.add_argument(
-        "--disk",
-        metavar="IMAGE:GUEST[:size=1G]",
-        action="append",
-        default=[],
-        help="a persistent ext4 filesystem in one image file (created on first use; root only)",
-    )
-    g.add_argument("--uid", type=_int_arg, metavar="UID", help="the guest's user id (0: fake root)")
-    g.add_argument("--gid", type=_int_arg, metavar="GID", help="the guest's group id")
-    g.add_argument("--vcpus", type=_int_arg, metavar="N", help="CPUs the guest sees")
-    g.add_argument("--memory", metavar="SIZE", help="memory the guest sees (/proc/meminfo)")
-    g.add_argument("--kernel-release", metavar="REL", help="uname -r in the guest")
-    g.add_argument("--uname-machine", metavar="ARCH", help="uname -m in the guest")
-    g.add_argument(
-        "--unsafe-host-ids",
-        action="store_true",
-        default=None,
-        help="DANGEROUS, root only: the guest's ids are the host's, so its root is the host's "
-        "root on every host file it can reach (default: a range of host ids of its own)",
-    )
+    settings.add_options(g, named=named)
 
 
-def _int_arg(text: str) -> int:
-    try:
-        return int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+def _command_from(value: object, where: str) -> list[str]:
+    from umld.core.settings import command_from
 
-
-MACHINE_KEYS = (
-    "hostname", "domainname", "name", "root", "read_only_root", "bind", "tmpfs", "disk",
-    "uid", "gid", "vcpus", "memory", "kernel_release", "uname_machine", "unsafe_host_ids",
-)  # fmt: skip
-
-
-#: What --memory may say: the bounds of the live setting config/memory.
-MIN_MEMORY, MAX_MEMORY = 1 << 20, 1 << 50
-MIN_DISK = 1 << 20
-
-
-def config_from_mapping(data: dict[str, Any], *, where: str) -> dict[str, Any]:
-    """Config keyword arguments from a mapping of settings (a TOML file,
-    the options, a daemon request), checked: UsageError names the bad one."""
-    from umld.core.sandbox import parse_bind, parse_disk, parse_size, parse_tmpfs
-
-    unknown = sorted(set(data) - set(MACHINE_KEYS))
-    if unknown:
-        raise UsageError(f"{where}: unknown settings: {', '.join(unknown)}")
-
-    def strings(key: str) -> list[str]:
-        value = data.get(key) or []
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise UsageError(f"{where}: {key} must be a list of strings")
-        return value
-
-    def text(key: str) -> str | None:
-        value = data.get(key)
-        if value is not None and not isinstance(value, str):
-            raise UsageError(f"{where}: {key} must be a string, not {value!r}")
-        return value
-
-    def number(key: str) -> int | None:
-        value = data.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise UsageError(f"{where}: {key} must be a number, not {value!r}")
-        return value
-
-    def flag(key: str) -> bool:
-        value = data.get(key, False)
-        if not isinstance(value, bool):
-            raise UsageError(f"{where}: {key} must be true or false, not {value!r}")
-        return value
-
-    mounts = [parse_bind(t) for t in strings("bind")]
-    mounts += [parse_tmpfs(t) for t in strings("tmpfs")]
-    mounts += [parse_disk(t) for t in strings("disk")]
-    for m in mounts:
-        # mkfs.ext4 refuses less than ~128k; 1M leaves it room for a journal.
-        if m.kind == "disk" and m.size < MIN_DISK:
-            raise UsageError(f"{where}: --disk {m.source}: a disk image is at least 1M")
-    memory = parse_size(str(data["memory"])) if data.get("memory") is not None else None
-    if memory is not None and not MIN_MEMORY <= memory <= MAX_MEMORY:
-        raise UsageError(f"{where}: memory must be from 1M to 1P, not {data['memory']}")
-    root = text("root")
-    return {
-        "name": text("name"),
-        "root": os.path.realpath(os.path.expanduser(root)) if root is not None else None,
-        "root_readonly": flag("read_only_root"),
-        "mounts": mounts,
-        "uid": number("uid"),
-        "gid": number("gid"),
-        "vcpus": number("vcpus"),
-        "memory": memory,
-        "kernel_release": text("kernel_release"),
-        "uname_machine": text("uname_machine"),
-        "hostname": text("hostname"),
-        "domainname": text("domainname"),
-        "unsafe_host_ids": flag("unsafe_host_ids"),
-    }
-
-
-def read_toml(path: str, what: str) -> dict[str, Any]:
-    """The table of a TOML settings file; UsageError "WHAT PATH: why"."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except OSError as exc:
-        raise UsageError(f"{what}{path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        # tomllib decodes the whole file first (TOML is UTF-8, toml.io).
-        raise UsageError(f"{what}{path}: not a UTF-8 TOML file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{what}{path}: {exc}") from None
-
-
-def command_from(value: object, where: str) -> list[str]:
-    """A settings file's ``command``: a list of strings, or one string
-    split as a shell would (shlex), checked."""
-    if isinstance(value, str):
-        import shlex
-
-        try:
-            return shlex.split(value)
-        except ValueError as exc:  # "No closing quotation", "No escaped character"
-            raise UsageError(f"{where}: command: {exc}") from None
-    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-        raise UsageError(f"{where}: command must be a string or a list of strings")
-    return list(value)
+    return command_from(value, where)
 
 
 def _read_config_file(path: str) -> dict[str, Any]:
+    from umld.core.settings import read_toml
+
     return read_toml(path, "--config ")
-
-
-def _option_mapping(args: argparse.Namespace) -> dict[str, Any]:
-    """The machine options given on the command line, as settings."""
-    out: dict[str, Any] = {}
-    for key in MACHINE_KEYS:
-        value = getattr(args, key, None)
-        if value is not None and value != []:
-            out[key] = value
-    return out
 
 
 def _machine_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     """Config keyword arguments from --config FILE, then the options (a
-    list option adds to the file's list); and the file's command."""
+    repeatable option adds to the file's list); and the file's command."""
+    from umld.core import settings
+
     data: dict[str, Any] = _read_config_file(args.config) if args.config else {}
-    command = command_from(data.pop("command", []), f"--config {args.config}")
+    where = f"--config {args.config}" if args.config else "options"
+    command = _command_from(data.pop("command", []), where)
     data.pop("restart", None)
-    for key, value in _option_mapping(args).items():
-        if isinstance(value, list):
-            old = data.get(key) or []
-            data[key] = [*([old] if isinstance(old, str) else old), *value]
-        else:
-            data[key] = value
-    return config_from_mapping(data, where=args.config or "options"), command
+    merged = settings.merge(data, settings.options_mapping(args))
+    return settings.from_mapping(merged, where=args.config or "options"), command
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from umld.core import shell_status
     from umld.core.machine import Config, Machine
 
     settings, file_command = _machine_settings(args)
@@ -376,7 +230,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from umld.fusefs import ExportThread, default_mountpoint
         except ImportError as exc:
             raise UmldError(f"umld: --mount needs trio and pyfuse3 ({exc})") from None
-        name = cfg.name or f"umld-{os.getpid()}"
+        name = control.name
         export = ExportThread(control, args.mount or default_mountpoint(name), name=name)
         export.start()
         exports.append(export)
@@ -385,7 +239,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         if live:
             guard.install()
-        code = machine.run(command, cwd=args.cwd, on_start=start_live if live else None).returncode
+        result = machine.run(command, cwd=args.cwd, on_start=start_live if live else None)
+        code = shell_status(result.status)
         if args.stats and machine.kernel is not None:
             _print_stats(machine.kernel.statistics(), time.monotonic() - start)
         return code
@@ -507,17 +362,21 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         if not command:
             raise UsageError("missing command (usage: umld exec NAME -- CMD [ARGS...])")
         return client.exec_in(mount, args.name, command, args.cwd)
-    settings: dict[str, Any] = _read_config_file(args.config) if args.config else {}
-    file_command = command_from(settings.pop("command", []), f"--config {args.config}")
-    settings.pop("restart", None)
-    settings.update({k: v for k, v in _option_mapping(args).items() if k != "name"})
-    config_from_mapping({**settings, "name": args.name}, where=args.config or "options")
+    from umld.core import settings
+
+    data: dict[str, Any] = _read_config_file(args.config) if args.config else {}
+    file_command = _command_from(data.pop("command", []), f"--config {args.config}")
+    data.pop("restart", None)
+    options = {k: v for k, v in settings.options_mapping(args).items() if k != "name"}
+    merged = settings.merge(data, options)
+    # Checked here too, so that a mistake is a usage error of this command.
+    settings.from_mapping({**merged, "name": args.name}, where=args.config or "options")
     client.call(
         mount,
         {
             "op": "start",
             "name": args.name,
-            "config": settings,
+            "config": merged,
             "argv": command or file_command,
             "restart": args.restart,
         },
@@ -599,8 +458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_daemon(args)
         parser.print_usage(sys.stderr)
         return 2
-    except UsageError as exc:
-        sys.stderr.write(f"{PROG}: {exc}\n")
+    except (UsageError, ValueError) as exc:
+        # ValueError: a SettingError (a bad value of a setting) that got
+        # here without a name on it; the one error type of a bad value.
+        if not isinstance(exc, UsageError) and type(exc).__name__ != "SettingError":
+            raise
+        sys.stderr.write(f"{PROG}: {str(exc).removeprefix(f'{PROG}: ')}\n")
         given = list(sys.argv[1:] if argv is None else argv)
         usage = USAGES.get(given[0] if given else "", USAGES["run"])
         sys.stderr.write(f"usage: {usage}   (umld --help for more)\n")

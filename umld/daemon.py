@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 import trio
 
-from umld.core import Config, MachineControl, SettingError
+from umld.core import Config, MachineControl, SettingError, shell_status
 from umld.core.host import Host, HostedMachine
 from umld.errors import UmldError, UsageError, get_logger
 
@@ -129,17 +129,16 @@ def setup_logging(verbose: bool) -> None:
 
 def load_definition(path: str) -> tuple[Config, list[str], str]:
     """(config, command, restart policy) from a machine's TOML file."""
-    from umld.cli import command_from, config_from_mapping, read_toml
+    from umld.core import settings
 
     name = os.path.basename(path).removesuffix(".toml")
-    data = read_toml(path, "")
-    command = command_from(data.pop("command", []), path)
+    data = settings.read_toml(path, "")
+    command = settings.command_from(data.pop("command", []), path)
     restart = data.pop("restart", "no")
     if restart not in RESTART_POLICIES:
         raise UsageError(f"{path}: restart must be one of {', '.join(RESTART_POLICIES)}")
     data.setdefault("name", name)
-    settings = config_from_mapping(data, where=path)
-    return Config(**settings), command, restart
+    return Config(**settings.from_mapping(data, where=path)), command, restart
 
 
 # -- the daemon ---------------------------------------------------------------
@@ -185,7 +184,7 @@ class Daemon:
         return m
 
     def _exited(self, m: HostedMachine) -> None:  # tracer thread
-        log.info("machine %s exited with status %s", m.name, m.returncode)
+        log.info("machine %s exited with status %s", m.name, shell_status(m.status or 0))
         # Its tree goes with it (a restart makes a new machine and tree).
         self.exports.pop(id(m), None)
         policy = self.policies.get(m.name, "no")
@@ -259,18 +258,23 @@ class Daemon:
 
     @staticmethod
     def _apply_live(control: MachineControl, cfg: Config) -> None:
-        wanted = {
-            "hostname": cfg.hostname,
-            "vcpus": cfg.vcpus,
-            "memory": cfg.memory,
-        }
-        for key, value in wanted.items():
-            if value is None or str(value) == control.get(key):
+        """A changed definition's live settings, applied to its running
+        machine (SIGHUP); a setting the file does not give stays as it is."""
+        from umld.core import settings
+
+        for row in settings.LIVE:
+            if not row.start:
+                continue
+            value = getattr(cfg, row.attr)
+            if value is None or value == row.default:
+                continue
+            text = row.text(value)
+            if text == control.get(row.key):
                 continue
             try:
-                control.set(key, str(value), source="definition file")
+                control.set(row.key, text, source="definition file")
             except SettingError as exc:
-                log.error("machine %s: %s: %s", control.name, key, exc)
+                log.error("machine %s: %s: %s", control.name, row.key, exc)
 
     def inside_a_machine(self, tid: int) -> bool:
         """Whether host thread ``tid`` belongs to one of our machines (any
@@ -321,10 +325,11 @@ class Daemon:
                 infos = m.control.processes()
                 procs = len(infos)
                 cpu = sum(p.cpu_ticks for p in infos) / tick
-            end = m.ended or time.time()
-            state = m.state if m.returncode is None else f"{m.state}({m.returncode})"
+            end = m.ended_at or time.time()
+            # Ended: its status as a shell shows it ($?: 128+N for signal N).
+            state = m.state if m.status is None else f"{m.state}({shell_status(m.status)})"
             lines.append(
-                f"{name}\t{state}\t{end - m.started:.0f}\t{procs}\t{cpu:.2f}\t"
+                f"{name}\t{state}\t{end - m.started_at:.0f}\t{procs}\t{cpu:.2f}\t"
                 f"{self.policies.get(name, 'no')}\t{' '.join(m.argv) or '(idle)'}"
             )
         return ("\n".join(lines) + "\n").encode()
@@ -424,14 +429,14 @@ class Daemon:
         if op == "ls":
             await _send(sock, {"ok": True, "table": self.machines_table().decode()})
         elif op == "start":
-            from umld.cli import config_from_mapping
+            from umld.core.settings import from_mapping
 
-            settings = req.get("config") or {}
+            values = req.get("config") or {}
             try:
-                if not isinstance(settings, dict):
+                if not isinstance(values, dict):
                     raise UsageError("config must be an object")
-                settings["name"] = name
-                cfg = Config(**config_from_mapping(settings, where="start"))
+                values["name"] = name
+                cfg = Config(**from_mapping(values, where="start"))
                 argv = [str(a) for a in req.get("argv") or []]
                 restart = str(req.get("restart") or "no")
                 if restart not in RESTART_POLICIES:
@@ -498,9 +503,7 @@ class Daemon:
                 pass  # gone already: the watcher hangs up
             await done.wait()
             nursery.cancel_scope.cancel()
-        st = status[0]
-        code = os.WEXITSTATUS(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st)
-        await _send(sock, {"exit": code})
+        await _send(sock, {"exit": shell_status(status[0])})
 
     @staticmethod
     async def _hang_up_when_gone(sock: Any, name: str, session: int, done: trio.Event) -> None:

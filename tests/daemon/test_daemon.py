@@ -1042,7 +1042,7 @@ def test_bad_control_requests_are_one_line_and_leak_nothing(daemon: Daemon) -> N
         b'{"op": "exec", "name": "' + OTHER.encode() + b'", "argv": ["true"]}\n': (
             b'{"error": "exec needs the client\'s stdin, stdout and stderr"}\n'
         ),
-        b'{"op": "start", "name": "../x"}\n': b'{"error": "bad machine name',
+        b'{"op": "start", "name": "../x"}\n': b'{"error": "start: name: bad machine name',
         b'{"op": "start", "name": "x", "config": 1}\n': b'{"error": "config must be an object"}\n',
         b"x" * (MAX_LINE + 2): f'{{"error": "request longer than {MAX_LINE} bytes"}}\n'.encode(),
     }

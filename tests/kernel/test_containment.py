@@ -424,8 +424,6 @@ def test_host_global_proc_and_sys_files_are_masked(ordinary_user: User) -> None:
             assert seen.get(p) in ("0", "err 13", "err 1", "err 2"), (p, seen.get(p), g)
 
 
-
-
 @as_root
 def test_proc_irq_write_back_is_refused() -> None:
     if not os.path.exists("/proc/irq/default_smp_affinity"):

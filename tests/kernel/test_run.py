@@ -189,7 +189,7 @@ def test_guest_crash_reports_signal(backend: str) -> None:
         (["run", "--", "/no/such/file"], 127, "No such file or directory"),
         (["run", "--", "/etc/passwd"], 126, "Permission denied"),
         (["run", "--", "/etc"], 126, "Is a directory"),
-        (["run", "--hostname", "x" * 65, "--", "true"], 2, "longer than 64"),
+        (["run", "--hostname", "x" * 65, "--", "true"], 2, "hostname: 1 to 64 bytes"),
         (["frobnicate"], 2, "invalid choice"),
     ],
 )
@@ -292,9 +292,9 @@ def test_bad_config_file_is_one_line(tmp_path: Path, kind: str, cmd: str) -> Non
 @pytest.mark.parametrize(
     ("value", "message"),
     [
-        ("99999999999T", "memory must be from 1M to 1P"),
-        ("9" * 400, "bad size"),
-        ("1025T", "memory must be from 1M to 1P"),
+        ("99999999999T", "memory: from 1M to 1P"),
+        ("9" * 400, "memory: a size such as 512M or 4G"),
+        ("1025T", "memory: from 1M to 1P"),
     ],
     ids=["petabytes", "400-digits", "1025T"],
 )

@@ -2,14 +2,12 @@
 
 from typing import TYPE_CHECKING, Any
 
-from umld.core.control import (
-    MachineControl as MachineControl,
-    ProcessInfo as ProcessInfo,
-    SettingError as SettingError,
-)
+from umld.core.control import MachineControl as MachineControl, ProcessInfo as ProcessInfo
 from umld.core.events import GuestEvent as GuestEvent
 from umld.core.kernel import GuestKernel as GuestKernel
 from umld.core.machine import Config as Config, Machine as Machine, RunResult as RunResult
+from umld.core.procfs import returncode as returncode, shell_status as shell_status
+from umld.core.settings import SettingError as SettingError, live_keys as live_keys
 from umld.core.syscalls import lookup_table as lookup_table
 from umld.core.syscalls.table import (
     Disposition as Disposition,

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, final
 if TYPE_CHECKING:
     import ctypes
 
-from umld.core.control import MachineControl, SettingError
+from umld.core.control import MachineControl
+from umld.core.settings import SettingError, live_keys
 from umld.errors import get_logger
 
 log = get_logger("umld.configdir")
@@ -75,7 +76,7 @@ class ConfigDir:
 
     def sync(self) -> None:
         """Apply every setting whose file changed since the last look."""
-        for key in self.control.SETTINGS:
+        for key in live_keys():
             try:
                 with open(os.path.join(self.path, key), encoding="utf-8") as f:
                     text = f.read(4096).strip()
@@ -93,9 +94,7 @@ class ConfigDir:
 
     def _watch(self, ino: int, libc: ctypes.CDLL) -> None:
         dirs = {self.path} | {
-            os.path.join(self.path, key.rpartition("/")[0])
-            for key in self.control.SETTINGS
-            if "/" in key
+            os.path.join(self.path, key.rpartition("/")[0]) for key in live_keys() if "/" in key
         }
         for d in dirs:
             if os.path.isdir(d):

@@ -1,15 +1,22 @@
-"""Host: one tracer thread for many machines (the daemon, the library).
+"""Host: the one runtime of umld's machines.
 
 ptrace requests must come from the thread that attached, and a tracer
 learns of its tracees' stops through SIGCHLD, which is sent to the whole
 process: two tracer threads would steal each other's wake-ups.  So one
 process has one tracer thread, and every machine's kernel is driven from
-it; events go to the kernel that owns the thread they concern.  Other
-threads talk to it only through :meth:`Host.call`, which runs a function
-on the tracer thread and returns its result.
+its loop; events go to the kernel that owns the thread they concern.
+Other threads talk to it only through :meth:`Host.call` (run a function
+there and wait for its result) and :meth:`Host.post` (hand it work).
 
-``umld run`` does not use this: its single machine runs the same kernel
-on the main thread, with nothing else to wait for.
+Every way of running machines is a Host:
+
+* the daemon and the Python API start the loop in a thread of its own
+  (:meth:`Host.start`) and run any number of machines;
+* ``umld run`` (:class:`umld.core.machine.Machine`) opens the Host on the
+  main thread (:meth:`Host.open`), starts its one machine and runs the
+  loop there (:meth:`Host.serve`) until the machine ends; the host
+  signals it is given (SIGINT, SIGTERM, SIGHUP, SIGQUIT) then go to the
+  guest, and the guest may have umld's terminal (:class:`Launch`).
 """
 
 from __future__ import annotations
@@ -20,22 +27,24 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar, final
+from typing import Any, NamedTuple, TextIO, TypeVar, final
 
+from umld.core import procfs
 from umld.core.control import MachineControl
-from umld.core.kernel import GuestKernel, wait_status_to_exit_code
+from umld.core.kernel import GuestKernel
 from umld.core.machine import Config, features, machine_argv, prepare, uts_for
-from umld.core.sandbox import (
-    SANDBOX,
-    MachineFiles,
-)
+from umld.core.policy import MachinePolicy
+from umld.core.sandbox import SANDBOX, MachineFiles, enter_argv
 from umld.core.syscalls import lookup_table, machine_filter
+from umld.core.terminal import set_foreground, suspend_with_guest
 from umld.errors import UmldError, get_logger
-from umld.tracer import available, open_tracer
+from umld.tracer import TracerError, TracerUnavailable, available, open_tracer
 from umld.tracer.events import Cloned, Exited, HostSignal, Tid, Wakeup
 from umld.tracer.platform import SpawnSpec, TracerPlatform
 
 log = get_logger("umld.host")
+#: How often a background loop looks for stops even without SIGCHLD (a
+#: thread of an embedding program may take it first).
 POLL = 0.05
 T = TypeVar("T")
 
@@ -50,23 +59,52 @@ class _Call:
         self.error: BaseException | None = None
 
 
+class Launch(NamedTuple):
+    """How a machine's first process starts: what differs between
+    ``umld run`` and a machine of the daemon or the API."""
+
+    #: The guest's environment; None: a login-like one (_guest_env).
+    env: Mapping[str, str] | None = None
+    #: Its working directory (a guest path); ``cwd_strict``: fail when
+    #: the guest has no such directory, else fall back to /.
+    cwd: str = "/"
+    cwd_strict: bool = False
+    #: Whether its settings may change while it runs (an export, a
+    #: --config-dir, the daemon, the API): it then traps what they need.
+    live: bool = True
+    #: A terminal fd whose foreground group the guest becomes (umld run
+    #: with a terminal); None: the guest runs in a session of its own.
+    tty: int | None = None
+    #: The signal mask its first process starts with.
+    sigmask: frozenset[int] = frozenset()
+    #: Full-trace mode: every syscall stops and is written here.
+    trace_output: TextIO | None = None
+
+
 @final
 class HostedMachine:
     """A machine run by a :class:`Host`.  Its state changes on the tracer
     thread; the other threads read it."""
 
-    def __init__(self, host: Host, config: Config, argv: Sequence[str]) -> None:
+    def __init__(self, host: Host, config: Config, argv: Sequence[str], launch: Launch) -> None:
         self.host = host
         self.config = config
         self.argv = list(argv)
-        self.name = config.name or f"machine-{id(self):x}"
+        self.launch = launch
+        self.name = ""
+        #: starting, running, exited or failed (it could not start).
         self.state = "starting"
-        self.started = time.time()
-        self.ended: float | None = None
-        self.returncode: int | None = None
+        #: time.time() of its start and end.
+        self.started_at = time.time()
+        self.ended_at: float | None = None
+        #: The raw wait status of its first process, once it ended.
+        self.status: int | None = None
+        #: Why its first process could not start: (stage, errno).
+        self.spawn_error: tuple[str, int] | None = None
         self.kernel: GuestKernel | None = None
         self.control: MachineControl | None = None
         self.files: MachineFiles | None = None
+        self.filter = b""
         self.uid = os.geteuid() if config.uid is None else config.uid
         self.gid = os.getegid() if config.gid is None else config.gid
         self.exited = threading.Event()
@@ -77,6 +115,11 @@ class HostedMachine:
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+    @property
+    def returncode(self) -> int | None:
+        """As subprocess: the exit code, or -N for signal N; None while it runs."""
+        return None if self.status is None else procfs.returncode(self.status)
 
     def exec(
         self,
@@ -107,8 +150,7 @@ class HostedMachine:
         kernel = self.kernel
         if kernel is None or self.state != "running" or kernel.root_status is not None:
             raise UmldError(f"umld: machine {self.name} is not running")
-        root = kernel.root_pid
-        ops = [str(SANDBOX), "enter", str(root)]
+        assert kernel.root_pid is not None
         inherited: list[int] = []
         if stdio is not None:
             # The sandbox inherits these (not close-on-exec) and makes them
@@ -117,19 +159,23 @@ class HostedMachine:
             inherited = [os.dup(fd) for fd in stdio]
             for fd in inherited:
                 os.set_inheritable(fd, True)
-            ops += ["stdio", *map(str, inherited)]
-        if self.control is not None:
-            for path in self.control.cgroups:
-                ops += ["cgroup", path]
-        ops += ["ids", str(self.uid), str(self.gid), "cwd", cwd or "/", "--", *argv]
+        ops = enter_argv(
+            kernel.root_pid,
+            argv,
+            uid=self.uid,
+            gid=self.gid,
+            cwd=cwd or "/",
+            stdio=inherited,
+            cgroups=self.control.cgroups if self.control is not None else (),
+        )
         environ = {**_guest_env(self), **(env or {})}
         spec = SpawnSpec(
-            path=os.fsencode(SANDBOX),
-            argv=[os.fsencode(a) for a in ops],
+            path=ops[0],
+            argv=ops,
             env=[os.fsencode(f"{k}={v}") for k, v in environ.items()],
-            seccomp_filter=self.host.filter,
+            seccomp_filter=self.filter,
             new_process_group=True,
-            new_session=True,  # never the daemon's terminal
+            new_session=True,  # never the caller's terminal
         )
         try:
             tid = kernel.start_session(spec, on_exit)
@@ -151,9 +197,6 @@ class HostedMachine:
 
         self.host.call(ask)
 
-    def kill(self) -> None:
-        self.host.call(lambda: self.kernel.kill_all() if self.kernel else None)
-
 
 def _guest_env(machine: HostedMachine) -> dict[str, str]:
     home = "/root" if machine.uid == 0 else "/"
@@ -165,52 +208,193 @@ def _guest_env(machine: HostedMachine) -> dict[str, str]:
     }
 
 
+_STAGE_TEXT = {
+    "seccomp": "the kernel refused the seccomp filter",
+    "setup": "setting up the guest's first process failed",
+    "exec": f"cannot run {SANDBOX}",
+}
+
+
+def spawn_failure(m: HostedMachine) -> UmldError | None:
+    """Why a machine's first process could not start, as one line (exit
+    status 125, as env(1) for its own errors); None if it started."""
+    if m.spawn_error is None:
+        return None
+    stage, err = m.spawn_error
+    return UmldError(f"umld: {_STAGE_TEXT.get(stage, stage)}: {os.strerror(err)}", 125)
+
+
 @final
 class Host:
     """The tracer thread of this process and the machines it runs."""
 
-    def __init__(self, tracer: str = "c") -> None:
+    def __init__(self, tracer: str = "c", *, host_signals: Sequence[int] = ()) -> None:
         reason = available(tracer)
         if reason is not None:
-            raise UmldError(f"umld: tracer backend {tracer!r} unavailable: {reason}")
+            hint = " (run `make install`, or use --tracer=python)" if tracer == "c" else ""
+            raise UmldError(f"umld: tracer backend {tracer!r} unavailable: {reason}{hint}")
         if not os.access(SANDBOX, os.X_OK):
             raise UmldError(f"umld: {SANDBOX} is missing (run `make install`)")
         self.tracer_name = tracer
+        #: Host signals the loop passes to every machine (umld run's).
+        self.host_signals = tuple(host_signals)
         self.table = lookup_table("x86_64")
-        #: Every machine of the daemon is live; run by root, it is hostroot.
-        self.features = features(live=True, vcpus=None)
-        self.filter = machine_filter(self.features)
         self.machines: dict[str, HostedMachine] = {}
+        self._unnamed = 0
+        self._filters: dict[tuple[frozenset[str], bool], bytes] = {}
         self._owner: dict[Tid, GuestKernel] = {}
         self._by_kernel: dict[int, HostedMachine] = {}
         self._calls: deque[_Call] = deque()
         self._tracer: TracerPlatform | None = None
-        self._thread = threading.Thread(target=self._main, name="umld-tracer", daemon=True)
+        self._thread_id: int | None = None
+        self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._closing = False
+        self._old_mask: set[int] | None = None
 
-    # -- any thread --------------------------------------------------------
+    # -- the tracer thread: in the background, or this one ----------------------
 
     def start(self) -> None:
-        """Start the tracer thread.  SIGCHLD must be blocked in every
-        thread of the process (it is waited for with sigtimedwait); this
-        blocks it in the caller, so call it before starting other threads."""
+        """Run the loop in a thread of its own.  SIGCHLD must be blocked in
+        every thread of the process (it is waited for with sigtimedwait);
+        this blocks it in the caller, so call it before starting other
+        threads."""
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        self._thread = threading.Thread(target=self._main, name="umld-tracer", daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._failure is not None:
             raise UmldError(f"umld: cannot start the tracer: {self._failure}")
 
+    def open(self) -> None:
+        """Make the calling thread the tracer thread (``umld run``): then
+        :meth:`serve` runs the loop here.  SIGCHLD and the host signals are
+        blocked here until :meth:`close` (the loop takes them)."""
+        self._old_mask = set(
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, *self.host_signals})
+        )
+        try:
+            self._open_tracer()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+            self._old_mask = None
+            raise
+
+    @property
+    def caller_mask(self) -> frozenset[int]:
+        """The signal mask of the thread that opened the host, as it was
+        (what ``umld run``'s guest starts with)."""
+        return frozenset(int(s) for s in self._old_mask or ())
+
+    def _open_tracer(self) -> TracerPlatform:
+        tracer = open_tracer(self.tracer_name)
+        tracer.set_host_signals(self.host_signals)
+        self._tracer = tracer
+        self._thread_id = threading.get_ident()
+        return tracer
+
+    def _main(self) -> None:
+        # Every signal is for the other threads (the daemon's trio loop);
+        # SIGCHLD is waited for by the tracer itself.
+        signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals))
+        try:
+            tracer = self._open_tracer()
+        except BaseException as exc:
+            self._failure = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self.serve()
+        finally:
+            self._shutdown(tracer)
+
+    def serve(self, until: Callable[[], bool] | None = None) -> None:
+        """The loop, on the tracer thread: until ``until()`` holds, or (by
+        default) until :meth:`close` and every machine has ended."""
+        tracer = self._tracer
+        assert tracer is not None and threading.get_ident() == self._thread_id
+        owner = self._owner
+        background = self._thread is not None
+        while True:
+            self._run_calls()
+            if until is not None and until():
+                return
+            if until is None and self._closing and not owner:
+                return
+            timeout: float | None = None
+            now = time.monotonic()
+            for kernel in {id(k): k for k in owner.values()}.values():
+                if kernel.kill_deadline is not None:
+                    left = kernel.kill_deadline - now
+                    if left <= 0:
+                        kernel.kill_deadline = None
+                        kernel.kill_all()
+                    else:
+                        timeout = left if timeout is None else min(timeout, left)
+            if background:
+                # A SIGCHLD taken by a thread that does not block it (a
+                # library user's) is lost to sigtimedwait: poll as well.
+                timeout = POLL if timeout is None else min(timeout, POLL)
+            ev = tracer.wait(timeout)
+            if ev is None or isinstance(ev, Wakeup):
+                continue
+            if isinstance(ev, HostSignal):
+                for kernel in {id(k): k for k in owner.values()}.values():
+                    kernel.request_termination(ev.signo)
+                continue
+            kernel_of = owner.get(ev.tid)
+            if kernel_of is None:
+                log.warning("event for a thread no machine owns: %r", ev)
+                if not isinstance(ev, Exited):
+                    try:
+                        tracer.resume(ev.tid)
+                    except Exception:
+                        pass
+                continue
+            if isinstance(ev, Cloned):
+                owner[ev.child] = kernel_of
+            try:
+                kernel_of.handle(ev)
+            except Exception:
+                log.exception("the kernel failed on %r", ev)
+            if isinstance(ev, Exited):
+                owner.pop(ev.tid, None)
+                if kernel_of.finished:
+                    self._finish(kernel_of)
+
+    def _run_calls(self) -> None:
+        calls = self._calls
+        while calls:
+            c = calls.popleft()
+            try:
+                c.result = c.fn()
+            except BaseException as exc:
+                c.error = exc
+            c.done.set()
+
+    def _shutdown(self, tracer: TracerPlatform) -> None:
+        for kernel in {id(k): k for k in self._owner.values()}.values():
+            kernel.kill_all()
+        tracer.close()
+        for m in list(self._by_kernel.values()):
+            self._ended(m, None)
+        self._by_kernel.clear()
+        self._owner.clear()
+
+    # -- any thread ------------------------------------------------------------------
+
     def call(self, fn: Callable[[], T], timeout: float | None = 30.0) -> T:
         """Run ``fn`` on the tracer thread; its result, or its exception."""
-        if threading.current_thread() is self._thread:
+        if threading.get_ident() == self._thread_id:
             return fn()
+        tracer = self._tracer
+        background_gone = self._thread is not None and not self._thread.is_alive()
+        if tracer is None or background_gone:
+            raise UmldError("umld: the tracer thread is not running")
         c = _Call(fn)
         self._calls.append(c)
-        tracer = self._tracer
-        if tracer is None or not self._thread.is_alive():
-            raise UmldError("umld: the tracer thread is not running")
         tracer.wake()
         if not c.done.wait(timeout):
             raise UmldError("umld: the tracer thread did not answer")
@@ -218,42 +402,72 @@ class Host:
             raise c.error
         return c.result  # type: ignore[no-any-return]
 
+    def post(self, fn: Callable[[], None]) -> None:
+        """Hand ``fn`` to the tracer thread without waiting (from any
+        thread; an exception it raises is logged)."""
+
+        def run() -> None:
+            try:
+                fn()
+            except Exception:
+                log.exception("work handed to the tracer thread failed")
+
+        self._calls.append(_Call(run))
+        if self._tracer is not None:
+            self._tracer.wake()
+
     def start_machine(
         self,
         config: Config,
         argv: Sequence[str],
         *,
-        env: Mapping[str, str] | None = None,
+        launch: Launch | None = None,
         on_control: Callable[[MachineControl], None] | None = None,
     ) -> HostedMachine:
         """Start a machine whose first process is ``argv`` (or that idles
-        when ``argv`` is empty, for machines driven by exec)."""
+        when ``argv`` is empty, for machines driven by exec).  From another
+        thread than the tracer's, returns once the guest runs its program
+        (or ended)."""
         config.validate()
-        # An unnamed machine gets a name for the export, but not the
-        # persistent home disk that a name (Config.name) asks for.
-        name = config.name or f"machine-{len(self.machines) + 1}"
+        name = config.name or self._default_name()
         old = self.machines.get(name)
         if old is not None and old.state in ("starting", "running"):
             raise UmldError(f"umld: a machine named {name} is already running")
-        m = HostedMachine(self, config, argv)
+        m = HostedMachine(self, config, argv, launch or Launch())
         m.name = name
         if on_control is not None:
             m.on_control.append(on_control)
         self.machines[name] = m
         try:
-            self.call(lambda: self._start(m, env))
+            self.call(lambda: self._start(m))
         except BaseException:
             if self.machines.get(name) is m:
                 del self.machines[name]
             raise
-        # Up once its first process runs its program (or it ended).
-        assert m.kernel is not None
-        m.kernel.started.wait(30)
+        if threading.get_ident() != self._thread_id:
+            assert m.kernel is not None
+            m.kernel.up.wait(30)
         return m
+
+    def _default_name(self) -> str:
+        """The name of an unnamed machine: umld-PID, then umld-PID-N (a
+        name is only for the export; Config.name also gives a home disk)."""
+        self._unnamed += 1
+        suffix = "" if self._unnamed == 1 else f"-{self._unnamed}"
+        return f"umld-{os.getpid()}{suffix}"
 
     def close(self, grace: float = 10.0) -> None:
         """Stop every machine (SIGTERM, then SIGKILL after ``grace``) and
-        the tracer thread."""
+        the loop."""
+        if self._thread is None:
+            # Foreground: the loop has returned; what is left is killed.
+            if self._tracer is not None:
+                self._shutdown(self._tracer)
+                self._tracer = None
+            if self._old_mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, self._old_mask)
+                self._old_mask = None
+            return
         for m in list(self.machines.values()):
             if m.state in ("starting", "running"):
                 try:
@@ -268,26 +482,50 @@ class Host:
             self._tracer.wake()
         self._thread.join(10)
 
-    # -- tracer thread -----------------------------------------------------
+    # -- tracer thread ------------------------------------------------------------------
 
     def adopt(self, tid: Tid, kernel: GuestKernel) -> None:
         self._owner[tid] = kernel
 
-    def _start(self, m: HostedMachine, env: Mapping[str, str] | None) -> None:
-        assert self._tracer is not None
-        cfg = m.config
+    def _filter(self, feats: frozenset[str], trace_all: bool) -> bytes:
+        key = (feats, trace_all)
+        prog = self._filters.get(key)
+        if prog is None:
+            prog = self._filters[key] = machine_filter(feats, trace_all=trace_all)
+        return prog
+
+    def _start(self, m: HostedMachine) -> None:
+        tracer = self._tracer
+        assert tracer is not None
+        cfg, launch = m.config, m.launch
         files = MachineFiles()
         m.files = files
         try:
-            environ = dict(_guest_env(m) if env is None else env)
+            environ = dict(_guest_env(m) if launch.env is None else launch.env)
             uts = uts_for(cfg)
-            prep = prepare(cfg, files, environ, live=True, name=m.name)
-            vcpus, memory = prep.vcpus or 1, prep.memory or 0
-            kernel = GuestKernel(self._tracer, self.table, uts=uts, features=self.features)
-            kernel.vcpus = cfg.vcpus
+            prep = prepare(cfg, files, environ, live=launch.live, name=m.name)
+            feats = frozenset(features(live=launch.live, vcpus=prep.vcpus, cfg=cfg))
+            trace_output = launch.trace_output
+            kernel = GuestKernel(
+                tracer,
+                self.table,
+                policy=MachinePolicy(uts, vcpus=cfg.vcpus),
+                trace_output=trace_output,
+                features=feats,
+                post=self.post,
+            )
             m.kernel = kernel
+            m.filter = self._filter(feats, trace_output is not None)
             m.control = MachineControl(
-                kernel, files, name=m.name, uid=m.uid, gid=m.gid, vcpus=vcpus, memory=memory
+                kernel,
+                files,
+                config=cfg,
+                name=m.name,
+                uid=prep.uid,
+                gid=prep.gid,
+                vcpus=prep.vcpus or os.cpu_count() or 1,
+                memory=prep.memory or 0,
+                on_tracer=self.call,
             )
             for hook in m.on_control:
                 hook(m.control)
@@ -295,22 +533,34 @@ class Host:
                 cfg,
                 prep,
                 files,
-                live=True,
+                live=launch.live,
                 argv=m.argv,
-                cwd="/",
-                cwd_strict=False,
+                cwd=launch.cwd,
+                cwd_strict=launch.cwd_strict,
                 uts=uts,
                 rlimits=m.control.spawn_limits(),
             )
+            tty = launch.tty
             spec = SpawnSpec(
                 path=argv[0],
                 argv=argv,
                 env=[os.fsencode(f"{k}={v}") for k, v in environ.items()],
-                seccomp_filter=self.filter,
+                seccomp_filter=m.filter,
                 new_process_group=True,
-                new_session=True,  # never the daemon's terminal
+                # Without the terminal the guest must not keep umld's: its
+                # own session, where /dev/tty is ENXIO.
+                new_session=tty is None,
+                foreground_tty=tty,
+                sigmask=launch.sigmask,
             )
-            tid = kernel.start(spec)
+            if tty is not None:
+                kernel.on_group_stop = lambda task, signo: suspend_with_guest(kernel.pgrp, tty)
+            try:
+                tid = kernel.start(spec)
+            except TracerUnavailable as exc:
+                raise UmldError(f"umld: {exc}") from None
+            except TracerError as exc:
+                raise UmldError(f"umld: cannot start the guest: {exc}") from None
         except BaseException:
             files.close()
             m.state = "failed"
@@ -320,92 +570,23 @@ class Host:
         self._by_kernel[id(kernel)] = m
         m.state = "running"
 
-    def _main(self) -> None:
-        # Every signal is for the other threads (the daemon's trio loop);
-        # SIGCHLD is waited for by the tracer itself.
-        signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals))
-        try:
-            tracer = open_tracer(self.tracer_name)
-            tracer.set_host_signals(())
-        except BaseException as exc:
-            self._failure = exc
-            self._ready.set()
-            return
-        self._tracer = tracer
-        self._ready.set()
-        try:
-            self._loop(tracer)
-        finally:
-            for kernel in {id(k): k for k in self._owner.values()}.values():
-                kernel.kill_all()
-            tracer.close()
-
-    def _loop(self, tracer: TracerPlatform) -> None:
-        owner = self._owner
-        while not (self._closing and not owner):
-            self._run_calls()
-            timeout: float | None = None
-            now = time.monotonic()
-            for kernel in {id(k): k for k in owner.values()}.values():
-                if kernel.kill_deadline is not None:
-                    left = kernel.kill_deadline - now
-                    if left <= 0:
-                        kernel.kill_deadline = None
-                        kernel.kill_all()
-                    else:
-                        timeout = left if timeout is None else min(timeout, left)
-            # A SIGCHLD taken by a thread that does not block it (a library
-            # user's) is lost to sigtimedwait: poll now and then as well.
-            timeout = POLL if timeout is None else min(timeout, POLL)
-            ev = tracer.wait(timeout)
-            if ev is None or isinstance(ev, HostSignal):
-                continue
-            if isinstance(ev, Wakeup):
-                for kernel in {id(k): k for k in owner.values()}.values():
-                    kernel.handle(ev)
-                continue
-            found = owner.get(ev.tid)
-            if found is None:
-                log.warning("event for a thread no machine owns: %r", ev)
-                if isinstance(ev, Exited):
-                    continue
-                try:
-                    tracer.resume(ev.tid)
-                except Exception:
-                    pass
-                continue
-            kernel = found
-            if isinstance(ev, Cloned):
-                owner[ev.child] = kernel
-            try:
-                kernel.handle(ev)
-            except Exception:
-                log.exception("the kernel failed on %r", ev)
-            if isinstance(ev, Exited):
-                owner.pop(ev.tid, None)
-                if kernel.finished:
-                    self._finish(kernel)
-
-    def _run_calls(self) -> None:
-        calls = self._calls
-        while calls:
-            c = calls.popleft()
-            try:
-                c.result = c.fn()
-            except BaseException as exc:
-                c.error = exc
-            c.done.set()
-
     def _finish(self, kernel: GuestKernel) -> None:
         m = self._by_kernel.pop(id(kernel), None)
         for tid in [t for t, k in self._owner.items() if k is kernel]:
             del self._owner[tid]
-        if m is None:
-            return
-        status = kernel.root_status if kernel.root_status is not None else 0
-        m.returncode = wait_status_to_exit_code(status)
+        if m is not None:
+            self._ended(m, kernel)
+
+    def _ended(self, m: HostedMachine, kernel: GuestKernel | None) -> None:
+        if kernel is not None:
+            m.status = kernel.root_status if kernel.root_status is not None else 0
+            m.spawn_error = kernel.spawn_error
+        elif m.status is None:
+            m.status = signal.SIGKILL  # killed with the tracer
         m.state = "exited"
-        m.ended = time.time()
+        m.ended_at = time.time()
+        if m.launch.tty is not None:
+            set_foreground(m.launch.tty, os.getpgrp())
         if m.files is not None:
             m.files.close()
         if m.control is not None:

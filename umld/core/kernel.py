@@ -16,15 +16,17 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TextIO, final
 
+from umld.core import procfs
 from umld.core.events import GuestEvent
+from umld.core.policy import MachinePolicy
 from umld.core.syscalls import lookup_table
 from umld.core.syscalls.context import SyscallContext
 from umld.core.syscalls.table import Disposition, Hold, Outcome, Rewrite, SyscallTable
-from umld.core.task import Pid, Task, TaskState, ThreadGroup
+from umld.core.task import Pid, Task, ThreadGroup
 from umld.core.trace import SyscallFormatter
 from umld.errors import GuestError, get_logger
 from umld.tracer.events import (
@@ -41,7 +43,6 @@ from umld.tracer.events import (
     SyscallExit,
     SyscallStop,
     Tid,
-    Wakeup,
 )
 from umld.tracer.platform import SpawnSpec, TracerPlatform
 
@@ -52,52 +53,6 @@ I386_KEY = 1 << 20
 
 #: Host signals that ask the guest to end: forwarded once, then SIGKILL.
 TERMINATING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-
-
-@final
-class UtsState:
-    """The guest's struct new_utsname (uname(2))."""
-
-    __slots__ = ("domainname", "machine", "nodename", "release", "sysname", "version")
-
-    def __init__(
-        self,
-        sysname: bytes,
-        nodename: bytes,
-        release: bytes,
-        version: bytes,
-        machine: bytes,
-        domainname: bytes,
-    ) -> None:
-        self.sysname = sysname
-        self.nodename = nodename
-        self.release = release
-        self.version = version
-        self.machine = machine
-        self.domainname = domainname
-
-    @classmethod
-    def from_host(cls) -> UtsState:
-        u = os.uname()
-        try:
-            with open("/proc/sys/kernel/domainname", "rb") as f:
-                domain = f.read().rstrip(b"\n")
-        except OSError:
-            domain = b"(none)"
-        enc = os.fsencode
-        return cls(
-            enc(u.sysname), enc(u.nodename), enc(u.release), enc(u.version), enc(u.machine), domain
-        )
-
-
-def wait_status_to_exit_code(status: int) -> int:
-    """A shell's $? for a raw wait status: the exit code, or 128+N when
-    killed by signal N."""
-    if os.WIFEXITED(status):
-        return os.WEXITSTATUS(status)
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return 255
 
 
 @final
@@ -113,21 +68,24 @@ class GuestKernel:
         tracer: TracerPlatform,
         table: SyscallTable,
         *,
-        uts: UtsState | None = None,
+        policy: MachinePolicy | None = None,
         trace_output: TextIO | None = None,
         compat_table: SyscallTable | None = None,
         features: Iterable[str] | None = None,
+        post: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self.tracer = tracer
         self.table = table
-        #: The tracer thread: the one that makes the kernel (Machine._run,
-        #: Host._start) and runs it.
-        self._owner = threading.get_ident()
         #: The i386 ABI's calls (int 0x80, 32-bit programs).
         self.compat_table = compat_table or lookup_table("i386")
         #: The machine's features (Syscall.needs); None: all of them.
         self.features = None if features is None else frozenset(features)
-        self.uts = uts or UtsState.from_host()
+        #: What handlers consult about the machine (names, CPUs, network).
+        self.policy = policy or MachinePolicy()
+        #: Hands work to the tracer thread from any thread, without
+        #: waiting (the Host's; handlers that offload work finish through
+        #: it).
+        self.post = post or (lambda fn: fn())
         self.tasks: dict[Tid, Task] = {}
         self.processes: dict[Pid, ThreadGroup] = {}
         #: Trapped syscalls by number, all tasks, since start.
@@ -144,27 +102,16 @@ class GuestKernel:
         self._root_found = False
         #: Set when the guest's first process has started its program (or
         #: the machine ended before): the machine is up.
-        self.started = threading.Event()
+        self.up = threading.Event()
         #: Processes started in the running machine (exec): the sandbox
         #: that enters it -> what to call with its first child's status.
         self._entering: dict[Tid, Callable[[int], None]] = {}
         self._sessions: dict[Tid, Callable[[int], None]] = {}
-        #: The machine's CPU count when it differs from the host's.
-        self.vcpus: int | None = None
-        #: config trace=syscalls: each syscall the kernel sees goes to the
-        #: event stream, decoded (every call in full-trace mode, else the
-        #: trapped ones: the others never stop).
-        self.trace_events = False
         self._event_formatter: SyscallFormatter | None = None
-        #: Network policy (config net/accept, net/connect), read at each call.
-        self.net_accept_open = True
-        self.net_connect = "allow"
         #: Threads stopped in a call until the kernel releases them: in
         #: accept(2) while net/accept is closed (Hold), or while umld does
         #: the call for them elsewhere (Offloaded).
         self.held: dict[Tid, Hold] = {}
-        #: Work other threads hand to the tracer thread (call_soon).
-        self._calls: deque[Callable[[], None]] = deque()
         #: host pid -> pid in the guest's pid namespace, for the export.
         self._guest_pids: dict[int, int] = {}
         self.root_status: int | None = None
@@ -190,61 +137,25 @@ class GuestKernel:
             GroupStopped: GuestKernel._on_group_stop,
             Continued: GuestKernel._on_continued,
             HostSignal: GuestKernel._on_host_signal,
-            Wakeup: GuestKernel._on_wakeup,
         }
 
     # -- state changes usable from handlers and the export ---------------
 
-    def set_hostname(self, name: bytes, source: str = "config") -> None:
-        self.uts.nodename = name
-        self.emit("config", 0, f"hostname={name.decode(errors='replace')} by {source}")
+    # -- state changes usable from handlers and the control --------------
 
-    def call_soon(self, fn: Callable[[], None], *, wait: float | None = None) -> bool:
-        """Run ``fn`` on the tracer thread at its next wake-up.  Callable
-        from any thread; with ``wait``, block up to that many seconds for
-        it to have run and return whether it did."""
-        if wait is not None and threading.get_ident() == self._owner:
-            # Already on the tracer thread (a setting applied before the
-            # machine runs, from on_start): now, not after waiting for a
-            # wake-up that only this thread could serve.
-            fn()
-            return True
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                fn()
-            finally:
-                done.set()
-
-        self._calls.append(run)
-        self.tracer.wake()
-        return done.wait(wait) if wait is not None else False
-
-    def set_accept_open(self, is_open: bool) -> None:
-        """net/accept.  Closing applies to the next accept(2); opening also
-        releases the threads waiting at one.  Tracer thread only."""
-        self.net_accept_open = is_open
-        if is_open:
-            for tid in [t for t, h in self.held.items() if type(h) is Hold]:
-                self.release(tid)
+    def release_held_accepts(self) -> None:
+        """net/accept opened: the threads waiting at accept(2) go on (the
+        call runs natively).  Tracer thread only."""
+        for tid in [t for t, h in self.held.items() if type(h) is Hold]:
+            self.release(tid)
 
     def guest_pid(self, host_pid: int) -> int:
         """The pid the guest sees for a host pid (NSpid, proc(5)); 0 when
         the process is gone or not in the guest's namespace."""
         pid = self._guest_pids.get(host_pid)
         if pid is None:
-            pid = 0
-            try:
-                with open(f"/proc/{host_pid}/status", "rb") as f:
-                    for line in f:
-                        if line.startswith(b"NSpid:"):
-                            ids = line.split()[1:]
-                            pid = int(ids[-1]) if len(ids) > 1 else 0
-                            break
-            except OSError:
-                return 0
-            if host_pid in self.processes:
+            pid = procfs.guest_pid(host_pid)
+            if pid and host_pid in self.processes:
                 self._guest_pids[host_pid] = pid
         return pid
 
@@ -268,7 +179,7 @@ class GuestKernel:
         self.root_pid = pid
         self._spawn_tid = tid
         self.internal.add(tid)
-        self._add_process(pid, Pid(os.getpid()), tid)
+        self._add_process(pid, tid)
         return pid
 
     @property
@@ -288,31 +199,12 @@ class GuestKernel:
         tid = self.tracer.spawn(spec)
         self.internal.add(tid)
         self._entering[tid] = on_exit
-        self._add_process(Pid(tid), Pid(os.getpid()), tid)
+        self._add_process(Pid(tid), tid)
         return tid
 
     @property
     def finished(self) -> bool:
         return self.root_status is not None and not self.tasks
-
-    def run(self) -> int:
-        """Handle events until the first process and every other guest
-        thread are gone; return the first process's raw wait status."""
-        wait = self.tracer.wait
-        handlers = self._handlers
-        while not self.finished:
-            timeout = None
-            if self.kill_deadline is not None:
-                timeout = self.kill_deadline - time.monotonic()
-                if timeout <= 0:
-                    self.kill_deadline = None
-                    self.kill_all()
-                    continue
-            ev = wait(timeout)
-            if ev is not None:
-                handlers[type(ev)](self, ev)
-        assert self.root_status is not None
-        return self.root_status
 
     def statistics(self) -> dict[str, object]:
         """Counters since start: trapped syscalls by name and events."""
@@ -356,9 +248,9 @@ class GuestKernel:
             # Backends announce every thread before its first event; this
             # is only reached for a thread adopted from elsewhere.
             log.warning("event for unannounced thread %d", tid)
-            pid = Pid(_tgid_of(tid) or tid)
+            pid = Pid(procfs.tgid(tid) or tid)
             if pid not in self.processes:
-                self._add_process(pid, Pid(0), Tid(pid))
+                self._add_process(pid, Tid(pid))
             task = self._add_thread(pid, tid)
         return task
 
@@ -373,7 +265,7 @@ class GuestKernel:
         else:
             self._refuse_abi(task, ev)
             return
-        if tid not in self.internal and self.started.is_set():
+        if tid not in self.internal and self.up.is_set():
             task.syscalls[key] += 1
             self.syscalls[key] += 1
         # The machine's own sandbox stage is not the guest: not traced.
@@ -381,7 +273,7 @@ class GuestKernel:
         row = table.lookup(nr)
         if trace:
             trace.enter(task, nr, ev.args, table)
-        if self.trace_events and self.listeners and tid not in self.internal:
+        if self.policy.trace_events and self.listeners and tid not in self.internal:
             fmt = self._event_formatter
             if fmt is None:
                 # Only format_call is used: the output stream is unused.
@@ -504,7 +396,7 @@ class GuestKernel:
         if ev.kind is CloneKind.THREAD:
             self._add_thread(parent.tgid, ev.child)
         else:
-            self._add_process(Pid(ev.child), parent.tgid, ev.child)
+            self._add_process(Pid(ev.child), ev.child)
             if self.listeners and ev.child not in self.internal:
                 ppid = self.guest_pid(parent.tgid)
                 self.emit("spawn", ev.child, f"{ev.kind.value} from pid {ppid}")
@@ -528,17 +420,14 @@ class GuestKernel:
         if ev.tid in self.internal:
             return
         if ev.tid == self.root_pid and self._root_found:
-            self.started.set()
-        group.execs += 1
+            self.up.set()
         self.counters["execs"] += 1
         if self.listeners:
-            from umld.core.task import read_cmdline
-
-            argv = read_cmdline(group.pid)
+            argv = procfs.cmdline(group.pid)
             if not argv:
                 # It already ran and exited (the tracer resumes an exec
                 # before this event is handled): a zombie keeps its comm.
-                argv = [_comm(group.pid)]
+                argv = [procfs.comm(group.pid)]
             self.emit("exec", group.pid, " ".join(argv))
 
     def _on_exit(self, ev: Event) -> None:
@@ -554,7 +443,7 @@ class GuestKernel:
                 if not group.threads:
                     del self.processes[task.tgid]
         if ev.tid == self.root_pid:
-            self.started.set()
+            self.up.set()
             self.root_status = ev.status
             self.spawn_error = ev.spawn_error
             # Like the init of a PID namespace (pid_namespaces(7)): when
@@ -577,7 +466,6 @@ class GuestKernel:
     def _on_group_stop(self, ev: Event) -> None:
         assert isinstance(ev, GroupStopped)
         task = self._task(ev.tid)
-        task.state = TaskState.STOPPED
         if self.listeners:
             self.emit("signal", task.tgid, f"stopped by {_signame(ev.signo)}")
         if self.on_group_stop is not None and ev.tid == self.root_pid:
@@ -585,27 +473,19 @@ class GuestKernel:
 
     def _on_continued(self, ev: Event) -> None:
         assert isinstance(ev, Continued)
-        self._task(ev.tid).state = TaskState.RUNNING
+        self._task(ev.tid)  # announces an unknown thread, as every event does
 
     def _on_host_signal(self, ev: Event) -> None:
         assert isinstance(ev, HostSignal)
         if ev.signo in TERMINATING_SIGNALS:
             self.request_termination(ev.signo)
 
-    def _on_wakeup(self, ev: Event) -> None:
-        calls = self._calls
-        while calls:
-            try:
-                calls.popleft()()
-            except Exception:
-                log.exception("a call handed to the tracer thread failed")
-
     # -- bookkeeping -----------------------------------------------------
 
-    def _add_process(self, pid: Pid, ppid: Pid, leader: Tid) -> None:
+    def _add_process(self, pid: Pid, leader: Tid) -> None:
         if leader not in self.internal:
             self.counters["processes"] += 1
-        self.processes[pid] = ThreadGroup(pid=pid, ppid=ppid)
+        self.processes[pid] = ThreadGroup(pid)
         self._add_thread(pid, leader)
 
     def _add_thread(self, pid: Pid, tid: Tid) -> Task:
@@ -619,25 +499,6 @@ class GuestKernel:
     def _drop_thread(self, group: ThreadGroup, tid: Tid) -> None:
         group.threads.pop(tid, None)
         self.tasks.pop(tid, None)
-
-
-def _tgid_of(tid: int) -> int | None:
-    try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read().strip().decode(errors="replace")
-    except OSError:
-        return "?"
 
 
 def _signame(signo: int) -> str:

@@ -22,7 +22,7 @@ import fcntl
 import os
 import re
 from collections.abc import Sequence
-from typing import NamedTuple, final
+from typing import ClassVar, NamedTuple, final
 
 from umld.core.cgroups import MachineCgroup
 from umld.core.ids import IdLease, IdRange
@@ -404,6 +404,63 @@ def host_memory() -> int:
     return 1 << 30
 
 
+class SandboxOps:
+    """The argument list of ``umld-sandbox``, built one operation at a time.
+
+    The protocol between the guest kernel and the sandbox is declared
+    here once: :data:`NEW_MACHINE` and :data:`ENTER` name every operation
+    sandbox.c parses in each mode and how many arguments it takes (a test
+    reads sandbox.c's parser and checks it against these tables), and
+    every list the sandbox gets is built through :meth:`op`, which checks
+    each operation against its mode's table.
+    """
+
+    #: umld-sandbox [OPS] -- CMD: a new machine.
+    NEW_MACHINE: ClassVar[dict[str, int]] = {
+        "cgroup": 1,  # DIR: join this cgroup first
+        "rlimit": 2,  # nproc|nofile VALUE
+        "subids": 3,  # BASEUID BASEGID COUNT: the guest's host ids (root)
+        "ids": 2,  # UID GID: the guest's identity
+        "root": 2,  # HOSTDIR ro|rw: the guest's /
+        "bind": 3,  # HOST GUEST FLAGS (ro, rw, optional)
+        "tmpfs": 2,  # GUEST OPTIONS
+        "disk": 3,  # IMAGE GUEST FSTYPE
+        "dev": 0,  # the machine's own /dev
+        "mkdir": 1,  # GUEST: a world-writable directory
+        "proc": 0,  # a fresh /proc
+        "file": 2,  # HOST GUEST: a generated file over /proc or /sys
+        "hide": 1,  # GUEST: covered (a socket, an export)
+        "boottime": 0,  # uptime from 0 (a time namespace)
+        "subreaper": 0,
+        "uts": 2,  # HOSTNAME DOMAINNAME
+        "cwd": 2,  # DIR strict|fallback
+    }
+    #: umld-sandbox enter PID [OPS] -- CMD: a process in a running machine.
+    ENTER: ClassVar[dict[str, int]] = {
+        "stdio": 3,  # IN OUT ERR: descriptors that become 0, 1, 2
+        "ids": 2,
+        "cwd": 1,
+        "cgroup": 1,
+    }
+
+    def __init__(self, enter: int | None = None) -> None:
+        self.args: list[str] = [SANDBOX]
+        self.table = self.NEW_MACHINE
+        if enter is not None:
+            self.args += ["enter", str(enter)]
+            self.table = self.ENTER
+
+    def op(self, name: str, *args: object) -> SandboxOps:
+        if self.table.get(name) != len(args):
+            raise ValueError(f"umld-sandbox has no operation {name} with {len(args)} arguments")
+        self.args += [name, *map(str, args)]
+        return self
+
+    def command(self, argv: Sequence[str]) -> list[bytes]:
+        """The whole list, ending with the command (none: an idle machine)."""
+        return [os.fsencode(a) for a in (*self.args, "--", *argv)]
+
+
 def sandbox_argv(
     layout: Layout,
     files: MachineFiles,
@@ -421,7 +478,7 @@ def sandbox_argv(
     hidden: Sequence[str] = (),
     rlimits: Sequence[tuple[str, str]] = (),
 ) -> list[bytes]:
-    """The argument list of ``umld-sandbox`` for this machine.
+    """The argument list of ``umld-sandbox`` for a new machine.
 
     ``ids``: the machine's host id range (root-run machines); None keeps
     the guest's ids those of umld's user (or, as root, the host's own:
@@ -429,27 +486,27 @@ def sandbox_argv(
     ``hidden``: host paths the guest must not reach although a tree it is
     given holds them (the daemon's socket).  ``rlimits``: (nproc|nofile,
     value) set before the guest's first instruction."""
-    ops: list[str] = [str(SANDBOX)]
+    ops = SandboxOps()
     for path in cgroups:
-        ops += ["cgroup", path]
+        ops.op("cgroup", path)
     for name, value in rlimits:
-        ops += ["rlimit", name, value]
+        ops.op("rlimit", name, value)
     if ids is not None:
-        ops += ["subids", str(ids.uid), str(ids.gid), str(ids.size)]
+        ops.op("subids", ids.uid, ids.gid, ids.size)
     # Before any mount: the idmap of the host trees includes the guest's
     # own uid and gid when they lie above the range.
-    ops += ["ids", str(uid), str(gid)]
+    ops.op("ids", uid, gid)
     table = layout.table()
     root = table[0]
-    ops += ["root", root.source, "ro" if root.readonly else "rw"]
+    ops.op("root", root.source, "ro" if root.readonly else "rw")
     for m in table[1:]:
         if m.kind == "dev":
-            ops.append("dev")
+            ops.op("dev")
         elif m.kind == "bind":
             flags = "ro" if m.readonly else "rw"
             if m.source == "/sys" and m.target == m.source:
                 flags += ",optional"
-            ops += ["bind", m.source, m.target, flags]
+            ops.op("bind", m.source, m.target, flags)
         elif m.kind == "tmpfs":
             opts = f"mode={_mode_for(m.target)}"
             opts += f",size={m.size or ramdisk_size(m.target, memory, layout.home)}"
@@ -459,27 +516,47 @@ def sandbox_argv(
                 owner = (uid, gid) if m.target == layout.home else (0, 0)
                 opts += f",uid={_host_id(ids.uid, ids.size, owner[0])}"
                 opts += f",gid={_host_id(ids.gid, ids.size, owner[1])}"
-            ops += ["tmpfs", m.target, opts]
+            ops.op("tmpfs", m.target, opts)
         else:
             files.prepare_disk(m, uid, gid)
-            ops += ["disk", m.source, m.target, "ext4"]
+            ops.op("disk", m.source, m.target, "ext4")
     if export_dir:
         # What guest programs export to the host (the export's export/).
-        ops += ["mkdir", "/run/umld/export"]
-    ops.append("proc")
+        ops.op("mkdir", "/run/umld/export")
+    ops.op("proc")
     for guest, host in files.files.items():
-        ops += ["file", host, guest]
+        ops.op("file", host, guest)
     for path in hidden:
         for guest in guest_paths(table, path):
-            ops += ["hide", guest]
-    ops += ["boottime", "subreaper"]
+            ops.op("hide", guest)
+    ops.op("boottime").op("subreaper")
     if uts is not None:
-        ops += ["uts", *uts]
+        ops.op("uts", *uts)
     if cwd is not None:
-        ops += ["cwd", cwd, "strict" if cwd_strict else "fallback"]
-    ops.append("--")
-    ops += argv
-    return [os.fsencode(a) for a in ops]
+        ops.op("cwd", cwd, "strict" if cwd_strict else "fallback")
+    return ops.command(argv)
+
+
+def enter_argv(
+    pid: int,
+    argv: Sequence[str],
+    *,
+    uid: int,
+    gid: int,
+    cwd: str,
+    stdio: Sequence[int] = (),
+    cgroups: Sequence[str] = (),
+) -> list[bytes]:
+    """The argument list of ``umld-sandbox enter``: ``argv`` as a new
+    process of the machine whose process ``pid`` is (its namespaces, its
+    cgroups, the machine's uid and gid)."""
+    ops = SandboxOps(enter=pid)
+    if stdio:
+        ops.op("stdio", *stdio)
+    for path in cgroups:
+        ops.op("cgroup", path)
+    ops.op("ids", uid, gid).op("cwd", cwd)
+    return ops.command(argv)
 
 
 def _host_id(base: int, count: int, guest: int) -> int:

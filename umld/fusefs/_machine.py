@@ -26,8 +26,9 @@ from collections.abc import Callable
 
 import trio
 
-from umld.core import GuestEvent, MachineControl, SettingError, lookup_table
+from umld.core import GuestEvent, MachineControl, SettingError, live_keys, lookup_table
 from umld.errors import UmldError, get_logger
+from umld.fusefs import _formats
 from umld.fusefs._errors import ExportError
 from umld.fusefs._hosttree import HostTree
 from umld.fusefs._node import Node
@@ -62,14 +63,16 @@ def _setting_file(control: MachineControl, key: str) -> WritableFile:
         try:
             text = data.decode()
         except UnicodeDecodeError:
-            control.kernel.emit("config", 0, f"{key}: rejected a value that is not UTF-8")
+            control.report(f"{key}: rejected a value that is not UTF-8")
             raise ExportError(errno.EINVAL) from None
         try:
             control.set(key, text)
         except SettingError as exc:
             raise ExportError(errno.EINVAL, str(exc)) from None
 
-    return WritableFile(read, apply)
+    # A setting may apply on the tracer thread, or in the guest's
+    # namespaces: it waits, off the export's event loop.
+    return WritableFile(read, apply, blocking=True)
 
 
 def _guarded(fn: Callable[[], bytes]) -> Callable[[], bytes]:
@@ -110,7 +113,7 @@ class _ProcessDirs:
             return known[1]
         c = self.control
         files: dict[str, Node] = {
-            "status": SnapshotFile(_guarded(lambda: c.process_status(pid))),
+            "status": SnapshotFile(_guarded(lambda: _formats.process_status(c.process(pid)))),
             "ctl": ControlFile(_command(lambda line: c.control_process(pid, line))),
         }
         for what in PROCESS_FILES[1:]:
@@ -171,7 +174,7 @@ def build_tree(control: MachineControl, events: EventLog) -> Directory:
 
     config = Directory()
     subdirs: dict[str, Directory] = {}
-    for key in control.SETTINGS:
+    for key in live_keys():
         group, _, leaf = key.rpartition("/")
         parent = config
         if group:
@@ -186,10 +189,10 @@ def build_tree(control: MachineControl, events: EventLog) -> Directory:
             "config": config,
             "proc": DynamicDirectory(procs.list, lookup=procs.lookup),
             "events": StreamFile(events),
-            "ctl": ControlFile(_command(control.control_machine)),
-            "status": SnapshotFile(control.status),
+            "ctl": ControlFile(_command(control.control_machine), blocking=True),
+            "status": SnapshotFile(lambda: _formats.status(control)),
             "export": HostTree(guest_export_dir),
-            "metrics.prom": SnapshotFile(control.metrics),
+            "metrics.prom": SnapshotFile(lambda: _formats.metrics(control)),
             "syscalls": SnapshotFile(_syscall_list),
         }
     )

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
+import trio
+
 from umld.fusefs._errors import ExportError
 from umld.fusefs._node import (
     Attrs,
@@ -102,6 +104,9 @@ class DynamicDirectory(DirNode):
         return [(entry_name(name), node) for name, node in self._list().items()]
 
 
+T = TypeVar("T")
+
+
 class _BytesHandle(Handle):
     """Reads served from bytes taken once at open (lxcfs's and s3ql's way):
     a reader sees one consistent value however small its reads are."""
@@ -171,16 +176,16 @@ class _Collector(Handle):
         if off == 0:
             self._pending.clear()
         self._pending += data
-        self._complete(final=False)
+        await self._complete(final=False)
         return len(data)
 
     async def flush(self) -> None:
         # close(2) reports what a flush raises: the remainder of a value
         # written without a newline (printf 5 > file) fails here.
-        self._complete(final=True)
+        await self._complete(final=True)
 
     async def release(self) -> None:
-        self._complete(final=True)
+        await self._complete(final=True)
 
     def truncate(self, size: int) -> None:
         # O_TRUNC of `echo value > file`: the new value replaces the old
@@ -188,8 +193,18 @@ class _Collector(Handle):
         if size != 0:
             raise ExportError(errno.EINVAL)
 
-    def _complete(self, final: bool) -> None:
+    async def _complete(self, final: bool) -> None:
         raise NotImplementedError
+
+
+async def _run(fn: Callable[[T], None], arg: T, blocking: bool) -> None:
+    """``fn(arg)``; one that may wait runs in a worker thread, so that the
+    export's event loop (every machine's, in the daemon) goes on serving
+    meanwhile."""
+    if blocking:
+        await trio.to_thread.run_sync(fn, arg)
+    else:
+        fn(arg)
 
 
 class _ValueHandle(_Collector):
@@ -197,7 +212,7 @@ class _ValueHandle(_Collector):
         super().__init__(data, writable)
         self._node = node
 
-    def _complete(self, final: bool) -> None:
+    async def _complete(self, final: bool) -> None:
         # A value is complete when it ends with a newline (what `echo`
         # writes, in one write(2)): applying it inside write() is what lets
         # the shell's write(2) fail with EINVAL.  Whatever is left at close
@@ -206,7 +221,7 @@ class _ValueHandle(_Collector):
             return
         value = bytes(self._pending)
         self._pending.clear()
-        self._node._apply(value)
+        await _run(self._node._apply, value, self._node._blocking)
         self._node._applied_ns = time.time_ns()
 
 
@@ -222,10 +237,14 @@ class WritableFile(FileNode):
     without a final newline).
     """
 
-    def __init__(self, read: Callable[[], bytes], apply: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, read: Callable[[], bytes], apply: Callable[[bytes], None], *, blocking: bool = False
+    ) -> None:
         super().__init__()
         self._read = read
         self._apply = apply
+        #: ``apply`` may wait (it runs in a worker thread).
+        self._blocking = blocking
         self._applied_ns: int | None = None
 
     def _attrs(self) -> Attrs:
@@ -242,21 +261,22 @@ class WritableFile(FileNode):
 
 
 class _CommandHandle(_Collector):
-    def __init__(self, command: Callable[[str], None]) -> None:
+    def __init__(self, command: Callable[[str], None], blocking: bool) -> None:
         super().__init__(b"", True)
         self._command = command
+        self._blocking = blocking
 
-    def _complete(self, final: bool) -> None:
+    async def _complete(self, final: bool) -> None:
         while True:
             line, newline, rest = self._pending.partition(b"\n")
             if not newline and not final:
                 return
             self._pending = rest
-            self._run(bytes(line))
+            await self._run_line(bytes(line))
             if not newline:
                 return
 
-    def _run(self, line: bytes) -> None:
+    async def _run_line(self, line: bytes) -> None:
         try:
             text = line.decode().strip()
         except UnicodeDecodeError:
@@ -265,7 +285,7 @@ class _CommandHandle(_Collector):
         if not text:
             return
         try:
-            self._command(text)
+            await _run(self._command, text, self._blocking)
         except BaseException:
             # The lines after a refused one are not run: the writer learns
             # of the failure from this very write(2) and decides.
@@ -283,9 +303,11 @@ class ControlFile(FileNode):
     dropped.  Opening for reading gives EACCES.
     """
 
-    def __init__(self, command: Callable[[str], None]) -> None:
+    def __init__(self, command: Callable[[str], None], *, blocking: bool = False) -> None:
         super().__init__()
         self._command = command
+        #: ``command`` may wait (it runs in a worker thread).
+        self._blocking = blocking
 
     def _attrs(self) -> Attrs:
         return self._base_attrs(stat.S_IFREG | 0o200)
@@ -293,7 +315,7 @@ class ControlFile(FileNode):
     def _open(self, flags: int, caller: Caller) -> Handle:
         if access_mode(flags)[0]:
             raise ExportError(errno.EACCES)
-        return _CommandHandle(self._command)
+        return _CommandHandle(self._command, self._blocking)
 
     def _setattr(self, changes: SetAttr, handle: Handle | None) -> None:
         if changes == SetAttr(size=0):

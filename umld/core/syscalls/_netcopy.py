@@ -353,7 +353,7 @@ def offload(
                 result = -exc.errno
             kernel.finish(tid, hold, result)
 
-        kernel.call_soon(done)
+        kernel.post(done)
 
     try:
         _WORKERS.submit(job)

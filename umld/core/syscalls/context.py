@@ -11,6 +11,7 @@ from umld.tracer.platform import TracerError
 
 if TYPE_CHECKING:
     from umld.core.kernel import GuestKernel
+    from umld.core.policy import MachinePolicy
     from umld.core.task import Task
 
 
@@ -45,6 +46,11 @@ class SyscallContext:
     def compat(self) -> bool:
         """Whether the call is of the i386 ABI (32-bit longs and pointers)."""
         return self.arch is Arch.I386
+
+    @property
+    def policy(self) -> MachinePolicy:
+        """What the machine's settings say (names, CPUs, network)."""
+        return self.kernel.policy
 
     def arg_int(self, i: int) -> int:
         """Argument ``i`` as a C ``int`` (the low 32 bits, signed)."""

@@ -45,7 +45,7 @@ def accept(ctx: SyscallContext) -> Outcome:
     Runs natively while ``net/accept`` is open; while it is closed the
     calling thread waits at the call.
     """
-    if ctx.kernel.net_accept_open:
+    if ctx.policy.net_accept_open:
         return None
     raise Hold
 
@@ -76,7 +76,7 @@ def _ip_destination(
 def _check(ctx: SyscallContext, sock: net.Socket, addr: bytes, what: str, *, sending: bool) -> None:
     """Refuse (ENETUNREACH, a ``denied`` event) a destination the policy
     does not allow."""
-    policy = ctx.kernel.net_connect
+    policy = ctx.policy.net_connect
     ip = _ip_destination(addr, sock.family, sending=sending)
     if ip is None:
         return
@@ -91,7 +91,7 @@ def _check(ctx: SyscallContext, sock: net.Socket, addr: bytes, what: str, *, sen
 def _ip_socket(ctx: SyscallContext) -> net.Socket | None:
     """The guest's socket (argument 0) when it is an IP socket under a
     policy; None when the call may run natively."""
-    if ctx.kernel.net_connect == "allow":
+    if ctx.policy.net_connect == "allow":
         return None
     sock = net.take_socket(ctx, ctx.args[0])
     if sock is not None and not sock.is_ip:

@@ -22,7 +22,7 @@ def sched_getaffinity(ctx: SyscallContext) -> Outcome:
     it or is not a multiple of a long, as kernel/sched/syscalls.c checks.
     Without --vcpus the call runs natively.
     """
-    vcpus = ctx.kernel.vcpus
+    vcpus = ctx.policy.vcpus
     if vcpus is None:
         return None
     size = ctx.args[1] & 0xFFFFFFFF if ctx.compat else ctx.args[1]

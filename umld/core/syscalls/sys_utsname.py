@@ -21,7 +21,7 @@ def uname(ctx: SyscallContext) -> Outcome:
     domainname taken from the guest.  A bad buffer gives EFAULT, as
     copy_to_user would.
     """
-    uts = ctx.kernel.uts
+    uts = ctx.policy.uts
     fields = (uts.sysname, uts.nodename, uts.release, uts.version, uts.machine, uts.domainname)
     ctx.write(ctx.args[0], b"".join(f[:UTS_LEN].ljust(_FIELD, b"\0") for f in fields))
     return 0
@@ -46,12 +46,13 @@ def sethostname(ctx: SyscallContext) -> Outcome:
     then runs natively too, in the guest's own UTS namespace, so that
     /proc/sys/kernel/hostname agrees.
     """
-    if not ctx.kernel.started.is_set():
+    if not ctx.kernel.up.is_set():
         # The sandbox naming the guest's UTS namespace before the guest
         # runs: the kernel already holds that name (or a newer one).
         return None
     name = _read_name(ctx)
-    ctx.kernel.set_hostname(name, source=f"pid {ctx.task.tgid}")
+    ctx.policy.uts.nodename = name
+    ctx.kernel.emit("config", 0, f"hostname={name.decode(errors='replace')} by pid {ctx.task.tgid}")
     return None
 
 
@@ -61,10 +62,10 @@ def setdomainname(ctx: SyscallContext) -> Outcome:
     Changes the guest's NIS domain name only (and natively, in the
     guest's own UTS namespace).
     """
-    if not ctx.kernel.started.is_set():
+    if not ctx.kernel.up.is_set():
         return None
     name = _read_name(ctx)
-    ctx.kernel.uts.domainname = name
+    ctx.policy.uts.domainname = name
     return None
 
 
@@ -77,7 +78,7 @@ def olduname(ctx: SyscallContext) -> Outcome:
 
     The first five fields of uname(2), 65 bytes each (no domainname).
     """
-    uts = ctx.kernel.uts
+    uts = ctx.policy.uts
     fields = (uts.sysname, uts.nodename, uts.release, uts.version, uts.machine)
     ctx.write(ctx.args[0], b"".join(f[:UTS_LEN].ljust(_FIELD, b"\0") for f in fields))
     return 0
@@ -87,7 +88,7 @@ def oldolduname(ctx: SyscallContext) -> Outcome:
     """Implements Linux syscall oldolduname (i386 59, struct
     oldold_utsname): five fields of 9 bytes, each cut to 8 and
     NUL-terminated, as kernel/sys.c copies them."""
-    uts = ctx.kernel.uts
+    uts = ctx.policy.uts
     fields = (uts.sysname, uts.nodename, uts.release, uts.version, uts.machine)
     ctx.write(ctx.args[0], b"".join(f[:_OLD_LEN].ljust(_OLD_LEN + 1, b"\0") for f in fields))
     return 0

@@ -1,0 +1,118 @@
+"""How a live setting's change applies to a running machine.
+
+Each function takes the machine's control and a value its row in
+:mod:`umld.core.settings` has already parsed, applies it (the machine's
+policy, its generated /proc and /sys files, its processes' limits, its
+cgroups), and raises :class:`~umld.core.settings.SettingError` to refuse
+it, leaving everything as it was.  The control records the value and
+reports the change in the event stream.
+
+A setting of a later feature brings its apply function in the module of
+that feature; these are the first machine's own.
+"""
+
+from __future__ import annotations
+
+import resource
+from typing import TYPE_CHECKING
+
+from umld.core.sandbox import cpu_list, cpuinfo_for, meminfo_for
+from umld.errors import get_logger
+
+if TYPE_CHECKING:
+    from umld.core.control import MachineControl
+
+log = get_logger("umld.live")
+
+
+def _refuse(text: str) -> Exception:
+    from umld.core.settings import SettingError
+
+    return SettingError(text)
+
+
+def hostname(control: MachineControl) -> str:
+    """The guest's host name now (the guest may have set it itself)."""
+    return control.policy.uts.nodename.decode(errors="replace")
+
+
+def set_hostname(control: MachineControl, value: str) -> None:
+    raw = value.encode()
+    control.policy.uts.nodename = raw
+    # And in the guest's own UTS namespace, where /proc/sys/kernel/hostname
+    # and uname(2) without umld read it.
+    control.set_guest_hostname(raw)
+
+
+def fixed_id(control: MachineControl, value: int) -> None:
+    """uid and gid: shown, never changed (the credentials of running
+    processes cannot change from outside without lying to the guest)."""
+    raise _refuse("the ids of running processes cannot change; start the machine with --uid/--gid")
+
+
+def set_vcpus(control: MachineControl, value: int) -> None:
+    control.files.write("/proc/cpuinfo", cpuinfo_for(value))
+    control.files.write("/sys/devices/system/cpu/online", cpu_list(value))
+    control.policy.vcpus = value
+
+
+def set_memory(control: MachineControl, value: int) -> None:
+    control.files.write("/proc/meminfo", meminfo_for(value))
+
+
+def set_trace(control: MachineControl, value: str) -> None:
+    control.policy.trace_events = value == "syscalls"
+
+
+def set_net_accept(control: MachineControl, value: str) -> None:
+    """Closing applies to the next accept(2); opening also releases the
+    threads waiting at one (on the tracer thread, before this returns)."""
+    is_open = value == "open"
+    control.policy.net_accept_open = is_open
+    if is_open:
+        control.on_tracer(control.release_held_accepts)
+
+
+def set_net_connect(control: MachineControl, value: str) -> None:
+    control.policy.net_connect = value
+
+
+def _nr_open() -> int:
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+def _prlimit_all(control: MachineControl, which: int, value: int) -> None:
+    # Limits are per process and inherited (getrlimit(2)): set on every
+    # guest process now; later ones inherit them, and the sandbox gives
+    # them to the first process (MachineControl.spawn_limits).
+    for pid in control.guest_host_pids():
+        try:
+            resource.prlimit(pid, which, (value, value))
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
+def set_nproc(control: MachineControl, value: int) -> None:
+    """RLIMIT_NPROC (counted per user namespace: the guest's processes
+    only) and the machine's pids cgroup, which bounds it whatever its ids
+    (the kernel never applies the rlimit to a root that is the host's);
+    fork(2) fails with EAGAIN either way."""
+    _prlimit_all(control, resource.RLIMIT_NPROC, value)
+    cgroup = control.files.cgroup
+    if cgroup is not None:
+        try:
+            cgroup.set_pids_max(None if value == resource.RLIM_INFINITY else value)
+        except OSError as exc:
+            log.warning("pids cgroup of %s: %s", control.name, exc)
+
+
+def set_nofile(control: MachineControl, value: int) -> None:
+    if value != resource.RLIM_INFINITY and value > _nr_open():
+        raise _refuse(f"more than the kernel's nr_open ({_nr_open()})")
+    if value == resource.RLIM_INFINITY:
+        raise _refuse(f"a number up to the kernel's nr_open ({_nr_open()})")
+    _prlimit_all(control, resource.RLIMIT_NOFILE, value)

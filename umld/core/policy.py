@@ -1,0 +1,68 @@
+"""What the guest kernel's handlers consult about their machine.
+
+The machine's names (uname(2)), its CPU count, its network gate and how
+much of its activity goes to the event stream: state that live settings
+change (from the export, --config-dir, the daemon, the API: any thread)
+and that handlers read at each call (the tracer thread).  Each field is
+one value, replaced whole (a bytes, an int, a str, a bool), so a reader
+sees the old value or the new one, never a mix, under the GIL.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import final
+
+
+@final
+class UtsState:
+    """The guest's struct new_utsname (uname(2))."""
+
+    __slots__ = ("domainname", "machine", "nodename", "release", "sysname", "version")
+
+    def __init__(
+        self,
+        sysname: bytes,
+        nodename: bytes,
+        release: bytes,
+        version: bytes,
+        machine: bytes,
+        domainname: bytes,
+    ) -> None:
+        self.sysname = sysname
+        self.nodename = nodename
+        self.release = release
+        self.version = version
+        self.machine = machine
+        self.domainname = domainname
+
+    @classmethod
+    def from_host(cls) -> UtsState:
+        u = os.uname()
+        try:
+            with open("/proc/sys/kernel/domainname", "rb") as f:
+                domain = f.read().rstrip(b"\n")
+        except OSError:
+            domain = b"(none)"
+        enc = os.fsencode
+        return cls(
+            enc(u.sysname), enc(u.nodename), enc(u.release), enc(u.version), enc(u.machine), domain
+        )
+
+
+@final
+class MachinePolicy:
+    """One machine's policy, as its handlers see it (``ctx.policy``)."""
+
+    __slots__ = ("net_accept_open", "net_connect", "trace_events", "uts", "vcpus")
+
+    def __init__(self, uts: UtsState | None = None, vcpus: int | None = None) -> None:
+        self.uts = uts or UtsState.from_host()
+        #: The machine's CPU count when it differs from the host's.
+        self.vcpus = vcpus
+        #: net/accept: while False, accept(2) waits at its stop.
+        self.net_accept_open = True
+        #: net/connect: allow | loopback | deny, read at each call.
+        self.net_connect = "allow"
+        #: trace = syscalls: each trapped call goes to the event stream.
+        self.trace_events = False

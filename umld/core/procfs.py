@@ -1,0 +1,145 @@
+"""What the host's /proc says, parsed once (proc(5)), and wait statuses.
+
+Every reader of ``/proc/PID/status``, ``cmdline``, ``comm`` and
+``mountinfo`` above the tracer layer uses these functions, so each file's
+format is known in one place.  The tracer layer (:mod:`umld.tracer`)
+keeps its own few reads: it imports nothing of the guest kernel.
+
+A process that is gone reads as missing (an empty result), never as an
+exception: the kernel's tables and /proc change under every reader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import NamedTuple
+
+
+def status(pid: int | str, fields: Iterable[str] | None = None) -> dict[str, str]:
+    """Fields of /proc/PID/status (all, or only ``fields``); {} when gone."""
+    wanted = None if fields is None else set(fields)
+    out: dict[str, str] = {}
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for raw in f:
+                key, sep, value = raw.decode(errors="replace").partition(":")
+                if sep and (wanted is None or key in wanted):
+                    out[key] = value.strip()
+                    if wanted is not None and len(out) == len(wanted):
+                        break
+    except OSError:
+        return {}
+    return out
+
+
+def guest_pid(pid: int) -> int:
+    """The pid in the innermost pid namespace of a host pid (NSpid); 0 when
+    the process is gone or in the host's namespace only."""
+    ids = status(pid, ("NSpid",)).get("NSpid", "").split()
+    return int(ids[-1]) if len(ids) > 1 else 0
+
+
+def tgid(tid: int) -> int | None:
+    """The thread group of a thread; None when gone."""
+    value = status(tid, ("Tgid",)).get("Tgid")
+    return int(value) if value else None
+
+
+def comm(pid: int) -> str:
+    """The process's name (comm, 15 bytes); "?" when gone."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().strip().decode(errors="replace")
+    except OSError:
+        return "?"
+
+
+def cmdline(pid: int) -> list[str]:
+    """argv of a process; [] when gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
+
+
+def unescape(field: str) -> str:
+    """mountinfo's octal escapes of space, tab, newline and backslash."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        code = field[i + 1 : i + 4]
+        if field[i] == "\\" and len(code) == 3 and code.isdigit():
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+class MountEntry(NamedTuple):
+    """One line of /proc/PID/mountinfo."""
+
+    mount_id: int
+    parent_id: int
+    dev: str  # major:minor
+    root: str  # the mount's root within its filesystem
+    point: str
+    options: str
+    fstype: str
+    source: str
+    super_options: str
+
+
+def mountinfo(path: str = "/proc/self/mountinfo") -> list[MountEntry]:
+    """The mounts of a mount namespace, in order; [] when unreadable."""
+    out: list[MountEntry] = []
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields, sup = left.split(), right.split()
+        if not sep or len(fields) < 6 or len(sup) < 2:
+            continue
+        out.append(
+            MountEntry(
+                int(fields[0]),
+                int(fields[1]),
+                fields[2],
+                unescape(fields[3]),
+                unescape(fields[4]),
+                fields[5],
+                sup[0],
+                unescape(sup[1]),
+                sup[2] if len(sup) > 2 else "",
+            )
+        )
+    return out
+
+
+# -- wait statuses ------------------------------------------------------------------
+
+
+def returncode(status: int) -> int:
+    """A raw wait status as subprocess reports it: the exit code, or -N when
+    killed by signal N (``RunResult.returncode``, ``CompletedProcess``)."""
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return 255
+
+
+def shell_status(status: int) -> int:
+    """A raw wait status as a shell's $?: the exit code, or 128+N when
+    killed by signal N (the exit status of ``umld run`` and ``umld exec``;
+    umld-sandbox computes the same in C)."""
+    code = returncode(status)
+    return 128 - code if code < 0 else code

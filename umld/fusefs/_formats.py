@@ -1,0 +1,73 @@
+"""How the export shows a machine: its status file, its metrics in
+Prometheus' text format, a process's status file.  The machine's control
+gives the data; the formats are the export's."""
+
+from __future__ import annotations
+
+from umld.core import MachineControl, ProcessInfo
+
+
+def status(control: MachineControl) -> bytes:
+    """``status``: name, uptime, counts, trapped calls, live settings."""
+    stats = control.statistics()
+    lines = [
+        f"name: {control.name}",
+        f"uptime: {control.uptime():.1f}",
+        f"processes: {stats['live_processes']}",
+        f"threads: {stats['live_threads']}",
+        f"trapped: {stats['trapped']}",
+    ]
+    calls = stats.get("syscalls")
+    if isinstance(calls, dict) and calls:
+        lines.append("syscalls: " + " ".join(f"{k}={v}" for k, v in calls.items()))
+    lines += [f"config.{key}: {value}" for key, value in control.settings().items()]
+    return ("\n".join(lines) + "\n").encode()
+
+
+_COUNTERS = (
+    ("processes", "Guest processes started."),
+    ("execs", "execve calls that succeeded."),
+    ("signals", "Signals delivered to guest threads."),
+    ("denied", "Syscalls refused by policy."),
+)
+
+
+def metrics(control: MachineControl) -> bytes:
+    """``metrics.prom``: the counters in Prometheus text format 0.0.4."""
+    stats = control.statistics()
+    label = f'machine="{control.name}"'
+    out = [
+        "# HELP umld_uptime_seconds Time since the machine started.",
+        "# TYPE umld_uptime_seconds gauge",
+        f"umld_uptime_seconds{{{label}}} {control.uptime():.3f}",
+        "# HELP umld_processes Live guest processes.",
+        "# TYPE umld_processes gauge",
+        f"umld_processes{{{label}}} {stats['live_processes']}",
+        "# HELP umld_threads Live guest threads.",
+        "# TYPE umld_threads gauge",
+        f"umld_threads{{{label}}} {stats['live_threads']}",
+    ]
+    for key, help_text in _COUNTERS:
+        out += [
+            f"# HELP umld_{key}_total {help_text}",
+            f"# TYPE umld_{key}_total counter",
+            f"umld_{key}_total{{{label}}} {stats.get(key, 0)}",
+        ]
+    out += [
+        "# HELP umld_syscalls_trapped_total Syscalls stopped by the seccomp filter.",
+        "# TYPE umld_syscalls_trapped_total counter",
+    ]
+    calls = stats.get("syscalls")
+    if isinstance(calls, dict):
+        for name, n in calls.items():
+            out.append(f'umld_syscalls_trapped_total{{{label},syscall="{name}"}} {n}')
+    return ("\n".join(out) + "\n").encode()
+
+
+def process_status(info: ProcessInfo) -> bytes:
+    """``proc/PID/status``, in /proc's "Key:\\tvalue" form."""
+    return (
+        f"Pid:\t{info.pid}\nPPid:\t{info.ppid}\nName:\t{info.name}\nState:\t{info.state}\n"
+        f"Uid:\t{info.uid}\nGid:\t{info.gid}\nThreads:\t{info.threads}\n"
+        f"Syscall:\t{info.syscall}\nCpuTicks:\t{info.cpu_ticks}\nHostPid:\t{info.host_pid}\n"
+    ).encode()
