@@ -515,7 +515,9 @@ def markdown(rows: Iterable[Setting] = SETTINGS) -> str:
     for row in rows:
         option = f"`{row.option}`" if row.start else "(live only)"
         toml = f"`{row.toml_key}`" if row.start else ""
-        default = row.shown_default or ("none" if row.default in (None, ()) else row.text(row.default))
+        default = row.shown_default or (
+            "none" if row.default in (None, ()) else row.text(row.default)
+        )
         live_mark = "yes" if row.live else ""
         if row.apply is live.fixed_id:
             live_mark = "shown"
