@@ -91,6 +91,18 @@ def _parser() -> _Parser:
     )
     d.add_argument("--tracer", choices=("c", "python"), default="c", help="tracer backend")
     d.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    d.add_argument(
+        "--restart-delay", type=_seconds, default=1.0, metavar="S",
+        help="seconds before a machine is restarted (default 1)",
+    )  # fmt: skip
+    d.add_argument(
+        "--request-timeout", type=_seconds, default=5.0, metavar="S",
+        help="seconds a control connection has to send its request (default 5)",
+    )  # fmt: skip
+    d.add_argument(
+        "--hangup-grace", type=_seconds, default=3.0, metavar="S",
+        help="seconds from SIGHUP to SIGKILL when an exec's client goes (default 3)",
+    )  # fmt: skip
 
     def with_mount(p: argparse.ArgumentParser) -> None:
         p.add_argument("--mount", metavar="DIR", help="the daemon's export (default: its default)")
@@ -156,6 +168,16 @@ def _add_machine_options(p: argparse.ArgumentParser, *, named: bool = True) -> N
     )
     g.add_argument("--config", metavar="FILE", help="read settings from a TOML file first")
     settings.add_options(g, named=named)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"from 0 to 3600 seconds, not {text}")
+    return value
 
 
 def _command_from(value: object, where: str) -> list[str]:
@@ -335,7 +357,10 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
     if args.cmd == "daemon":
         from umld import daemon
 
-        return daemon.main(args.mount, args.machines_dir, str(args.tracer), bool(args.verbose))
+        timing = daemon.Timing(args.restart_delay, args.request_timeout, args.hangup_grace)
+        return daemon.main(
+            args.mount, args.machines_dir, str(args.tracer), bool(args.verbose), timing
+        )
     from umld.daemon import default_mount
 
     mount = args.mount or default_mount()
@@ -422,7 +447,8 @@ def _cmd_syscalls(args: argparse.Namespace) -> int:
 #: One line per command, shown after a usage error.
 USAGES = {
     "run": "umld run [OPTIONS] -- CMD [ARGS...]",
-    "daemon": "umld daemon [--mount DIR] [--machines-dir DIR] [--tracer c|python] [-v]",
+    "daemon": "umld daemon [--mount DIR] [--machines-dir DIR] [--tracer c|python] [-v] "
+    "[--restart-delay S] [--request-timeout S] [--hangup-grace S]",
     "start": "umld start NAME [--mount DIR] [--restart POLICY] [OPTIONS] [-- CMD [ARGS...]]",
     "stop": "umld stop NAME [--mount DIR]",
     "ls": "umld ls [--mount DIR]",

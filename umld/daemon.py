@@ -35,7 +35,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import trio
 
@@ -144,8 +144,23 @@ def load_definition(path: str) -> tuple[Config, list[str], str]:
 # -- the daemon ---------------------------------------------------------------
 
 
+class Timing(NamedTuple):
+    """The daemon's delays (options of ``umld daemon``; tests shorten them
+    instead of sleeping on the defaults)."""
+
+    #: Seconds between a machine's end and its restart (systemd's RestartSec).
+    restart_delay: float = RESTART_DELAY
+    #: Seconds a control connection may take to send its request.
+    request_timeout: float = REQUEST_TIMEOUT
+    #: Seconds between SIGHUP and SIGKILL for an exec whose client left.
+    hangup_grace: float = HANGUP_GRACE
+
+
 class Daemon:
-    def __init__(self, mount: str, machines_dir: str, tracer: str) -> None:
+    def __init__(
+        self, mount: str, machines_dir: str, tracer: str, timing: Timing | None = None
+    ) -> None:
+        self.timing = timing or Timing()
         self.mount = os.path.abspath(mount)
         self.machines_dir = machines_dir
         self.host = Host(tracer)
@@ -201,7 +216,7 @@ class Daemon:
 
     async def _restarter(self, receive: trio.MemoryReceiveChannel[str]) -> None:
         async for name in receive:
-            await trio.sleep(RESTART_DELAY)
+            await trio.sleep(self.timing.restart_delay)
             m = self.host.machines.get(name)
             if self.stopping or m is None or m.state in ("starting", "running"):
                 continue
@@ -388,11 +403,12 @@ class Daemon:
                 await _send(sock, {"error": f"refused: {why}"})
                 return
             data = b""
-            with trio.move_on_after(REQUEST_TIMEOUT) as waited:
+            timeout = self.timing.request_timeout
+            with trio.move_on_after(timeout) as waited:
                 data = await _recv_request(sock, fds)
             if waited.cancelled_caught:
-                log.debug("control socket: no request within %s s", REQUEST_TIMEOUT)
-                await _send(sock, {"error": f"no request within {REQUEST_TIMEOUT:g} s"})
+                log.debug("control socket: no request within %s s", timeout)
+                await _send(sock, {"error": f"no request within {timeout:g} s"})
                 return
             try:
                 request = json.loads(data)
@@ -505,12 +521,13 @@ class Daemon:
             nursery.cancel_scope.cancel()
         await _send(sock, {"exit": shell_status(status[0])})
 
-    @staticmethod
-    async def _hang_up_when_gone(sock: Any, name: str, session: int, done: trio.Event) -> None:
+    async def _hang_up_when_gone(
+        self, sock: Any, name: str, session: int, done: trio.Event
+    ) -> None:
         """Wait for the exec's client to go away (end of file or an error
         on its socket; it sends nothing more), then end its command as a
         terminal hangup ends a session's job (SIGHUP, SIGCONT) and kill
-        what is left of its process group after HANGUP_GRACE seconds."""
+        what is left of its process group after its hang-up grace."""
         while True:
             try:
                 if not await sock.recv(4096):
@@ -520,7 +537,7 @@ class Daemon:
         log.info("exec in %s: the client went away; hanging up its command", name)
         for sig in (signal.SIGHUP, signal.SIGCONT):
             _signal_group(session, sig)
-        with trio.move_on_after(HANGUP_GRACE):
+        with trio.move_on_after(self.timing.hangup_grace):
             await done.wait()
             return
         log.info("exec in %s: the command outlived its hangup; killing it", name)
@@ -627,10 +644,18 @@ async def _recv_request(sock: Any, fds: list[int]) -> bytes:
     return bytes(buf).split(b"\n", 1)[0]
 
 
-def main(mount: str | None, machines_dir: str | None, tracer: str, verbose: bool) -> int:
+def main(
+    mount: str | None,
+    machines_dir: str | None,
+    tracer: str,
+    verbose: bool,
+    timing: Timing | None = None,
+) -> int:
     setup_logging(verbose)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-    daemon = Daemon(mount or default_mount(), machines_dir or default_machines_dir(), tracer)
+    daemon = Daemon(
+        mount or default_mount(), machines_dir or default_machines_dir(), tracer, timing
+    )
     daemon.host.start()
     try:
         trio.run(daemon.run)

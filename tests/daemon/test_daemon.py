@@ -260,6 +260,16 @@ class Daemon:
             self.umld("stop", name)
 
 
+#: The test daemons' delays (umld daemon's options; the defaults are 1, 5
+#: and 3 s): short, so that tests wait less where they must wait.
+RESTART_DELAY, REQUEST_TIMEOUT, HANGUP_GRACE = 0.2, 1.0, 1.0
+TIMING = [
+    f"--restart-delay={RESTART_DELAY}",
+    f"--request-timeout={REQUEST_TIMEOUT}",
+    f"--hangup-grace={HANGUP_GRACE}",
+]
+
+
 def start_daemon(tmp: Path, *, env: dict[str, str] | None = None) -> Daemon:
     """A daemon at tmp/d with definitions from tmp/defs (written by the
     caller beforehand); returns once READY=1 has arrived, checking that
@@ -281,7 +291,7 @@ def start_daemon(tmp: Path, *, env: dict[str, str] | None = None) -> Daemon:
     environ.update(env or {})
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [*UMLD, "daemon", "--mount", str(mount), "--machines-dir", str(defs)],
+            [*UMLD, "daemon", "--mount", str(mount), "--machines-dir", str(defs), *TIMING],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -592,7 +602,7 @@ def test_restart_no_stays_exited(daemon: Daemon, share: Path) -> None:
     try:
         daemon.hup()
         wait_until(lambda: daemon.state(ONCE) == "exited(3)", 15, "once to exit")
-        time.sleep(2.5)  # more than two restart delays (umld.daemon.RESTART_DELAY)
+        time.sleep(5 * RESTART_DELAY)  # more than two restart delays
         assert lines_of(count) == 1
         assert daemon.state(ONCE) == "exited(3)"
         assert f"restarting machine {ONCE}" not in daemon.log()
@@ -609,7 +619,7 @@ def test_sighup_removing_a_restarting_machine_ends_its_restarts(daemon: Daemon) 
         daemon.undefine(FLAP)
         daemon.hup()
         mark = daemon.log().count(f"restarting machine {FLAP}")
-        time.sleep(2.5)  # more than two restart delays
+        time.sleep(5 * RESTART_DELAY)  # more than two restart delays
         assert daemon.log().count(f"restarting machine {FLAP}") == mark, daemon.log()
     finally:
         # Whatever happened: no FLAP left running or about to be restarted.
@@ -941,8 +951,7 @@ def test_control_socket_refuses_a_host_process_in_a_machines_cgroup(daemon: Daem
 
 def test_idle_control_connections_time_out(daemon: Daemon) -> None:
     """A connection that sends nothing is answered one line and closed
-    after umld.daemon.REQUEST_TIMEOUT (5 s); a partial line too."""
-    from umld.daemon import REQUEST_TIMEOUT
+    after the daemon's request timeout; a partial line too."""
 
     socks = []
     start = time.monotonic()
@@ -958,7 +967,7 @@ def test_idle_control_connections_time_out(daemon: Daemon) -> None:
             while chunk := s.recv(4096):
                 got += chunk
         took = time.monotonic() - start
-        assert got == b'{"error": "no request within 5 s"}\n', got
+        assert got == b'{"error": "no request within %g s"}\n' % REQUEST_TIMEOUT, got
         assert REQUEST_TIMEOUT - 0.5 < took < REQUEST_TIMEOUT + 5, took
     assert daemon.umld("ls").returncode == 0
 
@@ -969,8 +978,7 @@ def test_exec_client_that_goes_away_ends_its_command(
 ) -> None:
     """`umld exec` killed mid-command (SIGKILL: no chance to say goodbye)
     ends its command as a terminal hangup would: SIGHUP, and SIGKILL
-    after umld.daemon.HANGUP_GRACE for a command that ignores SIGHUP."""
-    from umld.daemon import HANGUP_GRACE
+    after the daemon's hang-up grace for a command that ignores SIGHUP."""
 
     trap = "trap '' HUP; " if ignores_hup else ""
     client = subprocess.Popen(
@@ -1032,7 +1040,7 @@ def test_bad_control_requests_are_one_line_and_leak_nothing(daemon: Daemon) -> N
     """Malformed, huge and idle requests from the daemon's own user: one
     error line each, the daemon carries on, and the descriptors sent with
     them are closed (an idle one's too)."""
-    from umld.daemon import MAX_LINE, REQUEST_TIMEOUT
+    from umld.daemon import MAX_LINE
 
     before = _open_fds(daemon.proc.pid)
     cases = {
@@ -1113,7 +1121,9 @@ def test_control_socket_of_an_ordinary_users_daemon(
 
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            user.argv([*UMLD, "daemon", "--mount", str(mount), "--machines-dir", str(defs)]),
+            user.argv(
+                [*UMLD, "daemon", "--mount", str(mount), "--machines-dir", str(defs), *TIMING]
+            ),
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         )  # fmt: skip
     try:
