@@ -46,7 +46,6 @@ from umld.errors import UmldError, UsageError, get_logger
 log = get_logger("umld.daemon")
 
 RESTART_POLICIES = ("no", "on-failure", "always")
-LIVE_KEYS = ("hostname", "vcpus", "memory", "net/accept", "net/connect", "limits/nproc")
 RESTART_DELAY = 1.0
 MAX_LINE = 1 << 20
 #: Seconds a control connection may take to send its request line: a

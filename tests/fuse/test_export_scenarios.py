@@ -790,7 +790,13 @@ while time.monotonic() < deadline:
     except OSError as e:
         names = e.errno
         try:
-            names = ["fs:"] + sorted(os.listdir(mnt + "/fs"))[:4]
+            listed = ["fs:"] + sorted(os.listdir(mnt + "/fs"))[:4]
+            # fs/ answers now: the guest came up between the two looks, or
+            # fs/ is a tree without the guest's /tmp (the failure).
+            try:
+                names = sorted(os.listdir(mnt + "/fs/tmp"))[:8]
+            except OSError:
+                names = listed
         except OSError:
             pass
     if first is None and isinstance(names, list):
