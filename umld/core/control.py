@@ -202,12 +202,12 @@ class MachineControl:
     def release_held_accepts(self) -> None:
         self.kernel.release_held_accepts()
 
-    def set_guest_hostname(self, name: bytes) -> None:
-        """sethostname(2) in the guest's UTS namespace (may wait: a thread
-        that joins it)."""
+    def set_guest_uts(self, call: str, name: bytes) -> None:
+        """sethostname(2) or setdomainname(2) (``call``) in the guest's UTS
+        namespace (may wait: a thread that joins it)."""
         k = self.kernel
         if k.root_pid is not None and k.root_status is None:
-            _set_guest_hostname(k.root_pid, name)
+            _set_guest_uts(k.root_pid, call, name)
 
     def guest_host_pids(self) -> list[int]:
         internal = self.kernel.internal
@@ -422,10 +422,10 @@ def _soft_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def _set_guest_hostname(pid: int, name: bytes) -> None:
-    """sethostname(2) in the UTS namespace of guest process ``pid``, from a
-    thread of its own: a thread may join another UTS namespace (setns(2)),
-    and the change of namespace ends with it."""
+def _set_guest_uts(pid: int, call: str, name: bytes) -> None:
+    """sethostname(2) or setdomainname(2) in the UTS namespace of guest
+    process ``pid``, from a thread of its own: a thread may join another
+    UTS namespace (setns(2)), and the change of namespace ends with it."""
     import ctypes
     import threading
 
@@ -436,8 +436,8 @@ def _set_guest_hostname(pid: int, name: bytes) -> None:
         except OSError:
             return
         try:
-            if libc.setns(fd, 0x04000000) != 0 or libc.sethostname(name, len(name)) != 0:
-                log.warning("guest hostname: %s", os.strerror(ctypes.get_errno()))
+            if libc.setns(fd, 0x04000000) != 0 or getattr(libc, call)(name, len(name)) != 0:
+                log.warning("guest %s: %s", call, os.strerror(ctypes.get_errno()))
         finally:
             os.close(fd)
 

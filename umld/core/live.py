@@ -41,7 +41,7 @@ def set_hostname(control: MachineControl, value: str) -> None:
     control.policy.uts.nodename = raw
     # And in the guest's own UTS namespace, where /proc/sys/kernel/hostname
     # and uname(2) without umld read it.
-    control.set_guest_hostname(raw)
+    control.set_guest_uts("sethostname", raw)
 
 
 def fixed_id(control: MachineControl, value: int) -> None:
