@@ -309,6 +309,11 @@ def test_sync_machine_end_to_end(config: umld.Config) -> None:
         assert m.config["hostname"] == "changed"
         with pytest.raises(ValueError):
             m.config["memory"] = "lots"
+        # A live setting added as one row and its apply function: the
+        # guest's uname(2) and its own UTS namespace (what /proc shows).
+        m.config["domainname"] = "corp.example"
+        r = m.run(["sh", "-c", "domainname; cat /proc/sys/kernel/domainname"], capture_output=True)
+        assert r.stdout == b"corp.example\ncorp.example\n"
         m.run(["sh", "-c", "sleep 60 </dev/null >/dev/null 2>&1 &"])
         import time
 

@@ -44,6 +44,17 @@ def set_hostname(control: MachineControl, value: str) -> None:
     control.set_guest_uts("sethostname", raw)
 
 
+def domainname(control: MachineControl) -> str:
+    """The guest's NIS domain name now (the guest may have set it)."""
+    return control.policy.uts.domainname.decode(errors="replace")
+
+
+def set_domainname(control: MachineControl, value: str) -> None:
+    raw = value.encode()
+    control.policy.uts.domainname = raw
+    control.set_guest_uts("setdomainname", raw)
+
+
 def fixed_id(control: MachineControl, value: int) -> None:
     """uid and gid: shown, never changed (the credentials of running
     processes cannot change from outside without lying to the guest)."""
