@@ -249,10 +249,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.mount is None:
             return
         try:
-            from umld.fusefs import ExportThread, default_mountpoint
+            from umld.fusefs import ExportThread
         except ImportError as exc:
             raise UmldError(f"umld: --mount needs trio and pyfuse3 ({exc})") from None
         name = control.name
+        from umld.core import default_mountpoint
+
         export = ExportThread(control, args.mount or default_mountpoint(name), name=name)
         export.start()
         exports.append(export)

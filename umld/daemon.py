@@ -57,10 +57,10 @@ HANGUP_GRACE = 3.0
 
 
 def default_mount() -> str:
-    if os.geteuid() == 0:
-        return "/run/umld/daemon"
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/umld-{os.geteuid()}"
-    return os.path.join(runtime, "umld", "daemon")
+    """The daemon's export: the default place of an export named "daemon"."""
+    from umld.core.paths import default_mountpoint
+
+    return default_mountpoint("daemon")
 
 
 def socket_path(mount: str) -> str:

@@ -6,6 +6,7 @@ from umld.core.control import MachineControl as MachineControl, ProcessInfo as P
 from umld.core.events import GuestEvent as GuestEvent
 from umld.core.kernel import GuestKernel as GuestKernel
 from umld.core.machine import Config as Config, Machine as Machine, RunResult as RunResult
+from umld.core.paths import default_mountpoint as default_mountpoint
 from umld.core.procfs import returncode as returncode, shell_status as shell_status
 from umld.core.settings import SettingError as SettingError, live_keys as live_keys
 from umld.core.syscalls import lookup_table as lookup_table

@@ -37,7 +37,6 @@ from umld.fusefs._hosttree import HostTree as HostTree
 from umld.fusefs._machine import (
     ExportThread as ExportThread,
     build_tree as build_tree,
-    default_mountpoint as default_mountpoint,
 )
 from umld.fusefs._node import Node as Node
 from umld.fusefs._serve import clean_stale_mount as clean_stale_mount, serve as serve
@@ -66,6 +65,5 @@ __all__ = [
     "WritableFile",
     "build_tree",
     "clean_stale_mount",
-    "default_mountpoint",
     "serve",
 ]
