@@ -26,13 +26,11 @@ in the module that owns the behaviour (see :mod:`umld.core.live`).
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import resource
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from umld.core import live
 from umld.core.sandbox import Mount, parse_bind, parse_disk, parse_size, parse_tmpfs
@@ -40,6 +38,8 @@ from umld.core.syscalls.sys_utsname import UTS_LEN
 from umld.errors import UsageError
 
 if TYPE_CHECKING:
+    import argparse
+
     from umld.core.control import MachineControl
 
 T = TypeVar("T")
@@ -279,9 +279,9 @@ def _disk(text: str) -> Mount:
 # -- the rows ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One setting of a machine."""
+class Setting(NamedTuple):
+    """One setting of a machine.  (A NamedTuple, as the syscall table's
+    rows: importing dataclasses costs milliseconds of every start.)"""
 
     #: The name: the export's file below config/ and, with "/" as a TOML
     #: table, the settings file's key; the option is --KEY with - for / and _.
