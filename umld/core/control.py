@@ -202,12 +202,10 @@ class MachineControl:
     def release_held_accepts(self) -> None:
         self.kernel.release_held_accepts()
 
-    def set_guest_uts(self, call: str, name: bytes) -> None:
-        """sethostname(2) or setdomainname(2) (``call``) in the guest's UTS
-        namespace (may wait: a thread that joins it)."""
+    def guest_process(self) -> int | None:
+        """The host pid of the guest's first process while it runs."""
         k = self.kernel
-        if k.root_pid is not None and k.root_status is None:
-            _set_guest_uts(k.root_pid, call, name)
+        return k.root_pid if k.root_pid is not None and k.root_status is None else None
 
     def guest_host_pids(self) -> list[int]:
         internal = self.kernel.internal
@@ -420,27 +418,3 @@ def _soft_nofile() -> int:
     import resource
 
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def _set_guest_uts(pid: int, call: str, name: bytes) -> None:
-    """sethostname(2) or setdomainname(2) in the UTS namespace of guest
-    process ``pid``, from a thread of its own: a thread may join another
-    UTS namespace (setns(2)), and the change of namespace ends with it."""
-    import ctypes
-    import threading
-
-    def work() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        try:
-            fd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            if libc.setns(fd, 0x04000000) != 0 or getattr(libc, call)(name, len(name)) != 0:
-                log.warning("guest %s: %s", call, os.strerror(ctypes.get_errno()))
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=work, name="umld-uts")
-    t.start()
-    t.join(5)

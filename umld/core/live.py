@@ -41,7 +41,7 @@ def set_hostname(control: MachineControl, value: str) -> None:
     control.policy.uts.nodename = raw
     # And in the guest's own UTS namespace, where /proc/sys/kernel/hostname
     # and uname(2) without umld read it.
-    control.set_guest_uts("sethostname", raw)
+    _set_guest_uts(control, "sethostname", raw)
 
 
 def domainname(control: MachineControl) -> str:
@@ -52,7 +52,7 @@ def domainname(control: MachineControl) -> str:
 def set_domainname(control: MachineControl, value: str) -> None:
     raw = value.encode()
     control.policy.uts.domainname = raw
-    control.set_guest_uts("setdomainname", raw)
+    _set_guest_uts(control, "setdomainname", raw)
 
 
 def fixed_id(control: MachineControl, value: int) -> None:
@@ -127,3 +127,33 @@ def set_nofile(control: MachineControl, value: int) -> None:
     if value == resource.RLIM_INFINITY:
         raise _refuse(f"a number up to the kernel's nr_open ({_nr_open()})")
     _prlimit_all(control, resource.RLIMIT_NOFILE, value)
+
+
+def _set_guest_uts(control: MachineControl, call: str, name: bytes) -> None:
+    """sethostname(2) or setdomainname(2) in the guest's UTS namespace,
+    where /proc/sys/kernel/hostname and a native uname(2) read it, from a
+    thread of its own: a thread may join another UTS namespace (setns(2)),
+    and the change of namespace ends with it.  Waits for that thread."""
+    import ctypes
+    import os
+    import threading
+
+    pid = control.guest_process()
+    if pid is None:
+        return  # not running yet (the sandbox names it) or any more
+
+    def work() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            fd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            if libc.setns(fd, 0x04000000) != 0 or getattr(libc, call)(name, len(name)) != 0:
+                log.warning("guest %s: %s", call, os.strerror(ctypes.get_errno()))
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=work, name="umld-uts")
+    t.start()
+    t.join(5)
