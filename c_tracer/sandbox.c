@@ -273,7 +273,9 @@ static void write_id_maps(pid_t pid, const char *proc)
 /* A user namespace with the guest's id maps, for MOUNT_ATTR_IDMAP: made by
  * a child that only waits.  CLONE_UNTRACED keeps it out of the tracer's
  * sight (the guest kernel counts this process's children: init, then the
- * guest); it inherits the seccomp filter and makes no call that stops. */
+ * guest); it inherits the seccomp filter and makes no call that stops.
+ * Never negative (it dies instead): callers cast it to mount_attr's __u64
+ * as is. */
 static int idmap_userns(void)
 {
 	if (ids.userns >= 0)
@@ -325,7 +327,7 @@ static int attach_clone(const char *path, const char *target, unsigned long long
 		die("cannot clone the mount %s", path + 8);
 	}
 	struct mount_attr attr = {.attr_set = attrs | MOUNT_ATTR_IDMAP,
-				  .userns_fd = (uint64_t)idmap_userns()};
+				  .userns_fd = (__u64)idmap_userns()};
 	if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) {
 		memset(&attr, 0, sizeof attr);
 		attr.attr_set = attrs;
@@ -345,7 +347,7 @@ static void idmap_in_place(const char *target, const char *guest)
 	int fd = (int)syscall(SYS_open_tree, AT_FDCWD, target, OPEN_TREE_CLONE | O_CLOEXEC);
 	if (fd < 0)
 		die("cannot clone the mount %s", guest);
-	struct mount_attr attr = {.attr_set = MOUNT_ATTR_IDMAP, .userns_fd = (uint64_t)idmap_userns()};
+	struct mount_attr attr = {.attr_set = MOUNT_ATTR_IDMAP, .userns_fd = (__u64)idmap_userns()};
 	if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
 		die("cannot idmap %s", guest);
 	if (umount2(target, MNT_DETACH) < 0 ||

@@ -952,7 +952,10 @@ static int handle_status(struct umld_tracer *t, pid_t tid, int st)
     if (!WIFSTOPPED(st))
         return 0;
     int sig = WSTOPSIG(st);
-    int event = (unsigned)st >> 16;
+    /* The PTRACE_EVENT_* number sits above the stop signal (ptrace(2):
+     * "status>>8 == (SIGTRAP | PTRACE_EVENT_foo << 8)"); shifted as
+     * unsigned so no sign comes in, and at most 0xffff: it fits. */
+    int event = (int)((unsigned)st >> 16);
     struct thr *r = thr_get(t, tid);
     if (!r)
         return -ENOMEM;
