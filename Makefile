@@ -26,7 +26,7 @@ all: install
 
 install: .stamp-apt .stamp-ids .stamp-pkg .stamp-pyc
 
-.stamp-apt: scripts/install-deps.sh
+.stamp-apt: scripts/install-deps.sh Makefile
 	scripts/install-deps.sh $(APT_PACKAGES)
 	touch $@
 
@@ -35,7 +35,7 @@ install: .stamp-apt .stamp-ids .stamp-pkg .stamp-pyc
 	scripts/install-ids.sh
 	touch $@
 
-.stamp-venv: .stamp-apt
+.stamp-venv: | .stamp-apt
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	touch $@
