@@ -554,10 +554,9 @@ static void __attribute__((noreturn)) child_fail(int fd, int stage, int err)
 }
 
 static void __attribute__((noreturn))
-child_main(int go_fd, int err_fd, pid_t parent, const char *path, char **argv,
-           char **envp, const char *cwd, const void *filter, size_t filter_len,
-           int flags, int tty_fd, const int *reset_signals, int n_reset,
-           uint64_t sigmask)
+child_main(int go_fd, int err_fd, pid_t parent, const char *path, char **argv, char **envp,
+           const char *cwd, const void *filter, size_t filter_len, int flags, int tty_fd,
+           const int *reset_signals, int n_reset, uint64_t sigmask)
 {
     /* All signals are blocked (the parent blocked them around fork), so no
      * inherited handler can run before exec. */
@@ -643,10 +642,9 @@ child_main(int go_fd, int err_fd, pid_t parent, const char *path, char **argv,
     child_fail(err_fd, UMLD_STAGE_EXEC, errno);
 }
 
-int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp,
-               const char *cwd, const void *filter, size_t filter_len, int flags,
-               int tty_fd, const int *reset_signals, int n_reset, uint64_t sigmask,
-               int *out_pid)
+int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp, const char *cwd,
+               const void *filter, size_t filter_len, int flags, int tty_fd,
+               const int *reset_signals, int n_reset, uint64_t sigmask, int *out_pid)
 {
     UMLD_ENTER(t);
     if ((flags & UMLD_SPAWN_NEW_SESSION) && tty_fd >= 0)
@@ -671,8 +669,8 @@ int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp
     if (pid == 0) {
         close(go[1]);
         close(ep[0]);
-        child_main(go[0], ep[1], parent, path, argv, envp, cwd, filter, filter_len, flags,
-                   tty_fd, reset_signals, n_reset, sigmask);
+        child_main(go[0], ep[1], parent, path, argv, envp, cwd, filter, filter_len, flags, tty_fd,
+                   reset_signals, n_reset, sigmask);
     }
     int fork_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -798,7 +796,7 @@ static int on_sysexit(struct umld_tracer *t, struct thr *r, struct umld_event *e
          * back (a call the kernel restarts then restarts as the guest
          * made it, and stops at its seccomp stop again). */
         unsigned long long *slot64[6] = {&regs.rdi, &regs.rsi, &regs.rdx,
-                                         &regs.r10, &regs.r8, &regs.r9};
+                                         &regs.r10, &regs.r8,  &regs.r9};
         unsigned long long *slot32[6] = {&regs.rbx, &regs.rcx, &regs.rdx,
                                          &regs.rsi, &regs.rdi, &regs.rbp};
         unsigned long long **slot = r->arch == UMLD_ARCH_I386 ? slot32 : slot64;
@@ -1071,8 +1069,7 @@ int umld_wait(struct umld_tracer *t, struct umld_event *ev, int timeout_ms)
     int64_t deadline = timeout_ms > 0 ? now_ms() + timeout_ms : 0;
     int after_sigchld = 0;
     for (;;) {
-        if (atomic_load_explicit(&t->wake, memory_order_relaxed) &&
-            atomic_exchange(&t->wake, 0)) {
+        if (atomic_load_explicit(&t->wake, memory_order_relaxed) && atomic_exchange(&t->wake, 0)) {
             ev_init(ev, UMLD_EV_WAKEUP, 0);
             return UMLD_EV_WAKEUP;
         }
@@ -1224,8 +1221,7 @@ int umld_complete(struct umld_tracer *t, int tid, long result)
      * + SETREGS and copy less; the stop itself used GET_SYSCALL_INFO, so
      * there are no cached registers to reuse. */
     if (ptrace(PTRACE_POKEUSER, tid, OFF_ORIG_RAX, -1L) < 0 ||
-        ptrace(PTRACE_POKEUSER, tid, OFF_RAX, result) < 0 ||
-        ptrace(PTRACE_CONT, tid, 0, 0) < 0)
+        ptrace(PTRACE_POKEUSER, tid, OFF_RAX, result) < 0 || ptrace(PTRACE_CONT, tid, 0, 0) < 0)
         return -errno;
     return 0;
 }
@@ -1248,7 +1244,7 @@ int umld_rewrite(struct umld_tracer *t, int tid, long nr, const uint64_t *args, 
      * "PTRACE_EVENT_SECCOMP stops (since Linux 4.8)"). */
     regs.orig_rax = (unsigned long)nr;
     unsigned long long *slot64[6] = {&regs.rdi, &regs.rsi, &regs.rdx,
-                                     &regs.r10, &regs.r8, &regs.r9};
+                                     &regs.r10, &regs.r8,  &regs.r9};
     unsigned long long *slot32[6] = {&regs.rbx, &regs.rcx, &regs.rdx,
                                      &regs.rsi, &regs.rdi, &regs.rbp};
     int i386 = r->arch == UMLD_ARCH_I386;
