@@ -68,6 +68,7 @@ lint: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict bench/run.py bench/w7_source.py
 	$(VENV)/bin/mypy --strict conformance/run.py
+	$(VENV)/bin/mypy --strict c_tracer/build_ffi.py c_tracer/bench.py
 
 # The bench draws its ratios as a PNG; matplotlib is only needed here.
 .stamp-bench: .stamp-venv

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -157,9 +158,8 @@ def traced(backend: str, argv: list[str], flt: bytes, write: bool) -> tuple[floa
         t.close()
 
 
-def best(fn: object, loops: int) -> float:
-    vals = [fn() for _ in range(loops)]  # type: ignore[operator]
-    return min(vals)
+def best(fn: Callable[[], float], loops: int) -> float:
+    return min(fn() for _ in range(loops))
 
 
 def run(backend: str, calls: int, loops: int, guest: Path, c_loop: Path | None) -> None:
