@@ -45,10 +45,10 @@
 extern char **environ;
 
 /* How long a thread may stay unannounced before we stop waiting for its
- * creator's PTRACE_EVENT_FORK/CLONE (see adopt_orphans).  A creator that
- * is alive reports within microseconds; this only has to outlast a badly
- * overloaded or CPU-throttled host. */
-#define ORPHAN_MS 2000
+ * creator's PTRACE_EVENT_FORK/CLONE (see adopt_orphans), unless
+ * umld_set_orphan_delay says otherwise; the same default as the Python
+ * side's ORPHAN_DELAY (umld/tracer/platform.py, "Orphans"). */
+#define UMLD_ORPHAN_MS 2000
 
 #define OFF_ORIG_RAX offsetof(struct user, regs.orig_rax)
 #define OFF_RAX offsetof(struct user, regs.rax)
@@ -257,7 +257,7 @@ static void note_unannounced(struct umld_tracer *t, struct thr *r)
     if (r->since_ms)
         return;
     r->since_ms = now_ms();
-    int64_t due = r->since_ms + ORPHAN_MS;
+    int64_t due = r->since_ms + t->orphan_ms;
     if (!t->orphan_due_ms || due < t->orphan_due_ms)
         t->orphan_due_ms = due;
 }
@@ -404,69 +404,97 @@ static int has_parked_exit(struct umld_tracer *t, pid_t tid)
     return 0;
 }
 
-/* Threads unannounced for ORPHAN_MS: their creator died in its fork/clone
+/* An announced thread of thread group `tg` (its leader if announced), or 0. */
+static pid_t announced_in_group(struct umld_tracer *t, pid_t tg)
+{
+    struct thr *q = umld__thr_find(t, tg);
+    if (q && q->announced)
+        return tg;
+    for (size_t i = 0; i < t->tab_cap; i++) {
+        q = &t->tab[i];
+        if (q->tid != 0 && q->announced && q->tgid == tg)
+            return q->tid;
+    }
+    return 0;
+}
+
+/* The orphan rule (umld/tracer/platform.py, "Orphans") for one thread
+ * unannounced for the orphan delay: its creator died in its fork/clone
  * event stop (a SIGKILL there discards the stop, so the event never comes)
  * or the child was created in a way we could not attribute.  A dead one is
  * forgotten (the core never knew it).  A live one is announced as a child
- * of its thread group (a thread) or of its current parent -- the reaper it
- * was re-parented to, as natively -- when we trace that; otherwise it has
- * nobody in the guest to belong to and is killed. */
+ * of an announced thread of its group (a thread) or of its current parent
+ * -- the reaper it was re-parented to, as natively -- when we trace that;
+ * otherwise it has nobody in the guest to belong to and is killed. */
+static int adopt_one(struct umld_tracer *t, pid_t tid)
+{
+    struct thr *r = umld__thr_find(t, tid);
+    if (!r || r->announced)
+        return 0;
+    if (has_parked_exit(t, tid)) {
+        drop_parked(t, tid);
+        thr_del(t, tid);
+        return 0;
+    }
+    pid_t tg, pp;
+    struct thr *q;
+    struct umld_event ev;
+    if (proc_ids(tid, &tg, &pp) == 0) {
+        ev_init(&ev, UMLD_EV_CLONED, 0);
+        ev.child = tid;
+        if (tg != tid) {
+            ev.tid = announced_in_group(t, tg);
+            ev.clone_kind = UMLD_CLONE_THREAD;
+        } else if ((q = umld__thr_find(t, pp)) && q->announced) {
+            ev.tid = pp;
+            ev.clone_kind = UMLD_CLONE_FORK;
+        }
+        if (ev.tid) {
+            r = umld__thr_find(t, tid);
+            r->tgid = tg;
+            return emit(t, &ev);
+        }
+        kill(tid, SIGKILL); /* a thread takes its (unknown) group with it */
+    }
+    /* Dying: give its exit status time to arrive, then forget it. */
+    r = umld__thr_find(t, tid);
+    if (r) {
+        r->since_ms = 0;
+        note_unannounced(t, r);
+    }
+    return 0;
+}
+
+/* Apply the orphan rule to every thread whose delay is over: processes
+ * first, so that a thread of an orphan process finds its group announced
+ * (or announced by the process's own held-back Cloned events). */
 static int adopt_orphans(struct umld_tracer *t)
 {
     int64_t now = now_ms(), next = 0;
     pid_t due[64];
-    size_t n = 0;
+    size_t n = 0, n_procs = 0;
     for (size_t i = 0; i < t->tab_cap; i++) {
         struct thr *r = &t->tab[i];
         if (r->tid == 0 || r->announced || !r->since_ms)
             continue;
-        if (r->since_ms + ORPHAN_MS <= now && n < 64) {
+        if (r->since_ms + t->orphan_ms <= now && n < 64) {
             due[n++] = r->tid;
+            if (r->tgid == 0 || r->tgid == r->tid) {
+                pid_t first = due[n_procs];
+                due[n_procs++] = r->tid;
+                due[n - 1] = first;
+            }
         } else {
-            int64_t d = r->since_ms + ORPHAN_MS;
+            int64_t d = r->since_ms + t->orphan_ms;
             if (!next || d < next)
                 next = d;
         }
     }
     t->orphan_due_ms = next;
     for (size_t k = 0; k < n; k++) {
-        pid_t tid = due[k];
-        struct thr *r = umld__thr_find(t, tid);
-        if (!r || r->announced)
-            continue;
-        if (has_parked_exit(t, tid)) {
-            drop_parked(t, tid);
-            thr_del(t, tid);
-            continue;
-        }
-        pid_t tg, pp;
-        struct thr *q;
-        struct umld_event ev;
-        if (proc_ids(tid, &tg, &pp) == 0) {
-            ev_init(&ev, UMLD_EV_CLONED, 0);
-            ev.child = tid;
-            if (tg != tid && (q = umld__thr_find(t, tg)) && q->announced) {
-                ev.tid = tg;
-                ev.clone_kind = UMLD_CLONE_THREAD;
-            } else if (tg == tid && (q = umld__thr_find(t, pp)) && q->announced) {
-                ev.tid = pp;
-                ev.clone_kind = UMLD_CLONE_FORK;
-            }
-            if (ev.tid) {
-                r->tgid = tg;
-                int rc = emit(t, &ev);
-                if (rc < 0)
-                    return rc;
-                continue;
-            }
-            kill(tid, SIGKILL);
-        }
-        /* Dying: give its exit status time to arrive, then forget it. */
-        r = umld__thr_find(t, tid);
-        if (r) {
-            r->since_ms = 0;
-            note_unannounced(t, r);
-        }
+        int rc = adopt_one(t, due[k]);
+        if (rc < 0)
+            return rc;
     }
     return 0;
 }
@@ -496,7 +524,24 @@ struct umld_tracer *umld_tracer_new(void)
     sigemptyset(&t->waitset);
     sigemptyset(&t->hostset);
     sigaddset(&t->waitset, SIGCHLD);
+    t->orphan_ms = UMLD_ORPHAN_MS;
     return t;
+}
+
+int umld_set_orphan_delay(struct umld_tracer *t, int ms)
+{
+    UMLD_ENTER(t);
+    if (ms < 0)
+        return -EINVAL;
+    t->orphan_ms = ms;
+    /* Deadlines already set used the old delay: the next wait looks at
+     * every unannounced thread again (adopt_orphans recomputes them). */
+    for (size_t i = 0; i < t->tab_cap; i++)
+        if (t->tab[i].tid != 0 && !t->tab[i].announced && t->tab[i].since_ms) {
+            t->orphan_due_ms = now_ms();
+            break;
+        }
+    return 0;
 }
 
 void umld_tracer_free(struct umld_tracer *t)

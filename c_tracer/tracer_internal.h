@@ -58,6 +58,7 @@ struct umld_tracer {
     int n_host;
     uint32_t since_sleep;
     int64_t orphan_due_ms; /* earliest orphan deadline, 0 if none */
+    int64_t orphan_ms;     /* the orphan delay (umld_set_orphan_delay) */
 
     /* traced threads */
     struct thr *tab;

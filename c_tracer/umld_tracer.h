@@ -106,6 +106,11 @@ int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp
                const void *filter, size_t filter_len, int flags, int tty_fd,
                const int *reset_signals, int n_reset, uint64_t sigmask, int *out_pid);
 
+/* How long (ms, >= 0) a traced thread waits for the event announcing it
+ * before the orphan rule applies (umld/tracer/platform.py, "Orphans");
+ * 2000 ms by default.  -EINVAL for a negative value. */
+int umld_set_orphan_delay(struct umld_tracer *t, int ms);
+
 /* Signals that umld_wait reports as UMLD_EV_HOSTSIG (replaces the set). */
 int umld_set_host_signals(struct umld_tracer *t, const int *signals, int n);
 

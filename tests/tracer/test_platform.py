@@ -18,7 +18,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -810,6 +810,137 @@ def test_leader_exits_before_its_thread(drv: Driver, tracer_bin: Path) -> None:
     # The leader's death is reported last, with the group's exit status.
     assert [e.tid for e in exits] == [clone.child, pid]  # type: ignore[attr-defined]
     assert os.WIFEXITED(ex.status) and os.WEXITSTATUS(ex.status) == 7
+
+
+# --- orphans: one rule for every backend (platform.py, "Orphans") ----------------
+
+#: The orphan delay these tests inject (the default is ORPHAN_DELAY, 2 s).
+SHORT_ORPHAN_DELAY = 0.3
+
+
+@pytest.fixture
+def orphan_drv(backend: str) -> Iterator[Driver]:
+    """A Driver over a tracer whose orphan delay is SHORT_ORPHAN_DELAY."""
+    from umld.tracer import open_tracer
+
+    t = open_tracer(backend, orphan_delay=SHORT_ORPHAN_DELAY)
+    try:
+        yield Driver(t)
+    finally:
+        t.close()
+    assert not traced_by(threading.get_native_id())
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name: state, ppid, ... (proc(5))."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].decode().split()
+    except OSError:
+        return None
+
+
+def _wait_for(cond: Callable[[], object], what: str, timeout: float = 10.0) -> object:
+    """Poll ``cond`` until it returns something true; fail after ``timeout``."""
+    end = time.monotonic() + timeout
+    while not (value := cond()):
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.005)
+    return value
+
+
+def _stopped_in_fork(parent: int) -> int:
+    """Wait until ``parent`` has forked a child and sits in a ptrace stop
+    (its fork event, which nobody collected: the tracer is not waited
+    on meanwhile); return the child."""
+
+    def child() -> int | None:
+        if (_stat_fields(parent) or ["?"])[0] != "t":
+            return None
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (_stat_fields(int(entry)) or ["", ""])[1] == str(parent):
+                return int(entry)
+        return None
+
+    return int(_wait_for(child, f"{parent} to stop in its fork event"))  # type: ignore[call-overload]
+
+
+def test_an_orphan_is_adopted_by_its_reaper(orphan_drv: Driver, tracer_bin: Path) -> None:
+    """The parent is SIGKILLed in its fork event stop, so that event is lost
+    (ptrace(2), "Death under ptrace").  Its child, re-parented to the
+    subreaper sh as natively, is announced as sh's child once it has
+    waited the orphan delay for its creator's event, and runs to its end."""
+    drv = orphan_drv
+    prog = tracer_bin / "tracer_procs"
+    sh = drv.spawn(
+        spec("/bin/sh", "-c", f"{prog} fork-pause; exec sleep 100", seccomp_filter=UNAME_FILTER)
+    )
+    parent = drv.until(lambda e: isinstance(e, Execed) and e.tid != sh).tid
+    child = _stopped_in_fork(parent)
+    os.kill(parent, signal.SIGKILL)
+    _wait_for(lambda: (_stat_fields(child) or ["", ""])[1] == str(sh), "the re-parenting")
+    t0 = time.monotonic()
+    adopted = drv.until(lambda e: isinstance(e, Cloned) and e.child == child)
+    waited = time.monotonic() - t0
+    assert adopted == Cloned(sh, child, CloneKind.FORK)
+    assert SHORT_ORPHAN_DELAY - 0.01 <= waited < SHORT_ORPHAN_DELAY + 5, waited
+    assert drv.of(Exited, parent), "the parent's death is reported (before or after)"
+    ex = drv.run(child, _complete_unames(drv))
+    assert os.WIFEXITED(ex.status) and os.WEXITSTATUS(ex.status) == 3
+    assert drv.of(SyscallStop, child), "the adopted child's trapped call came through"
+    drv.t.kill(sh, signal.SIGKILL)
+    drv.run(sh)
+
+
+def test_an_orphan_whose_creator_is_killed_while_the_tracer_looks(
+    orphan_drv: Driver, tracer_bin: Path
+) -> None:
+    """As above, but the tracer collects at once, while the parent dies and
+    its child is re-parented: the child may be announced as the dying
+    creator's child (before its Exited) or as sh's; either way once, in
+    order, and it runs to its end."""
+    drv = orphan_drv
+    prog = tracer_bin / "tracer_procs"
+    sh = drv.spawn(
+        spec("/bin/sh", "-c", f"{prog} fork-pause; exec sleep 100", seccomp_filter=UNAME_FILTER)
+    )
+    parent = drv.until(lambda e: isinstance(e, Execed) and e.tid != sh).tid
+    child = _stopped_in_fork(parent)
+    os.kill(parent, signal.SIGKILL)
+    adopted = drv.until(lambda e: isinstance(e, Cloned) and e.child == child)
+    assert isinstance(adopted, Cloned) and adopted.kind is CloneKind.FORK
+    assert adopted.tid in (sh, parent), adopted
+    ex = drv.run(child, _complete_unames(drv))
+    assert os.WIFEXITED(ex.status) and os.WEXITSTATUS(ex.status) == 3
+    drv.t.kill(sh, signal.SIGKILL)
+    drv.run(sh)
+
+
+def test_an_orphan_nobody_in_the_guest_can_adopt_is_killed(
+    orphan_drv: Driver, tracer_bin: Path
+) -> None:
+    """As above, but the spawned process is the parent and no subreaper:
+    the orphan goes to a reaper outside the guest.  It is killed after the
+    orphan delay, never announced, and nothing stays traced."""
+    drv = orphan_drv
+    pid = drv.spawn(
+        spec(
+            tracer_bin / "tracer_procs", "fork-pause", seccomp_filter=UNAME_FILTER, subreaper=False
+        )
+    )
+    assert drv.next() == Execed(pid, pid)
+    child = _stopped_in_fork(pid)
+    os.kill(pid, signal.SIGKILL)
+    _wait_for(lambda: (_stat_fields(child) or ["", ""])[1] != str(pid), "the re-parenting")
+    ex = drv.next()
+    assert isinstance(ex, Exited) and ex.tid == pid
+    end = time.monotonic() + SHORT_ORPHAN_DELAY + 10
+    while (_stat_fields(child) or ["Z"])[0] != "Z":
+        assert time.monotonic() < end, "the orphan still runs"
+        assert drv.t.wait(0.05) is None, "the orphan was announced"
+    assert drv.t.wait(0) is None
+    assert not drv.t.tids()
+    assert not traced_by(threading.get_native_id())
 
 
 # --- signals, group-stop --------------------------------------------------------

@@ -8,6 +8,7 @@ python-ptrace.
 from __future__ import annotations
 
 from umld.tracer.platform import (
+    ORPHAN_DELAY as ORPHAN_DELAY,
     SpawnSpec as SpawnSpec,
     TracerError as TracerError,
     TracerPlatform as TracerPlatform,
@@ -18,17 +19,20 @@ BACKENDS = ("c", "python")
 DEFAULT_BACKEND = "c"
 
 
-def open_tracer(name: str = DEFAULT_BACKEND) -> TracerPlatform:
-    """A new tracer of backend ``name``, owned by the calling thread."""
+def open_tracer(
+    name: str = DEFAULT_BACKEND, *, orphan_delay: float = ORPHAN_DELAY
+) -> TracerPlatform:
+    """A new tracer of backend ``name``, owned by the calling thread.
+    ``orphan_delay``: see "Orphans" in :mod:`umld.tracer.platform`."""
     if name == "c":
         from umld.tracer.ptrace_c import CTracer
 
-        tracer: TracerPlatform = CTracer()
+        tracer: TracerPlatform = CTracer(orphan_delay=orphan_delay)
         return tracer
     if name == "python":
         from umld.tracer.ptrace_py import PythonTracer
 
-        tracer = PythonTracer()
+        tracer = PythonTracer(orphan_delay=orphan_delay)
         return tracer
     raise ValueError(f"unknown tracer backend {name!r} (choose from {', '.join(BACKENDS)})")
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno as _errno
-import math
 import os
 import platform as _platform
 import signal
@@ -61,7 +60,7 @@ from umld.tracer.events import (
     Tid,
     Wakeup,
 )
-from umld.tracer.platform import SpawnSpec, TracerError, TracerUnavailable
+from umld.tracer.platform import ORPHAN_DELAY, SpawnSpec, TracerError, TracerUnavailable
 from umld.tracer.seccomp import AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT
 
 if _platform.machine() != "x86_64":  # pragma: no cover - other hosts
@@ -136,13 +135,6 @@ _STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signa
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _IOV_MAX = 1024
 _U64 = 1 << 64
-
-#: A child whose creator never reports the clone event (the creator got a
-#: fatal signal inside fork(2): ptrace_stop() is skipped when a fatal signal
-#: is pending) would stay parked for ever.  After this many seconds without
-#: its Cloned, a parked process is killed and forgotten: the guest kernel
-#: never saw it, so it must not run.
-ORPHAN_TIMEOUT = 5.0
 
 #: Longest single sleep in ``wait``.  SIGCHLD ends a sleep only if no
 #: thread of the process has it unblocked (the kernel may hand the signal
@@ -392,13 +384,17 @@ class PythonTracer:
       SIGCHLDs on to each other, so none sleeps through its own tracee's
       stop; a thread that does not block SIGCHLD can still swallow one,
       which then costs at most MAX_SLEEP.
-    * A process created by a creator that is killed inside fork(2) is
-      never announced (no clone event); it is killed after
-      ORPHAN_TIMEOUT seconds, unseen by the guest kernel."""
+    * A child whose creator never reports the clone event (the creator
+      was killed in that stop) waits ``orphan_delay`` seconds parked,
+      then the orphan rule of :mod:`umld.tracer.platform` applies
+      (``_sweep_orphans``)."""
 
     name = "python"
 
-    def __init__(self) -> None:
+    def __init__(self, *, orphan_delay: float = ORPHAN_DELAY) -> None:
+        if not orphan_delay >= 0:
+            raise ValueError("orphan_delay must be 0 or more seconds")
+        self.orphan_delay = orphan_delay
         self._owner = threading.get_ident()
         self._owner_native = threading.get_native_id()
         with _tracer_threads_lock:
@@ -613,12 +609,14 @@ class PythonTracer:
             # Nothing to report: sleep until SIGCHLD, a host signal, wake(),
             # the timeout, or a parked orphan's deadline.
             if self._parked_since:
-                self._sweep_orphans(now)
+                event = self._sweep_orphans(now)
+                if event is not None:
+                    return event
                 if self._ready:
                     continue
             slice_ = MAX_SLEEP if deadline is None else min(deadline - now, MAX_SLEEP)
             if self._parked_since:
-                first = min(self._parked_since.values()) + ORPHAN_TIMEOUT - now
+                first = min(self._parked_since.values()) + self.orphan_delay - now
                 slice_ = min(slice_, max(first, 0.001))
             self._last_sigpoll = now
             info = signal.sigtimedwait(self._sigset, max(slice_, 0.0))
@@ -796,6 +794,8 @@ class PythonTracer:
             kind = CloneKind.PROCESS
         tgid = self._tgid.get(pid, pid) if kind is CloneKind.THREAD else child
         self._continue(pid)
+        if child in self._known:
+            return None  # adopted by the orphan rule already: said once
         self._announce(child, tgid)
         return Cloned(Tid(pid), Tid(child), kind)
 
@@ -839,25 +839,49 @@ class PythonTracer:
         statuses.append(status)
         self._parked_since.setdefault(pid, time.monotonic())
 
-    def _sweep_orphans(self, now: float) -> None:
-        for pid, since in list(self._parked_since.items()):
-            if now - since < ORPHAN_TIMEOUT:
-                continue
-            statuses = self._parked.get(pid, [])
+    def _announced_in_group(self, tgid: int) -> int | None:
+        """An announced thread of thread group ``tgid`` (its leader if
+        announced), or None."""
+        if tgid in self._known:
+            return tgid
+        return next((t for t, g in self._tgid.items() if g == tgid and t in self._known), None)
+
+    def _sweep_orphans(self, now: float) -> Event | None:
+        """The orphan rule (platform.py, "Orphans") for the parked tids that
+        have waited ``orphan_delay``: the first Cloned it announces (the
+        parked statuses follow through ``_ready``; the next call goes on
+        with the others), or None."""
+        due = [p for p, since in self._parked_since.items() if now - since >= self.orphan_delay]
+        tgids = {p: _proc_status_field(p, "Tgid") for p in due}
+        # Processes first: a thread of an orphan process then finds its
+        # group announced (or announced by the process's parked events).
+        due.sort(key=lambda p: tgids[p] not in (p, None))
+        for pid in due:
+            statuses = self._parked.pop(pid, [])
+            del self._parked_since[pid]
             last = statuses[-1] if statuses else 0
             if statuses and (os.WIFEXITED(last) or os.WIFSIGNALED(last)):
-                del self._parked[pid], self._parked_since[pid]
-                continue
-            if _proc_status_field(pid, "Tgid") == pid:
-                # A process whose creator died inside fork(2): kill it.
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-                del self._parked[pid], self._parked_since[pid]
-                self._dropped.add(pid)
+                continue  # dead: the guest kernel never knew it
+            tgid = tgids[pid]
+            if tgid is None:
+                continue  # gone meanwhile
+            if tgid != pid:
+                parent = self._announced_in_group(tgid)
+                kind = CloneKind.THREAD
             else:
-                # A thread: its whole group would go with a kill; leave it
-                # stopped and stop looking (its group dies with its creator).
-                self._parked_since[pid] = math.inf
+                ppid = _proc_status_field(pid, "PPid")
+                parent = ppid if ppid in self._known else None
+                kind = CloneKind.FORK
+            if parent is not None:
+                self._parked[pid] = statuses
+                self._announce(pid, tgid)
+                return Cloned(Tid(parent), Tid(pid), kind)
+            # Nobody in the guest to belong to (a thread takes its unknown
+            # group with it); its death is not reported.
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            self._dropped.add(pid)
+        return None
 
     # --- stops -------------------------------------------------------------
 
