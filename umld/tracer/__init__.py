@@ -37,8 +37,15 @@ def open_tracer(
     raise ValueError(f"unknown tracer backend {name!r} (choose from {', '.join(BACKENDS)})")
 
 
-def available(name: str) -> str | None:
-    """None when backend ``name`` can be used here, else why not."""
+def available(name: str, *, probe: bool = False) -> str | None:
+    """None when backend ``name`` can be used here, else why not.
+
+    Without ``probe`` it only checks that the backend loads (cheap: what a
+    start of umld checks).  With ``probe`` it also runs a program under it
+    once, trapping a call through seccomp, so that a host that refuses
+    ptrace(2) or seccomp(2) (Yama, a container's seccomp profile, an LSM,
+    umld being traced itself) is told apart; the answer is cached for the
+    process (see :func:`umld.tracer.diagnostics.probe`)."""
     try:
         if name == "c":
             import umld.tracer.ptrace_c
@@ -48,4 +55,8 @@ def available(name: str) -> str | None:
             return f"unknown backend {name!r}"
     except ImportError as exc:
         return str(exc)
+    if probe:
+        from umld.tracer.diagnostics import probe as run_probe
+
+        return run_probe(name)
     return None
