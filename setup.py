@@ -54,12 +54,8 @@ class BuildC(build_ext):
         return os.path.join(package_dir, C["SANDBOX_NAME"])
 
     def build_sandbox(self) -> None:
-        if self.compiler is None:  # run() found no extension to build
-            from setuptools._distutils.ccompiler import new_compiler
-            from setuptools._distutils.sysconfig import customize_compiler
-
-            self.compiler = new_compiler()
-            customize_compiler(self.compiler)
+        # self.compiler: the one run() set up for the extension (CC, CFLAGS
+        # and LDFLAGS from the environment and Python's build).
         source = C["SANDBOX_SOURCE"]
         objects = self.compiler.compile(
             [source], output_dir=self.build_temp, extra_postargs=C["CFLAGS"]
