@@ -98,4 +98,5 @@ install-systemd: install
 
 clean:
 	rm -rf $(VENV) $(STAMPS) .stamp-ctracer build dist *.egg-info umld/tracer/_c_tracer*.so \
-		umld/tracer/_c_tracer.c umld/tracer/_c_tracer.o umld/core/umld-sandbox bench/out conformance/out
+		umld/tracer/_c_tracer.c umld/tracer/_c_tracer.o umld/core/umld-sandbox bench/out conformance/out \
+		umld/__pycache__ umld/*/__pycache__ umld/*/*/__pycache__

@@ -58,7 +58,10 @@ class BuildC(build_ext):
         # and LDFLAGS from the environment and Python's build).
         source = C["SANDBOX_SOURCE"]
         objects = self.compiler.compile(
-            [source], output_dir=self.build_temp, extra_postargs=C["CFLAGS"]
+            [source],
+            output_dir=self.build_temp,
+            extra_postargs=C["CFLAGS"],
+            depends=[f"{C['C_DIR']}/build_ffi.py"],
         )
         out = self.sandbox_path()
         self.mkpath(os.path.dirname(out))

@@ -44,7 +44,8 @@ GLUE_CFLAGS = [f for f in CFLAGS if f != "-Wconversion"]
 
 MODULE = "umld.tracer._c_tracer"
 TRACER_SOURCES = [f"{C_DIR}/tracer.c", f"{C_DIR}/mem.c"]
-TRACER_DEPENDS = [f"{C_DIR}/umld_tracer.h", f"{C_DIR}/tracer_internal.h"]
+#: A change to these rebuilds the objects (this file holds the flags).
+TRACER_DEPENDS = [f"{C_DIR}/umld_tracer.h", f"{C_DIR}/tracer_internal.h", f"{C_DIR}/build_ffi.py"]
 SANDBOX_SOURCE = f"{C_DIR}/sandbox.c"
 #: Where the sandbox goes: the package of umld/core/sandbox.py, which
 #: finds it by this name beside itself.
