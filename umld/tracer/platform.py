@@ -128,11 +128,10 @@ class TracerPlatform(Protocol):
     """One tracer: every guest thread it starts or that they create.
 
     Backends take ``orphan_delay`` (seconds, default ORPHAN_DELAY) as a
-    constructor argument: see "Orphans" above."""
+    constructor argument (``open_tracer`` passes it on): see "Orphans"
+    above."""
 
     name: str
-    #: Seconds before an unannounced thread is adopted or killed.
-    orphan_delay: float
 
     def spawn(self, spec: SpawnSpec) -> Tid:
         """Start ``spec`` traced; return its pid.  Raises TracerUnavailable
