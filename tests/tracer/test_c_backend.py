@@ -519,7 +519,8 @@ def test_host_signal_among_busy_events(ct: object, guests: dict[str, Path]) -> N
             if isinstance(ev, SyscallStop):
                 seen += 1
                 if seen == 100:
-                    os.kill(os.getpid(), signal.SIGUSR2)
+                    # To this thread (see test_platform's test_host_signal).
+                    signal.pthread_kill(threading.get_ident(), signal.SIGUSR2)
                 ct.complete(ev.tid, 0)  # type: ignore[attr-defined]
             elif isinstance(ev, HostSignal):
                 assert ev.signo == signal.SIGUSR2
