@@ -251,6 +251,63 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* ------------------------------------------------------------------------
+ * The tracers of this process.  SIGCHLD is sent to the whole process
+ * (signal(7)): when the owner thread of one tracer is not in sigtimedwait
+ * at that moment, the kernel may hand the signal to another tracer's
+ * thread that is, and the first one sleeps on with a stop to report.  So
+ * every SIGCHLD the kernel sends (si_code CLD_*, > 0) is passed on to the
+ * other tracers' threads; those forwards (SI_TKILL, < 0) are not passed on
+ * again.  The Python backend does the same among its own tracers.
+ * ------------------------------------------------------------------------ */
+
+#define MAX_TRACERS 64
+static pthread_mutex_t tracers_lock = PTHREAD_MUTEX_INITIALIZER;
+static pid_t tracer_tids[MAX_TRACERS]; /* owner threads; 0: free */
+static int n_tracers;
+
+static void tracers_add(struct umld_tracer *t)
+{
+    pthread_mutex_lock(&tracers_lock);
+    for (int i = 0; i < MAX_TRACERS; i++)
+        if (tracer_tids[i] == 0) {
+            tracer_tids[i] = t->owner_tid;
+            t->registered = 1;
+            n_tracers++;
+            break;
+        }
+    pthread_mutex_unlock(&tracers_lock);
+}
+
+static void tracers_remove(struct umld_tracer *t)
+{
+    if (!t->registered)
+        return;
+    pthread_mutex_lock(&tracers_lock);
+    for (int i = 0; i < MAX_TRACERS; i++)
+        if (tracer_tids[i] == t->owner_tid) {
+            tracer_tids[i] = 0;
+            n_tracers--;
+            break;
+        }
+    t->registered = 0;
+    pthread_mutex_unlock(&tracers_lock);
+}
+
+static void forward_sigchld(struct umld_tracer *t, const siginfo_t *si)
+{
+    if (si->si_code <= 0)
+        return; /* a forward, or umld_wake */
+    pthread_mutex_lock(&tracers_lock);
+    if (n_tracers > 1) {
+        pid_t me = getpid();
+        for (int i = 0; i < MAX_TRACERS; i++)
+            if (tracer_tids[i] != 0 && tracer_tids[i] != t->owner_tid)
+                syscall(SYS_tgkill, me, tracer_tids[i], SIGCHLD);
+    }
+    pthread_mutex_unlock(&tracers_lock);
+}
+
 /* Start the orphan clock of an unannounced thread. */
 static void note_unannounced(struct umld_tracer *t, struct thr *r)
 {
@@ -525,6 +582,7 @@ struct umld_tracer *umld_tracer_new(void)
     sigemptyset(&t->hostset);
     sigaddset(&t->waitset, SIGCHLD);
     t->orphan_ms = UMLD_ORPHAN_MS;
+    tracers_add(t);
     return t;
 }
 
@@ -548,6 +606,7 @@ void umld_tracer_free(struct umld_tracer *t)
 {
     if (!t)
         return;
+    tracers_remove(t);
     for (size_t i = 0; i < t->tab_cap; i++)
         if (t->tab[i].tid != 0 && t->tab[i].errfd >= 0)
             close(t->tab[i].errfd);
@@ -1173,7 +1232,8 @@ int umld_wait(struct umld_tracer *t, struct umld_event *ev, int timeout_ms)
         struct timespec ts = {(time_t)(rel / 1000), (long)(rel % 1000) * 1000000L};
         t->stats[3]++;
         t->since_sleep = 0;
-        int s = sigtimedwait(&t->waitset, NULL, rel < 0 ? NULL : &ts);
+        siginfo_t si;
+        int s = sigtimedwait(&t->waitset, &si, rel < 0 ? NULL : &ts);
         if (s < 0) {
             if (errno != EAGAIN)
                 return -errno; /* EINTR: a handler ran; the caller retries */
@@ -1191,7 +1251,9 @@ int umld_wait(struct umld_tracer *t, struct umld_event *ev, int timeout_ms)
             return 0;
         }
         if (s == SIGCHLD) {
-            /* A child changed state, or umld_wake (checked at loop top). */
+            /* A child changed state (ours or another tracer's), or
+             * umld_wake (checked at loop top). */
+            forward_sigchld(t, &si);
             after_sigchld = 1;
             continue;
         }
@@ -1452,7 +1514,9 @@ int umld_close(struct umld_tracer *t)
         if (live)
             kill_all(t);
         struct timespec slice = {0, live ? 20000000L : 2000000L};
-        sigtimedwait(&chld, NULL, &slice);
+        siginfo_t si;
+        if (sigtimedwait(&chld, &si, &slice) == SIGCHLD)
+            forward_sigchld(t, &si);
         quiet_rounds++;
     }
     for (size_t i = 0; i < t->tab_cap; i++) {

@@ -51,6 +51,7 @@ struct umld_tracer {
     atomic_int wake;
     int closed;
     int mask_checked;
+    int registered; /* in the process's list of tracers (tracer.c) */
     long pagesize;
 
     sigset_t waitset; /* SIGCHLD + host signals */

@@ -1222,6 +1222,50 @@ def test_two_tracer_threads_in_one_process(backend: str, tracer_bin: Path) -> No
         assert elapsed < 5, f"tracer {slot} took {elapsed:.1f}s for {n} stops"
 
 
+def test_an_idle_tracer_thread_does_not_stall_a_busy_one(backend: str, tracer_bin: Path) -> None:
+    """A second tracer that sits idle in wait in another thread of the
+    process (as a library's Host does) may be handed the SIGCHLDs of the
+    busy one's stops (signal(7): a process-directed signal goes to any
+    thread that waits for it); the busy one must still see every stop at
+    once, not after its wait times out."""
+    from umld.tracer import open_tracer
+
+    stop = threading.Event()
+    idle_tracer: list[TracerPlatform] = []
+
+    def idle() -> None:
+        t = open_tracer(backend)
+        idle_tracer.append(t)
+        try:
+            while not stop.is_set():
+                assert t.wait() == Wakeup()  # no timeout, as a Host waits
+        finally:
+            t.close()
+
+    th = threading.Thread(target=idle)
+    th.start()
+    try:
+        _wait_for(lambda: idle_tracer, "the idle tracer")
+        n = 3000
+        drv = Driver(open_tracer(backend))
+        try:
+            pid = drv.spawn(
+                spec(tracer_bin / "tracer_calls", f"uname:{n}", seccomp_filter=UNAME_FILTER)
+            )
+            t0 = time.monotonic()
+            ex = drv.run(pid, _complete_unames(drv), timeout=60)
+            elapsed = time.monotonic() - t0
+        finally:
+            drv.t.close()
+    finally:
+        stop.set()
+        idle_tracer[0].wake()
+        th.join(10)
+    assert ex.status == 0 and len(drv.of(SyscallStop)) == n
+    # ~20 us per stop; a SIGCHLD lost to the idle thread costs a whole wait.
+    assert elapsed < 5, f"{n} stops took {elapsed:.1f}s"
+
+
 DYING_TRACER_PROBE = """
 import os, signal, sys
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
