@@ -252,60 +252,60 @@ static int64_t now_ms(void)
 }
 
 /* ------------------------------------------------------------------------
- * The tracers of this process.  SIGCHLD is sent to the whole process
- * (signal(7)): when the owner thread of one tracer is not in sigtimedwait
- * at that moment, the kernel may hand the signal to another tracer's
- * thread that is, and the first one sleeps on with a stop to report.  So
- * every SIGCHLD the kernel sends (si_code CLD_*, > 0) is passed on to the
- * other tracers' threads; those forwards (SI_TKILL, < 0) are not passed on
- * again.  The Python backend does the same among its own tracers.
+ * The tracer threads of this process.  SIGCHLD is sent to the whole
+ * process (signal(7)): when the owner thread of one tracer is not in
+ * sigtimedwait at that moment, the kernel may hand the signal to another
+ * tracer's thread that is, and the first one sleeps on with a stop to
+ * report.  So every SIGCHLD the kernel sends (si_code CLD_*, > 0) is passed
+ * on to the other tracer threads; those forwards (SI_TKILL, < 0) are not
+ * passed on again.  C tracers register here themselves; the Python backend
+ * registers its tracers' threads and forwards through the same list
+ * (umld_threads_*), so that the two backends pass SIGCHLDs to each other.
  * ------------------------------------------------------------------------ */
 
-#define MAX_TRACERS 64
-static pthread_mutex_t tracers_lock = PTHREAD_MUTEX_INITIALIZER;
-static pid_t tracer_tids[MAX_TRACERS]; /* owner threads; 0: free */
-static int n_tracers;
+#define MAX_TRACER_THREADS 64
+static pthread_mutex_t threads_lock = PTHREAD_MUTEX_INITIALIZER;
+static pid_t thread_tids[MAX_TRACER_THREADS]; /* one entry per tracer; 0: free */
 
-static void tracers_add(struct umld_tracer *t)
+int umld_threads_add(int tid)
 {
-    pthread_mutex_lock(&tracers_lock);
-    for (int i = 0; i < MAX_TRACERS; i++)
-        if (tracer_tids[i] == 0) {
-            tracer_tids[i] = t->owner_tid;
-            t->registered = 1;
-            n_tracers++;
+    int rc = -ENOSPC;
+    pthread_mutex_lock(&threads_lock);
+    for (int i = 0; i < MAX_TRACER_THREADS; i++)
+        if (thread_tids[i] == 0) {
+            thread_tids[i] = tid;
+            rc = 0;
             break;
         }
-    pthread_mutex_unlock(&tracers_lock);
+    pthread_mutex_unlock(&threads_lock);
+    return rc;
 }
 
-static void tracers_remove(struct umld_tracer *t)
+void umld_threads_remove(int tid)
 {
-    if (!t->registered)
-        return;
-    pthread_mutex_lock(&tracers_lock);
-    for (int i = 0; i < MAX_TRACERS; i++)
-        if (tracer_tids[i] == t->owner_tid) {
-            tracer_tids[i] = 0;
-            n_tracers--;
+    pthread_mutex_lock(&threads_lock);
+    for (int i = 0; i < MAX_TRACER_THREADS; i++)
+        if (thread_tids[i] == tid) {
+            thread_tids[i] = 0;
             break;
         }
-    t->registered = 0;
-    pthread_mutex_unlock(&tracers_lock);
+    pthread_mutex_unlock(&threads_lock);
+}
+
+void umld_threads_forward(int from_tid)
+{
+    pid_t me = getpid();
+    pthread_mutex_lock(&threads_lock);
+    for (int i = 0; i < MAX_TRACER_THREADS; i++)
+        if (thread_tids[i] != 0 && thread_tids[i] != from_tid)
+            syscall(SYS_tgkill, me, thread_tids[i], SIGCHLD);
+    pthread_mutex_unlock(&threads_lock);
 }
 
 static void forward_sigchld(struct umld_tracer *t, const siginfo_t *si)
 {
-    if (si->si_code <= 0)
-        return; /* a forward, or umld_wake */
-    pthread_mutex_lock(&tracers_lock);
-    if (n_tracers > 1) {
-        pid_t me = getpid();
-        for (int i = 0; i < MAX_TRACERS; i++)
-            if (tracer_tids[i] != 0 && tracer_tids[i] != t->owner_tid)
-                syscall(SYS_tgkill, me, tracer_tids[i], SIGCHLD);
-    }
-    pthread_mutex_unlock(&tracers_lock);
+    if (si->si_code > 0) /* not a forward, not umld_wake */
+        umld_threads_forward(t->owner_tid);
 }
 
 /* Start the orphan clock of an unannounced thread. */
@@ -582,7 +582,7 @@ struct umld_tracer *umld_tracer_new(void)
     sigemptyset(&t->hostset);
     sigaddset(&t->waitset, SIGCHLD);
     t->orphan_ms = UMLD_ORPHAN_MS;
-    tracers_add(t);
+    t->registered = umld_threads_add(t->owner_tid) == 0;
     return t;
 }
 
@@ -606,7 +606,8 @@ void umld_tracer_free(struct umld_tracer *t)
 {
     if (!t)
         return;
-    tracers_remove(t);
+    if (t->registered)
+        umld_threads_remove(t->owner_tid);
     for (size_t i = 0; i < t->tab_cap; i++)
         if (t->tab[i].tid != 0 && t->tab[i].errfd >= 0)
             close(t->tab[i].errfd);

@@ -51,7 +51,7 @@ struct umld_tracer {
     atomic_int wake;
     int closed;
     int mask_checked;
-    int registered; /* in the process's list of tracers (tracer.c) */
+    int registered; /* in the process's list of tracer threads (tracer.c) */
     long pagesize;
 
     sigset_t waitset; /* SIGCHLD + host signals */

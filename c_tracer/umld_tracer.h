@@ -145,6 +145,14 @@ long umld_read_string(struct umld_tracer *t, int tid, uint64_t addr, size_t limi
 /* tgkill(2) `sig` to `tid`; 0 when the thread is already gone. */
 int umld_kill(struct umld_tracer *t, int tid, int sig);
 
+/* The process's list of tracer threads, among which SIGCHLDs the kernel
+ * sends are passed on (tracer.c): C tracers are in it by themselves;
+ * another backend adds its tracers' threads (one entry per tracer, 0 or
+ * -ENOSPC) and forwards a kernel SIGCHLD it took to all but itself. */
+int umld_threads_add(int tid);
+void umld_threads_remove(int tid);
+void umld_threads_forward(int from_tid);
+
 /* SIGKILL every traced thread, reap them all, close fds.  Idempotent. */
 int umld_close(struct umld_tracer *t);
 

@@ -97,6 +97,25 @@ _ESRCH = -_errno.ESRCH
 _WAKEUP = Wakeup()
 
 
+class TracerThreads:
+    """The process's list of tracer threads (c_tracer/tracer.c,
+    ``umld_threads_*``), among which kernel-sent SIGCHLDs are passed on:
+    C tracers are in it by themselves; the Python backend adds its
+    tracers' threads, so that the two backends forward to each other."""
+
+    def add(self, tid: int) -> bool:
+        return bool(_lib.umld_threads_add(tid) == 0)
+
+    def remove(self, tid: int) -> None:
+        _lib.umld_threads_remove(tid)
+
+    def forward(self, from_tid: int) -> None:
+        _lib.umld_threads_forward(from_tid)
+
+
+TRACER_THREADS = TracerThreads()
+
+
 def _cstrings(items: Sequence[bytes | str], keep: list[Any]) -> Any:
     """A NULL-terminated char *[] of ``items``; ``keep`` holds the buffers."""
     bufs = [_ffi.new("char[]", os.fsencode(s)) for s in items]

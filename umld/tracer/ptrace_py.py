@@ -41,7 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from umld.tracer.diagnostics import ptrace_refused_reason
 from umld.tracer.events import (
@@ -214,13 +214,63 @@ _vm_writev.restype = ctypes.c_ssize_t
 _vm_writev.argtypes = _vm_args
 
 
-# Threads of this process that own a PythonTracer (native tid -> count).
-# SIGCHLD is process-directed: the kernel wakes whichever thread is waiting
-# for it, possibly another tracer's thread, which finds nothing of its own
-# (__WNOTHREAD) while the owner sleeps on.  So a tracer that takes a
-# kernel-sent SIGCHLD passes it on to the others (see _forward_sigchld).
-_tracer_threads: dict[int, int] = {}
-_tracer_threads_lock = threading.Lock()
+class _Threads(Protocol):
+    def add(self, tid: int) -> bool: ...
+    def remove(self, tid: int) -> None: ...
+    def forward(self, from_tid: int) -> None: ...
+
+
+class _PythonThreads:
+    """Threads of this process that own a tracer, one entry per tracer.
+    SIGCHLD is process-directed: the kernel wakes whichever thread is
+    waiting for it, possibly another tracer's thread, which finds nothing
+    of its own (__WNOTHREAD) while the owner sleeps on.  So a tracer that
+    takes a kernel-sent SIGCHLD passes it on to the others (see
+    _forward_sigchld).  Used only when the C backend is not built: its
+    list (c_tracer/tracer.c) is shared by the tracers of both backends."""
+
+    def __init__(self) -> None:
+        self._count: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, tid: int) -> bool:
+        with self._lock:
+            self._count[tid] = self._count.get(tid, 0) + 1
+        return True
+
+    def remove(self, tid: int) -> None:
+        with self._lock:
+            left = self._count.pop(tid, 0) - 1
+            if left > 0:
+                self._count[tid] = left
+
+    def forward(self, from_tid: int) -> None:
+        with self._lock:
+            others = [t for t in self._count if t != from_tid]
+        for native in others:
+            _tgkill_self(native, signal.SIGCHLD)
+
+
+_threads_list: _Threads | None = None
+_threads_lock = threading.Lock()
+
+
+def _threads() -> _Threads:
+    """The process's list of tracer threads: the C backend's when it is
+    built (so that tracers of both backends forward to each other), else
+    one of our own.  Looked up at the first tracer, not at import."""
+    global _threads_list
+    if _threads_list is not None:
+        return _threads_list
+    with _threads_lock:
+        if _threads_list is None:
+            try:
+                from umld.tracer.ptrace_c import TRACER_THREADS
+            except ImportError:
+                _threads_list = _PythonThreads()
+            else:
+                _threads_list = TRACER_THREADS
+        return _threads_list
 
 
 def _tgkill_self(native_tid: int, signo: int) -> None:
@@ -231,14 +281,10 @@ def _tgkill_self(native_tid: int, signo: int) -> None:
 
 def _forward_sigchld(info: Any, me: int) -> None:
     """Pass a SIGCHLD the kernel sent (si_code CLD_*, > 0) to the other
-    tracer threads.  Our own forwards arrive as SI_TKILL (< 0) and are not
+    tracer threads.  Forwards arrive as SI_TKILL (< 0) and are not
     forwarded again."""
-    if info.si_code <= 0 or len(_tracer_threads) < 2:
-        return
-    with _tracer_threads_lock:
-        others = [t for t in _tracer_threads if t != me]
-    for native in others:
-        _tgkill_self(native, signal.SIGCHLD)
+    if info.si_code > 0:
+        _threads().forward(me)
 
 
 def _signed(value: int) -> int:
@@ -397,8 +443,7 @@ class PythonTracer:
         self.orphan_delay = orphan_delay
         self._owner = threading.get_ident()
         self._owner_native = threading.get_native_id()
-        with _tracer_threads_lock:
-            _tracer_threads[self._owner_native] = _tracer_threads.get(self._owner_native, 0) + 1
+        self._registered = _threads().add(self._owner_native)
         # sigtimedwait(2) only works for a blocked signal: an unblocked
         # SIGCHLD (default action: ignore) would be discarded, not queued.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
@@ -1120,12 +1165,8 @@ class PythonTracer:
             info = signal.sigtimedwait({signal.SIGCHLD}, 0.01)
             if info is not None:
                 _forward_sigchld(info, self._owner_native)
-        with _tracer_threads_lock:
-            left = _tracer_threads.get(self._owner_native, 0) - 1
-            if left > 0:
-                _tracer_threads[self._owner_native] = left
-            else:
-                _tracer_threads.pop(self._owner_native, None)
+        if self._registered:
+            _threads().remove(self._owner_native)
         for fd in self._errpipes.values():
             os.close(fd)
         self._errpipes.clear()
