@@ -22,7 +22,11 @@ How it works (both backends):
   threads in one process never steal each other's tracees.
 * ``wait`` sleeps in sigtimedwait(2) on SIGCHLD plus the host signals, so
   the tracer thread (and every other thread of umld) must keep those
-  signals blocked; ``wake`` from another thread interrupts it.
+  signals blocked; ``wake`` from another thread interrupts it.  SIGCHLD
+  goes to the whole process (signal(7)), so with several tracers in one
+  process (one per thread, of either backend) one may take another's:
+  every tracer passes the SIGCHLDs the kernel sends on to the others
+  (one list of tracer threads, kept in c_tracer/tracer.c).
 * A syscall is cancelled the PRoot way: at the seccomp stop the syscall
   number is set to -1 (the kernel skips it) and the return register is set
   to the result (seccomp(2), SECCOMP_RET_TRACE).  One stop, no exit stop.
