@@ -266,6 +266,7 @@ static int64_t now_ms(void)
 #define MAX_TRACER_THREADS 64
 static pthread_mutex_t threads_lock = PTHREAD_MUTEX_INITIALIZER;
 static pid_t thread_tids[MAX_TRACER_THREADS]; /* one entry per tracer; 0: free */
+static int n_thread_tids;
 
 int umld_threads_add(int tid)
 {
@@ -274,6 +275,7 @@ int umld_threads_add(int tid)
     for (int i = 0; i < MAX_TRACER_THREADS; i++)
         if (thread_tids[i] == 0) {
             thread_tids[i] = tid;
+            n_thread_tids++;
             rc = 0;
             break;
         }
@@ -287,6 +289,7 @@ void umld_threads_remove(int tid)
     for (int i = 0; i < MAX_TRACER_THREADS; i++)
         if (thread_tids[i] == tid) {
             thread_tids[i] = 0;
+            n_thread_tids--;
             break;
         }
     pthread_mutex_unlock(&threads_lock);
@@ -296,7 +299,7 @@ void umld_threads_forward(int from_tid)
 {
     pid_t me = getpid();
     pthread_mutex_lock(&threads_lock);
-    for (int i = 0; i < MAX_TRACER_THREADS; i++)
+    for (int i = 0; n_thread_tids > 1 && i < MAX_TRACER_THREADS; i++)
         if (thread_tids[i] != 0 && thread_tids[i] != from_tid)
             syscall(SYS_tgkill, me, thread_tids[i], SIGCHLD);
     pthread_mutex_unlock(&threads_lock);
