@@ -1,6 +1,6 @@
 # umld: `make demo` and `make test` work on a fresh Debian machine.
-# Every target installs what is missing first (apt packages, .venv, the
-# compiled C tracer), so nothing needs to be installed by hand.
+# Every target installs what is missing first (apt packages, .venv, umld
+# itself with its C parts), so nothing needs to be installed by hand.
 
 SHELL := /bin/bash
 # Debian's interpreter: every user can run it (a pyenv under /root cannot
@@ -8,26 +8,25 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-STAMPS := .stamp-apt .stamp-ids .stamp-venv .stamp-ctracer .stamp-bench
-C_TRACER_SRC := $(wildcard c_tracer/*.c c_tracer/*.h c_tracer/build_ffi.py)
-C_TRACER_SO := .stamp-ctracer
+STAMPS := .stamp-apt .stamp-ids .stamp-venv .stamp-pkg .stamp-pyc .stamp-bench
+# What the package build (setup.py) reads: a change rebuilds the C parts.
+PKG_SRC := pyproject.toml setup.py MANIFEST.in $(wildcard c_tracer/*.c c_tracer/*.h c_tracer/build_ffi.py)
+PY_SRC := $(wildcard umld/*.py umld/*/*.py umld/*/*/*.py)
 
 # Debian packages: compiler and headers for the C tracer and pyfuse3, the
-# FUSE runtime, the peers the benchmark compares against, and the programs
-# the tests run as guests.
+# FUSE runtime, the peers the benchmark compares against, the programs
+# the tests run as guests, and clang-format for `make lint`.
 APT_PACKAGES := gcc make pkg-config python3 python3-venv python3-dev libffi-dev \
 	fuse3 libfuse3-dev strace proot git tar procps psmisc hostname util-linux \
-	libpython3.11-testsuite e2fsprogs systemd keyutils tmux gcc-multilib
+	libpython3.11-testsuite e2fsprogs systemd keyutils tmux gcc-multilib clang-format
 
 .PHONY: all install install-systemd demo test test-fast lint bench bench-quick conformance clean
 
 all: install
 
-SANDBOX_BIN := umld/core/umld-sandbox
+install: .stamp-apt .stamp-ids .stamp-pkg .stamp-pyc
 
-install: .stamp-apt .stamp-ids .stamp-venv $(C_TRACER_SO) $(SANDBOX_BIN)
-
-.stamp-apt: scripts/install-deps.sh
+.stamp-apt: scripts/install-deps.sh Makefile
 	scripts/install-deps.sh $(APT_PACKAGES)
 	touch $@
 
@@ -36,19 +35,21 @@ install: .stamp-apt .stamp-ids .stamp-venv $(C_TRACER_SO) $(SANDBOX_BIN)
 	scripts/install-ids.sh
 	touch $@
 
-.stamp-venv: .stamp-apt pyproject.toml
+.stamp-venv: | .stamp-apt
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[test,export]' --config-settings editable_mode=compat
 	touch $@
 
-$(SANDBOX_BIN): c_tracer/sandbox.c .stamp-apt
-	$(CC) -O2 -Wall -Wextra -Werror -o $@ c_tracer/sandbox.c
+# umld itself, as `pip install .` installs it but editable: the same build
+# (setup.py) compiles the C tracer extension and umld-sandbox, here in
+# place (umld/tracer/_c_tracer*.so, umld/core/umld-sandbox).
+.stamp-pkg: .stamp-venv $(PKG_SRC)
+	$(VPY) -m pip install -q -e '.[test,export]'
+	touch $@
 
-$(C_TRACER_SO): .stamp-venv $(C_TRACER_SRC) $(wildcard umld/*.py umld/*/*.py umld/*/*/*.py)
-	$(VPY) c_tracer/build_ffi.py
-	# Byte-compile now: a start that finds no .pyc compiles every module
-	# (~10 ms of each `umld run`), and PYTHONDONTWRITEBYTECODE may be set.
+# Byte-compile now: a start that finds no .pyc compiles every module
+# (~10 ms of each `umld run`), and PYTHONDONTWRITEBYTECODE may be set.
+.stamp-pyc: .stamp-pkg $(PY_SRC)
 	$(VPY) -m compileall -q umld
 	touch $@
 
@@ -62,10 +63,12 @@ test-fast: install
 	$(VPY) -m pytest -q -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check umld tests bench conformance
+	$(VENV)/bin/ruff check umld tests bench conformance c_tracer setup.py
+	clang-format --dry-run --Werror c_tracer/*.c c_tracer/*.h
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict bench/run.py bench/w7_source.py
 	$(VENV)/bin/mypy --strict conformance/run.py
+	$(VENV)/bin/mypy --strict c_tracer/build_ffi.py c_tracer/bench.py
 
 # The bench draws its ratios as a PNG; matplotlib is only needed here.
 .stamp-bench: .stamp-venv
@@ -94,4 +97,6 @@ install-systemd: install
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload && systemd-tmpfiles --create umld.conf; fi
 
 clean:
-	rm -rf $(VENV) $(STAMPS) build umld/tracer/_c_tracer*.so umld/tracer/_c_tracer.c umld/tracer/_c_tracer.o $(SANDBOX_BIN) bench/out conformance/out
+	rm -rf $(VENV) $(STAMPS) .stamp-ctracer build dist *.egg-info umld/tracer/_c_tracer*.so \
+		umld/tracer/_c_tracer.c umld/tracer/_c_tracer.o umld/core/umld-sandbox bench/out conformance/out \
+		umld/__pycache__ umld/*/__pycache__ umld/*/*/__pycache__

@@ -15,8 +15,8 @@
 
 ``--pin`` puts the tracer and the guest on one CPU (sched_setaffinity is
 inherited), ``--no-pin`` leaves them to the scheduler; default runs both.
-``--c-only`` also times the same uname loop driven from C (the objects
-build_ffi.py leaves in build/c_tracer/), i.e. without Python in the loop.
+``--c-only`` also times the same uname loop driven from C (linked with
+tracer.c and mem.c directly), i.e. without Python in the loop.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -63,6 +64,7 @@ C_LOOP = r"""
 #include <time.h>
 int main(int argc, char **argv)
 {
+    (void)argc;
     sigset_t s;
     sigemptyset(&s);
     sigaddset(&s, SIGCHLD);
@@ -91,7 +93,8 @@ int main(int argc, char **argv)
             break;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    printf("%.6f\n", (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
+    long long ns = (t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
+    printf("%lld.%09lld\n", ns / 1000000000LL, ns % 1000000000LL);
     umld_close(t);
     return 0;
 }
@@ -99,15 +102,18 @@ int main(int argc, char **argv)
 
 
 def build_c_loop(tmp: Path) -> Path:
+    """The C loop linked with the tracer's own sources, compiled here with
+    the build's flags (c_tracer/build_ffi.py)."""
+    import runpy
+
     here = Path(__file__).resolve().parent
-    objs = sorted((here.parent / "build" / "c_tracer" / "c_tracer").glob("*.o"))
-    if not objs:
-        raise SystemExit("build the C tracer first: .venv/bin/python c_tracer/build_ffi.py")
+    build = runpy.run_path(str(here / "build_ffi.py"))
+    sources = [here.parent / s for s in build["TRACER_SOURCES"]]
     src = tmp / "c_loop.c"
     src.write_text(C_LOOP)
     exe = tmp / "c_loop"
-    cmd = ["gcc", "-O2", f"-I{here}", "-o", str(exe), str(src), *map(str, objs), "-lpthread"]
-    subprocess.run(cmd, check=True)
+    cmd = ["gcc", *build["CFLAGS"], f"-I{here}", "-o", str(exe), str(src), *map(str, sources)]
+    subprocess.run([*cmd, "-lpthread"], check=True)
     return exe
 
 
@@ -152,9 +158,8 @@ def traced(backend: str, argv: list[str], flt: bytes, write: bool) -> tuple[floa
         t.close()
 
 
-def best(fn: object, loops: int) -> float:
-    vals = [fn() for _ in range(loops)]  # type: ignore[operator]
-    return min(vals)
+def best(fn: Callable[[], float], loops: int) -> float:
+    return min(fn() for _ in range(loops))
 
 
 def run(backend: str, calls: int, loops: int, guest: Path, c_loop: Path | None) -> None:

@@ -1,37 +1,56 @@
-"""Build umld.tracer._c_tracer, the cffi (API mode) extension of the C tracer.
+"""The C side of umld, declared once: sources, the one flag set, the binding.
 
-    .venv/bin/python c_tracer/build_ffi.py
+setup.py is the only builder (``pip install .``, ``pip wheel .``, and
+``pip install -e .``, which ``make install`` runs): it names this file in
+``cffi_modules`` (cffi executes it and takes ``ffibuilder``) and reads the
+lists below for the two C programs,
 
-compiles in place: umld/tracer/_c_tracer.<abi tag>.so next to ptrace_c.py
-(the generated glue umld/tracer/_c_tracer.c and the objects are
-gitignored).
+* ``umld.tracer._c_tracer``: the cffi (API mode) extension of the C tracer,
+  TRACER_SOURCES compiled with CFLAGS and linked in as objects with the
+  glue cffi generates (compiled with GLUE_CFLAGS);
+* ``umld/core/umld-sandbox``: SANDBOX_SOURCE compiled with CFLAGS into an
+  executable installed beside umld/core/sandbox.py.
 
-Warnings: our own C files (tracer.c, mem.c) are compiled on their own with
-``-Wall -Wextra -Werror -O2`` and linked in as objects, so -Werror holds for
-every line we wrote whatever cffi generates.  cffi's glue is compiled with
-the same options (with cffi 2.x it is warning-free; if a cffi release ever
-makes it warn, drop -Werror from GLUE only).
+Warnings: CFLAGS make every warning of the code we wrote an error,
+-Wconversion included (implicit conversions that may change a value or
+its sign: each place that really converts says so with a cast and a
+comment).  cffi's generated glue is not ours and converts freely, so it
+gets the same set without -Wconversion.
 
 The cdef is the part of umld_tracer.h between the CDEF-BEGIN and CDEF-END
 markers, so the header and the binding cannot drift apart.
+
+Paths are relative to the project root, where setup.py runs (setuptools
+wants relative source paths).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import sys
-import warnings
 from pathlib import Path
 
 from cffi import FFI  # type: ignore[import-untyped]
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+#: The directory of the C sources, relative to the project root.
+C_DIR = "c_tracer"
 HEADER = HERE / "umld_tracer.h"
-SOURCES = ["tracer.c", "mem.c"]
-STRICT = ["-Wall", "-Wextra", "-Werror", "-O2", "-std=gnu11"]
-GLUE = ["-Wall", "-Wextra", "-Werror", "-O2"]
+
+#: The warnings and options of every C file we wrote (tracer.c, mem.c,
+#: sandbox.c); the one list the build uses.
+CFLAGS = ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wconversion", "-Werror"]
+#: cffi's generated glue: CFLAGS without -Wconversion (see above).
+GLUE_CFLAGS = [f for f in CFLAGS if f != "-Wconversion"]
+
+MODULE = "umld.tracer._c_tracer"
+TRACER_SOURCES = [f"{C_DIR}/tracer.c", f"{C_DIR}/mem.c"]
+#: A change to these rebuilds the objects (this file holds the flags).
+TRACER_DEPENDS = [f"{C_DIR}/umld_tracer.h", f"{C_DIR}/tracer_internal.h", f"{C_DIR}/build_ffi.py"]
+SANDBOX_SOURCE = f"{C_DIR}/sandbox.c"
+#: Where the sandbox goes: the package of umld/core/sandbox.py, which
+#: finds it by this name beside itself.
+SANDBOX_PACKAGE = "umld.core"
+SANDBOX_NAME = "umld-sandbox"
 
 
 def cdef_text() -> str:
@@ -42,58 +61,23 @@ def cdef_text() -> str:
     return m.group(1)
 
 
-def compile_objects() -> list[str]:
-    """Compile our C sources with -Werror; return the object paths."""
-    from setuptools._distutils.ccompiler import new_compiler  # type: ignore[import-untyped]
-    from setuptools._distutils.sysconfig import customize_compiler  # type: ignore[import-untyped]
-
-    cc = new_compiler()
-    customize_compiler(cc)  # CC, CFLAGS and -fPIC (CCSHARED) from Python's build
-    objdir = ROOT / "build" / "c_tracer"
-    objdir.mkdir(parents=True, exist_ok=True)
-    # Relative source paths keep the objects under objdir/c_tracer/.
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        objs = cc.compile(
-            [f"c_tracer/{s}" for s in SOURCES],
-            output_dir=str(objdir),
-            include_dirs=[str(HERE)],
-            extra_preargs=None,
-            extra_postargs=STRICT,
-            depends=[str(HEADER), str(HERE / "tracer_internal.h")],
-        )
-    finally:
-        os.chdir(cwd)
-    return [str(objdir / o) if not os.path.isabs(o) else o for o in objs]
-
-
-def make_ffi(objects: list[str]) -> FFI:
+def make_ffi() -> FFI:
+    """The binding; setup.py adds the objects of TRACER_SOURCES."""
     ffibuilder = FFI()
     ffibuilder.cdef(cdef_text())
     ffibuilder.set_source(
-        "umld.tracer._c_tracer",
+        MODULE,
         '#include "umld_tracer.h"\n',
-        include_dirs=[str(HERE)],
-        extra_objects=objects,
-        extra_compile_args=GLUE,
+        include_dirs=[C_DIR],
+        extra_compile_args=GLUE_CFLAGS,
         libraries=["pthread"],
-        depends=[str(HEADER), *[str(HERE / s) for s in SOURCES]],
+        depends=[*TRACER_DEPENDS, *TRACER_SOURCES],
+        # Built for the interpreter that installs it, under the same file
+        # name as every earlier build, so that an in-place rebuild replaces
+        # the old module instead of leaving it to shadow an .abi3.so.
+        py_limited_api=False,
     )
     return ffibuilder
 
 
-def main() -> None:
-    # setuptools reads pyproject.toml from the build directory and warns
-    # that [tool.setuptools] is beta; irrelevant here.
-    warnings.simplefilter("ignore")
-    objects = compile_objects()
-    ffibuilder = make_ffi(objects)
-    # tmpdir=ROOT: the glue goes to ROOT/umld/tracer/_c_tracer.c and the
-    # module to ROOT/umld/tracer/, i.e. in place.
-    so = ffibuilder.compile(tmpdir=str(ROOT), verbose="-v" in sys.argv)
-    print(os.path.relpath(so, ROOT))
-
-
-if __name__ == "__main__":
-    main()
+ffibuilder = make_ffi()

@@ -129,8 +129,7 @@ int umld_write_mem(struct umld_tracer *t, int tid, uint64_t addr, const char *da
     return proc_mem_write(tid, addr + (uint64_t)n, data + n, size - (size_t)n);
 }
 
-long umld_read_string(struct umld_tracer *t, int tid, uint64_t addr, size_t limit,
-                      const char **out)
+long umld_read_string(struct umld_tracer *t, int tid, uint64_t addr, size_t limit, const char **out)
 {
     /* Read page by page (never across a boundary in one piece, so an
      * unmapped page after the NUL does not matter), stopping at the NUL.

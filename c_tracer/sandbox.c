@@ -93,41 +93,41 @@ extern char **environ;
 static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void die(const char *fmt, ...)
 {
-	int err = errno;
-	va_list ap;
-	fputs("umld: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	if (err)
-		fprintf(stderr, ": %s", strerror(err));
-	fputc('\n', stderr);
-	_exit(EXIT_SETUP);
+    int err = errno;
+    va_list ap;
+    fputs("umld: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    if (err)
+        fprintf(stderr, ": %s", strerror(err));
+    fputc('\n', stderr);
+    _exit(EXIT_SETUP);
 }
 
 static void write_file(const char *path, const char *text)
 {
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		die("cannot open %s", path);
-	size_t n = strlen(text);
-	if (write(fd, text, n) != (ssize_t)n)
-		die("cannot write %s", path);
-	close(fd);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        die("cannot open %s", path);
+    size_t n = strlen(text);
+    if (write(fd, text, n) != (ssize_t)n)
+        die("cannot write %s", path);
+    close(fd);
 }
 
 /* "/newroot" + guest path, or "/oldroot" + host path. */
 static char *join(const char *prefix, const char *path)
 {
-	size_t a = strlen(prefix), b = strlen(path);
-	char *out = malloc(a + b + 2);
-	if (!out)
-		die("out of memory");
-	memcpy(out, prefix, a);
-	if (path[0] != '/')
-		out[a++] = '/';
-	memcpy(out + a, path, b + 1);
-	return out;
+    size_t a = strlen(prefix), b = strlen(path);
+    char *out = malloc(a + b + 2);
+    if (!out)
+        die("out of memory");
+    memcpy(out, prefix, a);
+    if (path[0] != '/')
+        out[a++] = '/';
+    memcpy(out + a, path, b + 1);
+    return out;
 }
 
 /* The guest's host ids when root runs the machine ("subids"): guest id k
@@ -135,11 +135,11 @@ static char *join(const char *prefix, const char *path)
  * that takes the range's last id (so one machine may still run as, say,
  * uid 3000000000).  Off when not root, or in the --unsafe-host-ids mode. */
 static struct {
-	int on;
-	unsigned long uid, gid, count;
-	uid_t guest_uid;
-	gid_t guest_gid;
-	int userns; /* a user namespace with the guest's maps: the idmap */
+    int on;
+    unsigned long uid, gid, count;
+    uid_t guest_uid;
+    gid_t guest_gid;
+    int userns; /* a user namespace with the guest's maps: the idmap */
 } ids = {.userns = -1};
 
 /* mkdir -p; a missing mount point is created where the tree is writable
@@ -147,18 +147,18 @@ static struct {
  * says which mount point is missing. */
 static int mkdirs(char *path, mode_t mode)
 {
-	for (char *p = path + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		int r = mkdir(path, mode);
-		*p = '/';
-		if (r < 0 && errno != EEXIST)
-			return -1;
-	}
-	if (mkdir(path, mode) < 0 && errno != EEXIST)
-		return -1;
-	return 0;
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        int r = mkdir(path, mode);
+        *p = '/';
+        if (r < 0 && errno != EEXIST)
+            return -1;
+    }
+    if (mkdir(path, mode) < 0 && errno != EEXIST)
+        return -1;
+    return 0;
 }
 
 /* With the guest's own ids, what the sandbox creates in the guest's tree
@@ -168,138 +168,139 @@ static int mkdirs(char *path, mode_t mode)
  * natively.  setfsuid(2) also drops the capabilities that would let the
  * sandbox create where the guest's root could not. */
 struct fsids {
-	int uid, gid;
+    int uid, gid;
 };
 
 static struct fsids as_guest_root(void)
 {
-	struct fsids old = {-1, -1};
-	if (ids.on) {
-		old.gid = setfsgid((gid_t)ids.gid);
-		old.uid = setfsuid((uid_t)ids.uid);
-	}
-	return old;
+    struct fsids old = {-1, -1};
+    if (ids.on) {
+        old.gid = setfsgid((gid_t)ids.gid);
+        old.uid = setfsuid((uid_t)ids.uid);
+    }
+    return old;
 }
 
 static void restore_fsids(struct fsids old)
 {
-	if (old.uid >= 0) {
-		setfsuid((uid_t)old.uid);
-		setfsgid((gid_t)old.gid);
-	}
+    if (old.uid >= 0) {
+        setfsuid((uid_t)old.uid);
+        setfsgid((gid_t)old.gid);
+    }
 }
 
 static void ensure_target_as(const char *guest, char *target, int want_dir);
 
 static void ensure_target(const char *guest, char *target, int want_dir)
 {
-	struct fsids old = as_guest_root();
-	ensure_target_as(guest, target, want_dir);
-	restore_fsids(old);
+    struct fsids old = as_guest_root();
+    ensure_target_as(guest, target, want_dir);
+    restore_fsids(old);
 }
 
 static void ensure_target_as(const char *guest, char *target, int want_dir)
 {
-	struct stat st;
-	if (stat(target, &st) == 0) {
-		if (want_dir && !S_ISDIR(st.st_mode)) {
-			errno = ENOTDIR;
-			die("mount point %s in the guest", guest);
-		}
-		if (!want_dir && S_ISDIR(st.st_mode)) {
-			errno = EISDIR;
-			die("cannot bind a file over the directory %s", guest);
-		}
-		return;
-	}
-	if (want_dir) {
-		if (mkdirs(target, 0755) < 0)
-			die("cannot create the mount point %s in the guest", guest);
-		return;
-	}
-	char *slash = strrchr(target, '/');
-	*slash = '\0';
-	int r = mkdirs(target, 0755);
-	*slash = '/';
-	int fd = r < 0 ? -1 : open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-	if (fd < 0)
-		die("cannot create the mount point %s in the guest", guest);
-	close(fd);
+    struct stat st;
+    if (stat(target, &st) == 0) {
+        if (want_dir && !S_ISDIR(st.st_mode)) {
+            errno = ENOTDIR;
+            die("mount point %s in the guest", guest);
+        }
+        if (!want_dir && S_ISDIR(st.st_mode)) {
+            errno = EISDIR;
+            die("cannot bind a file over the directory %s", guest);
+        }
+        return;
+    }
+    if (want_dir) {
+        if (mkdirs(target, 0755) < 0)
+            die("cannot create the mount point %s in the guest", guest);
+        return;
+    }
+    char *slash = strrchr(target, '/');
+    *slash = '\0';
+    int r = mkdirs(target, 0755);
+    *slash = '/';
+    int fd = r < 0 ? -1 : open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        die("cannot create the mount point %s in the guest", guest);
+    close(fd);
 }
 
 static void set_readonly(const char *target, const char *guest, int recursive)
 {
-	struct mount_attr attr = {.attr_set = MOUNT_ATTR_RDONLY};
-	if (syscall(SYS_mount_setattr, AT_FDCWD, target, recursive ? AT_RECURSIVE : 0, &attr,
-		    sizeof attr) < 0)
-		die("cannot make %s read-only", guest);
+    struct mount_attr attr = {.attr_set = MOUNT_ATTR_RDONLY};
+    if (syscall(SYS_mount_setattr, AT_FDCWD, target, recursive ? AT_RECURSIVE : 0, &attr,
+                sizeof attr) < 0)
+        die("cannot make %s read-only", guest);
 }
 
 static int has_flag(const char *flags, const char *name)
 {
-	size_t n = strlen(name);
-	for (const char *p = flags; *p;) {
-		const char *end = strchr(p, ',');
-		size_t len = end ? (size_t)(end - p) : strlen(p);
-		if (len == n && memcmp(p, name, n) == 0)
-			return 1;
-		p += len + (end != NULL);
-	}
-	return 0;
+    size_t n = strlen(name);
+    for (const char *p = flags; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == n && memcmp(p, name, n) == 0)
+            return 1;
+        p += len + (end != NULL);
+    }
+    return 0;
 }
-
 
 /* uid_map / gid_map text (user_namespaces(7)) of the guest's range. */
 static void format_map(char *buf, size_t size, unsigned long base, unsigned long count,
-		       unsigned long id)
+                       unsigned long id)
 {
-	if (id < count)
-		snprintf(buf, size, "0 %lu %lu\n", base, count);
-	else
-		snprintf(buf, size, "0 %lu %lu\n%lu %lu 1\n", base, count - 1, id, base + count - 1);
+    if (id < count)
+        snprintf(buf, size, "0 %lu %lu\n", base, count);
+    else
+        snprintf(buf, size, "0 %lu %lu\n%lu %lu 1\n", base, count - 1, id, base + count - 1);
 }
 
 static void write_id_maps(pid_t pid, const char *proc)
 {
-	char path[96], text[128];
-	format_map(text, sizeof text, ids.uid, ids.count, ids.guest_uid);
-	snprintf(path, sizeof path, "%s/%d/uid_map", proc, pid);
-	write_file(path, text);
-	format_map(text, sizeof text, ids.gid, ids.count, ids.guest_gid);
-	snprintf(path, sizeof path, "%s/%d/gid_map", proc, pid);
-	write_file(path, text);
+    char path[96], text[128];
+    format_map(text, sizeof text, ids.uid, ids.count, ids.guest_uid);
+    snprintf(path, sizeof path, "%s/%d/uid_map", proc, pid);
+    write_file(path, text);
+    format_map(text, sizeof text, ids.gid, ids.count, ids.guest_gid);
+    snprintf(path, sizeof path, "%s/%d/gid_map", proc, pid);
+    write_file(path, text);
 }
 
 /* A user namespace with the guest's id maps, for MOUNT_ATTR_IDMAP: made by
  * a child that only waits.  CLONE_UNTRACED keeps it out of the tracer's
  * sight (the guest kernel counts this process's children: init, then the
- * guest); it inherits the seccomp filter and makes no call that stops. */
+ * guest); it inherits the seccomp filter and makes no call that stops.
+ * Never negative (it dies instead): callers cast it to mount_attr's __u64
+ * as is. */
 static int idmap_userns(void)
 {
-	if (ids.userns >= 0)
-		return ids.userns;
-	int pipefd[2];
-	if (pipe2(pipefd, O_CLOEXEC) < 0)
-		die("pipe");
-	long pid = syscall(SYS_clone, CLONE_NEWUSER | CLONE_UNTRACED | SIGCHLD, 0, NULL, NULL, 0);
-	if (pid < 0)
-		die("cannot create the user namespace of the idmapped mounts");
-	if (pid == 0) {
-		char c;
-		close(pipefd[1]);
-		_exit(read(pipefd[0], &c, 1) < 0);
-	}
-	close(pipefd[0]);
-	write_id_maps((pid_t)pid, "/oldroot/proc");
-	char path[64];
-	snprintf(path, sizeof path, "/oldroot/proc/%ld/ns/user", pid);
-	ids.userns = open(path, O_RDONLY | O_CLOEXEC);
-	if (ids.userns < 0)
-		die("cannot open %s", path);
-	close(pipefd[1]);
-	while (waitpid((pid_t)pid, NULL, 0) < 0 && errno == EINTR)
-		;
-	return ids.userns;
+    if (ids.userns >= 0)
+        return ids.userns;
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) < 0)
+        die("pipe");
+    long pid = syscall(SYS_clone, CLONE_NEWUSER | CLONE_UNTRACED | SIGCHLD, 0, NULL, NULL, 0);
+    if (pid < 0)
+        die("cannot create the user namespace of the idmapped mounts");
+    if (pid == 0) {
+        char c;
+        close(pipefd[1]);
+        _exit(read(pipefd[0], &c, 1) < 0);
+    }
+    close(pipefd[0]);
+    write_id_maps((pid_t)pid, "/oldroot/proc");
+    char path[64];
+    snprintf(path, sizeof path, "/oldroot/proc/%ld/ns/user", pid);
+    ids.userns = open(path, O_RDONLY | O_CLOEXEC);
+    if (ids.userns < 0)
+        die("cannot open %s", path);
+    close(pipefd[1]);
+    while (waitpid((pid_t)pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    return ids.userns;
 }
 
 /* Attributes every bind of a host tree gets: set-uid bits and device
@@ -313,73 +314,73 @@ static int idmap_userns(void)
  * (nobody) in the guest.  -1 when a mount that is not REQUIRED cannot be
  * cloned. */
 static int attach_clone(const char *path, const char *target, unsigned long long attrs,
-			int required)
+                        int required)
 {
-	int fd = (int)syscall(SYS_open_tree, AT_FDCWD, path,
-			      OPEN_TREE_CLONE | O_CLOEXEC | AT_NO_AUTOMOUNT);
-	if (fd < 0) {
-		/* A submount root may not reach (another user's FUSE mount
-		 * without allow_other): the guest goes without it. */
-		if (!required)
-			return -1;
-		die("cannot clone the mount %s", path + 8);
-	}
-	struct mount_attr attr = {.attr_set = attrs | MOUNT_ATTR_IDMAP,
-				  .userns_fd = (uint64_t)idmap_userns()};
-	if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) {
-		memset(&attr, 0, sizeof attr);
-		attr.attr_set = attrs;
-		if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
-			die("cannot set the attributes of %s", path + 8);
-	}
-	if (syscall(SYS_move_mount, fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
-		die("cannot attach %s at %s", path + 8, target + 8);
-	close(fd);
-	return 0;
+    int fd =
+        (int)syscall(SYS_open_tree, AT_FDCWD, path, OPEN_TREE_CLONE | O_CLOEXEC | AT_NO_AUTOMOUNT);
+    if (fd < 0) {
+        /* A submount root may not reach (another user's FUSE mount
+         * without allow_other): the guest goes without it. */
+        if (!required)
+            return -1;
+        die("cannot clone the mount %s", path + 8);
+    }
+    struct mount_attr attr = {.attr_set = attrs | MOUNT_ATTR_IDMAP,
+                              .userns_fd = (__u64)idmap_userns()};
+    if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) {
+        memset(&attr, 0, sizeof attr);
+        attr.attr_set = attrs;
+        if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
+            die("cannot set the attributes of %s", path + 8);
+    }
+    if (syscall(SYS_move_mount, fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+        die("cannot attach %s at %s", path + 8, target + 8);
+    close(fd);
+    return 0;
 }
 
 /* Give the mount at TARGET the guest's idmap, in place: clone it, idmap
  * the clone, detach the original, attach the clone. */
 static void idmap_in_place(const char *target, const char *guest)
 {
-	int fd = (int)syscall(SYS_open_tree, AT_FDCWD, target, OPEN_TREE_CLONE | O_CLOEXEC);
-	if (fd < 0)
-		die("cannot clone the mount %s", guest);
-	struct mount_attr attr = {.attr_set = MOUNT_ATTR_IDMAP, .userns_fd = (uint64_t)idmap_userns()};
-	if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
-		die("cannot idmap %s", guest);
-	if (umount2(target, MNT_DETACH) < 0 ||
-	    syscall(SYS_move_mount, fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
-		die("cannot replace %s with its idmapped clone", guest);
-	close(fd);
+    int fd = (int)syscall(SYS_open_tree, AT_FDCWD, target, OPEN_TREE_CLONE | O_CLOEXEC);
+    if (fd < 0)
+        die("cannot clone the mount %s", guest);
+    struct mount_attr attr = {.attr_set = MOUNT_ATTR_IDMAP, .userns_fd = (__u64)idmap_userns()};
+    if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0)
+        die("cannot idmap %s", guest);
+    if (umount2(target, MNT_DETACH) < 0 ||
+        syscall(SYS_move_mount, fd, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+        die("cannot replace %s with its idmapped clone", guest);
+    close(fd);
 }
 
 /* One line of mountinfo (proc(5)) that matters here. */
 struct mnt {
-	char *point;
-	int hidden; /* one of umld's own exports */
+    char *point;
+    int hidden; /* one of umld's own exports */
 };
 
 /* mountinfo escapes space, tab, newline and backslash as \ooo. */
 static void unescape(char *s)
 {
-	char *out = s;
-	for (; *s; s++) {
-		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
-		    s[3] >= '0' && s[3] <= '7') {
-			*out++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
-			s += 3;
-		} else {
-			*out++ = *s;
-		}
-	}
-	*out = '\0';
+    char *out = s;
+    for (; *s; s++) {
+        if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+            s[3] >= '0' && s[3] <= '7') {
+            *out++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+            s += 3;
+        } else {
+            *out++ = *s;
+        }
+    }
+    *out = '\0';
 }
 
 static int below(const char *path, const char *dir)
 {
-	size_t n = strlen(dir);
-	return strncmp(path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/' || dir[n - 1] == '/');
+    size_t n = strlen(dir);
+    return strncmp(path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/' || dir[n - 1] == '/');
 }
 
 /* The mounts at or below DIR as this process sees them, in the order they
@@ -389,57 +390,57 @@ static int below(const char *path, const char *dir)
  * machine ever sees one. */
 static size_t mounts_below(const char *dir, struct mnt **out)
 {
-	FILE *f = fopen("/oldroot/proc/self/mountinfo", "re");
-	if (!f)
-		die("cannot read the host's mount table");
-	size_t n = 0, cap = 64;
-	struct mnt *list = malloc(cap * sizeof *list);
-	char *line = NULL;
-	size_t len = 0;
-	while (list && getline(&line, &len, f) > 0) {
-		char point[4096], fstype[256], source[4096];
-		char *sep = strstr(line, " - ");
-		if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", point) != 1 ||
-		    sscanf(sep + 3, "%255s %4095s", fstype, source) != 2)
-			continue;
-		unescape(point);
-		unescape(source);
-		if (!below(point, dir))
-			continue;
-		/* Covered: drop what this mount hides. */
-		size_t kept = 0;
-		for (size_t k = 0; k < n; k++) {
-			if (below(list[k].point, point))
-				free(list[k].point);
-			else
-				list[kept++] = list[k];
-		}
-		n = kept;
-		if (n == cap) {
-			cap *= 2;
-			list = realloc(list, cap * sizeof *list);
-			if (!list)
-				break;
-		}
-		list[n].point = strdup(point);
-		list[n].hidden = strncmp(fstype, "fuse", 4) == 0 &&
-				 (strcmp(source, "umld") == 0 || strncmp(source, "umld-", 5) == 0);
-		n++;
-	}
-	if (!list)
-		die("out of memory");
-	free(line);
-	fclose(f);
-	*out = list;
-	return n;
+    FILE *f = fopen("/oldroot/proc/self/mountinfo", "re");
+    if (!f)
+        die("cannot read the host's mount table");
+    size_t n = 0, cap = 64;
+    struct mnt *list = malloc(cap * sizeof *list);
+    char *line = NULL;
+    size_t len = 0;
+    while (list && getline(&line, &len, f) > 0) {
+        char point[4096], fstype[256], source[4096];
+        char *sep = strstr(line, " - ");
+        if (!sep || sscanf(line, "%*s %*s %*s %*s %4095s", point) != 1 ||
+            sscanf(sep + 3, "%255s %4095s", fstype, source) != 2)
+            continue;
+        unescape(point);
+        unescape(source);
+        if (!below(point, dir))
+            continue;
+        /* Covered: drop what this mount hides. */
+        size_t kept = 0;
+        for (size_t k = 0; k < n; k++) {
+            if (below(list[k].point, point))
+                free(list[k].point);
+            else
+                list[kept++] = list[k];
+        }
+        n = kept;
+        if (n == cap) {
+            cap *= 2;
+            list = realloc(list, cap * sizeof *list);
+            if (!list)
+                break;
+        }
+        list[n].point = strdup(point);
+        list[n].hidden = strncmp(fstype, "fuse", 4) == 0 &&
+                         (strcmp(source, "umld") == 0 || strncmp(source, "umld-", 5) == 0);
+        n++;
+    }
+    if (!list)
+        die("out of memory");
+    free(line);
+    fclose(f);
+    *out = list;
+    return n;
 }
 
 /* An empty read-only directory over a guest path: what hides a mount. */
 static void cover_dir(const char *target, const char *guest)
 {
-	if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
-		  "size=4k,mode=0555") < 0)
-		die("cannot hide %s", guest);
+    if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+              "size=4k,mode=0555") < 0)
+        die("cannot hide %s", guest);
 }
 
 /* Bind the host tree FROM (below /oldroot) at TO (below /newroot).  With
@@ -447,56 +448,56 @@ static void cover_dir(const char *target, const char *guest)
  * recursive bind.  umld's exports below FROM are left out or covered. */
 static void bind_tree(const char *from_path, const char *to, unsigned long long attrs)
 {
-	char from[4096];
-	snprintf(from, sizeof from, "%s", from_path);
-	for (size_t len = strlen(from); len > 1 && from[len - 1] == '/'; len--)
-		from[len - 1] = '\0';
-	struct mnt *list;
-	size_t n = mounts_below(from, &list);
-	if (ids.on) {
-		attach_clone(from, to, attrs, 1);
-		for (size_t k = 0; k < n; k++) {
-			const char *p = list[k].point;
-			/* Below a mount left out (an export, or one that cannot
-			 * be cloned): left out too. */
-			int out = list[k].hidden;
-			for (size_t j = 0; j < k && !out; j++)
-				out = list[j].hidden && below(p, list[j].point);
-			if (out) {
-				list[k].hidden = 1;
-				continue;
-			}
-			if (strcmp(p, from) == 0)
-				continue;
-			char *target = join(to, p + strlen(from));
-			if (attach_clone(p, target, attrs, 0) < 0)
-				list[k].hidden = 1;
-			free(target);
-		}
-	} else {
-		if (mount(from, to, NULL, MS_BIND | MS_REC, NULL) < 0)
-			die("cannot bind %s at %s", from + 8, to + 8);
-		struct mount_attr attr = {.attr_set = attrs};
-		if (syscall(SYS_mount_setattr, AT_FDCWD, to, AT_RECURSIVE, &attr, sizeof attr) < 0)
-			die("cannot set the attributes of %s", to + 8);
-		/* Mounts copied from the host's namespace are locked together
-		 * (mount_namespaces(7)): an export is covered, not unmounted. */
-		for (size_t k = 0; k < n; k++) {
-			if (!list[k].hidden)
-				continue;
-			char *target = join(to, list[k].point + strlen(from));
-			/* An export we may not even look up (another user's,
-			 * without allow_other) is as closed to the guest. */
-			if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
-				  "size=4k,mode=0555") < 0 &&
-			    errno != EACCES)
-				die("cannot hide %s", target + 8);
-			free(target);
-		}
-	}
-	for (size_t k = 0; k < n; k++)
-		free(list[k].point);
-	free(list);
+    char from[4096];
+    snprintf(from, sizeof from, "%s", from_path);
+    for (size_t len = strlen(from); len > 1 && from[len - 1] == '/'; len--)
+        from[len - 1] = '\0';
+    struct mnt *list;
+    size_t n = mounts_below(from, &list);
+    if (ids.on) {
+        attach_clone(from, to, attrs, 1);
+        for (size_t k = 0; k < n; k++) {
+            const char *p = list[k].point;
+            /* Below a mount left out (an export, or one that cannot
+             * be cloned): left out too. */
+            int out = list[k].hidden;
+            for (size_t j = 0; j < k && !out; j++)
+                out = list[j].hidden && below(p, list[j].point);
+            if (out) {
+                list[k].hidden = 1;
+                continue;
+            }
+            if (strcmp(p, from) == 0)
+                continue;
+            char *target = join(to, p + strlen(from));
+            if (attach_clone(p, target, attrs, 0) < 0)
+                list[k].hidden = 1;
+            free(target);
+        }
+    } else {
+        if (mount(from, to, NULL, MS_BIND | MS_REC, NULL) < 0)
+            die("cannot bind %s at %s", from + 8, to + 8);
+        struct mount_attr attr = {.attr_set = attrs};
+        if (syscall(SYS_mount_setattr, AT_FDCWD, to, AT_RECURSIVE, &attr, sizeof attr) < 0)
+            die("cannot set the attributes of %s", to + 8);
+        /* Mounts copied from the host's namespace are locked together
+         * (mount_namespaces(7)): an export is covered, not unmounted. */
+        for (size_t k = 0; k < n; k++) {
+            if (!list[k].hidden)
+                continue;
+            char *target = join(to, list[k].point + strlen(from));
+            /* An export we may not even look up (another user's,
+             * without allow_other) is as closed to the guest. */
+            if (mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY,
+                      "size=4k,mode=0555") < 0 &&
+                errno != EACCES)
+                die("cannot hide %s", target + 8);
+            free(target);
+        }
+    }
+    for (size_t k = 0; k < n; k++)
+        free(list[k].point);
+    free(list);
 }
 
 /* "hide GUEST": what the guest must not reach although it lies inside a
@@ -504,93 +505,92 @@ static void bind_tree(const char *from_path, const char *to, unsigned long long 
  * empty one, anything else an empty file. */
 static void op_hide(const char *guest)
 {
-	char *target = join("/newroot", guest);
-	struct stat st;
-	if (lstat(target, &st) < 0) {
-		free(target);
-		return;
-	}
-	if (S_ISDIR(st.st_mode)) {
-		cover_dir(target, guest);
-	} else if (!S_ISLNK(st.st_mode)) {
-		int fd = open("/hidden", O_WRONLY | O_CREAT | O_CLOEXEC, 0);
-		if (fd < 0)
-			die("cannot create the staging file /hidden");
-		close(fd);
-		if (mount("/hidden", target, NULL, MS_BIND | MS_RDONLY, NULL) < 0)
-			die("cannot hide %s", guest);
-	}
-	free(target);
+    char *target = join("/newroot", guest);
+    struct stat st;
+    if (lstat(target, &st) < 0) {
+        free(target);
+        return;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        cover_dir(target, guest);
+    } else if (!S_ISLNK(st.st_mode)) {
+        int fd = open("/hidden", O_WRONLY | O_CREAT | O_CLOEXEC, 0);
+        if (fd < 0)
+            die("cannot create the staging file /hidden");
+        close(fd);
+        if (mount("/hidden", target, NULL, MS_BIND | MS_RDONLY, NULL) < 0)
+            die("cannot hide %s", guest);
+    }
+    free(target);
 }
 
 /* Host-global kernel files: masked or read-only, as OCI runtimes do by
  * default (runc's masked and read-only paths). */
-static const char *const proc_masked_files[] = {"kcore",       "keys",		"latency_stats",
-						"timer_list",  "timer_stats",	"sched_debug",
-						"sysrq-trigger"};
+static const char *const proc_masked_files[] = {
+    "kcore", "keys", "latency_stats", "timer_list", "timer_stats", "sched_debug", "sysrq-trigger"};
 static const char *const proc_masked_dirs[] = {"acpi", "asound", "scsi"};
 static const char *const proc_readonly[] = {"bus", "fs", "irq", "sys"};
 static const char *const sys_masked_dirs[] = {"firmware", "devices/virtual/powercap"};
 
 static void mask_sys(void)
 {
-	for (size_t k = 0; k < sizeof sys_masked_dirs / sizeof sys_masked_dirs[0]; k++) {
-		char to[96];
-		struct stat st;
-		snprintf(to, sizeof to, "/newroot/sys/%s", sys_masked_dirs[k]);
-		if (stat(to, &st) == 0 && S_ISDIR(st.st_mode))
-			cover_dir(to, to + 8);
-	}
+    for (size_t k = 0; k < sizeof sys_masked_dirs / sizeof sys_masked_dirs[0]; k++) {
+        char to[96];
+        struct stat st;
+        snprintf(to, sizeof to, "/newroot/sys/%s", sys_masked_dirs[k]);
+        if (stat(to, &st) == 0 && S_ISDIR(st.st_mode))
+            cover_dir(to, to + 8);
+    }
 }
 
 static void mask_proc(void)
 {
-	for (size_t k = 0; k < sizeof proc_masked_files / sizeof proc_masked_files[0]; k++) {
-		char to[96];
-		snprintf(to, sizeof to, "/newroot/proc/%s", proc_masked_files[k]);
-		if (access(to, F_OK) == 0 && mount("/oldroot/dev/null", to, NULL, MS_BIND, NULL) < 0)
-			die("cannot mask /proc/%s", proc_masked_files[k]);
-	}
-	for (size_t k = 0; k < sizeof proc_masked_dirs / sizeof proc_masked_dirs[0]; k++) {
-		char to[96];
-		snprintf(to, sizeof to, "/newroot/proc/%s", proc_masked_dirs[k]);
-		if (access(to, F_OK) == 0)
-			cover_dir(to, to + 8);
-	}
-	for (size_t k = 0; k < sizeof proc_readonly / sizeof proc_readonly[0]; k++) {
-		char to[96];
-		snprintf(to, sizeof to, "/newroot/proc/%s", proc_readonly[k]);
-		if (access(to, F_OK) != 0)
-			continue;
-		if (mount(to, to, NULL, MS_BIND | MS_REC, NULL) < 0)
-			die("cannot bind /proc/%s", proc_readonly[k]);
-		set_readonly(to, to + 8, 1);
-	}
+    for (size_t k = 0; k < sizeof proc_masked_files / sizeof proc_masked_files[0]; k++) {
+        char to[96];
+        snprintf(to, sizeof to, "/newroot/proc/%s", proc_masked_files[k]);
+        if (access(to, F_OK) == 0 && mount("/oldroot/dev/null", to, NULL, MS_BIND, NULL) < 0)
+            die("cannot mask /proc/%s", proc_masked_files[k]);
+    }
+    for (size_t k = 0; k < sizeof proc_masked_dirs / sizeof proc_masked_dirs[0]; k++) {
+        char to[96];
+        snprintf(to, sizeof to, "/newroot/proc/%s", proc_masked_dirs[k]);
+        if (access(to, F_OK) == 0)
+            cover_dir(to, to + 8);
+    }
+    for (size_t k = 0; k < sizeof proc_readonly / sizeof proc_readonly[0]; k++) {
+        char to[96];
+        snprintf(to, sizeof to, "/newroot/proc/%s", proc_readonly[k]);
+        if (access(to, F_OK) != 0)
+            continue;
+        if (mount(to, to, NULL, MS_BIND | MS_REC, NULL) < 0)
+            die("cannot bind /proc/%s", proc_readonly[k]);
+        set_readonly(to, to + 8, 1);
+    }
 }
 
 static void op_bind(const char *src, const char *dst, const char *flags)
 {
-	char *from = join("/oldroot", src);
-	char *to = join("/newroot", dst);
-	struct stat st;
-	if (stat(from, &st) < 0) {
-		if (has_flag(flags, "optional"))
-			return;
-		die("cannot bind %s", src);
-	}
-	ensure_target(dst, to, S_ISDIR(st.st_mode));
-	bind_tree(from, to, BIND_ATTRS | (has_flag(flags, "ro") ? MOUNT_ATTR_RDONLY : 0));
-	free(from);
-	free(to);
+    char *from = join("/oldroot", src);
+    char *to = join("/newroot", dst);
+    struct stat st;
+    if (stat(from, &st) < 0) {
+        if (has_flag(flags, "optional"))
+            return;
+        die("cannot bind %s", src);
+    }
+    ensure_target(dst, to, S_ISDIR(st.st_mode));
+    bind_tree(from, to, BIND_ATTRS | (has_flag(flags, "ro") ? MOUNT_ATTR_RDONLY : 0));
+    free(from);
+    free(to);
 }
 
 static void op_tmpfs(const char *dst, const char *options)
 {
-	char *to = join("/newroot", dst);
-	ensure_target(dst, to, 1);
-	if (mount("tmpfs", to, "tmpfs", MS_NOSUID | MS_NODEV, options) < 0)
-		die("cannot mount a ramdisk at %s (%s)", dst, options);
-	free(to);
+    char *to = join("/newroot", dst);
+    ensure_target(dst, to, 1);
+    if (mount("tmpfs", to, "tmpfs", MS_NOSUID | MS_NODEV, options) < 0)
+        die("cannot mount a ramdisk at %s (%s)", dst, options);
+    free(to);
 }
 
 /* Attach IMAGE to a free loop device with autoclear (loop(4)): the device
@@ -599,48 +599,48 @@ static void op_tmpfs(const char *dst, const char *options)
  * killed. */
 static void op_disk(const char *image, const char *dst, const char *fstype)
 {
-	char *from = join("/oldroot", image);
-	char *to = join("/newroot", dst);
-	ensure_target(dst, to, 1);
-	int img = open(from, O_RDWR | O_CLOEXEC);
-	if (img < 0)
-		die("cannot open the disk image %s", image);
-	int ctl = open("/oldroot/dev/loop-control", O_RDWR | O_CLOEXEC);
-	if (ctl < 0)
-		die("cannot open /dev/loop-control");
-	for (int attempt = 0;; attempt++) {
-		int n = ioctl(ctl, LOOP_CTL_GET_FREE);
-		if (n < 0)
-			die("no free loop device");
-		char dev[64];
-		snprintf(dev, sizeof dev, "/oldroot/dev/loop%d", n);
-		int lfd = open(dev, O_RDWR | O_CLOEXEC);
-		if (lfd < 0)
-			die("cannot open %s", dev + 8);
-		struct loop_config cfg;
-		memset(&cfg, 0, sizeof cfg);
-		cfg.fd = (uint32_t)img;
-		cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
-		if (ioctl(lfd, LOOP_CONFIGURE, &cfg) < 0) {
-			close(lfd);
-			/* Another process took it between GET_FREE and here. */
-			if (errno == EBUSY && attempt < 16)
-				continue;
-			die("cannot attach %s to a loop device", image);
-		}
-		if (mount(dev, to, fstype, MS_NOSUID | MS_NODEV, NULL) < 0)
-			die("cannot mount the disk image %s at %s (%s)", image, dst, fstype);
-		/* The image holds guest ids (mkfs made its root the guest's): the
-		 * same ids in every run, whichever host range the machine has. */
-		if (ids.on)
-			idmap_in_place(to, dst);
-		close(lfd);
-		break;
-	}
-	close(ctl);
-	close(img);
-	free(from);
-	free(to);
+    char *from = join("/oldroot", image);
+    char *to = join("/newroot", dst);
+    ensure_target(dst, to, 1);
+    int img = open(from, O_RDWR | O_CLOEXEC);
+    if (img < 0)
+        die("cannot open the disk image %s", image);
+    int ctl = open("/oldroot/dev/loop-control", O_RDWR | O_CLOEXEC);
+    if (ctl < 0)
+        die("cannot open /dev/loop-control");
+    for (int attempt = 0;; attempt++) {
+        int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+        if (n < 0)
+            die("no free loop device");
+        char dev[64];
+        snprintf(dev, sizeof dev, "/oldroot/dev/loop%d", n);
+        int lfd = open(dev, O_RDWR | O_CLOEXEC);
+        if (lfd < 0)
+            die("cannot open %s", dev + 8);
+        struct loop_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.fd = (uint32_t)img;
+        cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+        if (ioctl(lfd, LOOP_CONFIGURE, &cfg) < 0) {
+            close(lfd);
+            /* Another process took it between GET_FREE and here. */
+            if (errno == EBUSY && attempt < 16)
+                continue;
+            die("cannot attach %s to a loop device", image);
+        }
+        if (mount(dev, to, fstype, MS_NOSUID | MS_NODEV, NULL) < 0)
+            die("cannot mount the disk image %s at %s (%s)", image, dst, fstype);
+        /* The image holds guest ids (mkfs made its root the guest's): the
+         * same ids in every run, whichever host range the machine has. */
+        if (ids.on)
+            idmap_in_place(to, dst);
+        close(lfd);
+        break;
+    }
+    close(ctl);
+    close(img);
+    free(from);
+    free(to);
 }
 
 /* A /dev of its own (the way bubblewrap's --dev does it): a ramdisk with
@@ -649,325 +649,325 @@ static void op_disk(const char *image, const char *dst, const char *fstype)
  * root every disk and terminal of the host. */
 static void op_dev(void)
 {
-	static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
-	ensure_target("/dev", (char[]){"/newroot/dev"}, 1);
-	char opts[96] = "mode=0755,size=64k";
-	if (ids.on)
-		snprintf(opts, sizeof opts, "mode=0755,size=64k,uid=%lu,gid=%lu", ids.uid, ids.gid);
-	if (mount("tmpfs", "/newroot/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, opts) < 0)
-		die("cannot mount the guest's /dev");
-	struct fsids old = as_guest_root();
-	for (size_t k = 0; k < sizeof nodes / sizeof nodes[0]; k++) {
-		char from[64], to[64];
-		snprintf(from, sizeof from, "/oldroot/dev/%s", nodes[k]);
-		snprintf(to, sizeof to, "/newroot/dev/%s", nodes[k]);
-		int fd = open(to, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
-		if (fd < 0)
-			die("cannot create /dev/%s in the guest", nodes[k]);
-		close(fd);
-		if (mount(from, to, NULL, MS_BIND, NULL) < 0)
-			die("cannot bind /dev/%s", nodes[k]);
-	}
-	if (mkdir("/newroot/dev/pts", 0755) < 0 || mkdir("/newroot/dev/shm", 01777) < 0)
-		die("cannot create /dev/pts");
-	if (mount("devpts", "/newroot/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
-		  "newinstance,ptmxmode=0666,mode=0620") < 0)
-		die("cannot mount the guest's /dev/pts");
-	static const char *const links[][2] = {
-	    {"pts/ptmx", "/newroot/dev/ptmx"},	  {"/proc/self/fd", "/newroot/dev/fd"},
-	    {"/proc/self/fd/0", "/newroot/dev/stdin"}, {"/proc/self/fd/1", "/newroot/dev/stdout"},
-	    {"/proc/self/fd/2", "/newroot/dev/stderr"}, {"/proc/kcore", "/newroot/dev/core"},
-	};
-	for (size_t k = 0; k < sizeof links / sizeof links[0]; k++)
-		if (symlink(links[k][0], links[k][1]) < 0)
-			die("cannot create %s", links[k][1] + 8);
-	restore_fsids(old);
+    static const char *const nodes[] = {"null", "zero", "full", "random", "urandom", "tty"};
+    ensure_target("/dev", (char[]){"/newroot/dev"}, 1);
+    char opts[96] = "mode=0755,size=64k";
+    if (ids.on)
+        snprintf(opts, sizeof opts, "mode=0755,size=64k,uid=%lu,gid=%lu", ids.uid, ids.gid);
+    if (mount("tmpfs", "/newroot/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, opts) < 0)
+        die("cannot mount the guest's /dev");
+    struct fsids old = as_guest_root();
+    for (size_t k = 0; k < sizeof nodes / sizeof nodes[0]; k++) {
+        char from[64], to[64];
+        snprintf(from, sizeof from, "/oldroot/dev/%s", nodes[k]);
+        snprintf(to, sizeof to, "/newroot/dev/%s", nodes[k]);
+        int fd = open(to, O_WRONLY | O_CREAT | O_CLOEXEC, 0666);
+        if (fd < 0)
+            die("cannot create /dev/%s in the guest", nodes[k]);
+        close(fd);
+        if (mount(from, to, NULL, MS_BIND, NULL) < 0)
+            die("cannot bind /dev/%s", nodes[k]);
+    }
+    if (mkdir("/newroot/dev/pts", 0755) < 0 || mkdir("/newroot/dev/shm", 01777) < 0)
+        die("cannot create /dev/pts");
+    if (mount("devpts", "/newroot/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=0620") < 0)
+        die("cannot mount the guest's /dev/pts");
+    static const char *const links[][2] = {
+        {"pts/ptmx", "/newroot/dev/ptmx"},          {"/proc/self/fd", "/newroot/dev/fd"},
+        {"/proc/self/fd/0", "/newroot/dev/stdin"},  {"/proc/self/fd/1", "/newroot/dev/stdout"},
+        {"/proc/self/fd/2", "/newroot/dev/stderr"}, {"/proc/kcore", "/newroot/dev/core"},
+    };
+    for (size_t k = 0; k < sizeof links / sizeof links[0]; k++)
+        if (symlink(links[k][0], links[k][1]) < 0)
+            die("cannot create %s", links[k][1] + 8);
+    restore_fsids(old);
 }
 
 struct spec {
-	char **argv;	  /* the guest command */
-	const char *cwd;  /* guest path */
-	int cwd_strict;
-	const char *hostname; /* of the guest's own UTS namespace */
-	const char *domainname;
-	uid_t uid;
-	gid_t gid;
-	int proc;	  /* mount a fresh /proc */
-	int subreaper;
-	int boottime;	  /* the guest's uptime starts at 0 */
-	char **files;	  /* pairs: host file, guest path, bound after /proc */
-	int nfiles;
-	int was_root;
+    char **argv;     /* the guest command */
+    const char *cwd; /* guest path */
+    int cwd_strict;
+    const char *hostname; /* of the guest's own UTS namespace */
+    const char *domainname;
+    uid_t uid;
+    gid_t gid;
+    int proc; /* mount a fresh /proc */
+    int subreaper;
+    int boottime; /* the guest's uptime starts at 0 */
+    char **files; /* pairs: host file, guest path, bound after /proc */
+    int nfiles;
+    int was_root;
 };
 
 static void sync_read(int fd)
 {
-	char c;
-	if (read(fd, &c, 1) != 1)
-		_exit(EXIT_SETUP);
+    char c;
+    if (read(fd, &c, 1) != 1)
+        _exit(EXIT_SETUP);
 }
 
 /* Search PATH as execvp(3) does, with bash's exit statuses. */
 static void exec_command(char **argv)
 {
-	const char *name = argv[0];
-	if (strchr(name, '/')) {
-		execve(name, argv, environ);
-		int err = errno;
-		struct stat st;
-		if (err == EACCES && stat(name, &st) == 0 && S_ISDIR(st.st_mode))
-			err = EISDIR; /* as bash says it */
-		fprintf(stderr, "umld: %s: %s\n", name, strerror(err));
-		_exit(err == ENOENT ? 127 : 126);
-	}
-	const char *path = getenv("PATH");
-	if (!path)
-		path = "/usr/local/bin:/usr/bin:/bin";
-	int denied = 0;
-	size_t nlen = strlen(name);
-	while (*path) {
-		const char *end = strchr(path, ':');
-		size_t len = end ? (size_t)(end - path) : strlen(path);
-		char buf[4096];
-		if (len + nlen + 2 <= sizeof buf) {
-			if (len == 0)
-				buf[0] = '.', len = 1;
-			else
-				memcpy(buf, path, len);
-			buf[len] = '/';
-			memcpy(buf + len + 1, name, nlen + 1);
-			execve(buf, argv, environ);
-			if (errno == EACCES || errno == EISDIR) {
-				struct stat st;
-				if (stat(buf, &st) == 0 && !S_ISDIR(st.st_mode))
-					denied = 1;
-			} else if (errno != ENOENT && errno != ENOTDIR) {
-				fprintf(stderr, "umld: %s: %s\n", name, strerror(errno));
-				_exit(126);
-			}
-		}
-		path += len + (end != NULL);
-		if (!end)
-			break;
-	}
-	if (denied) {
-		fprintf(stderr, "umld: %s: Permission denied\n", name);
-		_exit(126);
-	}
-	fprintf(stderr, "umld: %s: command not found\n", name);
-	_exit(127);
+    const char *name = argv[0];
+    if (strchr(name, '/')) {
+        execve(name, argv, environ);
+        int err = errno;
+        struct stat st;
+        if (err == EACCES && stat(name, &st) == 0 && S_ISDIR(st.st_mode))
+            err = EISDIR; /* as bash says it */
+        fprintf(stderr, "umld: %s: %s\n", name, strerror(err));
+        _exit(err == ENOENT ? 127 : 126);
+    }
+    const char *path = getenv("PATH");
+    if (!path)
+        path = "/usr/local/bin:/usr/bin:/bin";
+    int denied = 0;
+    size_t nlen = strlen(name);
+    while (*path) {
+        const char *end = strchr(path, ':');
+        size_t len = end ? (size_t)(end - path) : strlen(path);
+        char buf[4096];
+        if (len + nlen + 2 <= sizeof buf) {
+            if (len == 0)
+                buf[0] = '.', len = 1;
+            else
+                memcpy(buf, path, len);
+            buf[len] = '/';
+            memcpy(buf + len + 1, name, nlen + 1);
+            execve(buf, argv, environ);
+            if (errno == EACCES || errno == EISDIR) {
+                struct stat st;
+                if (stat(buf, &st) == 0 && !S_ISDIR(st.st_mode))
+                    denied = 1;
+            } else if (errno != ENOENT && errno != ENOTDIR) {
+                fprintf(stderr, "umld: %s: %s\n", name, strerror(errno));
+                _exit(126);
+            }
+        }
+        path += len + (end != NULL);
+        if (!end)
+            break;
+    }
+    if (denied) {
+        fprintf(stderr, "umld: %s: Permission denied\n", name);
+        _exit(126);
+    }
+    fprintf(stderr, "umld: %s: command not found\n", name);
+    _exit(127);
 }
 
 static int status_code(int status)
 {
-	if (WIFEXITED(status))
-		return WEXITSTATUS(status);
-	if (WIFSIGNALED(status))
-		return 128 + WTERMSIG(status);
-	return 255;
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return 255;
 }
 
 /* pid 1: reap every orphan; end with the guest's first process. */
 static int init_main(void)
 {
-	sigset_t all;
-	sigfillset(&all);
-	sigprocmask(SIG_BLOCK, &all, NULL);
-	for (;;) {
-		int status;
-		pid_t pid = waitpid(-1, &status, 0);
-		if (pid == 2)
-			return status_code(status);
-		if (pid < 0 && errno == ECHILD)
-			return 255;
-	}
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, NULL);
+    for (;;) {
+        int status;
+        pid_t pid = waitpid(-1, &status, 0);
+        if (pid == 2)
+            return status_code(status);
+        if (pid < 0 && errno == ECHILD)
+            return 255;
+    }
 }
 
 /* The first process of an idle machine: ends on SIGTERM, SIGINT, SIGHUP. */
 static int idle_main(void)
 {
-	sigset_t ends;
-	sigemptyset(&ends);
-	sigaddset(&ends, SIGTERM);
-	sigaddset(&ends, SIGINT);
-	sigaddset(&ends, SIGHUP);
-	sigprocmask(SIG_BLOCK, &ends, NULL);
-	prctl(PR_SET_NAME, "umld-idle", 0, 0, 0);
-	int sig;
-	sigwait(&ends, &sig);
-	return 0;
+    sigset_t ends;
+    sigemptyset(&ends);
+    sigaddset(&ends, SIGTERM);
+    sigaddset(&ends, SIGINT);
+    sigaddset(&ends, SIGHUP);
+    sigprocmask(SIG_BLOCK, &ends, NULL);
+    prctl(PR_SET_NAME, "umld-idle", 0, 0, 0);
+    int sig;
+    sigwait(&ends, &sig);
+    return 0;
 }
 
 static void guest_main(struct spec *sp, const sigset_t *mask)
 {
-	/* The guest's names, in its own UTS namespace (uts_namespaces(7)), so
-	 * /proc/sys/kernel/hostname agrees with uname(2); before the ids
-	 * change, while we hold CAP_SYS_ADMIN there. */
-	if (sp->hostname && sethostname(sp->hostname, strlen(sp->hostname)) < 0)
-		die("cannot set the guest's host name");
-	if (sp->domainname && setdomainname(sp->domainname, strlen(sp->domainname)) < 0)
-		die("cannot set the guest's domain name");
-	/* Run by root, what the guest writes to a tree it is given lands as
-	 * root's: no file capability may land with it (a security.capability
-	 * xattr whose root is the guest's maps to the host's root through the
-	 * idmap).  Without CAP_SETFCAP in its bounding set the guest can set
-	 * none, nor map a nested user namespace's root to its own
-	 * (user_namespaces(7), "Defining user and group ID mappings"). */
-	if (sp->was_root && prctl(PR_CAPBSET_DROP, CAP_SETFCAP, 0, 0, 0) < 0)
-		die("cannot drop CAP_SETFCAP");
-	/* The guest's identity (credentials(7)); supplementary groups are
-	 * reset as login(1) would for a user with only a primary group. */
-	if (setgroups(1, &sp->gid) < 0 && errno != EPERM)
-		die("setgroups");
-	if (setresgid(sp->gid, sp->gid, sp->gid) < 0)
-		die("cannot become gid %u", (unsigned)sp->gid);
-	if (setresuid(sp->uid, sp->uid, sp->uid) < 0)
-		die("cannot become uid %u", (unsigned)sp->uid);
-	/* A session keyring of the guest's own (keyrings(7)): the one
-	 * inherited from umld's caller would let the guest use the caller's
-	 * keys.  The user and persistent keyrings are per user namespace. */
-	if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0 && errno != ENOSYS)
-		die("cannot create the guest's session keyring");
-	if (sp->subreaper)
-		prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-	/* An implicit working directory (umld's own) that the guest does not
-	 * have falls back to /, as login does without a home directory. */
-	if (sp->cwd && chdir(sp->cwd) < 0 && (sp->cwd_strict || chdir("/") < 0))
-		die("cannot change to %s in the guest", sp->cwd);
-	if (!sp->argv[0]) {
-		/* A machine without a command (the Python API's): its first
-		 * process is this program again, waiting to be asked to end.
-		 * It execs, so the guest kernel sees the guest start. */
-		char *idle_argv[] = {"umld-idle", NULL};
-		execve("/proc/self/exe", idle_argv, environ);
-		die("cannot start the idle process");
-	}
-	sigprocmask(SIG_SETMASK, mask, NULL);
-	exec_command(sp->argv);
+    /* The guest's names, in its own UTS namespace (uts_namespaces(7)), so
+     * /proc/sys/kernel/hostname agrees with uname(2); before the ids
+     * change, while we hold CAP_SYS_ADMIN there. */
+    if (sp->hostname && sethostname(sp->hostname, strlen(sp->hostname)) < 0)
+        die("cannot set the guest's host name");
+    if (sp->domainname && setdomainname(sp->domainname, strlen(sp->domainname)) < 0)
+        die("cannot set the guest's domain name");
+    /* Run by root, what the guest writes to a tree it is given lands as
+     * root's: no file capability may land with it (a security.capability
+     * xattr whose root is the guest's maps to the host's root through the
+     * idmap).  Without CAP_SETFCAP in its bounding set the guest can set
+     * none, nor map a nested user namespace's root to its own
+     * (user_namespaces(7), "Defining user and group ID mappings"). */
+    if (sp->was_root && prctl(PR_CAPBSET_DROP, CAP_SETFCAP, 0, 0, 0) < 0)
+        die("cannot drop CAP_SETFCAP");
+    /* The guest's identity (credentials(7)); supplementary groups are
+     * reset as login(1) would for a user with only a primary group. */
+    if (setgroups(1, &sp->gid) < 0 && errno != EPERM)
+        die("setgroups");
+    if (setresgid(sp->gid, sp->gid, sp->gid) < 0)
+        die("cannot become gid %u", (unsigned)sp->gid);
+    if (setresuid(sp->uid, sp->uid, sp->uid) < 0)
+        die("cannot become uid %u", (unsigned)sp->uid);
+    /* A session keyring of the guest's own (keyrings(7)): the one
+     * inherited from umld's caller would let the guest use the caller's
+     * keys.  The user and persistent keyrings are per user namespace. */
+    if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0 && errno != ENOSYS)
+        die("cannot create the guest's session keyring");
+    if (sp->subreaper)
+        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    /* An implicit working directory (umld's own) that the guest does not
+     * have falls back to /, as login does without a home directory. */
+    if (sp->cwd && chdir(sp->cwd) < 0 && (sp->cwd_strict || chdir("/") < 0))
+        die("cannot change to %s in the guest", sp->cwd);
+    if (!sp->argv[0]) {
+        /* A machine without a command (the Python API's): its first
+         * process is this program again, waiting to be asked to end.
+         * It execs, so the guest kernel sees the guest start. */
+        char *idle_argv[] = {"umld-idle", NULL};
+        execve("/proc/self/exe", idle_argv, environ);
+        die("cannot start the idle process");
+    }
+    sigprocmask(SIG_SETMASK, mask, NULL);
+    exec_command(sp->argv);
 }
 
 static void write_maps(pid_t child, uid_t uid, gid_t gid, int was_root)
 {
-	char path[64], text[128];
-	if (ids.on) {
-		write_id_maps(child, "/proc");
-		return;
-	}
-	if (was_root) {
-		/* --unsafe-host-ids: the guest's ids are the host's, and its
-		 * root is the host's root on every host file it can reach. */
-		snprintf(text, sizeof text, "0 0 4294967295\n");
-		snprintf(path, sizeof path, "/proc/%d/uid_map", child);
-		write_file(path, text);
-		snprintf(path, sizeof path, "/proc/%d/gid_map", child);
-		write_file(path, text);
-		return;
-	}
-	/* Not root: we are uid 0 of our own namespace, mapped to the user;
-	 * the guest's uid is that one id. */
-	snprintf(path, sizeof path, "/proc/%d/setgroups", child);
-	write_file(path, "deny");
-	snprintf(text, sizeof text, "%u 0 1\n", (unsigned)uid);
-	snprintf(path, sizeof path, "/proc/%d/uid_map", child);
-	write_file(path, text);
-	snprintf(text, sizeof text, "%u 0 1\n", (unsigned)gid);
-	snprintf(path, sizeof path, "/proc/%d/gid_map", child);
-	write_file(path, text);
+    char path[64], text[128];
+    if (ids.on) {
+        write_id_maps(child, "/proc");
+        return;
+    }
+    if (was_root) {
+        /* --unsafe-host-ids: the guest's ids are the host's, and its
+         * root is the host's root on every host file it can reach. */
+        snprintf(text, sizeof text, "0 0 4294967295\n");
+        snprintf(path, sizeof path, "/proc/%d/uid_map", child);
+        write_file(path, text);
+        snprintf(path, sizeof path, "/proc/%d/gid_map", child);
+        write_file(path, text);
+        return;
+    }
+    /* Not root: we are uid 0 of our own namespace, mapped to the user;
+     * the guest's uid is that one id. */
+    snprintf(path, sizeof path, "/proc/%d/setgroups", child);
+    write_file(path, "deny");
+    snprintf(text, sizeof text, "%u 0 1\n", (unsigned)uid);
+    snprintf(path, sizeof path, "/proc/%d/uid_map", child);
+    write_file(path, text);
+    snprintf(text, sizeof text, "%u 0 1\n", (unsigned)gid);
+    snprintf(path, sizeof path, "/proc/%d/gid_map", child);
+    write_file(path, text);
 }
 
 static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
 {
-	if (sp->proc) {
-		if (mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-			die("cannot mount the guest's /proc");
-		/* What /proc tells of, or lets change about, the host kernel is
-		 * masked or read-only, as container runtimes do: sysctl(2) files
-		 * check the uid, not a capability in the caller's namespace,
-		 * and --unsafe-host-ids makes the guest's root the host's. */
-		mask_proc();
-	}
-	for (int i = 0; i < sp->nfiles; i++) {
-		char *from = join("/oldroot", sp->files[2 * i]);
-		char *to = join("/newroot", sp->files[2 * i + 1]);
-		if (mount(from, to, NULL, MS_BIND, NULL) < 0)
-			die("cannot bind the machine's %s", sp->files[2 * i + 1]);
-		set_readonly(to, sp->files[2 * i + 1], 0);
-		free(from);
-		free(to);
-	}
-	/* pivot_root(".", ".") stacks the old root on the new one; detaching
-	 * it leaves only the guest's tree (pivot_root(2), NOTES). */
-	if (chdir("/newroot") < 0 || syscall(SYS_pivot_root, ".", ".") < 0)
-		die("cannot enter the guest's root");
-	if (umount2(".", MNT_DETACH) < 0)
-		die("cannot detach the host tree");
-	if (chdir("/") < 0)
-		die("chdir /");
-	/* The guest runs in a user namespace below ours with a copy of this
-	 * mount namespace.  Every mount in the copy is locked to the guest
-	 * (mount_namespaces(7), "Restrictions on mount namespaces"): it
-	 * cannot unmount one to see what is below it, nor make a read-only
-	 * bind writable, yet it may mount and bind within its own tree. */
-	int pipefd[2];
-	if (pipe2(pipefd, O_CLOEXEC) < 0)
-		die("pipe");
-	/* A cgroup namespace rooted at the machine's cgroup (S joined it):
-	 * the guest sees, and may mount, only its own subtree
-	 * (cgroup_namespaces(7)). */
-	long g = syscall(SYS_clone,
-			 CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWCGROUP | SIGCHLD, 0,
-			 NULL, NULL, 0);
-	if (g < 0)
-		die("cannot create the guest's user namespace");
-	if (g == 0) {
-		close(pipefd[1]);
-		sync_read(pipefd[0]);
-		close(pipefd[0]);
-		guest_main(sp, mask);
-	}
-	close(pipefd[0]);
-	write_maps((pid_t)g, sp->uid, sp->gid, sp->was_root);
-	if (write(pipefd[1], "x", 1) != 1)
-		die("sync");
-	close(pipefd[1]);
-	/* Show as "umld-init" in the guest's ps, not with our long argv. */
-	char *init_argv[] = {"umld-init", NULL};
-	char *init_env[] = {NULL};
-	syscall(SYS_execveat, self_fd, "", init_argv, init_env, AT_EMPTY_PATH);
-	_exit(init_main());
+    if (sp->proc) {
+        if (mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+            die("cannot mount the guest's /proc");
+        /* What /proc tells of, or lets change about, the host kernel is
+         * masked or read-only, as container runtimes do: sysctl(2) files
+         * check the uid, not a capability in the caller's namespace,
+         * and --unsafe-host-ids makes the guest's root the host's. */
+        mask_proc();
+    }
+    for (int i = 0; i < sp->nfiles; i++) {
+        char *from = join("/oldroot", sp->files[2 * i]);
+        char *to = join("/newroot", sp->files[2 * i + 1]);
+        if (mount(from, to, NULL, MS_BIND, NULL) < 0)
+            die("cannot bind the machine's %s", sp->files[2 * i + 1]);
+        set_readonly(to, sp->files[2 * i + 1], 0);
+        free(from);
+        free(to);
+    }
+    /* pivot_root(".", ".") stacks the old root on the new one; detaching
+     * it leaves only the guest's tree (pivot_root(2), NOTES). */
+    if (chdir("/newroot") < 0 || syscall(SYS_pivot_root, ".", ".") < 0)
+        die("cannot enter the guest's root");
+    if (umount2(".", MNT_DETACH) < 0)
+        die("cannot detach the host tree");
+    if (chdir("/") < 0)
+        die("chdir /");
+    /* The guest runs in a user namespace below ours with a copy of this
+     * mount namespace.  Every mount in the copy is locked to the guest
+     * (mount_namespaces(7), "Restrictions on mount namespaces"): it
+     * cannot unmount one to see what is below it, nor make a read-only
+     * bind writable, yet it may mount and bind within its own tree. */
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) < 0)
+        die("pipe");
+    /* A cgroup namespace rooted at the machine's cgroup (S joined it):
+     * the guest sees, and may mount, only its own subtree
+     * (cgroup_namespaces(7)). */
+    long g =
+        syscall(SYS_clone, CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWCGROUP | SIGCHLD,
+                0, NULL, NULL, 0);
+    if (g < 0)
+        die("cannot create the guest's user namespace");
+    if (g == 0) {
+        close(pipefd[1]);
+        sync_read(pipefd[0]);
+        close(pipefd[0]);
+        guest_main(sp, mask);
+    }
+    close(pipefd[0]);
+    write_maps((pid_t)g, sp->uid, sp->gid, sp->was_root);
+    if (write(pipefd[1], "x", 1) != 1)
+        die("sync");
+    close(pipefd[1]);
+    /* Show as "umld-init" in the guest's ps, not with our long argv. */
+    char *init_argv[] = {"umld-init", NULL};
+    char *init_env[] = {NULL};
+    syscall(SYS_execveat, self_fd, "", init_argv, init_env, AT_EMPTY_PATH);
+    _exit(init_main());
 }
 
 static void become_own_userns(void)
 {
-	uid_t uid = geteuid();
-	gid_t gid = getegid();
-	if (unshare(CLONE_NEWUSER) < 0)
-		die("cannot create a user namespace (is kernel.unprivileged_userns_clone 0?)");
-	char text[64];
-	write_file("/proc/self/setgroups", "deny");
-	snprintf(text, sizeof text, "0 %u 1\n", (unsigned)uid);
-	write_file("/proc/self/uid_map", text);
-	snprintf(text, sizeof text, "0 %u 1\n", (unsigned)gid);
-	write_file("/proc/self/gid_map", text);
+    uid_t uid = geteuid();
+    gid_t gid = getegid();
+    if (unshare(CLONE_NEWUSER) < 0)
+        die("cannot create a user namespace (is kernel.unprivileged_userns_clone 0?)");
+    char text[64];
+    write_file("/proc/self/setgroups", "deny");
+    snprintf(text, sizeof text, "0 %u 1\n", (unsigned)uid);
+    write_file("/proc/self/uid_map", text);
+    snprintf(text, sizeof text, "0 %u 1\n", (unsigned)gid);
+    write_file("/proc/self/gid_map", text);
 }
 
 static void set_boottime(void)
 {
-	/* The machine's uptime (/proc/uptime) starts now: a time namespace
-	 * whose boot clock is offset by the host's (time_namespaces(7)). */
-	struct timespec now;
-	clock_gettime(CLOCK_BOOTTIME, &now);
-	if (unshare(CLONE_NEWTIME) < 0)
-		die("cannot create a time namespace");
-	char text[96];
-	long long sec = -(long long)now.tv_sec;
-	long nsec = 0;
-	if (now.tv_nsec) {
-		sec -= 1;
-		nsec = 1000000000L - now.tv_nsec;
-	}
-	snprintf(text, sizeof text, "boottime %lld %ld\n", sec, nsec);
-	write_file("/oldroot/proc/self/timens_offsets", text);
+    /* The machine's uptime (/proc/uptime) starts now: a time namespace
+     * whose boot clock is offset by the host's (time_namespaces(7)). */
+    struct timespec now;
+    clock_gettime(CLOCK_BOOTTIME, &now);
+    if (unshare(CLONE_NEWTIME) < 0)
+        die("cannot create a time namespace");
+    char text[96];
+    long long sec = -(long long)now.tv_sec;
+    long nsec = 0;
+    if (now.tv_nsec) {
+        sec -= 1;
+        nsec = 1000000000L - now.tv_nsec;
+    }
+    snprintf(text, sizeof text, "boottime %lld %ld\n", sec, nsec);
+    write_file("/oldroot/proc/self/timens_offsets", text);
 }
 
 /* Move this process into the cgroup DIR (a host path, seen below PREFIX):
@@ -975,47 +975,47 @@ static void set_boottime(void)
  * cgroups(7)). */
 static void join_cgroup_at(const char *prefix, const char *dir)
 {
-	char path[4096];
-	snprintf(path, sizeof path, "%s%s/cgroup.procs", prefix, dir);
-	int cg = open(path, O_WRONLY | O_CLOEXEC);
-	if (cg < 0 || write(cg, "0", 1) != 1)
-		die("cannot join the machine's cgroup %s", dir);
-	close(cg);
+    char path[4096];
+    snprintf(path, sizeof path, "%s%s/cgroup.procs", prefix, dir);
+    int cg = open(path, O_WRONLY | O_CLOEXEC);
+    if (cg < 0 || write(cg, "0", 1) != 1)
+        die("cannot join the machine's cgroup %s", dir);
+    close(cg);
 }
 
 static void join_cgroup(const char *dir)
 {
-	join_cgroup_at("/oldroot", dir);
+    join_cgroup_at("/oldroot", dir);
 }
 
 /* "rlimit nproc|nofile N": set before the guest's first instruction, so
  * that it and everything it starts inherit it (getrlimit(2)). */
 static void set_rlimit(const char *name, const char *value)
 {
-	int which;
-	if (strcmp(name, "nproc") == 0)
-		which = RLIMIT_NPROC;
-	else if (strcmp(name, "nofile") == 0)
-		which = RLIMIT_NOFILE;
-	else {
-		errno = 0;
-		die("sandbox: unknown rlimit %s", name);
-	}
-	struct rlimit lim;
-	if (strcmp(value, "unlimited") == 0)
-		lim.rlim_cur = lim.rlim_max = RLIM_INFINITY;
-	else
-		lim.rlim_cur = lim.rlim_max = strtoull(value, NULL, 10);
-	if (setrlimit(which, &lim) < 0)
-		die("cannot set the guest's %s limit to %s", name, value);
+    int which;
+    if (strcmp(name, "nproc") == 0)
+        which = RLIMIT_NPROC;
+    else if (strcmp(name, "nofile") == 0)
+        which = RLIMIT_NOFILE;
+    else {
+        errno = 0;
+        die("sandbox: unknown rlimit %s", name);
+    }
+    struct rlimit lim;
+    if (strcmp(value, "unlimited") == 0)
+        lim.rlim_cur = lim.rlim_max = RLIM_INFINITY;
+    else
+        lim.rlim_cur = lim.rlim_max = strtoull(value, NULL, 10);
+    if (setrlimit(which, &lim) < 0)
+        die("cannot set the guest's %s limit to %s", name, value);
 }
 
 static void need(int argc, int i, int n, const char *op)
 {
-	if (i + n >= argc) {
-		errno = 0;
-		die("sandbox: %s needs %d arguments", op, n);
-	}
+    if (i + n >= argc) {
+        errno = 0;
+        die("sandbox: %s needs %d arguments", op, n);
+    }
 }
 
 /* umld-sandbox enter PID [stdio IN OUT ERR] [ids UID GID] [cwd DIR] -- CMD...
@@ -1027,259 +1027,259 @@ static void need(int argc, int i, int n, const char *op)
  * the command's status. */
 static int enter_main(int argc, char **argv)
 {
-	sigset_t mask, all;
-	sigfillset(&all);
-	sigprocmask(SIG_BLOCK, &all, &mask);
-	if (argc < 3)
-		die("sandbox: enter PID -- CMD");
-	const char *pid = argv[2];
-	/* Order matters (setns(2)): the pid and time namespaces belong to the
-	 * machine's outer user namespace, so they are joined while we still
-	 * have our capabilities there; the mount namespace belongs to the
-	 * guest's user namespace, joined just before it. */
-	static const char *const kinds[] = {"pid", "time", "user", "mnt", "cgroup", "ipc", "uts"};
-	int fds[7];
-	for (int k = 0; k < 7; k++) {
-		char path[64];
-		snprintf(path, sizeof path, "/proc/%s/ns/%s", pid, kinds[k]);
-		fds[k] = open(path, O_RDONLY | O_CLOEXEC);
-		if (fds[k] < 0 && k < 3)
-			die("the machine's process %s is gone", pid);
-	}
-	int in = -1, out = -1, err = -1;
-	struct spec sp = {
-	    .uid = getuid(), .gid = getgid(), .cwd = "/", .cwd_strict = 1, .was_root = geteuid() == 0};
-	int i = 3;
-	for (; i < argc; i++) {
-		const char *op = argv[i];
-		if (strcmp(op, "--") == 0) {
-			i++;
-			break;
-		} else if (strcmp(op, "stdio") == 0) {
-			need(argc, i, 3, op);
-			in = atoi(argv[i + 1]);
-			out = atoi(argv[i + 2]);
-			err = atoi(argv[i + 3]);
-			i += 3;
-		} else if (strcmp(op, "ids") == 0) {
-			need(argc, i, 2, op);
-			sp.uid = (uid_t)strtoul(argv[i + 1], NULL, 10);
-			sp.gid = (gid_t)strtoul(argv[i + 2], NULL, 10);
-			i += 2;
-		} else if (strcmp(op, "cwd") == 0) {
-			need(argc, i, 1, op);
-			sp.cwd = argv[++i];
-		} else if (strcmp(op, "cgroup") == 0) {
-			/* The machine's pids cgroup (limits/nproc): the new process
-			 * counts against it like the others ("0" is the writer). */
-			need(argc, i, 1, op);
-			join_cgroup_at("", argv[++i]);
-		} else {
-			errno = 0;
-			die("sandbox: unknown enter operation %s", op);
-		}
-	}
-	if (i >= argc) {
-		errno = 0;
-		die("sandbox: no command");
-	}
-	sp.argv = argv + i;
-	for (int k = 0; k < 7; k++) {
-		/* The guest shares the machine's ipc/uts/cgroup namespaces with
-		 * its init, which may be ours: EINVAL then means "already in". */
-		if (fds[k] >= 0 && setns(fds[k], 0) < 0 && k < 4 && errno != EINVAL)
-			die("cannot join the machine's %s namespace", kinds[k]);
-		if (fds[k] >= 0)
-			close(fds[k]);
-	}
-	pid_t child = fork();
-	if (child < 0)
-		die("fork");
-	if (child == 0) {
-		if (in >= 0 && (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0))
-			die("dup2");
-		if (in > 2)
-			close(in);
-		if (out > 2)
-			close(out);
-		if (err > 2)
-			close(err);
-		guest_main(&sp, &mask);
-	}
-	if (in > 2)
-		close(in);
-	if (out > 2)
-		close(out);
-	if (err > 2)
-		close(err);
-	int status;
-	while (waitpid(child, &status, 0) < 0)
-		if (errno != EINTR)
-			die("waitpid");
-	return status_code(status);
+    sigset_t mask, all;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &mask);
+    if (argc < 3)
+        die("sandbox: enter PID -- CMD");
+    const char *pid = argv[2];
+    /* Order matters (setns(2)): the pid and time namespaces belong to the
+     * machine's outer user namespace, so they are joined while we still
+     * have our capabilities there; the mount namespace belongs to the
+     * guest's user namespace, joined just before it. */
+    static const char *const kinds[] = {"pid", "time", "user", "mnt", "cgroup", "ipc", "uts"};
+    int fds[7];
+    for (int k = 0; k < 7; k++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%s/ns/%s", pid, kinds[k]);
+        fds[k] = open(path, O_RDONLY | O_CLOEXEC);
+        if (fds[k] < 0 && k < 3)
+            die("the machine's process %s is gone", pid);
+    }
+    int in = -1, out = -1, err = -1;
+    struct spec sp = {
+        .uid = getuid(), .gid = getgid(), .cwd = "/", .cwd_strict = 1, .was_root = geteuid() == 0};
+    int i = 3;
+    for (; i < argc; i++) {
+        const char *op = argv[i];
+        if (strcmp(op, "--") == 0) {
+            i++;
+            break;
+        } else if (strcmp(op, "stdio") == 0) {
+            need(argc, i, 3, op);
+            in = atoi(argv[i + 1]);
+            out = atoi(argv[i + 2]);
+            err = atoi(argv[i + 3]);
+            i += 3;
+        } else if (strcmp(op, "ids") == 0) {
+            need(argc, i, 2, op);
+            sp.uid = (uid_t)strtoul(argv[i + 1], NULL, 10);
+            sp.gid = (gid_t)strtoul(argv[i + 2], NULL, 10);
+            i += 2;
+        } else if (strcmp(op, "cwd") == 0) {
+            need(argc, i, 1, op);
+            sp.cwd = argv[++i];
+        } else if (strcmp(op, "cgroup") == 0) {
+            /* The machine's pids cgroup (limits/nproc): the new process
+             * counts against it like the others ("0" is the writer). */
+            need(argc, i, 1, op);
+            join_cgroup_at("", argv[++i]);
+        } else {
+            errno = 0;
+            die("sandbox: unknown enter operation %s", op);
+        }
+    }
+    if (i >= argc) {
+        errno = 0;
+        die("sandbox: no command");
+    }
+    sp.argv = argv + i;
+    for (int k = 0; k < 7; k++) {
+        /* The guest shares the machine's ipc/uts/cgroup namespaces with
+         * its init, which may be ours: EINVAL then means "already in". */
+        if (fds[k] >= 0 && setns(fds[k], 0) < 0 && k < 4 && errno != EINVAL)
+            die("cannot join the machine's %s namespace", kinds[k]);
+        if (fds[k] >= 0)
+            close(fds[k]);
+    }
+    pid_t child = fork();
+    if (child < 0)
+        die("fork");
+    if (child == 0) {
+        if (in >= 0 && (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0))
+            die("dup2");
+        if (in > 2)
+            close(in);
+        if (out > 2)
+            close(out);
+        if (err > 2)
+            close(err);
+        guest_main(&sp, &mask);
+    }
+    if (in > 2)
+        close(in);
+    if (out > 2)
+        close(out);
+    if (err > 2)
+        close(err);
+    int status;
+    while (waitpid(child, &status, 0) < 0)
+        if (errno != EINTR)
+            die("waitpid");
+    return status_code(status);
 }
 
 int main(int argc, char **argv)
 {
-	if (argc > 0 && strcmp(argv[0], "umld-init") == 0)
-		return init_main();
-	if (argc > 0 && strcmp(argv[0], "umld-idle") == 0)
-		return idle_main();
-	if (argc > 1 && strcmp(argv[1], "enter") == 0)
-		return enter_main(argc, argv);
+    if (argc > 0 && strcmp(argv[0], "umld-init") == 0)
+        return init_main();
+    if (argc > 0 && strcmp(argv[0], "umld-idle") == 0)
+        return idle_main();
+    if (argc > 1 && strcmp(argv[1], "enter") == 0)
+        return enter_main(argc, argv);
 
-	sigset_t mask, all;
-	sigfillset(&all);
-	sigprocmask(SIG_BLOCK, &all, &mask);
+    sigset_t mask, all;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &mask);
 
-	struct spec sp = {.uid = 0, .gid = 0};
-	sp.files = calloc((size_t)argc, sizeof(char *));
-	sp.was_root = geteuid() == 0;
-	int self_fd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
-	if (self_fd < 0)
-		die("cannot open /proc/self/exe");
+    struct spec sp = {.uid = 0, .gid = 0};
+    sp.files = calloc((size_t)argc, sizeof(char *));
+    sp.was_root = geteuid() == 0;
+    int self_fd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
+    if (self_fd < 0)
+        die("cannot open /proc/self/exe");
 
-	const char **hides = calloc((size_t)argc, sizeof(char *));
-	int nhides = 0;
-	if (!hides)
-		die("out of memory");
-	if (!sp.was_root)
-		become_own_userns();
-	if (unshare(CLONE_NEWNS) < 0)
-		die("cannot create a mount namespace");
-	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
-		die("cannot make the mounts private");
-	/* A staging tmpfs with the host tree below it at /oldroot: every host
-	 * path below is named through /oldroot, so no staging directory ever
-	 * hides a bind source (the way bubblewrap stages). */
-	if (mount("tmpfs", STAGING, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k") < 0)
-		die("cannot mount the staging ramdisk");
-	if (mkdir(STAGING "/newroot", 0755) < 0 || mkdir(STAGING "/oldroot", 0755) < 0)
-		die("cannot create the staging directories");
-	if (syscall(SYS_pivot_root, STAGING, STAGING "/oldroot") < 0)
-		die("cannot pivot to the staging ramdisk");
-	if (chdir("/") < 0)
-		die("chdir /");
+    const char **hides = calloc((size_t)argc, sizeof(char *));
+    int nhides = 0;
+    if (!hides)
+        die("out of memory");
+    if (!sp.was_root)
+        become_own_userns();
+    if (unshare(CLONE_NEWNS) < 0)
+        die("cannot create a mount namespace");
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        die("cannot make the mounts private");
+    /* A staging tmpfs with the host tree below it at /oldroot: every host
+     * path below is named through /oldroot, so no staging directory ever
+     * hides a bind source (the way bubblewrap stages). */
+    if (mount("tmpfs", STAGING, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k") < 0)
+        die("cannot mount the staging ramdisk");
+    if (mkdir(STAGING "/newroot", 0755) < 0 || mkdir(STAGING "/oldroot", 0755) < 0)
+        die("cannot create the staging directories");
+    if (syscall(SYS_pivot_root, STAGING, STAGING "/oldroot") < 0)
+        die("cannot pivot to the staging ramdisk");
+    if (chdir("/") < 0)
+        die("chdir /");
 
-	int i = 1;
-	for (; i < argc; i++) {
-		const char *op = argv[i];
-		if (strcmp(op, "--") == 0) {
-			i++;
-			break;
-		} else if (strcmp(op, "root") == 0) {
-			need(argc, i, 2, op);
-			char *from = join("/oldroot", argv[i + 1]);
-			bind_tree(from, "/newroot",
-				  BIND_ATTRS | (strcmp(argv[i + 2], "ro") == 0 ? MOUNT_ATTR_RDONLY : 0));
-			free(from);
-			i += 2;
-		} else if (strcmp(op, "bind") == 0) {
-			need(argc, i, 3, op);
-			op_bind(argv[i + 1], argv[i + 2], argv[i + 3]);
-			i += 3;
-		} else if (strcmp(op, "tmpfs") == 0) {
-			need(argc, i, 2, op);
-			op_tmpfs(argv[i + 1], argv[i + 2]);
-			i += 2;
-		} else if (strcmp(op, "disk") == 0) {
-			need(argc, i, 3, op);
-			op_disk(argv[i + 1], argv[i + 2], argv[i + 3]);
-			i += 3;
-		} else if (strcmp(op, "dev") == 0) {
-			op_dev();
-		} else if (strcmp(op, "mkdir") == 0) {
-			need(argc, i, 1, op);
-			char *to = join("/newroot", argv[i + 1]);
-			struct fsids old = as_guest_root();
-			if (mkdirs(to, 0755) < 0 || chmod(to, 01777) < 0)
-				die("cannot create %s in the guest", argv[i + 1]);
-			restore_fsids(old);
-			free(to);
-			i += 1;
-		} else if (strcmp(op, "proc") == 0) {
-			/* The host's /proc under the root bind goes: the guest
-			 * gets its own, and nothing is left below it to reveal. */
-			struct stat st;
-			struct fsids old = as_guest_root();
-			if (stat("/newroot/proc", &st) < 0 && mkdirs((char[]){"/newroot/proc"}, 0555) < 0)
-				die("cannot create /proc in the guest");
-			restore_fsids(old);
-			umount2("/newroot/proc", MNT_DETACH);
-			sp.proc = 1;
-		} else if (strcmp(op, "file") == 0) {
-			need(argc, i, 2, op);
-			sp.files[2 * sp.nfiles] = argv[i + 1];
-			sp.files[2 * sp.nfiles + 1] = argv[i + 2];
-			sp.nfiles++;
-			i += 2;
-		} else if (strcmp(op, "ids") == 0) {
-			need(argc, i, 2, op);
-			sp.uid = (uid_t)strtoul(argv[i + 1], NULL, 10);
-			sp.gid = (gid_t)strtoul(argv[i + 2], NULL, 10);
-			ids.guest_uid = sp.uid;
-			ids.guest_gid = sp.gid;
-			i += 2;
-		} else if (strcmp(op, "subids") == 0) {
-			need(argc, i, 3, op);
-			if (!sp.was_root) {
-				errno = 0;
-				die("sandbox: subids needs root");
-			}
-			ids.on = 1;
-			ids.uid = strtoul(argv[i + 1], NULL, 10);
-			ids.gid = strtoul(argv[i + 2], NULL, 10);
-			ids.count = strtoul(argv[i + 3], NULL, 10);
-			if (ids.uid == 0 || ids.gid == 0 || ids.count < 2) {
-				errno = 0;
-				die("sandbox: bad subids");
-			}
-			i += 3;
-		} else if (strcmp(op, "cgroup") == 0) {
-			need(argc, i, 1, op);
-			join_cgroup(argv[++i]);
-		} else if (strcmp(op, "hide") == 0) {
-			need(argc, i, 1, op);
-			hides[nhides++] = argv[++i];
-		} else if (strcmp(op, "rlimit") == 0) {
-			need(argc, i, 2, op);
-			set_rlimit(argv[i + 1], argv[i + 2]);
-			i += 2;
-		} else if (strcmp(op, "cwd") == 0) {
-			need(argc, i, 2, op);
-			sp.cwd = argv[i + 1];
-			sp.cwd_strict = strcmp(argv[i + 2], "strict") == 0;
-			i += 2;
-		} else if (strcmp(op, "uts") == 0) {
-			need(argc, i, 2, op);
-			sp.hostname = argv[i + 1];
-			sp.domainname = argv[i + 2];
-			i += 2;
-		} else if (strcmp(op, "subreaper") == 0) {
-			sp.subreaper = 1;
-		} else if (strcmp(op, "boottime") == 0) {
-			sp.boottime = 1;
-		} else {
-			errno = 0;
-			die("sandbox: unknown operation %s", op);
-		}
-	}
-	sp.argv = argv + i; /* empty: an idle machine */
-	mask_sys();
-	for (int k = 0; k < nhides; k++)
-		op_hide(hides[k]);
+    int i = 1;
+    for (; i < argc; i++) {
+        const char *op = argv[i];
+        if (strcmp(op, "--") == 0) {
+            i++;
+            break;
+        } else if (strcmp(op, "root") == 0) {
+            need(argc, i, 2, op);
+            char *from = join("/oldroot", argv[i + 1]);
+            bind_tree(from, "/newroot",
+                      BIND_ATTRS | (strcmp(argv[i + 2], "ro") == 0 ? MOUNT_ATTR_RDONLY : 0));
+            free(from);
+            i += 2;
+        } else if (strcmp(op, "bind") == 0) {
+            need(argc, i, 3, op);
+            op_bind(argv[i + 1], argv[i + 2], argv[i + 3]);
+            i += 3;
+        } else if (strcmp(op, "tmpfs") == 0) {
+            need(argc, i, 2, op);
+            op_tmpfs(argv[i + 1], argv[i + 2]);
+            i += 2;
+        } else if (strcmp(op, "disk") == 0) {
+            need(argc, i, 3, op);
+            op_disk(argv[i + 1], argv[i + 2], argv[i + 3]);
+            i += 3;
+        } else if (strcmp(op, "dev") == 0) {
+            op_dev();
+        } else if (strcmp(op, "mkdir") == 0) {
+            need(argc, i, 1, op);
+            char *to = join("/newroot", argv[i + 1]);
+            struct fsids old = as_guest_root();
+            if (mkdirs(to, 0755) < 0 || chmod(to, 01777) < 0)
+                die("cannot create %s in the guest", argv[i + 1]);
+            restore_fsids(old);
+            free(to);
+            i += 1;
+        } else if (strcmp(op, "proc") == 0) {
+            /* The host's /proc under the root bind goes: the guest
+             * gets its own, and nothing is left below it to reveal. */
+            struct stat st;
+            struct fsids old = as_guest_root();
+            if (stat("/newroot/proc", &st) < 0 && mkdirs((char[]){"/newroot/proc"}, 0555) < 0)
+                die("cannot create /proc in the guest");
+            restore_fsids(old);
+            umount2("/newroot/proc", MNT_DETACH);
+            sp.proc = 1;
+        } else if (strcmp(op, "file") == 0) {
+            need(argc, i, 2, op);
+            sp.files[2 * sp.nfiles] = argv[i + 1];
+            sp.files[2 * sp.nfiles + 1] = argv[i + 2];
+            sp.nfiles++;
+            i += 2;
+        } else if (strcmp(op, "ids") == 0) {
+            need(argc, i, 2, op);
+            sp.uid = (uid_t)strtoul(argv[i + 1], NULL, 10);
+            sp.gid = (gid_t)strtoul(argv[i + 2], NULL, 10);
+            ids.guest_uid = sp.uid;
+            ids.guest_gid = sp.gid;
+            i += 2;
+        } else if (strcmp(op, "subids") == 0) {
+            need(argc, i, 3, op);
+            if (!sp.was_root) {
+                errno = 0;
+                die("sandbox: subids needs root");
+            }
+            ids.on = 1;
+            ids.uid = strtoul(argv[i + 1], NULL, 10);
+            ids.gid = strtoul(argv[i + 2], NULL, 10);
+            ids.count = strtoul(argv[i + 3], NULL, 10);
+            if (ids.uid == 0 || ids.gid == 0 || ids.count < 2) {
+                errno = 0;
+                die("sandbox: bad subids");
+            }
+            i += 3;
+        } else if (strcmp(op, "cgroup") == 0) {
+            need(argc, i, 1, op);
+            join_cgroup(argv[++i]);
+        } else if (strcmp(op, "hide") == 0) {
+            need(argc, i, 1, op);
+            hides[nhides++] = argv[++i];
+        } else if (strcmp(op, "rlimit") == 0) {
+            need(argc, i, 2, op);
+            set_rlimit(argv[i + 1], argv[i + 2]);
+            i += 2;
+        } else if (strcmp(op, "cwd") == 0) {
+            need(argc, i, 2, op);
+            sp.cwd = argv[i + 1];
+            sp.cwd_strict = strcmp(argv[i + 2], "strict") == 0;
+            i += 2;
+        } else if (strcmp(op, "uts") == 0) {
+            need(argc, i, 2, op);
+            sp.hostname = argv[i + 1];
+            sp.domainname = argv[i + 2];
+            i += 2;
+        } else if (strcmp(op, "subreaper") == 0) {
+            sp.subreaper = 1;
+        } else if (strcmp(op, "boottime") == 0) {
+            sp.boottime = 1;
+        } else {
+            errno = 0;
+            die("sandbox: unknown operation %s", op);
+        }
+    }
+    sp.argv = argv + i; /* empty: an idle machine */
+    mask_sys();
+    for (int k = 0; k < nhides; k++)
+        op_hide(hides[k]);
 
-	if (sp.boottime)
-		set_boottime();
-	/* clone(2) without a new stack behaves as fork(2). */
-	long child = syscall(SYS_clone, CLONE_NEWNS | CLONE_NEWPID | SIGCHLD, 0, NULL, NULL, 0);
-	if (child < 0)
-		die("cannot create the guest's pid namespace");
-	if (child == 0)
-		pid1_main(&sp, self_fd, &mask);
-	int status;
-	while (waitpid((pid_t)child, &status, 0) < 0)
-		if (errno != EINTR)
-			die("waitpid");
-	return status_code(status);
+    if (sp.boottime)
+        set_boottime();
+    /* clone(2) without a new stack behaves as fork(2). */
+    long child = syscall(SYS_clone, CLONE_NEWNS | CLONE_NEWPID | SIGCHLD, 0, NULL, NULL, 0);
+    if (child < 0)
+        die("cannot create the guest's pid namespace");
+    if (child == 0)
+        pid1_main(&sp, self_fd, &mask);
+    int status;
+    while (waitpid((pid_t)child, &status, 0) < 0)
+        if (errno != EINTR)
+            die("waitpid");
+    return status_code(status);
 }

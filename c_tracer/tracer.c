@@ -45,10 +45,10 @@
 extern char **environ;
 
 /* How long a thread may stay unannounced before we stop waiting for its
- * creator's PTRACE_EVENT_FORK/CLONE (see adopt_orphans).  A creator that
- * is alive reports within microseconds; this only has to outlast a badly
- * overloaded or CPU-throttled host. */
-#define ORPHAN_MS 2000
+ * creator's PTRACE_EVENT_FORK/CLONE (see adopt_orphans), unless
+ * umld_set_orphan_delay says otherwise; the same default as the Python
+ * side's ORPHAN_DELAY (umld/tracer/platform.py, "Orphans"). */
+#define UMLD_ORPHAN_MS 2000
 
 #define OFF_ORIG_RAX offsetof(struct user, regs.orig_rax)
 #define OFF_RAX offsetof(struct user, regs.rax)
@@ -251,13 +251,73 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* ------------------------------------------------------------------------
+ * The tracer threads of this process.  SIGCHLD is sent to the whole
+ * process (signal(7)): when the owner thread of one tracer is not in
+ * sigtimedwait at that moment, the kernel may hand the signal to another
+ * tracer's thread that is, and the first one sleeps on with a stop to
+ * report.  So every SIGCHLD the kernel sends (si_code CLD_*, > 0) is passed
+ * on to the other tracer threads; those forwards (SI_TKILL, < 0) are not
+ * passed on again.  C tracers register here themselves; the Python backend
+ * registers its tracers' threads and forwards through the same list
+ * (umld_threads_*), so that the two backends pass SIGCHLDs to each other.
+ * ------------------------------------------------------------------------ */
+
+#define MAX_TRACER_THREADS 64
+static pthread_mutex_t threads_lock = PTHREAD_MUTEX_INITIALIZER;
+static pid_t thread_tids[MAX_TRACER_THREADS]; /* one entry per tracer; 0: free */
+static int n_thread_tids;
+
+int umld_threads_add(int tid)
+{
+    int rc = -ENOSPC;
+    pthread_mutex_lock(&threads_lock);
+    for (int i = 0; i < MAX_TRACER_THREADS; i++)
+        if (thread_tids[i] == 0) {
+            thread_tids[i] = tid;
+            n_thread_tids++;
+            rc = 0;
+            break;
+        }
+    pthread_mutex_unlock(&threads_lock);
+    return rc;
+}
+
+void umld_threads_remove(int tid)
+{
+    pthread_mutex_lock(&threads_lock);
+    for (int i = 0; i < MAX_TRACER_THREADS; i++)
+        if (thread_tids[i] == tid) {
+            thread_tids[i] = 0;
+            n_thread_tids--;
+            break;
+        }
+    pthread_mutex_unlock(&threads_lock);
+}
+
+void umld_threads_forward(int from_tid)
+{
+    pid_t me = getpid();
+    pthread_mutex_lock(&threads_lock);
+    for (int i = 0; n_thread_tids > 1 && i < MAX_TRACER_THREADS; i++)
+        if (thread_tids[i] != 0 && thread_tids[i] != from_tid)
+            syscall(SYS_tgkill, me, thread_tids[i], SIGCHLD);
+    pthread_mutex_unlock(&threads_lock);
+}
+
+static void forward_sigchld(struct umld_tracer *t, const siginfo_t *si)
+{
+    if (si->si_code > 0) /* not a forward, not umld_wake */
+        umld_threads_forward(t->owner_tid);
+}
+
 /* Start the orphan clock of an unannounced thread. */
 static void note_unannounced(struct umld_tracer *t, struct thr *r)
 {
     if (r->since_ms)
         return;
     r->since_ms = now_ms();
-    int64_t due = r->since_ms + ORPHAN_MS;
+    int64_t due = r->since_ms + t->orphan_ms;
     if (!t->orphan_due_ms || due < t->orphan_due_ms)
         t->orphan_due_ms = due;
 }
@@ -404,69 +464,97 @@ static int has_parked_exit(struct umld_tracer *t, pid_t tid)
     return 0;
 }
 
-/* Threads unannounced for ORPHAN_MS: their creator died in its fork/clone
+/* An announced thread of thread group `tg` (its leader if announced), or 0. */
+static pid_t announced_in_group(struct umld_tracer *t, pid_t tg)
+{
+    struct thr *q = umld__thr_find(t, tg);
+    if (q && q->announced)
+        return tg;
+    for (size_t i = 0; i < t->tab_cap; i++) {
+        q = &t->tab[i];
+        if (q->tid != 0 && q->announced && q->tgid == tg)
+            return q->tid;
+    }
+    return 0;
+}
+
+/* The orphan rule (umld/tracer/platform.py, "Orphans") for one thread
+ * unannounced for the orphan delay: its creator died in its fork/clone
  * event stop (a SIGKILL there discards the stop, so the event never comes)
  * or the child was created in a way we could not attribute.  A dead one is
  * forgotten (the core never knew it).  A live one is announced as a child
- * of its thread group (a thread) or of its current parent -- the reaper it
- * was re-parented to, as natively -- when we trace that; otherwise it has
- * nobody in the guest to belong to and is killed. */
+ * of an announced thread of its group (a thread) or of its current parent
+ * -- the reaper it was re-parented to, as natively -- when we trace that;
+ * otherwise it has nobody in the guest to belong to and is killed. */
+static int adopt_one(struct umld_tracer *t, pid_t tid)
+{
+    struct thr *r = umld__thr_find(t, tid);
+    if (!r || r->announced)
+        return 0;
+    if (has_parked_exit(t, tid)) {
+        drop_parked(t, tid);
+        thr_del(t, tid);
+        return 0;
+    }
+    pid_t tg, pp;
+    struct thr *q;
+    struct umld_event ev;
+    if (proc_ids(tid, &tg, &pp) == 0) {
+        ev_init(&ev, UMLD_EV_CLONED, 0);
+        ev.child = tid;
+        if (tg != tid) {
+            ev.tid = announced_in_group(t, tg);
+            ev.clone_kind = UMLD_CLONE_THREAD;
+        } else if ((q = umld__thr_find(t, pp)) && q->announced) {
+            ev.tid = pp;
+            ev.clone_kind = UMLD_CLONE_FORK;
+        }
+        if (ev.tid) {
+            r = umld__thr_find(t, tid);
+            r->tgid = tg;
+            return emit(t, &ev);
+        }
+        kill(tid, SIGKILL); /* a thread takes its (unknown) group with it */
+    }
+    /* Dying: give its exit status time to arrive, then forget it. */
+    r = umld__thr_find(t, tid);
+    if (r) {
+        r->since_ms = 0;
+        note_unannounced(t, r);
+    }
+    return 0;
+}
+
+/* Apply the orphan rule to every thread whose delay is over: processes
+ * first, so that a thread of an orphan process finds its group announced
+ * (or announced by the process's own held-back Cloned events). */
 static int adopt_orphans(struct umld_tracer *t)
 {
     int64_t now = now_ms(), next = 0;
     pid_t due[64];
-    size_t n = 0;
+    size_t n = 0, n_procs = 0;
     for (size_t i = 0; i < t->tab_cap; i++) {
         struct thr *r = &t->tab[i];
         if (r->tid == 0 || r->announced || !r->since_ms)
             continue;
-        if (r->since_ms + ORPHAN_MS <= now && n < 64) {
+        if (r->since_ms + t->orphan_ms <= now && n < 64) {
             due[n++] = r->tid;
+            if (r->tgid == 0 || r->tgid == r->tid) {
+                pid_t first = due[n_procs];
+                due[n_procs++] = r->tid;
+                due[n - 1] = first;
+            }
         } else {
-            int64_t d = r->since_ms + ORPHAN_MS;
+            int64_t d = r->since_ms + t->orphan_ms;
             if (!next || d < next)
                 next = d;
         }
     }
     t->orphan_due_ms = next;
     for (size_t k = 0; k < n; k++) {
-        pid_t tid = due[k];
-        struct thr *r = umld__thr_find(t, tid);
-        if (!r || r->announced)
-            continue;
-        if (has_parked_exit(t, tid)) {
-            drop_parked(t, tid);
-            thr_del(t, tid);
-            continue;
-        }
-        pid_t tg, pp;
-        struct thr *q;
-        struct umld_event ev;
-        if (proc_ids(tid, &tg, &pp) == 0) {
-            ev_init(&ev, UMLD_EV_CLONED, 0);
-            ev.child = tid;
-            if (tg != tid && (q = umld__thr_find(t, tg)) && q->announced) {
-                ev.tid = tg;
-                ev.clone_kind = UMLD_CLONE_THREAD;
-            } else if (tg == tid && (q = umld__thr_find(t, pp)) && q->announced) {
-                ev.tid = pp;
-                ev.clone_kind = UMLD_CLONE_FORK;
-            }
-            if (ev.tid) {
-                r->tgid = tg;
-                int rc = emit(t, &ev);
-                if (rc < 0)
-                    return rc;
-                continue;
-            }
-            kill(tid, SIGKILL);
-        }
-        /* Dying: give its exit status time to arrive, then forget it. */
-        r = umld__thr_find(t, tid);
-        if (r) {
-            r->since_ms = 0;
-            note_unannounced(t, r);
-        }
+        int rc = adopt_one(t, due[k]);
+        if (rc < 0)
+            return rc;
     }
     return 0;
 }
@@ -496,13 +584,33 @@ struct umld_tracer *umld_tracer_new(void)
     sigemptyset(&t->waitset);
     sigemptyset(&t->hostset);
     sigaddset(&t->waitset, SIGCHLD);
+    t->orphan_ms = UMLD_ORPHAN_MS;
+    t->registered = umld_threads_add(t->owner_tid) == 0;
     return t;
+}
+
+int umld_set_orphan_delay(struct umld_tracer *t, int ms)
+{
+    UMLD_ENTER(t);
+    if (ms < 0)
+        return -EINVAL;
+    t->orphan_ms = ms;
+    /* Deadlines already set used the old delay: the next wait looks at
+     * every unannounced thread again (adopt_orphans recomputes them). */
+    for (size_t i = 0; i < t->tab_cap; i++)
+        if (t->tab[i].tid != 0 && !t->tab[i].announced && t->tab[i].since_ms) {
+            t->orphan_due_ms = now_ms();
+            break;
+        }
+    return 0;
 }
 
 void umld_tracer_free(struct umld_tracer *t)
 {
     if (!t)
         return;
+    if (t->registered)
+        umld_threads_remove(t->owner_tid);
     for (size_t i = 0; i < t->tab_cap; i++)
         if (t->tab[i].tid != 0 && t->tab[i].errfd >= 0)
             close(t->tab[i].errfd);
@@ -554,10 +662,9 @@ static void __attribute__((noreturn)) child_fail(int fd, int stage, int err)
 }
 
 static void __attribute__((noreturn))
-child_main(int go_fd, int err_fd, pid_t parent, const char *path, char **argv,
-           char **envp, const char *cwd, const void *filter, size_t filter_len,
-           int flags, int tty_fd, const int *reset_signals, int n_reset,
-           uint64_t sigmask)
+child_main(int go_fd, int err_fd, pid_t parent, const char *path, char **argv, char **envp,
+           const char *cwd, const void *filter, size_t filter_len, int flags, int tty_fd,
+           const int *reset_signals, int n_reset, uint64_t sigmask)
 {
     /* All signals are blocked (the parent blocked them around fork), so no
      * inherited handler can run before exec. */
@@ -643,10 +750,9 @@ child_main(int go_fd, int err_fd, pid_t parent, const char *path, char **argv,
     child_fail(err_fd, UMLD_STAGE_EXEC, errno);
 }
 
-int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp,
-               const char *cwd, const void *filter, size_t filter_len, int flags,
-               int tty_fd, const int *reset_signals, int n_reset, uint64_t sigmask,
-               int *out_pid)
+int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp, const char *cwd,
+               const void *filter, size_t filter_len, int flags, int tty_fd,
+               const int *reset_signals, int n_reset, uint64_t sigmask, int *out_pid)
 {
     UMLD_ENTER(t);
     if ((flags & UMLD_SPAWN_NEW_SESSION) && tty_fd >= 0)
@@ -671,8 +777,8 @@ int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp
     if (pid == 0) {
         close(go[1]);
         close(ep[0]);
-        child_main(go[0], ep[1], parent, path, argv, envp, cwd, filter, filter_len, flags,
-                   tty_fd, reset_signals, n_reset, sigmask);
+        child_main(go[0], ep[1], parent, path, argv, envp, cwd, filter, filter_len, flags, tty_fd,
+                   reset_signals, n_reset, sigmask);
     }
     int fork_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -798,7 +904,7 @@ static int on_sysexit(struct umld_tracer *t, struct thr *r, struct umld_event *e
          * back (a call the kernel restarts then restarts as the guest
          * made it, and stops at its seccomp stop again). */
         unsigned long long *slot64[6] = {&regs.rdi, &regs.rsi, &regs.rdx,
-                                         &regs.r10, &regs.r8, &regs.r9};
+                                         &regs.r10, &regs.r8,  &regs.r9};
         unsigned long long *slot32[6] = {&regs.rbx, &regs.rcx, &regs.rdx,
                                          &regs.rsi, &regs.rdi, &regs.rbp};
         unsigned long long **slot = r->arch == UMLD_ARCH_I386 ? slot32 : slot64;
@@ -952,7 +1058,10 @@ static int handle_status(struct umld_tracer *t, pid_t tid, int st)
     if (!WIFSTOPPED(st))
         return 0;
     int sig = WSTOPSIG(st);
-    int event = (unsigned)st >> 16;
+    /* The PTRACE_EVENT_* number sits above the stop signal (ptrace(2):
+     * "status>>8 == (SIGTRAP | PTRACE_EVENT_foo << 8)"); shifted as
+     * unsigned so no sign comes in, and at most 0xffff: it fits. */
+    int event = (int)((unsigned)st >> 16);
     struct thr *r = thr_get(t, tid);
     if (!r)
         return -ENOMEM;
@@ -1068,8 +1177,7 @@ int umld_wait(struct umld_tracer *t, struct umld_event *ev, int timeout_ms)
     int64_t deadline = timeout_ms > 0 ? now_ms() + timeout_ms : 0;
     int after_sigchld = 0;
     for (;;) {
-        if (atomic_load_explicit(&t->wake, memory_order_relaxed) &&
-            atomic_exchange(&t->wake, 0)) {
+        if (atomic_load_explicit(&t->wake, memory_order_relaxed) && atomic_exchange(&t->wake, 0)) {
             ev_init(ev, UMLD_EV_WAKEUP, 0);
             return UMLD_EV_WAKEUP;
         }
@@ -1128,7 +1236,8 @@ int umld_wait(struct umld_tracer *t, struct umld_event *ev, int timeout_ms)
         struct timespec ts = {(time_t)(rel / 1000), (long)(rel % 1000) * 1000000L};
         t->stats[3]++;
         t->since_sleep = 0;
-        int s = sigtimedwait(&t->waitset, NULL, rel < 0 ? NULL : &ts);
+        siginfo_t si;
+        int s = sigtimedwait(&t->waitset, &si, rel < 0 ? NULL : &ts);
         if (s < 0) {
             if (errno != EAGAIN)
                 return -errno; /* EINTR: a handler ran; the caller retries */
@@ -1146,7 +1255,9 @@ int umld_wait(struct umld_tracer *t, struct umld_event *ev, int timeout_ms)
             return 0;
         }
         if (s == SIGCHLD) {
-            /* A child changed state, or umld_wake (checked at loop top). */
+            /* A child changed state (ours or another tracer's), or
+             * umld_wake (checked at loop top). */
+            forward_sigchld(t, &si);
             after_sigchld = 1;
             continue;
         }
@@ -1221,8 +1332,7 @@ int umld_complete(struct umld_tracer *t, int tid, long result)
      * + SETREGS and copy less; the stop itself used GET_SYSCALL_INFO, so
      * there are no cached registers to reuse. */
     if (ptrace(PTRACE_POKEUSER, tid, OFF_ORIG_RAX, -1L) < 0 ||
-        ptrace(PTRACE_POKEUSER, tid, OFF_RAX, result) < 0 ||
-        ptrace(PTRACE_CONT, tid, 0, 0) < 0)
+        ptrace(PTRACE_POKEUSER, tid, OFF_RAX, result) < 0 || ptrace(PTRACE_CONT, tid, 0, 0) < 0)
         return -errno;
     return 0;
 }
@@ -1245,7 +1355,7 @@ int umld_rewrite(struct umld_tracer *t, int tid, long nr, const uint64_t *args, 
      * "PTRACE_EVENT_SECCOMP stops (since Linux 4.8)"). */
     regs.orig_rax = (unsigned long)nr;
     unsigned long long *slot64[6] = {&regs.rdi, &regs.rsi, &regs.rdx,
-                                     &regs.r10, &regs.r8, &regs.r9};
+                                     &regs.r10, &regs.r8,  &regs.r9};
     unsigned long long *slot32[6] = {&regs.rbx, &regs.rcx, &regs.rdx,
                                      &regs.rsi, &regs.rdi, &regs.rbp};
     int i386 = r->arch == UMLD_ARCH_I386;
@@ -1408,7 +1518,9 @@ int umld_close(struct umld_tracer *t)
         if (live)
             kill_all(t);
         struct timespec slice = {0, live ? 20000000L : 2000000L};
-        sigtimedwait(&chld, NULL, &slice);
+        siginfo_t si;
+        if (sigtimedwait(&chld, &si, &slice) == SIGCHLD)
+            forward_sigchld(t, &si);
         quiet_rounds++;
     }
     for (size_t i = 0; i < t->tab_cap; i++) {

@@ -17,11 +17,11 @@
 
 /* Where a traced thread is, as far as the tracer knows. */
 enum thr_state {
-    ST_RUNNING = 0,  /* resumed (or never stopped) */
-    ST_SECCOMP,      /* PTRACE_EVENT_SECCOMP stop, reported as SyscallStop */
-    ST_SYSEXIT,      /* syscall-exit-stop, reported as SyscallExit */
-    ST_SIGNAL,       /* signal-delivery-stop, reported as SignalStop */
-    ST_LISTEN,       /* in group-stop, restarted with PTRACE_LISTEN */
+    ST_RUNNING = 0, /* resumed (or never stopped) */
+    ST_SECCOMP,     /* PTRACE_EVENT_SECCOMP stop, reported as SyscallStop */
+    ST_SYSEXIT,     /* syscall-exit-stop, reported as SyscallExit */
+    ST_SIGNAL,      /* signal-delivery-stop, reported as SignalStop */
+    ST_LISTEN,      /* in group-stop, restarted with PTRACE_LISTEN */
 };
 
 /* One traced thread.  Lives in an open-addressing table keyed by tid, so
@@ -51,17 +51,19 @@ struct umld_tracer {
     atomic_int wake;
     int closed;
     int mask_checked;
+    int registered; /* in the process's list of tracer threads (tracer.c) */
     long pagesize;
 
-    sigset_t waitset;    /* SIGCHLD + host signals */
-    sigset_t hostset;    /* host signals only */
+    sigset_t waitset; /* SIGCHLD + host signals */
+    sigset_t hostset; /* host signals only */
     int n_host;
     uint32_t since_sleep;
     int64_t orphan_due_ms; /* earliest orphan deadline, 0 if none */
+    int64_t orphan_ms;     /* the orphan delay (umld_set_orphan_delay) */
 
     /* traced threads */
     struct thr *tab;
-    size_t tab_cap;      /* power of two */
+    size_t tab_cap; /* power of two */
     size_t tab_len;
 
     /* events ready for delivery (ring buffer) */
@@ -81,12 +83,12 @@ struct umld_tracer {
 
 /* Entry check of every API function but umld_wake: ptrace requests only
  * work from the attaching thread, and nothing works after umld_close. */
-#define UMLD_ENTER(t)                                                          \
-    do {                                                                       \
-        if (!pthread_equal(pthread_self(), (t)->owner))                        \
-            return -UMLD_ERR_NOT_OWNER;                                        \
-        if ((t)->closed)                                                       \
-            return -EBADF;                                                     \
+#define UMLD_ENTER(t)                                                                              \
+    do {                                                                                           \
+        if (!pthread_equal(pthread_self(), (t)->owner))                                            \
+            return -UMLD_ERR_NOT_OWNER;                                                            \
+        if ((t)->closed)                                                                           \
+            return -EBADF;                                                                         \
     } while (0)
 
 struct thr *umld__thr_find(struct umld_tracer *t, pid_t tid);

@@ -37,16 +37,16 @@
 
 /* CDEF-BEGIN */
 /* Event kinds (struct umld_event.kind); umld_wait returns one of them. */
-#define UMLD_EV_SYSCALL 1    /* SyscallStop: tid nr args[6] arch          */
-#define UMLD_EV_SYSEXIT 2    /* SyscallExit: tid nr result                */
-#define UMLD_EV_SIGNAL 3     /* SignalStop: tid signo                     */
-#define UMLD_EV_CLONED 4     /* Cloned: tid child clone_kind              */
-#define UMLD_EV_EXECED 5     /* Execed: tid child(=former tid)            */
-#define UMLD_EV_EXITED 6     /* Exited: tid status spawn_stage spawn_errno */
-#define UMLD_EV_GROUPSTOP 7  /* GroupStopped: tid signo                   */
-#define UMLD_EV_CONTINUED 8  /* Continued: tid                            */
-#define UMLD_EV_HOSTSIG 9    /* HostSignal: signo                         */
-#define UMLD_EV_WAKEUP 10    /* Wakeup                                    */
+#define UMLD_EV_SYSCALL 1   /* SyscallStop: tid nr args[6] arch          */
+#define UMLD_EV_SYSEXIT 2   /* SyscallExit: tid nr result                */
+#define UMLD_EV_SIGNAL 3    /* SignalStop: tid signo                     */
+#define UMLD_EV_CLONED 4    /* Cloned: tid child clone_kind              */
+#define UMLD_EV_EXECED 5    /* Execed: tid child(=former tid)            */
+#define UMLD_EV_EXITED 6    /* Exited: tid status spawn_stage spawn_errno */
+#define UMLD_EV_GROUPSTOP 7 /* GroupStopped: tid signo                   */
+#define UMLD_EV_CONTINUED 8 /* Continued: tid                            */
+#define UMLD_EV_HOSTSIG 9   /* HostSignal: signo                         */
+#define UMLD_EV_WAKEUP 10   /* Wakeup                                    */
 
 /* struct umld_event.arch (values of umld.tracer.events.Arch) */
 #define UMLD_ARCH_X86_64 0
@@ -72,16 +72,16 @@
 /* umld_spawn flags */
 #define UMLD_SPAWN_NEW_PGRP 1
 #define UMLD_SPAWN_SUBREAPER 2
-#define UMLD_SPAWN_NEW_SESSION 4  /* setsid(2) instead of setpgid; no tty_fd */
+#define UMLD_SPAWN_NEW_SESSION 4 /* setsid(2) instead of setpgid; no tty_fd */
 
 struct umld_event {
     int kind;
     int tid;
     int arch;
     int signo;
-    int child;        /* Cloned: the new tid; Execed: the former tid */
+    int child; /* Cloned: the new tid; Execed: the former tid */
     int clone_kind;
-    int status;       /* Exited: raw wait status */
+    int status; /* Exited: raw wait status */
     int spawn_stage;
     int spawn_errno;
     long nr;
@@ -102,10 +102,14 @@ void umld_tracer_free(struct umld_tracer *t);
  * signal s in bit s-1.  On success *out_pid is the child and 0 is returned;
  * -EPERM (or -EACCES / -ENOSYS) means PTRACE_SEIZE was refused.  Failures in
  * the child come back later in that pid's Exited event. */
-int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp,
-               const char *cwd, const void *filter, size_t filter_len, int flags,
-               int tty_fd, const int *reset_signals, int n_reset, uint64_t sigmask,
-               int *out_pid);
+int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp, const char *cwd,
+               const void *filter, size_t filter_len, int flags, int tty_fd,
+               const int *reset_signals, int n_reset, uint64_t sigmask, int *out_pid);
+
+/* How long (ms, >= 0) a traced thread waits for the event announcing it
+ * before the orphan rule applies (umld/tracer/platform.py, "Orphans");
+ * 2000 ms by default.  -EINVAL for a negative value. */
+int umld_set_orphan_delay(struct umld_tracer *t, int ms);
 
 /* Signals that umld_wait reports as UMLD_EV_HOSTSIG (replaces the set). */
 int umld_set_host_signals(struct umld_tracer *t, const int *signals, int n);
@@ -130,10 +134,8 @@ int umld_set_result(struct umld_tracer *t, int tid, long result);
 
 /* Guest memory.  Reads point *out at a buffer owned by the tracer, valid
  * until the next read; they return the byte count or -errno. */
-long umld_read_mem(struct umld_tracer *t, int tid, uint64_t addr, size_t size,
-                   const char **out);
-int umld_write_mem(struct umld_tracer *t, int tid, uint64_t addr, const char *data,
-                   size_t size);
+long umld_read_mem(struct umld_tracer *t, int tid, uint64_t addr, size_t size, const char **out);
+int umld_write_mem(struct umld_tracer *t, int tid, uint64_t addr, const char *data, size_t size);
 /* String length (without NUL), at most `limit`: reads up to limit + 1
  * bytes for the NUL; -ENAMETOOLONG when there is none, -EFAULT when the
  * string runs into unreadable memory. */
@@ -142,6 +144,14 @@ long umld_read_string(struct umld_tracer *t, int tid, uint64_t addr, size_t limi
 
 /* tgkill(2) `sig` to `tid`; 0 when the thread is already gone. */
 int umld_kill(struct umld_tracer *t, int tid, int sig);
+
+/* The process's list of tracer threads, among which SIGCHLDs the kernel
+ * sends are passed on (tracer.c): C tracers are in it by themselves;
+ * another backend adds its tracers' threads (one entry per tracer, 0 or
+ * -ENOSPC) and forwards a kernel SIGCHLD it took to all but itself. */
+int umld_threads_add(int tid);
+void umld_threads_remove(int tid);
+void umld_threads_forward(int from_tid);
 
 /* SIGKILL every traced thread, reap them all, close fds.  Idempotent. */
 int umld_close(struct umld_tracer *t);

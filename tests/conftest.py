@@ -6,8 +6,10 @@ with real ptrace.  Nothing of the kernel interface is mocked.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -16,10 +18,59 @@ from pathlib import Path
 
 import pytest
 
-from umld.tracer import BACKENDS, available
+from umld.tracer import BACKENDS, DEFAULT_BACKEND, available
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST_SRC = Path(__file__).resolve().parent / "guest"
+
+
+# -- markers: a host that cannot is a skip with its reason, not a failure -------
+
+
+@functools.cache
+def ptrace_refused(backend: str) -> str | None:
+    """Why tracer ``backend`` cannot run programs here (not built, ptrace
+    or seccomp refused), or None: one real traced run per session."""
+    return available(backend, probe=True)
+
+
+@functools.cache
+def fuse_refused() -> str | None:
+    """Why this host cannot mount the export, or None."""
+    try:
+        st = os.stat("/dev/fuse")
+    except OSError as exc:
+        return f"/dev/fuse: {exc.strerror}"
+    if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != (10, 229):
+        return "/dev/fuse is not the FUSE device (character device 10:229)"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        return f"/dev/fuse cannot be opened: {exc.strerror}"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (Debian package fuse3)"
+    try:
+        import pyfuse3  # noqa: F401
+        import trio  # noqa: F401
+    except ImportError as exc:
+        return f"the export extra is not installed: {exc}"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``uses_ptrace`` tests skip when their backend (the ``backend``
+    parameter, else the default one) cannot trace here; ``uses_fuse``
+    tests when there is no usable FUSE."""
+    if item.get_closest_marker("uses_ptrace") is not None:
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("backend", DEFAULT_BACKEND) if callspec else DEFAULT_BACKEND
+        reason = ptrace_refused(str(name))
+        if reason is not None:
+            pytest.skip(f"uses_ptrace: the {name!r} tracer cannot run here: {reason}")
+    if item.get_closest_marker("uses_fuse") is not None:
+        reason = fuse_refused()
+        if reason is not None:
+            pytest.skip(f"uses_fuse: no usable FUSE here: {reason}")
 
 
 @pytest.fixture(params=BACKENDS)

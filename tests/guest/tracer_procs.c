@@ -11,6 +11,9 @@
  *   pause N         N threads and the leader sleep in pause(2) for ever
  *   leader-exit     the leader leaves with exit(2) (only itself); its thread
  *                   exits the group with status 7 a little later
+ *   fork-pause      one child by fork(2) that makes one raw uname call and
+ *                   exits 3; the parent sleeps in pause(2) for ever (the
+ *                   orphan tests kill it in its fork event stop)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -130,6 +133,16 @@ int main(int argc, char **argv)
 		for (long i = 0; i < n; i++)
 			if (pthread_create(&t, NULL, thread_pause, NULL))
 				return 3;
+		for (;;)
+			pause();
+	} else if (!strcmp(argv[1], "fork-pause")) {
+		pid_t pid = fork();
+		if (pid == 0) {
+			one_uname();
+			_exit(3);
+		}
+		if (pid < 0)
+			return 3;
 		for (;;)
 			pause();
 	} else if (!strcmp(argv[1], "leader-exit")) {

@@ -732,6 +732,7 @@ def test_root_run_guest_cannot_get_a_capability_onto_the_host() -> None:
     assert native.returncode == 0, native
 
 
+@pytest.mark.uses_fuse
 def test_sctp_is_refused_in_a_live_machine(tmp_path: Path) -> None:
     from tests.fuse.conftest import fuse_unavailable
 

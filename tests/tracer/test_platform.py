@@ -18,12 +18,12 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from umld.tracer import SpawnSpec, TracerError, TracerPlatform
+from umld.tracer import BACKENDS, SpawnSpec, TracerError, TracerPlatform
 from umld.tracer.events import (
     Arch,
     Cloned,
@@ -812,6 +812,137 @@ def test_leader_exits_before_its_thread(drv: Driver, tracer_bin: Path) -> None:
     assert os.WIFEXITED(ex.status) and os.WEXITSTATUS(ex.status) == 7
 
 
+# --- orphans: one rule for every backend (platform.py, "Orphans") ----------------
+
+#: The orphan delay these tests inject (the default is ORPHAN_DELAY, 2 s).
+SHORT_ORPHAN_DELAY = 0.3
+
+
+@pytest.fixture
+def orphan_drv(backend: str) -> Iterator[Driver]:
+    """A Driver over a tracer whose orphan delay is SHORT_ORPHAN_DELAY."""
+    from umld.tracer import open_tracer
+
+    t = open_tracer(backend, orphan_delay=SHORT_ORPHAN_DELAY)
+    try:
+        yield Driver(t)
+    finally:
+        t.close()
+    assert not traced_by(threading.get_native_id())
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name: state, ppid, ... (proc(5))."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].decode().split()
+    except OSError:
+        return None
+
+
+def _wait_for(cond: Callable[[], object], what: str, timeout: float = 10.0) -> object:
+    """Poll ``cond`` until it returns something true; fail after ``timeout``."""
+    end = time.monotonic() + timeout
+    while not (value := cond()):
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.005)
+    return value
+
+
+def _stopped_in_fork(parent: int) -> int:
+    """Wait until ``parent`` has forked a child and sits in a ptrace stop
+    (its fork event, which nobody collected: the tracer is not waited
+    on meanwhile); return the child."""
+
+    def child() -> int | None:
+        if (_stat_fields(parent) or ["?"])[0] != "t":
+            return None
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (_stat_fields(int(entry)) or ["", ""])[1] == str(parent):
+                return int(entry)
+        return None
+
+    return int(_wait_for(child, f"{parent} to stop in its fork event"))  # type: ignore[call-overload]
+
+
+def test_an_orphan_is_adopted_by_its_reaper(orphan_drv: Driver, tracer_bin: Path) -> None:
+    """The parent is SIGKILLed in its fork event stop, so that event is lost
+    (ptrace(2), "Death under ptrace").  Its child, re-parented to the
+    subreaper sh as natively, is announced as sh's child once it has
+    waited the orphan delay for its creator's event, and runs to its end."""
+    drv = orphan_drv
+    prog = tracer_bin / "tracer_procs"
+    sh = drv.spawn(
+        spec("/bin/sh", "-c", f"{prog} fork-pause; exec sleep 100", seccomp_filter=UNAME_FILTER)
+    )
+    parent = drv.until(lambda e: isinstance(e, Execed) and e.tid != sh).tid
+    child = _stopped_in_fork(parent)
+    os.kill(parent, signal.SIGKILL)
+    _wait_for(lambda: (_stat_fields(child) or ["", ""])[1] == str(sh), "the re-parenting")
+    t0 = time.monotonic()
+    adopted = drv.until(lambda e: isinstance(e, Cloned) and e.child == child)
+    waited = time.monotonic() - t0
+    assert adopted == Cloned(sh, child, CloneKind.FORK)
+    assert SHORT_ORPHAN_DELAY - 0.01 <= waited < SHORT_ORPHAN_DELAY + 5, waited
+    assert drv.of(Exited, parent), "the parent's death is reported (before or after)"
+    ex = drv.run(child, _complete_unames(drv))
+    assert os.WIFEXITED(ex.status) and os.WEXITSTATUS(ex.status) == 3
+    assert drv.of(SyscallStop, child), "the adopted child's trapped call came through"
+    drv.t.kill(sh, signal.SIGKILL)
+    drv.run(sh)
+
+
+def test_an_orphan_whose_creator_is_killed_while_the_tracer_looks(
+    orphan_drv: Driver, tracer_bin: Path
+) -> None:
+    """As above, but the tracer collects at once, while the parent dies and
+    its child is re-parented: the child may be announced as the dying
+    creator's child (before its Exited) or as sh's; either way once, in
+    order, and it runs to its end."""
+    drv = orphan_drv
+    prog = tracer_bin / "tracer_procs"
+    sh = drv.spawn(
+        spec("/bin/sh", "-c", f"{prog} fork-pause; exec sleep 100", seccomp_filter=UNAME_FILTER)
+    )
+    parent = drv.until(lambda e: isinstance(e, Execed) and e.tid != sh).tid
+    child = _stopped_in_fork(parent)
+    os.kill(parent, signal.SIGKILL)
+    adopted = drv.until(lambda e: isinstance(e, Cloned) and e.child == child)
+    assert isinstance(adopted, Cloned) and adopted.kind is CloneKind.FORK
+    assert adopted.tid in (sh, parent), adopted
+    ex = drv.run(child, _complete_unames(drv))
+    assert os.WIFEXITED(ex.status) and os.WEXITSTATUS(ex.status) == 3
+    drv.t.kill(sh, signal.SIGKILL)
+    drv.run(sh)
+
+
+def test_an_orphan_nobody_in_the_guest_can_adopt_is_killed(
+    orphan_drv: Driver, tracer_bin: Path
+) -> None:
+    """As above, but the spawned process is the parent and no subreaper:
+    the orphan goes to a reaper outside the guest.  It is killed after the
+    orphan delay, never announced, and nothing stays traced."""
+    drv = orphan_drv
+    pid = drv.spawn(
+        spec(
+            tracer_bin / "tracer_procs", "fork-pause", seccomp_filter=UNAME_FILTER, subreaper=False
+        )
+    )
+    assert drv.next() == Execed(pid, pid)
+    child = _stopped_in_fork(pid)
+    os.kill(pid, signal.SIGKILL)
+    _wait_for(lambda: (_stat_fields(child) or ["", ""])[1] != str(pid), "the re-parenting")
+    ex = drv.next()
+    assert isinstance(ex, Exited) and ex.tid == pid
+    end = time.monotonic() + SHORT_ORPHAN_DELAY + 10
+    while (_stat_fields(child) or ["Z"])[0] != "Z":
+        assert time.monotonic() < end, "the orphan still runs"
+        assert drv.t.wait(0.05) is None, "the orphan was announced"
+    assert drv.t.wait(0) is None
+    assert not drv.t.tids()
+    assert not traced_by(threading.get_native_id())
+
+
 # --- signals, group-stop --------------------------------------------------------
 
 
@@ -916,7 +1047,10 @@ def test_host_signal(drv: Driver) -> None:
         drv.t.set_host_signals([signal.SIGUSR1])
         pid = drv.spawn(spec("/bin/sleep", "10"))
         assert drv.next() == Execed(pid, pid)
-        os.kill(os.getpid(), signal.SIGUSR1)
+        # To the tracer's thread: a signal sent to the process goes to any
+        # thread that does not block it (signal(7)), and a thread another
+        # test left behind (a library Host's) is not this test's to block.
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
         assert drv.t.wait(5) == HostSignal(signal.SIGUSR1)
         assert drv.t.wait(0.05) is None
     finally:
@@ -1086,6 +1220,66 @@ def test_two_tracer_threads_in_one_process(backend: str, tracer_bin: Path) -> No
         assert (status, stops) == (0, n)
         # ~20 us per stop; a lost wake-up costs a whole sleep slice.
         assert elapsed < 5, f"tracer {slot} took {elapsed:.1f}s for {n} stops"
+
+
+@pytest.mark.parametrize("idle_backend", BACKENDS)
+def test_an_idle_tracer_thread_does_not_stall_a_busy_one(
+    backend: str, idle_backend: str, tracer_bin: Path
+) -> None:
+    """A second tracer, of either backend, that sits idle in wait in another
+    thread of the process (as a library's Host does) may be handed the
+    SIGCHLDs of the busy one's stops (signal(7): a process-directed signal
+    goes to any thread that waits for it); the busy one must still see
+    every stop at once, not after its wait times out."""
+    from umld.tracer import available, open_tracer
+
+    reason = available(idle_backend)
+    if reason is not None:
+        pytest.skip(f"backend {idle_backend!r} unavailable: {reason}")
+
+    n = 3000
+
+    def busy() -> float:
+        """Seconds for a guest's n trapped calls, each answered at once."""
+        drv = Driver(open_tracer(backend))
+        try:
+            pid = drv.spawn(
+                spec(tracer_bin / "tracer_calls", f"uname:{n}", seccomp_filter=UNAME_FILTER)
+            )
+            t0 = time.monotonic()
+            ex = drv.run(pid, _complete_unames(drv), timeout=60)
+            elapsed = time.monotonic() - t0
+        finally:
+            drv.t.close()
+        assert ex.status == 0 and len(drv.of(SyscallStop)) == n
+        return elapsed
+
+    alone = busy()
+    stop = threading.Event()
+    idle_tracer: list[TracerPlatform] = []
+
+    def idle() -> None:
+        t = open_tracer(idle_backend)
+        idle_tracer.append(t)
+        try:
+            while not stop.is_set():
+                assert t.wait() == Wakeup()  # no timeout, as a Host waits
+        finally:
+            t.close()
+
+    th = threading.Thread(target=idle)
+    th.start()
+    try:
+        _wait_for(lambda: idle_tracer, "the idle tracer")
+        beside_idle = busy()
+    finally:
+        stop.set()
+        idle_tracer[0].wake()
+        th.join(10)
+    # A SIGCHLD lost to the idle thread costs the busy one a whole sleep
+    # (its wait's timeout; 0.1 s for the Python backend): a handful of them
+    # is several times the time of the run alone (~0.1 s).
+    assert beside_idle < 4 * alone + 0.3, f"{n} stops: {beside_idle:.2f}s, alone {alone:.2f}s"
 
 
 DYING_TRACER_PROBE = """

@@ -22,10 +22,47 @@ How it works (both backends):
   threads in one process never steal each other's tracees.
 * ``wait`` sleeps in sigtimedwait(2) on SIGCHLD plus the host signals, so
   the tracer thread (and every other thread of umld) must keep those
-  signals blocked; ``wake`` from another thread interrupts it.
+  signals blocked; ``wake`` from another thread interrupts it.  SIGCHLD
+  goes to the whole process (signal(7)), so with several tracers in one
+  process (one per thread, of either backend) one may take another's:
+  every tracer passes the SIGCHLDs the kernel sends on to the others
+  (one list of tracer threads, kept in c_tracer/tracer.c).
 * A syscall is cancelled the PRoot way: at the seccomp stop the syscall
   number is set to -1 (the kernel skips it) and the return register is set
   to the result (seccomp(2), SECCOMP_RET_TRACE).  One stop, no exit stop.
+
+Orphans: one rule, every backend.  A new thread is traced from its first
+instruction (auto-attach, PTRACE_O_TRACEFORK/CLONE), but it is announced
+by its creator's PTRACE_EVENT_FORK/VFORK/CLONE stop, and nothing of it is
+reported before that Cloned (the ordering guarantee of
+:mod:`umld.tracer.events`): its stops are held back, the thread left in
+them.  That event never comes when the creator is killed in the stop (a
+SIGKILL ends a ptrace stop without reporting it; ptrace(2), "Death under
+ptrace").  A thread that has waited ``orphan_delay`` seconds for its
+Cloned is therefore dealt with as the kernel deals with a child whose
+parent died:
+
+* a thread (of a live thread group) is announced as a Cloned (THREAD) of
+  an announced thread of its group;
+* a process is announced as a Cloned (FORK) of its current parent, the
+  reaper it was re-parented to, when that one is announced (natively it
+  runs on under that reaper; the spawned process is the subreaper of the
+  guest, see ``SpawnSpec.subreaper``);
+* one that nobody in the guest can adopt (its reaper is outside, its
+  group unknown) is killed with SIGKILL and never announced: no guest
+  process could ever wait for it;
+* one that is dead by then is forgotten: the guest never knew it.
+
+Its held-back events follow its Cloned in order.  A backend may announce
+such a thread earlier as its creator's child (the C backend does when the
+creator's group exits with unannounced children it created): the same
+event, sooner.  Why adopt rather than kill: killing would be a behaviour
+no native program ever sees (a double-forking daemon whose middle process
+is killed keeps its grandchild running).  Why ``ORPHAN_DELAY`` (2 s) by
+default: a creator that is alive reports its event within microseconds,
+so the delay only has to outlast a badly overloaded or CPU-throttled host;
+until then the orphan sits stopped, holding back nothing but itself.
+Tests inject a short delay (``open_tracer(name, orphan_delay=...)``).
 """
 
 from __future__ import annotations
@@ -35,6 +72,10 @@ from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
 from umld.tracer.events import Event, Tid
+
+#: Seconds a traced thread waits for the event announcing it before the
+#: orphan rule above applies (the default of every backend).
+ORPHAN_DELAY = 2.0
 
 
 class TracerError(Exception):
@@ -88,7 +129,11 @@ class SpawnSpec(NamedTuple):
 
 
 class TracerPlatform(Protocol):
-    """One tracer: every guest thread it starts or that they create."""
+    """One tracer: every guest thread it starts or that they create.
+
+    Backends take ``orphan_delay`` (seconds, default ORPHAN_DELAY) as a
+    constructor argument (``open_tracer`` passes it on): see "Orphans"
+    above."""
 
     name: str
 

@@ -14,7 +14,8 @@ functions, one preallocated event record, no per-call allocation besides
 the event object itself.  cffi drops the GIL around every C call, so a
 ``wait`` sleeping in sigtimedwait(2) does not hold it.
 
-Build the extension with ``.venv/bin/python c_tracer/build_ffi.py``.
+The extension is built by the package build (setup.py: ``pip install .``,
+or ``make install`` in a checkout).
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ from umld.tracer.events import (
     Tid,
     Wakeup,
 )
-from umld.tracer.platform import SpawnSpec, TracerError, TracerUnavailable
+from umld.tracer.platform import ORPHAN_DELAY, SpawnSpec, TracerError, TracerUnavailable
 
 try:
     from umld.tracer._c_tracer import ffi as _ffi_mod, lib as _lib_mod
 except ImportError as exc:  # pragma: no cover - depends on the build
     raise ImportError(
-        f"the C tracer is not built ({exc}); run: .venv/bin/python c_tracer/build_ffi.py"
+        f"the C tracer is not built ({exc}); install umld (pip install ., or make install)"
     ) from exc
 
 # The cffi boundary: untyped by nature.
@@ -96,6 +97,25 @@ _ESRCH = -_errno.ESRCH
 _WAKEUP = Wakeup()
 
 
+class TracerThreads:
+    """The process's list of tracer threads (c_tracer/tracer.c,
+    ``umld_threads_*``), among which kernel-sent SIGCHLDs are passed on:
+    C tracers are in it by themselves; the Python backend adds its
+    tracers' threads, so that the two backends forward to each other."""
+
+    def add(self, tid: int) -> bool:
+        return bool(_lib.umld_threads_add(tid) == 0)
+
+    def remove(self, tid: int) -> None:
+        _lib.umld_threads_remove(tid)
+
+    def forward(self, from_tid: int) -> None:
+        _lib.umld_threads_forward(from_tid)
+
+
+TRACER_THREADS = TracerThreads()
+
+
 def _cstrings(items: Sequence[bytes | str], keep: list[Any]) -> Any:
     """A NULL-terminated char *[] of ``items``; ``keep`` holds the buffers."""
     bufs = [_ffi.new("char[]", os.fsencode(s)) for s in items]
@@ -115,7 +135,9 @@ class CTracer:
 
     name = "c"
 
-    def __init__(self) -> None:
+    def __init__(self, *, orphan_delay: float = ORPHAN_DELAY) -> None:
+        if not 0 <= orphan_delay <= _INT_MAX / 1000:
+            raise ValueError(f"orphan_delay must be between 0 and {_INT_MAX // 1000} s")
         # sigtimedwait(2) only sees a blocked signal: an unblocked SIGCHLD
         # (default action: ignore) would be discarded, not queued.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
@@ -125,6 +147,8 @@ class CTracer:
             raise TracerError(f"cannot create the C tracer: {os.strerror(err)}", err)
         self._t: Any = t
         self._closed = False
+        self.orphan_delay = orphan_delay
+        _lib.umld_set_orphan_delay(t, math.ceil(orphan_delay * 1000))
         self._tids: set[int] = set()
         self._ev: Any = _ffi.new("struct umld_event *")
         self._evbuf: Any = _ffi.buffer(self._ev)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno as _errno
-import math
 import os
 import platform as _platform
 import signal
@@ -42,7 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from umld.tracer.diagnostics import ptrace_refused_reason
 from umld.tracer.events import (
@@ -61,7 +60,7 @@ from umld.tracer.events import (
     Tid,
     Wakeup,
 )
-from umld.tracer.platform import SpawnSpec, TracerError, TracerUnavailable
+from umld.tracer.platform import ORPHAN_DELAY, SpawnSpec, TracerError, TracerUnavailable
 from umld.tracer.seccomp import AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT
 
 if _platform.machine() != "x86_64":  # pragma: no cover - other hosts
@@ -136,13 +135,6 @@ _STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signa
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _IOV_MAX = 1024
 _U64 = 1 << 64
-
-#: A child whose creator never reports the clone event (the creator got a
-#: fatal signal inside fork(2): ptrace_stop() is skipped when a fatal signal
-#: is pending) would stay parked for ever.  After this many seconds without
-#: its Cloned, a parked process is killed and forgotten: the guest kernel
-#: never saw it, so it must not run.
-ORPHAN_TIMEOUT = 5.0
 
 #: Longest single sleep in ``wait``.  SIGCHLD ends a sleep only if no
 #: thread of the process has it unblocked (the kernel may hand the signal
@@ -222,13 +214,63 @@ _vm_writev.restype = ctypes.c_ssize_t
 _vm_writev.argtypes = _vm_args
 
 
-# Threads of this process that own a PythonTracer (native tid -> count).
-# SIGCHLD is process-directed: the kernel wakes whichever thread is waiting
-# for it, possibly another tracer's thread, which finds nothing of its own
-# (__WNOTHREAD) while the owner sleeps on.  So a tracer that takes a
-# kernel-sent SIGCHLD passes it on to the others (see _forward_sigchld).
-_tracer_threads: dict[int, int] = {}
-_tracer_threads_lock = threading.Lock()
+class _Threads(Protocol):
+    def add(self, tid: int) -> bool: ...
+    def remove(self, tid: int) -> None: ...
+    def forward(self, from_tid: int) -> None: ...
+
+
+class _PythonThreads:
+    """Threads of this process that own a tracer, one entry per tracer.
+    SIGCHLD is process-directed: the kernel wakes whichever thread is
+    waiting for it, possibly another tracer's thread, which finds nothing
+    of its own (__WNOTHREAD) while the owner sleeps on.  So a tracer that
+    takes a kernel-sent SIGCHLD passes it on to the others (see
+    _forward_sigchld).  Used only when the C backend is not built: its
+    list (c_tracer/tracer.c) is shared by the tracers of both backends."""
+
+    def __init__(self) -> None:
+        self._count: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, tid: int) -> bool:
+        with self._lock:
+            self._count[tid] = self._count.get(tid, 0) + 1
+        return True
+
+    def remove(self, tid: int) -> None:
+        with self._lock:
+            left = self._count.pop(tid, 0) - 1
+            if left > 0:
+                self._count[tid] = left
+
+    def forward(self, from_tid: int) -> None:
+        with self._lock:
+            others = [t for t in self._count if t != from_tid]
+        for native in others:
+            _tgkill_self(native, signal.SIGCHLD)
+
+
+_threads_list: _Threads | None = None
+_threads_lock = threading.Lock()
+
+
+def _threads() -> _Threads:
+    """The process's list of tracer threads: the C backend's when it is
+    built (so that tracers of both backends forward to each other), else
+    one of our own.  Looked up at the first tracer, not at import."""
+    global _threads_list
+    if _threads_list is not None:
+        return _threads_list
+    with _threads_lock:
+        if _threads_list is None:
+            try:
+                from umld.tracer.ptrace_c import TRACER_THREADS
+            except ImportError:
+                _threads_list = _PythonThreads()
+            else:
+                _threads_list = TRACER_THREADS
+        return _threads_list
 
 
 def _tgkill_self(native_tid: int, signo: int) -> None:
@@ -239,14 +281,10 @@ def _tgkill_self(native_tid: int, signo: int) -> None:
 
 def _forward_sigchld(info: Any, me: int) -> None:
     """Pass a SIGCHLD the kernel sent (si_code CLD_*, > 0) to the other
-    tracer threads.  Our own forwards arrive as SI_TKILL (< 0) and are not
+    tracer threads.  Forwards arrive as SI_TKILL (< 0) and are not
     forwarded again."""
-    if info.si_code <= 0 or len(_tracer_threads) < 2:
-        return
-    with _tracer_threads_lock:
-        others = [t for t in _tracer_threads if t != me]
-    for native in others:
-        _tgkill_self(native, signal.SIGCHLD)
+    if info.si_code > 0:
+        _threads().forward(me)
 
 
 def _signed(value: int) -> int:
@@ -392,17 +430,20 @@ class PythonTracer:
       SIGCHLDs on to each other, so none sleeps through its own tracee's
       stop; a thread that does not block SIGCHLD can still swallow one,
       which then costs at most MAX_SLEEP.
-    * A process created by a creator that is killed inside fork(2) is
-      never announced (no clone event); it is killed after
-      ORPHAN_TIMEOUT seconds, unseen by the guest kernel."""
+    * A child whose creator never reports the clone event (the creator
+      was killed in that stop) waits ``orphan_delay`` seconds parked,
+      then the orphan rule of :mod:`umld.tracer.platform` applies
+      (``_sweep_orphans``)."""
 
     name = "python"
 
-    def __init__(self) -> None:
+    def __init__(self, *, orphan_delay: float = ORPHAN_DELAY) -> None:
+        if not orphan_delay >= 0:
+            raise ValueError("orphan_delay must be 0 or more seconds")
+        self.orphan_delay = orphan_delay
         self._owner = threading.get_ident()
         self._owner_native = threading.get_native_id()
-        with _tracer_threads_lock:
-            _tracer_threads[self._owner_native] = _tracer_threads.get(self._owner_native, 0) + 1
+        self._registered = _threads().add(self._owner_native)
         # sigtimedwait(2) only works for a blocked signal: an unblocked
         # SIGCHLD (default action: ignore) would be discarded, not queued.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
@@ -613,12 +654,14 @@ class PythonTracer:
             # Nothing to report: sleep until SIGCHLD, a host signal, wake(),
             # the timeout, or a parked orphan's deadline.
             if self._parked_since:
-                self._sweep_orphans(now)
+                event = self._sweep_orphans(now)
+                if event is not None:
+                    return event
                 if self._ready:
                     continue
             slice_ = MAX_SLEEP if deadline is None else min(deadline - now, MAX_SLEEP)
             if self._parked_since:
-                first = min(self._parked_since.values()) + ORPHAN_TIMEOUT - now
+                first = min(self._parked_since.values()) + self.orphan_delay - now
                 slice_ = min(slice_, max(first, 0.001))
             self._last_sigpoll = now
             info = signal.sigtimedwait(self._sigset, max(slice_, 0.0))
@@ -796,6 +839,8 @@ class PythonTracer:
             kind = CloneKind.PROCESS
         tgid = self._tgid.get(pid, pid) if kind is CloneKind.THREAD else child
         self._continue(pid)
+        if child in self._known:
+            return None  # adopted by the orphan rule already: said once
         self._announce(child, tgid)
         return Cloned(Tid(pid), Tid(child), kind)
 
@@ -839,25 +884,49 @@ class PythonTracer:
         statuses.append(status)
         self._parked_since.setdefault(pid, time.monotonic())
 
-    def _sweep_orphans(self, now: float) -> None:
-        for pid, since in list(self._parked_since.items()):
-            if now - since < ORPHAN_TIMEOUT:
-                continue
-            statuses = self._parked.get(pid, [])
+    def _announced_in_group(self, tgid: int) -> int | None:
+        """An announced thread of thread group ``tgid`` (its leader if
+        announced), or None."""
+        if tgid in self._known:
+            return tgid
+        return next((t for t, g in self._tgid.items() if g == tgid and t in self._known), None)
+
+    def _sweep_orphans(self, now: float) -> Event | None:
+        """The orphan rule (platform.py, "Orphans") for the parked tids that
+        have waited ``orphan_delay``: the first Cloned it announces (the
+        parked statuses follow through ``_ready``; the next call goes on
+        with the others), or None."""
+        due = [p for p, since in self._parked_since.items() if now - since >= self.orphan_delay]
+        tgids = {p: _proc_status_field(p, "Tgid") for p in due}
+        # Processes first: a thread of an orphan process then finds its
+        # group announced (or announced by the process's parked events).
+        due.sort(key=lambda p: tgids[p] not in (p, None))
+        for pid in due:
+            statuses = self._parked.pop(pid, [])
+            del self._parked_since[pid]
             last = statuses[-1] if statuses else 0
             if statuses and (os.WIFEXITED(last) or os.WIFSIGNALED(last)):
-                del self._parked[pid], self._parked_since[pid]
-                continue
-            if _proc_status_field(pid, "Tgid") == pid:
-                # A process whose creator died inside fork(2): kill it.
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-                del self._parked[pid], self._parked_since[pid]
-                self._dropped.add(pid)
+                continue  # dead: the guest kernel never knew it
+            tgid = tgids[pid]
+            if tgid is None:
+                continue  # gone meanwhile
+            if tgid != pid:
+                parent = self._announced_in_group(tgid)
+                kind = CloneKind.THREAD
             else:
-                # A thread: its whole group would go with a kill; leave it
-                # stopped and stop looking (its group dies with its creator).
-                self._parked_since[pid] = math.inf
+                ppid = _proc_status_field(pid, "PPid")
+                parent = ppid if ppid in self._known else None
+                kind = CloneKind.FORK
+            if parent is not None:
+                self._parked[pid] = statuses
+                self._announce(pid, tgid)
+                return Cloned(Tid(parent), Tid(pid), kind)
+            # Nobody in the guest to belong to (a thread takes its unknown
+            # group with it); its death is not reported.
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            self._dropped.add(pid)
+        return None
 
     # --- stops -------------------------------------------------------------
 
@@ -1096,12 +1165,8 @@ class PythonTracer:
             info = signal.sigtimedwait({signal.SIGCHLD}, 0.01)
             if info is not None:
                 _forward_sigchld(info, self._owner_native)
-        with _tracer_threads_lock:
-            left = _tracer_threads.get(self._owner_native, 0) - 1
-            if left > 0:
-                _tracer_threads[self._owner_native] = left
-            else:
-                _tracer_threads.pop(self._owner_native, None)
+        if self._registered:
+            _threads().remove(self._owner_native)
         for fd in self._errpipes.values():
             os.close(fd)
         self._errpipes.clear()
