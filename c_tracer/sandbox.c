@@ -1070,8 +1070,8 @@ static int enter_main(int argc, char **argv)
             need(argc, i, 1, op);
             sp.cwd = argv[++i];
         } else if (strcmp(op, "cgroup") == 0) {
-            /* The machine's pids cgroup (limits/nproc): the new process
-             * counts against it like the others ("0" is the writer). */
+            /* One of the machine's cgroups: the new process counts
+             * against its limits like the others ("0" is the writer). */
             need(argc, i, 1, op);
             join_cgroup_at("", argv[++i]);
         } else {
