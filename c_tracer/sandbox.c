@@ -313,7 +313,7 @@ static int idmap_userns(void)
 #define BIND_ATTRS (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
 
 /* Clone the one mount at PATH (open_tree(2), not recursive), idmapped
- * when the filesystem allows it (ext4, xfs, btrfs, overlayfs; tmpfs from
+ * (with the guest's own ids) when the filesystem allows it (ext4, xfs, btrfs, overlayfs; tmpfs from
  * Linux 6.3), and attach it at TARGET.  A filesystem that refuses an
  * idmap (proc, sysfs, devpts, fuse, nfs) shows its owners unmapped
  * (nobody) in the guest.  -1 when a mount that is not REQUIRED cannot be
@@ -330,8 +330,11 @@ static int attach_clone(const char *path, const char *target, unsigned long long
             return -1;
         die("cannot clone the mount %s", path + 8);
     }
-    struct mount_attr attr = {.attr_set = attrs | MOUNT_ATTR_IDMAP,
-                              .userns_fd = (__u64)idmap_userns()};
+    struct mount_attr attr = {.attr_set = attrs};
+    if (ids.on) {
+        attr.attr_set |= MOUNT_ATTR_IDMAP;
+        attr.userns_fd = (__u64)idmap_userns();
+    }
     if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) {
         memset(&attr, 0, sizeof attr);
         attr.attr_set = attrs;
@@ -909,6 +912,15 @@ static void cut_nested(const struct unit *u)
     }
 }
 
+static void bind_read_only(const char *src, const char *dst, const char *rel)
+{
+    if (mount(src, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
+        die("cannot bind %s", rel);
+    struct mount_attr attr = {.attr_set = BIND_ATTRS | MOUNT_ATTR_RDONLY};
+    if (syscall(SYS_mount_setattr, AT_FDCWD, dst, AT_RECURSIVE, &attr, sizeof attr) < 0)
+        die("cannot make %s read-only", rel);
+}
+
 static void cow_dir(const struct mnt *list, size_t n, const char *rel)
 {
     char *src = join("/oldroot", rel);
@@ -920,11 +932,7 @@ static void cow_dir(const struct mnt *list, size_t n, const char *rel)
         return; /* an export: left an empty directory */
     }
     if ((m && !overlayable(m->fstype)) || (rel[0] && kernel_tree(rel))) {
-        if (mount(src, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
-            die("cannot bind %s", rel);
-        struct mount_attr attr = {.attr_set = BIND_ATTRS | MOUNT_ATTR_RDONLY};
-        if (syscall(SYS_mount_setattr, AT_FDCWD, dst, AT_RECURSIVE, &attr, sizeof attr) < 0)
-            die("cannot make %s read-only", rel);
+        bind_read_only(src, dst, rel);
         free(src);
         free(dst);
         return;
@@ -946,8 +954,15 @@ static void cow_dir(const struct mnt *list, size_t n, const char *rel)
     if ((mkdir("/stubs", 0755) < 0 && errno != EEXIST) || mkdir(stub, 0755) < 0)
         die("cannot create %s", stub);
     DIR *d = opendir(src);
-    if (!d)
-        die("cannot read %s", rel[0] ? rel : "/");
+    if (!d) {
+        /* A directory the user may not read (another user's home with a
+         * mount inside): as it is, read-only; the user could not look in
+         * natively either. */
+        bind_read_only(src, dst, rel);
+        free(src);
+        free(dst);
+        return;
+    }
     struct dirent *e;
     while ((e = readdir(d))) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
@@ -955,7 +970,15 @@ static void cow_dir(const struct mnt *list, size_t n, const char *rel)
         char from[4200], to[4200];
         snprintf(from, sizeof from, "%s/%s", src, e->d_name);
         snprintf(to, sizeof to, "%s/%s", stub, e->d_name);
+        const struct mnt *hm = mount_at(list, n, from);
         struct stat st;
+        if (hm && hm->hidden) {
+            /* An export (never stat(2)ed: it refuses the machine): an
+             * empty directory. */
+            if (mkdir(to, 0755) < 0)
+                die("cannot create %s", to);
+            continue;
+        }
         if (lstat(from, &st) < 0)
             continue;
         if (S_ISDIR(st.st_mode)) {

@@ -36,7 +36,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 #: The opaque-directory xattrs: a root-run machine's overlays, an
@@ -169,14 +169,16 @@ def _join(base: str, rel: str) -> str:
     return base.rstrip("/") + "/" + rel
 
 
-def _scan_unit(upper: int, lower: int, unit: Unit, covered: list[str]) -> Iterator[Change]:
+def _scan_unit(
+    upper: int, lower: int, unit: Unit, covered: list[str] | set[str]
+) -> Iterator[Change]:
     walk = os.fwalk(".", dir_fd=upper, follow_symlinks=False)
     for top, dirs, files, topfd in walk:
         rel = "" if top == "." else top[2:]
         guest_dir = _join(unit.guest, rel)
         for name in list(dirs):
             if _join(guest_dir, name) in covered:
-                dirs.remove(name)  # another unit's, mounted over it
+                dirs.remove(name)  # another unit's or mount's, mounted over it
         below_new = rel != "" and _lower_lstat(lower, rel) is None
         if rel == "" or not below_new:
             if _opaque(topfd) and rel:
@@ -204,12 +206,16 @@ def _scan_unit(upper: int, lower: int, unit: Unit, covered: list[str]) -> Iterat
                 yield Change("M", shown)
 
 
-def scan(stage_root: int) -> list[Change]:
-    """Every change the guest made to the host's tree, sorted by path."""
+def scan(stage_root: int, mount_points: Iterable[str] = ()) -> list[Change]:
+    """Every change the guest made to the host's tree, sorted by path.
+    ``mount_points``: guest paths where the machine mounts something (a
+    --tmpfs, a --bind): the directory the sandbox made for one, and what
+    lies over it, are not changes of the host's tree."""
     found: list[Change] = []
     all_units = units(stage_root)
     for unit in all_units:
-        covered = [u.guest for u in all_units if u is not unit and u.guest != unit.guest]
+        covered = {u.guest for u in all_units if u is not unit and u.guest != unit.guest}
+        covered.update(mount_points)
         try:
             upper = open_upper(stage_root, unit)
             lower = _open_beneath(stage_root, unit.lower)

@@ -104,6 +104,8 @@ class MachineControl:
         self.name = name
         #: Whether the guest's / is the host's, copy-on-write (changes()).
         self.copy_on_write = config.root is None and not config.root_readonly
+        # What the machine mounts over its root (not changes of the host's).
+        self._mount_points = {m.target for m in config.mounts}
         #: time.time() of the machine's start.
         self.started_at = time.time()
         self._on_tracer = on_tracer
@@ -446,7 +448,7 @@ class MachineControl:
         except ProcessLookupError:
             return []
         try:
-            return changes.scan(root)
+            return changes.scan(root, self._mount_points)
         finally:
             os.close(root)
 

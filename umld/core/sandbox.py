@@ -645,12 +645,12 @@ def _host_id(base: int, count: int, guest: int) -> int:
 
 def guest_paths(table: Sequence[Mount], host: str) -> list[str]:
     """Where the host path ``host`` shows in a guest with this mount
-    table, through the binds that hold it (the last row at a guest path
-    wins, as it is mounted last)."""
+    table, through the binds (and the copy-on-write root) that hold it
+    (the last row at a guest path wins, as it is mounted last)."""
     host = os.path.realpath(host)
     out: list[str] = []
     for m in table:
-        if m.kind != "bind":
+        if m.kind not in ("bind", "cow"):
             continue
         src = m.source.rstrip("/") or "/"
         if host == src or host.startswith(src.rstrip("/") + "/"):
