@@ -561,9 +561,7 @@ def test_default_ramdisks_are_bounded_by_the_machines_memory() -> None:
     g = 1 << 30
     # The copy-on-write root: what the guest writes over the host's tree
     # (a statfs of / is its upper layer's) takes at most a quarter.
-    r = run(
-        [*umld_argv("c", "--memory=1G"), "sh", "-c", "df -B1 --output=size / /run /dev/shm"]
-    )
+    r = run([*umld_argv("c", "--memory=1G"), "sh", "-c", "df -B1 --output=size / /run /dev/shm"])
     assert r.returncode == 0, r
     sizes = [int(x) for x in r.stdout.split()[1:]]
     assert sizes == [_page(0.25 * g), 32 << 20, _page(0.1 * g)], r
