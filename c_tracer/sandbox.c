@@ -656,11 +656,18 @@ static void unit_dirs(struct unit *u)
         die("cannot give the upper layer of %s its mode", u->guest);
 }
 
+/* xino=on: the upper layer (tmpfs, an image) is never the lower's file
+ * system, and without xino a merged directory's d_ino in getdents(2) is
+ * the lower inode while its st_ino is the overlay's (the table "Inode
+ * properties" in the kernel's overlayfs.rst); "auto" turns itself off
+ * for a lower file system with a null uuid, "on" does not.  Inode numbers
+ * too wide for the borrowed high bits fall back to the non-xino scheme,
+ * one inode at a time. */
 static void mount_unit(struct unit *u, const char *target)
 {
     char opts[12800];
-    snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s%s", u->lower, u->upper, u->work,
-             sp_was_root ? "" : ",userxattr");
+    snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s,xino=on%s", u->lower, u->upper,
+             u->work, sp_was_root ? "" : ",userxattr");
     if (mount("overlay", target, "overlay", MS_NOSUID | MS_NODEV, opts) < 0)
         die("cannot make %s copy-on-write", u->guest);
 }

@@ -121,6 +121,32 @@ def test_the_guest_starts_where_the_caller_is(who: Who, fresh: Callable[[str], P
     assert (r.returncode, r.stdout) == (0, f"{d}/sub dir\n"), r
 
 
+INODES = """
+import os, sys
+d = sys.argv[1]
+os.mkdir(os.path.join(d, "new-dir"))
+open(os.path.join(d, "new-file"), "w").close()
+for top in (d, "/usr", "/etc"):
+    for e in os.scandir(top):
+        st = os.stat(e.path, follow_symlinks=False)
+        if e.inode() != st.st_ino:
+            print("differ", e.path, e.inode(), st.st_ino)
+print("done")
+"""
+
+
+def test_readdir_inodes_are_the_stat_inodes(who: Who, fresh: Callable[[str], Path]) -> None:
+    """d_ino from getdents(2) equals st_ino for the overlays' directories
+    and files alike (overlayfs's xino; without it a merged directory's
+    d_ino is the lower inode and CPython's test_os.TestScandir fails)."""
+    d = fresh("var-tmp")
+    (d / "host-dir").mkdir()
+    (d / "host-file").write_text("x")
+    who.own(d)
+    r = who.run([*who.umld(), GUEST_PY, "-c", INODES, str(d)], cwd=d)
+    assert r.returncode == 0 and r.stdout == "done\n", r
+
+
 def _one_line(r: Result, code: int, text: str) -> None:
     assert r.returncode == code, r
     lines = r.stderr.splitlines()
