@@ -119,7 +119,7 @@ def diff_file(name: str | None, mount: str | None) -> str:
 
     if mount is not None:
         path = os.path.join(mount, name, "diff") if name else os.path.join(mount, "diff")
-        where = f"{name!r} in {mount}" if name else f"the export at {mount}"
+        where = f"named {name!r} in {mount}" if name else f"exported at {mount}"
         candidates = [path]
     elif name is None:
         raise UsageError("umld diff: give a machine NAME or --mount DIR")
@@ -128,14 +128,14 @@ def diff_file(name: str | None, mount: str | None) -> str:
             os.path.join(default_mount(), name, "diff"),
             os.path.join(default_mountpoint(name), "diff"),
         ]
-        where = repr(name)
+        where = f"named {name!r}"
     for path in candidates:
         if os.path.exists(path):
             return path
     parent = os.path.dirname(candidates[0])
     if os.path.exists(os.path.join(parent, "status")):
         raise UmldError(
-            f"umld: {where}: its root is not copy-on-write (--root or --read-only-root): "
+            f"umld: the machine {where}: its root is not copy-on-write (--root or --read-only-root): "
             "it changes no host file"
         )
     raise UmldError(f"umld: no running machine {where}")

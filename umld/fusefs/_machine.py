@@ -209,7 +209,10 @@ def build_tree(control: MachineControl, events: EventLog) -> Directory:
     for name in ("status", "metrics.prom", "syscalls", "ctl"):
         node = tree.lookup_child(name)
         node.entry_timeout = node.attr_timeout = 1.0
-    tree.entry_timeout = 1.0
+    # The tree's own entry (DIR/NAME in a daemon's export) is looked up
+    # every time: a machine stopped and started again under its name is a
+    # new tree, and a kept entry would lead to the old one for a second.
+    tree.entry_timeout = 0.0
     return tree
 
 
