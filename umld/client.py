@@ -135,8 +135,8 @@ def diff_file(name: str | None, mount: str | None) -> str:
     parent = os.path.dirname(candidates[0])
     if os.path.exists(os.path.join(parent, "status")):
         raise UmldError(
-            f"umld: the machine {where}: its root is not copy-on-write (--root or --read-only-root): "
-            "it changes no host file"
+            f"umld: the machine {where}: its root is not copy-on-write "
+            "(--root or --read-only-root): it changes no host file"
         )
     raise UmldError(f"umld: no running machine {where}")
 
