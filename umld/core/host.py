@@ -561,6 +561,8 @@ class Host:
                 raise UmldError(f"umld: {exc}") from None
             except TracerError as exc:
                 raise UmldError(f"umld: cannot start the guest: {exc}") from None
+            if files.disks is not None:
+                files.disks.start(tid)
         except BaseException:
             files.close()
             m.state = "failed"

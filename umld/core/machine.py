@@ -308,6 +308,11 @@ class Machine:
             host.serve(until=m.exited.is_set)
         finally:
             host.close()
+            disks = sys.modules.get("umld.core.fusedisk")
+            if disks is not None:
+                # fuse2fs flushes an ordinary user's disk images after the
+                # machine: the next run finds them free and clean.
+                disks.wait_all()
         failure = spawn_failure(m)
         if failure is not None:
             raise failure
