@@ -176,7 +176,9 @@ def prepare(
         root=cfg.root,
         root_readonly=cfg.root_readonly,
         mounts=cfg.mounts,
-        home=environ.get("HOME") or None,
+        # "/" is no home of its own: a ramdisk or disk there would hide
+        # the whole tree.
+        home=environ.get("HOME", "").rstrip("/") or None,
         home_disk=cfg.home_disk(),
     )
     ids = None
