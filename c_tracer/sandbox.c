@@ -720,6 +720,9 @@ static void op_fusedisk(const char *image, const char *dst, const char *dir)
     close(table);
     if (mount(at, to, NULL, MS_BIND, NULL) < 0)
         die("cannot bind the disk image %s at %s", image, dst);
+    /* From now on, a fuse2fs that ends is umld's to report. */
+    if (dprintf(helper_fd, "mounted %s\n", dir) < 0)
+        die("cannot tell umld that %s is mounted", image);
     free(at);
     free(to);
 }
@@ -1297,12 +1300,18 @@ static int names_main(int argc, char **argv)
  * A file system daemon (fuse2fs) for the machine whose stage is process
  * PID: join the stage's user and mount namespaces, chroot to the host's
  * tree (/oldroot there, so CMD finds its libraries and the image at its
- * host path) and exec CMD.  Its FUSE mount then lands in the stage's mount
+ * host path) and run CMD, whose FUSE mount then lands in the stage's mount
  * namespace alone ("fusedisk").  umld starts it outside the machine: not
  * traced, without the seccomp filter, so SIGKILL of umld (which kills every
- * traced process) leaves it to end cleanly on the parent-death signal
- * SIGTERM that it gets when umld (PARENT) goes.  It keeps the stage's mount
- * namespace alive, so umld ends it with SIGTERM once the machine is gone. */
+ * traced process) leaves CMD to end cleanly, on SIGTERM.
+ *
+ * This process stays, as CMD's parent, to turn the end of umld (PARENT)
+ * and umld's own SIGTERM into exactly one SIGTERM for CMD.  The
+ * parent-death signal comes once per thread of umld that dies while it has
+ * live ones left (the child is handed to the next one, prctl(2)); libfuse
+ * puts SIGTERM back to its default once it has begun to unmount, so a
+ * second one would kill fuse2fs before it has flushed the image.  It exits
+ * with CMD's status. */
 static int serve_main(int argc, char **argv)
 {
     if (argc < 6 || strcmp(argv[4], "--") != 0) {
@@ -1321,17 +1330,43 @@ static int serve_main(int argc, char **argv)
     close(mnt);
     if (chroot("/oldroot") < 0 || chdir("/") < 0)
         die("cannot enter the host's tree in the stage");
+    sigset_t waited, old;
+    sigemptyset(&waited);
+    sigaddset(&waited, SIGTERM);
+    sigaddset(&waited, SIGINT);
+    sigaddset(&waited, SIGHUP);
+    sigaddset(&waited, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &waited, &old);
     if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) < 0 || getppid() != parent) {
         errno = 0;
         die("umld is gone");
     }
-    /* umld's threads block the signals its loop takes (SIGTERM among
-     * them), and exec keeps a mask: CMD must get its SIGTERM. */
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    execv(argv[5], argv + 5);
-    die("cannot run %s", argv[5]);
+    pid_t child = fork();
+    if (child < 0)
+        die("fork");
+    if (child == 0) {
+        /* umld's threads block the signals its loop takes (SIGTERM among
+         * them), and exec keeps a mask: CMD must get its SIGTERM. */
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execv(argv[5], argv + 5);
+        die("cannot run %s", argv[5]);
+    }
+    /* CMD holds what umld passed (the image's lock); not this process. */
+    syscall(SYS_close_range, 3U, ~0U, 0U);
+    int asked = 0;
+    for (;;) {
+        int sig = sigwaitinfo(&waited, NULL);
+        if (sig == SIGCHLD) {
+            int status;
+            if (waitpid(child, &status, WNOHANG) == child)
+                return status_code(status);
+        } else if (sig > 0 && !asked) {
+            asked = 1;
+            kill(child, SIGTERM);
+        }
+    }
 }
 
 int main(int argc, char **argv)

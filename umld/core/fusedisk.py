@@ -48,11 +48,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
 import time
-from typing import IO, final
+from typing import final
 
 from umld.core.sandbox import serve_argv
 from umld.errors import UmldError, get_logger
@@ -94,6 +95,22 @@ def check_usable(image: str) -> str:
     return path
 
 
+def _clean(image: str) -> bool:
+    """Whether an ext2/3/4 image says it is clean: s_state (le16 at 0x3A
+    of the superblock, at 1024) has EXT2_VALID_FS, which fuse2fs clears
+    while it has the image mounted read-write and sets again at its
+    unmount (ext2fs(5): "not clean")."""
+    try:
+        with open(image, "rb") as f:
+            f.seek(1024 + 0x38)
+            raw = f.read(4)
+    except OSError:
+        return True
+    if len(raw) != 4 or raw[:2] != b"\x53\xef":  # s_magic: not ext2/3/4, fuse2fs says so
+        return True
+    return bool(int.from_bytes(raw[2:], "little") & 1)
+
+
 _live_lock = threading.Lock()
 _live: set[FuseDisks] = set()
 
@@ -132,6 +149,8 @@ class FuseDisks:
         # inheritable for the sandbox alone (stage_fd).
         self._ours, self._stage_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._procs: list[tuple[subprocess.Popen[bytes], str]] = []
+        #: Images the stage has bound in the guest's tree.
+        self._mounted: set[str] = set()
         #: Set when the machine has ended: fuse2fs may finish.
         self._ended = threading.Event()
         #: Set when every fuse2fs of this machine has ended.
@@ -145,6 +164,12 @@ class FuseDisks:
 
     def add(self, image: str, lock_fd: int) -> str:
         """A host directory (new, empty) where fuse2fs is to mount ``image``."""
+        if not _clean(image):
+            log.warning(
+                "disk image %s was not cleanly unmounted (was its fuse2fs killed?); "
+                "check it with e2fsck -f when no machine uses it",
+                image,
+            )
         path = os.path.join(self._rundir, f"disk{len(self._served)}")
         os.mkdir(path, 0o700)
         self._served[path] = (image, lock_fd)
@@ -186,6 +211,8 @@ class FuseDisks:
                     path = os.fsdecode(arg)
                     if word == b"mount" and path in self._served:
                         self._serve(stage, path)
+                    elif word == b"mounted" and path in self._served:
+                        self._mounted.add(self._served[path][0])
                     else:
                         log.warning("disk helper: unknown request %r", line[:200])
             self._ended.wait()
@@ -198,43 +225,56 @@ class FuseDisks:
     def _serve(self, stage: int, path: str) -> None:
         image, lock = self._served[path]
         argv = serve_argv(stage, [self._fuse2fs, image, path, "-f"])
+        # Its output goes to a file, not a pipe: killed with umld, a pipe's
+        # reader would be gone, and fuse2fs writes its buffered notices at
+        # exit, after libfuse has set SIGPIPE back to its default: it would
+        # die of SIGPIPE before flushing the image.
+        output = path + ".log"
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                # It holds the image's lock until it has flushed it.
-                pass_fds=(lock,),
-            )
+            out = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    # It holds the image's lock until it has flushed it.
+                    pass_fds=(lock,),
+                    # A group of its own: no Ctrl-C of umld's terminal
+                    # reaches it, and it can be killed whole.
+                    start_new_session=True,
+                )
+            finally:
+                os.close(out)
         except OSError as exc:
             self._tell_stage(f"cannot start fuse2fs: {exc.strerror}")
             return
         self._procs.append((proc, image))
-        assert proc.stdout is not None
         threading.Thread(
-            target=self._watch, args=(proc, proc.stdout, image), name="umld-fuse2fs", daemon=True
+            target=self._watch, args=(proc, output, image), name="umld-fuse2fs", daemon=True
         ).start()
 
-    def _watch(self, proc: subprocess.Popen[bytes], out: IO[bytes], image: str) -> None:
-        """fuse2fs's output, until it ends; why it ended, when the
-        machine still runs (the stage may be waiting for its mount)."""
-        lines = []
-        for raw in out:
-            line = raw.decode(errors="replace").strip()
-            if not line or _NOTICE in line:
-                continue
-            lines.append(line)
-            if line.startswith(("Warning:", "Orphans")):
-                # fuse2fs's advice at mount (an image not cleanly
-                # unmounted: fuse2fs was killed): the user's to know.
-                log.warning("disk image %s: %s", image, line)
-        out.close()
+    def _watch(self, proc: subprocess.Popen[bytes], output: str, image: str) -> None:
+        """Waits for fuse2fs to end; says why, when the machine still runs
+        (the stage may be waiting for its mount)."""
         status = proc.wait()
+        try:
+            with open(output, "rb") as f:
+                text = f.read().decode(errors="replace")
+            os.unlink(output)
+        except OSError:
+            text = ""
+        lines = [
+            ln.strip().removeprefix(f"{image}: ")
+            for ln in text.splitlines()
+            if ln.strip() and _NOTICE not in ln
+        ]
         if not self._ended.is_set():
-            why = "; ".join(lines) or f"fuse2fs ended with status {status}"
-            log.warning("disk image %s: fuse2fs ended while its machine runs: %s", image, why)
-            self._tell_stage(why)
+            why = " ".join(lines) or f"fuse2fs ended with status {status}"
+            if image in self._mounted:
+                log.warning("disk image %s: fuse2fs ended under its machine: %s", image, why)
+            else:
+                self._tell_stage(why)  # which is waiting for its mount, and says it
         elif status != 0:
             log.warning("disk image %s: fuse2fs ended with status %s: %s", image, status, lines)
 
@@ -261,7 +301,7 @@ class FuseDisks:
                     image,
                     FINISH_TIMEOUT,
                 )
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
     def _end(self) -> None:
