@@ -233,12 +233,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def state_dir_of(name: str) -> Path | None:
-    """Where a named machine keeps its home disk (see umld.Config.home_disk)."""
+    """Where a named machine keeps its state (see umld.Config.machine_dir)."""
     sys.path.insert(0, str(REPO_DIR))
     import umld
 
-    image = umld.Config(name=name).home_disk()
-    return Path(image).parent if image else None
+    where = umld.Config(name=name).machine_dir()
+    return Path(where) if where else None
 
 
 # -- the daemon ---------------------------------------------------------------

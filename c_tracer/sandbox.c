@@ -44,6 +44,7 @@
  * own errors; a command that cannot be found or run exits 127 or 126.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
@@ -131,6 +132,10 @@ static char *join(const char *prefix, const char *path)
     memcpy(out + a, path, b + 1);
     return out;
 }
+
+/* Whether the sandbox runs as host root (its mount namespace is then its
+ * own, not locked to another user namespace's). */
+static int sp_was_root;
 
 /* The guest's host ids when root runs the machine ("subids"): guest id k
  * is host id base+k for k below count - 1; a guest uid or gid at or above
@@ -310,7 +315,7 @@ static int idmap_userns(void)
 #define BIND_ATTRS (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
 
 /* Clone the one mount at PATH (open_tree(2), not recursive), idmapped
- * when the filesystem allows it (ext4, xfs, btrfs, overlayfs; tmpfs from
+ * (with the guest's own ids) when the filesystem allows it (ext4, xfs, btrfs, overlayfs; tmpfs from
  * Linux 6.3), and attach it at TARGET.  A filesystem that refuses an
  * idmap (proc, sysfs, devpts, fuse, nfs) shows its owners unmapped
  * (nobody) in the guest.  -1 when a mount that is not REQUIRED cannot be
@@ -327,8 +332,11 @@ static int attach_clone(const char *path, const char *target, unsigned long long
             return -1;
         die("cannot clone the mount %s", path + 8);
     }
-    struct mount_attr attr = {.attr_set = attrs | MOUNT_ATTR_IDMAP,
-                              .userns_fd = (__u64)idmap_userns()};
+    struct mount_attr attr = {.attr_set = attrs};
+    if (ids.on) {
+        attr.attr_set |= MOUNT_ATTR_IDMAP;
+        attr.userns_fd = (__u64)idmap_userns();
+    }
     if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) < 0) {
         memset(&attr, 0, sizeof attr);
         attr.attr_set = attrs;
@@ -360,6 +368,7 @@ static void idmap_in_place(const char *target, const char *guest)
 /* One line of mountinfo (proc(5)) that matters here. */
 struct mnt {
     char *point;
+    char *fstype;
     int hidden; /* one of umld's own exports */
 };
 
@@ -412,10 +421,12 @@ static size_t mounts_below(const char *dir, struct mnt **out)
         /* Covered: drop what this mount hides. */
         size_t kept = 0;
         for (size_t k = 0; k < n; k++) {
-            if (below(list[k].point, point))
+            if (below(list[k].point, point)) {
                 free(list[k].point);
-            else
+                free(list[k].fstype);
+            } else {
                 list[kept++] = list[k];
+            }
         }
         n = kept;
         if (n == cap) {
@@ -425,6 +436,7 @@ static size_t mounts_below(const char *dir, struct mnt **out)
                 break;
         }
         list[n].point = strdup(point);
+        list[n].fstype = strdup(fstype);
         list[n].hidden = strncmp(fstype, "fuse", 4) == 0 &&
                          (strcmp(source, "umld") == 0 || strncmp(source, "umld-", 5) == 0);
         n++;
@@ -435,6 +447,15 @@ static size_t mounts_below(const char *dir, struct mnt **out)
     fclose(f);
     *out = list;
     return n;
+}
+
+static void free_mounts(struct mnt *list, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        free(list[k].point);
+        free(list[k].fstype);
+    }
+    free(list);
 }
 
 /* An empty read-only directory over a guest path: what hides a mount. */
@@ -497,9 +518,580 @@ static void bind_tree(const char *from_path, const char *to, unsigned long long 
             free(target);
         }
     }
+    free_mounts(list, n);
+}
+
+/* ---- the copy-on-write host tree (the default root) -------------------- */
+
+static void loop_mount(const char *from, const char *to, const char *fstype, const char *image,
+                       const char *dst);
+
+/* Filesystems an overlay can take as a lower layer (overlayfs(7)); the
+ * rest (proc, sysfs, devpts, cgroup, fuse, ...) are bound read-only. */
+static int overlayable(const char *fstype)
+{
+    static const char *const ok[] = {"ext2",    "ext3",     "ext4",  "xfs",      "btrfs",
+                                     "tmpfs",   "vfat",     "exfat", "f2fs",     "zfs",
+                                     "overlay", "squashfs", "erofs", "iso9660",  "nfs",
+                                     "nfs4",    "ntfs3",    "jfs",   "bcachefs", "ramfs"};
+    for (size_t k = 0; k < sizeof ok / sizeof ok[0]; k++)
+        if (strcmp(fstype, ok[k]) == 0)
+            return 1;
+    return 0;
+}
+
+/* What lies below the kernel's own trees (/proc, /sys, /dev) or /run
+ * (the machine's /dev and /run replace the host's) is bound read-only as
+ * it is, never made copy-on-write: a tmpfs holding cgroup mounts, the
+ * host's /dev/shm. */
+static int kernel_tree(const char *guest)
+{
+    static const char *const trees[] = {"/proc", "/sys", "/dev", "/run"};
+    for (size_t k = 0; k < sizeof trees / sizeof trees[0]; k++)
+        if (below(guest, trees[k]))
+            return 1;
+    return 0;
+}
+
+/* The machine's upper layer ("upper tmpfs OPTIONS", "upper disk IMAGE",
+ * "upper dir HOSTDIR"): where every write to the host tree lands, mounted
+ * at /upper of the stage.  Each overlay of the tree (a "unit") keeps its
+ * upper and work directories in /upper/units/NAME, NAME being the guest
+ * path with / as %2F ("root" for /): the same in every run of a named
+ * machine, whose upper layer persists. */
+static int have_upper;
+
+static void op_upper(const char *kind, const char *arg)
+{
+    if (mkdir("/upper", 0755) < 0 && errno != EEXIST)
+        die("cannot create /upper");
+    if (strcmp(kind, "tmpfs") == 0) {
+        if (mount("tmpfs", "/upper", "tmpfs", MS_NOSUID | MS_NODEV, arg) < 0)
+            die("cannot mount the machine's upper layer (%s)", arg);
+    } else if (strcmp(kind, "disk") == 0) {
+        char *from = join("/oldroot", arg);
+        loop_mount(from, "/upper", "ext4", arg, "the machine's upper layer");
+        free(from);
+    } else if (strcmp(kind, "dir") == 0) {
+        char *from = join("/oldroot", arg);
+        if (mount(from, "/upper", NULL, MS_BIND, NULL) < 0)
+            die("cannot bind %s as the machine's upper layer", arg);
+        free(from);
+    } else {
+        errno = 0;
+        die("sandbox: unknown upper layer %s", kind);
+    }
+    struct fsids old = as_guest_root();
+    if (mkdir("/upper/units", 0755) < 0 && errno != EEXIST)
+        die("cannot create the machine's upper layer");
+    restore_fsids(old);
+    have_upper = 1;
+}
+
+struct unit {
+    char *guest;       /* "/", "/home", ... */
+    char *lower;       /* the lower layer, a path of the stage */
+    const char *attrs; /* the directory whose owner and mode it shows */
+    char name[256];
+    char upper[320], work[320];
+};
+
+/* A unit's name: its guest path with / and % as %2F and %25, "root" for
+ * /; a path too long for one name is "long-" and a hash of it.  Each unit
+ * directory also holds the guest path in a file "path". */
+static void unit_name(const char *guest, char *name, size_t size)
+{
+    size_t k = 0;
+    if (strcmp(guest, "/") == 0) {
+        snprintf(name, size, "root");
+        return;
+    }
+    name[0] = '\0';
+    for (const char *p = guest + 1; *p; p++) {
+        if (k + 4 >= size || k > 200) {
+            unsigned long long h = 1469598103934665603ULL; /* FNV-1a */
+            for (const char *q = guest; *q; q++)
+                h = (h ^ (unsigned char)*q) * 1099511628211ULL;
+            snprintf(name, size, "long-%016llx", h);
+            return;
+        }
+        if (*p == '/' || *p == '%') {
+            k += (size_t)snprintf(name + k, size - k, "%%%02X", (unsigned)*p);
+        } else {
+            name[k++] = *p;
+            name[k] = '\0';
+        }
+    }
+}
+
+static void unit_dirs(struct unit *u)
+{
+    unit_name(u->guest, u->name, sizeof u->name);
+    char base[300];
+    snprintf(base, sizeof base, "/upper/units/%s", u->name);
+    snprintf(u->upper, sizeof u->upper, "%s/u", base);
+    snprintf(u->work, sizeof u->work, "%s/w", base);
+    if ((mkdir(base, 0755) < 0 && errno != EEXIST) || (mkdir(u->work, 0700) < 0 && errno != EEXIST))
+        die("cannot create the upper layer of %s", u->guest);
+    struct stat st;
+    if (stat(u->upper, &st) == 0)
+        return; /* a named machine's, from an earlier run */
+    char path[320];
+    snprintf(path, sizeof path, "%s/path", base);
+    FILE *f = fopen(path, "we");
+    if (!f || fprintf(f, "%s\n", u->guest) < 0 || fclose(f) != 0)
+        die("cannot create the upper layer of %s", u->guest);
+    /* The upper directory gives the merged root of the unit its owner and
+     * mode: the lower's, as seen here (through the idmap, as root).  Where
+     * that owner has no id here (an ordinary user's stage), the user keeps
+     * it, without the owner's write: the guest's root may still write
+     * there, its users no more than natively. */
+    if (stat(u->attrs, &st) < 0 || mkdir(u->upper, 0700) < 0)
+        die("cannot create the upper layer of %s", u->guest);
+    mode_t mode = st.st_mode & 07777;
+    if (!sp_was_root && st.st_uid != geteuid()) {
+        mode = (mode_t)((mode & ~(mode_t)0700) | ((mode & 07) << 6));
+    } else if (chown(u->upper, st.st_uid, st.st_gid) < 0 && errno != EINVAL) {
+        die("cannot give the upper layer of %s its owner", u->guest);
+    }
+    if (chmod(u->upper, mode) < 0)
+        die("cannot give the upper layer of %s its mode", u->guest);
+}
+
+static void mount_unit(struct unit *u, const char *target)
+{
+    char opts[12800];
+    snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s%s", u->lower, u->upper, u->work,
+             sp_was_root ? "" : ",userxattr");
+    if (mount("overlay", target, "overlay", MS_NOSUID | MS_NODEV, opts) < 0)
+        die("cannot make %s copy-on-write", u->guest);
+}
+
+static struct unit units[512];
+static size_t nunits;
+
+static struct unit *new_unit(const char *guest, const char *lower)
+{
+    if (nunits == sizeof units / sizeof units[0]) {
+        errno = 0;
+        die("too many filesystems to make copy-on-write");
+    }
+    struct unit *u = &units[nunits++];
+    u->guest = strdup(guest);
+    u->lower = strdup(lower);
+    u->attrs = u->lower;
+    if (!u->guest || !u->lower)
+        die("out of memory");
+    return u;
+}
+
+/* Whether any mount of LIST lies strictly below DIR. */
+static int mounts_under(const struct mnt *list, size_t n, const char *dir)
+{
     for (size_t k = 0; k < n; k++)
-        free(list[k].point);
-    free(list);
+        if (strcmp(list[k].point, dir) != 0 && below(list[k].point, dir))
+            return 1;
+    return 0;
+}
+
+static const struct mnt *mount_at(const struct mnt *list, size_t n, const char *path)
+{
+    const struct mnt *found = NULL;
+    for (size_t k = 0; k < n; k++)
+        if (strcmp(list[k].point, path) == 0)
+            found = &list[k];
+    return found;
+}
+
+/* Root-run (the stage's mounts are its own, unlocked): each host mount is
+ * cloned alone, idmapped with the guest's ids, as the lower layer of an
+ * overlay at its place; a mount an overlay cannot take is bound read-only
+ * instead.  Whole filesystems, root files included, are copy-on-write. */
+static void cow_mounts(struct mnt *list, size_t n)
+{
+    if (mkdir("/lower", 0700) < 0)
+        die("cannot create /lower");
+    for (size_t k = 0; k < n; k++) {
+        const char *p = list[k].point;
+        int out = list[k].hidden;
+        for (size_t j = 0; j < k && !out; j++)
+            out = list[j].hidden && below(p, list[j].point);
+        if (out) {
+            list[k].hidden = 1;
+            continue;
+        }
+        const char *guest = p[strlen("/oldroot")] ? p + strlen("/oldroot") : "/";
+        char *target = join("/newroot", guest);
+        if (!overlayable(list[k].fstype) || kernel_tree(guest)) {
+            if (attach_clone(p, target, BIND_ATTRS | MOUNT_ATTR_RDONLY, 0) < 0)
+                list[k].hidden = 1;
+            free(target);
+            continue;
+        }
+        char lower[64];
+        snprintf(lower, sizeof lower, "/lower/%zu", k);
+        if (mkdir(lower, 0700) < 0)
+            die("cannot create %s", lower);
+        if (attach_clone(p, lower, BIND_ATTRS | MOUNT_ATTR_RDONLY, k == 0) < 0) {
+            list[k].hidden = 1;
+            free(target);
+            continue;
+        }
+        struct unit *u = new_unit(guest, lower);
+        unit_dirs(u);
+        mount_unit(u, target);
+        free(target);
+    }
+}
+
+/* An ordinary user's stage holds the host's mounts locked together
+ * (mount_namespaces(7)), and an overlay cannot take as its lower layer a
+ * directory below which a locked mount lies (overlayfs clones its lower
+ * layers, and a clone may not uncover what a locked mount hides).  So the
+ * tree is built piecewise (cow_dir): a directory with no mount below it is
+ * one overlay; one with mounts below is "split": an overlay whose lower
+ * layer is a stub of it (its entries, empty, in the stage's /stubs), each
+ * entry then placed over the stub: directories and mounts made
+ * copy-on-write in turn, other filesystems (proc, sysfs, ...) bound
+ * read-only, files bound read-only.  So new entries in a split directory
+ * (/, /tmp with a mount inside) are copy-on-write like any; its own files
+ * are read-only (EROFS) and cannot be removed (EBUSY).
+ *
+ * "writable GUEST": a directory where an ordinary user's guest writes
+ * (its home, its working directory, /var/tmp).  An overlay copies up the
+ * directories above a file it writes, and it cannot copy up one whose
+ * owner or group has no id in the user's namespace (EOVERFLOW): root's /,
+ * /home, /var.  So those above a writable directory are split, and a
+ * writable directory whose own copy-up would fail (a project directory of
+ * another group below the world-writable /var/tmp) is the root of an
+ * overlay of its own.  A named machine's units of earlier runs are cut
+ * the same way again, so that its changes stay where they were made. */
+static char **writables;
+static int nwritables;
+static char **forced;
+static int nforced;
+
+static void add_path(char ***list, int *n, const char *path)
+{
+    char **grown = realloc(*list, (size_t)(*n + 1) * sizeof **list);
+    if (!grown || !(grown[*n] = strdup(path)))
+        die("out of memory");
+    *list = grown;
+    (*n)++;
+}
+
+/* Whether a directory has any entry. */
+static int has_entries(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    struct dirent *e;
+    int found = 0;
+    while (!found && (e = readdir(d)))
+        found = strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return found;
+}
+
+/* The guest paths of the units of earlier runs that hold changes (their
+ * "path" files), where the host still has a directory. */
+static void read_old_units(void)
+{
+    DIR *d = opendir("/upper/units");
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[320], guest[4200];
+        snprintf(path, sizeof path, "/upper/units/%s/u", e->d_name);
+        if (!has_entries(path))
+            continue;
+        snprintf(path, sizeof path, "/upper/units/%s/path", e->d_name);
+        FILE *f = fopen(path, "re");
+        if (!f)
+            continue;
+        if (fgets(guest, sizeof guest, f) && guest[0] == '/') {
+            guest[strcspn(guest, "\n")] = '\0';
+            char *host = join("/oldroot", guest);
+            struct stat st;
+            if (stat(host, &st) == 0 && S_ISDIR(st.st_mode)) {
+                add_path(&forced, &nforced, guest);
+                add_path(&writables, &nwritables, guest);
+            }
+            free(host);
+        }
+        fclose(f);
+    }
+    closedir(d);
+}
+
+static int mapped_here(const struct stat *st)
+{
+    return st->st_uid == geteuid() && st->st_gid == getegid();
+}
+
+static int split_for_writes(const char *guest, const char *src)
+{
+    if (sp_was_root)
+        return 0;
+    int above = 0;
+    for (int k = 0; k < nwritables && !above; k++)
+        above = strcmp(writables[k], guest) != 0 && below(writables[k], guest);
+    struct stat st;
+    if (!above || stat(src, &st) < 0)
+        return 0;
+    return !mapped_here(&st) && !(st.st_mode & S_IWOTH);
+}
+
+static int is_forced(const char *guest)
+{
+    for (int k = 0; k < nforced; k++)
+        if (strcmp(forced[k], guest) == 0)
+            return 1;
+    return 0;
+}
+
+/* Whether writes below the writable W, inside the unit U, need W cut as
+ * a unit of its own: a directory from below U's root to W that the
+ * overlay could not copy up, and not copied up already. */
+static int needs_own_unit(const struct unit *u, const char *w)
+{
+    if (is_forced(w))
+        return 1;
+    size_t root = strcmp(u->guest, "/") == 0 ? 0 : strlen(u->guest);
+    char up[4600];
+    snprintf(up, sizeof up, "%s%s", u->upper, w + root);
+    struct stat st;
+    if (lstat(up, &st) == 0)
+        return 0;
+    char host[4200];
+    for (size_t k = root + 1; w[k - 1]; k++) {
+        if (w[k] != '/' && w[k] != '\0')
+            continue;
+        snprintf(host, sizeof host, "/oldroot%.*s", (int)k, w);
+        if (stat(host, &st) < 0 || !S_ISDIR(st.st_mode))
+            return 0;
+        if (!mapped_here(&st))
+            return 1;
+    }
+    return 0;
+}
+
+static struct unit *new_unit(const char *guest, const char *lower);
+static void mount_unit(struct unit *u, const char *target);
+
+static int by_length(const void *a, const void *b)
+{
+    size_t x = strlen(*(char *const *)a), y = strlen(*(char *const *)b);
+    return (x > y) - (x < y);
+}
+
+/* The unit U just mounted: cut the writables below it that need it. */
+static void cut_nested(const struct unit *u)
+{
+    if (sp_was_root)
+        return;
+    for (int k = 0; k < nwritables; k++) {
+        const char *w = writables[k];
+        if (strcmp(w, u->guest) == 0 || !below(w, u->guest) || !needs_own_unit(u, w))
+            continue;
+        char *src = join("/oldroot", w);
+        char *dst = join("/newroot", w);
+        struct stat st;
+        if (stat(src, &st) < 0 || !S_ISDIR(st.st_mode)) {
+            free(src);
+            free(dst);
+            continue;
+        }
+        struct unit *nested = new_unit(w, src);
+        unit_dirs(nested);
+        mount_unit(nested, dst);
+        free(src);
+        free(dst);
+    }
+}
+
+static void bind_read_only(const char *src, const char *dst, const char *rel)
+{
+    if (mount(src, dst, NULL, MS_BIND | MS_REC, NULL) < 0)
+        die("cannot bind %s", rel);
+    struct mount_attr attr = {.attr_set = BIND_ATTRS | MOUNT_ATTR_RDONLY};
+    if (syscall(SYS_mount_setattr, AT_FDCWD, dst, AT_RECURSIVE, &attr, sizeof attr) < 0)
+        die("cannot make %s read-only", rel);
+}
+
+static void cow_dir(const struct mnt *list, size_t n, const char *rel)
+{
+    char *src = join("/oldroot", rel);
+    char *dst = join("/newroot", rel);
+    const struct mnt *m = mount_at(list, n, src);
+    if (m && m->hidden) {
+        free(src);
+        free(dst);
+        return; /* an export: left an empty directory */
+    }
+    if ((m && !overlayable(m->fstype)) || (rel[0] && kernel_tree(rel))) {
+        bind_read_only(src, dst, rel);
+        free(src);
+        free(dst);
+        return;
+    }
+    if (!mounts_under(list, n, src) && !split_for_writes(rel[0] ? rel : "/", src)) {
+        struct unit *u = new_unit(rel[0] ? rel : "/", src);
+        unit_dirs(u);
+        mount_unit(u, dst);
+        cut_nested(u);
+        free(src);
+        free(dst);
+        return;
+    }
+    /* Split: an overlay whose lower layer is a stub of the directory (its
+     * entries, empty), with each entry then placed over it. */
+    static unsigned nstubs;
+    char stub[64];
+    snprintf(stub, sizeof stub, "/stubs/%u", nstubs++);
+    if ((mkdir("/stubs", 0755) < 0 && errno != EEXIST) || mkdir(stub, 0755) < 0)
+        die("cannot create %s", stub);
+    DIR *d = opendir(src);
+    if (!d) {
+        /* A directory the user may not read (another user's home with a
+         * mount inside): as it is, read-only; the user could not look in
+         * natively either. */
+        bind_read_only(src, dst, rel);
+        free(src);
+        free(dst);
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char from[4200], to[4200];
+        snprintf(from, sizeof from, "%s/%s", src, e->d_name);
+        snprintf(to, sizeof to, "%s/%s", stub, e->d_name);
+        const struct mnt *hm = mount_at(list, n, from);
+        struct stat st;
+        if (hm && hm->hidden) {
+            /* An export (never stat(2)ed: it refuses the machine): an
+             * empty directory. */
+            if (mkdir(to, 0755) < 0)
+                die("cannot create %s", to);
+            continue;
+        }
+        if (lstat(from, &st) < 0)
+            continue;
+        if (S_ISDIR(st.st_mode)) {
+            if (mkdir(to, st.st_mode & 07777) < 0)
+                die("cannot create %s", to);
+        } else if (S_ISLNK(st.st_mode)) {
+            char target[4096];
+            ssize_t len = readlink(from, target, sizeof target - 1);
+            if (len < 0)
+                continue;
+            target[len] = '\0';
+            if (symlink(target, to) < 0)
+                die("cannot create %s", to);
+        } else {
+            int fd = open(to, O_WRONLY | O_CREAT | O_CLOEXEC, st.st_mode & 0777);
+            if (fd < 0)
+                die("cannot create %s", to);
+            close(fd);
+        }
+    }
+    struct unit *u = new_unit(rel[0] ? rel : "/", stub);
+    u->attrs = src;
+    unit_dirs(u);
+    mount_unit(u, dst);
+    rewinddir(d);
+    while ((e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char sub[4096], from[4200], to[4200];
+        snprintf(sub, sizeof sub, "%s/%s", rel, e->d_name);
+        snprintf(from, sizeof from, "/oldroot%s", sub);
+        snprintf(to, sizeof to, "/newroot%s", sub);
+        struct stat st;
+        if (lstat(from, &st) < 0 || S_ISLNK(st.st_mode))
+            continue;
+        if (S_ISDIR(st.st_mode)) {
+            cow_dir(list, n, sub);
+        } else if (mount(from, to, NULL, MS_BIND, NULL) == 0) {
+            /* A file of a split directory: read-only (a socket or device
+             * we may not bind stays the stub's empty file). */
+            struct mount_attr attr = {.attr_set = BIND_ATTRS | MOUNT_ATTR_RDONLY};
+            syscall(SYS_mount_setattr, AT_FDCWD, to, 0, &attr, sizeof attr);
+        }
+    }
+    closedir(d);
+    free(src);
+    free(dst);
+}
+
+/* The stage's record of the units, for the export's changes/ and umld
+ * diff: /changes, the units' directories read-only (the upper layers are
+ * never written from outside the overlays), and /upper-map, which unit is
+ * where ("GUEST\tNAME\tLOWER" lines, in the order they were mounted). */
+static void record_units(void)
+{
+    FILE *map = fopen("/upper-map", "we");
+    if (!map)
+        die("cannot write /upper-map");
+    for (size_t k = 0; k < nunits; k++)
+        fprintf(map, "%s\t%s\t%s\n", units[k].guest, units[k].name, units[k].lower);
+    if (fclose(map) != 0)
+        die("cannot write /upper-map");
+    if (mkdir("/changes", 0755) < 0 || mount("/upper/units", "/changes", NULL, MS_BIND, NULL) < 0)
+        die("cannot create /changes");
+    struct mount_attr attr = {.attr_set = MOUNT_ATTR_RDONLY | BIND_ATTRS};
+    if (syscall(SYS_mount_setattr, AT_FDCWD, "/changes", 0, &attr, sizeof attr) < 0)
+        die("cannot make /changes read-only");
+}
+
+/* as_guest_root(), keeping the capabilities setfsuid(2) drops: the
+ * overlays take their creator's credentials for every copy-up
+ * (overlayfs(7)), which must chown to the lower file's owner and write
+ * the upper layer, which for a named machine is an idmapped disk image
+ * (where host root has no id: EOVERFLOW). */
+static struct fsids as_guest_root_capable(void)
+{
+    struct fsids old = as_guest_root();
+    if (old.uid < 0)
+        return old;
+    struct __user_cap_header_struct head = {.version = _LINUX_CAPABILITY_VERSION_3};
+    struct __user_cap_data_struct data[2];
+    if (syscall(SYS_capget, &head, data) < 0)
+        die("capget");
+    data[0].effective = data[0].permitted;
+    data[1].effective = data[1].permitted;
+    if (syscall(SYS_capset, &head, data) < 0)
+        die("capset");
+    return old;
+}
+
+/* "root / cow": the host's tree as the guest's /, copy-on-write. */
+static void cow_tree(void)
+{
+    if (!have_upper) {
+        errno = 0;
+        die("sandbox: a copy-on-write root needs an upper layer");
+    }
+    struct fsids old = as_guest_root_capable();
+    struct mnt *list;
+    size_t n = mounts_below("/oldroot", &list);
+    if (sp_was_root) {
+        cow_mounts(list, n);
+    } else {
+        read_old_units();
+        if (nwritables)
+            qsort(writables, (size_t)nwritables, sizeof writables[0], by_length);
+        cow_dir(list, n, "");
+    }
+    free_mounts(list, n);
+    record_units();
+    restore_fsids(old);
 }
 
 /* "hide GUEST": what the guest must not reach although it lies inside a
@@ -604,6 +1196,16 @@ static void op_disk(const char *image, const char *dst, const char *fstype)
     char *from = join("/oldroot", image);
     char *to = join("/newroot", dst);
     ensure_target(dst, to, 1);
+    loop_mount(from, to, fstype, image, dst);
+    free(from);
+    free(to);
+}
+
+/* Attach the image FROM to a free loop device and mount it at TO
+ * (IMAGE and DST: the names the errors give). */
+static void loop_mount(const char *from, const char *to, const char *fstype, const char *image,
+                       const char *dst)
+{
     int img = open(from, O_RDWR | O_CLOEXEC);
     if (img < 0)
         die("cannot open the disk image %s", image);
@@ -641,8 +1243,6 @@ static void op_disk(const char *image, const char *dst, const char *fstype)
     }
     close(ctl);
     close(img);
-    free(from);
-    free(to);
 }
 
 /* The stage's end of umld's disk helper ("helper FD"): requests for
@@ -1389,6 +1989,7 @@ int main(int argc, char **argv)
     struct spec sp = {.uid = 0, .gid = 0};
     sp.files = calloc((size_t)argc, sizeof(char *));
     sp.was_root = geteuid() == 0;
+    sp_was_root = sp.was_root;
     int self_fd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
     if (self_fd < 0)
         die("cannot open /proc/self/exe");
@@ -1423,10 +2024,25 @@ int main(int argc, char **argv)
             break;
         } else if (strcmp(op, "root") == 0) {
             need(argc, i, 2, op);
-            char *from = join("/oldroot", argv[i + 1]);
-            bind_tree(from, "/newroot",
-                      BIND_ATTRS | (strcmp(argv[i + 2], "ro") == 0 ? MOUNT_ATTR_RDONLY : 0));
-            free(from);
+            if (strcmp(argv[i + 2], "cow") == 0) {
+                if (strcmp(argv[i + 1], "/") != 0) {
+                    errno = 0;
+                    die("sandbox: only the host's / is made copy-on-write");
+                }
+                cow_tree();
+            } else {
+                char *from = join("/oldroot", argv[i + 1]);
+                bind_tree(from, "/newroot",
+                          BIND_ATTRS | (strcmp(argv[i + 2], "ro") == 0 ? MOUNT_ATTR_RDONLY : 0));
+                free(from);
+            }
+            i += 2;
+        } else if (strcmp(op, "writable") == 0) {
+            need(argc, i, 1, op);
+            add_path(&writables, &nwritables, argv[++i]);
+        } else if (strcmp(op, "upper") == 0) {
+            need(argc, i, 2, op);
+            op_upper(argv[i + 1], argv[i + 2]);
             i += 2;
         } else if (strcmp(op, "bind") == 0) {
             need(argc, i, 3, op);

@@ -133,6 +133,15 @@ def _parser() -> _Parser:
     lg.add_argument("name", metavar="NAME")
     with_mount(lg)
     lg.add_argument("-f", "--follow", action="store_true", help="keep following")
+    df = sub.add_parser(
+        "diff",
+        help="what a running machine changed on the host's tree (A, M, D path)",
+        usage="umld diff [NAME] [--mount DIR]",
+    )
+    df.add_argument("name", metavar="NAME", nargs="?")
+    df.add_argument(
+        "--mount", metavar="DIR", help="a daemon's export, or one `umld run --mount DIR`'s"
+    )
     top = sub.add_parser("top", help="live view of the daemon's machines and processes")
     with_mount(top)
     top.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
@@ -163,8 +172,9 @@ def _add_machine_options(p: argparse.ArgumentParser, *, named: bool = True) -> N
 
     g = p.add_argument_group(
         "machine",
-        "Without --root the guest's / is the host's, read-only, with ramdisks on /tmp, /run, "
-        "/dev/shm and $HOME ($HOME is the machine's disk image when it has a --name).",
+        "Without --root the guest's / is the host's, copy-on-write: it sees your files and "
+        "writes over them in a layer of its own (RAM; a named machine's persists), never on "
+        "the host; `umld diff` lists its changes.  --bind DIR writes through to the host.",
     )
     g.add_argument("--config", metavar="FILE", help="read settings from a TOML file first")
     settings.add_options(g, named=named)
@@ -378,6 +388,8 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         return 0
     if args.cmd == "logs":
         return client.logs(mount, args.name, args.follow)
+    if args.cmd == "diff":
+        return client.diff(args.name, args.mount)
     if args.cmd == "top":
         from umld import top
 
@@ -456,6 +468,7 @@ USAGES = {
     "ls": "umld ls [--mount DIR]",
     "exec": "umld exec NAME [--mount DIR] [-C DIR] -- CMD [ARGS...]",
     "logs": "umld logs NAME [--mount DIR] [-f]",
+    "diff": "umld diff [NAME] [--mount DIR]",
     "top": "umld top [--mount DIR] [--interval S] [--once]",
     "syscalls": "umld syscalls [--trapped] [--abi x86_64|i386] [--format table|markdown] [--check]",
 }
@@ -482,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.cmd == "syscalls":
             return _cmd_syscalls(args)
-        if args.cmd in ("daemon", "start", "stop", "ls", "exec", "logs", "top"):
+        if args.cmd in ("daemon", "start", "stop", "ls", "exec", "logs", "top", "diff"):
             return _cmd_daemon(args)
         parser.print_usage(sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import socket
 import sys
 from typing import Any
 
-from umld.errors import UmldError
+from umld.errors import UmldError, UsageError
 
 
 def _socket_path(mount: str) -> str:
@@ -106,4 +106,49 @@ def logs(mount: str, name: str, follow: bool) -> int:
         return 130
     finally:
         os.close(fd)
+    return 0
+
+
+def diff_file(name: str | None, mount: str | None) -> str:
+    """Where ``umld diff`` reads: DIR/NAME/diff in a daemon's export
+    (``--mount DIR`` or the default daemon's), DIR/diff in the export of
+    one ``umld run --mount DIR``, or the default export of a ``umld run
+    --name NAME --mount``."""
+    from umld.core.paths import default_mountpoint
+    from umld.daemon import default_mount
+
+    if mount is not None:
+        path = os.path.join(mount, name, "diff") if name else os.path.join(mount, "diff")
+        where = f"{name!r} in {mount}" if name else f"the export at {mount}"
+        candidates = [path]
+    elif name is None:
+        raise UsageError("umld diff: give a machine NAME or --mount DIR")
+    else:
+        candidates = [
+            os.path.join(default_mount(), name, "diff"),
+            os.path.join(default_mountpoint(name), "diff"),
+        ]
+        where = repr(name)
+    for path in candidates:
+        if os.path.exists(path):
+            return path
+    parent = os.path.dirname(candidates[0])
+    if os.path.exists(os.path.join(parent, "status")):
+        raise UmldError(
+            f"umld: {where}: its root is not copy-on-write (--root or --read-only-root): "
+            "it changes no host file"
+        )
+    raise UmldError(f"umld: no running machine {where}")
+
+
+def diff(name: str | None, mount: str | None) -> int:
+    """Print what a running machine changed on the host's tree."""
+    path = diff_file(name, mount)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise UmldError(f"umld: cannot read {path}: {exc.strerror}") from None
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
     return 0

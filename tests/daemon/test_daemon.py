@@ -366,10 +366,11 @@ def daemon(usable: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
 
 
 def remove_state(*names: str) -> None:
-    """The home disks of ``names``, or of every machine of this run (see PREFIX)."""
+    """The state (upper layer, disks) of ``names``, or of every machine of
+    this run (see PREFIX)."""
     from umld.core import Config
 
-    base = Path(Config(name=N("x")).home_disk() or "/nonexistent").parent.parent
+    base = Path(Config(name=N("x")).machine_dir() or "/nonexistent").parent
     for path in [base / n for n in names] if names else base.glob(f"{PREFIX}*"):
         shutil.rmtree(path, ignore_errors=True)
 

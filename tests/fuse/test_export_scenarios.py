@@ -818,8 +818,9 @@ def test_fs_accessed_as_soon_as_mounted_is_the_guest_tree(
 ) -> None:
     # The mount is up before the guest exists: fs/ must not be the root of
     # the sandbox's stage then (the host's /, or an unfinished root) and
-    # stay so.  The guest's /tmp is a ramdisk holding only the mountpoint
-    # of the bound test directory; the host's /tmp holds whatever it holds.
+    # stay so.  With --read-only-root the guest's /tmp is a ramdisk
+    # holding only the mountpoint of the bound test directory; the host's
+    # /tmp holds whatever it holds.
     base = tmp_path_factory.getbasetemp().resolve()
     allowed = {base.parts[2]} if base.parts[1:2] == ("tmp",) else set()
     # A poller started before umld looks into fs/ as soon as the mount is
@@ -833,7 +834,7 @@ def test_fs_accessed_as_soon_as_mounted_is_the_guest_tree(
             [sys.executable, "-c", _EARLY_FS, str(mnt), str(tmp_path)], stdout=subprocess.PIPE
         )
         try:
-            m = machine(["sleep", "60"], mnt=mnt)
+            m = machine(["sleep", "60"], "--read-only-root", mnt=mnt)
             out, _ = poller.communicate(timeout=30)
         finally:
             poller.kill()
@@ -1322,15 +1323,16 @@ def test_hard_linked_symlink_never_leads_out(
     assert victim.read_text() == "host secret\n"
 
 
-@pytest.mark.parametrize("tree", ["fs/tmp", "export"])
+@pytest.mark.parametrize("tree", ["fs/scratch", "export"])
 def test_guest_fifo_never_blocks_a_host_reader(machine: Start, tmp_path: Path, tree: str) -> None:
     """A FIFO the guest made is an empty file that cannot be opened: a
     host reader (or writer) gets ENXIO at once, never a wait for a
     writer that cannot come."""
     script, ready = tmp_path / "links.py", tmp_path / "ready"
     script.write_text(_LINKS)
-    guest_dir = "/tmp" if tree == "fs/tmp" else "/run/umld/export"
-    m = machine([GUEST_PYTHON, str(script), guest_dir, "a/b", str(ready)])
+    # A ramdisk of its own: grep -r below walks the whole directory.
+    guest_dir = "/scratch" if tree == "fs/scratch" else "/run/umld/export"
+    m = machine([GUEST_PYTHON, str(script), guest_dir, "a/b", str(ready)], "--tmpfs=/scratch")
     wait_for(ready.exists, "the guest's FIFO")
     fifo = m.path(f"{tree}/fifo")
     st = timed(lambda: os.stat(fifo), "stat of the FIFO")

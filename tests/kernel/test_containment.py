@@ -553,10 +553,22 @@ def test_exports_are_invisible_inside_machines(who: str, ordinary_user: User) ->
 # -- ramdisks ---------------------------------------------------------------------------
 
 
+def _page(n: float) -> int:
+    return int(n) - int(n) % 4096
+
+
 def test_default_ramdisks_are_bounded_by_the_machines_memory() -> None:
+    g = 1 << 30
+    # The copy-on-write root: what the guest writes over the host's tree
+    # (a statfs of / is its upper layer's) takes at most a quarter.
+    r = run([*umld_argv("c", "--memory=1G"), "sh", "-c", "df -B1 --output=size / /run /dev/shm"])
+    assert r.returncode == 0, r
+    sizes = [int(x) for x in r.stdout.split()[1:]]
+    assert sizes == [_page(0.25 * g), 32 << 20, _page(0.1 * g)], r
+    # The read-only host root: ramdisks on /tmp and $HOME instead.
     r = run(
         [
-            *umld_argv("c", "--memory=1G"),
+            *umld_argv("c", "--memory=1G", "--read-only-root"),
             "sh",
             "-c",
             'df -B1 --output=size /tmp /run /dev/shm "$HOME" | tail -n +2',
@@ -564,18 +576,17 @@ def test_default_ramdisks_are_bounded_by_the_machines_memory() -> None:
     )
     assert r.returncode == 0, r
     sizes = [int(x) for x in r.stdout.split()]
-    g = 1 << 30
-
-    def page(n: float) -> int:
-        return int(n) - int(n) % 4096
-
-    assert sizes == [page(0.2 * g), 32 << 20, page(0.1 * g), page(0.2 * g)], r
+    assert sizes == [_page(0.2 * g), 32 << 20, _page(0.1 * g), _page(0.2 * g)], r
     assert sum(sizes) <= 0.55 * g
-    # Full is full: ENOSPC, not the host's memory.
-    r = run(
-        [*umld_argv("c", "--memory=64M"), "sh", "-c", "head -c 100M /dev/zero > /tmp/big; echo $?"]
-    )
-    assert "No space left on device" in r.stderr and r.stdout.strip() == "1", r
+    # Full is full: ENOSPC, not the host's memory; nothing on the host.
+    for layout in ((), ("--read-only-root",), ("--upper-size=8M",)):
+        big = f"/tmp/umld-big-{os.getpid()}"
+        r = run(
+            [*umld_argv("c", "--memory=64M", *layout), "sh", "-c",
+             f"head -c 100M /dev/zero > {big}; echo $?"]
+        )  # fmt: skip
+        assert "No space left on device" in r.stderr and r.stdout.strip() == "1", (layout, r)
+        assert not os.path.exists(big)
 
 
 @as_root

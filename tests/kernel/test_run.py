@@ -347,14 +347,15 @@ def test_failed_machine_leaves_no_new_disk_image(tmp_path: Path) -> None:
     # /data cannot be made on the host's read-only /: the machine fails
     # after the image was created (mkfs) and before it was ever mounted.
     image = tmp_path / "new.img"
-    r = run([*umld_argv("c", f"--disk={image}:/no-such-dir-umld/data"), "true"], timeout=60)
+    ro = "--read-only-root"
+    r = run([*umld_argv("c", ro, f"--disk={image}:/no-such-dir-umld/data"), "true"], timeout=60)
     _one_clear_line(r, 125, "cannot create the mount point")
     assert not image.exists(), "the machine failed but left its new image behind"
     # An image that existed before is never removed.
     old = tmp_path / "old.img"
     subprocess.run(["truncate", "-s", "64M", str(old)], check=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(old)], check=True)
-    r = run([*umld_argv("c", f"--disk={old}:/no-such-dir-umld/data"), "true"], timeout=60)
+    r = run([*umld_argv("c", ro, f"--disk={old}:/no-such-dir-umld/data"), "true"], timeout=60)
     assert r.returncode == 125, r
     assert old.exists()
     # And a machine that mounted its new image keeps it.

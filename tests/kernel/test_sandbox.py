@@ -205,16 +205,16 @@ def read(path, **kw):
 # -- the default layout: the host's / read-only, private ramdisks ---------------
 
 
-def test_host_root_is_read_only(backend: str) -> None:
+def test_read_only_host_root_is_read_only(backend: str) -> None:
     # A host directory of the test's own, outside every ramdisk and bind of
-    # the default layout: were the root writable, only it could suffer.
+    # the layout: were the root writable, only it could suffer.
     victim_dir = Path(tempfile.mkdtemp(prefix="umld-ro-", dir="/var/tmp"))
     victim = victim_dir / "victim"
     victim.write_text("unchanged\n")
     before = snapshot(victim_dir)
     name = f"/etc/umld-test-{os.getpid()}-{os.urandom(3).hex()}"
     try:
-        r = run([*umld_argv(backend), "sh", "-c", f"echo x > {name}"])
+        r = run([*umld_argv(backend, "--read-only-root"), "sh", "-c", f"echo x > {name}"])
         assert r.returncode == 2
         assert "Read-only file system" in r.stderr
         code = f"""
@@ -226,7 +226,7 @@ try_("unlink", lambda: os.unlink(victim))
 try_("chmod", lambda: os.chmod(victim, 0o777))
 try_("rename", lambda: os.rename(victim, victim + ".moved"))
 """
-        r = run([*umld_argv(backend), GUEST_PY, "-c", PY_PRELUDE + code])
+        r = run([*umld_argv(backend, "--read-only-root"), GUEST_PY, "-c", PY_PRELUDE + code])
         assert r.stdout.split() == [
             *("create", "EROFS", "append", "EROFS", "mkdir", "EROFS"),
             *("unlink", "EROFS", "chmod", "EROFS", "rename", "EROFS"),
@@ -239,11 +239,11 @@ try_("rename", lambda: os.rename(victim, victim + ".moved"))
         shutil.rmtree(victim_dir, ignore_errors=True)
 
 
-def test_tmp_is_a_private_ramdisk(backend: str) -> None:
+def test_tmp_of_a_read_only_root_is_a_private_ramdisk(backend: str) -> None:
     name = f"/tmp/umld-private-{os.getpid()}-{os.urandom(3).hex()}"
     r = run(
         [
-            *umld_argv(backend),
+            *umld_argv(backend, "--read-only-root"),
             "sh",
             "-c",
             FSTYPE + f"echo guest > {name} && cat {name} && stat -f -c %T /tmp && fstype /tmp",
@@ -252,7 +252,14 @@ def test_tmp_is_a_private_ramdisk(backend: str) -> None:
     assert (r.returncode, r.stdout) == (0, "guest\ntmpfs\ntmpfs\n"), r
     assert not os.path.lexists(name)
     # The next machine has a fresh one.
-    r = run([*umld_argv(backend), "sh", "-c", f"test -e {name}; echo $?; ls /tmp | wc -l"])
+    r = run(
+        [
+            *umld_argv(backend, "--read-only-root"),
+            "sh",
+            "-c",
+            f"test -e {name}; echo $?; ls /tmp | wc -l",
+        ]
+    )
     assert r.stdout.split()[0] == "1", r
     # Nothing but the mount point of the session's bound temporary directory.
     assert int(r.stdout.split()[1]) <= 1, r
@@ -273,7 +280,7 @@ def test_tmpfs_size_is_enforced() -> None:
 
 
 def test_mount_point_on_the_read_only_host_root_is_a_clear_error() -> None:
-    r = run([*umld_argv("c", "--tmpfs", "/scratch:size=1M"), "true"])
+    r = run([*umld_argv("c", "--read-only-root", "--tmpfs", "/scratch:size=1M"), "true"])
     assert_usage_error(r, 125, "cannot create the mount point /scratch in the guest")
     assert "Read-only file system" in r.stderr
     assert not os.path.exists("/scratch")

@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from umld.core.changes import Change as Change, Unit as Unit, is_whiteout as is_whiteout
 from umld.core.control import MachineControl as MachineControl, ProcessInfo as ProcessInfo
 from umld.core.events import GuestEvent as GuestEvent
 from umld.core.kernel import GuestKernel as GuestKernel

@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, final
 
-from umld.core import procfs, settings
+from umld.core import changes, procfs, settings
+from umld.core.changes import Change, Unit
 from umld.core.events import GuestEvent
 from umld.core.policy import MachinePolicy
 from umld.core.settings import SettingError
@@ -101,6 +102,10 @@ class MachineControl:
         self.kernel = kernel
         self.files = files
         self.name = name
+        #: Whether the guest's / is the host's, copy-on-write (changes()).
+        self.copy_on_write = config.root is None and not config.root_readonly
+        # What the machine mounts over its root (not changes of the host's).
+        self._mount_points = {m.target for m in config.mounts}
         #: time.time() of the machine's start.
         self.started_at = time.time()
         self._on_tracer = on_tracer
@@ -405,6 +410,51 @@ class MachineControl:
         if root is None or not self.kernel.root_found:
             raise ProcessLookupError(0)
         return os.open(f"/proc/{root}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def stage_root(self) -> int:
+        """An O_PATH descriptor of the sandbox stage's root (the record of
+        a copy-on-write root's overlays, :mod:`umld.core.changes`); the
+        caller closes it.  ProcessLookupError once the machine is gone."""
+        self.kernel.up.wait(5)
+        stage = self.kernel.stage
+        if stage is None or not self.copy_on_write:
+            raise ProcessLookupError(0)
+        try:
+            return os.open(f"/proc/{stage}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ProcessLookupError(stage) from None
+
+    def upper_units(self) -> list[Unit]:
+        """The overlays of a copy-on-write root (empty for another)."""
+        try:
+            root = self.stage_root()
+        except ProcessLookupError:
+            return []
+        try:
+            return changes.units(root)
+        finally:
+            os.close(root)
+
+    def open_upper(self, unit: Unit) -> int:
+        """An O_PATH descriptor of one overlay's upper layer (a read-only
+        mount: what the guest wrote there); the caller closes it."""
+        root = self.stage_root()
+        try:
+            return changes.open_upper(root, unit)
+        finally:
+            os.close(root)
+
+    def changes(self) -> list[Change]:
+        """What the guest changed on the host's tree (a copy-on-write
+        root; empty for another), sorted by path."""
+        try:
+            root = self.stage_root()
+        except ProcessLookupError:
+            return []
+        try:
+            return changes.scan(root, self._mount_points)
+        finally:
+            os.close(root)
 
     def subscribe(self, listener: Callable[[GuestEvent], None]) -> None:
         """``listener`` gets every event, on the tracer thread: it must be

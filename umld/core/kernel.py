@@ -183,6 +183,13 @@ class GuestKernel:
         return pid
 
     @property
+    def stage(self) -> int | None:
+        """The host pid of the machine's sandbox stage (its first process:
+        its root is the staging tree with the copy-on-write root's record,
+        sandbox.c), None before the start."""
+        return self._spawn_tid
+
+    @property
     def pgrp(self) -> int:
         """The guest's process group: the sandbox's, made by spawn."""
         return self._spawn_tid or 0

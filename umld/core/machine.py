@@ -31,6 +31,7 @@ from umld.core.sandbox import (
     host_memory,
     meminfo_for,
     sandbox_argv,
+    upper_layer,
 )
 from umld.errors import get_logger
 
@@ -65,6 +66,7 @@ class Config:
     uname_machine: str | None
     root: str | None
     root_readonly: bool
+    upper_size: int | None
     bind: list[Mount]
     tmpfs: list[Mount]
     disk: list[Mount]
@@ -132,8 +134,10 @@ class Config:
                 except settings.SettingError as exc:
                     raise settings.SettingError(f"{row.key}: {exc}") from None
 
-    def home_disk(self) -> str | None:
-        """The disk image behind a named machine's home directory."""
+    def machine_dir(self) -> str | None:
+        """Where a named machine keeps what persists between its runs: its
+        upper layer (the default, copy-on-write root) or its home disk
+        (``--read-only-root``)."""
         if self.name is None:
             return None
         base = self.state_dir or (
@@ -143,7 +147,16 @@ class Config:
                 os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share"), "umld"
             )
         )
-        return os.path.join(base, "machines", self.name, "home.img")
+        return os.path.join(base, "machines", self.name)
+
+    def home_disk(self) -> str | None:
+        """The disk image behind a named machine's home directory, under
+        ``--read-only-root`` (the default root keeps the host's home,
+        copy-on-write)."""
+        base = self.machine_dir()
+        if base is None or not self.root_readonly or self.root is not None:
+            return None
+        return os.path.join(base, "home.img")
 
 
 class Prepared(NamedTuple):
@@ -155,6 +168,7 @@ class Prepared(NamedTuple):
     vcpus: int | None  # None: the host's, and not bound over /proc
     memory: int | None
     ids: IdRange | None  # the machine's host ids (root-run machines)
+    upper: tuple[str, str] | None  # a copy-on-write root's upper layer
 
 
 def prepare(
@@ -192,7 +206,16 @@ def prepare(
             name,
         )
     files.cgroup = MachineCgroup.create(name)
-    return Prepared(layout, uid, gid, vcpus, memory, ids)
+    upper = None
+    if layout.copy_on_write:
+        upper = upper_layer(
+            files,
+            memory=memory or host_memory(),
+            size=cfg.upper_size,
+            keep=cfg.machine_dir(),
+            ids=ids,
+        )
+    return Prepared(layout, uid, gid, vcpus, memory, ids, upper)
 
 
 def machine_argv(
@@ -223,6 +246,7 @@ def machine_argv(
         cgroups=files.cgroup.paths if files.cgroup is not None else (),
         hidden=cfg.hidden,
         rlimits=rlimits,
+        upper=prep.upper,
     )
 
 
@@ -288,18 +312,34 @@ class Machine:
         guest's first instruction."""
         from umld.core.host import Host, Launch, spawn_failure
         from umld.core.terminal import controlling_tty
-        from umld.errors import UsageError
+        from umld.errors import UmldError, UsageError
 
         if not argv:
             raise UsageError("no command given")
         cfg = self.config
+        if cwd is None:
+            try:
+                cwd = os.getcwd()
+            except OSError as exc:
+                raise UmldError(
+                    f"umld: the working directory is gone ({exc.strerror}): "
+                    "cd somewhere, or give -C DIR",
+                    125,
+                ) from None
+            explicit_cwd = False
+        else:
+            explicit_cwd = True
         host = Host(cfg.tracer, host_signals=TERMINATING_SIGNALS)
         host.open()
         try:
             launch = Launch(
                 env=dict(os.environ if env is None else env),
-                cwd=cwd if cwd is not None else os.getcwd(),
-                cwd_strict=cwd is not None,
+                cwd=cwd,
+                # The caller's directory is the guest's when the guest's /
+                # is the host's (an error when it cannot be there: never a
+                # silent /); another root (--root) starts in / as chroot(1)
+                # does when the directory is not in it.
+                cwd_strict=explicit_cwd or cfg.root is None,
                 live=on_start is not None,
                 tty=controlling_tty(),
                 sigmask=host.caller_mask,

@@ -53,8 +53,9 @@ def parse_size(text: str) -> int:
 class Mount(NamedTuple):
     """One row of the guest's mount table.
 
-    kind is ``bind``, ``tmpfs``, ``disk`` or ``dev`` (the machine's own
-    /dev); source is the host path (bind, disk image) or empty; target the
+    kind is ``bind``, ``tmpfs``, ``disk``, ``dev`` (the machine's own
+    /dev) or ``cow`` (the host's tree, copy-on-write: the default root);
+    source is the host path (bind, disk image, cow) or empty; target the
     guest path; size in bytes (tmpfs, disk) or 0 for the default.
     """
 
@@ -73,6 +74,8 @@ class Mount(NamedTuple):
             return f"{self.target}: ramdisk{size}"
         if self.kind == "dev":
             return f"{self.target}: the machine's devices (null, zero, random, tty, ptys)"
+        if self.kind == "cow":
+            return f"{self.target}: the host's {self.source}, copy-on-write"
         return f"{self.target}: ext4 disk image {self.source}"
 
 
@@ -141,7 +144,11 @@ def parse_disk(text: str) -> Mount:
 
 @final
 class Layout:
-    """Everything the sandbox builds for one machine."""
+    """Everything the sandbox builds for one machine.
+
+    Three roots: the host's tree copy-on-write (``root`` None, not
+    ``root_readonly``: the default), the host's tree read-only
+    (``root_readonly``), or a host directory (``root``)."""
 
     def __init__(
         self,
@@ -158,10 +165,27 @@ class Layout:
         self.home = home
         self.home_disk = home_disk
 
+    @property
+    def copy_on_write(self) -> bool:
+        return self.root is None and not self.root_readonly
+
     def table(self) -> list[Mount]:
         """The mount table, parents before children: the defaults, then
         what was asked, a later row over an earlier one at the same path."""
         rows: list[Mount] = []
+        if self.copy_on_write:
+            # The host's tree as the user sees it, /tmp and $HOME included;
+            # /run and /dev/shm hold the host's running services' sockets
+            # and shared memory: the machine has its own.
+            rows.append(Mount("cow", "/", "/"))
+            defaults = [Mount("dev", "", "/dev"), Mount("tmpfs", "", "/run")]
+            defaults.append(Mount("tmpfs", "", "/dev/shm"))
+            asked = {m.target for m in self.mounts}
+            rows += [m for m in defaults if m.target not in asked]
+            rows += self.mounts
+            first, rest = rows[0], rows[1:]
+            rest.sort(key=lambda m: m.target.rstrip("/").count("/"))
+            return [first, *rest]
         if self.root is None:
             rows.append(Mount("bind", "/", "/", True))
             defaults = [Mount("dev", "", "/dev"), Mount("tmpfs", "", "/tmp")]
@@ -206,6 +230,45 @@ def ramdisk_size(target: str, memory: int, home: str | None) -> int:
     if target == "/run":
         size = min(size, RUN_MAX)
     return max(1 << 20, size - size % 4096)
+
+
+#: The default bound of a copy-on-write root's upper layer: a share of
+#: the machine's memory when it is RAM (an unnamed machine), a sparse disk
+#: image of UPPER_IMAGE_SIZE for a named machine run by root.
+UPPER_SHARE = 0.25
+UPPER_IMAGE_SIZE = 4 << 30
+
+
+def upper_layer(
+    files: MachineFiles,
+    *,
+    memory: int,
+    size: int | None,
+    keep: str | None,
+    ids: IdRange | None,
+) -> tuple[str, str]:
+    """The ``upper`` operation of a copy-on-write root: where the guest's
+    writes over the host's tree go.  ``keep``: a named machine's own
+    directory, where its upper layer persists: a disk image (root: the
+    loop device) or, run by another user, a directory (bounded by the
+    user's own quota, not ``size``).  Otherwise RAM, charged to the
+    machine's memory cgroup."""
+    if keep is None:
+        bound = size or max(1 << 20, int(memory * UPPER_SHARE))
+        opts = f"mode=0755,size={bound - bound % 4096}"
+        if ids is not None:
+            opts += f",uid={ids.uid},gid={ids.gid}"
+        return ("tmpfs", opts)
+    if os.geteuid() == 0:
+        image = os.path.join(keep, "upper.img")
+        files.prepare_disk(Mount("disk", image, "", size=size or UPPER_IMAGE_SIZE), 0, 0)
+        return ("disk", image)
+    upper = os.path.join(keep, "upper")
+    try:
+        os.makedirs(upper, 0o700, exist_ok=True)
+    except OSError as exc:
+        raise UmldError(f"umld: cannot create {upper}: {exc.strerror}") from None
+    return ("dir", upper)
 
 
 @final
@@ -462,8 +525,10 @@ class SandboxOps:
         "cgroup": 1,  # DIR: join this cgroup first
         "rlimit": 2,  # nproc|nofile VALUE
         "subids": 3,  # BASEUID BASEGID COUNT: the guest's host ids (root)
+        "upper": 2,  # tmpfs OPTIONS | disk IMAGE | dir HOSTDIR: the writes of a cow root
+        "writable": 1,  # GUEST: where a cow root's guest writes (an ordinary user's)
         "ids": 2,  # UID GID: the guest's identity
-        "root": 2,  # HOSTDIR ro|rw: the guest's /
+        "root": 2,  # HOSTDIR ro|rw|cow: the guest's / (cow: the host's /, copy-on-write)
         "bind": 3,  # HOST GUEST FLAGS (ro, rw, optional)
         "tmpfs": 2,  # GUEST OPTIONS
         "disk": 3,  # IMAGE GUEST FSTYPE
@@ -530,6 +595,7 @@ def sandbox_argv(
     cgroups: Sequence[str] = (),
     hidden: Sequence[str] = (),
     rlimits: Sequence[tuple[str, str]] = (),
+    upper: tuple[str, str] | None = None,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox`` for a new machine.
 
@@ -538,7 +604,8 @@ def sandbox_argv(
     the unsafe mode).  ``cgroups``: directories the sandbox joins first.
     ``hidden``: host paths the guest must not reach although a tree it is
     given holds them (the daemon's socket).  ``rlimits``: (nproc|nofile,
-    value) set before the guest's first instruction."""
+    value) set before the guest's first instruction.  ``upper``: where a
+    copy-on-write root's writes go (the sandbox's ``upper`` operation)."""
     ops = SandboxOps()
     for path in cgroups:
         ops.op("cgroup", path)
@@ -551,7 +618,18 @@ def sandbox_argv(
     ops.op("ids", uid, gid)
     table = layout.table()
     root = table[0]
-    ops.op("root", root.source, "ro" if root.readonly else "rw")
+    if root.kind == "cow":
+        if upper is None:
+            raise ValueError("a copy-on-write root needs an upper layer")
+        ops.op("upper", *upper)
+        # Run by an ordinary user, the overlays are cut so that these
+        # copy up (sandbox.c, split_for_writes).
+        home = os.path.realpath(layout.home) if layout.home else None
+        for path in dict.fromkeys(p for p in (home, cwd, "/tmp", "/var/tmp") if p):
+            ops.op("writable", path)
+        ops.op("root", "/", "cow")
+    else:
+        ops.op("root", root.source, "ro" if root.readonly else "rw")
     for m in table[1:]:
         if m.kind == "dev":
             ops.op("dev")
@@ -651,12 +729,12 @@ def _host_id(base: int, count: int, guest: int) -> int:
 
 def guest_paths(table: Sequence[Mount], host: str) -> list[str]:
     """Where the host path ``host`` shows in a guest with this mount
-    table, through the binds that hold it (the last row at a guest path
-    wins, as it is mounted last)."""
+    table, through the binds (and the copy-on-write root) that hold it
+    (the last row at a guest path wins, as it is mounted last)."""
     host = os.path.realpath(host)
     out: list[str] = []
     for m in table:
-        if m.kind != "bind":
+        if m.kind not in ("bind", "cow"):
             continue
         src = m.source.rstrip("/") or "/"
         if host == src or host.startswith(src.rstrip("/") + "/"):

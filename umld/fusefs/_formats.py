@@ -1,10 +1,12 @@
 """How the export shows a machine: its status file, its metrics in
-Prometheus' text format, a process's status file.  The machine's control
-gives the data; the formats are the export's."""
+Prometheus' text format, a process's status file, its diff.  The
+machine's control gives the data; the formats are the export's."""
 
 from __future__ import annotations
 
-from umld.core import MachineControl, ProcessInfo
+from collections.abc import Sequence
+
+from umld.core import Change, MachineControl, ProcessInfo
 
 
 def status(control: MachineControl) -> bytes:
@@ -71,3 +73,9 @@ def process_status(info: ProcessInfo) -> bytes:
         f"Uid:\t{info.uid}\nGid:\t{info.gid}\nThreads:\t{info.threads}\n"
         f"Syscall:\t{info.syscall}\nCpuTicks:\t{info.cpu_ticks}\nHostPid:\t{info.host_pid}\n"
     ).encode()
+
+
+def diff(changes: Sequence[Change]) -> bytes:
+    """The machine's diff file (and ``umld diff``): ``A path``, ``M path``
+    or ``D path`` per change, sorted by path, a directory's ending in /."""
+    return "".join(c.line() + "\n" for c in changes).encode()

@@ -232,8 +232,20 @@ class _HostObject(Node):
         return attrs
 
     def _setattr(self, changes: SetAttr, handle: Handle | None) -> None:
+        self._tree._writable()
         with self._at() as (fd, _):
             _setattr(fd, isinstance(self, LinkNode), changes, handle)
+
+
+def _hidden(dirfd: int, name: bytes, hide: Callable[[os.stat_result], bool]) -> bool:
+    try:
+        fd = _walk(dirfd, name)
+    except OSError:
+        return True  # gone meanwhile
+    try:
+        return hide(os.fstat(fd))
+    finally:
+        os.close(fd)
 
 
 class _HostDirOps(_HostObject, DirNode):
@@ -253,6 +265,8 @@ class _HostDirOps(_HostObject, DirNode):
                     st = os.fstat(fd)
             finally:
                 os.close(fd)
+        if self._tree._hide is not None and self._tree._hide(st):
+            return None
         return self._tree._entry(self._below(name), st)
 
     def _listing(self) -> Sequence[tuple[bytes, Node | None]]:
@@ -262,9 +276,15 @@ class _HostDirOps(_HostObject, DirNode):
                 names = os.listdir(fd)
             finally:
                 os.close(fd)
+        listing: list[tuple[bytes, Node | None]] = [(os.fsencode(name), None) for name in names]
+        hide = self._tree._hide
+        if hide is not None:
+            # A tree with hidden entries pays a look at each.
+            with self._at() as (dirfd, _):
+                listing = [(n, None) for n, _ in listing if not _hidden(dirfd, n, hide)]
         # Entries are looked up only as readdir sends them: a listing cut
         # short by a small buffer costs nothing.
-        return [(os.fsencode(name), None) for name in names]
+        return listing
 
     def _new(self, name: bytes, mode: int, caller: Caller) -> Node:
         """The entry just created under ``name``, made the caller's."""
@@ -275,12 +295,14 @@ class _HostDirOps(_HostObject, DirNode):
         return node
 
     def _mkdir(self, name: bytes, mode: int, caller: Caller) -> Node:
+        self._tree._writable()
         _check_name(name)
         with self._at() as (dirfd, _), _host_errors():
             os.mkdir(name, stat.S_IMODE(mode), dir_fd=dirfd)
         return self._new(name, mode, caller)
 
     def _mknod(self, name: bytes, mode: int, rdev: int, caller: Caller) -> Node:
+        self._tree._writable()
         _check_name(name)
         if not stat.S_ISREG(mode):
             # The export serves no special file (see the module's notes), so
@@ -291,12 +313,14 @@ class _HostDirOps(_HostObject, DirNode):
         return self._new(name, mode, caller)
 
     def _symlink(self, name: bytes, target: bytes, caller: Caller) -> Node:
+        self._tree._writable()
         _check_name(name)
         with self._at() as (dirfd, _), _host_errors():
             os.symlink(target, name, dir_fd=dirfd)
         return self._new(name, stat.S_IFLNK | 0o777, caller)
 
     def _create(self, name: bytes, mode: int, flags: int, caller: Caller) -> tuple[Node, Handle]:
+        self._tree._writable()
         _check_name(name)
         created = True
         with self._at() as (dirfd, _), _host_errors():
@@ -354,6 +378,7 @@ class _HostDirOps(_HostObject, DirNode):
             os.close(path)
 
     def _link(self, node: Node, name: bytes) -> Node:
+        self._tree._writable()
         _check_name(name)
         if not isinstance(node, _HostEntry) or node._tree is not self._tree:
             raise ExportError(errno.EXDEV)
@@ -372,16 +397,19 @@ class _HostDirOps(_HostObject, DirNode):
         return found
 
     def _unlink(self, name: bytes) -> None:
+        self._tree._writable()
         _check_name(name)
         with self._at() as (dirfd, _), _host_errors():
             os.unlink(name, dir_fd=dirfd)
 
     def _rmdir(self, name: bytes) -> None:
+        self._tree._writable()
         _check_name(name)
         with self._at() as (dirfd, _), _host_errors():
             os.rmdir(name, dir_fd=dirfd)
 
     def _rename(self, name: bytes, new_dir: DirNode, new_name: bytes, flags: int) -> None:
+        self._tree._writable()
         _check_name(name)
         _check_name(new_name)
         if not isinstance(new_dir, _HostDirOps) or new_dir._tree is not self._tree:
@@ -567,6 +595,8 @@ class _FileHandle(Handle):
 
 class _HostFile(_HostEntry, FileNode):
     def _open(self, flags: int, caller: Caller) -> Handle:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            self._tree._writable()
         with self._at() as (fd, st), _host_errors():
             if not stat.S_ISREG(st.st_mode):
                 # Its inode number now belongs to a FIFO or a device the
@@ -629,11 +659,22 @@ class HostTree(_HostDirOps):
     and owners (default_permissions).
     """
 
-    def __init__(self, root_fd_factory: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        root_fd_factory: Callable[[], int],
+        *,
+        read_only: bool = False,
+        hide: Callable[[os.stat_result], bool] | None = None,
+    ) -> None:
         super().__init__()
         self._tree = self
         self._path = b""
         self._factory = root_fd_factory
+        #: Every change through the export fails with EROFS (a view of
+        #: what another filesystem owns, such as an overlay's upper layer).
+        self._read_only = read_only
+        #: Entries not shown (an overlay's whiteouts).
+        self._hide = hide
         self._root_fd = -1
         # Every object handed out, to update their paths after a rename.
         self._entries: weakref.WeakSet[_HostEntry] = weakref.WeakSet()
@@ -641,6 +682,10 @@ class HostTree(_HostDirOps):
         self._by_depth: weakref.WeakValueDictionary[tuple[int, int, int], _HostEntry] = (
             weakref.WeakValueDictionary()
         )
+
+    def _writable(self) -> None:
+        if self._read_only:
+            raise ExportError(errno.EROFS)
 
     @contextmanager
     def _at(self) -> Iterator[tuple[int, os.stat_result]]:

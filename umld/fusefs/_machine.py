@@ -9,6 +9,9 @@ Built only from umld.core's public API (a test enforces it):
     ctl           pause | resume | halt
     status        uptime, processes, trapped syscalls, config
     export/       the guest's /run/umld/export, both ways
+    changes/      what the guest wrote over the host's tree (a copy-on-write
+                  root); changes/.deleted, what it deleted or replaced
+    diff          A/M/D path per change, as umld diff prints it
     metrics.prom  Prometheus text format
     syscalls      the syscall table (generated from it)
 
@@ -29,6 +32,7 @@ import trio
 from umld.core import GuestEvent, MachineControl, SettingError, live_keys, lookup_table
 from umld.errors import UmldError, get_logger
 from umld.fusefs import _formats
+from umld.fusefs._changes import ChangesRoot
 from umld.fusefs._errors import ExportError
 from umld.fusefs._hosttree import HostTree
 from umld.fusefs._node import Node
@@ -196,6 +200,9 @@ def build_tree(control: MachineControl, events: EventLog) -> Directory:
             "syscalls": SnapshotFile(_syscall_list),
         }
     )
+    if control.copy_on_write:
+        tree.add("changes", ChangesRoot(control))
+        tree.add("diff", SnapshotFile(lambda: _formats.diff(control.changes())))
     # These entries stay for the machine's life and their content is made
     # at open: the kernel may keep their lookups for a second (a monitor's
     # `cat DIR/*/status` then costs one request less per file).
