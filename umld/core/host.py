@@ -212,7 +212,8 @@ def _home_of(uid: int) -> str:
     """The home directory of guest ``uid``, as login(1) would set it: the
     account's in the host's passwd (the guest's /etc is the host's), or /
     without one.  An ordinary user's daemon runs its machines as that
-    user, who gets their own home (a named machine's disk)."""
+    user, whose home is then the host's, copy-on-write (the default root),
+    or a named machine's home disk under --read-only-root."""
     if uid == 0:
         return "/root"
     import pwd
