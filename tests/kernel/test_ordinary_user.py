@@ -325,7 +325,7 @@ def fsck_clean(image: Path) -> None:
 
 
 def fs_state(image: Path) -> str:
-    """"clean" or "not clean" (dumpe2fs's Filesystem state)."""
+    """The image's state, "clean" or "not clean" (dumpe2fs's Filesystem state)."""
     r = run(["dumpe2fs", "-h", str(image)])
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("Filesystem state:"))
     return line.split(":", 1)[1].strip()
@@ -420,9 +420,7 @@ def test_an_image_fuse2fs_refuses_is_one_line(ordinary_user: User, home: Path) -
 
 
 @needs_fuse2fs
-def test_full_disk_image_gives_enospc_and_stays_its_size(
-    ordinary_user: User, home: Path
-) -> None:
+def test_full_disk_image_gives_enospc_and_stays_its_size(ordinary_user: User, home: Path) -> None:
     image = home / "small.img"
     r = run(
         [
