@@ -8,7 +8,8 @@ to a user (binds, ramdisk sizes, a read-only root, the escape attempts
 from an assembled root), and the user's ``--disk`` images, which fuse2fs
 serves (umld/core/fusedisk.py): they persist, pass ``e2fsck -fn`` after
 every run and after SIGKILL of umld, are one machine's at a time, fill
-up with ENOSPC, and a bad one is one line.
+up with ENOSPC, and a bad one is one line; a named machine's home disk
+under --read-only-root is one of them.
 """
 
 from __future__ import annotations
@@ -361,6 +362,40 @@ def test_disk_image_of_an_ordinary_user(backend: str, ordinary_user: User, home:
     assert (r.returncode, r.stdout) == (0, "persistent\n"), r
     assert image_free(image)
     fsck_clean(image)
+
+
+@needs_fuse2fs
+def test_named_machines_home_disk_under_a_read_only_root(
+    backend: str, ordinary_user: User, home: Path
+) -> None:
+    """--read-only-root keeps a named machine's home on a disk image of
+    its own (the default root keeps the host's home, copy-on-write): for
+    an ordinary user, in XDG_DATA_HOME, served by fuse2fs."""
+    user = ordinary_user
+    data = owned_dir(user, home / "data")
+    name = f"ro-{os.urandom(3).hex()}"
+
+    def umld(*argv: str) -> Result:
+        return run(
+            user.argv([sys.executable, "-m", "umld", "run", f"--tracer={backend}",
+                       f"--name={name}", "--read-only-root", "--", *argv],
+                      XDG_DATA_HOME=str(data)),
+            cwd="/",  # the caller's directory: /tmp is the machine's own ramdisk here
+        )  # fmt: skip
+
+    r = umld("sh", "-c", f"echo kept > {user.home}/f; touch /etc/umld-x 2>&1; "
+             f"stat -c '%u %m' {user.home}/f")  # fmt: skip
+    assert r.stdout.splitlines() == [
+        "touch: cannot touch '/etc/umld-x': Read-only file system",
+        f"{user.uid} {user.home}",
+    ], r
+    assert not (user.home / "f").exists()
+    image = data / "umld" / "machines" / name / "home.img"
+    assert image_free(image) and not fuse2fs_of(image)
+    fsck_clean(image)
+    assert debugfs_cat(image, "/f") == "kept\n"
+    r = umld("cat", f"{user.home}/f")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "kept\n", ""), r
 
 
 @needs_fuse2fs
