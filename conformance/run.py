@@ -455,19 +455,13 @@ def assemble_root(root: Path, interp: Interpreter, scratch: Path) -> list[str]:
     return options
 
 
-def default_layout_binds(interp: Interpreter, scratch: Path, home: str) -> list[str]:
-    """The umld options that give a guest of the default layout (the host's
-    / read-only, ramdisks on /tmp, /run, /dev/shm and $HOME) what a test
-    module needs of the host: the interpreter's prefix when a ramdisk
-    hides it (pyenv keeps it in $HOME), read-only, and the scratch
-    directory, read-write, at their host paths."""
-    hidden = ("/tmp", "/run", "/dev/shm", home)
-    options = []
-    for prefix in interp.prefixes:
-        real = os.path.realpath(prefix)
-        if any(_under(real, top) for top in hidden):
-            options.append(f"--bind={real}:{real}:ro")
-    return [*options, f"--bind={scratch}:{scratch}"]
+def default_layout_options() -> list[str]:
+    """The umld options of a guest of the default layout: none.  The guest
+    sees the host's tree copy-on-write, its interpreter wherever it lives
+    (pyenv keeps it in $HOME), and starts in the scratch directory, the
+    working directory it was given (its writes stay in the machine's upper
+    layer, like every other write of the guest)."""
+    return []
 
 
 def remove_root(root: Path) -> None:
@@ -852,7 +846,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = Path(tempfile.mkdtemp(prefix="umld-conformance-root-", dir="/tmp"))
         machine = assemble_root(root, interp, scratch)
     elif args.under == "umld":
-        machine = default_layout_binds(interp, scratch, HOME)
+        machine = default_layout_options()
     else:
         machine = []
     if not args.native_only:
