@@ -557,3 +557,41 @@ def test_no_user_namespaces_is_one_line(ordinary_user: User) -> None:
             sys.executable, "-m", "umld", "run", "--", "true"]  # fmt: skip
     r = run([sys.executable, "-c", _NO_USERNS, str(user.uid), str(user.gid), *argv])
     assert_usage_error(r, 125, "cannot create a user namespace: user.max_user_namespaces is 0")
+
+
+# -- a host where FUSE is not the user's ----------------------------------------------
+
+#: In a mount namespace of its own, a root-only file over /dev/fuse (as a
+#: host whose /dev/fuse is 0600 has it), then the command.
+_NO_FUSE = 'mount --bind "$1" /dev/fuse && shift && exec "$@"'
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="covers /dev/fuse in a mount namespace of root's")
+@pytest.mark.parametrize("what", ["export", "daemon", "disk"])
+def test_no_fuse_is_one_line(ordinary_user: User, home: Path, what: str) -> None:
+    """Before (export, daemon): libfuse's "fuse: failed to open /dev/fuse"
+    and "cannot mount the export at DIR: cannot mount the export at DIR:
+    fuse_session_mount failed"; the daemon a traceback."""
+    user = ordinary_user
+    blocker = home / "no-fuse"
+    blocker.touch(mode=0o600)
+    mnt = owned_dir(user, home / "mnt")
+    umld = [sys.executable, "-m", "umld"]
+    argv, message = {
+        "export": (
+            [*umld, "run", f"--mount={mnt}", "--", "true"],
+            f"cannot mount the export at {mnt}: FUSE needs /dev/fuse readable and writable",
+        ),
+        "daemon": (
+            [*umld, "daemon", "--mount", str(mnt)],
+            f"cannot mount the export at {mnt}: FUSE needs /dev/fuse readable and writable",
+        ),
+        "disk": (
+            [*umld, "run", f"--disk={home}/d.img:/tmp/data", "--", "true"],
+            "an ordinary user's disk images need FUSE, and /dev/fuse is not readable",
+        ),
+    }[what]
+    r = run(["unshare", "--mount", "--propagation", "private", "sh", "-c", _NO_FUSE, "sh",
+             str(blocker), *user.argv(argv)], cwd=home)  # fmt: skip
+    assert_usage_error(r, 1, message)
+    assert not (home / "d.img").exists()
