@@ -50,6 +50,8 @@
 #include <linux/capability.h>
 #include <linux/loop.h>
 #include <linux/mount.h>
+#include <linux/nsfs.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1250,6 +1252,88 @@ static void loop_mount(const char *from, const char *to, const char *fstype, con
     close(img);
 }
 
+/* The stage's end of umld's disk helper ("helper FD"): requests for
+ * fuse2fs go out on it, and why one could not serve comes back. */
+static int helper_fd = -1;
+
+/* Whether the host directory AT (below /oldroot) is a mount point yet: its
+ * device differs from its parent's.  The stat of a FUSE mount's root waits
+ * for its daemon's first answers, so once this holds the disk is served;
+ * a daemon that died after mounting gives ENOTCONN. */
+static int mounted_at(char *at)
+{
+    struct stat st, up;
+    if (stat(at, &st) < 0)
+        return -1;
+    char *slash = strrchr(at, '/');
+    *slash = '\0';
+    int r = stat(at, &up);
+    *slash = '/';
+    if (r < 0)
+        return -1;
+    return st.st_dev != up.st_dev;
+}
+
+/* What umld says when fuse2fs could not serve an image: one line. */
+static void die_with_helper_reason(const char *image)
+{
+    char why[512];
+    ssize_t n = read(helper_fd, why, sizeof why - 1);
+    why[n > 0 ? n : 0] = '\0';
+    why[strcspn(why, "\n")] = '\0';
+    errno = 0;
+    die("cannot mount the disk image %s: %s", image, n > 0 ? why : "fuse2fs ended without a word");
+}
+
+/* "fusedisk IMAGE GUEST DIR": an ext4 image of an ordinary user's machine,
+ * which the kernel will not mount for it (only FUSE is mountable in a user
+ * namespace, fuse(4)).  umld starts fuse2fs in this stage's user and mount
+ * namespaces when asked on the helper socket ("umld-sandbox serve"); it
+ * mounts the image at the host directory DIR, seen here below /oldroot
+ * and in this mount namespace only, and that mount is bound at GUEST.
+ * The wait is on events, not time: a change of this namespace's mount
+ * table wakes poll(2) on mountinfo (POLLPRI, proc(5)), and umld's answer
+ * on the socket is why fuse2fs ended. */
+static void op_fusedisk(const char *image, const char *dst, const char *dir)
+{
+    if (helper_fd < 0) {
+        errno = 0;
+        die("sandbox: fusedisk needs the helper socket");
+    }
+    char *to = join("/newroot", dst);
+    char *at = join("/oldroot", dir);
+    ensure_target(dst, to, 1);
+    int table = open("/oldroot/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (table < 0)
+        die("cannot read the stage's mount table");
+    if (dprintf(helper_fd, "mount %s\n", dir) < 0)
+        die("cannot ask umld to serve %s", image);
+    for (;;) {
+        int m = mounted_at(at);
+        if (m < 0)
+            die_with_helper_reason(image);
+        if (m)
+            break;
+        struct pollfd p[2] = {{.fd = table, .events = POLLPRI},
+                              {.fd = helper_fd, .events = POLLIN}};
+        int n = poll(p, 2, 60000);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            die("fuse2fs did not mount the disk image %s", image);
+        if (p[1].revents)
+            die_with_helper_reason(image);
+    }
+    close(table);
+    if (mount(at, to, NULL, MS_BIND, NULL) < 0)
+        die("cannot bind the disk image %s at %s", image, dst);
+    /* From now on, a fuse2fs that ends is umld's to report. */
+    if (dprintf(helper_fd, "mounted %s\n", dir) < 0)
+        die("cannot tell umld that %s is mounted", image);
+    free(at);
+    free(to);
+}
+
 /* A /dev of its own (the way bubblewrap's --dev does it): a ramdisk with
  * the harmless character devices bound from the host, a new devpts
  * instance and the usual links.  The host's /dev would give the guest's
@@ -1544,12 +1628,36 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
     _exit(init_main());
 }
 
+/* Why unshare(CLONE_NEWUSER) failed, as the kernel feature or setting
+ * that is missing (user_namespaces(7), unshare(2) ERRORS). */
+static const char *userns_refusal(int err)
+{
+    switch (err) {
+    case ENOSPC:
+        return "user.max_user_namespaces is 0, or its limit is reached (sysctl "
+               "user.max_user_namespaces)";
+    case EPERM:
+    case EACCES:
+        return "unprivileged user namespaces are disabled (sysctl "
+               "kernel.unprivileged_userns_clone=0, or a security policy such as AppArmor's "
+               "kernel.apparmor_restrict_unprivileged_userns)";
+    case EINVAL:
+    case ENOSYS:
+        return "the kernel has no user namespaces (CONFIG_USER_NS)";
+    default:
+        return strerror(err);
+    }
+}
+
 static void become_own_userns(void)
 {
     uid_t uid = geteuid();
     gid_t gid = getegid();
-    if (unshare(CLONE_NEWUSER) < 0)
-        die("cannot create a user namespace (is kernel.unprivileged_userns_clone 0?)");
+    if (unshare(CLONE_NEWUSER) < 0) {
+        const char *why = userns_refusal(errno);
+        errno = 0;
+        die("cannot create a user namespace: %s", why);
+    }
     char text[64];
     write_file("/proc/self/setgroups", "deny");
     snprintf(text, sizeof text, "0 %u 1\n", (unsigned)uid);
@@ -1625,6 +1733,31 @@ static void need(int argc, int i, int n, const char *op)
     }
 }
 
+/* Whether the namespace open at FD is the user namespace this process is in. */
+static int our_userns(int fd)
+{
+    struct stat a, b;
+    return fstat(fd, &a) == 0 && stat("/proc/self/ns/user", &b) == 0 && a.st_ino == b.st_ino &&
+           a.st_dev == b.st_dev;
+}
+
+/* Join the user namespace that owns the namespace open at NSFD
+ * (NS_GET_USERNS, ioctl_nsfs(2)), unless it is ours.  Joining a pid, time,
+ * UTS or mount namespace needs CAP_SYS_ADMIN both in its owner and in the
+ * caller's own user namespace (setns(2)): root has it everywhere; an
+ * ordinary user has it only in the namespaces it created (the machine's
+ * are), once it is in one of them.  Only a single-threaded process may
+ * join a user namespace, hence these helper modes. */
+static void join_owner(int nsfd, const char *what)
+{
+    int owner = ioctl(nsfd, NS_GET_USERNS);
+    if (owner < 0)
+        die("cannot find the owner of the machine's %s namespace", what);
+    if (!our_userns(owner) && setns(owner, CLONE_NEWUSER) < 0)
+        die("cannot join the user namespace of the machine's %s namespace", what);
+    close(owner);
+}
+
 /* umld-sandbox enter PID [stdio IN OUT ERR] [ids UID GID] [cwd DIR] -- CMD...
  *
  * A new process in a running machine: join the namespaces of its process
@@ -1691,6 +1824,9 @@ static int enter_main(int argc, char **argv)
         die("sandbox: no command");
     }
     sp.argv = argv + i;
+    /* Run by an ordinary user, the pid and time namespaces are the stage's
+     * (its own user namespace owns them): into that one first. */
+    join_owner(fds[0], "pid");
     for (int k = 0; k < 7; k++) {
         /* The guest shares the machine's ipc/uts/cgroup namespaces with
          * its init, which may be ours: EINVAL then means "already in". */
@@ -1726,6 +1862,120 @@ static int enter_main(int argc, char **argv)
     return status_code(status);
 }
 
+/* umld-sandbox names PID [hostname NAME] [domainname NAME]
+ *
+ * A live change of a running machine's names: join the UTS namespace of
+ * its process PID and set them there (uts_namespaces(7)), where
+ * /proc/sys/kernel/hostname and a native uname(2) read them.  The owner of
+ * that namespace is the guest's user namespace, joined first. */
+static int names_main(int argc, char **argv)
+{
+    if (argc < 3) {
+        errno = 0;
+        die("sandbox: names PID [hostname NAME] [domainname NAME]");
+    }
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%s/ns/uts", argv[2]);
+    int uts = open(path, O_RDONLY | O_CLOEXEC);
+    if (uts < 0)
+        die("the machine's process %s is gone", argv[2]);
+    join_owner(uts, "UTS");
+    if (setns(uts, CLONE_NEWUTS) < 0)
+        die("cannot join the machine's UTS namespace");
+    for (int i = 3; i < argc; i++) {
+        const char *op = argv[i];
+        if (strcmp(op, "hostname") == 0) {
+            need(argc, i, 1, op);
+            const char *name = argv[++i];
+            if (sethostname(name, strlen(name)) < 0)
+                die("cannot set the guest's host name");
+        } else if (strcmp(op, "domainname") == 0) {
+            need(argc, i, 1, op);
+            const char *name = argv[++i];
+            if (setdomainname(name, strlen(name)) < 0)
+                die("cannot set the guest's domain name");
+        } else {
+            errno = 0;
+            die("sandbox: unknown names operation %s", op);
+        }
+    }
+    return 0;
+}
+
+/* umld-sandbox serve PID PARENT -- CMD...
+ *
+ * A file system daemon (fuse2fs) for the machine whose stage is process
+ * PID: join the stage's user and mount namespaces, chroot to the host's
+ * tree (/oldroot there, so CMD finds its libraries and the image at its
+ * host path) and run CMD, whose FUSE mount then lands in the stage's mount
+ * namespace alone ("fusedisk").  umld starts it outside the machine: not
+ * traced, without the seccomp filter, so SIGKILL of umld (which kills every
+ * traced process) leaves CMD to end cleanly, on SIGTERM.
+ *
+ * This process stays, as CMD's parent, to turn the end of umld (PARENT)
+ * and umld's own SIGTERM into exactly one SIGTERM for CMD.  The
+ * parent-death signal comes once per thread of umld that dies while it has
+ * live ones left (the child is handed to the next one, prctl(2)); libfuse
+ * puts SIGTERM back to its default once it has begun to unmount, so a
+ * second one would kill fuse2fs before it has flushed the image.  It exits
+ * with CMD's status. */
+static int serve_main(int argc, char **argv)
+{
+    if (argc < 6 || strcmp(argv[4], "--") != 0) {
+        errno = 0;
+        die("sandbox: serve PID PARENT -- CMD");
+    }
+    pid_t parent = (pid_t)strtol(argv[3], NULL, 10);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%s/ns/mnt", argv[2]);
+    int mnt = open(path, O_RDONLY | O_CLOEXEC);
+    if (mnt < 0)
+        die("the machine's stage %s is gone", argv[2]);
+    join_owner(mnt, "mount");
+    if (setns(mnt, CLONE_NEWNS) < 0)
+        die("cannot join the stage's mount namespace");
+    close(mnt);
+    if (chroot("/oldroot") < 0 || chdir("/") < 0)
+        die("cannot enter the host's tree in the stage");
+    sigset_t waited, old;
+    sigemptyset(&waited);
+    sigaddset(&waited, SIGTERM);
+    sigaddset(&waited, SIGINT);
+    sigaddset(&waited, SIGHUP);
+    sigaddset(&waited, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &waited, &old);
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) < 0 || getppid() != parent) {
+        errno = 0;
+        die("umld is gone");
+    }
+    pid_t child = fork();
+    if (child < 0)
+        die("fork");
+    if (child == 0) {
+        /* umld's threads block the signals its loop takes (SIGTERM among
+         * them), and exec keeps a mask: CMD must get its SIGTERM. */
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execv(argv[5], argv + 5);
+        die("cannot run %s", argv[5]);
+    }
+    /* CMD holds what umld passed (the image's lock); not this process. */
+    syscall(SYS_close_range, 3U, ~0U, 0U);
+    int asked = 0;
+    for (;;) {
+        int sig = sigwaitinfo(&waited, NULL);
+        if (sig == SIGCHLD) {
+            int status;
+            if (waitpid(child, &status, WNOHANG) == child)
+                return status_code(status);
+        } else if (sig > 0 && !asked) {
+            asked = 1;
+            kill(child, SIGTERM);
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 0 && strcmp(argv[0], "umld-init") == 0)
@@ -1734,6 +1984,10 @@ int main(int argc, char **argv)
         return idle_main();
     if (argc > 1 && strcmp(argv[1], "enter") == 0)
         return enter_main(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "names") == 0)
+        return names_main(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "serve") == 0)
+        return serve_main(argc, argv);
 
     sigset_t mask, all;
     sigfillset(&all);
@@ -1808,6 +2062,16 @@ int main(int argc, char **argv)
         } else if (strcmp(op, "disk") == 0) {
             need(argc, i, 3, op);
             op_disk(argv[i + 1], argv[i + 2], argv[i + 3]);
+            i += 3;
+        } else if (strcmp(op, "helper") == 0) {
+            need(argc, i, 1, op);
+            helper_fd = atoi(argv[++i]);
+            /* The stage's alone: not the guest's after exec. */
+            if (fcntl(helper_fd, F_SETFD, FD_CLOEXEC) < 0)
+                die("sandbox: bad helper socket");
+        } else if (strcmp(op, "fusedisk") == 0) {
+            need(argc, i, 3, op);
+            op_fusedisk(argv[i + 1], argv[i + 2], argv[i + 3]);
             i += 3;
         } else if (strcmp(op, "dev") == 0) {
             op_dev();

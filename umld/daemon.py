@@ -658,7 +658,26 @@ def main(
     daemon.host.start()
     try:
         trio.run(daemon.run)
-    except UmldError:
+    except (UmldError, BaseExceptionGroup) as exc:
+        failure = _only_umld_error(exc)
+        if failure is None:
+            raise
         daemon.host.close(grace=2)
-        raise
+        raise failure from None
     return 0
+
+
+def _only_umld_error(exc: BaseException) -> UmldError | None:
+    """The UmldError to report when ``exc`` is one or a group (a trio
+    nursery's, such as the export's failed mount) of nothing else."""
+    if isinstance(exc, UmldError):
+        return exc
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    matched, rest = exc.split(UmldError)
+    while matched is not None and rest is None:
+        first = matched.exceptions[0]
+        if not isinstance(first, BaseExceptionGroup):
+            return first if isinstance(first, UmldError) else None
+        matched = first
+    return None

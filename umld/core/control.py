@@ -208,9 +208,13 @@ class MachineControl:
         self.kernel.release_held_accepts()
 
     def guest_process(self) -> int | None:
-        """The host pid of the guest's first process while it runs."""
+        """The host pid of the guest's first process while it runs its
+        program (before, root_pid may still be the sandbox's stage, which
+        is in the host's namespaces)."""
         k = self.kernel
-        return k.root_pid if k.root_pid is not None and k.root_status is None else None
+        if k.root_pid is None or k.root_status is not None or not k.root_found:
+            return None
+        return k.root_pid if k.up.is_set() else None
 
     def guest_host_pids(self) -> list[int]:
         internal = self.kernel.internal

@@ -199,13 +199,30 @@ class HostedMachine:
 
 
 def _guest_env(machine: HostedMachine) -> dict[str, str]:
-    home = "/root" if machine.uid == 0 else "/"
+    """A login-like environment (the daemon's and the API's machines)."""
     return {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "HOME": home,
+        "HOME": _home_of(machine.uid),
         "TERM": os.environ.get("TERM", "dumb"),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
     }
+
+
+def _home_of(uid: int) -> str:
+    """The home directory of guest ``uid``, as login(1) would set it: the
+    account's in the host's passwd (the guest's /etc is the host's), or /
+    without one.  An ordinary user's daemon runs its machines as that
+    user, whose home is then the host's, copy-on-write (the default root),
+    or a named machine's home disk under --read-only-root."""
+    if uid == 0:
+        return "/root"
+    import pwd
+
+    try:
+        home = pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        return "/"
+    return home if home.startswith("/") else "/"
 
 
 _STAGE_TEXT = {
@@ -561,6 +578,8 @@ class Host:
                 raise UmldError(f"umld: {exc}") from None
             except TracerError as exc:
                 raise UmldError(f"umld: cannot start the guest: {exc}") from None
+            if files.disks is not None:
+                files.disks.start(tid)
         except BaseException:
             files.close()
             m.state = "failed"

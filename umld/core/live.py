@@ -13,10 +13,11 @@ that feature; these are the first machine's own.
 
 from __future__ import annotations
 
+import os
 import resource
 from typing import TYPE_CHECKING
 
-from umld.core.sandbox import cpu_list, cpuinfo_for, meminfo_for
+from umld.core.sandbox import cpu_list, cpuinfo_for, meminfo_for, names_argv
 from umld.errors import get_logger
 
 if TYPE_CHECKING:
@@ -131,29 +132,36 @@ def set_nofile(control: MachineControl, value: int) -> None:
 
 def _set_guest_uts(control: MachineControl, call: str, name: bytes) -> None:
     """sethostname(2) or setdomainname(2) in the guest's UTS namespace,
-    where /proc/sys/kernel/hostname and a native uname(2) read it, from a
-    thread of its own: a thread may join another UTS namespace (setns(2)),
-    and the change of namespace ends with it.  Waits for that thread."""
-    import ctypes
-    import os
+    where /proc/sys/kernel/hostname and a native uname(2) read it.
+
+    Joining that namespace needs CAP_SYS_ADMIN in its owner, the guest's
+    user namespace, and in the caller's own (setns(2)): root has both, an
+    ordinary user only once it is in the guest's user namespace, which a
+    multithreaded process cannot join.  So a helper process does it
+    (``umld-sandbox names``, see sandbox.c), for root and for everyone
+    else alike, started from a thread of its own: the tracer thread reaps
+    every child of its own (waitpid(2) with __WNOTHREAD), and this one is
+    not a guest's.  Waits for it; a failure is logged with its reason."""
+    import subprocess
     import threading
 
     pid = control.guest_process()
     if pid is None:
-        return  # not running yet (the sandbox names it) or any more
+        return  # not running its program yet (the sandbox names it) or any more
+    argv = names_argv(pid, **{call.removeprefix("set"): os.fsdecode(name)})
 
     def work() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
         try:
-            fd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+            r = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("guest %s: %s", call, exc)
             return
-        try:
-            if libc.setns(fd, 0x04000000) != 0 or getattr(libc, call)(name, len(name)) != 0:
-                log.warning("guest %s: %s", call, os.strerror(ctypes.get_errno()))
-        finally:
-            os.close(fd)
+        if r.returncode != 0 and pid == control.guest_process():
+            why = r.stderr.strip().removeprefix("umld: ") or f"status {r.returncode}"
+            log.warning("guest %s: %s", call, why)
 
     t = threading.Thread(target=work, name="umld-uts")
     t.start()
-    t.join(5)
+    t.join(10)

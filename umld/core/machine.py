@@ -190,7 +190,9 @@ def prepare(
         root=cfg.root,
         root_readonly=cfg.root_readonly,
         mounts=cfg.mounts,
-        home=environ.get("HOME") or None,
+        # "/" is no home of its own: a ramdisk or disk there would hide
+        # the whole tree.
+        home=environ.get("HOME", "").rstrip("/") or None,
         home_disk=cfg.home_disk(),
     )
     ids = None
@@ -348,6 +350,11 @@ class Machine:
             host.serve(until=m.exited.is_set)
         finally:
             host.close()
+            disks = sys.modules.get("umld.core.fusedisk")
+            if disks is not None:
+                # fuse2fs flushes an ordinary user's disk images after the
+                # machine: the next run finds them free and clean.
+                disks.wait_all()
         failure = spawn_failure(m)
         if failure is not None:
             raise failure

@@ -22,11 +22,14 @@ import fcntl
 import os
 import re
 from collections.abc import Sequence
-from typing import ClassVar, NamedTuple, final
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, final
 
 from umld.core.cgroups import MachineCgroup
 from umld.core.ids import IdLease, IdRange
 from umld.errors import UmldError, UsageError
+
+if TYPE_CHECKING:
+    from umld.core.fusedisk import FuseDisks
 
 SANDBOX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "umld-sandbox")
 
@@ -295,6 +298,8 @@ class MachineFiles:
         self.ids: IdLease | None = None
         #: The machine's cgroups, when it could have some.
         self.cgroup: MachineCgroup | None = None
+        #: Its disk images served by fuse2fs (an ordinary user's machine).
+        self.disks: FuseDisks | None = None
 
     def close(self) -> None:
         # An image made for this machine that was never mounted (the
@@ -304,6 +309,10 @@ class MachineFiles:
             if not _ever_mounted(image):
                 self._forget_new(image)
         self._created.clear()
+        if self.disks is not None:
+            # fuse2fs finishes in the background, holding the images'
+            # locks, and removes its mount points and then this directory.
+            self.disks.close()
         for fd in self._locks:
             os.close(fd)
         self._locks.clear()
@@ -313,9 +322,20 @@ class MachineFiles:
         if self.ids is not None:
             self.ids.close()
             self.ids = None
-        for name in os.listdir(self.dir):
-            os.unlink(os.path.join(self.dir, name))
-        os.rmdir(self.dir)
+        # fuse2fs's mount points stay until it has finished; then it
+        # removes them, and this directory when it is empty.
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = os.path.join(self.dir, name)
+            if not os.path.isdir(path):
+                os.unlink(path)
+        try:
+            os.rmdir(self.dir)
+        except OSError:
+            pass
 
     def write(self, guest: str, content: bytes) -> None:
         """(Re)write a generated file in place: a bind mount follows the
@@ -328,19 +348,22 @@ class MachineFiles:
             f.write(content)
             f.truncate()
 
-    def prepare_disk(self, mount: Mount, uid: int, gid: int) -> None:
+    def prepare_disk(self, mount: Mount, uid: int, gid: int) -> int:
         """Create the image on first use (sparse, ext4, root directory
         owned by the guest's user) and lock it: two machines mounting one
-        ext4 image would corrupt it."""
-        if os.geteuid() != 0:
-            raise UmldError(
-                f"umld: --disk {mount.source}: disk images need root (the kernel's loop "
-                "device); use --tmpfs or --bind a host directory instead"
-            )
+        ext4 image would corrupt it.  Returns the descriptor that holds
+        the lock.  An ordinary user's image is served by fuse2fs in the
+        stage's user namespace, where the user's one id is 0: its root
+        directory is 0's there, which the guest sees as its own uid."""
         import shutil
         import subprocess
 
+        from umld.core import fusedisk
+
         image = mount.source
+        if fusedisk.needed():
+            fusedisk.check_usable(image)
+            uid = gid = 0
         if not os.path.exists(image):
             mkfs = shutil.which("mkfs.ext4") or "/sbin/mkfs.ext4"
             why = ""
@@ -367,12 +390,23 @@ class MachineFiles:
             fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise UmldError(f"umld: disk image {image}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise UmldError(f"umld: disk image {image} is in use by another machine") from None
+        if not _lock(fd):
+            # A machine of this process that has just ended (a restart)
+            # may still be flushing it.
+            finishing = fusedisk.releasing(image)
+            if finishing is None or not finishing.wait(fusedisk.FINISH_TIMEOUT) or not _lock(fd):
+                os.close(fd)
+                raise UmldError(f"umld: disk image {image} is in use by another machine")
         self._locks.append(fd)
+        return fd
+
+    def fuse_disks(self) -> FuseDisks:
+        """The machine's images served by fuse2fs (made at the first)."""
+        if self.disks is None:
+            from umld.core.fusedisk import FuseDisks, fuse2fs_path
+
+            self.disks = FuseDisks(self.dir, fuse2fs_path() or "fuse2fs")
+        return self.disks
 
     def _forget_new(self, image: str) -> None:
         """Remove ``image`` if this machine created it."""
@@ -383,6 +417,14 @@ class MachineFiles:
             os.unlink(image)
         except OSError:
             pass
+
+
+def _lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
 
 
 def _ever_mounted(image: str) -> bool:
@@ -490,6 +532,8 @@ class SandboxOps:
         "bind": 3,  # HOST GUEST FLAGS (ro, rw, optional)
         "tmpfs": 2,  # GUEST OPTIONS
         "disk": 3,  # IMAGE GUEST FSTYPE
+        "helper": 1,  # FD: the socket of umld's disk helper (fusedisk)
+        "fusedisk": 3,  # IMAGE GUEST HOSTDIR: served by fuse2fs (ordinary users)
         "dev": 0,  # the machine's own /dev
         "mkdir": 1,  # GUEST: a world-writable directory
         "proc": 0,  # a fresh /proc
@@ -508,12 +552,21 @@ class SandboxOps:
         "cgroup": 1,
     }
 
-    def __init__(self, enter: int | None = None) -> None:
+    #: umld-sandbox names PID [OPS]: a running machine's names, set live.
+    NAMES: ClassVar[dict[str, int]] = {
+        "hostname": 1,  # NAME
+        "domainname": 1,  # NAME
+    }
+
+    def __init__(self, enter: int | None = None, *, names: int | None = None) -> None:
         self.args: list[str] = [SANDBOX]
         self.table = self.NEW_MACHINE
         if enter is not None:
             self.args += ["enter", str(enter)]
             self.table = self.ENTER
+        elif names is not None:
+            self.args += ["names", str(names)]
+            self.table = self.NAMES
 
     def op(self, name: str, *args: object) -> SandboxOps:
         if self.table.get(name) != len(args):
@@ -596,8 +649,13 @@ def sandbox_argv(
                 opts += f",gid={_host_id(ids.gid, ids.size, owner[1])}"
             ops.op("tmpfs", m.target, opts)
         else:
-            files.prepare_disk(m, uid, gid)
-            ops.op("disk", m.source, m.target, "ext4")
+            lock = files.prepare_disk(m, uid, gid)
+            if files.disks is None and fusedisk_needed():
+                ops.op("helper", files.fuse_disks().stage_fd())
+            if files.disks is not None:
+                ops.op("fusedisk", m.source, m.target, files.disks.add(m.source, lock))
+            else:
+                ops.op("disk", m.source, m.target, "ext4")
     if export_dir:
         # What guest programs export to the host (the export's export/).
         ops.op("mkdir", "/run/umld/export")
@@ -635,6 +693,32 @@ def enter_argv(
         ops.op("cgroup", path)
     ops.op("ids", uid, gid).op("cwd", cwd)
     return ops.command(argv)
+
+
+def names_argv(
+    pid: int, *, hostname: str | None = None, domainname: str | None = None
+) -> list[str]:
+    """The argument list of ``umld-sandbox names``: the guest's host and
+    domain names, set in the UTS namespace of its process ``pid``."""
+    ops = SandboxOps(names=pid)
+    if hostname is not None:
+        ops.op("hostname", hostname)
+    if domainname is not None:
+        ops.op("domainname", domainname)
+    return ops.args
+
+
+def serve_argv(stage: int, argv: Sequence[str]) -> list[str]:
+    """The argument list of ``umld-sandbox serve``: ``argv`` (fuse2fs) in
+    the user and mount namespaces of the machine's stage ``stage``, until
+    this process (its parent) ends."""
+    return [SANDBOX, "serve", str(stage), str(os.getpid()), "--", *argv]
+
+
+def fusedisk_needed() -> bool:
+    from umld.core import fusedisk
+
+    return fusedisk.needed()
 
 
 def _host_id(base: int, count: int, guest: int) -> int:

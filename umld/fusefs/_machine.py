@@ -247,6 +247,8 @@ class ExportThread:
         self._thread.start()
         if not self._ready.wait(timeout) or self._error is not None:
             self.stop()
+            if isinstance(self._error, UmldError):  # serve's, which names the export
+                raise UmldError(f"umld: {self._error}")
             why = self._error or "timed out"
             raise UmldError(f"umld: cannot mount the export at {self.mountpoint}: {why}")
 

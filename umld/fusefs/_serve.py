@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import subprocess
 import threading
@@ -154,6 +155,24 @@ def clean_stale_mount(mountpoint: str) -> bool:
     return True
 
 
+def fuse_unusable() -> str | None:
+    """Why this process cannot mount a FUSE file system, or None.  Asked
+    before libfuse, which says only "fuse: failed to open /dev/fuse" on
+    stderr and "fuse_session_mount failed": the device (fuse(4)), and for
+    a user other than root the set-user-ID helper fusermount3 that mounts
+    for it (fusermount3(1)).  os.access checks the real ids, which are
+    umld's."""
+    if not os.path.exists("/dev/fuse"):
+        return "the kernel has no FUSE (no /dev/fuse: modprobe fuse)"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "FUSE needs /dev/fuse readable and writable by you (Debian's is mode 0666)"
+    if os.geteuid() != 0 and not (
+        shutil.which("fusermount3") or os.path.exists("/usr/bin/fusermount3")
+    ):
+        return "FUSE needs fusermount3 for a user other than root (Debian package fuse3)"
+    return None
+
+
 async def serve(
     root: Node,
     mountpoint: str,
@@ -190,6 +209,9 @@ async def serve(
         raise UmldError(f"cannot mount the export at {path}: {e.strerror}{hint}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise UmldError(f"cannot mount the export at {path}: not a directory")
+    missing = fuse_unusable()
+    if missing is not None:
+        raise UmldError(f"cannot mount the export at {path}: {missing}")
 
     ops = ExportOperations(root, refuse=refuse)
     options = {f"fsname={fsname}", "default_permissions", "nosuid", "nodev"}
