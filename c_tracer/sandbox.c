@@ -1773,19 +1773,6 @@ static int enter_main(int argc, char **argv)
     if (argc < 3)
         die("sandbox: enter PID -- CMD");
     const char *pid = argv[2];
-    /* Order matters (setns(2)): the pid and time namespaces belong to the
-     * machine's outer user namespace, so they are joined while we still
-     * have our capabilities there; the mount namespace belongs to the
-     * guest's user namespace, joined just before it. */
-    static const char *const kinds[] = {"pid", "time", "user", "mnt", "cgroup", "ipc", "uts"};
-    int fds[7];
-    for (int k = 0; k < 7; k++) {
-        char path[64];
-        snprintf(path, sizeof path, "/proc/%s/ns/%s", pid, kinds[k]);
-        fds[k] = open(path, O_RDONLY | O_CLOEXEC);
-        if (fds[k] < 0 && k < 3)
-            die("the machine's process %s is gone", pid);
-    }
     int in = -1, out = -1, err = -1;
     struct spec sp = {
         .uid = getuid(), .gid = getgid(), .cwd = "/", .cwd_strict = 1, .was_root = geteuid() == 0};
@@ -1824,6 +1811,23 @@ static int enter_main(int argc, char **argv)
         die("sandbox: no command");
     }
     sp.argv = argv + i;
+    /* From here on what goes wrong is the caller's to read (umld exec
+     * prints our stderr), not the daemon's log. */
+    if (err >= 0 && dup2(err, 2) < 0)
+        die("dup2");
+    /* Order matters (setns(2)): the pid and time namespaces belong to the
+     * machine's outer user namespace, so they are joined while we still
+     * have our capabilities there; the mount namespace belongs to the
+     * guest's user namespace, joined just before it. */
+    static const char *const kinds[] = {"pid", "time", "user", "mnt", "cgroup", "ipc", "uts"};
+    int fds[7];
+    for (int k = 0; k < 7; k++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%s/ns/%s", pid, kinds[k]);
+        fds[k] = open(path, O_RDONLY | O_CLOEXEC);
+        if (fds[k] < 0 && k < 3)
+            die("the machine's process %s is gone", pid);
+    }
     /* Run by an ordinary user, the pid and time namespaces are the stage's
      * (its own user namespace owns them): into that one first. */
     join_owner(fds[0], "pid");

@@ -98,3 +98,31 @@ def test_a_machine_and_an_entered_process() -> None:
         "--",
         "sh",
     ]
+
+
+def test_enter_reports_on_the_callers_stderr(tmp_path: Path) -> None:
+    """What goes wrong while entering a machine is written to the stderr
+    umld exec passed (``stdio IN OUT ERR``), not to the daemon's own
+    stderr, its log: the caller gets the line with the exit status 125."""
+    import os
+    import subprocess
+
+    from umld.core.sandbox import SANDBOX
+
+    if not os.access(SANDBOX, os.X_OK):
+        pytest.skip("umld-sandbox is not built (make install)")
+    caller = tmp_path / "caller-stderr"
+    with open(caller, "wb") as f:
+        fd = f.fileno()
+        r = subprocess.run(
+            [SANDBOX, "enter", "2147483647", "stdio", "0", "1", str(fd), "--", "true"],
+            pass_fds=(fd,),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+        )
+    assert r.returncode == 125, r
+    assert r.stderr == b"", r
+    assert caller.read_text().splitlines() == [
+        "umld: the machine's process 2147483647 is gone: No such file or directory"
+    ]

@@ -358,7 +358,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tmpfs", Mounts(parse_tmpfs, "GUEST[:size=64M]"), "a ramdisk", default=(),
             metavar="GUEST[:size=64M]"),
     Setting("disk", Mounts(_disk, "IMAGE:GUEST[:size=1G]"),
-            "a persistent ext4 file system in one image file (created on first use; root only)",
+            "a persistent ext4 file system in one image file (created on first use; "
+            "an ordinary user's is served by fuse2fs)",
             default=(), metavar="IMAGE:GUEST[:size=1G]"),
     Setting("uid", Number(0, (1 << 32) - 2), "the guest's user id (0: fake root)", live=True,
             apply=live.fixed_id, metavar="UID", shown_default="the caller's"),
