@@ -18,6 +18,7 @@ the sandbox's argument list.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -329,9 +330,12 @@ class MachineFiles:
         except FileNotFoundError:
             return
         for name in names:
+            # A mount point fuse2fs removes meanwhile is no longer there
+            # (isdir is then False): gone is what we want.
             path = os.path.join(self.dir, name)
             if not os.path.isdir(path):
-                os.unlink(path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         try:
             os.rmdir(self.dir)
         except OSError:
