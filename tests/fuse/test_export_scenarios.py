@@ -834,7 +834,7 @@ def test_fs_accessed_as_soon_as_mounted_is_the_guest_tree(
             [sys.executable, "-c", _EARLY_FS, str(mnt), str(tmp_path)], stdout=subprocess.PIPE
         )
         try:
-            m = machine(["sleep", "60"], "--read-only-root", mnt=mnt)
+            m = machine(["sleep", "60"], "--read-only-root", "-C", "/", mnt=mnt)
             out, _ = poller.communicate(timeout=30)
         finally:
             poller.kill()

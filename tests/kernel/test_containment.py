@@ -568,7 +568,7 @@ def test_default_ramdisks_are_bounded_by_the_machines_memory() -> None:
     # The read-only host root: ramdisks on /tmp and $HOME instead.
     r = run(
         [
-            *umld_argv("c", "--memory=1G", "--read-only-root"),
+            *umld_argv("c", "--memory=1G", "--read-only-root", "-C", "/"),
             "sh",
             "-c",
             'df -B1 --output=size /tmp /run /dev/shm "$HOME" | tail -n +2',
@@ -579,7 +579,7 @@ def test_default_ramdisks_are_bounded_by_the_machines_memory() -> None:
     assert sizes == [_page(0.2 * g), 32 << 20, _page(0.1 * g), _page(0.2 * g)], r
     assert sum(sizes) <= 0.55 * g
     # Full is full: ENOSPC, not the host's memory; nothing on the host.
-    for layout in ((), ("--read-only-root",), ("--upper-size=8M",)):
+    for layout in ((), ("--read-only-root", "-C", "/"), ("--upper-size=8M",)):
         big = f"/tmp/umld-big-{os.getpid()}"
         r = run(
             [*umld_argv("c", "--memory=64M", *layout), "sh", "-c",

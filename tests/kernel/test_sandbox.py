@@ -214,7 +214,9 @@ def test_read_only_host_root_is_read_only(backend: str) -> None:
     before = snapshot(victim_dir)
     name = f"/etc/umld-test-{os.getpid()}-{os.urandom(3).hex()}"
     try:
-        r = run([*umld_argv(backend, "--read-only-root"), "sh", "-c", f"echo x > {name}"])
+        r = run(
+            [*umld_argv(backend, "--read-only-root", "-C", "/"), "sh", "-c", f"echo x > {name}"]
+        )
         assert r.returncode == 2
         assert "Read-only file system" in r.stderr
         code = f"""
@@ -226,7 +228,9 @@ try_("unlink", lambda: os.unlink(victim))
 try_("chmod", lambda: os.chmod(victim, 0o777))
 try_("rename", lambda: os.rename(victim, victim + ".moved"))
 """
-        r = run([*umld_argv(backend, "--read-only-root"), GUEST_PY, "-c", PY_PRELUDE + code])
+        r = run(
+            [*umld_argv(backend, "--read-only-root", "-C", "/"), GUEST_PY, "-c", PY_PRELUDE + code]
+        )
         assert r.stdout.split() == [
             *("create", "EROFS", "append", "EROFS", "mkdir", "EROFS"),
             *("unlink", "EROFS", "chmod", "EROFS", "rename", "EROFS"),
@@ -243,7 +247,7 @@ def test_tmp_of_a_read_only_root_is_a_private_ramdisk(backend: str) -> None:
     name = f"/tmp/umld-private-{os.getpid()}-{os.urandom(3).hex()}"
     r = run(
         [
-            *umld_argv(backend, "--read-only-root"),
+            *umld_argv(backend, "--read-only-root", "-C", "/"),
             "sh",
             "-c",
             FSTYPE + f"echo guest > {name} && cat {name} && stat -f -c %T /tmp && fstype /tmp",
@@ -254,7 +258,7 @@ def test_tmp_of_a_read_only_root_is_a_private_ramdisk(backend: str) -> None:
     # The next machine has a fresh one.
     r = run(
         [
-            *umld_argv(backend, "--read-only-root"),
+            *umld_argv(backend, "--read-only-root", "-C", "/"),
             "sh",
             "-c",
             f"test -e {name}; echo $?; ls /tmp | wc -l",
@@ -280,7 +284,7 @@ def test_tmpfs_size_is_enforced() -> None:
 
 
 def test_mount_point_on_the_read_only_host_root_is_a_clear_error() -> None:
-    r = run([*umld_argv("c", "--read-only-root", "--tmpfs", "/scratch:size=1M"), "true"])
+    r = run([*umld_argv("c", "--read-only-root", "-C", "/", "--tmpfs", "/scratch:size=1M"), "true"])
     assert_usage_error(r, 125, "cannot create the mount point /scratch in the guest")
     assert "Read-only file system" in r.stderr
     assert not os.path.exists("/scratch")
