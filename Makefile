@@ -63,11 +63,11 @@ test-fast: install
 	$(VPY) -m pytest -q -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check umld tests bench conformance c_tracer setup.py
+	$(VENV)/bin/ruff check umld tests bench conformance examples c_tracer setup.py
 	clang-format --dry-run --Werror c_tracer/*.c c_tracer/*.h
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict bench/run.py bench/w7_source.py
-	$(VENV)/bin/mypy --strict conformance/run.py
+	$(VENV)/bin/mypy --strict conformance/run.py examples/app_channel.py
 	$(VENV)/bin/mypy --strict c_tracer/build_ffi.py c_tracer/bench.py
 
 # The bench draws its ratios as a PNG; matplotlib is only needed here.
