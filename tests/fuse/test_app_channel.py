@@ -71,9 +71,15 @@ def channel(
         assert p.poll() is None, p.communicate()
         yield host, app, p
     finally:
+        # SIGTERM: umld ends the machine and removes its mount (SIGKILL
+        # would leave a dead one).
         if p.poll() is None:
+            p.terminate()
+        try:
+            p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
             p.kill()
-        p.communicate(timeout=30)
+            p.communicate(timeout=30)
 
 
 def test_the_host_reads_values_the_program_publishes(
