@@ -78,6 +78,7 @@ class Config:
     net_connect: str
     limits_nproc: int
     limits_nofile: int | None
+    tty: bool
     unsafe_host_ids: bool
 
     def __init__(
@@ -229,8 +230,10 @@ def machine_argv(
     cwd_strict: bool,
     uts: UtsState,
     rlimits: Sequence[tuple[str, str]],
+    tty: tuple[int, int, int] | None = None,
 ) -> list[bytes]:
-    """umld-sandbox's argument list for a prepared machine."""
+    """umld-sandbox's argument list for a prepared machine (``tty``: the
+    socket its terminal's master goes to, and the terminal's size)."""
     return sandbox_argv(
         prep.layout,
         files,
@@ -247,6 +250,7 @@ def machine_argv(
         hidden=cfg.hidden,
         rlimits=rlimits,
         upper=prep.upper,
+        tty=tty,
     )
 
 
@@ -279,6 +283,19 @@ def uts_for(cfg: Config) -> UtsState:
         if value is not None:
             setattr(uts, field, os.fsencode(value))
     return uts
+
+
+def _caller_size() -> tuple[int, int] | None:
+    """The size of umld's own terminal (the first of 0, 1, 2 that is
+    one), as the guest's terminal starts; None without one."""
+    for fd in (0, 1, 2):
+        try:
+            size = os.get_terminal_size(fd)
+        except OSError:
+            continue
+        if size.columns > 0 and size.lines > 0:
+            return size.columns, size.lines
+    return None
 
 
 class RunResult(NamedTuple):
@@ -329,6 +346,7 @@ class Machine:
             explicit_cwd = False
         else:
             explicit_cwd = True
+        terminal_size = _caller_size() if cfg.tty else None
         host = Host(cfg.tracer, host_signals=TERMINATING_SIGNALS)
         host.open()
         try:
@@ -341,7 +359,10 @@ class Machine:
                 # does when the directory is not in it.
                 cwd_strict=explicit_cwd or cfg.root is None,
                 live=on_start is not None,
-                tty=controlling_tty(),
+                # With a terminal of its own the guest never gets the
+                # caller's (umld run --tty attaches to it instead).
+                tty=None if cfg.tty else controlling_tty(),
+                terminal_size=terminal_size,
                 sigmask=host.caller_mask,
                 trace_output=(cfg.trace_output or sys.stderr) if cfg.trace else None,
             )
