@@ -323,10 +323,12 @@ class Machine:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         on_start: Callable[[MachineControl], None] | None = None,
+        live: bool | None = None,
     ) -> RunResult:
-        """Run ``argv`` as the guest's first process.  ``on_start`` (a live
-        machine: an export, a --config-dir) gets the control before the
-        guest's first instruction."""
+        """Run ``argv`` as the guest's first process.  ``on_start`` gets
+        the control before the guest's first instruction; the machine is
+        live (its settings may change: an export, a --config-dir) when
+        ``live`` says so, by default when there is an ``on_start``."""
         from umld.core.host import Host, Launch, spawn_failure
         from umld.core.terminal import controlling_tty
         from umld.errors import UmldError, UsageError
@@ -358,7 +360,7 @@ class Machine:
                 # silent /); another root (--root) starts in / as chroot(1)
                 # does when the directory is not in it.
                 cwd_strict=explicit_cwd or cfg.root is None,
-                live=on_start is not None,
+                live=on_start is not None if live is None else live,
                 # With a terminal of its own the guest never gets the
                 # caller's (umld run --tty attaches to it instead).
                 tty=None if cfg.tty else controlling_tty(),
