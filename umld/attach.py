@@ -41,6 +41,8 @@ from umld.errors import UmldError, UsageError
 #: The byte that detaches: C-] (ASCII GS).
 DETACH = b"\x1d"
 DETACH_NAME = "C-]"
+#: No bound on what is drawn (a terminal that says no size).
+MAX = 10_000
 
 
 class Backend(Protocol):
@@ -197,9 +199,16 @@ class WinchPipe:
         os.close(self.w)
 
 
-def _size(fd: int) -> tuple[int, int]:
-    size = os.get_terminal_size(fd)
-    return max(1, size.columns), max(1, size.lines)
+def _size(fd: int) -> tuple[int, int] | None:
+    """The terminal's size; None when it says none (0 x 0: a pty nobody
+    sized), and the machine's is then left as it is."""
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return None
+    if size.columns <= 0 or size.lines <= 0:
+        return None
+    return size.columns, size.lines
 
 
 def run(
@@ -235,22 +244,24 @@ def run(
         if alternate:
             out.write("\x1b[?1049h")
         out.write("\x1b[H\x1b[2J")
-        columns, lines = _size(stdout)
-        backend.resize(columns, lines)
+        size = _size(stdout)
+        if size is not None:
+            backend.resize(*size)
         poller = select.poll()
         for fd in (stdin, backend.change_fd(), winch.r):
             poller.register(fd, select.POLLIN)
         dirty = True
         while stop is None or not stop.is_set():
             if dirty:
-                out.write(backend.frame(columns, lines))
+                out.write(backend.frame(*(size or (MAX, MAX))))
                 out.flush()
                 dirty = False
             events = dict(poller.poll(None if stop is None else 200))
             if winch.r in events:
                 winch.drain()
-                columns, lines = _size(stdout)
-                backend.resize(columns, lines)
+                size = _size(stdout)
+                if size is not None:
+                    backend.resize(*size)
                 out.write("\x1b[H\x1b[2J")
                 dirty = True
             if backend.change_fd() in events:
@@ -269,13 +280,13 @@ def run(
                 if detach:
                     why = "detached"
                     break
-        out.write(backend.frame(columns, lines))
+        out.write(backend.frame(*(size or (MAX, MAX))))
     finally:
         out.write("\x1b[0m\x1b[?25h")
         if alternate:
             out.write("\x1b[?1049l")
         else:
-            out.write(f"\x1b[{_size(stdout)[1]};1H\r\n")
+            out.write(f"\x1b[{(_size(stdout) or (0, 999))[1]};1H\r\n")
         out.flush()
         out.close()
         termios.tcsetattr(stdin, termios.TCSAFLUSH, saved)
