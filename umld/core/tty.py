@@ -443,14 +443,14 @@ class MachineTerminal:
 
     def _run(self) -> None:
         try:
-            master = self._receive()
-            if master is None:
-                return
-            os.set_blocking(master, False)
+            poller = select.poll()
+            poller.register(self._ours.fileno(), select.POLLIN)
+            poller.register(self._wake_r, select.POLLIN)
+            ready = {fd for fd, _ in poller.poll()}
             with self._lock:
-                self._master = master
-                if self.size != self.initial_size:  # resized before it came
-                    _set_winsize(master, *self.size)
+                master = self._take_master()
+            if master is None or self._wake_r in ready and self._ours.fileno() not in ready:
+                return
             self._ready.set()
             poller = select.poll()
             poller.register(master, select.POLLIN)
@@ -469,22 +469,31 @@ class MachineTerminal:
         finally:
             self._ready.set()
 
-    def _receive(self) -> int | None:
-        """The master, from the sandbox's stage; None if it never sends
-        one (its setup failed) or the machine ends first."""
-        poller = select.poll()
-        poller.register(self._ours.fileno(), select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        ready = {fd for fd, _ in poller.poll()}
-        if self._wake_r in ready and self._ours.fileno() not in ready:
+    def _take_master(self) -> int | None:
+        """The master, once the sandbox's stage sent it (it does before
+        the guest's first instruction: whatever the guest wrote is behind
+        it); None before, or if it never will.  Non-blocking, under the
+        lock: the reader thread and a read that finds none yet both take
+        it."""
+        if self._master is not None or self._closing:
+            return self._master
+        try:
+            _, fds, _, _ = socket.recv_fds(self._ours, 1, 1, socket.MSG_DONTWAIT)
+        except (BlockingIOError, OSError):
             return None
-        _, fds, _, _ = socket.recv_fds(self._ours, 1, 1)
-        return fds[0] if fds else None
+        if not fds:
+            return None
+        master = fds[0]
+        os.set_blocking(master, False)
+        if self.size != self.initial_size:  # resized before it came
+            _set_winsize(master, *self.size)
+        self._master = master
+        return master
 
     def _drain(self) -> list[str]:
         """Feed the emulator what the master holds now; the change lines.
         Under the lock."""
-        master = self._master
+        master = self._take_master()
         if master is None or self._hung_up:
             return []
         chunks: list[bytes] = []
