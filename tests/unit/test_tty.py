@@ -151,7 +151,7 @@ def test_a_megabyte_of_input_while_the_output_is_drained(pt: Pty) -> None:
     assert not writer.is_alive(), "the write of 1 MiB never finished"
     assert bytes(got) == data
     last = len(data) // 65 - 1  # the last whole line (65 bytes each)
-    assert pt.term.snapshot().text().split("\n")[22] == "%063d" % last
+    assert pt.term.snapshot().text().split("\n")[22] == f"{last:063d}"
 
 
 def test_the_end_of_the_program() -> None:
