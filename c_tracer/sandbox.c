@@ -63,6 +63,7 @@
 #include <sys/fsuid.h>
 #include <sys/resource.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -85,6 +86,9 @@
 #endif
 #ifndef MOVE_MOUNT_F_EMPTY_PATH
 #define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+#ifndef TIOCGPTPEER
+#define TIOCGPTPEER _IO('T', 0x41) /* Linux 4.13, ioctl_tty(2) */
 #endif
 #define KEYCTL_JOIN_SESSION_KEYRING 1 /* linux/keyctl.h */
 
@@ -263,6 +267,12 @@ static void format_map(char *buf, size_t size, unsigned long base, unsigned long
         snprintf(buf, size, "0 %lu %lu\n", base, count);
     else
         snprintf(buf, size, "0 %lu %lu\n%lu %lu 1\n", base, count - 1, id, base + count - 1);
+}
+
+/* The host id of the guest's own uid or gid (format_map's map). */
+static unsigned int guest_host_id(unsigned long base, unsigned long id)
+{
+    return (unsigned int)(id < ids.count ? base + id : base + ids.count - 1);
 }
 
 static void write_id_maps(pid_t pid, const char *proc)
@@ -1375,6 +1385,101 @@ static void op_dev(void)
     restore_fsids(old);
 }
 
+/* The guest's terminal ("tty SOCKET COLS ROWS", the machine's tty setting):
+ * a pseudo-terminal of the guest's own devpts instance (op_dev), so the
+ * guest sees /dev/pts/0 and never a terminal of the host.  The master goes
+ * to umld over SOCKET with SCM_RIGHTS (unix(7), cmsg(3); runc's console
+ * socket does the same), where the machine's terminal emulator reads it;
+ * the slave stays here for the guest's first process (guest_main), which
+ * makes it its controlling terminal.  The slave is opened from the master
+ * (TIOCGPTPEER, ioctl_tty(2)), never by a path the guest could swap.
+ * ptmx is opened as the guest's user: devpts gives the new slave the
+ * opener's fsuid and fsgid (devpts(5)), so the guest owns its terminal. */
+static int tty_slave = -1;
+
+static void send_fd(int sock, int fd)
+{
+    char byte = 't';
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } u;
+    memset(&u, 0, sizeof u);
+    struct msghdr msg = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    while (sendmsg(sock, &msg, 0) < 0)
+        if (errno != EINTR)
+            die("cannot pass the guest's terminal to umld");
+}
+
+static unsigned short tty_dimension(const char *text, const char *what)
+{
+    char *end;
+    unsigned long v = strtoul(text, &end, 10);
+    if (*end || v == 0 || v > 10000) {
+        errno = 0;
+        die("sandbox: bad terminal %s %s", what, text);
+    }
+    return (unsigned short)v;
+}
+
+static void op_tty(const char *sock_text, const char *cols, const char *rows)
+{
+    int sock = atoi(sock_text);
+    /* The stage's alone: not the guest's after exec. */
+    if (fcntl(sock, F_SETFD, FD_CLOEXEC) < 0)
+        die("sandbox: bad terminal socket");
+    struct winsize ws = {.ws_col = tty_dimension(cols, "width"),
+                         .ws_row = tty_dimension(rows, "height")};
+    struct fsids old = {-1, -1};
+    if (ids.on) {
+        old.gid = setfsgid(guest_host_id(ids.gid, ids.guest_gid));
+        old.uid = setfsuid(guest_host_id(ids.uid, ids.guest_uid));
+    }
+    int master = open("/newroot/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    restore_fsids(old);
+    if (master < 0)
+        die("cannot open the guest's /dev/pts/ptmx (is /dev the machine's own?)");
+    int unlock = 0;
+    if (ioctl(master, TIOCSPTLCK, &unlock) < 0)
+        die("cannot unlock the guest's terminal");
+    /* The size before the guest's first instruction: its first `tput
+     * cols` already reads it (TIOCGWINSZ). */
+    if (ioctl(master, TIOCSWINSZ, &ws) < 0)
+        die("cannot size the guest's terminal");
+    int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (slave < 0)
+        die("cannot open the guest's terminal");
+    send_fd(sock, master);
+    close(master);
+    close(sock);
+    tty_slave = slave;
+}
+
+/* The guest's first process takes its terminal: a session of its own
+ * (setsid(2)) whose controlling terminal it is (TIOCSCTTY, ioctl_tty(2)),
+ * on its standard input, output and error. */
+static void take_tty(void)
+{
+    if (tty_slave < 0)
+        return;
+    if (setsid() < 0)
+        die("cannot start the guest's session");
+    if (ioctl(tty_slave, TIOCSCTTY, 0) < 0)
+        die("cannot make /dev/pts/0 the guest's terminal");
+    for (int fd = 0; fd < 3; fd++)
+        if (dup2(tty_slave, fd) < 0)
+            die("cannot give the guest its terminal");
+    if (tty_slave > 2)
+        close(tty_slave);
+}
+
 struct spec {
     char **argv;     /* the guest command */
     const char *cwd; /* guest path */
@@ -1491,6 +1596,7 @@ static int idle_main(void)
 
 static void guest_main(struct spec *sp, const sigset_t *mask)
 {
+    take_tty();
     /* The guest's names, in its own UTS namespace (uts_namespaces(7)), so
      * /proc/sys/kernel/hostname agrees with uname(2); before the ids
      * change, while we hold CAP_SYS_ADMIN there. */
@@ -2079,6 +2185,10 @@ int main(int argc, char **argv)
             i += 3;
         } else if (strcmp(op, "dev") == 0) {
             op_dev();
+        } else if (strcmp(op, "tty") == 0) {
+            need(argc, i, 3, op);
+            op_tty(argv[i + 1], argv[i + 2], argv[i + 3]);
+            i += 3;
         } else if (strcmp(op, "mkdir") == 0) {
             need(argc, i, 1, op);
             char *to = join("/newroot", argv[i + 1]);
@@ -2168,6 +2278,10 @@ int main(int argc, char **argv)
         die("cannot create the guest's pid namespace");
     if (child == 0)
         pid1_main(&sp, self_fd, &mask);
+    /* The terminal is the guest's: the stage keeping it open would keep
+     * umld from seeing it hang up when the guest is gone. */
+    if (tty_slave >= 0)
+        close(tty_slave);
     int status;
     while (waitpid((pid_t)child, &status, 0) < 0)
         if (errno != EINTR)

@@ -142,6 +142,18 @@ def _parser() -> _Parser:
     df.add_argument(
         "--mount", metavar="DIR", help="a daemon's export, or one `umld run --mount DIR`'s"
     )
+    at = sub.add_parser(
+        "attach",
+        help="connect this terminal to a machine's own terminal (--tty); C-] detaches",
+        usage="umld attach [NAME] [--mount DIR]",
+        description="Connect this terminal to the terminal of a machine started with --tty, "
+        "like tmux attach: its screen is drawn here, keys go to it, its size follows this "
+        "terminal's.  C-] detaches; the program goes on.",
+    )
+    at.add_argument("name", metavar="NAME", nargs="?")
+    at.add_argument(
+        "--mount", metavar="DIR", help="a daemon's export, or one `umld run --mount DIR`'s"
+    )
     top = sub.add_parser("top", help="live view of the daemon's machines and processes")
     with_mount(top)
     top.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
@@ -245,11 +257,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     machine = Machine(cfg)
     start = time.monotonic()
     exports: list[Any] = []
+    # umld run --tty on a terminal: run + attach, in this process.
+    attach = _LocalAttach() if cfg.tty and os.isatty(0) and os.isatty(1) else None
 
     guard = _SignalsDuringTeardown()
 
     def start_live(control: Any) -> None:
         guard.armed = True  # Machine.run blocks the signals from here on
+        if attach is not None:
+            attach.start(control)
         if args.config_dir:
             from umld.core import ConfigDir
 
@@ -271,21 +287,71 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     live = args.mount is not None or bool(args.config_dir)
     try:
-        if live:
+        if live or attach is not None:
             guard.install()
-        result = machine.run(command, cwd=args.cwd, on_start=start_live if live else None)
+        result = machine.run(
+            command,
+            cwd=args.cwd,
+            on_start=start_live if live or attach is not None else None,
+            live=live,
+        )
         code = shell_status(result.status)
         if args.stats and machine.kernel is not None:
             _print_stats(machine.kernel.statistics(), time.monotonic() - start)
         return code
     finally:
         try:
+            if attach is not None:
+                attach.stop()
             for export in exports:
                 export.stop()
         finally:
             guard.uninstall()
             if out is not None:
                 out.close()
+
+
+class _LocalAttach:
+    """``umld run --tty`` on a terminal: the caller's terminal attached to
+    the machine's (umld.attach, the same renderer as ``umld attach``), from
+    a thread this command owns and joins.  C-] detaches: the program goes
+    on on its own terminal until it ends (``umld attach --mount DIR`` then
+    reaches it, with --mount)."""
+
+    def __init__(self) -> None:
+        from umld import attach
+
+        self._attach = attach
+        # SIGWINCH's descriptor is made here, on the main thread.
+        self._winch = attach.WinchPipe()
+        self._thread: Any = None
+        self._stop: Any = None
+        self.why = ""
+
+    def start(self, control: Any) -> None:
+        import threading
+
+        backend = self._attach.LocalBackend(control)
+        self._stop = threading.Event()
+
+        def main() -> None:
+            try:
+                self.why = self._attach.run(backend, self._winch, alternate=False, stop=self._stop)
+            finally:
+                backend.close()
+            if self.why == "detached":
+                sys.stderr.write("[detached: the program goes on]\n")
+
+        self._thread = threading.Thread(target=main, name="umld-attach")
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._thread.join(5)
+            if self._thread.is_alive():
+                self._stop.set()
+                self._thread.join()
+        self._winch.close()
 
 
 class _SignalsDuringTeardown:
@@ -470,6 +536,7 @@ USAGES = {
     "logs": "umld logs NAME [--mount DIR] [-f]",
     "diff": "umld diff [NAME] [--mount DIR]",
     "top": "umld top [--mount DIR] [--interval S] [--once]",
+    "attach": "umld attach [NAME] [--mount DIR]",
     "syscalls": "umld syscalls [--trapped] [--abi x86_64|i386] [--format table|markdown] [--check]",
 }
 
@@ -495,6 +562,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.cmd == "syscalls":
             return _cmd_syscalls(args)
+        if args.cmd == "attach":
+            from umld import attach
+
+            return attach.main(args.name, args.mount)
         if args.cmd in ("daemon", "start", "stop", "ls", "exec", "logs", "top", "diff"):
             return _cmd_daemon(args)
         parser.print_usage(sys.stderr)

@@ -3,7 +3,11 @@
 from typing import TYPE_CHECKING, Any
 
 from umld.core.changes import Change as Change, Unit as Unit, is_whiteout as is_whiteout
-from umld.core.control import MachineControl as MachineControl, ProcessInfo as ProcessInfo
+from umld.core.control import (
+    MachineControl as MachineControl,
+    NoTerminal as NoTerminal,
+    ProcessInfo as ProcessInfo,
+)
 from umld.core.events import GuestEvent as GuestEvent
 from umld.core.kernel import GuestKernel as GuestKernel
 from umld.core.machine import Config as Config, Machine as Machine, RunResult as RunResult

@@ -37,11 +37,17 @@ if TYPE_CHECKING:
     from umld.core.kernel import GuestKernel
     from umld.core.machine import Config
     from umld.core.sandbox import MachineFiles
+    from umld.core.tty import MachineTerminal, TerminalSnapshot
 
 log = get_logger("umld.control")
 T = TypeVar("T")
 
-__all__ = ["MachineControl", "ProcessInfo", "SettingError", "signal_from_name"]
+__all__ = ["MachineControl", "NoTerminal", "ProcessInfo", "SettingError", "signal_from_name"]
+
+
+class NoTerminal(Exception):
+    """The machine has no terminal of its own (no tty setting), or it is
+    gone (TerminalEnded: the program ended)."""
 
 
 class ProcessInfo(NamedTuple):
@@ -98,8 +104,10 @@ class MachineControl:
         vcpus: int,
         memory: int,
         on_tracer: Callable[[Callable[[], Any]], Any],
+        terminal: MachineTerminal | None = None,
     ) -> None:
         self.kernel = kernel
+        self._terminal = terminal
         self.files = files
         self.name = name
         #: Whether the guest's / is the host's, copy-on-write (changes()).
@@ -190,8 +198,11 @@ class MachineControl:
         return self.files.cgroup.paths if self.files.cgroup is not None else []
 
     def close(self) -> None:
-        """Nothing is left here to remove: the machine's cgroups and files
-        go with its MachineFiles."""
+        """The machine has ended: its terminal's reader stops (the final
+        screen stays readable); the machine's cgroups and files go with
+        its MachineFiles."""
+        if self._terminal is not None:
+            self._terminal.close()
 
     # -- what live settings apply through (umld.core.live) ------------------------
 
@@ -455,6 +466,78 @@ class MachineControl:
             return changes.scan(root, self._mount_points)
         finally:
             os.close(root)
+
+    # -- the machine's own terminal (the tty setting) ------------------------------
+
+    @property
+    def has_terminal(self) -> bool:
+        return self._terminal is not None
+
+    def _tty(self) -> MachineTerminal:
+        if self._terminal is None:
+            raise NoTerminal("the machine has no terminal of its own (start it with --tty)")
+        return self._terminal
+
+    def terminal_snapshot(self) -> TerminalSnapshot:
+        """The screen, after every byte the program wrote before the call."""
+        return self._tty().snapshot()
+
+    def terminal_scrollback(self) -> list[str]:
+        """The lines that scrolled off the top of the screen, oldest first."""
+        return self._tty().scrollback()
+
+    def type_input(self, data: bytes) -> None:
+        """Type ``data`` as it is.  May wait (while the program does not
+        read); NoTerminal once the terminal is gone."""
+        from umld.core.tty import TerminalEnded
+
+        try:
+            self._tty().write(data)
+        except TerminalEnded as exc:
+            raise NoTerminal(str(exc)) from None
+
+    def type_keys(self, data: bytes) -> None:
+        """Type the keys ``data`` names, as ``tmux send-keys`` reads its
+        arguments (:mod:`umld.core.keys`); SettingError (nothing typed, the
+        reason in the events) when it is not UTF-8 text or holds a NUL.
+        May wait, as :meth:`type_input`."""
+        from umld.core import keys
+
+        tty = self._tty()
+        try:
+            raw = keys.encode(data, app_cursor=tty.app_cursor())
+        except keys.BadKeys as exc:
+            self._refused("ui/keys", str(exc))
+            raise SettingError(str(exc)) from None
+        self.type_input(raw)
+
+    def resize_terminal(self, text: str) -> None:
+        """``COLS ROWS``: the terminal's new size (the program gets
+        SIGWINCH); SettingError (the old size kept) when it is not one."""
+        from umld.core.tty import parse_size
+
+        tty = self._tty()
+        try:
+            columns, lines = parse_size(text)
+        except ValueError as exc:
+            self._refused("ui/size", str(exc))
+            raise SettingError(str(exc)) from None
+        tty.resize(columns, lines)
+
+    def _refused(self, what: str, why: str) -> None:
+        self.kernel.emit("config", 0, f"{what}: refused: {why}")
+        if self._terminal is not None:
+            self._terminal.note("refused", f"{what}: {why}")
+
+    def subscribe_terminal(self, listener: Callable[[str | None], None]) -> None:
+        """``listener(line)`` per change of the terminal (``TIME KIND
+        TEXT``: screen, title, size, exit, refused), on the thread that saw
+        it (quick and thread-safe); ``listener(None)`` when it is closed."""
+        self._tty().subscribe(listener)
+
+    def unsubscribe_terminal(self, listener: Callable[[str | None], None]) -> None:
+        if self._terminal is not None:
+            self._terminal.unsubscribe(listener)
 
     def subscribe(self, listener: Callable[[GuestEvent], None]) -> None:
         """``listener`` gets every event, on the tracer thread: it must be

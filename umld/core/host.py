@@ -79,6 +79,9 @@ class Launch(NamedTuple):
     sigmask: frozenset[int] = frozenset()
     #: Full-trace mode: every syscall stops and is written here.
     trace_output: TextIO | None = None
+    #: (columns, rows) of a machine's own terminal (the tty setting) at
+    #: its start; None: 80x24.
+    terminal_size: tuple[int, int] | None = None
 
 
 @final
@@ -517,6 +520,7 @@ class Host:
         cfg, launch = m.config, m.launch
         files = MachineFiles()
         m.files = files
+        terminal = None
         try:
             environ = dict(_guest_env(m) if launch.env is None else launch.env)
             uts = uts_for(cfg)
@@ -532,6 +536,12 @@ class Host:
                 post=self.post,
             )
             m.kernel = kernel
+            if cfg.tty:
+                from umld.core.tty import DEFAULT_SIZE, MachineTerminal
+
+                terminal = MachineTerminal(*(launch.terminal_size or DEFAULT_SIZE))
+                # Its first process leads a session of its own there.
+                kernel.own_session = True
             m.filter = self._filter(feats, trace_output is not None)
             m.control = MachineControl(
                 kernel,
@@ -543,6 +553,7 @@ class Host:
                 vcpus=prep.vcpus or os.cpu_count() or 1,
                 memory=prep.memory or 0,
                 on_tracer=self.call,
+                terminal=terminal,
             )
             for hook in m.on_control:
                 hook(m.control)
@@ -556,8 +567,10 @@ class Host:
                 cwd_strict=launch.cwd_strict,
                 uts=uts,
                 rlimits=m.control.spawn_limits(),
+                tty=(terminal.stage_fd(), *terminal.initial_size) if terminal else None,
             )
-            tty = launch.tty
+            # A machine with a terminal of its own never gets the caller's.
+            tty = None if terminal is not None else launch.tty
             spec = SpawnSpec(
                 path=argv[0],
                 argv=argv,
@@ -580,7 +593,11 @@ class Host:
                 raise UmldError(f"umld: cannot start the guest: {exc}") from None
             if files.disks is not None:
                 files.disks.start(tid)
+            if terminal is not None:
+                terminal.start()
         except BaseException:
+            if terminal is not None:
+                terminal.close()
             files.close()
             m.state = "failed"
             m.exited.set()

@@ -119,6 +119,9 @@ class GuestKernel:
         self.spawn_error: tuple[str, int] | None = None
         self.listeners: list[Callable[[GuestEvent], None]] = []
         self.on_group_stop: Callable[[Task, int], None] | None = None
+        #: The guest's first process leads a session and process group of
+        #: its own (a machine's own terminal, the tty setting).
+        self.own_session = False
         self._trace = (
             SyscallFormatter(table, trace_output, tracer.read_string) if trace_output else None
         )
@@ -191,7 +194,10 @@ class GuestKernel:
 
     @property
     def pgrp(self) -> int:
-        """The guest's process group: the sandbox's, made by spawn."""
+        """The guest's process group: the sandbox's, made by spawn; on a
+        terminal of its own, the first process's (it called setsid(2))."""
+        if self.own_session and self._root_found and self.root_pid is not None:
+            return self.root_pid
         return self._spawn_tid or 0
 
     @property

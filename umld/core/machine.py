@@ -78,6 +78,7 @@ class Config:
     net_connect: str
     limits_nproc: int
     limits_nofile: int | None
+    tty: bool
     unsafe_host_ids: bool
 
     def __init__(
@@ -229,8 +230,10 @@ def machine_argv(
     cwd_strict: bool,
     uts: UtsState,
     rlimits: Sequence[tuple[str, str]],
+    tty: tuple[int, int, int] | None = None,
 ) -> list[bytes]:
-    """umld-sandbox's argument list for a prepared machine."""
+    """umld-sandbox's argument list for a prepared machine (``tty``: the
+    socket its terminal's master goes to, and the terminal's size)."""
     return sandbox_argv(
         prep.layout,
         files,
@@ -247,6 +250,7 @@ def machine_argv(
         hidden=cfg.hidden,
         rlimits=rlimits,
         upper=prep.upper,
+        tty=tty,
     )
 
 
@@ -281,6 +285,19 @@ def uts_for(cfg: Config) -> UtsState:
     return uts
 
 
+def _caller_size() -> tuple[int, int] | None:
+    """The size of umld's own terminal (the first of 0, 1, 2 that is
+    one), as the guest's terminal starts; None without one."""
+    for fd in (0, 1, 2):
+        try:
+            size = os.get_terminal_size(fd)
+        except OSError:
+            continue
+        if size.columns > 0 and size.lines > 0:
+            return size.columns, size.lines
+    return None
+
+
 class RunResult(NamedTuple):
     status: int  # raw wait status of the first process
     returncode: int  # as subprocess: the exit code, or -N for signal N
@@ -306,10 +323,12 @@ class Machine:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         on_start: Callable[[MachineControl], None] | None = None,
+        live: bool | None = None,
     ) -> RunResult:
-        """Run ``argv`` as the guest's first process.  ``on_start`` (a live
-        machine: an export, a --config-dir) gets the control before the
-        guest's first instruction."""
+        """Run ``argv`` as the guest's first process.  ``on_start`` gets
+        the control before the guest's first instruction; the machine is
+        live (its settings may change: an export, a --config-dir) when
+        ``live`` says so, by default when there is an ``on_start``."""
         from umld.core.host import Host, Launch, spawn_failure
         from umld.core.terminal import controlling_tty
         from umld.errors import UmldError, UsageError
@@ -329,6 +348,7 @@ class Machine:
             explicit_cwd = False
         else:
             explicit_cwd = True
+        terminal_size = _caller_size() if cfg.tty else None
         host = Host(cfg.tracer, host_signals=TERMINATING_SIGNALS)
         host.open()
         try:
@@ -340,8 +360,11 @@ class Machine:
                 # silent /); another root (--root) starts in / as chroot(1)
                 # does when the directory is not in it.
                 cwd_strict=explicit_cwd or cfg.root is None,
-                live=on_start is not None,
-                tty=controlling_tty(),
+                live=on_start is not None if live is None else live,
+                # With a terminal of its own the guest never gets the
+                # caller's (umld run --tty attaches to it instead).
+                tty=None if cfg.tty else controlling_tty(),
+                terminal_size=terminal_size,
                 sigmask=host.caller_mask,
                 trace_output=(cfg.trace_output or sys.stderr) if cfg.trace else None,
             )

@@ -539,6 +539,7 @@ class SandboxOps:
         "helper": 1,  # FD: the socket of umld's disk helper (fusedisk)
         "fusedisk": 3,  # IMAGE GUEST HOSTDIR: served by fuse2fs (ordinary users)
         "dev": 0,  # the machine's own /dev
+        "tty": 3,  # SOCKET COLS ROWS: a pty of the guest's devpts; its master to umld
         "mkdir": 1,  # GUEST: a world-writable directory
         "proc": 0,  # a fresh /proc
         "file": 2,  # HOST GUEST: a generated file over /proc or /sys
@@ -600,6 +601,7 @@ def sandbox_argv(
     hidden: Sequence[str] = (),
     rlimits: Sequence[tuple[str, str]] = (),
     upper: tuple[str, str] | None = None,
+    tty: tuple[int, int, int] | None = None,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox`` for a new machine.
 
@@ -609,7 +611,10 @@ def sandbox_argv(
     ``hidden``: host paths the guest must not reach although a tree it is
     given holds them (the daemon's socket).  ``rlimits``: (nproc|nofile,
     value) set before the guest's first instruction.  ``upper``: where a
-    copy-on-write root's writes go (the sandbox's ``upper`` operation)."""
+    copy-on-write root's writes go (the sandbox's ``upper`` operation).
+    ``tty``: (socket, columns, rows): the guest's first process runs on a
+    terminal of the machine's own devpts, whose master the sandbox sends
+    on the socket (:mod:`umld.core.tty`)."""
     ops = SandboxOps()
     for path in cgroups:
         ops.op("cgroup", path)
@@ -660,6 +665,9 @@ def sandbox_argv(
                 ops.op("fusedisk", m.source, m.target, files.disks.add(m.source, lock))
             else:
                 ops.op("disk", m.source, m.target, "ext4")
+    if tty is not None:
+        # After every mount: the guest's /dev (and its devpts) is in place.
+        ops.op("tty", *tty)
     if export_dir:
         # What guest programs export to the host (the export's export/).
         ops.op("mkdir", "/run/umld/export")

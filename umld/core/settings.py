@@ -383,6 +383,10 @@ SETTINGS: tuple[Setting, ...] = (
             live=True, apply=live.set_nproc, metavar="N"),
     Setting("limits/nofile", Limit(), "open files per process", live=True,
             apply=live.set_nofile, metavar="N", shown_default="umld's own"),
+    Setting("tty", Flag(),
+            "the first process runs on a terminal of the machine's own (/dev/pts/0), exported "
+            "live in ui/; `umld attach` connects to it",
+            default=False),
     Setting("unsafe_host_ids", Flag(),
             "DANGEROUS, root only: the guest's ids are the host's, so its root is the host's "
             "root on every host file it can reach (default: a range of host ids of its own)",

@@ -5,6 +5,7 @@ machine's control gives the data; the formats are the export's."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from umld.core import Change, MachineControl, ProcessInfo
 
@@ -79,3 +80,42 @@ def diff(changes: Sequence[Change]) -> bytes:
     """The machine's diff file (and ``umld diff``): ``A path``, ``M path``
     or ``D path`` per change, sorted by path, a directory's ending in /."""
     return "".join(c.line() + "\n" for c in changes).encode()
+
+
+# -- ui/: a machine's own terminal (a TerminalSnapshot of umld.core.tty) ------
+
+
+def ui_screen(snap: Any) -> bytes:
+    """``ui/screen``: one line per row, trailing spaces removed."""
+    return str(snap.text()).encode()
+
+
+def ui_ansi(snap: Any) -> bytes:
+    """``ui/screen.ansi``: the rows with SGR colours and attributes."""
+    return str(snap.ansi()).encode()
+
+
+def ui_cursor(snap: Any) -> bytes:
+    """``ui/cursor``: ``ROW COL``, 1-based."""
+    row, col = snap.cursor
+    return f"{row + 1} {col + 1}\n".encode()
+
+
+def ui_size(snap: Any) -> bytes:
+    """``ui/size``: ``COLS ROWS``."""
+    return f"{snap.columns} {snap.lines}\n".encode()
+
+
+def ui_title(snap: Any) -> bytes:
+    """``ui/title``: the title the program set (sanitised), one line."""
+    return f"{snap.title}\n".encode()
+
+
+def ui_frame(snap: Any) -> bytes:
+    """``ui/frame``: what ``umld attach`` draws (positioned rows, cursor)."""
+    return str(snap.frame()).encode()
+
+
+def ui_scrollback(lines: Sequence[str]) -> bytes:
+    """``ui/scrollback``: the lines that scrolled off, oldest first."""
+    return "".join(line + "\n" for line in lines).encode()

@@ -14,6 +14,9 @@ Built only from umld.core's public API (a test enforces it):
     diff          A/M/D path per change, as umld diff prints it
     metrics.prom  Prometheus text format
     syscalls      the syscall table (generated from it)
+    ui/           the machine's own terminal (the tty setting): screen,
+                  screen.ansi, cursor, title, size (writable), input,
+                  keys, events, scrollback, frame
 
 The tree is served from a thread of its own running trio; the tracer
 thread keeps the guest running whatever the export does, so a slow or
@@ -26,10 +29,18 @@ import errno
 import os
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
-from umld.core import GuestEvent, MachineControl, SettingError, live_keys, lookup_table
+from umld.core import (
+    GuestEvent,
+    MachineControl,
+    NoTerminal,
+    SettingError,
+    live_keys,
+    lookup_table,
+)
 from umld.errors import UmldError, get_logger
 from umld.fusefs import _formats
 from umld.fusefs._changes import ChangesRoot
@@ -42,6 +53,7 @@ from umld.fusefs._synthetic import (
     ControlFile,
     Directory,
     DynamicDirectory,
+    InputFile,
     SnapshotFile,
     WritableFile,
 )
@@ -160,6 +172,62 @@ def _syscall_list() -> bytes:
     return "".join(rows).encode()
 
 
+def _ui_tree(control: MachineControl) -> Directory:
+    """ui/: the machine's own terminal, read and typed into live.  Every
+    file is built whole at open from one snapshot of the screen; writes
+    wait (in a worker thread) while the program does not read."""
+    log_ = EventLog()
+
+    def follow(line: str | None) -> None:
+        if line is None:
+            log_.close()
+        else:
+            log_.append(line)
+
+    control.subscribe_terminal(follow)
+
+    def view(fmt: Callable[[Any], bytes]) -> SnapshotFile:
+        return SnapshotFile(lambda: fmt(control.terminal_snapshot()))
+
+    def typing(fn: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        def write(data: bytes) -> None:
+            try:
+                fn(data)
+            except SettingError as exc:
+                raise ExportError(errno.EINVAL, str(exc)) from None
+            except NoTerminal:
+                raise ExportError(errno.EIO, "the program's terminal is closed") from None
+
+        return write
+
+    def resize(data: bytes) -> None:
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            text = "(not UTF-8)"
+        try:
+            control.resize_terminal(text)
+        except SettingError as exc:
+            raise ExportError(errno.EINVAL, str(exc)) from None
+
+    return Directory(
+        {
+            "screen": view(_formats.ui_screen),
+            "screen.ansi": view(_formats.ui_ansi),
+            "cursor": view(_formats.ui_cursor),
+            "title": view(_formats.ui_title),
+            "size": WritableFile(lambda: _formats.ui_size(control.terminal_snapshot()), resize),
+            "frame": view(_formats.ui_frame),
+            "scrollback": SnapshotFile(
+                lambda: _formats.ui_scrollback(control.terminal_scrollback())
+            ),
+            "input": InputFile(typing(control.type_input), blocking=True),
+            "keys": InputFile(typing(control.type_keys), blocking=True),
+            "events": StreamFile(log_),
+        }
+    )
+
+
 def build_tree(control: MachineControl, events: EventLog) -> Directory:
     """The export tree of one machine."""
 
@@ -200,6 +268,8 @@ def build_tree(control: MachineControl, events: EventLog) -> Directory:
             "syscalls": SnapshotFile(_syscall_list),
         }
     )
+    if control.has_terminal:
+        tree.add("ui", _ui_tree(control))
     if control.copy_on_write:
         tree.add("changes", ChangesRoot(control))
         tree.add("diff", SnapshotFile(lambda: _formats.diff(control.changes())))

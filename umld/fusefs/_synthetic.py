@@ -323,6 +323,51 @@ class ControlFile(FileNode):
         super()._setattr(changes, handle)
 
 
+class _InputHandle(Handle):
+    def __init__(self, node: InputFile) -> None:
+        self._node = node
+
+    async def write(self, off: int, data: bytes) -> int:
+        await _run(self._node._write, data, self._node._blocking)
+        self._node._written_ns = time.time_ns()
+        return len(data)
+
+    def truncate(self, size: int) -> None:
+        # O_TRUNC of `echo keys > file`: nothing to cut in a stream.
+        if size != 0:
+            raise ExportError(errno.EINVAL)
+
+
+class InputFile(FileNode):
+    """A write-only stream: the bytes of each write(2) go to ``write(data)``
+    at once, as they come (offsets mean nothing; nothing is collected).
+
+    ``write`` refuses with ``ExportError``: the write(2) fails with it
+    and what it carried is dropped whole.  Opening for reading gives
+    EACCES.
+    """
+
+    def __init__(self, write: Callable[[bytes], None], *, blocking: bool = False) -> None:
+        super().__init__()
+        self._write = write
+        #: ``write`` may wait (it runs in a worker thread).
+        self._blocking = blocking
+        self._written_ns: int | None = None
+
+    def _attrs(self) -> Attrs:
+        return self._base_attrs(stat.S_IFREG | 0o200, mtime_ns=self._written_ns)
+
+    def _open(self, flags: int, caller: Caller) -> Handle:
+        if access_mode(flags)[0]:
+            raise ExportError(errno.EACCES)
+        return _InputHandle(self)
+
+    def _setattr(self, changes: SetAttr, handle: Handle | None) -> None:
+        if changes == SetAttr(size=0):
+            return
+        super()._setattr(changes, handle)
+
+
 class Symlink(LinkNode):
     """A symbolic link to whatever ``target()`` says at the time of reading."""
 
