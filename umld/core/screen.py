@@ -69,6 +69,9 @@ class Screen(pyte.Screen):
 
     def __init__(self, columns: int, lines: int, scrollback: int = SCROLLBACK_ROWS) -> None:
         self.scrollback: deque[str] = deque(maxlen=scrollback)
+        #: The terminal's answers to the program (device attributes, cursor
+        #: position reports), for the master's owner to write back.
+        self.replies: list[str] = []
         self._normal: tuple[Any, pyte.screens.Cursor] | None = None
         super().__init__(columns, lines)
 
@@ -90,6 +93,14 @@ class Screen(pyte.Screen):
         if self.cursor.y == bottom and top == 0 and bottom == self.lines - 1 and not self.alternate:
             self.scrollback.append(self.row_text(0))
         super().index()
+
+    def erase_in_display(self, how: int = 0, *args: Any, **kwargs: Any) -> None:
+        super().erase_in_display(how, *args, **kwargs)
+        if how == 3:  # xterm's "erase saved lines" (clear(1) sends it)
+            self.scrollback.clear()
+
+    def write_process_input(self, data: str) -> None:
+        self.replies.append(data)
 
     def set_title(self, param: str) -> None:
         super().set_title(_CONTROLS.sub("", param))
