@@ -1672,11 +1672,44 @@ static void write_maps(pid_t child, uid_t uid, gid_t gid, int was_root)
     write_file(path, text);
 }
 
+/* Since Linux 6.14 each pid namespace has a pid_max of its own, and a new
+ * one starts at the largest (4194304): give the guest the host's, so that
+ * programs that size a pid column by it (top, ps) print what they print
+ * natively.  The file shows the value of the reader's own pid namespace,
+ * so it is read before the machine's is made (main), and written by its
+ * pid 1.  Best effort: the value written is the host's own, so where the
+ * file is still global (older kernels) it changes nothing. */
+static char host_pid_max[32];
+static ssize_t host_pid_max_len = -1;
+
+static void read_host_pid_max(void)
+{
+    int fd = open("/proc/sys/kernel/pid_max", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    host_pid_max_len = read(fd, host_pid_max, sizeof host_pid_max - 1);
+    close(fd);
+}
+
+static void copy_pid_max(void)
+{
+    if (host_pid_max_len <= 0)
+        return;
+    int fd = open("/newroot/proc/sys/kernel/pid_max", O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    if (write(fd, host_pid_max, (size_t)host_pid_max_len) < 0) {
+        /* Not the namespace's owner: the guest keeps the kernel's value. */
+    }
+    close(fd);
+}
+
 static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
 {
     if (sp->proc) {
         if (mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
             die("cannot mount the guest's /proc");
+        copy_pid_max();
         /* What /proc tells of, or lets change about, the host kernel is
          * masked or read-only, as container runtimes do: sysctl(2) files
          * check the uid, not a capability in the caller's namespace,
@@ -2110,6 +2143,7 @@ int main(int argc, char **argv)
     int self_fd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
     if (self_fd < 0)
         die("cannot open /proc/self/exe");
+    read_host_pid_max();
 
     const char **hides = calloc((size_t)argc, sizeof(char *));
     int nhides = 0;

@@ -41,6 +41,13 @@ def test_default_hostname_is_the_hosts(compare: Compare) -> None:
     assert socket.gethostname() in r.stdout
 
 
+def test_pid_max_is_the_hosts(compare: Compare) -> None:
+    """A new pid namespace has a pid_max of its own (Linux 6.14) that starts
+    at 4194304; the guest sees the host's, as top and ps size their pid
+    column by it."""
+    compare(["cat", "/proc/sys/kernel/pid_max"])
+
+
 def test_sethostname_changes_only_the_guest(backend: str) -> None:
     before = socket.gethostname()
     r = run(

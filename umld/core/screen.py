@@ -82,7 +82,7 @@ class Screen(pyte.Screen):
 
     def row_text(self, y: int) -> str:
         row = self.buffer[y]
-        return "".join(row[x].data for x in range(self.columns)).rstrip()
+        return "".join(row[x].data for x in range(self.columns)).rstrip(" ")
 
     # pyte's hooks --------------------------------------------------------
 
@@ -245,7 +245,7 @@ class Terminal:
             if not line:
                 back.append("")
             for x in range(0, len(line), cols):
-                back.append(line[x : x + cols].decode("ascii").rstrip())
+                back.append(line[x : x + cols].decode("ascii").rstrip(" "))
         s.buffer.clear()
         s.cursor.x = s.cursor.y = 0
         s.dirty.update(range(s.lines))

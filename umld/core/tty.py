@@ -53,13 +53,12 @@ import termios
 import threading
 import time
 import unicodedata
-from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple, final
 
-import pyte
 from pyte import graphics
 
+from umld.core.screen import Terminal
 from umld.errors import get_logger
 
 log = get_logger("umld.tty")
@@ -74,10 +73,16 @@ MAX_ROWS = 1000
 #: At most this much of the guest's output is read per pass (the pty holds
 #: less than this: what a drain at a read leaves is written after it).
 _DRAIN = 256 << 10
+#: A program that writes this much between two passes of the reader floods
+#: its terminal: the reader gathers up to _BATCH more, for at most _LINGER
+#: seconds, before pyte sees it, so that screen.Terminal's fast path skips
+#: most of it (umld/core/screen.py).  A read of the screen meanwhile feeds
+#: what was gathered at once.
+_FLOOD = 16 << 10
+_BATCH = 4 << 20
+_LINGER = 0.02
 #: xterm's private mode 1 (DECCKM, application cursor keys), pyte-shifted.
 _DECCKM = 1 << 5
-#: The alternate screen (xterm private modes 47, 1047, 1049).
-_ALT_MODES = frozenset((47, 1047, 1049))
 #: A title longer than this is cut (pyte keeps whatever an OSC holds).
 _TITLE_MAX = 1024
 
@@ -209,62 +214,6 @@ def clean_title(title: str) -> str:
     return kept[:_TITLE_MAX]
 
 
-class _Screen(pyte.Screen):
-    """pyte's screen, with a bounded scrollback of the lines that scroll
-    off the top of a full-screen scroll region (as tmux keeps history),
-    xterm's alternate screen (private modes 47, 1047, 1049: what vi and
-    less draw on, left when they exit), and the terminal's answers to the
-    program (device attributes, cursor position reports)."""
-
-    def __init__(self, columns: int, lines: int, scrollback: int) -> None:
-        self.history: deque[Any] = deque(maxlen=scrollback)
-        self.replies: list[str] = []
-        self._main: Any = None
-        super().__init__(columns, lines)
-
-    def index(self) -> None:
-        top, bottom = self.margins or (0, self.lines - 1)
-        if (
-            self.cursor.y == bottom
-            and top == 0
-            and bottom == self.lines - 1
-            and self._main is None
-            and self.history.maxlen
-        ):
-            self.history.append(self.buffer[top])
-        super().index()
-
-    def erase_in_display(self, how: int = 0, *args: Any, **kwargs: Any) -> None:
-        super().erase_in_display(how, *args, **kwargs)
-        if how == 3:  # xterm's "erase saved lines"
-            self.history.clear()
-
-    def set_mode(self, *ms: int, **kwargs: Any) -> None:
-        super().set_mode(*ms, **kwargs)
-        if kwargs.get("private") and _ALT_MODES & set(ms) and self._main is None:
-            if 1049 in ms:
-                self.save_cursor()
-            self._main = self.buffer
-            self.buffer = type(self.buffer)(self._main.default_factory)
-            self.dirty.update(range(self.lines))
-
-    def reset_mode(self, *ms: int, **kwargs: Any) -> None:
-        super().reset_mode(*ms, **kwargs)
-        if kwargs.get("private") and _ALT_MODES & set(ms) and self._main is not None:
-            self.buffer, self._main = self._main, None
-            self.dirty.update(range(self.lines))
-            if 1049 in ms:
-                self.restore_cursor()
-
-    def reset(self) -> None:
-        if getattr(self, "_main", None) is not None:
-            self.buffer, self._main = self._main, None
-        super().reset()
-
-    def write_process_input(self, data: str) -> None:
-        self.replies.append(data)
-
-
 Listener = Callable[[str | None], None]
 
 
@@ -279,8 +228,12 @@ class MachineTerminal:
         check_size(columns, lines)
         self.initial_size = (columns, lines)
         self._lock = threading.Lock()
-        self._screen = _Screen(columns, lines, scrollback)
-        self._stream = pyte.ByteStream(self._screen)
+        self._terminal = Terminal(columns, lines, scrollback)
+        self._screen = self._terminal.screen
+        #: Read from the master, not yet fed (in order: every read of the
+        #: master appends here under the lock).
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self._title = ""
         self._cursor = (0, 0)
         # Close-on-exec both (PEP 446); the stage's end is made inheritable
@@ -289,6 +242,7 @@ class MachineTerminal:
         self._master: int | None = None
         self._ready = threading.Event()
         self._hung_up = False
+        self._exit_said = False
         self._closing = False
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._write_lock = threading.Lock()
@@ -373,8 +327,7 @@ class MachineTerminal:
         SCROLLBACK_LINES), as text."""
         with self._lock:
             changes = self._drain()
-            cols = self._screen.columns
-            lines = [_row_text(tuple(row[x] for x in range(cols))) for row in self._screen.history]
+            lines = [line.translate(_CONTROLS) for line in self._screen.scrollback]
         self._emit(changes)
         return lines
 
@@ -417,7 +370,7 @@ class MachineTerminal:
         check_size(columns, lines)
         with self._lock:
             changes = self._drain()
-            self._screen.resize(lines=lines, columns=columns)
+            self._terminal.resize(columns, lines)
             if self._master is not None and not self._hung_up:
                 _set_winsize(self._master, columns, lines)
         self._emit([*changes, _line("size", f"{columns} {lines}")])
@@ -458,7 +411,11 @@ class MachineTerminal:
             while True:
                 ready = {fd for fd, _ in poller.poll()}
                 with self._lock:
-                    changes = self._drain()
+                    got = self._take()
+                if got >= _FLOOD:
+                    self._gather(master)
+                with self._lock:
+                    changes = self._feed()
                 self._emit(changes)
                 if self._wake_r in ready:
                     return
@@ -493,10 +450,15 @@ class MachineTerminal:
     def _drain(self) -> list[str]:
         """Feed the emulator what the master holds now; the change lines.
         Under the lock."""
+        self._take()
+        return self._feed()
+
+    def _take(self) -> int:
+        """Read what the master holds now into the pending output; how
+        much.  Under the lock."""
         master = self._take_master()
         if master is None or self._hung_up:
-            return []
-        chunks: list[bytes] = []
+            return 0
         size = 0
         while size < _DRAIN:
             try:
@@ -509,12 +471,35 @@ class MachineTerminal:
             if not chunk:
                 self._hung_up = True
                 break
-            chunks.append(chunk)
+            self._pending.append(chunk)
             size += len(chunk)
+        self._pending_size += size
+        return size
+
+    def _gather(self, master: int) -> None:
+        """More of a flood, while it lasts (up to _BATCH, _LINGER seconds);
+        the lock is free while waiting."""
+        poller = select.poll()
+        poller.register(master, select.POLLIN)
+        deadline = time.monotonic() + _LINGER
+        while self._pending_size < _BATCH and not self._hung_up:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                return
+            with self._lock:
+                if self._take() == 0:
+                    return
+
+    def _feed(self) -> list[str]:
+        """Feed the pending output to the emulator; the change lines.
+        Under the lock."""
         out: list[str] = []
-        if chunks:
+        if self._pending:
             s = self._screen
-            self._stream.feed(b"".join(chunks))
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_size = 0
+            self._terminal.feed(data)
             if s.replies:
                 self._reply("".join(s.replies).encode())
                 s.replies.clear()
@@ -529,7 +514,8 @@ class MachineTerminal:
             if title != self._title:
                 self._title = title
                 out.append(_line("title", title))
-        if self._hung_up:
+        if self._hung_up and not self._exit_said:
+            self._exit_said = True
             out.append(_line("exit", "every process of the machine closed its terminal"))
         return out
 
