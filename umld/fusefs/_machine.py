@@ -210,7 +210,7 @@ def _ui_tree(control: MachineControl) -> Directory:
         except SettingError as exc:
             raise ExportError(errno.EINVAL, str(exc)) from None
 
-    return Directory(
+    tree = Directory(
         {
             "screen": view(_formats.ui_screen),
             "screen.ansi": view(_formats.ui_ansi),
@@ -226,6 +226,15 @@ def _ui_tree(control: MachineControl) -> Directory:
             "events": StreamFile(log_),
         }
     )
+    # The files stay as long as the terminal does and their content is
+    # made at open: the kernel may keep their lookups and attributes for a
+    # second (a reader polling ui/screen then costs two requests less per
+    # read; a machine's end makes every open fail with ENOENT anyway).
+    for name in ("screen", "screen.ansi", "cursor", "title", "frame", "scrollback"):
+        node = tree.lookup_child(name)
+        node.entry_timeout = node.attr_timeout = 1.0
+    tree.entry_timeout = 1.0
+    return tree
 
 
 def build_tree(control: MachineControl, events: EventLog) -> Directory:
