@@ -24,8 +24,17 @@ tmp=$(mktemp -d)
 printf '#include <stdio.h>\nint main(void){puts("compiled and run inside the guest");return 0;}\n' > "$tmp/hello.c"
 $UMLD run --bind "$tmp" -- sh -c "gcc -o '$tmp/hello' '$tmp/hello.c' && '$tmp/hello'"
 
-say "The guest's own file systems: host / read-only, private /tmp, its own /proc"
-$UMLD run --tmpfs /tmp:size=1M -- sh -c 'touch /etc/x 2>&1; df -h /tmp | tail -n 1; ps ax; cat /proc/uptime'
+say "The host's tree, copy-on-write: the guest writes anywhere, the host never changes"
+mnt="$tmp/cow"
+$UMLD run --mount "$mnt" -- sh -c 'echo "written in the guest" > /etc/umld-demo; rm -f /etc/motd; cat /etc/umld-demo; sleep 2' &
+for _ in $(seq 50); do [ -r "$mnt/diff" ] && grep -q umld-demo "$mnt/diff" && break; sleep 0.1; done
+echo "umld diff --mount $mnt (what the guest changed):"
+$UMLD diff --mount "$mnt"
+echo "on the host: $(ls /etc/umld-demo 2>&1)"
+wait
+
+say "Its own /proc, a private ramdisk, CPUs and memory of its own"
+$UMLD run --tmpfs /scratch:size=1M -- sh -c 'df -h /scratch | tail -n 1; ps ax; cat /proc/uptime'
 $UMLD run --vcpus 3 --memory 512M --kernel-release 9.9-umld -- sh -c 'nproc; grep MemTotal /proc/meminfo; uname -r'
 
 say "Everything inside, live on the host through one FUSE mount"
@@ -37,6 +46,17 @@ cat "$mnt/status" | head -n 5
 echo "pid 2: $(tr '\0' ' ' < "$mnt/proc/2/cmdline")"
 echo after > "$mnt/config/hostname"; echo "(host wrote 'after' to config/hostname)"
 echo bogus > "$mnt/config/vcpus" 2>/dev/null || echo "(config/vcpus refused 'bogus': EINVAL, old value kept: $(cat "$mnt/config/vcpus"))"
+wait
+
+say "A program's terminal as files: ui/screen, ui/keys (umld attach connects a real one)"
+mnt="$tmp/ui"
+$UMLD run --tty --mount "$mnt" -- env PS1='guest$ ' bash --norc --noprofile -i &
+for _ in $(seq 50); do [ -r "$mnt/ui/screen" ] && grep -q 'guest\$' "$mnt/ui/screen" && break; sleep 0.1; done
+echo 'echo Space typed Space from Space the Space host Enter' > "$mnt/ui/keys"
+for _ in $(seq 50); do [ "$(grep -c 'typed from the host' "$mnt/ui/screen")" = 2 ] && break; sleep 0.1; done
+echo "cat $mnt/ui/screen:"
+sed '/^$/d' "$mnt/ui/screen"
+echo 'exit Enter' > "$mnt/ui/keys"
 wait
 rm -rf "$tmp"
 

@@ -206,8 +206,11 @@ def test_a_megabyte_typed_at_once(who: Who, tty_machine: Start) -> None:
     """1 MiB written to ui/input in one write(2) reaches the program whole,
     and with echo on (the reader drains the echo while the writer waits)."""
     data = bytes((i * 7 + i // 253) % 94 + 33 for i in range(1 << 20))
-    script = "stty raw -echo; head -c 1048576 > shared/got; echo GOT; sleep 600"
+    # Typed once the terminal is raw: before, the line discipline would
+    # take it as lines of at most 4095 bytes and drop the rest.
+    script = "stty raw -echo; echo READY; head -c 1048576 > shared/got; echo GOT; sleep 600"
     m = tty_machine(who, ["/bin/sh", "-c", script])
+    m.wait_screen("READY")
     m.input(data)
     m.wait_screen("GOT", timeout=60)
     assert (m.base / "shared/got").read_bytes() == data
