@@ -39,7 +39,7 @@ $UMLD run --vcpus 3 --memory 512M --kernel-release 9.9-umld -- sh -c 'nproc; gre
 
 say "Everything inside, live on the host through one FUSE mount"
 mnt="$tmp/mnt"
-$UMLD run --name demo --mount "$mnt" --hostname before -- sh -c 'for i in 1 2 3 4 5 6; do echo "guest says: $(hostname)"; sleep 0.5; done' &
+$UMLD run --mount "$mnt" --hostname before -- sh -c 'for i in 1 2 3 4 5 6; do echo "guest says: $(hostname)"; sleep 0.5; done' &
 for _ in $(seq 50); do [ -r "$mnt/status" ] && break; sleep 0.1; done
 ls "$mnt"
 cat "$mnt/status" | head -n 5
