@@ -34,11 +34,20 @@ from umld.errors import get_logger
 
 log = get_logger("umld.cgroups")
 
-#: v1 controllers a machine gets a cgroup in (cpuset is left out: a v1
-#: cpuset cgroup takes no process until cpus and mems are set).
-V1_CONTROLLERS = ("pids", "memory", "cpu", "cpuacct")
+#: v1 controllers a machine gets a cgroup in (a v1 cpuset cgroup takes no
+#: process until its cpus and mems are set: create() copies its parent's).
+V1_CONTROLLERS = ("pids", "memory", "cpu", "cpuacct", "cpuset")
 #: v2 controllers enabled for machines where the parent allows it.
-V2_CONTROLLERS = ("pids", "memory", "cpu")
+V2_CONTROLLERS = ("pids", "memory", "cpu", "cpuset")
+
+#: The CFS bandwidth period (sched-bwc, Documentation/scheduler/
+#: sched-bwc.rst): a machine gets ``vcpus`` periods of CPU time per period,
+#: so a change applies within 100 ms.
+PERIOD_US = 100_000
+#: v1 cpu.shares and v2 cpu.weight of one vCPU (their defaults: a 1-vCPU
+#: machine weighs what a host process does), and their maxima.
+SHARES_PER_VCPU, MAX_SHARES = 1024, 262_144
+WEIGHT_PER_VCPU, MAX_WEIGHT = 100, 10_000
 
 
 def _unescape(field: str) -> str:
@@ -139,6 +148,9 @@ class MachineCgroup:
             except OSError as exc:
                 log.debug("no %s cgroup for %s: %s", key, name, exc)
                 continue
+            if key == "cpuset" and not _init_cpuset(parent, path):
+                _remove(path)
+                continue
             made[key] = path
         return cls(made) if made else None
 
@@ -177,6 +189,130 @@ class MachineCgroup:
                 return int(text)
         return None
 
+    def memory_limit(self) -> int | None:
+        """The machine's memory limit in bytes; None when unlimited or
+        without a memory controller."""
+        d = self.controller_dir("memory")
+        if d is None:
+            return None
+        for name in ("memory.max", "memory.limit_in_bytes"):
+            text = _read(os.path.join(d, name)).strip()
+            # v1 shows "no limit" as a huge page-aligned number.
+            if text.isdigit() and int(text) < 1 << 62:
+                return int(text)
+        return None
+
+    def set_memory(self, limit: int | None) -> bool:
+        """The memory limit, swap included (v2 memory.max and
+        memory.swap.max 0; v1 memory.limit_in_bytes and
+        memory.memsw.limit_in_bytes, which bounds memory plus swap): a
+        machine never pushes the host's other processes into swap beyond
+        its size.  False when the machine has no memory controller.
+        OSError when the kernel refuses (EBUSY: usage above it)."""
+        d = self.controller_dir("memory")
+        if d is None:
+            return False
+        if os.path.exists(os.path.join(d, "memory.max")):
+            _write(os.path.join(d, "memory.max"), "max" if limit is None else str(limit))
+            swap = os.path.join(d, "memory.swap.max")
+            if os.path.exists(swap):
+                _write(swap, "max" if limit is None else "0")
+            return True
+        value = "-1" if limit is None else str(limit)
+        memsw = os.path.join(d, "memory.memsw.limit_in_bytes")
+        has_memsw = os.path.exists(memsw)
+        # memsw must never be below the memory limit (cgroup-v1/memory.rst
+        # 2.5): raise it first when growing, lower it after when shrinking.
+        old = self.memory_limit()
+        growing = limit is None or (old is not None and limit >= old)
+        if has_memsw and growing:
+            _write(memsw, value)
+        _write(os.path.join(d, "memory.limit_in_bytes"), value)
+        if has_memsw and not growing:
+            _write(memsw, value)
+        return True
+
+    def oom_kills(self) -> int | None:
+        """Processes the kernel's OOM killer killed in the machine (v2
+        memory.events oom_kill; v1 memory.oom_control oom_kill, since
+        Linux 4.13); None without a memory controller."""
+        d = self.controller_dir("memory")
+        if d is None:
+            return None
+        for name in ("memory.events", "memory.oom_control"):
+            for line in _read(os.path.join(d, name)).splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and value.strip().isdigit():
+                    return int(value)
+        return None
+
+    def host_cpus(self) -> list[int]:
+        """The host CPUs the machine may use at most: its parent cpuset's
+        (v1 cpuset.cpus or v2 cpuset.cpus.effective), else umld's own
+        affinity."""
+        d = self.controller_dir("cpuset")
+        if d is not None:
+            parent = os.path.dirname(d)
+            for name in ("cpuset.cpus.effective", "cpuset.cpus"):
+                cpus = parse_cpu_list(_read(os.path.join(parent, name)))
+                if cpus:
+                    return cpus
+        return sorted(os.sched_getaffinity(0))
+
+    def set_cpus(self, vcpus: int | None) -> list[str]:
+        """Bound the machine to ``vcpus`` CPUs' worth of time (CFS
+        bandwidth: v2 cpu.max, v1 cpu.cfs_quota_us), weigh it by its vCPUs
+        against other machines (v2 cpu.weight, v1 cpu.shares), and, with
+        fewer vCPUs than the host has, keep its threads on the first
+        ``vcpus`` host CPUs (cpuset.cpus).  None: the host's (no bound).
+        The names of what could not be set (no such controller here)."""
+        missing = []
+        cpu = self.controller_dir("cpu")
+        if cpu is None:
+            missing.append("cpu")
+        elif os.path.exists(os.path.join(cpu, "cpu.max")):
+            quota = "max" if vcpus is None else str(vcpus * PERIOD_US)
+            _write(os.path.join(cpu, "cpu.max"), f"{quota} {PERIOD_US}")
+            weight = WEIGHT_PER_VCPU * (vcpus or 1)
+            _write(os.path.join(cpu, "cpu.weight"), str(min(weight, MAX_WEIGHT)))
+        else:
+            _write(os.path.join(cpu, "cpu.cfs_period_us"), str(PERIOD_US))
+            quota = "-1" if vcpus is None else str(vcpus * PERIOD_US)
+            _write(os.path.join(cpu, "cpu.cfs_quota_us"), quota)
+            shares = SHARES_PER_VCPU * (vcpus or 1)
+            _write(os.path.join(cpu, "cpu.shares"), str(min(shares, MAX_SHARES)))
+        cpuset = self.controller_dir("cpuset")
+        if cpuset is None:
+            missing.append("cpuset")
+        else:
+            host = self.host_cpus()
+            use = host if vcpus is None or vcpus >= len(host) else host[:vcpus]
+            _write(os.path.join(cpuset, "cpuset.cpus"), format_cpu_list(use))
+        return missing
+
+    def cpu_stats(self) -> dict[str, int]:
+        """usage_usec (CPU time used), throttled_usec and nr_throttled
+        (periods the machine used up its quota), from v2 cpu.stat or v1
+        cpuacct.usage and cpu.stat; {} without either."""
+        out: dict[str, int] = {}
+        cpu = self.controller_dir("cpu")
+        if cpu is not None:
+            for line in _read(os.path.join(cpu, "cpu.stat")).splitlines():
+                key, _, value = line.partition(" ")
+                value = value.strip()
+                if not value.isdigit():
+                    continue
+                if key in ("usage_usec", "throttled_usec", "nr_throttled", "nr_periods"):
+                    out[key] = int(value)
+                elif key == "throttled_time":  # v1: nanoseconds
+                    out["throttled_usec"] = int(value) // 1000
+        acct = self.dirs.get("cpuacct")
+        if "usage_usec" not in out and acct is not None:
+            text = _read(os.path.join(acct, "cpuacct.usage")).strip()
+            if text.isdigit():
+                out["usage_usec"] = int(text) // 1000
+        return out
+
     def close(self) -> None:
         """Remove the cgroups (their processes are gone, or going)."""
         for path in self.paths:
@@ -190,6 +326,44 @@ def _read(path: str) -> str:
             return f.read()
     except OSError:
         return ""
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """The kernel's cpulist format ("0-3,8"), as CPU numbers."""
+    out: list[int] = []
+    for part in text.strip().split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit() and (not hi or hi.isdigit()):
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def format_cpu_list(cpus: Iterable[int]) -> str:
+    """CPU numbers in the kernel's cpulist format."""
+    ranges: list[list[int]] = []
+    for c in sorted(set(cpus)):
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def _init_cpuset(parent: str, path: str) -> bool:
+    """A new v1 cpuset takes no process until its cpus and mems are set
+    (cgroup-v1/cpusets.rst 2.1): its parent's, which set_cpus narrows."""
+    try:
+        for name in ("cpuset.mems", "cpuset.cpus"):
+            _write(os.path.join(path, name), _read(os.path.join(parent, name)).strip())
+    except OSError as exc:
+        log.debug("no cpuset cgroup at %s: %s", path, exc)
+        return False
+    return True
 
 
 def _enable_v2(parent: str) -> None:
@@ -248,3 +422,39 @@ def remove_stale(parents: Iterable[str]) -> None:
                 os.rmdir(os.path.join(parent, entry))
             except OSError:
                 continue
+
+
+def enforce(
+    cgroup: MachineCgroup | None, name: str, *, vcpus: int | None, memory: int | None
+) -> None:
+    """Bound a new machine to its vCPUs and memory; where that cannot be
+    done (no cgroup of its own, a controller missing), say so once, in one
+    line, naming what and why: the guest is still shown the values."""
+    unenforced: list[str] = []
+    why = ""
+    if cgroup is None:
+        unenforced = [n for n, v in (("vcpus", vcpus), ("memory", memory)) if v is not None]
+        why = "umld's cgroups are not writable (no delegation: root, or Delegate=yes)"
+    else:
+        problems: list[str] = []
+        try:
+            missing = cgroup.set_cpus(vcpus)
+        except OSError as exc:
+            missing, problems = ["cpu"], [str(exc)]
+        if vcpus is not None and "cpu" in missing:
+            unenforced.append("vcpus")
+        if memory is not None:
+            try:
+                if not cgroup.set_memory(memory):
+                    unenforced.append("memory")
+            except OSError as exc:
+                unenforced.append("memory")
+                problems.append(str(exc))
+        why = "; ".join(problems) or "no cpu or memory controller in the machine's cgroup"
+    if unenforced:
+        log.warning(
+            "machine %s: %s not enforced, only shown to the guest: %s",
+            name,
+            " and ".join(unenforced),
+            why,
+        )

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, final
 
-from umld.core import changes, procfs, settings
+from umld.core import changes, live, procfs, settings
 from umld.core.changes import Change, Unit
 from umld.core.events import GuestEvent
 from umld.core.policy import MachinePolicy
@@ -144,6 +145,10 @@ class MachineControl:
                 )
             except OSError as exc:
                 log.warning("pids cgroup of %s: %s", name, exc)
+            if files.cgroup.oom_kills() is not None:
+                kernel.oom_kills = files.cgroup.oom_kills
+        self._stop_meminfo = threading.Event()
+        live.follow_meminfo(self, self._stop_meminfo)
 
     @property
     def policy(self) -> MachinePolicy:
@@ -201,8 +206,13 @@ class MachineControl:
         """The machine has ended: its terminal's reader stops (the final
         screen stays readable); the machine's cgroups and files go with
         its MachineFiles."""
+        self._stop_meminfo.set()
         if self._terminal is not None:
             self._terminal.close()
+
+    def memory_size(self) -> int:
+        """The machine's memory setting in bytes (0: the host's)."""
+        return int(self._values["memory"])
 
     # -- what live settings apply through (umld.core.live) ------------------------
 

@@ -130,6 +130,14 @@ class GuestKernel:
         #: by a termination request the guest does not obey).
         self.kill_deadline: float | None = None
         self.termination_grace = 10.0
+        #: The OOM kills in the machine's memory cgroup so far (set by its
+        #: control when it has one): a process killed by SIGKILL while
+        #: that count rose was the OOM killer's victim (an ``oom`` event).
+        self.oom_kills: Callable[[], int | None] | None = None
+        self._oom_seen = 0
+        #: Process names at their last exec (the victim of an OOM kill is
+        #: reaped before its exit is handled): only with oom_kills.
+        self._names: dict[int, str] = {}
         self._handlers: dict[type, Callable[[GuestKernel, Event], None]] = {
             SyscallStop: GuestKernel._on_syscall,
             SyscallExit: GuestKernel._on_syscall_exit,
@@ -435,6 +443,9 @@ class GuestKernel:
         if ev.tid == self.root_pid and self._root_found:
             self.up.set()
         self.counters["execs"] += 1
+        if self.oom_kills is not None:
+            self._names[group.pid] = procfs.comm(group.pid)
+            self.guest_pid(group.pid)  # kept while it lives, for the event
         if self.listeners:
             argv = procfs.cmdline(group.pid)
             if not argv:
@@ -469,12 +480,32 @@ class GuestKernel:
                 done(ev.status)
             except Exception:
                 log.exception("a session's exit callback failed")
+        if task is not None and int(task.tid) == task.tgid:
+            self._check_oom(task.tgid, ev.status)
         if ev.tid in self.internal:
             self.internal.discard(ev.tid)
         elif self.listeners and task is not None and int(task.tid) == task.tgid:
             self.emit("exit", task.tgid, _describe_status(ev.status))
         if task is not None and task.tgid not in self.processes:
             self._guest_pids.pop(task.tgid, None)
+            self._names.pop(task.tgid, None)
+
+    def _check_oom(self, pid: int, status: int) -> None:
+        """A process killed by SIGKILL while the machine's OOM kills rose
+        was the victim: the kernel counts the kill (memory.events,
+        memory.oom_control) before it sends the signal (mm/oom_kill.c),
+        so the count has risen by the time its exit is seen."""
+        if self.oom_kills is None or not (
+            os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        ):
+            return
+        kills = self.oom_kills()
+        if kills is None or kills <= self._oom_seen:
+            return
+        self._oom_seen += 1
+        self.counters["oom_kills"] += 1
+        name = self._names.get(pid) or procfs.comm(pid)
+        self.emit("oom", pid, f"name={name}")
 
     def _on_group_stop(self, ev: Event) -> None:
         assert isinstance(ev, GroupStopped)

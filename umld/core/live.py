@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 from typing import TYPE_CHECKING
 
 from umld.core.sandbox import cpu_list, cpuinfo_for, meminfo_for, names_argv
@@ -22,6 +23,7 @@ from umld.errors import get_logger
 
 if TYPE_CHECKING:
     from umld.core.control import MachineControl
+    from umld.core.sandbox import MachineFiles
 
 log = get_logger("umld.live")
 
@@ -63,13 +65,47 @@ def fixed_id(control: MachineControl, value: int) -> None:
 
 
 def set_vcpus(control: MachineControl, value: int) -> None:
-    control.files.write("/proc/cpuinfo", cpuinfo_for(value))
-    control.files.write("/sys/devices/system/cpu/online", cpu_list(value))
+    """The guest's views, and its cgroup's CPU bandwidth, weight and
+    cpuset (cgroups.MachineCgroup.set_cpus): the quota holds from the next
+    CFS period (100 ms)."""
+    cgroup = control.files.cgroup
+    if cgroup is not None:
+        try:
+            cgroup.set_cpus(value)
+        except OSError as exc:
+            raise _refuse(f"the machine's cpu cgroup refused it: {exc.strerror}") from None
+    write_cpu_views(control.files, value)
     control.policy.vcpus = value
 
 
+def write_cpu_views(files: MachineFiles, vcpus: int) -> None:
+    """What the guest reads of its CPUs: /proc/cpuinfo and the cpulists of
+    /sys/devices/system/cpu (cpu(4)... sysfs-devices-system-cpu: online,
+    possible and present are all the machine's vCPUs)."""
+    files.write("/proc/cpuinfo", cpuinfo_for(vcpus))
+    for name in ("online", "possible", "present"):
+        files.write(f"/sys/devices/system/cpu/{name}", cpu_list(vcpus))
+
+
 def set_memory(control: MachineControl, value: int) -> None:
-    control.files.write("/proc/meminfo", meminfo_for(value))
+    """The cgroup's limit (cgroups.MachineCgroup.set_memory) and the
+    guest's /proc/meminfo; refused below what the machine uses now (the
+    kernel would reclaim, and OOM-kill the guest, to get there)."""
+    cgroup = control.files.cgroup
+    if cgroup is not None:
+        used = cgroup.memory_usage()
+        if used is not None and value < used:
+            raise _refuse(f"below the machine's current use ({used >> 20} MiB)")
+        try:
+            cgroup.set_memory(value)
+        except OSError as exc:
+            raise _refuse(f"the machine's memory cgroup refused it: {exc.strerror}") from None
+    control.files.write("/proc/meminfo", meminfo_for(value, cgroup_usage(control)))
+
+
+def cgroup_usage(control: MachineControl) -> int | None:
+    cgroup = control.files.cgroup
+    return None if cgroup is None else cgroup.memory_usage()
 
 
 def set_trace(control: MachineControl, value: str) -> None:
@@ -165,3 +201,39 @@ def _set_guest_uts(control: MachineControl, call: str, name: bytes) -> None:
     t = threading.Thread(target=work, name="umld-uts")
     t.start()
     t.join(10)
+
+
+#: How often a machine's /proc/meminfo is regenerated from its memory
+#: cgroup's usage: a generated file has no read hook, so it is kept fresh.
+MEMINFO_INTERVAL = 0.5
+
+
+def follow_meminfo(control: MachineControl, stop: threading.Event) -> threading.Thread | None:
+    """Keep /proc/meminfo's MemFree and MemAvailable at what the machine's
+    memory cgroup has left (every MEMINFO_INTERVAL seconds, until
+    ``stop``); None when there is no memory cgroup or no generated file."""
+    cgroup = control.files.cgroup
+    if (
+        cgroup is None
+        or cgroup.memory_usage() is None
+        or "/proc/meminfo" not in control.files.files
+    ):
+        return None
+
+    def work() -> None:
+        last = b""
+        while not stop.wait(MEMINFO_INTERVAL):
+            memory = control.memory_size()
+            if not memory:
+                continue
+            try:
+                text = meminfo_for(memory, cgroup.memory_usage())
+                if text != last:
+                    control.files.write("/proc/meminfo", text)
+                    last = text
+            except OSError:
+                return  # the machine's files are gone: it has ended
+
+    t = threading.Thread(target=work, name=f"umld-meminfo-{control.name}", daemon=True)
+    t.start()
+    return t

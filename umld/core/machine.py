@@ -17,17 +17,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TextIO, final
 
 from umld.core import procfs, settings
-from umld.core.cgroups import MachineCgroup
+from umld.core.cgroups import MachineCgroup, enforce
 from umld.core.control import MachineControl
 from umld.core.ids import IdRange, lease as lease_ids
 from umld.core.kernel import TERMINATING_SIGNALS, GuestKernel
+from umld.core.live import write_cpu_views
 from umld.core.policy import UtsState
 from umld.core.sandbox import (
     Layout,
     MachineFiles,
     Mount,
-    cpu_list,
-    cpuinfo_for,
     host_memory,
     meminfo_for,
     sandbox_argv,
@@ -181,8 +180,7 @@ def prepare(
     vcpus = cfg.vcpus or ((os.cpu_count() or 1) if live else None)
     memory = cfg.memory or (host_memory() if live else None)
     if vcpus is not None:
-        files.write("/proc/cpuinfo", cpuinfo_for(vcpus))
-        files.write("/sys/devices/system/cpu/online", cpu_list(vcpus))
+        write_cpu_views(files, vcpus)
     if memory is not None:
         files.write("/proc/meminfo", meminfo_for(memory))
     uid = os.geteuid() if cfg.uid is None else cfg.uid
@@ -207,6 +205,9 @@ def prepare(
             name,
         )
     files.cgroup = MachineCgroup.create(name)
+    # The configured vCPUs and memory bound the machine; a live one's
+    # defaults (the host's) bound nothing until they are changed.
+    enforce(files.cgroup, name, vcpus=cfg.vcpus, memory=cfg.memory)
     upper = None
     if layout.copy_on_write:
         upper = upper_layer(

@@ -488,17 +488,21 @@ def cpu_list(vcpus: int) -> bytes:
     return b"0\n" if vcpus == 1 else b"0-%d\n" % (vcpus - 1)
 
 
-def meminfo_for(memory: int) -> bytes:
+def meminfo_for(memory: int, used: int | None = None) -> bytes:
     """/proc/meminfo of a machine with ``memory`` bytes: the host's lines,
-    with the totals and free figures capped at the machine's size."""
+    with the totals and free figures capped at the machine's size, and,
+    given what its memory cgroup has charged (``used``), at what is left
+    of it: MemFree and MemAvailable follow the guest's own use."""
     kib = memory >> 10
+    left = kib if used is None else max(0, kib - (used >> 10))
     out = []
     with open("/proc/meminfo", "rb") as f:
         for line in f:
             key, _, rest = line.partition(b":")
             if key in (b"MemTotal", b"MemFree", b"MemAvailable", b"CommitLimit"):
                 value = int(rest.split()[0])
-                value = kib if key == b"MemTotal" else min(value, kib)
+                cap = kib if key == b"CommitLimit" else left
+                value = kib if key == b"MemTotal" else min(value, cap)
                 line = b"%s:%s%d kB\n" % (key, b" " * max(1, 15 - len(key)), value)
             out.append(line)
     return b"".join(out)
