@@ -414,6 +414,10 @@ class GuestKernel:
                 # init's first child is the guest's first process.
                 self._root_found = True
                 self.root_pid = ev.child
+        bound = self.policy.affinity.get(int(ev.tid))
+        if bound is not None:
+            # A clone inherits its parent's CPU affinity (sched_setaffinity(2)).
+            self.policy.affinity[int(ev.child)] = bound
         if ev.kind is CloneKind.THREAD:
             self._add_thread(parent.tgid, ev.child)
         else:
@@ -458,6 +462,7 @@ class GuestKernel:
         assert isinstance(ev, Exited)
         task = self.tasks.pop(ev.tid, None)
         self.held.pop(ev.tid, None)
+        self.policy.affinity.pop(int(ev.tid), None)
         if self._trace:
             self._trace.gone(ev.tid)
         if task is not None:

@@ -54,7 +54,7 @@ class UtsState:
 class MachinePolicy:
     """One machine's policy, as its handlers see it (``ctx.policy``)."""
 
-    __slots__ = ("net_accept_open", "net_connect", "trace_events", "uts", "vcpus")
+    __slots__ = ("affinity", "net_accept_open", "net_connect", "trace_events", "uts", "vcpus")
 
     def __init__(self, uts: UtsState | None = None, vcpus: int | None = None) -> None:
         self.uts = uts or UtsState.from_host()
@@ -66,3 +66,18 @@ class MachinePolicy:
         self.net_connect = "allow"
         #: trace = syscalls: each trapped call goes to the event stream.
         self.trace_events = False
+        #: Host tid -> the guest CPUs its thread was bound to with
+        #: sched_setaffinity(2) (inherited by its clones, dropped at exit).
+        self.affinity: dict[int, frozenset[int]] = {}
+
+    def host_cpus(self) -> list[int]:
+        """The host CPUs guest CPU k runs on: k maps to the
+        (k mod len)-th.  The host's CPUs (umld's affinity), the first
+        ``vcpus`` of them when the machine has fewer (its cpuset, see
+        cgroups.MachineCgroup.set_cpus): guest CPU k is host CPU k for
+        every k below the host's count, so what the vDSO's getcpu and
+        rseq report (the host CPU, which no filter sees) agrees with it."""
+        import os
+
+        host = sorted(os.sched_getaffinity(0))
+        return host[: self.vcpus] if self.vcpus is not None and self.vcpus < len(host) else host
