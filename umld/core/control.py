@@ -210,6 +210,26 @@ class MachineControl:
         if self._terminal is not None:
             self._terminal.close()
 
+    def resources(self) -> dict[str, str]:
+        """What the machine's cgroups count: cpu_seconds_total,
+        cpu_throttled_seconds_total, memory_bytes, memory_limit_bytes (the
+        ones it has)."""
+        cgroup = self.files.cgroup
+        if cgroup is None:
+            return {}
+        out: dict[str, str] = {}
+        cpu = cgroup.cpu_stats()
+        if "usage_usec" in cpu:
+            out["cpu_seconds_total"] = f"{cpu['usage_usec'] / 1e6:.3f}"
+        if "throttled_usec" in cpu:
+            out["cpu_throttled_seconds_total"] = f"{cpu['throttled_usec'] / 1e6:.3f}"
+        used, limit = cgroup.memory_usage(), cgroup.memory_limit()
+        if used is not None:
+            out["memory_bytes"] = str(used)
+        if limit is not None:
+            out["memory_limit_bytes"] = str(limit)
+        return out
+
     def memory_size(self) -> int:
         """The machine's memory setting in bytes (0: the host's)."""
         return int(self._values["memory"])

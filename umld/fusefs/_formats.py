@@ -23,6 +23,7 @@ def status(control: MachineControl) -> bytes:
     calls = stats.get("syscalls")
     if isinstance(calls, dict) and calls:
         lines.append("syscalls: " + " ".join(f"{k}={v}" for k, v in calls.items()))
+    lines += [f"{key}: {value}" for key, value in control.resources().items()]
     lines += [f"config.{key}: {value}" for key, value in control.settings().items()]
     return ("\n".join(lines) + "\n").encode()
 
@@ -32,7 +33,17 @@ _COUNTERS = (
     ("execs", "execve calls that succeeded."),
     ("signals", "Signals delivered to guest threads."),
     ("denied", "Syscalls refused by policy."),
+    ("oom_kills", "Guest processes the kernel's OOM killer killed in the machine."),
 )
+
+
+#: What the machine's cgroups count (MachineControl.resources).
+_RESOURCES = {
+    "cpu_seconds_total": ("counter", "CPU time the machine used."),
+    "cpu_throttled_seconds_total": ("counter", "Time the machine waited at its vCPU quota."),
+    "memory_bytes": ("gauge", "Memory charged to the machine."),
+    "memory_limit_bytes": ("gauge", "The machine's memory limit."),
+}
 
 
 def metrics(control: MachineControl) -> bytes:
@@ -60,6 +71,14 @@ def metrics(control: MachineControl) -> bytes:
         "# HELP umld_syscalls_trapped_total Syscalls stopped by the seccomp filter.",
         "# TYPE umld_syscalls_trapped_total counter",
     ]
+    for key, (kind, help_text) in _RESOURCES.items():
+        value = control.resources().get(key)
+        if value is not None:
+            out += [
+                f"# HELP umld_{key} {help_text}",
+                f"# TYPE umld_{key} {kind}",
+                f"umld_{key}{{{label}}} {value}",
+            ]
     calls = stats.get("syscalls")
     if isinstance(calls, dict):
         for name, n in calls.items():
