@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -41,6 +40,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
+
+from export import mounted  # bench/export.py: is a path a mount point
 
 REPO_DIR: Final = Path(__file__).resolve().parent.parent
 TMUX: Final = shutil.which("tmux")
@@ -76,16 +77,6 @@ def seq_count(megabytes: float) -> int:
         total += block * width
         n += block
         digits += 1
-
-
-def mounted(path: Path) -> bool:
-    target = os.path.realpath(path.parent) + "/" + path.name
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            point = re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
-            if point == target:
-                return True
-    return False
 
 
 class Machine:

@@ -3,7 +3,7 @@
 # programs run under the guest kernel, with the guest's own host name.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-UMLD=.venv/bin/umld
+UMLD="$PWD/.venv/bin/umld"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "The host is called: $(hostname)"
@@ -26,11 +26,12 @@ $UMLD run --bind "$tmp" -- sh -c "gcc -o '$tmp/hello' '$tmp/hello.c' && '$tmp/he
 
 say "The host's tree, copy-on-write: the guest writes anywhere, the host never changes"
 mnt="$tmp/cow"
-$UMLD run --mount "$mnt" -- sh -c 'echo "written in the guest" > /etc/umld-demo; rm -f /etc/motd; cat /etc/umld-demo; sleep 2' &
-for _ in $(seq 50); do [ -r "$mnt/diff" ] && grep -q umld-demo "$mnt/diff" && break; sleep 0.1; done
+mkdir "$tmp/project" && echo "a host file" > "$tmp/project/old.txt"
+(cd "$tmp/project" && $UMLD run --mount "$mnt" -- sh -c 'echo "written in the guest" > new.txt; rm old.txt; ls; sleep 2') &
+for _ in $(seq 50); do [ -r "$mnt/diff" ] && grep -q new.txt "$mnt/diff" && break; sleep 0.1; done
 echo "umld diff --mount $mnt (what the guest changed):"
 $UMLD diff --mount "$mnt"
-echo "on the host: $(ls /etc/umld-demo 2>&1)"
+echo "on the host: $(ls "$tmp/project")"
 wait
 
 say "Its own /proc, a private ramdisk, CPUs and memory of its own"

@@ -294,32 +294,12 @@ def run(
 
 
 def ui_dir(name: str | None, mount: str | None) -> str:
-    """Where ``umld attach`` finds a machine's ``ui/``: DIR/NAME/ui in a
-    daemon's export (``--mount DIR`` or the default daemon's), DIR/ui of
-    one ``umld run --mount DIR``, or the default export of a ``umld run
-    --name NAME --mount``."""
-    from umld.core.paths import default_mountpoint
-    from umld.daemon import default_mount
+    """Where ``umld attach`` finds a machine's ``ui/`` (machine_entry)."""
+    from umld.client import machine_entry
 
-    if mount is not None:
-        candidates = [os.path.join(mount, name, "ui") if name else os.path.join(mount, "ui")]
-        where = f"named {name!r} in {mount}" if name else f"exported at {mount}"
-    elif name is None:
-        raise UsageError("umld attach: give a machine NAME or --mount DIR")
-    else:
-        candidates = [
-            os.path.join(default_mount(), name, "ui"),
-            os.path.join(default_mountpoint(name), "ui"),
-        ]
-        where = f"named {name!r}"
-    for path in candidates:
-        if os.path.isdir(path):
-            return path
-    if os.path.exists(os.path.join(os.path.dirname(candidates[0]), "status")):
-        raise UmldError(
-            f"umld: the machine {where} has no terminal of its own (start it with --tty)"
-        )
-    raise UmldError(f"umld: no running machine {where}")
+    return machine_entry(
+        "attach", "ui", name, mount, " has no terminal of its own (start it with --tty)"
+    )
 
 
 def main(name: str | None, mount: str | None) -> int:

@@ -109,36 +109,45 @@ def logs(mount: str, name: str, follow: bool) -> int:
     return 0
 
 
-def diff_file(name: str | None, mount: str | None) -> str:
-    """Where ``umld diff`` reads: DIR/NAME/diff in a daemon's export
-    (``--mount DIR`` or the default daemon's), DIR/diff in the export of
-    one ``umld run --mount DIR``, or the default export of a ``umld run
-    --name NAME --mount``."""
+def machine_entry(
+    command: str, entry: str, name: str | None, mount: str | None, lacking: str
+) -> str:
+    """Where ``umld COMMAND`` finds a machine's export entry ENTRY: DIR/NAME/
+    ENTRY in a daemon's export (``--mount DIR`` or the default daemon's),
+    DIR/ENTRY of one ``umld run --mount DIR``, or the default export of a
+    ``umld run --name NAME --mount``.  A machine that runs without ENTRY is
+    one line, ``umld: the machine ... LACKING``."""
     from umld.core.paths import default_mountpoint
     from umld.daemon import default_mount
 
     if mount is not None:
-        path = os.path.join(mount, name, "diff") if name else os.path.join(mount, "diff")
+        candidates = [os.path.join(mount, name, entry) if name else os.path.join(mount, entry)]
         where = f"named {name!r} in {mount}" if name else f"exported at {mount}"
-        candidates = [path]
     elif name is None:
-        raise UsageError("umld diff: give a machine NAME or --mount DIR")
+        raise UsageError(f"umld {command}: give a machine NAME or --mount DIR")
     else:
         candidates = [
-            os.path.join(default_mount(), name, "diff"),
-            os.path.join(default_mountpoint(name), "diff"),
+            os.path.join(default_mount(), name, entry),
+            os.path.join(default_mountpoint(name), entry),
         ]
         where = f"named {name!r}"
     for path in candidates:
         if os.path.exists(path):
             return path
-    parent = os.path.dirname(candidates[0])
-    if os.path.exists(os.path.join(parent, "status")):
-        raise UmldError(
-            f"umld: the machine {where}: its root is not copy-on-write "
-            "(--root or --read-only-root): it changes no host file"
-        )
+    if os.path.exists(os.path.join(os.path.dirname(candidates[0]), "status")):
+        raise UmldError(f"umld: the machine {where}{lacking}")
     raise UmldError(f"umld: no running machine {where}")
+
+
+def diff_file(name: str | None, mount: str | None) -> str:
+    """Where ``umld diff`` reads (machine_entry)."""
+    return machine_entry(
+        "diff",
+        "diff",
+        name,
+        mount,
+        ": its root is not copy-on-write (--root or --read-only-root): it changes no host file",
+    )
 
 
 def diff(name: str | None, mount: str | None) -> int:

@@ -14,6 +14,8 @@ import pytest
 
 from tests.daemon.test_daemon import (  # noqa: F401 (usable: a fixture)
     Daemon,
+    N,
+    remove_state,
     socket_path,
     start_daemon,
     stop_daemon,
@@ -22,25 +24,30 @@ from tests.daemon.test_daemon import (  # noqa: F401 (usable: a fixture)
 
 pytestmark = [pytest.mark.uses_ptrace, pytest.mark.uses_fuse]
 
+#: The machine's name: the test run's prefix, so that its state (a named
+#: machine keeps its upper layer) is removed with the others'.
+WEB = N("web")
+
 
 @pytest.fixture
 def daemon_outside_run(usable: None) -> Iterator[Daemon]:  # noqa: F811
     base = Path("/var/tmp") / f"umld-hidden-{os.getpid()}-{os.urandom(3).hex()}"
     base.mkdir(mode=0o700)
     (base / "defs").mkdir()
-    (base / "defs" / "web.toml").write_text('command = ["sleep", "1000"]\n')
+    (base / "defs" / f"{WEB}.toml").write_text('command = ["sleep", "1000"]\n')
     d = start_daemon(base)
     try:
         yield d
     finally:
         stop_daemon(d)
         shutil.rmtree(base, ignore_errors=True)
+        remove_state(WEB)
 
 
 def test_socket_and_exports_are_not_in_reach_of_a_machine(daemon_outside_run: Daemon) -> None:
     d = daemon_outside_run
     sock = socket_path(d.mount)
-    assert sock.is_socket() and (d.mount / "web" / "status").exists()
+    assert sock.is_socket() and (d.mount / WEB / "status").exists()
     probe = (
         "import os, socket, stat, sys\n"
         "mount, sock = sys.argv[1:]\n"
@@ -52,7 +59,7 @@ def test_socket_and_exports_are_not_in_reach_of_a_machine(daemon_outside_run: Da
         "except OSError as e:\n"
         "    print('connect: no', e.errno)\n"
     )
-    r = d.umld("exec", "web", "--", "python3", "-c", probe, str(d.mount), str(sock))
+    r = d.umld("exec", WEB, "--", "python3", "-c", probe, str(d.mount), str(sock))
     assert r.returncode == 0, r
     lines = r.stdout.splitlines()
     assert lines[0] == "export: []", r

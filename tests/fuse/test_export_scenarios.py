@@ -1394,7 +1394,8 @@ def test_private_process_files_are_the_owners_alone(
             ["/usr/bin/env", "SECRET=hunter2", "/bin/sh", "-c", "exec sleep 100"],
             mnt=base / "mnt",
         )
-        pid = m.pid_of(b"sleep")
+        # The command line of sleep itself, not of env or sh before their exec.
+        pid = m.pid_of(b"sleep\x00100")
         assert b"SECRET=hunter2" in m.read(f"proc/{pid}/environ")  # root may
         for name in PRIVATE_FILES:
             path = m.path(f"proc/{pid}/{name}")

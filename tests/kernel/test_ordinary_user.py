@@ -595,3 +595,19 @@ def test_no_fuse_is_one_line(ordinary_user: User, home: Path, what: str) -> None
              str(blocker), *user.argv(argv)], cwd=home)  # fmt: skip
     assert_usage_error(r, 1, message)
     assert not (home / "d.img").exists()
+
+
+def test_an_unwritable_runtime_directory_is_one_line(ordinary_user: User) -> None:
+    """umld keeps a machine's generated files in XDG_RUNTIME_DIR (an
+    ordinary user's): one it cannot write is one line, not a traceback."""
+    ro = ordinary_user.work / "read-only-runtime"
+    ro.mkdir()
+    os.chown(ro, ordinary_user.uid, ordinary_user.gid)
+    ro.chmod(0o555)
+    argv = [sys.executable, "-m", "umld", "run", "-C", "/", "--", "true"]
+    r = run(ordinary_user.argv(argv, XDG_RUNTIME_DIR=str(ro)))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r
+    assert r.stderr.splitlines() == [
+        f"umld: cannot create the machine's runtime directory in {ro}: Permission denied "
+        "(set XDG_RUNTIME_DIR to a directory of yours)"
+    ], r

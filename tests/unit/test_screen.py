@@ -133,3 +133,33 @@ def test_a_title_never_carries_control_characters() -> None:
     t.feed(b"\x1b]2;tab\there\x9b6n\x07")
     assert "\x1b" not in t.screen.title and "\x07" not in t.screen.title
     assert all(ord(c) >= 0x20 and not 0x7F <= ord(c) <= 0x9F for c in t.screen.title)
+
+
+def test_an_endless_sequence_does_not_grow_umld() -> None:
+    """A guest's title that never ends, or a CSI with endless parameters:
+    what pyte keeps is bounded, and the terminal goes on afterwards."""
+    import tracemalloc
+
+    t = Terminal(20, 4)
+    chunk = b"A" * (64 << 10)
+    tracemalloc.start()
+    try:
+        t.feed(b"\x1b]0;")
+        for _ in range(160):  # 10 MiB of title
+            t.feed(chunk)
+        t.feed(b"\x07\x1b[" + b"1;" * (1 << 20) + b"m")  # 2 MiB of parameters
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak  # the chunks themselves are 2 MiB at most
+    assert len(t.screen.title) <= 4096 and t.screen.title.startswith("AAAA")
+    t.feed(b"\x1b[Hstill drawing\r\n")
+    assert t.screen.display[0].rstrip() == "still drawing"
+
+
+def test_a_sequence_pyte_cannot_take_does_not_stop_the_terminal() -> None:
+    t = Terminal(20, 4)
+    t.feed(b"\x1b[" + b"9" * 5000 + b"m")  # int() refuses 5000 digits... if kept
+    t.feed(b"\x1b[1\xd9\x80x")  # a CSI ended by a character pyte has no meaning for
+    t.feed(b"\x1b[Hafter\r\n")
+    assert t.screen.display[0].rstrip() == "after"

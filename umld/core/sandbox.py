@@ -289,6 +289,11 @@ class MachineFiles:
                 break
             except FileExistsError:
                 continue
+            except OSError as exc:
+                raise UmldError(
+                    f"umld: cannot create the machine's runtime directory in {base}: "
+                    f"{exc.strerror} (set XDG_RUNTIME_DIR to a directory of yours)"
+                ) from None
         self.dir = path
         self._locks: list[int] = []
         #: Disk images this machine created (prepare_disk).

@@ -62,6 +62,17 @@ _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 # A run of plain lines long enough to fast-forward; see the docstring.
 _LINE = rb"[\x20-\x7e]*\r\n"
 
+#: Bytes kept of an OSC string (a title) and of a CSI's parameters: pyte
+#: keeps either whole, in memory, until it ends, and a guest could send
+#: one that never does (the rest is dropped: SequenceGuard).
+OSC_MAX = 4096
+CSI_PARAMS_MAX = 256
+_SEQUENCE_START = re.compile(rb"\x1b[\[\]]|\xc2[\x9b\x9d]")
+_OSC_END = re.compile(rb"\x07|\x1b\\|\xc2\x9c")
+# A CSI's parameter bytes as pyte reads them (digits, ";", "?", and what
+# may decode to a digit), and the C0 controls it carries out inside one.
+_CSI_PARAMS = re.compile(rb"[\x30-\x3f\x80-\xff\x07-\x0d]*")
+
 
 class Screen(pyte.Screen):
     """pyte's screen, with the alternate screen, a scrollback of text rows
@@ -171,6 +182,63 @@ class Screen(pyte.Screen):
         self.dirty.update(range(self.lines))
 
 
+class SequenceGuard:
+    """Bounds what pyte keeps of one escape sequence: a guest's terminal
+    output is untrusted, and pyte holds an OSC string (ESC ] ... BEL) and a
+    CSI's parameters (ESC [ 1;2;3...) in memory until they end, so an
+    endless one would grow umld without bound.  A byte-level tracker of
+    just those two (found with regular expressions, not byte by byte)
+    drops what goes beyond OSC_MAX and CSI_PARAMS_MAX bytes; every other
+    byte passes in order.  A lone ESC or 0xC2 at the end of a chunk waits
+    for the next one (it may start a terminator)."""
+
+    def __init__(self) -> None:
+        self._state = "ground"
+        self._count = 0
+        self._carry = b""
+
+    def __call__(self, data: bytes) -> bytes:
+        data = self._carry + data
+        self._carry = b""
+        if data[-1:] in (b"\x1b", b"\xc2"):
+            data, self._carry = data[:-1], data[-1:]
+        out: list[bytes] = []
+        i, n = 0, len(data)
+        while i < n:
+            if self._state == "ground":
+                m = _SEQUENCE_START.search(data, i)
+                if m is None:
+                    out.append(data[i:])
+                    break
+                out.append(data[i : m.end()])
+                i = m.end()
+                self._state = "osc" if m.group()[-1:] in (b"]", b"\x9d") else "csi"
+                self._count = 0
+            elif self._state == "osc":
+                m = _OSC_END.search(data, i)
+                end = m.start() if m else n
+                self._keep(out, data[i:end], OSC_MAX)
+                if m is None:
+                    break
+                out.append(m.group())
+                i = m.end()
+                self._state = "ground"
+            else:
+                m = _CSI_PARAMS.match(data, i)
+                assert m is not None  # the pattern matches the empty string
+                self._keep(out, m.group(), CSI_PARAMS_MAX)
+                i = m.end()
+                if i < n:  # the byte that ends the parameters: pyte's to take
+                    self._state = "ground"
+        return b"".join(out)
+
+    def _keep(self, out: list[bytes], body: bytes, most: int) -> None:
+        room = most - self._count
+        if room > 0:
+            out.append(body[:room])
+        self._count += len(body)
+
+
 class Terminal:
     """A Screen and the stream that feeds it, with the fast path for runs
     of plain lines (module docstring)."""
@@ -178,6 +246,7 @@ class Terminal:
     def __init__(self, columns: int, lines: int, scrollback: int = SCROLLBACK_ROWS) -> None:
         self.screen = Screen(columns, lines, scrollback)
         self.stream = pyte.ByteStream(self.screen)
+        self.guard = SequenceGuard()
         self._resize_pattern()
 
     def resize(self, columns: int, lines: int) -> None:
@@ -204,24 +273,37 @@ class Terminal:
 
     def feed(self, data: bytes) -> None:
         """The program's output, in order: the screen afterwards is that
-        of pyte fed every byte."""
+        of pyte fed every byte (but for the tail of an overlong sequence,
+        SequenceGuard)."""
         rows = self.screen.lines
+        data = self.guard(data)
         while data:
             m = self._run.search(data) if self._fast_forward_ok() else None
             if m is None:
-                self.stream.feed(data)
+                self._pyte(data)
                 return
-            self.stream.feed(data[: m.start()])
+            self._pyte(data[: m.start()])
             lines = data[m.start() : m.end()].split(b"\r\n")[:-1]
             data = data[m.end() :]
             cut = len(lines) - (rows - 1)
             head, skipped, kept = lines[: 2 * rows], lines[2 * rows : cut], lines[cut:]
-            self.stream.feed(b"".join(line + b"\r\n" for line in head))
+            self._pyte(b"".join(line + b"\r\n" for line in head))
             if self._fast_forward_ok() and self._parser_at_rest():
                 self._skip(skipped)
             else:
-                self.stream.feed(b"".join(line + b"\r\n" for line in skipped))
-            self.stream.feed(b"".join(line + b"\r\n" for line in kept))
+                self._pyte(b"".join(line + b"\r\n" for line in skipped))
+            self._pyte(b"".join(line + b"\r\n" for line in kept))
+
+    def _pyte(self, data: bytes) -> None:
+        """pyte fed ``data``.  A sequence pyte cannot take (a CSI ending in
+        a byte it has no meaning for, a parameter too large for int())
+        raises out of its parser, which then starts afresh: the rest of
+        that piece is lost, as a terminal drops garbage, and the reader
+        goes on."""
+        try:
+            self.stream.feed(data)
+        except (KeyError, ValueError, IndexError, TypeError):
+            pass
 
     def _skip(self, lines: list[bytes]) -> None:
         """The effect of ``lines`` fed from the bottom row, column 0, of a
