@@ -2,7 +2,8 @@
 processes, built only from what the export shows (DIR/machines,
 DIR/NAME/status, DIR/NAME/proc/PID/status).  CPU is the change of each
 process's CpuTicks between two frames; syscalls/s the change of the
-machine's trapped-syscall count."""
+machine's trapped-syscall count; a machine's cpu (in CPUs, of its vCPUs),
+throttled share and memory (of its limit) come from its cgroups."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ class Sampler:
         self.mount = mount
         self.ticks: dict[tuple[str, str], int] = {}
         self.trapped: dict[str, int] = {}
+        #: Per machine: CPU seconds and throttled seconds at the last frame.
+        self.cpu: dict[str, tuple[float, float]] = {}
         self.last = time.monotonic()
         self.tck = os.sysconf("SC_CLK_TCK")
 
@@ -67,7 +70,7 @@ class Sampler:
             procs = status.get("processes", "-")
             header.append(
                 f"{name:16.16} {state:12.12} up {cols[2]:>6}s  procs {procs:>4}"
-                f"  syscalls/s {rate:8.0f}"
+                f"  syscalls/s {rate:8.0f}" + self._resources(name, status, dt)
             )
             proc_dir = os.path.join(self.mount, name, "proc")
             try:
@@ -88,6 +91,24 @@ class Sampler:
         self.ticks = ticks
         rows.sort(key=lambda r: -r.cpu)
         return header, rows
+
+    def _resources(self, name: str, status: dict[str, str], dt: float) -> str:
+        """CPU use and throttling (in CPUs, against the machine's vCPUs)
+        and memory use against its limit, from the machine's cgroups as
+        its status shows them; "" when it has none."""
+        if "cpu_seconds_total" not in status:
+            return ""
+        used = float(status["cpu_seconds_total"] or 0)
+        throttled = float(status.get("cpu_throttled_seconds_total", "0") or 0)
+        u0, t0 = self.cpu.get(name, (used, throttled))
+        self.cpu[name] = (used, throttled)
+        vcpus = status.get("config.vcpus", "?")
+        out = f"  cpu {(used - u0) / dt:4.2f}/{vcpus} thr {100 * (throttled - t0) / dt:3.0f}%"
+        if "memory_bytes" in status:
+            mib = int(status["memory_bytes"]) >> 20
+            limit = status.get("memory_limit_bytes")
+            out += f"  mem {mib}M/{(int(limit) >> 20) if limit else '-'}M"
+        return out
 
 
 def render(header: list[str], rows: list[Row], width: int, height: int) -> list[str]:

@@ -12,6 +12,7 @@ adds, so the tests do not depend on their order.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -1189,3 +1190,48 @@ def test_control_socket_of_an_ordinary_users_daemon(
             proc.wait()
         if mounted(mount):
             subprocess.run(["fusermount3", "-u", "-z", str(mount)], check=False)
+
+
+SHARE1, SHARE2 = N("share1"), N("share2")
+
+
+def _machine_cpu_usec(name: str) -> int:
+    """CPU time a daemon's machine has used, from its own cgroup."""
+    for d in glob.glob(f"/sys/fs/cgroup/cpuacct/umld-{name}-*") + glob.glob(
+        f"/sys/fs/cgroup/unified/umld-{name}-*"
+    ):
+        acct = Path(d, "cpuacct.usage")
+        if acct.exists():
+            return int(acct.read_text()) // 1000
+        for line in Path(d, "cpu.stat").read_text().splitlines():
+            if line.startswith("usage_usec "):
+                return int(line.split()[1])
+    raise AssertionError(f"no cpu cgroup for machine {name}")
+
+
+@pytest.mark.slow
+def test_fair_share_by_vcpus_in_one_daemon(daemon: Daemon) -> None:
+    """Issue 13: machines of 1 and 2 vCPUs in one daemon, 3 busy processes
+    each, share the 2-CPU host 1:2 (±10%)."""
+    busy = "for i in 1 2 3; do (while :; do :; done) & done; wait"
+    try:
+        for name, vcpus in ((SHARE1, "1"), (SHARE2, "2")):
+            r = daemon.umld("start", name, "--vcpus", vcpus, "--", "sh", "-c", busy)
+            assert r.returncode == 0, r.stderr
+        for name in (SHARE1, SHARE2):
+            wait_until(lambda n=name: _machine_cpu_usec(n) > 300_000, 20, f"{name} busy")
+        a0, b0 = _machine_cpu_usec(SHARE1), _machine_cpu_usec(SHARE2)
+        time.sleep(5.0)  # the measured busy duration
+        a1, b1 = _machine_cpu_usec(SHARE1), _machine_cpu_usec(SHARE2)
+        # umld top shows each machine's CPU use of its vCPUs and memory.
+        r = daemon.umld("top", "--once")
+        assert r.returncode == 0, r.stderr
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith(SHARE1[:16]))
+        assert re.search(r" cpu \d\.\d\d/1 thr +\d+%  mem \d+M/", line), line
+        status = (daemon.mount / SHARE2 / "status").read_text()
+        assert "cpu_seconds_total: " in status and "memory_bytes: " in status, status
+    finally:
+        daemon.stop_machine(SHARE1)
+        daemon.stop_machine(SHARE2)
+    ratio = (b1 - b0) / (a1 - a0)
+    assert 1.8 <= ratio <= 2.2, f"2-vCPU/1-vCPU CPU time ratio {ratio:.2f} in one daemon"

@@ -6,6 +6,7 @@ OOM events.  CPU time is read from the machines' own cgroup counters
 from __future__ import annotations
 
 import glob
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,17 +20,24 @@ from tests.conftest import User, run, umld_argv
 pytestmark = pytest.mark.uses_ptrace
 T = TypeVar("T")
 
+# Busy processes, not threads: Python threads share one interpreter lock,
+# so a Python process never uses much more than one CPU, whatever its
+# bound (an earlier version of these tests measured that lock).
 BUSY = """
-import sys, threading, time
+import os, sys, time
 n, secs = int(sys.argv[1]), float(sys.argv[2])
-def spin():
-    end = time.monotonic() + secs
-    while time.monotonic() < end:
-        pass
 print("start", flush=True)
-ts = [threading.Thread(target=spin) for _ in range(n)]
-for t in ts: t.start()
-for t in ts: t.join()
+pids = []
+for _ in range(n):
+    pid = os.fork()
+    if pid == 0:
+        end = time.monotonic() + secs
+        while time.monotonic() < end:
+            pass
+        os._exit(0)
+    pids.append(pid)
+for pid in pids:
+    os.waitpid(pid, 0)
 print("done", flush=True)
 sys.stdin.read()
 """
@@ -43,6 +51,25 @@ def wait_for(pred: Callable[[], T], what: str, timeout: float = 20.0) -> T:
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def events_so_far(mnt: Path) -> str:
+    """The machine's event stream up to now (it never ends: read it
+    non-blocking, up to EAGAIN)."""
+    fd = os.open(mnt / "events", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def usage_usec(umld_pid: int) -> int:
@@ -102,6 +129,7 @@ def test_fair_share_by_vcpus(backend: str) -> None:
         finish(a)
         finish(b)
     ratio = (b1 - b0) / (a1 - a0)
+
     assert 1.8 <= ratio <= 2.2, f"2-vCPU/1-vCPU CPU time ratio {ratio:.2f}"
 
 
@@ -110,6 +138,7 @@ set -e
 nproc
 python3 -c 'import os; print(os.cpu_count(), len(os.sched_getaffinity(0)))'
 grep -c ^processor /proc/cpuinfo
+grep -c '^cpu[0-9]' /proc/stat
 cat /sys/devices/system/cpu/online /sys/devices/system/cpu/possible /sys/devices/system/cpu/present
 taskset -c 7 true && echo taskset
 taskset -c 7 nproc
@@ -136,6 +165,7 @@ def check_eight(r_stdout: str) -> None:
     assert r_stdout.split("\n") == [
         "8",
         "8 8",
+        "8",
         "8",
         "0-7",
         "0-7",
@@ -188,7 +218,7 @@ def test_memory_limit_oom(tmp_path: Path) -> None:
         assert lines[0].split() == ["MemTotal:", "262144", "kB"]
         assert lines[2:] == ["status=137\n", "alive\n"], (lines, p.stderr)
         events = wait_for(
-            lambda: [ln for ln in (mnt / "events").read_text().splitlines() if " oom " in ln],
+            lambda: [ln for ln in events_so_far(mnt).splitlines() if " oom " in ln],
             "the oom event",
         )
         assert "name=python3" in events[0], events
@@ -220,7 +250,6 @@ def test_meminfo_follows_use(backend: str) -> None:
     assert before > 200_000 and during < before - 100_000, r.stdout
 
 
-@pytest.mark.skip(reason="hangs under pytest (not yet diagnosed); the pieces work by hand")
 @pytest.mark.uses_fuse
 def test_live_vcpus_and_memory(tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
@@ -238,10 +267,29 @@ def test_live_vcpus_and_memory(tmp_path: Path) -> None:
         with pytest.raises(OSError) as exc:
             (mnt / "config" / "memory").write_text("1M\n")
         assert exc.value.errno == 22
-        events = (mnt / "events").read_text()
-        assert "below the machine's current use" in events
+        assert "below the machine's current use" in events_so_far(mnt)
     finally:
         finish(p)
     one = (u1 - u0) / 1e6 / (t1 - t0)
     two = (u3 - u2) / 1e6 / (t3 - t2)
     assert one <= 1.1 and two >= 1.7, (one, two)
+
+
+def test_ordinary_user_without_delegation_is_told(ordinary_user: User) -> None:
+    """No cgroup of its own (this host delegates none to ordinary users):
+    one line says what is not enforced and why; the guest is still shown
+    its configured CPUs and memory."""
+    r = run(
+        [
+            *ordinary_user.umld_argv("c", "--vcpus", "3", "--memory", "256M"),
+            "sh",
+            "-c",
+            "nproc; grep MemTotal /proc/meminfo",
+        ]
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["3", "MemTotal:", "262144", "kB"], r.stdout
+    lines = r.stderr.splitlines()
+    told = [ln for ln in lines if "not enforced" in ln]
+    assert len(told) == 1 and "vcpus and memory" in told[0], lines
+    assert "not writable" in told[0], told

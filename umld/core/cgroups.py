@@ -116,6 +116,8 @@ class MachineCgroup:
 
     def __init__(self, dirs: dict[str, str]) -> None:
         self.dirs = dirs
+        #: The host CPUs the machine runs on (set_cpus); None: unbound.
+        self.cpus: list[int] | None = None
 
     @classmethod
     def create(cls, name: str) -> MachineCgroup | None:
@@ -262,33 +264,120 @@ class MachineCgroup:
     def set_cpus(self, vcpus: int | None) -> list[str]:
         """Bound the machine to ``vcpus`` CPUs' worth of time (CFS
         bandwidth: v2 cpu.max, v1 cpu.cfs_quota_us), weigh it by its vCPUs
-        against other machines (v2 cpu.weight, v1 cpu.shares), and, with
-        fewer vCPUs than the host has, keep its threads on the first
-        ``vcpus`` host CPUs (cpuset.cpus).  None: the host's (no bound).
-        The names of what could not be set (no such controller here)."""
+        (v2 cpu.weight, v1 cpu.shares: cpushare reads the weights back as
+        the machines' vCPU counts), and, with fewer vCPUs than the host
+        has, keep its threads on ``vcpus`` host CPUs (cpuset.cpus), the
+        ones the other machines' cpusets use least.  None: the host's CPUs
+        (no bound, weighed as that many vCPUs).  The names of what could
+        not be set (no such controller here)."""
         missing = []
+        host = self.host_cpus()
+        count = vcpus or len(host)
         cpu = self.controller_dir("cpu")
         if cpu is None:
             missing.append("cpu")
-        elif os.path.exists(os.path.join(cpu, "cpu.max")):
-            quota = "max" if vcpus is None else str(vcpus * PERIOD_US)
-            _write(os.path.join(cpu, "cpu.max"), f"{quota} {PERIOD_US}")
-            weight = WEIGHT_PER_VCPU * (vcpus or 1)
-            _write(os.path.join(cpu, "cpu.weight"), str(min(weight, MAX_WEIGHT)))
         else:
-            _write(os.path.join(cpu, "cpu.cfs_period_us"), str(PERIOD_US))
-            quota = "-1" if vcpus is None else str(vcpus * PERIOD_US)
-            _write(os.path.join(cpu, "cpu.cfs_quota_us"), quota)
-            shares = SHARES_PER_VCPU * (vcpus or 1)
-            _write(os.path.join(cpu, "cpu.shares"), str(min(shares, MAX_SHARES)))
+            self.set_quota(None if vcpus is None else float(vcpus))
+            if os.path.exists(os.path.join(cpu, "cpu.weight")):
+                weight = min(WEIGHT_PER_VCPU * count, MAX_WEIGHT)
+                _write(os.path.join(cpu, "cpu.weight"), str(weight))
+            else:
+                shares = min(SHARES_PER_VCPU * count, MAX_SHARES)
+                _write(os.path.join(cpu, "cpu.shares"), str(shares))
         cpuset = self.controller_dir("cpuset")
         if cpuset is None:
             missing.append("cpuset")
+            self.cpus = host
         else:
-            host = self.host_cpus()
-            use = host if vcpus is None or vcpus >= len(host) else host[:vcpus]
-            _write(os.path.join(cpuset, "cpuset.cpus"), format_cpu_list(use))
+            self.cpus = host if count >= len(host) else self._least_used(host, count)
+            _write(os.path.join(cpuset, "cpuset.cpus"), format_cpu_list(self.cpus))
         return missing
+
+    def set_quota(self, cpus: float | None) -> None:
+        """The CFS bandwidth quota: ``cpus`` CPUs' worth of time each
+        100 ms period (None: no bound).  The kernel's minimum is 1 ms."""
+        cpu = self.controller_dir("cpu")
+        if cpu is None:
+            return
+        quota = None if cpus is None else max(1000, int(cpus * PERIOD_US))
+        if os.path.exists(os.path.join(cpu, "cpu.max")):
+            _write(os.path.join(cpu, "cpu.max"), f"{quota or 'max'} {PERIOD_US}")
+        else:
+            _write(os.path.join(cpu, "cpu.cfs_period_us"), str(PERIOD_US))
+            _write(os.path.join(cpu, "cpu.cfs_quota_us"), str(quota or -1))
+
+    def quota(self) -> float | None:
+        """The CFS bandwidth quota in CPUs; None: no bound."""
+        cpu = self.controller_dir("cpu")
+        if cpu is None:
+            return None
+        text = _read(os.path.join(cpu, "cpu.max")).split()
+        if len(text) == 2:
+            quota, period = text
+        else:
+            quota = _read(os.path.join(cpu, "cpu.cfs_quota_us")).strip()
+            period = _read(os.path.join(cpu, "cpu.cfs_period_us")).strip()
+        if quota.isdigit() and period.isdigit() and int(period):
+            return int(quota) / int(period)
+        return None
+
+    def _least_used(self, host: list[int], count: int) -> list[int]:
+        """``count`` of the host CPUs, those fewest other machines are
+        bound to (their cpuset.cpus narrower than the host's): machines
+        with one vCPU each spread over the host rather than share CPU 0."""
+        own = self.controller_dir("cpuset")
+        assert own is not None
+        parent, leaf = os.path.split(own)
+        load = dict.fromkeys(host, 0)
+        for entry in _machine_leaves(parent):
+            if entry == leaf:
+                continue
+            cpus = parse_cpu_list(_read(os.path.join(parent, entry, "cpuset.cpus")))
+            if len(cpus) < len(host):
+                for c in cpus:
+                    if c in load:
+                        load[c] += 1
+        return sorted(sorted(host, key=lambda c: load[c])[:count])
+
+    def vcpus(self) -> float | None:
+        """The machine's vCPU count as its weight says (set_cpus)."""
+        cpu = self.controller_dir("cpu")
+        if cpu is None:
+            return None
+        for name, unit in (("cpu.weight", WEIGHT_PER_VCPU), ("cpu.shares", SHARES_PER_VCPU)):
+            text = _read(os.path.join(cpu, name)).strip()
+            if text.isdigit():
+                return int(text) / unit
+        return None
+
+    def cpu_pressure_usec(self) -> int | None:
+        """Time at least one of the machine's threads was runnable but not
+        running ("some" total of cpu.pressure, PSI; v2 only, and None where
+        PSI is off)."""
+        v2 = self.dirs.get("v2")
+        if v2 is None:
+            return None
+        for line in _read(os.path.join(v2, "cpu.pressure")).splitlines():
+            if line.startswith("some "):
+                total = line.rpartition("total=")[2].strip()
+                return int(total) if total.isdigit() else None
+        return None
+
+    def runnable(self, at_most: int = 256) -> dict[int, list[int]]:
+        """The machine's runnable threads (state R in /proc/TID/stat,
+        proc(5)) by the host CPU each last ran on, looking at most at
+        ``at_most`` threads."""
+        d = self.controller_dir("cpu") or self.dirs.get("v2")
+        if d is None:
+            return {}
+        names = ("cgroup.threads", "tasks")
+        text = next((t for t in (_read(os.path.join(d, n)) for n in names) if t), "")
+        out: dict[int, list[int]] = {}
+        for tid in text.split()[:at_most]:
+            fields = _read(f"/proc/{tid}/stat").rpartition(")")[2].split()
+            if len(fields) > 36 and fields[0] == "R" and fields[36].isdigit():
+                out.setdefault(int(fields[36]), []).append(int(tid))
+        return out
 
     def cpu_stats(self) -> dict[str, int]:
         """usage_usec (CPU time used), throttled_usec and nr_throttled
@@ -352,6 +441,33 @@ def format_cpu_list(cpus: Iterable[int]) -> str:
         else:
             ranges.append([c, c])
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def _machine_leaves(parent: str) -> list[str]:
+    """The machines' cgroups (umld-NAME-PID) below ``parent``."""
+    try:
+        return [e for e in os.listdir(parent) if e.startswith("umld-")]
+    except OSError:
+        return []
+
+
+def siblings(own: MachineCgroup) -> dict[str, MachineCgroup]:
+    """Every machine's cgroups beside ``own`` (its own included), by leaf
+    name, across the hierarchies ``own`` has: the machines of every umld
+    process that share its parent cgroup."""
+    anchor = own.controller_dir("cpu") or own.dirs.get("v2")
+    if anchor is None:
+        return {}
+    parents = {key: os.path.dirname(d) for key, d in own.dirs.items()}
+    out: dict[str, MachineCgroup] = {}
+    for leaf in _machine_leaves(os.path.dirname(anchor)):
+        dirs = {k: os.path.join(p, leaf) for k, p in parents.items()}
+        out[leaf] = (
+            own
+            if os.path.basename(anchor) == leaf
+            else MachineCgroup({k: d for k, d in dirs.items() if os.path.isdir(d)})
+        )
+    return out
 
 
 def _init_cpuset(parent: str, path: str) -> bool:
@@ -434,7 +550,10 @@ def enforce(
     why = ""
     if cgroup is None:
         unenforced = [n for n, v in (("vcpus", vcpus), ("memory", memory)) if v is not None]
-        why = "umld's cgroups are not writable (no delegation: root, or Delegate=yes)"
+        why = (
+            "umld's cgroup is not writable by this user "
+            "(run as root, or in a systemd unit or user session with Delegate=yes)"
+        )
     else:
         problems: list[str] = []
         try:

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, final
 
-from umld.core import changes, live, procfs, settings
+from umld.core import changes, procfs, settings
 from umld.core.changes import Change, Unit
+from umld.core.cpushare import KEEPER
 from umld.core.events import GuestEvent
 from umld.core.policy import MachinePolicy
 from umld.core.settings import SettingError
@@ -147,8 +147,9 @@ class MachineControl:
                 log.warning("pids cgroup of %s: %s", name, exc)
             if files.cgroup.oom_kills() is not None:
                 kernel.oom_kills = files.cgroup.oom_kills
-        self._stop_meminfo = threading.Event()
-        live.follow_meminfo(self, self._stop_meminfo)
+        if files.cgroup is not None:
+            kernel.policy.cpus = files.cgroup.cpus
+        KEEPER.add(self)
 
     @property
     def policy(self) -> MachinePolicy:
@@ -206,7 +207,7 @@ class MachineControl:
         """The machine has ended: its terminal's reader stops (the final
         screen stays readable); the machine's cgroups and files go with
         its MachineFiles."""
-        self._stop_meminfo.set()
+        KEEPER.remove(self)
         if self._terminal is not None:
             self._terminal.close()
 

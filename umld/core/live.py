@@ -18,7 +18,7 @@ import resource
 import threading
 from typing import TYPE_CHECKING
 
-from umld.core.sandbox import cpu_list, cpuinfo_for, meminfo_for, names_argv
+from umld.core.sandbox import cpu_list, cpuinfo_for, meminfo_for, names_argv, stat_for
 from umld.errors import get_logger
 
 if TYPE_CHECKING:
@@ -68,21 +68,27 @@ def set_vcpus(control: MachineControl, value: int) -> None:
     """The guest's views, and its cgroup's CPU bandwidth, weight and
     cpuset (cgroups.MachineCgroup.set_cpus): the quota holds from the next
     CFS period (100 ms)."""
+    from umld.core.cpushare import KEEPER
+
     cgroup = control.files.cgroup
     if cgroup is not None:
         try:
             cgroup.set_cpus(value)
         except OSError as exc:
             raise _refuse(f"the machine's cpu cgroup refused it: {exc.strerror}") from None
-    write_cpu_views(control.files, value)
+        control.policy.cpus = cgroup.cpus
+        KEEPER.changed(control)
     control.policy.vcpus = value
+    write_cpu_views(control.files, value, control.policy.host_cpus())
 
 
-def write_cpu_views(files: MachineFiles, vcpus: int) -> None:
-    """What the guest reads of its CPUs: /proc/cpuinfo and the cpulists of
-    /sys/devices/system/cpu (cpu(4)... sysfs-devices-system-cpu: online,
-    possible and present are all the machine's vCPUs)."""
+def write_cpu_views(files: MachineFiles, vcpus: int, host_cpus: list[int]) -> None:
+    """What the guest reads of its CPUs: /proc/cpuinfo, /proc/stat (kept
+    fresh by cpushare's keeper) and the cpulists of /sys/devices/system/cpu
+    (the kernel's sysfs-devices-system-cpu ABI: online, possible and
+    present are all the machine's vCPUs)."""
     files.write("/proc/cpuinfo", cpuinfo_for(vcpus))
+    files.write("/proc/stat", stat_for(vcpus, host_cpus))
     for name in ("online", "possible", "present"):
         files.write(f"/sys/devices/system/cpu/{name}", cpu_list(vcpus))
 
@@ -179,7 +185,6 @@ def _set_guest_uts(control: MachineControl, call: str, name: bytes) -> None:
     every child of its own (waitpid(2) with __WNOTHREAD), and this one is
     not a guest's.  Waits for it; a failure is logged with its reason."""
     import subprocess
-    import threading
 
     pid = control.guest_process()
     if pid is None:
@@ -201,39 +206,3 @@ def _set_guest_uts(control: MachineControl, call: str, name: bytes) -> None:
     t = threading.Thread(target=work, name="umld-uts")
     t.start()
     t.join(10)
-
-
-#: How often a machine's /proc/meminfo is regenerated from its memory
-#: cgroup's usage: a generated file has no read hook, so it is kept fresh.
-MEMINFO_INTERVAL = 0.5
-
-
-def follow_meminfo(control: MachineControl, stop: threading.Event) -> threading.Thread | None:
-    """Keep /proc/meminfo's MemFree and MemAvailable at what the machine's
-    memory cgroup has left (every MEMINFO_INTERVAL seconds, until
-    ``stop``); None when there is no memory cgroup or no generated file."""
-    cgroup = control.files.cgroup
-    if (
-        cgroup is None
-        or cgroup.memory_usage() is None
-        or "/proc/meminfo" not in control.files.files
-    ):
-        return None
-
-    def work() -> None:
-        last = b""
-        while not stop.wait(MEMINFO_INTERVAL):
-            memory = control.memory_size()
-            if not memory:
-                continue
-            try:
-                text = meminfo_for(memory, cgroup.memory_usage())
-                if text != last:
-                    control.files.write("/proc/meminfo", text)
-                    last = text
-            except OSError:
-                return  # the machine's files are gone: it has ended
-
-    t = threading.Thread(target=work, name=f"umld-meminfo-{control.name}", daemon=True)
-    t.start()
-    return t

@@ -179,10 +179,6 @@ def prepare(
     later, so its /proc and /sys files are the machine's from the start."""
     vcpus = cfg.vcpus or ((os.cpu_count() or 1) if live else None)
     memory = cfg.memory or (host_memory() if live else None)
-    if vcpus is not None:
-        write_cpu_views(files, vcpus)
-    if memory is not None:
-        files.write("/proc/meminfo", meminfo_for(memory))
     uid = os.geteuid() if cfg.uid is None else cfg.uid
     gid = os.getegid() if cfg.gid is None else cfg.gid
     layout = Layout(
@@ -208,6 +204,11 @@ def prepare(
     # The configured vCPUs and memory bound the machine; a live one's
     # defaults (the host's) bound nothing until they are changed.
     enforce(files.cgroup, name, vcpus=cfg.vcpus, memory=cfg.memory)
+    if vcpus is not None:
+        cpus = files.cgroup.cpus if files.cgroup is not None else None
+        write_cpu_views(files, vcpus, cpus or sorted(os.sched_getaffinity(0)))
+    if memory is not None:
+        files.write("/proc/meminfo", meminfo_for(memory))
     upper = None
     if layout.copy_on_write:
         upper = upper_layer(

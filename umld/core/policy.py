@@ -54,7 +54,15 @@ class UtsState:
 class MachinePolicy:
     """One machine's policy, as its handlers see it (``ctx.policy``)."""
 
-    __slots__ = ("affinity", "net_accept_open", "net_connect", "trace_events", "uts", "vcpus")
+    __slots__ = (
+        "affinity",
+        "cpus",
+        "net_accept_open",
+        "net_connect",
+        "trace_events",
+        "uts",
+        "vcpus",
+    )
 
     def __init__(self, uts: UtsState | None = None, vcpus: int | None = None) -> None:
         self.uts = uts or UtsState.from_host()
@@ -69,15 +77,18 @@ class MachinePolicy:
         #: Host tid -> the guest CPUs its thread was bound to with
         #: sched_setaffinity(2) (inherited by its clones, dropped at exit).
         self.affinity: dict[int, frozenset[int]] = {}
+        #: The host CPUs the machine runs on (its cpuset, chosen by
+        #: cgroups.MachineCgroup.set_cpus); None: umld's own affinity.
+        self.cpus: list[int] | None = None
 
     def host_cpus(self) -> list[int]:
-        """The host CPUs guest CPU k runs on: k maps to the
-        (k mod len)-th.  The host's CPUs (umld's affinity), the first
-        ``vcpus`` of them when the machine has fewer (its cpuset, see
-        cgroups.MachineCgroup.set_cpus): guest CPU k is host CPU k for
-        every k below the host's count, so what the vDSO's getcpu and
-        rseq report (the host CPU, which no filter sees) agrees with it."""
-        import os
-
-        host = sorted(os.sched_getaffinity(0))
-        return host[: self.vcpus] if self.vcpus is not None and self.vcpus < len(host) else host
+        """The host CPUs the machine's guest CPUs map onto: guest CPU k
+        runs on the (k mod len)-th.  A machine with fewer vCPUs than the
+        host has its own cpuset of that many CPUs (the least used by other
+        machines); the others run on all of umld's CPUs, where guest CPU
+        k is host CPU k for every k below the host's count, so that what
+        the vDSO's getcpu and rseq report (the host CPU, which no filter
+        sees) agrees with getcpu(2)."""
+        if self.cpus:
+            return self.cpus
+        return sorted(os.sched_getaffinity(0))

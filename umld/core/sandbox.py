@@ -300,6 +300,8 @@ class MachineFiles:
         self._created: list[str] = []
         #: guest path -> host file, bound over the guest's /proc and /sys.
         self.files: dict[str, str] = {}
+        # What write_if_changed last wrote.
+        self._last: dict[str, bytes] = {}
         #: The machine's host ids (root-run machines), leased for its life.
         self.ids: IdLease | None = None
         #: The machine's cgroups, when it could have some.
@@ -356,6 +358,13 @@ class MachineFiles:
         with open(host, "r+b" if os.path.exists(host) else "wb") as f:
             f.write(content)
             f.truncate()
+
+    def write_if_changed(self, guest: str, content: bytes) -> None:
+        """write(), unless the file has that content already: files kept
+        fresh every pass (cpushare) are rewritten only when they change."""
+        if self._last.get(guest) != content:
+            self.write(guest, content)
+            self._last[guest] = content
 
     def prepare_disk(self, mount: Mount, uid: int, gid: int) -> int:
         """Create the image on first use (sparse, ext4, root directory
@@ -486,6 +495,37 @@ def cpuinfo_for(vcpus: int) -> bytes:
         ]
         out.append(b"\n".join(lines))
     return b"\n\n".join(out) + b"\n\n"
+
+
+def stat_for(vcpus: int, host_cpus: Sequence[int]) -> bytes:
+    """/proc/stat of a machine with ``vcpus`` CPUs (proc(5)): the host's
+    lines, with one ``cpuK`` line per guest CPU and the ``cpu`` line their
+    sum.  Guest CPU k runs on host
+    CPU ``host_cpus[k mod len]`` (MachinePolicy.host_cpus), so its line is
+    that host CPU's times divided among the guest CPUs it stands for: the
+    guest CPUs' lines add up to the host CPUs' the machine uses, and a
+    ``top`` in the guest sees N CPUs whose busy share is the host's."""
+    with open("/proc/stat", "rb") as f:
+        lines = f.read().split(b"\n")
+    per_cpu: dict[int, list[int]] = {}
+    rest: list[bytes] = []
+    for line in lines:
+        key, _, values = line.partition(b" ")
+        if key == b"cpu":
+            continue
+        if key.startswith(b"cpu") and key[3:].isdigit():
+            per_cpu[int(key[3:])] = [int(v) for v in values.split()]
+        elif line:
+            rest.append(line)
+    hosts = [c for c in host_cpus if c in per_cpu] or sorted(per_cpu)
+    rows = []
+    for k in range(vcpus):
+        share = len(range(k % len(hosts), vcpus, len(hosts)))
+        rows.append([v // share for v in per_cpu[hosts[k % len(hosts)]]])
+    total = [sum(col) for col in zip(*rows, strict=True)]
+    out = [b"cpu  " + b" ".join(b"%d" % v for v in total)]
+    out += [b"cpu%d %s" % (k, b" ".join(b"%d" % v for v in row)) for k, row in enumerate(rows)]
+    return b"\n".join(out + rest) + b"\n"
 
 
 def cpu_list(vcpus: int) -> bytes:
