@@ -2,11 +2,12 @@
 
 A machine with ``vcpus = N`` has a CFS bandwidth quota of N CPUs and a
 cgroup weight of N (cgroups.MachineCgroup.set_cpus).  The weight alone
-does not share a multi-CPU host fairly: CFS honours group weights on each
-CPU, and its load balancer keeps a group's threads together.  Measured on
-this project's 2-CPU host, a 1-vCPU and a 2-vCPU machine with 3 busy
-threads each ended up one per CPU and got 1.00 CPU each, where weights
-say 2/3 and 4/3 (the "group imbalance" of sched-domains load balancing).
+shares a multi-CPU host only roughly: CFS honours group weights CPU by
+CPU, and a machine bound to fewer host CPUs (its cpuset) meets the
+others' threads on its CPUs only.  Measured on this project's 2-CPU host,
+a 1-vCPU and a 2-vCPU machine with 3 busy processes each got CPU time in
+ratios of 1.82 to 1.97 with weights alone, where 2 is fair; with the
+keeper below, 2.03 to 2.11 (tests/kernel/test_smp.py).
 
 So every umld process keeps one thread (the Keeper) that, every TICK,
 reads the cgroups of all machines beside its own (every umld process's

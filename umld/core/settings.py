@@ -365,10 +365,14 @@ SETTINGS: tuple[Setting, ...] = (
             apply=live.fixed_id, metavar="UID", shown_default="the caller's"),
     Setting("gid", Number(0, (1 << 32) - 2), "the guest's group id", live=True,
             apply=live.fixed_id, metavar="GID", shown_default="the caller's"),
-    Setting("vcpus", Number(1, 1024), "CPUs the guest sees", live=True, apply=live.set_vcpus,
+    Setting("vcpus", Number(1, 1024),
+            "the machine's CPUs: at most N CPUs' worth of time, a share of a busy host by N, "
+            "and what the guest sees (more than the host has is fine)",
+            live=True, apply=live.set_vcpus,
             metavar="N", shown_default="the host's"),
     Setting("memory", Size(1 << 20, 1 << 50, "1M", "1P"),
-            "memory the guest sees (/proc/meminfo); sizes its ramdisks", live=True,
+            "the machine's memory: its limit (swap included; the OOM killer acts inside), "
+            "what /proc/meminfo shows, and the size of its ramdisks", live=True,
             apply=live.set_memory, metavar="SIZE", shown_default="the host's"),
     Setting("trace", Choice("off", "syscalls"),
             "each trapped syscall as an event (every syscall with --trace)", default="off",
