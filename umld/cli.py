@@ -597,6 +597,11 @@ def entry() -> None:
     each `umld run` on this class of machine and does nothing useful
     once output is flushed."""
     code = main()
+    keeper = sys.modules.get("umld.core.cpushare")
+    if keeper is not None:
+        # Its thread must not be cut short in the middle of a pass (it
+        # would print a half traceback as the process ends).
+        keeper.KEEPER.stop()
     try:
         sys.stdout.flush()
         sys.stderr.flush()

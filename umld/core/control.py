@@ -149,7 +149,6 @@ class MachineControl:
                 kernel.oom_kills = files.cgroup.oom_kills
         if files.cgroup is not None:
             kernel.policy.cpus = files.cgroup.cpus
-        KEEPER.add(self)
 
     @property
     def policy(self) -> MachinePolicy:
@@ -210,6 +209,12 @@ class MachineControl:
         KEEPER.remove(self)
         if self._terminal is not None:
             self._terminal.close()
+
+    def started(self) -> None:
+        """The guest runs: from now cpushare's keeper keeps its usage
+        files fresh and its CPU share (not before: a start that fails
+        leaves no thread working on a machine that is not there)."""
+        KEEPER.add(self)
 
     def resources(self) -> dict[str, str]:
         """What the machine's cgroups count: cpu_seconds_total,

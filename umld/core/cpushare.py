@@ -39,6 +39,7 @@ charge) and /proc/stat (one line per guest CPU).
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -145,6 +146,16 @@ class Keeper:
         if cgroup is not None:
             with self._lock:
                 self._quota.pop(cgroup.paths[0], None)
+
+    def stop(self) -> None:
+        """Forget every machine and end the thread (at exit: a machine
+        whose start failed is never removed)."""
+        with self._lock:
+            self._machines.clear()
+            thread = self._thread
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2)
 
     def _run(self) -> None:
         while True:
@@ -303,3 +314,4 @@ def refresh_files(control: MachineControl) -> None:
 
 #: The keeper of this process.
 KEEPER = Keeper()
+atexit.register(KEEPER.stop)

@@ -595,6 +595,7 @@ class Host:
                 files.disks.start(tid)
             if terminal is not None:
                 terminal.start()
+            m.control.started()
         except BaseException:
             if terminal is not None:
                 terminal.close()
