@@ -163,6 +163,42 @@ def guest_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def read_available(path: str | os.PathLike[str]) -> str:
+    """What a stream file (a machine's ``events``) holds so far: it never
+    ends, so it is read non-blocking, up to EAGAIN."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def machine_cpu_usec(leaf: str) -> int:
+    """CPU time used by the machine whose cgroups match ``leaf`` (a glob of
+    umld-NAME-PID), from its own cgroup counters."""
+    import glob
+
+    for d in glob.glob(f"/sys/fs/cgroup/cpuacct/{leaf}") + glob.glob(
+        f"/sys/fs/cgroup/unified/{leaf}"
+    ):
+        acct = Path(d, "cpuacct.usage")
+        if acct.exists():
+            return int(acct.read_text()) // 1000
+        for line in Path(d, "cpu.stat").read_text().splitlines():
+            if line.startswith("usage_usec "):
+                return int(line.split()[1])
+    raise AssertionError(f"no cpu cgroup matches {leaf}")
+
+
 def live_pids_with(marker: str) -> list[int]:
     """Pids of live (non-zombie) processes whose argv[0] is ``marker``
     (guests are started with `exec -a MARKER`)."""

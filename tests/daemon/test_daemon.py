@@ -12,7 +12,6 @@ adds, so the tests do not depend on their order.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import User, live_pids_with
+from tests.conftest import User, live_pids_with, machine_cpu_usec
 
 ROOT = Path(__file__).resolve().parents[2]
 UMLD = [sys.executable, "-m", "umld"]
@@ -1196,17 +1195,7 @@ SHARE1, SHARE2 = N("share1"), N("share2")
 
 
 def _machine_cpu_usec(name: str) -> int:
-    """CPU time a daemon's machine has used, from its own cgroup."""
-    for d in glob.glob(f"/sys/fs/cgroup/cpuacct/umld-{name}-*") + glob.glob(
-        f"/sys/fs/cgroup/unified/umld-{name}-*"
-    ):
-        acct = Path(d, "cpuacct.usage")
-        if acct.exists():
-            return int(acct.read_text()) // 1000
-        for line in Path(d, "cpu.stat").read_text().splitlines():
-            if line.startswith("usage_usec "):
-                return int(line.split()[1])
-    raise AssertionError(f"no cpu cgroup for machine {name}")
+    return machine_cpu_usec(f"umld-{name}-*")
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import ROOT, User, live_pids_with, umld_argv
+from tests.conftest import ROOT, User, live_pids_with, read_available, umld_argv
 
 pytestmark = [pytest.mark.uses_fuse, pytest.mark.uses_ptrace]
 
@@ -173,24 +173,7 @@ class Live:
 
     def events(self) -> str:
         """The event stream so far (read non-blocking up to its end)."""
-
-        def go() -> bytes:
-            fd = os.open(self.path("events"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            chunks = []
-            try:
-                while True:
-                    try:
-                        chunk = os.read(fd, 1 << 16)
-                    except BlockingIOError:
-                        break
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-            finally:
-                os.close(fd)
-            return b"".join(chunks)
-
-        return timed(go, "reading events").decode(errors="replace")
+        return timed(lambda: read_available(self.path("events")), "reading events")
 
     def pid_of(self, needle: bytes) -> int:
         """The guest pid of the process whose command line contains ``needle``."""

@@ -5,8 +5,6 @@ OOM events.  CPU time is read from the machines' own cgroup counters
 
 from __future__ import annotations
 
-import glob
-import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,7 +13,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.conftest import User, run, umld_argv
+from tests.conftest import User, machine_cpu_usec, read_available, run, umld_argv
 
 pytestmark = pytest.mark.uses_ptrace
 T = TypeVar("T")
@@ -54,36 +52,12 @@ def wait_for(pred: Callable[[], T], what: str, timeout: float = 20.0) -> T:
 
 
 def events_so_far(mnt: Path) -> str:
-    """The machine's event stream up to now (it never ends: read it
-    non-blocking, up to EAGAIN)."""
-    fd = os.open(mnt / "events", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    chunks = []
-    try:
-        while True:
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode(errors="replace")
+    return read_available(mnt / "events")
 
 
 def usage_usec(umld_pid: int) -> int:
     """CPU time the machine of ``umld run`` (pid) has used, from its cgroup."""
-    for d in glob.glob(f"/sys/fs/cgroup/cpuacct/umld-*-{umld_pid}") + glob.glob(
-        f"/sys/fs/cgroup/unified/umld-*-{umld_pid}"
-    ):
-        acct = Path(d, "cpuacct.usage")
-        if acct.exists():
-            return int(acct.read_text()) // 1000
-        for line in Path(d, "cpu.stat").read_text().splitlines():
-            if line.startswith("usage_usec "):
-                return int(line.split()[1])
-    raise AssertionError(f"no cpu cgroup for umld {umld_pid}")
+    return machine_cpu_usec(f"umld-*-{umld_pid}")
 
 
 def busy_machine(argv: list[str], threads: int, secs: float) -> subprocess.Popen[str]:
