@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,18 @@ def read_available(path: str | os.PathLike[str]) -> str:
     finally:
         os.close(fd)
     return b"".join(chunks).decode(errors="replace")
+
+
+def wait_written(counter: Path, files: int) -> None:
+    """Until a guest's writer loop says (in a file it rewrites) that it has
+    written ``files`` files."""
+    deadline = time.monotonic() + 30
+    while True:
+        text = counter.read_text().strip() if counter.exists() else ""
+        if text.isdigit() and int(text) >= files:
+            return
+        assert time.monotonic() < deadline, f"the writer wrote {text or 'nothing'}"
+        time.sleep(0.02)
 
 
 def machine_cpu_usec(leaf: str) -> int:

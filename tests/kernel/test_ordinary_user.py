@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Result, User, live_pids_with, run
+from tests.conftest import ROOT, Result, User, live_pids_with, run, wait_written
 from tests.kernel.test_sandbox import (
     DIRFD_PROBE,
     FSTYPE,
@@ -481,10 +481,12 @@ def test_disk_image_of_an_ordinary_user_survives_sigkill_of_umld(
     writer = (
         f"exec -a {no_strays} sh -c 'i=0; while :; do "
         "head -c 262144 /dev/urandom > /tmp/data/f$((i % 50)); "
-        "mkdir -p /tmp/data/d$((i % 7)); i=$((i + 1)); done'"
+        "mkdir -p /tmp/data/d$((i % 7)); i=$((i + 1)); echo $i > /progress/n; done'"
     )
+    progress = owned_dir(ordinary_user, home / "progress")
+    disk = f"--disk={image}:/tmp/data:size=64M"
     p = subprocess.Popen(
-        [*umld_as(ordinary_user, "c", f"--disk={image}:/tmp/data:size=64M"), "bash", "-c", writer],
+        [*umld_as(ordinary_user, "c", disk, f"--bind={progress}:/progress"), "bash", "-c", writer],
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
@@ -492,7 +494,7 @@ def test_disk_image_of_an_ordinary_user_survives_sigkill_of_umld(
     while not live_pids_with(no_strays):
         assert p.poll() is None and time.monotonic() < deadline, "guest did not start"
         time.sleep(0.02)
-    time.sleep(0.7)  # writing, mid-file
+    wait_written(progress / "n", 10)  # killed while it writes, mid-file
     assert fuse2fs_of(image)
     p.kill()
     p.wait(10)

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.conftest import Result, live_pids_with, run, umld_argv
+from tests.conftest import Result, live_pids_with, run, umld_argv, wait_written
 
 pytestmark = pytest.mark.uses_ptrace
 
@@ -412,10 +412,13 @@ def test_disk_image_survives_sigkill_of_umld(tmp_path: Path, no_strays: str) -> 
     writer = (
         f"exec -a {no_strays} sh -c 'i=0; while :; do "
         "head -c 262144 /dev/urandom > /tmp/data/f$((i % 50)); "
-        "mkdir -p /tmp/data/d$((i % 7)); i=$((i + 1)); done'"
+        "mkdir -p /tmp/data/d$((i % 7)); i=$((i + 1)); echo $i > /progress/n; done'"
     )
+    progress = tmp_path / "progress"
+    progress.mkdir()
+    disk = f"--disk={image}:/tmp/data:size=64M"
     p = subprocess.Popen(
-        [*umld_argv("c", f"--disk={image}:/tmp/data:size=64M"), "bash", "-c", writer],
+        [*umld_argv("c", disk, f"--bind={progress}:/progress"), "bash", "-c", writer],
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
@@ -423,7 +426,7 @@ def test_disk_image_survives_sigkill_of_umld(tmp_path: Path, no_strays: str) -> 
     while not live_pids_with(no_strays):
         assert time.monotonic() < deadline, "guest did not start"
         time.sleep(0.02)
-    time.sleep(0.7)  # writing, mid-file
+    wait_written(progress / "n", 10)  # killed while it writes, mid-file
     p.kill()
     p.wait(10)
     deadline = time.monotonic() + 10
