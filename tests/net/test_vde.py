@@ -290,11 +290,13 @@ def test_unplug_and_the_plug_ends_with_the_machine(
     sw = switch("lan")
     a, b, c = netns(), netns(), netns()
     a.attach(sw.path, "10.201.2.1/24")
-    lb = b.attach(sw.path, "10.201.2.2/24")
+    lb = b.attach(sw.path, "10.201.2.2/24", vde.mac_for("b"))
     lc = c.attach(sw.path, "10.201.2.3/24")
     ping(a, "10.201.2.2")
     lb.close()
     assert not lb.alive
+    assert "vde0" not in b.run("ip", "-o", "link").stdout
+    lb.close()  # idempotent
     r = a.run("ping", "-c", "1", "-W", "1", "10.201.2.2")
     assert r.returncode != 0, "unplugged, yet it answers"
     # The machine ends: its plug (which lives in its namespace) goes too.
@@ -304,7 +306,10 @@ def test_unplug_and_the_plug_ends_with_the_machine(
     c.proc.wait()
     wait_until(lambda: not lc.alive, 10, "the keeper to end")
     wait_until(lambda: not _plugs_of(c.pid), 10, "the plug to end with the machine")
-    ping(a, "10.201.2.1")  # the switch and the others go on
+    # The same name plugs in again (with the same MAC, which a's neighbour
+    # table still holds); the switch and the others went on.
+    b.attach(sw.path, "10.201.2.2/24", vde.mac_for("b"))
+    ping(a, "10.201.2.2")
 
 
 def _plugs_of(pid: int) -> list[int]:
@@ -613,3 +618,21 @@ def test_switch_create_ls_connect_rm_through_a_daemon(
 def _pids_of(pattern: str) -> list[int]:
     r = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
     return [int(p) for p in r.stdout.split()]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("frob",), ("create",), ("rm", "x", "--", "true"), ("ls", "x"), ("connect", "x")],
+    ids=lambda a: "-".join(a),
+)
+def test_switch_usage_errors_are_one_line_and_its_usage(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    r = subprocess.run(
+        [PY, "-m", "umld", "switch", "--mount", str(tmp_path / "none"), *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=30, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2, r
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("umld: "), r.stderr
+    assert lines[1].startswith("usage: umld switch {create NAME | ls | rm NAME | connect"), lines

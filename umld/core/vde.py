@@ -235,14 +235,15 @@ class VdeLink:
     address: str | None
     keeper: subprocess.Popen[bytes] = field(repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _removed: bool = field(default=False, repr=False)
 
     @property
     def alive(self) -> bool:
         return self.keeper.poll() is None
 
     def close(self) -> None:
-        """Unplug: end the plug (the interface stays, without carrier,
-        until the machine's namespace ends).  Idempotent."""
+        """Unplug: end the plug and remove the interface (so that the same
+        name can be plugged again).  Idempotent."""
         with self._lock:
             if self.keeper.poll() is None:
                 self.keeper.terminate()
@@ -253,6 +254,12 @@ class VdeLink:
                     self.keeper.wait()
             if self.keeper.stderr is not None:
                 self.keeper.stderr.close()
+            if not self._removed:
+                self._removed = True
+                # Best effort: the machine may have ended, and its
+                # namespace with the interface.
+                with contextlib.suppress(VdeError):
+                    _ip(self.pid, [f"link del dev {self.name}"])
 
 
 def attach(
