@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -332,6 +333,13 @@ def test_errors_are_one_line(
         vde.attach(a.pid, sw, address="10.0.0.300/24", mac=None)
     with pytest.raises(vde.UsageError, match="multicast"):
         vde.attach(a.pid, sw, address=None, mac="01:00:5e:00:00:01")
+    # A switch that died and left its directory: vde_plug's own complaint.
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(dead / "ctl"))
+    with pytest.raises(vde.VdeError, match=r"^umld: cannot plug into VDE switch .*dead: .*refused"):
+        vde.attach(a.pid, str(dead), address=None, mac=None)
     with pytest.raises(vde.UsageError, match="bad interface name"):
         vde.attach(a.pid, sw, address=None, mac=None, name="a b")
     with pytest.raises(vde.VdeError, match=r"no switch named 'nosuch' in the daemon at"):
@@ -481,6 +489,11 @@ try:
     print("root's switch: plugged", flush=True)
 except vde.VdeError as exc:
     print("root's switch:", exc, flush=True)
+try:
+    vde.attach(int(sys.argv[3]), path, address=None, mac=None)
+    print("root's namespace: plugged", flush=True)
+except vde.VdeError as exc:
+    print("root's namespace:", exc, flush=True)
 for link in links:
     link.close()
 for p in ps:
@@ -491,11 +504,13 @@ sws.close()
 
 
 def test_ordinary_user_plugs_its_machines_not_into_roots_switch(
-    ordinary_user: User, switch: Callable[..., Switch]
+    ordinary_user: User, switch: Callable[..., Switch], netns: Callable[[], Netns]
 ) -> None:
     roots = switch("roots")
+    root_ns = netns()
+    script = [PY, "-c", USER_SCRIPT, str(ordinary_user.work / "d"), roots.path, str(root_ns.pid)]
     r = subprocess.run(
-        ordinary_user.argv([PY, "-c", USER_SCRIPT, str(ordinary_user.work / "d"), roots.path]),
+        ordinary_user.argv(script),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -505,6 +520,11 @@ def test_ordinary_user_plugs_its_machines_not_into_roots_switch(
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ping 0" in r.stdout, r.stdout + r.stderr
     assert f"root's switch: umld: VDE switch {roots.path}: permission denied" in r.stdout
+    assert (
+        f"root's namespace: umld: process {root_ns.pid}'s network namespace: permission denied"
+        in r.stdout
+    ), r.stdout
+    assert "vde0" not in root_ns.run("ip", "-o", "link").stdout
 
 
 # -- the machine setting --------------------------------------------------------

@@ -64,6 +64,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import IO
 
 from umld.errors import UmldError, UsageError, get_logger
 
@@ -192,7 +193,11 @@ def _entry(pid: int) -> Iterator[tuple[list[str], tuple[int, ...]]]:
     try:
         words = [nsenter, f"--net=/proc/self/fd/{netfd}"]
         if not _initial_root():
-            owner = fcntl.ioctl(netfd, NS_GET_USERNS)
+            try:
+                owner = fcntl.ioctl(netfd, NS_GET_USERNS)
+            except OSError as exc:
+                # EPERM: its owner is not in our user namespace's subtree.
+                raise VdeError(f"umld: process {pid}'s network namespace: {exc.strerror}") from None
             fds.append(owner)
             if os.fstat(owner).st_ino != os.stat("/proc/self/ns/user").st_ino:
                 words[1:1] = [f"--user=/proc/self/fd/{owner}", "--preserve-credentials"]
@@ -252,8 +257,6 @@ class VdeLink:
                 except subprocess.TimeoutExpired:
                     self.keeper.kill()
                     self.keeper.wait()
-            if self.keeper.stderr is not None:
-                self.keeper.stderr.close()
             if not self._removed:
                 self._removed = True
                 # Best effort: the machine may have ended, and its
@@ -295,7 +298,9 @@ def attach(
     commands += [f"link set dev {name} up", "link set dev lo up"]
     _ip(pid, commands)
     try:
-        with _entry(pid) as (words, fds):
+        # The plug's complaints go to a file: a pipe nobody reads once it
+        # runs could fill and stop it.
+        with _entry(pid) as (words, fds), tempfile.TemporaryFile() as errors:
             keeper = subprocess.Popen(
                 [
                     sys.executable,
@@ -313,12 +318,12 @@ def attach(
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                stderr=errors,
                 pass_fds=fds,
                 start_new_session=True,
             )
-        link = VdeLink(pid, switch, name, mac or "", address, keeper)
-        _wait_connected(link)
+            link = VdeLink(pid, switch, name, mac or "", address, keeper)
+            _wait_connected(link, errors)
     except BaseException:
         with contextlib.suppress(VdeError):
             _ip(pid, [f"link del dev {name}"])
@@ -334,7 +339,7 @@ def _mac_of(pid: int, name: str) -> str:
     return found.group(1) if found else ""
 
 
-def _wait_connected(link: VdeLink) -> None:
+def _wait_connected(link: VdeLink, errors: IO[bytes]) -> None:
     """Until the tap has a carrier (tuntap sets it when a descriptor is
     attached; vde_plug opens its first VNL, the switch, before the tap)
     or the plug has failed (its one-line complaint)."""
@@ -342,7 +347,8 @@ def _wait_connected(link: VdeLink) -> None:
     delay = 0.002
     while True:
         if link.keeper.poll() is not None:
-            err = link.keeper.stderr.read().decode(errors="replace") if link.keeper.stderr else ""
+            errors.seek(0)
+            err = errors.read().decode(errors="replace")
             why = (err.strip().splitlines() or [f"exit status {link.keeper.returncode}"])[-1]
             raise VdeError(f"umld: cannot plug into VDE switch {link.switch}: {why}")
         try:
