@@ -375,15 +375,9 @@ def test_resolve_names_and_paths(switch: Callable[..., Switch], tmp_path: Path) 
 # -- across hosts -------------------------------------------------------------
 
 
-def test_across_hosts_frames_never_on_the_hosts_ethernet(
-    netns: Callable[[], Netns], switch: Callable[..., Switch], tmp_path: Path
-) -> None:
-    """Two "hosts" (namespaces joined by a veth pair) with a switch each,
-    joined by vde_plug over a TCP stream (socat) across the veth; a
-    machine on each switch.  A capture on the hosts' veth sees the
-    stream, never a frame of the machines' MACs."""
-    if shutil.which("socat") is None or shutil.which("tcpdump") is None:
-        pytest.skip("socat and tcpdump are needed (make install installs them)")
+def two_hosts(netns: Callable[[], Netns]) -> tuple[Netns, Netns]:
+    """Two namespaces standing for two hosts, joined by a veth pair
+    (vethA 192.168.201.1, vethB 192.168.201.2): their Ethernet."""
     host_a, host_b = netns(), netns()
     r = host_a.run(
         "ip", "link", "add", "vethA", "type", "veth", "peer", "name", "vethB",
@@ -394,6 +388,19 @@ def test_across_hosts_frames_never_on_the_hosts_ethernet(
         assert h.run("ip", "addr", "add", f"{ip}/24", "dev", dev).returncode == 0
         assert h.run("ip", "link", "set", dev, "up").returncode == 0
     ping(host_a, "192.168.201.2")
+    return host_a, host_b
+
+
+def test_across_hosts_frames_never_on_the_hosts_ethernet(
+    netns: Callable[[], Netns], switch: Callable[..., Switch], tmp_path: Path
+) -> None:
+    """Two "hosts" (namespaces joined by a veth pair) with a switch each,
+    joined by vde_plug over a TCP stream (socat) across the veth; a
+    machine on each switch.  A capture on the hosts' veth sees the
+    stream, never a frame of the machines' MACs."""
+    if shutil.which("socat") is None or shutil.which("tcpdump") is None:
+        pytest.skip("socat and tcpdump are needed (make install installs them)")
+    host_a, host_b = two_hosts(netns)
     sw_a, sw_b = switch("swA", inside=host_a), switch("swB", inside=host_b)
     m_a, m_b = netns(), netns()
     mac_a, mac_b = vde.mac_for("machine-a"), vde.mac_for("machine-b")
@@ -656,3 +663,65 @@ def test_switch_usage_errors_are_one_line_and_its_usage(
     lines = r.stderr.splitlines()
     assert len(lines) == 2 and lines[0].startswith("umld: "), r.stderr
     assert lines[1].startswith("usage: umld switch {create NAME | ls | rm NAME | connect"), lines
+
+
+@pytest.mark.uses_fuse
+@pytest.mark.uses_ptrace
+def test_two_daemons_on_two_hosts_joined_by_switch_connect(
+    netns: Callable[[], Netns], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's across-hosts case with the daemons: one daemon in each
+    host's namespace, a switch each (`umld switch create`), joined by
+    `umld switch connect lan -- socat - TCP:HOSTB:PORT` (what ssh does in
+    real use); a machine on each switch pings the other."""
+    from tests.daemon import test_daemon as td
+
+    reason = td._unavailable()
+    if reason is not None:
+        pytest.skip(f"no umld daemon here: {reason}")
+    if shutil.which("socat") is None:
+        pytest.skip("socat is needed (make install installs it)")
+    host_a, host_b = two_hosts(netns)
+    daemons: list[td.Daemon] = []
+    listener = None
+    umld = list(td.UMLD)
+    try:
+        for host, name in ((host_a, "a"), (host_b, "b")):
+            # The daemon (and its clients) run in the host's namespace.
+            monkeypatch.setattr(td, "UMLD", host.argv(*umld))
+            (tmp_path / name).mkdir()
+            daemons.append(td.start_daemon(tmp_path / name))
+            r = daemons[-1].umld("switch", "create", "lan")
+            assert r.returncode == 0, r.stderr
+        for d, host in zip(daemons, (host_a, host_b), strict=True):
+            netns_of = os.readlink(f"/proc/{d.proc.pid}/ns/net")
+            assert netns_of == os.readlink(f"/proc/{host.pid}/ns/net")
+        lan_a, lan_b = (vde.resolve("lan", mount=str(d.mount)) for d in daemons)
+        listener = host_b.popen(
+            "socat", "TCP-LISTEN:5004,bind=192.168.201.2,reuseaddr",
+            f"EXEC:vde_plug {lan_b}", stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(lambda: ":5004" in host_b.run("ss", "-ltn").stdout, 10, "host B's listener")
+        r = daemons[0].umld(
+            "switch", "connect", "lan", "--", "socat", "-", "TCP:192.168.201.2:5004"
+        )
+        assert r.returncode == 0, r.stderr
+        m_a, m_b = netns(), netns()
+        m_a.attach(lan_a, "10.201.7.1/24", vde.mac_for("da"))
+        m_b.attach(lan_b, "10.201.7.2/24", vde.mac_for("db"))
+        wait_until(
+            lambda: m_a.run("ping", "-c", "1", "-W", "1", "10.201.7.2").returncode == 0,
+            20,
+            "a ping across the two daemons' switches",
+        )
+        ping(m_b, "10.201.7.1")
+        assert (
+            "connect\tup\tsocat - TCP:192.168.201.2:5004" in daemons[0].umld("switch", "ls").stdout
+        )
+        transfer(m_a, m_b, "10.201.7.2", 10 * MIB)
+    finally:
+        if listener is not None:
+            listener.terminate()
+            listener.wait()
+        for d in daemons:
+            td.stop_daemon(d)
