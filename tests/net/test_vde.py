@@ -725,3 +725,4 @@ def test_two_daemons_on_two_hosts_joined_by_switch_connect(
             listener.wait()
         for d in daemons:
             td.stop_daemon(d)
+    assert not os.path.exists(vde.switches_dir(str(daemons[0].mount)))

@@ -538,6 +538,8 @@ class Switches:
             for sw in self._switches.values():
                 self._end(sw)
             self._switches.clear()
+            with contextlib.suppress(OSError):
+                os.rmdir(self.dir)  # when empty: nothing of ours is left
 
     def _get(self, name: str) -> _Switch:
         sw = self._switches.get(name)
