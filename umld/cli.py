@@ -159,6 +159,20 @@ def _parser() -> _Parser:
     top.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
     top.add_argument("--once", action="store_true", help="print one frame and exit")
 
+    sw = sub.add_parser(
+        "switch",
+        help="the daemon's VDE switches: create, ls, connect, rm",
+        usage="umld switch {create NAME | ls | rm NAME | connect NAME -- CMD...} [--mount DIR]",
+        description="VDE switches (vde_switch) the daemon owns, at DIR.switch/NAME beside its "
+        "export; a machine joins one with --net vde:NAME.  `connect` joins a switch to another "
+        "through a command whose standard input and output carry its frames, e.g. "
+        "`umld switch connect lan -- ssh HOST vde_plug vde:///run/umld/daemon.switch/lan`.",
+    )
+    sw.add_argument("action", choices=("create", "ls", "rm", "connect"))
+    sw.add_argument("name", metavar="NAME", nargs="?")
+    with_mount(sw)
+    sw.add_argument("command", nargs="*", help="after --: connect's command")
+
     syscalls = sub.add_parser(
         "syscalls", help="list the syscall table (what traps, what is emulated or denied)"
     )
@@ -456,6 +470,8 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
         return client.logs(mount, args.name, args.follow)
     if args.cmd == "diff":
         return client.diff(args.name, args.mount)
+    if args.cmd == "switch":
+        return _cmd_switch(args, mount)
     if args.cmd == "top":
         from umld import top
 
@@ -486,6 +502,38 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
             "restart": args.restart,
         },
     )
+    return 0
+
+
+def _cmd_switch(args: argparse.Namespace, mount: str) -> int:
+    from umld import client
+
+    command = list(args.command)
+    if args.action == "ls":
+        if args.name or command:
+            raise UsageError("umld switch ls takes no NAME")
+        rows = client.call(mount, {"op": "switch", "action": "ls"})["switches"]
+        for row in rows:
+            print(f"{row['name']}\t{row['state']}\t{row['path']}")
+            for c in row["connections"]:
+                print(f"  connect\t{c['state']}\t{c['command']}")
+        return 0
+    if not args.name:
+        raise UsageError(f"umld switch {args.action} needs a NAME")
+    if args.action == "connect" and not command:
+        raise UsageError("missing command (usage: umld switch connect NAME -- CMD [ARGS...])")
+    if args.action != "connect" and command:
+        raise UsageError(f"umld switch {args.action} takes no command")
+    if args.action == "create":
+        from umld.core.vde import check_name
+
+        check_name(args.name)
+    req: dict[str, Any] = {"op": "switch", "action": args.action, "name": args.name}
+    if command:
+        req["argv"] = command
+    reply = client.call(mount, req)
+    if args.action == "create":
+        print(reply["path"])
     return 0
 
 
@@ -536,6 +584,7 @@ USAGES = {
     "logs": "umld logs NAME [--mount DIR] [-f]",
     "diff": "umld diff [NAME] [--mount DIR]",
     "top": "umld top [--mount DIR] [--interval S] [--once]",
+    "switch": "umld switch {create NAME | ls | rm NAME | connect NAME -- CMD...} [--mount DIR]",
     "attach": "umld attach [NAME] [--mount DIR]",
     "syscalls": "umld syscalls [--trapped] [--abi x86_64|i386] [--format table|markdown] [--check]",
 }
@@ -546,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         words = list(sys.argv[1:] if argv is None else argv)
         tail: list[str] | None = None
-        if words and words[0] in ("start", "exec") and "--" in words:
+        if words and words[0] in ("start", "exec", "switch") and "--" in words:
             # Options may follow NAME; the command is what follows "--".
             cut = words.index("--")
             words, tail = words[:cut], words[cut + 1 :]
@@ -566,7 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from umld import attach
 
             return attach.main(args.name, args.mount)
-        if args.cmd in ("daemon", "start", "stop", "ls", "exec", "logs", "top", "diff"):
+        if args.cmd in ("daemon", "start", "stop", "ls", "exec", "logs", "top", "diff", "switch"):
             return _cmd_daemon(args)
         parser.print_usage(sys.stderr)
         return 2

@@ -168,6 +168,10 @@ class Daemon:
         self.exports: dict[int, Any] = {}
         self.events: dict[str, Any] = {}
         self.stopping = False
+        from umld.core.vde import Switches
+
+        #: The VDE switches it owns (``umld switch``).
+        self.switches = Switches(self.mount)
         self.token: trio.lowlevel.TrioToken | None = None
         self._restart_send: trio.MemorySendChannel[str] | None = None
 
@@ -472,8 +476,35 @@ class Daemon:
             await _send(sock, {"ok": True, "returncode": m.returncode})
         elif op == "exec":
             await self._exec(sock, name, req, fds)
+        elif op == "switch":
+            await self._switch(sock, name, req)
         else:
             await _send(sock, {"error": f"unknown operation {op!r}"})
+
+    async def _switch(self, sock: Any, name: str, req: dict[str, Any]) -> None:
+        """``umld switch create|ls|rm|connect``: the VDE switches we own
+        (umld.core.vde.Switches)."""
+        action = req.get("action")
+        try:
+            if action == "ls":
+                await _send(sock, {"ok": True, "switches": self.switches.table()})
+                return
+            if action == "create":
+                path = await trio.to_thread.run_sync(self.switches.create, name)
+                await _send(sock, {"ok": True, "path": path})
+                return
+            if action == "rm":
+                await trio.to_thread.run_sync(self.switches.remove, name)
+            elif action == "connect":
+                argv = [str(a) for a in req.get("argv") or []]
+                await trio.to_thread.run_sync(self.switches.connect, name, argv)
+            else:
+                await _send(sock, {"error": f"unknown switch action {action!r}"})
+                return
+        except UmldError as exc:
+            await _send(sock, {"error": str(exc).removeprefix("umld: ")})
+            return
+        await _send(sock, {"ok": True})
 
     async def _exec(self, sock: Any, name: str, req: dict[str, Any], fds: list[int]) -> None:
         m = self.host.machines.get(name)
@@ -587,6 +618,7 @@ class Daemon:
                     sd_notify("STOPPING=1")
                     self.stopping = True
                     await trio.to_thread.run_sync(self.host.close)
+                    await trio.to_thread.run_sync(self.switches.close)
                     nursery.cancel_scope.cancel()
                     break
 
@@ -663,6 +695,7 @@ def main(
         if failure is None:
             raise
         daemon.host.close(grace=2)
+        daemon.switches.close()
         raise failure from None
     return 0
 
