@@ -54,6 +54,7 @@ namespace's interfaces) while it is still in the machine's namespace.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -72,6 +73,9 @@ if TYPE_CHECKING:
     from umld.core.control import MachineControl
 
 log = get_logger("umld.net")
+
+#: ioctl_ns(2): the parent of a user namespace (_IO(0xb7, 0x2)).
+NS_GET_PARENT = 0xB702
 
 #: Seconds pasta (or slirp4netns) has to configure the namespace.
 START_TIMEOUT = 20.0
@@ -247,14 +251,13 @@ class MachineNet:
         self.pid: int | None = None
         self._netns: int | None = None
         self._userns: int | None = None
+        self._admin: int | None = None
         self._helper: subprocess.Popen[bytes] | None = None
         self._vde_link: Any = None
         self._ended = threading.Event()
         self.ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        #: Default routes taken down with the link, put back when it is up.
-        self._routes: list[list[str]] = []
 
     # -- start ---------------------------------------------------------------------
 
@@ -326,6 +329,14 @@ class MachineNet:
         try:
             self._netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             self._userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+            if not _initial_root():
+                # The stage's user namespace, the parent of the guest's: our
+                # uid 0 there keeps its capabilities across execve(2) (the
+                # guest's maps only the guest's uid), and as that namespace's
+                # owner's process in its parent, it has them all in the
+                # guest's, which owns the network namespace
+                # (user_namespaces(7), ioctl_ns(2) NS_GET_PARENT).
+                self._admin = fcntl.ioctl(self._userns, NS_GET_PARENT)
         except OSError as exc:
             raise UmldError(f"umld: the machine's network namespace: {exc.strerror}") from None
         if self.mode == "user":
@@ -533,11 +544,11 @@ class MachineNet:
         if self._vde_link is not None:
             with contextlib.suppress(Exception):
                 self._vde_link.close()
-        for fd in (self._netns, self._userns):
+        for fd in (self._netns, self._userns, self._admin):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._netns = self._userns = None
+        self._netns = self._userns = self._admin = None
         self._ours.close()
 
     def initial(self, *, link: str | None = None, address: str | None = None) -> None:
@@ -558,17 +569,19 @@ class MachineNet:
 
     def _inside(self, argv: list[str], *, check: bool = True) -> str:
         """``argv`` run in the machine's network namespace: nsenter(1) on
-        the kept descriptors, the owner user namespace first (CAP_NET_ADMIN
-        there), our own credentials kept."""
+        the kept descriptors; an ordinary user's as uid 0 of the stage's
+        user namespace (see _connect), root's as itself."""
         with self._lock:
-            net, user = self._netns, self._userns
-            if net is None or user is None:
+            net = self._netns
+            if net is None:
                 raise NetError("the machine's network is not up")
             words = [_which("nsenter") or "nsenter"]
             fds: tuple[int, ...] = (net,)
-            if not _initial_root():
-                words += [f"--user=/proc/self/fd/{user}", "--preserve-credentials"]
-                fds = (net, user)
+            if self._admin is not None:
+                # Our uid is that namespace's 0 already (its map), and it
+                # denies setgroups(2), which nsenter would call otherwise.
+                words += [f"--user=/proc/self/fd/{self._admin}", "--preserve-credentials"]
+                fds = (net, self._admin)
             words += [f"--net=/proc/self/fd/{net}", "--", *argv]
             proc = subprocess.run(
                 words, pass_fds=fds, capture_output=True, stdin=subprocess.DEVNULL, timeout=30
@@ -596,35 +609,21 @@ class MachineNet:
                 Interface(
                     str(link.get("ifname", "?")),
                     str(link.get("address", "")),
-                    str(link.get("operstate", "UNKNOWN")),
+                    _state(link),
                     addrs,
                 )
             )
         return out
 
     def set_link(self, state: str) -> None:
-        """The interface up or down, as ``ip link set`` does; the default
-        routes the kernel drops with a link that goes down come back with
-        it (and the IPv6 addresses stay: keep_addr_on_down)."""
+        """The interface's carrier off or on (``ip link set carrier``,
+        the cable pulled): the guest sees NO-CARRIER and its frames go
+        nowhere, its routes and addresses stay.  Not the administrative
+        state: pasta writes to its tap all the time, a write to a tap that
+        is down fails (EIO) and this pasta then tries to reopen its tap
+        and exits."""
         name = self.interface()
-        if state == "down":
-            routes = []
-            for family in ("-4", "-6"):
-                for r in json.loads(self._ip(family, "-j", "route", "show", "default") or "[]"):
-                    if r.get("gateway") and r.get("dev") == name:
-                        routes.append([family, "route", "replace", "default", "via",
-                                       r["gateway"], "dev", name, "onlink"])  # fmt: skip
-            self._routes = routes
-            self._inside(
-                ["sh", "-c", f"echo 1 > /proc/sys/net/ipv6/conf/{name}/keep_addr_on_down"],
-                check=False,
-            )
-            self._ip("link", "set", "dev", name, "down")
-        else:
-            self._ip("link", "set", "dev", name, "up")
-            for route in self._routes:
-                self._ip(*route, check=False)
-            self._routes = []
+        self._ip("link", "set", "dev", name, "carrier", "off" if state == "down" else "on")
 
     def set_address(self, cidr: str) -> None:
         """The interface's address of that family replaced by ``cidr``; the
@@ -657,6 +656,15 @@ class MachineNet:
         except (OSError, NetError, subprocess.SubprocessError):
             return {}
         return parse_net_dev(text)
+
+
+def _state(link: dict[str, Any]) -> str:
+    """UP, or DOWN when the interface is down or has no carrier (its flags:
+    the operstate follows a carrier change only later, linkwatch)."""
+    flags = link.get("flags", ())
+    if link.get("ifname") == "lo":
+        return "UP" if "UP" in flags else "DOWN"
+    return "UP" if "UP" in flags and "LOWER_UP" in flags else "DOWN"
 
 
 def parse_net_dev(text: str) -> dict[str, Counters]:

@@ -455,8 +455,8 @@ SETTINGS: tuple[Setting, ...] = (
             live=True, apply=net.set_address, metavar="CIDR",
             shown_default="the host's (pasta), none (vde)"),
     Setting("net/link", Choice("up", "down"),
-            "the guest's interface up or down (down: its traffic stalls)", default="up",
-            live=True, apply=net.set_link),
+            "the guest's interface's carrier: `down` pulls the cable (its traffic stalls)",
+            default="up", live=True, apply=net.set_link),
     Setting("limits/nproc", Limit(), "processes and threads of the machine", default=4096,
             live=True, apply=live.set_nproc, metavar="N"),
     Setting("limits/nofile", Limit(), "open files per process", live=True,
@@ -611,7 +611,7 @@ def markdown(rows: Iterable[Setting] = SETTINGS) -> str:
         option = f"`{row.option}`" if row.start else "(live only)"
         toml = f"`{row.toml_key}`" if row.start else ""
         if row.start and any(k.startswith(row.key + "/") for k in BY_KEY):
-            toml += f" or `[{row.key}] mode`"
+            toml += f" or `[{row.key}] mode`"  # TOML has no key that is also a table
         default = row.shown_default or (
             "none" if row.default in (None, ()) else row.text(row.default)
         )
