@@ -182,3 +182,20 @@ def test_without_pasta_slirp4netns_or_one_line(internet: Internet, tmp_path: Pat
     r = subprocess.run([*umld(), *curl], capture_output=True, text=True, env=env, timeout=60)
     assert (r.returncode, r.stdout) == (0, "hello from the internet\n"), r.stderr
     assert len(r.stderr.splitlines()) == 1 and "slirp4netns" in r.stderr
+
+
+def test_the_guests_root_configures_its_own_interfaces_only(who: User | None) -> None:
+    """The namespace is the guest's user namespace's: its root changes its
+    own interfaces (an address on its lo), which the host never shows;
+    with --net host the same is refused (EPERM: the host's namespace)."""
+    addr = "10.233.44.55"
+    script = f"ip addr add {addr}/32 dev lo && ip -o addr show dev lo | grep -c {addr}"
+    r = run([*umld("--uid=0", who=who), "sh", "-c", script])
+    assert (r.returncode, r.stdout.strip()) == (0, "1"), r.stderr
+    host = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True)
+    assert addr not in host.stdout
+    r = run([*umld("--uid=0", "--net=host", who=who), "ip", "addr", "add", f"{addr}/32",
+             "dev", "lo"])  # fmt: skip
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr, r.stderr
+    host = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True)
+    assert addr not in host.stdout
