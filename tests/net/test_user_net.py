@@ -199,3 +199,18 @@ def test_the_guests_root_configures_its_own_interfaces_only(who: User | None) ->
     assert r.returncode != 0 and "Operation not permitted" in r.stderr, r.stderr
     host = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True)
     assert addr not in host.stdout
+
+
+def test_a_process_started_in_the_machine_joins_its_network() -> None:
+    """umld exec / the API's run (umld-sandbox enter) joins the machine's
+    network namespace, not umld's."""
+    import umld
+
+    with umld.machine(umld.Config(net="none")) as m:
+        r = m.run(["readlink", "/proc/self/ns/net"], capture_output=True)
+        assert r.returncode == 0 and r.stdout is not None
+        assert r.stdout.decode().strip() != os.readlink("/proc/self/ns/net")
+        r = m.run(["ip", "-o", "link"], capture_output=True)
+        assert r.stdout is not None and [
+            ln.split()[1] for ln in r.stdout.decode().splitlines()
+        ] == ["lo:"]
