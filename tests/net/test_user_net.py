@@ -214,3 +214,48 @@ def test_a_process_started_in_the_machine_joins_its_network() -> None:
         assert r.stdout is not None and [
             ln.split()[1] for ln in r.stdout.decode().splitlines()
         ] == ["lo:"]
+
+
+def _children(pid: int) -> list[int]:
+    """The children of every thread of ``pid`` (pasta's parent is the
+    thread of umld that started it)."""
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
+def test_pasta_ends_with_umld_even_when_umld_is_killed() -> None:
+    """pasta holds the machine's namespace and the host's ports: SIGKILL
+    of umld ends it too (its parent-death signal, umld-sandbox tied)."""
+    with subprocess.Popen([*umld(), "sleep", "60"], stdout=subprocess.DEVNULL) as proc:
+
+        def pasta() -> int | None:
+            for child in _children(proc.pid):
+                try:
+                    with open(f"/proc/{child}/comm") as f:
+                        if f.read().strip().startswith(("pasta", "passt")):
+                            return child
+                except OSError:
+                    pass
+            return None
+
+        try:
+            found = wait_for(pasta, "umld's pasta")
+        finally:
+            proc.kill()
+        assert isinstance(found, int)
+        proc.wait()
+        wait_for(lambda: _gone(found), "pasta to end with umld", timeout=10)
