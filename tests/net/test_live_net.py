@@ -199,7 +199,11 @@ def test_bad_values_are_einval_with_the_reason(live: Live) -> None:
         with pytest.raises(OSError) as exc:
             live.set(key, value)
         assert exc.value.errno == errno.EINVAL
+    # Unset, it shows the interface's address (pasta's: the host's).
+    shown = live.read("config/net/address").strip()
+    assert shown and shown in live.read("net/interfaces").split()
     live.set("net/address", "10.231.5.5/24")
+    assert live.read("config/net/address") == "10.231.5.5/24\n"
     assert "10.231.5.5/24" in live.read("net/interfaces")
     seen = live.events("net/address=10.231.5.5/24 by export")
     for key, value, why in BAD:

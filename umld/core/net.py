@@ -726,3 +726,19 @@ def set_link(control: MachineControl, value: str) -> None:
 def set_address(control: MachineControl, value: str) -> None:
     """``config/net/address``: the guest's interface address."""
     _apply(control, "address", value)
+
+
+def address(control: MachineControl) -> str | None:
+    """``config/net/address`` as it is: the interface's first address
+    (pasta's, the guest's own change, or the last one set)."""
+    net = control.files.net
+    if net is None or not net.ready.is_set():
+        return None if net is None else net._address
+    try:
+        for iface in net.interfaces():
+            if iface.name != "lo":
+                glob = [a for a in iface.addresses if not a.startswith("fe80:")]
+                return glob[0] if glob else None
+    except (NetError, OSError, subprocess.SubprocessError):
+        pass
+    return net._address

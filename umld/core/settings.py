@@ -452,7 +452,7 @@ SETTINGS: tuple[Setting, ...] = (
             default=(), metavar="[HOSTADDR:]HOSTPORT:GUESTPORT[/udp]"),
     Setting("net/address", Cidr(),
             "the address of the guest's interface (the default route stays pasta's gateway)",
-            live=True, apply=net.set_address, metavar="CIDR",
+            live=True, apply=net.set_address, current=net.address, metavar="CIDR",
             shown_default="the host's (pasta), none (vde)"),
     Setting("net/link", Choice("up", "down"),
             "the guest's interface's carrier: `down` pulls the cable (its traffic stalls)",
