@@ -18,11 +18,12 @@ PY_SRC := $(wildcard umld/*.py umld/*/*.py umld/*/*/*.py)
 # the tests run as guests, and clang-format for `make lint`.
 APT_PACKAGES := gcc make pkg-config python3 python3-venv python3-dev libffi-dev \
 	fuse3 libfuse3-dev strace proot git tar procps psmisc hostname util-linux \
-	libpython3.11-testsuite e2fsprogs fuse2fs systemd keyutils tmux gcc-multilib clang-format
+	libpython3.11-testsuite e2fsprogs fuse2fs systemd keyutils tmux gcc-multilib clang-format \
+	passt slirp4netns iproute2 curl
 # VDE virtual Ethernet (umld/core/vde.py: vde_switch, vde_plug, dpipe; ip and
 # nsenter drive them), and what its tests use: ping, tcpdump, and socat for a
 # TCP stream between two network namespaces standing for two hosts.
-APT_PACKAGES += vde2 iproute2 iputils-ping tcpdump socat
+APT_PACKAGES += vde2 iputils-ping tcpdump socat
 
 .PHONY: all install install-systemd demo test test-fast lint bench bench-quick conformance clean
 

@@ -51,6 +51,7 @@
 #include <linux/loop.h>
 #include <linux/mount.h>
 #include <linux/nsfs.h>
+#include <net/if.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -1494,7 +1495,57 @@ struct spec {
     char **files; /* pairs: host file, guest path, bound after /proc */
     int nfiles;
     int was_root;
+    int netns;  /* the guest's own network namespace ("netns") */
+    int net_fd; /* umld's network helper, asked once it exists ("netsync FD") */
 };
+
+/* "netns": the guest's user namespace gets a network namespace of its own
+ * (clone(2) with CLONE_NEWUSER|CLONE_NEWNET: the new user namespace owns
+ * it, so the guest's root may configure its interfaces and never the
+ * host's, network_namespaces(7)).  Its loopback starts down; bring it up
+ * (netdevice(7), SIOCSIFFLAGS), as a boot would. */
+static void loopback_up(void)
+{
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        die("cannot open a socket in the guest's network namespace");
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
+        die("cannot read the guest's loopback");
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+        die("cannot bring the guest's loopback up");
+    close(s);
+}
+
+/* "netsync FD": umld attaches its user-mode network (pasta) to this
+ * process's network namespace before the guest's first instruction.  The
+ * request is one line; umld learns this process's pid from the socket's
+ * credentials (SO_PASSCRED, unix(7)), translated to its own pid
+ * namespace.  The answer is "ok" or why the network could not start. */
+static void net_sync(int fd)
+{
+    if (write(fd, "net\n", 4) != 4)
+        die("cannot ask umld for the machine's network");
+    char line[512];
+    size_t n = 0;
+    while (n < sizeof line - 1) {
+        ssize_t r = read(fd, line + n, 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0 || line[n] == '\n')
+            break;
+        n++;
+    }
+    line[n] = '\0';
+    close(fd);
+    if (strcmp(line, "ok") != 0) {
+        errno = 0;
+        die("%s", n ? line : "the machine's network could not start");
+    }
+}
 
 static void sync_read(int fd)
 {
@@ -1744,15 +1795,22 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
     /* A cgroup namespace rooted at the machine's cgroup (S joined it):
      * the guest sees, and may mount, only its own subtree
      * (cgroup_namespaces(7)). */
-    long g =
-        syscall(SYS_clone, CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWCGROUP | SIGCHLD,
-                0, NULL, NULL, 0);
+    unsigned long flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWCGROUP;
+    if (sp->netns)
+        flags |= CLONE_NEWNET;
+    long g = syscall(SYS_clone, flags | SIGCHLD, 0, NULL, NULL, 0);
     if (g < 0)
         die("cannot create the guest's user namespace");
     if (g == 0) {
         close(pipefd[1]);
         sync_read(pipefd[0]);
         close(pipefd[0]);
+        /* With its id maps written: full capabilities in its new user
+         * namespace, which owns the new network namespace. */
+        if (sp->netns)
+            loopback_up();
+        if (sp->net_fd >= 0)
+            net_sync(sp->net_fd);
         guest_main(sp, mask);
     }
     close(pipefd[0]);
@@ -1958,22 +2016,33 @@ static int enter_main(int argc, char **argv)
      * machine's outer user namespace, so they are joined while we still
      * have our capabilities there; the mount namespace belongs to the
      * guest's user namespace, joined just before it. */
-    static const char *const kinds[] = {"pid", "time", "user", "mnt", "cgroup", "ipc", "uts"};
-    int fds[7];
-    for (int k = 0; k < 7; k++) {
+    static const char *const kinds[] = {"pid",    "time", "user", "mnt",
+                                        "cgroup", "ipc",  "uts",  "net"};
+    enum { NKINDS = 8, NET = 7 };
+    int fds[NKINDS];
+    for (int k = 0; k < NKINDS; k++) {
         char path[64];
         snprintf(path, sizeof path, "/proc/%s/ns/%s", pid, kinds[k]);
         fds[k] = open(path, O_RDONLY | O_CLOEXEC);
         if (fds[k] < 0 && k < 3)
             die("the machine's process %s is gone", pid);
     }
+    /* The machine's network namespace (its own, owned by the guest's user
+     * namespace), unless it is the host's ("--net host"), which is ours:
+     * an ordinary user could not join that one again from inside. */
+    struct stat net_st, own_st;
+    if (fds[NET] >= 0 && fstat(fds[NET], &net_st) == 0 && stat("/proc/self/ns/net", &own_st) == 0 &&
+        net_st.st_ino == own_st.st_ino && net_st.st_dev == own_st.st_dev) {
+        close(fds[NET]);
+        fds[NET] = -1;
+    }
     /* Run by an ordinary user, the pid and time namespaces are the stage's
      * (its own user namespace owns them): into that one first. */
     join_owner(fds[0], "pid");
-    for (int k = 0; k < 7; k++) {
+    for (int k = 0; k < NKINDS; k++) {
         /* The guest shares the machine's ipc/uts/cgroup namespaces with
          * its init, which may be ours: EINVAL then means "already in". */
-        if (fds[k] >= 0 && setns(fds[k], 0) < 0 && k < 4 && errno != EINVAL)
+        if (fds[k] >= 0 && setns(fds[k], 0) < 0 && (k < 4 || k == NET) && errno != EINVAL)
             die("cannot join the machine's %s namespace", kinds[k]);
         if (fds[k] >= 0)
             close(fds[k]);
@@ -2119,6 +2188,30 @@ static int serve_main(int argc, char **argv)
     }
 }
 
+/* umld-sandbox tied PARENT -- CMD...
+ *
+ * A host-side helper of a machine (pasta, its user-mode network) that
+ * must not outlive umld: SIGTERM when the thread of umld (PARENT) that
+ * started it ends (PR_SET_PDEATHSIG, prctl(2); it survives execve(2) of
+ * a program that is not set-user-ID), even when umld is killed. */
+static int tied_main(int argc, char **argv)
+{
+    if (argc < 5 || strcmp(argv[3], "--") != 0) {
+        errno = 0;
+        die("sandbox: tied PARENT -- CMD");
+    }
+    pid_t parent = (pid_t)strtol(argv[2], NULL, 10);
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) < 0 || getppid() != parent) {
+        errno = 0;
+        die("umld is gone");
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execv(argv[4], argv + 4);
+    die("cannot run %s", argv[4]);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 0 && strcmp(argv[0], "umld-init") == 0)
@@ -2131,12 +2224,14 @@ int main(int argc, char **argv)
         return names_main(argc, argv);
     if (argc > 1 && strcmp(argv[1], "serve") == 0)
         return serve_main(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "tied") == 0)
+        return tied_main(argc, argv);
 
     sigset_t mask, all;
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, &mask);
 
-    struct spec sp = {.uid = 0, .gid = 0};
+    struct spec sp = {.uid = 0, .gid = 0, .net_fd = -1};
     sp.files = calloc((size_t)argc, sizeof(char *));
     sp.was_root = geteuid() == 0;
     sp_was_root = sp.was_root;
@@ -2290,6 +2385,14 @@ int main(int argc, char **argv)
             sp.hostname = argv[i + 1];
             sp.domainname = argv[i + 2];
             i += 2;
+        } else if (strcmp(op, "netns") == 0) {
+            sp.netns = 1;
+        } else if (strcmp(op, "netsync") == 0) {
+            need(argc, i, 1, op);
+            sp.net_fd = atoi(argv[++i]);
+            /* The guest's first process's alone: not the guest's after exec. */
+            if (fcntl(sp.net_fd, F_SETFD, FD_CLOEXEC) < 0)
+                die("sandbox: bad network helper socket");
         } else if (strcmp(op, "subreaper") == 0) {
             sp.subreaper = 1;
         } else if (strcmp(op, "boottime") == 0) {

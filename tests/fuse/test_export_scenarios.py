@@ -316,8 +316,10 @@ def test_server_holds_new_connections_while_accept_is_closed(
     for i in range(5):
         (www / f"f{i}.txt").write_text(f"file {i}\n")
     port = free_port()
+    # The host's network: the test's clients are on the host's loopback.
     m = machine(
-        [GUEST_PYTHON, "-m", "http.server", "--bind", "127.0.0.1", str(port), "-d", str(www)]
+        [GUEST_PYTHON, "-m", "http.server", "--bind", "127.0.0.1", str(port), "-d", str(www)],
+        "--net=host",
     )
 
     def served() -> bool:
@@ -1135,7 +1137,8 @@ def test_net_connect_loopback(machine: Start, tmp_path: Path) -> None:
             f"while [ ! -e {trigger} ]; do sleep 0.02; done; "
             f"exec {GUEST_PYTHON} {script} {port} {out}"
         )
-        m = machine(["/bin/sh", "-c", loop])
+        # The host's network: the listener is on the host's loopback.
+        m = machine(["/bin/sh", "-c", loop], "--net=host")
         m.set("net/connect", "loopback")
         trigger.touch()
         got = json.loads(wait_for(lambda: out.exists() and out.read_text(), "the connects", 20))

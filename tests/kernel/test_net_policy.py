@@ -17,6 +17,7 @@ runs with both backends, as root and as an ordinary user.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -157,9 +158,13 @@ class Guest:
     """Runs commands under umld (as root or the user) with a config dir
     whose settings apply from the guest's first instruction."""
 
-    def __init__(self, backend: str, who: User | None, base: Path, probes: Path) -> None:
+    def __init__(
+        self, backend: str, who: User | None, base: Path, probes: Path, net: str = "host"
+    ) -> None:
         self.backend = backend
         self.who = who
+        #: The machine's network (--net): the policy holds in each.
+        self.net = net
         self.config = base / "config"
         (self.config / "net").mkdir(parents=True)
         self.probes = probes
@@ -181,6 +186,7 @@ class Guest:
             f"--tracer={self.backend}",
             f"--config-dir={self.config}",
             f"--bind={self.probes}",
+            f"--net={self.net}",
             "--",
             *cmd,
         ]
@@ -193,12 +199,31 @@ class Guest:
 
 
 @pytest.fixture
-def guest(backend: str, who: User | None, tmp_path: Path, probes: Path) -> Iterator[Guest]:
+def net() -> str:
+    """The machine's network: the host's (its listeners are the test's),
+    unless a test says otherwise."""
+    return "host"
+
+
+@pytest.fixture
+def guest(
+    backend: str, who: User | None, tmp_path: Path, probes: Path, net: str
+) -> Iterator[Guest]:
+    if net != "host" and backend != "c":
+        pytest.skip("the machine's own network is the same for both backends: run on one")
     base = Path(f"/tmp/umld-net-{os.getpid()}-{tmp_path.name}")
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir()
-    yield Guest(backend, who, base, probes)
+    yield Guest(backend, who, base, probes, net)
     shutil.rmtree(base, ignore_errors=True)
+
+
+#: The machine's networks the bypass tests run in: the host's (where a
+#: bypass would reach the test's listener), its own through pasta, and
+#: loopback only.  In the last two the refused destination is not the
+#: host's listener (pasta gives the guest the host's address), so what
+#: they check is the policy's answer to each mechanism.
+NETS = ["host", "user", "none"]
 
 
 #: Each mechanism: (probe, mode, what natively arrives, its output natively).
@@ -253,6 +278,7 @@ def native_reaches_everything(probes: Path) -> None:
         lst.tcp.close()
 
 
+@pytest.mark.parametrize("net", NETS)
 @pytest.mark.parametrize("policy", ["deny", "loopback"])
 def test_no_mechanism_reaches_a_refused_destination(
     native_reaches_everything: None, guest: Guest, forbidden: Listeners, policy: str
@@ -380,6 +406,7 @@ def _wait(pred: object, what: str, timeout: float = 20.0) -> object:
         time.sleep(0.02)
 
 
+@pytest.mark.parametrize("net", NETS)
 @pytest.mark.parametrize(("probe", "mode"), ACCEPTS)
 def test_closed_accept_holds_every_path(guest: Guest, probe: str, mode: str) -> None:
     """net/accept closed: a client's connection waits in the backlog and
@@ -401,14 +428,39 @@ def test_closed_accept_holds_every_path(guest: Guest, probe: str, mode: str) -> 
                 proc.kill()
 
 
+@contextlib.contextmanager
+def _client(net: str, pid: int, port: int) -> Iterator[None]:
+    """A connection to the guest's 127.0.0.1:PORT, from the host (--net
+    host) or from inside the machine's own network namespace (nsenter(1)
+    into the probe's: the test is root)."""
+    if net == "host":
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            yield
+        return
+    code = (
+        "import socket,sys\n"
+        "s=socket.create_connection(('127.0.0.1',int(sys.argv[1])),timeout=10)\n"
+        "print('connected',flush=True); sys.stdin.read()\n"
+    )
+    argv = ["nsenter", f"--net=/proc/{pid}/ns/net", sys.executable, "-c", code, str(port)]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as c:
+        assert c.stdout is not None and c.stdin is not None
+        assert c.stdout.readline() == "connected\n"
+        try:
+            yield
+        finally:
+            c.stdin.close()
+            c.wait(10)
+
+
 def _held_then_released(guest: Guest, proc: subprocess.Popen[str], path: str, mode: str) -> None:
     assert proc.stdout is not None and proc.stderr is not None
     line = proc.stdout.readline()
     assert line.startswith("listening "), (line, proc.stderr.read())
     port = int(line.split()[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=10):
-        pid = _wait(lambda: _probe_pid(path, mode), "the probe's pid")
-        assert isinstance(pid, int)
+    pid = _wait(lambda: _probe_pid(path, mode), "the probe's pid")
+    assert isinstance(pid, int)
+    with _client(guest.net, pid, port):
         _wait(lambda: _state(pid) == "t", "the accept to be held (tracing stop)")
         # That it stays held can only be seen over some time: a call that
         # merely stopped on its way (and ran then) returns within it.

@@ -111,6 +111,8 @@ class MachineControl:
         self._terminal = terminal
         self.files = files
         self.name = name
+        #: The machine's network (the net setting: user, none, host, vde:PATH).
+        self.net_mode = config.net
         #: Whether the guest's / is the host's, copy-on-write (changes()).
         self.copy_on_write = config.root is None and not config.root_readonly
         # What the machine mounts over its root (not changes of the host's).
@@ -235,6 +237,25 @@ class MachineControl:
         if limit is not None:
             out["memory_limit_bytes"] = str(limit)
         return out
+
+    def net_counters(self) -> dict[str, tuple[int, int, int, int]]:
+        """Per interface of the machine's own network namespace: received
+        bytes and packets, sent bytes and packets (none with --net host:
+        those are the host's)."""
+        net = self.files.net
+        return {} if net is None else {k: tuple(v) for k, v in net.counters().items()}  # type: ignore[misc]
+
+    def net_interfaces(self) -> list[tuple[str, str, str, tuple[str, ...]]]:
+        """The interfaces of the machine's network namespace: (name, MAC,
+        state, addresses in CIDR form).  May wait (ip(8) runs in the
+        namespace).  SettingError when there is no namespace of its own."""
+        net = self.files.net
+        if net is None:
+            raise SettingError(f"--net {self.net_mode}: the host's interfaces")
+        try:
+            return [tuple(i) for i in net.interfaces()]  # type: ignore[misc]
+        except ValueError as exc:
+            raise SettingError(str(exc)) from None
 
     def memory_size(self) -> int:
         """The machine's memory setting in bytes (0: the host's)."""

@@ -593,6 +593,9 @@ class Host:
                 raise UmldError(f"umld: cannot start the guest: {exc}") from None
             if files.disks is not None:
                 files.disks.start(tid)
+            if files.net is not None:
+                files.net.on_event = m.control.report
+                files.net.start()
             if terminal is not None:
                 terminal.start()
             m.control.started()

@@ -106,6 +106,11 @@ class GuestKernel:
         #: Processes started in the running machine (exec): the sandbox
         #: that enters it -> what to call with its first child's status.
         self._entering: dict[Tid, Callable[[int], None]] = {}
+        #: Threads whose exec was seen before their clone: a new thread
+        #: can run and exec before its parent's clone stop is handled
+        #: (each thread's stops come in their own order); their clone
+        #: event, if it still comes, adds nothing.
+        self._execed_unborn: set[Tid] = set()
         self._sessions: dict[Tid, Callable[[int], None]] = {}
         self._event_formatter: SyscallFormatter | None = None
         #: Threads stopped in a call until the kernel releases them: in
@@ -418,7 +423,9 @@ class GuestKernel:
         if bound is not None:
             # A clone inherits its parent's CPU affinity (sched_setaffinity(2)).
             self.policy.affinity[int(ev.child)] = bound
-        if ev.kind is CloneKind.THREAD:
+        if ev.child in self._execed_unborn:
+            self._execed_unborn.discard(ev.child)
+        elif ev.kind is CloneKind.THREAD:
             self._add_thread(parent.tgid, ev.child)
         else:
             self._add_process(Pid(ev.child), ev.child)
@@ -437,8 +444,10 @@ class GuestKernel:
             for other in list(group.threads):
                 if other != ev.former_tid:
                     self._drop_thread(group, other)
-            del self.tasks[ev.former_tid]
-            del group.threads[ev.former_tid]
+            if ev.former_tid not in self.tasks:
+                self._execed_unborn.add(ev.former_tid)
+            self.tasks.pop(ev.former_tid, None)
+            group.threads.pop(ev.former_tid, None)
             task.tid = ev.tid
             self.tasks[ev.tid] = task
             group.threads[ev.tid] = task

@@ -22,6 +22,7 @@ from umld.core.control import MachineControl
 from umld.core.ids import IdRange, lease as lease_ids
 from umld.core.kernel import TERMINATING_SIGNALS, GuestKernel
 from umld.core.live import write_cpu_views
+from umld.core.net import MachineNet, Publish, check as check_net
 from umld.core.policy import UtsState
 from umld.core.sandbox import (
     Layout,
@@ -73,6 +74,10 @@ class Config:
     gid: int | None
     vcpus: int | None
     memory: int | None
+    net: str
+    publish: list[Publish]
+    net_address: str | None
+    net_link: str
     net_accept: str
     net_connect: str
     limits_nproc: int
@@ -209,6 +214,15 @@ def prepare(
         write_cpu_views(files, vcpus, cpus or sorted(os.sched_getaffinity(0)))
     if memory is not None:
         files.write("/proc/meminfo", meminfo_for(memory))
+    if cfg.net != "host":
+        check_net(cfg.net)
+        files.net = MachineNet(
+            cfg.net,
+            rundir=files.dir,
+            publish=cfg.publish,
+            address=cfg.net_address,
+            link=cfg.net_link,
+        )
     upper = None
     if layout.copy_on_write:
         upper = upper_layer(
@@ -253,6 +267,7 @@ def machine_argv(
         rlimits=rlimits,
         upper=prep.upper,
         tty=tty,
+        net=None if files.net is None else (files.net.stage_fd(),),
     )
 
 

@@ -31,6 +31,7 @@ from umld.errors import UmldError, UsageError
 
 if TYPE_CHECKING:
     from umld.core.fusedisk import FuseDisks
+    from umld.core.net import MachineNet
 
 SANDBOX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "umld-sandbox")
 
@@ -308,6 +309,8 @@ class MachineFiles:
         self.cgroup: MachineCgroup | None = None
         #: Its disk images served by fuse2fs (an ordinary user's machine).
         self.disks: FuseDisks | None = None
+        #: Its own network (every --net but host).
+        self.net: MachineNet | None = None
 
     def close(self) -> None:
         # An image made for this machine that was never mounted (the
@@ -317,6 +320,8 @@ class MachineFiles:
             if not _ever_mounted(image):
                 self._forget_new(image)
         self._created.clear()
+        if self.net is not None:
+            self.net.close()
         if self.disks is not None:
             # fuse2fs finishes in the background, holding the images'
             # locks, and removes its mount points and then this directory.
@@ -597,6 +602,8 @@ class SandboxOps:
         "subreaper": 0,
         "uts": 2,  # HOSTNAME DOMAINNAME
         "cwd": 2,  # DIR strict|fallback
+        "netns": 0,  # a network namespace of the guest's own, its loopback up
+        "netsync": 1,  # FD: the first process asks umld (core/net.py) for its network
     }
     #: umld-sandbox enter PID [OPS] -- CMD: a process in a running machine.
     ENTER: ClassVar[dict[str, int]] = {
@@ -651,6 +658,7 @@ def sandbox_argv(
     rlimits: Sequence[tuple[str, str]] = (),
     upper: tuple[str, str] | None = None,
     tty: tuple[int, int, int] | None = None,
+    net: tuple[int] | tuple[()] | None = None,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox`` for a new machine.
 
@@ -663,7 +671,10 @@ def sandbox_argv(
     copy-on-write root's writes go (the sandbox's ``upper`` operation).
     ``tty``: (socket, columns, rows): the guest's first process runs on a
     terminal of the machine's own devpts, whose master the sandbox sends
-    on the socket (:mod:`umld.core.tty`)."""
+    on the socket (:mod:`umld.core.tty`).  ``net``: None shares the host's
+    network namespace; otherwise the guest gets its own, and with (socket,)
+    its first process asks umld on the socket before it runs
+    (:mod:`umld.core.net`)."""
     ops = SandboxOps()
     for path in cgroups:
         ops.op("cgroup", path)
@@ -729,6 +740,10 @@ def sandbox_argv(
     ops.op("boottime").op("subreaper")
     if uts is not None:
         ops.op("uts", *uts)
+    if net is not None:
+        ops.op("netns")
+        for fd in net:
+            ops.op("netsync", fd)
     if cwd is not None:
         ops.op("cwd", cwd, "strict" if cwd_strict else "fallback")
     return ops.command(argv)
@@ -774,6 +789,13 @@ def serve_argv(stage: int, argv: Sequence[str]) -> list[str]:
     the user and mount namespaces of the machine's stage ``stage``, until
     this process (its parent) ends."""
     return [SANDBOX, "serve", str(stage), str(os.getpid()), "--", *argv]
+
+
+def tied_argv(argv: Sequence[str]) -> list[str]:
+    """The argument list of ``umld-sandbox tied``: ``argv`` (a machine's
+    host-side helper, pasta) ended by SIGTERM when the calling thread of
+    this process ends."""
+    return [SANDBOX, "tied", str(os.getpid()), "--", *argv]
 
 
 def fusedisk_needed() -> bool:

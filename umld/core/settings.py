@@ -32,7 +32,7 @@ import resource
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
-from umld.core import live
+from umld.core import live, net
 from umld.core.sandbox import Mount, parse_bind, parse_disk, parse_size, parse_tmpfs
 from umld.core.syscalls.sys_utsname import UTS_LEN
 from umld.errors import UsageError
@@ -59,6 +59,8 @@ class ValueType(Generic[T]):
 
     #: The TOML type, for the docs.
     toml = "string"
+    #: A list, one option each (--bind A --bind B).
+    repeatable = False
 
     def parse(self, value: object) -> T:
         raise NotImplementedError
@@ -239,6 +241,7 @@ class Mounts(ValueType[list[Mount]]):
     """A list of mount specifications (one option each)."""
 
     toml = "list of strings"
+    repeatable = True
 
     def __init__(self, parse_one: Callable[[str], Mount], form: str) -> None:
         self.parse_one = parse_one
@@ -266,6 +269,62 @@ class Mounts(ValueType[list[Mount]]):
 
     def describe(self) -> str:
         return f"`{self.form}`, repeatable"
+
+
+class NetMode(ValueType[str]):
+    """The machine's network: ``user``, ``none``, ``host`` or ``vde:PATH``."""
+
+    def parse(self, value: object) -> str:
+        text = _one_line(value, "user, none, host or vde:PATH")
+        try:
+            return net.parse_mode(text)
+        except net.NetError as exc:
+            raise SettingError(str(exc)) from None
+
+    def describe(self) -> str:
+        return "`user` \\| `none` \\| `host` \\| `vde:PATH`"
+
+
+class Publishes(ValueType[list[net.Publish]]):
+    """Forwarded ports, one option each."""
+
+    toml = "list of strings"
+    repeatable = True
+
+    def parse(self, value: object) -> list[net.Publish]:
+        items = [value] if isinstance(value, str | net.Publish) else value
+        if not isinstance(items, list | tuple):
+            raise SettingError("a list of strings")
+        out = []
+        for item in items:
+            if isinstance(item, net.Publish):
+                out.append(item)
+                continue
+            if not isinstance(item, str):
+                raise SettingError("a list of strings")
+            try:
+                out.append(net.parse_publish(_one_line(item, "a port")))
+            except net.NetError as exc:
+                raise SettingError(str(exc)) from None
+        return out
+
+    def text(self, value: list[net.Publish]) -> str:
+        return " ".join(p.text() for p in value)
+
+    def describe(self) -> str:
+        return "`[HOSTADDR:]HOSTPORT:GUESTPORT[/udp]`, repeatable"
+
+
+class Cidr(ValueType[str]):
+    def parse(self, value: object) -> str:
+        text = _one_line(value, "an address")
+        try:
+            return net.parse_address(text)
+        except net.NetError as exc:
+            raise SettingError(str(exc)) from None
+
+    def describe(self) -> str:
+        return "an address/prefix (`10.0.2.15/24`)"
 
 
 def _disk(text: str) -> Mount:
@@ -322,7 +381,7 @@ class Setting(NamedTuple):
 
     @property
     def repeat(self) -> bool:
-        return isinstance(self.type, Mounts)
+        return self.type.repeatable
 
     def text(self, value: Any) -> str:
         return "" if value is None else self.type.text(value)
@@ -383,6 +442,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("net/connect", Choice("allow", "loopback", "deny"),
             "where guest sockets may connect and send (IPv4/IPv6)", default="allow", live=True,
             apply=live.set_net_connect),
+    Setting("net", NetMode(),
+            "the machine's network: `user` (its own, user-mode networking by pasta, the "
+            "guest's listening ports forwarded to the host's loopback), `none` (loopback "
+            "only), `host` (the host's own, not isolated), `vde:PATH` (a VDE switch)",
+            default="user", metavar="MODE"),
+    Setting("publish", Publishes(),
+            "forward the host's port (on 127.0.0.1 unless HOSTADDR) to the guest's (--net user)",
+            default=(), metavar="[HOSTADDR:]HOSTPORT:GUESTPORT[/udp]"),
+    Setting("net/address", Cidr(),
+            "the address of the guest's interface (the default route stays pasta's gateway)",
+            live=True, apply=net.set_address, current=net.address, metavar="CIDR",
+            shown_default="the host's (pasta), none (vde)"),
+    Setting("net/link", Choice("up", "down"),
+            "the guest's interface's carrier: `down` pulls the cable (its traffic stalls)",
+            default="up", live=True, apply=net.set_link),
     Setting("limits/nproc", Limit(), "processes and threads of the machine", default=4096,
             live=True, apply=live.set_nproc, metavar="N"),
     Setting("limits/nofile", Limit(), "open files per process", live=True,
@@ -416,9 +490,14 @@ def _flatten(data: Mapping[str, object], where: str) -> dict[str, object]:
     """``{"net": {"accept": "x"}}`` (a TOML table) -> ``{"net/accept": "x"}``."""
     out: dict[str, object] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and key not in BY_KEY:
+        if isinstance(value, dict):
             for sub, inner in value.items():
-                out[f"{key}/{sub}"] = inner
+                name = f"{key}/{sub}"
+                # TOML cannot have both net = "user" and a table [net]:
+                # there the setting net itself is [net] mode.
+                if sub == "mode" and name not in BY_KEY and key in BY_KEY:
+                    name = key
+                out[name] = inner
         else:
             out[key] = value
     return out
@@ -531,6 +610,8 @@ def markdown(rows: Iterable[Setting] = SETTINGS) -> str:
     for row in rows:
         option = f"`{row.option}`" if row.start else "(live only)"
         toml = f"`{row.toml_key}`" if row.start else ""
+        if row.start and any(k.startswith(row.key + "/") for k in BY_KEY):
+            toml += f" or `[{row.key}] mode`"  # TOML has no key that is also a table
         default = row.shown_default or (
             "none" if row.default in (None, ()) else row.text(row.default)
         )

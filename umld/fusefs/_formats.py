@@ -24,6 +24,8 @@ def status(control: MachineControl) -> bytes:
     if isinstance(calls, dict) and calls:
         lines.append("syscalls: " + " ".join(f"{k}={v}" for k, v in calls.items()))
     lines += [f"{key}: {value}" for key, value in control.resources().items()]
+    for iface, counts in control.net_counters().items():
+        lines += [f"net.{iface}.{key}: {n}" for key, n in zip(_NET_KEYS, counts, strict=True)]
     lines += [f"config.{key}: {value}" for key, value in control.settings().items()]
     return ("\n".join(lines) + "\n").encode()
 
@@ -36,6 +38,15 @@ _COUNTERS = (
     ("oom_kills", "Guest processes the kernel's OOM killer killed in the machine."),
 )
 
+
+#: The counters of one interface (MachineControl.net_counters), in order.
+_NET_KEYS = ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets")
+_NET_METRICS = (
+    ("receive_bytes", "Bytes the machine's interface received."),
+    ("receive_packets", "Packets the machine's interface received."),
+    ("transmit_bytes", "Bytes the machine's interface sent."),
+    ("transmit_packets", "Packets the machine's interface sent."),
+)
 
 #: What the machine's cgroups count (MachineControl.resources).
 _RESOURCES = {
@@ -79,11 +90,28 @@ def metrics(control: MachineControl) -> bytes:
                 f"# TYPE umld_{key} {kind}",
                 f"umld_{key}{{{label}}} {value}",
             ]
+    net = control.net_counters()
+    if net:
+        for i, (key, help_text) in enumerate(_NET_METRICS):
+            out += [
+                f"# HELP umld_net_{key}_total {help_text}",
+                f"# TYPE umld_net_{key}_total counter",
+            ]
+            for iface, counts in net.items():
+                out.append(f'umld_net_{key}_total{{{label},interface="{iface}"}} {counts[i]}')
     calls = stats.get("syscalls")
     if isinstance(calls, dict):
         for name, n in calls.items():
             out.append(f'umld_syscalls_trapped_total{{{label},syscall="{name}"}} {n}')
     return ("\n".join(out) + "\n").encode()
+
+
+def interfaces(control: MachineControl) -> bytes:
+    """``net/interfaces``: one line per interface of the machine's network
+    namespace: name, MAC, state, its addresses (CIDR)."""
+    lines = [" ".join([name, mac or "-", state, *addrs]) for name, mac, state, addrs in
+             control.net_interfaces()]  # fmt: skip
+    return ("\n".join(lines) + "\n").encode()
 
 
 def process_status(info: ProcessInfo) -> bytes:

@@ -13,6 +13,7 @@ Built only from umld.core's public API (a test enforces it):
                   root); changes/.deleted, what it deleted or replaced
     diff          A/M/D path per change, as umld diff prints it
     metrics.prom  Prometheus text format
+    net/interfaces  its own network's interfaces: name, MAC, state, addresses
     syscalls      the syscall table (generated from it)
     ui/           the machine's own terminal (the tty setting): screen,
                   screen.ansi, cursor, title, size (writable), input,
@@ -101,6 +102,17 @@ def _guarded(fn: Callable[[], bytes]) -> Callable[[], bytes]:
             raise ExportError(errno.ENOENT) from None
 
     return generate
+
+
+def _interfaces(control: MachineControl) -> Callable[[], bytes]:
+    def read() -> bytes:
+        try:
+            return _formats.interfaces(control)
+        except SettingError as exc:  # not up yet, or gone
+            control.report(f"net/interfaces: {exc}")
+            raise ExportError(errno.EAGAIN) from None
+
+    return read
 
 
 def _command(fn: Callable[[str], None]) -> Callable[[str], None]:
@@ -277,6 +289,9 @@ def build_tree(control: MachineControl, events: EventLog) -> Directory:
             "syscalls": SnapshotFile(_syscall_list),
         }
     )
+    if control.net_mode != "host":
+        # Its own network namespace's interfaces (not the host's).
+        tree.add("net", Directory({"interfaces": SnapshotFile(_interfaces(control))}))
     if control.has_terminal:
         tree.add("ui", _ui_tree(control))
     if control.copy_on_write:
