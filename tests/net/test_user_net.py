@@ -155,7 +155,7 @@ def test_a_guest_server_is_reached_from_the_hosts_loopback(
 
 def test_bad_settings_are_one_line(tmp_path: Path) -> None:
     for options, why in (
-        (["--net=bogus"], "'user', 'none', 'host' or 'vde:PATH', not 'bogus'"),
+        (["--net=bogus"], "'user', 'none', 'host', 'vde:NAME' or 'vde:PATH', not 'bogus'"),
         (["--publish=99999:1"], "a port is 1 to 65535"),
         (["--net=vde:/nonexistent/switch"], "vde"),
     ):

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TextIO, final
 
-from umld.core import procfs, settings
+from umld.core import procfs, settings, vde
 from umld.core.cgroups import MachineCgroup, enforce
 from umld.core.control import MachineControl
 from umld.core.ids import IdRange, lease as lease_ids
@@ -222,6 +222,7 @@ def prepare(
             publish=cfg.publish,
             address=cfg.net_address,
             link=cfg.net_link,
+            mac=vde.mac_for(name) if cfg.net.startswith("vde:") else None,
         )
     upper = None
     if layout.copy_on_write:

@@ -67,6 +67,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, final
 
+from umld.core import vde
 from umld.errors import UmldError, get_logger
 
 if TYPE_CHECKING:
@@ -96,9 +97,11 @@ def parse_mode(text: str) -> str:
     if text.startswith("vde:"):
         path = text[4:]
         if not path:
-            raise NetError("vde:PATH needs the switch's path")
+            raise NetError("vde: needs a switch: vde:NAME (a daemon's switch) or vde:/PATH")
+        if "/" not in path and not path.startswith("~"):
+            return text  # a daemon's switch, by name (resolved at start)
         return "vde:" + os.path.abspath(os.path.expanduser(path))
-    raise NetError(f"'user', 'none', 'host' or 'vde:PATH', not {text!r}")
+    raise NetError(f"'user', 'none', 'host', 'vde:NAME' or 'vde:PATH', not {text!r}")
 
 
 class Publish(NamedTuple):
@@ -194,16 +197,7 @@ def check(mode: str) -> None:
                 "automatic port forwarding"
             )
     elif mode.startswith("vde:"):
-        if _vde() is None:
-            raise UmldError("umld: vde networking is not built yet")
-
-
-def _vde() -> Any:
-    try:
-        from umld.core import vde  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return None
-    return vde if hasattr(vde, "attach") else None
+        vde.resolve(mode)  # the switch is there (one line if not)
 
 
 # -- one machine's network -----------------------------------------------------------
@@ -238,8 +232,11 @@ class MachineNet:
         address: str | None = None,
         link: str = "up",
         on_event: Callable[[str], None] | None = None,
+        mac: str | None = None,
     ) -> None:
         self.mode = mode
+        #: The MAC of a vde interface (stable per machine name).
+        self._mac = mac
         self._rundir = rundir
         self._publish = list(publish)
         self._address = address
@@ -253,7 +250,7 @@ class MachineNet:
         self._userns: int | None = None
         self._admin: int | None = None
         self._helper: subprocess.Popen[bytes] | None = None
-        self._vde_link: Any = None
+        self._vde_link: vde.VdeLink | None = None
         self._ended = threading.Event()
         self.ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -346,10 +343,9 @@ class MachineNet:
             else:
                 self._start_slirp(path, pid)
         elif self.mode.startswith("vde:"):
-            vde = _vde()
-            if vde is None:
-                raise UmldError("umld: vde networking is not built yet")
-            self._vde_link = vde.attach(pid, self.mode[4:], address=self._address, mac=None)
+            self._vde_link = vde.attach(
+                pid, vde.resolve(self.mode), address=self._address, mac=self._mac
+            )
         if self._address is not None and not self.mode.startswith("vde:"):
             self.set_address(self._address)
         if self._link == "down":

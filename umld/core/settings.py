@@ -272,17 +272,17 @@ class Mounts(ValueType[list[Mount]]):
 
 
 class NetMode(ValueType[str]):
-    """The machine's network: ``user``, ``none``, ``host`` or ``vde:PATH``."""
+    """The machine's network: ``user``, ``none``, ``host``, ``vde:NAME`` or ``vde:PATH``."""
 
     def parse(self, value: object) -> str:
-        text = _one_line(value, "user, none, host or vde:PATH")
+        text = _one_line(value, "user, none, host, vde:NAME or vde:PATH")
         try:
             return net.parse_mode(text)
         except net.NetError as exc:
             raise SettingError(str(exc)) from None
 
     def describe(self) -> str:
-        return "`user` \\| `none` \\| `host` \\| `vde:PATH`"
+        return "`user` \\| `none` \\| `host` \\| `vde:NAME` \\| `vde:PATH`"
 
 
 class Publishes(ValueType[list[net.Publish]]):
@@ -443,9 +443,10 @@ SETTINGS: tuple[Setting, ...] = (
             "where guest sockets may connect and send (IPv4/IPv6)", default="allow", live=True,
             apply=live.set_net_connect),
     Setting("net", NetMode(),
-            "the machine's network: `user` (its own, user-mode networking by pasta, the "
-            "guest's listening ports forwarded to the host's loopback), `none` (loopback "
-            "only), `host` (the host's own, not isolated), `vde:PATH` (a VDE switch)",
+            "the machine's network: `user` (its own, user-mode networking by pasta; "
+            "`--publish` forwards the host's ports to it), `none` (loopback only), `host` "
+            "(the host's own, not isolated), `vde:NAME` or `vde:PATH` (an Ethernet on a "
+            "daemon's VDE switch, or the switch at PATH)",
             default="user", metavar="MODE"),
     Setting("publish", Publishes(),
             "forward the host's port (on 127.0.0.1 unless HOSTADDR) to the guest's (--net user)",
