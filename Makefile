@@ -71,7 +71,7 @@ lint: install
 	$(VENV)/bin/ruff check umld tests bench conformance examples c_tracer setup.py
 	clang-format --dry-run --Werror c_tracer/*.c c_tracer/*.h
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy --strict bench/run.py bench/w7_source.py bench/tty.py
+	$(VENV)/bin/mypy --strict bench/run.py bench/w7_source.py bench/tty.py bench/net.py
 	$(VENV)/bin/mypy --strict conformance/run.py examples/app_channel.py
 	$(VENV)/bin/mypy --strict c_tracer/build_ffi.py c_tracer/bench.py
 
@@ -84,6 +84,7 @@ bench: install .stamp-bench
 	$(VPY) bench/run.py --json bench/out/results.json --plot bench/out/ratios.png $(BENCH_ARGS)
 	$(VPY) bench/export.py --json bench/out/export.json
 	$(VPY) bench/tty.py --json bench/out/tty.json
+	$(VPY) bench/net.py --json bench/out/net.json
 	$(VPY) bench/scale.py --soak 60 --json bench/out/scale.json --plot bench/out/soak.png $(SCALE_ARGS)
 
 bench-quick: install .stamp-bench
