@@ -62,7 +62,7 @@ def recv_exact(c, n):
     while len(buf) < n:
         chunk = c.recv(min(n - len(buf), 1 << 20))
         if not chunk:
-            raise SystemExit("peer closed early")
+            raise EOFError("peer closed early")
         buf += chunk
     return bytes(buf)
 def sink(c, n):
@@ -70,7 +70,7 @@ def sink(c, n):
     while left:
         chunk = c.recv(min(left, 1 << 20))
         if not chunk:
-            raise SystemExit("peer closed early")
+            raise EOFError("peer closed early")
         left -= len(chunk)
 def serve(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -80,13 +80,20 @@ def serve(port):
     print("ready", flush=True)
     while True:
         c, _ = s.accept()
+        # A client that gives up (a probe before the forwarder reached
+        # us) must not end or stall the server: each connection has a
+        # deadline and its errors end it alone.
+        c.settimeout(60)
         with c:
-            kind = recv_exact(c, 1)
-            if kind == b"S":
-                sink(c, int.from_bytes(recv_exact(c, 8), "big"))
-                c.sendall(b"ok")
-            elif kind == b"R":
-                c.sendall(kind + recv_exact(c, 63))
+            try:
+                kind = recv_exact(c, 1)
+                if kind == b"S":
+                    sink(c, int.from_bytes(recv_exact(c, 8), "big"))
+                    c.sendall(b"ok")
+                elif kind == b"R":
+                    c.sendall(kind + recv_exact(c, 63))
+            except (OSError, EOFError):
+                continue
 def stream(host, port, mib):
     block = b"x" * (1 << 20)
     t0 = time.perf_counter()
