@@ -131,13 +131,15 @@ def umld(*options: str) -> list[str]:
 
 
 @contextmanager
-def started(argv: Sequence[str]) -> Iterator[subprocess.Popen[bytes]]:
-    """A process of ours, ended (SIGTERM, then SIGKILL) however we leave."""
+def started(argv: Sequence[str], *, console: bool = False) -> Iterator[subprocess.Popen[bytes]]:
+    """A process of ours, ended (SIGTERM, then SIGKILL) however we leave;
+    ``console``: its standard input a pipe we hold (vde_switch(1) ends at
+    the end of its console)."""
     proc = subprocess.Popen(
         list(argv),
         cwd="/",
         env={**ENV, "PYTHONPATH": str(REPO_DIR)},
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE if console else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -219,7 +221,7 @@ def case(mode: str, peer: Path, work: Path, mib: int, requests: int) -> dict[str
             return measure(py, "127.0.0.1", mib, requests)
     # vde: a switch of our own, a server machine and a client machine.
     switch = work / "switch"
-    with started(["vde_switch", "-s", str(switch)]) as sw:
+    with started(["vde_switch", "-s", str(switch)], console=True) as sw:
         deadline = time.monotonic() + 10
         while not (switch / "ctl").exists():
             if sw.poll() is not None or time.monotonic() > deadline:
@@ -253,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"net.py: {tool} is not installed: skipping --net {mode}", file=sys.stderr)
             modes.remove(mode)
     results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="umld-netbench-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)  # the guests read the peer program from here
@@ -260,11 +263,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         peer.write_text(PEER)
         for r in range(args.rounds):
             for mode in modes:  # paired: every mode once per round
+                if mode in failed:
+                    continue
                 print(f"round {r + 1}/{args.rounds}: {mode}", file=sys.stderr, flush=True)
-                results[mode].append(case(mode, peer, work, args.mib, args.requests))
+                try:
+                    results[mode].append(case(mode, peer, work, args.mib, args.requests))
+                except SystemExit as exc:
+                    # One mode failing says why and leaves the others' figures.
+                    failed[mode] = str(exc).splitlines()[-1] if str(exc) else "failed"
+                    print(f"net.py: --net {mode}: {failed[mode]}", file=sys.stderr)
+    if "native" in failed:
+        raise SystemExit(f"net.py: the native case failed: {failed['native']}")
     summary = {
         mode: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         for mode, runs in results.items()
+        if mode not in failed
     }
     base = summary["native"]
     print(f"{'mode':8} {'MiB/s':>9} {'ratio':>6} {'req/s':>9} {'ratio':>6} {'connect ms':>10}")
@@ -274,10 +287,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" {fig['req_s']:9.0f} {fig['req_s'] / base['req_s']:6.2f}"
             f" {fig['connect_ms']:10.3f}"
         )
+    for mode, why in failed.items():
+        print(f"{mode:8} failed: {why}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rounds": results, "medians": summary}, indent=1))
-    return 0
+        args.json.write_text(
+            json.dumps({"rounds": results, "medians": summary, "failed": failed}, indent=1)
+        )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
