@@ -326,7 +326,7 @@ class MachineNet:
         try:
             self._netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             self._userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-            if not _initial_root():
+            if not vde.initial_root():
                 # The stage's user namespace, the parent of the guest's: our
                 # uid 0 there keeps its capabilities across execve(2) (the
                 # guest's maps only the guest's uid), and as that namespace's
@@ -674,18 +674,6 @@ def parse_net_dev(text: str) -> dict[str, Counters]:
             continue
         out[name.strip()] = Counters(int(fields[0]), int(fields[1]), int(fields[8]), int(fields[9]))
     return out
-
-
-def _initial_root() -> bool:
-    """Root of the initial user namespace: CAP_NET_ADMIN over every
-    network namespace, no user namespace to join."""
-    if os.geteuid() != 0:
-        return False
-    try:
-        with open("/proc/self/uid_map") as f:
-            return f.read().split() == ["0", "0", "4294967295"]
-    except OSError:
-        return False
 
 
 # -- live settings (umld.core.settings rows) --------------------------------------

@@ -166,8 +166,9 @@ def resolve(text: str, *, mount: str | None = None) -> str:
 # -- a machine's interface ----------------------------------------------------
 
 
-def _initial_root() -> bool:
-    """Root of the initial user namespace: capable over every namespace."""
+def initial_root() -> bool:
+    """Root of the initial user namespace: capable over every namespace
+    (CAP_NET_ADMIN over every network namespace, none to join)."""
     if os.geteuid() != 0:
         return False
     try:
@@ -192,7 +193,7 @@ def _entry(pid: int) -> Iterator[tuple[list[str], tuple[int, ...]]]:
     fds = [netfd]
     try:
         words = [nsenter, f"--net=/proc/self/fd/{netfd}"]
-        if not _initial_root():
+        if not initial_root():
             try:
                 owner = fcntl.ioctl(netfd, NS_GET_USERNS)
             except OSError as exc:
