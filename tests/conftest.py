@@ -13,13 +13,16 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from umld.tracer import BACKENDS, DEFAULT_BACKEND, available
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 GUEST_SRC = Path(__file__).resolve().parent / "guest"
@@ -162,6 +165,19 @@ def guest_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
             check=True,
         )
     return out
+
+
+def wait_for(pred: Callable[[], T], what: str, timeout: float = 20.0) -> T:
+    """Polls ``pred`` until it is true and returns what it gave (a
+    condition, never a fixed delay)."""
+    end = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 def read_available(path: str | os.PathLike[str]) -> str:

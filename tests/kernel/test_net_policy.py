@@ -27,14 +27,13 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import GUEST_SRC, User
+from tests.conftest import GUEST_SRC, User, wait_for
 
 pytestmark = pytest.mark.uses_ptrace
 
@@ -395,17 +394,6 @@ def _probe_pid(path: str, mode: str) -> int | None:
     return None
 
 
-def _wait(pred: object, what: str, timeout: float = 20.0) -> object:
-    end = time.monotonic() + timeout
-    while True:
-        got = pred()  # type: ignore[operator]
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("net", NETS)
 @pytest.mark.parametrize(("probe", "mode"), ACCEPTS)
 def test_closed_accept_holds_every_path(guest: Guest, probe: str, mode: str) -> None:
@@ -458,10 +446,10 @@ def _held_then_released(guest: Guest, proc: subprocess.Popen[str], path: str, mo
     line = proc.stdout.readline()
     assert line.startswith("listening "), (line, proc.stderr.read())
     port = int(line.split()[1])
-    pid = _wait(lambda: _probe_pid(path, mode), "the probe's pid")
+    pid = wait_for(lambda: _probe_pid(path, mode), "the probe's pid")
     assert isinstance(pid, int)
     with _client(guest.net, pid, port):
-        _wait(lambda: _state(pid) == "t", "the accept to be held (tracing stop)")
+        wait_for(lambda: _state(pid) == "t", "the accept to be held (tracing stop)")
         # That it stays held can only be seen over some time: a call that
         # merely stopped on its way (and ran then) returns within it.
         ready, _, _ = select.select([proc.stdout], [], [], HELD_FOR)

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
-from tests.conftest import User, machine_cpu_usec, read_available, run, umld_argv
+from tests.conftest import User, machine_cpu_usec, read_available, run, umld_argv, wait_for
 
 pytestmark = pytest.mark.uses_ptrace
-T = TypeVar("T")
 
 # Busy processes, not threads: Python threads share one interpreter lock,
 # so a Python process never uses much more than one CPU, whatever its
@@ -39,16 +36,6 @@ for pid in pids:
 print("done", flush=True)
 sys.stdin.read()
 """
-
-
-def wait_for(pred: Callable[[], T], what: str, timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def events_so_far(mnt: Path) -> str:

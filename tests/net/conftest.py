@@ -12,12 +12,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import wait_for
 
 HERE = Path(__file__).resolve().parent
 HOST_SIDE = "10.231.0.1"
@@ -38,18 +39,6 @@ class Internet:
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-def wait_for(pred: object, what: str, timeout: float = 20.0) -> object:
-    """Polls ``pred`` until it is true (a condition, never a fixed delay)."""
-    end = time.monotonic() + timeout
-    while True:
-        got = pred()  # type: ignore[operator]
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import User
-from tests.net.conftest import Internet, wait_for
+from tests.conftest import User, wait_for
+from tests.net.conftest import Internet
 
 pytestmark = pytest.mark.uses_ptrace
 

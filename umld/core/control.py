@@ -147,8 +147,7 @@ class MachineControl:
                 )
             except OSError as exc:
                 log.warning("pids cgroup of %s: %s", name, exc)
-            if files.cgroup.oom_kills() is not None:
-                kernel.oom_kills = files.cgroup.oom_kills
+            self.watch_oom()
         if files.cgroup is not None:
             kernel.policy.cpus = files.cgroup.cpus
 
@@ -211,6 +210,16 @@ class MachineControl:
         KEEPER.remove(self)
         if self._terminal is not None:
             self._terminal.close()
+
+    def watch_oom(self) -> None:
+        """With a memory limit, the guest kernel names the OOM killer's
+        victims (``oom`` events): it keeps each process's name at exec.
+        Without one it does not, so that an exec reads no /proc file for
+        an event that the machine's own limit cannot cause."""
+        cgroup = self.files.cgroup
+        if cgroup is not None and cgroup.memory_limit() is not None:
+            if cgroup.oom_kills() is not None:
+                self.kernel.oom_kills = cgroup.oom_kills
 
     def started(self) -> None:
         """The guest runs: from now cpushare's keeper keeps its usage

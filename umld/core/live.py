@@ -106,6 +106,7 @@ def set_memory(control: MachineControl, value: int) -> None:
             cgroup.set_memory(value)
         except OSError as exc:
             raise _refuse(f"the machine's memory cgroup refused it: {exc.strerror}") from None
+        control.watch_oom()
     control.files.write("/proc/meminfo", meminfo_for(value, cgroup_usage(control)))
 
 
