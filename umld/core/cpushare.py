@@ -29,8 +29,8 @@ Every umld process computes the same shares from the same files and
 writes only its own machines' quotas: there is no coordinator to start
 or to lose, and a machine in a daemon and one of a separate ``umld run``
 are treated alike.  The cost is one pass over a few cgroup files per
-machine every TICK (some 50 µs per machine), and a machine that becomes
-busy waits one TICK or two for its share.
+machine every TICK (not measured on its own; the bench's W0 to W7 include
+it), and a machine that becomes busy waits one TICK or two for its share.
 
 The same thread refreshes the generated files that follow the machine's
 use: /proc/meminfo (MemFree and MemAvailable from the memory cgroup's
