@@ -50,3 +50,14 @@ def test_others_give_way_to_a_machine_short_for_another_reason() -> None:
 def test_a_machine_held_short_by_its_own_quota_gets_it_back() -> None:
     wants = {"a": Want(1, 1, 0.5, 0.5), "b": Want(2, 2, 1.3, 1.33)}
     assert _quota(2.0, wants, "a", 1, 0.5) > 0.5
+
+
+def test_a_held_machine_short_of_its_part_is_steered_up_whatever_held_it() -> None:
+    # a got 0.55 of the 1.85 CPUs the two used, under a quota of 0.67 that
+    # did not bind: its part is a third, so its quota rises (and b's falls).
+    wants = {"a": Want(1, 1, 0.55, 0.67), "b": Want(2, 2, 1.30, 1.33)}
+    assert _quota(2.0, wants, "a", 1, 0.67) > 0.67
+    assert _quota(2.0, wants, "b", 2, 1.33) < 1.33
+    # Within SLACK of its part: nothing moves (a steady state writes nothing).
+    wants = {"a": Want(1, 1, 0.62, 0.67), "b": Want(2, 2, 1.245, 1.33)}
+    assert _quota(2.0, wants, "a", 1, 0.67) == pytest.approx(0.67)
