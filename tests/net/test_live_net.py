@@ -6,18 +6,15 @@ in events."""
 from __future__ import annotations
 
 import errno
-import os
 import re
-import select
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import User, wait_for
-from tests.net.conftest import Internet
+from tests.conftest import User
+from tests.net.conftest import Internet, Live, live_machine
 
 pytestmark = pytest.mark.uses_ptrace
 
@@ -54,99 +51,14 @@ for line in sys.stdin:
 """
 
 
-class Live:
-    """A running machine with its export at ``mnt``, read and written by
-    its owner (an ordinary user's FUSE mount is its alone)."""
-
-    def __init__(self, proc: subprocess.Popen[str], mnt: Path, who: User | None) -> None:
-        self.proc, self.mnt, self.who = proc, mnt, who
-        assert proc.stdout is not None and proc.stdin is not None
-        self.out, self.inp = proc.stdout, proc.stdin
-
-    def ask(self, line: str) -> str:
-        self.inp.write(line + "\n")
-        self.inp.flush()
-        return self.line(60)
-
-    def line(self, timeout: float) -> str:
-        ready, _, _ = select.select([self.out], [], [], timeout)
-        return self.out.readline().strip() if ready else ""
-
-    def _as_owner(self, script: str, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = ["sh", "-c", script, "sh", *args]
-        return subprocess.run(
-            self.who.argv(argv) if self.who else argv, capture_output=True, text=True, timeout=30
-        )
-
-    def read(self, name: str) -> str:
-        r = self._as_owner('cat "$1"', str(self.mnt / name))
-        assert r.returncode == 0, r.stderr
-        return r.stdout
-
-    def counters(self, iface: str) -> dict[str, int]:
-        text = self.read("status")
-        return {k: int(v) for k, v in re.findall(rf"^net\.{iface}\.(\w+): (\d+)$", text, re.M)}
-
-    def set(self, key: str, value: str) -> None:
-        """Writes config/KEY; OSError(EINVAL) when it is refused."""
-        r = self._as_owner(
-            '/usr/bin/printf "%s\\n" "$2" > "$1"', str(self.mnt / "config" / key), value
-        )
-        if r.returncode != 0:
-            assert "Invalid argument" in r.stderr, r.stderr
-            raise OSError(errno.EINVAL, r.stderr.strip())
-
-    def events(self, until: str) -> str:
-        """The event stream up to the line with ``until``."""
-        r = self._as_owner(
-            'grep -m1 -F "$2" "$1" >/dev/null; echo', str(self.mnt / "events"), until
-        )
-        assert r.returncode == 0, r.stderr
-        return self.read_events()
-
-    def read_events(self) -> str:
-        # The stream replays what happened, then follows: a timeout ends it.
-        argv = ["timeout", "1", "cat", str(self.mnt / "events")]
-        r = subprocess.run(self.who.argv(argv) if self.who else argv, capture_output=True,
-                           text=True, timeout=30)  # fmt: skip
-        return r.stdout
-
-
 @pytest.fixture(params=["root", "user"])
 def live(
     request: pytest.FixtureRequest, internet: Internet, ordinary_user: User, tmp_path: Path
 ) -> Iterator[Live]:
     who = None if request.param == "root" else ordinary_user
-    base = Path(f"/tmp/umld-livenet-{os.getpid()}-{tmp_path.name}")
-    base.mkdir(mode=0o755)
-    mnt = base / "mnt"
-    mnt.mkdir()
-    if who is not None:
-        os.chown(mnt, who.uid, who.gid)
-    argv = [sys.executable, "-m", "umld", "run", f"--mount={mnt}", "--", sys.executable, "-c",
-            DRIVER, internet.addr, str(internet.data_port)]  # fmt: skip
-    with subprocess.Popen(
-        who.argv(argv) if who else argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd="/",
-    ) as proc:
-        m = Live(proc, mnt, who)
-        try:
-            assert m.line(60) == "ready", proc.stderr.read() if proc.stderr else ""
-            wait_for(lambda: m._as_owner('test -e "$1"', str(mnt / "net/interfaces")).returncode
-                     == 0, "the export")  # fmt: skip
-            yield m
-        finally:
-            proc.kill()
-            proc.wait()
-            if proc.stdin is not None:
-                proc.stdin.close()
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
-            mnt.rmdir()
-            base.rmdir()
+    guest = [sys.executable, "-c", DRIVER, internet.addr, str(internet.data_port)]
+    with live_machine(who, tmp_path, guest) as m:
+        yield m
 
 
 def test_interfaces_and_counters(live: Live) -> None:

@@ -122,19 +122,12 @@ def served(tmp_path: Path) -> Path:
     d.rmdir()
 
 
-AUTO_BROKEN = pytest.mark.xfail(
-    reason="Debian 12's pasta (0.0~git20230309) binds no host socket for -t auto here: "
-    "a guest's listener is not forwarded within 5 s (checked by hand with ss -ltn)",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("how", ["publish", pytest.param("auto", marks=AUTO_BROKEN)])
+@pytest.mark.parametrize("how", ["publish", "auto"])
 def test_a_guest_server_is_reached_from_the_hosts_loopback(
     served: Path, who: User | None, how: str
 ) -> None:
-    """--publish 127.0.0.1:HOSTPORT:GUESTPORT, and pasta's automatic
-    forwarding of what the guest listens on (found within its 1 s scan)."""
+    """--publish 127.0.0.1:HOSTPORT:GUESTPORT (pasta), and the automatic
+    forwarding of what the guest listens on (umld's, test_ports.py)."""
     guest_port = free_port()
     host_port = free_port() if how == "publish" else guest_port
     options = [f"--publish=127.0.0.1:{host_port}:{guest_port}"] if how == "publish" else []

@@ -37,6 +37,7 @@ from umld.tracer.events import Tid
 if TYPE_CHECKING:
     from umld.core.kernel import GuestKernel
     from umld.core.machine import Config
+    from umld.core.ports import Forward
     from umld.core.sandbox import MachineFiles
     from umld.core.tty import MachineTerminal, TerminalSnapshot
 
@@ -253,6 +254,13 @@ class MachineControl:
         those are the host's)."""
         net = self.files.net
         return {} if net is None else {k: tuple(v) for k, v in net.counters().items()}  # type: ignore[misc]
+
+    def net_ports(self) -> list[Forward]:
+        """The host's ports that reach the guest's (--publish and the
+        automatic forwards); none without a network of its own."""
+        from umld.core import net
+
+        return net.ports(self)
 
     def net_interfaces(self) -> list[tuple[str, str, str, tuple[str, ...]]]:
         """The interfaces of the machine's network namespace: (name, MAC,

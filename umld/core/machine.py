@@ -78,6 +78,7 @@ class Config:
     publish: list[Publish]
     net_address: str | None
     net_link: str
+    net_forward: str
     net_accept: str
     net_connect: str
     limits_nproc: int
@@ -222,6 +223,7 @@ def prepare(
             publish=cfg.publish,
             address=cfg.net_address,
             link=cfg.net_link,
+            forward=cfg.net_forward,
             mac=vde.mac_for(name) if cfg.net.startswith("vde:") else None,
         )
     upper = None

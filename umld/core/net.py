@@ -11,14 +11,14 @@ Modes (the ``net`` setting):
     network in user mode: pasta's tap device in the namespace, ordinary
     sockets on the host, no privilege and no network stack of ours.
     pasta configures it as the host's (address, route, DNS:
-    ``--config-net``), forwards the ports the guest listens on to the
-    host's loopback (``-t``/``-u`` ``127.0.0.1/auto``: pasta scans the
-    namespace's listening sockets) and the ``publish`` setting's ports;
-    it maps nothing of the host's loopback into the guest (``--no-map-gw``
+    ``--config-net``) and forwards the ``publish`` setting's ports; it
+    maps nothing of the host's loopback into the guest (``--no-map-gw``
     and ``-T none -U none``, pasta(1) "Handling of local traffic").
     Without pasta, slirp4netns(1) (``--configure
-    --disable-host-loopback``, publish through its API socket; no
-    automatic forwarding), with one notice.
+    --disable-host-loopback``, publish through its API socket), with one
+    notice.  Either way, the ports the guest's servers listen on are
+    forwarded from the host's loopback by umld's own forwarder
+    (:mod:`umld.core.ports`; this pasta's ``-t auto`` binds nothing).
 ``none``
     The namespace with its loopback alone.
 ``host``
@@ -68,6 +68,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, final
 
 from umld.core import vde
+from umld.core.ports import AutoForward, Forward
 from umld.errors import UmldError, get_logger
 
 if TYPE_CHECKING:
@@ -231,6 +232,7 @@ class MachineNet:
         publish: Sequence[Publish] = (),
         address: str | None = None,
         link: str = "up",
+        forward: str = "auto",
         on_event: Callable[[str], None] | None = None,
         mac: str | None = None,
     ) -> None:
@@ -242,6 +244,12 @@ class MachineNet:
         self._address = address
         self._link = link
         self.on_event = on_event
+        #: The automatic forwards and the published ports (net/ports).
+        self.ports = AutoForward(
+            enabled=forward == "auto",
+            published=[(p.proto, p.guest_port, _host_text(p)) for p in publish],
+            on_event=self._report,
+        )
         self._ours, self._stage_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._ours.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         #: The host pid of the guest's first process, once it asked.
@@ -257,6 +265,10 @@ class MachineNet:
         self._lock = threading.Lock()
 
     # -- start ---------------------------------------------------------------------
+
+    def _report(self, text: str) -> None:
+        if self.on_event is not None:
+            self.on_event(text)
 
     def stage_fd(self) -> int:
         """The guest's end of the socket, inheritable until start."""
@@ -342,6 +354,7 @@ class MachineNet:
                 self._start_pasta(path, pid)
             else:
                 self._start_slirp(path, pid)
+            self.ports.start(self._spawn_inside)
         elif self.mode.startswith("vde:"):
             self._vde_link = vde.attach(
                 pid, vde.resolve(self.mode), address=self._address, mac=self._mac
@@ -378,20 +391,18 @@ class MachineNet:
             log_path,
             "--config-net",
             "--no-map-gw",
-            # The guest's listening ports to the host; nothing of the
-            # host's loopback into the guest (pasta(1): -T and -U default
-            # to auto).
+            # The published ports alone (the guest's listening ports are
+            # umld's to forward, see ports.py), and nothing of the host's
+            # loopback into the guest (pasta(1): all four default to auto).
             "-t",
-            "auto",
+            "none",
             "-u",
-            "auto",
+            "none",
             "-T",
             "none",
             "-U",
             "none",
         ]
-        # This pasta refuses "auto" with specific ports: a protocol with
-        # published ports forwards those alone.
         for proto, flag in (("tcp", "-t"), ("udp", "-u")):
             ports = [p for p in self._publish if p.proto == proto]
             if ports:
@@ -521,12 +532,12 @@ class MachineNet:
             if not self._ended.is_set():
                 why = self._why(log_path)
                 log.warning("%s ended under its machine: %s", what, why)
-                if self.on_event is not None:
-                    self.on_event(f"net: {what} ended: {why}")
+                self._report(f"net: {what} ended: {why}")
 
         threading.Thread(target=watch, name=f"umld-{what}", daemon=True).start()
 
     def _end(self) -> None:
+        self.ports.close()
         helper = self._helper
         if helper is not None and helper.poll() is None:
             helper.terminate()
@@ -547,38 +558,56 @@ class MachineNet:
         self._netns = self._userns = self._admin = None
         self._ours.close()
 
-    def initial(self, *, link: str | None = None, address: str | None = None) -> None:
+    def initial(
+        self, *, link: str | None = None, address: str | None = None, forward: str | None = None
+    ) -> None:
         """What a live setting says before the network is connected."""
         if link is not None:
             self._link = link
         if address is not None:
             self._address = address
+        if forward is not None:
+            self.ports.set_enabled(forward == "auto")
 
     def apply(self, what: str, value: str) -> None:
-        """A live change: ``link`` or ``address``."""
-        if what == "link":
+        """A live change: ``link``, ``address`` or ``forward``."""
+        if what == "forward":
+            self.ports.set_enabled(value == "auto")
+        elif what == "link":
             self.set_link(value)
         else:
             self.set_address(value)
 
     # -- inside the namespace -------------------------------------------------------
 
+    def _nsenter(self, argv: list[str]) -> tuple[list[str], tuple[int, ...]]:
+        """``argv`` to run in the machine's network namespace: nsenter(1)
+        on the kept descriptors (which the caller passes, with the lock
+        held); an ordinary user's as uid 0 of the stage's user namespace
+        (see _connect), root's as itself."""
+        net = self._netns
+        if net is None:
+            raise NetError("the machine's network is not up")
+        words = [_which("nsenter") or "nsenter"]
+        fds: tuple[int, ...] = (net,)
+        if self._admin is not None:
+            # Our uid is that namespace's 0 already (its map), and it
+            # denies setgroups(2), which nsenter would call otherwise.
+            words += [f"--user=/proc/self/fd/{self._admin}", "--preserve-credentials"]
+            fds = (net, self._admin)
+        return [*words, f"--net=/proc/self/fd/{net}", "--", *argv], fds
+
+    def _spawn_inside(self, argv: list[str], keep: tuple[int, ...]) -> subprocess.Popen[bytes]:
+        """A helper of the machine's life in its namespace (the forwarder),
+        tied to this thread as pasta is."""
+        words, fds = self._nsenter(argv)
+        with open(os.path.join(self._rundir, "forwarder.log"), "ab") as log_file:
+            return self._tied(words, stdout=log_file, stderr=log_file, pass_fds=(*fds, *keep))
+
     def _inside(self, argv: list[str], *, check: bool = True) -> str:
-        """``argv`` run in the machine's network namespace: nsenter(1) on
-        the kept descriptors; an ordinary user's as uid 0 of the stage's
-        user namespace (see _connect), root's as itself."""
+        """``argv`` run in the machine's network namespace, its output."""
         with self._lock:
-            net = self._netns
-            if net is None:
-                raise NetError("the machine's network is not up")
-            words = [_which("nsenter") or "nsenter"]
-            fds: tuple[int, ...] = (net,)
-            if self._admin is not None:
-                # Our uid is that namespace's 0 already (its map), and it
-                # denies setgroups(2), which nsenter would call otherwise.
-                words += [f"--user=/proc/self/fd/{self._admin}", "--preserve-credentials"]
-                fds = (net, self._admin)
-            words += [f"--net=/proc/self/fd/{net}", "--", *argv]
+            words, fds = self._nsenter(argv)
             proc = subprocess.run(
                 words, pass_fds=fds, capture_output=True, stdin=subprocess.DEVNULL, timeout=30
             )
@@ -705,6 +734,23 @@ def _apply(control: MachineControl, what: str, value: str) -> None:
 def set_link(control: MachineControl, value: str) -> None:
     """``config/net/link``: the guest's interface up or down."""
     _apply(control, "link", value)
+
+
+def set_forward(control: MachineControl, value: str) -> None:
+    """``config/net/forward``: the guest's listening ports forwarded from
+    the host's loopback (``auto``) or not (``none``)."""
+    _apply(control, "forward", value)
+
+
+def ports(control: MachineControl) -> list[Forward]:
+    """``net/ports``: the host's ports that reach the guest's."""
+    net = control.files.net
+    return [] if net is None else net.ports.rows()
+
+
+def _host_text(p: Publish) -> str:
+    addr = f"[{p.host_addr}]" if ":" in p.host_addr else p.host_addr
+    return f"{addr}:{p.host_port}"
 
 
 def set_address(control: MachineControl, value: str) -> None:

@@ -455,6 +455,10 @@ SETTINGS: tuple[Setting, ...] = (
             "the address of the guest's interface (the default route stays pasta's gateway)",
             live=True, apply=net.set_address, current=net.address, metavar="CIDR",
             shown_default="the host's (pasta), none (vde)"),
+    Setting("net/forward", Choice("auto", "none"),
+            "`auto`: each port a server of the guest listens on is reached from the host's "
+            "loopback at the same port while it listens (--net user; `net/ports` lists them)",
+            default="auto", live=True, apply=net.set_forward),
     Setting("net/link", Choice("up", "down"),
             "the guest's interface's carrier: `down` pulls the cable (its traffic stalls)",
             default="up", live=True, apply=net.set_link),

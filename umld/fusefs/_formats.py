@@ -114,6 +114,13 @@ def interfaces(control: MachineControl) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def ports(control: MachineControl) -> bytes:
+    """``net/ports``: one line per host port that reaches the guest: the
+    protocol, the host's address:port, the guest's port, and how
+    (``publish`` or ``auto``)."""
+    return "".join(f"{row.text()}\n" for row in control.net_ports()).encode()
+
+
 def process_status(info: ProcessInfo) -> bytes:
     """``proc/PID/status``, in /proc's "Key:\\tvalue" form."""
     return (

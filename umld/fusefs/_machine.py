@@ -14,6 +14,8 @@ Built only from umld.core's public API (a test enforces it):
     diff          A/M/D path per change, as umld diff prints it
     metrics.prom  Prometheus text format
     net/interfaces  its own network's interfaces: name, MAC, state, addresses
+    net/ports     the host's ports that reach the guest's: published, and
+                  each server it listens on (net/forward auto)
     syscalls      the syscall table (generated from it)
     ui/           the machine's own terminal (the tty setting): screen,
                   screen.ansi, cursor, title, size (writable), input,
@@ -291,7 +293,15 @@ def build_tree(control: MachineControl, events: EventLog) -> Directory:
     )
     if control.net_mode != "host":
         # Its own network namespace's interfaces (not the host's).
-        tree.add("net", Directory({"interfaces": SnapshotFile(_interfaces(control))}))
+        tree.add(
+            "net",
+            Directory(
+                {
+                    "interfaces": SnapshotFile(_interfaces(control)),
+                    "ports": SnapshotFile(lambda: _formats.ports(control)),
+                }
+            ),
+        )
     if control.has_terminal:
         tree.add("ui", _ui_tree(control))
     if control.copy_on_write:

@@ -1,0 +1,334 @@
+"""The port forwarder inside a machine's network namespace (``--net user``).
+
+A server the guest starts is reached from the host's loopback at the same
+port, as pasta's automatic forwarding (``-t auto``) promises.  Debian 12's
+pasta (0.0~git20230309) binds nothing for ``auto`` here, so umld forwards
+those ports itself, with two parts that each stay in one namespace:
+
+- this program, run inside the machine's network namespace (nsenter(1) on
+  the namespace umld keeps, by :mod:`umld.core.ports`), reads the
+  namespace's sockets every SCAN seconds (``/proc/self/net/tcp``, ``tcp6``,
+  ``udp``, ``udp6``: proc(5) shows the reader's namespace) and tells umld
+  which ports the guest listens on;
+- umld binds the same ports on the host's loopback (it is in the host's
+  namespace) and hands the bound sockets here over the control socket
+  (SCM_RIGHTS, unix(7)).  A socket stays in the namespace it was created
+  in, so this program accepts on the host's socket, connects to the guest's
+  server inside, and copies the bytes both ways.
+
+umld never enters the guest's namespace and this program never creates a
+socket of the host's; what the guest controls is which of its own ports
+are forwarded, and umld decides which of those it binds (ports.py).
+
+It imports the standard library only, and runs as a script (``python -I``,
+so nothing of umld's package is imported and the script's directory is
+not on the path): it starts in a few ms and holds no more than it needs.
+
+The control socket is SOCK_SEQPACKET, one message a line:
+
+========================  =========================================
+this program → umld       ``listen tcp 8080`` / ``unlisten tcp 8080``
+umld → this program       ``serve tcp 8080`` with the bound sockets,
+                          ``drop tcp 8080``
+========================  =========================================
+
+UDP ports are those of unconnected sockets outside the namespace's
+ephemeral range (``ip_local_port_range``): a client's socket is not a
+server.  Each host peer of a UDP port gets a socket of its own inside
+(so replies find it), closed after UDP_IDLE seconds of silence.
+"""
+
+from __future__ import annotations
+
+import array
+import selectors
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+#: Seconds between two reads of the namespace's sockets.
+SCAN = 0.25
+#: Connections copied at once; more are accepted and closed at once.
+MAX_CONNECTIONS = 512
+#: Peers of one UDP port at once.
+MAX_UDP_PEERS = 256
+#: Seconds a UDP peer's socket lives without a datagram.
+UDP_IDLE = 60.0
+#: TCP states in /proc/net/tcp (include/net/tcp_states.h): LISTEN.
+TCP_LISTEN = "0A"
+BUFFER = 1 << 16
+
+Key = tuple[str, int]
+#: A UDP peer's address, as recvfrom(2) gives it.
+Addr = tuple[Any, ...]
+
+
+def _address(hexaddr: str) -> str:
+    """An address of /proc/net/{tcp,udp}{,6}: hex of the kernel's bytes,
+    in 32-bit words of host order (little-endian here)."""
+    raw = bytes.fromhex(hexaddr)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET if len(words) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, words)
+
+
+def _ephemeral() -> range:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = map(int, f.read().split())
+        return range(low, high + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
+def listening() -> dict[Key, set[str]]:
+    """The ports the namespace's servers listen on: (proto, port) → the
+    local addresses."""
+    out: dict[Key, set[str]] = {}
+    ephemeral = _ephemeral()
+    for proto in ("tcp", "udp"):
+        for suffix in ("", "6"):
+            try:
+                with open(f"/proc/self/net/{proto}{suffix}") as f:
+                    lines = f.read().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if len(fields) < 4:
+                    continue
+                local, remote, state = fields[1], fields[2], fields[3]
+                addr, _, port_hex = local.rpartition(":")
+                port = int(port_hex, 16)
+                if proto == "tcp" and state != TCP_LISTEN:
+                    continue
+                if proto == "udp" and (
+                    port == 0 or port in ephemeral or int(remote.rpartition(":")[2], 16) != 0
+                ):
+                    continue
+                out.setdefault((proto, port), set()).add(_address(addr))
+    return out
+
+
+def target(addresses: set[str], port: int) -> tuple[str, int]:
+    """Where a forwarded connection goes inside: the loopback of the
+    family the guest listens on (every wildcard and loopback listener
+    accepts it), else the one address it listens on."""
+    for addr in sorted(addresses):
+        if addr in ("0.0.0.0", "127.0.0.1"):
+            return ("127.0.0.1", port)
+    for addr in sorted(addresses):
+        if addr in ("::", "::1"):
+            return ("::1", port)
+    return (sorted(addresses)[0], port)
+
+
+def _connect(to: tuple[str, int], kind: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in to[0] else socket.AF_INET
+    s = socket.socket(family, kind)
+    try:
+        s.connect(to)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+class _Copy:
+    """One forwarded TCP connection: a thread each way."""
+
+    count = 0
+    lock = threading.Lock()
+
+    @classmethod
+    def start(cls, outer: socket.socket, to: tuple[str, int]) -> None:
+        with cls.lock:
+            if cls.count >= MAX_CONNECTIONS:
+                outer.close()
+                return
+            cls.count += 1
+        threading.Thread(target=cls._run, args=(outer, to), daemon=True).start()
+
+    @classmethod
+    def _run(cls, outer: socket.socket, to: tuple[str, int]) -> None:
+        try:
+            try:
+                inner = _connect(to, socket.SOCK_STREAM)
+            except OSError:
+                # The server went between the scan and the connection:
+                # the client sees a reset, as it would natively.
+                outer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+                return
+            with inner:
+                back = threading.Thread(target=_pump, args=(inner, outer), daemon=True)
+                back.start()
+                _pump(outer, inner)
+                back.join()
+        finally:
+            outer.close()
+            with cls.lock:
+                cls.count -= 1
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(BUFFER):
+            dst.sendall(data)
+    except OSError:
+        pass
+    for s, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
+        try:
+            s.shutdown(how)
+        except OSError:
+            pass
+
+
+class _Udp:
+    """One forwarded UDP port: the host's socket and a socket inside per
+    host peer."""
+
+    def __init__(self, key: Key, outer: socket.socket, sel: selectors.BaseSelector) -> None:
+        self.key = key
+        self.outer = outer
+        self.sel = sel
+        self.peers: dict[Addr, tuple[socket.socket, float]] = {}
+        outer.setblocking(False)
+        sel.register(outer, selectors.EVENT_READ, self)
+
+    def readable(self, sock: socket.socket, peer: Addr | None, to: tuple[str, int]) -> None:
+        """A datagram on the host's socket (peer None) or on the socket
+        inside of ``peer``."""
+        now = time.monotonic()
+        if peer is None:
+            try:
+                data, peer = sock.recvfrom(BUFFER)
+            except OSError:
+                return
+            inner = self.peers.get(peer, (None, 0.0))[0]
+            if inner is None:
+                if len(self.peers) >= MAX_UDP_PEERS:
+                    return
+                try:
+                    inner = _connect(to, socket.SOCK_DGRAM)
+                except OSError:
+                    return
+                inner.setblocking(False)
+                self.sel.register(inner, selectors.EVENT_READ, (self, peer))
+            self.peers[peer] = (inner, now)
+            try:
+                inner.send(data)
+            except OSError:
+                pass
+            return
+        try:
+            self.outer.sendto(sock.recv(BUFFER), peer)
+        except OSError:
+            pass
+        if peer in self.peers:
+            self.peers[peer] = (sock, now)
+
+    def expire(self, now: float) -> None:
+        for peer, (inner, at) in list(self.peers.items()):
+            if now - at > UDP_IDLE:
+                self._drop(peer, inner)
+
+    def _drop(self, peer: Addr, inner: socket.socket) -> None:
+        del self.peers[peer]
+        self.sel.unregister(inner)
+        inner.close()
+
+    def close(self) -> None:
+        for peer, (inner, _) in list(self.peers.items()):
+            self._drop(peer, inner)
+        self.sel.unregister(self.outer)
+        self.outer.close()
+
+
+def _receive(ctl: socket.socket) -> tuple[str, list[socket.socket]] | None:
+    fds = array.array("i")
+    msg, anc, _, _ = ctl.recvmsg(256, socket.CMSG_SPACE(8 * fds.itemsize))
+    if not msg:
+        return None
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return msg.decode(), [socket.socket(fileno=fd) for fd in fds]
+
+
+def serve(ctl: socket.socket) -> None:
+    """Until umld closes the control socket."""
+    sel = selectors.DefaultSelector()
+    sel.register(ctl, selectors.EVENT_READ, None)
+    known: dict[Key, set[str]] = {}
+    served: dict[Key, list[socket.socket]] = {}
+    udp_of: dict[Key, list[_Udp]] = {}
+    next_scan = 0.0
+    while True:
+        now = time.monotonic()
+        if now >= next_scan:
+            found = listening()
+            for key in sorted(found.keys() - known.keys()):
+                ctl.send(f"listen {key[0]} {key[1]}".encode())
+            for key in sorted(known.keys() - found.keys()):
+                ctl.send(f"unlisten {key[0]} {key[1]}".encode())
+            known = found
+            for udps in udp_of.values():
+                for u in udps:
+                    u.expire(now)
+            next_scan = now + SCAN
+        for sel_key, _ in sel.select(max(0.0, next_scan - time.monotonic())):
+            sock = sel_key.fileobj
+            assert isinstance(sock, socket.socket)
+            data = sel_key.data
+            if data is None:
+                got = _receive(ctl)
+                if got is None:
+                    return
+                line, socks = got
+                verb, proto, port = line.split()
+                key = (proto, int(port))
+                for old in udp_of.pop(key, []):
+                    old.close()
+                for old_sock in served.pop(key, []):
+                    sel.unregister(old_sock)
+                    old_sock.close()
+                if verb != "serve":
+                    for s in socks:
+                        s.close()
+                    continue
+                if proto == "tcp":
+                    for s in socks:
+                        s.setblocking(False)
+                        sel.register(s, selectors.EVENT_READ, key)
+                    served[key] = socks
+                else:
+                    udp_of[key] = [_Udp(key, s, sel) for s in socks]
+            elif isinstance(data, tuple) and isinstance(data[0], str):
+                try:
+                    outer, _ = sock.accept()
+                except OSError:
+                    continue
+                outer.setblocking(True)
+                _Copy.start(outer, target(known.get(data, {"127.0.0.1"}), data[1]))
+            else:
+                udp, peer = (data, None) if isinstance(data, _Udp) else data
+                addrs = known.get(udp.key, {"127.0.0.1"})
+                udp.readable(sock, peer, target(addrs, udp.key[1]))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: forwarder.py CONTROL_FD", file=sys.stderr)
+        return 2
+    ctl = socket.socket(fileno=int(argv[1]))
+    try:
+        serve(ctl)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

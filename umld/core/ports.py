@@ -1,0 +1,256 @@
+"""Ports of the guest reached from the host's loopback (``--net user``).
+
+Two ways, both shown in the export's ``net/ports``:
+
+- ``--publish [HOSTADDR:]HOSTPORT:GUESTPORT[/udp]``: pasta (or
+  slirp4netns) forwards the host's port to the guest's, for the machine's
+  life, listening or not;
+- automatically (``net/forward = auto``, the default): each port a server
+  of the guest listens on is bound on the host's loopback at the same
+  port while it listens, TCP and UDP, 127.0.0.1 and ::1.  The forwarder
+  (:mod:`umld.core.forwarder`, its text says how) runs inside the
+  machine's network namespace; this side, in the host's, decides and binds.
+
+What the guest may and may not get.  Only loopback addresses of the host
+are bound, never its other interfaces (the guest's servers are not put on
+the network by starting).  A port already in use on the host stays the
+host's (the guest's is not forwarded: an ``events`` line says why); so
+does a port below ``ip_unprivileged_port_start`` for an ordinary user.  A
+guest port that ``--publish`` names is pasta's.  At most MAX_PORTS ports
+are forwarded at once (a guest that opens thousands of listeners does not
+take the host's ports).  ``net/forward = none``, live, closes every
+automatic forward and binds no more; users who do not want a guest's
+servers on their loopback at all set it so.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import errno
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, final
+
+from umld.errors import get_logger
+
+log = get_logger("umld.ports")
+
+#: Guest ports forwarded automatically at once.
+MAX_PORTS = 256
+#: The program that runs inside the namespace.
+FORWARDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "forwarder.py")
+
+Key = tuple[str, int]
+
+
+class Forward(NamedTuple):
+    """One row of ``net/ports``."""
+
+    proto: str
+    host: str
+    guest_port: int
+    how: str  # "auto" or "publish"
+
+    def text(self) -> str:
+        return f"{self.proto} {self.host} -> {self.guest_port} {self.how}"
+
+
+def _bind(proto: str, port: int) -> tuple[list[socket.socket], str | None]:
+    """The host's loopback sockets for a guest port (127.0.0.1, and ::1
+    where the host has IPv6), and why they could not be bound.  Both or
+    none: a host service on one of them keeps the port whole, or a host
+    client of ``localhost:PORT`` would reach the guest by one family and
+    its own service by the other."""
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    socks: list[socket.socket] = []
+    for family, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            s = socket.socket(family, kind)
+        except OSError:
+            continue  # no IPv6 on this host
+        try:
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if kind == socket.SOCK_STREAM:
+                # A port of a forward just closed may still have connections
+                # in TIME_WAIT (socket(7) SO_REUSEADDR).
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((addr, port))
+            if kind == socket.SOCK_STREAM:
+                s.listen(128)
+        except OSError as exc:
+            s.close()
+            if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
+                continue  # the host's loopback has no ::1
+            for other in socks:
+                other.close()
+            shown = f"[{addr}]" if family == socket.AF_INET6 else addr
+            return [], f"{shown}:{port}: {exc.strerror}"
+        socks.append(s)
+    return socks, None
+
+
+@final
+class AutoForward:
+    """The automatic forwards of one machine: the forwarder inside, the
+    host's sockets outside.  Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        published: Sequence[tuple[str, int, str]] = (),
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        #: (proto, guest port, host address:port) of --publish.
+        self._published = list(published)
+        self._enabled = enabled
+        self.on_event = on_event
+        self._lock = threading.Lock()
+        self._listening: set[Key] = set()
+        self._forwarded: dict[Key, list[str]] = {}
+        self._refused: set[Key] = set()
+        self._ctl: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- start and end -------------------------------------------------------------
+
+    def start(self, spawn: Callable[[list[str], tuple[int, ...]], subprocess.Popen[bytes]]) -> None:
+        """Starts the forwarder: ``spawn(argv, fds)`` runs it inside the
+        machine's network namespace with ``fds`` kept open."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            argv = [sys.executable, "-I", FORWARDER, str(theirs.fileno())]
+            self._proc = spawn(argv, (theirs.fileno(),))
+        finally:
+            theirs.close()
+        self._ctl = ours
+        self._thread = threading.Thread(target=self._run, name="umld-ports", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """The machine has ended: the forwarder goes with its sockets."""
+        ctl, self._ctl = self._ctl, None
+        if ctl is not None:
+            with contextlib.suppress(OSError):
+                ctl.shutdown(socket.SHUT_RDWR)
+            ctl.close()
+        proc = self._proc
+        if proc is not None:
+            try:
+                proc.wait(2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    # -- the view and the live setting ----------------------------------------------
+
+    def rows(self) -> list[Forward]:
+        """``net/ports``: what --publish and the automatic forwards reach."""
+        out = [Forward(proto, host, port, "publish") for proto, port, host in self._published]
+        with self._lock:
+            for (proto, port), hosts in sorted(self._forwarded.items()):
+                out += [Forward(proto, host, port, "auto") for host in hosts]
+        return out
+
+    def set_enabled(self, enabled: bool) -> None:
+        """``config/net/forward``: ``auto`` forwards what the guest listens
+        on from now on, ``none`` closes every automatic forward."""
+        with self._lock:
+            self._enabled = enabled
+            keys = sorted(self._listening)
+        for key in keys:
+            if enabled:
+                self._forward(key)
+            else:
+                self._drop(key)
+
+    # -- the forwarder's reports -----------------------------------------------------
+
+    def _run(self) -> None:
+        ctl = self._ctl
+        assert ctl is not None
+        while True:
+            try:
+                msg = ctl.recv(256)
+            except OSError:
+                return
+            if not msg:
+                if self._ctl is not None:
+                    self._event("net: the port forwarder ended")
+                return
+            try:
+                verb, proto, port_text = msg.decode().split()
+                key = (proto, int(port_text))
+            except ValueError:
+                log.warning("port forwarder: unknown message %r", msg[:100])
+                continue
+            with self._lock:
+                if verb == "listen":
+                    self._listening.add(key)
+                else:
+                    self._listening.discard(key)
+                    self._refused.discard(key)
+            if verb == "listen":
+                self._forward(key)
+            else:
+                self._drop(key)
+
+    def _forward(self, key: Key) -> None:
+        proto, port = key
+        with self._lock:
+            if not self._enabled or key in self._forwarded or key in self._refused:
+                return
+            if any(p == proto and g == port for p, g, _ in self._published):
+                return
+            if len(self._forwarded) >= MAX_PORTS:
+                self._refused.add(key)
+                why: str | None = f"more than {MAX_PORTS} ports are forwarded"
+                socks: list[socket.socket] = []
+            else:
+                socks, why = _bind(proto, port)
+                if why is not None:
+                    self._refused.add(key)
+            hosts = [
+                f"{'[::1]' if s.family == socket.AF_INET6 else '127.0.0.1'}:{port}" for s in socks
+            ]
+            if socks:
+                self._forwarded[key] = hosts
+        if why is not None:
+            self._event(f"net: {proto} port {port} of the guest is not forwarded: {why}")
+            return
+        self._send(f"serve {proto} {port}", socks)
+        self._event(f"net: forward {proto} {', '.join(hosts)} -> {port}")
+
+    def _drop(self, key: Key) -> None:
+        with self._lock:
+            hosts = self._forwarded.pop(key, None)
+        if hosts is not None:
+            self._send(f"drop {key[0]} {key[1]}", [])
+            self._event(f"net: unforward {key[0]} {', '.join(hosts)}")
+
+    def _send(self, line: str, socks: list[socket.socket]) -> None:
+        ctl = self._ctl
+        try:
+            if ctl is not None:
+                fds = array.array("i", [s.fileno() for s in socks])
+                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())] if socks else []
+                ctl.sendmsg([line.encode()], anc)
+        except OSError as exc:
+            log.debug("port forwarder: %s", exc)
+        finally:
+            # The forwarder holds its copies now: the port is free again
+            # when it closes them.
+            for s in socks:
+                s.close()
+
+    def _event(self, text: str) -> None:
+        log.info("%s", text)
+        if self.on_event is not None:
+            self.on_event(text)
