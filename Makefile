@@ -22,8 +22,9 @@ APT_PACKAGES := gcc make pkg-config python3 python3-venv python3-dev libffi-dev 
 	passt slirp4netns iproute2 curl
 # VDE virtual Ethernet (umld/core/vde.py: vde_switch, vde_plug, dpipe; ip and
 # nsenter drive them), and what its tests use: ping, tcpdump, and socat for a
-# TCP stream between two network namespaces standing for two hosts.
-APT_PACKAGES += vde2 iputils-ping tcpdump socat
+# TCP stream between two network namespaces standing for two hosts, and
+# busybox's udhcpc as a guest's DHCP client of slirpvde.
+APT_PACKAGES += vde2 iputils-ping tcpdump socat udhcpc
 
 .PHONY: all install install-systemd demo test test-fast lint bench bench-quick conformance clean
 

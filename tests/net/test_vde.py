@@ -537,16 +537,7 @@ def test_ordinary_user_plugs_its_machines_not_into_roots_switch(
 # -- the machine setting --------------------------------------------------------
 
 
-def _net_setting() -> str | None:
-    from umld.core import settings
-
-    if "net" not in settings.BY_KEY:
-        return "the --net setting (branch netns) is not merged yet"
-    return None
-
-
 @pytest.mark.uses_ptrace
-@pytest.mark.skipif(_net_setting() is not None, reason=str(_net_setting()))
 def test_umld_run_on_a_vde_switch(
     netns: Callable[[], Netns], switch: Callable[..., Switch]
 ) -> None:
@@ -571,6 +562,58 @@ def test_umld_run_on_a_vde_switch(
         check=False,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+#: udhcpc's script (udhcpc(8): called with "bound" and the lease in its
+#: environment): the address on the interface, the router as the default
+#: route.  Debian's default script needs busybox itself.
+DHCP_SCRIPT = r"""#!/bin/sh
+if [ "$1" = bound ]; then
+    ip addr add "$ip/$mask" dev "$interface"
+    ip route add default via "${router%% *}" dev "$interface"
+fi
+exit 0
+"""
+
+
+@pytest.mark.uses_ptrace
+def test_a_guest_configured_by_dhcp_from_slirpvde(
+    switch: Callable[..., Switch], tmp_path: Path
+) -> None:
+    """No --net-address: a DHCP client in the guest gets its address and
+    default route from slirpvde on the switch, and reaches slirpvde's
+    host address through it."""
+    from tests.conftest import umld_argv
+
+    sw = switch("dhcplan")
+    slirp = subprocess.Popen(
+        ["slirpvde", "-s", sw.path, "--dhcp", "-H", "10.202.0.2/24"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        script = (
+            f"printf '%s' '{DHCP_SCRIPT}' > /tmp/dhcp && chmod +x /tmp/dhcp && "
+            "/sbin/udhcpc -i vde0 -n -q -f -t 10 -T 1 -s /tmp/dhcp >/dev/null 2>&1 && "
+            "ip -4 -o addr show dev vde0 | awk '{print $4}' && "
+            "ip -4 route show default | awk '{print $3}' && "
+            "ping -c 1 -W 5 10.202.0.2 >/dev/null && echo ping"
+        )
+        r = subprocess.run(
+            [*umld_argv("c", "--uid=0", f"--net=vde:{sw.path}"), "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        # slirpvde leases from host number 15 of its network.
+        assert r.stdout.split() == ["10.202.0.15/24", "10.202.0.2", "ping"], r.stdout + r.stderr
+    finally:
+        slirp.terminate()
+        slirp.wait(10)
+        assert slirp.stderr is not None
+        slirp.stderr.close()
 
 
 # -- the daemon's switches ----------------------------------------------------
