@@ -5,7 +5,7 @@ connect latency, per ``--net`` mode, against the host's loopback.
 Usage (from the repository root):
 
     .venv/bin/python bench/net.py [--quick] [--mib MIB] [--requests N]
-        [--rounds R] [--modes native,host,user,vde] [--json FILE]
+        [--rounds R] [--modes native,host,user,auto,vde] [--json FILE]
 
 One small peer program (PEER below) serves and measures every case, so
 that the only difference between two cases is the path between them:
@@ -15,6 +15,8 @@ that the only difference between two cases is the path between them:
 - ``user``:   the server in ``umld run --net user --publish P:P``; the
               client on the host's loopback reaches it through pasta's
               port forwarding.
+- ``auto``:   the server in ``umld run --net user``; the client reaches it
+              through umld's automatic forwarding (umld/core/forwarder.py).
 - ``vde``:    server and client in two machines on one VDE switch
               (``vde_switch`` run by this script), ``--net vde:DIR`` with
               addresses of their own: Ethernet frames through the switch.
@@ -47,7 +49,12 @@ from typing import Final
 
 REPO_DIR: Final = Path(__file__).resolve().parent.parent
 ENV: Final = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8"}
+#: The first of the servers' ports: each mode has its own (PORT + its
+#: index in MODES), so that one mode's connections in TIME_WAIT, which a
+#: forwarder's socket without SO_REUSEADDR leaves for a minute, never stop
+#: the next mode's server from binding.
 PORT: Final = 47391
+MODES: Final = ("native", "host", "user", "auto", "vde")
 VDE_NET: Final = ("10.77.0.1", "10.77.0.2")
 
 # The peer: `serve PORT` prints "ready" once it listens, then serves
@@ -182,11 +189,13 @@ def wait_reachable(host: str, port: int, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-def measure(client: Sequence[str], host: str, mib: int, requests: int) -> dict[str, float]:
+def measure(
+    client: Sequence[str], host: str, port: int, mib: int, requests: int
+) -> dict[str, float]:
     out: dict[str, float] = {}
     for kind, size in (("stream", mib), ("rr", requests)):
         r = subprocess.run(
-            [*client, kind, host, str(PORT), str(size)],
+            [*client, kind, host, str(port), str(size)],
             cwd="/",
             env={**ENV, "PYTHONPATH": str(REPO_DIR)},
             capture_output=True,
@@ -208,17 +217,21 @@ def measure(client: Sequence[str], host: str, mib: int, requests: int) -> dict[s
 def case(mode: str, peer: Path, work: Path, mib: int, requests: int) -> dict[str, float]:
     """One round of one mode."""
     py = ["python3", str(peer)]
+    port = PORT + MODES.index(mode)
     if mode == "native":
-        with started([*py, "serve", str(PORT)]) as server:
+        with started([*py, "serve", str(port)]) as server:
             wait_ready(server, "the native server")
-            return measure(py, "127.0.0.1", mib, requests)
-    if mode in ("host", "user"):
-        options = ["--net", "host"] if mode == "host" else ["--net", "user",
-                   "--publish", f"{PORT}:{PORT}"]  # fmt: skip
-        with started([*umld(*options), *py, "serve", str(PORT)]) as server:
+            return measure(py, "127.0.0.1", port, mib, requests)
+    if mode in ("host", "user", "auto"):
+        options = {
+            "host": ["--net", "host"],
+            "user": ["--net", "user", "--publish", f"{port}:{port}"],
+            "auto": ["--net", "user"],
+        }[mode]
+        with started([*umld(*options), *py, "serve", str(port)]) as server:
             wait_ready(server, f"the server in --net {mode}")
-            wait_reachable("127.0.0.1", PORT)
-            return measure(py, "127.0.0.1", mib, requests)
+            wait_reachable("127.0.0.1", port)
+            return measure(py, "127.0.0.1", port, mib, requests)
     # vde: a switch of our own, a server machine and a client machine.
     switch = work / "switch"
     with started(["vde_switch", "-s", str(switch)], console=True) as sw:
@@ -228,11 +241,12 @@ def case(mode: str, peer: Path, work: Path, mib: int, requests: int) -> dict[str
                 raise SystemExit("net.py: vde_switch did not start")
             time.sleep(0.02)
         net = ["--net", f"vde:{switch}"]
-        server_argv = [*umld(*net, "--net-address", f"{VDE_NET[0]}/24"), *py, "serve", str(PORT)]
+        address = ["--net-address", f"{VDE_NET[0]}/24"]
+        server_argv = [*umld(*net, *address), *py, "serve", str(port)]
         with started(server_argv) as server:
             wait_ready(server, "the server on the switch")
             client = [*umld(*net, "--net-address", f"{VDE_NET[1]}/24"), *py]
-            return measure(client, VDE_NET[0], mib, requests)
+            return measure(client, VDE_NET[0], port, mib, requests)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,12 +255,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--mib", type=int, default=256, help="MiB per stream (256)")
     ap.add_argument("--requests", type=int, default=2000, help="connections per rr (2000)")
     ap.add_argument("--rounds", type=int, default=5, help="paired rounds (5)")
-    ap.add_argument("--modes", default="native,host,user,vde", help="cases to run")
+    ap.add_argument("--modes", default=",".join(MODES), help="cases to run")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
     if args.quick:
         args.mib, args.requests, args.rounds = 32, 200, 1
     modes = [m for m in args.modes.split(",") if m]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        ap.error(f"unknown mode {unknown[0]!r} (modes: {', '.join(MODES)})")
     if "native" not in modes:
         modes.insert(0, "native")
     missing = {"user": "pasta", "vde": "vde_switch"}

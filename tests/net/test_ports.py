@@ -228,3 +228,42 @@ def test_an_ordinary_users_guest_gets_no_privileged_host_port(
         assert m.ask("tcp 80") == "ok"
         events = m.events("net: tcp port 80 of the guest is not forwarded")
         assert "127.0.0.1:80: Permission denied" in events, events
+
+
+def test_published_ports_tcp_and_udp_are_listed_and_reach_the_guest(
+    ordinary_user: User, tmp_path: Path
+) -> None:
+    """--publish goes through the same forwarder: HOSTPORT reaches the
+    guest's GUESTPORT (a connection before the guest listens is reset)."""
+    host_tcp, guest_tcp = free_port(), free_port()
+    host_udp, guest_udp = free_udp_port(), free_port()
+    options = [f"--publish={host_tcp}:{guest_tcp}", f"--publish={host_udp}:{guest_udp}/udp"]
+    with live_machine(ordinary_user, tmp_path, [sys.executable, "-c", SERVERS], options) as m:
+        assert answer(host_tcp) is None
+        assert m.ask(f"tcp {guest_tcp}") == "ok"
+        assert answer(host_tcp) == f"guest {guest_tcp}\n"
+        assert m.ask(f"udp {guest_udp}") == "ok"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(b"hi", ("127.0.0.1", host_udp))
+            assert s.recv(100) == b"echo hi"
+        ports = m.read("net/ports").splitlines()
+        assert ports == [
+            f"tcp 127.0.0.1:{host_tcp} -> {guest_tcp} publish",
+            f"udp 127.0.0.1:{host_udp} -> {guest_udp} publish",
+        ], ports
+
+
+def test_a_published_port_the_host_uses_fails_the_start_with_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as host:
+        port = host.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "umld", "run", f"--publish={port}:80", "--", "/bin/true"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert r.returncode != 0
+    assert r.stderr.splitlines() == [
+        f"umld: --publish 127.0.0.1:{port}:80: Address already in use"
+    ], r.stderr

@@ -11,14 +11,13 @@ Modes (the ``net`` setting):
     network in user mode: pasta's tap device in the namespace, ordinary
     sockets on the host, no privilege and no network stack of ours.
     pasta configures it as the host's (address, route, DNS:
-    ``--config-net``) and forwards the ``publish`` setting's ports; it
-    maps nothing of the host's loopback into the guest (``--no-map-gw``
-    and ``-T none -U none``, pasta(1) "Handling of local traffic").
-    Without pasta, slirp4netns(1) (``--configure
-    --disable-host-loopback``, publish through its API socket), with one
-    notice.  Either way, the ports the guest's servers listen on are
-    forwarded from the host's loopback by umld's own forwarder
-    (:mod:`umld.core.ports`; this pasta's ``-t auto`` binds nothing).
+    ``--config-net``); it forwards no port and maps nothing of the host's
+    loopback into the guest (``-t none -u none``, ``--no-map-gw`` and
+    ``-T none -U none``, pasta(1) "Handling of local traffic").  Without
+    pasta, slirp4netns(1) (``--configure --disable-host-loopback``), with
+    one notice.  Either way, the ``publish`` setting's ports and those the
+    guest's servers listen on are umld's own forwarder's
+    (:mod:`umld.core.ports` says why).
 ``none``
     The namespace with its loopback alone.
 ``host``
@@ -68,7 +67,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, final
 
 from umld.core import vde
-from umld.core.ports import AutoForward, Forward
+from umld.core.ports import Forward, PortForwards, Published
 from umld.errors import UmldError, get_logger
 
 if TYPE_CHECKING:
@@ -240,14 +239,13 @@ class MachineNet:
         #: The MAC of a vde interface (stable per machine name).
         self._mac = mac
         self._rundir = rundir
-        self._publish = list(publish)
         self._address = address
         self._link = link
         self.on_event = on_event
         #: The automatic forwards and the published ports (net/ports).
-        self.ports = AutoForward(
+        self.ports = PortForwards(
             enabled=forward == "auto",
-            published=[(p.proto, p.guest_port, _host_text(p)) for p in publish],
+            published=[Published(p.proto, p.host_addr, p.host_port, p.guest_port) for p in publish],
             on_event=self._report,
         )
         self._ours, self._stage_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -391,9 +389,9 @@ class MachineNet:
             log_path,
             "--config-net",
             "--no-map-gw",
-            # The published ports alone (the guest's listening ports are
-            # umld's to forward, see ports.py), and nothing of the host's
-            # loopback into the guest (pasta(1): all four default to auto).
+            # No port: they are umld's to forward (ports.py says why); and
+            # nothing of the host's loopback into the guest (pasta(1): all
+            # four default to auto).
             "-t",
             "none",
             "-u",
@@ -403,13 +401,6 @@ class MachineNet:
             "-U",
             "none",
         ]
-        for proto, flag in (("tcp", "-t"), ("udp", "-u")):
-            ports = [p for p in self._publish if p.proto == proto]
-            if ports:
-                i = argv.index(flag)
-                del argv[i : i + 2]
-            for p in ports:
-                argv += [flag, f"{p.host_addr}/{p.host_port}:{p.guest_port}"]
         if os.geteuid() == 0:
             # pasta would drop to "nobody", which may not join a namespace
             # that root's machine owns (user_namespaces(7)).
@@ -459,16 +450,14 @@ class MachineNet:
 
     def _start_slirp(self, path: str, pid: int) -> None:
         """slirp4netns where pasta is missing: ``--ready-fd`` says when the
-        tap is configured; published ports go through its API socket."""
+        tap is configured."""
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
-        api = os.path.join(self._rundir, "slirp.sock")
         argv = [
             path,
             "--configure",
             "--mtu=65520",
             "--disable-host-loopback",
             f"--ready-fd={write_end}",
-            f"--api-socket={api}",
             f"--userns-path=/proc/self/fd/{self._userns}",
             "--netns-type=path",
             f"/proc/self/fd/{self._netns}",
@@ -491,28 +480,7 @@ class MachineNet:
             raise UmldError(
                 f"umld: slirp4netns could not connect the machine: {self._why(log_path)}"
             )
-        for p in self._publish:
-            self._slirp_publish(api, p)
         self._watch(self._helper, "slirp4netns", log_path)
-
-    @staticmethod
-    def _slirp_publish(api: str, p: Publish) -> None:
-        request = {
-            "execute": "add_hostfwd",
-            "arguments": {
-                "proto": p.proto,
-                "host_addr": p.host_addr,
-                "host_port": p.host_port,
-                "guest_port": p.guest_port,
-            },
-        }
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(api)
-            s.sendall(json.dumps(request).encode())
-            s.shutdown(socket.SHUT_WR)
-            answer = s.recv(4096).decode(errors="replace")
-        if "error" in answer:
-            raise UmldError(f"umld: --publish {p.text()}: slirp4netns: {answer.strip()}")
 
     def _why(self, log_path: str) -> str:
         lines: list[str] = []
@@ -746,11 +714,6 @@ def ports(control: MachineControl) -> list[Forward]:
     """``net/ports``: the host's ports that reach the guest's."""
     net = control.files.net
     return [] if net is None else net.ports.rows()
-
-
-def _host_text(p: Publish) -> str:
-    addr = f"[{p.host_addr}]" if ":" in p.host_addr else p.host_addr
-    return f"{addr}:{p.host_port}"
 
 
 def set_address(control: MachineControl, value: str) -> None:

@@ -1,15 +1,23 @@
-"""Ports of the guest reached from the host's loopback (``--net user``).
+"""Ports of the guest reached from the host (``--net user``).
 
 Two ways, both shown in the export's ``net/ports``:
 
-- ``--publish [HOSTADDR:]HOSTPORT:GUESTPORT[/udp]``: pasta (or
-  slirp4netns) forwards the host's port to the guest's, for the machine's
-  life, listening or not;
+- ``--publish [HOSTADDR:]HOSTPORT:GUESTPORT[/udp]``: the host's port (on
+  127.0.0.1 unless HOSTADDR) reaches the guest's, for the machine's life,
+  listening or not (a connection to a port nothing listens on is reset);
+  a port the host cannot give fails the machine's start with one line;
 - automatically (``net/forward = auto``, the default): each port a server
   of the guest listens on is bound on the host's loopback at the same
-  port while it listens, TCP and UDP, 127.0.0.1 and ::1.  The forwarder
-  (:mod:`umld.core.forwarder`, its text says how) runs inside the
-  machine's network namespace; this side, in the host's, decides and binds.
+  port while it listens, TCP and UDP, 127.0.0.1 and ::1.
+
+Both go through one forwarder (:mod:`umld.core.forwarder`, its text says
+how) that runs inside the machine's network namespace; this side, in the
+host's, decides and binds.  pasta and slirp4netns forward nothing: the
+Debian 12 pasta (0.0~git20230309) binds nothing for ``-t auto``, and its
+spliced forwarding of ``-t PORT`` closed the first large transfer of a
+connection early (``EOFError: peer closed early`` in bench/net.py, and
+with pasta alone, outside umld), where this forwarder moved the same 256
+MiB streams whole and faster.
 
 What the guest may and may not get.  Only loopback addresses of the host
 are bound, never its other interfaces (the guest's servers are not put on
@@ -36,7 +44,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, final
 
-from umld.errors import get_logger
+from umld.errors import UmldError, get_logger
 
 log = get_logger("umld.ports")
 
@@ -46,6 +54,19 @@ MAX_PORTS = 256
 FORWARDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "forwarder.py")
 
 Key = tuple[str, int]
+
+
+class Published(NamedTuple):
+    """A port of ``--publish``: the host's address and port, the guest's."""
+
+    proto: str
+    host_addr: str
+    host_port: int
+    guest_port: int
+
+    def host(self) -> str:
+        addr = f"[{self.host_addr}]" if ":" in self.host_addr else self.host_addr
+        return f"{addr}:{self.host_port}"
 
 
 class Forward(NamedTuple):
@@ -96,18 +117,17 @@ def _bind(proto: str, port: int) -> tuple[list[socket.socket], str | None]:
 
 
 @final
-class AutoForward:
-    """The automatic forwards of one machine: the forwarder inside, the
-    host's sockets outside.  Thread-safe."""
+class PortForwards:
+    """The port forwards of one machine, published and automatic: the
+    forwarder inside, the host's sockets outside.  Thread-safe."""
 
     def __init__(
         self,
         *,
         enabled: bool,
-        published: Sequence[tuple[str, int, str]] = (),
+        published: Sequence[Published] = (),
         on_event: Callable[[str], None] | None = None,
     ) -> None:
-        #: (proto, guest port, host address:port) of --publish.
         self._published = list(published)
         self._enabled = enabled
         self.on_event = on_event
@@ -133,6 +153,37 @@ class AutoForward:
         self._ctl = ours
         self._thread = threading.Thread(target=self._run, name="umld-ports", daemon=True)
         self._thread.start()
+        self._publish()
+
+    def _publish(self) -> None:
+        """The --publish ports, bound now; UmldError (the start's one line)
+        when the host cannot give one."""
+        by_guest: dict[Key, list[socket.socket]] = {}
+        try:
+            for p in self._published:
+                family = socket.AF_INET6 if ":" in p.host_addr else socket.AF_INET
+                kind = socket.SOCK_STREAM if p.proto == "tcp" else socket.SOCK_DGRAM
+                s = socket.socket(family, kind)
+                by_guest.setdefault((p.proto, p.guest_port), []).append(s)
+                try:
+                    if family == socket.AF_INET6:
+                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    if kind == socket.SOCK_STREAM:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind((p.host_addr, p.host_port))
+                    if kind == socket.SOCK_STREAM:
+                        s.listen(128)
+                except OSError as exc:
+                    raise UmldError(
+                        f"umld: --publish {p.host()}:{p.guest_port}: {exc.strerror}"
+                    ) from None
+        except UmldError:
+            for socks in by_guest.values():
+                for s in socks:
+                    s.close()
+            raise
+        for (proto, port), socks in by_guest.items():
+            self._send(f"serve {proto} {port}", socks)
 
     def close(self) -> None:
         """The machine has ended: the forwarder goes with its sockets."""
@@ -153,7 +204,7 @@ class AutoForward:
 
     def rows(self) -> list[Forward]:
         """``net/ports``: what --publish and the automatic forwards reach."""
-        out = [Forward(proto, host, port, "publish") for proto, port, host in self._published]
+        out = [Forward(p.proto, p.host(), p.guest_port, "publish") for p in self._published]
         with self._lock:
             for (proto, port), hosts in sorted(self._forwarded.items()):
                 out += [Forward(proto, host, port, "auto") for host in hosts]
@@ -207,7 +258,7 @@ class AutoForward:
         with self._lock:
             if not self._enabled or key in self._forwarded or key in self._refused:
                 return
-            if any(p == proto and g == port for p, g, _ in self._published):
+            if any(p.proto == proto and p.guest_port == port for p in self._published):
                 return
             if len(self._forwarded) >= MAX_PORTS:
                 self._refused.add(key)
