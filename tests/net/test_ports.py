@@ -41,6 +41,18 @@ def tcp(port, host="0.0.0.0"):
                 conn.sendall(b"guest %d\n" % port)
     threading.Thread(target=serve, daemon=True).start()
 
+def stall(port):
+    s = socket.create_server(("0.0.0.0", port))
+    servers[port] = s
+    held = []
+    def serve():
+        while True:
+            try:
+                held.append(s.accept()[0])  # and never read
+            except OSError:
+                return
+    threading.Thread(target=serve, daemon=True).start()
+
 def udp(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("0.0.0.0", port))
@@ -62,6 +74,8 @@ for line in sys.stdin:
             tcp(int(args[0]))
         elif cmd == "tcp6":
             tcp(int(args[0]), "::")
+        elif cmd == "stall":
+            stall(int(args[0]))
         elif cmd == "udp":
             udp(int(args[0]))
         elif cmd == "close":
@@ -267,3 +281,23 @@ def test_a_published_port_the_host_uses_fails_the_start_with_one_line() -> None:
     assert r.stderr.splitlines() == [
         f"umld: --publish 127.0.0.1:{port}:80: Address already in use"
     ], r.stderr
+
+
+def test_a_server_that_never_reads_stalls_its_own_connection_only(guest: Live) -> None:
+    """The forwarder copies every connection in one loop: a guest server
+    that never reads fills its connection's buffers (the host's client
+    blocks, as natively) and the other forwards go on."""
+    stalled, other = free_port(), free_port()
+    assert guest.ask(f"stall {stalled}") == "ok"
+    assert guest.ask(f"tcp {other}") == "ok"
+    wait_for(lambda: answer(other), "the forwards")
+    with socket.create_connection(("127.0.0.1", stalled), timeout=5) as c:
+        c.settimeout(1)
+        sent = 0
+        with pytest.raises(TimeoutError):
+            while sent < 1 << 30:
+                sent += c.send(b"x" * (1 << 16))
+        # Blocked after what the kernel's buffers and one read hold.
+        assert sent < 64 << 20, sent
+        for _ in range(20):
+            assert answer(other) == f"guest {other}\n"
