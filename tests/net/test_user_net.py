@@ -151,6 +151,7 @@ def test_bad_settings_are_one_line(tmp_path: Path) -> None:
         (["--net=bogus"], "'user', 'none', 'host', 'vde:NAME' or 'vde:PATH', not 'bogus'"),
         (["--publish=99999:1"], "a port is 1 to 65535"),
         (["--net=vde:/nonexistent/switch"], "vde"),
+        (["--net=none", "--publish=8080:80"], "--publish 127.0.0.1:8080:80 needs --net user"),
     ):
         r = run([*umld(*options), "/bin/true"])
         assert r.returncode != 0

@@ -215,8 +215,8 @@ def prepare(
         write_cpu_views(files, vcpus, cpus or sorted(os.sched_getaffinity(0)))
     if memory is not None:
         files.write("/proc/meminfo", meminfo_for(memory))
+    check_net(cfg.net, cfg.publish)
     if cfg.net != "host":
-        check_net(cfg.net)
         files.net = MachineNet(
             cfg.net,
             rundir=files.dir,

@@ -186,16 +186,17 @@ def engine() -> tuple[str, str]:
     )
 
 
-def check(mode: str) -> None:
+def check(mode: str, publish: Sequence[Publish] = ()) -> None:
     """What a machine's start needs for ``mode``, checked before it starts:
     UmldError, one line, otherwise."""
+    if publish and mode != "user":
+        raise UmldError(
+            f"umld: --publish {publish[0].text()} needs --net user (this machine's is {mode})"
+        )
     if mode == "user":
         kind, _ = engine()
         if kind == "slirp4netns":
-            log.warning(
-                "pasta (Debian package passt) is not installed: using slirp4netns, without "
-                "automatic port forwarding"
-            )
+            log.warning("pasta (Debian package passt) is not installed: using slirp4netns")
     elif mode.startswith("vde:"):
         vde.resolve(mode)  # the switch is there (one line if not)
 
