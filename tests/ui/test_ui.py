@@ -227,16 +227,18 @@ def test_program_exit(who: Who, tty_machine: Start) -> None:
     and the ui/ files are gone with the export (ENOENT)."""
     m = tty_machine(who, ["/bin/sh", "-c", "echo bye; read x; exit 3"])
     m.wait_screen("bye")
-    follower = subprocess.Popen(
+    with subprocess.Popen(
         m.who.argv(["cat", str(m.mnt / "ui/events")]),
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
-    )
-    try:
-        m.keys("Enter")
-        out, _ = follower.communicate(timeout=30)
-    finally:
-        follower.kill()
+    ) as follower:
+        try:
+            # The key ends the program, and with it the export: the write
+            # is still answered (the export drains writes before it goes).
+            m.keys("Enter")
+            out, _ = follower.communicate(timeout=30)
+        finally:
+            follower.kill()
     assert b" exit " in out, out
     assert m.proc.wait(30) == 3
     assert not mounted(m.mnt)

@@ -50,7 +50,7 @@ from umld.fusefs._changes import ChangesRoot
 from umld.fusefs._errors import ExportError
 from umld.fusefs._hosttree import HostTree
 from umld.fusefs._node import Node
-from umld.fusefs._serve import clean_stale_mount, serve
+from umld.fusefs._serve import clean_stale_mount, drain, serve
 from umld.fusefs._stream import EventLog, StreamFile
 from umld.fusefs._synthetic import (
     ControlFile,
@@ -388,6 +388,7 @@ class ExportThread:
         token, scope = self._token, self._cancel
         if token is not None and scope is not None and self._thread.is_alive():
             try:
+                trio.from_thread.run(drain, trio_token=token)
                 trio.from_thread.run_sync(scope.cancel, trio_token=token)
             except trio.RunFinishedError:
                 pass

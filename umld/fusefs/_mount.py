@@ -16,6 +16,8 @@ from dataclasses import dataclass
 class MountState:
     dev: int | None = None
     mnt_id: int | None = None
+    #: Files open for writing, until their release: see serve's drain().
+    writers: int = 0
 
 
 CURRENT = MountState()

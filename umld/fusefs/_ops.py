@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import pyfuse3
 
 from umld.errors import get_logger
+from umld.fusefs import _mount
 from umld.fusefs._errors import ExportError
 from umld.fusefs._inodes import InodeTable
 from umld.fusefs._node import (
@@ -29,6 +30,7 @@ from umld.fusefs._node import (
     LinkNode,
     Node,
     SetAttr,
+    access_mode,
 )
 from umld.fusefs._synthetic import DynamicDirectory
 
@@ -104,6 +106,9 @@ class ExportOperations(pyfuse3.Operations):
         self._refuse = refuse
         self._inodes = InodeTable(root)
         self._files: dict[int, Handle] = {}
+        #: The handles open for writing, until their release: the end of
+        #: the export waits for them (serve's drain()).
+        self._writers: set[int] = set()
         self._dirs: dict[int, _OpenDir] = {}
         self._next_fh = 1
 
@@ -115,6 +120,8 @@ class ExportOperations(pyfuse3.Operations):
             except Exception:
                 _log.exception("fusefs: abandoning an open file failed")
         self._files.clear()
+        _mount.CURRENT.writers -= len(self._writers)
+        self._writers.clear()
         self._dirs.clear()
         self._inodes.clear()
 
@@ -328,10 +335,13 @@ class ExportOperations(pyfuse3.Operations):
 
     # -- files -----------------------------------------------------------
 
-    def _file_info(self, ino: int, handle: Handle) -> pyfuse3.FileInfo:
+    def _file_info(self, ino: int, handle: Handle, flags: int) -> pyfuse3.FileInfo:
         handle.ino = ino
         fh = self._new_fh()
         self._files[fh] = handle
+        if access_mode(flags)[1]:
+            self._writers.add(fh)
+            _mount.CURRENT.writers += 1
         return pyfuse3.FileInfo(
             fh=fh,
             direct_io=handle.direct_io,
@@ -348,7 +358,7 @@ class ExportOperations(pyfuse3.Operations):
         if not isinstance(node, FileNode):
             raise ExportError(errno.EACCES)
         _check_alive(node)
-        return self._file_info(inode, node._open(flags, _caller(ctx)))
+        return self._file_info(inode, node._open(flags, _caller(ctx)), flags)
 
     @_guarded
     async def create(
@@ -368,7 +378,7 @@ class ExportOperations(pyfuse3.Operations):
         except BaseException:
             handle.abandon()
             raise
-        return self._file_info(attrs.st_ino, handle), attrs
+        return self._file_info(attrs.st_ino, handle, flags), attrs
 
     @_guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -386,6 +396,9 @@ class ExportOperations(pyfuse3.Operations):
     @_guarded
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
+        if fh in self._writers:
+            self._writers.discard(fh)
+            _mount.CURRENT.writers -= 1
         if handle is not None:
             await handle.release()
 
