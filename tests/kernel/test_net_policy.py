@@ -120,14 +120,24 @@ class Listeners:
 
 
 def _listen(ip: str) -> Listeners:
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    udp.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
-    udp.bind((ip, 0))
-    tcp = socket.socket()
-    tcp.bind((ip, udp.getsockname()[1]))
-    tcp.listen(64)
-    return Listeners(ip, udp, tcp)
+    """A UDP and a TCP listener on one port the kernel picks; another
+    process may hold that TCP port already (the UDP one was free), so the
+    pair is tried again on another port."""
+    for _ in range(50):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        udp.setsockopt(socket.IPPROTO_IP, IP_RECVTTL, 1)
+        udp.bind((ip, 0))
+        tcp = socket.socket()
+        try:
+            tcp.bind((ip, udp.getsockname()[1]))
+        except OSError:
+            udp.close()
+            tcp.close()
+            continue
+        tcp.listen(64)
+        return Listeners(ip, udp, tcp)
+    raise AssertionError(f"no port free for both UDP and TCP on {ip}")
 
 
 @pytest.fixture

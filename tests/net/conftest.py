@@ -101,6 +101,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def server_port() -> int:
+    """A port a guest's server may use and have forwarded automatically:
+    below the ephemeral range (umld/core/forwarder.py leaves that range
+    alone), free on the host for TCP and UDP on both loopback addresses.
+    Random, so that suites run side by side rarely pick the same."""
+    import random
+
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        try:
+            for family, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    with socket.socket(family, kind) as s:
+                        s.bind((addr, port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
 class Live:
     """A running machine with its export at ``mnt``, read and written by
     its owner (an ordinary user's FUSE mount is its alone)."""

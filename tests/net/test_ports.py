@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import User, wait_for
-from tests.net.conftest import Live, free_port, live_machine
+from tests.net.conftest import Live, free_port, live_machine, server_port
 from umld.core.ports import MAX_PORTS
 
 pytestmark = pytest.mark.uses_ptrace
@@ -114,23 +114,8 @@ def listeners(port: int) -> set[str]:
     return {line.split()[3].rsplit(":", 1)[0] for line in r.stdout.splitlines()}
 
 
-def free_udp_port() -> int:
-    """A UDP port free on the host and outside the ephemeral range (the
-    forwarder takes a UDP socket there for a client's, not a server)."""
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        low = int(f.read().split()[0])
-    for port in range(low - 2000, low - 1):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free UDP port")
-
-
 def test_a_server_is_forwarded_while_it_listens_and_only_on_loopback(guest: Live) -> None:
-    port = free_port()
+    port = server_port()
     assert guest.ask(f"tcp {port}") == "ok"
     assert wait_for(lambda: answer(port), "the forward", timeout=10) == f"guest {port}\n"
     assert answer(port, "::1") == f"guest {port}\n"
@@ -146,11 +131,24 @@ def test_a_server_is_forwarded_while_it_listens_and_only_on_loopback(guest: Live
     assert guest.read("net/ports") == ""
 
 
+def test_a_port_of_the_ephemeral_range_is_not_forwarded(guest: Live) -> None:
+    """A port the kernel would pick for a bind to 0 (or a client) stays
+    the guest's: forwarding it would take one of the host's ports for
+    outgoing connections."""
+    picked, chosen = free_port(), server_port()
+    assert guest.ask(f"tcp {picked}") == "ok"
+    assert guest.ask(f"tcp {chosen}") == "ok"
+    # The scan that forwards `chosen` saw `picked` listening already.
+    wait_for(lambda: answer(chosen), "the forward", timeout=10)
+    assert listeners(picked) == set()
+    assert f":{picked} " not in guest.read("net/ports")
+
+
 def test_an_ipv6_server_and_a_udp_server(guest: Live) -> None:
-    port = free_port()
+    port = server_port()
     assert guest.ask(f"tcp6 {port}") == "ok"
     assert wait_for(lambda: answer(port), "the forward", timeout=10) == f"guest {port}\n"
-    udp = free_udp_port()
+    udp = server_port()
     assert guest.ask(f"udp {udp}") == "ok"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.3)
@@ -169,8 +167,8 @@ def test_an_ipv6_server_and_a_udp_server(guest: Live) -> None:
 def test_a_port_the_host_uses_stays_the_hosts(guest: Live) -> None:
     """A host service on 127.0.0.1:PORT: the guest's server on PORT is not
     forwarded (not even on ::1), the event says why, the host's answers."""
-    host = socket.create_server(("127.0.0.1", 0))
-    port = host.getsockname()[1]
+    port = server_port()
+    host = socket.create_server(("127.0.0.1", port))
     try:
         assert guest.ask(f"tcp {port}") == "ok"
         events = guest.events(f"net: tcp port {port} of the guest is not forwarded")
@@ -182,7 +180,7 @@ def test_a_port_the_host_uses_stays_the_hosts(guest: Live) -> None:
 
 
 def test_forward_none_closes_them_live_and_auto_opens_them_again(guest: Live) -> None:
-    port = free_port()
+    port = server_port()
     assert guest.ask(f"tcp {port}") == "ok"
     wait_for(lambda: answer(port), "the forward", timeout=10)
     guest.set("net/forward", "none")
@@ -250,7 +248,7 @@ def test_published_ports_tcp_and_udp_are_listed_and_reach_the_guest(
     """--publish goes through the same forwarder: HOSTPORT reaches the
     guest's GUESTPORT (a connection before the guest listens is reset)."""
     host_tcp, guest_tcp = free_port(), free_port()
-    host_udp, guest_udp = free_udp_port(), free_port()
+    host_udp, guest_udp = server_port(), free_port()
     options = [f"--publish={host_tcp}:{guest_tcp}", f"--publish={host_udp}:{guest_udp}/udp"]
     with live_machine(ordinary_user, tmp_path, [sys.executable, "-c", SERVERS], options) as m:
         assert answer(host_tcp) is None
@@ -287,7 +285,7 @@ def test_a_server_that_never_reads_stalls_its_own_connection_only(guest: Live) -
     """The forwarder copies every connection in one loop: a guest server
     that never reads fills its connection's buffers (the host's client
     blocks, as natively) and the other forwards go on."""
-    stalled, other = free_port(), free_port()
+    stalled, other = server_port(), server_port()
     assert guest.ask(f"stall {stalled}") == "ok"
     assert guest.ask(f"tcp {other}") == "ok"
     wait_for(lambda: answer(other), "the forwards")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import User, wait_for
-from tests.net.conftest import Internet, free_port
+from tests.net.conftest import Internet, free_port, server_port
 
 pytestmark = pytest.mark.uses_ptrace
 
@@ -128,7 +128,7 @@ def test_a_guest_server_is_reached_from_the_hosts_loopback(
 ) -> None:
     """--publish 127.0.0.1:HOSTPORT:GUESTPORT (pasta), and the automatic
     forwarding of what the guest listens on (umld's, test_ports.py)."""
-    guest_port = free_port()
+    guest_port = server_port()
     host_port = free_port() if how == "publish" else guest_port
     options = [f"--publish=127.0.0.1:{host_port}:{guest_port}"] if how == "publish" else []
     argv = [*umld(*options, who=who), sys.executable, "-m", "http.server", "-d", str(served),

@@ -32,9 +32,12 @@ umld → this program       ``serve tcp 8080`` with the bound sockets,
                           ``drop tcp 8080``
 ========================  =========================================
 
-UDP ports are those of unconnected sockets outside the namespace's
-ephemeral range (``ip_local_port_range``): a client's socket is not a
-server.  Each host peer of a UDP port gets a socket of its own inside
+Servers are TCP listeners and unconnected UDP sockets on ports outside
+the namespace's ephemeral range (``ip_local_port_range``, ip(7)): a port
+there is one the kernel picked for a bind to port 0 or for a client's
+socket, not a service's, and forwarding it would take a port of the
+host's own ephemeral range (the same by default), which the host's
+outgoing connections need.  Each host peer of a UDP port gets a socket of its own inside
 (so replies find it), closed after UDP_IDLE seconds of silence.
 """
 
@@ -108,11 +111,11 @@ def listening() -> dict[Key, set[str]]:
                 local, remote, state = fields[1], fields[2], fields[3]
                 addr, _, port_hex = local.rpartition(":")
                 port = int(port_hex, 16)
+                if port == 0 or port in ephemeral:
+                    continue
                 if proto == "tcp" and state != TCP_LISTEN:
                     continue
-                if proto == "udp" and (
-                    port == 0 or port in ephemeral or int(remote.rpartition(":")[2], 16) != 0
-                ):
+                if proto == "udp" and int(remote.rpartition(":")[2], 16) != 0:
                     continue
                 out.setdefault((proto, port), set()).add(_address(addr))
     return out
