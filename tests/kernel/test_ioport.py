@@ -219,3 +219,21 @@ async def test_a_device_attached_from_the_api(ioport: Path, tmp_path: Path) -> N
     assert latch.writes == [(0xE0, 1, 0x5A), (0xE0, 2, 0x5A5B), (0xE0, 4, 0x5A5B5C5D)]
     (event,) = [e for e in seen if "ioport unknown" in e.text]
     assert event.text == "ioport unknown 0x00e4" and event.pid > 1
+
+
+def test_a_32_bit_program(backend: str, tmp_path: Path) -> None:
+    """i386 ioperm(2), and in/ins of a 32-bit thread (32-bit addresses)."""
+    out = tmp_path / "ioport32"
+    built = subprocess.run(
+        ["gcc", "-m32", "-O1", "-Wall", "-Werror", "-o", str(out), str(GUEST_SRC / "ioport32.c")],
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        pytest.skip(f"cannot build 32-bit programs (gcc-multilib): {built.stderr.strip()}")
+    assert run([str(out)]).returncode == 3  # natively: no ioperm on this kernel
+    r = run([*umld_argv(backend), str(out)])
+    assert (r.returncode, r.stdout) == (
+        0,
+        "inb=0x112233ff insw moved=6 rcx=0 buf=ffffffffffffaaaa\n",
+    )
