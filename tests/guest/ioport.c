@@ -20,6 +20,8 @@
  *   hlt           a thread sends SIGUSR1 once this one is stopped at hlt
  *                 (its /proc state); prints "hlt woke handled=1"
  *   errors        ioperm/iopl argument checks, as "name=ret/errno" lines
+ *   cliexec       cli, raise(SIGUSR1) (held), then exec sh -c 'echo ran':
+ *                 the new program starts with IF set and gets the signal
  *   gp            a load from a non-canonical address: a #GP, so SIGSEGV
  *                 with si_code SI_KERNEL too, that is not port I/O
  *   null          a load from address 0 (SEGV_MAPERR)
@@ -254,6 +256,12 @@ int main(int argc, char **argv)
 			printf("hlt woke handled=%d\n", atomic_load(&handled));
 		}
 		pthread_join(th, NULL);
+	} else if (!strcmp(mode, "cliexec")) {
+		__asm__ volatile("cli" ::: "memory");
+		raise(SIGUSR1);
+		printf("held\n");
+		execl("/bin/sh", "sh", "-c", "echo ran", (char *)NULL);
+		return 4;
 	} else if (!strcmp(mode, "gp") || !strcmp(mode, "null")) {
 		volatile unsigned long *p = (volatile unsigned long *)(mode[0] == 'g' ? 0x8000000000000000UL : 0UL);
 		printf("loaded %lu\n", *p);

@@ -116,6 +116,13 @@ def test_cli_holds_a_signal_until_sti(backend: str, ioport: Path) -> None:
     assert (r.returncode, r.stdout) == (0, "cli before_sti=0 after_sti=1\n"), r.stderr
 
 
+def test_a_held_signal_reaches_the_program_execve_starts(backend: str, ioport: Path) -> None:
+    """execve starts the new program with IF set: what cli held is
+    delivered to it (here SIGUSR1, whose default action ends it)."""
+    r = run([*umld_argv(backend), str(ioport), "iopl", "cliexec"])
+    assert (r.returncode, r.stdout) == (128 + signal.SIGUSR1, "held\n"), r.stderr
+
+
 def test_cli_needs_iopl_3(backend: str, ioport: Path) -> None:
     """ioperm opens ports, not the interrupt flag."""
     r = run([*umld_argv(backend), str(ioport), "ioperm", "cli"])

@@ -475,6 +475,10 @@ class GuestKernel:
             task.tid = ev.tid
             self.tasks[ev.tid] = task
             group.threads[ev.tid] = task
+        if task.io is not None and not task.io.vif:
+            # A new program starts with IF set (start_thread); the I/O
+            # rights stay (ioperm(2): "preserved across execve").
+            privileged.release_held(self, task)
         if ev.tid in self.internal:
             return
         if ev.tid == self.root_pid and self._root_found:

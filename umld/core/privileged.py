@@ -419,6 +419,18 @@ def _deliver_held(kernel: GuestKernel, task: Task, io: ThreadIo) -> None:
     tracer.resume(task.tid, first.signo)
 
 
+def release_held(kernel: GuestKernel, task: Task) -> None:
+    """The thread's IF is set outside a stop where a signal can be
+    injected (its execve): held signals are sent again (tgkill(2))."""
+    io = task.io
+    if io is None:
+        return
+    io.vif = True
+    held, io.held = io.held, []
+    for info in held:
+        kernel.tracer.kill(task.tid, info.signo)
+
+
 def hold_signal(kernel: GuestKernel, task: Task, signo: int) -> bool:
     """At a signal-delivery-stop of a thread whose virtual IF is clear:
     hold an asynchronous signal (True: the thread was resumed without it)."""
