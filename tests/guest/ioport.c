@@ -20,8 +20,8 @@
  *   hlt           a thread sends SIGUSR1 once this one is stopped at hlt
  *                 (its /proc state); prints "hlt woke handled=1"
  *   errors        ioperm/iopl argument checks, as "name=ret/errno" lines
- *   cliexec       cli, raise(SIGUSR1) (held), then exec sh -c 'echo ran':
- *                 the new program starts with IF set and gets the signal
+ *   cliexec       cli, raise(SIGUSR1) (held), then exec sleep 30: the new
+ *                 program starts with IF set and gets the signal
  *   gp            a load from a non-canonical address: a #GP, so SIGSEGV
  *                 with si_code SI_KERNEL too, that is not port I/O
  *   null          a load from address 0 (SEGV_MAPERR)
@@ -260,7 +260,7 @@ int main(int argc, char **argv)
 		__asm__ volatile("cli" ::: "memory");
 		raise(SIGUSR1);
 		printf("held\n");
-		execl("/bin/sh", "sh", "-c", "echo ran", (char *)NULL);
+		execl("/bin/sleep", "sleep", "30", (char *)NULL);
 		return 4;
 	} else if (!strcmp(mode, "gp") || !strcmp(mode, "null")) {
 		volatile unsigned long *p = (volatile unsigned long *)(mode[0] == 'g' ? 0x8000000000000000UL : 0UL);

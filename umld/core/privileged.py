@@ -421,7 +421,11 @@ def _deliver_held(kernel: GuestKernel, task: Task, io: ThreadIo) -> None:
 
 def release_held(kernel: GuestKernel, task: Task) -> None:
     """The thread's IF is set outside a stop where a signal can be
-    injected (its execve): held signals are sent again (tgkill(2))."""
+    injected (its execve): held signals are sent again (tgkill(2)).
+    Both backends have resumed the new program when its Execed is
+    handled, so it may run its first instructions (a short one may even
+    end) before the signal arrives; natively a pending signal is taken
+    before its first instruction."""
     io = task.io
     if io is None:
         return
