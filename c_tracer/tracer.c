@@ -1388,6 +1388,64 @@ int umld_set_result(struct umld_tracer *t, int tid, long result)
     return 0;
 }
 
+_Static_assert(sizeof(struct user_regs_struct) == UMLD_NREGS * sizeof(uint64_t),
+               "struct user_regs_struct is UMLD_NREGS words");
+_Static_assert(sizeof(siginfo_t) == UMLD_SIGINFO_SIZE, "siginfo_t is UMLD_SIGINFO_SIZE bytes");
+
+/* A thread that vanished in its stop (SIGKILL: ptrace(2), "Death under
+ * ptrace") answers ESRCH; its Exited follows. */
+int umld_get_regs(struct umld_tracer *t, int tid, uint64_t *out)
+{
+    UMLD_ENTER(t);
+    int rc;
+    if (!stopped_in(t, tid, M_ANY_STOP, &rc))
+        return rc;
+    struct user_regs_struct regs;
+    if (ptrace(PTRACE_GETREGS, tid, 0, &regs) < 0)
+        return -errno;
+    memcpy(out, &regs, sizeof regs);
+    return 0;
+}
+
+int umld_set_regs(struct umld_tracer *t, int tid, const uint64_t *in)
+{
+    UMLD_ENTER(t);
+    int rc;
+    if (!stopped_in(t, tid, M_ANY_STOP, &rc))
+        return rc;
+    struct user_regs_struct regs;
+    memcpy(&regs, in, sizeof regs);
+    if (ptrace(PTRACE_SETREGS, tid, 0, &regs) < 0)
+        return -errno;
+    return 0;
+}
+
+int umld_get_siginfo(struct umld_tracer *t, int tid, unsigned char *out)
+{
+    UMLD_ENTER(t);
+    int rc;
+    if (!stopped_in(t, tid, 1u << ST_SIGNAL, &rc))
+        return rc;
+    siginfo_t si;
+    if (ptrace(PTRACE_GETSIGINFO, tid, 0, &si) < 0)
+        return -errno;
+    memcpy(out, &si, sizeof si);
+    return 0;
+}
+
+int umld_set_siginfo(struct umld_tracer *t, int tid, const unsigned char *in)
+{
+    UMLD_ENTER(t);
+    int rc;
+    if (!stopped_in(t, tid, 1u << ST_SIGNAL, &rc))
+        return rc;
+    siginfo_t si;
+    memcpy(&si, in, sizeof si);
+    if (ptrace(PTRACE_SETSIGINFO, tid, 0, &si) < 0)
+        return -errno;
+    return 0;
+}
+
 int umld_kill(struct umld_tracer *t, int tid, int sig)
 {
     UMLD_ENTER(t);

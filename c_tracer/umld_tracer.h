@@ -142,6 +142,21 @@ int umld_write_mem(struct umld_tracer *t, int tid, uint64_t addr, const char *da
 long umld_read_string(struct umld_tracer *t, int tid, uint64_t addr, size_t limit,
                       const char **out);
 
+/* The general registers and the siginfo of a stopped thread, for the guest
+ * kernel's emulation of privileged instructions (umld/core/privileged.py).
+ * Registers: struct user_regs_struct (sys/user.h) as UMLD_NREGS 64-bit
+ * words in its order; at any stop the caller sees (SyscallStop,
+ * SyscallExit, SignalStop).  Siginfo: the kernel's siginfo_t as
+ * UMLD_SIGINFO_SIZE bytes (PTRACE_GETSIGINFO, PTRACE_SETSIGINFO), at a
+ * signal-delivery-stop only (-EINVAL elsewhere).  Never fetched by
+ * umld_wait: the caller asks when it needs them. */
+#define UMLD_NREGS 27
+#define UMLD_SIGINFO_SIZE 128
+int umld_get_regs(struct umld_tracer *t, int tid, uint64_t *out);
+int umld_set_regs(struct umld_tracer *t, int tid, const uint64_t *regs);
+int umld_get_siginfo(struct umld_tracer *t, int tid, unsigned char *out);
+int umld_set_siginfo(struct umld_tracer *t, int tid, const unsigned char *info);
+
 /* tgkill(2) `sig` to `tid`; 0 when the thread is already gone. */
 int umld_kill(struct umld_tracer *t, int tid, int sig);
 

@@ -28,6 +28,7 @@ from umld.core import (
     returncode,
 )
 from umld.core.host import Host, HostedMachine
+from umld.core.iobus import IoBus
 from umld.errors import UmldError
 
 _host: Host | None = None
@@ -140,6 +141,14 @@ class _MachineBase:
     def processes(self) -> list[ProcessInfo]:
         """The guest's processes now (pids as the guest sees them)."""
         return self._control.processes()
+
+    @property
+    def iobus(self) -> IoBus:
+        """The machine's I/O-port bus: ``m.iobus.attach(device)`` puts a
+        device (umld/core/iobus.py's ``Device``: ``name``, ``ports``,
+        ``read``, ``write``) where the guest's port I/O reaches it, after
+        its ioperm(2) or iopl(2)."""
+        return self._control.iobus
 
 
 @final

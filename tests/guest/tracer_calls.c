@@ -20,6 +20,12 @@
  *   x32           getpid with the x32 bit (0x40000000 | 39); prints
  *                 "x32=<rax>"
  *   badnr         syscall(-1); prints "badnr=<ret> errno=<e>"
+ *   cli           eax=0x1234, rdx=0x5678, then cli (a SIGSEGV with si_code
+ *                 SI_KERNEL at CPL 3); a tracer that skips it prints the
+ *                 registers it left: "cli rax=<rax> rdx=<rdx>"
+ *   usr1info      a SA_SIGINFO handler for SIGUSR1, then kill(getpid(),
+ *                 SIGUSR1); the handler prints "usr1 code=<si_code>
+ *                 pid=<same: si_pid is getpid()> value=<si_value.sival_int>"
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -155,6 +161,14 @@ static long x32_getpid(void)
 	return ret;
 }
 
+static void usr1_info(int sig, siginfo_t *si, void *uc)
+{
+	(void)sig;
+	(void)uc;
+	printf("usr1 code=%d pid=%s value=%d\n", si->si_code,
+	       si->si_pid == getpid() ? "same" : "other", si->si_value.sival_int);
+}
+
 int main(int argc, char **argv)
 {
 	int first = 1;
@@ -209,6 +223,17 @@ int main(int argc, char **argv)
 			errno = 0;
 			long r = syscall(-1L);
 			printf("badnr=%ld errno=%d\n", r, errno);
+		} else if (!strcmp(arg, "cli")) {
+			unsigned long rax = 0x1234, rdx = 0x5678;
+			__asm__ volatile("cli" : "+a"(rax), "+d"(rdx) : : "memory");
+			printf("cli rax=%#lx rdx=%#lx\n", rax, rdx);
+		} else if (!strcmp(arg, "usr1info")) {
+			struct sigaction sa;
+			memset(&sa, 0, sizeof sa);
+			sa.sa_sigaction = usr1_info;
+			sa.sa_flags = SA_SIGINFO;
+			sigaction(SIGUSR1, &sa, NULL);
+			kill(getpid(), SIGUSR1);
 		} else if (!strcmp(arg, "x32")) {
 			printf("x32=%ld\n", x32_getpid());
 		} else {

@@ -1332,3 +1332,88 @@ def test_guests_die_with_the_tracer(backend: str) -> None:
                 pass
         time.sleep(0.02)
     assert not alive, f"guests outlived their tracer: {alive}"
+
+
+# --- registers and siginfo at a signal-delivery-stop ---------------------------
+
+SI_KERNEL = 0x80
+SI_USER = 0
+SI_QUEUE = -1
+
+
+def test_a_privileged_instruction_is_seen_and_skipped(
+    drv: Driver, tracer_bin: Path, tmp_path: Path
+) -> None:
+    """cli at CPL 3 stops with SIGSEGV, si_code SI_KERNEL; the registers
+    show it at rip; written registers (rip past it, rax) are what the
+    program goes on with, and the signal is never delivered."""
+    out = tmp_path / "out"
+    pid = drv.spawn(spec(tracer_bin / "tracer_calls", "-o", out, "cli"))
+    seen: list[tuple[int, int, bytes]] = []
+
+    def skip(ev: Event) -> bool:
+        if not (isinstance(ev, SignalStop) and ev.signo == signal.SIGSEGV):
+            return False
+        info = drv.t.get_siginfo(ev.tid)
+        regs = drv.t.get_regs(ev.tid)
+        seen.append((info.signo, info.code, drv.t.read_memory(ev.tid, regs.rip, 1)))
+        assert regs.rax == 0x1234 and regs.rdx == 0x5678
+        drv.t.set_regs(ev.tid, regs._replace(rip=regs.rip + 1, rax=0xABCD))
+        assert drv.t.get_regs(ev.tid).rax == 0xABCD
+        drv.t.resume(ev.tid, 0)
+        return True
+
+    ex = drv.run(pid, skip)
+    assert seen == [(signal.SIGSEGV, SI_KERNEL, b"\xfa")]
+    assert ex.status == 0
+    assert out.read_text() == "cli rax=0xabcd rdx=0x5678\n"
+
+
+def test_siginfo_of_a_kill_and_a_replaced_one(
+    drv: Driver, tracer_bin: Path, tmp_path: Path
+) -> None:
+    """A kill(2)'s siginfo says SI_USER and the sender; set_siginfo makes
+    the handler see another one (here a sigqueue(3)-like SI_QUEUE with a
+    value)."""
+    out = tmp_path / "out"
+    pid = drv.spawn(spec(tracer_bin / "tracer_calls", "-o", out, "usr1info"))
+    infos = []
+
+    def requeue(ev: Event) -> bool:
+        if not (isinstance(ev, SignalStop) and ev.signo == signal.SIGUSR1):
+            return False
+        info = drv.t.get_siginfo(ev.tid)
+        infos.append(info)
+        raw = bytearray(info.raw)
+        struct.pack_into("=i", raw, 8, SI_QUEUE)
+        struct.pack_into("=q", raw, 24, 42)
+        drv.t.set_siginfo(ev.tid, bytes(raw))
+        assert drv.t.get_siginfo(ev.tid).code == SI_QUEUE
+        drv.t.resume(ev.tid, ev.signo)
+        return True
+
+    assert drv.run(pid, requeue).status == 0
+    (info,) = infos
+    assert (info.signo, info.code, info.pid, info.uid) == (
+        signal.SIGUSR1,
+        SI_USER,
+        pid,
+        os.getuid(),
+    )
+    assert out.read_text() == f"usr1 code={SI_QUEUE} pid=same value=42\n"
+
+
+def test_siginfo_only_at_a_signal_stop(drv: Driver) -> None:
+    """Registers at any stop the core sees; siginfo only at a SignalStop
+    (EINVAL elsewhere); a thread that is not traced: ESRCH."""
+    pid = drv.spawn(spec("/bin/sh", "-c", "uname >/dev/null", seccomp_filter=UNAME_FILTER))
+    ev = drv.until(lambda e: isinstance(e, SyscallStop))
+    assert drv.t.get_regs(ev.tid).orig_rax == NR_UNAME
+    with pytest.raises(TracerError) as err:
+        drv.t.get_siginfo(ev.tid)
+    assert err.value.errno == errno.EINVAL
+    drv.answer(ev)
+    drv.run(pid)
+    with pytest.raises(TracerError) as err:
+        drv.t.get_regs(pid)
+    assert err.value.errno == errno.ESRCH

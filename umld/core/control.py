@@ -29,6 +29,7 @@ from umld.core import changes, procfs, settings
 from umld.core.changes import Change, Unit
 from umld.core.cpushare import KEEPER
 from umld.core.events import GuestEvent
+from umld.core.iobus import IoBus
 from umld.core.policy import MachinePolicy
 from umld.core.settings import SettingError
 from umld.errors import get_logger
@@ -188,6 +189,13 @@ class MachineControl:
         if key.startswith("limits/") and not self.kernel.up.is_set():
             self._spawn_limits[key.split("/")[1]] = row.text(value)
         self.kernel.emit("config", 0, f"{key}={row.text(value)} by {source}")
+
+    @property
+    def iobus(self) -> IoBus:
+        """The machine's I/O-port bus (umld/core/iobus.py): attach a device
+        (``control.iobus.attach(device)``) and the guest's port I/O after
+        ioperm(2) or iopl(2) reaches it.  Any thread."""
+        return self.kernel.iobus
 
     def report(self, text: str) -> None:
         """A line in the machine's event stream (``config`` kind), for

@@ -29,11 +29,12 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TextIO, TypeVar, final
 
-from umld.core import procfs
+from umld.core import privileged, procfs
 from umld.core.control import MachineControl
 from umld.core.kernel import GuestKernel
 from umld.core.machine import Config, features, machine_argv, prepare, uts_for
 from umld.core.policy import MachinePolicy
+from umld.core.privileged import HLT_POLL
 from umld.core.sandbox import SANDBOX, MachineFiles, enter_argv
 from umld.core.syscalls import lookup_table, machine_filter
 from umld.core.terminal import set_foreground, suspend_with_guest
@@ -346,6 +347,12 @@ class Host:
             timeout: float | None = None
             now = time.monotonic()
             for kernel in {id(k): k for k in owner.values()}.values():
+                if kernel.halted:
+                    # Threads at hlt wait for a signal: nothing reports one
+                    # queued to a thread in a ptrace stop (privileged.py).
+                    privileged.wake_halted(kernel)
+                    if kernel.halted:
+                        timeout = HLT_POLL if timeout is None else min(timeout, HLT_POLL)
                 if kernel.kill_deadline is not None:
                     left = kernel.kill_deadline - now
                     if left <= 0:

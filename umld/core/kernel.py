@@ -20,8 +20,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TextIO, final
 
-from umld.core import procfs
+from umld.core import privileged, procfs
 from umld.core.events import GuestEvent
+from umld.core.iobus import IoBus
 from umld.core.policy import MachinePolicy
 from umld.core.syscalls import lookup_table
 from umld.core.syscalls.context import SyscallContext
@@ -143,6 +144,14 @@ class GuestKernel:
         #: Process names at their last exec (the victim of an OOM kill is
         #: reaped before its exit is handled): only with oom_kills.
         self._names: dict[int, str] = {}
+        #: The machine's I/O-port bus: port I/O of the guest's threads,
+        #: emulated at its fault (privileged.py), reaches it.  Its first
+        #: use of a port no device decodes is a ``note`` event.
+        self.iobus = IoBus(on_event=lambda text: self.emit("note", self.io_pid, text))
+        #: The process doing port I/O now (for the bus's events); 0 outside.
+        self.io_pid = 0
+        #: Threads stopped at ``hlt`` until a signal is pending for them.
+        self.halted: dict[Tid, Task] = {}
         self._handlers: dict[type, Callable[[GuestKernel, Event], None]] = {
             SyscallStop: GuestKernel._on_syscall,
             SyscallExit: GuestKernel._on_syscall_exit,
@@ -398,6 +407,16 @@ class GuestKernel:
     def _on_signal(self, ev: Event) -> None:
         assert isinstance(ev, SignalStop)
         task = self._task(ev.tid)
+        if task.io is not None or ev.signo == signal.SIGSEGV:
+            # Port I/O, cli, sti, hlt emulated at their fault, and signals
+            # held by a clear virtual IF (privileged.py); siginfo is only
+            # read for these.
+            if ev.tid in self.internal:
+                pass
+            elif ev.signo == signal.SIGSEGV and privileged.on_fault(self, task):
+                return
+            elif privileged.hold_signal(self, task, ev.signo):
+                return
         if ev.tid not in self.internal:
             self.counters["signals"] += 1
         if self._trace:
@@ -432,6 +451,11 @@ class GuestKernel:
             if self.listeners and ev.child not in self.internal:
                 ppid = self.guest_pid(parent.tgid)
                 self.emit("spawn", ev.child, f"{ev.kind.value} from pid {ppid}")
+        child = self.tasks.get(ev.child)
+        if parent.io is not None and child is not None and child.io is None:
+            # I/O rights and the interrupt flag are inherited by every
+            # clone (ioperm(2); copy_thread keeps io_bitmap and iopl_emul).
+            child.io = parent.io.copy()
 
     def _on_exec(self, ev: Event) -> None:
         assert isinstance(ev, Execed)
@@ -451,6 +475,10 @@ class GuestKernel:
             task.tid = ev.tid
             self.tasks[ev.tid] = task
             group.threads[ev.tid] = task
+        if task.io is not None and not task.io.vif:
+            # A new program starts with IF set (start_thread); the I/O
+            # rights stay (ioperm(2): "preserved across execve").
+            privileged.release_held(self, task)
         if ev.tid in self.internal:
             return
         if ev.tid == self.root_pid and self._root_found:
@@ -471,6 +499,7 @@ class GuestKernel:
         assert isinstance(ev, Exited)
         task = self.tasks.pop(ev.tid, None)
         self.held.pop(ev.tid, None)
+        self.halted.pop(ev.tid, None)
         self.policy.affinity.pop(int(ev.tid), None)
         if self._trace:
             self._trace.gone(ev.tid)

@@ -9,10 +9,13 @@ bookkeeping (wait, signals, /proc) stays native.
 from __future__ import annotations
 
 from collections import Counter
-from typing import NewType, final
+from typing import TYPE_CHECKING, NewType, final
 
 from umld.core import procfs
 from umld.tracer.events import Tid
+
+if TYPE_CHECKING:
+    from umld.core.privileged import ThreadIo
 
 Pid = NewType("Pid", int)
 
@@ -21,7 +24,7 @@ Pid = NewType("Pid", int)
 class Task:
     """A guest thread.  Owned by the tracer thread."""
 
-    __slots__ = ("current_syscall", "syscalls", "tgid", "tid")
+    __slots__ = ("current_syscall", "io", "syscalls", "tgid", "tid")
 
     def __init__(self, tid: Tid, tgid: Pid) -> None:
         self.tid = tid
@@ -30,6 +33,9 @@ class Task:
         self.syscalls: Counter[int] = Counter()
         #: The call the task is stopped in, or -1.
         self.current_syscall = -1
+        #: Its I/O rights (ioperm(2), iopl(2)) and virtual interrupt flag;
+        #: None until it asks for any (umld/core/privileged.py).
+        self.io: ThreadIo | None = None
 
     def has_capability(self, cap: int) -> bool:
         """Whether the thread's effective capability set holds ``cap``

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from umld.tracer.platform import (
     ORPHAN_DELAY as ORPHAN_DELAY,
+    Regs as Regs,
+    SigInfo as SigInfo,
     SpawnSpec as SpawnSpec,
     TracerError as TracerError,
     TracerPlatform as TracerPlatform,

@@ -5,7 +5,9 @@ under ptrace with a seccomp filter it is handed (so only the calls the guest
 kernel handles ever stop), turns ptrace stops into :mod:`umld.tracer.events`
 values, and offers the few operations a guest kernel needs at a stop:
 resume, cancel a call with a result, rewrite a call, read and write guest
-memory.
+memory, and at a signal-delivery-stop read the signal's siginfo and the
+thread's registers (the guest kernel emulates privileged instructions
+there: umld/core/privileged.py).
 
 How it works (both backends):
 
@@ -68,6 +70,7 @@ Tests inject a short delay (``open_tracer(name, orphan_delay=...)``).
 from __future__ import annotations
 
 import signal
+import struct
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
@@ -126,6 +129,75 @@ class SpawnSpec(NamedTuple):
     reset_signals: Sequence[int] = (signal.SIGPIPE, signal.SIGXFSZ)
     #: Signal mask the child execs with.
     sigmask: frozenset[int] = frozenset()
+
+
+class Regs(NamedTuple):
+    """The general registers of a stopped thread: struct user_regs_struct
+    (sys/user.h) field by field, in its order, as unsigned 64-bit values
+    (``rflags`` is the struct's ``eflags``).  A 32-bit thread's registers
+    are the same struct (the kernel zero-extends them)."""
+
+    r15: int
+    r14: int
+    r13: int
+    r12: int
+    rbp: int
+    rbx: int
+    r11: int
+    r10: int
+    r9: int
+    r8: int
+    rax: int
+    rcx: int
+    rdx: int
+    rsi: int
+    rdi: int
+    orig_rax: int
+    rip: int
+    cs: int
+    rflags: int
+    rsp: int
+    ss: int
+    fs_base: int
+    gs_base: int
+    ds: int
+    es: int
+    fs: int
+    gs: int
+
+
+#: sizeof(struct user_regs_struct) / 8 and sizeof(siginfo_t) on x86_64.
+NREGS = 27
+SIGINFO_SIZE = 128
+#: si_signo, si_errno, si_code, padding, then the union: for a fault
+#: (SIGSEGV, SIGBUS...) si_addr; for kill(2) and sigqueue(3) si_pid and
+#: si_uid, then si_value (siginfo_t in asm-generic/siginfo.h).
+_SIGINFO_HEAD = struct.Struct("=3i4xQ")
+_SIGINFO_KILL = struct.Struct("=iIq")
+
+
+class SigInfo(NamedTuple):
+    """The siginfo of a signal-delivery-stop (PTRACE_GETSIGINFO).
+
+    ``addr`` is si_addr (meaningful for faults), ``pid``/``uid``/``value``
+    are si_pid, si_uid and si_value (meaningful for kill, tgkill,
+    sigqueue): they share the union, so each is read from the same bytes.
+    ``raw`` is the whole siginfo_t, for :meth:`TracerPlatform.set_siginfo`."""
+
+    signo: int
+    errno: int
+    code: int
+    addr: int
+    pid: int
+    uid: int
+    value: int
+    raw: bytes
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> SigInfo:
+        signo, err, code, addr = _SIGINFO_HEAD.unpack_from(raw)
+        pid, uid, value = _SIGINFO_KILL.unpack_from(raw, 16)
+        return cls(signo, err, code, addr, pid, uid, value, bytes(raw))
 
 
 class TracerPlatform(Protocol):
@@ -196,6 +268,31 @@ class TracerPlatform(Protocol):
         """Read a NUL-terminated string (without the NUL), at most
         ``limit`` bytes; raises TracerError(EFAULT) if unreadable and
         TracerError(ENAMETOOLONG) when no NUL is found within ``limit``."""
+        ...
+
+    def get_regs(self, tid: Tid) -> Regs:
+        """The thread's general registers (PTRACE_GETREGS), at any stop
+        the core sees (SyscallStop, SyscallExit, SignalStop)."""
+        ...
+
+    def set_regs(self, tid: Tid, regs: Regs) -> None:
+        """Set the general registers (PTRACE_SETREGS); does not resume.
+        The kernel refuses values a thread may not have (a segment
+        selector of another privilege level, reserved flags): TracerError
+        EIO/EINVAL then."""
+        ...
+
+    def get_siginfo(self, tid: Tid) -> SigInfo:
+        """At a SignalStop: the signal's siginfo (PTRACE_GETSIGINFO).
+        Never fetched by ``wait``: a stop costs it only when asked."""
+        ...
+
+    def set_siginfo(self, tid: Tid, raw: bytes) -> None:
+        """At a SignalStop: replace the siginfo (PTRACE_SETSIGINFO,
+        ``raw`` is SIGINFO_SIZE bytes, e.g. ``SigInfo.raw``); resuming
+        with its ``si_signo`` delivers that signal with it (resuming with
+        another number makes the kernel build an SI_USER one: ptrace(2),
+        "Signal-delivery-stop")."""
         ...
 
     def kill(self, tid: Tid, signo: int) -> None:

@@ -46,7 +46,16 @@ from umld.tracer.events import (
     Tid,
     Wakeup,
 )
-from umld.tracer.platform import ORPHAN_DELAY, SpawnSpec, TracerError, TracerUnavailable
+from umld.tracer.platform import (
+    NREGS,
+    ORPHAN_DELAY,
+    SIGINFO_SIZE,
+    Regs,
+    SigInfo,
+    SpawnSpec,
+    TracerError,
+    TracerUnavailable,
+)
 
 try:
     from umld.tracer._c_tracer import ffi as _ffi_mod, lib as _lib_mod
@@ -95,6 +104,9 @@ _INT_MAX = (1 << 31) - 1
 _EINTR = -_errno.EINTR
 _ESRCH = -_errno.ESRCH
 _WAKEUP = Wakeup()
+if _lib.UMLD_NREGS != NREGS or _lib.UMLD_SIGINFO_SIZE != SIGINFO_SIZE:  # pragma: no cover
+    raise ImportError("umld.tracer._c_tracer: register or siginfo size changed")
+_REGS = struct.Struct(f"={NREGS}Q")
 
 
 class TracerThreads:
@@ -155,6 +167,9 @@ class CTracer:
         self._unpack_event = _EVENT.unpack_from
         self._out: Any = _ffi.new("const char **")
         self._args: Any = _ffi.new("uint64_t[6]")
+        self._regs: Any = _ffi.new(f"uint64_t[{NREGS}]")
+        self._regsbuf: Any = _ffi.buffer(self._regs)
+        self._siginfo: Any = _ffi.new(f"unsigned char[{SIGINFO_SIZE}]")
         # Bound once: attribute lookups on the cffi lib are not free.
         self._c_wait = _lib.umld_wait
         self._c_resume = _lib.umld_resume
@@ -365,6 +380,41 @@ class CTracer:
         rc = self._c_set_result(self._t, tid, result)
         if rc:
             self._answer_failed(rc, tid, "set_result")
+
+    # --- registers and siginfo ---------------------------------------------
+
+    def get_regs(self, tid: Tid) -> Regs:
+        rc = _lib.umld_get_regs(self._t, tid, self._regs)
+        if rc:
+            self._stop_failed(rc, tid, "get_regs")
+        return Regs._make(_REGS.unpack(self._regsbuf))
+
+    def set_regs(self, tid: Tid, regs: Regs) -> None:
+        self._regsbuf[:] = _REGS.pack(*(v % _U64 for v in regs))
+        rc = _lib.umld_set_regs(self._t, tid, self._regs)
+        if rc:
+            self._stop_failed(rc, tid, "set_regs")
+
+    def get_siginfo(self, tid: Tid) -> SigInfo:
+        rc = _lib.umld_get_siginfo(self._t, tid, self._siginfo)
+        if rc:
+            self._stop_failed(rc, tid, "get_siginfo")
+        return SigInfo.from_raw(_ffi.buffer(self._siginfo)[:])
+
+    def set_siginfo(self, tid: Tid, raw: bytes) -> None:
+        if len(raw) != SIGINFO_SIZE:
+            raise ValueError(f"a siginfo is {SIGINFO_SIZE} bytes, not {len(raw)}")
+        _ffi.buffer(self._siginfo)[:] = raw
+        rc = _lib.umld_set_siginfo(self._t, tid, self._siginfo)
+        if rc:
+            self._stop_failed(rc, tid, "set_siginfo")
+
+    def _stop_failed(self, rc: int, tid: int, what: str) -> None:
+        """Unlike an answer, a read or write at a stop has no result to
+        give when the thread vanished: ESRCH is always raised."""
+        if rc == _ESRCH:
+            raise TracerError(f"{what}: thread {tid} is gone", _errno.ESRCH)
+        self._answer_failed(rc, tid, what)
 
     # --- memory ------------------------------------------------------------
 

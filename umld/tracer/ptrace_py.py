@@ -60,7 +60,16 @@ from umld.tracer.events import (
     Tid,
     Wakeup,
 )
-from umld.tracer.platform import ORPHAN_DELAY, SpawnSpec, TracerError, TracerUnavailable
+from umld.tracer.platform import (
+    NREGS,
+    ORPHAN_DELAY,
+    SIGINFO_SIZE,
+    Regs,
+    SigInfo,
+    SpawnSpec,
+    TracerError,
+    TracerUnavailable,
+)
 from umld.tracer.seccomp import AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT
 
 if _platform.machine() != "x86_64":  # pragma: no cover - other hosts
@@ -85,6 +94,8 @@ PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_LISTEN = 0x4208
 PTRACE_GET_SYSCALL_INFO = 0x420E
+PTRACE_GETSIGINFO = 0x4202
+PTRACE_SETSIGINFO = 0x4203
 
 PTRACE_SYSCALL_INFO_SECCOMP = 3
 
@@ -145,12 +156,16 @@ MAX_SLEEP = 0.1
 
 #: What the reported stop of a tid is; decides what may be done with it.
 _AT_SYSCALL, _AT_EXIT, _AT_SIGNAL = 1, 2, 3
+_ANY_STOP = (_AT_SYSCALL, _AT_EXIT, _AT_SIGNAL)
 
 # Registers that carry syscall arguments (events.SyscallStop).
 _ARGS_64 = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 _ARGS_I386 = ("rbx", "rcx", "rdx", "rsi", "rdi", "rbp")
 _OFF_ORIG_RAX: int = _RegsStruct.orig_rax.offset
 _OFF_RAX: int = _RegsStruct.rax.offset
+if ctypes.sizeof(_RegsStruct) != NREGS * 8:  # pragma: no cover - python-ptrace changed
+    raise ImportError("python-ptrace's user_regs_struct is not struct user_regs_struct")
+_REGS = struct.Struct(f"={NREGS}Q")
 
 
 # --- libc through ctypes ----------------------------------------------------
@@ -473,6 +488,8 @@ class PythonTracer:
         self._regs_addr: int = ctypes.addressof(self._regs)
         self._msg = ctypes.c_ulong()
         self._msg_addr = ctypes.addressof(self._msg)
+        self._siginfo = ctypes.create_string_buffer(SIGINFO_SIZE)
+        self._siginfo_addr = ctypes.addressof(self._siginfo)
 
     # --- helpers -----------------------------------------------------------
 
@@ -991,6 +1008,35 @@ class PythonTracer:
         except _PtraceError as exc:
             if exc.errno != _errno.ESRCH:
                 raise TracerError(f"set_result {tid}: {exc}", exc.errno or 0) from None
+
+    # --- registers and siginfo ---------------------------------------------
+
+    def _at_stop(
+        self, tid: Tid, request: int, addr: int, what: str, kinds: tuple[int, ...]
+    ) -> None:
+        self._require_stop(tid, kinds, what)
+        try:
+            _ptrace(request, tid, 0, addr)
+        except _PtraceError as exc:
+            raise TracerError(f"{what} {tid}: {exc}", exc.errno or 0) from None
+
+    def get_regs(self, tid: Tid) -> Regs:
+        self._at_stop(tid, PTRACE_GETREGS, self._regs_addr, "get_regs", _ANY_STOP)
+        return Regs._make(_REGS.unpack(ctypes.string_at(self._regs_addr, _REGS.size)))
+
+    def set_regs(self, tid: Tid, regs: Regs) -> None:
+        ctypes.memmove(self._regs_addr, _REGS.pack(*(v % _U64 for v in regs)), _REGS.size)
+        self._at_stop(tid, PTRACE_SETREGS, self._regs_addr, "set_regs", _ANY_STOP)
+
+    def get_siginfo(self, tid: Tid) -> SigInfo:
+        self._at_stop(tid, PTRACE_GETSIGINFO, self._siginfo_addr, "get_siginfo", (_AT_SIGNAL,))
+        return SigInfo.from_raw(self._siginfo.raw)
+
+    def set_siginfo(self, tid: Tid, raw: bytes) -> None:
+        if len(raw) != SIGINFO_SIZE:
+            raise ValueError(f"a siginfo is {SIGINFO_SIZE} bytes, not {len(raw)}")
+        ctypes.memmove(self._siginfo_addr, raw, SIGINFO_SIZE)
+        self._at_stop(tid, PTRACE_SETSIGINFO, self._siginfo_addr, "set_siginfo", (_AT_SIGNAL,))
 
     # --- memory ------------------------------------------------------------
 

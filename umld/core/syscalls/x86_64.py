@@ -12,6 +12,7 @@ import errno
 
 from umld.core.syscalls import (
     sys_file,
+    sys_io,
     sys_mount,
     sys_net,
     sys_sched,
@@ -72,6 +73,11 @@ FCAPS_NOTE = "root-run: security.capability: EPERM (file capabilities)"
 #: them, and a ring made under one policy keeps working under the next:
 #: refused, as Docker's default profile and gVisor do.
 IO_URING_NOTE = "refused: its connect, sendmsg, accept, openat... run unseen by any filter"
+
+#: The host never grants a guest a port: both change the thread's virtual
+#: rights, and port I/O is emulated at its fault (core/privileged.py).
+IOPL_NOTE = "virtual: 3 opens all of the machine's port bus, cli/sti/hlt; EPERM w/o CAP_SYS_RAWIO"
+IOPERM_NOTE = "virtual: ports of the machine's bus, never the host's; EPERM w/o CAP_SYS_RAWIO"
 
 # fmt: off
 TABLE = SyscallTable("x86_64", (
@@ -250,8 +256,8 @@ TABLE = SyscallTable("x86_64", (
     D(169, "reboot", SYSTEM, "would reboot the host"),
     E(170, "sethostname", UTS, sys_utsname.sethostname, "changes only the guest's name"),
     E(171, "setdomainname", UTS, sys_utsname.setdomainname, "changes only the guest's name"),
-    D(172, "iopl", SYSTEM, "would give access to host I/O ports"),
-    D(173, "ioperm", SYSTEM, "would give access to host I/O ports"),
+    E(172, "iopl", SYSTEM, sys_io.iopl, IOPL_NOTE),
+    E(173, "ioperm", SYSTEM, sys_io.ioperm, IOPERM_NOTE),
     P(174, "create_module", SYSTEM),
     D(175, "init_module", SYSTEM, "would load a host kernel module"),
     D(176, "delete_module", SYSTEM, "would unload a host kernel module"),

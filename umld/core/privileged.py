@@ -1,0 +1,479 @@
+"""Privileged instructions of a guest thread, emulated at their fault.
+
+A user-mode thread (CPL 3) that executes ``in``/``out``, ``ins``/``outs``
+without the right in its I/O permission bitmap, or ``cli``, ``sti``,
+``hlt``, takes a general-protection fault, which Linux turns into SIGSEGV
+with ``si_code`` SI_KERNEL and ``si_addr`` 0 (arch/x86/kernel/traps.c,
+do_general_protection).  The guest's ioperm(2) and iopl(2) never reach the
+host (sys_io.py): the host never grants a guest a port, so every such
+instruction faults.  At that signal-delivery-stop the guest kernel
+(:func:`on_fault`, from ``GuestKernel._on_signal``) reads the siginfo and
+the registers, decodes the instruction at ``rip`` (:func:`decode`), and
+when the guest's *virtual* permission allows it, does it against the
+machine's :class:`~umld.core.iobus.IoBus`, writes the results back (``al``,
+``ax`` or ``eax`` as the CPU does, memory for ``ins``, ``rsi``/``rdi``/
+``rcx`` for the string forms), moves ``rip`` past it and resumes the thread
+without the signal.  Anything else (a real segfault, an instruction the
+guest has no virtual right to) is delivered unchanged.
+
+The rights (per thread, as the kernel keeps them since Linux 5.5:
+arch/x86/kernel/ioport.c; inherited by every clone, kept across execve):
+
+* the ports ioperm(2) turned on, a bitmap of 0..0xffff; an access of N
+  bytes needs all N ports' bits, as the TSS bitmap check does (SDM vol. 1,
+  18.5.2 "I/O Permission Bit Map");
+* the I/O privilege level of iopl(2): 3 grants every port.  Levels 1 and
+  2 grant nothing (CPL 3 is above them), as on Linux >= 5.5.
+* ``cli``, ``sti`` and ``hlt`` need level 3.  Natively: without iopl(3)
+  they fault (SIGSEGV); on a host kernel with CONFIG_X86_IOPL_IOPERM and
+  iopl(3), current Linux skips ``cli``/``sti`` as no-ops
+  (fixup_iopl_exception) and ``hlt`` still faults (it needs CPL 0).  This
+  host's kernel (6.18, CONFIG_X86_IOPL_IOPERM not set) answers ioperm(2)
+  and iopl(2) with ENOSYS, so natively nothing but the fault is seen.  In
+  umld, level 3 gives what the issue asks for instead: a per-thread
+  virtual interrupt flag (below) and a ``hlt`` that sleeps.
+
+The virtual interrupt flag (:class:`ThreadIo` ``vif``): ``cli`` clears it,
+``sti`` sets it.  While it is clear, asynchronous signals for the thread
+are held as blocked ones are (:func:`hold_signal`): suppressed at their
+delivery stop with their siginfo kept, and delivered at ``sti`` (the first
+with its own siginfo, PTRACE_SETSIGINFO; any more are sent again with
+tgkill(2), so they arrive with SI_TKILL from umld; a standard signal held
+twice is delivered once, as a pending blocked one is).  Faults (SIGSEGV,
+SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS raised by an instruction) and
+SIGSTOP are never held.  ``pushf`` cannot be trapped (it is not
+privileged at CPL 3 and never faults), so it shows the host's IF (always
+set), not the virtual one.
+
+``hlt`` leaves the thread stopped, ``rip`` past it, until a signal is
+pending for it and not blocked (SigPnd/ShdPnd and SigBlk of
+/proc/TID/status, polled every HLT_POLL seconds by the machine's loop:
+nothing else tells a tracer that a signal was queued to a thread in a
+ptrace stop).
+
+A ``rep`` string instruction does at most MAX_ELEMENTS elements per fault
+and leaves ``rip`` on the instruction with ``rcx`` counted down, as an
+interrupted ``rep`` does (SDM vol. 2, REP): the next execution faults
+again and goes on, so one huge count never holds the tracer thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple, final
+
+from umld.core import procfs
+from umld.core.iobus import IoBus
+from umld.tracer.platform import Regs, SigInfo, TracerError
+
+if TYPE_CHECKING:
+    from umld.core.kernel import GuestKernel
+    from umld.core.task import Task
+
+#: si_code of a signal the kernel raised for a #GP (asm-generic/siginfo.h).
+SI_KERNEL = 0x80
+#: si_code of SIGSEGV for an unmapped address.
+SEGV_MAPERR = 1
+#: Elements of a ``rep`` string instruction done per fault (see above).
+MAX_ELEMENTS = 4096
+#: Seconds between checks of a halted thread's pending signals.
+HLT_POLL = 0.005
+#: The direction flag in rflags.
+DF = 1 << 10
+#: Code segment selector of a 64-bit thread (__USER_CS); a 32-bit one
+#: runs on __USER32_CS (0x23), where addresses and counts are 32-bit.
+USER_CS_64 = 0x33
+#: The longest x86 instruction.
+MAX_LENGTH = 15
+#: Signals raised by the instruction itself: never held by a clear IF.
+_FAULTS = frozenset(
+    {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP, signal.SIGSYS}
+)
+#: Signals below this are standard ones: held twice, delivered once.
+_SIGRTMIN = 34
+
+
+class Op(enum.Enum):
+    IN = "in"
+    OUT = "out"
+    INS = "ins"
+    OUTS = "outs"
+    CLI = "cli"
+    STI = "sti"
+    HLT = "hlt"
+
+
+class Insn(NamedTuple):
+    """One decoded instruction.
+
+    ``size`` is the operand width in bytes (1, 2, 4; 0 for cli/sti/hlt),
+    ``port`` the immediate port or None for ``dx``, ``addr_size`` the
+    address width of the string forms (2, 4, 8 bytes), ``segment`` a
+    segment-override prefix byte (0x64 fs, 0x65 gs: they add a base to
+    ``outs``'s source)."""
+
+    op: Op
+    length: int
+    size: int = 0
+    port: int | None = None
+    rep: bool = False
+    addr_size: int = 8
+    segment: int = 0
+
+
+_SEGMENTS = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65})
+#: opcode -> (op, byte-sized, immediate port)
+_OPCODES = {
+    0xE4: (Op.IN, True, True),
+    0xE5: (Op.IN, False, True),
+    0xE6: (Op.OUT, True, True),
+    0xE7: (Op.OUT, False, True),
+    0xEC: (Op.IN, True, False),
+    0xED: (Op.IN, False, False),
+    0xEE: (Op.OUT, True, False),
+    0xEF: (Op.OUT, False, False),
+    0x6C: (Op.INS, True, False),
+    0x6D: (Op.INS, False, False),
+    0x6E: (Op.OUTS, True, False),
+    0x6F: (Op.OUTS, False, False),
+}
+_SIMPLE = {0xFA: Op.CLI, 0xFB: Op.STI, 0xF4: Op.HLT}
+
+
+def decode(code: bytes, *, long_mode: bool = True) -> Insn | None:
+    """The port I/O, cli, sti or hlt instruction at the start of ``code``,
+    or None for anything else (or a truncated one).
+
+    Prefixes (SDM vol. 2, 2.1.1), in any order: 0x66 operand size (16-bit
+    instead of 32), 0x67 address size (32-bit instead of 64; 16 instead of
+    32 in a 32-bit thread), F3 ``rep`` (F2 too: on these instructions the
+    CPU repeats for either), segment overrides; in 64-bit mode a REX
+    prefix (0x40-0x4f) right before the opcode, which changes nothing
+    here (port I/O has no 64-bit form).  LOCK (F0) makes them #UD, not
+    #GP: not ours."""
+    opsize = addr = rep = False
+    segment = 0
+    i = 0
+    while i < len(code) and i < MAX_LENGTH:
+        b = code[i]
+        if b == 0x66:
+            opsize = True
+        elif b == 0x67:
+            addr = True
+        elif b in (0xF3, 0xF2):
+            rep = True
+        elif b in _SEGMENTS:
+            segment = b
+        elif long_mode and 0x40 <= b <= 0x4F:
+            if i + 1 < len(code) and (code[i + 1] in _OPCODES or code[i + 1] in _SIMPLE):
+                i += 1
+                break
+            return None  # REX not right before the opcode: another instruction
+        else:
+            break
+        i += 1
+    if i >= len(code) or i >= MAX_LENGTH:
+        return None
+    opcode = code[i]
+    simple = _SIMPLE.get(opcode)
+    if simple is not None:
+        return Insn(simple, i + 1)
+    entry = _OPCODES.get(opcode)
+    if entry is None:
+        return None
+    op, byte, imm = entry
+    size = 1 if byte else 2 if opsize else 4
+    length = i + 2 if imm else i + 1
+    if length > len(code) or length > MAX_LENGTH:
+        return None
+    port = code[i + 1] if imm else None
+    if long_mode:
+        addr_size = 4 if addr else 8
+    else:
+        addr_size = 2 if addr else 4
+    string = op in (Op.INS, Op.OUTS)
+    return Insn(op, length, size, port, rep and string, addr_size, segment if string else 0)
+
+
+# -- the thread's virtual rights -------------------------------------------------
+
+
+@final
+class ThreadIo:
+    """A thread's I/O rights and virtual interrupt flag (``Task.io``;
+    None there means none of them: no ports, level 0, IF set)."""
+
+    __slots__ = ("held", "iopl", "ports", "vif")
+
+    def __init__(self, ports: int = 0, iopl: int = 0, vif: bool = True) -> None:
+        #: Bit p set: port p granted by ioperm(2).
+        self.ports = ports
+        self.iopl = iopl
+        self.vif = vif
+        #: Signals held while ``vif`` is clear, in arrival order.
+        self.held: list[SigInfo] = []
+
+    def copy(self) -> ThreadIo:
+        """What a clone inherits (held signals stay with the thread)."""
+        return ThreadIo(self.ports, self.iopl, self.vif)
+
+    def may_access(self, port: int, size: int) -> bool:
+        if self.iopl == 3:
+            return True
+        mask = (1 << size) - 1
+        return (self.ports >> port) & mask == mask
+
+
+def thread_io(task: Task) -> ThreadIo:
+    io = task.io
+    if io is None:
+        io = task.io = ThreadIo()
+    return io
+
+
+# -- emulation ---------------------------------------------------------------------
+
+
+class MemoryFault(Exception):
+    """A string instruction's memory operand is not accessible at ``addr``."""
+
+    def __init__(self, addr: int) -> None:
+        super().__init__(f"guest memory at {addr:#x}")
+        self.addr = addr
+
+
+_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: (1 << 64) - 1}
+
+
+def _with_part(old: int, new: int, size: int) -> int:
+    """``old`` with its low ``size`` bytes set to ``new`` as the CPU
+    writes a register of that width: 8 and 16 bits keep the rest, 32 bits
+    zero the upper half (SDM vol. 1, 3.4.1.1), 64 bits replace it."""
+    if size >= 4:
+        return new & _ONES[size]
+    mask = _ONES[size]
+    return (old & ~mask & _ONES[8]) | (new & mask)
+
+
+def emulate(
+    insn: Insn,
+    regs: Regs,
+    bus: IoBus,
+    read: Callable[[int, int], bytes],
+    write: Callable[[int, bytes], None],
+) -> Regs:
+    """Do ``insn`` (IN, OUT, INS or OUTS) and return the registers after it.
+
+    ``read(addr, n)`` and ``write(addr, data)`` reach guest memory and raise
+    MemoryFault.  A port read from an unmapped source for ``outs`` faults
+    before any port is written; ``ins`` reads the ports, then writes
+    memory (a fault there loses what was read, as on the CPU)."""
+    size = insn.size
+    port = insn.port if insn.port is not None else regs.rdx & 0xFFFF
+    if insn.op is Op.IN:
+        value = bus.read(port, size)
+        return regs._replace(rax=_with_part(regs.rax, value, size), rip=regs.rip + insn.length)
+    if insn.op is Op.OUT:
+        bus.write(port, size, regs.rax & _ONES[size])
+        return regs._replace(rip=regs.rip + insn.length)
+    asize = insn.addr_size
+    amask = _ONES[asize]
+    count = regs.rcx & amask if insn.rep else 1
+    n = min(count, MAX_ELEMENTS)
+    step = -size if regs.rflags & DF else size
+    if insn.op is Op.OUTS:
+        src = regs.rsi & amask
+        base = 0
+        if insn.segment == 0x64:
+            base = regs.fs_base
+        elif insn.segment == 0x65:
+            base = regs.gs_base
+        if n:
+            data = _block(read, base, src, n, size, step, amask)
+            for k in range(n):
+                bus.write(port, size, int.from_bytes(data[k * size : (k + 1) * size], "little"))
+        regs = regs._replace(rsi=_with_part(regs.rsi, src + n * step, asize))
+    else:
+        dst = regs.rdi & amask
+        if n:
+            values = [bus.read(port, size) for _ in range(n)]
+            if step < 0:
+                values.reverse()
+            start = (dst + (n - 1) * step) & amask if step < 0 else dst
+            write(start, b"".join(v.to_bytes(size, "little") for v in values))
+        regs = regs._replace(rdi=_with_part(regs.rdi, dst + n * step, asize))
+    if insn.rep:
+        left = count - n
+        regs = regs._replace(rcx=_with_part(regs.rcx, left, asize))
+        if left:
+            return regs  # interrupted rep: runs again from here
+    return regs._replace(rip=regs.rip + insn.length)
+
+
+def _block(
+    read: Callable[[int, int], bytes], base: int, src: int, n: int, size: int, step: int, amask: int
+) -> bytes:
+    """The ``n`` elements ``outs`` sends, in the order it sends them."""
+    if step > 0:
+        return read((base + src) & _ONES[8], n * size)
+    low = (src + (n - 1) * step) & amask
+    data = read((base + low) & _ONES[8], n * size)
+    parts = [data[k * size : (k + 1) * size] for k in range(n)]
+    return b"".join(reversed(parts))
+
+
+# -- the fault path ------------------------------------------------------------------
+
+
+def on_fault(kernel: GuestKernel, task: Task) -> bool:
+    """At a SIGSEGV stop: emulate the instruction when it is ours and the
+    thread may run it; True when it was (the thread is resumed or halted),
+    False to deliver the signal."""
+    tracer = kernel.tracer
+    tid = task.tid
+    try:
+        info = tracer.get_siginfo(tid)
+        if info.code != SI_KERNEL:
+            return False
+        regs = tracer.get_regs(tid)
+        code = tracer.read_memory(tid, regs.rip, MAX_LENGTH)
+    except TracerError:
+        return False
+    insn = decode(code, long_mode=regs.cs == USER_CS_64)
+    if insn is None:
+        return False
+    io = task.io
+    if insn.op in (Op.CLI, Op.STI, Op.HLT):
+        if io is None or io.iopl != 3:
+            return False
+        return _flag_or_halt(kernel, task, io, insn, regs)
+    port = insn.port if insn.port is not None else regs.rdx & 0xFFFF
+    if io is None or not io.may_access(port, insn.size):
+        return False
+
+    def read(addr: int, size: int) -> bytes:
+        try:
+            data = tracer.read_memory(tid, addr, size)
+        except TracerError:
+            data = b""
+        if len(data) != size:
+            raise MemoryFault(addr + len(data))
+        return data
+
+    def write(addr: int, data: bytes) -> None:
+        try:
+            tracer.write_memory(tid, addr, data)
+        except TracerError:
+            raise MemoryFault(addr) from None
+
+    kernel.io_pid = task.tgid
+    try:
+        after = emulate(insn, regs, kernel.iobus, read, write)
+    except MemoryFault as fault:
+        # The page fault the CPU would have raised: SIGSEGV, SEGV_MAPERR,
+        # at the address (what a native run would show).
+        raw = bytearray(info.raw)
+        raw[8:12] = SEGV_MAPERR.to_bytes(4, "little")
+        raw[16:24] = fault.addr.to_bytes(8, "little")
+        tracer.set_siginfo(tid, bytes(raw))
+        return False
+    finally:
+        kernel.io_pid = 0
+    kernel.counters["port_io"] += 1
+    tracer.set_regs(tid, after)
+    tracer.resume(tid, 0)
+    return True
+
+
+def _flag_or_halt(kernel: GuestKernel, task: Task, io: ThreadIo, insn: Insn, regs: Regs) -> bool:
+    tracer = kernel.tracer
+    tid = task.tid
+    tracer.set_regs(tid, regs._replace(rip=regs.rip + insn.length))
+    if insn.op is Op.CLI:
+        io.vif = False
+        tracer.resume(tid, 0)
+    elif insn.op is Op.STI:
+        io.vif = True
+        _deliver_held(kernel, task, io)
+    elif signal_pending(task):
+        tracer.resume(tid, 0)
+    else:
+        kernel.halted[tid] = task
+    return True
+
+
+def _deliver_held(kernel: GuestKernel, task: Task, io: ThreadIo) -> None:
+    """At ``sti`` (a SIGSEGV stop): the held signals go on."""
+    tracer = kernel.tracer
+    held, io.held = io.held, []
+    if not held:
+        tracer.resume(task.tid, 0)
+        return
+    first, rest = held[0], held[1:]
+    tracer.set_siginfo(task.tid, first.raw)
+    for info in rest:
+        tracer.kill(task.tid, info.signo)
+    tracer.resume(task.tid, first.signo)
+
+
+def release_held(kernel: GuestKernel, task: Task) -> None:
+    """The thread's IF is set outside a stop where a signal can be
+    injected (its execve): held signals are sent again (tgkill(2)).
+    Both backends have resumed the new program when its Execed is
+    handled, so it may run its first instructions (a short one may even
+    end) before the signal arrives; natively a pending signal is taken
+    before its first instruction."""
+    io = task.io
+    if io is None:
+        return
+    io.vif = True
+    held, io.held = io.held, []
+    for info in held:
+        kernel.tracer.kill(task.tid, info.signo)
+
+
+def hold_signal(kernel: GuestKernel, task: Task, signo: int) -> bool:
+    """At a signal-delivery-stop of a thread whose virtual IF is clear:
+    hold an asynchronous signal (True: the thread was resumed without it)."""
+    io = task.io
+    if io is None or io.vif or signo in (signal.SIGSTOP, signal.SIGKILL):
+        return False
+    try:
+        info = kernel.tracer.get_siginfo(task.tid)
+    except TracerError:
+        return False
+    if signo in _FAULTS and info.code > 0:
+        return False  # raised by an instruction: not an interrupt
+    if signo >= _SIGRTMIN or all(h.signo != signo for h in io.held):
+        io.held.append(info)
+    kernel.tracer.resume(task.tid, 0)
+    return True
+
+
+def signal_pending(task: Task) -> bool:
+    """Whether a signal is pending for the thread and not blocked
+    (SigPnd, ShdPnd, SigBlk in /proc/TID/status, proc(5))."""
+    fields = procfs.status(f"{task.tgid}/task/{task.tid}", ("SigPnd", "ShdPnd", "SigBlk"))
+    if not fields:
+        return True  # gone: let its exit be seen
+    try:
+        pending = int(fields.get("SigPnd", "0"), 16) | int(fields.get("ShdPnd", "0"), 16)
+        blocked = int(fields.get("SigBlk", "0"), 16)
+    except ValueError:
+        return True
+    return bool(pending & ~blocked)
+
+
+def wake_halted(kernel: GuestKernel) -> None:
+    """Resume the halted threads that have a signal to take."""
+    for tid, task in list(kernel.halted.items()):
+        if signal_pending(task):
+            del kernel.halted[tid]
+            try:
+                kernel.tracer.resume(tid, 0)
+            except TracerError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
