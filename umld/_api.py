@@ -28,6 +28,7 @@ from umld.core import (
     returncode,
 )
 from umld.core.host import Host, HostedMachine
+from umld.core.iobus import IoBus
 from umld.errors import UmldError
 
 _host: Host | None = None
@@ -140,6 +141,13 @@ class _MachineBase:
     def processes(self) -> list[ProcessInfo]:
         """The guest's processes now (pids as the guest sees them)."""
         return self._control.processes()
+
+    @property
+    def iobus(self) -> IoBus:
+        """The machine's I/O-port bus (umld.core.iobus): its devices
+        (``iobus.device("ttyS0")``), and where a device of one's own is
+        attached (``iobus.attach(device)``, umld.core.devices)."""
+        return self._control.iobus
 
 
 @final

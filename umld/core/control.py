@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, final
 
-from umld.core import changes, procfs, settings
+from umld.core import changes, devices, procfs, settings
 from umld.core.changes import Change, Unit
 from umld.core.cpushare import KEEPER
 from umld.core.events import GuestEvent
@@ -110,6 +110,9 @@ class MachineControl:
     ) -> None:
         self.kernel = kernel
         self._terminal = terminal
+        #: The machine's I/O-port bus: COM1's UART, the POST port, the
+        #: CMOS/RTC (umld.core.devices); a user may attach more.
+        self.iobus = devices.machine_bus(self._ioport_event)
         self.files = files
         self.name = name
         #: The machine's network (the net setting: user, none, host, vde:PATH).
@@ -155,6 +158,26 @@ class MachineControl:
     @property
     def policy(self) -> MachinePolicy:
         return self.kernel.policy
+
+    # -- the I/O bus's devices (umld.core.devices) ---------------------------------
+
+    def _ioport_event(self, text: str) -> None:
+        # "ioport unknown 0x02f8", "post 0x2a": one `ioport` kind for all.
+        self.kernel.emit("ioport", 0, text.removeprefix("ioport "))
+
+    @property
+    def uart(self) -> devices.Uart16550:
+        """COM1 (``dev/ttyS0``)."""
+        device = self.iobus.device("ttyS0")
+        assert isinstance(device, devices.Uart16550)
+        return device
+
+    @property
+    def post(self) -> devices.PostPort:
+        """The POST diagnostic port 0x80 (``dev/post``)."""
+        device = self.iobus.device("post")
+        assert isinstance(device, devices.PostPort)
+        return device
 
     # -- settings (the live rows of umld.core.settings) --------------------------
 
