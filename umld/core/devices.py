@@ -157,7 +157,8 @@ class Uart16550(PortDevice):
     input is disconnected and the host's bytes are lost.  The modem lines
     of the other end are on (CTS, DSR, DCD); in loopback mode MSR shows
     the MCR's outputs (RTS->CTS, DTR->DSR, OUT1->RI, OUT2->DCD) with their
-    delta bits.  There is no interrupt line: IIR says what would be
+    delta bits.  The line starts as a PC BIOS leaves it: 9600 baud
+    (divisor 12), 8N1 (LCR 0x03).  There is no interrupt line: IIR says what would be
     pending (as a driver that polls IIR reads it), with the character
     timeout (0xC) standing for received data below the FIFO's trigger
     level (the host's bytes come in bursts, never half a burst later).
@@ -177,7 +178,10 @@ class Uart16550(PortDevice):
         self._rx: deque[int] = deque()
         self._rbr_last = 0
         self._ier = 0
-        self._lcr = 0
+        # 8 data bits, no parity, 1 stop bit (the chip's reset value is 0,
+        # 5 bits): the state a PC BIOS leaves COM1 in, so that a guest
+        # writing THR without programming the line sends whole bytes.
+        self._lcr = 0x03
         self._mcr = 0
         self._fcr = 0
         self._scr = 0
@@ -195,13 +199,14 @@ class Uart16550(PortDevice):
 
     # -- the host's side -----------------------------------------------------------
 
-    def follow(self, listener: Callable[[bytes], None]) -> bytes:
-        """The output kept so far (the newest ``keep`` bytes); from now on
-        ``listener(data)`` gets each transmitted byte, in order, on the
-        guest's thread (it must be quick and never block)."""
+    def follow(self, listener: Callable[[bytes], None]) -> None:
+        """``listener(data)`` gets the output kept so far (the newest
+        ``keep`` bytes, if any), then each transmitted byte in order, on
+        the guest's thread (it must be quick and never block)."""
         with self.lock:
+            if self._out:
+                listener(bytes(self._out))
             self._followers.append(listener)
-            return bytes(self._out)
 
     def unfollow(self, listener: Callable[[bytes], None]) -> None:
         with self.lock:
