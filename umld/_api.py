@@ -144,10 +144,10 @@ class _MachineBase:
 
     @property
     def iobus(self) -> IoBus:
-        """The machine's I/O-port bus: ``m.iobus.attach(device)`` puts a
-        device (umld/core/iobus.py's ``Device``: ``name``, ``ports``,
-        ``read``, ``write``) where the guest's port I/O reaches it, after
-        its ioperm(2) or iopl(2)."""
+        """The machine's I/O-port bus (umld.core.iobus): its devices
+        (``iobus.device("ttyS0")``, umld.core.devices), and where a device
+        of one's own is attached (``iobus.attach(device)``): the guest's
+        port I/O reaches it after its ioperm(2) or iopl(2)."""
         return self._control.iobus
 
 

@@ -19,13 +19,14 @@ off its event loop.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, final
 
-from umld.core import changes, procfs, settings
+from umld.core import changes, devices, procfs, settings
 from umld.core.changes import Change, Unit
 from umld.core.cpushare import KEEPER
 from umld.core.events import GuestEvent
@@ -45,7 +46,15 @@ if TYPE_CHECKING:
 log = get_logger("umld.control")
 T = TypeVar("T")
 
-__all__ = ["MachineControl", "NoTerminal", "ProcessInfo", "SettingError", "signal_from_name"]
+__all__ = [
+    "MachineControl",
+    "NoTerminal",
+    "ProcessInfo",
+    "SettingError",
+    "queue_signal",
+    "signal_from_name",
+    "sigval_from_text",
+]
 
 
 class NoTerminal(Exception):
@@ -86,6 +95,69 @@ def signal_from_name(text: str) -> signal.Signals:
     return sig
 
 
+def sigval_from_text(text: str) -> int:
+    """A signal's value (si_value.sival_int, an int): decimal, or 0x hex."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise SettingError(f"the value {text!r} is not an integer") from None
+    if not -(1 << 31) <= value < 1 << 31:
+        raise SettingError(f"the value {text} is not a 32-bit int (sival_int)")
+    return value
+
+
+#: siginfo_t's si_code of a signal queued by sigqueue(3) (asm-generic/siginfo.h).
+SI_QUEUE = -1
+#: rt_sigqueueinfo(2)'s number on x86_64 (asm/unistd_64.h).
+_NR_RT_SIGQUEUEINFO = 129
+
+
+def queue_signal(tgid: int, sig: int, value: int, *, uid: int) -> None:
+    """Queue ``sig`` to host process ``tgid`` with rt_sigqueueinfo(2):
+    si_code SI_QUEUE, si_value.sival_int ``value``, si_pid 0, si_uid
+    ``uid`` (a uid of umld's user namespace).
+
+    What the guest's handler sees: si_pid 0, the pid Linux gives any
+    signal from outside the receiver's pid namespace (the kernel sets it
+    so, send_signal_locked() in kernel/signal.c: umld is in an ancestor
+    namespace), and si_uid translated into the guest's user namespace
+    (so ``uid`` is the host id of the guest's uid 0: the machine's root
+    sent it; see :func:`_root_uid`).  ProcessLookupError once the
+    process is gone."""
+    import ctypes
+    import struct
+
+    # The x86_64 siginfo_t: si_signo, si_errno, si_code, padding; then
+    # _rt at offset 16: si_pid, si_uid, si_value (a union of int and
+    # pointer: sival_int in its low four bytes).  128 bytes in all.
+    info = struct.pack("=iiiiIIq", sig, 0, SI_QUEUE, 0, 0, uid, value & 0xFFFF_FFFF)
+    buf = ctypes.create_string_buffer(info.ljust(128, b"\0"), 128)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(_NR_RT_SIGQUEUEINFO, tgid, sig, buf) != 0:
+        err = ctypes.get_errno()
+        if err == errno.ESRCH:
+            raise ProcessLookupError(tgid)
+        raise OSError(err, f"rt_sigqueueinfo: {os.strerror(err)}")
+
+
+def _root_uid(host: int) -> int:
+    """The uid of umld's user namespace that is uid 0 in process
+    ``host``'s (its /proc/PID/uid_map, user_namespaces(7): read from
+    another namespace, the second field is in the reader's): the
+    machine's root, in a machine run by root.  A machine run by another
+    user maps that user's uid alone and has no root: then that uid (the
+    process's owner)."""
+    try:
+        with open(f"/proc/{host}/uid_map", encoding="ascii") as f:
+            for line in f:
+                inside, outside, count = (int(x) for x in line.split())
+                if inside == 0 and count > 0:
+                    return outside
+        return os.stat(f"/proc/{host}").st_uid
+    except (OSError, ValueError):
+        return os.geteuid()
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
@@ -111,6 +183,11 @@ class MachineControl:
     ) -> None:
         self.kernel = kernel
         self._terminal = terminal
+        # The machine's I/O-port bus (the kernel's: the guest's port I/O
+        # reaches it) gets COM1's UART, the POST port and the CMOS/RTC
+        # (umld.core.devices); a user may attach more.
+        for device in devices.machine_devices(kernel.iobus.on_event):
+            kernel.iobus.attach(device)
         self.files = files
         self.name = name
         #: The machine's network (the net setting: user, none, host, vde:PATH).
@@ -156,6 +233,22 @@ class MachineControl:
     @property
     def policy(self) -> MachinePolicy:
         return self.kernel.policy
+
+    # -- the I/O bus's devices (umld.core.devices) ---------------------------------
+
+    @property
+    def uart(self) -> devices.Uart16550:
+        """COM1 (``dev/ttyS0``)."""
+        device = self.iobus.device("ttyS0")
+        assert isinstance(device, devices.Uart16550)
+        return device
+
+    @property
+    def post(self) -> devices.PostPort:
+        """The POST diagnostic port 0x80 (``dev/post``)."""
+        device = self.iobus.device("post")
+        assert isinstance(device, devices.PostPort)
+        return device
 
     # -- settings (the live rows of umld.core.settings) --------------------------
 
@@ -438,26 +531,43 @@ class MachineControl:
     # -- commands --------------------------------------------------------------------
 
     def control_process(self, pid: int, command: str) -> None:
-        """``stop``, ``cont``, ``kill`` or ``signal NAME`` for one process."""
+        """``stop``, ``cont``, ``kill``, ``signal NAME`` or ``signal NAME
+        VALUE`` for one process.  With a VALUE the signal is queued as
+        rt_sigqueueinfo(2) does (:func:`queue_signal`); without, it is
+        sent as kill(2) sends it (SI_USER).  A bad command is SettingError,
+        the reason also in the events."""
         words = command.split()
-        if not words:
-            raise SettingError("empty command")
-        verb = words[0]
-        if verb == "stop" and len(words) == 1:
-            sig = signal.SIGSTOP
-        elif verb == "cont" and len(words) == 1:
-            sig = signal.SIGCONT
-        elif verb == "kill" and len(words) == 1:
-            sig = signal.SIGKILL
-        elif verb == "signal" and len(words) == 2:
-            sig = signal_from_name(words[1])
-        else:
-            raise SettingError(f"unknown command {command!r} (stop, cont, kill, signal NAME)")
+        value: int | None = None
+        try:
+            if not words:
+                raise SettingError("empty command")
+            verb = words[0]
+            if verb == "stop" and len(words) == 1:
+                sig = signal.SIGSTOP
+            elif verb == "cont" and len(words) == 1:
+                sig = signal.SIGCONT
+            elif verb == "kill" and len(words) == 1:
+                sig = signal.SIGKILL
+            elif verb == "signal" and len(words) in (2, 3):
+                sig = signal_from_name(words[1])
+                if len(words) == 3:
+                    value = sigval_from_text(words[2])
+            else:
+                raise SettingError(
+                    f"unknown command {command!r} (stop, cont, kill, signal NAME [VALUE])"
+                )
+        except SettingError as exc:
+            self.report(f"proc/{pid}/ctl: refused {command.strip()[:80]!r}: {exc}")
+            raise
         host = self.host_pid(pid)
         if host is None:
             raise ProcessLookupError(pid)
-        os.kill(host, sig)
-        self.kernel.emit("signal", host, f"{sig.name} sent by the export")
+        if value is None:
+            os.kill(host, sig)
+            self.kernel.emit("signal", host, f"{sig.name} sent by the export")
+            return
+        queue_signal(host, sig, value, uid=_root_uid(host))
+        self.kernel.emit("signal", host, f"{sig.name} value={value} queued by the export")
 
     def control_machine(self, command: str) -> None:
         """``pause``, ``resume`` or ``halt`` (may wait: halt asks on the

@@ -10,7 +10,8 @@ class GuestEvent(NamedTuple):
     """One line of the event stream.
 
     ``kind`` is one of: spawn, exec, exit, signal, denied, config, syscall,
-    note.  ``text`` is the human line without time or pid.
+    note, ioport (the I/O bus: a POST code, an unknown port, a UART
+    overrun).  ``text`` is the human line without time or pid.
     """
 
     kind: str

@@ -147,7 +147,7 @@ class GuestKernel:
         #: The machine's I/O-port bus: port I/O of the guest's threads,
         #: emulated at its fault (privileged.py), reaches it.  Its first
         #: use of a port no device decodes is a ``note`` event.
-        self.iobus = IoBus(on_event=lambda text: self.emit("note", self.io_pid, text))
+        self.iobus = IoBus(on_event=self._ioport_event)
         #: The process doing port I/O now (for the bus's events); 0 outside.
         self.io_pid = 0
         #: Threads stopped at ``hlt`` until a signal is pending for them.
@@ -403,6 +403,12 @@ class GuestKernel:
             self._trace.exit(task, task.current_syscall, ev.result)
         task.current_syscall = -1
         self.tracer.resume(ev.tid)
+
+    def _ioport_event(self, text: str) -> None:
+        # The bus's and its devices' lines ("ioport unknown 0x02f8", "post
+        # 0x2a"): one `ioport` kind, with the guest process whose access
+        # it was (0: the host's, through the export or the API).
+        self.emit("ioport", self.io_pid, text.removeprefix("ioport "))
 
     def _on_signal(self, ev: Event) -> None:
         assert isinstance(ev, SignalStop)

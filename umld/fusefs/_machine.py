@@ -6,6 +6,9 @@ Built only from umld.core's public API (a test enforces it):
     config/       one file per setting (value + newline), applied at write
     proc/PID/     status cmdline cwd exe environ fds syscalls ctl
     events        one line per event; tail -f follows it
+    dev/          the machine's I/O-bus devices: ttyS0 (COM1's output, tail -f
+                  follows it; a write is the UART's input), post (the last
+                  POST code)
     ctl           pause | resume | halt
     status        uptime, processes, trapped syscalls, config
     export/       the guest's /run/umld/export, both ways
@@ -251,6 +254,29 @@ def _ui_tree(control: MachineControl) -> Directory:
     return tree
 
 
+def _dev_tree(control: MachineControl) -> Directory:
+    """dev/: the devices of the machine's I/O bus (umld.core.devices)."""
+    serial = EventLog()
+    # What COM1 transmitted before (the daemon builds a tree at its first
+    # lookup), then each byte as the guest writes it.
+    control.uart.follow(serial.write)
+
+    def receive(data: bytes) -> None:
+        # Never waits: what the receive FIFO cannot take is an overrun.
+        control.uart.receive(data)
+
+    def post() -> bytes:
+        last = control.post.last
+        return b"" if last is None else f"{last:#04x}\n".encode()
+
+    return Directory(
+        {
+            "ttyS0": StreamFile(serial, write=receive),
+            "post": SnapshotFile(post),
+        }
+    )
+
+
 def build_tree(control: MachineControl, events: EventLog) -> Directory:
     """The export tree of one machine."""
 
@@ -289,6 +315,7 @@ def build_tree(control: MachineControl, events: EventLog) -> Directory:
             "export": HostTree(guest_export_dir),
             "metrics.prom": SnapshotFile(lambda: _formats.metrics(control)),
             "syscalls": SnapshotFile(_syscall_list),
+            "dev": _dev_tree(control),
         }
     )
     if control.net_mode != "host":

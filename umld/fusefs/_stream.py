@@ -23,13 +23,15 @@ import trio
 
 from umld.fusefs import _mount, _procfs
 from umld.fusefs._errors import ExportError
-from umld.fusefs._node import Attrs, Caller, FileNode, Handle, access_mode
+from umld.fusefs._node import Attrs, Caller, FileNode, Handle, SetAttr, access_mode
 
 # How often a waiting read looks at its reader in /proc (see _procfs): the
 # delay between Ctrl-C and a `cat` of the stream exiting.
 _CHECK_INTERVAL = 0.2
 
 _READABLE = select.POLLIN | select.POLLRDNORM
+#: The size up to which EventLog.write grows its last chunk.
+_CHUNK = 4096
 
 _Waiter = tuple[trio.lowlevel.TrioToken, Callable[[], None]]
 
@@ -71,6 +73,27 @@ class EventLog:
                 return
             self._lines.append(data)
             self._starts.append(self._end)
+            self._end += len(data)
+            self._kept_bytes += len(data)
+            self._mtime_ns = time.time_ns()
+            self._trim()
+            waiters = self._take_waiters()
+        _wake(waiters)
+
+    def write(self, data: bytes) -> None:
+        """Add bytes as they are (a byte stream: a serial port's output),
+        in chunks of up to 4 KiB, so that a stream written a byte at a
+        time is not a line per byte; dropped once closed."""
+        if not data:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            if len(self._lines) > self._head and len(self._lines[-1]) < _CHUNK:
+                self._lines[-1] += data
+            else:
+                self._lines.append(bytes(data))
+                self._starts.append(self._end)
             self._end += len(data)
             self._kept_bytes += len(data)
             self._mtime_ns = time.time_ns()
@@ -161,8 +184,11 @@ def _wake(waiters: list[_Waiter]) -> None:
 
 
 class _StreamHandle(Handle):
-    def __init__(self, log: EventLog, caller: Caller) -> None:
+    def __init__(
+        self, log: EventLog, caller: Caller, writer: Callable[[bytes], None] | None = None
+    ) -> None:
         self._log = log
+        self._writer = writer
         # Log offset minus file offset: grows when this reader skips lines
         # that were dropped before it read them.
         self._shift = 0
@@ -195,6 +221,17 @@ class _StreamHandle(Handle):
             if self._nonblocking():
                 raise ExportError(errno.EAGAIN)
             await self._wait(pos)
+
+    async def write(self, off: int, data: bytes) -> int:
+        if self._writer is None:
+            raise ExportError(errno.EBADF)
+        self._writer(data)
+        return len(data)
+
+    def truncate(self, size: int) -> None:
+        # O_TRUNC of `echo text > file`: nothing to cut in a stream.
+        if size != 0 or self._writer is None:
+            raise ExportError(errno.EPERM)
 
     async def _wait(self, pos: int) -> None:
         event = trio.Event()
@@ -277,17 +314,29 @@ class StreamFile(FileNode):
     the log (nothing logged yet, or after an lseek to the end) it gets end
     of file, as ``tail -f`` needs there; so ``cat`` started before the
     first line ends at once instead of following.
+
+    ``write``: the file is also writable (mode 0644, a device's other
+    direction: ``dev/ttyS0``); the bytes of each write(2) go to
+    ``write(data)`` as they come, which must not block.  Without it,
+    opening for writing gives EACCES.
     """
 
-    def __init__(self, log: EventLog) -> None:
+    def __init__(self, log: EventLog, *, write: Callable[[bytes], None] | None = None) -> None:
         super().__init__()
         self._log = log
+        self._write = write
 
     def _attrs(self) -> Attrs:
         size, mtime_ns = self._log._size()
-        return self._base_attrs(stat.S_IFREG | 0o444, size=size, mtime_ns=mtime_ns)
+        mode = 0o444 if self._write is None else 0o644
+        return self._base_attrs(stat.S_IFREG | mode, size=size, mtime_ns=mtime_ns)
 
     def _open(self, flags: int, caller: Caller) -> Handle:
-        if access_mode(flags)[1]:
+        if access_mode(flags)[1] and self._write is None:
             raise ExportError(errno.EACCES)
-        return _StreamHandle(self._log, caller)
+        return _StreamHandle(self._log, caller, self._write)
+
+    def _setattr(self, changes: SetAttr, handle: Handle | None) -> None:
+        if changes == SetAttr(size=0) and self._write is not None:
+            return  # O_TRUNC before the bytes come
+        super()._setattr(changes, handle)
