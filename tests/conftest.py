@@ -167,6 +167,24 @@ def guest_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+class CountingDevice:
+    """A test device of the I/O bus (umld.core.iobus.Device) on ``ports``:
+    reads count up from 1 (the count repeated in each byte), writes are
+    kept as (port, size, value)."""
+
+    def __init__(self, name: str, ports: range) -> None:
+        self.name, self.ports = name, ports
+        self.n = 0
+        self.writes: list[tuple[int, int, int]] = []
+
+    def read(self, port: int, size: int) -> int:
+        self.n += 1
+        return self.n * 0x01010101
+
+    def write(self, port: int, size: int, value: int) -> None:
+        self.writes.append((port, size, value))
+
+
 def wait_for(pred: Callable[[], T], what: str, timeout: float = 20.0) -> T:
     """Polls ``pred`` until it is true and returns what it gave (a
     condition, never a fixed delay)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import umld
-from tests.conftest import GUEST_SRC, Compare, run, umld_argv
+from tests.conftest import GUEST_SRC, Compare, CountingDevice, run, umld_argv
 
 pytestmark = pytest.mark.uses_ptrace
 
@@ -147,25 +147,6 @@ def test_a_real_segfault_is_still_delivered(compare: Compare, ioport: Path, mode
 # -- a device on the bus, through the Python API ---------------------------------
 
 
-class Latch:
-    """A test device on 0xe0-0xe3: reads count up from 1 (the value
-    repeated in each byte), writes are kept."""
-
-    name = "latch"
-    ports = range(0xE0, 0xE4)
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.writes: list[tuple[int, int, int]] = []
-
-    def read(self, port: int, size: int) -> int:
-        self.n += 1
-        return self.n * 0x01010101
-
-    def write(self, port: int, size: int, value: int) -> None:
-        self.writes.append((port, size, value))
-
-
 @pytest.fixture(autouse=True)
 def _signal_mask() -> Iterator[None]:
     """The API blocks SIGCHLD in the calling thread; other tests' children
@@ -184,7 +165,8 @@ async def test_a_device_attached_from_the_api(ioport: Path, tmp_path: Path) -> N
     no device: all ones, and one ``ioport pid=N unknown 0x00e4`` event."""
     import trio
 
-    latch = Latch()
+    # A test device on 0xe0-0xe3.
+    latch = CountingDevice("latch", range(0xE0, 0xE4))
     config = umld.Config(
         name=f"ioport-{os.getpid()}-{next(_serial)}",
         state_dir=str(tmp_path),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import CountingDevice
 from umld.core.iobus import IoBus
 from umld.core.privileged import (
     DF,
@@ -88,24 +89,6 @@ def test_fifteen_bytes_is_the_limit() -> None:
     assert decode(b"\x66" * 14 + b"\xed") == Insn(Op.IN, 15, 2)
 
 
-class Recorder:
-    """A device on 0x3f0..0x3f7: reads count up from 1, writes are kept."""
-
-    name = "recorder"
-    ports = range(0x3F0, 0x3F8)
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.writes: list[tuple[int, int, int]] = []
-
-    def read(self, port: int, size: int) -> int:
-        self.n += 1
-        return self.n * 0x01010101
-
-    def write(self, port: int, size: int, value: int) -> None:
-        self.writes.append((port, size, value))
-
-
 class Memory:
     def __init__(self, base: int, data: bytes) -> None:
         self.base = base
@@ -129,8 +112,8 @@ def regs(**kw: int) -> Regs:
     return base._replace(**kw)
 
 
-def run(code: bytes, r: Regs, mem: Memory | None = None) -> tuple[Regs, Recorder, Memory]:
-    dev = Recorder()
+def run(code: bytes, r: Regs, mem: Memory | None = None) -> tuple[Regs, CountingDevice, Memory]:
+    dev = CountingDevice("recorder", range(0x3F0, 0x3F8))
     bus = IoBus([dev])
     mem = mem or Memory(0x5000, bytes(64))
     insn = decode(code)
