@@ -597,7 +597,7 @@ def cpuid_values(
 
 def host_cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
     """The host CPU's CPUID (run in umld, where it never faults)."""
-    from umld.tracer.ptrace_c import host_cpuid as c_cpuid
+    from umld.tracer import host_cpuid as c_cpuid
 
     return c_cpuid(leaf, subleaf)
 
