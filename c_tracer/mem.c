@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <cpuid.h>
 #include <unistd.h>
 
 #include "tracer_internal.h"
@@ -162,4 +163,18 @@ long umld_read_string(struct umld_tracer *t, int tid, uint64_t addr, size_t limi
             return -EFAULT;
     }
     return -ENAMETOOLONG;
+}
+
+void umld_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t *out4)
+{
+    unsigned int a, b, c, d;
+
+    /* __cpuid_count (GCC's and clang's cpuid.h) runs CPUID with eax and
+     * ecx set, without checking the maximum leaf: a leaf above it gives
+     * what the CPU gives (the highest basic leaf's data on Intel). */
+    __cpuid_count(leaf, subleaf, a, b, c, d);
+    out4[0] = a;
+    out4[1] = b;
+    out4[2] = c;
+    out4[3] = d;
 }

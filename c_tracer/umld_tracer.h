@@ -175,6 +175,12 @@ int umld_close(struct umld_tracer *t);
  * [1] events delivered, [2] events that were parked, [3] sleeps in
  * sigtimedwait, [4] SIGCHLDs after which there was nothing to reap. */
 void umld_stats(struct umld_tracer *t, uint64_t *out5);
+
+/* The host CPU's CPUID for `leaf` (eax) and `subleaf` (ecx): out4 gets
+ * eax, ebx, ecx, edx (Intel SDM vol. 2, CPUID).  Run in umld, where
+ * CPUID is never made to fault: what a guest's faulting CPUID is
+ * answered from (umld/core/privileged.py). */
+void umld_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t *out4);
 /* CDEF-END */
 
 #endif /* UMLD_TRACER_H */

@@ -543,6 +543,7 @@ class Host:
                 post=self.post,
             )
             m.kernel = kernel
+            kernel.policy.cpuid_own = cfg.cpuid == "own"
             if cfg.tty:
                 from umld.core.tty import DEFAULT_SIZE, MachineTerminal
 

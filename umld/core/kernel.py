@@ -152,6 +152,9 @@ class GuestKernel:
         self.io_pid = 0
         #: Threads stopped at ``hlt`` until a signal is pending for them.
         self.halted: dict[Tid, Task] = {}
+        #: cpuid = own: whether the host made a guest's CPUID fault
+        #: (arch_prctl(ARCH_SET_CPUID)); None until the first try.
+        self.cpuid_faulting: bool | None = None
         self._handlers: dict[type, Callable[[GuestKernel, Event], None]] = {
             SyscallStop: GuestKernel._on_syscall,
             SyscallExit: GuestKernel._on_syscall_exit,
@@ -348,7 +351,10 @@ class GuestKernel:
                 result = -errno.EIO
         if result is None:
             task.current_syscall = key
-            self.tracer.resume(tid, stop_at_exit=trace is not None)
+            stop = trace is not None or (
+                task.cpuid is not None and privileged.cpuid_stops_at_exit(task)
+            )
+            self.tracer.resume(tid, stop_at_exit=stop)
         elif isinstance(result, Rewrite):
             task.current_syscall = key
             self.tracer.rewrite(tid, result.nr, result.args, stop_at_exit=trace is not None)
@@ -402,6 +408,9 @@ class GuestKernel:
         if self._trace and ev.tid not in self.internal:
             self._trace.exit(task, task.current_syscall, ev.result)
         task.current_syscall = -1
+        if task.cpuid is not None and privileged.cpuid_stops_at_exit(task):
+            privileged.cpuid_exit(self, task, ev.result)
+            return
         self.tracer.resume(ev.tid)
 
     def _ioport_event(self, text: str) -> None:
@@ -462,6 +471,8 @@ class GuestKernel:
             # I/O rights and the interrupt flag are inherited by every
             # clone (ioperm(2); copy_thread keeps io_bitmap and iopl_emul).
             child.io = parent.io.copy()
+        if parent.cpuid is not None and child is not None and child.cpuid is None:
+            child.cpuid = parent.cpuid.copy()
 
     def _on_exec(self, ev: Event) -> None:
         assert isinstance(ev, Execed)
@@ -487,6 +498,8 @@ class GuestKernel:
             privileged.release_held(self, task)
         if ev.tid in self.internal:
             return
+        if self.policy.cpuid_own:
+            privileged.cpuid_exec(self, task)
         if ev.tid == self.root_pid and self._root_found:
             self.up.set()
         self.counters["execs"] += 1

@@ -73,6 +73,7 @@ class Config:
     uid: int | None
     gid: int | None
     vcpus: int | None
+    cpuid: str
     memory: int | None
     net: str
     publish: list[Publish]
@@ -286,6 +287,8 @@ def features(*, live: bool, vcpus: int | None, cfg: Config | None = None) -> set
         out |= {"live", "vcpus"}
     if vcpus is not None:
         out.add("vcpus")
+    if cfg is not None and cfg.cpuid == "own":
+        out.add("cpuid")
     if os.geteuid() == 0:
         out.add("hostroot")
     return out

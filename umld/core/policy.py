@@ -56,6 +56,7 @@ class MachinePolicy:
 
     __slots__ = (
         "affinity",
+        "cpuid_own",
         "cpus",
         "net_accept_open",
         "net_connect",
@@ -80,6 +81,12 @@ class MachinePolicy:
         #: The host CPUs the machine runs on (its cpuset, chosen by
         #: cgroups.MachineCgroup.set_cpus); None: umld's own affinity.
         self.cpus: list[int] | None = None
+        #: cpuid = own: the guest's CPUID is emulated (privileged.py).
+        self.cpuid_own = False
+
+    def cpu_count(self) -> int:
+        """The machine's CPUs, as the guest counts them."""
+        return self.vcpus or os.cpu_count() or 1
 
     def host_cpus(self) -> list[int]:
         """The host CPUs the machine's guest CPUs map onto: guest CPU k

@@ -104,6 +104,7 @@ class Op(enum.Enum):
     CLI = "cli"
     STI = "sti"
     HLT = "hlt"
+    CPUID = "cpuid"
 
 
 class Insn(NamedTuple):
@@ -168,7 +169,9 @@ def decode(code: bytes, *, long_mode: bool = True) -> Insn | None:
         elif b in _SEGMENTS:
             segment = b
         elif long_mode and 0x40 <= b <= 0x4F:
-            if i + 1 < len(code) and (code[i + 1] in _OPCODES or code[i + 1] in _SIMPLE):
+            if i + 1 < len(code) and (
+                code[i + 1] in _OPCODES or code[i + 1] in _SIMPLE or code[i + 1] == 0x0F
+            ):
                 i += 1
                 break
             return None  # REX not right before the opcode: another instruction
@@ -178,6 +181,12 @@ def decode(code: bytes, *, long_mode: bool = True) -> Insn | None:
     if i >= len(code) or i >= MAX_LENGTH:
         return None
     opcode = code[i]
+    if opcode == 0x0F:
+        # CPUID (0F A2): the only two-byte opcode that faults here (CPUID
+        # faulting, below); prefixes change nothing in it.
+        if i + 1 < len(code) and code[i + 1] == 0xA2 and i + 2 <= MAX_LENGTH:
+            return Insn(Op.CPUID, i + 2)
+        return None
     simple = _SIMPLE.get(opcode)
     if simple is not None:
         return Insn(simple, i + 1)
@@ -345,6 +354,8 @@ def on_fault(kernel: GuestKernel, task: Task) -> bool:
     insn = decode(code, long_mode=regs.cs == USER_CS_64)
     if insn is None:
         return False
+    if insn.op is Op.CPUID:
+        return _cpuid_fault(kernel, task, regs, insn)
     io = task.io
     if insn.op in (Op.CLI, Op.STI, Op.HLT):
         if io is None or io.iopl != 3:
@@ -477,3 +488,198 @@ def wake_halted(kernel: GuestKernel) -> None:
             except TracerError as exc:
                 if exc.errno != errno.ESRCH:
                     raise
+
+
+# -- CPUID of the machine's own ---------------------------------------------------
+#
+# With the ``cpuid`` setting ``own``, every guest program runs with CPUID
+# faulting on: arch_prctl(ARCH_SET_CPUID, 0) (arch_prctl(2); the CPU
+# feature ``cpuid_fault`` of /proc/cpuinfo) makes CPUID at CPL 3 raise #GP,
+# which Linux turns into SIGSEGV, SI_KERNEL.  The setting is per thread,
+# inherited by clone and fork, and reset by execve (arch_setup_new_exec
+# re-enables CPUID), so it is set again after each exec: glibc's ld.so,
+# a static glibc and musl all call arch_prctl(ARCH_SET_FS) to set up TLS
+# before main, and at that call's exit stop the thread is pointed back at
+# its ``syscall`` instruction (rip - 2) to run arch_prctl(ARCH_SET_CPUID,
+# 0) too; at that one's exit its registers are put back as the first call
+# left them (PRoot's way of injecting a call).  Until then CPUID is the
+# host's: what ld.so and libc read for their own CPU-feature detection
+# (ifunc choices) is the host's, which is the CPU the code runs on.
+# A 32-bit program (no arch_prctl) sees the host's CPUID.
+
+#: arch_prctl(2) codes (asm/prctl.h).
+ARCH_SET_FS = 0x1002
+ARCH_GET_CPUID = 0x1011
+ARCH_SET_CPUID = 0x1012
+#: arch_prctl's number on x86_64.
+NR_ARCH_PRCTL = 158
+#: The hypervisor leaves (SDM vol. 2, CPUID: 0x40000000-0x4fffffff are
+#: reserved for software; hypervisors answer 0x40000000 with their highest
+#: leaf in eax and a 12-byte signature in ebx, ecx, edx).
+HV_BASE = 0x40000000
+HV_SIGNATURE = b"umldumldumld"
+_U32 = 0xFFFF_FFFF
+
+
+class CpuidStep(enum.Enum):
+    """Where a thread is in making its CPUID fault."""
+
+    ARMED = "armed"  # execed: the next arch_prctl brings ARCH_SET_CPUID along
+    FIRST = "first"  # in that arch_prctl: its exit injects the second
+    SET = "set"  # in arch_prctl(ARCH_SET_CPUID, 0): its exit restores
+    DONE = "done"
+
+
+@final
+class ThreadCpuid:
+    """A thread's CPUID state (``Task.cpuid``; None: nothing to do)."""
+
+    __slots__ = ("guest_faulting", "saved", "step")
+
+    def __init__(self, step: CpuidStep = CpuidStep.DONE, guest_faulting: bool = False) -> None:
+        self.step = step
+        #: The registers to restore after the injected call.
+        self.saved: Regs | None = None
+        #: The guest asked for CPUID faulting itself (arch_prctl(2)): its
+        #: CPUID then gets the SIGSEGV it asked for.
+        self.guest_faulting = guest_faulting
+
+    def copy(self) -> ThreadCpuid:
+        """A clone's: the kernel copies the flag (TIF_NOCPUID)."""
+        step = CpuidStep.ARMED if self.step is not CpuidStep.DONE else CpuidStep.DONE
+        return ThreadCpuid(step, self.guest_faulting)
+
+
+def cpuid_values(
+    leaf: int, subleaf: int, vcpus: int, host: Callable[[int, int], tuple[int, int, int, int]]
+) -> tuple[int, int, int, int]:
+    """What CPUID answers a guest for ``leaf``/``subleaf`` (eax, ebx, ecx,
+    edx): the host's (``host(leaf, subleaf)``), except
+
+    * leaf 1: ebx bits 23:16 (maximum addressable logical processors in
+      the package) the machine's vCPUs (at most 255), ecx bit 31 (a
+      hypervisor is present) set;
+    * leaves 0xB and 0x1F (x2APIC topology), each subleaf a level (ecx
+      bits 15:8: 1 SMT, 2 core, 3 module, 4 tile, 5 die): one logical
+      processor per core at the SMT level, the vCPUs at every level above
+      it, with eax bits 4:0 (the x2APIC id shift to the next level) wide
+      enough for them;
+    * leaf 0x40000000: the highest hypervisor leaf 0x40000000 and
+      ``umldumldumld``; the leaves above it zeros (not the host's own
+      hypervisor's, when it runs in one).
+    """
+    leaf &= _U32
+    subleaf &= _U32
+    if leaf == HV_BASE:
+        sig = HV_SIGNATURE
+        return (
+            HV_BASE,
+            int.from_bytes(sig[0:4], "little"),
+            int.from_bytes(sig[4:8], "little"),
+            int.from_bytes(sig[8:12], "little"),
+        )
+    if HV_BASE < leaf <= 0x4FFFFFFF:
+        return (0, 0, 0, 0)
+    eax, ebx, ecx, edx = host(leaf, subleaf)
+    if leaf == 1:
+        ebx = (ebx & ~0x00FF0000 & _U32) | (min(vcpus, 255) << 16)
+        ecx |= 1 << 31
+    elif leaf in (0xB, 0x1F) and host(0, 0)[0] >= leaf:
+        level = (ecx >> 8) & 0xFF
+        if level == 1:
+            eax, ebx = eax & ~0x1F & _U32, (ebx & ~0xFFFF & _U32) | 1
+        elif level >= 2:
+            width = max(vcpus - 1, 0).bit_length()
+            eax = (eax & ~0x1F & _U32) | width
+            ebx = (ebx & ~0xFFFF & _U32) | min(vcpus, 0xFFFF)
+    return (eax & _U32, ebx & _U32, ecx & _U32, edx & _U32)
+
+
+def host_cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+    """The host CPU's CPUID (run in umld, where it never faults)."""
+    from umld.tracer import host_cpuid as c_cpuid
+
+    return c_cpuid(leaf, subleaf)
+
+
+def emulate_cpuid(regs: Regs, length: int, vcpus: int) -> Regs:
+    """The registers after CPUID: eax, ebx, ecx, edx written as 32-bit
+    registers are (the upper halves cleared), ``rip`` past it."""
+    eax, ebx, ecx, edx = cpuid_values(regs.rax, regs.rcx, vcpus, host_cpuid)
+    return regs._replace(rax=eax, rbx=ebx, rcx=ecx, rdx=edx, rip=regs.rip + length)
+
+
+def _cpuid_fault(kernel: GuestKernel, task: Task, regs: Regs, insn: Insn) -> bool:
+    state = task.cpuid
+    if not kernel.policy.cpuid_own or (state is not None and state.guest_faulting):
+        return False
+    kernel.tracer.set_regs(task.tid, emulate_cpuid(regs, insn.length, kernel.policy.cpu_count()))
+    kernel.counters["cpuid"] += 1
+    kernel.tracer.resume(task.tid, 0)
+    return True
+
+
+def cpuid_exec(kernel: GuestKernel, task: Task) -> None:
+    """A guest thread execed: its CPUID works natively again (and any
+    faulting the guest asked for is gone)."""
+    if kernel.policy.cpuid_own and kernel.cpuid_faulting is not False:
+        task.cpuid = ThreadCpuid(CpuidStep.ARMED)
+    else:
+        task.cpuid = None
+
+
+def cpuid_arch_prctl(kernel: GuestKernel, task: Task, code: int, arg: int) -> int | None:
+    """At arch_prctl's entry stop (trapped only with ``cpuid`` own): None
+    to let it run (and stop at its exit when one is to be injected), or
+    the result of a call that is the guest's own CPUID faulting, kept
+    virtual (ARCH_GET_CPUID: 1 while CPUID does not fault)."""
+    state = task.cpuid
+    if state is not None and state.step is CpuidStep.SET:
+        return None  # the injected call
+    if code == ARCH_SET_CPUID and kernel.cpuid_faulting:
+        if state is None:
+            state = task.cpuid = ThreadCpuid()
+        state.guest_faulting = arg == 0
+        return 0
+    if code == ARCH_GET_CPUID and kernel.cpuid_faulting:
+        return 0 if state is not None and state.guest_faulting else 1
+    if state is not None and state.step is CpuidStep.ARMED:
+        state.step = CpuidStep.FIRST
+    return None
+
+
+def cpuid_stops_at_exit(task: Task) -> bool:
+    state = task.cpuid
+    return state is not None and state.step in (CpuidStep.FIRST, CpuidStep.SET)
+
+
+def cpuid_exit(kernel: GuestKernel, task: Task, result: int) -> None:
+    """At the exit stop of the guest's arch_prctl or of the injected one;
+    resumes the thread."""
+    state = task.cpuid
+    tracer = kernel.tracer
+    assert state is not None
+    if state.step is CpuidStep.FIRST:
+        regs = tracer.get_regs(task.tid)
+        state.saved = regs
+        state.step = CpuidStep.SET
+        tracer.set_regs(
+            task.tid,
+            regs._replace(rip=regs.rip - 2, rax=NR_ARCH_PRCTL, rdi=ARCH_SET_CPUID, rsi=0),
+        )
+        tracer.resume(task.tid)
+        return
+    saved, state.saved = state.saved, None
+    state.step = CpuidStep.DONE
+    if kernel.cpuid_faulting is None:
+        kernel.cpuid_faulting = result == 0
+        if result != 0:
+            kernel.emit(
+                "note",
+                task.tgid,
+                f"cpuid own: no CPUID faulting on this host (arch_prctl: "
+                f"{errno.errorcode.get(-result, result)}); CPUID stays the host's",
+            )
+    if saved is not None:
+        tracer.set_regs(task.tid, saved)
+    tracer.resume(task.tid)

@@ -429,6 +429,10 @@ SETTINGS: tuple[Setting, ...] = (
             "and what the guest sees (more than the host has is fine)",
             live=True, apply=live.set_vcpus,
             metavar="N", shown_default="the host's"),
+    Setting("cpuid", Choice("host", "own"),
+            "`own`: CPUID shows the machine's vCPUs and names umld as the hypervisor (needs "
+            "CPUID faulting, `cpuid_fault` in /proc/cpuinfo); each CPUID then costs a stop",
+            default="host"),
     Setting("memory", Size(1 << 20, 1 << 50, "1M", "1P"),
             "the machine's memory: its limit (swap included; the OOM killer acts inside), "
             "what /proc/meminfo shows, and the size of its ramdisks", live=True,

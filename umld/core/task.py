@@ -15,7 +15,7 @@ from umld.core import procfs
 from umld.tracer.events import Tid
 
 if TYPE_CHECKING:
-    from umld.core.privileged import ThreadIo
+    from umld.core.privileged import ThreadCpuid, ThreadIo
 
 Pid = NewType("Pid", int)
 
@@ -24,7 +24,7 @@ Pid = NewType("Pid", int)
 class Task:
     """A guest thread.  Owned by the tracer thread."""
 
-    __slots__ = ("current_syscall", "io", "syscalls", "tgid", "tid")
+    __slots__ = ("cpuid", "current_syscall", "io", "syscalls", "tgid", "tid")
 
     def __init__(self, tid: Tid, tgid: Pid) -> None:
         self.tid = tid
@@ -36,6 +36,9 @@ class Task:
         #: Its I/O rights (ioperm(2), iopl(2)) and virtual interrupt flag;
         #: None until it asks for any (umld/core/privileged.py).
         self.io: ThreadIo | None = None
+        #: Its CPUID faulting with the ``cpuid`` setting ``own``
+        #: (umld/core/privileged.py); None: nothing to do.
+        self.cpuid: ThreadCpuid | None = None
 
     def has_capability(self, cap: int) -> bool:
         """Whether the thread's effective capability set holds ``cap``

@@ -62,3 +62,11 @@ def available(name: str, *, probe: bool = False) -> str | None:
 
         return run_probe(name)
     return None
+
+
+def host_cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+    """The host CPU's CPUID for ``leaf``/``subleaf`` (eax, ebx, ecx, edx),
+    from the C module whichever backend traces (umld_cpuid)."""
+    from umld.tracer.ptrace_c import host_cpuid as c_cpuid
+
+    return c_cpuid(leaf, subleaf)

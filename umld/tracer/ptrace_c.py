@@ -502,3 +502,11 @@ class CTracer:
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
         self._t = None
+
+
+def host_cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+    """The host CPU's CPUID for ``leaf``/``subleaf``: eax, ebx, ecx, edx
+    (umld_cpuid in c_tracer/mem.c).  Any thread."""
+    out = _ffi.new("uint32_t[4]")
+    _lib.umld_cpuid(leaf & 0xFFFFFFFF, subleaf & 0xFFFFFFFF, out)
+    return (int(out[0]), int(out[1]), int(out[2]), int(out[3]))

@@ -1,4 +1,5 @@
-"""Handlers for the guest's I/O-port rights: ioperm(2) and iopl(2).
+"""Handlers for the guest's I/O-port rights: ioperm(2) and iopl(2); and
+arch_prctl(2) for CPUID faulting.
 
 Both are emulated and never reach the host: they change the calling
 thread's *virtual* rights (``Task.io``, umld/core/privileged.py), which
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import errno
 
-from umld.core.privileged import thread_io
+from umld.core.privileged import cpuid_arch_prctl, thread_io
 from umld.core.syscalls.context import SyscallContext
 from umld.core.syscalls.table import Outcome
 from umld.errors import GuestError
@@ -66,3 +67,12 @@ def iopl(ctx: SyscallContext) -> Outcome:
         raise GuestError(errno.EPERM)
     thread_io(ctx.task).iopl = level
     return 0
+
+
+def arch_prctl(ctx: SyscallContext) -> Outcome:
+    """Implements Linux syscall arch_prctl(2), trapped only with the
+    ``cpuid`` setting ``own`` (core/privileged.py): it runs natively, and
+    after an exec the first one brings arch_prctl(ARCH_SET_CPUID, 0)
+    along; ARCH_SET_CPUID and ARCH_GET_CPUID of the guest itself change
+    and read a virtual flag (its CPUID, emulated, then faults for it)."""
+    return cpuid_arch_prctl(ctx.kernel, ctx.task, ctx.args[0], ctx.args[1])

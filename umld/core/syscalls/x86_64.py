@@ -77,6 +77,9 @@ IO_URING_NOTE = "refused: its connect, sendmsg, accept, openat... run unseen by 
 #: The host never grants a guest a port: both change the thread's virtual
 #: rights, and port I/O is emulated at its fault (core/privileged.py).
 IOPL_NOTE = "virtual: 3 opens all of the machine's port bus, cli/sti/hlt; EPERM w/o CAP_SYS_RAWIO"
+#: cpuid = own: after each exec, the first arch_prctl brings
+#: arch_prctl(ARCH_SET_CPUID, 0) along (core/privileged.py).
+CPUID_NOTE = "cpuid own: CPUID faulting set after exec; ARCH_{GET,SET}_CPUID virtual"
 IOPERM_NOTE = "virtual: ports of the machine's bus, never the host's; EPERM w/o CAP_SYS_RAWIO"
 
 # fmt: off
@@ -242,7 +245,7 @@ TABLE = SyscallTable("x86_64", (
     E(155, "pivot_root", FILE, sys_mount.pivot_root, "native, guest mount ns; reported", "live"),
     P(156, "_sysctl", SYSTEM),
     P(157, "prctl", PROCESS),
-    P(158, "arch_prctl", PROCESS),
+    E(158, "arch_prctl", PROCESS, sys_io.arch_prctl, CPUID_NOTE, needs="cpuid"),
     E(159, "adjtimex", TIME, sys_time.adjtimex, "reading works; setting: EPERM"),
     P(160, "setrlimit", PROCESS),
     P(161, "chroot", FILE),
