@@ -120,3 +120,24 @@ def test_a_polling_driver_talks_to_the_host_through_dev_ttys0(
         proc.communicate()
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
         mnt.rmdir()
+
+
+def test_hlt_returns_when_the_uart_receives(backend: str, workdir: Path) -> None:
+    """A halted CPU wakes for COM1's input (its interrupt)."""
+    mnt = workdir / f"mnt-hlt-{backend}"
+    mnt.mkdir(mode=0o755)
+    argv = [sys.executable, "-m", "umld", "run", f"--tracer={backend}", f"--mount={mnt}",
+            "--uid=0", "--", str(workdir / "com1"), "hlt"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "halting\n", proc.stderr.read() if proc.stderr else ""
+        (mnt / "dev/ttyS0").write_bytes(b"x")
+        out, err = proc.communicate(timeout=30)
+        assert (proc.returncode, out) == (0, "woke x\n"), err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+        mnt.rmdir()

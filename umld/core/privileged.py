@@ -479,9 +479,15 @@ def signal_pending(task: Task) -> bool:
 
 
 def wake_halted(kernel: GuestKernel) -> None:
-    """Resume the halted threads that have a signal to take."""
+    """Resume the halted threads that have a signal to take, and every
+    halted thread while COM1 has received bytes (the UART's interrupt a
+    halted CPU would wake for; level-triggered: until the guest reads
+    them, hlt returns at once)."""
+    uart = kernel.iobus.device("ttyS0")
+    has_input = getattr(uart, "has_input", None)
+    received = bool(has_input is not None and has_input())
     for tid, task in list(kernel.halted.items()):
-        if signal_pending(task):
+        if received or signal_pending(task):
             del kernel.halted[tid]
             try:
                 kernel.tracer.resume(tid, 0)
