@@ -172,3 +172,20 @@ def test_the_end_of_the_program() -> None:
     p.term.close()
     assert p.lines[-1] is None
     assert p.term.snapshot().text().startswith("last words")
+
+
+def test_a_read_before_the_stage_sent_the_master_never_waits() -> None:
+    """A snapshot before the stage's master arrived is the blank screen, at
+    once: the export's thread reads it, and the stage may be waiting on
+    that very export (its mount set-up) before it sends the master."""
+    term = MachineTerminal(80, 24)
+    done = threading.Event()
+
+    def read() -> None:
+        term.snapshot()
+        done.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert done.wait(5), "snapshot() waited for the stage's master"
+    term.close()

@@ -43,6 +43,7 @@ after it too from this object (the export then removes the files).
 
 from __future__ import annotations
 
+import array
 import errno
 import fcntl
 import os
@@ -434,13 +435,25 @@ class MachineTerminal:
         it."""
         if self._master is not None or self._closing:
             return self._master
+        # Not socket.recv_fds: Python 3.11's ignores its flags argument, and
+        # so waited here, on the export's thread, for a master the stage
+        # sends only after its mount set-up, which may ask the export (a
+        # deadlock seen once in CI: a reader of ui/screen before the
+        # guest's first instruction).
+        fd_size = array.array("i").itemsize
         try:
-            _, fds, _, _ = socket.recv_fds(self._ours, 1, 1, socket.MSG_DONTWAIT)
-        except (BlockingIOError, OSError):
+            _, anc, _, _ = self._ours.recvmsg(1, socket.CMSG_SPACE(fd_size), socket.MSG_DONTWAIT)
+        except OSError:  # BlockingIOError among them: not sent yet
             return None
+        fds = array.array("i")
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fd_size])
         if not fds:
             return None
         master = fds[0]
+        for extra in fds[1:]:
+            os.close(extra)
         os.set_blocking(master, False)
         if self.size != self.initial_size:  # resized before it came
             _set_winsize(master, *self.size)
