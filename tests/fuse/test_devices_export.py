@@ -30,26 +30,19 @@ pytestmark = [pytest.mark.uses_fuse, pytest.mark.uses_ptrace]
 COM1 = 0x3F8
 LSR = COM1 + 5
 
-#: What a stream (events) holds so far, read without waiting at its end.
-_STREAM = r"""
-import os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-out = []
-while True:
-    try:
-        chunk = os.read(fd, 1 << 16)
-    except BlockingIOError:
-        break
-    if not chunk:
-        break
-    out.append(chunk)
-sys.stdout.buffer.write(b"".join(out))
-"""
-
 
 def stream(path: Path) -> str:
+    """What a stream (events, dev/ttyS0) holds so far, read by another
+    process (the export is served by this one)."""
+    script = (
+        "import sys; from tests.conftest import read_available as r; print(r(sys.argv[1]), end='')"
+    )
     r = subprocess.run(
-        [sys.executable, "-c", _STREAM, str(path)], capture_output=True, timeout=10, check=True
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        timeout=10,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
     )
     return r.stdout.decode(errors="replace")
 

@@ -66,33 +66,23 @@ class EventLog:
     def append(self, line: str) -> None:
         """Add one line (a newline is added if missing); dropped once closed."""
         data = line.encode("utf-8", "backslashreplace")
-        if not data.endswith(b"\n"):
-            data += b"\n"
-        with self._lock:
-            if self._closed:
-                return
-            self._lines.append(data)
-            self._starts.append(self._end)
-            self._end += len(data)
-            self._kept_bytes += len(data)
-            self._mtime_ns = time.time_ns()
-            self._trim()
-            waiters = self._take_waiters()
-        _wake(waiters)
+        self._add(data if data.endswith(b"\n") else data + b"\n", merge=False)
 
     def write(self, data: bytes) -> None:
         """Add bytes as they are (a byte stream: a serial port's output),
         in chunks of up to 4 KiB, so that a stream written a byte at a
         time is not a line per byte; dropped once closed."""
-        if not data:
-            return
+        if data:
+            self._add(bytes(data), merge=True)
+
+    def _add(self, data: bytes, *, merge: bool) -> None:
         with self._lock:
             if self._closed:
                 return
-            if len(self._lines) > self._head and len(self._lines[-1]) < _CHUNK:
+            if merge and len(self._lines) > self._head and len(self._lines[-1]) < _CHUNK:
                 self._lines[-1] += data
             else:
-                self._lines.append(bytes(data))
+                self._lines.append(data)
                 self._starts.append(self._end)
             self._end += len(data)
             self._kept_bytes += len(data)
