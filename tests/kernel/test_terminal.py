@@ -14,32 +14,17 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
-from tests.conftest import GUEST_SRC, User
+from tests.conftest import GUEST_SRC, User, wait_for
 
 pytestmark = [
     pytest.mark.uses_ptrace,
     pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
 ]
-
-T = TypeVar("T")
-
-
-def wait_for(pred: Callable[[], T], what: str, timeout: float = 20.0) -> T:
-    end = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class Tmux:

@@ -422,15 +422,13 @@ class GuestKernel:
     def _on_signal(self, ev: Event) -> None:
         assert isinstance(ev, SignalStop)
         task = self._task(ev.tid)
-        if task.io is not None or ev.signo == signal.SIGSEGV:
+        if (task.io is not None or ev.signo == signal.SIGSEGV) and ev.tid not in self.internal:
             # Port I/O, cli, sti, hlt emulated at their fault, and signals
             # held by a clear virtual IF (privileged.py); siginfo is only
             # read for these.
-            if ev.tid in self.internal:
-                pass
-            elif ev.signo == signal.SIGSEGV and privileged.on_fault(self, task):
+            if ev.signo == signal.SIGSEGV and privileged.on_fault(self, task):
                 return
-            elif privileged.hold_signal(self, task, ev.signo):
+            if privileged.hold_signal(self, task, ev.signo):
                 return
         if ev.tid not in self.internal:
             self.counters["signals"] += 1
@@ -466,13 +464,16 @@ class GuestKernel:
             if self.listeners and ev.child not in self.internal:
                 ppid = self.guest_pid(parent.tgid)
                 self.emit("spawn", ev.child, f"{ev.kind.value} from pid {ppid}")
-        child = self.tasks.get(ev.child)
-        if parent.io is not None and child is not None and child.io is None:
-            # I/O rights and the interrupt flag are inherited by every
-            # clone (ioperm(2); copy_thread keeps io_bitmap and iopl_emul).
-            child.io = parent.io.copy()
-        if parent.cpuid is not None and child is not None and child.cpuid is None:
-            child.cpuid = parent.cpuid.copy()
+        if parent.io is not None or parent.cpuid is not None:
+            child = self.tasks.get(ev.child)
+            if child is not None:
+                # I/O rights and the interrupt flag are inherited by every
+                # clone (ioperm(2); copy_thread keeps io_bitmap and
+                # iopl_emul), and so is CPUID faulting.
+                if parent.io is not None and child.io is None:
+                    child.io = parent.io.copy()
+                if parent.cpuid is not None and child.cpuid is None:
+                    child.cpuid = parent.cpuid.copy()
 
     def _on_exec(self, ev: Event) -> None:
         assert isinstance(ev, Execed)

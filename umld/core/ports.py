@@ -65,8 +65,7 @@ class Published(NamedTuple):
     guest_port: int
 
     def host(self) -> str:
-        addr = f"[{self.host_addr}]" if ":" in self.host_addr else self.host_addr
-        return f"{addr}:{self.host_port}"
+        return _host_text(self.host_addr, self.host_port)
 
 
 class Forward(NamedTuple):
@@ -81,38 +80,48 @@ class Forward(NamedTuple):
         return f"{self.proto} {self.host} -> {self.guest_port} {self.how}"
 
 
+def _host_text(addr: str, port: int) -> str:
+    """``127.0.0.1:8080``, ``[::1]:8080``."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def _listen(proto: str, addr: str, port: int) -> socket.socket:
+    """A host socket bound at addr:port (listening, for TCP); OSError."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    s = socket.socket(family, kind)
+    try:
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            # A port of a forward just closed may still have connections
+            # in TIME_WAIT (socket(7) SO_REUSEADDR).
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((addr, port))
+        if kind == socket.SOCK_STREAM:
+            s.listen(128)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
 def _bind(proto: str, port: int) -> tuple[list[socket.socket], str | None]:
     """The host's loopback sockets for a guest port (127.0.0.1, and ::1
     where the host has IPv6), and why they could not be bound.  Both or
     none: a host service on one of them keeps the port whole, or a host
     client of ``localhost:PORT`` would reach the guest by one family and
     its own service by the other."""
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     socks: list[socket.socket] = []
-    for family, addr in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    for addr in ("127.0.0.1", "::1"):
         try:
-            s = socket.socket(family, kind)
-        except OSError:
-            continue  # no IPv6 on this host
-        try:
-            if family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if kind == socket.SOCK_STREAM:
-                # A port of a forward just closed may still have connections
-                # in TIME_WAIT (socket(7) SO_REUSEADDR).
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((addr, port))
-            if kind == socket.SOCK_STREAM:
-                s.listen(128)
+            socks.append(_listen(proto, addr, port))
         except OSError as exc:
-            s.close()
-            if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
-                continue  # the host's loopback has no ::1
+            if addr == "::1" and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                continue  # no IPv6 loopback on this host
             for other in socks:
                 other.close()
-            shown = f"[{addr}]" if family == socket.AF_INET6 else addr
-            return [], f"{shown}:{port}: {exc.strerror}"
-        socks.append(s)
+            return [], f"{_host_text(addr, port)}: {exc.strerror}"
     return socks, None
 
 
@@ -159,29 +168,17 @@ class PortForwards:
         """The --publish ports, bound now; UmldError (the start's one line)
         when the host cannot give one."""
         by_guest: dict[Key, list[socket.socket]] = {}
-        try:
-            for p in self._published:
-                family = socket.AF_INET6 if ":" in p.host_addr else socket.AF_INET
-                kind = socket.SOCK_STREAM if p.proto == "tcp" else socket.SOCK_DGRAM
-                s = socket.socket(family, kind)
-                by_guest.setdefault((p.proto, p.guest_port), []).append(s)
-                try:
-                    if family == socket.AF_INET6:
-                        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                    if kind == socket.SOCK_STREAM:
-                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    s.bind((p.host_addr, p.host_port))
-                    if kind == socket.SOCK_STREAM:
-                        s.listen(128)
-                except OSError as exc:
-                    raise UmldError(
-                        f"umld: --publish {p.host()}:{p.guest_port}: {exc.strerror}"
-                    ) from None
-        except UmldError:
-            for socks in by_guest.values():
-                for s in socks:
-                    s.close()
-            raise
+        for p in self._published:
+            try:
+                s = _listen(p.proto, p.host_addr, p.host_port)
+            except OSError as exc:
+                for socks in by_guest.values():
+                    for other in socks:
+                        other.close()
+                raise UmldError(
+                    f"umld: --publish {p.host()}:{p.guest_port}: {exc.strerror}"
+                ) from None
+            by_guest.setdefault((p.proto, p.guest_port), []).append(s)
         for (proto, port), socks in by_guest.items():
             self._send(f"serve {proto} {port}", socks)
 
@@ -268,9 +265,7 @@ class PortForwards:
                 socks, why = _bind(proto, port)
                 if why is not None:
                     self._refused.add(key)
-            hosts = [
-                f"{'[::1]' if s.family == socket.AF_INET6 else '127.0.0.1'}:{port}" for s in socks
-            ]
+            hosts = [_host_text(s.getsockname()[0], port) for s in socks]
             if socks:
                 self._forwarded[key] = hosts
         if why is not None:
