@@ -1106,7 +1106,18 @@ static int handle_status(struct umld_tracer *t, pid_t tid, int st)
          * otherwise the initial stop of an auto-attached child. */
         if (r->state == ST_LISTEN) {
             restart(t, tid);
+            /* An interrupt asked during the group-stop was used up by
+             * the stop that LISTEN reported: ask again (ptrace(2),
+             * PTRACE_INTERRUPT on a listening tracee). */
+            if (r->interrupt)
+                ptrace(PTRACE_INTERRUPT, tid, 0, 0);
             ev_init(&ev, UMLD_EV_CONTINUED, tid);
+            return emit(t, &ev);
+        }
+        if (r->interrupt && r->announced) {
+            r->interrupt = 0;
+            r->state = ST_INTERRUPT;
+            ev_init(&ev, UMLD_EV_INTERRUPTED, tid);
             return emit(t, &ev);
         }
         restart(t, tid);
@@ -1298,7 +1309,8 @@ static struct thr *stopped_in(struct umld_tracer *t, pid_t tid, unsigned mask, i
 }
 
 #define M_SECCOMP (1u << ST_SECCOMP)
-#define M_ANY_STOP ((1u << ST_SECCOMP) | (1u << ST_SYSEXIT) | (1u << ST_SIGNAL))
+#define M_ANY_STOP                                                                                 \
+    ((1u << ST_SECCOMP) | (1u << ST_SYSEXIT) | (1u << ST_SIGNAL) | (1u << ST_INTERRUPT))
 
 int umld_resume(struct umld_tracer *t, int tid, int sig, int stop_at_exit)
 {
@@ -1308,7 +1320,12 @@ int umld_resume(struct umld_tracer *t, int tid, int sig, int stop_at_exit)
     if (!r)
         return rc;
     int req = PTRACE_CONT;
-    if (stop_at_exit && r->state == ST_SECCOMP) {
+    if (r->state == ST_INTERRUPT) {
+        /* An event stop: no signal can be injected, and a syscall-exit-
+         * stop asked before the interrupt is still due. */
+        req = restart_req(r);
+        sig = 0;
+    } else if (stop_at_exit && r->state == ST_SECCOMP) {
         req = PTRACE_SYSCALL;
         r->exit_stop = 1;
     }
@@ -1443,6 +1460,43 @@ int umld_set_siginfo(struct umld_tracer *t, int tid, const unsigned char *in)
     memcpy(&si, in, sizeof si);
     if (ptrace(PTRACE_SETSIGINFO, tid, 0, &si) < 0)
         return -errno;
+    return 0;
+}
+
+int umld_get_sigmask(struct umld_tracer *t, int tid, uint64_t *out)
+{
+    UMLD_ENTER(t);
+    int rc;
+    if (!stopped_in(t, tid, M_ANY_STOP, &rc))
+        return rc;
+    /* ptrace(2): "addr ... the size of the buffer", the kernel's sigset. */
+    if (ptrace(PTRACE_GETSIGMASK, tid, sizeof *out, out) < 0)
+        return -errno;
+    return 0;
+}
+
+int umld_set_sigmask(struct umld_tracer *t, int tid, uint64_t mask)
+{
+    UMLD_ENTER(t);
+    int rc;
+    if (!stopped_in(t, tid, M_ANY_STOP, &rc))
+        return rc;
+    if (ptrace(PTRACE_SETSIGMASK, tid, sizeof mask, &mask) < 0)
+        return -errno;
+    return 0;
+}
+
+int umld_interrupt(struct umld_tracer *t, int tid)
+{
+    UMLD_ENTER(t);
+    struct thr *r = umld__thr_find(t, tid);
+    if (!r || !r->announced)
+        return -ESRCH;
+    if (r->interrupt)
+        return 0;
+    if (ptrace(PTRACE_INTERRUPT, tid, 0, 0) < 0)
+        return -errno;
+    r->interrupt = 1;
     return 0;
 }
 

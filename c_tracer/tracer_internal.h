@@ -22,6 +22,7 @@ enum thr_state {
     ST_SYSEXIT,     /* syscall-exit-stop, reported as SyscallExit */
     ST_SIGNAL,      /* signal-delivery-stop, reported as SignalStop */
     ST_LISTEN,      /* in group-stop, restarted with PTRACE_LISTEN */
+    ST_INTERRUPT,   /* PTRACE_EVENT_STOP asked by umld_interrupt */
 };
 
 /* One traced thread.  Lives in an open-addressing table keyed by tid, so
@@ -39,6 +40,7 @@ struct thr {
                             is due, so internal restarts keep PTRACE_SYSCALL */
     uint8_t restore;     /* rewritten: at its exit, put `saved` back */
     uint8_t report_exit; /* with restore: the caller asked for SyscallExit */
+    uint8_t interrupt;   /* umld_interrupt asked; its stop has not come */
     int errfd;           /* spawn error pipe (read end), -1 if none */
     uint64_t saved[6];   /* the argument registers before a rewrite */
     int64_t since_ms;    /* unannounced only: when first seen (CLOCK_MONOTONIC

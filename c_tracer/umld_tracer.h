@@ -47,6 +47,7 @@
 #define UMLD_EV_CONTINUED 8 /* Continued: tid                            */
 #define UMLD_EV_HOSTSIG 9   /* HostSignal: signo                         */
 #define UMLD_EV_WAKEUP 10   /* Wakeup                                    */
+#define UMLD_EV_INTERRUPTED 11 /* Interrupted: tid (after umld_interrupt) */
 
 /* struct umld_event.arch (values of umld.tracer.events.Arch) */
 #define UMLD_ARCH_X86_64 0
@@ -156,6 +157,21 @@ int umld_get_regs(struct umld_tracer *t, int tid, uint64_t *out);
 int umld_set_regs(struct umld_tracer *t, int tid, const uint64_t *regs);
 int umld_get_siginfo(struct umld_tracer *t, int tid, unsigned char *out);
 int umld_set_siginfo(struct umld_tracer *t, int tid, const unsigned char *info);
+
+/* The signal mask of a stopped thread (PTRACE_GETSIGMASK,
+ * PTRACE_SETSIGMASK; signal s in bit s-1), at any stop the caller sees,
+ * Interrupted included.  The kernel never lets SIGKILL or SIGSTOP be
+ * blocked: their bits are dropped on the way in. */
+int umld_get_sigmask(struct umld_tracer *t, int tid, uint64_t *out);
+int umld_set_sigmask(struct umld_tracer *t, int tid, uint64_t mask);
+
+/* Stop a running thread (PTRACE_INTERRUPT): an UMLD_EV_INTERRUPTED comes
+ * once it stops (at once if it was running, when it is next resumed if it
+ * was in a stop, after its group-stop ends if it was in one), and the
+ * caller answers with umld_resume (the signal argument is ignored there,
+ * as at every PTRACE_EVENT_STOP).  Asking twice before the stop gives one
+ * event; a thread that dies first gives its Exited only. */
+int umld_interrupt(struct umld_tracer *t, int tid);
 
 /* tgkill(2) `sig` to `tid`; 0 when the thread is already gone. */
 int umld_kill(struct umld_tracer *t, int tid, int sig);

@@ -34,6 +34,7 @@ from umld.tracer.events import (
     Exited,
     GroupStopped,
     HostSignal,
+    Interrupted,
     SignalStop,
     SyscallExit,
     SyscallStop,
@@ -116,7 +117,7 @@ class Driver:
         signal."""
         if isinstance(ev, SignalStop):
             self.t.resume(ev.tid, ev.signo)
-        elif isinstance(ev, SyscallStop | SyscallExit):
+        elif isinstance(ev, SyscallStop | SyscallExit | Interrupted):
             self.t.resume(ev.tid)
 
     def run(self, root: int, on_event: Handler | None = None, timeout: float = 20.0) -> Exited:
@@ -1339,6 +1340,7 @@ def test_guests_die_with_the_tracer(backend: str) -> None:
 SI_KERNEL = 0x80
 SI_USER = 0
 SI_QUEUE = -1
+SI_TKILL = -6
 
 
 def test_a_privileged_instruction_is_seen_and_skipped(
@@ -1417,3 +1419,69 @@ def test_siginfo_only_at_a_signal_stop(drv: Driver) -> None:
     with pytest.raises(TracerError) as err:
         drv.t.get_regs(pid)
     assert err.value.errno == errno.ESRCH
+
+
+# --- interrupt and the signal mask ------------------------------------------------
+
+
+def _status_mask(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1], 16)
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def test_interrupt_stops_a_running_thread_and_its_mask_is_set_there(drv: Driver) -> None:
+    """interrupt() gives one Interrupted however often it is asked; at
+    that stop the mask is read and set; a signal it blocks stays pending
+    in the kernel until unblocked, then arrives with its own siginfo."""
+    pid = drv.spawn(spec("/bin/sh", "-c", "while :; do :; done"))
+    assert drv.next() == Execed(pid, pid)
+    drv.t.interrupt(pid)
+    drv.t.interrupt(pid)  # asked twice before the stop: one event
+    assert drv.next() == Interrupted(pid)
+    assert proc_stat(pid)[0] in "tT"
+    usr1 = _bit(signal.SIGUSR1)
+    before = drv.t.get_sigmask(pid)
+    assert before == _status_mask(pid, "SigBlk")
+    drv.t.set_sigmask(pid, before | usr1 | _bit(signal.SIGKILL))
+    assert drv.t.get_sigmask(pid) == before | usr1  # SIGKILL is never blocked
+    drv.t.resume(pid, signal.SIGTERM)  # ignored at an event stop
+    drv.t.kill(pid, signal.SIGUSR1)
+    _wait_for(
+        lambda: _status_mask(pid, "ShdPnd") & usr1 or _status_mask(pid, "SigPnd") & usr1,
+        "SIGUSR1 pending",
+    )
+    assert drv.t.wait(0.2) is None  # blocked: no stop, and SIGTERM was not injected
+    drv.t.interrupt(pid)
+    assert drv.next() == Interrupted(pid)
+    drv.t.set_sigmask(pid, before)
+    drv.t.resume(pid)
+    ev = drv.next()
+    assert ev == SignalStop(pid, signal.SIGUSR1)
+    assert drv.t.get_siginfo(pid).code == SI_TKILL
+    drv.t.resume(pid, ev.signo)
+    ex = drv.run(pid)
+    assert os.WTERMSIG(ex.status) == signal.SIGUSR1
+
+
+def test_interrupt_in_a_stop_comes_when_resumed(drv: Driver) -> None:
+    """Asked while the thread sits in a group-stop: the Continued first,
+    then the Interrupted; asked for a thread that is not traced: ESRCH."""
+    pid = drv.spawn(spec("/bin/sh", "-c", "while :; do :; done"))
+    assert drv.next() == Execed(pid, pid)
+    os.kill(pid, signal.SIGSTOP)
+    drv.until(lambda e: isinstance(e, GroupStopped))
+    drv.t.interrupt(pid)
+    assert drv.t.wait(0.2) is None  # stays in its group-stop
+    os.kill(pid, signal.SIGCONT)
+    got = drv.until(lambda e: isinstance(e, Interrupted))
+    assert got == Interrupted(pid)
+    assert Continued(pid) in drv.events
+    drv.t.resume(pid)
+    with pytest.raises(TracerError) as err:
+        drv.t.interrupt(Tid(os.getpid()))
+    assert err.value.errno == errno.ESRCH
+    drv.t.kill(pid, signal.SIGKILL)
+    drv.run(pid)

@@ -6,7 +6,8 @@ importing dataclasses alone costs milliseconds of every umld start).
 Compare events by type as well as by value.  Every event names the thread
 (``tid``) it concerns.  Two groups:
 
-* **Stops** (:class:`SyscallStop`, :class:`SyscallExit`, :class:`SignalStop`):
+* **Stops** (:class:`SyscallStop`, :class:`SyscallExit`, :class:`SignalStop`,
+  :class:`Interrupted`):
   the thread is left stopped under ptrace and the core must answer with
   exactly one of ``resume``/``complete``/``rewrite`` on the platform.
 * **Notifications** (everything else): the backend has already done what
@@ -106,6 +107,14 @@ class Exited(NamedTuple):
     spawn_error: tuple[str, int] | None = None
 
 
+class Interrupted(NamedTuple):
+    """``tid`` stopped because the core asked (``interrupt``;
+    PTRACE_INTERRUPT, a PTRACE_EVENT_STOP).  A stop: the core answers with
+    ``resume`` (no signal can be injected here; one given is ignored)."""
+
+    tid: Tid
+
+
 class GroupStopped(NamedTuple):
     """``tid`` entered a group-stop because of ``signo`` (SIGSTOP, SIGTSTP,
     SIGTTIN, SIGTTOU).  The backend keeps it stopped with PTRACE_LISTEN so
@@ -135,6 +144,6 @@ class Wakeup(NamedTuple):
     tid: Tid = Tid(0)
 
 
-Stop = SyscallStop | SyscallExit | SignalStop
+Stop = SyscallStop | SyscallExit | SignalStop | Interrupted
 Notification = Cloned | Execed | Exited | GroupStopped | Continued | HostSignal | Wakeup
 Event = Stop | Notification

@@ -32,6 +32,13 @@ How it works (both backends):
 * A syscall is cancelled the PRoot way: at the seccomp stop the syscall
   number is set to -1 (the kernel skips it) and the return register is set
   to the result (seccomp(2), SECCOMP_RET_TRACE).  One stop, no exit stop.
+* ``interrupt`` stops a running thread on the core's request with
+  PTRACE_INTERRUPT (possible because tracees are seized, not attached):
+  the PTRACE_EVENT_STOP with SIGTRAP that follows is told apart from the
+  initial stop of an auto-attached child and from the end of a group-stop
+  by the backend's record that it asked, and reported as Interrupted.  The
+  guest kernel uses it to reach a thread that is not in any stop (to
+  change its signal mask after an execve, privileged.py).
 
 Orphans: one rule, every backend.  A new thread is traced from its first
 instruction (auto-attach, PTRACE_O_TRACEFORK/CLONE), but it is announced
@@ -293,6 +300,26 @@ class TracerPlatform(Protocol):
         with its ``si_signo`` delivers that signal with it (resuming with
         another number makes the kernel build an SI_USER one: ptrace(2),
         "Signal-delivery-stop")."""
+        ...
+
+    def get_sigmask(self, tid: Tid) -> int:
+        """The thread's signal mask (PTRACE_GETSIGMASK; signal s in bit
+        s-1), at any stop the core sees, Interrupted included."""
+        ...
+
+    def set_sigmask(self, tid: Tid, mask: int) -> None:
+        """Replace the thread's signal mask (PTRACE_SETSIGMASK).  The
+        kernel drops SIGKILL and SIGSTOP from it, as sigprocmask(2) does.
+        Signals that become unblocked are delivered, with their own
+        siginfo, once the thread runs."""
+        ...
+
+    def interrupt(self, tid: Tid) -> None:
+        """Ask a thread to stop (PTRACE_INTERRUPT): an Interrupted event
+        follows, at once if it runs, once resumed if it is in another stop,
+        once its group-stop ends if it is in one.  Asking twice before the
+        stop gives one event; a thread that dies first reports its Exited
+        only.  TracerError ESRCH for a thread not traced."""
         ...
 
     def kill(self, tid: Tid, signo: int) -> None:

@@ -40,6 +40,7 @@ from umld.tracer.events import (
     Exited,
     GroupStopped,
     HostSignal,
+    Interrupted,
     SignalStop,
     SyscallExit,
     SyscallStop,
@@ -78,6 +79,7 @@ _EV_GROUPSTOP: int = _lib.UMLD_EV_GROUPSTOP
 _EV_CONTINUED: int = _lib.UMLD_EV_CONTINUED
 _EV_HOSTSIG: int = _lib.UMLD_EV_HOSTSIG
 _EV_WAKEUP: int = _lib.UMLD_EV_WAKEUP
+_EV_INTERRUPTED: int = _lib.UMLD_EV_INTERRUPTED
 _NOT_OWNER: int = -_lib.UMLD_ERR_NOT_OWNER
 
 # struct umld_event read in one go (one struct.unpack beats a dozen cdata
@@ -170,6 +172,7 @@ class CTracer:
         self._regs: Any = _ffi.new(f"uint64_t[{NREGS}]")
         self._regsbuf: Any = _ffi.buffer(self._regs)
         self._siginfo: Any = _ffi.new(f"unsigned char[{SIGINFO_SIZE}]")
+        self._sigmask: Any = _ffi.new("uint64_t[1]")
         # Bound once: attribute lookups on the cffi lib are not free.
         self._c_wait = _lib.umld_wait
         self._c_resume = _lib.umld_resume
@@ -338,6 +341,8 @@ class CTracer:
             return HostSignal(f[_F_SIGNO])
         if k == _EV_WAKEUP:
             return _WAKEUP
+        if k == _EV_INTERRUPTED:
+            return Interrupted(tid)
         raise TracerError(f"wait: unknown event kind {k}", _errno.EPROTO)
 
     def wake(self) -> None:
@@ -408,6 +413,22 @@ class CTracer:
         rc = _lib.umld_set_siginfo(self._t, tid, self._siginfo)
         if rc:
             self._stop_failed(rc, tid, "set_siginfo")
+
+    def get_sigmask(self, tid: Tid) -> int:
+        rc = _lib.umld_get_sigmask(self._t, tid, self._sigmask)
+        if rc:
+            self._stop_failed(rc, tid, "get_sigmask")
+        return int(self._sigmask[0])
+
+    def set_sigmask(self, tid: Tid, mask: int) -> None:
+        rc = _lib.umld_set_sigmask(self._t, tid, mask % _U64)
+        if rc:
+            self._stop_failed(rc, tid, "set_sigmask")
+
+    def interrupt(self, tid: Tid) -> None:
+        rc = _lib.umld_interrupt(self._t, tid)
+        if rc:
+            raise self._error(rc, f"interrupt {tid}")
 
     def _stop_failed(self, rc: int, tid: int, what: str) -> None:
         """Unlike an answer, a read or write at a stop has no result to

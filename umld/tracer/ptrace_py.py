@@ -54,6 +54,7 @@ from umld.tracer.events import (
     Exited,
     GroupStopped,
     HostSignal,
+    Interrupted,
     SignalStop,
     SyscallExit,
     SyscallStop,
@@ -96,6 +97,9 @@ PTRACE_LISTEN = 0x4208
 PTRACE_GET_SYSCALL_INFO = 0x420E
 PTRACE_GETSIGINFO = 0x4202
 PTRACE_SETSIGINFO = 0x4203
+PTRACE_INTERRUPT = 0x4207
+PTRACE_GETSIGMASK = 0x420A
+PTRACE_SETSIGMASK = 0x420B
 
 PTRACE_SYSCALL_INFO_SECCOMP = 3
 
@@ -155,8 +159,8 @@ _U64 = 1 << 64
 MAX_SLEEP = 0.1
 
 #: What the reported stop of a tid is; decides what may be done with it.
-_AT_SYSCALL, _AT_EXIT, _AT_SIGNAL = 1, 2, 3
-_ANY_STOP = (_AT_SYSCALL, _AT_EXIT, _AT_SIGNAL)
+_AT_SYSCALL, _AT_EXIT, _AT_SIGNAL, _AT_INTERRUPT = 1, 2, 3, 4
+_ANY_STOP = (_AT_SYSCALL, _AT_EXIT, _AT_SIGNAL, _AT_INTERRUPT)
 
 # Registers that carry syscall arguments (events.SyscallStop).
 _ARGS_64 = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
@@ -471,6 +475,8 @@ class PythonTracer:
         self._stopped: dict[int, int] = {}
         self._arch: dict[int, Arch] = {}
         self._at_exit: set[int] = set()
+        #: tids interrupt() asked to stop whose stop has not come yet.
+        self._interrupts: set[int] = set()
         #: Rewritten calls: tid -> (register names, the guest's values, whether
         #: the caller asked for the SyscallExit), restored at the exit stop.
         self._restore: dict[int, tuple[tuple[str, ...], tuple[int, ...], bool]] = {}
@@ -490,6 +496,8 @@ class PythonTracer:
         self._msg_addr = ctypes.addressof(self._msg)
         self._siginfo = ctypes.create_string_buffer(SIGINFO_SIZE)
         self._siginfo_addr = ctypes.addressof(self._siginfo)
+        self._sigmask = ctypes.c_uint64(0)
+        self._sigmask_addr = ctypes.addressof(self._sigmask)
 
     # --- helpers -----------------------------------------------------------
 
@@ -547,6 +555,7 @@ class PythonTracer:
         self._at_exit.discard(tid)
         self._restore.pop(tid, None)
         self._listening.discard(tid)
+        self._interrupts.discard(tid)
 
     def _announce(self, tid: int, tgid: int) -> None:
         self._known.add(tid)
@@ -743,6 +752,8 @@ class PythonTracer:
                 except _PtraceError as exc:
                     if exc.errno != _errno.ESRCH:
                         raise TracerError(f"PTRACE_LISTEN {pid}: {exc}", exc.errno or 0) from None
+                if pid in self._listening:
+                    return None  # a re-trap while still stopped (PTRACE_INTERRUPT)
                 self._listening.add(pid)
                 return GroupStopped(Tid(pid), sig)
             # SIGTRAP: the initial stop of an auto-attached child, or a
@@ -750,7 +761,16 @@ class PythonTracer:
             # SIGCONT ends its group-stop: that is the "Continued" edge.
             was_listening = pid in self._listening
             self._listening.discard(pid)
+            if not was_listening and pid in self._interrupts and pid in self._known:
+                self._interrupts.discard(pid)
+                self._stopped[pid] = _AT_INTERRUPT
+                return Interrupted(Tid(pid))
             self._continue(pid)
+            if was_listening and pid in self._interrupts:
+                # The interrupt asked during the group-stop was used up by
+                # the stop LISTEN reported (ptrace(2), PTRACE_INTERRUPT):
+                # ask again now that it runs.
+                self._ptrace_quiet(PTRACE_INTERRUPT, pid)
             return Continued(Tid(pid)) if was_listening else None
         # Events we did not ask for (VFORK_DONE, EXIT): just go on.
         self._continue(pid)
@@ -950,7 +970,12 @@ class PythonTracer:
     def resume(self, tid: Tid, signo: int = 0, *, stop_at_exit: bool = False) -> None:
         """Restart a stopped thread (PTRACE_CONT, or PTRACE_SYSCALL for a
         syscall-exit-stop when ``stop_at_exit`` at a SyscallStop)."""
-        kind = self._require_stop(tid, (_AT_SYSCALL, _AT_EXIT, _AT_SIGNAL), "resume")
+        kind = self._require_stop(tid, _ANY_STOP, "resume")
+        if kind == _AT_INTERRUPT:
+            # An event stop: nothing can be injected, and a syscall-exit-
+            # stop asked before the interrupt is still due.
+            self._continue(tid)
+            return
         request = PTRACE_SYSCALL if stop_at_exit and kind == _AT_SYSCALL else PTRACE_CONT
         self._restart(tid, request, signo)
 
@@ -1012,11 +1037,11 @@ class PythonTracer:
     # --- registers and siginfo ---------------------------------------------
 
     def _at_stop(
-        self, tid: Tid, request: int, addr: int, what: str, kinds: tuple[int, ...]
+        self, tid: Tid, request: int, addr: int, what: str, kinds: tuple[int, ...], size: int = 0
     ) -> None:
         self._require_stop(tid, kinds, what)
         try:
-            _ptrace(request, tid, 0, addr)
+            _ptrace(request, tid, size, addr)
         except _PtraceError as exc:
             raise TracerError(f"{what} {tid}: {exc}", exc.errno or 0) from None
 
@@ -1037,6 +1062,29 @@ class PythonTracer:
             raise ValueError(f"a siginfo is {SIGINFO_SIZE} bytes, not {len(raw)}")
         ctypes.memmove(self._siginfo_addr, raw, SIGINFO_SIZE)
         self._at_stop(tid, PTRACE_SETSIGINFO, self._siginfo_addr, "set_siginfo", (_AT_SIGNAL,))
+
+    def get_sigmask(self, tid: Tid) -> int:
+        self._at_stop(tid, PTRACE_GETSIGMASK, self._sigmask_addr, "get_sigmask", _ANY_STOP, 8)
+        return int(self._sigmask.value)
+
+    def set_sigmask(self, tid: Tid, mask: int) -> None:
+        self._sigmask.value = mask % _U64
+        self._at_stop(tid, PTRACE_SETSIGMASK, self._sigmask_addr, "set_sigmask", _ANY_STOP, 8)
+
+    def interrupt(self, tid: Tid) -> None:
+        if tid not in self._known:
+            raise TracerError(f"interrupt: thread {tid} is not traced", _errno.ESRCH)
+        if tid in self._interrupts:
+            return
+        try:
+            _ptrace(PTRACE_INTERRUPT, tid, 0, 0)
+        except _PtraceError as exc:
+            raise TracerError(f"interrupt {tid}: {exc}", exc.errno or 0) from None
+        self._interrupts.add(tid)
+
+    def _ptrace_quiet(self, request: int, tid: int) -> None:
+        with contextlib.suppress(_PtraceError):
+            _ptrace(request, tid, 0, 0)
 
     # --- memory ------------------------------------------------------------
 
