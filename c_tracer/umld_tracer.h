@@ -37,16 +37,16 @@
 
 /* CDEF-BEGIN */
 /* Event kinds (struct umld_event.kind); umld_wait returns one of them. */
-#define UMLD_EV_SYSCALL 1   /* SyscallStop: tid nr args[6] arch          */
-#define UMLD_EV_SYSEXIT 2   /* SyscallExit: tid nr result                */
-#define UMLD_EV_SIGNAL 3    /* SignalStop: tid signo                     */
-#define UMLD_EV_CLONED 4    /* Cloned: tid child clone_kind              */
-#define UMLD_EV_EXECED 5    /* Execed: tid child(=former tid)            */
-#define UMLD_EV_EXITED 6    /* Exited: tid status spawn_stage spawn_errno */
-#define UMLD_EV_GROUPSTOP 7 /* GroupStopped: tid signo                   */
-#define UMLD_EV_CONTINUED 8 /* Continued: tid                            */
-#define UMLD_EV_HOSTSIG 9   /* HostSignal: signo                         */
-#define UMLD_EV_WAKEUP 10   /* Wakeup                                    */
+#define UMLD_EV_SYSCALL 1      /* SyscallStop: tid nr args[6] arch          */
+#define UMLD_EV_SYSEXIT 2      /* SyscallExit: tid nr result                */
+#define UMLD_EV_SIGNAL 3       /* SignalStop: tid signo                     */
+#define UMLD_EV_CLONED 4       /* Cloned: tid child clone_kind              */
+#define UMLD_EV_EXECED 5       /* Execed: tid child(=former tid)            */
+#define UMLD_EV_EXITED 6       /* Exited: tid status spawn_stage spawn_errno */
+#define UMLD_EV_GROUPSTOP 7    /* GroupStopped: tid signo                   */
+#define UMLD_EV_CONTINUED 8    /* Continued: tid                            */
+#define UMLD_EV_HOSTSIG 9      /* HostSignal: signo                         */
+#define UMLD_EV_WAKEUP 10      /* Wakeup                                    */
 #define UMLD_EV_INTERRUPTED 11 /* Interrupted: tid (after umld_interrupt) */
 
 /* struct umld_event.arch (values of umld.tracer.events.Arch) */

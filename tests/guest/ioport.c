@@ -20,6 +20,14 @@
  *   hlt           a thread sends SIGUSR1 once this one is stopped at hlt
  *                 (its /proc state); prints "hlt woke handled=1"
  *   errors        ioperm/iopl argument checks, as "name=ret/errno" lines
+ *   cliinfo       cli, then SIGUSR2 twice (tgkill) and SIGRTMIN twice
+ *                 (sigqueue, values 7 and 8): prints what sigpending(2)
+ *                 shows and what the SA_SIGINFO handler saw before sti,
+ *                 then each delivery after it ("SIG code=C value=V"),
+ *                 and whether the mask after sti is the one before cli
+ *   maskinfo      the same with sigprocmask(2) blocking the two signals
+ *                 instead of cli and restoring the mask instead of sti:
+ *                 what a blocked signal does natively
  *   cliexec       cli, raise(SIGUSR1) (held), then exec sleep 30: the new
  *                 program starts with IF set and gets the signal
  *   gp            a load from a non-canonical address: a #GP, so SIGSEGV
@@ -153,6 +161,62 @@ static void on_usr1(int sig)
 	atomic_fetch_add(&handled, 1);
 }
 
+static int seen_sig[8], seen_code[8], seen_value[8];
+static atomic_int seen;
+
+static void on_info(int sig, siginfo_t *si, void *uc)
+{
+	(void)uc;
+	int i = atomic_fetch_add(&seen, 1);
+	if (i < 8) {
+		seen_sig[i] = sig;
+		seen_code[i] = si->si_code;
+		seen_value[i] = si->si_code == SI_QUEUE ? si->si_value.sival_int : 0;
+	}
+}
+
+static void cliinfo(int with_mask)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = on_info;
+	sa.sa_flags = SA_SIGINFO;
+	sigaction(SIGUSR2, &sa, NULL);
+	sigaction(SIGRTMIN, &sa, NULL);
+	sigset_t before, after, pending;
+	sigset_t two;
+	sigemptyset(&two);
+	sigaddset(&two, SIGUSR2);
+	sigaddset(&two, SIGRTMIN);
+	sigprocmask(SIG_SETMASK, NULL, &before);
+	if (with_mask)
+		sigprocmask(SIG_BLOCK, &two, NULL);
+	else
+		__asm__ volatile("cli" ::: "memory");
+	syscall(SYS_tgkill, getpid(), main_tid, SIGUSR2);
+	sigqueue(getpid(), SIGRTMIN, (union sigval){.sival_int = 7});
+	sigqueue(getpid(), SIGRTMIN, (union sigval){.sival_int = 8});
+	syscall(SYS_tgkill, getpid(), main_tid, SIGUSR2);
+	sigpending(&pending);
+	int during = atomic_load(&seen);
+	if (with_mask)
+		sigprocmask(SIG_SETMASK, &before, NULL);
+	else
+		__asm__ volatile("sti" ::: "memory");
+	sigprocmask(SIG_SETMASK, NULL, &after);
+	printf("pending usr2=%d rt=%d handled=%d\n", sigismember(&pending, SIGUSR2),
+	       sigismember(&pending, SIGRTMIN), during);
+	int n = atomic_load(&seen);
+	for (int i = 0; i < n && i < 8; i++)
+		printf("%s code=%d value=%d\n", seen_sig[i] == SIGUSR2 ? "usr2" : "rtmin", seen_code[i],
+		       seen_value[i]);
+	int kept = 1;
+	for (int s = 1; s < 65; s++)
+		if (s != 32 && s != 33 && sigismember(&before, s) != sigismember(&after, s))
+			kept = 0;
+	printf("mask kept=%d\n", kept);
+}
+
 static void *cli_sender(void *arg)
 {
 	(void)arg;
@@ -256,6 +320,8 @@ int main(int argc, char **argv)
 			printf("hlt woke handled=%d\n", atomic_load(&handled));
 		}
 		pthread_join(th, NULL);
+	} else if (!strcmp(mode, "cliinfo") || !strcmp(mode, "maskinfo")) {
+		cliinfo(mode[0] == 'm');
 	} else if (!strcmp(mode, "cliexec")) {
 		__asm__ volatile("cli" ::: "memory");
 		raise(SIGUSR1);

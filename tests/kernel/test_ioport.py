@@ -116,6 +116,24 @@ def test_cli_holds_a_signal_until_sti(backend: str, ioport: Path) -> None:
     assert (r.returncode, r.stdout) == (0, "cli before_sti=0 after_sti=1\n"), r.stderr
 
 
+def test_held_signals_keep_their_siginfo(backend: str, ioport: Path) -> None:
+    """While IF is clear the signals stay pending in the kernel, as blocked
+    ones (sigpending(2) shows them, no handler runs); at sti each arrives
+    as a blocked signal does when natively unblocked: the standard one
+    once (SI_TKILL), each queued real-time one with its value (SI_QUEUE),
+    in the kernel's order; the mask is the one before cli again."""
+    native = run([str(ioport), "none", "maskinfo"])
+    assert native.returncode == 0, native.stderr
+    assert native.stdout.startswith("pending usr2=1 rt=1 handled=0\n")
+    assert sorted(native.stdout.splitlines()[1:4]) == [
+        "rtmin code=-1 value=7",
+        "rtmin code=-1 value=8",
+        "usr2 code=-6 value=0",
+    ]
+    r = run([*umld_argv(backend), str(ioport), "iopl", "cliinfo"])
+    assert (r.returncode, r.stdout) == (0, native.stdout), r.stderr
+
+
 def test_a_held_signal_reaches_the_program_execve_starts(backend: str, ioport: Path) -> None:
     """execve starts the new program with IF set: what cli held is
     delivered to it (here SIGUSR1, whose default action ends it)."""

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 
 from umld.tracer.events import Event, Tid
-from umld.tracer.platform import SpawnSpec, TracerError
+from umld.tracer.platform import NREGS, Regs, SigInfo, SpawnSpec, TracerError
 
 
 class FakeTracer:
@@ -25,12 +25,18 @@ class FakeTracer:
         self.events: deque[Event] = deque(events)
         #: ("resume", tid, signo, stop_at_exit) | ("complete", tid, result)
         #: | ("rewrite", tid, nr, args) | ("set_result", tid, result)
-        #: | ("kill", tid, signo) | ("spawn", path)
+        #: | ("kill", tid, signo) | ("spawn", path) | ("interrupt", tid)
+        #: | ("set_sigmask", tid, mask) | ("set_siginfo", tid, signo)
         self.answers: list[tuple[object, ...]] = []
         #: Guest memory: address -> bytes (a read inside a region works).
         self.memory: dict[int, bytes] = {}
         self._next_tid = first_tid
         self.spawned: list[SpawnSpec] = []
+        #: Per thread: registers (all zero until set), signal mask, and
+        #: the siginfo of its current signal stop.
+        self.regs: dict[Tid, Regs] = {}
+        self.sigmask: dict[Tid, int] = {}
+        self.siginfo: dict[Tid, SigInfo] = {}
 
     # -- what a test drives ---------------------------------------------------------
 
@@ -96,6 +102,35 @@ class FakeTracer:
         if end < 0 or end > limit:
             raise TracerError("no NUL", 36)
         return text[:end]
+
+    def get_regs(self, tid: Tid) -> Regs:
+        return self.regs.get(tid, Regs._make([0] * NREGS))
+
+    def set_regs(self, tid: Tid, regs: Regs) -> None:
+        self.regs[tid] = regs
+
+    def get_siginfo(self, tid: Tid) -> SigInfo:
+        try:
+            return self.siginfo[tid]
+        except KeyError:
+            raise TracerError(f"get_siginfo: thread {tid} is not in a signal stop", 22) from None
+
+    def set_siginfo(self, tid: Tid, raw: bytes) -> None:
+        info = SigInfo.from_raw(raw)
+        self.siginfo[tid] = info
+        self.answers.append(("set_siginfo", tid, info.signo))
+
+    def get_sigmask(self, tid: Tid) -> int:
+        return self.sigmask.get(tid, 0)
+
+    def set_sigmask(self, tid: Tid, mask: int) -> None:
+        # The kernel never lets SIGKILL (9) or SIGSTOP (19) be blocked.
+        mask &= ~((1 << 8) | (1 << 18))
+        self.sigmask[tid] = mask
+        self.answers.append(("set_sigmask", tid, mask))
+
+    def interrupt(self, tid: Tid) -> None:
+        self.answers.append(("interrupt", tid))
 
     def kill(self, tid: Tid, signo: int) -> None:
         self.answers.append(("kill", tid, signo))

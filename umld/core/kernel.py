@@ -40,6 +40,7 @@ from umld.tracer.events import (
     Exited,
     GroupStopped,
     HostSignal,
+    Interrupted,
     SignalStop,
     SyscallExit,
     SyscallStop,
@@ -159,6 +160,7 @@ class GuestKernel:
             SyscallStop: GuestKernel._on_syscall,
             SyscallExit: GuestKernel._on_syscall_exit,
             SignalStop: GuestKernel._on_signal,
+            Interrupted: GuestKernel._on_interrupted,
             Cloned: GuestKernel._on_cloned,
             Execed: GuestKernel._on_exec,
             Exited: GuestKernel._on_exit,
@@ -569,6 +571,14 @@ class GuestKernel:
         self.counters["oom_kills"] += 1
         name = self._names.get(pid) or procfs.comm(pid)
         self.emit("oom", pid, f"name={name}")
+
+    def _on_interrupted(self, ev: Event) -> None:
+        # Only the guest kernel asks for these stops (privileged.py).
+        assert isinstance(ev, Interrupted)
+        task = self._task(ev.tid)
+        if task.io is not None:
+            privileged.on_interrupted(self, task)
+        self.tracer.resume(ev.tid)
 
     def _on_group_stop(self, ev: Event) -> None:
         assert isinstance(ev, GroupStopped)

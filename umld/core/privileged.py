@@ -35,15 +35,40 @@ arch/x86/kernel/ioport.c; inherited by every clone, kept across execve):
 
 The virtual interrupt flag (:class:`ThreadIo` ``vif``): ``cli`` clears it,
 ``sti`` sets it.  While it is clear, asynchronous signals for the thread
-are held as blocked ones are (:func:`hold_signal`): suppressed at their
-delivery stop with their siginfo kept, and delivered at ``sti`` (the first
-with its own siginfo, PTRACE_SETSIGINFO; any more are sent again with
-tgkill(2), so they arrive with SI_TKILL from umld; a standard signal held
-twice is delivered once, as a pending blocked one is).  Faults (SIGSEGV,
-SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS raised by an instruction) and
-SIGSTOP are never held.  ``pushf`` cannot be trapped (it is not
-privileged at CPL 3 and never faults), so it shows the host's IF (always
-set), not the virtual one.
+are held as blocked ones are, because they are blocked: ``cli`` adds to
+the thread's real signal mask (PTRACE_SETSIGMASK) every holdable signal
+it did not block already (``ThreadIo.masked``), and ``sti`` takes exactly
+those out again.  Held signals thus stay pending in the host kernel with
+their own siginfo (a standard signal sent twice is pending once, real-time
+ones queue), sigpending(2) shows them, and at ``sti`` the kernel delivers
+them in its own order as the thread goes on.  Never held: SIGKILL and
+SIGSTOP (cannot be blocked), the signals an instruction raises (SIGSEGV,
+SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS: a blocked fault signal makes the
+kernel reset the handler and kill, force_sig_info(9)), and glibc's own
+signals 32 and 33 (glibc never lets a program block them; holding
+SIGSETXID would hang every other thread's setuid(2)).
+
+What that leaves different from a real CPU's IF, each a documented
+decision:
+
+* the mask the guest reads back (rt_sigprocmask(2)'s old set, SigBlk)
+  includes the held signals while IF is clear;
+* a signal the guest itself unblocks while IF is clear, and an
+  asynchronous fault signal (sent with kill(2), si_code <= 0), reach the
+  delivery stop; they are held there instead (:func:`hold_signal`) and
+  resent at ``sti``: the first with its own siginfo (PTRACE_SETSIGINFO),
+  any more with tgkill(2), arriving as SI_TKILL from umld;
+* a signal in ``masked`` that the guest blocks itself while IF is clear is
+  unblocked again at ``sti`` (its rt_sigprocmask is not trapped: a stop for
+  every call of every program would cost far more than this case);
+* execve starts the new program with IF set (start_thread sets it), and
+  the mask is mended at the first stop the new program makes
+  (:func:`release_held`, an interrupt): its first instructions may run
+  before the held signals arrive, where natively a pending signal is taken
+  before the first instruction.
+
+``pushf`` cannot be trapped (it is not privileged at CPL 3 and never
+faults), so it shows the host's IF (always set), not the virtual one.
 
 ``hlt`` leaves the thread stopped, ``rip`` past it, until a signal is
 pending for it and not blocked (SigPnd/ShdPnd and SigBlk of
@@ -92,8 +117,15 @@ MAX_LENGTH = 15
 _FAULTS = frozenset(
     {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP, signal.SIGSYS}
 )
+#: glibc's SIGCANCEL and SIGSETXID (nptl/pthreadP.h): never held.
+_GLIBC_INTERNAL = frozenset({32, 33})
+#: Never held by a clear IF, whatever raised them.
+_NEVER_HELD = frozenset({signal.SIGKILL, signal.SIGSTOP}) | _GLIBC_INTERNAL
 #: Signals below this are standard ones: held twice, delivered once.
 _SIGRTMIN = 34
+#: The signals ``cli`` blocks (bit s-1 for signal s): all 64 but the
+#: faults and the never-held ones.
+HOLDABLE = sum(1 << (s - 1) for s in range(1, 65) if s not in _FAULTS | _NEVER_HELD)
 
 
 class Op(enum.Enum):
@@ -215,19 +247,27 @@ class ThreadIo:
     """A thread's I/O rights and virtual interrupt flag (``Task.io``;
     None there means none of them: no ports, level 0, IF set)."""
 
-    __slots__ = ("held", "iopl", "ports", "vif")
+    __slots__ = ("held", "iopl", "masked", "ports", "unmask_due", "vif")
 
-    def __init__(self, ports: int = 0, iopl: int = 0, vif: bool = True) -> None:
+    def __init__(self, ports: int = 0, iopl: int = 0, vif: bool = True, masked: int = 0) -> None:
         #: Bit p set: port p granted by ioperm(2).
         self.ports = ports
         self.iopl = iopl
         self.vif = vif
-        #: Signals held while ``vif`` is clear, in arrival order.
+        #: The signals ``cli`` added to the real mask (bit s-1), for ``sti``.
+        self.masked = masked
+        #: Signals that reached their delivery stop while ``vif`` was
+        #: clear (see the module's notes), in arrival order.
         self.held: list[SigInfo] = []
+        #: An execve set IF: ``masked`` comes out of the real mask at the
+        #: thread's next stop (an interrupt was asked).
+        self.unmask_due = False
 
     def copy(self) -> ThreadIo:
-        """What a clone inherits (held signals stay with the thread)."""
-        return ThreadIo(self.ports, self.iopl, self.vif)
+        """What a clone inherits: rights, IF and the mask (the kernel
+        copies the creator's real mask); signals held at their delivery
+        stop stay with the thread."""
+        return ThreadIo(self.ports, self.iopl, self.vif, self.masked)
 
     def may_access(self, port: int, size: int) -> bool:
         if self.iopl == 3:
@@ -402,12 +442,17 @@ def on_fault(kernel: GuestKernel, task: Task) -> bool:
 def _flag_or_halt(kernel: GuestKernel, task: Task, io: ThreadIo, insn: Insn, regs: Regs) -> bool:
     tracer = kernel.tracer
     tid = task.tid
+    on_interrupted(kernel, task)  # an execve's mending, if still due
     tracer.set_regs(tid, regs._replace(rip=regs.rip + insn.length))
     if insn.op is Op.CLI:
-        io.vif = False
+        if io.vif:
+            mask = tracer.get_sigmask(tid)
+            io.masked = HOLDABLE & ~mask
+            tracer.set_sigmask(tid, mask | io.masked)
+            io.vif = False
         tracer.resume(tid, 0)
     elif insn.op is Op.STI:
-        io.vif = True
+        _set_if(kernel, task, io)
         _deliver_held(kernel, task, io)
     elif signal_pending(task):
         tracer.resume(tid, 0)
@@ -416,8 +461,20 @@ def _flag_or_halt(kernel: GuestKernel, task: Task, io: ThreadIo, insn: Insn, reg
     return True
 
 
+def _set_if(kernel: GuestKernel, task: Task, io: ThreadIo) -> None:
+    """IF on, at a stop: what ``cli`` blocked is unblocked; the kernel
+    delivers what is pending of it as the thread goes on."""
+    io.vif = True
+    io.unmask_due = False
+    if io.masked:
+        tracer = kernel.tracer
+        tracer.set_sigmask(task.tid, tracer.get_sigmask(task.tid) & ~io.masked)
+        io.masked = 0
+
+
 def _deliver_held(kernel: GuestKernel, task: Task, io: ThreadIo) -> None:
-    """At ``sti`` (a SIGSEGV stop): the held signals go on."""
+    """At ``sti`` (a SIGSEGV stop): the signals held at their delivery
+    stop go on."""
     tracer = kernel.tracer
     held, io.held = io.held, []
     if not held:
@@ -431,16 +488,28 @@ def _deliver_held(kernel: GuestKernel, task: Task, io: ThreadIo) -> None:
 
 
 def release_held(kernel: GuestKernel, task: Task) -> None:
-    """The thread's IF is set outside a stop where a signal can be
-    injected (its execve): held signals are sent again (tgkill(2)).
-    Both backends have resumed the new program when its Execed is
-    handled, so it may run its first instructions (a short one may even
-    end) before the signal arrives; natively a pending signal is taken
-    before its first instruction."""
+    """The thread execve'd with IF clear: the new program starts with IF
+    set (start_thread).  Both backends have resumed it when its Execed is
+    handled, so the mask is mended at a stop asked for now
+    (:func:`on_interrupted`)."""
     io = task.io
     if io is None:
         return
     io.vif = True
+    if io.masked or io.held:
+        io.unmask_due = True
+        kernel.tracer.interrupt(task.tid)
+
+
+def on_interrupted(kernel: GuestKernel, task: Task) -> None:
+    """At the stop :func:`release_held` asked for (the thread is resumed by
+    the caller): ``masked`` leaves the mask; signals held at their
+    delivery stop are sent again (tgkill(2): an event stop cannot inject
+    one)."""
+    io = task.io
+    if io is None or not io.unmask_due:
+        return
+    _set_if(kernel, task, io)
     held, io.held = io.held, []
     for info in held:
         kernel.tracer.kill(task.tid, info.signo)
@@ -448,9 +517,10 @@ def release_held(kernel: GuestKernel, task: Task) -> None:
 
 def hold_signal(kernel: GuestKernel, task: Task, signo: int) -> bool:
     """At a signal-delivery-stop of a thread whose virtual IF is clear:
-    hold an asynchronous signal (True: the thread was resumed without it)."""
+    hold an asynchronous signal that was not blocked (True: the thread
+    was resumed without it)."""
     io = task.io
-    if io is None or io.vif or signo in (signal.SIGSTOP, signal.SIGKILL):
+    if io is None or io.vif or signo in _NEVER_HELD:
         return False
     try:
         info = kernel.tracer.get_siginfo(task.tid)
