@@ -30,6 +30,11 @@
  *                 what a blocked signal does natively
  *   cliexec       cli, raise(SIGUSR1) (held), then exec sleep 30: the new
  *                 program starts with IF set and gets the signal
+ *   insro | insnone | insgone | outsnone
+ *                 ins into a read-only, PROT_NONE or unmapped page, outs
+ *                 from a PROT_NONE page (port 0xe0): the SIGSEGV handler
+ *                 prints "segv code=C at_page=1" (SEGV_ACCERR 2 where the
+ *                 page is mapped, SEGV_MAPERR 1 where not) and exits 0
  *   gp            a load from a non-canonical address: a #GP, so SIGSEGV
  *                 with si_code SI_KERNEL too, that is not port I/O
  *   null          a load from address 0 (SEGV_MAPERR)
@@ -217,6 +222,39 @@ static void cliinfo(int with_mask)
 	printf("mask kept=%d\n", kept);
 }
 
+static char *bad_page;
+
+static void on_segv(int sig, siginfo_t *si, void *uc)
+{
+	(void)sig;
+	(void)uc;
+	printf("segv code=%d at_page=%d\n", si->si_code, (char *)si->si_addr == bad_page);
+	fflush(stdout);
+	_exit(0);
+}
+
+static void bad_access(const char *mode)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = on_segv;
+	sa.sa_flags = SA_SIGINFO;
+	sigaction(SIGSEGV, &sa, NULL);
+	int prot = !strcmp(mode, "insro") ? PROT_READ : PROT_NONE;
+	bad_page = mmap(NULL, 4096, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (bad_page == MAP_FAILED)
+		exit(5);
+	if (!strcmp(mode, "insgone"))
+		munmap(bad_page, 4096);
+	unsigned long n = 4;
+	void *p = bad_page;
+	if (mode[0] == 'i')
+		__asm__ volatile("movw $0xe0, %%dx; rep insb" : "+D"(p), "+c"(n) : : "rdx", "memory");
+	else
+		__asm__ volatile("movw $0xe0, %%dx; rep outsb" : "+S"(p), "+c"(n) : : "rdx", "memory");
+	printf("no fault n=%lu\n", n);
+}
+
 static void *cli_sender(void *arg)
 {
 	(void)arg;
@@ -322,6 +360,9 @@ int main(int argc, char **argv)
 		pthread_join(th, NULL);
 	} else if (!strcmp(mode, "cliinfo") || !strcmp(mode, "maskinfo")) {
 		cliinfo(mode[0] == 'm');
+	} else if (!strcmp(mode, "insro") || !strcmp(mode, "insnone") || !strcmp(mode, "insgone") ||
+		   !strcmp(mode, "outsnone")) {
+		bad_access(mode);
 	} else if (!strcmp(mode, "cliexec")) {
 		__asm__ volatile("cli" ::: "memory");
 		raise(SIGUSR1);

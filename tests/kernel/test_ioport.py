@@ -141,6 +141,20 @@ def test_a_held_signal_reaches_the_program_execve_starts(backend: str, ioport: P
     assert (r.returncode, r.stdout) == (128 + signal.SIGUSR1, "held\n"), r.stderr
 
 
+@pytest.mark.parametrize(
+    ("mode", "code"), [("insro", 2), ("insnone", 2), ("insgone", 1), ("outsnone", 2)]
+)
+def test_a_string_form_on_a_page_it_may_not_touch(
+    backend: str, ioport: Path, mode: str, code: int
+) -> None:
+    """The page fault the CPU would raise, with its si_code: SEGV_ACCERR
+    (2) for a mapped page the access may not make, SEGV_MAPERR (1) for an
+    unmapped one, at the page's address; nothing is written through the
+    protection."""
+    r = run([*umld_argv(backend), str(ioport), "ioperm", mode])
+    assert (r.returncode, r.stdout) == (0, f"segv code={code} at_page=1\n"), r.stderr
+
+
 def test_cli_needs_iopl_3(backend: str, ioport: Path) -> None:
     """ioperm opens ports, not the interrupt flag."""
     r = run([*umld_argv(backend), str(ioport), "ioperm", "cli"])

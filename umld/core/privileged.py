@@ -286,12 +286,45 @@ def thread_io(task: Task) -> ThreadIo:
 # -- emulation ---------------------------------------------------------------------
 
 
-class MemoryFault(Exception):
-    """A string instruction's memory operand is not accessible at ``addr``."""
+#: si_code of SIGSEGV for a mapped page the access may not make.
+SEGV_ACCERR = 2
 
-    def __init__(self, addr: int) -> None:
+
+class MemoryFault(Exception):
+    """A string instruction's memory operand is not accessible at ``addr``;
+    ``code`` is the SIGSEGV si_code the CPU's page fault would give."""
+
+    def __init__(self, addr: int, code: int = SEGV_MAPERR) -> None:
         super().__init__(f"guest memory at {addr:#x}")
         self.addr = addr
+        self.code = code
+
+
+def access_fault(pid: int, addr: int, size: int, *, write: bool) -> MemoryFault | None:
+    """Where an access of ``size`` bytes at ``addr`` by process ``pid`` would
+    page-fault, from its mappings (/proc/PID/maps, proc(5)): None when every
+    byte is in a mapping that allows it.  Checked before the tracer touches
+    guest memory, since its fallback (/proc/PID/mem) ignores protections."""
+    need = "w" if write else "r"
+    at, end = addr, addr + size
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            for line in f:
+                span, perms = line.split(None, 2)[:2]
+                lo_text, hi_text = span.split(b"-")
+                lo, hi = int(lo_text, 16), int(hi_text, 16)
+                if hi <= at:
+                    continue
+                if lo > at:
+                    break  # a hole at ``at``
+                if need.encode() not in perms:
+                    return MemoryFault(at, SEGV_ACCERR)
+                at = hi
+                if at >= end:
+                    return None
+    except (OSError, ValueError):
+        return MemoryFault(at)
+    return MemoryFault(at)
 
 
 _ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: (1 << 64) - 1}
@@ -406,6 +439,9 @@ def on_fault(kernel: GuestKernel, task: Task) -> bool:
         return False
 
     def read(addr: int, size: int) -> bytes:
+        fault = access_fault(task.tgid, addr, size, write=False)
+        if fault is not None:
+            raise fault
         try:
             data = tracer.read_memory(tid, addr, size)
         except TracerError:
@@ -415,6 +451,9 @@ def on_fault(kernel: GuestKernel, task: Task) -> bool:
         return data
 
     def write(addr: int, data: bytes) -> None:
+        fault = access_fault(task.tgid, addr, len(data), write=True)
+        if fault is not None:
+            raise fault
         try:
             tracer.write_memory(tid, addr, data)
         except TracerError:
@@ -424,10 +463,10 @@ def on_fault(kernel: GuestKernel, task: Task) -> bool:
     try:
         after = emulate(insn, regs, kernel.iobus, read, write)
     except MemoryFault as fault:
-        # The page fault the CPU would have raised: SIGSEGV, SEGV_MAPERR,
-        # at the address (what a native run would show).
+        # The page fault the CPU would have raised: SIGSEGV, SEGV_MAPERR
+        # or SEGV_ACCERR, at the address (what a native run would show).
         raw = bytearray(info.raw)
-        raw[8:12] = SEGV_MAPERR.to_bytes(4, "little")
+        raw[8:12] = fault.code.to_bytes(4, "little")
         raw[16:24] = fault.addr.to_bytes(8, "little")
         tracer.set_siginfo(tid, bytes(raw))
         return False
