@@ -25,6 +25,11 @@
  *                "unspec" flips to an AF_UNSPEC sockaddr, "unix" to an
  *                AF_UNIX one.  Sends "raced"; stops once 300 calls succeeded
  *                and 300 failed; prints "MODE=SUCCEEDED failed=FAILED"
+ *   epipe        listen on IP (port 0), connect to it, close the accepted
+ *                end, then sendto(2) the connected socket with the address
+ *                until it fails: prints "epipe=-ERRNO code=C self=S uid=U",
+ *                the SIGPIPE handler's si_code and whether si_pid/si_uid
+ *                are its own (1) or not (0)
  *   accept, sc-accept, sc-accept4, accept4
  *                listen on IP:PORT (0: any), print "listening PORT", accept one
  *                connection (accept(2) or accept4(2); sc-: through
@@ -38,6 +43,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -304,6 +310,50 @@ static int do_accept(const char *mode, struct sockaddr_in *sa)
 	return 0;
 }
 
+static volatile sig_atomic_t pipe_code = 99, pipe_self = -1, pipe_uid = -1;
+
+static void on_pipe(int sig, siginfo_t *si, void *uc)
+{
+	(void)sig;
+	(void)uc;
+	pipe_code = si->si_code;
+	pipe_self = si->si_pid == getpid();
+	pipe_uid = si->si_uid == getuid();
+}
+
+static int epipe(struct sockaddr_in *sa)
+{
+	struct sigaction act;
+	memset(&act, 0, sizeof act);
+	act.sa_sigaction = on_pipe;
+	act.sa_flags = SA_SIGINFO;
+	sigaction(SIGPIPE, &act, NULL);
+	int l = tcp();
+	sa->sin_port = 0;
+	socklen_t len = sizeof *sa;
+	if (bind(l, (struct sockaddr *)sa, len) || listen(l, 1) ||
+	    getsockname(l, (struct sockaddr *)sa, &len)) {
+		perror("epipe listen");
+		return 1;
+	}
+	int c = tcp();
+	if (connect(c, (struct sockaddr *)sa, sizeof *sa)) {
+		perror("epipe connect");
+		return 1;
+	}
+	close(accept(l, NULL, NULL));
+	close(l);
+	long r = 0;
+	for (int i = 0; i < 1000 && r >= 0; i++) {
+		r = res(sendto(c, "x", 1, 0, (struct sockaddr *)sa, sizeof *sa));
+		if (r >= 0)
+			usleep(1000);
+	}
+	printf("epipe=%ld code=%d self=%d uid=%d\n", r, (int)pipe_code, (int)pipe_self,
+	       (int)pipe_uid);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -318,6 +368,8 @@ int main(int argc, char **argv)
 	socklen_t len = sizeof sa;
 	long r;
 
+	if (!strcmp(mode, "epipe"))
+		return epipe(&sa);
 	if (!strncmp(mode, "race-", 5))
 		return race(mode, &sa, argv, argc);
 	if (!strcmp(mode, "accept") || !strcmp(mode, "accept4") || !strncmp(mode, "sc-accept", 9))

@@ -9,14 +9,16 @@ it, exactly the host's (the native run's output).
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import GUEST_SRC, run, umld_argv
+from tests.conftest import GUEST_SRC, User, run, umld_argv
 
 pytestmark = pytest.mark.uses_ptrace
 
@@ -74,3 +76,31 @@ def test_the_guests_own_cpuid_faulting_still_faults(backend: str, guest: Path) -
     assert native.stdout == "get=1 set=0 get=0\n"
     r = run([*umld_argv(backend, "--cpuid", "own"), str(guest), "fault"])
     assert (r.returncode, r.stdout) == (128 + signal.SIGSEGV, native.stdout), r.stderr
+
+
+MACHINE = "logical=6 hypervisor=1\nsignature=umldumldumld\nleafb1=6\n"
+
+
+@needs_fault
+def test_a_guest_cannot_turn_the_emulation_off(backend: str, guest: Path) -> None:
+    """arch_prctl(ARCH_SET_CPUID, 1) (CPUID not to fault) succeeds as it
+    does natively, and CPUID still answers the machine's values: the
+    guest's own setting is virtual."""
+    native = run([str(guest), "unfault"])
+    assert native.stdout.startswith("set=0\n"), native.stdout
+    r = run([*umld_argv(backend, "--vcpus", "6", "--cpuid", "own"), str(guest), "unfault"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("set=0\n" + MACHINE), r.stdout
+
+
+@needs_fault
+def test_own_cpuid_as_an_ordinary_user(backend: str, guest: Path, ordinary_user: User) -> None:
+    """The same for a machine an ordinary user runs."""
+    mine = ordinary_user.work / "cpuid"
+    shutil.copy(guest, mine)
+    os.chown(mine, ordinary_user.uid, ordinary_user.gid)
+    argv = ordinary_user.umld_argv(backend, "--vcpus", "6", "--cpuid", "own")
+    r = run([*argv, str(mine), "fork"])
+    assert (r.returncode, r.stdout.startswith(MACHINE)) == (0, True), (r.stdout, r.stderr)
+    r = run([*ordinary_user.umld_argv(backend, "--vcpus", "6"), str(mine)])
+    assert r.stdout == run([str(guest)]).stdout, r.stderr

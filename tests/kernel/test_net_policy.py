@@ -468,3 +468,15 @@ def _held_then_released(guest: Guest, proc: subprocess.Popen[str], path: str, mo
         guest.set("net/accept", "open")
         assert proc.stdout.readline() == "accepted=0\n"
     assert proc.wait(20) == 0
+
+
+def test_sigpipe_of_a_send_umld_made_is_the_guests_own(guest: Guest, probes: Path) -> None:
+    """A send(2) the policy does on a copy fails with EPIPE: the SIGPIPE
+    the guest kernel raises carries the siginfo Linux gives (SI_USER, the
+    thread's own pid and uid), as the same program natively gets."""
+    native = subprocess.run(
+        [str(probes / "netprobe"), "epipe", "127.0.0.1", "0"], capture_output=True, text=True
+    )
+    assert native.stdout.endswith(" code=0 self=1 uid=1\n"), (native.stdout, native.stderr)
+    guest.set("net/connect", "loopback")
+    assert guest.run(str(probes / "netprobe"), "epipe", "127.0.0.1", "0") == native.stdout.strip()

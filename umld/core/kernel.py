@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -46,7 +47,7 @@ from umld.tracer.events import (
     SyscallStop,
     Tid,
 )
-from umld.tracer.platform import SpawnSpec, TracerPlatform
+from umld.tracer.platform import SpawnSpec, TracerError, TracerPlatform
 
 log = get_logger("umld.kernel")
 
@@ -55,6 +56,9 @@ I386_KEY = 1 << 20
 
 #: Host signals that ask the guest to end: forwarded once, then SIGKILL.
 TERMINATING_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+#: si_code values (asm-generic/siginfo.h).
+SI_USER = 0
+SI_TKILL = -6
 
 
 @final
@@ -153,6 +157,9 @@ class GuestKernel:
         self.io_pid = 0
         #: Threads stopped at ``hlt`` until a signal is pending for them.
         self.halted: dict[Tid, Task] = {}
+        #: Signals raise_signal sent, by thread, whose siginfo is still to
+        #: be set at their delivery stop.
+        self._raised: dict[Tid, set[int]] = {}
         #: cpuid = own: whether the host made a guest's CPUID fault
         #: (arch_prctl(ARCH_SET_CPUID)); None until the first try.
         self.cpuid_faulting: bool | None = None
@@ -259,6 +266,36 @@ class GuestKernel:
 
     def handle(self, ev: Event) -> None:
         self._handlers[type(ev)](self, ev)
+
+    def raise_signal(self, task: Task, signo: int) -> None:
+        """Raise ``signo`` in a thread as Linux does for the thread's own
+        call (send_sig(), e.g. SIGPIPE of a send(2) that got EPIPE): si_code
+        SI_USER, si_pid and si_uid the thread's own, as its namespaces see
+        them.  Sent with tgkill(2) now; the siginfo is put right at its
+        delivery stop, since a tracer cannot send an SI_USER signal it
+        did not send (rt_tgsigqueueinfo(2), EPERM)."""
+        self._raised.setdefault(task.tid, set()).add(signo)
+        self.tracer.kill(task.tid, signo)
+
+    def _mend_raised(self, task: Task, signo: int) -> None:
+        raised = self._raised.get(task.tid)
+        if raised is None or signo not in raised:
+            return
+        raised.discard(signo)
+        if not raised:
+            del self._raised[task.tid]
+        try:
+            info = self.tracer.get_siginfo(task.tid)
+        except TracerError:
+            return
+        if info.code != SI_TKILL or info.pid not in (0, os.getpid()):
+            return  # another sender's: the kernel's own siginfo stands
+        # x86_64 siginfo_t: si_signo, si_errno, si_code, padding; at 16
+        # the _kill member: si_pid, si_uid.
+        raw = bytearray(info.raw)
+        struct.pack_into("=i", raw, 8, SI_USER)
+        struct.pack_into("=iI", raw, 16, self.guest_pid(task.tgid), procfs.guest_uid(task.tid))
+        self.tracer.set_siginfo(task.tid, bytes(raw))
 
     def kill_all(self, signo: int = signal.SIGKILL) -> None:
         for tid in list(self.tasks):
@@ -424,6 +461,8 @@ class GuestKernel:
     def _on_signal(self, ev: Event) -> None:
         assert isinstance(ev, SignalStop)
         task = self._task(ev.tid)
+        if self._raised:
+            self._mend_raised(task, ev.signo)
         if (task.io is not None or ev.signo == signal.SIGSEGV) and ev.tid not in self.internal:
             # Port I/O, cli, sti, hlt emulated at their fault, and signals
             # held by a clear virtual IF (privileged.py); siginfo is only

@@ -40,6 +40,27 @@ def guest_pid(pid: int) -> int:
     return int(ids[-1]) if len(ids) > 1 else 0
 
 
+def guest_uid(tid: int) -> int:
+    """The real uid of a thread as its own user namespace sees it: the
+    host's view (Uid of /proc/TID/status) mapped back through the thread's
+    uid_map (user_namespaces(7): read from another namespace, its second
+    field is in the reader's).  65534 (the overflow uid) when unmapped or
+    gone."""
+    uid_text = status(tid, ("Uid",)).get("Uid", "").split()
+    if not uid_text:
+        return 65534
+    uid = int(uid_text[0])
+    try:
+        with open(f"/proc/{tid}/uid_map", encoding="ascii") as f:
+            for line in f:
+                inside, outside, count = (int(x) for x in line.split())
+                if outside <= uid < outside + count:
+                    return inside + uid - outside
+    except (OSError, ValueError):
+        pass
+    return 65534
+
+
 def tgid(tid: int) -> int | None:
     """The thread group of a thread; None when gone."""
     value = status(tid, ("Tgid",)).get("Tgid")

@@ -130,7 +130,7 @@ def _sent(ctx: SyscallContext, flags: int, result: int) -> int:
     """A send's result for the guest: EPIPE raises SIGPIPE in the caller
     unless MSG_NOSIGNAL (send(2))."""
     if result == -errno.EPIPE and not flags & net.MSG_NOSIGNAL:
-        ctx.kernel.tracer.kill(ctx.task.tid, signal.SIGPIPE)
+        ctx.kernel.raise_signal(ctx.task, signal.SIGPIPE)
     return result
 
 
