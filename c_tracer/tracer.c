@@ -34,6 +34,11 @@
 
 #include "tracer_internal.h"
 
+/* The options every tracee is seized with (ptrace(2), PTRACE_SETOPTIONS). */
+#define SEIZE_OPTIONS                                                                              \
+    (PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE |      \
+     PTRACE_O_TRACEEXEC | PTRACE_O_TRACESECCOMP | PTRACE_O_EXITKILL)
+
 #ifndef __WALL
 #define __WALL 0x40000000
 #endif
@@ -795,9 +800,7 @@ int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp
     if ((flags & UMLD_SPAWN_NEW_PGRP) && !(flags & UMLD_SPAWN_NEW_SESSION))
         setpgid(pid, pid); /* (a group leader could not call setsid) */
 
-    long opts = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK |
-                PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_TRACESECCOMP |
-                PTRACE_O_EXITKILL;
+    long opts = SEIZE_OPTIONS;
     if (ptrace(PTRACE_SEIZE, pid, 0, opts) < 0) {
         int e = errno;
         kill(pid, SIGKILL);
@@ -829,7 +832,39 @@ int umld_spawn(struct umld_tracer *t, const char *path, char **argv, char **envp
 
 static inline int restart_req(const struct thr *r)
 {
-    return r->exit_stop ? PTRACE_SYSCALL : PTRACE_CONT;
+    if (r->exit_stop)
+        return PTRACE_SYSCALL;
+    switch (r->mode) {
+    case UMLD_MODE_SYSCALL:
+        return PTRACE_SYSCALL;
+    case UMLD_MODE_SINGLESTEP:
+        return PTRACE_SINGLESTEP;
+    case UMLD_MODE_SYSEMU:
+        return PTRACE_SYSEMU;
+    case UMLD_MODE_SYSEMU_SINGLESTEP:
+        return PTRACE_SYSEMU_SINGLESTEP;
+    default:
+        return PTRACE_CONT;
+    }
+}
+
+static inline int holds_event(const struct thr *r, int event)
+{
+    return event > 0 && event < 8 && (r->held_events & (1u << event));
+}
+
+/* Leave a thread in its PTRACE_EVENT_* stop and report it. */
+static int event_stop(struct umld_tracer *t, pid_t tid, int event, unsigned long msg,
+                      struct umld_event *ev)
+{
+    struct thr *r = umld__thr_find(t, tid);
+    if (!r)
+        return 0;
+    r->state = ST_EVENT;
+    ev_init(ev, UMLD_EV_EVENTSTOP, tid);
+    ev->signo = event;
+    ev->result = (long)msg;
+    return emit(t, ev);
 }
 
 /* Restart after a stop handled here.  ESRCH (killed meanwhile) is fine:
@@ -893,6 +928,26 @@ static int on_seccomp(struct umld_tracer *t, struct thr *r, struct umld_event *e
     return emit(t, ev);
 }
 
+/* A syscall-enter-stop (resume mode SYSCALL or SYSEMU), `si` its
+ * PTRACE_GET_SYSCALL_INFO (op ENTRY). */
+static int on_sysentry(struct umld_tracer *t, struct thr *r, const struct __ptrace_syscall_info *si,
+                       struct umld_event *ev)
+{
+    ev_init(ev, UMLD_EV_SYSENTRY, r->tid);
+    ev->nr = (long)(int32_t)(uint32_t)si->entry.nr;
+    if (si->arch == AUDIT_ARCH_I386) {
+        ev->arch = UMLD_ARCH_I386;
+        for (int i = 0; i < 6; i++)
+            ev->args[i] = (uint32_t)si->entry.args[i];
+    } else {
+        ev->arch = is_x32(ev->nr) ? UMLD_ARCH_X32 : UMLD_ARCH_X86_64;
+        memcpy(ev->args, si->entry.args, sizeof ev->args);
+    }
+    r->state = ST_SYSENTRY;
+    r->arch = (uint8_t)ev->arch;
+    return emit(t, ev);
+}
+
 static int on_sysexit(struct umld_tracer *t, struct thr *r, struct umld_event *ev)
 {
     struct user_regs_struct regs;
@@ -913,10 +968,10 @@ static int on_sysexit(struct umld_tracer *t, struct thr *r, struct umld_event *e
         r->restore = 0;
         if (ptrace(PTRACE_SETREGS, tid, 0, &regs) < 0)
             return errno == ESRCH ? 0 : -errno;
-        if (!r->report_exit) {
+        if (!r->report_exit && r->mode != UMLD_MODE_SYSCALL) {
             r->exit_stop = 0;
             r->state = ST_RUNNING;
-            if (ptrace(PTRACE_CONT, tid, 0, 0) < 0 && errno != ESRCH)
+            if (ptrace(restart_req(r), tid, 0, 0) < 0 && errno != ESRCH)
                 return -errno;
             return 0;
         }
@@ -975,18 +1030,23 @@ static int on_clone(struct umld_tracer *t, struct thr *r, int event, struct umld
         kind = UMLD_CLONE_VFORK;
     else
         kind = clone_is_thread(tid, ptgid, child) ? UMLD_CLONE_THREAD : UMLD_CLONE_PROCESS;
+    int hold = holds_event(r, event);
     struct thr *c = thr_get(t, child); /* invalidates r */
     if (!c)
         return -ENOMEM;
     c->tgid = kind == UMLD_CLONE_THREAD ? ptgid : child;
     int adopted = c->announced;
-    restart(t, tid);
-    if (adopted)
-        return 0; /* announced by adopt_orphans already: say it once */
-    ev_init(ev, UMLD_EV_CLONED, tid);
-    ev->child = child;
-    ev->clone_kind = kind;
-    return emit(t, ev);
+    if (!hold)
+        restart(t, tid);
+    if (!adopted) { /* else announced by adopt_orphans already: say it once */
+        ev_init(ev, UMLD_EV_CLONED, tid);
+        ev->child = child;
+        ev->clone_kind = kind;
+        int rc = emit(t, ev);
+        if (rc < 0 || !hold)
+            return rc;
+    }
+    return hold ? event_stop(t, tid, event, msg, ev) : 0;
 }
 
 static int on_exec(struct umld_tracer *t, struct thr *r, struct umld_event *ev)
@@ -1016,10 +1076,15 @@ static int on_exec(struct umld_tracer *t, struct thr *r, struct umld_event *ev)
         r->errfd = -1;
     }
     r->tgid = tid;
-    restart(t, tid);
+    int hold = holds_event(r, PTRACE_EVENT_EXEC);
+    if (!hold)
+        restart(t, tid);
     ev_init(ev, UMLD_EV_EXECED, tid);
     ev->child = former;
-    return emit(t, ev);
+    int rc = emit(t, ev);
+    if (rc < 0 || !hold)
+        return rc;
+    return event_stop(t, tid, PTRACE_EVENT_EXEC, (unsigned long)former, ev);
 }
 
 static void read_spawn_error(int fd, struct umld_event *ev)
@@ -1079,8 +1144,16 @@ static int handle_status(struct umld_tracer *t, pid_t tid, int st)
 
     switch (event) {
     case 0:
-        if (sig == (SIGTRAP | 0x80))
+        if (sig == (SIGTRAP | 0x80)) {
+            if (r->mode == UMLD_MODE_SYSCALL || r->mode == UMLD_MODE_SYSEMU ||
+                r->mode == UMLD_MODE_SYSEMU_SINGLESTEP) {
+                struct __ptrace_syscall_info si;
+                if (ptrace(PTRACE_GET_SYSCALL_INFO, tid, sizeof si, &si) > 0 &&
+                    si.op == PTRACE_SYSCALL_INFO_ENTRY)
+                    return on_sysentry(t, r, &si, &ev);
+            }
             return on_sysexit(t, r, &ev);
+        }
         /* Under PTRACE_SEIZE group-stops come as PTRACE_EVENT_STOP, so a
          * plain stop is a signal-delivery-stop (ptrace(2), "Group-stop"). */
         r->state = ST_SIGNAL;
@@ -1129,6 +1202,12 @@ static int handle_status(struct umld_tracer *t, pid_t tid, int st)
     case PTRACE_EVENT_EXEC:
         return on_exec(t, r, &ev);
     default:
+        /* VFORK_DONE and EXIT, when umld_set_event_stops asked. */
+        if (holds_event(r, event) && r->announced) {
+            unsigned long msg = 0;
+            ptrace(PTRACE_GETEVENTMSG, tid, 0, &msg);
+            return event_stop(t, tid, event, msg, &ev);
+        }
         restart(t, tid);
         return 0;
     }
@@ -1310,7 +1389,8 @@ static struct thr *stopped_in(struct umld_tracer *t, pid_t tid, unsigned mask, i
 
 #define M_SECCOMP (1u << ST_SECCOMP)
 #define M_ANY_STOP                                                                                 \
-    ((1u << ST_SECCOMP) | (1u << ST_SYSEXIT) | (1u << ST_SIGNAL) | (1u << ST_INTERRUPT))
+    ((1u << ST_SECCOMP) | (1u << ST_SYSEXIT) | (1u << ST_SIGNAL) | (1u << ST_INTERRUPT) |          \
+     (1u << ST_SYSENTRY) | (1u << ST_EVENT))
 
 int umld_resume(struct umld_tracer *t, int tid, int sig, int stop_at_exit)
 {
@@ -1319,16 +1399,15 @@ int umld_resume(struct umld_tracer *t, int tid, int sig, int stop_at_exit)
     struct thr *r = stopped_in(t, tid, M_ANY_STOP, &rc);
     if (!r)
         return rc;
-    int req = PTRACE_CONT;
-    if (r->state == ST_INTERRUPT) {
-        /* An event stop: no signal can be injected, and a syscall-exit-
-         * stop asked before the interrupt is still due. */
-        req = restart_req(r);
+    if (r->state == ST_INTERRUPT || r->state == ST_EVENT) {
+        /* PTRACE_EVENT_* stops inject no signal (ptrace(2)). */
         sig = 0;
     } else if (stop_at_exit && r->state == ST_SECCOMP) {
-        req = PTRACE_SYSCALL;
         r->exit_stop = 1;
     }
+    /* A syscall-exit-stop asked before (an interrupt, a signal) is still
+     * due; otherwise the thread's resume mode. */
+    int req = restart_req(r);
     r->state = ST_RUNNING;
     if (ptrace(req, tid, 0, (long)sig) < 0)
         return -errno;
@@ -1349,7 +1428,7 @@ int umld_complete(struct umld_tracer *t, int tid, long result)
      * + SETREGS and copy less; the stop itself used GET_SYSCALL_INFO, so
      * there are no cached registers to reuse. */
     if (ptrace(PTRACE_POKEUSER, tid, OFF_ORIG_RAX, -1L) < 0 ||
-        ptrace(PTRACE_POKEUSER, tid, OFF_RAX, result) < 0 || ptrace(PTRACE_CONT, tid, 0, 0) < 0)
+        ptrace(PTRACE_POKEUSER, tid, OFF_RAX, result) < 0 || ptrace(restart_req(r), tid, 0, 0) < 0)
         return -errno;
     return 0;
 }
@@ -1498,6 +1577,97 @@ int umld_interrupt(struct umld_tracer *t, int tid)
         return -errno;
     r->interrupt = 1;
     return 0;
+}
+
+int umld_set_resume_mode(struct umld_tracer *t, int tid, int mode)
+{
+    UMLD_ENTER(t);
+    if (mode < UMLD_MODE_CONT || mode > UMLD_MODE_SYSEMU_SINGLESTEP)
+        return -EINVAL;
+    struct thr *r = umld__thr_find(t, tid);
+    if (!r || !r->announced)
+        return -ESRCH;
+    r->mode = (uint8_t)mode;
+    return 0;
+}
+
+int umld_set_event_stops(struct umld_tracer *t, int tid, unsigned mask)
+{
+    UMLD_ENTER(t);
+    int rc;
+    struct thr *r = stopped_in(t, tid, M_ANY_STOP, &rc);
+    if (!r)
+        return rc;
+    if (mask & ~0x7eu)
+        return -EINVAL;
+    long opts = SEIZE_OPTIONS;
+    if (mask & (1u << PTRACE_EVENT_VFORK_DONE))
+        opts |= PTRACE_O_TRACEVFORKDONE;
+    if (mask & (1u << PTRACE_EVENT_EXIT))
+        opts |= PTRACE_O_TRACEEXIT;
+    if (ptrace(PTRACE_SETOPTIONS, tid, 0, opts) < 0)
+        return -errno;
+    r->held_events = (uint8_t)mask;
+    return 0;
+}
+
+int umld_peek_user(struct umld_tracer *t, int tid, long offset, uint64_t *out)
+{
+    UMLD_ENTER(t);
+    int rc;
+    if (!stopped_in(t, tid, M_ANY_STOP, &rc))
+        return rc;
+    errno = 0;
+    long v = ptrace(PTRACE_PEEKUSER, tid, offset, 0);
+    if (v == -1 && errno)
+        return -errno;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+int umld_poke_user(struct umld_tracer *t, int tid, long offset, uint64_t value)
+{
+    UMLD_ENTER(t);
+    int rc;
+    if (!stopped_in(t, tid, M_ANY_STOP, &rc))
+        return rc;
+    if (ptrace(PTRACE_POKEUSER, tid, offset, value) < 0)
+        return -errno;
+    return 0;
+}
+
+long umld_get_regset(struct umld_tracer *t, int tid, int type, unsigned char *buf, size_t size)
+{
+    UMLD_ENTER(t);
+    int rc;
+    if (!stopped_in(t, tid, M_ANY_STOP, &rc))
+        return rc;
+    struct iovec iov = {buf, size};
+    if (ptrace(PTRACE_GETREGSET, tid, (long)type, &iov) < 0)
+        return -errno;
+    return (long)iov.iov_len;
+}
+
+int umld_set_regset(struct umld_tracer *t, int tid, int type, const unsigned char *buf, size_t size)
+{
+    UMLD_ENTER(t);
+    int rc;
+    if (!stopped_in(t, tid, M_ANY_STOP, &rc))
+        return rc;
+    struct iovec iov = {(void *)buf, size};
+    if (ptrace(PTRACE_SETREGSET, tid, (long)type, &iov) < 0)
+        return -errno;
+    return 0;
+}
+
+long umld_get_syscall_info(struct umld_tracer *t, int tid, unsigned char *buf, size_t size)
+{
+    UMLD_ENTER(t);
+    int rc;
+    if (!stopped_in(t, tid, M_ANY_STOP, &rc))
+        return rc;
+    long n = ptrace(PTRACE_GET_SYSCALL_INFO, tid, size, buf);
+    return n < 0 ? -errno : n;
 }
 
 int umld_kill(struct umld_tracer *t, int tid, int sig)

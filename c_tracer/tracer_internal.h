@@ -23,6 +23,8 @@ enum thr_state {
     ST_SIGNAL,      /* signal-delivery-stop, reported as SignalStop */
     ST_LISTEN,      /* in group-stop, restarted with PTRACE_LISTEN */
     ST_INTERRUPT,   /* PTRACE_EVENT_STOP asked by umld_interrupt */
+    ST_SYSENTRY,    /* syscall-enter-stop (resume mode SYSCALL or SYSEMU) */
+    ST_EVENT,       /* PTRACE_EVENT_* stop kept by umld_set_event_stops */
 };
 
 /* One traced thread.  Lives in an open-addressing table keyed by tid, so
@@ -41,6 +43,8 @@ struct thr {
     uint8_t restore;     /* rewritten: at its exit, put `saved` back */
     uint8_t report_exit; /* with restore: the caller asked for SyscallExit */
     uint8_t interrupt;   /* umld_interrupt asked; its stop has not come */
+    uint8_t mode;        /* UMLD_MODE_* of its restarts */
+    uint8_t held_events; /* bit e: PTRACE_EVENT e leaves it stopped */
     int errfd;           /* spawn error pipe (read end), -1 if none */
     uint64_t saved[6];   /* the argument registers before a rewrite */
     int64_t since_ms;    /* unannounced only: when first seen (CLOCK_MONOTONIC

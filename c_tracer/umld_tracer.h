@@ -48,6 +48,17 @@
 #define UMLD_EV_HOSTSIG 9      /* HostSignal: signo                         */
 #define UMLD_EV_WAKEUP 10      /* Wakeup                                    */
 #define UMLD_EV_INTERRUPTED 11 /* Interrupted: tid (after umld_interrupt) */
+#define UMLD_EV_SYSENTRY 12    /* SyscallEntry: tid nr args[6] arch          */
+#define UMLD_EV_EVENTSTOP 13   /* EventStop: tid signo(=PTRACE_EVENT_*) result(=message) */
+
+/* Resume modes (umld_set_resume_mode): the ptrace request every restart of
+ * the thread uses, PTRACE_CONT, PTRACE_SYSCALL, PTRACE_SINGLESTEP,
+ * PTRACE_SYSEMU, PTRACE_SYSEMU_SINGLESTEP. */
+#define UMLD_MODE_CONT 0
+#define UMLD_MODE_SYSCALL 1
+#define UMLD_MODE_SINGLESTEP 2
+#define UMLD_MODE_SYSEMU 3
+#define UMLD_MODE_SYSEMU_SINGLESTEP 4
 
 /* struct umld_event.arch (values of umld.tracer.events.Arch) */
 #define UMLD_ARCH_X86_64 0
@@ -172,6 +183,39 @@ int umld_set_sigmask(struct umld_tracer *t, int tid, uint64_t mask);
  * as at every PTRACE_EVENT_STOP).  Asking twice before the stop gives one
  * event; a thread that dies first gives its Exited only. */
 int umld_interrupt(struct umld_tracer *t, int tid);
+
+/* How the thread is restarted from now on (UMLD_MODE_*), for a debugger
+ * of a guest thread: SYSCALL reports every syscall-enter-stop as
+ * UMLD_EV_SYSENTRY and every syscall-exit-stop as UMLD_EV_SYSEXIT;
+ * SINGLESTEP gives a SIGTRAP signal-delivery-stop after each instruction;
+ * SYSEMU stops at each syscall's entry (UMLD_EV_SYSENTRY) and skips the
+ * call.  A syscall-exit-stop asked with stop_at_exit still comes (that
+ * restart uses PTRACE_SYSCALL).  Takes effect at the thread's next
+ * restart; any time the thread is known.  -EINVAL for another mode. */
+int umld_set_resume_mode(struct umld_tracer *t, int tid, int mode);
+
+/* Which PTRACE_EVENT_* stops (bit e for event e: FORK 1, VFORK 2, CLONE 3,
+ * EXEC 4, VFORK_DONE 5, EXIT 6) leave the thread stopped, reported as
+ * UMLD_EV_EVENTSTOP after the event's own notification (Cloned, Execed)
+ * if it has one; the caller answers with umld_resume.  VFORK_DONE and
+ * EXIT turn on PTRACE_O_TRACEVFORKDONE and PTRACE_O_TRACEEXIT for the
+ * thread (its later children inherit them, and their such events are
+ * restarted here).  At any stop the caller sees. */
+int umld_set_event_stops(struct umld_tracer *t, int tid, unsigned mask);
+
+/* The thread's user area (PTRACE_PEEKUSER, PTRACE_POKEUSER: struct user
+ * of sys/user.h, e.g. the debug registers at offsetof(u_debugreg)), and
+ * its register sets (PTRACE_GETREGSET, PTRACE_SETREGSET with an iovec:
+ * NT_PRSTATUS, NT_PRFPREG, NT_X86_XSTATE...; the get returns the bytes the
+ * kernel filled), and its PTRACE_GET_SYSCALL_INFO (returns the size of the
+ * kernel's struct; at most `size` bytes copied).  At any stop the caller
+ * sees. */
+int umld_peek_user(struct umld_tracer *t, int tid, long offset, uint64_t *out);
+int umld_poke_user(struct umld_tracer *t, int tid, long offset, uint64_t value);
+long umld_get_regset(struct umld_tracer *t, int tid, int type, unsigned char *buf, size_t size);
+int umld_set_regset(struct umld_tracer *t, int tid, int type, const unsigned char *buf,
+                    size_t size);
+long umld_get_syscall_info(struct umld_tracer *t, int tid, unsigned char *buf, size_t size);
 
 /* tgkill(2) `sig` to `tid`; 0 when the thread is already gone. */
 int umld_kill(struct umld_tracer *t, int tid, int sig);

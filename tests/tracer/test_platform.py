@@ -30,17 +30,21 @@ from umld.tracer.events import (
     CloneKind,
     Continued,
     Event,
+    EventStop,
     Execed,
     Exited,
     GroupStopped,
     HostSignal,
     Interrupted,
+    ResumeMode,
     SignalStop,
+    SyscallEntry,
     SyscallExit,
     SyscallStop,
     Tid,
     Wakeup,
 )
+from umld.tracer.platform import NT_PRFPREG, NT_PRSTATUS, NT_X86_XSTATE, USER_DEBUGREG
 from umld.tracer.seccomp import build_filter
 
 from .conftest import traced_by
@@ -117,7 +121,7 @@ class Driver:
         signal."""
         if isinstance(ev, SignalStop):
             self.t.resume(ev.tid, ev.signo)
-        elif isinstance(ev, SyscallStop | SyscallExit | Interrupted):
+        elif isinstance(ev, SyscallStop | SyscallEntry | SyscallExit | Interrupted | EventStop):
             self.t.resume(ev.tid)
 
     def run(self, root: int, on_event: Handler | None = None, timeout: float = 20.0) -> Exited:
@@ -1485,3 +1489,148 @@ def test_interrupt_in_a_stop_comes_when_resumed(drv: Driver) -> None:
     assert err.value.errno == errno.ESRCH
     drv.t.kill(pid, signal.SIGKILL)
     drv.run(pid)
+
+
+# --- what a debugger of a guest thread needs ------------------------------------
+
+NR_GETPPID, NR_EXIT_GROUP, NR_WRITE = 110, 231, 1
+TRAP_BRKPT, TRAP_TRACE = 1, 2
+
+
+def test_resume_mode_syscall_reports_every_entry_and_exit(
+    drv: Driver, tracer_bin: Path, tmp_path: Path
+) -> None:
+    """From the trapped uname on, every call stops at its entry and its
+    exit (getppid is not trapped, exit_group has no exit); back to CONT,
+    nothing stops."""
+    out = tmp_path / "out"
+    pid = drv.spawn(
+        spec(
+            tracer_bin / "tracer_calls",
+            "-o",
+            out,
+            "uname:1",
+            "getppid:3",
+            "uname:1",
+            seccomp_filter=UNAME_FILTER,
+        )
+    )
+    first = drv.until(lambda e: isinstance(e, SyscallStop))
+    drv.t.set_resume_mode(pid, ResumeMode.SYSCALL)
+    drv.t.resume(first.tid)
+    seen: list[tuple[str, int]] = []
+    while True:
+        ev = drv.next()
+        if isinstance(ev, Exited):
+            break
+        if isinstance(ev, SyscallEntry):
+            seen.append(("entry", ev.nr))
+            if ev.nr == NR_GETPPID:
+                info = drv.t.get_syscall_info(ev.tid)
+                assert info[0] == 1  # PTRACE_SYSCALL_INFO_ENTRY
+        elif isinstance(ev, SyscallExit):
+            seen.append(("exit", ev.nr))
+        elif isinstance(ev, SyscallStop):
+            seen.append(("seccomp", ev.nr))
+        drv.answer(ev)
+    assert seen[0] == ("exit", NR_UNAME)
+    assert seen.count(("entry", NR_GETPPID)) == seen.count(("exit", NR_GETPPID)) == 3
+    i = seen.index(("entry", NR_UNAME))
+    assert seen[i : i + 3] == [("entry", NR_UNAME), ("seccomp", NR_UNAME), ("exit", NR_UNAME)]
+    assert seen[-1] == ("entry", NR_EXIT_GROUP)
+    assert "uname=0" in out.read_text()
+
+
+def test_resume_mode_sysemu_skips_the_call(drv: Driver, tracer_bin: Path, tmp_path: Path) -> None:
+    """SYSEMU: the next uname stops at its entry and never runs; the
+    result is what the debugger put in rax."""
+    out = tmp_path / "out"
+    pid = drv.spawn(
+        spec(tracer_bin / "tracer_calls", "-o", out, "uname:2", seccomp_filter=UNAME_FILTER)
+    )
+    first = drv.until(lambda e: isinstance(e, SyscallStop))
+    drv.t.set_resume_mode(pid, ResumeMode.SYSEMU)
+    drv.t.resume(first.tid)
+    entry = drv.until(lambda e: isinstance(e, SyscallEntry))
+    assert entry == SyscallEntry(pid, NR_UNAME, entry.args, Arch.X86_64)  # type: ignore[union-attr]
+    drv.t.set_regs(pid, drv.t.get_regs(pid)._replace(rax=-errno.EPERM % (1 << 64)))
+    drv.t.set_resume_mode(pid, ResumeMode.CONT)
+    drv.t.resume(pid)
+    drv.run(pid)
+    assert out.read_text().startswith(f"uname=-1 errno={errno.EPERM} ")
+
+
+def test_singlestep_stops_after_each_instruction(drv: Driver, tracer_bin: Path) -> None:
+    pid = drv.spawn(spec(tracer_bin / "tracer_calls", "uname:1", seccomp_filter=UNAME_FILTER))
+    stop = drv.until(lambda e: isinstance(e, SyscallStop))
+    drv.t.set_resume_mode(pid, ResumeMode.SINGLESTEP)
+    drv.t.resume(stop.tid)
+    rips = []
+    for _ in range(5):
+        ev = drv.next()
+        assert ev == SignalStop(pid, signal.SIGTRAP)
+        # The first step ends the syscall: reported as TRAP_BRKPT by
+        # user_single_step_report(), the next ones as TRAP_TRACE (#DB).
+        assert drv.t.get_siginfo(pid).code == (TRAP_TRACE if rips else TRAP_BRKPT)
+        rips.append(drv.t.get_regs(pid).rip)
+        drv.t.resume(pid)  # the SIGTRAP suppressed, one more step
+    assert len(set(rips)) == 5
+    drv.t.set_resume_mode(pid, ResumeMode.CONT)
+    assert os.WEXITSTATUS(drv.run(pid).status) == 0
+
+
+def test_event_stops_keep_the_thread_at_fork_exec_and_exit(drv: Driver) -> None:
+    """Kept PTRACE_EVENT_* stops follow their notifications, with the
+    event's message; kept nowhere else (the child does not inherit)."""
+    pid = drv.spawn(
+        spec("/bin/sh", "-c", "/bin/true; exec /bin/sh -c 'exit 3'", seccomp_filter=UNAME_FILTER)
+    )
+    assert drv.next() == Execed(pid, pid)
+    drv.t.interrupt(pid)
+    drv.until(lambda e: isinstance(e, Interrupted))
+    drv.t.set_event_stops(pid, frozenset({1, 2, 3, 4, 6}))
+    drv.t.resume(pid)
+    kept: list[EventStop] = []
+    while True:
+        ev = drv.next()
+        if isinstance(ev, EventStop):
+            kept.append(ev)
+            assert drv.events[-2] != ev
+            if ev.event in (1, 2, 3):
+                assert isinstance(drv.events[-2], Cloned) and drv.events[-2].child == ev.message  # type: ignore[union-attr]
+            if ev.event == 4:
+                assert drv.events[-2] == Execed(pid, pid) and ev.message == pid
+        if isinstance(ev, Exited) and ev.tid == pid:
+            break
+        drv.answer(ev)
+    assert [e.event for e in kept][-2:] == [4, 6]
+    assert kept[-1].message == 3 << 8  # the exit status, as wait gives it
+    assert kept[0].event in (1, 2, 3)
+    assert os.WEXITSTATUS(drv.events[-1].status) == 3  # type: ignore[union-attr]
+
+
+def test_user_area_and_register_sets(drv: Driver, tracer_bin: Path) -> None:
+    """Debug registers through the user area; NT_PRSTATUS is the general
+    registers; the FPU sets read and write back."""
+    pid = drv.spawn(spec(tracer_bin / "tracer_calls", "uname:1", seccomp_filter=UNAME_FILTER))
+    drv.until(lambda e: isinstance(e, SyscallStop))
+    dr7 = USER_DEBUGREG + 7 * 8
+    assert drv.t.peek_user(pid, dr7) == 0
+    regs = drv.t.get_regs(pid)
+    drv.t.poke_user(pid, USER_DEBUGREG, regs.rsp)  # DR0: a watch on the stack
+    drv.t.poke_user(pid, dr7, 0x1 | (0b11 << 16) | (0b11 << 18))  # L0, rw, 4 bytes
+    assert drv.t.peek_user(pid, USER_DEBUGREG) == regs.rsp
+    assert drv.t.peek_user(pid, dr7) & 0xF0001 == 0xF0001
+    drv.t.poke_user(pid, dr7, 0)
+    with pytest.raises(TracerError):
+        drv.t.poke_user(pid, USER_DEBUGREG, 1 << 63)  # not a user address
+    prstatus = drv.t.get_regset(pid, NT_PRSTATUS, 4096)
+    assert len(prstatus) == 27 * 8
+    assert struct.unpack("=27Q", prstatus) == tuple(v % (1 << 64) for v in regs)
+    fp = drv.t.get_regset(pid, NT_PRFPREG, 4096)
+    assert len(fp) == 512
+    drv.t.set_regset(pid, NT_PRFPREG, fp)
+    xstate = drv.t.get_regset(pid, NT_X86_XSTATE, 1 << 16)
+    assert len(xstate) >= 576 and xstate[:160] == fp[:160]
+    drv.t.resume(pid)
+    assert os.WEXITSTATUS(drv.run(pid).status) == 0

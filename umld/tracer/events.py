@@ -6,8 +6,8 @@ importing dataclasses alone costs milliseconds of every umld start).
 Compare events by type as well as by value.  Every event names the thread
 (``tid``) it concerns.  Two groups:
 
-* **Stops** (:class:`SyscallStop`, :class:`SyscallExit`, :class:`SignalStop`,
-  :class:`Interrupted`):
+* **Stops** (:class:`SyscallStop`, :class:`SyscallEntry`, :class:`SyscallExit`,
+  :class:`SignalStop`, :class:`Interrupted`, :class:`EventStop`):
   the thread is left stopped under ptrace and the core must answer with
   exactly one of ``resume``/``complete``/``rewrite`` on the platform.
 * **Notifications** (everything else): the backend has already done what
@@ -36,6 +36,21 @@ class Arch(enum.IntEnum):
     X32 = 2  # x32 ABI: nr has bit 30 set
 
 
+class ResumeMode(enum.IntEnum):
+    """How a thread is restarted (``set_resume_mode``): the ptrace request
+    of its every restart, for a debugger of a guest thread."""
+
+    CONT = 0
+    SYSCALL = 1  # every syscall-enter (SyscallEntry) and -exit (SyscallExit)
+    SINGLESTEP = 2  # a SIGTRAP SignalStop after each instruction
+    SYSEMU = 3  # SyscallEntry at each call, which is then skipped
+    SYSEMU_SINGLESTEP = 4
+
+
+#: PTRACE_EVENT_* numbers (linux/ptrace.h).
+EVENT_FORK, EVENT_VFORK, EVENT_CLONE, EVENT_EXEC, EVENT_VFORK_DONE, EVENT_EXIT = 1, 2, 3, 4, 5, 6
+
+
 class CloneKind(enum.Enum):
     FORK = "fork"
     VFORK = "vfork"
@@ -49,6 +64,17 @@ class SyscallStop(NamedTuple):
     ``args`` always has six entries, already taken from the registers the
     ABI uses for arguments (for I386: ebx, ecx, edx, esi, edi, ebp).
     """
+
+    tid: Tid
+    nr: int
+    args: tuple[int, int, int, int, int, int]
+    arch: Arch = Arch.X86_64
+
+
+class SyscallEntry(NamedTuple):
+    """A syscall-enter-stop of a thread in resume mode SYSCALL or SYSEMU
+    (every call, trapped or not; for a trapped one its SyscallStop comes
+    next, once resumed).  Fields as in SyscallStop."""
 
     tid: Tid
     nr: int
@@ -115,6 +141,19 @@ class Interrupted(NamedTuple):
     tid: Tid
 
 
+class EventStop(NamedTuple):
+    """``tid`` is left in a PTRACE_EVENT_* stop the core asked to keep
+    (``set_event_stops``): ``event`` is the PTRACE_EVENT number (1 FORK,
+    2 VFORK, 3 CLONE, 4 EXEC, 5 VFORK_DONE, 6 EXIT), ``message`` what
+    PTRACE_GETEVENTMSG gives there (the new tid, the former tid, the exit
+    status).  It follows the event's own Cloned or Execed.  A stop: the
+    core answers with ``resume``."""
+
+    tid: Tid
+    event: int
+    message: int
+
+
 class GroupStopped(NamedTuple):
     """``tid`` entered a group-stop because of ``signo`` (SIGSTOP, SIGTSTP,
     SIGTTIN, SIGTTOU).  The backend keeps it stopped with PTRACE_LISTEN so
@@ -144,6 +183,6 @@ class Wakeup(NamedTuple):
     tid: Tid = Tid(0)
 
 
-Stop = SyscallStop | SyscallExit | SignalStop | Interrupted
+Stop = SyscallStop | SyscallEntry | SyscallExit | SignalStop | Interrupted | EventStop
 Notification = Cloned | Execed | Exited | GroupStopped | Continued | HostSignal | Wakeup
 Event = Stop | Notification

@@ -32,6 +32,14 @@ How it works (both backends):
 * A syscall is cancelled the PRoot way: at the seccomp stop the syscall
   number is set to -1 (the kernel skips it) and the return register is set
   to the result (seccomp(2), SECCOMP_RET_TRACE).  One stop, no exit stop.
+* A debugger of a guest thread (the guest's own ptrace, the export's gdb
+  server) needs more of ptrace: ``set_resume_mode`` makes every restart
+  of one thread PTRACE_SYSCALL, SINGLESTEP or SYSEMU (the syscall stops
+  are told apart by PTRACE_GET_SYSCALL_INFO's op, ENTRY or EXIT),
+  ``set_event_stops`` keeps the thread in chosen PTRACE_EVENT_* stops
+  (adding PTRACE_O_TRACEEXIT / TRACEVFORKDONE to its options for those
+  two), and ``peek_user``/``poke_user``, ``get_regset``/``set_regset``
+  and ``get_syscall_info`` read and write what such a debugger reads.
 * ``interrupt`` stops a running thread on the core's request with
   PTRACE_INTERRUPT (possible because tracees are seized, not attached):
   the PTRACE_EVENT_STOP with SIGTRAP that follows is told apart from the
@@ -81,7 +89,7 @@ import struct
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
-from umld.tracer.events import Event, Tid
+from umld.tracer.events import Event, ResumeMode, Tid
 
 #: Seconds a traced thread waits for the event announcing it before the
 #: orphan rule above applies (the default of every backend).
@@ -176,6 +184,13 @@ class Regs(NamedTuple):
 #: sizeof(struct user_regs_struct) / 8 and sizeof(siginfo_t) on x86_64.
 NREGS = 27
 SIGINFO_SIZE = 128
+#: offsetof(struct user, u_debugreg) (sys/user.h, x86_64): DR0..DR7 follow,
+#: a word each (DR4, DR5 are not usable).
+USER_DEBUGREG = 848
+#: Register set kinds (linux/elf.h) for get_regset/set_regset.
+NT_PRSTATUS = 1
+NT_PRFPREG = 2
+NT_X86_XSTATE = 0x202
 #: si_signo, si_errno, si_code, padding, then the union: for a fault
 #: (SIGSEGV, SIGBUS...) si_addr; for kill(2) and sigqueue(3) si_pid and
 #: si_uid, then si_value (siginfo_t in asm-generic/siginfo.h).
@@ -320,6 +335,46 @@ class TracerPlatform(Protocol):
         once its group-stop ends if it is in one.  Asking twice before the
         stop gives one event; a thread that dies first reports its Exited
         only.  TracerError ESRCH for a thread not traced."""
+        ...
+
+    def set_resume_mode(self, tid: Tid, mode: ResumeMode) -> None:
+        """How the thread is restarted from now on (every restart, the
+        backend's own included): for a debugger of a guest thread.  A
+        syscall-exit-stop asked with ``stop_at_exit`` still comes.  Takes
+        effect at the next restart; TracerError ESRCH for a thread not
+        traced."""
+        ...
+
+    def set_event_stops(self, tid: Tid, events: frozenset[int]) -> None:
+        """Which PTRACE_EVENT_* stops (EVENT_FORK ... EVENT_EXIT) leave the
+        thread stopped, reported as EventStop after the event's own
+        notification.  At any stop the core sees."""
+        ...
+
+    def peek_user(self, tid: Tid, offset: int) -> int:
+        """A word of the thread's user area (PTRACE_PEEKUSER; struct user
+        of sys/user.h: the debug registers at USER_DEBUGREG), at a stop."""
+        ...
+
+    def poke_user(self, tid: Tid, offset: int, value: int) -> None:
+        """Write a word of the user area (PTRACE_POKEUSER); the kernel
+        refuses what a thread may not have (EIO, EINVAL)."""
+        ...
+
+    def get_regset(self, tid: Tid, kind: int, size: int) -> bytes:
+        """A register set (PTRACE_GETREGSET: NT_PRSTATUS, NT_PRFPREG,
+        NT_X86_XSTATE...): at most ``size`` bytes, as many as the kernel
+        filled."""
+        ...
+
+    def set_regset(self, tid: Tid, kind: int, data: bytes) -> None:
+        """Write a register set (PTRACE_SETREGSET)."""
+        ...
+
+    def get_syscall_info(self, tid: Tid) -> bytes:
+        """PTRACE_GET_SYSCALL_INFO at the thread's stop: struct
+        ptrace_syscall_info as the kernel fills it (its op says which
+        kind of stop)."""
         ...
 
     def kill(self, tid: Tid, signo: int) -> None:

@@ -36,12 +36,15 @@ from umld.tracer.events import (
     CloneKind,
     Continued,
     Event,
+    EventStop,
     Execed,
     Exited,
     GroupStopped,
     HostSignal,
     Interrupted,
+    ResumeMode,
     SignalStop,
+    SyscallEntry,
     SyscallExit,
     SyscallStop,
     Tid,
@@ -80,6 +83,8 @@ _EV_CONTINUED: int = _lib.UMLD_EV_CONTINUED
 _EV_HOSTSIG: int = _lib.UMLD_EV_HOSTSIG
 _EV_WAKEUP: int = _lib.UMLD_EV_WAKEUP
 _EV_INTERRUPTED: int = _lib.UMLD_EV_INTERRUPTED
+_EV_SYSENTRY: int = _lib.UMLD_EV_SYSENTRY
+_EV_EVENTSTOP: int = _lib.UMLD_EV_EVENTSTOP
 _NOT_OWNER: int = -_lib.UMLD_ERR_NOT_OWNER
 
 # struct umld_event read in one go (one struct.unpack beats a dozen cdata
@@ -101,6 +106,8 @@ _tuple_new = tuple.__new__
 _CLONE_KINDS = (CloneKind.FORK, CloneKind.VFORK, CloneKind.THREAD, CloneKind.PROCESS)
 _STAGES = ("", "setup", "seccomp", "exec")
 _U64 = 1 << 64
+#: struct ptrace_syscall_info (linux/ptrace.h) as of Linux 6.x: 88 bytes.
+_SYSCALL_INFO_SIZE = 88
 _S64_MAX = (1 << 63) - 1
 _INT_MAX = (1 << 31) - 1
 _EINTR = -_errno.EINTR
@@ -173,6 +180,7 @@ class CTracer:
         self._regsbuf: Any = _ffi.buffer(self._regs)
         self._siginfo: Any = _ffi.new(f"unsigned char[{SIGINFO_SIZE}]")
         self._sigmask: Any = _ffi.new("uint64_t[1]")
+        self._word: Any = _ffi.new("uint64_t[1]")
         # Bound once: attribute lookups on the cffi lib are not free.
         self._c_wait = _lib.umld_wait
         self._c_resume = _lib.umld_resume
@@ -343,6 +351,10 @@ class CTracer:
             return _WAKEUP
         if k == _EV_INTERRUPTED:
             return Interrupted(tid)
+        if k == _EV_SYSENTRY:
+            return SyscallEntry(tid, f[_F_NR], f[11:17], _ARCHES[f[_F_ARCH]])
+        if k == _EV_EVENTSTOP:
+            return EventStop(tid, f[_F_SIGNO], f[_F_RESULT] % _U64)
         raise TracerError(f"wait: unknown event kind {k}", _errno.EPROTO)
 
     def wake(self) -> None:
@@ -429,6 +441,49 @@ class CTracer:
         rc = _lib.umld_interrupt(self._t, tid)
         if rc:
             raise self._error(rc, f"interrupt {tid}")
+
+    def set_resume_mode(self, tid: Tid, mode: ResumeMode) -> None:
+        rc = _lib.umld_set_resume_mode(self._t, tid, int(mode))
+        if rc:
+            raise self._error(rc, f"set_resume_mode {tid}")
+
+    def set_event_stops(self, tid: Tid, events: frozenset[int]) -> None:
+        mask = 0
+        for e in events:
+            mask |= 1 << e
+        rc = _lib.umld_set_event_stops(self._t, tid, mask)
+        if rc:
+            self._stop_failed(rc, tid, "set_event_stops")
+
+    def peek_user(self, tid: Tid, offset: int) -> int:
+        rc = _lib.umld_peek_user(self._t, tid, offset, self._word)
+        if rc:
+            self._stop_failed(rc, tid, "peek_user")
+        return int(self._word[0])
+
+    def poke_user(self, tid: Tid, offset: int, value: int) -> None:
+        rc = _lib.umld_poke_user(self._t, tid, offset, value % _U64)
+        if rc:
+            self._stop_failed(rc, tid, "poke_user")
+
+    def get_regset(self, tid: Tid, kind: int, size: int) -> bytes:
+        buf = _ffi.new("unsigned char[]", max(size, 1))
+        n = _lib.umld_get_regset(self._t, tid, kind, buf, size)
+        if n < 0:
+            self._stop_failed(n, tid, "get_regset")
+        return bytes(_ffi.buffer(buf, n))
+
+    def set_regset(self, tid: Tid, kind: int, data: bytes) -> None:
+        rc = _lib.umld_set_regset(self._t, tid, kind, data, len(data))
+        if rc:
+            self._stop_failed(rc, tid, "set_regset")
+
+    def get_syscall_info(self, tid: Tid) -> bytes:
+        buf = _ffi.new("unsigned char[]", _SYSCALL_INFO_SIZE)
+        n = _lib.umld_get_syscall_info(self._t, tid, buf, _SYSCALL_INFO_SIZE)
+        if n < 0:
+            self._stop_failed(n, tid, "get_syscall_info")
+        return bytes(_ffi.buffer(buf, min(n, _SYSCALL_INFO_SIZE)))
 
     def _stop_failed(self, rc: int, tid: int, what: str) -> None:
         """Unlike an answer, a read or write at a stop has no result to

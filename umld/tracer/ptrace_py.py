@@ -21,10 +21,14 @@ and ptrace(2) use):
   left in its ptrace-stop) until the creator's clone event is reported.
 * ``_stopped``: which reported stop a tid sits in (syscall entry, syscall
   exit, signal); resume/complete/rewrite/set_result check it.
-* ``_at_exit``: tids restarted with PTRACE_SYSCALL from a seccomp stop;
-  their next SIGTRAP|0x80 stop is the syscall-exit-stop (ptrace(2),
-  "Syscall-stops": a seccomp stop "functions comparably to a
-  syscall-entry-stop").
+* ``_at_exit``: tids whose syscall-exit-stop umld asked for (a resume
+  with ``stop_at_exit`` at a seccomp stop, a rewrite); every restart uses
+  PTRACE_SYSCALL until it comes (ptrace(2), "Syscall-stops": a seccomp
+  stop "functions comparably to a syscall-entry-stop").
+* ``_modes``, ``_held_events``: the resume mode and the kept
+  PTRACE_EVENT_* stops of a thread a debugger follows; with mode SYSCALL
+  or SYSEMU a SIGTRAP|0x80 stop is an entry or an exit as
+  PTRACE_GET_SYSCALL_INFO's op says.
 * ``_listening``: tids left in group-stop with PTRACE_LISTEN.
 """
 
@@ -50,12 +54,15 @@ from umld.tracer.events import (
     CloneKind,
     Continued,
     Event,
+    EventStop,
     Execed,
     Exited,
     GroupStopped,
     HostSignal,
     Interrupted,
+    ResumeMode,
     SignalStop,
+    SyscallEntry,
     SyscallExit,
     SyscallStop,
     Tid,
@@ -93,6 +100,20 @@ PTRACE_POKEUSER: int = _ptb.PTRACE_POKEUSER
 PTRACE_GETEVENTMSG: int = _ptb.PTRACE_GETEVENTMSG
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
+PTRACE_SINGLESTEP = 9
+PTRACE_SYSEMU = 31
+PTRACE_SYSEMU_SINGLESTEP = 32
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_PEEKUSER = 3
+PTRACE_GETREGSET = 0x4204
+PTRACE_SETREGSET = 0x4205
+PTRACE_SYSCALL_INFO_ENTRY = 1
+PTRACE_O_TRACEVFORKDONE = 0x20
+PTRACE_O_TRACEEXIT = 0x40
+PTRACE_EVENT_VFORK_DONE = 5
+PTRACE_EVENT_EXIT = 6
+#: struct ptrace_syscall_info (linux/ptrace.h) as of Linux 6.x: 88 bytes.
+SYSCALL_INFO_SIZE = 88
 PTRACE_LISTEN = 0x4208
 PTRACE_GET_SYSCALL_INFO = 0x420E
 PTRACE_GETSIGINFO = 0x4202
@@ -117,6 +138,22 @@ PTRACE_EVENT_CLONE = 3
 PTRACE_EVENT_EXEC = 4
 PTRACE_EVENT_SECCOMP = 7
 PTRACE_EVENT_STOP = 128
+
+#: The request of each resume mode.
+_MODE_REQUESTS = {
+    ResumeMode.CONT: PTRACE_CONT,
+    ResumeMode.SYSCALL: PTRACE_SYSCALL,
+    ResumeMode.SINGLESTEP: PTRACE_SINGLESTEP,
+    ResumeMode.SYSEMU: PTRACE_SYSEMU,
+    ResumeMode.SYSEMU_SINGLESTEP: PTRACE_SYSEMU_SINGLESTEP,
+}
+#: Modes with syscall-enter-stops.
+_ENTRY_MODES = (ResumeMode.SYSCALL, ResumeMode.SYSEMU, ResumeMode.SYSEMU_SINGLESTEP)
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
+
 
 SEIZE_OPTIONS = (
     PTRACE_O_TRACESYSGOOD
@@ -159,8 +196,8 @@ _U64 = 1 << 64
 MAX_SLEEP = 0.1
 
 #: What the reported stop of a tid is; decides what may be done with it.
-_AT_SYSCALL, _AT_EXIT, _AT_SIGNAL, _AT_INTERRUPT = 1, 2, 3, 4
-_ANY_STOP = (_AT_SYSCALL, _AT_EXIT, _AT_SIGNAL, _AT_INTERRUPT)
+_AT_SYSCALL, _AT_EXIT, _AT_SIGNAL, _AT_INTERRUPT, _AT_ENTRY, _AT_EVENT = 1, 2, 3, 4, 5, 6
+_ANY_STOP = (_AT_SYSCALL, _AT_EXIT, _AT_SIGNAL, _AT_INTERRUPT, _AT_ENTRY, _AT_EVENT)
 
 # Registers that carry syscall arguments (events.SyscallStop).
 _ARGS_64 = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
@@ -477,6 +514,13 @@ class PythonTracer:
         self._at_exit: set[int] = set()
         #: tids interrupt() asked to stop whose stop has not come yet.
         self._interrupts: set[int] = set()
+        #: Resume modes other than CONT (set_resume_mode), by tid.
+        self._modes: dict[int, ResumeMode] = {}
+        #: PTRACE_EVENT_* stops kept (set_event_stops), by tid: a bit mask.
+        self._held_events: dict[int, int] = {}
+        #: Events to report before looking at wait statuses again (an
+        #: EventStop after its Cloned or Execed).
+        self._pending: deque[Event] = deque()
         #: Rewritten calls: tid -> (register names, the guest's values, whether
         #: the caller asked for the SyscallExit), restored at the exit stop.
         self._restore: dict[int, tuple[tuple[str, ...], tuple[int, ...], bool]] = {}
@@ -523,10 +567,6 @@ class PythonTracer:
         another thread) is not an error, its Exited follows (ptrace(2),
         "Death under ptrace")."""
         self._stopped.pop(tid, None)
-        if request == PTRACE_SYSCALL:
-            self._at_exit.add(tid)
-        else:
-            self._at_exit.discard(tid)
         try:
             _ptrace(request, tid, 0, signo)
         except _PtraceError as exc:
@@ -534,10 +574,18 @@ class PythonTracer:
             if exc.errno != _errno.ESRCH:
                 raise TracerError(f"ptrace({request:#x}, {tid}): {exc}", exc.errno or 0) from None
 
-    def _continue(self, tid: int) -> None:
-        """Internal resume after a stop the core never sees; keeps a pending
-        syscall-exit-stop (PTRACE_SYSCALL) when one was asked for."""
-        self._restart(tid, PTRACE_SYSCALL if tid in self._at_exit else PTRACE_CONT)
+    def _request(self, tid: int) -> int:
+        """The request of the thread's next restart: PTRACE_SYSCALL while
+        a syscall-exit-stop it asked for is due (``_at_exit``), else its
+        resume mode's."""
+        if tid in self._at_exit:
+            return PTRACE_SYSCALL
+        return _MODE_REQUESTS[self._modes.get(tid, ResumeMode.CONT)]
+
+    def _continue(self, tid: int, signo: int = 0) -> None:
+        """Restart after a stop: keeps a pending syscall-exit-stop
+        (PTRACE_SYSCALL) when one was asked for, else the resume mode."""
+        self._restart(tid, self._request(tid), signo)
 
     def _require_stop(self, tid: int, kinds: Iterable[int], what: str) -> int:
         kind = self._stopped.get(tid)
@@ -556,6 +604,8 @@ class PythonTracer:
         self._restore.pop(tid, None)
         self._listening.discard(tid)
         self._interrupts.discard(tid)
+        self._modes.pop(tid, None)
+        self._held_events.pop(tid, None)
 
     def _announce(self, tid: int, tgid: int) -> None:
         self._known.add(tid)
@@ -655,6 +705,8 @@ class PythonTracer:
             if self._woken:
                 self._woken = False
                 return Wakeup()
+            if self._pending:
+                return self._pending.popleft()
             while self._ready:
                 pid, status = self._ready.popleft()
                 event = self._handle(pid, status)
@@ -729,6 +781,10 @@ class PythonTracer:
         sig = (status >> 8) & 0xFF
         event = status >> 16
         if sig == _SYSGOOD_TRAP:
+            if self._modes.get(pid, ResumeMode.CONT) in _ENTRY_MODES:
+                entry = self._syscall_entry(pid)
+                if entry is not None:
+                    return entry
             return self._syscall_exit(pid)
         if event == 0:
             # Signal-delivery-stop: the core injects or suppresses it.
@@ -772,7 +828,15 @@ class PythonTracer:
                 # ask again now that it runs.
                 self._ptrace_quiet(PTRACE_INTERRUPT, pid)
             return Continued(Tid(pid)) if was_listening else None
-        # Events we did not ask for (VFORK_DONE, EXIT): just go on.
+        if event in (PTRACE_EVENT_VFORK_DONE, PTRACE_EVENT_EXIT):
+            try:
+                message = self._eventmsg(pid)
+            except _PtraceError:
+                return None
+            held = self._event_stop(pid, event, message)
+            if held is not None:
+                return held
+        # Events nobody asked to keep: just go on.
         self._continue(pid)
         return None
 
@@ -805,11 +869,36 @@ class PythonTracer:
             args = (int(a[0]), int(a[1]), int(a[2]), int(a[3]), int(a[4]), int(a[5]))
         return SyscallStop(Tid(pid), nr, args, arch)
 
+    def _syscall_entry(self, pid: int) -> Event | None:
+        """A syscall-enter-stop in resume mode SYSCALL or SYSEMU, told from
+        an exit stop by PTRACE_GET_SYSCALL_INFO's op; None if it is not
+        one."""
+        info = self._info
+        try:
+            _ptrace(PTRACE_GET_SYSCALL_INFO, pid, ctypes.sizeof(info), self._info_addr)
+        except _PtraceError:
+            return None
+        if info.op != PTRACE_SYSCALL_INFO_ENTRY:
+            return None
+        nr = _signed(int(info.nr))
+        a = info.args
+        if info.arch == AUDIT_ARCH_I386:
+            arch = Arch.I386
+            m = 0xFFFFFFFF
+            args = (a[0] & m, a[1] & m, a[2] & m, a[3] & m, a[4] & m, a[5] & m)
+        else:
+            arch = Arch.X32 if X32_SYSCALL_BIT <= nr < 2 * X32_SYSCALL_BIT else Arch.X86_64
+            args = (int(a[0]), int(a[1]), int(a[2]), int(a[3]), int(a[4]), int(a[5]))
+        self._stopped[pid] = _AT_ENTRY
+        self._arch[pid] = arch
+        return SyscallEntry(Tid(pid), nr, args, arch)
+
     def _syscall_exit(self, pid: int) -> Event | None:
-        if pid not in self._at_exit:
-            # A syscall stop we did not ask for (cannot happen: PTRACE_SYSCALL
-            # is only used from a seccomp stop).  Let it run.
-            self._restart(pid, PTRACE_CONT)
+        traced = self._modes.get(pid) is ResumeMode.SYSCALL
+        if pid not in self._at_exit and not traced:
+            # A syscall stop nobody asked for (the resume mode changed
+            # while the thread was in a call).  Let it run.
+            self._continue(pid)
             return None
         self._at_exit.discard(pid)
         try:
@@ -829,8 +918,8 @@ class PythonTracer:
                 _ptrace(PTRACE_SETREGS, pid, 0, self._regs_addr)
             except _PtraceError:
                 return None
-            if not report:
-                self._restart(pid, PTRACE_CONT)
+            if not report and not traced:
+                self._continue(pid)
                 return None
         self._stopped[pid] = _AT_EXIT
         result = _signed(regs.rax)
@@ -875,11 +964,23 @@ class PythonTracer:
         else:
             kind = CloneKind.PROCESS
         tgid = self._tgid.get(pid, pid) if kind is CloneKind.THREAD else child
-        self._continue(pid)
+        held = self._event_stop(pid, event, child)
+        if held is None:
+            self._continue(pid)
         if child in self._known:
-            return None  # adopted by the orphan rule already: said once
+            return held  # adopted by the orphan rule already: said once
         self._announce(child, tgid)
+        if held is not None:
+            self._pending.append(held)
         return Cloned(Tid(pid), Tid(child), kind)
+
+    def _event_stop(self, pid: int, event: int, message: int) -> EventStop | None:
+        """The EventStop of a PTRACE_EVENT_* stop the core keeps (the thread
+        is left in it), or None when it is not kept."""
+        if not self._held_events.get(pid, 0) & (1 << event):
+            return None
+        self._stopped[pid] = _AT_EVENT
+        return EventStop(Tid(pid), event, message % _U64)
 
     def _execed(self, pid: int) -> Event | None:
         try:
@@ -902,7 +1003,11 @@ class PythonTracer:
         fd = self._errpipes.pop(pid, None)
         if fd is not None:
             os.close(fd)  # exec succeeded: no spawn error to come
-        self._continue(pid)
+        held = self._event_stop(pid, PTRACE_EVENT_EXEC, former)
+        if held is None:
+            self._continue(pid)
+        else:
+            self._pending.append(held)
         return Execed(Tid(pid), Tid(former))
 
     # --- tids not announced yet --------------------------------------------
@@ -971,13 +1076,13 @@ class PythonTracer:
         """Restart a stopped thread (PTRACE_CONT, or PTRACE_SYSCALL for a
         syscall-exit-stop when ``stop_at_exit`` at a SyscallStop)."""
         kind = self._require_stop(tid, _ANY_STOP, "resume")
-        if kind == _AT_INTERRUPT:
-            # An event stop: nothing can be injected, and a syscall-exit-
-            # stop asked before the interrupt is still due.
-            self._continue(tid)
-            return
-        request = PTRACE_SYSCALL if stop_at_exit and kind == _AT_SYSCALL else PTRACE_CONT
-        self._restart(tid, request, signo)
+        if kind in (_AT_INTERRUPT, _AT_EVENT):
+            signo = 0  # PTRACE_EVENT_* stops inject no signal (ptrace(2))
+        elif stop_at_exit and kind == _AT_SYSCALL:
+            self._at_exit.add(tid)
+        # A syscall-exit-stop asked before (an interrupt, a signal) is
+        # still due; otherwise the thread's resume mode.
+        self._continue(tid, signo)
 
     def complete(self, tid: Tid, result: int) -> None:
         """Skip the trapped call, make it return ``result``, resume.
@@ -996,7 +1101,7 @@ class PythonTracer:
                 self._stopped.pop(tid, None)
                 return
             raise TracerError(f"complete {tid}: {exc}", exc.errno or 0) from None
-        self._restart(tid, PTRACE_CONT)
+        self._continue(tid)
 
     def rewrite(
         self, tid: Tid, nr: int, args: Sequence[int], *, stop_at_exit: bool = False
@@ -1023,6 +1128,7 @@ class PythonTracer:
                 return
             raise TracerError(f"rewrite {tid}: {exc}", exc.errno or 0) from None
         self._restore[tid] = (names, saved, stop_at_exit)
+        self._at_exit.add(tid)
         self._restart(tid, PTRACE_SYSCALL)
 
     def set_result(self, tid: Tid, result: int) -> None:
@@ -1081,6 +1187,77 @@ class PythonTracer:
         except _PtraceError as exc:
             raise TracerError(f"interrupt {tid}: {exc}", exc.errno or 0) from None
         self._interrupts.add(tid)
+
+    def set_resume_mode(self, tid: Tid, mode: ResumeMode) -> None:
+        if tid not in self._known:
+            raise TracerError(f"set_resume_mode: thread {tid} is not traced", _errno.ESRCH)
+        if mode is ResumeMode.CONT:
+            self._modes.pop(tid, None)
+        else:
+            self._modes[tid] = ResumeMode(mode)
+
+    def set_event_stops(self, tid: Tid, events: frozenset[int]) -> None:
+        mask = 0
+        for e in events:
+            if not 1 <= e <= PTRACE_EVENT_EXIT:
+                raise TracerError(f"set_event_stops: no event {e}", _errno.EINVAL)
+            mask |= 1 << e
+        options = SEIZE_OPTIONS
+        if mask & (1 << PTRACE_EVENT_VFORK_DONE):
+            options |= PTRACE_O_TRACEVFORKDONE
+        if mask & (1 << PTRACE_EVENT_EXIT):
+            options |= PTRACE_O_TRACEEXIT
+        self._require_stop(tid, _ANY_STOP, "set_event_stops")
+        try:
+            _ptrace(PTRACE_SETOPTIONS, tid, 0, options)
+        except _PtraceError as exc:
+            raise TracerError(f"set_event_stops {tid}: {exc}", exc.errno or 0) from None
+        if mask:
+            self._held_events[tid] = mask
+        else:
+            self._held_events.pop(tid, None)
+
+    def peek_user(self, tid: Tid, offset: int) -> int:
+        self._require_stop(tid, _ANY_STOP, "peek_user")
+        try:
+            value = _ptrace(PTRACE_PEEKUSER, tid, offset, 0, check_errno=True)
+        except _PtraceError as exc:
+            raise TracerError(f"peek_user {tid}: {exc}", exc.errno or 0) from None
+        return int(value) % _U64
+
+    def poke_user(self, tid: Tid, offset: int, value: int) -> None:
+        self._require_stop(tid, _ANY_STOP, "poke_user")
+        try:
+            _ptrace(PTRACE_POKEUSER, tid, offset, value % _U64)
+        except _PtraceError as exc:
+            raise TracerError(f"poke_user {tid}: {exc}", exc.errno or 0) from None
+
+    def _regset(self, tid: Tid, request: int, kind: int, buf: Any, size: int, what: str) -> int:
+        self._require_stop(tid, _ANY_STOP, what)
+        iov = _IoVec(ctypes.addressof(buf), size)
+        try:
+            _ptrace(request, tid, kind, ctypes.addressof(iov))
+        except _PtraceError as exc:
+            raise TracerError(f"{what} {tid}: {exc}", exc.errno or 0) from None
+        return int(iov.iov_len)
+
+    def get_regset(self, tid: Tid, kind: int, size: int) -> bytes:
+        buf = ctypes.create_string_buffer(max(size, 1))
+        n = self._regset(tid, PTRACE_GETREGSET, kind, buf, size, "get_regset")
+        return buf.raw[:n]
+
+    def set_regset(self, tid: Tid, kind: int, data: bytes) -> None:
+        buf = ctypes.create_string_buffer(data, max(len(data), 1))
+        self._regset(tid, PTRACE_SETREGSET, kind, buf, len(data), "set_regset")
+
+    def get_syscall_info(self, tid: Tid) -> bytes:
+        self._require_stop(tid, _ANY_STOP, "get_syscall_info")
+        buf = ctypes.create_string_buffer(SYSCALL_INFO_SIZE)
+        try:
+            n = _ptrace(PTRACE_GET_SYSCALL_INFO, tid, SYSCALL_INFO_SIZE, ctypes.addressof(buf))
+        except _PtraceError as exc:
+            raise TracerError(f"get_syscall_info {tid}: {exc}", exc.errno or 0) from None
+        return buf.raw[: min(int(n), SYSCALL_INFO_SIZE)]
 
     def _ptrace_quiet(self, request: int, tid: int) -> None:
         with contextlib.suppress(_PtraceError):
