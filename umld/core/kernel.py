@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import TextIO, final
 
 from umld.core import privileged, procfs
+from umld.core.debugger import DebugStop, StopKind
 from umld.core.events import GuestEvent
 from umld.core.iobus import IoBus
 from umld.core.policy import MachinePolicy
@@ -37,12 +38,14 @@ from umld.tracer.events import (
     CloneKind,
     Continued,
     Event,
+    EventStop,
     Execed,
     Exited,
     GroupStopped,
     HostSignal,
     Interrupted,
     SignalStop,
+    SyscallEntry,
     SyscallExit,
     SyscallStop,
     Tid,
@@ -168,6 +171,8 @@ class GuestKernel:
             SyscallExit: GuestKernel._on_syscall_exit,
             SignalStop: GuestKernel._on_signal,
             Interrupted: GuestKernel._on_interrupted,
+            SyscallEntry: GuestKernel._on_syscall_entry,
+            EventStop: GuestKernel._on_event_stop,
             Cloned: GuestKernel._on_cloned,
             Execed: GuestKernel._on_exec,
             Exited: GuestKernel._on_exit,
@@ -450,6 +455,33 @@ class GuestKernel:
         if task.cpuid is not None and privileged.cpuid_stops_at_exit(task):
             privileged.cpuid_exit(self, task, ev.result)
             return
+        debugger = task.debugger
+        if debugger is not None and debugger.stopped(
+            self, task, DebugStop(StopKind.SYSCALL_EXIT, nr=ev.nr, value=ev.result)
+        ):
+            return
+        self.tracer.resume(ev.tid)
+
+    def _on_syscall_entry(self, ev: Event) -> None:
+        # Only a debugger's resume mode makes these (debugger.py).
+        assert isinstance(ev, SyscallEntry)
+        task = self._task(ev.tid)
+        debugger = task.debugger
+        if debugger is not None and debugger.stopped(
+            self, task, DebugStop(StopKind.SYSCALL_ENTRY, nr=ev.nr)
+        ):
+            return
+        self.tracer.resume(ev.tid)
+
+    def _on_event_stop(self, ev: Event) -> None:
+        # Only a debugger's set_event_stops makes these (debugger.py).
+        assert isinstance(ev, EventStop)
+        task = self._task(ev.tid)
+        debugger = task.debugger
+        if debugger is not None and debugger.stopped(
+            self, task, DebugStop(StopKind.EVENT, value=ev.message, event=ev.event)
+        ):
+            return
         self.tracer.resume(ev.tid)
 
     def _ioport_event(self, text: str) -> None:
@@ -471,6 +503,11 @@ class GuestKernel:
                 return
             if privileged.hold_signal(self, task, ev.signo):
                 return
+        debugger = task.debugger
+        if debugger is not None and debugger.stopped(
+            self, task, DebugStop(StopKind.SIGNAL, signo=ev.signo)
+        ):
+            return
         if ev.tid not in self.internal:
             self.counters["signals"] += 1
         if self._trace:
@@ -505,6 +542,10 @@ class GuestKernel:
             if self.listeners and ev.child not in self.internal:
                 ppid = self.guest_pid(parent.tgid)
                 self.emit("spawn", ev.child, f"{ev.kind.value} from pid {ppid}")
+        if parent.debugger is not None:
+            child = self.tasks.get(ev.child)
+            if child is not None:
+                parent.debugger.cloned(self, parent, child, ev.kind)
         if parent.io is not None or parent.cpuid is not None:
             child = self.tasks.get(ev.child)
             if child is not None:
@@ -540,6 +581,8 @@ class GuestKernel:
             privileged.release_held(self, task)
         if ev.tid in self.internal:
             return
+        if task.debugger is not None:
+            task.debugger.execed(self, task)
         if self.policy.cpuid_own:
             privileged.cpuid_exec(self, task)
         if ev.tid == self.root_pid and self._root_found:
@@ -564,6 +607,8 @@ class GuestKernel:
         self.policy.affinity.pop(int(ev.tid), None)
         if self._trace:
             self._trace.gone(ev.tid)
+        if task is not None and task.debugger is not None:
+            task.debugger.exited(self, task, ev.status)
         if task is not None:
             group = self.processes.get(task.tgid)
             if group is not None:
@@ -612,16 +657,21 @@ class GuestKernel:
         self.emit("oom", pid, f"name={name}")
 
     def _on_interrupted(self, ev: Event) -> None:
-        # Only the guest kernel asks for these stops (privileged.py).
+        # Asked by the guest kernel (privileged.py) or a debugger.
         assert isinstance(ev, Interrupted)
         task = self._task(ev.tid)
         if task.io is not None:
             privileged.on_interrupted(self, task)
+        debugger = task.debugger
+        if debugger is not None and debugger.stopped(self, task, DebugStop(StopKind.INTERRUPT)):
+            return
         self.tracer.resume(ev.tid)
 
     def _on_group_stop(self, ev: Event) -> None:
         assert isinstance(ev, GroupStopped)
         task = self._task(ev.tid)
+        if task.debugger is not None:
+            task.debugger.group_stopped(self, task, ev.signo)
         if self.listeners:
             self.emit("signal", task.tgid, f"stopped by {_signame(ev.signo)}")
         if self.on_group_stop is not None and ev.tid == self.root_pid:
@@ -629,7 +679,9 @@ class GuestKernel:
 
     def _on_continued(self, ev: Event) -> None:
         assert isinstance(ev, Continued)
-        self._task(ev.tid)  # announces an unknown thread, as every event does
+        task = self._task(ev.tid)  # announces an unknown thread, as every event does
+        if task.debugger is not None:
+            task.debugger.continued(self, task)
 
     def _on_host_signal(self, ev: Event) -> None:
         assert isinstance(ev, HostSignal)

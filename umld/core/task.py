@@ -15,6 +15,7 @@ from umld.core import procfs
 from umld.tracer.events import Tid
 
 if TYPE_CHECKING:
+    from umld.core.debugger import Debugger
     from umld.core.privileged import ThreadCpuid, ThreadIo
 
 Pid = NewType("Pid", int)
@@ -24,7 +25,7 @@ Pid = NewType("Pid", int)
 class Task:
     """A guest thread.  Owned by the tracer thread."""
 
-    __slots__ = ("cpuid", "current_syscall", "io", "syscalls", "tgid", "tid")
+    __slots__ = ("cpuid", "current_syscall", "debugger", "io", "syscalls", "tgid", "tid")
 
     def __init__(self, tid: Tid, tgid: Pid) -> None:
         self.tid = tid
@@ -39,6 +40,8 @@ class Task:
         #: Its CPUID faulting with the ``cpuid`` setting ``own``
         #: (umld/core/privileged.py); None: nothing to do.
         self.cpuid: ThreadCpuid | None = None
+        #: What follows it as a ptrace tracer would (umld/core/debugger.py).
+        self.debugger: Debugger | None = None
 
     def has_capability(self, cap: int) -> bool:
         """Whether the thread's effective capability set holds ``cap``
