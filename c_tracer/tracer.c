@@ -366,12 +366,33 @@ static void drop_stale_exits(struct umld_tracer *t, pid_t tid)
     }
 }
 
+static void restart(struct umld_tracer *t, pid_t tid);
+
 static int announce(struct umld_tracer *t, pid_t child)
 {
     struct thr *c = thr_get(t, child);
     if (!c)
         return -ENOMEM;
     c->announced = 1;
+    if (c->initial_parked) {
+        /* Its initial stop came first: report it as the interrupt its
+         * creator's follower asked for, or let it go. */
+        c->initial_parked = 0;
+        if (c->interrupt) {
+            c->interrupt = 0;
+            c->state = ST_INTERRUPT;
+            struct umld_event iev;
+            ev_init(&iev, UMLD_EV_INTERRUPTED, child);
+            int rc = q_push(t, &iev);
+            if (rc < 0)
+                return rc;
+        } else {
+            restart(t, child);
+        }
+        c = umld__thr_find(t, child);
+        if (!c)
+            return 0;
+    }
     if (t->pk_len == 0)
         return 0;
     drop_stale_exits(t, child);
@@ -1035,6 +1056,8 @@ static int on_clone(struct umld_tracer *t, struct thr *r, int event, struct umld
     if (!c)
         return -ENOMEM;
     c->tgid = kind == UMLD_CLONE_THREAD ? ptgid : child;
+    if (hold)
+        c->interrupt = 1; /* it starts stopped, for the one following it */
     int adopted = c->announced;
     if (!hold)
         restart(t, tid);
@@ -1187,7 +1210,14 @@ static int handle_status(struct umld_tracer *t, pid_t tid, int st)
             ev_init(&ev, UMLD_EV_CONTINUED, tid);
             return emit(t, &ev);
         }
-        if (r->interrupt && r->announced) {
+        if (!r->announced) {
+            /* The initial stop of a child not announced yet: it waits in
+             * it, so that whatever follows its creator can follow it from
+             * its first instruction (announce() restarts it). */
+            r->initial_parked = 1;
+            return 0;
+        }
+        if (r->interrupt) {
             r->interrupt = 0;
             r->state = ST_INTERRUPT;
             ev_init(&ev, UMLD_EV_INTERRUPTED, tid);

@@ -30,25 +30,26 @@ enum thr_state {
 /* One traced thread.  Lives in an open-addressing table keyed by tid, so
  * pointers to it are invalidated by any insertion or deletion. */
 struct thr {
-    pid_t tid;           /* 0: empty slot */
-    pid_t tgid;          /* 0: not known yet */
-    pid_t creator_tgid;  /* unannounced only: the process that probably
-                            created it (from /proc), 0 if unknown */
-    uint8_t state;       /* enum thr_state */
-    uint8_t arch;        /* UMLD_ARCH_* of the last SyscallStop */
-    uint8_t announced;   /* its Cloned (or spawn) has been queued */
-    uint8_t seen_alive;  /* we have seen at least one stop of it */
-    uint8_t exit_stop;   /* resumed with PTRACE_SYSCALL: a syscall-exit-stop
-                            is due, so internal restarts keep PTRACE_SYSCALL */
-    uint8_t restore;     /* rewritten: at its exit, put `saved` back */
-    uint8_t report_exit; /* with restore: the caller asked for SyscallExit */
-    uint8_t interrupt;   /* umld_interrupt asked; its stop has not come */
-    uint8_t mode;        /* UMLD_MODE_* of its restarts */
-    uint8_t held_events; /* bit e: PTRACE_EVENT e leaves it stopped */
-    int errfd;           /* spawn error pipe (read end), -1 if none */
-    uint64_t saved[6];   /* the argument registers before a rewrite */
-    int64_t since_ms;    /* unannounced only: when first seen (CLOCK_MONOTONIC
-                            ms), for the orphan deadline; 0 if not yet */
+    pid_t tid;              /* 0: empty slot */
+    pid_t tgid;             /* 0: not known yet */
+    pid_t creator_tgid;     /* unannounced only: the process that probably
+                               created it (from /proc), 0 if unknown */
+    uint8_t state;          /* enum thr_state */
+    uint8_t arch;           /* UMLD_ARCH_* of the last SyscallStop */
+    uint8_t announced;      /* its Cloned (or spawn) has been queued */
+    uint8_t seen_alive;     /* we have seen at least one stop of it */
+    uint8_t exit_stop;      /* resumed with PTRACE_SYSCALL: a syscall-exit-stop
+                               is due, so internal restarts keep PTRACE_SYSCALL */
+    uint8_t restore;        /* rewritten: at its exit, put `saved` back */
+    uint8_t report_exit;    /* with restore: the caller asked for SyscallExit */
+    uint8_t interrupt;      /* umld_interrupt asked; its stop has not come */
+    uint8_t initial_parked; /* unannounced, left in its initial stop */
+    uint8_t mode;           /* UMLD_MODE_* of its restarts */
+    uint8_t held_events;    /* bit e: PTRACE_EVENT e leaves it stopped */
+    int errfd;              /* spawn error pipe (read end), -1 if none */
+    uint64_t saved[6];      /* the argument registers before a rewrite */
+    int64_t since_ms;       /* unannounced only: when first seen (CLOCK_MONOTONIC
+                               ms), for the orphan deadline; 0 if not yet */
 };
 
 struct umld_tracer {

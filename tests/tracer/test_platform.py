@@ -1606,6 +1606,10 @@ def test_event_stops_keep_the_thread_at_fork_exec_and_exit(drv: Driver) -> None:
     assert [e.event for e in kept][-2:] == [4, 6]
     assert kept[-1].message == 3 << 8  # the exit status, as wait gives it
     assert kept[0].event in (1, 2, 3)
+    # The child of a kept fork started stopped: its first event is an
+    # Interrupted, before anything it did (its exec of /bin/true).
+    child = kept[0].message
+    assert [type(e) for e in drv.events if e.tid == child][0] is Interrupted
     assert os.WEXITSTATUS(drv.events[-1].status) == 3  # type: ignore[union-attr]
 
 

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TextIO, TypeVar, final
 
-from umld.core import privileged, procfs
+from umld.core import procfs
 from umld.core.control import MachineControl
 from umld.core.kernel import GuestKernel
 from umld.core.machine import Config, features, machine_argv, prepare, uts_for
@@ -347,11 +347,12 @@ class Host:
             timeout: float | None = None
             now = time.monotonic()
             for kernel in {id(k): k for k in owner.values()}.values():
-                if kernel.halted:
-                    # Threads at hlt wait for a signal: nothing reports one
-                    # queued to a thread in a ptrace stop (privileged.py).
-                    privileged.wake_halted(kernel)
-                    if kernel.halted:
+                if kernel.polling():
+                    # Threads at hlt or in a held wait wait for a signal:
+                    # nothing reports one queued to a thread in a ptrace
+                    # stop (privileged.py, guest_ptrace.py).
+                    kernel.poll()
+                    if kernel.polling():
                         timeout = HLT_POLL if timeout is None else min(timeout, HLT_POLL)
                 if kernel.kill_deadline is not None:
                     left = kernel.kill_deadline - now

@@ -24,11 +24,21 @@ from typing import TextIO, final
 from umld.core import privileged, procfs
 from umld.core.debugger import DebugStop, StopKind
 from umld.core.events import GuestEvent
+from umld.core.guest_ptrace import GuestPtrace
 from umld.core.iobus import IoBus
 from umld.core.policy import MachinePolicy
 from umld.core.syscalls import lookup_table
 from umld.core.syscalls.context import SyscallContext
-from umld.core.syscalls.table import Disposition, Hold, Outcome, Rewrite, SyscallTable
+from umld.core.syscalls.table import (
+    TRACER,
+    AtExit,
+    Disposition,
+    Hold,
+    Inject,
+    Outcome,
+    Rewrite,
+    SyscallTable,
+)
 from umld.core.task import Pid, Task, ThreadGroup
 from umld.core.trace import SyscallFormatter
 from umld.errors import GuestError, get_logger
@@ -161,8 +171,10 @@ class GuestKernel:
         #: Threads stopped at ``hlt`` until a signal is pending for them.
         self.halted: dict[Tid, Task] = {}
         #: Signals raise_signal sent, by thread, whose siginfo is still to
-        #: be set at their delivery stop.
-        self._raised: dict[Tid, set[int]] = {}
+        #: be set at their delivery stop (None: SI_USER from itself).
+        self._raised: dict[Tid, dict[int, bytes | None]] = {}
+        #: The guest's own ptrace(2) (guest_ptrace.py).
+        self.guest_ptrace = GuestPtrace(self)
         #: cpuid = own: whether the host made a guest's CPUID fault
         #: (arch_prctl(ARCH_SET_CPUID)); None until the first try.
         self.cpuid_faulting: bool | None = None
@@ -272,21 +284,23 @@ class GuestKernel:
     def handle(self, ev: Event) -> None:
         self._handlers[type(ev)](self, ev)
 
-    def raise_signal(self, task: Task, signo: int) -> None:
+    def raise_signal(self, task: Task, signo: int, info: bytes | None = None) -> None:
         """Raise ``signo`` in a thread as Linux does for the thread's own
         call (send_sig(), e.g. SIGPIPE of a send(2) that got EPIPE): si_code
         SI_USER, si_pid and si_uid the thread's own, as its namespaces see
-        them.  Sent with tgkill(2) now; the siginfo is put right at its
-        delivery stop, since a tracer cannot send an SI_USER signal it
-        did not send (rt_tgsigqueueinfo(2), EPERM)."""
-        self._raised.setdefault(task.tid, set()).add(signo)
+        them; or with the siginfo ``info`` (SIGINFO_SIZE bytes: a SIGCHLD
+        of the guest's ptrace).  Sent with tgkill(2) now; the siginfo is
+        put right at its delivery stop, since a tracer cannot send an
+        SI_USER signal or a kernel one it did not send
+        (rt_tgsigqueueinfo(2), EPERM)."""
+        self._raised.setdefault(task.tid, {})[signo] = info
         self.tracer.kill(task.tid, signo)
 
     def _mend_raised(self, task: Task, signo: int) -> None:
         raised = self._raised.get(task.tid)
         if raised is None or signo not in raised:
             return
-        raised.discard(signo)
+        given = raised.pop(signo)
         if not raised:
             del self._raised[task.tid]
         try:
@@ -295,6 +309,9 @@ class GuestKernel:
             return
         if info.code != SI_TKILL or info.pid not in (0, os.getpid()):
             return  # another sender's: the kernel's own siginfo stands
+        if given is not None:
+            self.tracer.set_siginfo(task.tid, given)
+            return
         # x86_64 siginfo_t: si_signo, si_errno, si_code, padding; at 16
         # the _kill member: si_pid, si_uid.
         raw = bytearray(info.raw)
@@ -369,7 +386,12 @@ class GuestKernel:
             # A conditional row outside the machine's features, or whose
             # argument tests do not hold, is one the filter lets through
             # (it stops here only in full-trace mode).
-            or (row.needs and self.features is not None and row.needs not in self.features)
+            or (
+                row.needs
+                and self.features is not None
+                and row.needs not in self.features
+                and row.needs != TRACER
+            )
             or (row.when and not row.stops_for(ev.args, wide=arch is Arch.X86_64))
         ):
             task.current_syscall = key
@@ -402,10 +424,33 @@ class GuestKernel:
         elif isinstance(result, Rewrite):
             task.current_syscall = key
             self.tracer.rewrite(tid, result.nr, result.args, stop_at_exit=trace is not None)
+        elif isinstance(result, AtExit):
+            task.current_syscall = key
+            task.exit_hook = result.then
+            self.tracer.resume(tid, stop_at_exit=True)
+        elif isinstance(result, Inject):
+            task.current_syscall = key
+            task.exit_hook = self._again(task, nr, result.then)
+            self.tracer.rewrite(tid, result.nr, result.args, stop_at_exit=True)
         else:
             self.tracer.complete(tid, result)
             if trace:
                 trace.exit(task, nr, result, emulated=True)
+
+    def _again(
+        self, task: Task, nr: int, then: Callable[[int], None] | None
+    ) -> Callable[[int], None]:
+        """The exit hook of an Inject: the thread goes back to its
+        ``syscall`` instruction (2 bytes, as ``int 0x80``) with its own
+        call's number, so that it makes that call again."""
+
+        def again(result: int) -> None:
+            regs = self.tracer.get_regs(task.tid)
+            self.tracer.set_regs(task.tid, regs._replace(rip=regs.rip - 2, rax=nr))
+            if then is not None:
+                then(result)
+
+        return again
 
     def _refuse_abi(self, task: Task, ev: SyscallStop) -> None:
         """A call of an ABI umld does not support (x32: bit 30 of the
@@ -455,6 +500,10 @@ class GuestKernel:
         if task.cpuid is not None and privileged.cpuid_stops_at_exit(task):
             privileged.cpuid_exit(self, task, ev.result)
             return
+        hook = task.exit_hook
+        if hook is not None:
+            task.exit_hook = None
+            hook(ev.result)
         debugger = task.debugger
         if debugger is not None and debugger.stopped(
             self, task, DebugStop(StopKind.SYSCALL_EXIT, nr=ev.nr, value=ev.result)
@@ -483,6 +532,18 @@ class GuestKernel:
         ):
             return
         self.tracer.resume(ev.tid)
+
+    def polling(self) -> bool:
+        """Whether threads wait for something only a look can tell (a
+        signal queued to a thread in a ptrace stop): hlt, a held wait."""
+        return bool(self.halted or self.guest_ptrace.held_waits)
+
+    def poll(self) -> None:
+        """Look (every HLT_POLL seconds while ``polling``)."""
+        if self.halted:
+            privileged.wake_halted(self)
+        if self.guest_ptrace.held_waits:
+            self.guest_ptrace.poll_held()
 
     def _ioport_event(self, text: str) -> None:
         # The bus's and its devices' lines ("ioport unknown 0x02f8", "post
@@ -609,6 +670,9 @@ class GuestKernel:
             self._trace.gone(ev.tid)
         if task is not None and task.debugger is not None:
             task.debugger.exited(self, task, ev.status)
+        gp = self.guest_ptrace
+        if task is not None and (gp.links or gp.exits or gp.filtered):
+            gp.tracer_gone(task)
         if task is not None:
             group = self.processes.get(task.tgid)
             if group is not None:

@@ -9,6 +9,7 @@ bookkeeping (wait, signals, /proc) stays native.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NewType, final
 
 from umld.core import procfs
@@ -25,7 +26,16 @@ Pid = NewType("Pid", int)
 class Task:
     """A guest thread.  Owned by the tracer thread."""
 
-    __slots__ = ("cpuid", "current_syscall", "debugger", "io", "syscalls", "tgid", "tid")
+    __slots__ = (
+        "cpuid",
+        "current_syscall",
+        "debugger",
+        "exit_hook",
+        "io",
+        "syscalls",
+        "tgid",
+        "tid",
+    )
 
     def __init__(self, tid: Tid, tgid: Pid) -> None:
         self.tid = tid
@@ -42,6 +52,9 @@ class Task:
         self.cpuid: ThreadCpuid | None = None
         #: What follows it as a ptrace tracer would (umld/core/debugger.py).
         self.debugger: Debugger | None = None
+        #: Called with the result at the exit of the call it is in (a
+        #: handler's AtExit or Inject).
+        self.exit_hook: Callable[[int], None] | None = None
 
     def has_capability(self, cap: int) -> bool:
         """Whether the thread's effective capability set holds ``cap``

@@ -348,7 +348,10 @@ class TracerPlatform(Protocol):
     def set_event_stops(self, tid: Tid, events: frozenset[int]) -> None:
         """Which PTRACE_EVENT_* stops (EVENT_FORK ... EVENT_EXIT) leave the
         thread stopped, reported as EventStop after the event's own
-        notification.  At any stop the core sees."""
+        notification.  A child made at a kept FORK, VFORK or CLONE stop
+        starts stopped too: its first event after its Cloned is an
+        Interrupted stop, before its first instruction.  At any stop the
+        core sees."""
         ...
 
     def peek_user(self, tid: Tid, offset: int) -> int:

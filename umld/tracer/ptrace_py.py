@@ -967,6 +967,10 @@ class PythonTracer:
         held = self._event_stop(pid, event, child)
         if held is None:
             self._continue(pid)
+        elif child not in self._known:
+            # It starts stopped, for the one following its creator: its
+            # initial stop (parked until now) is reported as Interrupted.
+            self._interrupts.add(child)
         if child in self._known:
             return held  # adopted by the orphan rule already: said once
         self._announce(child, tgid)

@@ -13,8 +13,9 @@ x86_64 variant does (``clock_settime64`` as ``clock_settime``, see
 
 from __future__ import annotations
 
-from umld.core.syscalls import sys_mount, sys_net, sys_time, sys_utsname
+from umld.core.syscalls import sys_mount, sys_net, sys_ptrace, sys_time, sys_utsname
 from umld.core.syscalls.table import (
+    TRACER,
     ArgTest,
     Family,
     SyscallTable,
@@ -518,7 +519,7 @@ OWN = (
     P(113, "vm86old", SYSTEM, "not on a 64-bit kernel (ENOSYS)"),
     P(166, "vm86", SYSTEM, "not on a 64-bit kernel (ENOSYS)"),
     # The old calls x86_64 never had, by family.
-    P(7, "waitpid", PROCESS),
+    E(7, "waitpid", PROCESS, sys_ptrace.waitpid, "guest ptrace: its tracees' stops", TRACER),
     P(34, "nice", SCHED),
     P(48, "signal", SIGNAL),
     P(67, "sigaction", SIGNAL),

@@ -28,12 +28,14 @@ from umld.tracer.seccomp import AllOf, ArgTest, Clause, Conditions, conditions_h
 __all__ = [
     "AllOf",
     "ArgTest",
+    "AtExit",
     "Clause",
     "Conditions",
     "Disposition",
     "Family",
     "Handler",
     "Hold",
+    "Inject",
     "Offloaded",
     "Outcome",
     "Rewrite",
@@ -57,10 +59,29 @@ class Rewrite(NamedTuple):
     args: tuple[int, ...]
 
 
+class AtExit(NamedTuple):
+    """A handler's answer: let the call run natively, and at its exit call
+    ``then`` with its result (on the tracer thread, the thread stopped
+    there: ``then`` may change its result)."""
+
+    then: Callable[[int], None]
+
+
+class Inject(NamedTuple):
+    """A handler's answer: run call ``nr`` with ``args`` in the thread
+    first, then make the thread run its own call again (its ``syscall``
+    instruction once more, its registers as they were): the call then
+    stops here anew.  ``then`` gets the injected call's result."""
+
+    nr: int
+    args: tuple[int, ...]
+    then: Callable[[int], None] | None = None
+
+
 #: What a handler returns: None lets the call run natively, an int
 #: completes it with that result (negative errno for failure), a Rewrite
-#: runs another call natively in its place.
-Outcome: TypeAlias = int | Rewrite | None
+#: runs another call natively in its place; AtExit and Inject as above.
+Outcome: TypeAlias = int | Rewrite | AtExit | Inject | None
 Handler: TypeAlias = "Callable[[SyscallContext], Outcome]"
 
 
@@ -97,6 +118,12 @@ class Family(enum.Flag):
     SCHED = enum.auto()
     SYSTEM = enum.auto()  # host-wide administration
     MISC = enum.auto()
+
+
+#: The feature of rows that stop only in guest processes that use
+#: ptrace(2): a filter of their own traps them (core/guest_ptrace.py);
+#: no machine's filter has them.
+TRACER = "tracer"
 
 
 class Syscall(NamedTuple):
@@ -139,7 +166,9 @@ class Syscall(NamedTuple):
         if not self.traps:
             return "never"
         parts = []
-        if self.needs:
+        if self.needs == TRACER:
+            parts.append("in guest ptrace tracers")
+        elif self.needs:
             parts.append(f"{self.needs} machines")
         if self.when:
             parts.append(f"when {self.describe_when()}")

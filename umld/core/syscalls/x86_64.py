@@ -15,12 +15,14 @@ from umld.core.syscalls import (
     sys_io,
     sys_mount,
     sys_net,
+    sys_ptrace,
     sys_sched,
     sys_time,
     sys_tty,
     sys_utsname,
 )
 from umld.core.syscalls.table import (
+    TRACER,
     AllOf,
     ArgTest,
     Family,
@@ -73,6 +75,12 @@ FCAPS_NOTE = "root-run: security.capability: EPERM (file capabilities)"
 #: them, and a ring made under one policy keeps working under the next:
 #: refused, as Docker's default profile and gVisor do.
 IO_URING_NOTE = "refused: its connect, sendmsg, accept, openat... run unseen by any filter"
+
+#: Every guest thread is umld's tracee: the guest's own tracing is the
+#: guest kernel's (core/guest_ptrace.py).
+PTRACE_NOTE = "the guest kernel's own, in the machine; i386 callers: EPERM; no TRACESECCOMP stops"
+#: wait calls stop only in processes that trace (a filter of their own).
+PTRACE_WAIT_NOTE = "in guest tracers only: their tracees' ptrace stops and exits"
 
 #: The host never grants a guest a port: both change the thread's virtual
 #: rights, and port I/O is emulated at its fault (core/privileged.py).
@@ -148,7 +156,7 @@ TABLE = SyscallTable("x86_64", (
     P(58, "vfork", PROCESS),
     P(59, "execve", FILE),
     P(60, "exit", PROCESS),
-    P(61, "wait4", PROCESS),
+    E(61, "wait4", PROCESS, sys_ptrace.wait4, PTRACE_WAIT_NOTE, TRACER),
     P(62, "kill", SIGNAL),
     E(63, "uname", UTS, sys_utsname.uname, "nodename and domainname are the guest's"),
     P(64, "semget", IPC),
@@ -188,7 +196,7 @@ TABLE = SyscallTable("x86_64", (
     P(98, "getrusage", PROCESS),
     P(99, "sysinfo", SYSTEM),
     P(100, "times", PROCESS),
-    P(101, "ptrace", PROCESS, "a guest cannot trace: it is traced by umld (EPERM)"),
+    E(101, "ptrace", PROCESS, sys_ptrace.ptrace, PTRACE_NOTE),
     P(102, "getuid", IDENTITY),
     P(103, "syslog", SYSTEM),
     P(104, "getgid", IDENTITY),
@@ -335,7 +343,7 @@ TABLE = SyscallTable("x86_64", (
     P(244, "mq_notify", IPC),
     P(245, "mq_getsetattr", IPC),
     D(246, "kexec_load", SYSTEM, "would replace the host kernel"),
-    P(247, "waitid", PROCESS),
+    E(247, "waitid", PROCESS, sys_ptrace.waitid, PTRACE_WAIT_NOTE, TRACER),
     P(248, "add_key", SYSTEM),
     P(249, "request_key", SYSTEM),
     P(250, "keyctl", SYSTEM),

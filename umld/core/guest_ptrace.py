@@ -1,0 +1,829 @@
+"""ptrace(2) of the guest's own: one guest process traces another.
+
+Every guest thread is already traced by umld, and Linux lets a thread have
+one tracer, so a guest's own PTRACE_TRACEME, ATTACH or SEIZE would fail
+(EPERM).  The guest kernel therefore implements ptrace itself, as gVisor
+and PRoot do, on top of the tracer platform: umld stays the host tracer of
+every thread, and a guest tracer's requests are done by umld's tracer
+thread on the guest tracee's behalf.
+
+How it fits together:
+
+* **The link.**  ``ptrace(PTRACE_TRACEME/ATTACH/SEIZE)`` is a trapped call
+  (sys_ptrace.py).  It makes a :class:`Link` from the tracee thread to the
+  tracer thread and makes this module the tracee's debugger
+  (debugger.py): every stop the guest kernel does not consume itself
+  comes here.
+* **Stops.**  A stop the guest tracer asked for (a signal about to be
+  delivered; with PTRACE_SYSCALL the syscall-enter and -exit stops, got
+  by putting the thread in resume mode SYSCALL; PTRACE_EVENT_* stops the
+  options ask for, got with ``set_event_stops``; an interrupt) is *kept*:
+  the host thread stays in its real ptrace stop, and the guest tracer is
+  told as Linux tells a tracer: a wait status, SIGCHLD with CLD_TRAPPED.
+  Since the host thread really is in that stop, the guest tracer's
+  GETREGS, PEEKDATA, GETSIGINFO, debug registers, single-steps and signal
+  injection are the host kernel's own, done by umld's tracer thread.
+* **wait.**  The guest tracer learns of stops through wait4/waitid/
+  waitpid, which the host kernel cannot answer for stops it never saw.
+  Those calls must stop in the guest kernel, but only in the processes
+  that trace: a guest tracer process gets a second seccomp filter of its
+  own that traps its wait calls (:func:`wait_filter`; filters stack,
+  seccomp(2)), put in by running seccomp(2) in it once, the first time it
+  uses ptrace (or, for PTRACE_TRACEME, when its child asks).  No other
+  process pays a stop for wait.  A wait that finds a kept stop reports it;
+  one that finds none runs natively (real children: exits, group-stops);
+  when it would block and a stop is kept meanwhile, the waiting thread is
+  interrupted (PTRACE_INTERRUPT) out of its wait, which the kernel then
+  restarts (ERESTARTSYS), this time finding the stop.  A tracer with no
+  real child to wait for is held in its wait instead, and checked for
+  signals every HOLD_POLL seconds.
+
+Pids: the guest sees its own pid namespace; links are kept by host tid,
+and every pid that crosses to the guest (wait's result, GETEVENTMSG,
+siginfo) is translated (GuestKernel.guest_pid).
+
+What is not done (each documented in the syscall table's notes):
+seccomp stops of filters the guest installs itself (PTRACE_O_TRACESECCOMP
+is accepted, its stops never come), PTRACE_LISTEN and group-stops of a
+seized tracee beyond reporting them, /proc/PID/status TracerPid (the
+host's view: 0), ptrace of a 32-bit tracer's wait calls.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import struct
+from typing import TYPE_CHECKING, final
+
+from umld.core import procfs
+from umld.core.debugger import DebugStop, StopKind
+from umld.tracer.events import (
+    EVENT_CLONE,
+    EVENT_EXEC,
+    EVENT_EXIT,
+    EVENT_FORK,
+    EVENT_VFORK,
+    EVENT_VFORK_DONE,
+    CloneKind,
+    ResumeMode,
+    Tid,
+)
+from umld.tracer.platform import SIGINFO_SIZE, TracerError
+from umld.tracer.seccomp import build_filter
+
+if TYPE_CHECKING:
+    from umld.core.kernel import GuestKernel
+    from umld.core.task import Task
+
+# ptrace(2) requests (linux/ptrace.h, asm/ptrace-abi.h).
+TRACEME, PEEKTEXT, PEEKDATA, PEEKUSER = 0, 1, 2, 3
+POKETEXT, POKEDATA, POKEUSER, CONT, KILL, SINGLESTEP = 4, 5, 6, 7, 8, 9
+GETREGS, SETREGS, GETFPREGS, SETFPREGS, ATTACH, DETACH = 12, 13, 14, 15, 16, 17
+SYSCALL, SYSEMU, SYSEMU_SINGLESTEP = 24, 31, 32
+SETOPTIONS, GETEVENTMSG, GETSIGINFO, SETSIGINFO = 0x4200, 0x4201, 0x4202, 0x4203
+GETREGSET, SETREGSET, SEIZE, INTERRUPT, LISTEN = 0x4204, 0x4205, 0x4206, 0x4207, 0x4208
+PEEKSIGINFO, GETSIGMASK, SETSIGMASK, GET_SYSCALL_INFO = 0x4209, 0x420A, 0x420B, 0x420E
+ARCH_PRCTL = 30
+
+#: PTRACE_O_* options and the events they ask for.
+O_TRACESYSGOOD = 0x01
+O_EXITKILL = 1 << 20
+O_SUSPEND_SECCOMP = 1 << 21
+O_TRACESECCOMP = 0x80
+_OPTION_EVENTS = {
+    0x02: EVENT_FORK,
+    0x04: EVENT_VFORK,
+    0x08: EVENT_CLONE,
+    0x10: EVENT_EXEC,
+    0x20: EVENT_VFORK_DONE,
+    0x40: EVENT_EXIT,
+}
+O_MASK = O_TRACESYSGOOD | O_EXITKILL | O_SUSPEND_SECCOMP | O_TRACESECCOMP | sum(_OPTION_EVENTS)
+EVENT_STOP = 128
+
+# wait(2) options (linux/wait.h).
+WNOHANG, WUNTRACED, WEXITED, WCONTINUED, WNOWAIT = 1, 2, 4, 8, 0x01000000
+WNOTHREAD, WALL, WCLONE = 0x20000000, 0x40000000, 0x80000000
+# waitid(2) id types and CLD_* codes (asm-generic/siginfo.h).
+P_ALL, P_PID, P_PGID, P_PIDFD = 0, 1, 2, 3
+CLD_EXITED, CLD_KILLED, CLD_DUMPED, CLD_TRAPPED, CLD_STOPPED = 1, 2, 3, 4, 5
+
+#: The resume mode of each resuming request.
+_MODES = {
+    CONT: ResumeMode.CONT,
+    SYSCALL: ResumeMode.SYSCALL,
+    SINGLESTEP: ResumeMode.SINGLESTEP,
+    SYSEMU: ResumeMode.SYSEMU,
+    SYSEMU_SINGLESTEP: ResumeMode.SYSEMU_SINGLESTEP,
+    DETACH: ResumeMode.CONT,
+}
+#: Resume modes with syscall stops.
+_SYSCALL_MODES = (ResumeMode.SYSCALL, ResumeMode.SYSEMU, ResumeMode.SYSEMU_SINGLESTEP)
+#: Seconds between looks for a signal at a wait held here.
+HOLD_POLL = 0.005
+#: seccomp(2) on x86_64, and its SECCOMP_SET_MODE_FILTER.
+NR_SECCOMP = 317
+SECCOMP_SET_MODE_FILTER = 1
+NR_WAIT4, NR_WAITID = 61, 247
+NR_I386_WAITPID, NR_I386_WAIT4, NR_I386_WAITID = 7, 114, 284
+#: -ERESTARTSYS & co: a call the kernel restarts (linux/errno.h).
+_RESTARTS = frozenset({512, 513, 514})
+ERESTART_RESTARTBLOCK = 516
+NR_RESTART_SYSCALL = 219
+#: Size of struct rusage (x86_64 and i386).
+RUSAGE_SIZE, RUSAGE_SIZE_32 = 144, 72
+
+
+def wait_filter() -> bytes:
+    """The seccomp filter a guest tracer process gets: its wait calls stop
+    (SECCOMP_RET_TRACE), everything else is for umld's own filter to
+    decide (SECCOMP_RET_ALLOW: filters stack and the strictest wins)."""
+    return build_filter(
+        {NR_WAIT4: (), NR_WAITID: ()},
+        i386={NR_I386_WAITPID: (), NR_I386_WAIT4: (), NR_I386_WAITID: ()},
+    )
+
+
+@final
+class Link:
+    """A guest tracee thread and its guest tracer thread (host ids)."""
+
+    __slots__ = (
+        "applied",
+        "attach_stop",
+        "auto_sigstop",
+        "child_of_tracer",
+        "internal_interrupt",
+        "interrupt",
+        "message",
+        "mode",
+        "options",
+        "reported",
+        "seized",
+        "status",
+        "stop",
+        "tracee",
+        "tracer_tgid",
+        "tracer_tid",
+    )
+
+    def __init__(self, tracee: Task, tracer: Task, *, seized: bool, options: int = 0) -> None:
+        self.tracee = tracee
+        self.tracer_tid = tracer.tid
+        self.tracer_tgid = tracer.tgid
+        self.seized = seized
+        self.options = options
+        #: The kept stop the tracee sits in (None: it runs).
+        self.stop: DebugStop | None = None
+        #: Its wait status, and whether a wait has reported it.
+        self.status = 0
+        self.reported = False
+        #: PTRACE_GETEVENTMSG's value at the current stop.
+        self.message = 0
+        #: The resume mode the guest tracer asked for last.
+        self.mode = ResumeMode.CONT
+        #: An interrupt (PTRACE_INTERRUPT, the seized initial stop) is due.
+        self.interrupt = False
+        #: PTRACE_ATTACH sent SIGSTOP: its delivery stop is the first stop.
+        self.attach_stop = False
+        #: An interrupt umld asked only to set the event stops.
+        self.internal_interrupt = False
+        #: An auto-attached child of a non-seized tracee: SIGSTOP at its
+        #: first (interrupt) stop.
+        self.auto_sigstop = False
+        #: The event stops the platform has for the thread.
+        self.applied: frozenset[int] = frozenset()
+        #: Whether the tracer is the tracee's parent (then wait reports
+        #: its exit natively; otherwise the guest kernel does).
+        self.child_of_tracer = int(tracee.tid) == tracee.tgid and (
+            int(procfs.status(tracee.tid, ("PPid",)).get("PPid", "0") or 0) == tracer.tgid
+        )
+
+    def events(self) -> frozenset[int]:
+        return frozenset(e for bit, e in _OPTION_EVENTS.items() if self.options & bit)
+
+
+@final
+class WaitCall:
+    """A guest tracer's wait held here (no real child to wait for)."""
+
+    __slots__ = ("args", "nr", "task")
+
+    def __init__(self, task: Task, nr: int, args: tuple[int, ...]) -> None:
+        self.task = task
+        self.nr = nr
+        self.args = args
+
+
+class GuestPtrace:
+    """The machine's ptrace: every link, the Debugger of every tracee."""
+
+    def __init__(self, kernel: GuestKernel) -> None:
+        self.kernel = kernel
+        #: tracee host tid -> its link
+        self.links: dict[Tid, Link] = {}
+        #: Exits of tracees to report to a tracer that is not their parent
+        #: (tracer tgid -> [(tracee tid, its guest tid, wait status)]).
+        self.exits: dict[int, list[tuple[Tid, int, int]]] = {}
+        #: Tracer threads in a native wait (to interrupt when a stop is kept).
+        self.native_waits: dict[Tid, int] = {}
+        #: Tracer threads whose wait is held here.
+        self.held_waits: dict[Tid, WaitCall] = {}
+        #: Tracer processes that have the wait filter.
+        self.filtered: set[int] = set()
+        #: Host tid -> guest tid, for the links' threads.
+        self._guest: dict[Tid, int] = {}
+
+    # -- pids ------------------------------------------------------------------
+
+    def guest_tid(self, tid: int) -> int:
+        got = self._guest.get(Tid(tid))
+        if got is None:
+            got = procfs.guest_pid(tid)
+            if got:
+                self._guest[Tid(tid)] = got
+        return got
+
+    def host_task(self, guest_tid: int) -> Task | None:
+        """The guest thread whose tid the guest sees as ``guest_tid``."""
+        if guest_tid <= 0:
+            return None
+        for task in self.kernel.tasks.values():
+            if task.tid in self.kernel.internal:
+                continue
+            if self.guest_tid(task.tid) == guest_tid:
+                return task
+        return None
+
+    # -- the tracer's side: ptrace(2) ---------------------------------------
+
+    def is_tracer(self, tgid: int) -> bool:
+        return any(link.tracer_tgid == tgid for link in self.links.values()) or tgid in self.exits
+
+    def link_of(self, caller: Task, guest_tid: int) -> Link:
+        """The link of the tracee ``guest_tid`` traced by ``caller``
+        (ESRCH otherwise, as ptrace_check_attach answers)."""
+        task = self.host_task(guest_tid)
+        link = self.links.get(task.tid) if task is not None else None
+        if link is None or link.tracer_tid != caller.tid:
+            raise OSError(errno.ESRCH, "not traced by the caller")
+        return link
+
+    def may_trace(self, tracer: Task, tracee: Task) -> bool:
+        """ptrace_may_access(PTRACE_MODE_ATTACH_REALCREDS), as far as the
+        guest kernel can see: the same real, effective and saved ids, or
+        CAP_SYS_PTRACE; the host's Yama scope (ptrace(2), "Ptrace access
+        mode checking")."""
+        scope = _yama_scope()
+        if scope == 3:
+            return False
+        capable = tracer.has_capability(19)  # CAP_SYS_PTRACE
+        if scope == 2 and not capable:
+            return False
+        if scope == 1 and not capable and not _is_ancestor(tracer.tgid, tracee.tgid):
+            return False
+        if capable:
+            return True
+        mine = procfs.status(tracer.tid, ("Uid", "Gid"))
+        theirs = procfs.status(tracee.tid, ("Uid", "Gid"))
+        if not mine or not theirs:
+            return False
+        ruid = mine["Uid"].split()[0]
+        rgid = mine["Gid"].split()[0]
+        return all(u == ruid for u in theirs["Uid"].split()[:3]) and all(
+            g == rgid for g in theirs["Gid"].split()[:3]
+        )
+
+    def traceme(self, task: Task) -> int:
+        """PTRACE_TRACEME: the caller's parent traces it."""
+        if task.tid in self.links or task.debugger is not None:
+            return -errno.EPERM
+        ppid = int(procfs.status(task.tid, ("PPid",)).get("PPid", "0") or 0)
+        parent = self.kernel.tasks.get(Tid(ppid))
+        if parent is None or parent.tid in self.kernel.internal or _yama_scope() == 3:
+            return -errno.EPERM
+        self._link(task, parent, seized=False)
+        if parent.tgid not in self.filtered:
+            self.filter_elsewhere(parent)
+        return 0
+
+    def attach(self, caller: Task, guest_tid: int, *, seize: bool, options: int) -> int:
+        """PTRACE_ATTACH, PTRACE_SEIZE."""
+        if seize and options & ~O_MASK:
+            return -errno.EIO
+        target = self.host_task(guest_tid)
+        if target is None:
+            return -errno.ESRCH
+        if target.tgid == caller.tgid:
+            return -errno.EPERM  # its own thread group (ptrace_attach)
+        if target.tid in self.links or target.debugger is not None:
+            return -errno.EPERM
+        if not self.may_trace(caller, target):
+            return -errno.EPERM
+        link = self._link(target, caller, seized=seize, options=options if seize else 0)
+        if seize:
+            self._apply_options(link)
+        else:
+            # ptrace(2): "PTRACE_ATTACH sends SIGSTOP to this thread".
+            link.attach_stop = True
+            self.kernel.tracer.kill(target.tid, signal.SIGSTOP)
+        return 0
+
+    def _link(self, tracee: Task, tracer: Task, *, seized: bool, options: int = 0) -> Link:
+        link = Link(tracee, tracer, seized=seized, options=options)
+        self.links[tracee.tid] = link
+        tracee.debugger = self
+        return link
+
+    def _apply_options(self, link: Link) -> None:
+        """The platform's event stops for the options: now if the tracee is
+        in a kept stop, else at a stop asked for that (an interrupt the
+        guest tracer never sees)."""
+        if link.stop is not None:
+            self._set_events(link)
+        elif link.events() != link.applied and not link.internal_interrupt:
+            link.internal_interrupt = True
+            self.kernel.tracer.interrupt(link.tracee.tid)
+
+    def _set_events(self, link: Link) -> None:
+        events = link.events()
+        if events != link.applied:
+            self.kernel.tracer.set_event_stops(link.tracee.tid, events)
+            link.applied = events
+
+    def set_options(self, link: Link, options: int) -> int:
+        """PTRACE_SETOPTIONS (the tracee is in a kept stop)."""
+        if options & ~O_MASK:
+            return -errno.EINVAL
+        link.options = options
+        self._apply_options(link)
+        return 0
+
+    def detach(self, link: Link, signo: int = 0) -> None:
+        """The link ends; the tracee runs on (with ``signo`` if it sits in
+        a signal stop)."""
+        tracee = link.tracee
+        del self.links[tracee.tid]
+        tracee.debugger = None
+        tracer = self.kernel.tracer
+        try:
+            tracer.set_resume_mode(tracee.tid, ResumeMode.CONT)
+            if link.stop is not None:
+                tracer.set_event_stops(tracee.tid, frozenset())
+                sig = signo if link.stop.kind is StopKind.SIGNAL else 0
+                tracer.resume(tracee.tid, sig)
+        except TracerError as exc:
+            if exc.errno != errno.ESRCH:
+                raise
+
+    def resume(self, link: Link, request: int, signo: int) -> int:
+        """PTRACE_CONT, SYSCALL, SINGLESTEP, SYSEMU*: the kept stop ends."""
+        if not 0 <= signo <= 64:
+            return -errno.EIO
+        mode = _MODES[request]
+        link.mode = mode
+        tracer = self.kernel.tracer
+        tid = link.tracee.tid
+        stop = link.stop
+        assert stop is not None
+        link.stop = None
+        link.reported = False
+        tracer.set_resume_mode(tid, mode)
+        # The signal goes as Linux sends it: injected at a signal-delivery
+        # stop, sent at a syscall stop (ptrace_report_syscall), dropped at
+        # an event or interrupt stop; the host does the same with it.
+        tracer.resume(tid, signo)
+        return 0
+
+    # -- the tracee's side: Debugger ----------------------------------------
+
+    def stopped(self, kernel: GuestKernel, task: Task, stop: DebugStop) -> bool:
+        link = self.links.get(task.tid)
+        if link is None:
+            return False
+        status = self._status_of(link, stop)
+        if status is None:
+            return False
+        if stop.kind is StopKind.SIGNAL and link.attach_stop and stop.signo == signal.SIGSTOP:
+            link.attach_stop = False
+        link.stop = stop
+        self._set_events(link)
+        link.status = status
+        link.reported = False
+        if stop.kind is StopKind.EVENT:
+            link.message = self._event_message(stop)
+        else:
+            link.message = 0
+        self._notify(link)
+        return True
+
+    def _status_of(self, link: Link, stop: DebugStop) -> int | None:
+        """The wait status of a stop the tracer sees, None for one it does
+        not (ptrace(2), "Stopped states")."""
+        if stop.kind is StopKind.SIGNAL:
+            return (stop.signo << 8) | 0x7F
+        if stop.kind in (StopKind.SYSCALL_ENTRY, StopKind.SYSCALL_EXIT):
+            if link.mode not in (
+                ResumeMode.SYSCALL,
+                ResumeMode.SYSEMU,
+                ResumeMode.SYSEMU_SINGLESTEP,
+            ):
+                return None
+            trap = signal.SIGTRAP | (0x80 if link.options & O_TRACESYSGOOD else 0)
+            return (trap << 8) | 0x7F
+        if stop.kind is StopKind.EVENT:
+            if stop.event not in link.events():
+                return None
+            return ((signal.SIGTRAP | stop.event << 8) << 8) | 0x7F
+        if stop.kind is StopKind.INTERRUPT:
+            if link.auto_sigstop:
+                # A non-seized auto-attached child: its first stop is the
+                # SIGSTOP sent now, delivered before it runs anything.
+                link.auto_sigstop = False
+                link.interrupt = False
+                link.attach_stop = True
+                self._set_events(link)
+                self.kernel.tracer.kill(link.tracee.tid, signal.SIGSTOP)
+                return None
+            if link.internal_interrupt:
+                # Asked to set the options' event stops (the tracee ran).
+                link.internal_interrupt = False
+                self._set_events(link)
+            if not link.interrupt:
+                return None
+            link.interrupt = False
+            return ((signal.SIGTRAP | EVENT_STOP << 8) << 8) | 0x7F
+        return None
+
+    def _event_message(self, stop: DebugStop) -> int:
+        if stop.event in (EVENT_FORK, EVENT_VFORK, EVENT_CLONE, EVENT_VFORK_DONE, EVENT_EXEC):
+            return self.guest_tid(stop.value) or stop.value
+        return stop.value
+
+    def _notify(self, link: Link) -> None:
+        """Tell the tracer: SIGCHLD (CLD_TRAPPED) and any wait of it."""
+        self._sigchld(link.tracer_tid, link.tracee.tid, CLD_TRAPPED, (link.status >> 8) & 0x7F)
+        self._wake(link.tracer_tgid)
+
+    def _sigchld(self, tracer_tid: Tid, tracee_tid: Tid, code: int, status: int) -> None:
+        tracer = self.kernel.tasks.get(tracer_tid)
+        if tracer is None:
+            return
+        info = bytearray(SIGINFO_SIZE)
+        uid = procfs.guest_uid(tracee_tid)
+        struct.pack_into(
+            "=iiiiiIi", info, 0, signal.SIGCHLD, 0, code, 0, self.guest_tid(tracee_tid), uid, status
+        )
+        self.kernel.raise_signal(tracer, signal.SIGCHLD, bytes(info))
+
+    def _wake(self, tracer_tgid: int) -> None:
+        for tid, tgid in list(self.native_waits.items()):
+            if tgid == tracer_tgid:
+                del self.native_waits[tid]
+                try:
+                    self.kernel.tracer.interrupt(tid)
+                except TracerError:
+                    pass
+        for tid, call in list(self.held_waits.items()):
+            if call.task.tgid == tracer_tgid:
+                self.retry_held(tid)
+
+    def cloned(self, kernel: GuestKernel, parent: Task, child: Task, kind: CloneKind) -> None:
+        link = self.links.get(parent.tid)
+        if link is None:
+            return
+        event = {
+            CloneKind.FORK: EVENT_FORK,
+            CloneKind.VFORK: EVENT_VFORK,
+        }.get(kind, EVENT_CLONE)
+        if event not in link.events():
+            return
+        tracer = kernel.tasks.get(link.tracer_tid)
+        if tracer is None:
+            return
+        # Auto-attached (ptrace(2), PTRACE_O_TRACEFORK): the child starts
+        # with PTRACE_EVENT_STOP when seized, else with SIGSTOP.  The
+        # platform leaves it in an interrupt stop before its first
+        # instruction (set_event_stops): that stop is the first, or
+        # SIGSTOP is sent there.
+        new = self._link(child, tracer, seized=link.seized, options=link.options)
+        new.interrupt = True
+        new.auto_sigstop = not link.seized
+
+    def execed(self, kernel: GuestKernel, task: Task) -> None:
+        link = self.links.get(task.tid)
+        if link is None:
+            return
+        if not link.seized and EVENT_EXEC not in link.events():
+            # ptrace(2): without PTRACE_O_TRACEEXEC, "all successful calls
+            # to execve(2) by the traced process will cause it to be sent a
+            # SIGTRAP signal".
+            kernel.raise_signal(task, signal.SIGTRAP)
+
+    def exited(self, kernel: GuestKernel, task: Task, status: int) -> None:
+        link = self.links.pop(task.tid, None)
+        if link is None:
+            return
+        task.debugger = None
+        if not link.child_of_tracer:
+            # A tracer that is not the parent (or a traced thread's)
+            # learns of the exit from the guest kernel; a parent, natively.
+            self.exits.setdefault(link.tracer_tgid, []).append(
+                (task.tid, self.guest_tid(task.tid), status)
+            )
+            self._wake(link.tracer_tgid)
+
+    def group_stopped(self, kernel: GuestKernel, task: Task, signo: int) -> None:
+        return
+
+    def continued(self, kernel: GuestKernel, task: Task) -> None:
+        return
+
+    def tracer_gone(self, task: Task) -> None:
+        """A tracer thread exited: its tracees are detached (or killed
+        with PTRACE_O_EXITKILL), as exit_ptrace() does."""
+        for link in [lk for lk in self.links.values() if lk.tracer_tid == task.tid]:
+            if link.options & O_EXITKILL:
+                self.kernel.tracer.kill(link.tracee.tid, signal.SIGKILL)
+            self.detach(link, link.stop.signo if link.stop is not None else 0)
+        self.native_waits.pop(task.tid, None)
+        self.held_waits.pop(task.tid, None)
+        if int(task.tid) == task.tgid:
+            self.exits.pop(task.tgid, None)
+            self.filtered.discard(task.tgid)
+
+    # -- wait ------------------------------------------------------------------
+
+    def find_report(
+        self, caller: Task, which: int, ident: int, options: int, *, consume: bool
+    ) -> tuple[int, int, int, int] | None:
+        """A kept stop or an exit the caller may collect: (guest tid, wait
+        status, CLD code, si_status), consumed unless ``consume`` is False.
+        ``which``/``ident`` as waitid's idtype/id."""
+        for tid, guest, status in self.exits.get(caller.tgid, []):
+            if self._matches(caller, tid, guest, which, ident, options, thread=False):
+                if consume:
+                    self.exits[caller.tgid].remove((tid, guest, status))
+                    if not self.exits[caller.tgid]:
+                        del self.exits[caller.tgid]
+                code, si = _exit_code(status)
+                return guest, status, code, si
+        for link in self.links.values():
+            if link.tracer_tgid != caller.tgid or link.stop is None or link.reported:
+                continue
+            if options & WNOTHREAD and link.tracer_tid != caller.tid:
+                continue
+            guest = self.guest_tid(link.tracee.tid)
+            if not self._matches(
+                caller,
+                link.tracee.tid,
+                guest,
+                which,
+                ident,
+                options,
+                thread=int(link.tracee.tid) != link.tracee.tgid,
+            ):
+                continue
+            if consume:
+                link.reported = True
+            return guest, link.status, CLD_TRAPPED, (link.status >> 8) & 0xFF
+        return None
+
+    def _matches(
+        self,
+        caller: Task,
+        tid: Tid,
+        guest: int,
+        which: int,
+        ident: int,
+        options: int,
+        *,
+        thread: bool,
+    ) -> bool:
+        if which == P_PID and guest != ident:
+            return False
+        if which == P_PGID:
+            pgid = os.getpgid(tid) if _alive(tid) else -1
+            want = os.getpgid(caller.tid) if ident == 0 else self._host_pgid(ident)
+            if pgid != want:
+                return False
+        # __WALL: every child; __WCLONE: only "clone" children; else only
+        # the others (wait(2)).  A traced thread counts as a clone child.
+        if not options & WALL and bool(options & WCLONE) != thread:
+            return False
+        return True
+
+    def _host_pgid(self, guest_pgid: int) -> int:
+        task = self.host_task(guest_pgid)
+        return task.tgid if task is not None else -1
+
+    def expects_report(self, caller: Task, which: int, ident: int, options: int) -> bool:
+        """Whether a tracee of the caller matching the wait may still
+        report (a link alive)."""
+        for link in self.links.values():
+            if link.tracer_tgid != caller.tgid:
+                continue
+            guest = self.guest_tid(link.tracee.tid)
+            if self._matches(
+                caller, link.tracee.tid, guest, which, ident, options | WALL, thread=False
+            ):
+                return True
+        return False
+
+    def retry_held(self, tid: Tid) -> None:
+        """Look again for what a held wait waits for; complete it when found."""
+        from umld.core.syscalls import sys_ptrace
+
+        call = self.held_waits.get(tid)
+        if call is None:
+            return
+        result = sys_ptrace.wait_again(self.kernel, call)
+        if result is None:
+            return
+        del self.held_waits[tid]
+        hold = self.kernel.held.pop(tid, None)
+        del hold
+        if tid in self.kernel.tasks:
+            self.kernel.tasks[tid].current_syscall = -1
+            self.kernel.tracer.complete(tid, result)
+
+    def poll_held(self) -> None:
+        """A held wait ends with EINTR when a signal is pending for its
+        thread (checked every HOLD_POLL s: nothing reports a signal queued
+        to a thread in a ptrace stop)."""
+        from umld.core import privileged
+
+        for tid, call in list(self.held_waits.items()):
+            if privileged.signal_pending(call.task):
+                del self.held_waits[tid]
+                self.kernel.held.pop(tid, None)
+                call.task.current_syscall = -1
+                self.kernel.tracer.complete(tid, -errno.EINTR)
+
+    # -- the wait filter ---------------------------------------------------------
+
+    def filter_elsewhere(self, task: Task) -> None:
+        """The wait filter for another process (the parent of a
+        PTRACE_TRACEME): stopped with an interrupt, made to run seccomp(2)
+        at a ``syscall`` instruction of its vDSO, then put back as it was
+        (a call it was in restarts)."""
+        self.filtered.add(task.tgid)
+        injector = _Injector(self, task)
+        task.debugger = injector
+        self.kernel.tracer.interrupt(task.tid)
+
+    def place_filter(self, task: Task) -> int:
+        """Write the filter and its sock_fprog below the thread's stack
+        pointer and red zone (the thread is stopped; nothing else uses its
+        stack there); returns the sock_fprog's address."""
+        prog = wait_filter()
+        regs = self.kernel.tracer.get_regs(task.tid)
+        base = (regs.rsp - 128 - len(prog) - 64) & ~0xF
+        fprog = base + len(prog) + 16
+        fprog &= ~0xF
+        self.kernel.tracer.write_memory(task.tid, base, prog)
+        self.kernel.tracer.write_memory(
+            task.tid, fprog, struct.pack("=HxxxxxxQ", len(prog) // 8, base)
+        )
+        return fprog
+
+
+@final
+class _Injector:
+    """The debugger of a process being given the wait filter from outside
+    (filter_elsewhere): interrupt, inject, restore."""
+
+    def __init__(self, owner: GuestPtrace, task: Task) -> None:
+        self.owner = owner
+        self.task = task
+        self.saved: object = None
+        self.step = "interrupt"
+
+    def stopped(self, kernel: GuestKernel, task: Task, stop: DebugStop) -> bool:
+        tracer = kernel.tracer
+        if self.step == "interrupt" and stop.kind is StopKind.INTERRUPT:
+            regs = tracer.get_regs(task.tid)
+            gadget = _vdso_syscall(kernel, task)
+            if gadget is None or regs.cs != 0x33:
+                kernel.emit(
+                    "note",
+                    task.tgid,
+                    "ptrace: cannot give this tracer its wait filter (no vDSO syscall, "
+                    "or a 32-bit tracer): its waits will not see its tracees' stops",
+                )
+                self._done(kernel, task)
+                return False
+            self.saved = regs
+            prog_addr = self.owner.place_filter(task)
+            tracer.set_regs(
+                task.tid,
+                regs._replace(
+                    rip=gadget,
+                    rax=NR_SECCOMP,
+                    orig_rax=(1 << 64) - 1,
+                    rdi=SECCOMP_SET_MODE_FILTER,
+                    rsi=0,
+                    rdx=prog_addr,
+                ),
+            )
+            tracer.set_resume_mode(task.tid, ResumeMode.SYSCALL)
+            self.step = "entry"
+            tracer.resume(task.tid)
+            return True
+        if self.step == "entry" and stop.kind is StopKind.SYSCALL_ENTRY:
+            self.step = "exit"
+            tracer.resume(task.tid)
+            return True
+        if self.step == "exit" and stop.kind is StopKind.SYSCALL_EXIT:
+            from umld.tracer.platform import Regs
+
+            saved = self.saved
+            assert isinstance(saved, Regs)
+            if stop.value != 0:
+                kernel.emit(
+                    "note", task.tgid, f"ptrace: the wait filter was refused ({stop.value})"
+                )
+            rax = saved.rax - (1 << 64) if saved.rax >> 63 else saved.rax
+            if saved.orig_rax < (1 << 63) and -rax in _RESTARTS:
+                # It was in a call the interrupt broke: restart it as the
+                # kernel would have (arch_do_signal_or_restart).
+                saved = saved._replace(rax=saved.orig_rax, rip=saved.rip - 2)
+            elif saved.orig_rax < (1 << 63) and -rax == ERESTART_RESTARTBLOCK:
+                saved = saved._replace(rax=NR_RESTART_SYSCALL, rip=saved.rip - 2)
+            tracer.set_regs(task.tid, saved)
+            tracer.set_resume_mode(task.tid, ResumeMode.CONT)
+            self._done(kernel, task)
+            tracer.resume(task.tid)
+            return True
+        return False
+
+    def _done(self, kernel: GuestKernel, task: Task) -> None:
+        task.debugger = None
+
+    def cloned(self, kernel: GuestKernel, parent: Task, child: Task, kind: CloneKind) -> None:
+        return
+
+    def execed(self, kernel: GuestKernel, task: Task) -> None:
+        return
+
+    def exited(self, kernel: GuestKernel, task: Task, status: int) -> None:
+        return
+
+    def group_stopped(self, kernel: GuestKernel, task: Task, signo: int) -> None:
+        return
+
+    def continued(self, kernel: GuestKernel, task: Task) -> None:
+        return
+
+
+def _vdso_syscall(kernel: GuestKernel, task: Task) -> int | None:
+    """The address of a ``syscall`` instruction (0f 05) in the thread's
+    vDSO (its fallback paths make real calls), or None."""
+    try:
+        with open(f"/proc/{task.tid}/maps", "rb") as f:
+            for line in f:
+                if line.rstrip().endswith(b"[vdso]"):
+                    lo, hi = (int(x, 16) for x in line.split()[0].split(b"-"))
+                    code = kernel.tracer.read_memory(task.tid, lo, hi - lo)
+                    at = code.find(b"\x0f\x05")
+                    return lo + at if at >= 0 else None
+    except (OSError, TracerError, ValueError):
+        return None
+    return None
+
+
+def _exit_code(status: int) -> tuple[int, int]:
+    """waitid's CLD_* code and si_status for a wait status."""
+    if os.WIFEXITED(status):
+        return CLD_EXITED, os.WEXITSTATUS(status)
+    if os.WCOREDUMP(status):
+        return CLD_DUMPED, os.WTERMSIG(status)
+    return CLD_KILLED, os.WTERMSIG(status)
+
+
+def _yama_scope() -> int:
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def _parent_tgid(tid: int) -> int:
+    return int(procfs.status(tid, ("PPid",)).get("PPid", "0") or 0)
+
+
+def _is_ancestor(ancestor: int, pid: int) -> bool:
+    seen = 0
+    while pid > 1 and seen < 4096:
+        pid = _parent_tgid(pid)
+        if pid == ancestor:
+            return True
+        seen += 1
+    return False
+
+
+def _alive(tid: int) -> bool:
+    return os.path.exists(f"/proc/{tid}")
