@@ -1609,7 +1609,7 @@ def test_event_stops_keep_the_thread_at_fork_exec_and_exit(drv: Driver) -> None:
     # The child of a kept fork started stopped: its first event is an
     # Interrupted, before anything it did (its exec of /bin/true).
     child = kept[0].message
-    assert [type(e) for e in drv.events if e.tid == child][0] is Interrupted
+    assert next(type(e) for e in drv.events if e.tid == child) is Interrupted
     assert os.WEXITSTATUS(drv.events[-1].status) == 3  # type: ignore[union-attr]
 
 

@@ -202,7 +202,15 @@ class Link:
         )
 
     def events(self) -> frozenset[int]:
+        """The PTRACE_EVENT_* stops the guest tracer asked for."""
         return frozenset(e for bit, e in _OPTION_EVENTS.items() if self.options & bit)
+
+    def kept_events(self) -> frozenset[int]:
+        """The event stops the platform keeps: the asked ones, and exec
+        for a tracee not seized, whose execve must stop it with SIGTRAP
+        before its first instruction (see GuestPtrace.stopped)."""
+        events = self.events()
+        return events if self.seized else events | {EVENT_EXEC}
 
 
 @final
@@ -304,7 +312,10 @@ class GuestPtrace:
         parent = self.kernel.tasks.get(Tid(ppid))
         if parent is None or parent.tid in self.kernel.internal or _yama_scope() == 3:
             return -errno.EPERM
-        self._link(task, parent, seized=False)
+        link = self._link(task, parent, seized=False)
+        # The caller sits in its ptrace call: the exec stop is kept from now.
+        self.kernel.tracer.set_event_stops(task.tid, link.kept_events())
+        link.applied = link.kept_events()
         if parent.tgid not in self.filtered:
             self.filter_elsewhere(parent)
         return 0
@@ -343,12 +354,12 @@ class GuestPtrace:
         guest tracer never sees)."""
         if link.stop is not None:
             self._set_events(link)
-        elif link.events() != link.applied and not link.internal_interrupt:
+        elif link.kept_events() != link.applied and not link.internal_interrupt:
             link.internal_interrupt = True
             self.kernel.tracer.interrupt(link.tracee.tid)
 
     def _set_events(self, link: Link) -> None:
-        events = link.events()
+        events = link.kept_events()
         if events != link.applied:
             self.kernel.tracer.set_event_stops(link.tracee.tid, events)
             link.applied = events
@@ -402,6 +413,18 @@ class GuestPtrace:
     def stopped(self, kernel: GuestKernel, task: Task, stop: DebugStop) -> bool:
         link = self.links.get(task.tid)
         if link is None:
+            return False
+        if (
+            stop.kind is StopKind.EVENT
+            and stop.event == EVENT_EXEC
+            and EVENT_EXEC not in link.events()
+            and not link.seized
+        ):
+            # ptrace(2): without PTRACE_O_TRACEEXEC, "all successful calls
+            # to execve(2) by the traced process will cause it to be sent a
+            # SIGTRAP signal": sent here, at the exec's own stop, so that
+            # it is taken before the new program's first instruction.
+            kernel.raise_signal(task, signal.SIGTRAP)
             return False
         status = self._status_of(link, stop)
         if status is None:
@@ -513,14 +536,8 @@ class GuestPtrace:
         new.auto_sigstop = not link.seized
 
     def execed(self, kernel: GuestKernel, task: Task) -> None:
-        link = self.links.get(task.tid)
-        if link is None:
-            return
-        if not link.seized and EVENT_EXEC not in link.events():
-            # ptrace(2): without PTRACE_O_TRACEEXEC, "all successful calls
-            # to execve(2) by the traced process will cause it to be sent a
-            # SIGTRAP signal".
-            kernel.raise_signal(task, signal.SIGTRAP)
+        # What an exec means for the tracer comes at its event stop.
+        return
 
     def exited(self, kernel: GuestKernel, task: Task, status: int) -> None:
         link = self.links.pop(task.tid, None)
@@ -699,6 +716,8 @@ class _Injector:
         self.owner = owner
         self.task = task
         self.saved: object = None
+        self.mask = 0
+        self.gadget = 0
         self.step = "interrupt"
 
     def stopped(self, kernel: GuestKernel, task: Task, stop: DebugStop) -> bool:
@@ -716,6 +735,11 @@ class _Injector:
                 self._done(kernel, task)
                 return False
             self.saved = regs
+            self.gadget = gadget
+            # No handler may run in between (it would run on the injected
+            # registers, and its calls would look like the injected one).
+            self.mask = tracer.get_sigmask(task.tid)
+            tracer.set_sigmask(task.tid, (1 << 64) - 1)
             prog_addr = self.owner.place_filter(task)
             tracer.set_regs(
                 task.tid,
@@ -732,11 +756,15 @@ class _Injector:
             self.step = "entry"
             tracer.resume(task.tid)
             return True
-        if self.step == "entry" and stop.kind is StopKind.SYSCALL_ENTRY:
+        if (
+            self.step == "entry"
+            and stop.kind is StopKind.SYSCALL_ENTRY
+            and self._ours(kernel, task)
+        ):
             self.step = "exit"
             tracer.resume(task.tid)
             return True
-        if self.step == "exit" and stop.kind is StopKind.SYSCALL_EXIT:
+        if self.step == "exit" and stop.kind is StopKind.SYSCALL_EXIT and self._ours(kernel, task):
             from umld.tracer.platform import Regs
 
             saved = self.saved
@@ -753,11 +781,18 @@ class _Injector:
             elif saved.orig_rax < (1 << 63) and -rax == ERESTART_RESTARTBLOCK:
                 saved = saved._replace(rax=NR_RESTART_SYSCALL, rip=saved.rip - 2)
             tracer.set_regs(task.tid, saved)
+            tracer.set_sigmask(task.tid, self.mask)
             tracer.set_resume_mode(task.tid, ResumeMode.CONT)
             self._done(kernel, task)
             tracer.resume(task.tid)
             return True
         return False
+
+    def _ours(self, kernel: GuestKernel, task: Task) -> bool:
+        """Whether a syscall stop is the injected call's (right after the
+        gadget's ``syscall``, seccomp's number)."""
+        regs = kernel.tracer.get_regs(task.tid)
+        return regs.rip == self.gadget + 2 and regs.orig_rax == NR_SECCOMP
 
     def _done(self, kernel: GuestKernel, task: Task) -> None:
         task.debugger = None

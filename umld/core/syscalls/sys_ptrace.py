@@ -293,8 +293,9 @@ def _wait(
     )
     if found is not None:
         return _report(ctx, found, status=status, info=info, rusage=rusage, waitid=waitid)
+    native = _native_can_answer(tracing, task, which, ident)
     if options & gp.WNOHANG:
-        if _has_children(task.tgid):
+        if native:
             expects = tracing.expects_report(task, which, ident, options)
 
             def no_echild(result: int) -> None:
@@ -308,7 +309,7 @@ def _wait(
                 ctx.write(info, bytes(SIGINFO_SIZE))
             return 0
         return None
-    if _has_children(task.tgid):
+    if native:
         # Natively, with a wake-up by interrupt when a stop is kept.
         tracing.native_waits[task.tid] = task.tgid
 
@@ -369,6 +370,24 @@ def _report(
     if status:
         ctx.write(status, struct.pack("=i", wstatus - (1 << 32) if wstatus >> 31 else wstatus))
     return guest
+
+
+def _native_can_answer(tracing: gp.GuestPtrace, task: Task, which: int, ident: int) -> bool:
+    """Whether the host kernel has something this wait may collect: a
+    child of the caller it selects (a tracee that is not its child, a
+    traced thread among them, only the guest kernel can report)."""
+    if which == gp.P_PID:
+        target = tracing.host_task(ident)
+        if target is None:
+            return True  # natively ECHILD, or a child the guest kernel never saw
+        return int(target.tid) == target.tgid and _parent(target.tgid) == task.tgid
+    return _has_children(task.tgid)
+
+
+def _parent(pid: int) -> int:
+    from umld.core import procfs
+
+    return int(procfs.status(pid, ("PPid",)).get("PPid", "0") or 0)
 
 
 def _has_children(tgid: int) -> bool:

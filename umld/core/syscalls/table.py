@@ -148,8 +148,14 @@ class Syscall(NamedTuple):
 
     @property
     def traps(self) -> bool:
-        """Whether the call stops in the tracer (is in the filter)."""
+        """Whether the call stops in the tracer (is in a filter)."""
         return self.disposition is not Disposition.PASSTHROUGH
+
+    @property
+    def in_machine_filter(self) -> bool:
+        """Whether a machine's filter has it (TRACER rows are in the filter
+        of guest tracers only)."""
+        return self.disposition is not Disposition.PASSTHROUGH and self.needs != TRACER
 
     def stops_for(self, args: Sequence[int], *, wide: bool = True) -> bool:
         """Whether a call with ``args`` is one the filter stops (its
@@ -325,10 +331,11 @@ class SyscallTable:
     def rules(self, features: Iterable[str] | None = None) -> dict[int, Conditions]:
         """What the filter section of this ABI traps: number -> argument
         tests (empty: always), for a machine with ``features`` (None: a
-        machine with every feature)."""
+        machine with every feature).  TRACER rows are in no machine's
+        filter: a guest tracer's own filter traps them."""
         have = None if features is None else set(features)
         return {
             r.nr: r.when
             for r in self._by_nr.values()
-            if r.traps and (have is None or not r.needs or r.needs in have)
+            if r.in_machine_filter and (have is None or not r.needs or r.needs in have)
         }
