@@ -9,6 +9,7 @@ addresses (ASLR), and the size of "/" (the machine's own root).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -112,6 +113,19 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "-o",
             str(out / "edges"),
             str(GUEST_SRC / "ptrace_edges.c"),
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [
+            "gcc",
+            "-O1",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-o",
+            str(out / "super"),
+            str(GUEST_SRC / "seccomp_super.c"),
         ],
         check=True,
     )
@@ -255,3 +269,24 @@ def test_only_tracers_pay_for_wait(backend: str, work: Path) -> None:
     traced = run([*umld_argv(backend, "--stats"), "strace", "-o", "/dev/null", "/bin/true"])
     assert traced.returncode == 0, traced.stderr
     assert "wait4" in traced.stderr, traced.stderr
+
+
+def test_a_seccomp_supervisor_in_a_guest(backend: str, work: Path) -> None:
+    """A guest tracer with PTRACE_O_TRACESECCOMP gets the stops of the
+    filter its tracee installed, with the filter's data, and skips a call
+    as natively; the calls then go on to the guest kernel as the tracer
+    left them: uname still answers the machine's name, and a call the
+    tracer turned into one umld refuses (swapoff) is refused, not run.
+    Without a tracer, RET_TRACE makes each call fail with ENOSYS."""
+    native = run([str(work / "super")])
+    assert native.returncode == 0, native.stderr
+    guest = run([*umld_argv(backend, f"--bind={work}", "--hostname", "inner"), str(work / "super")])
+    assert guest.returncode == 0, guest.stderr
+    expected = re.sub(r"node=\S+", "node=inner", native.stdout)
+    # Natively the rewritten call runs (root: ENOENT); umld refuses it.
+    expected = re.sub(r"getuid=-1 errno=\d+", f"getuid=-1 errno={errno.EPERM}", expected)
+    assert guest.stdout == expected
+    assert "stop data=0x42 nr=39\ngetpid=4242" in guest.stdout
+    alone = run([*_guest(backend, work), str(work / "super"), "notrace"])
+    assert alone.stdout == run([str(work / "super"), "notrace"]).stdout
+    assert alone.stdout.count(f"errno={errno.ENOSYS}") == 3

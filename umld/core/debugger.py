@@ -53,6 +53,7 @@ class StopKind(enum.Enum):
     SYSCALL_EXIT = "syscall-exit"  # ``nr`` returned ``value``
     EVENT = "event"  # PTRACE_EVENT ``event`` with its message ``value``
     INTERRUPT = "interrupt"  # the platform's interrupt() stop
+    SECCOMP = "seccomp"  # a filter the guest installed said RET_TRACE: ``nr``, data ``value``
 
 
 class DebugStop(NamedTuple):

@@ -66,16 +66,25 @@ from umld.tracer.events import (
     EVENT_FORK,
     EVENT_VFORK,
     EVENT_VFORK_DONE,
+    Arch,
     CloneKind,
     ResumeMode,
     Tid,
 )
 from umld.tracer.platform import SIGINFO_SIZE, TracerError
-from umld.tracer.seccomp import build_filter
+from umld.tracer.seccomp import (
+    AUDIT_ARCH_I386,
+    AUDIT_ARCH_X86_64,
+    SECCOMP_RET_TRACE,
+    build_filter,
+    run_bpf,
+    seccomp_data,
+)
 
 if TYPE_CHECKING:
     from umld.core.kernel import GuestKernel
     from umld.core.task import Task
+    from umld.tracer.events import SyscallStop
 
 # ptrace(2) requests (linux/ptrace.h, asm/ptrace-abi.h).
 TRACEME, PEEKTEXT, PEEKDATA, PEEKUSER = 0, 1, 2, 3
@@ -102,6 +111,11 @@ _OPTION_EVENTS = {
 }
 O_MASK = O_TRACESYSGOOD | O_EXITKILL | O_SUSPEND_SECCOMP | O_TRACESECCOMP | sum(_OPTION_EVENTS)
 EVENT_STOP = 128
+EVENT_SECCOMP = 7
+#: seccomp(2) actions: the high 16 bits of a filter's value (the kernel
+#: compares them as signed numbers: the lowest wins), the data the low 16.
+_ACTION_FULL = 0xFFFF0000
+_DATA = 0xFFFF
 
 # wait(2) options (linux/wait.h).
 WNOHANG, WUNTRACED, WEXITED, WCONTINUED, WNOWAIT = 1, 2, 4, 8, 0x01000000
@@ -152,6 +166,7 @@ class Link:
 
     __slots__ = (
         "applied",
+        "arch",
         "attach_stop",
         "auto_sigstop",
         "child_of_tracer",
@@ -193,6 +208,8 @@ class Link:
         #: An auto-attached child of a non-seized tracee: SIGSTOP at its
         #: first (interrupt) stop.
         self.auto_sigstop = False
+        #: The ABI of the call at a SECCOMP stop.
+        self.arch = Arch.X86_64
         #: The event stops the platform has for the thread.
         self.applied: frozenset[int] = frozenset()
         #: Whether the tracer is the tracee's parent (then wait reports
@@ -324,6 +341,8 @@ class GuestPtrace:
         """PTRACE_ATTACH, PTRACE_SEIZE."""
         if seize and options & ~O_MASK:
             return -errno.EIO
+        if options & O_SUSPEND_SECCOMP:
+            return -errno.EPERM  # CAP_SYS_ADMIN of the host's first namespace
         target = self.host_task(guest_tid)
         if target is None:
             return -errno.ESRCH
@@ -368,6 +387,8 @@ class GuestPtrace:
         """PTRACE_SETOPTIONS (the tracee is in a kept stop)."""
         if options & ~O_MASK:
             return -errno.EINVAL
+        if options & O_SUSPEND_SECCOMP:
+            return -errno.EPERM  # CAP_SYS_ADMIN of the host's first namespace
         link.options = options
         self._apply_options(link)
         return 0
@@ -402,6 +423,10 @@ class GuestPtrace:
         link.stop = None
         link.reported = False
         tracer.set_resume_mode(tid, mode)
+        if stop.kind is StopKind.SECCOMP:
+            # The call goes on to the guest kernel, as the tracer left it.
+            self.kernel.redispatch(link.tracee, link.arch)
+            return 0
         # The signal goes as Linux sends it: injected at a signal-delivery
         # stop, sent at a syscall stop (ptrace_report_syscall), dropped at
         # an event or interrupt stop; the host does the same with it.
@@ -437,10 +462,46 @@ class GuestPtrace:
         link.reported = False
         if stop.kind is StopKind.EVENT:
             link.message = self._event_message(stop)
+        elif stop.kind is StopKind.SECCOMP:
+            link.message = stop.value
         else:
             link.message = 0
         self._notify(link)
         return True
+
+    def seccomp_stop(self, task: Task, ev: SyscallStop) -> bool:
+        """At a seccomp stop of a thread with filters of the guest's own:
+        when they (not umld's) asked for a tracer (SECCOMP_RET_TRACE wins
+        among their actions), the guest's tracer gets the stop if it set
+        PTRACE_O_TRACESECCOMP, and with no tracer at all the call fails
+        with ENOSYS (seccomp(2)).  True when the stop was taken here."""
+        tracer = self.kernel.tracer
+        arch = AUDIT_ARCH_I386 if ev.arch is Arch.I386 else AUDIT_ARCH_X86_64
+        try:
+            ip = tracer.get_regs(task.tid).rip
+        except TracerError:
+            return False
+        data = seccomp_data(ev.nr, arch, ip, ev.args)
+        best: int | None = None
+        for program in task.seccomp:
+            try:
+                value = run_bpf(program, data)
+            except ValueError:
+                continue
+            if best is None or _signed(value & _ACTION_FULL) < _signed(best & _ACTION_FULL):
+                best = value
+        if best is None or best & _ACTION_FULL != SECCOMP_RET_TRACE:
+            return False
+        link = self.links.get(task.tid)
+        if link is None:
+            tracer.complete(task.tid, -errno.ENOSYS)
+            return True
+        if not link.options & O_TRACESECCOMP:
+            return False
+        link.arch = ev.arch
+        return self.stopped(
+            self.kernel, task, DebugStop(StopKind.SECCOMP, nr=ev.nr, value=best & _DATA)
+        )
 
     def _status_of(self, link: Link, stop: DebugStop) -> int | None:
         """The wait status of a stop the tracer sees, None for one it does
@@ -460,6 +521,8 @@ class GuestPtrace:
             if stop.event not in link.events():
                 return None
             return ((signal.SIGTRAP | stop.event << 8) << 8) | 0x7F
+        if stop.kind is StopKind.SECCOMP:
+            return ((signal.SIGTRAP | EVENT_SECCOMP << 8) << 8) | 0x7F
         if stop.kind is StopKind.INTERRUPT:
             if link.auto_sigstop:
                 # A non-seized auto-attached child: its first stop is the
@@ -827,6 +890,10 @@ def _vdso_syscall(kernel: GuestKernel, task: Task) -> int | None:
     except (OSError, TracerError, ValueError):
         return None
     return None
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 32) if value & 0x80000000 else value
 
 
 def _exit_code(status: int) -> tuple[int, int]:

@@ -353,10 +353,12 @@ class GuestKernel:
             task = self._add_thread(pid, tid)
         return task
 
-    def _on_syscall(self, ev: Event) -> None:
+    def _on_syscall(self, ev: Event, *, guest_checked: bool = False) -> None:
         assert isinstance(ev, SyscallStop)
         tid, nr, arch = ev.tid, ev.nr, ev.arch
         task = self.tasks.get(tid) or self._task(tid)
+        if task.seccomp and not guest_checked and self.guest_ptrace.seccomp_stop(task, ev):
+            return  # a filter of the guest's own asked for its tracer
         if arch is Arch.X86_64:
             table, key = self.table, nr
         elif arch is Arch.I386:
@@ -451,6 +453,33 @@ class GuestKernel:
                 then(result)
 
         return again
+
+    def redispatch(self, task: Task, arch: Arch) -> None:
+        """A guest tracer resumed its tracee from a seccomp stop of the
+        guest's own filter: the call, as the tracer may have changed it,
+        is the guest kernel's as any other (without this, a changed
+        number would run natively: the host rechecks filters after such a
+        stop with RET_TRACE meaning allow, seccomp(2)).  Number -1: the
+        tracer skipped the call; its result stands."""
+        regs = self.tracer.get_regs(task.tid)
+        nr = regs.orig_rax - (1 << 64) if regs.orig_rax >> 63 else regs.orig_rax
+        if nr == -1:
+            self.tracer.resume(task.tid)
+            return
+        if arch is Arch.I386:
+            m = 0xFFFFFFFF
+            nr &= m
+            args = (
+                regs.rbx & m,
+                regs.rcx & m,
+                regs.rdx & m,
+                regs.rsi & m,
+                regs.rdi & m,
+                regs.rbp & m,
+            )
+        else:
+            args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)
+        self._on_syscall(SyscallStop(task.tid, nr, args, arch), guest_checked=True)
 
     def _refuse_abi(self, task: Task, ev: SyscallStop) -> None:
         """A call of an ABI umld does not support (x32: bit 30 of the
@@ -603,6 +632,10 @@ class GuestKernel:
             if self.listeners and ev.child not in self.internal:
                 ppid = self.guest_pid(parent.tgid)
                 self.emit("spawn", ev.child, f"{ev.kind.value} from pid {ppid}")
+        if parent.seccomp:
+            child = self.tasks.get(ev.child)
+            if child is not None:
+                child.seccomp = parent.seccomp  # filters are inherited (seccomp(2))
         if parent.debugger is not None:
             child = self.tasks.get(ev.child)
             if child is not None:

@@ -32,6 +32,7 @@ class Task:
         "debugger",
         "exit_hook",
         "io",
+        "seccomp",
         "syscalls",
         "tgid",
         "tid",
@@ -55,6 +56,9 @@ class Task:
         #: Called with the result at the exit of the call it is in (a
         #: handler's AtExit or Inject).
         self.exit_hook: Callable[[int], None] | None = None
+        #: The seccomp filters the guest installed in it, newest first
+        #: (guest_ptrace.py reads them for PTRACE_O_TRACESECCOMP).
+        self.seccomp: tuple[bytes, ...] = ()
 
     def has_capability(self, cap: int) -> bool:
         """Whether the thread's effective capability set holds ``cap``

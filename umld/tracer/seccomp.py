@@ -290,6 +290,115 @@ def build_filter(trapped: Rules, *, i386: Rules | None = None, trace_all: bool =
     return b"".join(struct.pack("=HBBI", *i) for i in prog)
 
 
+def seccomp_data(nr: int, arch: int, ip: int = 0, args: Sequence[int] = (0,) * 6) -> bytes:
+    """``struct seccomp_data`` (linux/seccomp.h) for one call."""
+    data = bytearray(_SECCOMP_DATA)
+    struct.pack_into("=IIQ", data, 0, nr & 0xFFFFFFFF, arch, ip & 0xFFFFFFFFFFFFFFFF)
+    for i, value in enumerate(args[:6]):
+        struct.pack_into("=Q", data, _OFF_ARGS + 8 * i, value & 0xFFFFFFFFFFFFFFFF)
+    return bytes(data)
+
+
+_U32 = 0xFFFFFFFF
+
+
+def run_bpf(program: bytes, data: bytes) -> int:
+    """Run a classic BPF ``program`` (struct sock_filter array) over
+    ``data`` (a seccomp_data) as the kernel's seccomp does, and return
+    what it returns.  Every instruction seccomp accepts
+    (seccomp_check_filter in kernel/seccomp.c): loads of the data, its
+    length, immediates and scratch memory, stores, 32-bit ALU operations,
+    jumps, returns and the register moves.  A program the kernel would
+    have refused raises ValueError."""
+    n = len(program) // 8
+    insns = [struct.unpack_from("=HBBI", program, 8 * i) for i in range(n)]
+    a = x = 0
+    mem = [0] * 16
+    pc = 0
+    while 0 <= pc < n:
+        code, jt, jf, k = insns[pc]
+        cls = code & 0x07
+        pc += 1
+        if cls in (0x00, 0x01):  # LD, LDX
+            mode = code & 0xE0
+            if mode == 0x20 and cls == 0x00:  # ABS: only 32-bit words of the data
+                if code & 0x18 or k % 4 or k + 4 > len(data):
+                    raise ValueError(f"seccomp: bad load at {k}")
+                (v,) = struct.unpack_from("=I", data, k)
+            elif mode == 0x00:  # IMM
+                v = k
+            elif mode == 0x80:  # LEN
+                v = len(data)
+            elif mode == 0x60:  # MEM
+                v = mem[k & 15]
+            else:
+                raise ValueError(f"seccomp: bad load {code:#x}")
+            if cls == 0x00:
+                a = v
+            else:
+                x = v
+        elif cls == 0x02:  # ST
+            mem[k & 15] = a
+        elif cls == 0x03:  # STX
+            mem[k & 15] = x
+        elif cls == 0x04:  # ALU
+            op = code & 0xF0
+            src = x if code & 0x08 else k
+            if op == 0x00:
+                a = (a + src) & _U32
+            elif op == 0x10:
+                a = (a - src) & _U32
+            elif op == 0x20:
+                a = (a * src) & _U32
+            elif op == 0x30:
+                if src == 0:
+                    return 0  # division by zero ends the program with 0
+                a = a // src
+            elif op == 0x40:
+                a |= src
+            elif op == 0x50:
+                a &= src
+            elif op == 0x60:
+                a = (a << src) & _U32 if src < 32 else 0
+            elif op == 0x70:
+                a = a >> src if src < 32 else 0
+            elif op == 0x80:
+                a = -a & _U32
+            elif op == 0x90:
+                if src == 0:
+                    return 0
+                a = a % src
+            elif op == 0xA0:
+                a ^= src
+            else:
+                raise ValueError(f"seccomp: bad ALU op {code:#x}")
+        elif cls == 0x05:  # JMP
+            op = code & 0xF0
+            src = x if code & 0x08 else k
+            if op == 0x00:
+                pc += k
+            elif op == 0x10:
+                pc += jt if a == src else jf
+            elif op == 0x20:
+                pc += jt if a > src else jf
+            elif op == 0x30:
+                pc += jt if a >= src else jf
+            elif op == 0x40:
+                pc += jt if a & src else jf
+            else:
+                raise ValueError(f"seccomp: bad jump {code:#x}")
+        elif cls == 0x06:  # RET
+            return int(a if code & 0x18 == 0x10 else k)
+        else:  # MISC
+            if code & 0xF8 == 0x00:
+                x = a
+            elif code & 0xF8 == 0x80:
+                a = x
+            else:
+                raise ValueError(f"seccomp: bad misc {code:#x}")
+    raise ValueError("seccomp: the program ran off its end")
+
+
 def evaluate(
     program: bytes,
     nr: int,
@@ -297,31 +406,5 @@ def evaluate(
     args: Sequence[int] = (0, 0, 0, 0, 0, 0),
 ) -> int:
     """Run ``program`` on (nr, arch, args) the way the kernel would;
-    returns the action.  A small interpreter for the instructions
-    ``build_filter`` emits, used by tests and by ``umld syscalls --check``."""
-    insns = [struct.unpack_from("=HBBI", program, off) for off in range(0, len(program), 8)]
-    data = bytearray(_SECCOMP_DATA)
-    struct.pack_into("=II", data, 0, nr & 0xFFFFFFFF, arch)
-    for i, value in enumerate(args[:6]):
-        struct.pack_into("=Q", data, _OFF_ARGS + 8 * i, value & 0xFFFFFFFFFFFFFFFF)
-    a = 0
-    pc = 0
-    while True:
-        code, jt, jf, k = insns[pc]
-        if code == BPF_LD | BPF_W | BPF_ABS:
-            if k % 4 or k + 4 > _SECCOMP_DATA:
-                raise ValueError(f"load outside seccomp_data: {k}")
-            (a,) = struct.unpack_from("=I", data, k)
-            pc += 1
-        elif code == BPF_JMP | BPF_JEQ | BPF_K:
-            pc += 1 + (jt if a == k else jf)
-        elif code == BPF_JMP | BPF_JGE | BPF_K:
-            pc += 1 + (jt if a >= k else jf)
-        elif code == BPF_JMP | BPF_JSET | BPF_K:
-            pc += 1 + (jt if a & k else jf)
-        elif code == BPF_JMP | BPF_JA:
-            pc += 1 + k
-        elif code == BPF_RET | BPF_K:
-            return int(k)
-        else:
-            raise ValueError(f"unexpected BPF instruction {code:#x}")
+    returns the action.  Used by tests and by ``umld syscalls --check``."""
+    return run_bpf(program, seccomp_data(nr, arch, 0, args))

@@ -402,3 +402,59 @@ def _has_children(tgid: int) -> bool:
     except OSError:
         return False
     return False
+
+
+# -- the guest's own seccomp filters ----------------------------------------------
+
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SECCOMP_FILTER_FLAG_TSYNC = 1
+#: The longest filter the kernel takes (BPF_MAXINSNS).
+_MAX_INSNS = 4096
+_WAIT_FILTER = gp.wait_filter()
+
+
+def seccomp(ctx: SyscallContext) -> Outcome:
+    """Implements Linux syscall seccomp(2): the host installs the filter;
+    the guest kernel keeps a copy (Task.seccomp) to know when the filter
+    asks for a tracer's stop (PTRACE_O_TRACESECCOMP)."""
+    if ctx.args[0] != gp.SECCOMP_SET_MODE_FILTER:
+        return None
+    return _note_filter(ctx, ctx.args[2], tsync=bool(ctx.args[1] & SECCOMP_FILTER_FLAG_TSYNC))
+
+
+def prctl(ctx: SyscallContext) -> Outcome:
+    """Implements Linux syscall prctl(2) for PR_SET_SECCOMP (the filter is
+    noted as for seccomp(2)); other options never stop."""
+    if ctx.arg_int(0) != PR_SET_SECCOMP or ctx.arg_int(1) != SECCOMP_MODE_FILTER:
+        return None
+    return _note_filter(ctx, ctx.args[2], tsync=False)
+
+
+def _note_filter(ctx: SyscallContext, fprog: int, *, tsync: bool) -> Outcome:
+    try:
+        if ctx.compat:
+            length, ptr = struct.unpack("=HxxI", ctx.read(fprog, 8))
+        else:
+            length, ptr = struct.unpack("=HxxxxxxQ", ctx.read(fprog, 16))
+        program = ctx.read(ptr, 8 * length) if 0 < length <= _MAX_INSNS else None
+    except GuestError:
+        program = None
+    if program is None or program == _WAIT_FILTER:
+        # Refused by the host (EFAULT, EINVAL) as it would be; or umld's
+        # own wait filter, put in a guest tracer (guest_ptrace.py).
+        return None
+    task = ctx.task
+    kernel = ctx.kernel
+
+    def installed(result: int) -> None:
+        if result < 0:
+            return
+        tasks = [task]
+        if tsync:
+            group = kernel.processes.get(task.tgid)
+            tasks = list(group.threads.values()) if group is not None else tasks
+        for t in tasks:
+            t.seccomp = (program, *t.seccomp)
+
+    return AtExit(installed)

@@ -78,7 +78,10 @@ IO_URING_NOTE = "refused: its connect, sendmsg, accept, openat... run unseen by 
 
 #: Every guest thread is umld's tracee: the guest's own tracing is the
 #: guest kernel's (core/guest_ptrace.py).
-PTRACE_NOTE = "the guest kernel's own, in the machine; i386 callers: EPERM; no TRACESECCOMP stops"
+PTRACE_NOTE = "the guest kernel's own, inside the machine; i386 callers: EPERM"
+#: A guest's own filters stack on umld's (the host applies them); umld
+#: keeps a copy to know when one of them asked for a tracer's stop.
+SECCOMP_NOTE = "guest filters stack on umld's; their RET_TRACE stops reach guest tracers"
 #: wait calls stop only in processes that trace (a filter of their own).
 PTRACE_WAIT_NOTE = "in guest tracers only: their tracees' ptrace stops and exits"
 
@@ -252,7 +255,8 @@ TABLE = SyscallTable("x86_64", (
     P(154, "modify_ldt", PROCESS),
     E(155, "pivot_root", FILE, sys_mount.pivot_root, "native, guest mount ns; reported", "live"),
     P(156, "_sysctl", SYSTEM),
-    P(157, "prctl", PROCESS),
+    E(157, "prctl", PROCESS, sys_ptrace.prctl, "PR_SET_SECCOMP: the filter is noted (guest ptrace)",
+      when=(ArgTest(0, "eq", sys_ptrace.PR_SET_SECCOMP, label="PR_SET_SECCOMP"),)),
     E(158, "arch_prctl", PROCESS, sys_io.arch_prctl, CPUID_NOTE, needs="cpuid"),
     E(159, "adjtimex", TIME, sys_time.adjtimex, "reading works; setting: EPERM"),
     P(160, "setrlimit", PROCESS),
@@ -413,7 +417,7 @@ TABLE = SyscallTable("x86_64", (
     P(314, "sched_setattr", SCHED),
     P(315, "sched_getattr", SCHED),
     P(316, "renameat2", FILE),
-    P(317, "seccomp", PROCESS, "guest filters stack on umld's; their stops are resumed"),
+    E(317, "seccomp", PROCESS, sys_ptrace.seccomp, SECCOMP_NOTE),
     P(318, "getrandom", SYSTEM),
     P(319, "memfd_create", DESC),
     D(320, "kexec_file_load", SYSTEM, "would replace the host kernel"),
