@@ -142,6 +142,24 @@ static char *join(const char *prefix, const char *path)
  * own, not locked to another user namespace's). */
 static int sp_was_root;
 
+/* Root of the host: uid 0 in the initial user namespace, whose uid_map is
+ * the identity over every id (user_namespaces(7)).  Root of a machine
+ * umld runs in (nesting) has the mounts of its host locked together and
+ * only the ids its host gave it: it builds its machine as an ordinary
+ * user does. */
+static int host_root(void)
+{
+    if (geteuid() != 0)
+        return 0;
+    FILE *f = fopen("/proc/self/uid_map", "re");
+    if (!f)
+        return 1;
+    unsigned long inside = 1, outside = 1, count = 0;
+    int n = fscanf(f, "%lu %lu %lu", &inside, &outside, &count);
+    fclose(f);
+    return n == 3 && inside == 0 && outside == 0 && count == 4294967295UL;
+}
+
 /* The guest's host ids when root runs the machine ("subids"): guest id k
  * is host id base+k for k below count - 1; a guest uid or gid at or above
  * that takes the range's last id (so one machine may still run as, say,
@@ -1972,7 +1990,7 @@ static int enter_main(int argc, char **argv)
     const char *pid = argv[2];
     int in = -1, out = -1, err = -1;
     struct spec sp = {
-        .uid = getuid(), .gid = getgid(), .cwd = "/", .cwd_strict = 1, .was_root = geteuid() == 0};
+        .uid = getuid(), .gid = getgid(), .cwd = "/", .cwd_strict = 1, .was_root = host_root()};
     int i = 3;
     for (; i < argc; i++) {
         const char *op = argv[i];
@@ -2233,7 +2251,7 @@ int main(int argc, char **argv)
 
     struct spec sp = {.uid = 0, .gid = 0, .net_fd = -1};
     sp.files = calloc((size_t)argc, sizeof(char *));
-    sp.was_root = geteuid() == 0;
+    sp.was_root = host_root();
     sp_was_root = sp.was_root;
     int self_fd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
     if (self_fd < 0)

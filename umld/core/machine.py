@@ -198,10 +198,10 @@ def prepare(
         home_disk=cfg.home_disk(),
     )
     ids = None
-    if os.geteuid() == 0 and not cfg.unsafe_host_ids:
+    if procfs.host_root() and not cfg.unsafe_host_ids:
         files.ids = lease_ids()
         ids = files.ids.ids
-    elif os.geteuid() == 0:
+    elif procfs.host_root():
         log.warning(
             "machine %s: --unsafe-host-ids: the guest's root is the host's root on every host "
             "file, cgroup, socket and keyring it can reach",

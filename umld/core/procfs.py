@@ -61,6 +61,20 @@ def guest_uid(tid: int) -> int:
     return 65534
 
 
+def host_root() -> bool:
+    """Whether umld runs as root of the host: uid 0 in the initial user
+    namespace, whose uid_map is the identity over every id
+    (user_namespaces(7)).  Root of a machine umld runs in (nesting) is
+    not: its ids are a slot of its host's, which it cannot lease out."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True
+
+
 def tgid(tid: int) -> int | None:
     """The thread group of a thread; None when gone."""
     value = status(tid, ("Tgid",)).get("Tgid")
