@@ -282,6 +282,12 @@ class GuestPtrace:
                 return task
         return None
 
+    def _internal_guest_tid(self, guest_tid: int) -> bool:
+        kernel = self.kernel
+        return any(
+            self.guest_tid(tid) == guest_tid for tid in kernel.internal if tid in kernel.tasks
+        )
+
     # -- the tracer's side: ptrace(2) ---------------------------------------
 
     def is_tracer(self, tgid: int) -> bool:
@@ -345,7 +351,10 @@ class GuestPtrace:
             return -errno.EPERM  # CAP_SYS_ADMIN of the host's first namespace
         target = self.host_task(guest_tid)
         if target is None:
-            return -errno.ESRCH
+            # The machine's own init and sandbox stage are not the guest's
+            # to trace: EPERM, as the host answered before (they are not
+            # dumpable to it); no such thread: ESRCH.
+            return -errno.EPERM if self._internal_guest_tid(guest_tid) else -errno.ESRCH
         if target.tgid == caller.tgid:
             return -errno.EPERM  # its own thread group (ptrace_attach)
         if target.tid in self.links or target.debugger is not None:
