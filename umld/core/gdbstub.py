@@ -346,6 +346,7 @@ class GdbServer:
         self._gthread: Tid | None = None
         self._cthread: Tid | None = None
         self._xml = target_xml()
+        self._files = GuestFiles(pid)
 
     # -- the Debugger protocol (tracer thread) --------------------------------
 
@@ -863,12 +864,12 @@ class GdbServer:
                 pass
             os.close(self._wake_r)
             os.close(self._wake_w)
+            self._files.close()
 
     def _serve(self, sock: socket.socket, stop_fd: int | None) -> None:
         try:
             self.call(self.attach)
         except Refused as exc:
-            # gdb hears why at its first question ("Remote failure reply").
             self._refusal = str(exc)
             log.info("gdb refused for pid %d: %s", self.guest_pid, exc)
             self._send_async(f"E.{exc}")
@@ -950,6 +951,11 @@ class GdbServer:
         reply = self._dispatch(_unescape(body))
         if reply is not None:
             self._send(sock, reply)
+        if self._refusal:
+            # gdb goes on after error replies to its first questions and
+            # waits for ever: it hears why ("Remote failure reply") and
+            # the connection ends ("Remote connection closed").
+            raise Refused(self._refusal)
         return True
 
     def _send(self, sock: socket.socket, reply: str | bytes) -> None:
@@ -976,7 +982,7 @@ class GdbServer:
         if not text:
             return ""
         head = text[0]
-        if self._refusal and not text.startswith(("qSupported", "QStartNoAckMode", "vMust")):
+        if self._refusal:
             return f"E.{self._refusal}"
         if text.startswith("qSupported"):
             self._multiprocess = "multiprocess+" in text
@@ -1096,6 +1102,8 @@ class GdbServer:
             return self._status_reply()
         if text.startswith("vMustReplyEmpty"):
             return ""
+        if text.startswith("vFile:"):
+            return self._files.packet(text[6:], pkt[6:])
         return ""  # unsupported: gdb falls back
 
     def _status_reply(self) -> str:
@@ -1175,6 +1183,129 @@ class GdbServer:
             return ""
         chunk = data[off : off + min(length, PACKET_SIZE // 2)]
         return (b"l" if off + len(chunk) >= len(data) else b"m") + chunk
+
+
+# -- the process's files (vFile packets) ---------------------------------------------
+
+#: openat2(2) (x86_64 number; linux/openat2.h): struct open_how and the
+#: resolve flags that keep a path inside the guest's root.
+_NR_OPENAT2 = 437
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_IN_ROOT = 0x10
+#: gdb's File-I/O errno values (gdb's manual, "Errno Values"); the rest
+#: is EUNKNOWN.
+_FILEIO_ERRNO = {1, 2, 4, 9, 13, 14, 16, 17, 19, 20, 21, 22, 23, 24, 27, 28, 29, 30}
+_MAX_FILES = 64
+
+
+def _openat2(dirfd: int, path: bytes, flags: int) -> int:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    how = struct.pack("=QQQ", flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+    fd = libc.syscall(_NR_OPENAT2, dirfd, path, how, len(how))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(fd)
+
+
+class GuestFiles:
+    """gdb's host I/O packets (vFile:open, pread, fstat, readlink, close;
+    gdb's manual, "Host I/O Packets"), read-only, on the files the
+    process sees: every path is resolved in its root (openat2(2) with
+    RESOLVE_IN_ROOT), never on the host's tree.  Without them gdb would
+    read the program, its libraries and /proc/PID files from the host's
+    own filesystem (remote_target::filesystem_is_local)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._fds: dict[int, int] = {}
+        self._next = 1
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def _resolve(self, path: bytes, flags: int) -> int:
+        root = os.open(f"/proc/{self.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return _openat2(root, path, flags)
+        finally:
+            os.close(root)
+
+    def packet(self, text: str, raw: bytes) -> str | bytes:
+        verb, _, args = text.partition(":")
+        try:
+            if verb == "setfs":
+                return "F0"  # always the process's own root
+            if verb == "open":
+                name_hex, flags_t, _mode = args.split(",")
+                if int(flags_t, 16) & 3 != 0:
+                    return "F-1,d"  # read-only: EACCES
+                if len(self._fds) >= _MAX_FILES:
+                    return "F-1,18"  # EMFILE
+                fd = self._resolve(bytes.fromhex(name_hex), os.O_RDONLY)
+                handle = self._next
+                self._next += 1
+                self._fds[handle] = fd
+                return f"F{handle:x}"
+            if verb == "close":
+                closing = self._fds.pop(int(args, 16), -1)
+                if closing < 0:
+                    return "F-1,9"
+                os.close(closing)
+                return "F0"
+            if verb == "pread":
+                h, count, offset = (int(x, 16) for x in args.split(","))
+                got = self._fds.get(h)
+                if got is None:
+                    return "F-1,9"
+                data = os.pread(got, min(count, PACKET_SIZE // 2), offset)
+                return f"F{len(data):x};".encode() + data
+            if verb == "fstat":
+                got = self._fds.get(int(args, 16))
+                if got is None:
+                    return "F-1,9"
+                st = os.fstat(got)
+                m32 = 0xFFFFFFFF
+                packed = struct.pack(
+                    ">IIIIIIIQQQIII",
+                    st.st_dev & m32, st.st_ino & m32, st.st_mode, st.st_nlink & m32,
+                    st.st_uid, st.st_gid, st.st_rdev & m32, st.st_size, st.st_blksize,
+                    st.st_blocks, int(st.st_atime) & m32, int(st.st_mtime) & m32,
+                    int(st.st_ctime) & m32,
+                )  # fmt: skip
+                return f"F{len(packed):x};".encode() + packed
+            if verb == "readlink":
+                fd = self._resolve(bytes.fromhex(args), os.O_PATH | os.O_NOFOLLOW)
+                try:
+                    # An O_PATH|O_NOFOLLOW descriptor of a symlink is the
+                    # link itself: readlinkat(fd, "") reads it (readlink(2)).
+                    target_b = _readlink_empty(fd)
+                finally:
+                    os.close(fd)
+                return f"F{len(target_b):x};".encode() + target_b
+        except OSError as exc:
+            err = exc.errno or 0
+            code = err if err in _FILEIO_ERRNO else (91 if err == errno.ENAMETOOLONG else 9999)
+            return f"F-1,{code:x}"
+        except ValueError:
+            return "F-1,16"  # EINVAL
+        return ""
+
+
+def _readlink_empty(fd: int) -> bytes:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(4096)
+    n = libc.readlinkat(fd, b"", buf, len(buf))
+    if n < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return buf.raw[:n]
 
 
 def _unescape(body: bytes) -> bytes:
