@@ -133,6 +133,13 @@ class Machine:
         )
         return int(r.stdout.split()[0]) if r.stdout.split() else None
 
+    def read(self, path: str) -> str:
+        """A file of the export, read by a process of the machine's user."""
+        r = subprocess.run(
+            self.as_owner(["/bin/cat", path]), capture_output=True, text=True, timeout=10
+        )
+        return r.stdout
+
     @property
     def sock(self) -> str:
         return str(self.mnt / "proc" / str(self.pid) / "gdb")
@@ -152,7 +159,7 @@ class Machine:
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(10)
+        self.proc.communicate(timeout=10)
         # A umld killed leaves its mount behind.
         subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
         try:
@@ -417,3 +424,47 @@ def test_only_guest_processes_have_a_socket(
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert "No such file or directory" in r2.stderr, r2.stderr
+
+
+def test_gdb_killed_while_the_process_runs_leaves_nothing_behind(
+    backend: str, who: User | None, progs: Path, machines: list[Machine]
+) -> None:
+    m = start(machines, backend, who, progs / "prog")
+    gdb = subprocess.Popen(
+        m.as_owner(
+            gdb_argv(
+                f"target remote {m.sock}",
+                "break add",
+                "watch counter",
+                "echo CONTINUING\\n",
+                "continue",
+            )
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert gdb.stdout is not None
+    for line in gdb.stdout:
+        if "CONTINUING" in line:
+            break
+    # The continue reached umld once the process runs again (its state
+    # is no longer "t (tracing stop)").
+    status = f"{m.mnt}/proc/{m.pid}/status"
+    wait_for(
+        lambda: "state:\tt" not in m.read(status).lower(),
+        "the process running after gdb's continue",
+    )
+    _kill_tree(gdb.pid)
+    gdb.wait(10)
+    gdb.stdout.close()
+    # Nothing of the first gdb is left (no int3, no debug register): a
+    # second one lets the program go and leaves; the program ends well.
+    r = wait_for(
+        lambda: (lambda r: r if "detached]" in r.stdout else None)(
+            m.gdb("set var go = 1", "detach", timeout=30)
+        ),
+        "a second gdb after the first was killed",
+    )
+    code, out, _ = m.finish()
+    assert (code, out) == (10, "hello from guest 5 5\n"), r.stdout + r.stderr

@@ -297,6 +297,9 @@ class _Thread:
     #: A signal gdb asked to deliver where it could not be injected:
     #: its delivery stop passes straight through.
     pass_signal: int = 0
+    #: A new thread interrupted only to get the debug registers (the
+    #: kernel does not copy them to a clone: copy_thread()).
+    needs_debugregs: bool = False
 
 
 @dataclass
@@ -339,6 +342,10 @@ class GdbServer:
         self._exe = exe
         self.st = _State()
         self.attached = False
+        #: A detach waits for running threads to stop.
+        self._detaching = False
+        #: The session is over: nothing more goes to it.
+        self._closed = False
         self._replies: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._noack = False
@@ -354,9 +361,25 @@ class GdbServer:
         t = self.st.threads.get(task.tid)
         if t is None or not self.attached:
             return False
+        if self._detaching:
+            if stop.kind is StopKind.SIGNAL and stop.signo == signal.SIGTRAP:
+                self._classify(t, stop.signo)  # an int3 of ours: PC back
+            elif stop.kind is not StopKind.INTERRUPT and stop.kind is not StopKind.SIGNAL:
+                return False
+            t.want_stop = False
+            t.stopped, t.stop, t.parked = True, stop, False
+            self._detach_progress()
+            return True
         if stop.kind is StopKind.INTERRUPT:
             if not t.want_stop:
                 return False  # asked before a resume: stale
+            if t.needs_debugregs:
+                t.needs_debugregs = False
+                self._set_debugregs(t)
+                st = self.st
+                if st.running and st.stop_request is None and not self._reportable():
+                    t.want_stop = False
+                    return False  # on it goes, watched as the others are
         elif stop.kind is not StopKind.SIGNAL:
             return False  # syscall and event stops: we never ask for them
         elif t.pass_signal and stop.signo == t.pass_signal:
@@ -377,8 +400,14 @@ class GdbServer:
             child.debugger = self
             t = _Thread(child.tid, kernel.guest_pid(child.tid) or int(child.tid))
             self.st.threads[child.tid] = t
-            self._set_debugregs(t)
-            if not self.st.running or self.st.stop_request is not None or self._reportable():
+            if any(self.st.hw):
+                t.needs_debugregs = True
+            if (
+                t.needs_debugregs
+                or not self.st.running
+                or self.st.stop_request is not None
+                or self._reportable()
+            ):
                 self._interrupt(t)
         elif kind is CloneKind.FORK or kind is CloneKind.PROCESS:
             # A forked child inherits our int3s (not vfork: it shares the
@@ -406,8 +435,8 @@ class GdbServer:
             return
         if int(task.tid) == self.pid or st.exit_status is None:
             st.exit_status = status
-        if not st.threads:
-            self._progress()
+        if self._detaching:
+            self._detach_progress()
         else:
             self._progress()
 
@@ -547,6 +576,8 @@ class GdbServer:
         self._send_async(reply)
 
     def _send_async(self, reply: str) -> None:
+        if self._closed:
+            return
         self._replies.put(reply)
         try:
             os.write(self._wake_w, b"x")
@@ -641,9 +672,29 @@ class GdbServer:
     def detach(self) -> None:
         """Leave the process as it was: no breakpoints, no debug
         registers, every thread resumed (a signal gdb did not take
-        delivered) in resume mode CONT."""
-        if not self.attached:
+        delivered) in resume mode CONT.
+
+        Threads that run (gdb went away during a continue) are stopped
+        first: a running thread's debug registers cannot be cleared, and
+        one may be about to report an int3 of ours, whose SIGTRAP must
+        not reach the program once we are gone."""
+        if not self.attached or self._detaching:
             return
+        running = [t for t in self.st.threads.values() if not (t.stopped or t.parked)]
+        if running:
+            self._detaching = True
+            for t in running:
+                self._interrupt(t)
+            if any(not (t.stopped or t.parked) for t in running):
+                return  # finished by stopped() / exited() once all are stopped
+        self._final_detach()
+
+    def _detach_progress(self) -> None:
+        if all(t.stopped or t.parked for t in self.st.threads.values()):
+            self._final_detach()
+
+    def _final_detach(self) -> None:
+        self._detaching = False
         self.attached = False
         st = self.st
         tracer = self.kernel.tracer
@@ -832,6 +883,15 @@ class GdbServer:
 
     # -- the session (its own thread) ---------------------------------------------
 
+    def _close(self) -> None:
+        self._closed = True
+
+    def call_quietly(self, fn: Callable[[], None]) -> None:
+        try:
+            self.call(fn)
+        except Exception:
+            self._closed = True
+
     def call(self, fn: Callable[[], T]) -> T:
         box: dict[str, Any] = {}
 
@@ -862,6 +922,7 @@ class GdbServer:
                 self.call(self.detach)
             except Exception:
                 pass
+            self.call_quietly(self._close)
             os.close(self._wake_r)
             os.close(self._wake_w)
             self._files.close()
