@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, final
@@ -527,6 +528,24 @@ class MachineControl:
                 continue
             lines.append(f"{entry}\t{target}\t{flags.decode()}\n")
         return "".join(lines).encode()
+
+    # -- host gdb (proc/PID/gdb) --------------------------------------------------------
+
+    def gdb_session(self, pid: int, sock: socket.socket, stop_fd: int | None = None) -> None:
+        """Serve gdb's remote protocol on ``sock`` for guest process
+        ``pid`` until gdb goes (or ``stop_fd`` becomes readable), then
+        leave the process running (umld/core/gdbstub.py).  Blocks: run
+        it in a thread of its own.  A process that is gone, or already
+        has a debugger, gets gdb an error reply and the session ends."""
+        from umld.core.gdbstub import GdbServer
+
+        server = GdbServer(
+            self.kernel,
+            self.host_pid(pid) or 0,
+            self.on_tracer,
+            exe=lambda: self.process_file(pid, "exe"),
+        )
+        server.serve(sock, stop_fd)
 
     # -- commands --------------------------------------------------------------------
 

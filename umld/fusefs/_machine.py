@@ -4,7 +4,8 @@ Built only from umld.core's public API (a test enforces it):
 
     fs/           the guest's file tree as the guest sees it
     config/       one file per setting (value + newline), applied at write
-    proc/PID/     status cmdline cwd exe environ fds syscalls ctl
+    proc/PID/     status cmdline cwd exe environ fds syscalls ctl, gdb (a Unix
+                  socket: gdb's remote protocol for the process)
     events        one line per event; tail -f follows it
     dev/          the machine's I/O-bus devices: ttyS0 (COM1's output, tail -f
                   follows it; a write is the UART's input), post (the last
@@ -54,6 +55,7 @@ from umld.fusefs._errors import ExportError
 from umld.fusefs._hosttree import HostTree
 from umld.fusefs._node import Node
 from umld.fusefs._serve import clean_stale_mount, drain, serve
+from umld.fusefs._sockets import SocketNode
 from umld.fusefs._stream import EventLog, StreamFile
 from umld.fusefs._synthetic import (
     ControlFile,
@@ -154,12 +156,20 @@ class _ProcessDirs:
                 _guarded(lambda w=what: c.process_file(pid, w)),  # type: ignore[misc]
                 private=what in PRIVATE_FILES,
             )
+        # gdb's remote protocol for the process (umld/core/gdbstub.py):
+        # `target remote DIR/proc/PID/gdb`.
+        files["gdb"] = SocketNode(
+            lambda conn, end: c.gdb_session(pid, conn, end),
+            lambda: c.host_pid(pid) == host_pid,
+        )
         for f in files.values():
             # The files of a process stay as long as it does, and a read
             # of a vanished one fails at open(2) with ENOENT anyway: the
             # kernel may keep their entries (a monitor's glob of
             # proc/*/status then costs one lookup less per process).
             f.entry_timeout = f.attr_timeout = 1.0
+        # Except the socket: each lookup is when it gets its listener.
+        files["gdb"].entry_timeout = files["gdb"].attr_timeout = 0.0
         node = Directory(files)
         self._dirs[pid] = (host_pid, node)
         return node

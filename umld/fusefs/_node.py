@@ -148,6 +148,11 @@ class Node:
         """Filesystem statistics when this node is the root of the mount."""
         return None
 
+    async def _prepare(self, caller: Caller) -> None:
+        """Called at each lookup of the node, before the reply: a node
+        that needs work first (a socket to bind, _sockets.py) does it
+        here, off the caller's locks but before it sees the node."""
+
 
 class Handle:
     """One open file: what open() returned, until release()."""

@@ -18,9 +18,9 @@ from typing import Any, ParamSpec, TypeVar, cast
 import pyfuse3
 
 from umld.errors import get_logger
-from umld.fusefs import _mount
+from umld.fusefs import _mount, _sockets
 from umld.fusefs._errors import ExportError
-from umld.fusefs._inodes import InodeTable
+from umld.fusefs._inodes import ROOT_INODE, InodeTable
 from umld.fusefs._node import (
     POLL_ALWAYS,
     Caller,
@@ -190,9 +190,13 @@ class ExportOperations(pyfuse3.Operations):
         self._admit(ctx)
         parent = _dir(self._inodes.node(parent_inode))
         _check_alive(parent)
+        if parent_inode == ROOT_INODE and name == _sockets.BIND_DIR:
+            # Where the export's sockets are bound (_sockets.py); not listed.
+            return self._entry(parent, name, _sockets.BINDER.directory)
         child = parent._child(name)
         if child is None:
             raise ExportError(errno.ENOENT)
+        await child._prepare(_caller(ctx))
         return self._entry(parent, name, child)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:

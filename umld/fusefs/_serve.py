@@ -42,7 +42,7 @@ import pyfuse3
 import trio
 
 from umld.errors import UmldError, get_logger
-from umld.fusefs import _mount
+from umld.fusefs import _mount, _sockets
 from umld.fusefs._node import Node
 from umld.fusefs._ops import ExportOperations
 
@@ -248,10 +248,13 @@ async def serve(
             _log.warning("fusefs: the mount at %s is not in mountinfo", path)
         else:
             _mount.CURRENT.dev, _mount.CURRENT.mnt_id = found
+        _sockets.BINDER.start(path)
         if ready is not None:
             ready()
         await pyfuse3.main(min_tasks=1, max_tasks=_MAX_WORKERS)
     finally:
+        # Bound sockets hold the mount: closed before it goes.
+        _sockets.BINDER.stop()
         _mount.CURRENT.dev = _mount.CURRENT.mnt_id = None
         pyfuse3.close(unmount=True)
         ops.close()
