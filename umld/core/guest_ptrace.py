@@ -758,6 +758,15 @@ class GuestPtrace:
         PTRACE_TRACEME): stopped with an interrupt, made to run seccomp(2)
         at a ``syscall`` instruction of its vDSO, then put back as it was
         (a call it was in restarts)."""
+        if task.debugger is not None:
+            # Followed by another debugger (the export's gdb server): its
+            # stops are not ours to use; its waits stay native.
+            self.kernel.emit(
+                "note",
+                task.tgid,
+                "ptrace: a tracer followed by another debugger keeps native waits",
+            )
+            return
         self.filtered.add(task.tgid)
         injector = _Injector(self, task)
         task.debugger = injector
