@@ -25,6 +25,11 @@ APT_PACKAGES := gcc make pkg-config python3 python3-venv python3-dev libffi-dev 
 # TCP stream between two network namespaces standing for two hosts, and
 # busybox's udhcpc as a guest's DHCP client of slirpvde.
 APT_PACKAGES += vde2 iputils-ping tcpdump socat udhcpc
+# strace and gdb run inside guests in the tests (the guest's own ptrace).
+APT_PACKAGES += gdb
+# What the Linux Test Project's build needs (make conformance, conformance/ltp.py).
+APT_PACKAGES += autoconf automake m4 bison flex libaio-dev libacl1-dev libcap-dev \
+	libnuma-dev libselinux1-dev libssl-dev libtirpc-dev libmnl-dev libkeyutils-dev
 
 .PHONY: all install install-systemd demo test test-fast lint bench bench-quick conformance clean
 
@@ -73,7 +78,7 @@ lint: install
 	clang-format --dry-run --Werror c_tracer/*.c c_tracer/*.h
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict bench/run.py bench/w7_source.py bench/tty.py bench/net.py
-	$(VENV)/bin/mypy --strict conformance/run.py examples/app_channel.py
+	$(VENV)/bin/mypy --strict conformance/run.py conformance/ltp.py examples/app_channel.py
 	$(VENV)/bin/mypy --strict c_tracer/build_ffi.py c_tracer/bench.py
 
 # The bench draws its ratios as a PNG; matplotlib is only needed here.
@@ -94,6 +99,7 @@ bench-quick: install .stamp-bench
 conformance: install
 	$(VPY) conformance/run.py $(CONFORMANCE_ARGS)
 	$(VPY) conformance/run.py --suite issue3 $(CONFORMANCE_ARGS)
+	$(VPY) conformance/ltp.py $(LTP_ARGS)
 
 # The daemon as a systemd service: units, tmpfiles snippet, and the umld
 # command on PATH (a link to this checkout's venv).

@@ -1190,6 +1190,16 @@ static int handle_status(struct umld_tracer *t, pid_t tid, int st)
             /* Group-stop.  PTRACE_LISTEN keeps it stopped yet lets SIGCONT
              * (or a new stop) wake it into another PTRACE_EVENT_STOP. */
             int was_listening = r->state == ST_LISTEN;
+            if (was_listening && r->interrupt && r->announced) {
+                /* umld_interrupt of a thread in group-stop: it stays in
+                 * this trap, reported, until the caller resumes it (it then
+                 * runs, as a tracer's PTRACE_CONT makes it) or listens. */
+                r->interrupt = 0;
+                r->state = ST_INTERRUPT;
+                ev_init(&ev, UMLD_EV_INTERRUPTED, tid);
+                ev.signo = sig;
+                return emit(t, &ev);
+            }
             r->state = ST_LISTEN;
             ptrace(PTRACE_LISTEN, tid, 0, 0);
             if (was_listening)
@@ -1591,6 +1601,19 @@ int umld_set_sigmask(struct umld_tracer *t, int tid, uint64_t mask)
     if (!stopped_in(t, tid, M_ANY_STOP, &rc))
         return rc;
     if (ptrace(PTRACE_SETSIGMASK, tid, sizeof mask, &mask) < 0)
+        return -errno;
+    return 0;
+}
+
+int umld_listen(struct umld_tracer *t, int tid)
+{
+    UMLD_ENTER(t);
+    int rc;
+    struct thr *r = stopped_in(t, tid, 1u << ST_INTERRUPT, &rc);
+    if (!r)
+        return rc;
+    r->state = ST_LISTEN;
+    if (ptrace(PTRACE_LISTEN, tid, 0, 0) < 0)
         return -errno;
     return 0;
 }

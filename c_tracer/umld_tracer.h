@@ -47,7 +47,7 @@
 #define UMLD_EV_CONTINUED 8    /* Continued: tid                            */
 #define UMLD_EV_HOSTSIG 9      /* HostSignal: signo                         */
 #define UMLD_EV_WAKEUP 10      /* Wakeup                                    */
-#define UMLD_EV_INTERRUPTED 11 /* Interrupted: tid (after umld_interrupt) */
+#define UMLD_EV_INTERRUPTED 11 /* Interrupted: tid signo(group-stop's, or 0) */
 #define UMLD_EV_SYSENTRY 12    /* SyscallEntry: tid nr args[6] arch          */
 #define UMLD_EV_EVENTSTOP 13   /* EventStop: tid signo(=PTRACE_EVENT_*) result(=message) */
 
@@ -177,12 +177,15 @@ int umld_get_sigmask(struct umld_tracer *t, int tid, uint64_t *out);
 int umld_set_sigmask(struct umld_tracer *t, int tid, uint64_t mask);
 
 /* Stop a running thread (PTRACE_INTERRUPT): an UMLD_EV_INTERRUPTED comes
- * once it stops (at once if it was running, when it is next resumed if it
- * was in a stop, after its group-stop ends if it was in one), and the
+ * once it stops (at once if it was running or in a group-stop, when it is
+ * next resumed if it was in another stop), and the
  * caller answers with umld_resume (the signal argument is ignored there,
  * as at every PTRACE_EVENT_STOP).  Asking twice before the stop gives one
  * event; a thread that dies first gives its Exited only. */
 int umld_interrupt(struct umld_tracer *t, int tid);
+/* At an UMLD_EV_INTERRUPTED taken in group-stop (signo nonzero): back to
+ * the group-stop (PTRACE_LISTEN) instead of running on. */
+int umld_listen(struct umld_tracer *t, int tid);
 
 /* How the thread is restarted from now on (UMLD_MODE_*), for a debugger
  * of a guest thread: SYSCALL reports every syscall-enter-stop as

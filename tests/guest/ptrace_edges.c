@@ -10,6 +10,11 @@
  *                           and exits: the child dies of SIGKILL
  *   ptrace_edges detach     the same without the option: the child runs on
  *                           and exits 7
+ *   ptrace_edges stopped    attach to a child already in a group-stop: requests
+ *                           work as soon as PTRACE_ATTACH returns (LTP
+ *                           ptrace08/10); seized, the stop is reported as a
+ *                           PTRACE_EVENT_STOP with SIGSTOP and PTRACE_CONT
+ *                           makes it run
  *   ptrace_edges regs       a tracer stops its child at a SIGSTOP, reads and
  *                           writes its registers and memory, single-steps
  *                           it, makes getpid return 4242 (PTRACE_SYSEMU),
@@ -163,6 +168,45 @@ static void regs(void)
 	say("exit", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
 }
 
+static pid_t stopped_child(void)
+{
+	pid_t c = fork();
+	if (c == 0) {
+		raise(SIGSTOP);
+		_exit(9);
+	}
+	int st;
+	waitpid(c, &st, WUNTRACED);
+	return c;
+}
+
+static void stopped(void)
+{
+	pid_t c = stopped_child();
+	int st;
+	long dr0 = offsetof(struct user, u_debugreg[0]);
+	say("attach", res(ptrace(PTRACE_ATTACH, c, 0, 0)));
+	say("poke_at_once", res(ptrace(PTRACE_POKEUSER, c, (void *)dr0, (void *)2)));
+	errno = 0;
+	long got = ptrace(PTRACE_PEEKUSER, c, (void *)dr0, 0);
+	say("peek_at_once", errno ? -errno : got);
+	say("detach", res(ptrace(PTRACE_DETACH, c, 0, 0)));
+	kill(c, SIGCONT);
+	waitpid(c, &st, 0);
+	say("exit", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+
+	c = stopped_child();
+	say("seize", res(ptrace(PTRACE_SEIZE, c, 0, 0)));
+	say("getregs_at_once", res(ptrace(PTRACE_GETREGS, c, 0, &(struct user_regs_struct){0})));
+	waitpid(c, &st, __WALL);
+	say("group_stop_event", (st >> 16) == PTRACE_EVENT_STOP && WSTOPSIG(st) == SIGSTOP);
+	say("listen", res(ptrace(PTRACE_LISTEN, c, 0, 0)));
+	say("cont_listening", res(ptrace(PTRACE_CONT, c, 0, 0)));
+	kill(c, SIGKILL);
+	waitpid(c, &st, __WALL);
+	say("killed", WIFSIGNALED(st) ? WTERMSIG(st) : -1);
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "";
@@ -174,6 +218,8 @@ int main(int argc, char **argv)
 		tracer_exits(0);
 	else if (!strcmp(mode, "regs"))
 		regs();
+	else if (!strcmp(mode, "stopped"))
+		stopped();
 	else
 		return 2;
 	return 0;

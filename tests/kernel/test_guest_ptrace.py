@@ -238,7 +238,7 @@ def test_gdb_in_a_guest_as_natively(backend: str, work: Path, program: str, scri
         assert "exited with code 052" in want
 
 
-@pytest.mark.parametrize("mode", ["refused", "exitkill", "detach", "regs"])
+@pytest.mark.parametrize("mode", ["refused", "exitkill", "detach", "regs", "stopped"])
 def test_the_edges_of_ptrace_as_natively(backend: str, work: Path, mode: str) -> None:
     """What is refused is refused with the same errno (itself, a pid that
     is not there, a second tracer, a running or untraced tracee, a debug

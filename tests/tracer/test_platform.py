@@ -1470,20 +1470,43 @@ def test_interrupt_stops_a_running_thread_and_its_mask_is_set_there(drv: Driver)
     assert os.WTERMSIG(ex.status) == signal.SIGUSR1
 
 
-def test_interrupt_in_a_stop_comes_when_resumed(drv: Driver) -> None:
-    """Asked while the thread sits in a group-stop: the Continued first,
-    then the Interrupted; asked for a thread that is not traced: ESRCH."""
+def _run_until(drv: Driver, cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Answer events by default until ``cond()`` holds."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        ev = drv.t.wait(0.05)
+        if ev is not None:
+            drv._check(ev)
+            drv.events.append(ev)
+            drv.answer(ev)
+
+
+def test_interrupt_in_a_group_stop(drv: Driver) -> None:
+    """Asked while the thread sits in a group-stop: an Interrupted with the
+    stop's signal at once; listen() puts it back in its group-stop
+    (SIGCONT then ends it); asked again, resume() makes it run as a
+    tracer's PTRACE_CONT does.  A thread that is not traced: ESRCH."""
     pid = drv.spawn(spec("/bin/sh", "-c", "while :; do :; done"))
     assert drv.next() == Execed(pid, pid)
     os.kill(pid, signal.SIGSTOP)
     drv.until(lambda e: isinstance(e, GroupStopped))
     drv.t.interrupt(pid)
-    assert drv.t.wait(0.2) is None  # stays in its group-stop
+    assert drv.next() == Interrupted(pid, signal.SIGSTOP)
+    drv.t.get_regs(pid)  # a stop where the thread can be read
+    drv.t.listen(pid)
+    assert drv.t.wait(0.2) is None  # stopped again, quietly
+    cpu = proc_stat(pid)[1]
     os.kill(pid, signal.SIGCONT)
-    got = drv.until(lambda e: isinstance(e, Interrupted))
-    assert got == Interrupted(pid)
+    _run_until(drv, lambda: proc_stat(pid)[1] > cpu, "the loop to run again")
     assert Continued(pid) in drv.events
+    os.kill(pid, signal.SIGSTOP)
+    drv.until(lambda e: isinstance(e, GroupStopped))
+    drv.t.interrupt(pid)
+    assert drv.next() == Interrupted(pid, signal.SIGSTOP)
     drv.t.resume(pid)
+    cpu = proc_stat(pid)[1]
+    _wait_for(lambda: proc_stat(pid)[1] > cpu, "the loop to run despite the group-stop")
     with pytest.raises(TracerError) as err:
         drv.t.interrupt(Tid(os.getpid()))
     assert err.value.errno == errno.ESRCH

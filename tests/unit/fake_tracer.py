@@ -129,6 +129,9 @@ class FakeTracer:
         self.sigmask[tid] = mask
         self.answers.append(("set_sigmask", tid, mask))
 
+    def listen(self, tid: Tid) -> None:
+        self.answers.append(("listen", tid))
+
     def interrupt(self, tid: Tid) -> None:
         self.answers.append(("interrupt", tid))
 

@@ -135,6 +135,8 @@ _MODES = {
 }
 #: Resume modes with syscall stops.
 _SYSCALL_MODES = (ResumeMode.SYSCALL, ResumeMode.SYSEMU, ResumeMode.SYSEMU_SINGLESTEP)
+#: attach()'s answer when the caller must wait (sys_ptrace holds it).
+ATTACH_PENDING = 1 << 40
 #: Seconds between looks for a signal at a wait held here.
 HOLD_POLL = 0.005
 #: seccomp(2) on x86_64, and its SECCOMP_SET_MODE_FILTER.
@@ -168,8 +170,10 @@ class Link:
         "applied",
         "arch",
         "attach_stop",
+        "attach_wait",
         "auto_sigstop",
         "child_of_tracer",
+        "group_interrupt",
         "internal_interrupt",
         "interrupt",
         "message",
@@ -210,6 +214,11 @@ class Link:
         self.auto_sigstop = False
         #: The ABI of the call at a SECCOMP stop.
         self.arch = Arch.X86_64
+        #: The tracer thread held in its PTRACE_ATTACH/SEIZE of a thread in
+        #: group-stop, until that thread is in a stop of ours (0: none).
+        self.attach_wait = 0
+        #: The tracee entered a group-stop: its interrupt is that report.
+        self.group_interrupt = False
         #: The event stops the platform has for the thread.
         self.applied: frozenset[int] = frozenset()
         #: Whether the tracer is the tracee's parent (then wait reports
@@ -260,6 +269,8 @@ class GuestPtrace:
         self.filtered: set[int] = set()
         #: Host tid -> guest tid, for the links' threads.
         self._guest: dict[Tid, int] = {}
+        #: Guest threads in a group-stop now (the kernel keeps this).
+        self.group_stops: set[Tid] = set()
 
     # -- pids ------------------------------------------------------------------
 
@@ -362,12 +373,19 @@ class GuestPtrace:
         if not self.may_trace(caller, target):
             return -errno.EPERM
         link = self._link(target, caller, seized=seize, options=options if seize else 0)
-        if seize:
-            self._apply_options(link)
-        else:
+        if not seize:
             # ptrace(2): "PTRACE_ATTACH sends SIGSTOP to this thread".
             link.attach_stop = True
             self.kernel.tracer.kill(target.tid, signal.SIGSTOP)
+        if target.tid in self.group_stops:
+            # Linux traps a stopped tracee before the attach returns
+            # (ptrace_attach, JOBCTL_TRAPPING): requests work at once.  The
+            # caller waits in its call until the tracee is in a stop here.
+            link.attach_wait = caller.tid
+            self.kernel.tracer.interrupt(target.tid)
+            return ATTACH_PENDING
+        if seize:
+            self._apply_options(link)
         return 0
 
     def _link(self, tracee: Task, tracer: Task, *, seized: bool, options: int = 0) -> Link:
@@ -413,6 +431,11 @@ class GuestPtrace:
             tracer.set_resume_mode(tracee.tid, ResumeMode.CONT)
             if link.stop is not None:
                 tracer.set_event_stops(tracee.tid, frozenset())
+                if link.stop.kind is StopKind.INTERRUPT and link.stop.signo:
+                    # Detached in a group-stop: it stays stopped (Linux
+                    # puts it back into TASK_STOPPED, __ptrace_unlink).
+                    tracer.listen(tracee.tid)
+                    return
                 sig = signo if link.stop.kind is StopKind.SIGNAL else 0
                 tracer.resume(tracee.tid, sig)
         except TracerError as exc:
@@ -532,6 +555,20 @@ class GuestPtrace:
             return ((signal.SIGTRAP | stop.event << 8) << 8) | 0x7F
         if stop.kind is StopKind.SECCOMP:
             return ((signal.SIGTRAP | EVENT_SECCOMP << 8) << 8) | 0x7F
+        if (
+            stop.kind is StopKind.INTERRUPT
+            and stop.signo
+            and (link.attach_wait or link.group_interrupt)
+        ):
+            # A group-stop, as the tracer sees it (ptrace(2), "Group-stop").
+            link.group_interrupt = False
+            if link.attach_wait:
+                caller, link.attach_wait = link.attach_wait, 0
+                self._set_events(link)
+                self._finish_call(Tid(caller), 0)
+            if link.seized:
+                return ((stop.signo | EVENT_STOP << 8) << 8) | 0x7F
+            return (stop.signo << 8) | 0x7F
         if stop.kind is StopKind.INTERRUPT:
             if link.auto_sigstop:
                 # A non-seized auto-attached child: its first stop is the
@@ -625,10 +662,34 @@ class GuestPtrace:
             self._wake(link.tracer_tgid)
 
     def group_stopped(self, kernel: GuestKernel, task: Task, signo: int) -> None:
-        return
+        """The tracee entered a group-stop: its tracer sees it as a stop
+        (it then listens or lets it run): an interrupt makes it one."""
+        link = self.links.get(task.tid)
+        if link is None or link.stop is not None or link.attach_wait:
+            return
+        link.group_interrupt = True
+        kernel.tracer.interrupt(task.tid)
 
     def continued(self, kernel: GuestKernel, task: Task) -> None:
         return
+
+    def listen(self, link: Link) -> int:
+        """PTRACE_LISTEN: a seized tracee in group-stop stays in it, yet
+        SIGCONT (or another stop) is reported."""
+        stop = link.stop
+        if not link.seized or stop is None or stop.kind is not StopKind.INTERRUPT or not stop.signo:
+            return -errno.EIO
+        link.stop = None
+        link.reported = False
+        self.kernel.tracer.listen(link.tracee.tid)
+        return 0
+
+    def _finish_call(self, tid: Tid, result: int) -> None:
+        """Complete a tracer's call held here (its attach)."""
+        kernel = self.kernel
+        if kernel.held.pop(tid, None) is not None and tid in kernel.tasks:
+            kernel.tasks[tid].current_syscall = -1
+            kernel.tracer.complete(tid, result)
 
     def tracer_gone(self, task: Task) -> None:
         """A tracer thread exited: its tracees are detached (or killed

@@ -760,13 +760,18 @@ class GuestKernel:
         if task.io is not None:
             privileged.on_interrupted(self, task)
         debugger = task.debugger
-        if debugger is not None and debugger.stopped(self, task, DebugStop(StopKind.INTERRUPT)):
+        stop = DebugStop(StopKind.INTERRUPT, signo=ev.signo)
+        if debugger is not None and debugger.stopped(self, task, stop):
             return
-        self.tracer.resume(ev.tid)
+        if ev.signo:
+            self.tracer.listen(ev.tid)  # taken in a group-stop: back into it
+        else:
+            self.tracer.resume(ev.tid)
 
     def _on_group_stop(self, ev: Event) -> None:
         assert isinstance(ev, GroupStopped)
         task = self._task(ev.tid)
+        self.guest_ptrace.group_stops.add(task.tid)
         if task.debugger is not None:
             task.debugger.group_stopped(self, task, ev.signo)
         if self.listeners:
@@ -777,6 +782,7 @@ class GuestKernel:
     def _on_continued(self, ev: Event) -> None:
         assert isinstance(ev, Continued)
         task = self._task(ev.tid)  # announces an unknown thread, as every event does
+        self.guest_ptrace.group_stops.discard(task.tid)
         if task.debugger is not None:
             task.debugger.continued(self, task)
 

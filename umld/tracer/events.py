@@ -136,9 +136,13 @@ class Exited(NamedTuple):
 class Interrupted(NamedTuple):
     """``tid`` stopped because the core asked (``interrupt``;
     PTRACE_INTERRUPT, a PTRACE_EVENT_STOP).  A stop: the core answers with
-    ``resume`` (no signal can be injected here; one given is ignored)."""
+    ``resume`` (no signal can be injected here; one given is ignored), or,
+    when it was taken in a group-stop (``signo``: that stop's signal), with
+    ``listen`` to leave it stopped as before (resume makes it run, as a
+    tracer's PTRACE_CONT of a group-stopped tracee does)."""
 
     tid: Tid
+    signo: int = 0
 
 
 class EventStop(NamedTuple):

@@ -331,8 +331,8 @@ class TracerPlatform(Protocol):
 
     def interrupt(self, tid: Tid) -> None:
         """Ask a thread to stop (PTRACE_INTERRUPT): an Interrupted event
-        follows, at once if it runs, once resumed if it is in another stop,
-        once its group-stop ends if it is in one.  Asking twice before the
+        follows, at once if it runs or sits in a group-stop (then with that
+        stop's signal), once resumed if it is in another stop.  Asking twice before the
         stop gives one event; a thread that dies first reports its Exited
         only.  TracerError ESRCH for a thread not traced."""
         ...
@@ -378,6 +378,11 @@ class TracerPlatform(Protocol):
         """PTRACE_GET_SYSCALL_INFO at the thread's stop: struct
         ptrace_syscall_info as the kernel fills it (its op says which
         kind of stop)."""
+        ...
+
+    def listen(self, tid: Tid) -> None:
+        """At an Interrupted taken in group-stop: back into that group-stop
+        (PTRACE_LISTEN), as if never interrupted."""
         ...
 
     def kill(self, tid: Tid, signo: int) -> None:

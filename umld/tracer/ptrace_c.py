@@ -350,7 +350,7 @@ class CTracer:
         if k == _EV_WAKEUP:
             return _WAKEUP
         if k == _EV_INTERRUPTED:
-            return Interrupted(tid)
+            return Interrupted(tid, f[_F_SIGNO])
         if k == _EV_SYSENTRY:
             return SyscallEntry(tid, f[_F_NR], f[11:17], _ARCHES[f[_F_ARCH]])
         if k == _EV_EVENTSTOP:
@@ -436,6 +436,11 @@ class CTracer:
         rc = _lib.umld_set_sigmask(self._t, tid, mask % _U64)
         if rc:
             self._stop_failed(rc, tid, "set_sigmask")
+
+    def listen(self, tid: Tid) -> None:
+        rc = _lib.umld_listen(self._t, tid)
+        if rc:
+            self._stop_failed(rc, tid, "listen")
 
     def interrupt(self, tid: Tid) -> None:
         rc = _lib.umld_interrupt(self._t, tid)

@@ -798,6 +798,13 @@ class PythonTracer:
             return self._execed(pid)
         if event == PTRACE_EVENT_STOP:
             if sig in _STOP_SIGNALS:
+                if pid in self._listening and pid in self._interrupts and pid in self._known:
+                    # interrupt() of a thread in group-stop: it stays in
+                    # this trap, reported, until resumed or listening.
+                    self._interrupts.discard(pid)
+                    self._listening.discard(pid)
+                    self._stopped[pid] = _AT_INTERRUPT
+                    return Interrupted(Tid(pid), sig)
                 # Group-stop under PTRACE_SEIZE (ptrace(2), "Group-stop"):
                 # PTRACE_LISTEN keeps it stopped yet lets a SIGCONT wake it
                 # and be reported, as without a tracer.
@@ -809,7 +816,7 @@ class PythonTracer:
                     if exc.errno != _errno.ESRCH:
                         raise TracerError(f"PTRACE_LISTEN {pid}: {exc}", exc.errno or 0) from None
                 if pid in self._listening:
-                    return None  # a re-trap while still stopped (PTRACE_INTERRUPT)
+                    return None  # a re-trap while still stopped
                 self._listening.add(pid)
                 return GroupStopped(Tid(pid), sig)
             # SIGTRAP: the initial stop of an auto-attached child, or a
@@ -1262,6 +1269,15 @@ class PythonTracer:
         except _PtraceError as exc:
             raise TracerError(f"get_syscall_info {tid}: {exc}", exc.errno or 0) from None
         return buf.raw[: min(int(n), SYSCALL_INFO_SIZE)]
+
+    def listen(self, tid: Tid) -> None:
+        self._require_stop(tid, (_AT_INTERRUPT,), "listen")
+        self._stopped.pop(tid, None)
+        try:
+            _ptrace(PTRACE_LISTEN, tid, 0, 0)
+        except _PtraceError as exc:
+            raise TracerError(f"listen {tid}: {exc}", exc.errno or 0) from None
+        self._listening.add(tid)
 
     def _ptrace_quiet(self, request: int, tid: int) -> None:
         with contextlib.suppress(_PtraceError):

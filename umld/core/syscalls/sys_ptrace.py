@@ -49,7 +49,10 @@ def ptrace(ctx: SyscallContext) -> Outcome:
         # on.  The call is made again once the filter is in.
         return Inject(*_filter_call(tracing, task))
     if request in (gp.ATTACH, gp.SEIZE):
-        return tracing.attach(task, pid, seize=request == gp.SEIZE, options=data & 0xFFFFFFFF)
+        result = tracing.attach(task, pid, seize=request == gp.SEIZE, options=data & 0xFFFFFFFF)
+        if result == gp.ATTACH_PENDING:
+            raise Hold()  # completed when the tracee is in its stop
+        return result
     try:
         link = tracing.link_of(task, pid)
     except OSError as exc:
@@ -57,9 +60,9 @@ def ptrace(ctx: SyscallContext) -> Outcome:
     try:
         return _request(ctx, tracing, link, request, addr, data)
     except TracerError as exc:
-        # The tracee vanished meanwhile: ESRCH, as for a tracee that is
-        # not stopped.
-        return -errno.ESRCH if exc.errno == errno.ESRCH else -errno.EIO
+        # The host's answer (EINVAL for a register set it refuses...); a
+        # tracee that vanished meanwhile: ESRCH, as for one not stopped.
+        return -(exc.errno or errno.EIO)
 
 
 def _filter_call(tracing: gp.GuestPtrace, task: Task) -> tuple[int, tuple[int, ...]]:
@@ -94,7 +97,7 @@ def _request(
         tracing.detach(link, data)
         return 0
     if request == gp.LISTEN:
-        return 0 if link.seized else -errno.EIO
+        return tracing.listen(link)
     if request == gp.SETOPTIONS:
         return tracing.set_options(link, data & 0xFFFFFFFF)
     if request == gp.GETEVENTMSG:
