@@ -103,32 +103,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ["gcc", "-g", "-O0", "-pthread", "-o", str(out / name), str(out / f"{name}.c")],
             check=True,
         )
-    subprocess.run(
-        [
-            "gcc",
-            "-O1",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-o",
-            str(out / "edges"),
-            str(GUEST_SRC / "ptrace_edges.c"),
-        ],
-        check=True,
-    )
-    subprocess.run(
-        [
-            "gcc",
-            "-O1",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-o",
-            str(out / "super"),
-            str(GUEST_SRC / "seccomp_super.c"),
-        ],
-        check=True,
-    )
+    for name, src in (("edges", "ptrace_edges.c"), ("super", "seccomp_super.c")):
+        flags = ["-O1", "-Wall", "-Wextra", "-Werror"]
+        subprocess.run(["gcc", *flags, "-o", str(out / name), str(GUEST_SRC / src)], check=True)
     for name in ("gdb-basic", "gdb-threads"):
         (out / name).write_text(GDB_BASIC if name == "gdb-basic" else GDB_THREADS)
     yield out

@@ -481,6 +481,12 @@ class GuestKernel:
             args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)
         self._on_syscall(SyscallStop(task.tid, nr, args, arch), guest_checked=True)
 
+    def _debugged(self, task: Task, stop: DebugStop) -> bool:
+        """Hand what is left of a stop to the thread's debugger (debugger.py):
+        True when it keeps the thread there."""
+        debugger = task.debugger
+        return debugger is not None and debugger.stopped(self, task, stop)
+
     def _refuse_abi(self, task: Task, ev: SyscallStop) -> None:
         """A call of an ABI umld does not support (x32: bit 30 of the
         number with the x86_64 entry): ENOSYS, as a kernel built without
@@ -533,10 +539,7 @@ class GuestKernel:
         if hook is not None:
             task.exit_hook = None
             hook(ev.result)
-        debugger = task.debugger
-        if debugger is not None and debugger.stopped(
-            self, task, DebugStop(StopKind.SYSCALL_EXIT, nr=ev.nr, value=ev.result)
-        ):
+        if self._debugged(task, DebugStop(StopKind.SYSCALL_EXIT, nr=ev.nr, value=ev.result)):
             return
         self.tracer.resume(ev.tid)
 
@@ -544,10 +547,7 @@ class GuestKernel:
         # Only a debugger's resume mode makes these (debugger.py).
         assert isinstance(ev, SyscallEntry)
         task = self._task(ev.tid)
-        debugger = task.debugger
-        if debugger is not None and debugger.stopped(
-            self, task, DebugStop(StopKind.SYSCALL_ENTRY, nr=ev.nr)
-        ):
+        if self._debugged(task, DebugStop(StopKind.SYSCALL_ENTRY, nr=ev.nr)):
             return
         self.tracer.resume(ev.tid)
 
@@ -555,10 +555,7 @@ class GuestKernel:
         # Only a debugger's set_event_stops makes these (debugger.py).
         assert isinstance(ev, EventStop)
         task = self._task(ev.tid)
-        debugger = task.debugger
-        if debugger is not None and debugger.stopped(
-            self, task, DebugStop(StopKind.EVENT, value=ev.message, event=ev.event)
-        ):
+        if self._debugged(task, DebugStop(StopKind.EVENT, value=ev.message, event=ev.event)):
             return
         self.tracer.resume(ev.tid)
 
@@ -593,10 +590,7 @@ class GuestKernel:
                 return
             if privileged.hold_signal(self, task, ev.signo):
                 return
-        debugger = task.debugger
-        if debugger is not None and debugger.stopped(
-            self, task, DebugStop(StopKind.SIGNAL, signo=ev.signo)
-        ):
+        if self._debugged(task, DebugStop(StopKind.SIGNAL, signo=ev.signo)):
             return
         if ev.tid not in self.internal:
             self.counters["signals"] += 1
@@ -698,6 +692,7 @@ class GuestKernel:
         task = self.tasks.pop(ev.tid, None)
         self.held.pop(ev.tid, None)
         self.halted.pop(ev.tid, None)
+        self.guest_ptrace.group_stops.discard(ev.tid)
         self.policy.affinity.pop(int(ev.tid), None)
         if self._trace:
             self._trace.gone(ev.tid)
@@ -759,9 +754,7 @@ class GuestKernel:
         task = self._task(ev.tid)
         if task.io is not None:
             privileged.on_interrupted(self, task)
-        debugger = task.debugger
-        stop = DebugStop(StopKind.INTERRUPT, signo=ev.signo)
-        if debugger is not None and debugger.stopped(self, task, stop):
+        if self._debugged(task, DebugStop(StopKind.INTERRUPT, signo=ev.signo)):
             return
         if ev.signo:
             self.tracer.listen(ev.tid)  # taken in a group-stop: back into it
