@@ -25,8 +25,8 @@ APT_PACKAGES := gcc make pkg-config python3 python3-venv python3-dev libffi-dev 
 # TCP stream between two network namespaces standing for two hosts, and
 # busybox's udhcpc as a guest's DHCP client of slirpvde.
 APT_PACKAGES += vde2 iputils-ping tcpdump socat udhcpc
-# strace and gdb run inside guests in the tests (the guest's own ptrace).
-APT_PACKAGES += gdb
+# strace, gdb and ltrace run inside guests in the tests (the guest's own ptrace).
+APT_PACKAGES += gdb ltrace
 # What the Linux Test Project's build needs (make conformance, conformance/ltp.py).
 APT_PACKAGES += autoconf automake m4 bison flex libaio-dev libacl1-dev libcap-dev \
 	libnuma-dev libselinux1-dev libssl-dev libtirpc-dev libmnl-dev libkeyutils-dev

@@ -191,6 +191,21 @@ def test_strace_counts_the_same_calls(backend: str, work: Path) -> None:
     assert ("execve", "2") in table(native.stderr)
 
 
+@pytest.mark.skipif(not shutil.which("ltrace"), reason="ltrace (make install)")
+def test_ltrace_as_natively(backend: str, work: Path) -> None:
+    """ltrace: breakpoints in the PLT, single steps over them."""
+    cmd = ["ltrace", "-e", "malloc+free+strlen", "/bin/ls", "/usr"]
+
+    def calls(text: str) -> str:
+        return re.sub(r" +", " ", re.sub(r"0x[0-9a-f]+", "ADDR", text))
+
+    native = run(cmd)
+    guest = run([*_guest(backend, work), *cmd])
+    assert guest.returncode == native.returncode == 0, guest.stderr
+    assert calls(guest.stderr) == calls(native.stderr)
+    assert "strlen(" in native.stderr
+
+
 @needs_tools
 @pytest.mark.parametrize(("program", "script"), [("prog", "gdb-basic"), ("threads", "gdb-threads")])
 def test_gdb_in_a_guest_as_natively(backend: str, work: Path, program: str, script: str) -> None:
