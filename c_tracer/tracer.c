@@ -1624,8 +1624,10 @@ int umld_interrupt(struct umld_tracer *t, int tid)
     struct thr *r = umld__thr_find(t, tid);
     if (!r || !r->announced)
         return -ESRCH;
-    if (r->interrupt)
-        return 0;
+    /* Asked again even when an earlier request is marked: Linux ends a
+     * pending interrupt at any trap of the thread ("any trap clears
+     * pending STOP trap", ptrace_stop), so an earlier one may have been
+     * absorbed by another stop. */
     if (ptrace(PTRACE_INTERRUPT, tid, 0, 0) < 0)
         return -errno;
     r->interrupt = 1;

@@ -595,25 +595,35 @@ class GuestPtrace:
         return stop.value
 
     def _notify(self, link: Link) -> None:
-        """Tell the tracer: SIGCHLD (CLD_TRAPPED) and any wait of it."""
-        self._sigchld(link.tracer_tid, link.tracee.tid, CLD_TRAPPED, (link.status >> 8) & 0x7F)
-        self._wake(link.tracer_tgid)
+        """Tell the tracer of a kept stop (CLD_TRAPPED)."""
+        info = self._chld_info(link.tracee.tid, CLD_TRAPPED, (link.status >> 8) & 0x7F)
+        self._wake(link.tracer_tgid, link.tracer_tid, info)
 
-    def _sigchld(self, tracer_tid: Tid, tracee_tid: Tid, code: int, status: int) -> None:
-        tracer = self.kernel.tasks.get(tracer_tid)
-        if tracer is None:
-            return
+    def _chld_info(self, tracee_tid: Tid, code: int, status: int) -> bytes:
+        """The siginfo of the SIGCHLD Linux sends a tracer
+        (do_notify_parent_cldstop, do_notify_parent)."""
         info = bytearray(SIGINFO_SIZE)
         uid = procfs.guest_uid(tracee_tid)
-        struct.pack_into(
-            "=iiiiiIi", info, 0, signal.SIGCHLD, 0, code, 0, self.guest_tid(tracee_tid), uid, status
-        )
-        self.kernel.raise_signal(tracer, signal.SIGCHLD, bytes(info))
+        guest = self.guest_tid(tracee_tid)
+        struct.pack_into("=iiiiiIi", info, 0, signal.SIGCHLD, 0, code, 0, guest, uid, status)
+        return bytes(info)
 
-    def _wake(self, tracer_tgid: int) -> None:
-        for tid, tgid in list(self.native_waits.items()):
-            if tgid == tracer_tgid:
-                del self.native_waits[tid]
+    def _wake(self, tracer_tgid: int, tracer_tid: Tid, info: bytes) -> None:
+        """SIGCHLD to the tracer, as Linux sends it at a tracee's stop or
+        exit; it also breaks a native wait of the tracer's, which the
+        kernel restarts (ERESTARTSYS) and which then finds the report here.
+        A waiting thread that blocks SIGCHLD is interrupted instead
+        (PTRACE_INTERRUPT; a signal it blocks would not break its wait).
+        A wait held here is answered at once."""
+        waiters = [tid for tid, tgid in self.native_waits.items() if tgid == tracer_tgid]
+        for tid in waiters:
+            del self.native_waits[tid]
+        for tid in waiters or [tracer_tid]:
+            task = self.kernel.tasks.get(tid)
+            if task is None:
+                continue
+            self.kernel.raise_signal(task, signal.SIGCHLD, info)
+            if tid in waiters and _blocks_sigchld(task):
                 try:
                     self.kernel.tracer.interrupt(tid)
                 except TracerError:
@@ -659,7 +669,9 @@ class GuestPtrace:
             self.exits.setdefault(link.tracer_tgid, []).append(
                 (task.tid, self.guest_tid(task.tid), status)
             )
-            self._wake(link.tracer_tgid)
+            code, si_status = _exit_code(status)
+            info = self._chld_info(task.tid, code, si_status)
+            self._wake(link.tracer_tgid, link.tracer_tid, info)
 
     def group_stopped(self, kernel: GuestKernel, task: Task, signo: int) -> None:
         """The tracee entered a group-stop: its tracer sees it as a stop
@@ -969,6 +981,15 @@ def _vdso_syscall(kernel: GuestKernel, task: Task) -> int | None:
     except (OSError, TracerError, ValueError):
         return None
     return None
+
+
+def _blocks_sigchld(task: Task) -> bool:
+    """Whether the thread blocks SIGCHLD (SigBlk, proc(5))."""
+    blocked = procfs.status(task.tid, ("SigBlk",)).get("SigBlk", "0")
+    try:
+        return bool(int(blocked, 16) & 1 << (signal.SIGCHLD - 1))
+    except ValueError:
+        return False
 
 
 def _signed(value: int) -> int:

@@ -1191,8 +1191,9 @@ class PythonTracer:
     def interrupt(self, tid: Tid) -> None:
         if tid not in self._known:
             raise TracerError(f"interrupt: thread {tid} is not traced", _errno.ESRCH)
-        if tid in self._interrupts:
-            return
+        # Asked again even when an earlier request is marked: Linux ends
+        # a pending interrupt at any trap of the thread (ptrace_stop), so
+        # an earlier one may have been absorbed by another stop.
         try:
             _ptrace(PTRACE_INTERRUPT, tid, 0, 0)
         except _PtraceError as exc:

@@ -289,8 +289,10 @@ def _wait(
 ) -> Outcome:
     tracing = ctx.kernel.guest_ptrace
     task = ctx.task
-    if not tracing.is_tracer(task.tgid):
+    if task.tgid not in tracing.filtered and not tracing.is_tracer(task.tgid):
         return None
+    # A process with the wait filter may become a tracer while it waits
+    # (its child's PTRACE_TRACEME): its native waits are known, to be woken.
     found = tracing.find_report(
         task, which, ident, options, consume=not (waitid and options & gp.WNOWAIT)
     )
