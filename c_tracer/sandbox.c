@@ -68,6 +68,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -91,7 +92,8 @@
 #ifndef TIOCGPTPEER
 #define TIOCGPTPEER _IO('T', 0x41) /* Linux 4.13, ioctl_tty(2) */
 #endif
-#define KEYCTL_JOIN_SESSION_KEYRING 1 /* linux/keyctl.h */
+#define KEYCTL_JOIN_SESSION_KEYRING 1    /* linux/keyctl.h */
+#define OVERLAYFS_SUPER_MAGIC 0x794c7630 /* linux/magic.h */
 
 #define EXIT_SETUP 125
 #define STAGING "/tmp"
@@ -703,8 +705,19 @@ static void mount_unit(struct unit *u, const char *target)
     char opts[12800];
     snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s,xino=on%s", u->lower, u->upper,
              u->work, sp_was_root ? "" : ",userxattr");
-    if (mount("overlay", target, "overlay", MS_NOSUID | MS_NODEV, opts) < 0)
+    if (mount("overlay", target, "overlay", MS_NOSUID | MS_NODEV, opts) < 0) {
+        /* An overlay over an overlay over a file system is as deep as the
+         * kernel stacks them (FILESYSTEM_MAX_STACK_DEPTH, 2): a machine
+         * in a machine in a machine cannot have a copy-on-write root. */
+        struct statfs fs;
+        if (errno == EINVAL && statfs(u->lower, &fs) == 0 && fs.f_type == OVERLAYFS_SUPER_MAGIC) {
+            errno = 0;
+            die("cannot make %s copy-on-write: it is an overlay over an overlay already (the "
+                "third nested machine: give it --read-only-root or --root)",
+                u->guest);
+        }
         die("cannot make %s copy-on-write", u->guest);
+    }
 }
 
 static struct unit units[512];
