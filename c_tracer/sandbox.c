@@ -68,6 +68,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -91,7 +92,8 @@
 #ifndef TIOCGPTPEER
 #define TIOCGPTPEER _IO('T', 0x41) /* Linux 4.13, ioctl_tty(2) */
 #endif
-#define KEYCTL_JOIN_SESSION_KEYRING 1 /* linux/keyctl.h */
+#define KEYCTL_JOIN_SESSION_KEYRING 1    /* linux/keyctl.h */
+#define OVERLAYFS_SUPER_MAGIC 0x794c7630 /* linux/magic.h */
 
 #define EXIT_SETUP 125
 #define STAGING "/tmp"
@@ -683,7 +685,11 @@ static void unit_dirs(struct unit *u)
     } else if (chown(u->upper, st.st_uid, st.st_gid) < 0 && errno != EINVAL) {
         die("cannot give the upper layer of %s its owner", u->guest);
     }
-    if (chmod(u->upper, mode) < 0)
+    /* A machine that root runs refuses set-id modes with group execute
+     * (umld/core/syscalls/sys_file.py): nested in one, the upper layer
+     * of a set-group-ID directory (/var/mail) goes without the bit. */
+    if (chmod(u->upper, mode) < 0 &&
+        (errno != EPERM || chmod(u->upper, mode & ~(mode_t)(S_ISUID | S_ISGID)) < 0))
         die("cannot give the upper layer of %s its mode", u->guest);
 }
 
@@ -699,8 +705,19 @@ static void mount_unit(struct unit *u, const char *target)
     char opts[12800];
     snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s,xino=on%s", u->lower, u->upper,
              u->work, sp_was_root ? "" : ",userxattr");
-    if (mount("overlay", target, "overlay", MS_NOSUID | MS_NODEV, opts) < 0)
+    if (mount("overlay", target, "overlay", MS_NOSUID | MS_NODEV, opts) < 0) {
+        /* An overlay over an overlay over a file system is as deep as the
+         * kernel stacks them (FILESYSTEM_MAX_STACK_DEPTH, 2): a machine
+         * in a machine in a machine cannot have a copy-on-write root. */
+        struct statfs fs;
+        if (errno == EINVAL && statfs(u->lower, &fs) == 0 && fs.f_type == OVERLAYFS_SUPER_MAGIC) {
+            errno = 0;
+            die("cannot make %s copy-on-write: it is an overlay over an overlay already (the "
+                "third nested machine: give it --read-only-root or --root)",
+                u->guest);
+        }
         die("cannot make %s copy-on-write", u->guest);
+    }
 }
 
 static struct unit units[512];
@@ -1404,6 +1421,33 @@ static void op_dev(void)
     restore_fsids(old);
 }
 
+/* Where a nesting machine ("nest") shows the guest a /proc with nothing
+ * bound over it. */
+#define NEST_PROC "/dev/.umld/proc"
+
+/* "nest": what umld needs to build a machine inside this one (the
+ * machine's nest setting).  /dev/fuse, for the inner machine's export and
+ * an ordinary user's disks (FUSE mounts in a user namespace are allowed,
+ * fuse(4)); /dev/net/tun, for its user-mode network (pasta opens it in
+ * the inner guest's network namespace, where it only creates interfaces
+ * of a namespace the opener administers, tuntap.txt); and a mount point
+ * for pid 1's uncovered /proc (pid1_main). */
+static void op_nest(void)
+{
+    static const char *const nodes[] = {"fuse", "net/tun"};
+    for (size_t k = 0; k < sizeof nodes / sizeof nodes[0]; k++) {
+        char from[64], to[64];
+        snprintf(from, sizeof from, "/oldroot/dev/%s", nodes[k]);
+        snprintf(to, sizeof to, "/newroot/dev/%s", nodes[k]);
+        if (access(from, F_OK) < 0)
+            die("--nest: the host has no /dev/%s", nodes[k]);
+        ensure_target(to + 8, to, 0);
+        if (mount(from, to, NULL, MS_BIND, NULL) < 0)
+            die("cannot bind /dev/%s", nodes[k]);
+    }
+    ensure_target(NEST_PROC, (char[]){"/newroot" NEST_PROC}, 1);
+}
+
 /* The guest's terminal ("tty SOCKET COLS ROWS", the machine's tty setting):
  * a pseudo-terminal of the guest's own devpts instance (op_dev), so the
  * guest sees /dev/pts/0 and never a terminal of the host.  The master goes
@@ -1515,6 +1559,7 @@ struct spec {
     int was_root;
     int netns;  /* the guest's own network namespace ("netns") */
     int net_fd; /* umld's network helper, asked once it exists ("netsync FD") */
+    int nest;   /* the guest may run umld ("nest") */
 };
 
 /* "netns": the guest's user namespace gets a network namespace of its own
@@ -1776,8 +1821,17 @@ static void copy_pid_max(void)
 static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
 {
     if (sp->proc) {
-        if (mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+        if (mount("proc", "/newroot/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+            /* In a user namespace only where a /proc shows all its files
+             * (mount_too_revealing(), fs/namespace.c): not in a umld
+             * machine without --nest, nor in most containers. */
+            if (errno == EPERM && !sp->was_root) {
+                errno = 0;
+                die("cannot mount the guest's /proc: every /proc here has files covered (inside "
+                    "a umld machine, give that machine --nest)");
+            }
             die("cannot mount the guest's /proc");
+        }
         copy_pid_max();
         /* What /proc tells of, or lets change about, the host kernel is
          * masked or read-only, as container runtimes do: sysctl(2) files
@@ -1785,6 +1839,18 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
          * and --unsafe-host-ids makes the guest's root the host's. */
         mask_proc();
     }
+    /* A nesting machine: the inner umld's pid 1 mounts a /proc of its own,
+     * which a kernel allows in a user namespace only where a procfs is
+     * already mounted with nothing locked over its files
+     * (mount_too_revealing(), fs/namespace.c: a new mount may not reveal
+     * what an existing one hides).  The guest's /proc has the machine's
+     * files bound over the host's, so the guest gets a second one, plain,
+     * as LXC keeps at /dev/.lxc/proc.  Mounted here, by the guest's pid 1,
+     * it shows the machine's processes only; its other files are the
+     * host's own (the README, "Nesting"). */
+    if (sp->nest &&
+        mount("proc", "/newroot" NEST_PROC, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+        die("cannot mount the nesting machine's %s", NEST_PROC);
     for (int i = 0; i < sp->nfiles; i++) {
         char *from = join("/oldroot", sp->files[2 * i]);
         char *to = join("/newroot", sp->files[2 * i + 1]);
@@ -1864,10 +1930,72 @@ static const char *userns_refusal(int err)
     }
 }
 
+/* Writes TEXT to the file PATH whole; 0, or -1 with errno. */
+static int try_write_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    size_t n = strlen(text);
+    ssize_t r = write(fd, text, n);
+    int err = errno;
+    close(fd);
+    errno = err;
+    return r == (ssize_t)n ? 0 : -1;
+}
+
+/* The id the stage's root takes in its parent namespace when uid 0 there
+ * cannot be mapped (nesting, below): nobody, the kernel's overflow id. */
+#define NESTED_ROOT_ID 65534U
+
+/* The helper of become_own_userns: forked before the unshare, so it stays
+ * in the parent user namespace, where (as uid 0 of a machine) it holds
+ * CAP_SETUID and CAP_SETGID.  Asked on FD, it maps the stage's root to
+ * NESTED_ROOT_ID, as newuidmap(1) writes a map for another process
+ * (user_namespaces(7), "Defining user and group ID mappings"). */
+static void map_helper(int fd, pid_t stage)
+{
+    char ask;
+    if (read(fd, &ask, 1) != 1)
+        _exit(0); /* the stage mapped itself */
+    char path[64], text[64];
+    snprintf(text, sizeof text, "0 %u 1\n", NESTED_ROOT_ID);
+    snprintf(path, sizeof path, "/proc/%d/uid_map", (int)stage);
+    if (try_write_file(path, text) < 0)
+        _exit(1);
+    snprintf(path, sizeof path, "/proc/%d/gid_map", (int)stage);
+    _exit(try_write_file(path, text) < 0 ? 2 : 0);
+}
+
+/* An ordinary user's machine: a user namespace of our own whose root is
+ * the caller (user_namespaces(7)).
+ *
+ * Nesting: run as uid 0 of a machine that root runs, the map "0 0 1" is
+ * refused.  Mapping uid 0 of the parent namespace needs CAP_SETFCAP where
+ * the namespace was made (verify_root_map(), kernel/user_namespace.c),
+ * and such a machine drops CAP_SETFCAP from its bounding set on purpose
+ * (guest_main).  Its root then becomes the outer machine's nobody in the
+ * inner one: the inner guest is root of nothing the outer guest's root
+ * owns, and it reads the outer's root-owned files as others do. */
 static void become_own_userns(void)
 {
     uid_t uid = geteuid();
     gid_t gid = getegid();
+    int ask[2] = {-1, -1};
+    pid_t helper = -1;
+    if (uid == 0) {
+        if (pipe2(ask, O_CLOEXEC) < 0)
+            die("pipe");
+        pid_t stage = getpid();
+        helper = fork();
+        if (helper < 0)
+            die("fork");
+        if (helper == 0) {
+            close(ask[1]);
+            map_helper(ask[0], stage);
+        }
+        close(ask[0]);
+    }
     if (unshare(CLONE_NEWUSER) < 0) {
         const char *why = userns_refusal(errno);
         errno = 0;
@@ -1876,9 +2004,35 @@ static void become_own_userns(void)
     char text[64];
     write_file("/proc/self/setgroups", "deny");
     snprintf(text, sizeof text, "0 %u 1\n", (unsigned)uid);
-    write_file("/proc/self/uid_map", text);
-    snprintf(text, sizeof text, "0 %u 1\n", (unsigned)gid);
-    write_file("/proc/self/gid_map", text);
+    if (try_write_file("/proc/self/uid_map", text) == 0) {
+        snprintf(text, sizeof text, "0 %u 1\n", (unsigned)gid);
+        write_file("/proc/self/gid_map", text);
+    } else if (uid != 0 || errno != EPERM) {
+        die("cannot write /proc/self/uid_map");
+    } else if (write(ask[1], "m", 1) != 1) {
+        die("cannot ask for the nested machine's id map");
+    }
+    if (helper > 0) {
+        close(ask[1]);
+        int status;
+        while (waitpid(helper, &status, 0) < 0)
+            if (errno != EINTR)
+                die("waitpid");
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            errno = 0;
+            die("cannot map the nested machine's root to uid %u of its host", NESTED_ROOT_ID);
+        }
+        /* Our own ids are unmapped here (the overflow id, which creates
+         * no file: EOVERFLOW): become the namespace's root. */
+        if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+            die("cannot become the nested machine's root");
+        /* The change of ids made us undumpable, which gives our /proc/self
+         * files to the root of the namespace we were exec'd in (proc(5),
+         * PR_SET_DUMPABLE): the timens_offsets we write would be the
+         * outer root's. */
+        if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
+            die("cannot make the nested machine's stage dumpable");
+    }
 }
 
 static void set_boottime(void)
@@ -2403,6 +2557,9 @@ int main(int argc, char **argv)
             sp.hostname = argv[i + 1];
             sp.domainname = argv[i + 2];
             i += 2;
+        } else if (strcmp(op, "nest") == 0) {
+            op_nest();
+            sp.nest = 1;
         } else if (strcmp(op, "netns") == 0) {
             sp.netns = 1;
         } else if (strcmp(op, "netsync") == 0) {

@@ -191,8 +191,11 @@ class Keeper:
                 if parent not in wants:
                     wants[parent] = self._wants(cgroup, now, samples)
                 capacity, asked = wants[parent]
+                paths = cgroup.paths
+                if not paths:
+                    continue  # removed meanwhile: the machine has ended (close())
                 with self._lock:
-                    now_quota = self._quota.get(cgroup.paths[0])
+                    now_quota = self._quota.get(paths[0])
                 quota = _quota(capacity, asked, leaf, control.policy.vcpus, now_quota)
                 self._apply(control, cgroup, quota)
             except OSError as exc:

@@ -152,11 +152,23 @@ NR_RESTART_SYSCALL = 219
 RUSAGE_SIZE, RUSAGE_SIZE_32 = 144, 72
 
 
+#: What makes this umld's wait filter its own (wait_filter).
+_WAIT_FILTER_MARK = int.from_bytes(os.urandom(4), "little")
+
+
 def wait_filter() -> bytes:
     """The seccomp filter a guest tracer process gets: its wait calls stop
     (SECCOMP_RET_TRACE), everything else is for umld's own filter to
-    decide (SECCOMP_RET_ALLOW: filters stack and the strictest wins)."""
-    return build_filter(
+    decide (SECCOMP_RET_ALLOW: filters stack and the strictest wins).
+
+    It starts with a load of a number of this umld's own (``ld #k``, which
+    the next instruction overwrites): the guest kernel leaves its own wait
+    filter out of the guest's filters (sys_ptrace._note_filter), and an
+    umld inside the machine (nesting) puts the same filter in its own
+    tracers, which must count as the guest's, or their waits would never
+    reach it."""
+    mark = struct.pack("=HBBI", 0x00, 0, 0, _WAIT_FILTER_MARK)  # BPF_LD|BPF_W|BPF_IMM
+    return mark + build_filter(
         {NR_WAIT4: (), NR_WAITID: ()},
         i386={NR_I386_WAITPID: (), NR_I386_WAIT4: (), NR_I386_WAITID: ()},
     )

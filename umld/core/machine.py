@@ -33,7 +33,7 @@ from umld.core.sandbox import (
     sandbox_argv,
     upper_layer,
 )
-from umld.errors import get_logger
+from umld.errors import UsageError, get_logger
 
 log = get_logger("umld.machine")
 
@@ -85,6 +85,7 @@ class Config:
     limits_nproc: int
     limits_nofile: int | None
     tty: bool
+    nest: bool
     unsafe_host_ids: bool
 
     def __init__(
@@ -197,6 +198,10 @@ def prepare(
         home=environ.get("HOME", "").rstrip("/") or None,
         home_disk=cfg.home_disk(),
     )
+    if cfg.nest and cfg.unsafe_host_ids:
+        # The uncovered /proc of --nest holds host files umld otherwise
+        # masks (sysrq-trigger): harmless to a root that is not the host's.
+        raise UsageError("umld: --nest and --unsafe-host-ids cannot be used together")
     ids = None
     if procfs.host_root() and not cfg.unsafe_host_ids:
         files.ids = lease_ids()
@@ -272,6 +277,7 @@ def machine_argv(
         upper=prep.upper,
         tty=tty,
         net=None if files.net is None else (files.net.stage_fd(),),
+        nest=cfg.nest,
     )
 
 
@@ -289,7 +295,9 @@ def features(*, live: bool, vcpus: int | None, cfg: Config | None = None) -> set
         out.add("vcpus")
     if cfg is not None and cfg.cpuid == "own":
         out.add("cpuid")
-    if os.geteuid() == 0:
+    if procfs.host_root():
+        # Root of a machine (nesting) writes as its host machine's root,
+        # whose guest kernel already refuses these writes.
         out.add("hostroot")
     return out
 
@@ -354,7 +362,7 @@ class Machine:
         ``live`` says so, by default when there is an ``on_start``."""
         from umld.core.host import Host, Launch, spawn_failure
         from umld.core.terminal import controlling_tty
-        from umld.errors import UmldError, UsageError
+        from umld.errors import UmldError
 
         if not argv:
             raise UsageError("no command given")

@@ -33,11 +33,27 @@ def status(pid: int | str, fields: Iterable[str] | None = None) -> dict[str, str
     return out
 
 
-def guest_pid(pid: int) -> int:
-    """The pid in the innermost pid namespace of a host pid (NSpid); 0 when
-    the process is gone or in the host's namespace only."""
+_own_level: int | None = None
+
+
+def _machine_level() -> int:
+    """Where a machine's pid namespace is in a guest's NSpid: just below
+    umld's own, whose depth is the length of umld's NSpid (1 unless this
+    /proc belongs to an outer pid namespace)."""
+    global _own_level
+    if _own_level is None:
+        _own_level = len(status("self", ("NSpid",)).get("NSpid", "1").split()) or 1
+    return _own_level
+
+
+def guest_pid(pid: int | str) -> int:
+    """The pid a host pid has in the machine's pid namespace (NSpid, proc(5),
+    lists it from the outermost namespace in): 0 when the process is gone
+    or not in a machine.  Not the innermost: a machine's process may be in
+    a namespace of its own below (an inner umld's machine, nesting)."""
     ids = status(pid, ("NSpid",)).get("NSpid", "").split()
-    return int(ids[-1]) if len(ids) > 1 else 0
+    level = _machine_level()
+    return int(ids[level]) if len(ids) > level else 0
 
 
 def guest_uid(tid: int) -> int:

@@ -604,6 +604,7 @@ class SandboxOps:
         "cwd": 2,  # DIR strict|fallback
         "netns": 0,  # a network namespace of the guest's own, its loopback up
         "netsync": 1,  # FD: the first process asks umld (core/net.py) for its network
+        "nest": 0,  # /dev/fuse, /dev/net/tun and an uncovered /proc: umld can run inside
     }
     #: umld-sandbox enter PID [OPS] -- CMD: a process in a running machine.
     ENTER: ClassVar[dict[str, int]] = {
@@ -659,6 +660,7 @@ def sandbox_argv(
     upper: tuple[str, str] | None = None,
     tty: tuple[int, int, int] | None = None,
     net: tuple[int] | tuple[()] | None = None,
+    nest: bool = False,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox`` for a new machine.
 
@@ -674,7 +676,8 @@ def sandbox_argv(
     on the socket (:mod:`umld.core.tty`).  ``net``: None shares the host's
     network namespace; otherwise the guest gets its own, and with (socket,)
     its first process asks umld on the socket before it runs
-    (:mod:`umld.core.net`)."""
+    (:mod:`umld.core.net`).  ``nest``: what a machine built inside this
+    one needs (the nest setting)."""
     ops = SandboxOps()
     for path in cgroups:
         ops.op("cgroup", path)
@@ -728,6 +731,9 @@ def sandbox_argv(
     if tty is not None:
         # After every mount: the guest's /dev (and its devpts) is in place.
         ops.op("tty", *tty)
+    if nest:
+        # After every mount: /dev is the machine's.
+        ops.op("nest")
     if export_dir:
         # What guest programs export to the host (the export's export/).
         ops.op("mkdir", "/run/umld/export")

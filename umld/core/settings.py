@@ -474,6 +474,12 @@ SETTINGS: tuple[Setting, ...] = (
             "the first process runs on a terminal of the machine's own (/dev/pts/0), exported "
             "live in ui/; `umld attach` connects to it",
             default=False),
+    Setting("nest", Flag(),
+            "the guest can run umld inside (nesting): it gets /dev/fuse and /dev/net/tun, "
+            "and a /proc of its own processes with nothing bound over it at /dev/.umld/proc "
+            "(there the host's own cpuinfo, meminfo, stat and the files umld masks); "
+            "not with --unsafe-host-ids",
+            default=False),
     Setting("unsafe_host_ids", Flag(),
             "DANGEROUS, root only: the guest's ids are the host's, so its root is the host's "
             "root on every host file it can reach (default: a range of host ids of its own)",

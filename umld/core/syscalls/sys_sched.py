@@ -114,8 +114,7 @@ def _target(ctx: SyscallContext) -> int:
     if pid < 0:
         raise GuestError(errno.ESRCH)
     for task in list(ctx.kernel.tasks.values()):
-        ids = procfs.status(f"{task.tgid}/task/{task.tid}", ("NSpid",)).get("NSpid", "").split()
-        if ids and int(ids[-1]) == pid:
+        if procfs.guest_pid(f"{task.tgid}/task/{task.tid}") == pid:
             return int(task.tid)
     raise GuestError(errno.ESRCH)
 
