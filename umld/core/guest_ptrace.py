@@ -630,16 +630,22 @@ class GuestPtrace:
         waiters = [tid for tid, tgid in self.native_waits.items() if tgid == tracer_tgid]
         for tid in waiters:
             del self.native_waits[tid]
-        for tid in waiters or [tracer_tid]:
+        tracer = self.kernel.tasks.get(tracer_tid)
+        if tracer is not None:
+            # To the tracing thread, as before: a tracer that sleeps in
+            # sigwaitinfo(2) on a blocked SIGCHLD (umld itself) wakes too.
+            self.kernel.raise_signal(tracer, signal.SIGCHLD, info)
+        for tid in waiters:
             task = self.kernel.tasks.get(tid)
             if task is None:
                 continue
-            self.kernel.raise_signal(task, signal.SIGCHLD, info)
-            if tid in waiters and _blocks_sigchld(task):
+            if _blocks_sigchld(task):
                 try:
                     self.kernel.tracer.interrupt(tid)
                 except TracerError:
                     pass
+            elif tid != tracer_tid:
+                self.kernel.raise_signal(task, signal.SIGCHLD, info)
         for tid, call in list(self.held_waits.items()):
             if call.task.tgid == tracer_tgid:
                 self.retry_held(tid)
