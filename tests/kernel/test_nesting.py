@@ -57,7 +57,9 @@ def test_three_levels(backend: str) -> None:
         *inner(backend, "--read-only-root", "--hostname", "third"),
         *HOST_AND_ID,
     ]
-    got = run(argv, timeout=180)
+    # From "/": the third machine's /tmp is its own, so a working directory
+    # below /tmp (a checkout there) would not exist in it.
+    got = run(argv, timeout=180, cwd="/")
     assert (got.returncode, got.stdout, got.stderr) == (0, "third\n0\n", "")
 
 
