@@ -301,14 +301,10 @@ def _wait(
     native = _native_can_answer(tracing, task, which, ident)
     if options & gp.WNOHANG:
         if native:
-            expects = tracing.expects_report(task, which, ident, options)
-
-            def no_echild(result: int) -> None:
-                # A native ECHILD where a tracee may still report: 0.
-                if result == -errno.ECHILD and expects:
-                    ctx.kernel.tracer.set_result(task.tid, 0)
-
-            return AtExit(no_echild)
+            # A child the host can report on: natively, with no exit stop
+            # (with a child there is no ECHILD to mend; a tracer polls
+            # this after every report).
+            return None
         if tracing.expects_report(task, which, ident, options):
             if waitid and info:
                 ctx.write(info, bytes(SIGINFO_SIZE))
