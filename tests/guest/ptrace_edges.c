@@ -15,6 +15,9 @@
  *                           ptrace08/10); seized, the stop is reported as a
  *                           PTRACE_EVENT_STOP with SIGSTOP and PTRACE_CONT
  *                           makes it run
+ *   ptrace_edges traceme    PTRACE_TRACEME, then exit 3: its parent (a shell
+ *                           that never traces) is made a tracer behind its
+ *                           back and must go on as natively
  *   ptrace_edges regs       a tracer stops its child at a SIGSTOP, reads and
  *                           writes its registers and memory, single-steps
  *                           it, makes getpid return 4242 (PTRACE_SYSEMU),
@@ -220,6 +223,8 @@ int main(int argc, char **argv)
 		regs();
 	else if (!strcmp(mode, "stopped"))
 		stopped();
+	else if (!strcmp(mode, "traceme"))
+		return ptrace(PTRACE_TRACEME, 0, 0, 0) == 0 ? 3 : 4;
 	else
 		return 2;
 	return 0;

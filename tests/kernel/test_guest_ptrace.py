@@ -282,3 +282,17 @@ def test_a_seccomp_supervisor_in_a_guest(backend: str, work: Path) -> None:
     alone = run([*_guest(backend, work), str(work / "super"), "notrace"])
     assert alone.stdout == run([str(work / "super"), "notrace"]).stdout
     assert alone.stdout.count(f"errno={errno.ENOSYS}") == 3
+
+
+def test_an_unaware_parent_of_a_traceme_child_goes_on(backend: str, work: Path) -> None:
+    """A child's PTRACE_TRACEME gives its parent, a shell that never uses
+    ptrace, the wait filter behind its back (written below its stack
+    pointer through its vDSO): the shell's waits, exit statuses and later
+    commands are as natively."""
+    script = (
+        f"{work / 'edges'} traceme; echo rc=$?; {work / 'edges'} traceme; echo rc=$?; echo after"
+    )
+    native = run(["sh", "-c", script])
+    assert native.stdout == "rc=3\nrc=3\nafter\n"
+    guest = run([*_guest(backend, work), "sh", "-c", script])
+    assert (guest.returncode, guest.stdout) == (0, native.stdout), guest.stderr
