@@ -160,10 +160,15 @@ def test_strace_follows_a_shell_as_natively(backend: str, work: Path, tmp_path: 
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(mode=0o777)
     argv = ["strace", "-f", "-qq", "-e", "trace=process,file", "-ff"]
-    r = run([*argv, "-o", str(native / "t"), "sh", "-c", STRACE_CMD], cwd=work)
+    # dash stats $PWD at start: it must name the working directory, which
+    # the guest has (the caller's checkout may not be inside the machine).
+    env = {**os.environ, "PWD": str(work)}
+    r = run([*argv, "-o", str(native / "t"), "sh", "-c", STRACE_CMD], cwd=work, env=env)
     assert r.returncode == 0, r.stderr
     r = run(
-        [*_guest(backend, work), *argv, "-o", str(guest / "t"), "sh", "-c", STRACE_CMD], cwd=work
+        [*_guest(backend, work), *argv, "-o", str(guest / "t"), "sh", "-c", STRACE_CMD],
+        cwd=work,
+        env=env,
     )
     assert r.returncode == 0, r.stderr
     want = _strace_files(native)
