@@ -8,10 +8,13 @@ and why is in the README ("Nesting") and sandbox.c (op_nest, pid1_main).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,3 +159,74 @@ def test_inner_root_is_not_root_of_the_outer_guests_files(open_dir: Path, backen
     assert got.stdout.splitlines() == ["65534", "refused", "refused"], got.stderr
     assert not (shared / "new").exists()
     assert (shared / "file").read_text() == "root's\ny\n"
+
+
+def _until(condition: str) -> str:
+    """Shell: wait for CONDITION, 30 s at most."""
+    return f"i=0; until {condition} || [ $i -ge 600 ]; do sleep 0.05; i=$((i+1)); done; "
+
+
+def _inner_export_script(backend: str, mount: Path, then: str = "") -> str:
+    """An outer guest's shell: an inner machine exported at MOUNT, read and
+    tuned by the outer guest through that export while the inner runs."""
+    options = ("--net", "none", "--mount", str(mount), "--hostname", "inner")
+    waits_for_change = _until('[ "$(hostname)" = changed ]') + "hostname"
+    return (
+        f"{' '.join(inner(backend, *options))} sh -c '{waits_for_change}' & "
+        + _until(f"cat {mount}/config/hostname 2>/dev/null")
+        + then
+        + f"echo changed > {mount}/config/hostname; wait $!; echo rc=$?"
+    )
+
+
+def test_the_inner_export_is_read_and_tuned_inside_the_outer_machine(
+    backend: str, open_dir: Path
+) -> None:
+    """``umld run --mount`` inside a machine: the inner export is a FUSE
+    mount in the outer guest's mount namespace, served by the inner umld;
+    the outer guest reads its config/ and writes a setting the inner
+    guest then sees."""
+    mount = open_dir / "inner"
+    mount.mkdir()
+    argv = [*umld_argv(backend, "--nest", f"--bind={open_dir}"), "sh", "-c"]
+    got = run([*argv, _inner_export_script(backend, mount)], timeout=120, cwd="/")
+    assert (got.stdout, got.returncode) == ("inner\nchanged\nrc=0\n", 0), got.stderr
+
+
+def test_the_host_reading_the_inner_export_is_refused_at_once(open_dir: Path) -> None:
+    """Through the outer export's fs/, the host meets the inner export as
+    the kernel lets it: a FUSE mount made in a user namespace serves only
+    that namespace and those below it, and only callers whose ids it maps
+    (fuse_allow_current_process, fuse_get_req: EACCES, EOVERFLOW).  The
+    reader gets that error at once; nothing waits and the machines go
+    on (the README, "Nesting")."""
+    mount, export = open_dir / "inner", open_dir / "export"
+    mount.mkdir()
+    export.mkdir()
+    ready, done = open_dir / "ready", open_dir / "done"
+    then = f"touch {ready}; " + _until(f"[ -e {done} ]")
+    argv = [*umld_argv("c", "--nest", f"--bind={open_dir}", f"--mount={export}"), "sh", "-c"]
+    proc = subprocess.Popen(
+        [*argv, _inner_export_script("c", mount, then)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/",
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ready.exists(), proc.communicate(timeout=60)
+        start = time.monotonic()
+        with pytest.raises(OSError) as refused:
+            (export / "fs" / str(mount).lstrip("/") / "config" / "hostname").read_text()
+        assert refused.value.errno in (errno.EACCES, errno.EOVERFLOW)
+        assert time.monotonic() - start < 5
+        done.touch()
+        out, err = proc.communicate(timeout=60)
+        assert (out, proc.returncode) == ("inner\nchanged\nrc=0\n", 0), err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

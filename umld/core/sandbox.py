@@ -25,6 +25,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, final
 
+from umld.core import procfs
 from umld.core.cgroups import MachineCgroup
 from umld.core.ids import IdLease, IdRange
 from umld.errors import UmldError, UsageError
@@ -295,6 +296,13 @@ class MachineFiles:
                     f"umld: cannot create the machine's runtime directory in {base}: "
                     f"{exc.strerror} (set XDG_RUNTIME_DIR to a directory of yours)"
                 ) from None
+        if os.geteuid() == 0 and not procfs.host_root():
+            # Root of a machine umld runs in (nesting): the stage's root
+            # becomes its host's nobody (sandbox.c, become_own_userns),
+            # which must reach the files it binds.  It may read them, as
+            # anyone there may; their names are not listed, and only we
+            # write them.
+            os.chmod(path, 0o711)
         self.dir = path
         self._locks: list[int] = []
         #: Disk images this machine created (prepare_disk).
@@ -360,7 +368,11 @@ class MachineFiles:
         if host is None:
             host = os.path.join(self.dir, guest.strip("/").replace("/", "_"))
             self.files[guest] = host
-        with open(host, "r+b" if os.path.exists(host) else "wb") as f:
+        # 0644 whatever the umask: the directory keeps them private, and a
+        # nested stage reads them as others (above).
+        fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        os.fchmod(fd, 0o644)
+        with open(fd, "wb") as f:
             f.write(content)
             f.truncate()
 
