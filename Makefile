@@ -99,6 +99,7 @@ bench-quick: install .stamp-bench
 conformance: install
 	$(VPY) conformance/run.py $(CONFORMANCE_ARGS)
 	$(VPY) conformance/run.py --suite issue3 $(CONFORMANCE_ARGS)
+	$(VPY) conformance/run.py --nested $(CONFORMANCE_ARGS)
 	$(VPY) conformance/ltp.py $(LTP_ARGS)
 
 # The daemon as a systemd service: units, tmpfiles snippet, and the umld

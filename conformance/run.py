@@ -5,7 +5,7 @@ Usage (from the repository root):
 
     .venv/bin/python conformance/run.py [--tracer c|python]
         [--suite default|issue3] [--tests test_os,test_posix,...]
-        [--root-assembled] [--jobs N] [--python PATH]
+        [--root-assembled] [--nested] [--jobs N] [--python PATH]
 
 Each test module runs as `PYTHON -m test -v --randseed 1 MODULE`, once
 natively and once as `umld run --tracer=T -- PYTHON -m test ...`, with the
@@ -30,6 +30,11 @@ path), so the file system tests run through the machine's own mount table.
 `--suite issue3` is the file system modules (test_os, test_shutil,
 test_tempfile, test_pathlib, test_glob, test_posixpath, test_stat) in such
 a root.
+
+--nested runs the guest in a umld inside a umld (`umld run --nest -- umld
+run -- PYTHON ...`), the seed's test of a kernel that runs itself.  Run by
+root, the inner guest's root is the outer's nobody, so the interpreter
+chosen is one every user may run.
 
 --under strace|proot runs the same comparison under another tracer, which
 validates this harness independently of umld (PRoot 5.1 is known to differ
@@ -400,10 +405,25 @@ def testsuite_hint(interp: Interpreter) -> str:
     return "this build has no `test` package (some distributions strip it)"
 
 
-def choose_interpreter(explicit: str | None, modules: Sequence[str]) -> Interpreter:
+def reachable_by_all(path: str) -> bool:
+    """Whether every user may run PATH: each directory above it searchable
+    by others (a nested guest's root is its host's nobody, and pyenv keeps
+    its interpreters in a 0700 $HOME)."""
+    real = Path(os.path.realpath(path))
+    return all(os.stat(d).st_mode & 0o001 for d in real.parents) and bool(
+        os.stat(real).st_mode & 0o001
+    )
+
+
+def choose_interpreter(
+    explicit: str | None, modules: Sequence[str], *, for_all: bool = False
+) -> Interpreter:
     paths = [explicit] if explicit else candidate_interpreters()
     rejected: list[str] = []
     for path in paths:
+        if for_all and not reachable_by_all(path):
+            rejected.append(f"  {path}: not every user may run it (needed by --nested)")
+            continue
         interp = probe_interpreter(path, modules)
         if interp is None:
             rejected.append(f"  {path}: does not run")
@@ -483,9 +503,15 @@ def remove_root(root: Path) -> None:
 # Running
 
 
-def runner_prefix(under: str, tracer: str, umld: Path, machine: Sequence[str] = ()) -> list[str]:
+def runner_prefix(
+    under: str, tracer: str, umld: Path, machine: Sequence[str] = (), *, nested: bool = False
+) -> list[str]:
     if under == "umld":
-        return [str(umld), "run", f"--tracer={tracer}", *machine, "--"]
+        guest = [str(umld), "run", f"--tracer={tracer}", *machine, "--"]
+        # Nested: umld inside umld (the seed's test of a kernel that runs
+        # itself); the outer machine is given what nesting needs, the
+        # inner one the same options as a single machine.
+        return [str(umld), "run", f"--tracer={tracer}", "--nest", "--", *guest] if nested else guest
     if under == "strace":
         return [shutil.which("strace") or "strace", "-f", "-o", "/dev/null"]
     if under == "proot":
@@ -529,6 +555,9 @@ def run_module(
     tmp = scratch / module
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    # Writable to all, as the scratch directory (main): a nested guest's
+    # root is its host's nobody (the README, "Nesting").
+    tmp.chmod(0o777)
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": HOME,
@@ -810,6 +839,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="umld",
         help="what to compare native against (strace/proot: to check this harness)",
     )
+    p.add_argument(
+        "--nested",
+        action="store_true",
+        help="run the guest in a umld inside a umld (`umld run --nest -- umld run -- ...`)",
+    )
     p.add_argument("--native-only", action="store_true", help="only the native run")
     p.add_argument("--strict", action="store_true", help="require identical outcomes per test case")
     p.add_argument(
@@ -824,22 +858,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     tests = args.tests if args.tests is not None else ",".join(SUITES[args.suite])
     modules = [m.strip() for m in tests.split(",") if m.strip()]
     root_assembled = args.root_assembled or args.suite in ROOT_SUITES
-    if root_assembled and args.under != "umld":
-        sys.exit("conformance: --root-assembled needs --under umld")
+    if (root_assembled or args.nested) and args.under != "umld":
+        sys.exit("conformance: --root-assembled and --nested need --under umld")
     if not modules:
         sys.exit("conformance: no test modules given")
     if args.jobs < 1:
         sys.exit("conformance: --jobs must be at least 1")
-    interp = choose_interpreter(args.python, modules)
+    interp = choose_interpreter(args.python, modules, for_all=args.nested and os.geteuid() == 0)
     print(f"interpreter: {interp.path} (Python {interp.version})", file=sys.stderr)
 
     guest_label = f"umld --tracer={args.tracer}" if args.under == "umld" else args.under
     if root_assembled:
         guest_label += " --root"
+    if args.nested:
+        guest_label += " nested"
     prefix: list[str] = []
     unavailable: str | None = None
     runner = args.under
     scratch = Path(tempfile.mkdtemp(prefix="umld-conformance-", dir="/tmp"))
+    scratch.chmod(0o755)
     root: Path | None = None
     if root_assembled and not args.native_only:
         # Not below scratch: the guest is given scratch, not its own root.
@@ -850,12 +887,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         machine = []
     if not args.native_only:
-        prefix = runner_prefix(args.under, args.tracer, args.umld.absolute(), machine)
+        prefix = runner_prefix(
+            args.under, args.tracer, args.umld.absolute(), machine, nested=args.nested
+        )
         print(f"guest: {' '.join(prefix)} PYTHON -m test ...", file=sys.stderr)
         unavailable = check_runner(prefix, args.under)
         if args.under == "umld":
             # Logs go to conformance/out/<runner>/: keep the backends apart.
             runner = f"umld-{args.tracer}" + ("-root" if root_assembled else "")
+            runner += "-nested" if args.nested else ""
         if unavailable is not None:
             # Still worth running natively: the native counts are the
             # reference and their duration is part of the report.
