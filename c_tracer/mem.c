@@ -114,7 +114,12 @@ static int proc_mem_write(pid_t tid, uint64_t addr, const char *data, size_t siz
     return rc;
 }
 
-int umld_write_mem(struct umld_tracer *t, int tid, uint64_t addr, const char *data, size_t size)
+/* FORCE: as a debugger writes (ptrace(2) POKETEXT: FOLL_FORCE), through
+ * read-only mappings.  Otherwise as the kernel's copy_to_user does for a
+ * syscall's result: unmapped, read-only and PROT_NONE pages fail with
+ * EFAULT, after the bytes before them are written. */
+int umld_write_mem(struct umld_tracer *t, int tid, uint64_t addr, const char *data, size_t size,
+                   int force)
 {
     UMLD_ENTER(t);
     if (size == 0)
@@ -126,6 +131,8 @@ int umld_write_mem(struct umld_tracer *t, int tid, uint64_t addr, const char *da
         n = 0;
     if ((size_t)n == size)
         return 0;
+    if (!force)
+        return -EFAULT;
     /* EFAULT or a short write: maybe a read-only page. */
     return proc_mem_write(tid, addr + (uint64_t)n, data + n, size - (size_t)n);
 }

@@ -147,7 +147,8 @@ int umld_set_result(struct umld_tracer *t, int tid, long result);
 /* Guest memory.  Reads point *out at a buffer owned by the tracer, valid
  * until the next read; they return the byte count or -errno. */
 long umld_read_mem(struct umld_tracer *t, int tid, uint64_t addr, size_t size, const char **out);
-int umld_write_mem(struct umld_tracer *t, int tid, uint64_t addr, const char *data, size_t size);
+int umld_write_mem(struct umld_tracer *t, int tid, uint64_t addr, const char *data, size_t size,
+                   int force);
 /* String length (without NUL), at most `limit`: reads up to limit + 1
  * bytes for the NUL; -ENAMETOOLONG when there is none, -EFAULT when the
  * string runs into unreadable memory. */

@@ -429,9 +429,12 @@ def test_memory_beyond_one_batch_and_read_only_pages(
         with pytest.raises(TracerError) as exc:
             t.read_string(ev.tid, page_start, 4094)  # type: ignore[attr-defined]
         assert exc.value.errno == errno.ENAMETOOLONG
-        # Write through the read-only page (/proc/PID/mem fallback), and
-        # a write larger than one batch.
-        t.write_memory(ev.tid, ro, b"patched\0")  # type: ignore[attr-defined]
+        # Write through the read-only page (/proc/PID/mem fallback, only
+        # with force), and a write larger than one batch.
+        with pytest.raises(TracerError) as exc:
+            t.write_memory(ev.tid, ro, b"patched\0")  # type: ignore[attr-defined]
+        assert exc.value.errno == errno.EFAULT
+        t.write_memory(ev.tid, ro, b"patched\0", force=True)  # type: ignore[attr-defined]
         t.write_memory(ev.tid, a, bytes(size))  # type: ignore[attr-defined]
         assert t.read_memory(ev.tid, a, size) == bytes(size)  # type: ignore[attr-defined]
         with pytest.raises(TracerError) as exc:

@@ -724,7 +724,17 @@ def test_guest_memory_and_strings(drv: Driver, tracer_bin: Path, tmp_path: Path)
         t.write_memory(tid, hole, b"x")
     assert err.value.errno == errno.EFAULT
 
-    t.write_memory(tid, ro, b"WXYZ\0")  # a read-only page
+    # A read-only page: refused as copy_to_user refuses it (EFAULT, the
+    # page unchanged), written as a debugger writes it with force.
+    before = t.read_memory(tid, ro, 5)
+    with pytest.raises(TracerError) as err:
+        t.write_memory(tid, ro, b"WXYZ\0")
+    assert err.value.errno == errno.EFAULT
+    assert t.read_memory(tid, ro, 5) == before
+    with pytest.raises(TracerError) as err:
+        t.write_memory(tid, hole, b"x", force=True)
+    assert err.value.errno == errno.EFAULT
+    t.write_memory(tid, ro, b"WXYZ\0", force=True)
     assert t.read_memory(tid, ro, 5) == b"WXYZ\0"
     t.write_memory(tid, edge, b"!")
     t.complete(tid, 0)

@@ -88,7 +88,7 @@ class FakeTracer:
         start, data = self._region(addr)
         return data[addr - start : addr - start + size]
 
-    def write_memory(self, tid: Tid, addr: int, data: bytes) -> None:
+    def write_memory(self, tid: Tid, addr: int, data: bytes, *, force: bool = False) -> None:
         start, old = self._region(addr)
         off = addr - start
         if off + len(data) > len(old):

@@ -414,7 +414,7 @@ class GdbServer:
             # memory); gdb would detach it, breakpoints removed.
             for addr, orig in self.st.breakpoints.items():
                 try:
-                    kernel.tracer.write_memory(child.tid, addr, bytes([orig]))
+                    kernel.tracer.write_memory(child.tid, addr, bytes([orig]), force=True)
                 except TracerError:
                     pass
 
@@ -700,7 +700,7 @@ class GdbServer:
         tracer = self.kernel.tracer
         for addr, orig in list(st.breakpoints.items()):
             try:
-                tracer.write_memory(Tid(self.pid), addr, bytes([orig]))
+                tracer.write_memory(Tid(self.pid), addr, bytes([orig]), force=True)
             except TracerError:
                 pass
         st.breakpoints.clear()
@@ -752,7 +752,7 @@ class GdbServer:
             orig = tracer.read_memory(tid, addr, 1)
             if len(orig) != 1:
                 return "E0e"
-            tracer.write_memory(tid, addr, b"\xcc")
+            tracer.write_memory(tid, addr, b"\xcc", force=True)
             st.breakpoints[addr] = orig[0]
             return "OK"
         if kind == 1:
@@ -777,7 +777,7 @@ class GdbServer:
         if kind == 0:
             orig = st.breakpoints.pop(addr, None)
             if orig is not None:
-                self.kernel.tracer.write_memory(self._mem_tid(), addr, bytes([orig]))
+                self.kernel.tracer.write_memory(self._mem_tid(), addr, bytes([orig]), force=True)
             return "OK"
         if kind == 1:
             length = 1
@@ -823,7 +823,7 @@ class GdbServer:
             if addr <= bp < addr + len(buf):
                 self.st.breakpoints[bp] = buf[bp - addr]
                 buf[bp - addr] = 0xCC
-        self.kernel.tracer.write_memory(self._g_tid(), addr, bytes(buf))
+        self.kernel.tracer.write_memory(self._g_tid(), addr, bytes(buf), force=True)
 
     def _g_tid(self) -> Tid:
         tid = self._gthread

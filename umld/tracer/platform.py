@@ -282,8 +282,12 @@ class TracerPlatform(Protocol):
         at an unmapped boundary; raises TracerError(EFAULT) if none."""
         ...
 
-    def write_memory(self, tid: Tid, addr: int, data: bytes) -> None:
-        """Write guest memory; raises TracerError(EFAULT) on failure."""
+    def write_memory(self, tid: Tid, addr: int, data: bytes, *, force: bool = False) -> None:
+        """Write guest memory as the kernel's copy_to_user does for a
+        syscall's result: raises TracerError(EFAULT) at an unmapped,
+        read-only or PROT_NONE page (the bytes before it are written).
+        ``force``: as a debugger writes (ptrace(2) PTRACE_POKETEXT, with
+        FOLL_FORCE), through read-only mappings too, by /proc/PID/mem."""
         ...
 
     def read_string(self, tid: Tid, addr: int, limit: int = 4096) -> bytes:

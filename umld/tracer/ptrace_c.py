@@ -520,10 +520,10 @@ class CTracer:
         data: bytes = self._unpack(out[0], n)
         return data
 
-    def write_memory(self, tid: Tid, addr: int, data: bytes) -> None:
+    def write_memory(self, tid: Tid, addr: int, data: bytes, *, force: bool = False) -> None:
         if type(data) is not bytes:
             data = bytes(data)
-        rc = self._c_write(self._t, tid, addr % _U64, data, len(data))
+        rc = self._c_write(self._t, tid, addr % _U64, data, len(data), int(force))
         if rc < 0:
             raise self._mem_error(rc, tid, addr, "write_memory")
 

@@ -1332,10 +1332,11 @@ class PythonTracer:
             raise TracerError(f"guest memory at {addr:#x} unreadable", _errno.EFAULT)
         return buf.raw[:n]
 
-    def write_memory(self, tid: Tid, addr: int, data: bytes) -> None:
+    def write_memory(self, tid: Tid, addr: int, data: bytes, *, force: bool = False) -> None:
         """Write guest memory.  process_vm_writev(2) honours page
-        protections; the rest goes through /proc/<tid>/mem, which writes
-        read-only pages as a debugger does (proc(5), FOLL_FORCE)."""
+        protections; with ``force`` the rest goes through /proc/<tid>/mem,
+        which writes read-only pages as a debugger does (proc(5),
+        FOLL_FORCE)."""
         if not data:
             return
         buf = ctypes.create_string_buffer(bytes(data), len(data))
@@ -1347,6 +1348,8 @@ class PythonTracer:
             n = 0
         if n == len(data):
             return
+        if not force:
+            raise TracerError(f"guest memory at {addr + n:#x} not writable", _errno.EFAULT)
         try:
             fd = os.open(f"/proc/{tid}/mem", os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:

@@ -114,7 +114,7 @@ def _request(
         return 0
     if request in (gp.POKETEXT, gp.POKEDATA):
         try:
-            tracer.write_memory(tid, addr, struct.pack("=Q", data % _U64))
+            tracer.write_memory(tid, addr, struct.pack("=Q", data % _U64), force=True)
         except TracerError:
             return -errno.EIO
         return 0
