@@ -1757,6 +1757,19 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
     exec_command(sp->argv);
 }
 
+/* The id the stage's root takes in its parent namespace when uid 0 there
+ * cannot be mapped (nesting, below): nobody, the kernel's overflow id. */
+#define NESTED_ROOT_ID 65534U
+/* The nested stage's ids in its parent namespace (a machine's 65536,
+ * umld/core/ids.py): 0 is NESTED_ROOT_ID; 1..65533 are the parent's own;
+ * 65534 (nobody) is the parent's 65535.  Parent 0 stays unmapped. */
+static const char NESTED_ID_MAP[] = "0 65534 1\n1 1 65533\n65534 65535 1\n";
+/* The ids of a nested machine's guest: the stage's, one for one, in the
+ * same pieces (an extent must lie within one of its parent's). */
+static const char NESTED_GUEST_MAP[] = "0 0 1\n1 1 65533\n65534 65534 1\n";
+/* Set when the stage's ids are NESTED_ID_MAP (become_own_userns). */
+static int nested_ids;
+
 static void write_maps(pid_t child, uid_t uid, gid_t gid, int was_root)
 {
     char path[64], text[128];
@@ -1772,6 +1785,15 @@ static void write_maps(pid_t child, uid_t uid, gid_t gid, int was_root)
         write_file(path, text);
         snprintf(path, sizeof path, "/proc/%d/gid_map", child);
         write_file(path, text);
+        return;
+    }
+    if (nested_ids) {
+        /* A nested machine: the stage's ids, one for one (and so the
+         * guest's uid is its own, 0 by default, the stage's root). */
+        snprintf(path, sizeof path, "/proc/%d/uid_map", child);
+        write_file(path, NESTED_GUEST_MAP);
+        snprintf(path, sizeof path, "/proc/%d/gid_map", child);
+        write_file(path, NESTED_GUEST_MAP);
         return;
     }
     /* Not root: we are uid 0 of our own namespace, mapped to the user;
@@ -1944,27 +1966,25 @@ static int try_write_file(const char *path, const char *text)
     return r == (ssize_t)n ? 0 : -1;
 }
 
-/* The id the stage's root takes in its parent namespace when uid 0 there
- * cannot be mapped (nesting, below): nobody, the kernel's overflow id. */
-#define NESTED_ROOT_ID 65534U
 
 /* The helper of become_own_userns: forked before the unshare, so it stays
  * in the parent user namespace, where (as uid 0 of a machine) it holds
- * CAP_SETUID and CAP_SETGID.  Asked on FD, it maps the stage's root to
- * NESTED_ROOT_ID, as newuidmap(1) writes a map for another process
- * (user_namespaces(7), "Defining user and group ID mappings"). */
+ * CAP_SETUID and CAP_SETGID.  Asked on FD, it writes NESTED_ID_MAP for the
+ * stage, as newuidmap(1) writes a map for another process
+ * (user_namespaces(7), "Defining user and group ID mappings"); being
+ * privileged, it needs no "deny" in setgroups, so the machine keeps
+ * setgroups(2). */
 static void map_helper(int fd, pid_t stage)
 {
     char ask;
     if (read(fd, &ask, 1) != 1)
         _exit(0); /* the stage mapped itself */
-    char path[64], text[64];
-    snprintf(text, sizeof text, "0 %u 1\n", NESTED_ROOT_ID);
+    char path[64];
     snprintf(path, sizeof path, "/proc/%d/uid_map", (int)stage);
-    if (try_write_file(path, text) < 0)
+    if (try_write_file(path, NESTED_ID_MAP) < 0)
         _exit(1);
     snprintf(path, sizeof path, "/proc/%d/gid_map", (int)stage);
-    _exit(try_write_file(path, text) < 0 ? 2 : 0);
+    _exit(try_write_file(path, NESTED_ID_MAP) < 0 ? 2 : 0);
 }
 
 /* An ordinary user's machine: a user namespace of our own whose root is
@@ -1976,7 +1996,9 @@ static void map_helper(int fd, pid_t stage)
  * and such a machine drops CAP_SETFCAP from its bounding set on purpose
  * (guest_main).  Its root then becomes the outer machine's nobody in the
  * inner one: the inner guest is root of nothing the outer guest's root
- * owns, and it reads the outer's root-owned files as others do. */
+ * owns, and it reads the outer's root-owned files as others do.  Its
+ * other ids are the outer's (NESTED_ID_MAP), so it has a machine's worth
+ * of users and groups, as a machine run by root has. */
 static void become_own_userns(void)
 {
     uid_t uid = geteuid();
@@ -2002,15 +2024,20 @@ static void become_own_userns(void)
         die("cannot create a user namespace: %s", why);
     }
     char text[64];
-    write_file("/proc/self/setgroups", "deny");
+    /* uid_map first: "deny" in setgroups, which an unprivileged gid_map
+     * needs, would bind every namespace below too, and the helper's
+     * privileged maps need none. */
     snprintf(text, sizeof text, "0 %u 1\n", (unsigned)uid);
     if (try_write_file("/proc/self/uid_map", text) == 0) {
+        write_file("/proc/self/setgroups", "deny");
         snprintf(text, sizeof text, "0 %u 1\n", (unsigned)gid);
         write_file("/proc/self/gid_map", text);
     } else if (uid != 0 || errno != EPERM) {
         die("cannot write /proc/self/uid_map");
     } else if (write(ask[1], "m", 1) != 1) {
         die("cannot ask for the nested machine's id map");
+    } else {
+        nested_ids = 1;
     }
     if (helper > 0) {
         close(ask[1]);

@@ -230,3 +230,29 @@ def test_the_host_reading_the_inner_export_is_refused_at_once(open_dir: Path) ->
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_the_inner_machine_has_a_machines_ids(backend: str) -> None:
+    """Run by root, the inner machine has the ids a machine has (65535:
+    its root is the outer's nobody, 1..65533 the outer's own, its nobody
+    the outer's 65535; sandbox.c NESTED_ID_MAP): chown(2) to its users and
+    setgroups(2) work in it, and the outer reads that map of an inner
+    process (a uid_map's second field is in the reader's namespace)."""
+    if os.geteuid() != 0:
+        pytest.skip("root runs the outer machine")
+    in_inner = (
+        "cd /tmp && touch a b c && chown 1000:1000 a && chown 65534:65534 b && "
+        "stat -c %u:%g a b c && "
+        'python3 -c "import os; os.setgroups([1, 2, 3]); print(os.getgroups())"; '
+        "exec sleep 30"
+    )
+    script = (
+        f"{' '.join(inner(backend, '--net', 'none'))} sh -c '{in_inner}' & "
+        + _until("pgrep -x sleep >/dev/null")
+        + "tr -s ' ' < /proc/$(pgrep -x sleep)/uid_map; kill $(pgrep -x sleep); wait"
+    )
+    got = run([*umld_argv(backend, "--nest"), "sh", "-c", script], cwd="/")
+    assert got.stdout.splitlines() == [
+        *("1000:1000", "65534:65534", "0:0", "[1, 2, 3]"),  # the inner's view
+        *(" 0 65534 1", " 1 1 65533", " 65534 65535 1"),  # the outer's
+    ], got.stderr
