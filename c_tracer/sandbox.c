@@ -1757,6 +1757,56 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
     exec_command(sp->argv);
 }
 
+/* When the machine booted, on the stage's boot clock (enter_machine_time). */
+static struct timespec machine_boot;
+
+/* The boot clock offset of the time namespace this process's children
+ * get (its own, until it unshares one): "boottime SEC NSEC" in
+ * /proc/self/timens_offsets (time_namespaces(7)). */
+static long long boottime_offset_ns(void)
+{
+    FILE *f = fopen("/proc/self/timens_offsets", "re");
+    if (!f)
+        return 0; /* a kernel without time namespaces: no offset */
+    char name[32];
+    long long sec, nsec;
+    long long offset = 0;
+    while (fscanf(f, "%31s %lld %lld", name, &sec, &nsec) == 3)
+        if (strcmp(name, "boottime") == 0 || strcmp(name, "7") == 0)
+            offset = sec * 1000000000LL + nsec;
+    fclose(f);
+    return offset;
+}
+
+/* The machine's uptime (/proc/uptime, CLOCK_BOOTTIME) starts at
+ * machine_boot: a time namespace whose boot clock is offset by it.  Made
+ * by the guest's first process, in the guest's user namespace, which so
+ * owns it: a guest root may make time namespaces of its own and setns(2)
+ * back into the machine's, which needs CAP_SYS_ADMIN in the owner
+ * (time_namespaces(7), LTP clock_gettime03).  Offsets are from the
+ * host's clocks, not the caller's: the caller's own (a nested machine's)
+ * is added.  The process enters the namespace itself (setns of
+ * time_for_children) before it runs anything. */
+static void enter_machine_time(void)
+{
+    long long boot = (long long)machine_boot.tv_sec * 1000000000LL + machine_boot.tv_nsec;
+    long long offset = boottime_offset_ns() - boot;
+    if (unshare(CLONE_NEWTIME) < 0)
+        die("cannot create a time namespace");
+    long long sec = offset / 1000000000LL, nsec = offset % 1000000000LL;
+    if (nsec < 0) {
+        sec -= 1;
+        nsec += 1000000000LL;
+    }
+    char text[96];
+    snprintf(text, sizeof text, "boottime %lld %lld\n", sec, nsec);
+    write_file("/proc/self/timens_offsets", text);
+    int fd = open("/proc/self/ns/time_for_children", O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || setns(fd, CLONE_NEWTIME) < 0)
+        die("cannot enter the machine's time namespace");
+    close(fd);
+}
+
 /* The id the stage's root takes in its parent namespace when uid 0 there
  * cannot be mapped (nesting, below): nobody, the kernel's overflow id. */
 #define NESTED_ROOT_ID 65534U
@@ -1917,6 +1967,8 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
             loopback_up();
         if (sp->net_fd >= 0)
             net_sync(sp->net_fd);
+        if (sp->boottime)
+            enter_machine_time();
         guest_main(sp, mask);
     }
     close(pipefd[0]);
@@ -2062,24 +2114,6 @@ static void become_own_userns(void)
     }
 }
 
-static void set_boottime(void)
-{
-    /* The machine's uptime (/proc/uptime) starts now: a time namespace
-     * whose boot clock is offset by the host's (time_namespaces(7)). */
-    struct timespec now;
-    clock_gettime(CLOCK_BOOTTIME, &now);
-    if (unshare(CLONE_NEWTIME) < 0)
-        die("cannot create a time namespace");
-    char text[96];
-    long long sec = -(long long)now.tv_sec;
-    long nsec = 0;
-    if (now.tv_nsec) {
-        sec -= 1;
-        nsec = 1000000000L - now.tv_nsec;
-    }
-    snprintf(text, sizeof text, "boottime %lld %ld\n", sec, nsec);
-    write_file("/oldroot/proc/self/timens_offsets", text);
-}
 
 /* Move this process into the cgroup DIR (a host path, seen below PREFIX):
  * every process it starts is then charged to it ("0" is the writer,
@@ -2610,7 +2644,7 @@ int main(int argc, char **argv)
         op_hide(hides[k]);
 
     if (sp.boottime)
-        set_boottime();
+        clock_gettime(CLOCK_BOOTTIME, &machine_boot);
     /* clone(2) without a new stack behaves as fork(2). */
     long child = syscall(SYS_clone, CLONE_NEWNS | CLONE_NEWPID | SIGCHLD, 0, NULL, NULL, 0);
     if (child < 0)
