@@ -1808,15 +1808,16 @@ static void enter_machine_time(void)
 }
 
 /* The id the stage's root takes in its parent namespace when uid 0 there
- * cannot be mapped (nesting, below): nobody, the kernel's overflow id. */
-#define NESTED_ROOT_ID 65534U
-/* The nested stage's ids in its parent namespace (a machine's 65536,
- * umld/core/ids.py): 0 is NESTED_ROOT_ID; 1..65533 are the parent's own;
- * 65534 (nobody) is the parent's 65535.  Parent 0 stays unmapped. */
-static const char NESTED_ID_MAP[] = "0 65534 1\n1 1 65533\n65534 65535 1\n";
-/* The ids of a nested machine's guest: the stage's, one for one, in the
- * same pieces (an extent must lie within one of its parent's). */
-static const char NESTED_GUEST_MAP[] = "0 0 1\n1 1 65533\n65534 65534 1\n";
+ * cannot be mapped (nesting, below). */
+#define NESTED_ROOT_ID 1U
+/* The nested stage's ids in its parent namespace: all of a machine's
+ * (umld/core/ids.py) but its root, shifted by one, as a machine run by
+ * root has a slot of the host's ids: one piece, in order (the kernel
+ * sorts supplementary groups by their ids in the initial namespace, so
+ * getgroups(2) keeps the order a program gave setgroups(2)). */
+static const char NESTED_ID_MAP[] = "0 1 65535\n";
+/* The ids of a nested machine's guest: the stage's, one for one. */
+static const char NESTED_GUEST_MAP[] = "0 0 65535\n";
 /* Set when the stage's ids are NESTED_ID_MAP (become_own_userns). */
 static int nested_ids;
 
@@ -2046,11 +2047,11 @@ static void map_helper(int fd, pid_t stage)
  * refused.  Mapping uid 0 of the parent namespace needs CAP_SETFCAP where
  * the namespace was made (verify_root_map(), kernel/user_namespace.c),
  * and such a machine drops CAP_SETFCAP from its bounding set on purpose
- * (guest_main).  Its root then becomes the outer machine's nobody in the
- * inner one: the inner guest is root of nothing the outer guest's root
- * owns, and it reads the outer's root-owned files as others do.  Its
- * other ids are the outer's (NESTED_ID_MAP), so it has a machine's worth
- * of users and groups, as a machine run by root has. */
+ * (guest_main).  Its ids are then the outer's shifted by one
+ * (NESTED_ID_MAP): the inner guest is root of nothing the outer guest's
+ * root owns, it reads the outer's root-owned files as others do, and it
+ * has a machine's worth of users and groups, as a machine run by root
+ * has. */
 static void become_own_userns(void)
 {
     uid_t uid = geteuid();

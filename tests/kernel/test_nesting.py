@@ -138,8 +138,9 @@ def open_dir() -> Iterator[Path]:
 
 def test_inner_root_is_not_root_of_the_outer_guests_files(open_dir: Path, backend: str) -> None:
     """Run by root, the outer guest's root writes the host directory it is
-    given as root does; the inner machine's root is the outer's nobody
-    (sandbox.c, become_own_userns): it owns nothing there and may not write."""
+    given as root does; the inner machine's root is the outer's uid 1
+    (sandbox.c, become_own_userns): it owns nothing there and may not write
+    (the outer's root is no id of the inner's: the overflow id 65534)."""
     if os.geteuid() != 0:
         pytest.skip("root runs the outer machine")
     shared = open_dir / "shared"
@@ -233,17 +234,18 @@ def test_the_host_reading_the_inner_export_is_refused_at_once(open_dir: Path) ->
 
 
 def test_the_inner_machine_has_a_machines_ids(backend: str) -> None:
-    """Run by root, the inner machine has the ids a machine has (65535:
-    its root is the outer's nobody, 1..65533 the outer's own, its nobody
-    the outer's 65535; sandbox.c NESTED_ID_MAP): chown(2) to its users and
-    setgroups(2) work in it, and the outer reads that map of an inner
-    process (a uid_map's second field is in the reader's namespace)."""
+    """Run by root, the inner machine has the ids a machine has (65535,
+    the outer's 1..65535 in one piece, sandbox.c NESTED_ID_MAP): chown(2)
+    to its users and setgroups(2) work in it, getgroups(2) keeps the
+    order setgroups gave (the kernel sorts by host id), and the outer
+    reads that map of an inner process (a uid_map's second field is in
+    the reader's namespace)."""
     if os.geteuid() != 0:
         pytest.skip("root runs the outer machine")
     in_inner = (
         "cd /tmp && touch a b c && chown 1000:1000 a && chown 65534:65534 b && "
         "stat -c %u:%g a b c && "
-        'python3 -c "import os; os.setgroups([1, 2, 3]); print(os.getgroups())"; '
+        'python3 -c "import os; os.setgroups([0, 1, 2]); print(os.getgroups())"; '
         "exec sleep 30"
     )
     script = (
@@ -253,6 +255,6 @@ def test_the_inner_machine_has_a_machines_ids(backend: str) -> None:
     )
     got = run([*umld_argv(backend, "--nest"), "sh", "-c", script], cwd="/")
     assert got.stdout.splitlines() == [
-        *("1000:1000", "65534:65534", "0:0", "[1, 2, 3]"),  # the inner's view
-        *(" 0 65534 1", " 1 1 65533", " 65534 65535 1"),  # the outer's
+        *("1000:1000", "65534:65534", "0:0", "[0, 1, 2]"),  # the inner's view
+        " 0 1 65535",  # the outer's
     ], got.stderr

@@ -298,7 +298,7 @@ class MachineFiles:
                 ) from None
         if os.geteuid() == 0 and not procfs.host_root():
             # Root of a machine umld runs in (nesting): the stage's root
-            # becomes its host's nobody (sandbox.c, become_own_userns),
+            # becomes its host's uid 1 (sandbox.c, become_own_userns),
             # which must reach the files it binds.  It may read them, as
             # anyone there may; their names are not listed, and only we
             # write them.
