@@ -103,7 +103,11 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ["gcc", "-g", "-O0", "-pthread", "-o", str(out / name), str(out / f"{name}.c")],
             check=True,
         )
-    for name, src in (("edges", "ptrace_edges.c"), ("super", "seccomp_super.c")):
+    for name, src in (
+        ("edges", "ptrace_edges.c"),
+        ("super", "seccomp_super.c"),
+        ("held_wait", "held_wait.c"),
+    ):
         flags = ["-O1", "-Wall", "-Wextra", "-Werror"]
         subprocess.run(["gcc", *flags, "-o", str(out / name), str(GUEST_SRC / src)], check=True)
     for name in ("gdb-basic", "gdb-threads"):
@@ -245,6 +249,17 @@ def test_the_edges_of_ptrace_as_natively(backend: str, work: Path, mode: str) ->
     native = run([str(work / "edges"), mode])
     assert native.returncode == 0, native.stderr
     guest = run([*_guest(backend, work), str(work / "edges"), mode])
+    assert (guest.returncode, guest.stdout) == (0, native.stdout), guest.stderr
+
+
+@pytest.mark.parametrize("mode", ["restart", "norestart"])
+def test_a_held_wait_interrupted_by_a_signal(backend: str, work: Path, mode: str) -> None:
+    """A tracer waiting for a tracee that is not its child (a wait umld
+    holds) gets a signal: with SA_RESTART the wait goes on and reports the
+    stop the handler asked for; without, EINTR (tests/guest/held_wait.c)."""
+    native = run([str(work / "held_wait"), mode])
+    assert "handler ran: 1" in native.stdout, native.stdout
+    guest = run([*_guest(backend, work), str(work / "held_wait"), mode])
     assert (guest.returncode, guest.stdout) == (0, native.stdout), guest.stderr
 
 

@@ -55,6 +55,7 @@ import errno
 import os
 import signal
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, final
 
 from umld.core import procfs
@@ -145,7 +146,9 @@ SECCOMP_SET_MODE_FILTER = 1
 NR_WAIT4, NR_WAITID = 61, 247
 NR_I386_WAITPID, NR_I386_WAIT4, NR_I386_WAITID = 7, 114, 284
 #: -ERESTARTSYS & co: a call the kernel restarts (linux/errno.h).
-_RESTARTS = frozenset({512, 513, 514})
+ERESTARTSYS = 512
+_RESTARTS = frozenset({ERESTARTSYS, 513, 514})
+NR_GETPID = 39
 ERESTART_RESTARTBLOCK = 516
 NR_RESTART_SYSCALL = 219
 #: Size of struct rusage (x86_64 and i386).
@@ -830,9 +833,15 @@ class GuestPtrace:
             self.kernel.tracer.complete(tid, result)
 
     def poll_held(self) -> None:
-        """A held wait ends with EINTR when a signal is pending for its
-        thread (checked every HOLD_POLL s: nothing reports a signal queued
-        to a thread in a ptrace stop)."""
+        """A held wait ends as Linux's wait ends when a signal comes: with
+        ERESTARTSYS (kernel/exit.c, do_wait), which the kernel turns into
+        EINTR or, for a handler with SA_RESTART and for a signal with no
+        handler, into the call made again (arch/x86/kernel/signal.c).  The
+        held call becomes a getpid that stops at its exit, where it is
+        given the wait's number back and -ERESTARTSYS: the kernel's own
+        restart logic then does the rest as the signal is delivered.
+        Checked every HOLD_POLL s: nothing reports a signal queued to a
+        thread in a ptrace stop.  (A 32-bit call ends with EINTR.)"""
         from umld.core import privileged
 
         for tid, call in list(self.held_waits.items()):
@@ -840,7 +849,20 @@ class GuestPtrace:
                 del self.held_waits[tid]
                 self.kernel.held.pop(tid, None)
                 call.task.current_syscall = -1
-                self.kernel.tracer.complete(tid, -errno.EINTR)
+                if call.nr in (NR_WAIT4, NR_WAITID):
+                    call.task.exit_hook = self._restartable(call.task, call.nr)
+                    self.kernel.tracer.rewrite(tid, NR_GETPID, (), stop_at_exit=True)
+                else:
+                    self.kernel.tracer.complete(tid, -errno.EINTR)
+
+    def _restartable(self, task: Task, nr: int) -> Callable[[int], None]:
+        def restart(_result: int) -> None:
+            regs = self.kernel.tracer.get_regs(task.tid)
+            self.kernel.tracer.set_regs(
+                task.tid, regs._replace(orig_rax=nr, rax=(-ERESTARTSYS) % (1 << 64))
+            )
+
+        return restart
 
     # -- the wait filter ---------------------------------------------------------
 
