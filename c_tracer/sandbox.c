@@ -1554,6 +1554,8 @@ struct spec {
     int proc; /* mount a fresh /proc */
     int subreaper;
     int boottime; /* the guest's uptime starts at 0 */
+    int oom_floor_set; /* oom_score_adj_min lowered (op "oomfloor") */
+    char oom_initial[16]; /* what the guest's processes start at then */
     char **files; /* pairs: host file, guest path, bound after /proc */
     int nfiles;
     int was_root;
@@ -1708,9 +1710,68 @@ static int idle_main(void)
     return 0;
 }
 
+/* The capability bounding set of umld's caller, read before any user
+ * namespace is made: a new user namespace (or setns into one) gives a
+ * process every capability there, bounding set included
+ * (set_cred_user_ns, kernel/cred.c), and the guest's root must hold none
+ * its caller could never hold (a host that runs everything without
+ * CAP_SYS_RESOURCE, as this project's CI does: a guest root that shows
+ * it but cannot use it misleads programs, LTP's OOM protection among
+ * them). */
+static uint64_t caller_bset;
+
+static void read_caller_bset(void)
+{
+    for (int cap = 0; cap < 64; cap++) {
+        int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+        if (r < 0)
+            break; /* past CAP_LAST_CAP: EINVAL */
+        if (r == 1)
+            caller_bset |= 1ULL << cap;
+    }
+}
+
+/* In the guest's user namespace, before its ids change (CAP_SETPCAP). */
+static void drop_what_the_caller_lacks(void)
+{
+    for (int cap = 0; cap < 64; cap++) {
+        int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+        if (r < 0)
+            break;
+        if (r == 1 && !(caller_bset >> cap & 1) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
+            die("cannot drop capability %d", cap);
+    }
+}
+
+/* "oomfloor SCORE": the lowest oom_score_adj the guest may set.  A write
+ * of oom_score_adj by a process with the host's CAP_SYS_RESOURCE also
+ * sets its oom_score_adj_min, which its children inherit and which only
+ * such a process can lower (proc(5); __set_oom_adj, fs/proc/base.c).  So
+ * the stage, run by root, writes the floor, and the guest's first
+ * process, which never has that capability, writes back the score it
+ * started at (guest_main): the guest's processes then start where they
+ * did and may go down to the floor.  umld asks for this only with a
+ * memory limit of the machine's own (machine.py, check_oom_floor). */
+static void set_oom_floor(struct spec *sp, const char *score)
+{
+    int fd = open("/oldroot/proc/self/oom_score_adj", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : read(fd, sp->oom_initial, sizeof sp->oom_initial - 1);
+    if (fd >= 0)
+        close(fd);
+    if (n <= 0)
+        die("cannot read oom_score_adj");
+    sp->oom_initial[n] = 0;
+    write_file("/oldroot/proc/self/oom_score_adj", score);
+    sp->oom_floor_set = 1;
+}
+
 static void guest_main(struct spec *sp, const sigset_t *mask)
 {
     take_tty();
+    /* Back to the score we started at, as a process that may not lower
+     * it below its floor (set_oom_floor): the floor stays. */
+    if (sp->oom_floor_set)
+        write_file("/proc/self/oom_score_adj", sp->oom_initial);
     /* The guest's names, in its own UTS namespace (uts_namespaces(7)), so
      * /proc/sys/kernel/hostname agrees with uname(2); before the ids
      * change, while we hold CAP_SYS_ADMIN there. */
@@ -1726,6 +1787,7 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
      * (user_namespaces(7), "Defining user and group ID mappings"). */
     if (sp->was_root && prctl(PR_CAPBSET_DROP, CAP_SETFCAP, 0, 0, 0) < 0)
         die("cannot drop CAP_SETFCAP");
+    drop_what_the_caller_lacks();
     /* The guest's identity (credentials(7)); supplementary groups are
      * reset as login(1) would for a user with only a primary group. */
     if (setgroups(1, &sp->gid) < 0 && errno != EPERM)
@@ -2205,6 +2267,7 @@ static int enter_main(int argc, char **argv)
         die("sandbox: enter PID -- CMD");
     const char *pid = argv[2];
     int in = -1, out = -1, err = -1;
+    read_caller_bset();
     struct spec sp = {
         .uid = getuid(), .gid = getgid(), .cwd = "/", .cwd_strict = 1, .was_root = host_root()};
     int i = 3;
@@ -2469,6 +2532,7 @@ int main(int argc, char **argv)
     sp.files = calloc((size_t)argc, sizeof(char *));
     sp.was_root = host_root();
     sp_was_root = sp.was_root;
+    read_caller_bset();
     int self_fd = open("/proc/self/exe", O_PATH | O_CLOEXEC);
     if (self_fd < 0)
         die("cannot open /proc/self/exe");
@@ -2609,6 +2673,9 @@ int main(int argc, char **argv)
             need(argc, i, 2, op);
             set_rlimit(argv[i + 1], argv[i + 2]);
             i += 2;
+        } else if (strcmp(op, "oomfloor") == 0) {
+            need(argc, i, 1, op);
+            set_oom_floor(&sp, argv[++i]);
         } else if (strcmp(op, "cwd") == 0) {
             need(argc, i, 2, op);
             sp.cwd = argv[i + 1];

@@ -542,10 +542,11 @@ def remove_stale(parents: Iterable[str]) -> None:
 
 def enforce(
     cgroup: MachineCgroup | None, name: str, *, vcpus: int | None, memory: int | None
-) -> None:
+) -> list[str]:
     """Bound a new machine to its vCPUs and memory; where that cannot be
     done (no cgroup of its own, a controller missing), say so once, in one
-    line, naming what and why: the guest is still shown the values."""
+    line, naming what and why: the guest is still shown the values.
+    Returns what is not enforced ("vcpus", "memory")."""
     unenforced: list[str] = []
     why = ""
     if cgroup is None:
@@ -577,3 +578,4 @@ def enforce(
             " and ".join(unenforced),
             why,
         )
+    return unenforced

@@ -33,7 +33,7 @@ from umld.core.sandbox import (
     sandbox_argv,
     upper_layer,
 )
-from umld.errors import UsageError, get_logger
+from umld.errors import UmldError, UsageError, get_logger
 
 log = get_logger("umld.machine")
 
@@ -84,6 +84,7 @@ class Config:
     net_connect: str
     limits_nproc: int
     limits_nofile: int | None
+    limits_oom_floor: int
     tty: bool
     nest: bool
     unsafe_host_ids: bool
@@ -179,6 +180,35 @@ class Prepared(NamedTuple):
     upper: tuple[str, str] | None  # a copy-on-write root's upper layer
 
 
+#: capabilities(7).
+CAP_SYS_RESOURCE = 24
+
+
+def check_oom_floor(cfg: Config, unenforced: Sequence[str] | None = None) -> None:
+    """A floor below 0 lets the guest's processes hide from the OOM killer
+    (oom_score_adj -1000 exempts a process, proc(5)): only where a memory
+    limit of the machine's own keeps its OOMs in its cgroup, and only
+    where umld may lower the floor (CAP_SYS_RESOURCE of the host, which
+    sets a process's oom_score_adj_min when it writes oom_score_adj)."""
+    if cfg.limits_oom_floor >= 0:
+        return
+    needs_memory = (
+        "umld: --limits-oom-floor below 0 needs an enforced --memory (a process at -1000 "
+        "is exempt from the OOM killer: only the machine's own memory limit keeps its OOMs "
+        "inside it)"
+    )
+    if cfg.memory is None:
+        raise UsageError(needs_memory)
+    if not procfs.host_root() or not procfs.has_capability(CAP_SYS_RESOURCE):
+        raise UmldError(
+            "umld: --limits-oom-floor below 0 needs umld run by root with CAP_SYS_RESOURCE "
+            "(lowering oom_score_adj takes it)",
+            125,
+        )
+    if unenforced is not None and "memory" in unenforced:
+        raise UmldError(needs_memory, 125)
+
+
 def prepare(
     cfg: Config, files: MachineFiles, environ: Mapping[str, str], *, live: bool, name: str
 ) -> Prepared:
@@ -212,10 +242,12 @@ def prepare(
             "file, cgroup, socket and keyring it can reach",
             name,
         )
+    check_oom_floor(cfg)
     files.cgroup = MachineCgroup.create(name)
     # The configured vCPUs and memory bound the machine; a live one's
     # defaults (the host's) bound nothing until they are changed.
-    enforce(files.cgroup, name, vcpus=cfg.vcpus, memory=cfg.memory)
+    unenforced = enforce(files.cgroup, name, vcpus=cfg.vcpus, memory=cfg.memory)
+    check_oom_floor(cfg, unenforced)
     if vcpus is not None:
         cpus = files.cgroup.cpus if files.cgroup is not None else None
         write_cpu_views(files, vcpus, cpus or sorted(os.sched_getaffinity(0)))
@@ -278,6 +310,7 @@ def machine_argv(
         tty=tty,
         net=None if files.net is None else (files.net.stage_fd(),),
         nest=cfg.nest,
+        oom_floor=cfg.limits_oom_floor,
     )
 
 

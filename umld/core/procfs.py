@@ -91,6 +91,13 @@ def host_root() -> bool:
         return True
 
 
+def has_capability(cap: int, pid: int | str = "self") -> bool:
+    """Whether a process holds capability ``cap`` (capabilities(7)) in its
+    effective set."""
+    text = status(pid, ("CapEff",)).get("CapEff", "0")
+    return bool(int(text, 16) >> cap & 1)
+
+
 def tgid(tid: int) -> int | None:
     """The thread group of a thread; None when gone."""
     value = status(tid, ("Tgid",)).get("Tgid")

@@ -594,6 +594,7 @@ class SandboxOps:
     NEW_MACHINE: ClassVar[dict[str, int]] = {
         "cgroup": 1,  # DIR: join this cgroup first
         "rlimit": 2,  # nproc|nofile VALUE
+        "oomfloor": 1,  # SCORE: the lowest oom_score_adj the guest may set (root, below 0)
         "subids": 3,  # BASEUID BASEGID COUNT: the guest's host ids (root)
         "upper": 2,  # tmpfs OPTIONS | disk IMAGE | dir HOSTDIR: the writes of a cow root
         "writable": 1,  # GUEST: where a cow root's guest writes (an ordinary user's)
@@ -673,6 +674,7 @@ def sandbox_argv(
     tty: tuple[int, int, int] | None = None,
     net: tuple[int] | tuple[()] | None = None,
     nest: bool = False,
+    oom_floor: int = 0,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox`` for a new machine.
 
@@ -689,12 +691,15 @@ def sandbox_argv(
     network namespace; otherwise the guest gets its own, and with (socket,)
     its first process asks umld on the socket before it runs
     (:mod:`umld.core.net`).  ``nest``: what a machine built inside this
-    one needs (the nest setting)."""
+    one needs (the nest setting).  ``oom_floor``: below 0, the lowest
+    oom_score_adj the guest may set (the limits/oom_floor setting)."""
     ops = SandboxOps()
     for path in cgroups:
         ops.op("cgroup", path)
     for name, value in rlimits:
         ops.op("rlimit", name, value)
+    if oom_floor < 0:
+        ops.op("oomfloor", oom_floor)
     if ids is not None:
         ops.op("subids", ids.uid, ids.gid, ids.size)
     # Before any mount: the idmap of the host trees includes the guest's

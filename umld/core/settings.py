@@ -123,8 +123,9 @@ class Number(ValueType[int]):
             raise SettingError(f"a number, not {value!r}")
         if isinstance(value, str):
             text = _one_line(value, "a number")
+            digits = text[1:] if text.startswith("-") and self.lo < 0 else text
             # The length first: int() of thousands of digits is slow.
-            if not text.isdigit() or len(text) > 20:
+            if not digits.isdigit() or len(digits) > 20:
                 raise SettingError(f"a number from {self.lo} to {self.hi}, not {text[:40]!r}")
             value = int(text)
         if not isinstance(value, int):
@@ -470,6 +471,10 @@ SETTINGS: tuple[Setting, ...] = (
             live=True, apply=live.set_nproc, metavar="N"),
     Setting("limits/nofile", Limit(), "open files per process", live=True,
             apply=live.set_nofile, metavar="N", shown_default="umld's own"),
+    Setting("limits/oom_floor", Number(-1000, 1000),
+            "the lowest oom_score_adj the guest's processes may set (they start at umld's); "
+            "below 0 only with an enforced --memory, in a machine run by root",
+            default=0, metavar="N"),
     Setting("tty", Flag(),
             "the first process runs on a terminal of the machine's own (/dev/pts/0), exported "
             "live in ui/; `umld attach` connects to it",

@@ -61,8 +61,7 @@ def _read_timex(ctx: SyscallContext, addr: int) -> _Timex:
 def _capable_sys_time(ctx: SyscallContext) -> bool:
     """capable(CAP_SYS_TIME) as the guest sees it: in its effective set
     (the guest's root holds it in the machine's user namespace)."""
-    text = procfs.status(ctx.task.tid, ("CapEff",)).get("CapEff", "0")
-    return bool(int(text, 16) >> _CAP_SYS_TIME & 1)
+    return procfs.has_capability(_CAP_SYS_TIME, ctx.task.tid)
 
 
 def _validate(ctx: SyscallContext, addr: int) -> Outcome:
