@@ -1553,10 +1553,10 @@ struct spec {
     gid_t gid;
     int proc; /* mount a fresh /proc */
     int subreaper;
-    int boottime; /* the guest's uptime starts at 0 */
-    int oom_floor_set; /* oom_score_adj_min lowered (op "oomfloor") */
+    int boottime;         /* the guest's uptime starts at 0 */
+    int oom_floor_set;    /* oom_score_adj_min lowered (op "oomfloor") */
     char oom_initial[16]; /* what the guest's processes start at then */
-    char **files; /* pairs: host file, guest path, bound after /proc */
+    char **files;         /* pairs: host file, guest path, bound after /proc */
     int nfiles;
     int was_root;
     int netns;  /* the guest's own network namespace ("netns") */
@@ -1872,16 +1872,37 @@ static void enter_machine_time(void)
 /* The id the stage's root takes in its parent namespace when uid 0 there
  * cannot be mapped (nesting, below). */
 #define NESTED_ROOT_ID 1U
-/* The nested stage's ids in its parent namespace: all of a machine's
- * (umld/core/ids.py) but its root, shifted by one, as a machine run by
- * root has a slot of the host's ids: one piece, in order (the kernel
- * sorts supplementary groups by their ids in the initial namespace, so
- * getgroups(2) keeps the order a program gave setgroups(2)). */
-static const char NESTED_ID_MAP[] = "0 1 65535\n";
-/* The ids of a nested machine's guest: the stage's, one for one. */
-static const char NESTED_GUEST_MAP[] = "0 0 65535\n";
-/* Set when the stage's ids are NESTED_ID_MAP (become_own_userns). */
+/* The nested stage's ids in its parent namespace: all the parent's (a
+ * machine's 65536, umld/core/ids.py, one fewer each level down) but its
+ * root, shifted by one, as a machine run by root has a slot of the
+ * host's ids: "0 1 COUNT-1", one piece, in order (the kernel sorts
+ * supplementary groups by their ids in the initial namespace, so
+ * getgroups(2) keeps the order a program gave setgroups(2)).  The
+ * guest's are then the stage's, one for one: "0 0 COUNT-1". */
+static unsigned nested_uids, nested_gids;
+/* Set when the stage's ids are those (become_own_userns). */
 static int nested_ids;
+
+/* How many ids from 0 up a map of ours (/proc/self/uid_map or gid_map)
+ * holds in one piece: the count of the extent that starts at 0. */
+static unsigned ids_from_zero(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    unsigned inside, outside, count, found = 0;
+    while (f && fscanf(f, "%u %u %u", &inside, &outside, &count) == 3)
+        if (inside == 0)
+            found = count;
+    if (f)
+        fclose(f);
+    return found;
+}
+
+static void write_shifted_map(const char *path, unsigned base, unsigned count)
+{
+    char text[64];
+    snprintf(text, sizeof text, "0 %u %u\n", base, count);
+    write_file(path, text);
+}
 
 static void write_maps(pid_t child, uid_t uid, gid_t gid, int was_root)
 {
@@ -1904,9 +1925,9 @@ static void write_maps(pid_t child, uid_t uid, gid_t gid, int was_root)
         /* A nested machine: the stage's ids, one for one (and so the
          * guest's uid is its own, 0 by default, the stage's root). */
         snprintf(path, sizeof path, "/proc/%d/uid_map", child);
-        write_file(path, NESTED_GUEST_MAP);
+        write_shifted_map(path, 0, nested_uids);
         snprintf(path, sizeof path, "/proc/%d/gid_map", child);
-        write_file(path, NESTED_GUEST_MAP);
+        write_shifted_map(path, 0, nested_gids);
         return;
     }
     /* Not root: we are uid 0 of our own namespace, mapped to the user;
@@ -2081,10 +2102,9 @@ static int try_write_file(const char *path, const char *text)
     return r == (ssize_t)n ? 0 : -1;
 }
 
-
 /* The helper of become_own_userns: forked before the unshare, so it stays
  * in the parent user namespace, where (as uid 0 of a machine) it holds
- * CAP_SETUID and CAP_SETGID.  Asked on FD, it writes NESTED_ID_MAP for the
+ * CAP_SETUID and CAP_SETGID.  Asked on FD, it writes the shifted maps for the
  * stage, as newuidmap(1) writes a map for another process
  * (user_namespaces(7), "Defining user and group ID mappings"); being
  * privileged, it needs no "deny" in setgroups, so the machine keeps
@@ -2094,12 +2114,14 @@ static void map_helper(int fd, pid_t stage)
     char ask;
     if (read(fd, &ask, 1) != 1)
         _exit(0); /* the stage mapped itself */
-    char path[64];
+    char path[64], text[64];
     snprintf(path, sizeof path, "/proc/%d/uid_map", (int)stage);
-    if (try_write_file(path, NESTED_ID_MAP) < 0)
+    snprintf(text, sizeof text, "0 %u %u\n", NESTED_ROOT_ID, nested_uids);
+    if (try_write_file(path, text) < 0)
         _exit(1);
     snprintf(path, sizeof path, "/proc/%d/gid_map", (int)stage);
-    _exit(try_write_file(path, NESTED_ID_MAP) < 0 ? 2 : 0);
+    snprintf(text, sizeof text, "0 %u %u\n", NESTED_ROOT_ID, nested_gids);
+    _exit(try_write_file(path, text) < 0 ? 2 : 0);
 }
 
 /* An ordinary user's machine: a user namespace of our own whose root is
@@ -2110,7 +2132,7 @@ static void map_helper(int fd, pid_t stage)
  * the namespace was made (verify_root_map(), kernel/user_namespace.c),
  * and such a machine drops CAP_SETFCAP from its bounding set on purpose
  * (guest_main).  Its ids are then the outer's shifted by one
- * (NESTED_ID_MAP): the inner guest is root of nothing the outer guest's
+ * (nested_uids): the inner guest is root of nothing the outer guest's
  * root owns, it reads the outer's root-owned files as others do, and it
  * has a machine's worth of users and groups, as a machine run by root
  * has. */
@@ -2121,6 +2143,11 @@ static void become_own_userns(void)
     int ask[2] = {-1, -1};
     pid_t helper = -1;
     if (uid == 0) {
+        /* Ours from 0 up, less the one the shift takes (map_helper). */
+        nested_uids = ids_from_zero("/proc/self/uid_map");
+        nested_gids = ids_from_zero("/proc/self/gid_map");
+        nested_uids -= nested_uids > 1;
+        nested_gids -= nested_gids > 1;
         if (pipe2(ask, O_CLOEXEC) < 0)
             die("pipe");
         pid_t stage = getpid();
@@ -2176,7 +2203,6 @@ static void become_own_userns(void)
             die("cannot make the nested machine's stage dumpable");
     }
 }
-
 
 /* Move this process into the cgroup DIR (a host path, seen below PREFIX):
  * every process it starts is then charged to it ("0" is the writer,

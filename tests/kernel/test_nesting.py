@@ -235,7 +235,7 @@ def test_the_host_reading_the_inner_export_is_refused_at_once(open_dir: Path) ->
 
 def test_the_inner_machine_has_a_machines_ids(backend: str) -> None:
     """Run by root, the inner machine has the ids a machine has (65535,
-    the outer's 1..65535 in one piece, sandbox.c NESTED_ID_MAP): chown(2)
+    the outer's 1..65535 in one piece, sandbox.c nested_uids): chown(2)
     to its users and setgroups(2) work in it, getgroups(2) keeps the
     order setgroups gave (the kernel sorts by host id), and the outer
     reads that map of an inner process (a uid_map's second field is in
