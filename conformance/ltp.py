@@ -1,23 +1,33 @@
 #!/usr/bin/env python3
-"""Conformance: Linux Test Project tests, natively and under umld.
+"""Conformance: the Linux Test Project's syscalls tests, natively and under umld.
 
 Usage (from the repository root):
 
-    .venv/bin/python conformance/ltp.py [--tests ptrace01,ptrace02,...]
-        [--tracers c,python] [--prefix DIR]
+    .venv/bin/python conformance/ltp.py [--tests fork01,uname02,... | --families]
+        [--tracers c,python] [--prefix DIR] [--known FILE] [--timeout S]
 
 LTP (release 20260529, ../shared/anchors/ltp-20260529.tar.xz) is built
 once into PREFIX (default conformance/out/ltp) with the anchors' own
-script (about 3 minutes on 2 cores).  Each test runs natively and as
-`umld run --uid 0 --tracer=T -- TEST` from its own directory; LTP's exit
-status says the outcome (lib/tst_test.c): 0 passed, 32 only not
-applicable (TCONF), bits 1 TFAIL, 2 TBROK, 4 TWARN.  A table shows both
-statuses per test and the lines of each TFAIL/TBROK/TWARN that umld alone
-printed.
+script (about 3 minutes on 2 cores).  The tests are the entries of its
+runtest/syscalls whose name starts with one of FAMILIES (the calls a guest
+kernel answers or must pass through faithfully: processes, signals, files,
+memory, time, ids, names, scheduling, resources, events, sockets, mounts,
+futexes, ptrace, reboot, modules), less those the known-differences file
+marks ``skip`` (each with why: a race that runs for minutes, ...).
 
-Exit status: 0 when every test has the native status under every tracer,
-apart from KNOWN_DIFFERENCES (listed with their reason), 1 otherwise, 2 when
-LTP could not be built or umld not run.
+Each runs natively and as `umld run --uid 0 --tracer=T -- TEST` from the
+tests' directory, one at a time; LTP's exit status says the outcome
+(lib/tst_test.c): 0 passed, 32 only not applicable (TCONF), bits 1
+TFAIL, 2 TBROK, 4 TWARN.  Printed: the counts per side, then every test
+whose status under umld differs from native, with the first
+TFAIL/TBROK/TWARN lines umld alone printed.
+
+The known-differences file (conformance/ltp-known.txt) lists, one per
+line, ``TEST STATUS REASON`` (STATUS: the status under umld, or ``*``) and
+``TEST skip REASON``.  Exit status: 0 when every difference is listed
+there, 1 when one is not (a new difference fails the run; a listed one
+that now matches is reported, to be dropped), 2 when LTP could not be
+built or umld not run.
 """
 
 from __future__ import annotations
@@ -25,22 +35,86 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 CONF_DIR: Final = Path(__file__).resolve().parent
 REPO_DIR: Final = CONF_DIR.parent
 ANCHORS: Final = REPO_DIR.parent / "shared" / "anchors"
-DEFAULT_TESTS: Final = [f"ptrace{n:02d}" for n in range(1, 12)]
-#: What umld's design makes differ, by the status bit it sets.
-KNOWN_DIFFERENCES: Final = {
-    4: "TWARN from LTP's OOM protection: writing a negative oom_score_adj needs "
-    "CAP_SYS_RESOURCE of the host's first user namespace, which a guest's root lacks",
+KNOWN_FILE: Final = CONF_DIR / "ltp-known.txt"
+
+#: Name prefixes of the selected tests, by family (runtest/syscalls names).
+FAMILIES: Final = {
+    "process": "fork vfork clone execve execl execv execlp execvp exit wait getpid getppid "
+    "kill tkill tgkill setsid getsid setpgid getpgid setpgrp getpgrp prctl",
+    "signals": "signal sigaction rt_sig sigprocmask sigpending sigsuspend sigwait sigtimedwait "
+    "sigaltstack pause alarm",
+    "files": "open close read write pread pwrite readv writev preadv pwritev lseek llseek "
+    "stat fstat lstat newuname statx access faccessat chmod fchmod chown fchown lchown link "
+    "unlink rename mkdir rmdir creat dup fcntl truncate ftruncate getcwd chdir fchdir "
+    "readlink symlink umask utime utimes utimensat mknod pipe sendfile splice tee fsync "
+    "fdatasync sync getdents",
+    "memory": "mmap munmap mprotect mremap madvise mlock munlock mlockall munlockall msync "
+    "mincore brk sbrk getpagesize memfd_create",
+    "time": "time gettimeofday clock_gettime clock_getres clock_nanosleep nanosleep adjtimex "
+    "clock_adjtime timerfd timer_ getitimer setitimer times",
+    "ids": "getuid geteuid getgid getegid setuid setgid setreuid setregid setresuid "
+    "setresgid getresuid getresgid setgroups getgroups setfsuid setfsgid",
+    "names": "uname gethostname sethostname setdomainname getdomainname",
+    "sched": "sched_ nice getpriority setpriority",
+    "resources": "getrlimit setrlimit prlimit getrusage",
+    "events": "epoll poll ppoll select pselect eventfd signalfd inotify",
+    "sockets": "socket bind connect accept listen send recv socketpair getsockname "
+    "getpeername getsockopt setsockopt",
+    "mount": "mount umount pivot_root",
+    "futex": "futex",
+    "ptrace": "ptrace",
+    "reboot": "reboot",
+    "modules": "init_module finit_module delete_module",
 }
-_BAD = re.compile(r"\b(TFAIL|TBROK|TWARN)\b")
+PREFIXES: Final = tuple(p for names in FAMILIES.values() for p in names.split())
+_BAD: Final = re.compile(r"\b(TFAIL|TBROK|TWARN)\b")
+
+
+@dataclass
+class Known:
+    """The known-differences file: expected umld status and why, and skips."""
+
+    status: dict[str, tuple[str, str]] = field(default_factory=dict)
+    skip: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> Known:
+        known = cls()
+        if not path.exists():
+            return known
+        for n, raw in enumerate(path.read_text().splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split(None, 2)
+            if len(parts) < 3:
+                sys.exit(f"ltp: {path}:{n}: want TEST STATUS|skip REASON, not {line!r}")
+            name, what, why = parts
+            if what == "skip":
+                known.skip[name] = why
+            elif what == "*" or what.isdigit():
+                known.status[name] = (what, why)
+            else:
+                sys.exit(f"ltp: {path}:{n}: status {what!r} is not a number, * or skip")
+        return known
+
+    def excuses(self, name: str, status: int) -> str | None:
+        entry = self.status.get(name)
+        if entry is None or entry[0] not in ("*", str(status)):
+            return None
+        return entry[1]
 
 
 def build(prefix: Path) -> Path:
@@ -59,57 +133,134 @@ def build(prefix: Path) -> Path:
     return bindir
 
 
-def run(argv: Sequence[str], cwd: Path) -> tuple[int, str]:
-    env = dict(os.environ, LTPROOT=str(cwd.parent.parent), TMPDIR="/tmp")
+def selection(prefix: Path, names: Sequence[str] | None) -> list[tuple[str, list[str]]]:
+    """(name, argv) of the runtest/syscalls entries selected."""
+    entries: list[tuple[str, list[str]]] = []
+    for raw in (prefix / "runtest" / "syscalls").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, *cmd = line.split(None, 1)
+        argv = shlex.split(cmd[0]) if cmd else [name]
+        entries.append((name, argv))
+    if names is not None:
+        wanted = set(names)
+        found = [e for e in entries if e[0] in wanted]
+        missing = wanted - {e[0] for e in found}
+        # A test named but not in runtest/syscalls runs by its own name.
+        return found + [(n, [n]) for n in sorted(missing)]
+    return [e for e in entries if e[0].startswith(PREFIXES)]
+
+
+def run(argv: Sequence[str], bindir: Path, timeout: float) -> tuple[int, str, float]:
+    env = dict(
+        os.environ,
+        LTPROOT=str(bindir.parent.parent),
+        TMPDIR="/tmp",
+        PATH=f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+    )
+    start = time.monotonic()
     try:
         p = subprocess.run(
-            list(argv), cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+            list(argv),
+            cwd=bindir,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
-    except subprocess.TimeoutExpired:
-        return -1, "timed out after 300 s"
-    return p.returncode, p.stdout + p.stderr
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout if isinstance(exc.stdout, str) else ""
+        return -1, out + f"\nTBROK: timed out after {timeout:.0f} s", time.monotonic() - start
+    except FileNotFoundError:
+        return -2, f"TBROK: {argv[0]} not built", 0.0
+    return p.returncode, p.stdout + p.stderr, time.monotonic() - start
+
+
+def outcome(status: int) -> str:
+    if status == 0:
+        return "pass"
+    if status == 32:
+        return "n/a"
+    if status < 0 or status & 2:
+        return "broken"
+    if status & 1:
+        return "fail"
+    return "warn"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tests", default=",".join(DEFAULT_TESTS))
-    p.add_argument("--tracers", default="c,python")
+    p.add_argument("--tests", help="comma-separated test names (default: the families)")
+    p.add_argument("--tracers", default="c")
     p.add_argument("--prefix", default=str(CONF_DIR / "out" / "ltp"))
+    p.add_argument("--known", default=str(KNOWN_FILE))
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per test and side")
+    p.add_argument("--umld-option", action="append", default=[], help="more `umld run` options")
+    p.add_argument("--native-only", action="store_true", help="only the native run (timings)")
     args = p.parse_args(argv)
-    bindir = build(Path(args.prefix))
-    umld = [sys.executable, "-m", "umld", "run", "--uid", "0"]
-    tracers = [t for t in args.tracers.split(",") if t]
-    rows: list[list[str]] = []
-    differ = 0
-    excused: set[int] = set()
-    for test in [t for t in args.tests.split(",") if t]:
-        native, _ = run([str(bindir / test)], bindir)
-        row = [test, str(native)]
+    prefix = Path(args.prefix)
+    bindir = build(prefix)
+    known = Known.read(Path(args.known))
+    names = [t for t in args.tests.split(",") if t] if args.tests else None
+    tests = [t for t in selection(prefix, names) if names or t[0] not in known.skip]
+    tracers = [] if args.native_only else [t for t in args.tracers.split(",") if t]
+    umld = [sys.executable, "-m", "umld", "run", "--uid", "0", *args.umld_option]
+    print(f"ltp: {len(tests)} tests, natively and under umld ({', '.join(tracers)})", flush=True)
+
+    sides = ["native", *(f"umld-{t}" for t in tracers)]
+    counts = {s: dict.fromkeys(("pass", "n/a", "fail", "broken", "warn"), 0) for s in sides}
+    seconds = dict.fromkeys(sides, 0.0)
+    new: list[str] = []
+    excused: list[str] = []
+    fixed: list[str] = []
+    slow: list[str] = []
+    for k, (name, cmd) in enumerate(tests, 1):
+        native, _, took = run(cmd, bindir, args.timeout)
+        seconds["native"] += took
+        if took > 10:
+            slow.append(f"{name}: {took:.0f} s natively")
+        counts["native"][outcome(native)] += 1
         for tracer in tracers:
-            status, out = run([*umld, f"--tracer={tracer}", "--", str(bindir / test)], bindir)
-            row.append(str(status))
-            extra = status & ~native if status >= 0 and native >= 0 else -1
-            if status != native:
-                if extra > 0 and all(bit in KNOWN_DIFFERENCES for bit in _bits(extra)):
-                    excused |= set(_bits(extra))
-                else:
-                    differ += 1
-                    for line in out.splitlines():
-                        if _BAD.search(line):
-                            print(f"  {test} [{tracer}]: {line.strip()}")
-        rows.append(row)
-    header = ["test", "native", *[f"umld-{t}" for t in tracers]]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for r in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-    for bit in sorted(excused):
-        print(f"known difference (status bit {bit}): {KNOWN_DIFFERENCES[bit]}")
-    print(f"ltp: {len(rows)} tests, {differ} differ from native")
-    return 1 if differ else 0
+            side = f"umld-{tracer}"
+            status, out, took = run([*umld, f"--tracer={tracer}", "--", *cmd], bindir, args.timeout)
+            seconds[side] += took
+            counts[side][outcome(status)] += 1
+            if status == native:
+                if name in known.status:
+                    fixed.append(f"{name}: now {status} under {side}, as natively")
+                continue
+            why = known.excuses(name, status)
+            if why is not None:
+                excused.append(f"{name} [{side}] {native} -> {status}: {why}")
+                continue
+            lines = [x.strip() for x in out.splitlines() if _BAD.search(x)][:3]
+            new.append(f"{name} [{side}] native {native}, umld {status}")
+            new += [f"    {x}" for x in lines]
+        if k % 25 == 0:
+            print(f"ltp: {k}/{len(tests)} run", flush=True)
 
-
-def _bits(value: int) -> list[int]:
-    return [1 << i for i in range(8) if value & (1 << i)]
+    print()
+    print(f"{'':10}" + "".join(f"{c:>8}" for c in counts["native"]) + "   seconds")
+    for side in sides:
+        print(f"{side:10}" + "".join(f"{v:8}" for v in counts[side].values()), end="")
+        print(f"   {seconds[side]:7.1f}")
+    for line in slow:
+        print(f"slow: {line}")
+    for line in excused:
+        print(f"known: {line}")
+    for line in fixed:
+        print(f"fixed: {line} (drop it from {args.known})")
+    if new:
+        print(f"\nnew differences ({sum(1 for x in new if not x.startswith(' '))}):")
+        for line in new:
+            print(f"  {line}")
+        return 1
+    print("\nltp: no difference but the known ones")
+    return 0
 
 
 if __name__ == "__main__":

@@ -658,7 +658,10 @@ try_("host-pid", lambda: os.stat(f"/proc/{sys.argv[1]}"))
             *machine(backend, *root.options),
             "sh",
             "-c",
-            f'sleep 30 & {GUEST_PY} -c "$1" {os.getpid()}; ps -e -o args=; kill $!',
+            # Once sleep has exec'd: a process in the middle of exec shows
+            # an empty cmdline for a moment.
+            "sleep 30 & until grep -q sleep /proc/$!/cmdline; do :; done; "
+            f'{GUEST_PY} -c "$1" {os.getpid()}; ps -e -o args=; kill $!',
             "sh",
             PY_PRELUDE + code,
         ]
