@@ -1190,7 +1190,17 @@ static void mask_sys(void)
     }
 }
 
-static void mask_proc(void)
+/* /proc/sys: read-only only where the guest's root is the host's
+ * (--unsafe-host-ids), since a sysctl's default check is the uid, not a
+ * capability (test_perm(), kernel/sysctl.c: GLOBAL_ROOT_UID).  Otherwise
+ * the kernel's own checks decide, as for any root of a user namespace:
+ * the host's sysctls are others' to the guest (read-only, 0644), and
+ * those of the machine's own namespaces are its root's, checked against
+ * their owner (IPC: ipc_permissions; the network's when the machine has
+ * its own: net_ctl_permissions; its user namespace's limits).  A bind of
+ * one file cannot do this: such entries are looked up per namespace, so
+ * a bind would pin the stage's. */
+static void mask_proc(int unsafe_ids)
 {
     for (size_t k = 0; k < sizeof proc_masked_files / sizeof proc_masked_files[0]; k++) {
         char to[96];
@@ -1207,7 +1217,7 @@ static void mask_proc(void)
     for (size_t k = 0; k < sizeof proc_readonly / sizeof proc_readonly[0]; k++) {
         char to[96];
         snprintf(to, sizeof to, "/newroot/proc/%s", proc_readonly[k]);
-        if (access(to, F_OK) != 0)
+        if (access(to, F_OK) != 0 || (strcmp(proc_readonly[k], "sys") == 0 && !unsafe_ids))
             continue;
         if (mount(to, to, NULL, MS_BIND | MS_REC, NULL) < 0)
             die("cannot bind /proc/%s", proc_readonly[k]);
@@ -1993,7 +2003,7 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
          * masked or read-only, as container runtimes do: sysctl(2) files
          * check the uid, not a capability in the caller's namespace,
          * and --unsafe-host-ids makes the guest's root the host's. */
-        mask_proc();
+        mask_proc(sp->was_root && !ids.on);
     }
     /* A nesting machine: the inner umld's pid 1 mounts a /proc of its own,
      * which a kernel allows in a user namespace only where a procfs is
@@ -2034,8 +2044,11 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
         die("pipe");
     /* A cgroup namespace rooted at the machine's cgroup (S joined it):
      * the guest sees, and may mount, only its own subtree
-     * (cgroup_namespaces(7)). */
-    unsigned long flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWCGROUP;
+     * (cgroup_namespaces(7)).  An IPC namespace of its own: the host's
+     * System V objects and POSIX message queues are not the guest's to
+     * see or attach (ipc_namespaces(7)). */
+    unsigned long flags =
+        CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWCGROUP | CLONE_NEWIPC;
     if (sp->netns)
         flags |= CLONE_NEWNET;
     long g = syscall(SYS_clone, flags | SIGCHLD, 0, NULL, NULL, 0);
