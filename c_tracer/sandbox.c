@@ -676,13 +676,15 @@ static void unit_dirs(struct unit *u)
      * mode: the lower's, as seen here (through the idmap, as root).  Where
      * that owner has no id here (an ordinary user's stage), the user keeps
      * it, without the owner's write: the guest's root may still write
-     * there, its users no more than natively. */
+     * there, its users no more than natively.  Where the upper layer has
+     * no id for it (EOVERFLOW: a host mount below a writable tree, whose
+     * owner the guest sees as nobody), the upper keeps ours. */
     if (stat(u->attrs, &st) < 0 || mkdir(u->upper, 0700) < 0)
         die("cannot create the upper layer of %s", u->guest);
     mode_t mode = st.st_mode & 07777;
     if (!sp_was_root && st.st_uid != geteuid()) {
         mode = (mode_t)((mode & ~(mode_t)0700) | ((mode & 07) << 6));
-    } else if (chown(u->upper, st.st_uid, st.st_gid) < 0 && errno != EINVAL) {
+    } else if (chown(u->upper, st.st_uid, st.st_gid) < 0 && errno != EINVAL && errno != EOVERFLOW) {
         die("cannot give the upper layer of %s its owner", u->guest);
     }
     /* A machine that root runs refuses set-id modes with group execute

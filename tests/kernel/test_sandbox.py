@@ -1168,3 +1168,24 @@ def test_bind_of_an_absolute_symlink(tmp_path: Path) -> None:
     link.symlink_to(target)  # absolute
     r = run([*machine("c", f"--bind={link}:/tmp/linked:ro"), "cat", "/tmp/linked/f"])
     assert (r.returncode, r.stdout) == (0, "through the link\n"), r
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("mkfs.ext2"), reason="root mounts an ext2 image"
+)
+def test_a_host_mount_below_a_writable_tree_does_not_stop_machines(tmp_path: Path) -> None:
+    """A file system mounted on the host below /tmp (a loop-mounted ext2,
+    which refuses an idmap) is part of the guest's copy-on-write /tmp,
+    shown owned by nobody; the machine starts.  (Once, a mount LTP left
+    there made every start fail: its owner had no id in the upper layer,
+    EOVERFLOW; sandbox.c, unit_dirs, now keeps the upper's owner then.)"""
+    image, mnt = tmp_path / "fs.img", Path(tempfile.mkdtemp(prefix="umld-hostmount-", dir="/tmp"))
+    subprocess.run(["truncate", "-s", "8M", str(image)], check=True)
+    subprocess.run(["mkfs.ext2", "-q", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        r = run([*umld_argv("c"), "stat", "-c", "%U", str(mnt)])
+        assert (r.returncode, r.stdout) == (0, "nobody\n"), r
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+        mnt.rmdir()
