@@ -36,8 +36,10 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -152,11 +154,11 @@ def selection(prefix: Path, names: Sequence[str] | None) -> list[tuple[str, list
     return [e for e in entries if e[0].startswith(PREFIXES)]
 
 
-def run(argv: Sequence[str], bindir: Path, timeout: float) -> tuple[int, str, float]:
+def run(argv: Sequence[str], bindir: Path, timeout: float, tmp: Path) -> tuple[int, str, float]:
     env = dict(
         os.environ,
         LTPROOT=str(bindir.parent.parent),
-        TMPDIR="/tmp",
+        TMPDIR=str(tmp),
         PATH=f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
     )
     start = time.monotonic()
@@ -178,6 +180,16 @@ def run(argv: Sequence[str], bindir: Path, timeout: float) -> tuple[int, str, fl
     except FileNotFoundError:
         return -2, f"TBROK: {argv[0]} not built", 0.0
     return p.returncode, p.stdout + p.stderr, time.monotonic() - start
+
+
+def clean(tmp: Path) -> None:
+    """What tests left in TMP: a test killed at its timeout leaves its
+    mounts (a loop-mounted image) and directories; detached first."""
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p.startswith(f"{tmp}/")), reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def outcome(status: int) -> str:
@@ -219,34 +231,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     fixed: list[str] = []
     slow: list[str] = []
     unbuilt: list[str] = []
-    for k, (name, cmd) in enumerate(tests, 1):
-        if not (bindir / cmd[0]).exists():
-            unbuilt.append(name)  # runtest/syscalls names more than the build makes
-            continue
-        native, _, took = run(cmd, bindir, args.timeout)
-        seconds["native"] += took
-        if took > 10:
-            slow.append(f"{name}: {took:.0f} s natively")
-        counts["native"][outcome(native)] += 1
-        for tracer in tracers:
-            side = f"umld-{tracer}"
-            status, out, took = run([*umld, f"--tracer={tracer}", "--", *cmd], bindir, args.timeout)
-            seconds[side] += took
-            counts[side][outcome(status)] += 1
-            if status == native:
-                if name in known.status:
-                    fixed.append(f"{name}: now {status} under {side}, as natively")
+    # Each test's TMPDIR below a directory of this run's, every user's to
+    # write (LTP drops privileges in some tests), cleaned at the end.
+    tmp = Path(tempfile.mkdtemp(prefix="umld-ltp-", dir="/tmp"))
+    tmp.chmod(0o1777)
+    try:
+        for k, (name, cmd) in enumerate(tests, 1):
+            if not (bindir / cmd[0]).exists():
+                unbuilt.append(name)  # runtest/syscalls names more than the build makes
                 continue
-            why = known.excuses(name, status)
-            if why is not None:
-                excused.append(f"{name} [{side}] {native} -> {status}: {why}")
-                continue
-            lines = [x.strip() for x in out.splitlines() if _BAD.search(x)][:3]
-            new.append(f"{name} [{side}] native {native}, umld {status}")
-            new += [f"    {x}" for x in lines]
-        if k % 25 == 0:
-            print(f"ltp: {k}/{len(tests)} run", flush=True)
+            native, _, took = run(cmd, bindir, args.timeout, tmp)
+            seconds["native"] += took
+            if took > 10:
+                slow.append(f"{name}: {took:.0f} s natively")
+            counts["native"][outcome(native)] += 1
+            for tracer in tracers:
+                side = f"umld-{tracer}"
+                status, out, took = run(
+                    [*umld, f"--tracer={tracer}", "--", *cmd], bindir, args.timeout, tmp
+                )
+                seconds[side] += took
+                counts[side][outcome(status)] += 1
+                if status == native:
+                    if name in known.status:
+                        fixed.append(f"{name}: now {status} under {side}, as natively")
+                    continue
+                why = known.excuses(name, status)
+                if why is not None:
+                    excused.append(f"{name} [{side}] {native} -> {status}: {why}")
+                    continue
+                lines = [x.strip() for x in out.splitlines() if _BAD.search(x)][:3]
+                new.append(f"{name} [{side}] native {native}, umld {status}")
+                new += [f"    {x}" for x in lines]
+            if k % 25 == 0:
+                print(f"ltp: {k}/{len(tests)} run", flush=True)
 
+    finally:
+        clean(tmp)
     print()
     print(f"{'':10}" + "".join(f"{c:>8}" for c in counts["native"]) + "   seconds")
     for side in sides:
