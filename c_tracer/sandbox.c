@@ -1909,13 +1909,6 @@ static unsigned ids_from_zero(const char *path)
     return found;
 }
 
-static void write_shifted_map(const char *path, unsigned base, unsigned count)
-{
-    char text[64];
-    snprintf(text, sizeof text, "0 %u %u\n", base, count);
-    write_file(path, text);
-}
-
 static void write_maps(pid_t child, uid_t uid, gid_t gid, int was_root)
 {
     char path[64], text[128];
@@ -1935,11 +1928,14 @@ static void write_maps(pid_t child, uid_t uid, gid_t gid, int was_root)
     }
     if (nested_ids) {
         /* A nested machine: the stage's ids, one for one (and so the
-         * guest's uid is its own, 0 by default, the stage's root). */
+         * guest's uid is its own, 0 by default, the stage's root); a
+         * guest id above them shares the last, as in a root-run one. */
+        format_map(text, sizeof text, 0, nested_uids, uid);
         snprintf(path, sizeof path, "/proc/%d/uid_map", child);
-        write_shifted_map(path, 0, nested_uids);
+        write_file(path, text);
+        format_map(text, sizeof text, 0, nested_gids, gid);
         snprintf(path, sizeof path, "/proc/%d/gid_map", child);
-        write_shifted_map(path, 0, nested_gids);
+        write_file(path, text);
         return;
     }
     /* Not root: we are uid 0 of our own namespace, mapped to the user;
@@ -2131,11 +2127,11 @@ static void map_helper(int fd, pid_t stage)
         _exit(0); /* the stage mapped itself */
     char path[64], text[64];
     snprintf(path, sizeof path, "/proc/%d/uid_map", (int)stage);
-    snprintf(text, sizeof text, "0 %u %u\n", NESTED_ROOT_ID, nested_uids);
+    format_map(text, sizeof text, NESTED_ROOT_ID, nested_uids, 0);
     if (try_write_file(path, text) < 0)
         _exit(1);
     snprintf(path, sizeof path, "/proc/%d/gid_map", (int)stage);
-    snprintf(text, sizeof text, "0 %u %u\n", NESTED_ROOT_ID, nested_gids);
+    format_map(text, sizeof text, NESTED_ROOT_ID, nested_gids, 0);
     _exit(try_write_file(path, text) < 0 ? 2 : 0);
 }
 

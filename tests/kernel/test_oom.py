@@ -21,9 +21,6 @@ from umld.core import procfs
 
 pytestmark = pytest.mark.uses_ptrace
 
-CAP_SYS_RESOURCE = 24
-
-
 def _bounding(text: str) -> int:
     line = next(x for x in text.splitlines() if x.startswith("CapBnd:"))
     return int(line.split()[1], 16)
@@ -52,7 +49,7 @@ def test_ltps_oom_protection_as_natively(compare: Compare, guest_bin: Path) -> N
     argv = [str(guest_bin / "oom")]
     native = compare.native(argv)
     options = [f"--bind={guest_bin}"]
-    if procfs.has_capability(CAP_SYS_RESOURCE):
+    if procfs.has_capability(procfs.CAP_SYS_RESOURCE):
         options += ["--memory=1G", "--limits-oom-floor=-1000"]
     guest = compare.guest(argv, *options)
     assert (guest.returncode, guest.stdout) == (0, native.stdout), guest.stderr
@@ -77,7 +74,7 @@ def test_a_floor_where_umld_cannot_lower_scores(backend: str, ordinary_user: Use
 
 
 @pytest.mark.skipif(
-    not procfs.has_capability(CAP_SYS_RESOURCE),
+    not procfs.has_capability(procfs.CAP_SYS_RESOURCE),
     reason="umld's caller lacks CAP_SYS_RESOURCE here (the floor is refused: tested above)",
 )
 def test_the_floor_holds(backend: str) -> None:

@@ -135,4 +135,9 @@ def test_as_an_ordinary_user(ordinary_user: User) -> None:
         assert got.stdout.splitlines() == want, got.stderr
     native = run(ordinary_user.argv(["python3", "-c", WRITE, *values]))
     assert native.stdout.splitlines() == [f"{p} {denied}" for p in OWN]
+    # Its root is no root of the host's sysctls either.
+    argv = ordinary_user.umld_argv("c", "--uid", "0")
+    hosts = [f"{p}={v}" for p, v in HOSTS.items()]
+    got = run([*argv, "python3", "-c", WRITE, *hosts], cwd=ordinary_user.work)
+    assert got.stdout.splitlines() == [f"{p} {denied}" for p in HOSTS], got.stderr
     assert _host_values() == before

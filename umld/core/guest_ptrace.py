@@ -1025,11 +1025,7 @@ def _vdso_syscall(kernel: GuestKernel, task: Task) -> int | None:
 
 def _blocks_sigchld(task: Task) -> bool:
     """Whether the thread blocks SIGCHLD (SigBlk, proc(5))."""
-    blocked = procfs.status(task.tid, ("SigBlk",)).get("SigBlk", "0")
-    try:
-        return bool(int(blocked, 16) & 1 << (signal.SIGCHLD - 1))
-    except ValueError:
-        return False
+    return bool(procfs.status_mask(task.tid, "SigBlk") & 1 << (signal.SIGCHLD - 1))
 
 
 def _signed(value: int) -> int:

@@ -180,10 +180,6 @@ class Prepared(NamedTuple):
     upper: tuple[str, str] | None  # a copy-on-write root's upper layer
 
 
-#: capabilities(7).
-CAP_SYS_RESOURCE = 24
-
-
 def check_oom_floor(cfg: Config, unenforced: Sequence[str] | None = None) -> None:
     """A floor below 0 lets the guest's processes hide from the OOM killer
     (oom_score_adj -1000 exempts a process, proc(5)): only where a memory
@@ -199,7 +195,7 @@ def check_oom_floor(cfg: Config, unenforced: Sequence[str] | None = None) -> Non
     )
     if cfg.memory is None:
         raise UsageError(needs_memory)
-    if not procfs.host_root() or not procfs.has_capability(CAP_SYS_RESOURCE):
+    if not procfs.host_root() or not procfs.has_capability(procfs.CAP_SYS_RESOURCE):
         raise UmldError(
             "umld: --limits-oom-floor below 0 needs umld run by root with CAP_SYS_RESOURCE "
             "(lowering oom_score_adj takes it)",

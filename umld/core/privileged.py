@@ -304,7 +304,9 @@ def access_fault(pid: int, addr: int, size: int, *, write: bool) -> MemoryFault 
     """Where an access of ``size`` bytes at ``addr`` by process ``pid`` would
     page-fault, from its mappings (/proc/PID/maps, proc(5)): None when every
     byte is in a mapping that allows it.  Checked before the tracer touches
-    guest memory, since its fallback (/proc/PID/mem) ignores protections."""
+    guest memory: the fault's address and si_code (SEGV_MAPERR or
+    SEGV_ACCERR) are what the guest's SIGSEGV carries, which a failed
+    write_memory (EFAULT) does not tell."""
     need = "w" if write else "r"
     at, end = addr, addr + size
     try:

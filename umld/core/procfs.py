@@ -91,11 +91,24 @@ def host_root() -> bool:
         return True
 
 
+#: capabilities(7).
+CAP_SYS_RESOURCE = 24
+CAP_SYS_TIME = 25
+
+
+def status_mask(pid: int | str, field: str) -> int:
+    """A hexadecimal mask of /proc/PID/status (SigBlk, CapEff, ...); 0
+    when the process is gone."""
+    try:
+        return int(status(pid, (field,)).get(field, "0"), 16)
+    except ValueError:
+        return 0
+
+
 def has_capability(cap: int, pid: int | str = "self") -> bool:
     """Whether a process holds capability ``cap`` (capabilities(7)) in its
     effective set."""
-    text = status(pid, ("CapEff",)).get("CapEff", "0")
-    return bool(int(text, 16) >> cap & 1)
+    return bool(status_mask(pid, "CapEff") >> cap & 1)
 
 
 def tgid(tid: int) -> int | None:

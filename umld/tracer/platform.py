@@ -336,9 +336,10 @@ class TracerPlatform(Protocol):
     def interrupt(self, tid: Tid) -> None:
         """Ask a thread to stop (PTRACE_INTERRUPT): an Interrupted event
         follows, at once if it runs or sits in a group-stop (then with that
-        stop's signal), once resumed if it is in another stop.  Asking twice before the
-        stop gives one event; a thread that dies first reports its Exited
-        only.  TracerError ESRCH for a thread not traced."""
+        stop's signal), once resumed if it is in another stop.  Asking
+        twice before the stop gives one event; a thread that dies first
+        reports its Exited only.  TracerError ESRCH for a thread not
+        traced."""
         ...
 
     def set_resume_mode(self, tid: Tid, mode: ResumeMode) -> None:

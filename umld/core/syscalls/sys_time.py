@@ -27,15 +27,14 @@ _USER_HZ: Final = 100
 #: The kernel's PPM_SCALE: a frequency (ppm << 16) times this must fit in
 #: 64 bits (kernel/time/timekeeping.c).
 _PPM_SCALE: Final = 1000 << 16
-_CAP_SYS_TIME: Final = 25
 #: i386 calls whose struct is the 32-bit old_timex32 (clock_adjtime64,
 #: 405, takes the 64-bit __kernel_timex).
 _OLD_TIMEX32_CALLS: Final = frozenset({124, 343})
 
 
 class _Timex(NamedTuple):
-    """What timekeeping_validate_timex() looks at, and the struct's size
-    (the kernel copies it whole first: EFAULT when any of it is not
+    """What timekeeping_validate_timex() looks at (read from the whole
+    struct, which the kernel copies first: EFAULT when any of it is not
     readable)."""
 
     modes: int
@@ -61,7 +60,7 @@ def _read_timex(ctx: SyscallContext, addr: int) -> _Timex:
 def _capable_sys_time(ctx: SyscallContext) -> bool:
     """capable(CAP_SYS_TIME) as the guest sees it: in its effective set
     (the guest's root holds it in the machine's user namespace)."""
-    return procfs.has_capability(_CAP_SYS_TIME, ctx.task.tid)
+    return procfs.has_capability(procfs.CAP_SYS_TIME, ctx.task.tid)
 
 
 def _validate(ctx: SyscallContext, addr: int) -> Outcome:
