@@ -68,6 +68,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -1433,6 +1434,23 @@ static void op_dev(void)
     restore_fsids(old);
 }
 
+/* "loopctl": the host's loop-control device in the guest's /dev (the
+ * machine's devices/loop setting, root-run machines only), owned by the
+ * guest's root and group disk.  Every request on it stops in umld
+ * (sys_block.py): the guest gets loop devices leased to its machine, never
+ * the host's others. */
+static void op_loopctl(void)
+{
+    if (!ids.on) {
+        errno = 0;
+        die("loop devices need a machine run by root");
+    }
+    const char *node = "/newroot/dev/loop-control";
+    if (mknod(node, S_IFCHR | 0660, makedev(10, 237)) < 0 || chmod(node, 0660) < 0 ||
+        lchown(node, (uid_t)ids.uid, (gid_t)(ids.gid + 6)) < 0)
+        die("cannot create /dev/loop-control in the guest");
+}
+
 /* Where a nesting machine ("nest") shows the guest a /proc with nothing
  * bound over it. */
 #define NEST_PROC "/dev/.umld/proc"
@@ -2522,6 +2540,84 @@ static int serve_main(int argc, char **argv)
     }
 }
 
+/* One step of blockmount_main that the guest's mount(2) answers with
+ * errno: print it for umld, which completes the call with it. */
+static int mount_failed(void)
+{
+    printf("%d\n", errno ? errno : EIO);
+    return 0;
+}
+
+/* umld-sandbox blockmount TID SOURCE FSTYPE SBFLAGS ATTRS DATA TARGET
+ *
+ * The mount(2) of a guest root whose source is one of its machine's loop
+ * devices (umld/core/loopdev.py), done for it: a block device's file
+ * system can be mounted only by a caller with CAP_SYS_ADMIN in the initial
+ * user namespace (no FS_USERNS_MOUNT, mount_namespaces(7)).  This process
+ * (host root, started by umld) builds the mount with the new mount API
+ * (fsopen(2), fsconfig(2) with SOURCE, the comma-separated SBFLAGS and the
+ * guest's option string DATA, fsmount(2) with the mount attributes ATTRS,
+ * always with MOUNT_ATTR_NODEV: a device node on an image the guest wrote
+ * would otherwise open the host's devices), idmaps it with the guest's own
+ * user namespace (on-disk id k is guest id k, as for --disk), then joins
+ * the guest's mount namespace, takes its root and working directory, and
+ * attaches it at TARGET resolved as the guest resolves it (move_mount(2)).
+ * Prints 0, or the errno the guest's call fails with. */
+static int blockmount_main(int argc, char **argv)
+{
+    if (argc != 9) {
+        errno = 0;
+        die("sandbox: blockmount TID SOURCE FSTYPE SBFLAGS ATTRS DATA TARGET");
+    }
+    const char *tid = argv[2], *source = argv[3], *fstype = argv[4];
+    char path[64];
+    int fds[4];
+    static const char *const kinds[] = {"ns/user", "ns/mnt", "root", "cwd"};
+    for (int k = 0; k < 4; k++) {
+        snprintf(path, sizeof path, "/proc/%s/%s", tid, kinds[k]);
+        fds[k] = open(path, (k < 2 ? O_RDONLY : O_PATH | O_DIRECTORY) | O_CLOEXEC);
+        if (fds[k] < 0)
+            die("the guest's thread %s is gone", tid);
+    }
+    int fs = (int)syscall(SYS_fsopen, fstype, FSOPEN_CLOEXEC);
+    if (fs < 0)
+        return mount_failed();
+    if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "source", source, 0) < 0)
+        return mount_failed();
+    char *flags = argv[5], *data = argv[7], *save = NULL;
+    for (char *f = strtok_r(flags, ",", &save); f; f = strtok_r(NULL, ",", &save))
+        if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_FLAG, f, NULL, 0) < 0)
+            return mount_failed();
+    for (char *o = strtok_r(data, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(o, '=');
+        if (eq)
+            *eq = '\0';
+        if (syscall(SYS_fsconfig, fs, eq ? FSCONFIG_SET_STRING : FSCONFIG_SET_FLAG, o,
+                    eq ? eq + 1 : NULL, 0) < 0)
+            return mount_failed();
+    }
+    if (syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+        return mount_failed();
+    unsigned long attrs = strtoul(argv[6], NULL, 10) | MOUNT_ATTR_NODEV;
+    int mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, attrs);
+    if (mnt < 0)
+        return mount_failed();
+    struct mount_attr idmap = {.attr_set = MOUNT_ATTR_IDMAP, .userns_fd = (__u64)fds[0]};
+    /* A file system without idmapped mounts (FS_ALLOW_IDMAP) shows its
+     * on-disk owners unmapped, as a guest's mount of it would. */
+    if (syscall(SYS_mount_setattr, mnt, "", AT_EMPTY_PATH, &idmap, sizeof idmap) < 0 &&
+        errno != EINVAL)
+        return mount_failed();
+    if (setns(fds[1], CLONE_NEWNS) < 0)
+        die("cannot join the guest's mount namespace");
+    if (fchdir(fds[2]) < 0 || chroot(".") < 0 || fchdir(fds[3]) < 0)
+        die("cannot take the guest's root and working directory");
+    if (syscall(SYS_move_mount, mnt, "", AT_FDCWD, argv[8], MOVE_MOUNT_F_EMPTY_PATH) < 0)
+        return mount_failed();
+    printf("0\n");
+    return 0;
+}
+
 /* umld-sandbox tied PARENT -- CMD...
  *
  * A host-side helper of a machine (pasta, its user-mode network) that
@@ -2560,6 +2656,8 @@ int main(int argc, char **argv)
         return serve_main(argc, argv);
     if (argc > 1 && strcmp(argv[1], "tied") == 0)
         return tied_main(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "blockmount") == 0)
+        return blockmount_main(argc, argv);
 
     sigset_t mask, all;
     sigfillset(&all);
@@ -2649,6 +2747,8 @@ int main(int argc, char **argv)
             i += 3;
         } else if (strcmp(op, "dev") == 0) {
             op_dev();
+        } else if (strcmp(op, "loopctl") == 0) {
+            op_loopctl();
         } else if (strcmp(op, "tty") == 0) {
             need(argc, i, 3, op);
             op_tty(argv[i + 1], argv[i + 2], argv[i + 3]);

@@ -173,9 +173,9 @@ def test_conditional_traps_follow_the_machines_features() -> None:
     assert hostroot <= table.trapped({"hostroot"})
     # arch_prctl stops only with cpuid = own (CPUID faulting after exec).
     arch_prctl = table.by_name("arch_prctl").nr
-    assert arch_prctl not in table.trapped({"live", "vcpus", "hostroot"})
+    assert arch_prctl not in table.trapped({"live", "vcpus", "hostroot", "mounts"})
     assert arch_prctl in table.trapped({"cpuid"})
-    assert table.trapped({"live", "vcpus", "hostroot", "cpuid"}) == table.trapped()
+    assert table.trapped({"live", "vcpus", "hostroot", "cpuid", "mounts"}) == table.trapped()
     # Whatever the machine, a guest never types into a terminal.
     assert table.by_name("ioctl").nr in plain
     # wait calls stop only in guest ptrace tracers, by a filter of their own.

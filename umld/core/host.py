@@ -545,6 +545,13 @@ class Host:
             )
             m.kernel = kernel
             kernel.policy.cpuid_own = cfg.cpuid == "own"
+            if cfg.devices_loop and prep.ids is not None:
+                from umld.core.loopdev import MachineLoops
+
+                # Nodes owned by the guest's root and its group disk (6).
+                files.loops = kernel.policy.loops = MachineLoops(
+                    cfg.devices_loop, prep.ids.uid, prep.ids.gid + 6, SANDBOX
+                )
             if cfg.tty:
                 from umld.core.tty import DEFAULT_SIZE, MachineTerminal
 

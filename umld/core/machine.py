@@ -85,6 +85,7 @@ class Config:
     limits_nproc: int
     limits_nofile: int | None
     limits_oom_floor: int
+    devices_loop: int
     tty: bool
     nest: bool
     unsafe_host_ids: bool
@@ -239,6 +240,12 @@ def prepare(
             name,
         )
     check_oom_floor(cfg)
+    if cfg.devices_loop and ids is None:
+        raise UmldError(
+            "umld: --devices-loop needs a machine run by root with ids of its own (not "
+            "--unsafe-host-ids): a loop device is the host's, leased to the machine",
+            125,
+        )
     files.cgroup = MachineCgroup.create(name)
     # The configured vCPUs and memory bound the machine; a live one's
     # defaults (the host's) bound nothing until they are changed.
@@ -307,6 +314,7 @@ def machine_argv(
         net=None if files.net is None else (files.net.stage_fd(),),
         nest=cfg.nest,
         oom_floor=cfg.limits_oom_floor,
+        loop=cfg.devices_loop > 0,
     )
 
 
@@ -315,11 +323,15 @@ def features(*, live: bool, vcpus: int | None, cfg: Config | None = None) -> set
     a live machine can change any setting, so it traps them all, and so
     does one whose network policy is not the open default from the start;
     a machine run by host root writes the host's files as root
-    ("hostroot")."""
+    ("hostroot"); mount(2) stops in a live machine (to report it) and in
+    one with loop devices (to mount them, "mounts")."""
     out = set()
     policed = cfg is not None and (cfg.net_accept != "open" or cfg.net_connect != "allow")
     if live or policed:
-        out |= {"live", "vcpus"}
+        out |= {"live", "vcpus", "mounts"}
+    if cfg is not None and cfg.devices_loop:
+        # A leased loop device's mount(2) is umld's to make (loopdev.py).
+        out.add("mounts")
     if vcpus is not None:
         out.add("vcpus")
     if cfg is not None and cfg.cpuid == "own":

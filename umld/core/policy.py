@@ -11,7 +11,10 @@ sees the old value or the new one, never a mix, under the GIL.
 from __future__ import annotations
 
 import os
-from typing import final
+from typing import TYPE_CHECKING, final
+
+if TYPE_CHECKING:
+    from umld.core.loopdev import MachineLoops
 
 
 @final
@@ -58,6 +61,7 @@ class MachinePolicy:
         "affinity",
         "cpuid_own",
         "cpus",
+        "loops",
         "net_accept_open",
         "net_connect",
         "trace_events",
@@ -83,6 +87,9 @@ class MachinePolicy:
         self.cpus: list[int] | None = None
         #: cpuid = own: the guest's CPUID is emulated (privileged.py).
         self.cpuid_own = False
+        #: devices/loop: the loop devices leased to the machine; None
+        #: without the setting.
+        self.loops: MachineLoops | None = None
 
     def cpu_count(self) -> int:
         """The machine's CPUs, as the guest counts them."""

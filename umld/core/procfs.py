@@ -92,6 +92,7 @@ def host_root() -> bool:
 
 
 #: capabilities(7).
+CAP_SYS_ADMIN = 21
 CAP_SYS_RESOURCE = 24
 CAP_SYS_TIME = 25
 

@@ -32,6 +32,7 @@ from umld.errors import UmldError, UsageError
 
 if TYPE_CHECKING:
     from umld.core.fusedisk import FuseDisks
+    from umld.core.loopdev import MachineLoops
     from umld.core.net import MachineNet
 
 SANDBOX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "umld-sandbox")
@@ -319,6 +320,8 @@ class MachineFiles:
         self.disks: FuseDisks | None = None
         #: Its own network (every --net but host).
         self.net: MachineNet | None = None
+        #: The loop devices leased to the machine (devices/loop).
+        self.loops: MachineLoops | None = None
 
     def close(self) -> None:
         # An image made for this machine that was never mounted (the
@@ -330,6 +333,9 @@ class MachineFiles:
         self._created.clear()
         if self.net is not None:
             self.net.close()
+        if self.loops is not None:
+            self.loops.close()
+            self.loops = None
         if self.disks is not None:
             # fuse2fs finishes in the background, holding the images'
             # locks, and removes its mount points and then this directory.
@@ -606,6 +612,7 @@ class SandboxOps:
         "helper": 1,  # FD: the socket of umld's disk helper (fusedisk)
         "fusedisk": 3,  # IMAGE GUEST HOSTDIR: served by fuse2fs (ordinary users)
         "dev": 0,  # the machine's own /dev
+        "loopctl": 0,  # /dev/loop-control in it, for the guest's root (devices/loop)
         "tty": 3,  # SOCKET COLS ROWS: a pty of the guest's devpts; its master to umld
         "mkdir": 1,  # GUEST: a world-writable directory
         "proc": 0,  # a fresh /proc
@@ -675,6 +682,7 @@ def sandbox_argv(
     net: tuple[int] | tuple[()] | None = None,
     nest: bool = False,
     oom_floor: int = 0,
+    loop: bool = False,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox`` for a new machine.
 
@@ -692,7 +700,11 @@ def sandbox_argv(
     its first process asks umld on the socket before it runs
     (:mod:`umld.core.net`).  ``nest``: what a machine built inside this
     one needs (the nest setting).  ``oom_floor``: below 0, the lowest
-    oom_score_adj the guest may set (the limits/oom_floor setting)."""
+    oom_score_adj the guest may set (the limits/oom_floor setting).
+    ``loop``: the guest's /dev gets loop-control (the devices/loop
+    setting; a root-run machine, ``ids`` given)."""
+    if loop and ids is None:
+        raise ValueError("loop devices need the machine's own ids")
     ops = SandboxOps()
     for path in cgroups:
         ops.op("cgroup", path)
@@ -722,6 +734,8 @@ def sandbox_argv(
     for m in table[1:]:
         if m.kind == "dev":
             ops.op("dev")
+            if loop:
+                ops.op("loopctl")
         elif m.kind == "bind":
             flags = "ro" if m.readonly else "rw"
             if m.source == "/sys" and m.target == m.source:

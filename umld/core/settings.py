@@ -475,6 +475,13 @@ SETTINGS: tuple[Setting, ...] = (
             "the lowest oom_score_adj the guest's processes may set (they start at umld's); "
             "below 0 only with an enforced --memory, in a machine run by root",
             default=0, metavar="N"),
+    Setting("devices/loop", Number(0, 64),
+            "loop devices the guest's root may hold at once (/dev/loop-control, losetup, "
+            "mount -o loop, mkfs): each a host loop device leased to the machine, whose file "
+            "systems umld mounts for the guest (nodev, idmapped); the host's kernel then reads "
+            "file systems the guest wrote, so give it only to guests trusted that far; in a "
+            "machine run by root",
+            default=0, metavar="N"),
     Setting("tty", Flag(),
             "the first process runs on a terminal of the machine's own (/dev/pts/0), exported "
             "live in ui/; `umld attach` connects to it",

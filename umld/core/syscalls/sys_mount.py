@@ -5,13 +5,19 @@ namespace, below the machine's mounts, which are locked to it
 (mount_namespaces(7)): whatever a guest mounts or unmounts changes only
 its own table, and the kernel refuses what would reveal or unlock the
 machine's.  So these calls run natively; they stop only so that the
-guest kernel can report them.
+guest kernel can report them.  The one exception: a guest root's mount of
+one of its machine's leased loop devices, which umld mounts for it
+(umld/core/loopdev.py).
 """
 
 from __future__ import annotations
 
+import errno
+
+from umld.core import loopdev
 from umld.core.syscalls.context import SyscallContext
-from umld.core.syscalls.table import Outcome
+from umld.core.syscalls.table import Offloaded, Outcome
+from umld.errors import GuestError
 
 
 def _path(ctx: SyscallContext, i: int) -> str:
@@ -29,10 +35,32 @@ def _report(ctx: SyscallContext, text: str) -> None:
 
 
 def mount(ctx: SyscallContext) -> Outcome:
-    """Implements Linux syscall mount(2) in the guest's mount namespace."""
+    """Implements Linux syscall mount(2) in the guest's mount namespace;
+    for a source that is a loop device of the machine's, umld mounts it
+    (loopdev.py), and the guest's thread waits in its call meanwhile."""
     if ctx.kernel.listeners:
         _report(ctx, f"mount {_path(ctx, 0)} on {_path(ctx, 1)} type {_path(ctx, 2)}")
-    return None
+    loops = ctx.policy.loops
+    if loops is None or not ctx.args[0] or not ctx.args[1] or not ctx.args[2]:
+        return None
+    source = ctx.read_string(ctx.args[0])
+    fstype = ctx.read_string(ctx.args[2])
+    flags = ctx.args[3] & 0xFFFFFFFFFFFFFFFF
+    lease = loops.mount_request(ctx.task.tid, source, fstype, flags)
+    if lease is None:
+        return None
+    if not loops.may_mount(ctx.task.tid):
+        raise GuestError(errno.EPERM)
+    target = ctx.read_string(ctx.args[1])
+    data = ctx.read_string(ctx.args[4]) if ctx.args[4] else b""
+    argv = loops.mount_argv(ctx.task.tid, lease, target, fstype, flags, data)
+    kernel, tid, hold = ctx.kernel, ctx.task.tid, Offloaded()
+
+    def done(result: int) -> None:
+        kernel.post(lambda: kernel.finish(tid, hold, result))
+
+    loopdev.in_thread(lambda: loopdev.run_blockmount(argv), done)
+    raise hold
 
 
 def umount2(ctx: SyscallContext) -> Outcome:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import errno
 
+from umld.core import loopdev
 from umld.core.syscalls import (
     sys_file,
     sys_io,
+    sys_ioctl,
     sys_mount,
     sys_net,
     sys_ptrace,
@@ -41,6 +43,19 @@ IDENTITY, UTS, SCHED, SYSTEM = Family.IDENTITY, Family.UTS, Family.SCHED, Family
 TTY_INPUT = (
     ArgTest(1, "eq", sys_tty.TIOCSTI, label="TIOCSTI"),
     ArgTest(1, "eq", sys_tty.TIOCLINUX, label="TIOCLINUX"),
+)
+#: loop(4) requests that stop (umld/core/loopdev.py): loop-control's, and
+#: a device's attach and detach.
+LOOP_REQUESTS = tuple(
+    ArgTest(1, "eq", cmd, label=label)
+    for cmd, label in (
+        (loopdev.LOOP_CTL_ADD, "LOOP_CTL_ADD"),
+        (loopdev.LOOP_CTL_REMOVE, "LOOP_CTL_REMOVE"),
+        (loopdev.LOOP_CTL_GET_FREE, "LOOP_CTL_GET_FREE"),
+        (loopdev.LOOP_SET_FD, "LOOP_SET_FD"),
+        (loopdev.LOOP_CONFIGURE, "LOOP_CONFIGURE"),
+        (loopdev.LOOP_CLR_FD, "LOOP_CLR_FD"),
+    )
 )
 #: socket(2) that may make an SCTP socket: IPPROTO_SCTP, or a type with
 #: bit 2 (SOCK_RDM, SOCK_SEQPACKET: an IP SOCK_SEQPACKET is SCTP).
@@ -111,8 +126,10 @@ TABLE = SyscallTable("x86_64", (
     P(13, "rt_sigaction", SIGNAL),
     P(14, "rt_sigprocmask", SIGNAL),
     P(15, "rt_sigreturn", SIGNAL),
-    E(16, "ioctl", DESC, sys_tty.ioctl, "TIOCSTI, TIOCLINUX: EPERM (no typing into a terminal)",
-      when=TTY_INPUT),
+    E(16, "ioctl", DESC, sys_ioctl.ioctl,
+      "TIOCSTI, TIOCLINUX: EPERM (no typing into a terminal); loop(4) requests: the "
+      "machine's leased loop devices (devices/loop), LOOP_CTL_ADD/REMOVE EPERM",
+      when=TTY_INPUT + LOOP_REQUESTS),
     P(17, "pread64", DESC),
     P(18, "pwrite64", DESC),
     P(19, "readv", DESC),
@@ -264,7 +281,9 @@ TABLE = SyscallTable("x86_64", (
     P(162, "sync", SYSTEM),
     D(163, "acct", FILE, "would switch host process accounting"),
     D(164, "settimeofday", TIME, "would set the host clock"),
-    E(165, "mount", FILE, sys_mount.mount, "native, guest mount ns; reported", "live"),
+    E(165, "mount", FILE, sys_mount.mount,
+      "native, guest mount ns; reported; a leased loop device mounted by umld (devices/loop)",
+      "mounts"),
     E(166, "umount2", FILE, sys_mount.umount2, "native; machine mounts locked", "live"),
     D(167, "swapon", FILE, "would change the host's swap"),
     D(168, "swapoff", FILE, "would change the host's swap"),

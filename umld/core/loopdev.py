@@ -1,0 +1,428 @@
+"""Loop devices leased to a machine (the devices/loop setting).
+
+A guest root expects ``losetup``, ``mount -o loop IMAGE DIR`` and
+``mkfs`` of a loop device to work, and the Linux Test Project acquires a
+loop device for every test that needs a file system of its own.  None of
+it can run natively in a machine: the host's devices are not in the
+guest's /dev, and a block device's file system mounts only for a caller
+with CAP_SYS_ADMIN in the initial user namespace (no FS_USERNS_MOUNT,
+mount_namespaces(7)).  A machine run by root may therefore be given loop
+devices of the host, one at a time, as a kernel lends a device to one
+user:
+
+* Its /dev holds ``loop-control``, the host's (10, 237), owned by the
+  guest's root (sandbox.c, op_loopctl).  Every loop-control request stops
+  (the seccomp filter traps their ioctl(2) numbers; sys_block.py):
+  LOOP_CTL_GET_FREE *leases* a free host loop device to the machine
+  (:meth:`MachineLoops.lease`) and makes its node, ``/dev/loopN`` with the
+  host's N, in the caller's /dev, owned by the guest's root and group
+  disk, mode 0660 as udev makes it.  LOOP_CTL_ADD and LOOP_CTL_REMOVE
+  would create and destroy the host's devices: EPERM.
+* Between the lease and the guest's attach, umld holds the device open
+  with O_EXCL (a block device's exclusive claim): another host process's
+  LOOP_CONFIGURE of it then fails with EBUSY (loop_configure claims the
+  device, drivers/block/loop.c), so the device the guest was given is
+  never bound to someone else's file under it.  The guest's LOOP_SET_FD
+  and LOOP_CONFIGURE on a leased device therefore stop too, and umld
+  makes them through its claim with the guest's backing file (reopened
+  from /proc/TID/fd, read-only when the guest's device descriptor is),
+  then lets the claim go: mkfs and mount claim the device themselves.
+  Every other request on a leased device (LOOP_SET_STATUS, BLKGETSIZE64,
+  LOOP_SET_CAPACITY, ...) runs natively, the caller's own.
+* The guest's LOOP_CLR_FD runs natively; the device detaches at its last
+  close (loop_clr_fd sets autoclear) and the lease ends then: umld removes
+  the node at the call, so once the guest's descriptors are closed
+  nothing of the machine reaches the device again.  What is left: a guest
+  that keeps a descriptor open keeps the device bound to its own file
+  (others' attaches fail with EBUSY), and one that detached and still
+  holds a descriptor of the now free device could read what another host
+  process binds to it later; the same race Linux's GET_FREE has for any
+  two users of loop-control, and the reason the setting is off by
+  default.
+* mount(2) of a leased device (sys_mount.py) is done for the guest by
+  ``umld-sandbox blockmount`` (sandbox.c): the new mount API in the
+  initial user namespace, *always nodev* (a device node on an image the
+  guest wrote would otherwise open the host's disks), idmapped with the
+  guest's user namespace (on-disk id k is guest id k, as for --disk), then
+  attached in the guest's mount namespace at the target as the guest
+  resolves it.  Only file systems that need a device (those
+  /proc/filesystems does not mark ``nodev``) are mounted so; the guest
+  unmounts natively (the mount is its own, not locked).  Remounts and
+  binds run natively.
+
+The cost is trust: the host's kernel parses a file system the guest
+wrote, and file system drivers are not hardened against crafted images.
+Hence a setting, 0 by default, and root-run machines only (the guest's
+root must be an id range of its own).  At the machine's end every device
+still bound is detached (at its last close) and every claim released.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from umld.core import procfs
+from umld.errors import GuestError
+
+log = logging.getLogger(__name__)
+
+#: Documentation/admin-guide/devices.txt: block major 7, misc 237.
+LOOP_MAJOR = 7
+LOOP_CONTROL = os.makedev(10, 237)
+
+# linux/loop.h
+LOOP_SET_FD = 0x4C00
+LOOP_CLR_FD = 0x4C01
+LOOP_GET_STATUS64 = 0x4C05
+LOOP_CONFIGURE = 0x4C0A
+LOOP_CTL_ADD = 0x4C80
+LOOP_CTL_REMOVE = 0x4C81
+LOOP_CTL_GET_FREE = 0x4C82
+LO_FLAGS_READ_ONLY = 1
+#: struct loop_config: __u32 fd, __u32 block_size, struct loop_info64
+#: (232 bytes, lo_flags at 52), __u64 __reserved[8].
+LOOP_CONFIG_SIZE = 304
+_LO_FLAGS_AT = 8 + 52
+_LOOP_INFO64_SIZE = 232
+
+#: Requests that stop: those of loop-control, and the attaches of a
+#: device (made through umld's claim) and its detach (the lease ends).
+CONTROL_REQUESTS = (LOOP_CTL_ADD, LOOP_CTL_REMOVE, LOOP_CTL_GET_FREE)
+DEVICE_REQUESTS = (LOOP_SET_FD, LOOP_CONFIGURE, LOOP_CLR_FD)
+
+#: mount(2) flags (linux/mount.h): the new mount API takes the superblock's
+#: as fsconfig(2) flags and the mount's as MOUNT_ATTR_* (linux/mount.h).
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_SYNCHRONOUS, MS_REMOUNT, MS_DIRSYNC, MS_NOSYMFOLLOW = 16, 32, 128, 256
+MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_MOVE = 1024, 2048, 4096, 8192
+MS_UNBINDABLE, MS_PRIVATE, MS_SLAVE, MS_SHARED = 1 << 17, 1 << 18, 1 << 19, 1 << 20
+MS_STRICTATIME, MS_LAZYTIME = 1 << 24, 1 << 25
+MS_MGC_MSK, MS_MGC_VAL = 0xFFFF0000, 0xC0ED0000
+#: Flags that make mount(2) something other than a new mount.
+NOT_NEW = MS_REMOUNT | MS_BIND | MS_MOVE | MS_UNBINDABLE | MS_PRIVATE | MS_SLAVE | MS_SHARED
+_SB_FLAGS = ((MS_RDONLY, "ro"), (MS_SYNCHRONOUS, "sync"), (MS_DIRSYNC, "dirsync"),
+             (MS_LAZYTIME, "lazytime"))  # fmt: skip
+_ATTRS = ((MS_RDONLY, 0x1), (MS_NOSUID, 0x2), (MS_NODEV, 0x4), (MS_NOEXEC, 0x8),
+          (MS_NOATIME, 0x10), (MS_STRICTATIME, 0x20), (MS_NODIRATIME, 0x80),
+          (MS_NOSYMFOLLOW, 0x200000))  # fmt: skip
+
+
+def nodev_filesystems() -> frozenset[str]:
+    """The file system types /proc/filesystems marks ``nodev``: those that
+    need no device (proc, tmpfs, ...), never mounted for the guest."""
+    try:
+        with open("/proc/filesystems", encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return frozenset()
+    return frozenset(line.split()[-1] for line in lines if line.startswith("nodev"))
+
+
+@dataclass
+class Lease:
+    """A host loop device leased to the machine."""
+
+    index: int
+    rdev: int
+    #: umld's O_EXCL descriptor while no file is attached; None after.
+    claim: int | None
+
+
+class MachineLoops:
+    """The loop devices of one machine: at most ``limit`` at once.  Node
+    owner: ``uid``, ``gid``, the host ids of the guest's root and of its
+    group disk.  Tracer thread only, but :meth:`mount`'s helper, which runs
+    on a thread of its own."""
+
+    def __init__(self, limit: int, uid: int, gid: int, sandbox: str) -> None:
+        self.limit = limit
+        self.uid, self.gid = uid, gid
+        self.sandbox = sandbox
+        self.leases: dict[int, Lease] = {}
+
+    # -- what a descriptor or path of the guest is ---------------------------------------
+
+    @staticmethod
+    def _fd_stat(tid: int, fd: int) -> os.stat_result | None:
+        try:
+            return os.stat(f"/proc/{tid}/fd/{fd}")
+        except OSError:
+            return None
+
+    def is_control(self, tid: int, fd: int) -> bool:
+        st = self._fd_stat(tid, fd)
+        return st is not None and stat.S_ISCHR(st.st_mode) and st.st_rdev == LOOP_CONTROL
+
+    def lease_of(self, tid: int, fd: int) -> Lease | None:
+        """The lease whose device the guest's descriptor ``fd`` is."""
+        st = self._fd_stat(tid, fd)
+        if st is None or not stat.S_ISBLK(st.st_mode):
+            return None
+        return self._by_rdev(st.st_rdev)
+
+    def _by_rdev(self, rdev: int) -> Lease | None:
+        for lease in self.leases.values():
+            if lease.rdev == rdev:
+                return lease
+        return None
+
+    # -- loop-control ------------------------------------------------------------------
+
+    def lease(self, tid: int) -> int:
+        """LOOP_CTL_GET_FREE: a device the machine holds and has not
+        attached yet, or a new lease of a free one of the host's."""
+        for index in sorted(self.leases):
+            lease = self.leases[index]
+            if lease.claim is not None:
+                self._make_node(tid, lease)
+                return index
+        if len(self.leases) >= self.limit:
+            # What loop_control_get_free answers when it cannot add one.
+            raise GuestError(errno.ENOSPC)
+        ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            for _ in range(16):
+                index = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+                path = f"/dev/loop{index}"
+                try:
+                    claim = os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
+                except OSError as exc:
+                    if exc.errno in (errno.EBUSY, errno.ENOENT, errno.ENXIO):
+                        continue  # another host process took it first
+                    raise
+                if _bound(claim):
+                    os.close(claim)
+                    continue
+                lease = Lease(index, os.fstat(claim).st_rdev, claim)
+                self.leases[index] = lease
+                try:
+                    self._make_node(tid, lease)
+                except OSError:
+                    self._end(lease)
+                    raise
+                return index
+        finally:
+            os.close(ctl)
+        raise GuestError(errno.EBUSY)
+
+    # -- a leased device ---------------------------------------------------------------
+
+    def attach(self, tid: int, lease: Lease, dev_fd: int, config: bytes) -> None:
+        """LOOP_SET_FD or LOOP_CONFIGURE (``config``, its fd the guest's
+        backing descriptor) on a leased device, made through umld's claim.
+        Raises GuestError with what the kernel answered."""
+        if lease.claim is None:
+            raise GuestError(errno.EBUSY)  # attached already (loop_configure)
+        backing = int.from_bytes(config[:4], "little")
+        mode = _access_mode(tid, backing)
+        if mode is None:
+            raise GuestError(errno.EBADF)
+        flags = int.from_bytes(config[_LO_FLAGS_AT : _LO_FLAGS_AT + 4], "little")
+        if _access_mode(tid, dev_fd) == os.O_RDONLY or mode == os.O_RDONLY:
+            flags |= LO_FLAGS_READ_ONLY
+        try:
+            fd = os.open(f"/proc/{tid}/fd/{backing}", mode | os.O_CLOEXEC)
+        except OSError as exc:
+            raise GuestError(exc.errno or errno.EBADF) from None
+        try:
+            cfg = bytearray(config)
+            cfg[0:4] = fd.to_bytes(4, "little")
+            cfg[_LO_FLAGS_AT : _LO_FLAGS_AT + 4] = flags.to_bytes(4, "little")
+            fcntl.ioctl(lease.claim, LOOP_CONFIGURE, bytes(cfg))
+        except OSError as exc:
+            raise GuestError(exc.errno or errno.EIO) from None
+        finally:
+            os.close(fd)
+        os.close(lease.claim)
+        lease.claim = None
+
+    def detached(self, tid: int, lease: Lease) -> None:
+        """The guest's LOOP_CLR_FD of an attached device: the lease ends
+        (the device detaches at its last close)."""
+        if lease.claim is not None:
+            return  # nothing attached: the call fails natively with ENXIO
+        del self.leases[lease.index]
+        self._remove_node(tid, lease)
+
+    # -- mount(2) ----------------------------------------------------------------------
+
+    def mount_request(self, tid: int, source: bytes, fstype: bytes, flags: int) -> Lease | None:
+        """The lease a new mount of ``source`` would mount, or None when the
+        call is not such a mount (it then runs natively)."""
+        if flags & MS_MGC_MSK == MS_MGC_VAL:
+            flags &= ~MS_MGC_MSK
+        if flags & NOT_NEW or not source or not self.leases:
+            return None
+        base = f"/proc/{tid}/root" if source.startswith(b"/") else f"/proc/{tid}/cwd/"
+        try:
+            st = os.stat(os.fsencode(base) + source)
+        except OSError:
+            return None
+        if not stat.S_ISBLK(st.st_mode):
+            return None
+        lease = self._by_rdev(st.st_rdev)
+        if lease is None or os.fsdecode(fstype) in nodev_filesystems():
+            return None
+        return lease
+
+    def mount_argv(
+        self, tid: int, lease: Lease, target: bytes, fstype: bytes, flags: int, data: bytes
+    ) -> list[bytes]:
+        sb = ",".join(name for bit, name in _SB_FLAGS if flags & bit)
+        attrs = sum(attr for bit, attr in _ATTRS if flags & bit)
+        return [
+            os.fsencode(self.sandbox), b"blockmount", str(tid).encode(),
+            f"/dev/loop{lease.index}".encode(), fstype, sb.encode(), str(attrs).encode(),
+            data, target,
+        ]  # fmt: skip
+
+    @staticmethod
+    def may_mount(tid: int) -> bool:
+        """Whether the caller holds CAP_SYS_ADMIN (in its own namespace)."""
+        return procfs.has_capability(procfs.CAP_SYS_ADMIN, tid)
+
+    # -- nodes ----------------------------------------------------------------------
+
+    @staticmethod
+    def _dev_dir(tid: int) -> int:
+        """The caller's /dev, never through a symbolic link: the walk
+        starts at its root (/proc/TID/root) and takes one name."""
+        root = os.open(f"/proc/{tid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return os.open(
+                "dev", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root
+            )
+        finally:
+            os.close(root)
+
+    def _make_node(self, tid: int, lease: Lease) -> None:
+        name = f"loop{lease.index}"
+        dev = self._dev_dir(tid)
+        try:
+            try:
+                st = os.stat(name, dir_fd=dev, follow_symlinks=False)
+                if stat.S_ISBLK(st.st_mode) and st.st_rdev == lease.rdev:
+                    return
+                os.unlink(name, dir_fd=dev)
+            except FileNotFoundError:
+                pass
+            os.mknod(name, stat.S_IFBLK | 0o660, lease.rdev, dir_fd=dev)
+            # Owner and mode (mknod(2) applied umld's umask) through a
+            # descriptor of the node itself: the guest may swap the name
+            # for a symbolic link meanwhile, which must not be followed.
+            node = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dev)
+            try:
+                st = os.fstat(node)
+                if not stat.S_ISBLK(st.st_mode) or st.st_rdev != lease.rdev:
+                    raise OSError(errno.EEXIST, "the node was replaced")
+                os.chown(f"/proc/self/fd/{node}", self.uid, self.gid)
+                os.chmod(f"/proc/self/fd/{node}", 0o660)
+            finally:
+                os.close(node)
+        finally:
+            os.close(dev)
+
+    def _remove_node(self, tid: int, lease: Lease) -> None:
+        name = f"loop{lease.index}"
+        try:
+            dev = self._dev_dir(tid)
+        except OSError:
+            return
+        try:
+            st = os.stat(name, dir_fd=dev, follow_symlinks=False)
+            if stat.S_ISBLK(st.st_mode) and st.st_rdev == lease.rdev:
+                os.unlink(name, dir_fd=dev)
+        except OSError:
+            pass
+        finally:
+            os.close(dev)
+
+    def _end(self, lease: Lease) -> None:
+        self.leases.pop(lease.index, None)
+        if lease.claim is not None:
+            os.close(lease.claim)
+            lease.claim = None
+            return
+        # Attached: detach it at its last close (the guest's mounts of it
+        # go with the machine's mount namespace).
+        try:
+            fd = os.open(f"/dev/loop{lease.index}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            fcntl.ioctl(fd, LOOP_CLR_FD)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """The machine has ended: every claim released, every device still
+        attached detached."""
+        for lease in list(self.leases.values()):
+            self._end(lease)
+
+
+def _bound(fd: int) -> bool:
+    """Whether a loop device has a file attached (LOOP_GET_STATUS64 fails
+    with ENXIO on a free one)."""
+    try:
+        fcntl.ioctl(fd, LOOP_GET_STATUS64, bytes(_LOOP_INFO64_SIZE))
+    except OSError as exc:
+        return exc.errno != errno.ENXIO
+    return True
+
+
+def _access_mode(tid: int, fd: int) -> int | None:
+    """O_RDONLY, O_WRONLY or O_RDWR of the guest's descriptor (its fdinfo
+    ``flags``); None when it has no such descriptor."""
+    try:
+        with open(f"/proc/{tid}/fdinfo/{fd}", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("flags:"):
+                    return int(line.split()[1], 8) & os.O_ACCMODE
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def run_blockmount(argv: list[bytes]) -> int:
+    """Run ``umld-sandbox blockmount`` (on a thread that is not the
+    tracer's: the tracer reaps only its own thread's children): 0, or a
+    negative errno for the guest's mount(2)."""
+    import subprocess  # a mount is rare; the import would cost every start
+
+    try:
+        proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("a guest's mount of a loop device failed: %s", exc)
+        return -errno.EIO
+    out = proc.stdout.decode(errors="replace").strip()
+    if proc.returncode != 0 or not out.isdigit():
+        log.warning(
+            "a guest's mount of a loop device failed: %s",
+            proc.stderr.decode(errors="replace").strip() or f"status {proc.returncode}",
+        )
+        return -errno.EIO
+    return -int(out)
+
+
+def in_thread(work: Callable[[], int], done: Callable[[int], None]) -> None:
+    """``done(work())`` with work on a thread of its own."""
+
+    def main() -> None:
+        try:
+            result = work()
+        except Exception:
+            log.exception("a guest's mount of a loop device failed")
+            result = -errno.EIO
+        done(result)
+
+    threading.Thread(target=main, name="umld-blockmount", daemon=True).start()
