@@ -2548,6 +2548,39 @@ static int mount_failed(void)
     return 0;
 }
 
+/* A detached mount of FSTYPE on SOURCE (fsopen(2), fsconfig(2), fsmount(2)),
+ * with the superblock flags SBFLAGS and the options DATA (both
+ * comma-separated) and the mount attributes ATTRS; -1 with errno set. */
+static int build_mount(const char *fstype, const char *source, const char *sbflags,
+                       const char *data, unsigned long attrs)
+{
+    int fs = (int)syscall(SYS_fsopen, fstype, FSOPEN_CLOEXEC);
+    if (fs < 0)
+        return -1;
+    char *flags = strdup(sbflags), *opts = strdup(data), *save = NULL;
+    int ok =
+        flags && opts && syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "source", source, 0) == 0;
+    for (char *f = ok ? strtok_r(flags, ",", &save) : NULL; ok && f; f = strtok_r(NULL, ",", &save))
+        ok = syscall(SYS_fsconfig, fs, FSCONFIG_SET_FLAG, f, NULL, 0) == 0;
+    for (char *o = ok ? strtok_r(opts, ",", &save) : NULL; ok && o;
+         o = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(o, '=');
+        if (eq)
+            *eq = '\0';
+        ok = syscall(SYS_fsconfig, fs, eq ? FSCONFIG_SET_STRING : FSCONFIG_SET_FLAG, o,
+                     eq ? eq + 1 : NULL, 0) == 0;
+    }
+    int mnt = -1;
+    if (ok && syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0)
+        mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, attrs);
+    int err = errno;
+    free(flags);
+    free(opts);
+    close(fs);
+    errno = err;
+    return mnt;
+}
+
 /* umld-sandbox blockmount TID SOURCE FSTYPE SBFLAGS ATTRS DATA TARGET
  *
  * The mount(2) of a guest root whose source is one of its machine's loop
@@ -2555,14 +2588,19 @@ static int mount_failed(void)
  * system can be mounted only by a caller with CAP_SYS_ADMIN in the initial
  * user namespace (no FS_USERNS_MOUNT, mount_namespaces(7)).  This process
  * (host root, started by umld) builds the mount with the new mount API
- * (fsopen(2), fsconfig(2) with SOURCE, the comma-separated SBFLAGS and the
- * guest's option string DATA, fsmount(2) with the mount attributes ATTRS,
- * always with MOUNT_ATTR_NODEV: a device node on an image the guest wrote
- * would otherwise open the host's devices), idmaps it with the guest's own
- * user namespace (on-disk id k is guest id k, as for --disk), then joins
- * the guest's mount namespace, takes its root and working directory, and
- * attaches it at TARGET resolved as the guest resolves it (move_mount(2)).
- * Prints 0, or the errno the guest's call fails with. */
+ * (build_mount), always with MOUNT_ATTR_NODEV (a device node on an image
+ * the guest wrote would otherwise open the host's devices), idmaps it
+ * with the guest's own user namespace (on-disk id k is guest id k, as for
+ * --disk), then joins the guest's mount namespace, takes its root and
+ * working directory, and attaches it at TARGET resolved as the guest
+ * resolves it (move_mount(2)).  Prints 0, or the errno the guest's call
+ * fails with.
+ *
+ * ext2 and ext3 served by the ext4 driver (CONFIG_EXT4_USE_FOR_EXT2) are
+ * registered without FS_ALLOW_IDMAP, so they are mounted as ext4 (the
+ * same driver, the same on-disk format; mountinfo says ext4).  Another
+ * file system without idmapped mounts shows its on-disk owners unmapped
+ * (nobody), as the guest's own mount of it would. */
 static int blockmount_main(int argc, char **argv)
 {
     if (argc != 9) {
@@ -2579,35 +2617,29 @@ static int blockmount_main(int argc, char **argv)
         if (fds[k] < 0)
             die("the guest's thread %s is gone", tid);
     }
-    int fs = (int)syscall(SYS_fsopen, fstype, FSOPEN_CLOEXEC);
-    if (fs < 0)
-        return mount_failed();
-    if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "source", source, 0) < 0)
-        return mount_failed();
-    char *flags = argv[5], *data = argv[7], *save = NULL;
-    for (char *f = strtok_r(flags, ",", &save); f; f = strtok_r(NULL, ",", &save))
-        if (syscall(SYS_fsconfig, fs, FSCONFIG_SET_FLAG, f, NULL, 0) < 0)
-            return mount_failed();
-    for (char *o = strtok_r(data, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(o, '=');
-        if (eq)
-            *eq = '\0';
-        if (syscall(SYS_fsconfig, fs, eq ? FSCONFIG_SET_STRING : FSCONFIG_SET_FLAG, o,
-                    eq ? eq + 1 : NULL, 0) < 0)
-            return mount_failed();
-    }
-    if (syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
-        return mount_failed();
     unsigned long attrs = strtoul(argv[6], NULL, 10) | MOUNT_ATTR_NODEV;
-    int mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, attrs);
+    int mnt = build_mount(fstype, source, argv[5], argv[7], attrs);
     if (mnt < 0)
         return mount_failed();
     struct mount_attr idmap = {.attr_set = MOUNT_ATTR_IDMAP, .userns_fd = (__u64)fds[0]};
-    /* A file system without idmapped mounts (FS_ALLOW_IDMAP) shows its
-     * on-disk owners unmapped, as a guest's mount of it would. */
-    if (syscall(SYS_mount_setattr, mnt, "", AT_EMPTY_PATH, &idmap, sizeof idmap) < 0 &&
-        errno != EINVAL)
-        return mount_failed();
+    if (syscall(SYS_mount_setattr, mnt, "", AT_EMPTY_PATH, &idmap, sizeof idmap) < 0) {
+        if (errno != EINVAL)
+            return mount_failed();
+        if (strcmp(fstype, "ext2") == 0 || strcmp(fstype, "ext3") == 0) {
+            /* The device is the first superblock's until its mount goes. */
+            close(mnt);
+            mnt = build_mount("ext4", source, argv[5], argv[7], attrs);
+            if (mnt >= 0 &&
+                syscall(SYS_mount_setattr, mnt, "", AT_EMPTY_PATH, &idmap, sizeof idmap) < 0) {
+                close(mnt);
+                mnt = -1;
+            }
+            if (mnt < 0)
+                mnt = build_mount(fstype, source, argv[5], argv[7], attrs);
+            if (mnt < 0)
+                return mount_failed();
+        }
+    }
     if (setns(fds[1], CLONE_NEWNS) < 0)
         die("cannot join the guest's mount namespace");
     if (fchdir(fds[2]) < 0 || chroot(".") < 0 || fchdir(fds[3]) < 0)

@@ -220,7 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [t for t in args.tests.split(",") if t] if args.tests else None
     tests = [t for t in selection(prefix, names) if names or t[0] not in known.skip]
     tracers = [] if args.native_only else [t for t in args.tracers.split(",") if t]
-    umld = [sys.executable, "-m", "umld", "run", "--uid", "0", *args.umld_option]
+    # LTP acquires a loop device for every test with a file system of its
+    # own, one test at a time (devices/loop: a root-run machine's).
+    loops = ["--devices-loop", "2"] if os.geteuid() == 0 else []
+    umld = [sys.executable, "-m", "umld", "run", "--uid", "0", *loops, *args.umld_option]
     print(f"ltp: {len(tests)} tests, natively and under umld ({', '.join(tracers)})", flush=True)
 
     sides = ["native", *(f"umld-{t}" for t in tracers)]

@@ -1,0 +1,180 @@
+"""Loop devices of a root-run machine (issue 17, the devices/loop setting:
+umld/core/loopdev.py).
+
+Real programs under real ptrace: util-linux's losetup and mount, e2fsprogs'
+mkfs and debugfs, and an image file the test reads back on the host.  The
+adversarial half: the guest reaches no loop device but those it leased, a
+device node written into its image opens nothing, loop-control cannot
+make or destroy the host's devices, only device-backed file systems are
+mounted for it, and nothing stays attached after the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import User, run, umld_argv
+from umld.core import procfs
+
+pytestmark = [
+    pytest.mark.uses_ptrace,
+    pytest.mark.skipif(not procfs.host_root(), reason="loop devices are a root-run machine's"),
+    pytest.mark.skipif(
+        not os.path.exists("/dev/loop-control") or shutil.which("mkfs.ext4") is None,
+        reason="needs the host's loop devices and e2fsprogs",
+    ),
+]
+
+
+def _attached_to(image: Path) -> list[str]:
+    """The host's loop devices that have ``image`` attached."""
+    out = subprocess.run(
+        ["losetup", "-j", str(image)], capture_output=True, text=True, check=True
+    ).stdout
+    return [line.split(":")[0] for line in out.splitlines()]
+
+
+def _script(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "script.sh"
+    path.write_text("set -e\n" + text)
+    return path
+
+
+def test_losetup_mkfs_mount_work_for_the_guests_root(backend: str, tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    script = _script(
+        tmp_path,
+        f"""
+truncate -s 32M {image}
+dev=$(losetup -f --show {image})
+stat -c '%F %U:%G %a' "$dev" /dev/loop-control
+mkfs.ext4 -q "$dev"
+mkdir /tmp/m
+mount "$dev" /tmp/m
+echo written > /tmp/m/file
+chown 1000:1000 /tmp/m/file
+stat -c '%u:%g %s' /tmp/m/file
+grep ' /tmp/m ' /proc/self/mountinfo | cut -d' ' -f6
+umount /tmp/m
+losetup -d "$dev"
+test ! -e "$dev" && echo "node gone"
+mount -o loop,ro {image} /tmp/m
+cat /tmp/m/file
+umount /tmp/m
+""",
+    )
+    got = run([*umld_argv(backend, "--devices-loop=2"), "sh", str(script)])
+    assert got.returncode == 0, got.stderr
+    lines = got.stdout.splitlines()
+    assert lines[:2] == ["block special file root:disk 660", "character special file root:disk 660"]
+    assert lines[2] == "1000:1000 8"
+    # Mounted for the guest: always nodev, idmapped with the guest's ids.
+    assert {"nodev", "idmapped"} <= set(lines[3].split(","))
+    assert lines[4:] == ["node gone", "written"]
+    # On disk, the guest's ids (the idmap): the owner the guest gave.
+    listing = subprocess.run(
+        ["debugfs", "-R", "stat /file", str(image)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "User:  1000   Group:  1000" in listing, listing
+    assert _attached_to(image) == []
+
+
+def test_a_device_left_attached_is_detached_with_the_machine(
+    backend: str, tmp_path: Path
+) -> None:
+    image = tmp_path / "left.img"
+    script = _script(
+        tmp_path, f"truncate -s 8M {image}\nlosetup -f {image}\nlosetup -a | grep -c left.img\n"
+    )
+    got = run([*umld_argv(backend, "--devices-loop=1"), "sh", str(script)])
+    assert (got.returncode, got.stdout) == (0, "1\n"), got.stderr
+    assert _attached_to(image) == []
+
+
+@pytest.fixture
+def host_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A loop device of the host's, attached to an image with a secret."""
+    image = tmp_path_factory.mktemp("host") / "secret.img"
+    image.write_bytes(b"host secret\n" + bytes(1 << 20))
+    dev = subprocess.run(
+        ["losetup", "-f", "--show", str(image)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    yield dev
+    subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def test_the_guest_reaches_no_other_loop_device(
+    backend: str, tmp_path: Path, host_device: str
+) -> None:
+    index = int(host_device.removeprefix("/dev/loop"))
+    image = tmp_path / "guest.img"
+    script = _script(
+        tmp_path,
+        f"""
+ls /dev | grep loop || true
+cat {host_device} 2>/dev/null && echo "read the host's device"
+mknod /tmp/x b 7 {index} 2>/dev/null && echo "made a node of the host's device"
+python3 - <<'EOF'
+import fcntl, os
+ctl = os.open("/dev/loop-control", os.O_RDWR)
+for name, request in (("LOOP_CTL_REMOVE", 0x4C81), ("LOOP_CTL_ADD", 0x4C80)):
+    try:
+        fcntl.ioctl(ctl, request, {index})
+        print(name, "ran")
+    except OSError as exc:
+        print(name, os.strerror(exc.errno))
+EOF
+truncate -s 16M {image}
+dev=$(losetup -f --show {image})
+test "$dev" != {host_device} && echo "leased another"
+losetup -f {image} 2>/dev/null || echo "one device at a time"
+mkfs.ext4 -q "$dev"
+# A device node written into the image by hand (the guest may write its
+# image as it likes): the host's device behind it never opens.
+debugfs -w -R "mknod hostdev b 7 {index}" "$dev" >/dev/null 2>&1
+mkdir /tmp/m
+mount "$dev" /tmp/m
+stat -c '%F %t:%T' /tmp/m/hostdev
+head -c 11 /tmp/m/hostdev 2>/dev/null || echo "its node opens nothing"
+umount /tmp/m
+# A file system without a device is not mounted for the guest.
+mount -t proc "$dev" /tmp/m 2>/dev/null && echo "mounted proc"
+exit 0
+""",
+    )
+    got = run([*umld_argv(backend, "--devices-loop=1"), "sh", str(script)])
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.splitlines() == [
+        "loop-control",
+        "LOOP_CTL_REMOVE Operation not permitted",
+        "LOOP_CTL_ADD Operation not permitted",
+        "leased another",
+        "one device at a time",
+        f"block special file 7:{index:x}",
+        "its node opens nothing",
+    ], got.stderr
+    assert _attached_to(image) == []
+    assert Path(host_device).exists()
+    with open(host_device, "rb") as f:
+        assert f.read(11) == b"host secret"
+
+
+def test_without_the_setting_there_is_no_loop_control(backend: str) -> None:
+    got = run([*umld_argv(backend), "sh", "-c", "ls /dev | grep -c loop || true"])
+    assert (got.returncode, got.stdout) == (0, "0\n"), got.stderr
+
+
+def test_loop_devices_need_a_root_run_machine(backend: str, ordinary_user: User) -> None:
+    argv = ordinary_user.umld_argv(backend, "--devices-loop=1")
+    got = run([*argv, "true"], cwd=ordinary_user.work)
+    assert got.returncode == 125
+    assert got.stderr.count("\n") == 1 and "--devices-loop needs" in got.stderr, got.stderr
+    unsafe = run([*umld_argv(backend, "--devices-loop=1", "--unsafe-host-ids"), "true"])
+    assert unsafe.returncode == 125
+    assert unsafe.stderr.count("\n") == 1, unsafe.stderr
