@@ -229,6 +229,12 @@ def prepare(
         # The uncovered /proc of --nest holds host files umld otherwise
         # masks (sysrq-trigger): harmless to a root that is not the host's.
         raise UsageError("umld: --nest and --unsafe-host-ids cannot be used together")
+    if cfg.devices_loop and (cfg.unsafe_host_ids or not procfs.host_root()):
+        raise UmldError(
+            "umld: --devices-loop needs a machine run by root with ids of its own (not "
+            "--unsafe-host-ids): a loop device is the host's, leased to the machine",
+            125,
+        )
     ids = None
     if procfs.host_root() and not cfg.unsafe_host_ids:
         files.ids = lease_ids()
@@ -240,12 +246,6 @@ def prepare(
             name,
         )
     check_oom_floor(cfg)
-    if cfg.devices_loop and ids is None:
-        raise UmldError(
-            "umld: --devices-loop needs a machine run by root with ids of its own (not "
-            "--unsafe-host-ids): a loop device is the host's, leased to the machine",
-            125,
-        )
     files.cgroup = MachineCgroup.create(name)
     # The configured vCPUs and memory bound the machine; a live one's
     # defaults (the host's) bound nothing until they are changed.
