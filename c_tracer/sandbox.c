@@ -2581,70 +2581,180 @@ static int build_mount(const char *fstype, const char *source, const char *sbfla
     return mnt;
 }
 
-/* umld-sandbox blockmount TID SOURCE FSTYPE SBFLAGS ATTRS DATA TARGET
- *
- * The mount(2) of a guest root whose source is one of its machine's loop
- * devices (umld/core/loopdev.py), done for it: a block device's file
- * system can be mounted only by a caller with CAP_SYS_ADMIN in the initial
- * user namespace (no FS_USERNS_MOUNT, mount_namespaces(7)).  This process
- * (host root, started by umld) builds the mount with the new mount API
- * (build_mount), always with MOUNT_ATTR_NODEV (a device node on an image
- * the guest wrote would otherwise open the host's devices), idmaps it
- * with the guest's own user namespace (on-disk id k is guest id k, as for
- * --disk), then joins the guest's mount namespace, takes its root and
- * working directory, and attaches it at TARGET resolved as the guest
- * resolves it (move_mount(2)).  Prints 0, or the errno the guest's call
- * fails with.
- *
- * ext2 and ext3 served by the ext4 driver (CONFIG_EXT4_USE_FOR_EXT2) are
- * registered without FS_ALLOW_IDMAP, so they are mounted as ext4 (the
- * same driver, the same on-disk format; mountinfo says ext4).  Another
- * file system without idmapped mounts shows its on-disk owners unmapped
- * (nobody), as the guest's own mount of it would. */
-static int blockmount_main(int argc, char **argv)
+/* The guest thread TID's user and mount namespaces, root and working
+ * directory, opened (GUEST_*), for enter_guest_tree. */
+enum { GUEST_USERNS, GUEST_MNTNS, GUEST_ROOT, GUEST_CWD, GUEST_FDS };
+static void open_guest_tree(const char *tid, int fds[GUEST_FDS])
 {
-    if (argc != 9) {
-        errno = 0;
-        die("sandbox: blockmount TID SOURCE FSTYPE SBFLAGS ATTRS DATA TARGET");
-    }
-    const char *tid = argv[2], *source = argv[3], *fstype = argv[4];
-    char path[64];
-    int fds[4];
     static const char *const kinds[] = {"ns/user", "ns/mnt", "root", "cwd"};
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < GUEST_FDS; k++) {
+        char path[64];
         snprintf(path, sizeof path, "/proc/%s/%s", tid, kinds[k]);
-        fds[k] = open(path, (k < 2 ? O_RDONLY : O_PATH | O_DIRECTORY) | O_CLOEXEC);
+        fds[k] = open(path, (k < GUEST_ROOT ? O_RDONLY : O_PATH | O_DIRECTORY) | O_CLOEXEC);
         if (fds[k] < 0)
             die("the guest's thread %s is gone", tid);
     }
-    unsigned long attrs = strtoul(argv[6], NULL, 10) | MOUNT_ATTR_NODEV;
-    int mnt = build_mount(fstype, source, argv[5], argv[7], attrs);
+}
+
+/* Join the guest's mount namespace and take its root and working
+ * directory, so that a path resolves as it does for the guest (what
+ * nsenter(1) does). */
+static void enter_guest_tree(const int fds[GUEST_FDS])
+{
+    if (setns(fds[GUEST_MNTNS], CLONE_NEWNS) < 0)
+        die("cannot join the guest's mount namespace");
+    if (fchdir(fds[GUEST_ROOT]) < 0 || chroot(".") < 0 || fchdir(fds[GUEST_CWD]) < 0)
+        die("cannot take the guest's root and working directory");
+}
+
+/* The mount (its root) of the leased device RDEV at the guest's path
+ * TARGET, as a descriptor (fstat of it is then what is acted on: the
+ * guest cannot swap the path meanwhile); -1 with errno (EINVAL: TARGET is
+ * not the root of a mount of that device, as mount(2) answers). */
+static int device_mount_at(const char *target, const char *rdev)
+{
+    int fd = open(target, O_PATH | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    struct stat st, up;
+    if (fstat(fd, &st) < 0 || st.st_dev != (dev_t)strtoull(rdev, NULL, 10)) {
+        close(fd);
+        errno = EINVAL;
+        return -1;
+    }
+    /* Root of a mount: its parent is on another device or is itself. */
+    int parent = openat(fd, "..", O_PATH | O_CLOEXEC);
+    int root = parent >= 0 && fstat(parent, &up) == 0 &&
+               (up.st_dev != st.st_dev || up.st_ino == st.st_ino);
+    if (parent >= 0)
+        close(parent);
+    if (!root) {
+        close(fd);
+        errno = EINVAL;
+        return -1;
+    }
+    return fd;
+}
+
+/* umld-sandbox guestmount TID mount SOURCE FSTYPE SBFLAGS ATTRS DATA TARGET
+ * umld-sandbox guestmount TID remount RDEV SBFLAGS ATTRS DATA TARGET
+ * umld-sandbox guestmount TID umount RDEV FLAGS TARGET
+ *
+ * What a guest root's mount(2) and umount2(2) of one of its machine's loop
+ * devices (umld/core/loopdev.py) need of the host, done for it: a block
+ * device's file system can be mounted, reconfigured or force-unmounted
+ * only with CAP_SYS_ADMIN in the initial user namespace (no
+ * FS_USERNS_MOUNT, mount_namespaces(7); can_umount's MNT_FORCE check).
+ * This process (host root, started by umld) acts in the guest's mount
+ * namespace, from its root and working directory (enter_guest_tree):
+ *
+ * mount: builds the mount with the new mount API (build_mount), always
+ *   with MOUNT_ATTR_NODEV (a device node on an image the guest wrote would
+ *   otherwise open the host's devices), idmaps it with the guest's user
+ *   namespace (on-disk id k is guest id k, as for --disk), and attaches it
+ *   at TARGET (move_mount(2)).  ext2 and ext3 served by the ext4 driver
+ *   (CONFIG_EXT4_USE_FOR_EXT2) are registered without FS_ALLOW_IDMAP, so
+ *   they are mounted as ext4 (the same driver and on-disk format;
+ *   mountinfo says ext4).  Another file system without idmapped mounts
+ *   shows its on-disk owners unmapped (nobody), as the guest's own mount
+ *   of it would.
+ * remount: MS_REMOUNT of such a mount (TARGET must be the root of a mount
+ *   of device RDEV): the superblock reconfigured with SBFLAGS and DATA
+ *   (fspick(2), FSCONFIG_CMD_RECONFIGURE; SBFLAGS "-": MS_BIND, the mount
+ *   only), then the mount's attributes set to exactly ATTRS, nodev kept
+ *   (mount_setattr(2)), as do_remount does.
+ * umount: umount2(2) of TARGET with FLAGS (MNT_FORCE), once TARGET was
+ *   seen to be a mount of device RDEV.  What a host root can do there
+ *   beyond the guest's own umount2 is MNT_FORCE alone (a locked mount
+ *   stays locked to everyone, can_umount).
+ *
+ * Prints 0, or the errno the guest's call fails with. */
+static int guestmount_main(int argc, char **argv)
+{
+    const char *op = argc > 3 ? argv[3] : "";
+    int mount_op = strcmp(op, "mount") == 0, remount_op = strcmp(op, "remount") == 0;
+    if (!((mount_op && argc == 10) || (remount_op && argc == 9) ||
+          (strcmp(op, "umount") == 0 && argc == 7))) {
+        errno = 0;
+        die("sandbox: guestmount TID mount|remount|umount ...");
+    }
+    int guest[GUEST_FDS];
+    open_guest_tree(argv[2], guest);
+    if (!mount_op)
+        enter_guest_tree(guest);
+    if (!mount_op && !remount_op) {
+        int fd = device_mount_at(argv[6], argv[4]);
+        if (fd < 0)
+            return mount_failed();
+        close(fd); /* it would keep the mount busy */
+        if (umount2(argv[6], (int)strtol(argv[5], NULL, 10)) < 0)
+            return mount_failed();
+        printf("0\n");
+        return 0;
+    }
+    if (remount_op) {
+        const char *sbflags = argv[5], *data = argv[7], *target = argv[8];
+        unsigned long attrs = strtoul(argv[6], NULL, 10) | MOUNT_ATTR_NODEV;
+        int fd = device_mount_at(target, argv[4]);
+        if (fd < 0)
+            return mount_failed();
+        if (strcmp(sbflags, "-") != 0) {
+            int fs = (int)syscall(SYS_fspick, fd, "", FSPICK_EMPTY_PATH | FSPICK_CLOEXEC);
+            char *opts = strdup(data), *save = NULL;
+            int ok = fs >= 0 && opts &&
+                     syscall(SYS_fsconfig, fs, FSCONFIG_SET_FLAG,
+                             strstr(sbflags, "ro") ? "ro" : "rw", NULL, 0) == 0;
+            for (char *o = ok ? strtok_r(opts, ",", &save) : NULL; ok && o;
+                 o = strtok_r(NULL, ",", &save)) {
+                char *eq = strchr(o, '=');
+                if (eq)
+                    *eq = '\0';
+                ok = syscall(SYS_fsconfig, fs, eq ? FSCONFIG_SET_STRING : FSCONFIG_SET_FLAG, o,
+                             eq ? eq + 1 : NULL, 0) == 0;
+            }
+            if (!ok || syscall(SYS_fsconfig, fs, FSCONFIG_CMD_RECONFIGURE, NULL, NULL, 0) < 0)
+                return mount_failed();
+        }
+        struct mount_attr set = {
+            .attr_set = attrs,
+            .attr_clr = (MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC |
+                         MOUNT_ATTR__ATIME | MOUNT_ATTR_NODIRATIME | MOUNT_ATTR_NOSYMFOLLOW) &
+                        ~(attrs & ~(__u64)MOUNT_ATTR__ATIME),
+        };
+        set.attr_clr |= MOUNT_ATTR__ATIME;
+        if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &set, sizeof set) < 0)
+            return mount_failed();
+        printf("0\n");
+        return 0;
+    }
+    const char *source = argv[4], *fstype = argv[5], *target = argv[9];
+    unsigned long attrs = strtoul(argv[7], NULL, 10) | MOUNT_ATTR_NODEV;
+    int mnt = build_mount(fstype, source, argv[6], argv[8], attrs);
     if (mnt < 0)
         return mount_failed();
-    struct mount_attr idmap = {.attr_set = MOUNT_ATTR_IDMAP, .userns_fd = (__u64)fds[0]};
+    struct mount_attr idmap = {.attr_set = MOUNT_ATTR_IDMAP,
+                               .userns_fd = (__u64)guest[GUEST_USERNS]};
     if (syscall(SYS_mount_setattr, mnt, "", AT_EMPTY_PATH, &idmap, sizeof idmap) < 0) {
         if (errno != EINVAL)
             return mount_failed();
         if (strcmp(fstype, "ext2") == 0 || strcmp(fstype, "ext3") == 0) {
             /* The device is the first superblock's until its mount goes. */
             close(mnt);
-            mnt = build_mount("ext4", source, argv[5], argv[7], attrs);
+            mnt = build_mount("ext4", source, argv[6], argv[8], attrs);
             if (mnt >= 0 &&
                 syscall(SYS_mount_setattr, mnt, "", AT_EMPTY_PATH, &idmap, sizeof idmap) < 0) {
                 close(mnt);
                 mnt = -1;
             }
             if (mnt < 0)
-                mnt = build_mount(fstype, source, argv[5], argv[7], attrs);
+                mnt = build_mount(fstype, source, argv[6], argv[8], attrs);
             if (mnt < 0)
                 return mount_failed();
         }
     }
-    if (setns(fds[1], CLONE_NEWNS) < 0)
-        die("cannot join the guest's mount namespace");
-    if (fchdir(fds[2]) < 0 || chroot(".") < 0 || fchdir(fds[3]) < 0)
-        die("cannot take the guest's root and working directory");
-    if (syscall(SYS_move_mount, mnt, "", AT_FDCWD, argv[8], MOVE_MOUNT_F_EMPTY_PATH) < 0)
+    /* SOURCE was the host's device node; TARGET is the guest's path. */
+    enter_guest_tree(guest);
+    if (syscall(SYS_move_mount, mnt, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
         return mount_failed();
     printf("0\n");
     return 0;
@@ -2688,8 +2798,8 @@ int main(int argc, char **argv)
         return serve_main(argc, argv);
     if (argc > 1 && strcmp(argv[1], "tied") == 0)
         return tied_main(argc, argv);
-    if (argc > 1 && strcmp(argv[1], "blockmount") == 0)
-        return blockmount_main(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "guestmount") == 0)
+        return guestmount_main(argc, argv);
 
     sigset_t mask, all;
     sigfillset(&all);

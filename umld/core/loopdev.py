@@ -40,15 +40,18 @@ user:
   two users of loop-control, and the reason the setting is off by
   default.
 * mount(2) of a leased device (sys_mount.py) is done for the guest by
-  ``umld-sandbox blockmount`` (sandbox.c): the new mount API in the
+  ``umld-sandbox guestmount`` (sandbox.c): the new mount API in the
   initial user namespace, *always nodev* (a device node on an image the
   guest wrote would otherwise open the host's disks), idmapped with the
   guest's user namespace (on-disk id k is guest id k, as for --disk), then
   attached in the guest's mount namespace at the target as the guest
   resolves it.  Only file systems that need a device (those
   /proc/filesystems does not mark ``nodev``) are mounted so; the guest
-  unmounts natively (the mount is its own, not locked).  Remounts and
-  binds run natively.
+  unmounts natively (the mount is its own, not locked).  A remount
+  (MS_REMOUNT) of such a mount, and its umount2(2) with MNT_FORCE, need
+  the initial namespace too (do_remount checks the superblock's owner,
+  can_umount MNT_FORCE): the helper makes them, on the mount it finds at
+  the guest's path, nodev kept.  Binds and other remounts run natively.
 
 The cost is trust: the host's kernel parses a file system the guest
 wrote, and file system drivers are not hardened against crafted images.
@@ -253,6 +256,16 @@ class MachineLoops:
 
     # -- mount(2) ----------------------------------------------------------------------
 
+    def _stat_in_guest(self, tid: int, path: bytes) -> os.stat_result | None:
+        """stat(2) of the guest's ``path`` (its root or working directory
+        first): only to recognise a leased device; the helper checks again
+        from the guest's own root before it acts."""
+        base = f"/proc/{tid}/root" if path.startswith(b"/") else f"/proc/{tid}/cwd/"
+        try:
+            return os.stat(os.fsencode(base) + path)
+        except OSError:
+            return None
+
     def mount_request(self, tid: int, source: bytes, fstype: bytes, flags: int) -> Lease | None:
         """The lease a new mount of ``source`` would mount, or None when the
         call is not such a mount (it then runs natively)."""
@@ -260,28 +273,42 @@ class MachineLoops:
             flags &= ~MS_MGC_MSK
         if flags & NOT_NEW or not source or not self.leases:
             return None
-        base = f"/proc/{tid}/root" if source.startswith(b"/") else f"/proc/{tid}/cwd/"
-        try:
-            st = os.stat(os.fsencode(base) + source)
-        except OSError:
-            return None
-        if not stat.S_ISBLK(st.st_mode):
+        st = self._stat_in_guest(tid, source)
+        if st is None or not stat.S_ISBLK(st.st_mode):
             return None
         lease = self._by_rdev(st.st_rdev)
         if lease is None or os.fsdecode(fstype) in nodev_filesystems():
             return None
         return lease
 
+    def mounted_lease(self, tid: int, target: bytes) -> Lease | None:
+        """The lease whose file system is mounted at the guest's ``target``
+        (for MS_REMOUNT and umount2 with MNT_FORCE), or None."""
+        if not self.leases or not target:
+            return None
+        st = self._stat_in_guest(tid, target)
+        return None if st is None else self._by_rdev(st.st_dev)
+
+    def _helper(self, tid: int, op: str, *words: bytes) -> list[bytes]:
+        return [os.fsencode(self.sandbox), b"guestmount", str(tid).encode(), op.encode(), *words]
+
     def mount_argv(
         self, tid: int, lease: Lease, target: bytes, fstype: bytes, flags: int, data: bytes
     ) -> list[bytes]:
-        sb = ",".join(name for bit, name in _SB_FLAGS if flags & bit)
-        attrs = sum(attr for bit, attr in _ATTRS if flags & bit)
-        return [
-            os.fsencode(self.sandbox), b"blockmount", str(tid).encode(),
-            f"/dev/loop{lease.index}".encode(), fstype, sb.encode(), str(attrs).encode(),
-            data, target,
-        ]  # fmt: skip
+        sb, attrs = _split_flags(flags)
+        source = f"/dev/loop{lease.index}".encode()
+        return self._helper(tid, "mount", source, fstype, sb, attrs, data, target)
+
+    def remount_argv(
+        self, tid: int, lease: Lease, target: bytes, flags: int, data: bytes
+    ) -> list[bytes]:
+        sb, attrs = _split_flags(flags)
+        if flags & MS_BIND:
+            sb = b"-"  # the mount's attributes only
+        return self._helper(tid, "remount", str(lease.rdev).encode(), sb, attrs, data, target)
+
+    def umount_argv(self, tid: int, lease: Lease, target: bytes, flags: int) -> list[bytes]:
+        return self._helper(tid, "umount", str(lease.rdev).encode(), str(flags).encode(), target)
 
     @staticmethod
     def may_mount(tid: int) -> bool:
@@ -370,6 +397,14 @@ class MachineLoops:
             self._end(lease)
 
 
+def _split_flags(flags: int) -> tuple[bytes, bytes]:
+    """mount(2) flags as the helper takes them: the superblock's, named
+    as fsconfig(2) flags, and the mount's, as MOUNT_ATTR_* bits."""
+    sb = ",".join(name for bit, name in _SB_FLAGS if flags & bit)
+    attrs = sum(attr for bit, attr in _ATTRS if flags & bit)
+    return sb.encode(), str(attrs).encode()
+
+
 def _bound(fd: int) -> bool:
     """Whether a loop device has a file attached (LOOP_GET_STATUS64 fails
     with ENXIO on a free one)."""
@@ -393,8 +428,8 @@ def _access_mode(tid: int, fd: int) -> int | None:
     return None
 
 
-def run_blockmount(argv: list[bytes]) -> int:
-    """Run ``umld-sandbox blockmount`` (on a thread that is not the
+def run_helper(argv: list[bytes]) -> int:
+    """Run ``umld-sandbox guestmount`` (on a thread that is not the
     tracer's: the tracer reaps only its own thread's children): 0, or a
     negative errno for the guest's mount(2)."""
     import subprocess  # a mount is rare; the import would cost every start
@@ -425,4 +460,4 @@ def in_thread(work: Callable[[], int], done: Callable[[int], None]) -> None:
             result = -errno.EIO
         done(result)
 
-    threading.Thread(target=main, name="umld-blockmount", daemon=True).start()
+    threading.Thread(target=main, name="umld-guestmount", daemon=True).start()

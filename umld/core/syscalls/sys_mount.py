@@ -19,6 +19,9 @@ from umld.core.syscalls.context import SyscallContext
 from umld.core.syscalls.table import Offloaded, Outcome
 from umld.errors import GuestError
 
+#: umount2(2) flags (linux/fs.h).
+MNT_FORCE = 1
+
 
 def _path(ctx: SyscallContext, i: int) -> str:
     if not ctx.args[i]:
@@ -36,38 +39,63 @@ def _report(ctx: SyscallContext, text: str) -> None:
 
 def mount(ctx: SyscallContext) -> Outcome:
     """Implements Linux syscall mount(2) in the guest's mount namespace;
-    for a source that is a loop device of the machine's, umld mounts it
-    (loopdev.py), and the guest's thread waits in its call meanwhile."""
+    a new mount of a loop device of the machine's, and a remount of one,
+    umld makes for the guest (loopdev.py), which waits in its call."""
     if ctx.kernel.listeners:
         _report(ctx, f"mount {_path(ctx, 0)} on {_path(ctx, 1)} type {_path(ctx, 2)}")
     loops = ctx.policy.loops
-    if loops is None or not ctx.args[0] or not ctx.args[1] or not ctx.args[2]:
+    if loops is None or not ctx.args[1]:
         return None
-    source = ctx.read_string(ctx.args[0])
-    fstype = ctx.read_string(ctx.args[2])
+    tid = ctx.task.tid
     flags = ctx.args[3] & 0xFFFFFFFFFFFFFFFF
-    lease = loops.mount_request(ctx.task.tid, source, fstype, flags)
-    if lease is None:
-        return None
-    if not loops.may_mount(ctx.task.tid):
-        raise GuestError(errno.EPERM)
     target = ctx.read_string(ctx.args[1])
     data = ctx.read_string(ctx.args[4]) if ctx.args[4] else b""
-    argv = loops.mount_argv(ctx.task.tid, lease, target, fstype, flags, data)
+    if flags & loopdev.MS_REMOUNT:
+        lease = loops.mounted_lease(tid, target)
+        if lease is None:
+            return None
+        argv = loops.remount_argv(tid, lease, target, flags, data)
+    else:
+        if not ctx.args[0] or not ctx.args[2]:
+            return None
+        source = ctx.read_string(ctx.args[0])
+        fstype = ctx.read_string(ctx.args[2])
+        lease = loops.mount_request(tid, source, fstype, flags)
+        if lease is None:
+            return None
+        argv = loops.mount_argv(tid, lease, target, fstype, flags, data)
+    return _by_helper(ctx, argv)
+
+
+def umount2(ctx: SyscallContext) -> Outcome:
+    """Implements Linux syscall umount2(2) in the guest's mount namespace;
+    with MNT_FORCE, of a loop device's mount, made by umld (loopdev.py)."""
+    if ctx.kernel.listeners:
+        _report(ctx, f"umount {_path(ctx, 0)}")
+    loops = ctx.policy.loops
+    flags = ctx.arg_int(1)
+    if loops is None or not flags & MNT_FORCE or not ctx.args[0]:
+        return None
+    target = ctx.read_string(ctx.args[0])
+    lease = loops.mounted_lease(ctx.task.tid, target)
+    if lease is None:
+        return None
+    return _by_helper(ctx, loops.umount_argv(ctx.task.tid, lease, target, flags))
+
+
+def _by_helper(ctx: SyscallContext, argv: list[bytes]) -> Outcome:
+    """Have ``umld-sandbox guestmount`` make the call: a guest root's (with
+    CAP_SYS_ADMIN in its own namespaces, as the call needs natively);
+    the thread waits in its call meanwhile."""
+    if not ctx.policy.loops or not ctx.policy.loops.may_mount(ctx.task.tid):
+        raise GuestError(errno.EPERM)
     kernel, tid, hold = ctx.kernel, ctx.task.tid, Offloaded()
 
     def done(result: int) -> None:
         kernel.post(lambda: kernel.finish(tid, hold, result))
 
-    loopdev.in_thread(lambda: loopdev.run_blockmount(argv), done)
+    loopdev.in_thread(lambda: loopdev.run_helper(argv), done)
     raise hold
-
-
-def umount2(ctx: SyscallContext) -> Outcome:
-    """Implements Linux syscall umount2(2) in the guest's mount namespace."""
-    if ctx.kernel.listeners:
-        _report(ctx, f"umount {_path(ctx, 0)}")
-    return None
 
 
 def pivot_root(ctx: SyscallContext) -> Outcome:
