@@ -70,6 +70,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -2636,9 +2637,90 @@ static int device_mount_at(const char *target, const char *rdev)
     return fd;
 }
 
+/* guestmount's "mknod": see guestmount_main. */
+static int guest_mknod(char **argv, const int guest[GUEST_FDS])
+{
+    const char *tid = argv[2], *dirfd = argv[4];
+    char *path = argv[5];
+    mode_t mode = (mode_t)strtoul(argv[6], NULL, 8);
+    dev_t dev = (dev_t)strtoull(argv[7], NULL, 10);
+    int any = strcmp(argv[8], "any") == 0; /* else DEVS */
+    uid_t fsuid = (uid_t)strtoul(argv[9], NULL, 10);
+    gid_t fsgid = (gid_t)strtoul(argv[10], NULL, 10);
+    int base = AT_FDCWD;
+    if (strcmp(dirfd, "cwd") != 0) {
+        char at[64];
+        snprintf(at, sizeof at, "/proc/%s/fd/%s", tid, dirfd);
+        base = open(at, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (base < 0) {
+            errno = errno == ENOENT ? EBADF : errno;
+            return mount_failed();
+        }
+    }
+    /* The supplementary groups, then the guest's fs ids: what decides
+     * whether it may create in the directory (setfsuid(2) drops the
+     * capabilities that would bypass that; only CAP_MKNOD comes back). */
+    size_t ngroups = 0;
+    gid_t groups[64];
+    for (char *g = strtok(argv[11], ","); g && ngroups < 64; g = strtok(NULL, ","))
+        groups[ngroups++] = (gid_t)strtoul(g, NULL, 10);
+    enter_guest_tree(guest);
+    if (setgroups(ngroups, groups) < 0)
+        die("setgroups");
+    setfsgid(fsgid);
+    setfsuid(fsuid);
+    struct __user_cap_header_struct head = {.version = _LINUX_CAPABILITY_VERSION_3};
+    struct __user_cap_data_struct data[2];
+    if (syscall(SYS_capget, &head, data) < 0)
+        die("capget");
+    data[0].effective = data[0].permitted & (1U << CAP_MKNOD);
+    data[1].effective = 0;
+    if (syscall(SYS_capset, &head, data) < 0)
+        die("capset");
+    /* The parent, then the node's name in it: a descriptor, so the
+     * directory whose mount was checked is the one written. */
+    char *slash = strrchr(path, '/'), *name = path;
+    int parent = base;
+    if (slash) {
+        *slash = '\0';
+        name = slash + 1;
+        parent = openat(base, slash == path ? "/" : path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (parent < 0)
+            return mount_failed();
+    }
+    if (!*name || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+        errno = EEXIST;
+        return mount_failed();
+    }
+    /* Any other device only on a nodev mount of one of the devices listed
+     * (the machine's loop devices, whose file systems are its own): a
+     * node on a host tree could open from the host, where it is not
+     * nodev. */
+    struct statvfs vfs;
+    struct stat dir;
+    if (!any) {
+        if ((parent == AT_FDCWD ? statvfs(".", &vfs) : fstatvfs(parent, &vfs)) < 0 ||
+            (parent == AT_FDCWD ? stat(".", &dir) : fstat(parent, &dir)) < 0)
+            return mount_failed();
+        int listed = 0;
+        char *save = NULL;
+        for (char *d = strtok_r(argv[8], ",", &save); d; d = strtok_r(NULL, ",", &save))
+            listed |= dir.st_dev == (dev_t)strtoull(d, NULL, 10);
+        if (!listed || !(vfs.f_flag & ST_NODEV)) {
+            errno = EPERM;
+            return mount_failed();
+        }
+    }
+    if (mknodat(parent, name, mode, dev) < 0)
+        return mount_failed();
+    printf("0\n");
+    return 0;
+}
+
 /* umld-sandbox guestmount TID mount SOURCE FSTYPE SBFLAGS ATTRS DATA TARGET
  * umld-sandbox guestmount TID remount RDEV SBFLAGS ATTRS DATA TARGET
  * umld-sandbox guestmount TID umount RDEV FLAGS TARGET
+ * umld-sandbox guestmount TID mknod DIRFD|cwd PATH MODE DEV any|DEVS FSUID FSGID GROUPS
  *
  * What a guest root's mount(2) and umount2(2) of one of its machine's loop
  * devices (umld/core/loopdev.py) need of the host, done for it: a block
@@ -2667,19 +2749,31 @@ static int device_mount_at(const char *target, const char *rdev)
  *   seen to be a mount of device RDEV.  What a host root can do there
  *   beyond the guest's own umount2 is MNT_FORCE alone (a locked mount
  *   stays locked to everyone, can_umount).
+ * mknod: a guest root's mknod(2) of a character or block device, which
+ *   needs CAP_MKNOD of the initial namespace (vfs_mknod), made with the
+ *   guest's fs ids and groups (so the directory's permissions are the
+ *   guest's to pass) and CAP_MKNOD alone: "any", one of the harmless
+ *   character devices the machine's /dev already offers; DEVS (numbers,
+ *   comma-separated), any device, only in a directory on a nodev mount
+ *   of one of those devices (the machine's loop devices), where the node
+ *   never opens (umld/core/syscalls/sys_file.py).  MODE is octal, the
+ *   guest's umask applied.
  *
  * Prints 0, or the errno the guest's call fails with. */
 static int guestmount_main(int argc, char **argv)
 {
     const char *op = argc > 3 ? argv[3] : "";
     int mount_op = strcmp(op, "mount") == 0, remount_op = strcmp(op, "remount") == 0;
+    int mknod_op = strcmp(op, "mknod") == 0;
     if (!((mount_op && argc == 10) || (remount_op && argc == 9) ||
-          (strcmp(op, "umount") == 0 && argc == 7))) {
+          (strcmp(op, "umount") == 0 && argc == 7) || (mknod_op && argc == 12))) {
         errno = 0;
-        die("sandbox: guestmount TID mount|remount|umount ...");
+        die("sandbox: guestmount TID mount|remount|umount|mknod ...");
     }
     int guest[GUEST_FDS];
     open_guest_tree(argv[2], guest);
+    if (mknod_op)
+        return guest_mknod(argv, guest);
     if (!mount_op)
         enter_guest_tree(guest);
     if (!mount_op && !remount_op) {

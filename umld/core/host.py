@@ -550,7 +550,7 @@ class Host:
 
                 # Nodes owned by the guest's root and its group disk (6).
                 files.loops = kernel.policy.loops = MachineLoops(
-                    cfg.devices_loop, prep.ids.uid, prep.ids.gid + 6, SANDBOX
+                    cfg.devices_loop, prep.ids.uid, prep.ids.gid + 6
                 )
             if cfg.tty:
                 from umld.core.tty import DEFAULT_SIZE, MachineTerminal

@@ -40,7 +40,7 @@ user:
   two users of loop-control, and the reason the setting is off by
   default.
 * mount(2) of a leased device (sys_mount.py) is done for the guest by
-  ``umld-sandbox guestmount`` (sandbox.c): the new mount API in the
+  ``umld-sandbox guestmount`` (sandbox.c, syscalls/_guest.py): the new mount API in the
   initial user namespace, *always nodev* (a device node on an image the
   guest wrote would otherwise open the host's disks), idmapped with the
   guest's user namespace (on-disk id k is guest id k, as for --disk), then
@@ -67,8 +67,6 @@ import fcntl
 import logging
 import os
 import stat
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from umld.core import procfs
@@ -144,10 +142,9 @@ class MachineLoops:
     group disk.  Tracer thread only, but :meth:`mount`'s helper, which runs
     on a thread of its own."""
 
-    def __init__(self, limit: int, uid: int, gid: int, sandbox: str) -> None:
+    def __init__(self, limit: int, uid: int, gid: int) -> None:
         self.limit = limit
         self.uid, self.gid = uid, gid
-        self.sandbox = sandbox
         self.leases: dict[int, Lease] = {}
 
     # -- what a descriptor or path of the guest is ---------------------------------------
@@ -289,26 +286,25 @@ class MachineLoops:
         st = self._stat_in_guest(tid, target)
         return None if st is None else self._by_rdev(st.st_dev)
 
-    def _helper(self, tid: int, op: str, *words: bytes) -> list[bytes]:
-        return [os.fsencode(self.sandbox), b"guestmount", str(tid).encode(), op.encode(), *words]
-
-    def mount_argv(
-        self, tid: int, lease: Lease, target: bytes, fstype: bytes, flags: int, data: bytes
+    @staticmethod
+    def mount_words(
+        lease: Lease, target: bytes, fstype: bytes, flags: int, data: bytes
     ) -> list[bytes]:
+        """``umld-sandbox guestmount TID mount ...``'s words."""
         sb, attrs = _split_flags(flags)
         source = f"/dev/loop{lease.index}".encode()
-        return self._helper(tid, "mount", source, fstype, sb, attrs, data, target)
+        return [b"mount", source, fstype, sb, attrs, data, target]
 
-    def remount_argv(
-        self, tid: int, lease: Lease, target: bytes, flags: int, data: bytes
-    ) -> list[bytes]:
+    @staticmethod
+    def remount_words(lease: Lease, target: bytes, flags: int, data: bytes) -> list[bytes]:
         sb, attrs = _split_flags(flags)
         if flags & MS_BIND:
             sb = b"-"  # the mount's attributes only
-        return self._helper(tid, "remount", str(lease.rdev).encode(), sb, attrs, data, target)
+        return [b"remount", str(lease.rdev).encode(), sb, attrs, data, target]
 
-    def umount_argv(self, tid: int, lease: Lease, target: bytes, flags: int) -> list[bytes]:
-        return self._helper(tid, "umount", str(lease.rdev).encode(), str(flags).encode(), target)
+    @staticmethod
+    def umount_words(lease: Lease, target: bytes, flags: int) -> list[bytes]:
+        return [b"umount", str(lease.rdev).encode(), str(flags).encode(), target]
 
     @staticmethod
     def may_mount(tid: int) -> bool:
@@ -426,38 +422,3 @@ def _access_mode(tid: int, fd: int) -> int | None:
     except (OSError, ValueError):
         return None
     return None
-
-
-def run_helper(argv: list[bytes]) -> int:
-    """Run ``umld-sandbox guestmount`` (on a thread that is not the
-    tracer's: the tracer reaps only its own thread's children): 0, or a
-    negative errno for the guest's mount(2)."""
-    import subprocess  # a mount is rare; the import would cost every start
-
-    try:
-        proc = subprocess.run(argv, capture_output=True, stdin=subprocess.DEVNULL, timeout=120)
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("a guest's mount of a loop device failed: %s", exc)
-        return -errno.EIO
-    out = proc.stdout.decode(errors="replace").strip()
-    if proc.returncode != 0 or not out.isdigit():
-        log.warning(
-            "a guest's mount of a loop device failed: %s",
-            proc.stderr.decode(errors="replace").strip() or f"status {proc.returncode}",
-        )
-        return -errno.EIO
-    return -int(out)
-
-
-def in_thread(work: Callable[[], int], done: Callable[[int], None]) -> None:
-    """``done(work())`` with work on a thread of its own."""
-
-    def main() -> None:
-        try:
-            result = work()
-        except Exception:
-            log.exception("a guest's mount of a loop device failed")
-            result = -errno.EIO
-        done(result)
-
-    threading.Thread(target=main, name="umld-guestmount", daemon=True).start()

@@ -43,8 +43,12 @@ refusal (CAP_SETFCAP is out of the guest's bounding set).
 from __future__ import annotations
 
 import errno
+import os
+import stat
 import struct
 
+from umld.core import procfs
+from umld.core.syscalls import _guest
 from umld.core.syscalls.context import SyscallContext
 from umld.core.syscalls.table import Outcome, Rewrite
 from umld.errors import GuestError
@@ -120,15 +124,76 @@ def creat(ctx: SyscallContext) -> Outcome:
 
 def mknod(ctx: SyscallContext) -> Outcome:
     """Implements Linux syscall mknod(2) in a root-run machine: mknod
-    makes regular files too, so a set-id mode is refused as in chmod."""
+    makes regular files too, so a set-id mode is refused as in chmod; a
+    device node is the machine's (:func:`_device_node`)."""
     _check_mode(ctx, ctx.args[1], "mknod")
-    return None
+    return _device_node(ctx, None, 0, ctx.args[1], ctx.args[2])
 
 
 def mknodat(ctx: SyscallContext) -> Outcome:
     """Implements Linux syscall mknodat(2) in a root-run machine (as mknod)."""
     _check_mode(ctx, ctx.args[2], "mknodat")
-    return None
+    return _device_node(ctx, ctx.arg_int(0), 1, ctx.args[2], ctx.args[3])
+
+
+#: The character devices the machine's /dev offers (sandbox.c, op_dev):
+#: null, zero, full, random, urandom, tty (devices.txt).
+MACHINE_DEVICES = frozenset({(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0)})
+CAP_MKNOD = 27
+AT_FDCWD = -100
+
+
+def _device_node(
+    ctx: SyscallContext, dirfd: int | None, path_arg: int, mode: int, dev: int
+) -> Outcome:
+    """A guest root's node of a character or block device: the guest's
+    user namespace gives it CAP_MKNOD for nothing (vfs_mknod checks the
+    initial namespace's), so umld's helper makes the node as the guest
+    (_guest.py, sandbox.c guest_mknod), with its fs ids, groups and umask
+    and the directory's permissions as they are for it:
+
+    * a character device the machine's /dev already offers, anywhere
+      (those are every user's anyway);
+    * any device on the file system of one of the machine's loop devices
+      (--devices-loop; always mounted nodev), where it never opens.  Not
+      elsewhere: on a host tree, the host's own mount of it is not nodev;
+    * anything else, and a caller without CAP_MKNOD, runs natively:
+      EPERM.  The whiteout (a character device 0:0) runs natively too.
+    """
+    kind = mode & 0o170000  # S_IFMT
+    if kind not in (stat.S_IFCHR, stat.S_IFBLK):
+        return None
+    dev &= 0xFFFFFFFF  # an unsigned int; new_decode_dev
+    major, minor = (dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
+    tid = ctx.task.tid
+    if tid in ctx.kernel.internal:
+        return None  # the sandbox building the machine (its /dev's nodes)
+    if (kind == stat.S_IFCHR and dev == 0) or not procfs.has_capability(CAP_MKNOD, tid):
+        return None
+    if kind == stat.S_IFCHR and (major, minor) in MACHINE_DEVICES:
+        where = b"any"
+    elif ctx.policy.loops is not None and ctx.policy.loops.leases:
+        where = ",".join(str(lease.rdev) for lease in ctx.policy.loops.leases.values()).encode()
+    else:
+        return None
+    fields = procfs.status(tid, ("Uid", "Gid", "Groups", "Umask"))
+    try:
+        fsuid, fsgid = fields["Uid"].split()[3], fields["Gid"].split()[3]
+        umask = int(fields.get("Umask", "0"), 8)
+    except (KeyError, IndexError, ValueError):
+        return None  # the thread is gone
+    path = ctx.read_string(ctx.args[path_arg])
+    at = (
+        b"cwd"
+        if dirfd is None or dirfd == AT_FDCWD or path.startswith(b"/")
+        else str(dirfd).encode()
+    )
+    words = [
+        b"mknod", at, path, f"{mode & 0o7777 & ~umask | kind:o}".encode(),
+        str(os.makedev(major, minor)).encode(), where, fsuid.encode(), fsgid.encode(),
+        ",".join(fields.get("Groups", "").split()).encode(),
+    ]  # fmt: skip
+    return _guest.by_helper(ctx, words)
 
 
 def open_(ctx: SyscallContext) -> Outcome:

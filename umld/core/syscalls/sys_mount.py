@@ -15,8 +15,9 @@ from __future__ import annotations
 import errno
 
 from umld.core import loopdev
+from umld.core.syscalls import _guest
 from umld.core.syscalls.context import SyscallContext
-from umld.core.syscalls.table import Offloaded, Outcome
+from umld.core.syscalls.table import Outcome
 from umld.errors import GuestError
 
 #: umount2(2) flags (linux/fs.h).
@@ -54,7 +55,7 @@ def mount(ctx: SyscallContext) -> Outcome:
         lease = loops.mounted_lease(tid, target)
         if lease is None:
             return None
-        argv = loops.remount_argv(tid, lease, target, flags, data)
+        words = loops.remount_words(lease, target, flags, data)
     else:
         if not ctx.args[0] or not ctx.args[2]:
             return None
@@ -63,8 +64,8 @@ def mount(ctx: SyscallContext) -> Outcome:
         lease = loops.mount_request(tid, source, fstype, flags)
         if lease is None:
             return None
-        argv = loops.mount_argv(tid, lease, target, fstype, flags, data)
-    return _by_helper(ctx, argv)
+        words = loops.mount_words(lease, target, fstype, flags, data)
+    return _by_helper(ctx, words)
 
 
 def umount2(ctx: SyscallContext) -> Outcome:
@@ -80,22 +81,15 @@ def umount2(ctx: SyscallContext) -> Outcome:
     lease = loops.mounted_lease(ctx.task.tid, target)
     if lease is None:
         return None
-    return _by_helper(ctx, loops.umount_argv(ctx.task.tid, lease, target, flags))
+    return _by_helper(ctx, loops.umount_words(lease, target, flags))
 
 
-def _by_helper(ctx: SyscallContext, argv: list[bytes]) -> Outcome:
-    """Have ``umld-sandbox guestmount`` make the call: a guest root's (with
-    CAP_SYS_ADMIN in its own namespaces, as the call needs natively);
-    the thread waits in its call meanwhile."""
+def _by_helper(ctx: SyscallContext, words: list[bytes]) -> Outcome:
+    """Have umld's helper make the call (_guest.py): a guest root's (with
+    CAP_SYS_ADMIN in its own namespaces, as the call needs natively)."""
     if not ctx.policy.loops or not ctx.policy.loops.may_mount(ctx.task.tid):
         raise GuestError(errno.EPERM)
-    kernel, tid, hold = ctx.kernel, ctx.task.tid, Offloaded()
-
-    def done(result: int) -> None:
-        kernel.post(lambda: kernel.finish(tid, hold, result))
-
-    loopdev.in_thread(lambda: loopdev.run_helper(argv), done)
-    raise hold
+    return _guest.by_helper(ctx, words)
 
 
 def pivot_root(ctx: SyscallContext) -> Outcome:

@@ -70,6 +70,12 @@ SENDTO_ADDRESSED = (
 )
 
 
+def device_mode(mode: int) -> ArgTest:
+    """The mode argument ``mode`` may make a character or block device
+    (S_IFCHR's bit is in S_IFBLK too; a socket's type has it not)."""
+    return ArgTest(mode, "any", 0o020000, label="S_IFCHR|S_IFBLK")
+
+
 def setid_mode(mode: int) -> ArgTest:
     """The mode argument ``mode`` asks for a set-user-ID or set-group-ID bit."""
     return ArgTest(mode, "any", sys_file.S_ISUID | sys_file.S_ISGID, label="S_ISUID|S_ISGID")
@@ -84,6 +90,10 @@ def setid_create(flags: int, mode: int) -> AllOf:
 
 
 SETID_NOTE = "root-run: set-uid, set-gid+g+x modes: EPERM (also for set-gid dirs)"
+DEVICE_NOTE = (
+    "a device node: made by umld for the guest's root when a character device of the "
+    "machine's /dev, or any on a nodev mount"
+)
 FCAPS_NOTE = "root-run: security.capability: EPERM (file capabilities)"
 #: io_uring's operations (connect, sendmsg, accept, openat, setxattr, ...)
 #: run inside the kernel, where neither the filter nor the tracer sees
@@ -248,7 +258,8 @@ TABLE = SyscallTable("x86_64", (
     P(130, "rt_sigsuspend", SIGNAL),
     P(131, "sigaltstack", SIGNAL),
     P(132, "utime", FILE),
-    E(133, "mknod", FILE, sys_file.mknod, SETID_NOTE, "hostroot", (setid_mode(1),)),
+    E(133, "mknod", FILE, sys_file.mknod, f"{SETID_NOTE}; {DEVICE_NOTE}", "hostroot",
+      (setid_mode(1), device_mode(1))),
     P(134, "uselib", FILE),
     P(135, "personality", PROCESS),
     P(136, "ustat", SYSTEM),
@@ -380,7 +391,8 @@ TABLE = SyscallTable("x86_64", (
     P(256, "migrate_pages", MEMORY),
     E(257, "openat", FILE, sys_file.openat, SETID_NOTE, "hostroot", (setid_create(2, 3),)),
     P(258, "mkdirat", FILE),
-    E(259, "mknodat", FILE, sys_file.mknodat, SETID_NOTE, "hostroot", (setid_mode(2),)),
+    E(259, "mknodat", FILE, sys_file.mknodat, f"{SETID_NOTE}; {DEVICE_NOTE}", "hostroot",
+      (setid_mode(2), device_mode(2))),
     P(260, "fchownat", FILE),
     P(261, "futimesat", FILE),
     P(262, "newfstatat", FILE),
