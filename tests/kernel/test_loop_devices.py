@@ -178,3 +178,40 @@ def test_loop_devices_need_a_root_run_machine(backend: str, ordinary_user: User)
     unsafe = run([*umld_argv(backend, "--devices-loop=1", "--unsafe-host-ids"), "true"])
     assert unsafe.returncode == 125
     assert unsafe.stderr.count("\n") == 1, unsafe.stderr
+
+
+def test_inode_flags_on_the_guests_own_file_system(backend: str, tmp_path: Path) -> None:
+    """chattr +i/+a (CAP_LINUX_IMMUTABLE of the host's namespace) works on
+    a loop device's file system of the machine, for the file's owner or a
+    holder of CAP_FOWNER; not on the machine's other trees, nor for a user
+    who neither owns the file nor holds the capability."""
+    image = tmp_path / "flags.img"
+    script = _script(
+        tmp_path,
+        f"""
+truncate -s 16M {image}
+dev=$(losetup -f --show {image})
+mkfs.ext4 -q "$dev"
+mkdir /tmp/m
+mount "$dev" /tmp/m
+touch /tmp/m/f /tmp/m/g /tmp/h
+chattr +i /tmp/m/f && lsattr /tmp/m/f | cut -c1-5
+rm -f /tmp/m/f 2>&1 || true
+chattr -i /tmp/m/f && rm /tmp/m/f && echo removed
+chmod 666 /tmp/m/g
+setpriv --reuid 1000 --regid 1000 --clear-groups --inh-caps=+linux_immutable \\
+  --ambient-caps=+linux_immutable chattr +a /tmp/m/g 2>&1 || true
+chattr +i /tmp/h 2>&1 || true
+umount /tmp/m
+losetup -d "$dev"
+""",
+    )
+    got = run([*umld_argv(backend, "--devices-loop=1"), "sh", str(script)])
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.splitlines() == [
+        "----i",
+        "rm: cannot remove '/tmp/m/f': Operation not permitted",
+        "removed",
+        "chattr: Operation not permitted while setting flags on /tmp/m/g",
+        "chattr: Operation not permitted while setting flags on /tmp/h",
+    ], got.stderr

@@ -139,6 +139,8 @@ class GuestKernel:
         #: host pid -> pid in the guest's pid namespace, for the export.
         self._guest_pids: dict[int, int] = {}
         self.root_status: int | None = None
+        #: The signal a reboot(2) of the guest ended the machine with.
+        self.ended_by: int | None = None
         #: Why the first process could not start: (stage, errno).
         self.spawn_error: tuple[str, int] | None = None
         self.listeners: list[Callable[[GuestEvent], None]] = []
@@ -322,6 +324,14 @@ class GuestKernel:
     def kill_all(self, signo: int = signal.SIGKILL) -> None:
         for tid in list(self.tasks):
             self.tracer.kill(tid, signo)
+
+    def end_machine(self, signo: int) -> None:
+        """The guest rebooted or halted its machine (sys_reboot.py): every
+        guest process is killed, and the machine's first process counts
+        as killed by ``signo``, as a pid namespace's init does
+        (reboot_pid_ns)."""
+        self.ended_by = signo
+        self.kill_all()
 
     def request_termination(self, signo: int) -> None:
         """umld was asked to end (SIGINT/SIGTERM...): the first request
@@ -709,7 +719,8 @@ class GuestKernel:
                     del self.processes[task.tgid]
         if ev.tid == self.root_pid:
             self.up.set()
-            self.root_status = ev.status
+            # A raw wait status: a process killed by signal N has N.
+            self.root_status = ev.status if self.ended_by is None else self.ended_by
             self.spawn_error = ev.spawn_error
             # Like the init of a PID namespace (pid_namespaces(7)): when
             # the first process ends, every other guest process is killed,

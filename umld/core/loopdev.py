@@ -251,6 +251,24 @@ class MachineLoops:
         del self.leases[lease.index]
         self._remove_node(tid, lease)
 
+    def file_on_leased(self, tid: int, fd: int) -> os.stat_result | None:
+        """The guest's descriptor's file when it is a regular file or a
+        directory on a leased device's file system; None otherwise."""
+        st = self._fd_stat(tid, fd)
+        if st is None or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            return None
+        return st if self._by_rdev(st.st_dev) is not None else None
+
+    @staticmethod
+    def set_file_flags(tid: int, fd: int, request: int, arg: bytes) -> None:
+        """Make an inode-flags ioctl(2) on the guest's file (reopened from
+        /proc/TID/fd: the same file; the flags are the inode's)."""
+        own = os.open(f"/proc/{tid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(own, request, arg)
+        finally:
+            os.close(own)
+
     # -- mount(2) ----------------------------------------------------------------------
 
     def _stat_in_guest(self, tid: int, path: bytes) -> os.stat_result | None:

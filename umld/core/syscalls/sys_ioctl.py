@@ -1,5 +1,6 @@
-"""The ioctl(2) requests that stop: a terminal's input (sys_tty.py) and
-the loop devices a machine leases (umld/core/loopdev.py).
+"""The ioctl(2) requests that stop: a terminal's input (sys_tty.py), the
+loop devices a machine leases (umld/core/loopdev.py), and the inode
+flags of files on their file systems (:func:`file_flags`).
 
 The filter stops ioctl(2) only for these request numbers, whatever the
 descriptor; a request on a descriptor it does not concern (another
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import errno
 
-from umld.core import loopdev
+from umld.core import loopdev, procfs
 from umld.core.syscalls import sys_tty
 from umld.core.syscalls.context import SyscallContext
 from umld.core.syscalls.table import Outcome
@@ -18,6 +19,12 @@ from umld.errors import GuestError
 
 #: The loop requests that stop (loopdev.py says why each).
 LOOP_REQUESTS = loopdev.CONTROL_REQUESTS + loopdev.DEVICE_REQUESTS
+#: linux/fs.h: FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS (chattr(1)'s), and
+#: FS_IOC_FSSETXATTR (struct fsxattr, 28 bytes).
+FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_FSSETXATTR = 0x40086602, 0x40046602, 0x401C5820
+FLAG_REQUESTS = (FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_FSSETXATTR)
+_FLAG_ARG_SIZE = {FS_IOC_SETFLAGS: 4, FS_IOC32_SETFLAGS: 4, FS_IOC_FSSETXATTR: 28}
+CAP_LINUX_IMMUTABLE, CAP_FOWNER = 9, 3
 
 
 def ioctl(ctx: SyscallContext) -> Outcome:
@@ -25,6 +32,8 @@ def ioctl(ctx: SyscallContext) -> Outcome:
     cmd = ctx.args[1] & 0xFFFFFFFF
     if cmd in LOOP_REQUESTS:
         return loop_ioctl(ctx, cmd)
+    if cmd in FLAG_REQUESTS:
+        return file_flags(ctx, cmd)
     return sys_tty.ioctl(ctx)
 
 
@@ -67,4 +76,34 @@ def loop_ioctl(ctx: SyscallContext, cmd: int) -> Outcome:
     else:
         config = ctx.read(ctx.args[2], loopdev.LOOP_CONFIG_SIZE)
     loops.attach(tid, lease, fd, config)
+    return 0
+
+
+def file_flags(ctx: SyscallContext, cmd: int) -> Outcome:
+    """Implements FS_IOC_SETFLAGS and FS_IOC_FSSETXATTR (ioctl_iflags(2))
+    for a file on one of the machine's loop devices' file systems.
+
+    Changing the immutable or append-only flag needs CAP_LINUX_IMMUTABLE
+    of the initial namespace (fileattr_set_prepare), which a guest root
+    never has; on a file system of its own, umld sets the flags for it
+    when it holds that capability in its namespace and owns the file (or
+    holds CAP_FOWNER), as the kernel asks of the caller.  Everywhere else,
+    and for anyone else, the call runs natively.
+    """
+    loops = ctx.policy.loops
+    tid, fd = ctx.task.tid, ctx.arg_int(0)
+    if loops is None or not loops.leases:
+        return None
+    st = loops.file_on_leased(tid, fd)
+    if st is None or not procfs.has_capability(CAP_LINUX_IMMUTABLE, tid):
+        return None
+    ids = procfs.status(tid, ("Uid",)).get("Uid", "").split()
+    owner = len(ids) == 4 and int(ids[3]) == st.st_uid
+    if not owner and not procfs.has_capability(CAP_FOWNER, tid):
+        return None
+    arg = ctx.read(ctx.args[2], _FLAG_ARG_SIZE[cmd])
+    try:
+        loops.set_file_flags(tid, fd, cmd, arg)
+    except OSError as exc:
+        raise GuestError(exc.errno or errno.EIO) from None
     return 0

@@ -18,6 +18,7 @@ from umld.core.syscalls import (
     sys_mount,
     sys_net,
     sys_ptrace,
+    sys_reboot,
     sys_sched,
     sys_time,
     sys_tty,
@@ -45,7 +46,8 @@ TTY_INPUT = (
     ArgTest(1, "eq", sys_tty.TIOCLINUX, label="TIOCLINUX"),
 )
 #: loop(4) requests that stop (umld/core/loopdev.py): loop-control's, and
-#: a device's attach and detach.
+#: a device's attach and detach; and inode flags' changes (sys_ioctl.py),
+#: which the files on those devices' file systems need.
 LOOP_REQUESTS = tuple(
     ArgTest(1, "eq", cmd, label=label)
     for cmd, label in (
@@ -55,6 +57,9 @@ LOOP_REQUESTS = tuple(
         (loopdev.LOOP_SET_FD, "LOOP_SET_FD"),
         (loopdev.LOOP_CONFIGURE, "LOOP_CONFIGURE"),
         (loopdev.LOOP_CLR_FD, "LOOP_CLR_FD"),
+        (sys_ioctl.FS_IOC_SETFLAGS, "FS_IOC_SETFLAGS"),
+        (sys_ioctl.FS_IOC32_SETFLAGS, "FS_IOC32_SETFLAGS"),
+        (sys_ioctl.FS_IOC_FSSETXATTR, "FS_IOC_FSSETXATTR"),
     )
 )
 #: socket(2) that may make an SCTP socket: IPPROTO_SCTP, or a type with
@@ -138,7 +143,8 @@ TABLE = SyscallTable("x86_64", (
     P(15, "rt_sigreturn", SIGNAL),
     E(16, "ioctl", DESC, sys_ioctl.ioctl,
       "TIOCSTI, TIOCLINUX: EPERM (no typing into a terminal); loop(4) requests: the "
-      "machine's leased loop devices (devices/loop), LOOP_CTL_ADD/REMOVE EPERM",
+      "machine's leased loop devices (devices/loop), LOOP_CTL_ADD/REMOVE EPERM; inode flags "
+      "on their file systems set by umld (CAP_LINUX_IMMUTABLE)",
       when=TTY_INPUT + LOOP_REQUESTS),
     P(17, "pread64", DESC),
     P(18, "pwrite64", DESC),
@@ -300,7 +306,8 @@ TABLE = SyscallTable("x86_64", (
       "mounts"),
     D(167, "swapon", FILE, "would change the host's swap"),
     D(168, "swapoff", FILE, "would change the host's swap"),
-    D(169, "reboot", SYSTEM, "would reboot the host"),
+    E(169, "reboot", SYSTEM, sys_reboot.reboot,
+      "the machine's: CAD_ON/OFF its own flag; restart, halt, power off end the machine"),
     E(170, "sethostname", UTS, sys_utsname.sethostname, "changes only the guest's name"),
     E(171, "setdomainname", UTS, sys_utsname.setdomainname, "changes only the guest's name"),
     E(172, "iopl", SYSTEM, sys_io.iopl, IOPL_NOTE),
