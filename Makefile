@@ -101,6 +101,7 @@ conformance: install
 	$(VPY) conformance/run.py --suite issue3 $(CONFORMANCE_ARGS)
 	$(VPY) conformance/run.py --nested $(CONFORMANCE_ARGS)
 	$(VPY) conformance/ltp.py $(LTP_ARGS)
+	if [ "$$(id -u)" = 0 ]; then $(VPY) conformance/ltp.py --as-user umld-tester $(LTP_ARGS); fi
 
 # The daemon as a systemd service: units, tmpfiles snippet, and the umld
 # command on PATH (a link to this checkout's venv).

@@ -16,7 +16,12 @@ futexes, ptrace, reboot, modules), less those the known-differences file
 marks ``skip`` (each with why: a race that runs for minutes, ...).
 
 Each runs natively and as `umld run --uid 0 --tracer=T -- TEST` from the
-tests' directory, one at a time; LTP's exit status says the outcome
+tests' directory, one at a time (run by root, the machine gets loop
+devices: `--devices-loop 2`).  With ``--as-user NAME`` (created when
+missing) both sides run as that ordinary user instead, and umld as
+`umld run --tracer=T -- TEST`: the subset that does not need root (the
+rest is TCONF on both sides), compared with its own differences file,
+conformance/ltp-known-user.txt; LTP's exit status says the outcome
 (lib/tst_test.c): 0 passed, 32 only not applicable (TCONF), bits 1
 TFAIL, 2 TBROK, 4 TWARN.  Printed: the counts per side, then every test
 whose status under umld differs from native, with the first
@@ -50,6 +55,7 @@ CONF_DIR: Final = Path(__file__).resolve().parent
 REPO_DIR: Final = CONF_DIR.parent
 ANCHORS: Final = REPO_DIR.parent / "shared" / "anchors"
 KNOWN_FILE: Final = CONF_DIR / "ltp-known.txt"
+KNOWN_USER_FILE: Final = CONF_DIR / "ltp-known-user.txt"
 
 #: Name prefixes of the selected tests, by family (runtest/syscalls names).
 FAMILIES: Final = {
@@ -154,6 +160,44 @@ def selection(prefix: Path, names: Sequence[str] | None) -> list[tuple[str, list
     return [e for e in entries if e[0].startswith(PREFIXES)]
 
 
+def as_user(name: str, tmp: Path) -> list[str]:
+    """The argv prefix that runs a command as the ordinary user ``name``
+    (created when missing), with a login-like environment and an
+    XDG_RUNTIME_DIR of its own below TMP."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--create-home", "--shell", "/bin/sh", "--user-group", name],
+            check=True,
+            capture_output=True,
+        )
+        entry = pwd.getpwnam(name)
+    run_dir = tmp / f"run-{name}"
+    run_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chown(run_dir, entry.pw_uid, entry.pw_gid)
+    env = {
+        "HOME": entry.pw_dir,
+        "USER": name,
+        "LOGNAME": name,
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        "XDG_RUNTIME_DIR": str(run_dir),
+        "PYTHONPATH": str(REPO_DIR),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    return [
+        "setpriv",
+        f"--reuid={entry.pw_uid}",
+        f"--regid={entry.pw_gid}",
+        "--init-groups",
+        "--reset-env",
+        "env",
+        *(f"{k}={v}" for k, v in env.items()),
+    ]
+
+
 def run(argv: Sequence[str], bindir: Path, timeout: float, tmp: Path) -> tuple[int, str, float]:
     env = dict(
         os.environ,
@@ -161,6 +205,11 @@ def run(argv: Sequence[str], bindir: Path, timeout: float, tmp: Path) -> tuple[i
         TMPDIR=str(tmp),
         PATH=f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
     )
+    if argv[0] == "setpriv":
+        # --reset-env: the test's own variables go after env(1)'s.
+        at = argv.index("env") + 1
+        path = f"PATH={bindir}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+        argv = [*argv[:at], f"LTPROOT={env['LTPROOT']}", f"TMPDIR={tmp}", path, *argv[at:]]
     start = time.monotonic()
     try:
         p = subprocess.run(
@@ -209,22 +258,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tests", help="comma-separated test names (default: the families)")
     p.add_argument("--tracers", default="c")
     p.add_argument("--prefix", default=str(CONF_DIR / "out" / "ltp"))
-    p.add_argument("--known", default=str(KNOWN_FILE))
+    p.add_argument("--known", help=f"the differences file (default {KNOWN_FILE.name})")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per test and side")
     p.add_argument("--umld-option", action="append", default=[], help="more `umld run` options")
     p.add_argument("--native-only", action="store_true", help="only the native run (timings)")
+    p.add_argument("--as-user", metavar="NAME", help="both sides as this ordinary user")
     args = p.parse_args(argv)
     prefix = Path(args.prefix)
     bindir = build(prefix)
-    known = Known.read(Path(args.known))
+    if args.as_user and os.geteuid() != 0:
+        sys.exit("ltp: --as-user needs root (it switches to the user)")
+    known_file = args.known or (KNOWN_USER_FILE if args.as_user else KNOWN_FILE)
+    known = Known.read(Path(known_file))
     names = [t for t in args.tests.split(",") if t] if args.tests else None
     tests = [t for t in selection(prefix, names) if names or t[0] not in known.skip]
     tracers = [] if args.native_only else [t for t in args.tracers.split(",") if t]
     # LTP acquires a loop device for every test with a file system of its
     # own, one test at a time (devices/loop: a root-run machine's).
-    loops = ["--devices-loop", "2"] if os.geteuid() == 0 else []
-    umld = [sys.executable, "-m", "umld", "run", "--uid", "0", *loops, *args.umld_option]
-    print(f"ltp: {len(tests)} tests, natively and under umld ({', '.join(tracers)})", flush=True)
+    loops = ["--devices-loop", "2"] if os.geteuid() == 0 and not args.as_user else []
+    root = [] if args.as_user else ["--uid", "0"]
+    umld = [sys.executable, "-m", "umld", "run", *root, *loops, *args.umld_option]
+    who = f" as {args.as_user}" if args.as_user else ""
+    print(
+        f"ltp: {len(tests)} tests{who}, natively and under umld ({', '.join(tracers)})", flush=True
+    )
 
     sides = ["native", *(f"umld-{t}" for t in tracers)]
     counts = {s: dict.fromkeys(("pass", "n/a", "fail", "broken", "warn"), 0) for s in sides}
@@ -238,12 +295,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # write (LTP drops privileges in some tests), cleaned at the end.
     tmp = Path(tempfile.mkdtemp(prefix="umld-ltp-", dir="/tmp"))
     tmp.chmod(0o1777)
+    user = as_user(args.as_user, tmp) if args.as_user else []
     try:
         for k, (name, cmd) in enumerate(tests, 1):
             if not (bindir / cmd[0]).exists():
                 unbuilt.append(name)  # runtest/syscalls names more than the build makes
                 continue
-            native, _, took = run(cmd, bindir, args.timeout, tmp)
+            native, _, took = run([*user, *cmd], bindir, args.timeout, tmp)
             seconds["native"] += took
             if took > 10:
                 slow.append(f"{name}: {took:.0f} s natively")
@@ -251,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for tracer in tracers:
                 side = f"umld-{tracer}"
                 status, out, took = run(
-                    [*umld, f"--tracer={tracer}", "--", *cmd], bindir, args.timeout, tmp
+                    [*user, *umld, f"--tracer={tracer}", "--", *cmd], bindir, args.timeout, tmp
                 )
                 seconds[side] += took
                 counts[side][outcome(status)] += 1
@@ -283,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in excused:
         print(f"known: {line}")
     for line in fixed:
-        print(f"fixed: {line} (drop it from {args.known})")
+        print(f"fixed: {line} (drop it from {known_file})")
     if new:
         print(f"\nnew differences ({sum(1 for x in new if not x.startswith(' '))}):")
         for line in new:

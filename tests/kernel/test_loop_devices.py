@@ -182,9 +182,10 @@ def test_loop_devices_need_a_root_run_machine(backend: str, ordinary_user: User)
 
 def test_inode_flags_on_the_guests_own_file_system(backend: str, tmp_path: Path) -> None:
     """chattr +i/+a (CAP_LINUX_IMMUTABLE of the host's namespace) works on
-    a loop device's file system of the machine, for the file's owner or a
-    holder of CAP_FOWNER; not on the machine's other trees, nor for a user
-    who neither owns the file nor holds the capability."""
+    a loop device's file system of the machine and on a tmpfs the guest
+    mounted itself, for the file's owner or a holder of CAP_FOWNER; not on
+    the machine's other trees, nor for a user who neither owns the file
+    nor holds the capability."""
     image = tmp_path / "flags.img"
     script = _script(
         tmp_path,
@@ -204,6 +205,9 @@ setpriv --reuid 1000 --regid 1000 --clear-groups --inh-caps=+linux_immutable \\
 chattr +i /tmp/h 2>&1 || true
 umount /tmp/m
 losetup -d "$dev"
+mkdir /tmp/t && mount -t tmpfs none /tmp/t && touch /tmp/t/f
+chattr +i /tmp/t/f && rm -f /tmp/t/f 2>&1 || true
+chattr -i /tmp/t/f && umount /tmp/t && echo "own tmpfs"
 """,
     )
     got = run([*umld_argv(backend, "--devices-loop=1"), "sh", str(script)])
@@ -214,4 +218,6 @@ losetup -d "$dev"
         "removed",
         "chattr: Operation not permitted while setting flags on /tmp/m/g",
         "chattr: Operation not permitted while setting flags on /tmp/h",
+        "rm: cannot remove '/tmp/t/f': Operation not permitted",
+        "own tmpfs",
     ], got.stderr

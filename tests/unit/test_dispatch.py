@@ -91,10 +91,10 @@ def test_an_untrapped_row_runs_natively() -> None:
 def test_a_denied_call_is_refused_counted_and_reported() -> None:
     kernel, fake = booted()
     seen = events(kernel)
-    kernel.handle(stop(FIRST, 169))  # reboot
+    kernel.handle(stop(FIRST, 167))  # swapon
     assert fake.answers == [("complete", FIRST, -errno.EPERM)]
     assert kernel.counters["denied"] == 1
-    assert [(e.kind, e.text) for e in seen] == [("denied", "reboot: would reboot the host")]
+    assert [(e.kind, e.text) for e in seen] == [("denied", "swapon: would change the host's swap")]
 
 
 def test_an_i386_call_goes_through_the_i386_table() -> None:

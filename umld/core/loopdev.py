@@ -6,13 +6,13 @@ loop device for every test that needs a file system of its own.  None of
 it can run natively in a machine: the host's devices are not in the
 guest's /dev, and a block device's file system mounts only for a caller
 with CAP_SYS_ADMIN in the initial user namespace (no FS_USERNS_MOUNT,
-mount_namespaces(7)).  A machine run by root may therefore be given loop
-devices of the host, one at a time, as a kernel lends a device to one
+mount_namespaces(7)).  A machine run by root may therefore be given up to
+N loop devices of the host at once, as a kernel lends a device to one
 user:
 
 * Its /dev holds ``loop-control``, the host's (10, 237), owned by the
   guest's root (sandbox.c, op_loopctl).  Every loop-control request stops
-  (the seccomp filter traps their ioctl(2) numbers; sys_block.py):
+  (the seccomp filter traps their ioctl(2) numbers; syscalls/sys_ioctl.py):
   LOOP_CTL_GET_FREE *leases* a free host loop device to the machine
   (:meth:`MachineLoops.lease`) and makes its node, ``/dev/loopN`` with the
   host's N, in the caller's /dev, owned by the guest's root and group
@@ -39,9 +39,9 @@ user:
   process binds to it later; the same race Linux's GET_FREE has for any
   two users of loop-control, and the reason the setting is off by
   default.
-* mount(2) of a leased device (sys_mount.py) is done for the guest by
-  ``umld-sandbox guestmount`` (sandbox.c, syscalls/_guest.py): the new mount API in the
-  initial user namespace, *always nodev* (a device node on an image the
+* mount(2) of a leased device (syscalls/sys_mount.py) is done for the
+  guest by ``umld-sandbox guestmount`` (sandbox.c, syscalls/_guest.py):
+  the new mount API in the initial user namespace, *always nodev* (a device node on an image the
   guest wrote would otherwise open the host's disks), idmapped with the
   guest's user namespace (on-disk id k is guest id k, as for --disk), then
   attached in the guest's mount namespace at the target as the guest
@@ -52,6 +52,10 @@ user:
   the initial namespace too (do_remount checks the superblock's owner,
   can_umount MNT_FORCE): the helper makes them, on the mount it finds at
   the guest's path, nodev kept.  Binds and other remounts run natively.
+* On its own file systems (its loop devices', and those it mounts itself,
+  as a tmpfs) the guest's root may set the immutable and append-only
+  flags (syscalls/sys_ioctl.py) and make device nodes of any kind on the
+  former, where they never open (syscalls/sys_file.py).
 
 The cost is trust: the host's kernel parses a file system the guest
 wrote, and file system drivers are not hardened against crafted images.
@@ -64,15 +68,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import stat
 from dataclasses import dataclass
 
 from umld.core import procfs
 from umld.errors import GuestError
-
-log = logging.getLogger(__name__)
 
 #: Documentation/admin-guide/devices.txt: block major 7, misc 237.
 LOOP_MAJOR = 7
@@ -146,6 +147,10 @@ class MachineLoops:
         self.limit = limit
         self.uid, self.gid = uid, gid
         self.leases: dict[int, Lease] = {}
+        #: Devices (st_dev) of the file systems the guest mounted itself
+        #: (a tmpfs of its user namespace's): its own, as its loop
+        #: devices' are (inode flags, sys_ioctl.py).
+        self.own_devs: set[int] = set()
 
     # -- what a descriptor or path of the guest is ---------------------------------------
 
@@ -251,13 +256,26 @@ class MachineLoops:
         del self.leases[lease.index]
         self._remove_node(tid, lease)
 
-    def file_on_leased(self, tid: int, fd: int) -> os.stat_result | None:
+    def file_on_own(self, tid: int, fd: int) -> os.stat_result | None:
         """The guest's descriptor's file when it is a regular file or a
-        directory on a leased device's file system; None otherwise."""
+        directory on a file system of the guest's own (a leased device's,
+        or one it mounted itself); None otherwise."""
         st = self._fd_stat(tid, fd)
         if st is None or not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             return None
-        return st if self._by_rdev(st.st_dev) is not None else None
+        own = st.st_dev in self.own_devs or self._by_rdev(st.st_dev) is not None
+        return st if own else None
+
+    def mounted(self, tid: int, target: bytes) -> None:
+        """The guest mounted a file system of its own at ``target``."""
+        st = self._stat_in_guest(tid, target)
+        if st is not None:
+            self.own_devs.add(st.st_dev)
+
+    def own_fs(self, tid: int, target: bytes) -> int | None:
+        """The device of the guest's own file system mounted at ``target``."""
+        st = self._stat_in_guest(tid, target)
+        return st.st_dev if st is not None and st.st_dev in self.own_devs else None
 
     @staticmethod
     def set_file_flags(tid: int, fd: int, request: int, arg: bytes) -> None:

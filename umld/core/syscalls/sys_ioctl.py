@@ -81,7 +81,9 @@ def loop_ioctl(ctx: SyscallContext, cmd: int) -> Outcome:
 
 def file_flags(ctx: SyscallContext, cmd: int) -> Outcome:
     """Implements FS_IOC_SETFLAGS and FS_IOC_FSSETXATTR (ioctl_iflags(2))
-    for a file on one of the machine's loop devices' file systems.
+    for a file on a file system of the guest's own: one of its loop
+    devices', or one it mounted itself (a tmpfs) in a machine with loop
+    devices (whose mount(2) stops).
 
     Changing the immutable or append-only flag needs CAP_LINUX_IMMUTABLE
     of the initial namespace (fileattr_set_prepare), which a guest root
@@ -92,9 +94,9 @@ def file_flags(ctx: SyscallContext, cmd: int) -> Outcome:
     """
     loops = ctx.policy.loops
     tid, fd = ctx.task.tid, ctx.arg_int(0)
-    if loops is None or not loops.leases:
+    if loops is None:
         return None
-    st = loops.file_on_leased(tid, fd)
+    st = loops.file_on_own(tid, fd)
     if st is None or not procfs.has_capability(CAP_LINUX_IMMUTABLE, tid):
         return None
     ids = procfs.status(tid, ("Uid",)).get("Uid", "").split()

@@ -17,7 +17,7 @@ import errno
 from umld.core import loopdev
 from umld.core.syscalls import _guest
 from umld.core.syscalls.context import SyscallContext
-from umld.core.syscalls.table import Outcome
+from umld.core.syscalls.table import AtExit, Outcome
 from umld.errors import GuestError
 
 #: umount2(2) flags (linux/fs.h).
@@ -63,7 +63,10 @@ def mount(ctx: SyscallContext) -> Outcome:
         fstype = ctx.read_string(ctx.args[2])
         lease = loops.mount_request(tid, source, fstype, flags)
         if lease is None:
-            return None
+            if flags & loopdev.NOT_NEW:
+                return None
+            # A file system the guest mounts itself (a tmpfs) is its own.
+            return AtExit(lambda result: loops.mounted(tid, target) if result == 0 else None)
         words = loops.mount_words(lease, target, fstype, flags, data)
     return _by_helper(ctx, words)
 
@@ -75,12 +78,15 @@ def umount2(ctx: SyscallContext) -> Outcome:
         _report(ctx, f"umount {_path(ctx, 0)}")
     loops = ctx.policy.loops
     flags = ctx.arg_int(1)
-    if loops is None or not flags & MNT_FORCE or not ctx.args[0]:
+    if loops is None or not ctx.args[0]:
         return None
     target = ctx.read_string(ctx.args[0])
     lease = loops.mounted_lease(ctx.task.tid, target)
-    if lease is None:
-        return None
+    if lease is None or not flags & MNT_FORCE:
+        dev = loops.own_fs(ctx.task.tid, target)
+        if dev is None:
+            return None
+        return AtExit(lambda result: loops.own_devs.discard(dev) if result == 0 else None)
     return _by_helper(ctx, loops.umount_words(lease, target, flags))
 
 
