@@ -175,6 +175,10 @@ def as_user(name: str, tmp: Path) -> list[str]:
             capture_output=True,
         )
         entry = pwd.getpwnam(name)
+    # The tests' directory is the user's: a copy-on-write machine of an
+    # ordinary user cannot copy up a directory whose owner has no id in it
+    # (EOVERFLOW), as natively it could not write another user's.
+    os.chown(tmp, entry.pw_uid, entry.pw_gid)
     run_dir = tmp / f"run-{name}"
     run_dir.mkdir(mode=0o700, exist_ok=True)
     os.chown(run_dir, entry.pw_uid, entry.pw_gid)
