@@ -2549,6 +2549,29 @@ static int mount_failed(void)
     return 0;
 }
 
+/* The comma-separated mount options TEXT as fsconfig(2) parameters of the
+ * file system context FS: "key=value" a string, "key" a flag (what the
+ * legacy mount(2) does with its data, vfs_parse_monolithic_sep); -1 with
+ * errno at the first the file system refuses. */
+static int config_options(int fs, const char *text)
+{
+    char *opts = strdup(text), *save = NULL;
+    if (!opts)
+        return -1;
+    int ok = 1;
+    for (char *o = strtok_r(opts, ",", &save); ok && o; o = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(o, '=');
+        if (eq)
+            *eq = '\0';
+        ok = syscall(SYS_fsconfig, fs, eq ? FSCONFIG_SET_STRING : FSCONFIG_SET_FLAG, o,
+                     eq ? eq + 1 : NULL, 0) == 0;
+    }
+    int err = errno;
+    free(opts);
+    errno = err;
+    return ok ? 0 : -1;
+}
+
 /* A detached mount of FSTYPE on SOURCE (fsopen(2), fsconfig(2), fsmount(2)),
  * with the superblock flags SBFLAGS and the options DATA (both
  * comma-separated) and the mount attributes ATTRS; -1 with errno set. */
@@ -2558,25 +2581,12 @@ static int build_mount(const char *fstype, const char *source, const char *sbfla
     int fs = (int)syscall(SYS_fsopen, fstype, FSOPEN_CLOEXEC);
     if (fs < 0)
         return -1;
-    char *flags = strdup(sbflags), *opts = strdup(data), *save = NULL;
-    int ok =
-        flags && opts && syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "source", source, 0) == 0;
-    for (char *f = ok ? strtok_r(flags, ",", &save) : NULL; ok && f; f = strtok_r(NULL, ",", &save))
-        ok = syscall(SYS_fsconfig, fs, FSCONFIG_SET_FLAG, f, NULL, 0) == 0;
-    for (char *o = ok ? strtok_r(opts, ",", &save) : NULL; ok && o;
-         o = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(o, '=');
-        if (eq)
-            *eq = '\0';
-        ok = syscall(SYS_fsconfig, fs, eq ? FSCONFIG_SET_STRING : FSCONFIG_SET_FLAG, o,
-                     eq ? eq + 1 : NULL, 0) == 0;
-    }
+    int ok = syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "source", source, 0) == 0 &&
+             config_options(fs, sbflags) == 0 && config_options(fs, data) == 0;
     int mnt = -1;
     if (ok && syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0)
         mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, attrs);
     int err = errno;
-    free(flags);
-    free(opts);
     close(fs);
     errno = err;
     return mnt;
@@ -2794,19 +2804,12 @@ static int guestmount_main(int argc, char **argv)
             return mount_failed();
         if (strcmp(sbflags, "-") != 0) {
             int fs = (int)syscall(SYS_fspick, fd, "", FSPICK_EMPTY_PATH | FSPICK_CLOEXEC);
-            char *opts = strdup(data), *save = NULL;
-            int ok = fs >= 0 && opts &&
-                     syscall(SYS_fsconfig, fs, FSCONFIG_SET_FLAG,
-                             strstr(sbflags, "ro") ? "ro" : "rw", NULL, 0) == 0;
-            for (char *o = ok ? strtok_r(opts, ",", &save) : NULL; ok && o;
-                 o = strtok_r(NULL, ",", &save)) {
-                char *eq = strchr(o, '=');
-                if (eq)
-                    *eq = '\0';
-                ok = syscall(SYS_fsconfig, fs, eq ? FSCONFIG_SET_STRING : FSCONFIG_SET_FLAG, o,
-                             eq ? eq + 1 : NULL, 0) == 0;
-            }
-            if (!ok || syscall(SYS_fsconfig, fs, FSCONFIG_CMD_RECONFIGURE, NULL, NULL, 0) < 0)
+            /* Read-only or not is what the guest said, as a remount's
+             * flags replace the old ones. */
+            const char *ro = strstr(sbflags, "ro") ? "ro" : "rw";
+            if (fs < 0 || syscall(SYS_fsconfig, fs, FSCONFIG_SET_FLAG, ro, NULL, 0) < 0 ||
+                config_options(fs, data) < 0 ||
+                syscall(SYS_fsconfig, fs, FSCONFIG_CMD_RECONFIGURE, NULL, NULL, 0) < 0)
                 return mount_failed();
         }
         struct mount_attr set = {

@@ -221,3 +221,45 @@ chattr -i /tmp/t/f && umount /tmp/t && echo "own tmpfs"
         "rm: cannot remove '/tmp/t/f': Operation not permitted",
         "own tmpfs",
     ], got.stderr
+
+
+
+def test_umount2_of_the_guests_mounts_as_natively(backend: str, tmp_path: Path) -> None:
+    """MNT_EXPIRE marks, then unmounts (umld never touches the mount in
+    between); MNT_FORCE|MNT_EXPIRE is EINVAL; MNT_FORCE unmounts."""
+    image = tmp_path / "expire.img"
+    code = tmp_path / "umount.py"
+    code.write_text(
+        """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def umount2(flags):
+    r = libc.umount2(b"/tmp/m", flags)
+    return "ok" if r == 0 else os.strerror(ctypes.get_errno())
+def mount():
+    assert libc.mount(sys.argv[1].encode(), b"/tmp/m", b"ext4", 0, None) == 0
+mount()
+print("expire", umount2(4), umount2(4))
+mount()
+print("force|expire", umount2(5))
+print("force", umount2(1))
+"""
+    )
+    script = _script(
+        tmp_path,
+        f"""
+truncate -s 16M {image}
+dev=$(losetup -f --show {image})
+mkfs.ext4 -q "$dev"
+mkdir /tmp/m
+python3 {code} "$dev"
+losetup -d "$dev"
+""",
+    )
+    got = run([*umld_argv(backend, "--devices-loop=1"), "sh", str(script)])
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.splitlines() == [
+        "expire Resource temporarily unavailable ok",
+        "force|expire Invalid argument",
+        "force ok",
+    ], got.stderr

@@ -659,8 +659,9 @@ try_("host-pid", lambda: os.stat(f"/proc/{sys.argv[1]}"))
             "sh",
             "-c",
             # Once sleep has exec'd: a process in the middle of exec shows
-            # an empty cmdline for a moment.
-            "sleep 30 & until grep -q sleep /proc/$!/cmdline; do :; done; "
+            # an empty cmdline for a moment, and before it the shell's
+            # (which names sleep too): its first word must be sleep.
+            "sleep 30 & until tr '\\0' ' ' < /proc/$!/cmdline | grep -q '^sleep '; do :; done; "
             f'{GUEST_PY} -c "$1" {os.getpid()}; ps -e -o args=; kill $!',
             "sh",
             PY_PRELUDE + code,

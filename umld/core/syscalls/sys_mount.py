@@ -21,7 +21,7 @@ from umld.core.syscalls.table import AtExit, Outcome
 from umld.errors import GuestError
 
 #: umount2(2) flags (linux/fs.h).
-MNT_FORCE = 1
+MNT_FORCE, MNT_EXPIRE = 1, 4
 
 
 def _path(ctx: SyscallContext, i: int) -> str:
@@ -78,7 +78,10 @@ def umount2(ctx: SyscallContext) -> Outcome:
         _report(ctx, f"umount {_path(ctx, 0)}")
     loops = ctx.policy.loops
     flags = ctx.arg_int(1)
-    if loops is None or not ctx.args[0]:
+    if loops is None or not ctx.args[0] or flags & (MNT_EXPIRE | MNT_FORCE) == MNT_EXPIRE:
+        # MNT_EXPIRE alone: our stat(2) of the target would be the access
+        # that clears the mount's expiry mark (the guest's second call
+        # would fail with EAGAIN again).
         return None
     target = ctx.read_string(ctx.args[0])
     lease = loops.mounted_lease(ctx.task.tid, target)
