@@ -288,7 +288,13 @@ class MachineTerminal:
             os.close(self._wake_r)
             os.close(self._wake_w)
         self._ready.set()
-        self._emit([], closed=True)
+        # The machine has ended, so every process of it has closed the
+        # terminal, whether or not the reader saw the hang-up before it
+        # was told to stop (both can come in one poll).
+        with self._lock:
+            last = [] if self._exit_said else [_exit_line()]
+            self._exit_said = True
+        self._emit(last, closed=True)
 
     def subscribe(self, listener: Listener) -> None:
         """``listener(line)`` for each change (``TIME KIND TEXT``), on the
@@ -529,7 +535,7 @@ class MachineTerminal:
                 out.append(_line("title", title))
         if self._hung_up and not self._exit_said:
             self._exit_said = True
-            out.append(_line("exit", "every process of the machine closed its terminal"))
+            out.append(_exit_line())
         return out
 
     def _reply(self, data: bytes) -> None:
@@ -554,6 +560,10 @@ class MachineTerminal:
 
 def _line(kind: str, text: str) -> str:
     return f"{time.time():.6f} {kind} {text}"
+
+
+def _exit_line() -> str:
+    return _line("exit", "every process of the machine closed its terminal")
 
 
 def _set_winsize(master: int, columns: int, lines: int) -> None:
