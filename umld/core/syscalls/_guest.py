@@ -14,14 +14,14 @@ helper's answer: 0 or an errno.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import threading
 
 from umld.core.syscalls.context import SyscallContext
 from umld.core.syscalls.table import Offloaded, Outcome
+from umld.errors import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger("umld.guestmount")
 
 
 def by_helper(ctx: SyscallContext, words: list[bytes]) -> Outcome:
