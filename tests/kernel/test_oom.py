@@ -21,6 +21,7 @@ from umld.core import procfs
 
 pytestmark = pytest.mark.uses_ptrace
 
+
 def _bounding(text: str) -> int:
     line = next(x for x in text.splitlines() if x.startswith("CapBnd:"))
     return int(line.split()[1], 16)

@@ -66,10 +66,11 @@ def test_the_guests_root_owns_ctrl_alt_del(backend: str, guest: Path) -> None:
 def test_halt_and_restart_end_the_machine(
     backend: str, guest: Path, command: str, status: int, no_strays: str
 ) -> None:
-    """Every guest process goes (a background sleeper too); the caller
+    """Every guest process goes (a background sleeper named by the
+    no_strays marker, which fails the test if it survives); the caller
     sees the first process killed by SIGINT (halt) or SIGHUP (restart)."""
-    script = f"sleep 300 {no_strays} & python3 {guest} {command}; echo after"
-    got = run([*umld_argv(backend, "--uid=0"), "sh", "-c", script])
+    script = f"(exec -a {no_strays} sleep 300) & python3 {guest} {command}; echo after"
+    got = run([*umld_argv(backend, "--uid=0"), "bash", "-c", script])
     assert got.returncode == status, got.stderr
     assert got.stdout.splitlines()[-1] == "ending"
 

@@ -70,13 +70,12 @@ import errno
 import fcntl
 import os
 import stat
+import struct
 from dataclasses import dataclass
 
-from umld.core import procfs
 from umld.errors import GuestError
 
-#: Documentation/admin-guide/devices.txt: block major 7, misc 237.
-LOOP_MAJOR = 7
+#: Documentation/admin-guide/devices.txt: misc 237.
 LOOP_CONTROL = os.makedev(10, 237)
 
 # linux/loop.h
@@ -135,13 +134,14 @@ class Lease:
     rdev: int
     #: umld's O_EXCL descriptor while no file is attached; None after.
     claim: int | None
+    #: The attached file (st_dev, st_ino), once attached.
+    backing: tuple[int, int] | None = None
 
 
 class MachineLoops:
     """The loop devices of one machine: at most ``limit`` at once.  Node
     owner: ``uid``, ``gid``, the host ids of the guest's root and of its
-    group disk.  Tracer thread only, but :meth:`mount`'s helper, which runs
-    on a thread of its own."""
+    group disk.  Tracer thread only."""
 
     def __init__(self, limit: int, uid: int, gid: int) -> None:
         self.limit = limit
@@ -241,10 +241,12 @@ class MachineLoops:
             cfg[0:4] = fd.to_bytes(4, "little")
             cfg[_LO_FLAGS_AT : _LO_FLAGS_AT + 4] = flags.to_bytes(4, "little")
             fcntl.ioctl(lease.claim, LOOP_CONFIGURE, bytes(cfg))
+            st = os.fstat(fd)
         except OSError as exc:
             raise GuestError(exc.errno or errno.EIO) from None
         finally:
             os.close(fd)
+        lease.backing = (st.st_dev, st.st_ino)
         os.close(lease.claim)
         lease.claim = None
 
@@ -342,11 +344,6 @@ class MachineLoops:
     def umount_words(lease: Lease, target: bytes, flags: int) -> list[bytes]:
         return [b"umount", str(lease.rdev).encode(), str(flags).encode(), target]
 
-    @staticmethod
-    def may_mount(tid: int) -> bool:
-        """Whether the caller holds CAP_SYS_ADMIN (in its own namespace)."""
-        return procfs.has_capability(procfs.CAP_SYS_ADMIN, tid)
-
     # -- nodes ----------------------------------------------------------------------
 
     @staticmethod
@@ -410,13 +407,16 @@ class MachineLoops:
             lease.claim = None
             return
         # Attached: detach it at its last close (the guest's mounts of it
-        # go with the machine's mount namespace).
+        # go with the machine's mount namespace), if it still holds the
+        # guest's file: one the guest mounted with autoclear detached at
+        # its unmount and may hold another host process's file by now.
         try:
             fd = os.open(f"/dev/loop{lease.index}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return
         try:
-            fcntl.ioctl(fd, LOOP_CLR_FD)
+            if _attached(fd) == lease.backing:
+                fcntl.ioctl(fd, LOOP_CLR_FD)
         except OSError:
             pass
         finally:
@@ -437,14 +437,26 @@ def _split_flags(flags: int) -> tuple[bytes, bytes]:
     return sb.encode(), str(attrs).encode()
 
 
-def _bound(fd: int) -> bool:
-    """Whether a loop device has a file attached (LOOP_GET_STATUS64 fails
-    with ENXIO on a free one)."""
+def _attached(fd: int) -> tuple[int, int] | None:
+    """The (st_dev, st_ino) of the file a loop device has attached
+    (loop_info64's lo_device and lo_inode); None on a free one
+    (LOOP_GET_STATUS64 fails with ENXIO)."""
     try:
-        fcntl.ioctl(fd, LOOP_GET_STATUS64, bytes(_LOOP_INFO64_SIZE))
+        info = fcntl.ioctl(fd, LOOP_GET_STATUS64, bytes(_LOOP_INFO64_SIZE))
     except OSError as exc:
-        return exc.errno != errno.ENXIO
-    return True
+        if exc.errno == errno.ENXIO:
+            return None
+        raise
+    dev, ino = struct.unpack_from("=QQ", info)
+    return dev, ino
+
+
+def _bound(fd: int) -> bool:
+    """Whether a loop device has a file attached."""
+    try:
+        return _attached(fd) is not None
+    except OSError:
+        return True
 
 
 def _access_mode(tid: int, fd: int) -> int | None:

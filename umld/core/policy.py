@@ -61,7 +61,6 @@ class MachinePolicy:
         "affinity",
         "cpuid_own",
         "cpus",
-        "ctrl_alt_del",
         "loops",
         "net_accept_open",
         "net_connect",
@@ -88,8 +87,6 @@ class MachinePolicy:
         self.cpus: list[int] | None = None
         #: cpuid = own: the guest's CPUID is emulated (privileged.py).
         self.cpuid_own = False
-        #: reboot(2)'s Ctrl-Alt-Del flag of the machine (sys_reboot.py).
-        self.ctrl_alt_del = True
         #: devices/loop: the loop devices leased to the machine; None
         #: without the setting.
         self.loops: MachineLoops | None = None

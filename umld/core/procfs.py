@@ -92,9 +92,13 @@ def host_root() -> bool:
 
 
 #: capabilities(7).
+CAP_FOWNER = 3
+CAP_LINUX_IMMUTABLE = 9
 CAP_SYS_ADMIN = 21
+CAP_SYS_BOOT = 22
 CAP_SYS_RESOURCE = 24
 CAP_SYS_TIME = 25
+CAP_MKNOD = 27
 
 
 def status_mask(pid: int | str, field: str) -> int:

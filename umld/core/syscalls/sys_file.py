@@ -139,7 +139,6 @@ def mknodat(ctx: SyscallContext) -> Outcome:
 #: The character devices the machine's /dev offers (sandbox.c, op_dev):
 #: null, zero, full, random, urandom, tty (devices.txt).
 MACHINE_DEVICES = frozenset({(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0)})
-CAP_MKNOD = 27
 AT_FDCWD = -100
 
 
@@ -168,7 +167,7 @@ def _device_node(
     tid = ctx.task.tid
     if tid in ctx.kernel.internal:
         return None  # the sandbox building the machine (its /dev's nodes)
-    if (kind == stat.S_IFCHR and dev == 0) or not procfs.has_capability(CAP_MKNOD, tid):
+    if (kind == stat.S_IFCHR and dev == 0) or not procfs.has_capability(procfs.CAP_MKNOD, tid):
         return None
     if kind == stat.S_IFCHR and (major, minor) in MACHINE_DEVICES:
         where = b"any"

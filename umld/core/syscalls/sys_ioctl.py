@@ -24,7 +24,6 @@ LOOP_REQUESTS = loopdev.CONTROL_REQUESTS + loopdev.DEVICE_REQUESTS
 FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_FSSETXATTR = 0x40086602, 0x40046602, 0x401C5820
 FLAG_REQUESTS = (FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_FSSETXATTR)
 _FLAG_ARG_SIZE = {FS_IOC_SETFLAGS: 4, FS_IOC32_SETFLAGS: 4, FS_IOC_FSSETXATTR: 28}
-CAP_LINUX_IMMUTABLE, CAP_FOWNER = 9, 3
 
 
 def ioctl(ctx: SyscallContext) -> Outcome:
@@ -97,11 +96,11 @@ def file_flags(ctx: SyscallContext, cmd: int) -> Outcome:
     if loops is None:
         return None
     st = loops.file_on_own(tid, fd)
-    if st is None or not procfs.has_capability(CAP_LINUX_IMMUTABLE, tid):
+    if st is None or not procfs.has_capability(procfs.CAP_LINUX_IMMUTABLE, tid):
         return None
     ids = procfs.status(tid, ("Uid",)).get("Uid", "").split()
     owner = len(ids) == 4 and int(ids[3]) == st.st_uid
-    if not owner and not procfs.has_capability(CAP_FOWNER, tid):
+    if not owner and not procfs.has_capability(procfs.CAP_FOWNER, tid):
         return None
     arg = ctx.read(ctx.args[2], _FLAG_ARG_SIZE[cmd])
     try:

@@ -9,9 +9,9 @@ kernel owns its machine's reboot as Linux owns the host's:
 * the capability is the caller's own (its effective set, in the guest's
   namespaces), checked first: EPERM without it;
 * then the magic numbers (EINVAL);
-* LINUX_REBOOT_CMD_CAD_ON and CAD_OFF set the machine's own
-  Ctrl-Alt-Del flag (nothing sends the machine Ctrl-Alt-Del, so it only
-  is what the guest set);
+* LINUX_REBOOT_CMD_CAD_ON and CAD_OFF succeed and change nothing: the
+  flag says what Ctrl-Alt-Del does, and nothing sends a machine
+  Ctrl-Alt-Del (no state is kept for it);
 * RESTART and RESTART2 end the machine as a reboot ends a pid namespace
   (reboot_pid_ns, pid_namespaces(7)): every guest process is killed and
   the machine's first process counts as killed by SIGHUP; HALT and
@@ -36,7 +36,6 @@ MAGIC1 = 0xFEE1DEAD
 MAGIC2 = frozenset({672274793, 85072278, 369367448, 537993216})
 CMD_RESTART, CMD_HALT, CMD_CAD_ON, CMD_CAD_OFF = 0x01234567, 0xCDEF0123, 0x89ABCDEF, 0
 CMD_POWER_OFF, CMD_RESTART2 = 0x4321FEDC, 0xA1B2C3D4
-CAP_SYS_BOOT = 22
 _ENDS = {
     CMD_RESTART: signal.SIGHUP,
     CMD_RESTART2: signal.SIGHUP,
@@ -47,14 +46,13 @@ _ENDS = {
 
 def reboot(ctx: SyscallContext) -> Outcome:
     """Implements Linux syscall reboot(2) for the machine."""
-    if not procfs.has_capability(CAP_SYS_BOOT, ctx.task.tid):
+    if not procfs.has_capability(procfs.CAP_SYS_BOOT, ctx.task.tid):
         raise GuestError(errno.EPERM)
     magic1, magic2 = ctx.args[0] & 0xFFFFFFFF, ctx.args[1] & 0xFFFFFFFF
     if magic1 != MAGIC1 or magic2 not in MAGIC2:
         raise GuestError(errno.EINVAL)
     cmd = ctx.args[2] & 0xFFFFFFFF
     if cmd in (CMD_CAD_ON, CMD_CAD_OFF):
-        ctx.policy.ctrl_alt_del = cmd == CMD_CAD_ON
         return 0
     end = _ENDS.get(cmd)
     if end is None:

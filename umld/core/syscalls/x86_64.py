@@ -307,7 +307,7 @@ TABLE = SyscallTable("x86_64", (
     D(167, "swapon", FILE, "would change the host's swap"),
     D(168, "swapoff", FILE, "would change the host's swap"),
     E(169, "reboot", SYSTEM, sys_reboot.reboot,
-      "the machine's: CAD_ON/OFF its own flag; restart, halt, power off end the machine"),
+      "the machine's: CAD_ON/OFF succeed; restart, halt, power off end the machine"),
     E(170, "sethostname", UTS, sys_utsname.sethostname, "changes only the guest's name"),
     E(171, "setdomainname", UTS, sys_utsname.setdomainname, "changes only the guest's name"),
     E(172, "iopl", SYSTEM, sys_io.iopl, IOPL_NOTE),
