@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import User, run, umld_argv
+from tests.conftest import User, run, umld_argv, wait_for
 from umld.core import procfs
 
 pytestmark = [
@@ -161,6 +161,54 @@ exit 0
     assert Path(host_device).exists()
     with open(host_device, "rb") as f:
         assert f.read(11) == b"host secret"
+
+
+def test_an_autoclear_device_leaves_the_machine_at_its_unmount(
+    backend: str, tmp_path: Path
+) -> None:
+    """``mount -o loop`` attaches with autoclear.  After the guest's unmount
+    the device is free on the host as natively, and no longer the guest's:
+    a file a host process binds to it then never reaches the guest."""
+    image, secret = tmp_path / "auto.img", tmp_path / "secret.img"
+    subprocess.run(["truncate", "-s", "8M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    secret.write_bytes(b"host secret\n" + bytes(1 << 20))
+    devfile, unmounted, bound = tmp_path / "dev", tmp_path / "unmounted", tmp_path / "bound"
+    script = tmp_path / "auto.sh"
+    script.write_text(
+        f"""set -e
+mkdir /tmp/m
+mount -o loop {image} /tmp/m
+losetup -j {image} | cut -d: -f1 > {devfile}
+umount /tmp/m
+touch {unmounted}
+while [ ! -e {bound} ]; do sleep 0.05; done
+dev=$(cat {devfile})
+test -e "$dev" || echo "node gone"
+head -c 11 "$dev" 2>/dev/null || echo "nothing read"
+losetup -a | grep -c . || true
+"""
+    )
+    argv = [*umld_argv(backend, "--devices-loop=1"), "sh", str(script)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dev = ""
+    try:
+        wait_for(lambda: unmounted.exists() or proc.poll() is not None, "the guest's unmount")
+        assert proc.poll() is None, proc.communicate()
+        dev = devfile.read_text().strip()
+        assert dev.startswith("/dev/loop")
+        wait_for(lambda: _attached_to(image) == [], "the autoclear detach")
+        subprocess.run(["losetup", dev, str(secret)], check=True)
+        bound.touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if dev:
+            subprocess.run(["losetup", "-d", dev], check=False)
+    assert proc.returncode == 0, err
+    assert out.splitlines() == ["node gone", "nothing read", "0"]
 
 
 def test_without_the_setting_there_is_no_loop_control(backend: str) -> None:

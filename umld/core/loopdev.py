@@ -29,16 +29,27 @@ user:
   then lets the claim go: mkfs and mount claim the device themselves.
   Every other request on a leased device (LOOP_SET_STATUS, BLKGETSIZE64,
   LOOP_SET_CAPACITY, ...) runs natively, the caller's own.
+* While a file is attached, umld keeps a plain descriptor of the device
+  too, so that autoclear (``mount -o loop``'s LO_FLAGS_AUTOCLEAR, which
+  detaches a device at its last close) never frees it while its node is
+  still in the guest's /dev: a host process could otherwise bind its own
+  file to the free device and the guest open it.  umld does the
+  autoclear itself instead: after each of the guest's unmounts, a device
+  with the flag that nothing of the machine holds any more (no mount
+  claims it, no guest process has a descriptor of it) loses its node and
+  its lease, then umld's close detaches it, as the guest's last close
+  would have natively.  A device the guest still holds a descriptor of
+  stays attached and leased until it detaches it or the machine ends.
 * The guest's LOOP_CLR_FD runs natively; the device detaches at its last
   close (loop_clr_fd sets autoclear) and the lease ends then: umld removes
-  the node at the call, so once the guest's descriptors are closed
-  nothing of the machine reaches the device again.  What is left: a guest
-  that keeps a descriptor open keeps the device bound to its own file
-  (others' attaches fail with EBUSY), and one that detached and still
-  holds a descriptor of the now free device could read what another host
-  process binds to it later; the same race Linux's GET_FREE has for any
-  two users of loop-control, and the reason the setting is off by
-  default.
+  the node and closes its own descriptor at the call, so once the guest's
+  descriptors are closed nothing of the machine reaches the device again.
+  What is left: a guest that keeps a descriptor open keeps the device
+  bound to its own file (others' attaches fail with EBUSY), and one that
+  detached and still holds a descriptor of the now free device could read
+  what another host process binds to it later; the same race Linux's
+  GET_FREE has for any two users of loop-control, and the reason the
+  setting is off by default.
 * mount(2) of a leased device (syscalls/sys_mount.py) is done for the
   guest by ``umld-sandbox guestmount`` (sandbox.c, syscalls/_guest.py):
   the new mount API in the initial user namespace, *always nodev* (a device node on an image the
@@ -87,6 +98,7 @@ LOOP_CTL_ADD = 0x4C80
 LOOP_CTL_REMOVE = 0x4C81
 LOOP_CTL_GET_FREE = 0x4C82
 LO_FLAGS_READ_ONLY = 1
+LO_FLAGS_AUTOCLEAR = 4
 #: struct loop_config: __u32 fd, __u32 block_size, struct loop_info64
 #: (232 bytes, lo_flags at 52), __u64 __reserved[8].
 LOOP_CONFIG_SIZE = 304
@@ -136,6 +148,9 @@ class Lease:
     claim: int | None
     #: The attached file (st_dev, st_ino), once attached.
     backing: tuple[int, int] | None = None
+    #: umld's plain descriptor while a file is attached: autoclear never
+    #: frees the device under the lease (:meth:`MachineLoops.unmounted`).
+    hold: int | None = None
 
 
 class MachineLoops:
@@ -247,6 +262,9 @@ class MachineLoops:
         finally:
             os.close(fd)
         lease.backing = (st.st_dev, st.st_ino)
+        # The same device, opened anew without the exclusive claim (which
+        # mkfs and mount need): held until the lease ends.
+        lease.hold = os.open(f"/proc/self/fd/{lease.claim}", os.O_RDONLY | os.O_CLOEXEC)
         os.close(lease.claim)
         lease.claim = None
 
@@ -257,6 +275,58 @@ class MachineLoops:
             return  # nothing attached: the call fails natively with ENXIO
         del self.leases[lease.index]
         self._remove_node(tid, lease)
+        self._let_go(lease)
+
+    def unmounted(self, tid: int, tgids: list[int]) -> None:
+        """The guest unmounted a file system: autoclear, as the devices'
+        last close would have made it natively, of every attached device
+        with LO_FLAGS_AUTOCLEAR that nothing of the machine's holds (no
+        mount, no descriptor of one of the processes ``tgids``).  Its node
+        goes first, then the lease and umld's descriptor (the device
+        detaches at that close)."""
+        for lease in list(self.leases.values()):
+            if lease.hold is None or not _autoclear(lease.hold):
+                continue
+            if self._in_use(lease, tgids):
+                continue
+            self._remove_node(tid, lease)
+            # A guest process may have opened the node meanwhile: the
+            # device stays leased, its node back.
+            if self._in_use(lease, tgids):
+                self._make_node(tid, lease)
+                continue
+            del self.leases[lease.index]
+            self._let_go(lease)
+
+    @staticmethod
+    def _in_use(lease: Lease, tgids: list[int]) -> bool:
+        """Whether a mount claims the device or a guest process has a
+        descriptor of it."""
+        assert lease.hold is not None
+        try:
+            # A mounted file system claims its device: O_EXCL fails (EBUSY).
+            os.close(os.open(f"/proc/self/fd/{lease.hold}", os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC))
+        except OSError:
+            return True
+        for pid in tgids:
+            try:
+                names = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for name in names:
+                try:
+                    st = os.stat(f"/proc/{pid}/fd/{name}")
+                except OSError:
+                    continue
+                if stat.S_ISBLK(st.st_mode) and st.st_rdev == lease.rdev:
+                    return True
+        return False
+
+    @staticmethod
+    def _let_go(lease: Lease) -> None:
+        if lease.hold is not None:
+            os.close(lease.hold)
+            lease.hold = None
 
     def file_on_own(self, tid: int, fd: int) -> os.stat_result | None:
         """The guest's descriptor's file when it is a regular file or a
@@ -407,12 +477,11 @@ class MachineLoops:
             lease.claim = None
             return
         # Attached: detach it at its last close (the guest's mounts of it
-        # go with the machine's mount namespace), if it still holds the
-        # guest's file: one the guest mounted with autoclear detached at
-        # its unmount and may hold another host process's file by now.
-        try:
-            fd = os.open(f"/dev/loop{lease.index}", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        # go with the machine's mount namespace).  umld's descriptor kept
+        # autoclear from freeing it, so it still holds the guest's file;
+        # checked all the same before the detach.
+        fd = lease.hold
+        if fd is None:
             return
         try:
             if _attached(fd) == lease.backing:
@@ -420,7 +489,7 @@ class MachineLoops:
         except OSError:
             pass
         finally:
-            os.close(fd)
+            self._let_go(lease)
 
     def close(self) -> None:
         """The machine has ended: every claim released, every device still
@@ -449,6 +518,16 @@ def _attached(fd: int) -> tuple[int, int] | None:
         raise
     dev, ino = struct.unpack_from("=QQ", info)
     return dev, ino
+
+
+def _autoclear(fd: int) -> bool:
+    """Whether a loop device detaches at its last close (lo_flags)."""
+    try:
+        info = fcntl.ioctl(fd, LOOP_GET_STATUS64, bytes(_LOOP_INFO64_SIZE))
+    except OSError:
+        return False
+    (flags,) = struct.unpack_from("=I", info, 52)
+    return bool(flags & LO_FLAGS_AUTOCLEAR)
 
 
 def _bound(fd: int) -> bool:

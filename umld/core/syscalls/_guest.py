@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Callable
 
 from umld.core.syscalls.context import SyscallContext
 from umld.core.syscalls.table import Offloaded, Outcome
@@ -24,8 +25,11 @@ from umld.errors import get_logger
 log = get_logger("umld.guestmount")
 
 
-def by_helper(ctx: SyscallContext, words: list[bytes]) -> Outcome:
-    """Complete the guest's call with ``guestmount TID *words``'s answer."""
+def by_helper(
+    ctx: SyscallContext, words: list[bytes], then: Callable[[int], None] | None = None
+) -> Outcome:
+    """Complete the guest's call with ``guestmount TID *words``'s answer;
+    ``then`` gets it first, on the tracer thread."""
     from umld.core.sandbox import SANDBOX
 
     argv = [os.fsencode(SANDBOX), b"guestmount", str(ctx.task.tid).encode(), *words]
@@ -33,7 +37,13 @@ def by_helper(ctx: SyscallContext, words: list[bytes]) -> Outcome:
 
     def main() -> None:
         result = run(argv)
-        kernel.post(lambda: kernel.finish(tid, hold, result))
+
+        def complete() -> None:
+            if then is not None:
+                then(result)
+            kernel.finish(tid, hold, result)
+
+        kernel.post(complete)
 
     threading.Thread(target=main, name="umld-guestmount", daemon=True).start()
     raise hold

@@ -13,6 +13,7 @@ one of its machine's leased loop devices, which umld mounts for it
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
 from umld.core import loopdev, procfs
 from umld.core.syscalls import _guest
@@ -84,21 +85,30 @@ def umount2(ctx: SyscallContext) -> Outcome:
         # would fail with EAGAIN again).
         return None
     target = ctx.read_string(ctx.args[0])
-    lease = loops.mounted_lease(ctx.task.tid, target)
+    tid = ctx.task.tid
+    lease = loops.mounted_lease(tid, target)
+
+    def unmounted(result: int) -> None:
+        if result == 0:
+            # A device attached with autoclear may be free now.
+            loops.unmounted(tid, [int(pid) for pid in ctx.kernel.processes])
+
     if lease is None or not flags & MNT_FORCE:
-        dev = loops.own_fs(ctx.task.tid, target)
+        dev = loops.own_fs(tid, target)
         if dev is None:
-            return None
+            return None if lease is None else AtExit(unmounted)
         return AtExit(lambda result: loops.own_devs.discard(dev) if result == 0 else None)
-    return _by_helper(ctx, loops.umount_words(lease, target, flags))
+    return _by_helper(ctx, loops.umount_words(lease, target, flags), unmounted)
 
 
-def _by_helper(ctx: SyscallContext, words: list[bytes]) -> Outcome:
+def _by_helper(
+    ctx: SyscallContext, words: list[bytes], then: Callable[[int], None] | None = None
+) -> Outcome:
     """Have umld's helper make the call (_guest.py): a guest root's (with
     CAP_SYS_ADMIN in its own namespaces, as the call needs natively)."""
     if not procfs.has_capability(procfs.CAP_SYS_ADMIN, ctx.task.tid):
         raise GuestError(errno.EPERM)
-    return _guest.by_helper(ctx, words)
+    return _guest.by_helper(ctx, words, then)
 
 
 def pivot_root(ctx: SyscallContext) -> Outcome:
