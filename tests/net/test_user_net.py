@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import User, wait_for
+from tests.conftest import TEST_BINDS, User, wait_for
 from tests.net.conftest import Internet, free_port, server_port
 
 pytestmark = pytest.mark.uses_ptrace
@@ -234,7 +234,9 @@ def _gone(pid: int) -> bool:
 def test_pasta_ends_with_umld_even_when_umld_is_killed() -> None:
     """pasta holds the machine's namespace and the host's ports: SIGKILL
     of umld ends it too (its parent-death signal, umld-sandbox tied)."""
-    with subprocess.Popen([*umld(), "sleep", "60"], stdout=subprocess.DEVNULL) as proc:
+    # The network comes up at its first use: ip(8)'s netlink socket.
+    guest = ["sh", "-c", "ip -o link >/dev/null; exec sleep 60"]
+    with subprocess.Popen([*umld(), *guest], stdout=subprocess.DEVNULL) as proc:
 
         def pasta() -> int | None:
             for child in _children(proc.pid):
@@ -253,3 +255,44 @@ def test_pasta_ends_with_umld_even_when_umld_is_killed() -> None:
         assert isinstance(found, int)
         proc.wait()
         wait_for(lambda: _gone(found), "pasta to end with umld", timeout=10)
+
+
+def _pasta_under(pid: int) -> int | None:
+    for child in _children(pid):
+        try:
+            with open(f"/proc/{child}/comm") as f:
+                if f.read().strip().startswith(("pasta", "passt")):
+                    return child
+        except OSError:
+            pass
+    return None
+
+
+def test_the_network_comes_up_at_its_first_use(tmp_path: Path) -> None:
+    """A guest that opens no socket costs no pasta; its first socket(2)
+    that reaches a network waits until pasta has configured the
+    interface: the default route is there when the call returns."""
+    started, go = tmp_path / "started", tmp_path / "go"
+    script = (
+        "route() { awk '$2 == \"00000000\"' /proc/net/route | wc -l; }\n"
+        f"route; touch {started}\n"
+        f"while [ ! -e {go} ]; do sleep 0.05; done\n"
+        # AF_UNIX sockets never wait, nor bring the network up.
+        "python3 -c 'import socket; socket.socketpair(); socket.socket(socket.AF_UNIX)'\n"
+        "route\n"
+        "python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)'\n"
+        "route\n"
+    )
+    argv = [*UMLD, *TEST_BINDS, "--", "sh", "-c", script]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            wait_for(lambda: started.exists() or proc.poll() is not None, "the guest's start")
+            assert proc.poll() is None
+            assert _pasta_under(proc.pid) is None
+            go.touch()
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, err
+    assert out.split() == ["0", "0", "1"]

@@ -73,7 +73,7 @@ def _probes(row: Syscall) -> list[tuple[int, ...]]:
     words, which 32-bit tests must ignore) and the same with each test
     broken in turn."""
     out: list[tuple[int, ...]] = [(0,) * 6, (0xFFFFFFFFFFFFFFFF,) * 6]
-    for clause in row.when:
+    for clause in (*row.when, *(c for _, tests in row.also for c in tests)):
         tests = clause.tests if isinstance(clause, AllOf) else (clause,)
         args = [0xDEAD_0000_0000_0000] * 6
         for t in tests:
@@ -134,9 +134,22 @@ def test_conditional_rows_stop_only_for_their_arguments() -> None:
     assert evaluate(prog, openat, args=(0, 0, 0o1, 0o4755, 0, 0)) == SECCOMP_RET_ALLOW
     assert evaluate(prog, openat, args=(0, 0, 0o100, 0o644, 0, 0)) == SECCOMP_RET_ALLOW
     socket = x86.by_name("socket").nr
-    assert evaluate(prog, socket, args=(2, 1, 0, 0, 0, 0)) == SECCOMP_RET_ALLOW  # TCP
-    assert evaluate(prog, socket, args=(2, 1 | 0o4000, 132, 0, 0, 0)) == SECCOMP_RET_TRACE
-    assert evaluate(prog, socket, args=(10, 5 | 0o2000000, 0, 0, 0, 0)) == SECCOMP_RET_TRACE
+    live = machine_filter({"live"})
+    assert evaluate(live, socket, args=(2, 1, 0, 0, 0, 0)) == SECCOMP_RET_ALLOW  # TCP
+    assert evaluate(live, socket, args=(2, 1 | 0o4000, 132, 0, 0, 0)) == SECCOMP_RET_TRACE
+    assert evaluate(live, socket, args=(10, 5 | 0o2000000, 0, 0, 0, 0)) == SECCOMP_RET_TRACE
+    # A network that comes up at its first use: every family but AF_UNIX
+    # stops (the first waits), in a live machine or not.
+    for feats in ({"lazynet"}, {"lazynet", "live"}):
+        lazy = machine_filter(feats)
+        assert evaluate(lazy, socket, args=(2, 1, 0, 0, 0, 0)) == SECCOMP_RET_TRACE
+        assert evaluate(lazy, socket, args=(16, 3, 0, 0, 0, 0)) == SECCOMP_RET_TRACE  # netlink
+        assert evaluate(lazy, socket, args=(1, 1, 0, 0, 0, 0)) == SECCOMP_RET_ALLOW
+        assert evaluate(lazy, socket, args=(1, 5, 0, 0, 0, 0)) == (
+            SECCOMP_RET_TRACE if "live" in feats else SECCOMP_RET_ALLOW
+        )
+        assert check_filter(lazy, feats) == []
+    assert evaluate(machine_filter(set()), socket, args=(2, 1, 0, 0, 0, 0)) == SECCOMP_RET_ALLOW
     socketcall = i386.by_name("socketcall").nr
     for call, want in ((3, True), (1, True), (9, False), (11, True), (16, True), (20, True)):
         got = evaluate(prog, socketcall, AUDIT_ARCH_I386, (call, 0, 0, 0, 0, 0))

@@ -552,6 +552,8 @@ class Host:
                 files.loops = kernel.policy.loops = MachineLoops(
                     cfg.devices_loop, prep.ids.uid, prep.ids.gid + 6
                 )
+            if files.net is not None and files.net.lazy:
+                kernel.policy.network = files.net
             if cfg.tty:
                 from umld.core.tty import DEFAULT_SIZE, MachineTerminal
 

@@ -400,11 +400,19 @@ class GuestKernel:
             # (it stops here only in full-trace mode).
             or (
                 row.needs
+                and row.needs != TRACER
                 and self.features is not None
                 and row.needs not in self.features
-                and row.needs != TRACER
+                and (not row.also or row.conditions(self.features) is None)
             )
-            or (row.when and not row.stops_for(ev.args, wide=arch is Arch.X86_64))
+            or (
+                (row.when or row.also)
+                and not row.stops_for(
+                    ev.args,
+                    wide=arch is Arch.X86_64,
+                    have=None if row.needs == TRACER else self.features,
+                )
+            )
         ):
             task.current_syscall = key
             self.tracer.resume(tid, stop_at_exit=trace is not None)

@@ -22,7 +22,7 @@ from umld.core.control import MachineControl
 from umld.core.ids import IdRange, lease as lease_ids
 from umld.core.kernel import TERMINATING_SIGNALS, GuestKernel
 from umld.core.live import write_cpu_views
-from umld.core.net import MachineNet, Publish, check as check_net
+from umld.core.net import MachineNet, Publish, check as check_net, lazy_network
 from umld.core.policy import UtsState
 from umld.core.sandbox import (
     Layout,
@@ -266,6 +266,7 @@ def prepare(
             link=cfg.net_link,
             forward=cfg.net_forward,
             mac=vde.mac_for(name) if cfg.net.startswith("vde:") else None,
+            lazy=lazy_network(cfg.net, cfg.publish),
         )
     upper = None
     if layout.copy_on_write:
@@ -336,6 +337,8 @@ def features(*, live: bool, vcpus: int | None, cfg: Config | None = None) -> set
         out.add("vcpus")
     if cfg is not None and cfg.cpuid == "own":
         out.add("cpuid")
+    if cfg is not None and lazy_network(cfg.net, cfg.publish):
+        out.add("lazynet")
     if procfs.host_root():
         # Root of a machine (nesting) writes as its host machine's root,
         # whose guest kernel already refuses these writes.

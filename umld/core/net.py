@@ -186,6 +186,19 @@ def engine() -> tuple[str, str]:
     )
 
 
+def lazy_network(mode: str, publish: Sequence[Publish] = ()) -> bool:
+    """Whether a machine's network starts at its first use: user mode
+    without published ports.  pasta takes ~30 ms to start, six times what
+    a whole machine's start may cost, and most programs never open a
+    socket; the guest's first socket(2) of a family other than AF_UNIX
+    (the seccomp filter stops it, feature "lazynet") waits until pasta has
+    configured the interface, so no program sees it unconfigured.  Before
+    then only /proc/net and /sys/class/net, read without a socket, show
+    the loopback alone.  Published ports are listened on from the start,
+    so their machines start their network with them."""
+    return mode == "user" and not publish
+
+
 def check(mode: str, publish: Sequence[Publish] = ()) -> None:
     """What a machine's start needs for ``mode``, checked before it starts:
     UmldError, one line, otherwise."""
@@ -235,8 +248,13 @@ class MachineNet:
         forward: str = "auto",
         on_event: Callable[[str], None] | None = None,
         mac: str | None = None,
+        lazy: bool = False,
     ) -> None:
         self.mode = mode
+        #: Whether the helper starts at the network's first use (the
+        #: guest's first socket(2) that needs it, or a view of it) rather
+        #: than before the guest's first instruction (``lazy_network``).
+        self.lazy = lazy
         #: The MAC of a vde interface (stable per machine name).
         self._mac = mac
         self._rundir = rundir
@@ -262,6 +280,14 @@ class MachineNet:
         self.ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: A lazy network: asked for (or the machine ended), and what to
+        #: call once it is up (or failed: it will be no more).
+        self._wanted = threading.Event()
+        self._waiters: list[Callable[[], None]] = []
+        self._settled = False
+        self._up_lock = threading.Lock()
+        #: Where to watch a lazy network come up (bring_up's ``pid``).
+        self._probe: int | None = None
 
     # -- start ---------------------------------------------------------------------
 
@@ -285,6 +311,7 @@ class MachineNet:
     def close(self) -> None:
         """The machine has ended: its helper goes, and the descriptors."""
         self._ended.set()
+        self._wanted.set()
         if self._thread is None:
             self._stage_end.close()
             self._ours.close()
@@ -295,7 +322,9 @@ class MachineNet:
             if pid is None:
                 return
             try:
-                self._connect(pid)
+                self._open(pid)
+                if not self.lazy:
+                    self._attach()
                 answer = "ok"
             except UmldError as exc:
                 answer = str(exc).removeprefix("umld: ")
@@ -304,11 +333,80 @@ class MachineNet:
                 answer = f"the machine's network could not start: {exc}"
             with contextlib.suppress(OSError):
                 self._ours.sendall((" ".join(answer.split()) + "\n").encode())
-            if answer == "ok":
+            if answer == "ok" and not self.lazy:
                 self.ready.set()
+            elif answer == "ok":
+                self._wanted.wait()
+                if not self._ended.is_set():
+                    self._come_up()
             self._ended.wait()
         finally:
             self._end()
+
+    # -- a network that comes up at its first use -----------------------------------
+
+    @property
+    def is_up(self) -> bool:
+        """Whether a socket(2) need not wait: the network is up, or failed
+        to come up (the guest's sockets then go on without it), or the
+        sandbox is still making the namespace (its own sockets bring the
+        loopback up before it asks for the network, "netsync")."""
+        return self._settled or self.pid is None
+
+    def bring_up(self, then: Callable[[], None], pid: int | None = None) -> bool:
+        """True when the network is up already; otherwise have it brought
+        up (on this machine's network thread) and call ``then`` from that
+        thread once it is.  ``pid``: a process of the guest's in the
+        namespace that stays while it comes up (the first may be gone)."""
+        with self._up_lock:
+            if self._settled:
+                return True
+            if pid is not None and self._probe is None:
+                self._probe = pid
+            self._waiters.append(then)
+        self._wanted.set()
+        return False
+
+    def _come_up(self) -> None:
+        """Start the helper now (a lazy network's first use)."""
+        used = (self._link, self._address)
+        try:
+            self._attach()
+            self.ready.set()
+        except Exception as exc:
+            why = str(exc).removeprefix("umld: ")
+            if not isinstance(exc, UmldError):
+                log.exception("the machine's network failed")
+            else:
+                log.warning("the machine's network did not come up: %s", why)
+            self._report(f"net: the network did not come up: {why}")
+        with self._up_lock:
+            self._settled = True
+            waiters, self._waiters = self._waiters, []
+        if self.ready.is_set() and (self._link, self._address) != used:
+            # A live setting written while it came up.
+            with contextlib.suppress(NetError, OSError, subprocess.SubprocessError):
+                if self._address != used[1] and self._address is not None:
+                    self.set_address(self._address)
+                if self._link != used[0]:
+                    self.set_link(self._link)
+        for then in waiters:
+            then()
+
+    def ensure_up(self) -> None:
+        """A view of the network (any thread but the tracer's): a lazy one
+        comes up first, once the guest's first process has its namespace."""
+        if not self.lazy or self._settled or self.pid is None:
+            return
+        done = threading.Event()
+        if not self.bring_up(done.set):
+            done.wait(START_TIMEOUT + 5)
+
+    def defers(self) -> bool:
+        """Whether a live setting waits for the network's first use (kept,
+        applied when it comes up)."""
+        with self._up_lock:
+            return self.lazy and not self._settled
 
     def _request(self) -> int | None:
         """Waits for the first process's one line; its pid (None: the
@@ -332,7 +430,8 @@ class MachineNet:
             return None
         return int(pid)
 
-    def _connect(self, pid: int) -> None:
+    def _open(self, pid: int) -> None:
+        """The namespaces of the guest's first process, kept."""
         self.pid = pid
         try:
             self._netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -347,6 +446,11 @@ class MachineNet:
                 self._admin = fcntl.ioctl(self._userns, NS_GET_PARENT)
         except OSError as exc:
             raise UmldError(f"umld: the machine's network namespace: {exc.strerror}") from None
+
+    def _attach(self) -> None:
+        """Connect the namespace: the helper of the mode, the settings."""
+        pid = self._probe or self.pid
+        assert pid is not None
         if self.mode == "user":
             kind, path = engine()
             if kind == "pasta":
@@ -596,6 +700,7 @@ class MachineNet:
         raise NetError("the machine has no network interface (--net none)")
 
     def interfaces(self) -> list[Interface]:
+        self.ensure_up()
         out = []
         for link in json.loads(self._ip("-j", "addr", "show") or "[]"):
             addrs = tuple(f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", ()))
@@ -690,8 +795,9 @@ def _apply(control: MachineControl, what: str, value: str) -> None:
     from umld.core.settings import SettingError
 
     net = control.files.net
-    if net is not None and net.pid is None and control.guest_process() is None:
-        # Before the guest asked for its network: applied when it does.
+    if net is not None and ((net.pid is None and control.guest_process() is None) or net.defers()):
+        # Before the guest asked for its network, or before its first use
+        # (lazy): applied when it comes up.
         net.initial(**{what: value})
         return
     try:
@@ -726,6 +832,8 @@ def address(control: MachineControl) -> str | None:
     """``config/net/address`` as it is: the interface's first address
     (pasta's, the guest's own change, or the last one set)."""
     net = control.files.net
+    if net is not None:
+        net.ensure_up()
     if net is None or not net.ready.is_set():
         return None if net is None else net._address
     try:

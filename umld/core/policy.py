@@ -11,10 +11,24 @@ sees the old value or the new one, never a mix, under the GIL.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, final
 
 if TYPE_CHECKING:
     from umld.core.loopdev import MachineLoops
+
+
+class LazyNetwork(Protocol):
+    """A machine's network that comes up at its first use (net.MachineNet)."""
+
+    @property
+    def is_up(self) -> bool:
+        """Whether it is up (or failed to come up: it will not be more)."""
+
+    def bring_up(self, then: Callable[[], None], pid: int | None = None) -> bool:
+        """True when it is up already; otherwise start bringing it up and
+        call ``then`` (from any thread) once it is (``pid``: the asking
+        guest process, in the network's namespace)."""
 
 
 @final
@@ -64,6 +78,7 @@ class MachinePolicy:
         "loops",
         "net_accept_open",
         "net_connect",
+        "network",
         "trace_events",
         "uts",
         "vcpus",
@@ -90,6 +105,9 @@ class MachinePolicy:
         #: devices/loop: the loop devices leased to the machine; None
         #: without the setting.
         self.loops: MachineLoops | None = None
+        #: A network that comes up at the first socket(2) that needs it;
+        #: None when there is none or it came up with the machine.
+        self.network: LazyNetwork | None = None
 
     def cpu_count(self) -> int:
         """The machine's CPUs, as the guest counts them."""

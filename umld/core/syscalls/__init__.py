@@ -52,10 +52,12 @@ def check_filter(program: bytes, features: Iterable[str] | None = None) -> list[
             row = table.lookup(nr)
             probes = row.probe_args() if row is not None else [(0,) * 6]
             for args in probes:
-                traps = row is not None and row.in_machine_filter
-                if row is not None and row.needs and have is not None:
-                    traps = traps and row.needs in have
-                want = traps and row is not None and row.stops_for(args, wide=abi == "x86_64")
+                want = (
+                    row is not None
+                    and row.in_machine_filter
+                    and row.conditions(have) is not None
+                    and row.stops_for(args, wide=abi == "x86_64", have=have)
+                )
                 got = evaluate(program, nr, arch, args)
                 if got != (SECCOMP_RET_TRACE if want else SECCOMP_RET_ALLOW):
                     name = row.name if row is not None else f"syscall_{nr}"

@@ -508,7 +508,8 @@ NAMES: dict[int, str] = {
 OWN = (
     E(102, "socketcall", NETWORK, sys_net.socketcall,
       "multiplexer: each call goes to its x86_64 handler", "live",
-      tuple(ArgTest(0, "eq", call, label=name) for call, name in SOCKETCALL_POLICED.items())),
+      tuple(ArgTest(0, "eq", call, label=name) for call, name in SOCKETCALL_POLICED.items()),
+      also=[("lazynet", (ArgTest(0, "eq", 1, label="SYS_SOCKET"),))]),
     D(25, "stime", TIME, "would set the host clock"),
     D(404, "clock_settime64", TIME, "would set the host clock"),
     E(405, "clock_adjtime64", TIME, sys_time.clock_adjtime, "as adjtimex; other clocks native"),

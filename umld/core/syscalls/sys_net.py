@@ -274,10 +274,17 @@ IPPROTO_SCTP = 132
 SOCK_SEQPACKET = 5
 _SOCK_TYPE_MASK = 0xF
 _AF_INET, _AF_INET6 = 2, 10
+AF_UNIX = 1
+
+
+class NetworkHold(Hold):
+    """A socket(2) waiting for the machine's network to come up."""
 
 
 def socket(ctx: SyscallContext) -> Outcome:
-    """Implements Linux syscall socket(2) in a live machine: SCTP sockets
+    """Implements Linux syscall socket(2): the first socket of a family
+    that reaches a network waits for the machine's network, which comes
+    up at its first use (net.py, "lazy"); in a live machine, SCTP sockets
     are refused with EPROTONOSUPPORT, as by a kernel without SCTP.
 
     SCTP connects through setsockopt(2) (SCTP_SOCKOPT_CONNECTX) and sends
@@ -286,15 +293,31 @@ def socket(ctx: SyscallContext) -> Outcome:
     restrictive after a socket exists, so SCTP is refused in every live
     machine.  The filter stops socket(2) only for IPPROTO_SCTP or a
     SOCK_SEQPACKET/SOCK_RDM type (an IP SOCK_SEQPACKET socket with
-    protocol 0 is SCTP); everything else here runs natively.
+    protocol 0 is SCTP), and, while a lazy network may be down, for every
+    family but AF_UNIX; everything else here runs natively.
     """
     domain, kind, proto = ctx.arg_int(0), ctx.arg_int(1) & _SOCK_TYPE_MASK, ctx.arg_int(2)
-    if domain not in (_AF_INET, _AF_INET6):
+    if domain in (_AF_INET, _AF_INET6) and (
+        proto == IPPROTO_SCTP or (kind == SOCK_SEQPACKET and proto == 0)
+    ):
+        features = ctx.kernel.features
+        if features is None or "live" in features:
+            ctx.kernel.deny(ctx.task, "socket: SCTP (its connects and sends escape net/connect)")
+            raise GuestError(errno.EPROTONOSUPPORT)
+    network = ctx.policy.network
+    if network is None or domain == AF_UNIX or network.is_up:
         return None
-    if proto == IPPROTO_SCTP or (kind == SOCK_SEQPACKET and proto == 0):
-        ctx.kernel.deny(ctx.task, "socket: SCTP (its connects and sends escape net/connect)")
-        raise GuestError(errno.EPROTONOSUPPORT)
-    return None
+    kernel, tid = ctx.kernel, ctx.task.tid
+
+    def release() -> None:
+        kernel.release(tid, NetworkHold)
+
+    def up() -> None:
+        kernel.post(release)
+
+    if network.bring_up(up, ctx.task.tgid):
+        return None
+    raise NetworkHold()
 
 
 _SOCKETCALLS = {

@@ -145,6 +145,11 @@ class Syscall(NamedTuple):
     #: Argument tests (seccomp.ArgTest, AllOf): when given, the call stops
     #: only when one of them holds, and runs natively, unseen, otherwise.
     when: Conditions = ()
+    #: Other features under which the call stops too, each with argument
+    #: tests of its own (empty: always): socket(2) stops in a machine whose
+    #: network comes up at its first use ("lazynet") for every family but
+    #: AF_UNIX, whatever ``needs`` says.
+    also: tuple[tuple[str, Conditions], ...] = ()
 
     @property
     def traps(self) -> bool:
@@ -157,10 +162,30 @@ class Syscall(NamedTuple):
         of guest tracers only)."""
         return self.disposition is not Disposition.PASSTHROUGH and self.needs != TRACER
 
-    def stops_for(self, args: Sequence[int], *, wide: bool = True) -> bool:
-        """Whether a call with ``args`` is one the filter stops (its
-        argument tests hold); ``wide`` False for a 32-bit ABI."""
-        return conditions_hold(self.when, args, wide=wide)
+    def conditions(self, have: Iterable[str] | None = None) -> Conditions | None:
+        """The argument tests under which the call stops in a machine with
+        the features ``have`` (None: every feature): () always, None never
+        (``needs`` and every feature of ``also`` missing)."""
+        parts = []
+        if not self.needs or have is None or self.needs in have:
+            parts.append(self.when)
+        parts += [tests for feature, tests in self.also if have is None or feature in have]
+        if not parts:
+            return None
+        if any(not tests for tests in parts):
+            return ()
+        return tuple(clause for tests in parts for clause in tests)
+
+    def stops_for(
+        self, args: Sequence[int], *, wide: bool = True, have: Iterable[str] | None = None
+    ) -> bool:
+        """Whether a call with ``args`` is one the filter of a machine with
+        the features ``have`` stops (None: every feature); ``wide`` False
+        for a 32-bit ABI."""
+        tests = self.when if not self.also else self.conditions(have)
+        if tests is None:
+            return False
+        return conditions_hold(tests, args, wide=wide)
 
     def describe_when(self) -> str:
         """The argument tests, for ``umld syscalls``; "" when none."""
@@ -178,6 +203,9 @@ class Syscall(NamedTuple):
             parts.append(f"{self.needs} machines")
         if self.when:
             parts.append(f"when {self.describe_when()}")
+        for feature, tests in self.also:
+            when = " or ".join(c.describe() for c in tests)
+            parts.append(f"{feature} machines" + (f" when {when}" if when else ""))
         return ", ".join(parts) or "always"
 
     def probe_args(self) -> list[tuple[int, int, int, int, int, int]]:
@@ -186,7 +214,7 @@ class Syscall(NamedTuple):
         that makes it hold (garbage in the high words, which 32-bit tests
         ignore) and the same with each test broken in turn."""
         out = [_six((0,) * 6), _six((0xFFFFFFFFFFFFFFFF,) * 6)]
-        for clause in self.when:
+        for clause in (*self.when, *(c for _, tests in self.also for c in tests)):
             tests = clause.tests if isinstance(clause, AllOf) else (clause,)
             args = [0xDEAD_0000_0000_0000] * 6
             for t in tests:
@@ -216,6 +244,7 @@ def emulated(
     note: str = "",
     needs: str = "",
     when: Iterable[Clause] = (),
+    also: Iterable[tuple[str, Conditions]] = (),
 ) -> Syscall:
     return Syscall(
         nr,
@@ -226,6 +255,7 @@ def emulated(
         note=note,
         needs=needs,
         when=tuple(when),
+        also=tuple(also),
     )
 
 
@@ -334,8 +364,15 @@ class SyscallTable:
         machine with every feature).  TRACER rows are in no machine's
         filter: a guest tracer's own filter traps them."""
         have = None if features is None else set(features)
-        return {
-            r.nr: r.when
-            for r in self._by_nr.values()
-            if r.in_machine_filter and (have is None or not r.needs or r.needs in have)
-        }
+        out = {}
+        for r in self._by_nr.values():
+            if not r.in_machine_filter:
+                continue
+            if not r.also:  # the common case, quickly: this runs at every start
+                if have is None or not r.needs or r.needs in have:
+                    out[r.nr] = r.when
+                continue
+            tests = r.conditions(have)
+            if tests is not None:
+                out[r.nr] = tests
+        return out

@@ -68,6 +68,9 @@ SCTP_SOCKET = (
     ArgTest(2, "eq", sys_net.IPPROTO_SCTP, label="IPPROTO_SCTP"),
     ArgTest(1, "any", 4, label="SOCK_SEQPACKET|SOCK_RDM"),
 )
+#: socket(2) of any family but AF_UNIX: the first one brings up a
+#: network that starts at its first use (sys_net.socket, net.py "lazy").
+NETWORK_SOCKET = (ArgTest(0, "ne", sys_net.AF_UNIX, label="not AF_UNIX"),)
 #: sendto(2) with a destination, or MSG_FASTOPEN (a connect in a send).
 SENDTO_ADDRESSED = (
     ArgTest(4, "ne", 0, bits=64, label="NULL"),
@@ -170,8 +173,9 @@ TABLE = SyscallTable("x86_64", (
     P(38, "setitimer", TIME),
     P(39, "getpid", PROCESS),
     P(40, "sendfile", DESC),
-    E(41, "socket", NETWORK, sys_net.socket, "SCTP: EPROTONOSUPPORT (escapes net/connect)",
-      "live", SCTP_SOCKET),
+    E(41, "socket", NETWORK, sys_net.socket,
+      "SCTP: EPROTONOSUPPORT (escapes net/connect); the first waits for a lazy network",
+      "live", SCTP_SOCKET, also=[("lazynet", NETWORK_SOCKET)]),
     E(42, "connect", NETWORK, sys_net.connect, "policy: net/connect", "live"),
     E(43, "accept", NETWORK, sys_net.accept, "waits while net/accept is closed", "live"),
     E(44, "sendto", NETWORK, sys_net.sendto, "net/connect, on a copy; stops only with an address",
