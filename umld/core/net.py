@@ -286,7 +286,7 @@ class MachineNet:
         self._waiters: list[Callable[[], None]] = []
         self._settled = False
         self._up_lock = threading.Lock()
-        #: Where to watch a lazy network come up (bring_up's ``pid``).
+        #: The guest process that asked for a lazy network (bring_up).
         self._probe: int | None = None
 
     # -- start ---------------------------------------------------------------------
@@ -449,8 +449,7 @@ class MachineNet:
 
     def _attach(self) -> None:
         """Connect the namespace: the helper of the mode, the settings."""
-        pid = self._probe or self.pid
-        assert pid is not None
+        pid = self._in_namespace()
         if self.mode == "user":
             kind, path = engine()
             if kind == "pasta":
@@ -466,6 +465,25 @@ class MachineNet:
             self.set_address(self._address)
         if self._link == "down":
             self.set_link("down")
+
+    def _in_namespace(self) -> int:
+        """A process in the machine's network namespace, to watch it
+        through (/proc/PID/net): the guest's first process, which lives as
+        long as the machine, unless it moved to a namespace of its own
+        (``unshare -n``); then the one that asked for the network.  When
+        neither is there, the first process all the same (the wait for the
+        route then times out with one line)."""
+        assert self.pid is not None and self._netns is not None
+        ino = os.fstat(self._netns).st_ino
+        for pid in (self.pid, self._probe):
+            if pid is None:
+                continue
+            try:
+                if os.stat(f"/proc/{pid}/ns/net").st_ino == ino:
+                    return pid
+            except OSError:
+                continue
+        return self.pid
 
     def _tied(self, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
         from umld.core.sandbox import tied_argv
