@@ -81,9 +81,17 @@ lint: install
 	$(VENV)/bin/mypy --strict conformance/run.py conformance/ltp.py examples/app_channel.py
 	$(VENV)/bin/mypy --strict c_tracer/build_ffi.py c_tracer/bench.py
 
-# The bench draws its ratios as a PNG; matplotlib is only needed here.
+# The bench draws its ratios as a PNG; matplotlib is only needed here.  Its
+# peers: bubblewrap (the namespace floor) and PRoot 5.4 with its seccomp
+# accelerator, built from the shared anchors when they are there (the
+# bench says n/a otherwise); apache2 and ab for the server case.
+BENCH_PACKAGES := bubblewrap libtalloc-dev uthash-dev apache2 apache2-utils
+ANCHORS ?= ../shared/anchors
 .stamp-bench: .stamp-venv
+	scripts/install-deps.sh $(BENCH_PACKAGES)
 	$(VPY) -m pip install -q matplotlib
+	if [ -x $(ANCHORS)/build-proot.sh ] && [ ! -x bench/out/peers/proot ]; then \
+		$(ANCHORS)/build-proot.sh bench/out/peers; fi
 	touch $@
 
 bench: install .stamp-bench
