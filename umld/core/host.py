@@ -265,6 +265,9 @@ class Host:
         self._filters: dict[tuple[frozenset[str], bool], bytes] = {}
         self._owner: dict[Tid, GuestKernel] = {}
         self._by_kernel: dict[int, HostedMachine] = {}
+        #: Machines that wait for a look (threads at hlt or in a held wait,
+        #: a kill deadline): the loop visits only these (serve).
+        self._attention: set[GuestKernel] = set()
         self._calls: deque[_Call] = deque()
         self._tracer: TracerPlatform | None = None
         self._thread_id: int | None = None
@@ -346,7 +349,13 @@ class Host:
                 return
             timeout: float | None = None
             now = time.monotonic()
-            for kernel in {id(k): k for k in owner.values()}.values():
+            # Only the machines that asked for a look: the loop's cost per
+            # event is O(1), not O(threads of every machine).
+            attention = self._attention
+            for kernel in list(attention):
+                if not kernel.polling() and kernel.kill_deadline is None:
+                    attention.discard(kernel)
+                    continue
                 if kernel.polling():
                     # Threads at hlt or in a held wait wait for a signal:
                     # nothing reports one queued to a thread in a ptrace
@@ -369,8 +378,10 @@ class Host:
             if ev is None or isinstance(ev, Wakeup):
                 continue
             if isinstance(ev, HostSignal):
-                for kernel in {id(k): k for k in owner.values()}.values():
-                    kernel.request_termination(ev.signo)
+                for m in list(self._by_kernel.values()):
+                    if m.kernel is not None:
+                        m.kernel.request_termination(ev.signo)
+                        attention.add(m.kernel)
                 continue
             kernel_of = owner.get(ev.tid)
             if kernel_of is None:
@@ -387,6 +398,8 @@ class Host:
                 kernel_of.handle(ev)
             except Exception:
                 log.exception("the kernel failed on %r", ev)
+            if kernel_of.kill_deadline is not None or kernel_of.polling():
+                attention.add(kernel_of)
             if isinstance(ev, Exited):
                 owner.pop(ev.tid, None)
                 if kernel_of.finished:
@@ -394,6 +407,8 @@ class Host:
 
     def _run_calls(self) -> None:
         calls = self._calls
+        if not calls:
+            return
         while calls:
             c = calls.popleft()
             try:
@@ -401,6 +416,11 @@ class Host:
             except BaseException as exc:
                 c.error = exc
             c.done.set()
+        # Work from other threads (a stop, a live setting) may have made
+        # any machine want a look: rare enough to look at them all.
+        for m in list(self._by_kernel.values()):
+            if m.kernel is not None:
+                self._attention.add(m.kernel)
 
     def _shutdown(self, tracer: TracerPlatform) -> None:
         for kernel in {id(k): k for k in self._owner.values()}.values():
@@ -629,6 +649,7 @@ class Host:
         m.state = "running"
 
     def _finish(self, kernel: GuestKernel) -> None:
+        self._attention.discard(kernel)
         m = self._by_kernel.pop(id(kernel), None)
         for tid in [t for t, k in self._owner.items() if k is kernel]:
             del self._owner[tid]
