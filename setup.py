@@ -12,12 +12,17 @@ one flag set are in c_tracer/build_ffi.py.
 * ``umld-sandbox``, an executable: compiled with the same CFLAGS and put
   into the package umld.core (in a wheel, in site-packages, or in place),
   where ``umld.core.sandbox.SANDBOX`` finds it beside sandbox.py.
+* ``umld``, the command (c_tracer/front.c): compiled with the same CFLAGS
+  and the path of the interpreter that builds it, and installed as the
+  package's script (build_scripts runs after build_ext).
 """
 
 from __future__ import annotations
 
 import os
 import runpy
+import sys
+from distutils.command.build_scripts import build_scripts
 from typing import Any
 
 from setuptools import setup
@@ -44,6 +49,21 @@ class BuildC(build_ext):
     def run(self) -> None:
         super().run()  # the extension; copied into the tree when in place
         self.build_sandbox()
+        self.build_front()
+
+    def build_front(self) -> None:
+        objects = self.compiler.compile(
+            [C["FRONT_SOURCE"]],
+            output_dir=self.build_temp,
+            macros=[("UMLD_PYTHON", '"' + sys.executable + '"')],
+            extra_postargs=C["CFLAGS"],
+            depends=[f"{C['C_DIR']}/build_ffi.py"],
+        )
+        out = C["FRONT"]
+        self.mkpath(os.path.dirname(out))
+        self.compiler.link_executable(
+            objects, os.path.basename(out), output_dir=os.path.dirname(out)
+        )
 
     def sandbox_path(self) -> str:
         if self.inplace:
@@ -73,7 +93,23 @@ class BuildC(build_ext):
         return [*super().get_outputs(), self.sandbox_path()]
 
 
+class BuildScripts(build_scripts):
+    """The one script is the compiled front end: copied as it is (the
+    stock command reads scripts as text, to rewrite a Python #! line)."""
+
+    def copy_scripts(self) -> tuple[list[str], list[str]]:
+        self.mkpath(self.build_dir)
+        out = []
+        for script in self.scripts:
+            target = os.path.join(self.build_dir, os.path.basename(script))
+            self.copy_file(script, target)
+            os.chmod(target, 0o755)
+            out.append(target)
+        return out, out
+
+
 setup(
-    cmdclass={"build_ext": BuildC},
+    cmdclass={"build_ext": BuildC, "build_scripts": BuildScripts},
     cffi_modules=["c_tracer/build_ffi.py:ffibuilder"],
+    scripts=[C["FRONT"]],
 )

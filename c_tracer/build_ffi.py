@@ -51,6 +51,11 @@ SANDBOX_SOURCE = f"{C_DIR}/sandbox.c"
 #: finds it by this name beside itself.
 SANDBOX_PACKAGE = "umld.core"
 SANDBOX_NAME = "umld-sandbox"
+#: The ``umld`` command itself: a front end that starts runs warm and
+#: execs the interpreter for everything else (umld/_warm.py says why);
+#: installed as the package's script, built with the interpreter's path.
+FRONT_SOURCE = f"{C_DIR}/front.c"
+FRONT = "build/front/umld"
 
 
 def cdef_text() -> str:

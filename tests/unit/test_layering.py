@@ -137,9 +137,9 @@ def test_only_the_cffi_modules_import_cffi() -> None:
 
 def test_nothing_imports_the_command_line() -> None:
     """umld.cli depends on everything; nothing depends on it (the package's
-    __main__ runs it)."""
+    __main__ runs it, and the warm umld, which runs it for each run)."""
     for f in PKG.rglob("*.py"):
-        if f.name == "__main__.py" or f == PKG / "cli.py":
+        if f.name == "__main__.py" or f in (PKG / "cli.py", PKG / "_warm.py"):
             continue
         assert "umld.cli" not in _imports(f), f
 

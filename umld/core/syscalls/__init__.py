@@ -27,15 +27,24 @@ def lookup_table(arch: str = "x86_64") -> SyscallTable:
     raise ValueError(f"no syscall table for {arch}")
 
 
+_FILTERS: dict[tuple[frozenset[str] | None, bool], bytes] = {}
+
+
 def machine_filter(features: Iterable[str] | None, *, trace_all: bool = False) -> bytes:
     """The seccomp filter of a machine with ``features`` (None: every
-    feature): the x86_64 and i386 sections, each from its table."""
-    have = None if features is None else set(features)
-    return build_filter(
-        lookup_table("x86_64").rules(have),
-        i386=lookup_table("i386").rules(have),
-        trace_all=trace_all,
-    )
+    feature): the x86_64 and i386 sections, each from its table.  Made
+    once per process and set of features (the warm umld makes the usual
+    one before it forks its runs, umld/_warm.py)."""
+    have = None if features is None else frozenset(features)
+    key = (have, trace_all)
+    prog = _FILTERS.get(key)
+    if prog is None:
+        prog = _FILTERS[key] = build_filter(
+            lookup_table("x86_64").rules(have),
+            i386=lookup_table("i386").rules(have),
+            trace_all=trace_all,
+        )
+    return prog
 
 
 def check_filter(program: bytes, features: Iterable[str] | None = None) -> list[str]:
