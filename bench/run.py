@@ -83,6 +83,7 @@ ALL_TOOLS: Final = (
     "proot54",
     "bwrap",
     "umld",
+    "umld-cold",
     "umld-ro",
     "umld-py",
     "proot-root",
@@ -444,6 +445,12 @@ def make_tools(
         "proot54": Tool("proot54", "PRoot 5.4 seccomp -r /", (str(PROOT54), "-r", "/")),
         "bwrap": Tool("bwrap", "bubblewrap", (shutil.which("bwrap") or "bwrap", *BWRAP)),
         "umld": Tool("umld", "umld (C)", (str(umld), "run", "--tracer=c", "--")),
+        # Every run started cold (no warm umld: Python's start and imports).
+        "umld-cold": Tool(
+            "umld-cold",
+            "umld (C), cold start",
+            ("env", "UMLD_WARM=0", str(umld), "run", "--tracer=c", "--"),
+        ),
         "umld-ro": Tool(
             "umld-ro",
             "umld (C) --read-only-root",
