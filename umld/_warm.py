@@ -92,13 +92,46 @@ def _preload() -> None:
     with contextlib.suppress(ImportError):  # --mount's (the export extra)
         import umld.fusefs
     from umld.core import syscalls
+    from umld.core.machine import Config, features
     from umld.tracer import ptrace_c  # noqa: F401
 
-    from umld.core.machine import Config, features
-
-    umld.cli.command_parser()
+    umld.cli.command_parser().parse_args(["run", "--", "true"])  # and its patterns
     # The filter of a machine with the default settings (the usual run).
     syscalls.machine_filter(features(live=False, vcpus=None, cfg=Config()))
+    _import_what_a_run_imports()
+
+
+def _import_what_a_run_imports() -> None:
+    """A run imports more as it goes (modules umld imports where they are
+    first needed): one machine of /bin/true, run in a child, names them,
+    and they are imported here, once (a child, because a run starts
+    threads, and this process must fork with one)."""
+    import importlib
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            from umld import cli
+
+            cli.main(["run", "--", "true"])
+            os.write(write_end, "\n".join(sorted(sys.modules)).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        names = f.read().decode().split()
+    os.waitpid(pid, 0)
+    for name in names:
+        if name not in sys.modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
 
 
 def _code_files() -> dict[str, int]:
