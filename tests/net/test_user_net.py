@@ -237,19 +237,8 @@ def test_pasta_ends_with_umld_even_when_umld_is_killed() -> None:
     # The network comes up at its first use: ip(8)'s netlink socket.
     guest = ["sh", "-c", "ip -o link >/dev/null; exec sleep 60"]
     with subprocess.Popen([*umld(), *guest], stdout=subprocess.DEVNULL) as proc:
-
-        def pasta() -> int | None:
-            for child in _children(proc.pid):
-                try:
-                    with open(f"/proc/{child}/comm") as f:
-                        if f.read().strip().startswith(("pasta", "passt")):
-                            return child
-                except OSError:
-                    pass
-            return None
-
         try:
-            found = wait_for(pasta, "umld's pasta")
+            found = wait_for(lambda: _pasta_under(proc.pid), "umld's pasta")
         finally:
             proc.kill()
         assert isinstance(found, int)
