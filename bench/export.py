@@ -223,11 +223,6 @@ def throughput(work: Path, size_mib: int, rounds: int) -> dict[str, float]:
         for n in range(rounds + 1):
             for where, directory in (("direct", data), ("export", via)):
                 target = directory / f"file-{where}"
-                # Made on the host first: a file root creates through a
-                # root-run machine's fs/ fails with EOVERFLOW (the bound
-                # tree is idmapped to the guest's ids, where host uid 0
-                # has no mapping; a known bug, see the speed issue's note).
-                (data / f"file-{where}").touch()
                 wrote = size / write_file(target, size, block) / MB
                 took, got = read_file(target)
                 if got != size:

@@ -65,12 +65,11 @@ static void relay(int signo)
     errno = saved;
 }
 
-/* The interpreter: the one umld was built for, else the python3 beside
- * this program (a moved virtual environment). */
+/* The interpreter: python3 beside this program (a virtual environment's,
+ * or /usr/bin's), else the one umld was built with (a wheel is built in a
+ * temporary environment of its own: that one is gone), else PATH's. */
 static const char *python(char *buf, size_t size)
 {
-    if (access(UMLD_PYTHON, X_OK) == 0)
-        return UMLD_PYTHON;
     ssize_t n = readlink("/proc/self/exe", buf, size - 16);
     if (n > 0) {
         buf[n] = '\0';
@@ -81,6 +80,8 @@ static const char *python(char *buf, size_t size)
                 return buf;
         }
     }
+    if (access(UMLD_PYTHON, X_OK) == 0)
+        return UMLD_PYTHON;
     return "python3";
 }
 

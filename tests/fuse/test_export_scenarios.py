@@ -1554,3 +1554,32 @@ def test_hard_linked_symlink_as_an_ordinary_user(ordinary_user: User, tmp_path: 
         assert not got["leaks"], f"the shallow link led out of the tree: {got['leaks']}"
     finally:
         assert m.stop(), "the user's mount was left behind"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root-run machine's binds are idmapped")
+def test_host_root_creates_through_fs_in_an_idmapped_bind(machine: Start, tmp_path: Path) -> None:
+    """A root-run machine's binds are idmapped to the guest's ids, where
+    the daemon's own (host root) have none: what host root creates there
+    through fs/ is made as the ids the machine maps root's to, so that on
+    the host it is root's, as if written directly (it failed with
+    EOVERFLOW)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    ready = tmp_path / "ready"
+    seen = tmp_path / "seen"
+    m = machine(
+        ["/bin/sh", "-c", f"touch {ready}; while [ ! -e {shared}/go ]; do sleep 0.05; done; "
+         f"stat -c '%n %u:%g' {shared}/new {shared}/dir {shared}/link > {seen}"],
+    )  # fmt: skip
+    wait_for(lambda: ready.exists(), "the guest")
+    via = Path(m.path(f"fs{shared}"))
+    timed(lambda: (via / "new").write_text("made through fs/\n"), "creating a file")
+    timed(lambda: (via / "dir").mkdir(), "making a directory")
+    timed(lambda: (via / "link").symlink_to("new"), "making a symlink")
+    for name in ("new", "dir", "link"):
+        st = os.lstat(shared / name)
+        assert (st.st_uid, st.st_gid) == (0, 0), name
+    assert (shared / "new").read_text() == "made through fs/\n"
+    timed(lambda: (via / "go").touch(), "creating the go file")
+    wait_for(lambda: seen.exists() and seen.read_text().count("\n") == 3, "the guest's look")
+    assert [line.split()[1] for line in seen.read_text().splitlines()] == ["0:0"] * 3

@@ -633,6 +633,32 @@ class MachineControl:
             raise ProcessLookupError(0)
         return os.open(f"/proc/{root}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
+    def guest_ids_on_host(self, uid: int, gid: int) -> tuple[int, int] | None:
+        """The host's ids of the guest's ``uid`` and ``gid`` (the maps of
+        its user namespace, user_namespaces(7)); None when either has no
+        mapping or the guest does not run.  The ids a file the export
+        creates for a host caller gets in a tree idmapped to the guest's
+        ids (a root-run machine's binds), where the caller's own have
+        none."""
+        root = self.kernel.root_pid
+        if root is None or not self.kernel.root_found:
+            return None
+        out = []
+        for kind, value in (("uid_map", uid), ("gid_map", gid)):
+            try:
+                with open(f"/proc/{root}/{kind}", encoding="ascii") as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                return None
+            for line in lines:
+                inside, outside, count = (int(x) for x in line.split())
+                if inside <= value < inside + count:
+                    out.append(outside + value - inside)
+                    break
+            else:
+                return None
+        return out[0], out[1]
+
     def stage_root(self) -> int:
         """An O_PATH descriptor of the sandbox stage's root (the record of
         a copy-on-write root's overlays, :mod:`umld.core.changes`); the

@@ -58,6 +58,7 @@ import stat
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 from umld.fusefs import _mount, _sys
 from umld.fusefs._errors import ExportError
@@ -71,6 +72,8 @@ from umld.fusefs._node import (
     Node,
     SetAttr,
 )
+
+_T = TypeVar("_T")
 
 _RESOLVE = _sys.RESOLVE_IN_ROOT | _sys.RESOLVE_NO_MAGICLINKS | _sys.RESOLVE_NO_SYMLINKS
 _PATH = os.O_PATH | os.O_NOFOLLOW
@@ -286,20 +289,40 @@ class _HostDirOps(_HostObject, DirNode):
         # short by a small buffer costs nothing.
         return listing
 
-    def _new(self, name: bytes, mode: int, caller: Caller) -> Node:
+    def _new(self, name: bytes, mode: int, caller: Caller, owned: bool = False) -> Node:
         """The entry just created under ``name``, made the caller's."""
         node = self._child(name)
         if not isinstance(node, _HostEntry):
             raise ExportError(errno.ENOENT)
-        node._adopt(mode, caller)
+        node._adopt(mode, caller, owned)
         return node
+
+    def _making(self, caller: Caller, make: Callable[[], _T]) -> tuple[_T, bool]:
+        """``make()`` a new object, as the daemon; where the daemon's ids
+        have no mapping in the tree's mount (EOVERFLOW: a bind idmapped to
+        a root-run machine's ids, mount_setattr(2)), again as the ids the
+        machine maps the caller's to (``creator``), which the new object
+        then has: True."""
+        try:
+            return make(), False
+        except OSError as exc:
+            creator = self._tree._creator
+            if exc.errno != errno.EOVERFLOW or creator is None:
+                raise
+            ids = creator(caller.uid, caller.gid)
+            if ids is None:
+                raise
+        with _sys.fs_ids(*ids):
+            return make(), True
 
     def _mkdir(self, name: bytes, mode: int, caller: Caller) -> Node:
         self._tree._writable()
         _check_name(name)
         with self._at() as (dirfd, _), _host_errors():
-            os.mkdir(name, stat.S_IMODE(mode), dir_fd=dirfd)
-        return self._new(name, mode, caller)
+            _, owned = self._making(
+                caller, lambda: os.mkdir(name, stat.S_IMODE(mode), dir_fd=dirfd)
+            )
+        return self._new(name, mode, caller, owned)
 
     def _mknod(self, name: bytes, mode: int, rdev: int, caller: Caller) -> Node:
         self._tree._writable()
@@ -309,32 +332,35 @@ class _HostDirOps(_HostObject, DirNode):
             # one made through it would come back as another kind of file.
             raise ExportError(errno.EPERM, "no FIFOs, sockets or devices through the export")
         with self._at() as (dirfd, _), _host_errors():
-            os.mknod(name, mode, rdev, dir_fd=dirfd)
-        return self._new(name, mode, caller)
+            _, owned = self._making(caller, lambda: os.mknod(name, mode, rdev, dir_fd=dirfd))
+        return self._new(name, mode, caller, owned)
 
     def _symlink(self, name: bytes, target: bytes, caller: Caller) -> Node:
         self._tree._writable()
         _check_name(name)
         with self._at() as (dirfd, _), _host_errors():
-            os.symlink(target, name, dir_fd=dirfd)
-        return self._new(name, stat.S_IFLNK | 0o777, caller)
+            _, owned = self._making(caller, lambda: os.symlink(target, name, dir_fd=dirfd))
+        return self._new(name, stat.S_IFLNK | 0o777, caller, owned)
 
     def _create(self, name: bytes, mode: int, flags: int, caller: Caller) -> tuple[Node, Handle]:
         self._tree._writable()
         _check_name(name)
-        created = True
+        created, owned = True, False
         with self._at() as (dirfd, _), _host_errors():
             # The kernel only sends CREATE for a name it found missing.  If
             # something appeared there since, O_EXCL refuses to open it: a
             # symlink (its target may be outside the tree) or a FIFO (the
             # open would wait for a writer, and the export with it).
             try:
-                fd = _sys.openat2(
-                    dirfd,
-                    name,
-                    (flags & _OPEN_FLAGS) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                    stat.S_IMODE(mode),
-                    _RESOLVE,
+                fd, owned = self._making(
+                    caller,
+                    lambda: _sys.openat2(
+                        dirfd,
+                        name,
+                        (flags & _OPEN_FLAGS) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                        stat.S_IMODE(mode),
+                        _RESOLVE,
+                    ),
                 )
             except FileExistsError:
                 if flags & os.O_EXCL:
@@ -352,7 +378,7 @@ class _HostDirOps(_HostObject, DirNode):
             raise
         if created:
             try:
-                node._adopt(mode, caller)
+                node._adopt(mode, caller, owned)
             except BaseException:
                 handle.abandon()
                 raise
@@ -483,15 +509,16 @@ class _HostEntry(_HostObject):
             os.close(self._pinned)
             self._pinned = -1
 
-    def _adopt(self, mode: int, caller: Caller) -> None:
+    def _adopt(self, mode: int, caller: Caller, owned: bool = False) -> None:
         """Give a new object to its creator, with the mode asked for.
 
-        Run as root, the daemon creates as root: chown to the caller.  The
+        Run as root, the daemon creates as root: chown to the caller,
+        unless it was made as the caller's ids already (``owned``).  The
         kernel already applied the caller's umask to ``mode``; the
         daemon's own umask must not cut it further.
         """
         with self._at() as (fd, st), _host_errors():
-            if os.geteuid() == 0 and (caller.uid, caller.gid) != (0, 0):
+            if os.geteuid() == 0 and (caller.uid, caller.gid) != (0, 0) and not owned:
                 _sys.fchown_path_fd(fd, caller.uid, caller.gid)
             if isinstance(self, LinkNode):
                 return
@@ -665,9 +692,13 @@ class HostTree(_HostDirOps):
         *,
         read_only: bool = False,
         hide: Callable[[os.stat_result], bool] | None = None,
+        creator: Callable[[int, int], tuple[int, int] | None] | None = None,
     ) -> None:
         super().__init__()
         self._tree = self
+        #: The ids to create as for a caller's (uid, gid), where the
+        #: daemon's own have no mapping in the tree (see _making).
+        self._creator = creator
         self._path = b""
         self._factory = root_fd_factory
         #: Every change through the export fails with EROFS (a view of

@@ -316,7 +316,7 @@ def build_tree(control: MachineControl, events: EventLog) -> Directory:
     procs = _ProcessDirs(control)
     tree = Directory(
         {
-            "fs": HostTree(control.guest_root),
+            "fs": HostTree(control.guest_root, creator=control.guest_ids_on_host),
             "config": config,
             "proc": DynamicDirectory(procs.list, lookup=procs.lookup),
             "events": StreamFile(events),

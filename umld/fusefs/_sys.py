@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -78,6 +80,31 @@ _statx.restype = ctypes.c_int
 # __u32 at offset 136 (<linux/stat.h>).
 _STATX_SIZE = 256
 _STX_DEV_OFFSET = 136
+
+
+# setfsuid(2), setfsgid(2): per thread (glibc does not pass them on to the
+# process's other threads, as it does setuid); they answer the old id.
+_setfsuid = _libc.setfsuid
+_setfsuid.argtypes = (ctypes.c_uint,)
+_setfsuid.restype = ctypes.c_int
+_setfsgid = _libc.setfsgid
+_setfsgid.argtypes = (ctypes.c_uint,)
+_setfsgid.restype = ctypes.c_int
+
+
+@contextmanager
+def fs_ids(uid: int, gid: int) -> Iterator[None]:
+    """This thread's file system ids are ``uid`` and ``gid`` meanwhile.
+    From 0 to another uid the thread's file capabilities go too
+    (capabilities(7)): what it makes, it makes as that user would; they
+    come back with uid 0."""
+    old_gid = _setfsgid(gid)
+    old_uid = _setfsuid(uid)
+    try:
+        yield
+    finally:
+        _setfsuid(old_uid)
+        _setfsgid(old_gid)
 
 
 def _raise(what: str) -> None:
