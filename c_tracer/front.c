@@ -13,7 +13,8 @@
  * signals to it and ends with its status.
  *
  * Anything else (every other command, a caller whose descriptors include
- * a terminal: job control needs the caller's session; UMLD_WARM=0; no
+ * a terminal: job control needs the caller's session; a systemd unit's
+ * process; UMLD_WARM=0; no
  * warm umld yet, or one that refuses this caller) runs Python's umld
  * here, cold, by execv(2): exactly what the command always was.  When
  * there was no warm umld, one is started in the background for the next
@@ -261,8 +262,10 @@ int main(int argc, char **argv)
 {
     const char *warm = getenv("UMLD_WARM");
     require_warm = warm != NULL && strcmp(warm, "1") == 0;
+    /* A systemd unit's process (INVOCATION_ID, systemd.exec(5)) runs one
+     * machine for its life: the main process must be the run itself. */
     if (argc < 2 || strcmp(argv[1], "run") != 0 || (warm != NULL && strcmp(warm, "0") == 0) ||
-        any_tty())
+        any_tty() || getenv("INVOCATION_ID") != NULL)
         cold(argc, argv);
 
     char dir[PATH_MAX - 64];

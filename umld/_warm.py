@@ -32,7 +32,8 @@ front end, alive: its pidfd proves that after the reads):
   hash of most of these, so that each context gets a warm umld of its own.
 * A caller with a terminal on any standard descriptor always runs cold:
   the guest is put in the foreground of the caller's terminal, and job
-  control works only from the caller's session.
+  control works only from the caller's session.  So does a systemd
+  unit's process (INVOCATION_ID): the unit's main process must be the run.
 
 Signals sent to the front end (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1,
 SIGUSR2, SIGALRM, SIGWINCH, SIGCONT) are relayed to the run; the front end
@@ -374,6 +375,8 @@ class WarmServer:
             finally:
                 os.close(pidfd)
             if why is not None or job is None:
+                if job is not None:
+                    os.close(job.cwd)
                 conn.sendall(b"cold\n")
                 return conn.close()
             pid = os.fork()
