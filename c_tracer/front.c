@@ -41,6 +41,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -56,13 +57,15 @@ static const int relayed[] = {SIGINT,  SIGTERM, SIGHUP,   SIGQUIT, SIGUSR1,
                               SIGUSR2, SIGALRM, SIGWINCH, SIGCONT};
 #define NRELAYED (sizeof relayed / sizeof relayed[0])
 
-static volatile sig_atomic_t run_pid;
+/* The run, by a pidfd (pidfd_open(2)): a signal relayed after the run has
+ * ended and been reaped never reaches a process that took its pid. */
+static volatile sig_atomic_t run_pidfd = -1;
 
 static void relay(int signo)
 {
     int saved = errno;
-    if (run_pid > 0)
-        kill((pid_t)run_pid, signo);
+    if (run_pidfd >= 0)
+        syscall(SYS_pidfd_send_signal, (int)run_pidfd, signo, NULL, 0);
     errno = saved;
 }
 
@@ -324,7 +327,9 @@ int main(int argc, char **argv)
         sigprocmask(SIG_SETMASK, &old, NULL);
         not_warm(argc, argv, "the warm umld refused this caller");
     }
-    run_pid = atoi(line + 4);
+    /* At once: a run that has already ended and been reaped gives ESRCH
+     * (nothing to relay to); from here on the pidfd names only the run. */
+    run_pidfd = (int)syscall(SYS_pidfd_open, atoi(line + 4), 0);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = relay;

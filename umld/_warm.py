@@ -61,6 +61,7 @@ import sys
 import time
 
 from umld._peer import _exited, _ns, _pidfd, credentials
+from umld.core import procfs
 
 #: Seconds without a run before the warm umld exits.
 IDLE = 600.0
@@ -159,16 +160,6 @@ def _stale(files: dict[str, int]) -> bool:
     return False
 
 
-def _status(pid: int | str) -> dict[str, str]:
-    out = {}
-    with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            key, sep, value = line.partition(":")
-            if sep:
-                out[key] = value.strip()
-    return out
-
-
 def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -202,7 +193,7 @@ class Job:
             raw = [e.partition(b"=") for e in f.read().split(b"\0") if b"=" in e]
         self.env = {os.fsdecode(k): os.fsdecode(v) for k, _, v in raw}
         self.cwd = os.open(f"/proc/{pid}/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        status = _status(pid)
+        status = procfs.status(pid)
         self.umask = int(status["Umask"], 8)
         self.ignored = int(status["SigIgn"], 16)
         self.blocked = blocked
@@ -272,7 +263,7 @@ def context_refusal(pid: int) -> str | None:
                 return f"another {kind} namespace"
     if _read(f"/proc/{pid}/cgroup") != _read("/proc/self/cgroup"):
         return "another cgroup"
-    theirs, ours = _status(pid), _status("self")
+    theirs, ours = procfs.status(pid), procfs.status("self")
     for key in STATUS_FIELDS:
         if theirs.get(key) != ours.get(key):
             return f"another {key}"
@@ -311,15 +302,16 @@ class WarmServer:
     def serve(self) -> None:
         last = time.monotonic()
         while True:
-            if not self.runs:
+            timeout: float | None = None
+            if self.runs:
+                last = time.monotonic()  # idle counts from the last run's end
+            else:
                 if self.closing:
                     return
                 left = IDLE - (time.monotonic() - last)
                 if left <= 0:
                     return
-                timeout: float | None = left * 1000
-            else:
-                timeout = None
+                timeout = left * 1000
             try:
                 events = self.poller.poll(timeout)
             except InterruptedError:

@@ -148,14 +148,12 @@ def _root_uid(host: int) -> int:
     machine's root, in a machine run by root.  A machine run by another
     user maps that user's uid alone and has no root: then that uid (the
     process's owner)."""
+    root = procfs.map_id(host, "uid_map", 0)
+    if root is not None:
+        return root
     try:
-        with open(f"/proc/{host}/uid_map", encoding="ascii") as f:
-            for line in f:
-                inside, outside, count = (int(x) for x in line.split())
-                if inside == 0 and count > 0:
-                    return outside
         return os.stat(f"/proc/{host}").st_uid
-    except (OSError, ValueError):
+    except OSError:
         return os.geteuid()
 
 
@@ -643,21 +641,11 @@ class MachineControl:
         root = self.kernel.root_pid
         if root is None or not self.kernel.root_found:
             return None
-        out = []
-        for kind, value in (("uid_map", uid), ("gid_map", gid)):
-            try:
-                with open(f"/proc/{root}/{kind}", encoding="ascii") as f:
-                    lines = f.read().splitlines()
-            except OSError:
-                return None
-            for line in lines:
-                inside, outside, count = (int(x) for x in line.split())
-                if inside <= value < inside + count:
-                    out.append(outside + value - inside)
-                    break
-            else:
-                return None
-        return out[0], out[1]
+        host_uid = procfs.map_id(root, "uid_map", uid)
+        host_gid = procfs.map_id(root, "gid_map", gid)
+        if host_uid is None or host_gid is None:
+            return None
+        return host_uid, host_gid
 
     def stage_root(self) -> int:
         """An O_PATH descriptor of the sandbox stage's root (the record of

@@ -262,7 +262,6 @@ class Host:
         self.table = lookup_table("x86_64")
         self.machines: dict[str, HostedMachine] = {}
         self._unnamed = 0
-        self._filters: dict[tuple[frozenset[str], bool], bytes] = {}
         self._owner: dict[Tid, GuestKernel] = {}
         self._by_kernel: dict[int, HostedMachine] = {}
         #: Machines that wait for a look (threads at hlt or in a held wait,
@@ -535,13 +534,6 @@ class Host:
     def adopt(self, tid: Tid, kernel: GuestKernel) -> None:
         self._owner[tid] = kernel
 
-    def _filter(self, feats: frozenset[str], trace_all: bool) -> bytes:
-        key = (feats, trace_all)
-        prog = self._filters.get(key)
-        if prog is None:
-            prog = self._filters[key] = machine_filter(feats, trace_all=trace_all)
-        return prog
-
     def _start(self, m: HostedMachine) -> None:
         tracer = self._tracer
         assert tracer is not None
@@ -580,7 +572,7 @@ class Host:
                 terminal = MachineTerminal(*(launch.terminal_size or DEFAULT_SIZE))
                 # Its first process leads a session of its own there.
                 kernel.own_session = True
-            m.filter = self._filter(feats, trace_output is not None)
+            m.filter = machine_filter(feats, trace_all=trace_output is not None)
             m.control = MachineControl(
                 kernel,
                 files,

@@ -403,7 +403,7 @@ class GuestKernel:
                 and row.needs != TRACER
                 and self.features is not None
                 and row.needs not in self.features
-                and (not row.also or row.conditions(self.features) is None)
+                and not row.also
             )
             or (
                 (row.when or row.also)

@@ -56,25 +56,32 @@ def guest_pid(pid: int | str) -> int:
     return int(ids[level]) if len(ids) > level else 0
 
 
+def map_id(pid: int | str, kind: str, value: int, *, inward: bool = False) -> int | None:
+    """An id through process ``pid``'s ``uid_map`` or ``gid_map``
+    (user_namespaces(7): read from another namespace, its second field is
+    in the reader's): the reader's id of its namespace's ``value``, or
+    with ``inward`` the other way; None when unmapped or gone."""
+    try:
+        with open(f"/proc/{pid}/{kind}", encoding="ascii") as f:
+            for line in f:
+                inside, outside, count = (int(x) for x in line.split())
+                start, other = (outside, inside) if inward else (inside, outside)
+                if start <= value < start + count:
+                    return other + value - start
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def guest_uid(tid: int) -> int:
     """The real uid of a thread as its own user namespace sees it: the
     host's view (Uid of /proc/TID/status) mapped back through the thread's
-    uid_map (user_namespaces(7): read from another namespace, its second
-    field is in the reader's).  65534 (the overflow uid) when unmapped or
-    gone."""
+    uid_map.  65534 (the overflow uid) when unmapped or gone."""
     uid_text = status(tid, ("Uid",)).get("Uid", "").split()
     if not uid_text:
         return 65534
-    uid = int(uid_text[0])
-    try:
-        with open(f"/proc/{tid}/uid_map", encoding="ascii") as f:
-            for line in f:
-                inside, outside, count = (int(x) for x in line.split())
-                if outside <= uid < outside + count:
-                    return inside + uid - outside
-    except (OSError, ValueError):
-        pass
-    return 65534
+    uid = map_id(tid, "uid_map", int(uid_text[0]), inward=True)
+    return 65534 if uid is None else uid
 
 
 def host_root() -> bool:
