@@ -99,6 +99,8 @@ bench: install .stamp-bench
 	$(VPY) bench/export.py --json bench/out/export.json
 	$(VPY) bench/tty.py --json bench/out/tty.json
 	$(VPY) bench/net.py --json bench/out/net.json
+	$(VPY) bench/server.py --json bench/out/server.json
+	$(VPY) bench/server.py --keepalive --json bench/out/server-keepalive.json
 	$(VPY) bench/scale.py --soak 60 --json bench/out/scale.json --plot bench/out/soak.png $(SCALE_ARGS)
 
 bench-quick: install .stamp-bench
