@@ -1045,6 +1045,34 @@ def test_pause_and_resume(machine: Start, tmp_path: Path) -> None:
     assert m.alive()
 
 
+def test_a_process_directory_goes_at_the_exit_though_the_kernel_keeps_it(
+    machine: Start,
+) -> None:
+    """proc/PID may be kept by the kernel for a second (a monitor's walk to
+    proc/PID/status asks nothing), but at the process's exit umld drops it:
+    a lookup made right after finds nothing, long before that second."""
+    m = machine(["/bin/sh", "-c", "/bin/sleep 3600 & exec /bin/sleep 3601"])
+    pid = m.pid_of(b"sleep\x003600")
+    assert b"sleep" in m.read(f"proc/{pid}/status")
+    looked_up = time.monotonic()
+    timed(lambda: os.stat(m.path(f"proc/{pid}")), "stat of proc/PID")  # now kept
+    assert m.write(f"proc/{pid}/ctl", "kill\n") == 0
+
+    def gone() -> bool:
+        try:
+            timed(lambda: os.stat(m.path(f"proc/{pid}")), "stat of proc/PID")
+        except FileNotFoundError:
+            return True
+        return False
+
+    wait_for(gone, f"proc/{pid} gone after the exit", timeout=5.0, step=0.005)
+    # Without the drop, the entry would have lasted a second from its lookup.
+    assert time.monotonic() - looked_up < 0.9, "proc/PID outlived its process by the kernel's cache"
+    assert str(pid) not in timed(lambda: os.listdir(m.path("proc")), "listing proc/")
+    with pytest.raises(FileNotFoundError):
+        read_bytes(m.path(f"proc/{pid}/status"))
+
+
 def test_halt_ends_the_machine(machine: Start, tmp_path: Path) -> None:
     m = machine(["/bin/sh", "-c", "while :; do sleep 0.05; done"])
     m.pid_of(b"while")

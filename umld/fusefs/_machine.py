@@ -54,6 +54,7 @@ from umld.fusefs._changes import ChangesRoot
 from umld.fusefs._errors import ExportError
 from umld.fusefs._hosttree import HostTree
 from umld.fusefs._node import Node
+from umld.fusefs._ops import forget_entry
 from umld.fusefs._serve import clean_stale_mount, drain, serve
 from umld.fusefs._sockets import SocketNode
 from umld.fusefs._stream import EventLog, StreamFile
@@ -141,6 +142,31 @@ class _ProcessDirs:
     def __init__(self, control: MachineControl) -> None:
         self.control = control
         self._dirs: dict[int, tuple[int, Directory]] = {}
+        # The kernel may keep a process's entry while it lives: its exit
+        # event, on the tracer thread, has the export's thread drop it
+        # (forget_entry), so a dead process's directory is gone at once
+        # for lookups as for listings.  Without a trio run to send that to
+        # (a tree built outside one), every lookup asks.
+        self._token: trio.lowlevel.TrioToken | None = None
+        try:
+            self._token = trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            pass
+        else:
+            control.subscribe(self._on_event)
+
+    def _on_event(self, ev: GuestEvent) -> None:
+        if ev.kind != "exit" or self._token is None:
+            return
+        try:
+            self._token.run_sync_soon(self._exited, ev.pid)
+        except trio.RunFinishedError:
+            self._token = None
+
+    def _exited(self, pid: int) -> None:
+        known = self._dirs.pop(pid, None)
+        if known is not None:
+            forget_entry(known[1])
 
     def _dir(self, pid: int, host_pid: int) -> Directory:
         known = self._dirs.get(pid)
@@ -171,6 +197,10 @@ class _ProcessDirs:
         # Except the socket: each lookup is when it gets its listener.
         files["gdb"].entry_timeout = files["gdb"].attr_timeout = 0.0
         node = Directory(files)
+        if self._token is not None:
+            # Kept until the exit event drops it (_on_event): a monitor's
+            # walk to proc/PID/status then costs no lookup of PID either.
+            node.entry_timeout = node.attr_timeout = 1.0
         self._dirs[pid] = (host_pid, node)
         return node
 
@@ -314,11 +344,15 @@ def build_tree(control: MachineControl, events: EventLog) -> Directory:
         parent.add(leaf, _setting_file(control, key))
 
     procs = _ProcessDirs(control)
+    procs_dir = DynamicDirectory(procs.list, lookup=procs.lookup)
+    # proc/ itself stays for the machine's life (a walk to proc/PID/status
+    # then asks nothing of it).
+    procs_dir.entry_timeout = procs_dir.attr_timeout = 1.0
     tree = Directory(
         {
             "fs": HostTree(control.guest_root, creator=control.guest_ids_on_host),
             "config": config,
-            "proc": DynamicDirectory(procs.list, lookup=procs.lookup),
+            "proc": procs_dir,
             "events": StreamFile(events),
             "ctl": ControlFile(_command(control.control_machine), blocking=True),
             "status": SnapshotFile(lambda: _formats.status(control)),
@@ -353,6 +387,8 @@ def build_tree(control: MachineControl, events: EventLog) -> Directory:
     # The tree's own entry (DIR/NAME in a daemon's export) is looked up
     # every time: a machine stopped and started again under its name is a
     # new tree, and a kept entry would lead to the old one for a second.
+    # Nor are its attributes kept: a stat of a dead export's root must
+    # meet the dead connection (ENOTCONN), not a kept answer.
     tree.entry_timeout = 0.0
     return tree
 

@@ -83,6 +83,25 @@ def _check_alive(node: Node) -> None:
         parent = child._liveness_parent()
 
 
+def forget_entry(node: Node) -> None:
+    """Tells the kernel to drop the entry under which it last looked up
+    ``node``, if it still keeps one: for a node with an entry_timeout
+    that is gone before its timeout (a process's directory at its exit).
+
+    In the export's trio thread (node._parent is set there).  Through
+    pyfuse3's notify thread: FUSE_NOTIFY_INVAL_ENTRY is handled within the
+    write to /dev/fuse and may need a FORGET answered meanwhile, so the
+    request loop must not make it itself (libfuse's fuse_lowlevel.h,
+    fuse_lowlevel_notify_inval_entry)."""
+    parent = node._parent
+    if not node._ino or parent is None or not parent._ino:
+        return  # never looked up: the kernel has nothing to drop
+    try:
+        pyfuse3.invalidate_entry_async(parent._ino, node._name, ignore_enoent=True)
+    except Exception:  # the mount is going away; nothing is kept then
+        _log.debug("fusefs: dropping the entry %r failed", node._name, exc_info=True)
+
+
 @dataclass(slots=True)
 class _OpenDir:
     node: DirNode
