@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_BINDS, User, wait_for
+from tests.conftest import TEST_BINDS, User, read_available, wait_for
 from tests.net.conftest import Internet, free_port, server_port
 
 pytestmark = pytest.mark.uses_ptrace
@@ -255,6 +255,50 @@ def _pasta_under(pid: int) -> int | None:
         except OSError:
             pass
     return None
+
+
+def test_a_monitor_reading_status_leaves_the_network_down(tmp_path: Path) -> None:
+    """status shows every setting for a monitor: reading it starts no
+    pasta; once the guest uses the network, status shows its address."""
+    mnt, go, done = tmp_path / "mnt", tmp_path / "go", tmp_path / "done"
+    started = tmp_path / "started"
+    script = (
+        f"touch {started}; while [ ! -e {go} ]; do sleep 0.05; done\n"
+        "python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)'\n"
+        f"touch {done}; exec sleep 3600\n"
+    )
+    argv = [*UMLD, *TEST_BINDS, f"--mount={mnt}", "--", "sh", "-c", script]
+    status = mnt / "status"
+
+    def address() -> str:
+        for line in status.read_text().splitlines():
+            if line.startswith("config.net/address: "):
+                return line.split(": ", 1)[1]
+        raise AssertionError("status has no config.net/address")
+
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            # The guest runs: its namespace is made, a view could bring it up.
+            wait_for(lambda: started.exists() or proc.poll() is not None, "the guest")
+            wait_for(lambda: status.exists() or proc.poll() is not None, "the export")
+            assert proc.poll() is None, proc.communicate()[1]
+            assert [address() for _ in range(3)] == [""] * 3  # none set, none up
+            assert (mnt / "metrics.prom").read_text()
+            assert _pasta_under(proc.pid) is None, "a status read started the network"
+            go.touch()
+            wait_for(done.exists, "the guest's first socket")
+            assert _pasta_under(proc.pid) is not None
+            # What brought it up, named once: the guest's socket, not a read.
+            ups = [
+                line
+                for line in read_available(mnt / "events").splitlines()
+                if "net: up at its first use" in line
+            ]
+            assert len(ups) == 1 and "(socket(2) by pid " in ups[0], ups
+            assert address()
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=30)
 
 
 def test_the_network_comes_up_at_its_first_use(tmp_path: Path) -> None:

@@ -434,7 +434,13 @@ class MachineControl:
         return out
 
     def host_pid(self, pid: int) -> int | None:
-        """The host pid of guest pid ``pid``, while it is a guest process."""
+        """The host pid of guest pid ``pid``, while it is a guest process:
+        one lookup once known (the export asks in every request under
+        proc/PID), else a scan of every process."""
+        k = self.kernel
+        host = k.known_host_pid(pid)
+        if host is not None and host in k.processes and Tid(host) not in k.internal:
+            return host
         return self.pids().get(pid)
 
     def process(self, pid: int) -> ProcessInfo:
@@ -615,8 +621,12 @@ class MachineControl:
         return self.kernel.statistics()
 
     def settings(self) -> dict[str, str]:
-        """Every live setting's value as text, by key."""
-        return {row.key: self.get(row.key) for row in settings.LIVE}
+        """Every live setting's value as text, by key: a monitor's read
+        (``status``), which starts nothing (net.quiet_reads)."""
+        from umld.core.net import quiet_reads
+
+        with quiet_reads():
+            return {row.key: self.get(row.key) for row in settings.LIVE}
 
     # -- files and events ----------------------------------------------------------
 

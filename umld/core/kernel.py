@@ -138,6 +138,7 @@ class GuestKernel:
         self.held: dict[Tid, Hold] = {}
         #: host pid -> pid in the guest's pid namespace, for the export.
         self._guest_pids: dict[int, int] = {}
+        self._host_pids: dict[int, int] = {}  # its reverse (guest -> host)
         self.root_status: int | None = None
         #: The signal a reboot(2) of the guest ended the machine with.
         self.ended_by: int | None = None
@@ -213,7 +214,17 @@ class GuestKernel:
             pid = procfs.guest_pid(host_pid)
             if pid and host_pid in self.processes:
                 self._guest_pids[host_pid] = pid
+                self._host_pids[pid] = host_pid
         return pid
+
+    def known_host_pid(self, pid: int) -> int | None:
+        """The host pid of guest pid ``pid`` if :meth:`guest_pid` has
+        told it and the process still lives; None if not known (any
+        thread: the export asks in every request)."""
+        host = self._host_pids.get(pid)
+        if host is None or self._guest_pids.get(host) != pid:
+            return None
+        return host
 
     def deny(self, task: Task, text: str) -> None:
         """Count a refused call and report it (a ``denied`` event)."""
@@ -747,7 +758,9 @@ class GuestKernel:
         elif self.listeners and task is not None and int(task.tid) == task.tgid:
             self.emit("exit", task.tgid, _describe_status(ev.status))
         if task is not None and task.tgid not in self.processes:
-            self._guest_pids.pop(task.tgid, None)
+            gone = self._guest_pids.pop(task.tgid, 0)
+            if self._host_pids.get(gone) == task.tgid:
+                del self._host_pids[gone]
             self._names.pop(task.tgid, None)
 
     def _check_oom(self, pid: int, status: int) -> None:

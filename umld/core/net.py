@@ -63,7 +63,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, final
 
 from umld.core import vde
@@ -280,6 +280,9 @@ class MachineNet:
         self.ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # The last interfaces() (monotonic time, view), for reads that
+        # may take one a little old; None after a change of ours.
+        self._seen: tuple[float, list[Interface]] | None = None
         #: A lazy network: asked for (or the machine ended), and what to
         #: call once it is up (or failed: it will be no more).
         self._wanted = threading.Event()
@@ -288,6 +291,8 @@ class MachineNet:
         self._up_lock = threading.Lock()
         #: The guest process that asked for a lazy network (bring_up).
         self._probe: int | None = None
+        #: What asked first (bring_up's ``why``).
+        self._first_use: str | None = None
 
     # -- start ---------------------------------------------------------------------
 
@@ -353,16 +358,19 @@ class MachineNet:
         loopback up before it asks for the network, "netsync")."""
         return self._settled or self.pid is None
 
-    def bring_up(self, then: Callable[[], None], pid: int | None = None) -> bool:
+    def bring_up(self, then: Callable[[], None], pid: int | None = None, *, why: str) -> bool:
         """True when the network is up already; otherwise have it brought
         up (on this machine's network thread) and call ``then`` from that
         thread once it is.  ``pid``: a process of the guest's in the
-        namespace that stays while it comes up (the first may be gone)."""
+        namespace that stays while it comes up (the first may be gone).
+        ``why``: the first use, named in the event that it came up."""
         with self._up_lock:
             if self._settled:
                 return True
             if pid is not None and self._probe is None:
                 self._probe = pid
+            if self._first_use is None:
+                self._first_use = why
             self._waiters.append(then)
         self._wanted.set()
         return False
@@ -373,6 +381,7 @@ class MachineNet:
         try:
             self._attach()
             self.ready.set()
+            self._report(f"net: up at its first use ({self._first_use})")
         except Exception as exc:
             why = str(exc).removeprefix("umld: ")
             if not isinstance(exc, UmldError):
@@ -393,13 +402,13 @@ class MachineNet:
         for then in waiters:
             then()
 
-    def ensure_up(self) -> None:
+    def ensure_up(self, why: str = "a view of it read") -> None:
         """A view of the network (any thread but the tracer's): a lazy one
         comes up first, once the guest's first process has its namespace."""
         if not self.lazy or self._settled or self.pid is None:
             return
         done = threading.Event()
-        if not self.bring_up(done.set):
+        if not self.bring_up(done.set, why=why):
             done.wait(START_TIMEOUT + 5)
 
     def defers(self) -> bool:
@@ -717,8 +726,16 @@ class MachineNet:
                 return iface.name
         raise NetError("the machine has no network interface (--net none)")
 
-    def interfaces(self) -> list[Interface]:
+    def interfaces(self, max_age: float = 0.0) -> list[Interface]:
+        """The namespace's interfaces (``ip -j addr show``, 1-3 ms: a
+        process in the namespace), brought up first; ``max_age``: a view
+        that old may do (a monitor's reads, at most one process a
+        second).  A change made through umld is seen at once."""
         self.ensure_up()
+        kept = self._seen
+        if kept is not None and time.monotonic() - kept[0] <= max_age:
+            return kept[1]
+        taken = time.monotonic()
         out = []
         for link in json.loads(self._ip("-j", "addr", "show") or "[]"):
             addrs = tuple(f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", ()))
@@ -730,6 +747,7 @@ class MachineNet:
                     addrs,
                 )
             )
+        self._seen = (taken, out)
         return out
 
     def set_link(self, state: str) -> None:
@@ -740,6 +758,7 @@ class MachineNet:
         is down fails (EIO) and this pasta then tries to reopen its tap
         and exits."""
         name = self.interface()
+        self._seen = None
         self._ip("link", "set", "dev", name, "carrier", "off" if state == "down" else "on")
 
     def set_address(self, cidr: str) -> None:
@@ -748,6 +767,7 @@ class MachineNet:
         name = self.interface()
         family = "-6" if ":" in cidr else "-4"
         routes = json.loads(self._ip(family, "-j", "route", "show", "default") or "[]")
+        self._seen = None
         self._ip(family, "addr", "flush", "dev", name, "scope", "global")
         self._ip("addr", "add", cidr, "dev", name)
         for r in routes:
@@ -846,16 +866,37 @@ def set_address(control: MachineControl, value: str) -> None:
     _apply(control, "address", value)
 
 
+#: Set on a thread while it reads every setting for a monitor
+#: (:func:`quiet_reads`).
+_quiet = threading.local()
+
+
+@contextlib.contextmanager
+def quiet_reads() -> Iterator[None]:
+    """Reads of the network's settings on this thread, meanwhile, are a
+    monitor's (the machine's ``status``): they never bring the network up
+    (before its first use it shows the address set, if any) and may use
+    a view of the interfaces up to a second old.  A read of
+    config/net/address on its own is a question about the network, and
+    brings it up."""
+    _quiet.on = True
+    try:
+        yield
+    finally:
+        _quiet.on = False
+
+
 def address(control: MachineControl) -> str | None:
     """``config/net/address`` as it is: the interface's first address
     (pasta's, the guest's own change, or the last one set)."""
     net = control.files.net
-    if net is not None:
-        net.ensure_up()
+    quiet = getattr(_quiet, "on", False)
+    if net is not None and not quiet:
+        net.ensure_up("config/net/address read")
     if net is None or not net.ready.is_set():
         return None if net is None else net._address
     try:
-        for iface in net.interfaces():
+        for iface in net.interfaces(max_age=1.0 if quiet else 0.0):
             if iface.name != "lo":
                 glob = [a for a in iface.addresses if not a.startswith("fe80:")]
                 return glob[0] if glob else None

@@ -25,10 +25,11 @@ class LazyNetwork(Protocol):
     def is_up(self) -> bool:
         """Whether it is up (or failed to come up: it will not be more)."""
 
-    def bring_up(self, then: Callable[[], None], pid: int | None = None) -> bool:
+    def bring_up(self, then: Callable[[], None], pid: int | None = None, *, why: str) -> bool:
         """True when it is up already; otherwise start bringing it up and
         call ``then`` (from any thread) once it is (``pid``: the asking
-        guest process, in the network's namespace)."""
+        guest process, in the network's namespace; ``why``: the use, for
+        the event that it came up)."""
 
 
 @final

@@ -315,7 +315,8 @@ def socket(ctx: SyscallContext) -> Outcome:
     def up() -> None:
         kernel.post(release)
 
-    if network.bring_up(up, ctx.task.tgid):
+    why = f"socket(2) by pid {kernel.guest_pid(ctx.task.tgid)}"
+    if network.bring_up(up, ctx.task.tgid, why=why):
         return None
     raise NetworkHold()
 
