@@ -1590,9 +1590,10 @@ struct spec {
     char **files;         /* pairs: host file, guest path, bound after /proc */
     int nfiles;
     int was_root;
-    int netns;  /* the guest's own network namespace ("netns") */
-    int net_fd; /* umld's network helper, asked once it exists ("netsync FD") */
-    int nest;   /* the guest may run umld ("nest") */
+    int netns;   /* the guest's own network namespace ("netns") */
+    int net_fd;  /* umld's network helper, asked once it exists ("netsync FD") */
+    int hold_fd; /* "hold FD": wait here to be started (the OCI runtime's create) */
+    int nest;    /* the guest may run umld ("nest") */
 };
 
 /* "netns": the guest's user namespace gets a network namespace of its own
@@ -1641,6 +1642,26 @@ static void net_sync(int fd)
         errno = 0;
         die("%s", n ? line : "the machine's network could not start");
     }
+}
+
+/* "hold FD": the machine is made, its first process is about to exec the
+ * command; say so ("held") and wait for umld's one byte ("g") before it
+ * does: the OCI runtime's create leaves the container here, its start
+ * lets it go (runtime-spec, "Lifecycle").  Anything else (umld gone, the
+ * container deleted before its start) ends it without running a guest
+ * instruction. */
+static void hold(int fd)
+{
+    if (write(fd, "held\n", 5) != 5)
+        _exit(EXIT_SETUP);
+    char c = 0;
+    ssize_t r;
+    do
+        r = read(fd, &c, 1);
+    while (r < 0 && errno == EINTR);
+    if (r != 1 || c != 'g')
+        _exit(EXIT_SETUP);
+    close(fd);
 }
 
 static void sync_read(int fd)
@@ -1846,6 +1867,8 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
         execve("/proc/self/exe", idle_argv, environ);
         die("cannot start the idle process");
     }
+    if (sp->hold_fd >= 0)
+        hold(sp->hold_fd);
     sigprocmask(SIG_SETMASK, mask, NULL);
     exec_command(sp->argv);
 }
@@ -2902,7 +2925,7 @@ int main(int argc, char **argv)
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, &mask);
 
-    struct spec sp = {.uid = 0, .gid = 0, .net_fd = -1};
+    struct spec sp = {.uid = 0, .gid = 0, .net_fd = -1, .hold_fd = -1};
     sp.files = calloc((size_t)argc, sizeof(char *));
     sp.was_root = host_root();
     sp_was_root = sp.was_root;
@@ -3073,6 +3096,11 @@ int main(int argc, char **argv)
             /* The guest's first process's alone: not the guest's after exec. */
             if (fcntl(sp.net_fd, F_SETFD, FD_CLOEXEC) < 0)
                 die("sandbox: bad network helper socket");
+        } else if (strcmp(op, "hold") == 0) {
+            need(argc, i, 1, op);
+            sp.hold_fd = atoi(argv[++i]);
+            if (fcntl(sp.hold_fd, F_SETFD, FD_CLOEXEC) < 0)
+                die("sandbox: bad hold socket");
         } else if (strcmp(op, "subreaper") == 0) {
             sp.subreaper = 1;
         } else if (strcmp(op, "boottime") == 0) {

@@ -83,6 +83,10 @@ class Launch(NamedTuple):
     #: (columns, rows) of a machine's own terminal (the tty setting) at
     #: its start; None: 80x24.
     terminal_size: tuple[int, int] | None = None
+    #: A socket (inheritable) on which the machine's first process, the
+    #: machine made, says ``held\n`` and waits for ``g`` before it runs
+    #: the command (the OCI runtime's create, then start); None: no wait.
+    hold: int | None = None
 
 
 @final
@@ -598,6 +602,7 @@ class Host:
                 uts=uts,
                 rlimits=m.control.spawn_limits(),
                 tty=(terminal.stage_fd(), *terminal.initial_size) if terminal else None,
+                hold=launch.hold,
             )
             # A machine with a terminal of its own never gets the caller's.
             tty = None if terminal is not None else launch.tty

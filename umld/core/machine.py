@@ -292,9 +292,11 @@ def machine_argv(
     uts: UtsState,
     rlimits: Sequence[tuple[str, str]],
     tty: tuple[int, int, int] | None = None,
+    hold: int | None = None,
 ) -> list[bytes]:
     """umld-sandbox's argument list for a prepared machine (``tty``: the
-    socket its terminal's master goes to, and the terminal's size)."""
+    socket its terminal's master goes to, and the terminal's size;
+    ``hold``: the socket of the wait before the command, Launch.hold)."""
     return sandbox_argv(
         prep.layout,
         files,
@@ -316,6 +318,7 @@ def machine_argv(
         nest=cfg.nest,
         oom_floor=cfg.limits_oom_floor,
         loop=cfg.devices_loop > 0,
+        hold=hold,
     )
 
 
@@ -399,11 +402,15 @@ class Machine:
         cwd: str | None = None,
         on_start: Callable[[MachineControl], None] | None = None,
         live: bool | None = None,
+        hold: int | None = None,
     ) -> RunResult:
         """Run ``argv`` as the guest's first process.  ``on_start`` gets
         the control before the guest's first instruction; the machine is
         live (its settings may change: an export, a --config-dir) when
-        ``live`` says so, by default when there is an ``on_start``."""
+        ``live`` says so, by default when there is an ``on_start``.
+        ``hold``: a socket (see :class:`~umld.core.host.Launch`) on which
+        the made machine's first process says ``held`` and waits for
+        ``g`` before it runs ``argv``."""
         from umld.core.host import Host, Launch, spawn_failure
         from umld.core.terminal import controlling_tty
         from umld.errors import UmldError
@@ -442,6 +449,7 @@ class Machine:
                 terminal_size=terminal_size,
                 sigmask=host.caller_mask,
                 trace_output=(cfg.trace_output or sys.stderr) if cfg.trace else None,
+                hold=hold,
             )
             m = host.start_machine(cfg, argv, launch=launch, on_control=on_start)
             self.kernel, self.control = m.kernel, m.control

@@ -624,6 +624,7 @@ class SandboxOps:
         "cwd": 2,  # DIR strict|fallback
         "netns": 0,  # a network namespace of the guest's own, its loopback up
         "netsync": 1,  # FD: the first process asks umld (core/net.py) for its network
+        "hold": 1,  # FD: says "held" and waits for "g" before the command (OCI create/start)
         "nest": 0,  # /dev/fuse, /dev/net/tun and an uncovered /proc: umld can run inside
     }
     #: umld-sandbox enter PID [OPS] -- CMD: a process in a running machine.
@@ -683,6 +684,7 @@ def sandbox_argv(
     nest: bool = False,
     oom_floor: int = 0,
     loop: bool = False,
+    hold: int | None = None,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox`` for a new machine.
 
@@ -765,8 +767,11 @@ def sandbox_argv(
     if nest:
         # After every mount: /dev is the machine's.
         ops.op("nest")
-    if export_dir:
-        # What guest programs export to the host (the export's export/).
+    # What guest programs export to the host (the export's export/); a
+    # read-only tree given as the root (--root DIR --read-only-root, an
+    # OCI bundle's readonly root) has it only if it brings it along.
+    fixed = root.kind != "cow" and root.readonly
+    if export_dir and not fixed:
         ops.op("mkdir", "/run/umld/export")
     ops.op("proc")
     for guest, host in files.files.items():
@@ -783,6 +788,8 @@ def sandbox_argv(
             ops.op("netsync", fd)
     if cwd is not None:
         ops.op("cwd", cwd, "strict" if cwd_strict else "fallback")
+    if hold is not None:
+        ops.op("hold", hold)
     return ops.command(argv)
 
 

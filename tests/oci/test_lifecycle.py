@@ -1,0 +1,429 @@
+"""umld as an OCI runtime, against the runtime specification and runc.
+
+Real bundles: a root file system made of Debian's busybox and its
+libraries, a config.json per test.  `umld oci` runs as a separate process
+with a --root of the test's own, exactly as an engine calls it; where
+runc can run the same bundle (as root), its outputs and exit statuses
+are the reference.  After every test no container of it is left: no
+state directory, no export mount, no supervisor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, User, wait_for
+
+pytestmark = [pytest.mark.uses_ptrace, pytest.mark.uses_fuse]
+
+RUNC = shutil.which("runc")
+BUSYBOX = shutil.which("busybox")
+APPLETS = (
+    "sh", "sleep", "cat", "echo", "true", "false", "ls", "id", "hostname", "env", "pwd",
+    "mv", "touch", "head", "kill", "mkdir", "rm", "ps",
+)  # fmt: skip
+
+
+def _libraries(binary: str) -> list[str]:
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    libs = []
+    for line in out.splitlines():
+        parts = line.split()
+        for word in parts:
+            if word.startswith("/"):
+                libs.append(word)
+    return libs
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root file system of busybox: /bin/busybox and its applets, its
+    libraries where the loader looks, an /etc/passwd, empty mount points."""
+    if BUSYBOX is None:
+        pytest.skip("busybox is not installed (make test installs it)")
+    root = tmp_path_factory.mktemp("oci") / "rootfs"
+    for d in ("bin", "etc", "proc", "dev", "sys", "tmp", "shared"):
+        (root / d).mkdir(parents=True)
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    for app in APPLETS:
+        (root / "bin" / app).symlink_to("busybox")
+    for lib in _libraries(BUSYBOX):
+        dest = root / lib.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(lib, dest)
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\n")
+    os.chmod(root / "tmp", 0o1777)
+    return root
+
+
+class Bundle:
+    def __init__(self, path: Path, rootfs: Path) -> None:
+        self.path = path
+        self.shared = path / "shared"
+        self.shared.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.shared, 0o777)
+        self.config: dict[str, Any] = {
+            "ociVersion": "1.0.2",
+            "root": {"path": str(rootfs), "readonly": True},
+            "process": {
+                "args": ["sh", "-c", "true"],
+                "env": ["PATH=/bin", "HOME=/"],
+                "cwd": "/",
+                "user": {"uid": 0, "gid": 0},
+            },
+            "hostname": "box",
+            # `runc spec`'s mounts: the machine has each of its own.
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {
+                    "destination": "/dev",
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+                },
+                {
+                    "destination": "/dev/pts",
+                    "type": "devpts",
+                    "source": "devpts",
+                    "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+                },
+                {
+                    "destination": "/dev/shm",
+                    "type": "tmpfs",
+                    "source": "shm",
+                    "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+                },
+                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue"},
+                {
+                    "destination": "/sys",
+                    "type": "sysfs",
+                    "source": "sysfs",
+                    "options": ["nosuid", "noexec", "nodev", "ro"],
+                },
+                {
+                    "destination": "/shared",
+                    "type": "bind",
+                    "source": str(self.shared),
+                    "options": ["rbind", "rw"],
+                },
+            ],
+            "linux": {"namespaces": [{"type": t} for t in ("pid", "mount", "ipc", "uts")]},
+        }
+
+    def command(self, script: str) -> Bundle:
+        self.config["process"]["args"] = ["sh", "-c", script]
+        return self
+
+    def write(self) -> Path:
+        (self.path / "config.json").write_text(json.dumps(self.config))
+        return self.path
+
+
+class Runtime:
+    """One runtime's command line with a --root of the test's own."""
+
+    def __init__(self, argv: list[str], state: Path) -> None:
+        self.argv = argv
+        self.state = state
+
+    def __call__(
+        self, *args: str, bundle: Path | None = None, timeout: float = 60, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        # Files, not pipes, for its output: a container keeps the
+        # runtime's stdio (as under runc), so a pipe would not end at
+        # create's exit.
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            code = subprocess.run(
+                [*self.argv, "--root", str(self.state), *args],
+                cwd=bundle or "/",
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            ).returncode
+            out.seek(0)
+            err.seek(0)
+            p = subprocess.CompletedProcess(
+                args, code, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+            )
+        if check:
+            assert p.returncode == 0, (args, p.stdout, p.stderr)
+        return p
+
+    def state_of(self, cid: str) -> dict[str, Any]:
+        p = self("state", cid, check=True)
+        return json.loads(p.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def umld_oci(tmp_path: Path) -> Iterator[Runtime]:
+    rt = Runtime([sys.executable, "-m", "umld", "oci"], tmp_path / "umld-state")
+    yield rt
+    for cid in _ids(rt.state):
+        rt("delete", "--force", cid)
+    left = _ids(rt.state)
+    assert not left, f"containers left behind: {left}"
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert "/run/umld/oci/" not in mounts or not any(
+        f"/run/umld/oci/{c} " in mounts for c in ("c1", "c2", "bad")
+    ), "an export mount was left behind"
+
+
+def _ids(state: Path) -> list[str]:
+    return sorted(p.name for p in state.iterdir()) if state.exists() else []
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, rootfs: Path) -> Bundle:
+    return Bundle(tmp_path / "bundle", rootfs)
+
+
+def test_lifecycle_create_start_kill_delete(umld_oci: Runtime, bundle: Bundle) -> None:
+    """The spec's lifecycle, with the state checked at each step: create
+    leaves the process waiting before the user program; start runs it;
+    kill reaches it; delete leaves nothing."""
+    ran = bundle.shared / "ran"
+    path = bundle.command("echo $$ > /shared/ran.tmp; mv /shared/ran.tmp /shared/ran; "
+                          "exec sleep 100").write()  # fmt: skip
+    umld_oci("create", "--bundle", str(path), "c1", check=True)
+    st = umld_oci.state_of("c1")
+    assert st["status"] == "created" and st["id"] == "c1" and st["bundle"] == str(path)
+    assert st["ociVersion"].startswith("1.") and os.path.exists(f"/proc/{st['pid']}")
+    time.sleep(0.3)  # the program must not run before start: a window for it to be wrong
+    assert not ran.exists(), "the user program ran before start"
+    umld_oci("start", "c1", check=True)
+    wait_for(ran.exists, "the user program to run after start")
+    assert ran.read_text().strip().isdigit()  # its pid in the container's namespace
+    assert umld_oci.state_of("c1")["status"] == "running"
+    again = umld_oci("start", "c1")
+    assert again.returncode != 0 and "running" in again.stderr
+    refused = umld_oci("delete", "c1")
+    assert refused.returncode != 0 and "running" in refused.stderr
+    umld_oci("kill", "c1", "TERM", check=True)
+    wait_for(lambda: umld_oci.state_of("c1")["status"] == "stopped", "the container to stop")
+    assert "pid" not in umld_oci.state_of("c1")
+    dead = umld_oci("kill", "c1", "KILL")
+    assert dead.returncode != 0 and "not running" in dead.stderr
+    umld_oci("delete", "c1", check=True)
+    gone = umld_oci("state", "c1")
+    assert gone.returncode != 0 and "does not exist" in gone.stderr
+    assert len(gone.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("sig", ["TERM", "INT", "HUP", "USR1", "KILL"])
+def test_kill_delivers_each_signal(umld_oci: Runtime, bundle: Bundle, sig: str) -> None:
+    """`kill ID SIG` reaches the container's process, which dies of it
+    (busybox sleep keeps every default action): `run` exits 128+N."""
+    path = bundle.command("exec sleep 100").write()
+    umld_oci("create", "--bundle", str(path), "c1", check=True)
+    umld_oci("start", "c1", check=True)
+    wait_for(lambda: umld_oci.state_of("c1")["status"] == "running", "running")
+    umld_oci("kill", "c1", sig, check=True)
+    wait_for(lambda: umld_oci.state_of("c1")["status"] == "stopped", f"stopped by SIG{sig}")
+    status = int((umld_oci.state / "c1" / "exit").read_text())
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.Signals[f"SIG{sig}"]
+
+
+def test_a_created_container_is_deleted_without_running(umld_oci: Runtime, bundle: Bundle) -> None:
+    ran = bundle.shared / "ran"
+    path = bundle.command("touch /shared/ran").write()
+    umld_oci("create", "--bundle", str(path), "c1", check=True)
+    pid = umld_oci.state_of("c1")["pid"]
+    umld_oci("delete", "c1", check=True)
+    assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+    assert not ran.exists()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_delete_force_ends_a_running_container(umld_oci: Runtime, bundle: Bundle) -> None:
+    path = bundle.command("exec sleep 100").write()
+    umld_oci("create", "--bundle", str(path), "c1", check=True)
+    umld_oci("start", "c1", check=True)
+    pid = umld_oci.state_of("c1")["pid"]
+    umld_oci("delete", "--force", "c1", check=True)
+    assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+    assert umld_oci("state", "c1").returncode != 0
+
+
+def test_hooks_run_in_order_and_see_the_state(
+    umld_oci: Runtime, bundle: Bundle, tmp_path: Path
+) -> None:
+    """createRuntime and prestart at create, poststart after start,
+    poststop at delete; each reads the state on its stdin."""
+    log = tmp_path / "hooks.log"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f"status=$(python3 -c \"import json,sys; print(json.load(sys.stdin)['status'])\")\n"
+        f'echo "$1 $status $WHO" >> {log}\n'
+    )
+    hook.chmod(0o755)
+    stages = ("createRuntime", "prestart", "poststart", "poststop")
+    bundle.config["hooks"] = {
+        s: [{"path": str(hook), "args": ["hook.sh", s], "env": ["WHO=umld", "PATH=/usr/bin"]}]
+        for s in stages
+    }
+    path = bundle.command("exec sleep 100").write()
+    umld_oci("create", "--bundle", str(path), "c1", check=True)
+    assert log.read_text().split("\n")[:2] == [
+        "createRuntime created umld",
+        "prestart created umld",
+    ]
+    umld_oci("start", "c1", check=True)
+    umld_oci("kill", "c1", "KILL", check=True)
+    wait_for(lambda: umld_oci.state_of("c1")["status"] == "stopped", "stopped")
+    umld_oci("delete", "c1", check=True)
+    assert log.read_text().splitlines() == [
+        "createRuntime created umld",
+        "prestart created umld",
+        "poststart running umld",
+        "poststop stopped umld",
+    ]
+
+
+BAD_CONFIGS = {
+    "a missing root": lambda c: c["root"].update(path="/nonexistent/rootfs"),
+    "an unknown mount type": lambda c: c["mounts"].append(
+        {"destination": "/mnt", "type": "nfs", "source": "server:/x"}
+    ),
+    "a uid map": lambda c: c["linux"].update(
+        uidMappings=[{"containerID": 0, "hostID": 1000, "size": 1}]
+    ),
+    "a terminal": lambda c: c["process"].update(terminal=True),
+    "a relative cwd": lambda c: c["process"].update(cwd="tmp"),
+    "an unknown umld setting": lambda c: c.update(annotations={"umld.warp": "9"}),
+    "a bad umld setting": lambda c: c.update(annotations={"umld.vcpus": "many"}),
+}
+
+
+@pytest.mark.parametrize("what", sorted(BAD_CONFIGS))
+def test_a_bad_config_is_one_line_and_leaves_nothing(
+    umld_oci: Runtime, bundle: Bundle, what: str
+) -> None:
+    BAD_CONFIGS[what](bundle.config)
+    path = bundle.command("touch /shared/ran").write()
+    p = umld_oci("create", "--bundle", str(path), "bad")
+    assert p.returncode == 1, p
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("umld oci: config.json: "), p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (umld_oci.state / "bad").exists()
+    assert not (bundle.shared / "ran").exists()
+
+
+def _machine_cgroups() -> set[str]:
+    return {d for d in os.listdir("/sys/fs/cgroup/pids") if d.startswith("umld-")}
+
+
+def test_a_failing_create_hook_leaves_nothing(umld_oci: Runtime, bundle: Bundle) -> None:
+    before = _machine_cgroups()
+    bundle.config["hooks"] = {"createRuntime": [{"path": "/bin/false"}]}
+    path = bundle.command("touch /shared/ran").write()
+    p = umld_oci("create", "--bundle", str(path), "bad")
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        "umld oci: createRuntime hook /bin/false failed (status 1)"
+    ]
+    assert not (umld_oci.state / "bad").exists()
+    assert not (bundle.shared / "ran").exists()
+    wait_for(lambda: _machine_cgroups() <= before, "the machine's cgroups to go")
+
+
+# -- the same bundle under runc ------------------------------------------------------
+
+SCRIPT = 'echo "hi $FOO"; hostname; pwd; id -u; id -g; cat /shared/in; ls /; echo err >&2; exit 3'
+
+
+@pytest.mark.skipif(RUNC is None or os.geteuid() != 0, reason="runc runs here as root")
+def test_run_matches_runc(tmp_path: Path, rootfs: Path) -> None:
+    """`run` of the same bundle: the same stdout, stderr and exit status
+    under runc and umld."""
+    results = []
+    for name, argv in (("runc", [str(RUNC)]), ("umld", [sys.executable, "-m", "umld", "oci"])):
+        # A root of each one's own: runc makes its mount points in it.
+        mine = tmp_path / f"rootfs-{name}"
+        shutil.copytree(rootfs, mine, symlinks=True)
+        b = Bundle(tmp_path / f"bundle-{name}", mine)
+        (b.shared / "in").write_text("from the host\n")
+        b.config["process"]["env"].append("FOO=bar")
+        b.config["process"]["cwd"] = "/tmp"
+        b.config["hostname"] = "same-box"
+        rt = Runtime(argv, tmp_path / f"state-{name}")
+        path = b.command(SCRIPT).write()
+        p = rt("run", "--bundle", str(path), f"x-{name}", timeout=120)
+        results.append((p.returncode, p.stdout, p.stderr))
+        assert not _ids(rt.state), f"{name} left its container"
+    assert results[0] == results[1]
+    assert results[0][0] == 3 and "hi bar\nsame-box\n/tmp\n0\n0\nfrom the host\n" in results[0][1]
+
+
+def test_the_container_is_exported_live(umld_oci: Runtime, bundle: Bundle, tmp_path: Path) -> None:
+    """Its machine's export, at the place umld.mount gives: the host name
+    written there is the guest's; proc/ lists its process."""
+    mnt = tmp_path / "export"
+    bundle.config["annotations"] = {"umld.mount": str(mnt)}
+    path = bundle.command(
+        "while [ ! -e /shared/go ]; do sleep 0.05; done; hostname > /shared/name"
+    ).write()
+    umld_oci("create", "--bundle", str(path), "c1", check=True)
+    umld_oci("start", "c1", check=True)
+    wait_for(lambda: (mnt / "config" / "hostname").exists(), "the export")
+    assert (mnt / "config" / "hostname").read_text() == "box\n"
+    assert len(os.listdir(mnt / "proc")) >= 1
+    (mnt / "config" / "hostname").write_text("renamed\n")
+    (bundle.shared / "go").touch()
+    wait_for((bundle.shared / "name").exists, "the guest's answer")
+    assert (bundle.shared / "name").read_text() == "renamed\n"
+    wait_for(lambda: umld_oci.state_of("c1")["status"] == "stopped", "stopped")
+    umld_oci("delete", "c1", check=True)
+    wait_for(lambda: not os.path.ismount(mnt), "the export's unmount")
+
+
+def test_as_an_ordinary_user(ordinary_user: User, rootfs: Path) -> None:
+    """create, start, state and delete by a user who is not root, with a
+    root file system of the user's own; the guest's root inside."""
+    mine = ordinary_user.work / "rootfs"
+    if not mine.exists():
+        shutil.copytree(rootfs, mine, symlinks=True)
+        subprocess.run(["chown", "-R", f"{ordinary_user.uid}:{ordinary_user.gid}", str(mine)])
+    b = Bundle(ordinary_user.work / "bundle", mine)
+    subprocess.run(["chown", "-R", f"{ordinary_user.uid}:{ordinary_user.gid}", str(b.path)])
+    b.config["annotations"] = {"umld.mount": "none"}
+    path = b.command("id -u > /shared/uid; exec sleep 100").write()
+    state = ordinary_user.work / "oci-state"
+
+    rt = Runtime(ordinary_user.argv([sys.executable, "-m", "umld", "oci"]), state)
+
+    def oci(*args: str) -> subprocess.CompletedProcess[str]:
+        return rt(*args)
+
+    try:
+        assert oci("create", "--bundle", str(path), "u1").returncode == 0
+        assert json.loads(oci("state", "u1").stdout)["status"] == "created"
+        assert oci("start", "u1").returncode == 0
+        wait_for((b.shared / "uid").exists, "the user program")
+        assert (b.shared / "uid").read_text() == "0\n"
+    finally:
+        p = oci("delete", "--force", "u1")
+    assert p.returncode == 0, p.stderr
+    assert not (state / "u1").exists()

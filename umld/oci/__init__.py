@@ -1,0 +1,416 @@
+"""umld as an OCI runtime: ``umld oci`` (and ``umld-oci``), runc's command line.
+
+An engine (podman, containerd, Kubernetes through a RuntimeClass) runs a
+container with the runtime commands of the OCI runtime specification;
+with umld each container is a machine under umld's guest kernel,
+exported live (``/run/umld/oci/ID`` as root) like ``umld run --mount``.
+
+    umld oci [--root DIR] [--log FILE] [--log-format text|json]
+             [--systemd-cgroup] COMMAND ...
+
+    create [--bundle DIR] [--pid-file FILE] ID   make it; its process waits
+    start ID                                     let the process run
+    state ID                                     the spec's state, as JSON
+    kill ID [SIGNAL]                             SIGTERM by default
+    delete [--force] ID
+    run [--bundle DIR] [--pid-file FILE] [--detach] ID
+    list [--quiet]
+    features                                     what this runtime does
+
+How a config.json becomes a machine: :mod:`umld.oci._spec`.  Where
+containers are kept and what ``state`` says: :mod:`umld.oci._state`.
+The process that runs each one: :mod:`umld.oci._supervisor`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from umld.errors import UmldError, UsageError
+
+PROG = "umld oci"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="umld as an OCI runtime (runc's command line)")
+    p.add_argument("--root", type=Path, help="where containers are kept")
+    p.add_argument("--log", type=Path, help="also write errors here")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--systemd-cgroup",
+        action="store_true",
+        help="accepted: umld places each machine in cgroups of its own",
+    )
+    p.add_argument("--debug", action="store_true", help="accepted")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    for name in ("create", "run"):
+        c = sub.add_parser(name)
+        c.add_argument("--bundle", "-b", type=Path, default=Path("."))
+        c.add_argument("--pid-file", type=Path)
+        c.add_argument("--console-socket")
+        c.add_argument("--no-pivot", action="store_true")
+        c.add_argument("--no-new-keyring", action="store_true")
+        if name == "run":
+            c.add_argument("--detach", "-d", action="store_true")
+        c.add_argument("id")
+    for name in ("start", "state"):
+        sub.add_parser(name).add_argument("id")
+    k = sub.add_parser("kill")
+    k.add_argument("--all", "-a", action="store_true")
+    k.add_argument("id")
+    k.add_argument("signal", nargs="?", default="SIGTERM")
+    d = sub.add_parser("delete")
+    d.add_argument("--force", "-f", action="store_true")
+    d.add_argument("id")
+    ls = sub.add_parser("list")
+    ls.add_argument("--quiet", "-q", action="store_true")
+    ls.add_argument("--format", "-f", choices=("table", "json"), default="table")
+    sub.add_parser("features")
+    return p
+
+
+def entry() -> None:
+    """The ``umld-oci`` console script."""
+    sys.exit(main())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    args: Any = None
+    try:
+        args = _parser().parse_args(words)
+        if args.cmd is None:
+            raise UsageError("missing command (create, start, state, kill, delete, run, ...)")
+        return _COMMANDS[args.cmd](args)
+    except UsageError as exc:
+        _report(args, str(exc).removeprefix("umld: "))
+        sys.stderr.write(f"usage: {PROG} [--root DIR] COMMAND ... ({PROG} --help)\n")
+        return 2
+    except UmldError as exc:
+        _report(args, str(exc).removeprefix("umld: "))
+        return exc.status or 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _report(args: Any, message: str) -> None:
+    """One line on stderr, and in --log (engines show the last error of
+    a JSON log to their user: runc's format)."""
+    sys.stderr.write(f"{PROG}: {message}\n")
+    log = getattr(args, "log", None)
+    if log is None:
+        return
+    if getattr(args, "log_format", "text") == "json":
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        line = json.dumps({"level": "error", "msg": message, "time": stamp})
+    else:
+        line = f"{PROG}: {message}"
+    with contextlib.suppress(OSError), open(log, "a") as f:
+        f.write(line + "\n")
+
+
+def _store(args: Any) -> Any:
+    from umld.oci._state import Store, default_root
+
+    return Store(args.root or default_root())
+
+
+# -- the commands ----------------------------------------------------------------
+
+
+def _create(args: Any) -> int:
+    from umld.oci import _spec
+    from umld.oci._state import Record, check_id, default_mount, start_time
+    from umld.oci._supervisor import Supervisor, detach
+
+    container_id = check_id(args.id)
+    if args.console_socket:
+        raise UmldError("--console-socket: a container terminal is not supported yet", 1)
+    bundle = args.bundle.resolve()
+    plan = _spec.plan(bundle, _spec.read(bundle), default_mount=default_mount(container_id))
+    store = _store(args)
+    where = store.make(container_id)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the supervisor's own process)
+        code = 1
+        try:
+            os.close(r)
+            detach()
+            if os.fork() != 0:
+                os._exit(0)
+            code = Supervisor(store, container_id, plan, w).run()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+    os.close(w)
+    os.waitpid(child, 0)
+    answer = b""
+    while not answer.endswith(b"\n"):
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        answer += chunk
+    os.close(r)
+    word, _, rest = answer.decode(errors="replace").strip().partition(" ")
+    if word != "created" or not rest.isdigit():
+        shutil.rmtree(where, ignore_errors=True)
+        raise UmldError(rest or "the container's supervisor ended before it was created", 1)
+    pid = int(rest)
+    record = Record(
+        id=container_id,
+        bundle=str(bundle),
+        pid=pid,
+        started=start_time(pid) or 0,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        mount=plan.mount,
+        annotations=plan.annotations,
+        hooks={stage: [h.__dict__ for h in hooks] for stage, hooks in plan.hooks.items()},
+    )
+    store.save(record)
+    try:
+        for stage in ("createRuntime", "prestart"):
+            _hooks(store, record, stage)
+        if args.pid_file:
+            tmp = args.pid_file.with_name(args.pid_file.name + ".tmp")
+            tmp.write_text(str(pid))
+            tmp.replace(args.pid_file)
+    except BaseException:
+        _destroy(store, record)
+        shutil.rmtree(where, ignore_errors=True)
+        raise
+    return 0
+
+
+def _start(args: Any) -> int:
+    store = _store(args)
+    record = store.load(args.id)
+    status = store.status(record)
+    if status != "created":
+        raise UmldError(f"cannot start container {args.id}: it is {status}", 1)
+    answer = store.ask(args.id, "start")
+    if answer != "ok":
+        raise UmldError(f"cannot start container {args.id}: {answer.removeprefix('error: ')}", 1)
+    # A failing poststart hook is only a warning (runtime-spec, "poststart").
+    _hooks(store, record, "poststart", fatal=False)
+    return 0
+
+
+def _state(args: Any) -> int:
+    store = _store(args)
+    print(json.dumps(store.state(store.load(args.id)), indent=2))
+    return 0
+
+
+def _signal(text: str) -> int:
+    if text.isdigit():
+        n = int(text)
+        if not 0 < n < signal.NSIG:
+            raise UsageError(f"bad signal number {n}")
+        return n
+    name = text.upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise UsageError(f"unknown signal {text!r}") from None
+
+
+def _kill(args: Any) -> int:
+    signo = _signal(args.signal)
+    store = _store(args)
+    record = store.load(args.id)
+    status = store.status(record)
+    if status == "stopped":
+        raise UmldError(f"container {args.id} is not running", 1)
+    answer = store.ask(args.id, f"kill {signo}")
+    if answer != "ok":
+        raise UmldError(f"cannot signal container {args.id}: {answer.removeprefix('error: ')}", 1)
+    return 0
+
+
+def _delete(args: Any) -> int:
+    store = _store(args)
+    try:
+        record = store.load(args.id)
+    except UmldError:
+        if args.force and not store.dir(args.id).exists():
+            return 0  # runc: --force of a container that is not there is not an error
+        raise
+    status = store.status(record)
+    if status == "running" and not args.force:
+        raise UmldError(f"cannot delete container {args.id}: it is running (--force)", 1)
+    _destroy(store, record)
+    _hooks(store, record, "poststop", fatal=False)
+    shutil.rmtree(store.dir(args.id), ignore_errors=True)
+    return 0
+
+
+def _destroy(store: Any, record: Any) -> None:
+    """The container's machine ended (SIGKILL unless it has), and its
+    supervisor waited for (it unmounts the export as it goes)."""
+    if store.alive(record):
+        if store.status(record) != "stopped":
+            with contextlib.suppress(UmldError):
+                store.ask(record.id, f"kill {int(signal.SIGKILL)}", timeout=10)
+        _wait_gone(store, record, 30.0)
+        if store.alive(record):
+            with contextlib.suppress(OSError):
+                os.kill(record.pid, signal.SIGKILL)
+            _wait_gone(store, record, 10.0)
+
+
+def _wait_gone(store: Any, record: Any, timeout: float | None) -> None:
+    """Until the supervisor has ended (its pidfd is readable, pidfd_open(2)),
+    at most ``timeout`` seconds (None: however long it takes)."""
+    try:
+        fd = os.pidfd_open(record.pid)
+    except OSError:
+        return
+    try:
+        if store.alive(record):
+            select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+
+
+def _run(args: Any) -> int:
+    from umld.core import shell_status
+
+    code = _create(args)
+    if code:
+        return code
+    store = _store(args)
+    record = store.load(args.id)
+    try:
+        _start(args)
+    except BaseException:
+        _destroy(store, record)
+        shutil.rmtree(store.dir(args.id), ignore_errors=True)
+        raise
+    if args.detach:
+        return 0
+    _wait_gone(store, record, None)
+    status = store.exit_status(args.id)
+    args.force = True
+    _delete(args)
+    return shell_status(status) if status is not None else 1
+
+
+def _list(args: Any) -> int:
+    store = _store(args)
+    rows = []
+    for container_id in store.ids():
+        with contextlib.suppress(UmldError):
+            rows.append(store.state(store.load(container_id)))
+    if args.quiet:
+        for row in rows:
+            print(row["id"])
+    elif args.format == "json":
+        print(json.dumps(rows))
+    else:
+        print(f"{'ID':20} {'PID':>8} {'STATUS':8} BUNDLE")
+        for row in rows:
+            print(f"{row['id']:20} {row.get('pid', 0):>8} {row['status']:8} {row['bundle']}")
+    return 0
+
+
+def _features(args: Any) -> int:
+    from umld import __version__
+    from umld.oci._spec import HOOK_STAGES, OWN_NAMESPACES
+    from umld.oci._state import OCI_VERSION
+
+    print(
+        json.dumps(
+            {
+                "ociVersionMin": "1.0.0",
+                "ociVersionMax": OCI_VERSION,
+                "hooks": list(HOOK_STAGES),
+                "mountOptions": ["bind", "rbind", "ro", "rw", "size"],
+                "linux": {
+                    "namespaces": sorted(OWN_NAMESPACES | {"network"}),
+                    "cgroup": {"v1": True, "v2": True, "systemd": False},
+                    "seccomp": {"enabled": False},
+                    "apparmor": {"enabled": False},
+                    "selinux": {"enabled": False},
+                },
+                "annotations": {"io.github.umld.version": __version__},
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _hooks(store: Any, record: Any, stage: str, *, fatal: bool = True) -> None:
+    """Run the bundle's ``stage`` hooks in order, the state on their stdin
+    (runtime-spec, "POSIX-platform Hooks"); the first failure is
+    UmldError naming it, or with ``fatal`` False (poststart, poststop:
+    the spec's "log a warning") a line on stderr, and the next hook."""
+    state = json.dumps(store.state(record)).encode()
+    for hook in record.hooks.get(stage, ()):
+        try:
+            _hook(hook, stage, state)
+        except UmldError as exc:
+            if fatal:
+                raise
+            sys.stderr.write(f"{PROG}: warning: {str(exc).removeprefix('umld: ')}\n")
+
+
+def _hook(hook: dict[str, Any], stage: str, state: bytes) -> None:
+    """One hook, run as the spec says: ``path`` executed with ``args``
+    (args[0] its argv[0]) and exactly ``env``."""
+    argv = list(hook["args"]) or [hook["path"]]
+    env = dict(item.partition("=")[::2] for item in hook["env"])
+    try:
+        p = subprocess.run(
+            argv,
+            executable=hook["path"],
+            input=state,
+            env=env,
+            capture_output=True,
+            timeout=hook["timeout"],
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UmldError(f"{stage} hook {hook['path']}: {exc}", 1) from None
+    if p.returncode != 0:
+        why = p.stderr.decode(errors="replace").strip().splitlines()
+        raise UmldError(
+            f"{stage} hook {hook['path']} failed (status {p.returncode})"
+            + (f": {why[-1]}" if why else ""),
+            1,
+        )
+
+
+_COMMANDS = {
+    "create": _create,
+    "start": _start,
+    "state": _state,
+    "kill": _kill,
+    "delete": _delete,
+    "run": _run,
+    "list": _list,
+    "features": _features,
+}

@@ -1,0 +1,339 @@
+"""A container's ``config.json`` (OCI runtime-spec 1.x) read as a machine.
+
+What the spec asks is mapped onto umld's settings; what umld gives every
+machine anyway is accepted as given (its own /proc, /dev, devpts, mqueue,
+/sys and cgroup view; its pid, mount, UTS, IPC, user and cgroup
+namespaces); what cannot be honoured fails ``create`` with one line naming
+the field, before anything is made.  The mapping:
+
+==============================  ==============================================
+``root.path``, ``readonly``     ``--root`` (the bundle's tree, written in
+                                place as runc does), ``--read-only-root``
+``process.args/env/cwd``        the first process, its environment exactly
+``process.user.uid/gid``        ``--uid``/``--gid`` (additionalGids: only the
+                                primary group, which is all a guest gets)
+``process.rlimits``             set on the machine's first process
+                                (RLIMIT_NOFILE, RLIMIT_NPROC also as the
+                                ``limits/*`` settings)
+``process.terminal``            not yet (a console socket): refused
+``hostname``                    ``--hostname``
+``mounts`` bind, tmpfs          ``--bind SRC:DST[:ro]``, ``--tmpfs DST``
+``linux.namespaces`` network    without a path: ``--net none`` (its own,
+                                loopback only); absent: ``--net host``;
+                                with a path: refused (not yet)
+``linux.resources``             memory.limit ``--memory``; cpu quota/period
+                                ``--vcpus`` (rounded up); pids.limit
+                                ``limits/nproc``
+``linux.uidMappings``           refused: umld maps the guest's ids itself
+``annotations`` ``umld.KEY``    the setting KEY (``umld.vcpus=2``,
+                                ``umld.net/connect=deny``); ``umld.mount``:
+                                where the export goes (``none``: no export)
+``hooks``                       createRuntime, prestart, poststart,
+                                poststop in the runtime's namespaces;
+                                createContainer and startContainer refused
+==============================  ==============================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from umld.errors import UmldError, UsageError
+
+#: The runtime-spec versions understood: 1.x.
+SPEC_MAJOR = "1."
+
+#: Mount destinations and types the machine has of its own: accepted and
+#: not made again.
+OWN_MOUNTS = {
+    ("/proc", "proc"),
+    ("/dev", "tmpfs"),
+    ("/dev", "devtmpfs"),
+    ("/dev/pts", "devpts"),
+    ("/dev/shm", "tmpfs"),
+    ("/dev/mqueue", "mqueue"),
+    ("/sys", "sysfs"),
+    ("/sys/fs/cgroup", "cgroup"),
+    ("/sys/fs/cgroup", "cgroup2"),
+}
+
+#: Namespaces every machine has of its own (network is decided apart).
+OWN_NAMESPACES = {"pid", "mount", "uts", "ipc", "user", "cgroup", "time"}
+
+RLIMITS = {
+    name: getattr(resource, name)
+    for name in dir(resource)
+    if name.startswith("RLIMIT_") and isinstance(getattr(resource, name), int)
+}
+
+HOOK_STAGES = ("prestart", "createRuntime", "poststart", "poststop")
+
+
+class SpecError(UmldError):
+    """A config.json umld cannot honour: one line, nothing made."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"config.json: {message}", 1)
+
+
+@dataclass(frozen=True)
+class Hook:
+    path: str
+    args: tuple[str, ...]
+    env: tuple[str, ...]
+    timeout: float | None
+
+
+@dataclass
+class Plan:
+    """What umld does for one container."""
+
+    settings: dict[str, Any]
+    args: list[str]
+    env: dict[str, str]
+    cwd: str
+    rlimits: list[tuple[int, int, int]] = field(default_factory=list)
+    hooks: dict[str, list[Hook]] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    #: Where the container's export is mounted; None: not exported.
+    mount: str | None = None
+
+
+def _obj(value: object, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{where} must be an object")
+    return value
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError(f"{where} must be an array")
+    return value
+
+
+def _str(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise SpecError(f"{where} must be a string")
+    return value
+
+
+def _int(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SpecError(f"{where} must be an integer")
+    return value
+
+
+def read(bundle: Path) -> dict[str, Any]:
+    """The bundle's config.json, parsed; SpecError says what is wrong."""
+    path = bundle / "config.json"
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path} is not JSON: {exc}") from None
+    return _obj(data, "the document")
+
+
+def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Plan:
+    """The machine for ``data`` (the config.json of ``bundle``)."""
+    version = _str(data.get("ociVersion"), "ociVersion")
+    if not version.startswith(SPEC_MAJOR):
+        raise SpecError(f"ociVersion {version!r}: umld implements runtime-spec 1.x")
+    mapping: dict[str, Any] = {}
+    _root(bundle, _obj(data.get("root"), "root"), mapping)
+    process = _obj(data.get("process"), "process")
+    if not process:
+        raise SpecError("process is missing (umld has no use for a container without one)")
+    args = [_str(a, "process.args[]") for a in _list(process.get("args"), "process.args")]
+    if not args:
+        raise SpecError("process.args is empty")
+    cwd = _str(process.get("cwd", "/"), "process.cwd")
+    if not cwd.startswith("/"):
+        raise SpecError(f"process.cwd {cwd!r} is not absolute")
+    env: dict[str, str] = {}
+    for item in _list(process.get("env"), "process.env"):
+        key, sep, value = _str(item, "process.env[]").partition("=")
+        if not sep or not key:
+            raise SpecError(f"process.env entry {item!r} is not KEY=VALUE")
+        env[key] = value
+    if process.get("terminal"):
+        raise SpecError("process.terminal: a console (--console-socket) is not supported yet")
+    _user(_obj(process.get("user"), "process.user"), mapping)
+    rlimits = _rlimits(_list(process.get("rlimits"), "process.rlimits"), mapping)
+    if "hostname" in data:
+        mapping["hostname"] = _str(data["hostname"], "hostname")
+    if "domainname" in data:
+        mapping["domainname"] = _str(data["domainname"], "domainname")
+    _mounts(bundle, _list(data.get("mounts"), "mounts"), mapping)
+    linux = _obj(data.get("linux"), "linux")
+    _namespaces(_list(linux.get("namespaces"), "linux.namespaces"), mapping)
+    _resources(_obj(linux.get("resources"), "linux.resources"), mapping)
+    for key in ("uidMappings", "gidMappings"):
+        if linux.get(key):
+            raise SpecError(f"linux.{key}: umld maps the guest's ids itself; leave it out")
+    annotations = {
+        _str(k, "annotations"): _str(v, f"annotations.{k}")
+        for k, v in _obj(data.get("annotations"), "annotations").items()
+    }
+    mount = default_mount
+    for key, value in annotations.items():
+        if not key.startswith("umld."):
+            continue
+        name = key.removeprefix("umld.").replace(".", "/")
+        if name == "mount":
+            mount = None if value == "none" else value
+        else:
+            mapping[name] = value
+    hooks = _hooks(_obj(data.get("hooks"), "hooks"))
+    from umld.core import settings
+
+    try:
+        parsed = settings.from_mapping(mapping, where="config.json")
+    except UsageError as exc:
+        raise SpecError(str(exc).removeprefix("umld: ").removeprefix("config.json: ")) from None
+    return Plan(parsed, args, env, cwd, rlimits, hooks, annotations, mount)
+
+
+def _root(bundle: Path, root: dict[str, Any], mapping: dict[str, Any]) -> None:
+    path = _str(root.get("path"), "root.path")
+    full = Path(path) if path.startswith("/") else bundle / path
+    if not full.is_dir():
+        raise SpecError(f"root.path {str(full)!r} is not a directory")
+    mapping["root"] = str(full.resolve())
+    if root.get("readonly"):
+        mapping["read_only_root"] = True
+
+
+def _user(user: dict[str, Any], mapping: dict[str, Any]) -> None:
+    uid = _int(user.get("uid", 0), "process.user.uid")
+    gid = _int(user.get("gid", 0), "process.user.gid")
+    extra = {_int(g, "process.user.additionalGids[]") for g in user.get("additionalGids") or ()}
+    if extra - {gid}:
+        raise SpecError(
+            "process.user.additionalGids: a guest has its primary group only "
+            f"(asked for {sorted(extra - {gid})})"
+        )
+    if user.get("username"):
+        raise SpecError("process.user.username is for Windows containers")
+    mapping["uid"], mapping["gid"] = uid, gid
+
+
+def _rlimits(items: list[Any], mapping: dict[str, Any]) -> list[tuple[int, int, int]]:
+    out = []
+    for item in items:
+        limit = _obj(item, "process.rlimits[]")
+        kind = _str(limit.get("type"), "process.rlimits[].type")
+        if kind not in RLIMITS:
+            raise SpecError(f"process.rlimits: unknown type {kind!r}")
+        soft = _int(limit.get("soft"), f"process.rlimits {kind} soft")
+        hard = _int(limit.get("hard"), f"process.rlimits {kind} hard")
+        if soft > hard:
+            raise SpecError(f"process.rlimits {kind}: soft {soft} above hard {hard}")
+        out.append((RLIMITS[kind], soft, hard))
+        if kind == "RLIMIT_NOFILE":
+            mapping["limits/nofile"] = soft
+    return out
+
+
+def _mounts(bundle: Path, items: list[Any], mapping: dict[str, Any]) -> None:
+    binds: list[str] = []
+    ramdisks: list[str] = []
+    for item in items:
+        m = _obj(item, "mounts[]")
+        dest = _str(m.get("destination"), "mounts[].destination")
+        if not dest.startswith("/"):
+            raise SpecError(f"mounts: destination {dest!r} is not absolute")
+        dest = os.path.normpath(dest)
+        kind = m.get("type") or "none"
+        options = [_str(o, f"mounts {dest} options") for o in _list(m.get("options"), dest)]
+        if (dest, kind) in OWN_MOUNTS:
+            continue
+        if kind == "bind" or "bind" in options or "rbind" in options:
+            source = _str(m.get("source"), f"mounts {dest} source")
+            src = Path(source) if source.startswith("/") else bundle / source
+            if not src.exists():
+                raise SpecError(f"mounts {dest}: source {str(src)!r} does not exist")
+            binds.append(f"{src}:{dest}" + (":ro" if "ro" in options else ""))
+        elif kind == "tmpfs":
+            sizes = [o.removeprefix("size=") for o in options if o.startswith("size=")]
+            ramdisks.append(dest + (f":size={sizes[-1]}" if sizes else ""))
+        else:
+            raise SpecError(f"mounts {dest}: type {kind!r} is not supported (bind, tmpfs)")
+    if binds:
+        mapping["bind"] = binds
+    if ramdisks:
+        mapping["tmpfs"] = ramdisks
+
+
+def _namespaces(items: list[Any], mapping: dict[str, Any]) -> None:
+    kinds = set()
+    for item in items:
+        ns = _obj(item, "linux.namespaces[]")
+        kind = _str(ns.get("type"), "linux.namespaces[].type")
+        if kind != "network" and kind not in OWN_NAMESPACES:
+            raise SpecError(f"linux.namespaces: unknown type {kind!r}")
+        if ns.get("path"):
+            raise SpecError(
+                f"linux.namespaces: joining the {kind} namespace at {ns['path']} is not "
+                "supported yet"
+            )
+        kinds.add(kind)
+    # Without a network namespace the container shares the runtime's
+    # network (the spec); with one of its own it has a loopback alone.
+    mapping.setdefault("net", "none" if "network" in kinds else "host")
+
+
+def _resources(res: dict[str, Any], mapping: dict[str, Any]) -> None:
+    memory = _obj(res.get("memory"), "linux.resources.memory")
+    if memory.get("limit") not in (None, -1):
+        mapping["memory"] = _int(memory["limit"], "linux.resources.memory.limit")
+    cpu = _obj(res.get("cpu"), "linux.resources.cpu")
+    quota, period = cpu.get("quota"), cpu.get("period") or 100_000
+    if quota not in (None, -1, 0):
+        q = _int(quota, "linux.resources.cpu.quota")
+        p = _int(period, "linux.resources.cpu.period")
+        mapping["vcpus"] = max(1, math.ceil(q / p))
+    pids = _obj(res.get("pids"), "linux.resources.pids")
+    if pids.get("limit") not in (None, -1, 0):
+        mapping["limits/nproc"] = _int(pids["limit"], "linux.resources.pids.limit")
+
+
+def _hooks(hooks: dict[str, Any]) -> dict[str, list[Hook]]:
+    out: dict[str, list[Hook]] = {}
+    for stage, items in hooks.items():
+        if stage not in HOOK_STAGES:
+            if stage in ("createContainer", "startContainer"):
+                raise SpecError(
+                    f"hooks.{stage}: hooks in the container's namespaces are not supported"
+                )
+            raise SpecError(f"hooks: unknown stage {stage!r}")
+        for item in _list(items, f"hooks.{stage}"):
+            h = _obj(item, f"hooks.{stage}[]")
+            path = _str(h.get("path"), f"hooks.{stage}[].path")
+            if not path.startswith("/"):
+                raise SpecError(f"hooks.{stage}: path {path!r} is not absolute")
+            timeout = h.get("timeout")
+            if timeout is not None and _int(timeout, f"hooks.{stage} timeout") <= 0:
+                raise SpecError(f"hooks.{stage}: timeout must be positive")
+            out.setdefault(stage, []).append(
+                Hook(
+                    path,
+                    tuple(_str(a, "hook args") for a in _list(h.get("args"), "hook args")),
+                    tuple(_str(e, "hook env") for e in _list(h.get("env"), "hook env")),
+                    float(timeout) if timeout is not None else None,
+                )
+            )
+    return out

@@ -1,0 +1,206 @@
+"""The process that runs a container's machine, from ``create`` to its end.
+
+``create`` forks it twice (so that it is nobody's child but the engine's
+monitor's, which made itself a subreaper to reap it) and waits on a pipe
+for one line: ``created PID`` once the machine is made and its first
+process waits before the command (the sandbox's ``hold``), or ``error
+WHY``.  From then on it serves ``ctl.sock``:
+
+``state``   ``created``, ``running`` or ``stopped``
+``start``   lets the first process go on (``g`` on the hold socket)
+``kill N``  signal N to the container's first process; before the start,
+            any signal ends the container (its process has not begun)
+
+and it ends when the machine does, with the first process's status
+(``umld run``'s: 128+N for signal N), having written that wait status to
+``exit`` for ``delete`` and ``run``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+from umld.errors import UmldError, get_logger
+from umld.oci._spec import Plan
+from umld.oci._state import Store
+
+log = get_logger("umld.oci")
+
+
+class Supervisor:
+    def __init__(self, store: Store, container_id: str, plan: Plan, ready: int) -> None:
+        self.store = store
+        self.id = container_id
+        self.plan = plan
+        self.dir = store.dir(container_id)
+        self._ready = ready
+        self.status = "creating"
+        self._lock = threading.Lock()
+        self.control: Any = None
+        # The machine's end of the hold, and ours.
+        self._ours, self._theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+
+    # -- the line to create ----------------------------------------------------
+
+    def _tell(self, line: str) -> None:
+        if self._ready < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._ready, (" ".join(line.split()) + "\n").encode())
+        os.close(self._ready)
+        self._ready = -1
+
+    def _watch_hold(self) -> None:
+        data = b""
+        while not data.endswith(b"\n"):
+            try:
+                chunk = self._ours.recv(64)
+            except OSError:
+                return
+            if not chunk:
+                return  # the machine ended before it was made
+            data += chunk
+        if data == b"held\n":
+            with self._lock:
+                self.status = "created"
+            self._tell(f"created {os.getpid()}")
+
+    # -- ctl.sock ----------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                try:
+                    line = conn.recv(256).decode(errors="replace").strip()
+                    answer = self._handle(line)
+                    conn.sendall(answer.encode() + b"\n")
+                except OSError:
+                    continue
+
+    def _handle(self, line: str) -> str:
+        words = line.split()
+        if words == ["state"]:
+            return self.status
+        if words == ["start"]:
+            with self._lock:
+                if self.status != "created":
+                    return f"error: the container is {self.status}, not created"
+                self.status = "running"
+                try:
+                    self._ours.sendall(b"g")
+                except OSError as exc:
+                    return f"error: the container's process is gone ({exc.strerror})"
+            return "ok"
+        if len(words) == 2 and words[0] == "kill" and words[1].isdigit():
+            return self._kill(int(words[1]))
+        return f"error: unknown request {line[:60]!r}"
+
+    def _kill(self, signo: int) -> str:
+        with self._lock:
+            status = self.status
+        control = self.control
+        if status == "running" and control is not None:
+            pid = control.guest_process()
+            if pid is not None:
+                try:
+                    os.kill(pid, signo)
+                except OSError as exc:
+                    return f"error: {exc.strerror}"
+                return "ok"
+        if status in ("creating", "created", "running") and control is not None:
+            # Its command has not begun: whatever the signal, it ends here.
+            control.on_tracer(control.kernel.kill_all)
+            return "ok"
+        return f"error: the container is {status}"
+
+    # -- the machine -------------------------------------------------------------
+
+    def run(self) -> int:
+        from umld.core import shell_status
+        from umld.core.machine import Config, Machine
+
+        sock = self.dir / "ctl.sock"
+        self._listener.bind(str(sock))
+        os.chmod(sock, 0o600)
+        self._listener.listen(16)
+        threading.Thread(target=self._serve, name="umld-oci-ctl", daemon=True).start()
+        threading.Thread(target=self._watch_hold, name="umld-oci-hold", daemon=True).start()
+        exports: list[Any] = []
+
+        def on_start(control: Any) -> None:
+            self.control = control
+            if self.plan.mount is None:
+                return
+            from umld.fusefs import ExportThread
+
+            export = ExportThread(control, self.plan.mount, name=self.id)
+            export.start()
+            exports.append(export)
+
+        for res, soft, hard in self.plan.rlimits:
+            try:
+                resource.setrlimit(res, (soft, hard))
+            except (OSError, ValueError) as exc:
+                self._tell(f"error config.json: process.rlimits: {exc}")
+                return 1
+        status = None
+        try:
+            cfg = Config(
+                **self.plan.settings,
+                # The runtime's own files are never the container's.
+                hidden=[str(self.store.root)],
+            )
+            fd = self._theirs.fileno()
+            os.set_inheritable(fd, True)
+            result = Machine(cfg).run(
+                self.plan.args,
+                env=self.plan.env,
+                cwd=self.plan.cwd,
+                on_start=on_start,
+                live=self.plan.mount is not None,
+                hold=fd,
+            )
+            status = result.status
+        except UmldError as exc:
+            self._tell("error " + str(exc).removeprefix("umld: "))
+            return exc.status or 1
+        except Exception as exc:  # reported to create, and logged
+            log.exception("container %s failed", self.id)
+            self._tell(f"error {exc}")
+            return 1
+        finally:
+            # Stopped as soon as its process has ended: the export's
+            # unmount (it waits for writers) comes after.
+            if status is not None:
+                Path(self.dir / "exit").write_text(str(status))
+            with self._lock:
+                self.status = "stopped"
+            for export in exports:
+                with contextlib.suppress(Exception):
+                    export.stop()
+            self._listener.close()
+            with contextlib.suppress(OSError):
+                sock.unlink()
+        # A machine that ended before it was made says why on its stderr.
+        self._tell("error the container's process ended before it was created")
+        return shell_status(status)
+
+
+def detach() -> None:
+    """This (forked) process leaves the caller's session and process group;
+    the engine's stdio stays the container's."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
