@@ -2347,8 +2347,13 @@ static int enter_main(int argc, char **argv)
     const char *pid = argv[2];
     int in = -1, out = -1, err = -1;
     read_caller_bset();
-    struct spec sp = {
-        .uid = getuid(), .gid = getgid(), .cwd = "/", .cwd_strict = 1, .was_root = host_root()};
+    struct spec sp = {.uid = getuid(),
+                      .gid = getgid(),
+                      .cwd = "/",
+                      .cwd_strict = 1,
+                      .was_root = host_root(),
+                      .net_fd = -1,
+                      .hold_fd = -1};
     int i = 3;
     for (; i < argc; i++) {
         const char *op = argv[i];
