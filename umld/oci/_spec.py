@@ -12,9 +12,9 @@ the field, before anything is made.  The mapping:
 ``process.args/env/cwd``        the first process, its environment exactly
 ``process.user.uid/gid``        ``--uid``/``--gid`` (additionalGids: only the
                                 primary group, which is all a guest gets)
-``process.rlimits``             set on the machine's first process
-                                (RLIMIT_NOFILE, RLIMIT_NPROC also as the
-                                ``limits/*`` settings)
+``process.rlimits``             set on the machine's first process;
+                                RLIMIT_NOFILE and RLIMIT_NPROC are the
+                                ``limits/*`` settings (soft = hard)
 ``process.terminal``            not yet (a console socket): refused
 ``hostname``                    ``--hostname``
 ``mounts`` bind, tmpfs          ``--bind SRC:DST[:ro]``, ``--tmpfs DST``
@@ -242,9 +242,14 @@ def _rlimits(items: list[Any], mapping: dict[str, Any]) -> list[tuple[int, int, 
         hard = _int(limit.get("hard"), f"process.rlimits {kind} hard")
         if soft > hard:
             raise SpecError(f"process.rlimits {kind}: soft {soft} above hard {hard}")
-        out.append((RLIMITS[kind], soft, hard))
+        # The two a machine sets itself are its settings (both limits
+        # then the one value); the others its first process inherits.
         if kind == "RLIMIT_NOFILE":
             mapping["limits/nofile"] = soft
+        elif kind == "RLIMIT_NPROC":
+            mapping.setdefault("limits/nproc", soft)
+        else:
+            out.append((RLIMITS[kind], soft, hard))
     return out
 
 

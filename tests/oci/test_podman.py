@@ -1,0 +1,156 @@
+"""podman with umld as its runtime, against podman with runc.
+
+Debian's podman, as root, with a store of the test's own (the `vfs`
+storage driver: each container's root is a plain directory, which umld
+presents to the guest through an idmapped mount; podman's default
+overlay root cannot be idmapped, see the README) and a test-only
+containers.conf for this kind of host (cgroupfs, rlimits below podman's
+defaults).  The image is imported from the busybox root the lifecycle
+tests use.  Each command runs under both runtimes; outputs and exit
+statuses must be the same.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, wait_for
+
+pytestmark = [
+    pytest.mark.uses_ptrace,
+    pytest.mark.uses_fuse,
+    pytest.mark.skipif(
+        shutil.which("podman") is None or shutil.which("runc") is None or os.geteuid() != 0,
+        reason="podman and runc, as root (make test installs them)",
+    ),
+]
+
+IMAGE = "localhost/umld-test-busybox:1"
+UMLD_OCI = str(Path(sys.executable).with_name("umld-oci"))
+CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+[engine]
+cgroup_manager = "cgroupfs"
+"""
+
+
+class Podman:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        (work / "containers.conf").write_text(CONF)
+        self.base = [
+            "podman",
+            "--storage-driver",
+            "vfs",
+            "--root",
+            str(work / "storage"),
+            "--runroot",
+            str(work / "runroot"),
+        ]
+
+    def __call__(
+        self, runtime: str, *args: str, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.base, "--runtime", runtime, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env={
+                **os.environ,
+                "CONTAINERS_CONF": str(self.work / "containers.conf"),
+                "PYTHONPATH": str(ROOT),
+            },
+        )
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory: pytest.TempPathFactory, rootfs: Path) -> Iterator[Podman]:
+    work = tmp_path_factory.mktemp("podman")
+    tar = work / "rootfs.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(rootfs, arcname=".")
+    p = Podman(work)
+    imported = subprocess.run(
+        [*p.base, "import", str(tar), IMAGE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CONTAINERS_CONF": str(work / "containers.conf")},
+    )
+    assert imported.returncode == 0, imported.stderr
+    yield p
+    subprocess.run([*p.base, "rm", "-a", "-f"], capture_output=True, timeout=120)
+
+
+RUNTIMES = ("/usr/sbin/runc", UMLD_OCI)
+
+
+def both(podman: Podman, *args: str) -> list[tuple[int, str]]:
+    out = []
+    for runtime in RUNTIMES:
+        p = podman(runtime, *args)
+        out.append((p.returncode, p.stdout))
+    return out
+
+
+def test_run_rm_status_and_output(podman: Podman) -> None:
+    got = both(podman, "run", "--rm", "--network", "none", IMAGE, "sh", "-c", "echo hi; exit 3")
+    assert got[0] == got[1] == (3, "hi\n")
+
+
+def test_env_workdir_user_volume_limits(podman: Podman, tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "f").write_text("from the host\n")
+    script = "echo $FOO; pwd; cat /vol/f; hostname; id -u; id -g; echo x > /vol/out"
+    got = both(
+        podman,
+        "run", "--rm", "--network", "none", "-e", "FOO=bar", "-w", "/tmp", "-u", "0:0",
+        "-v", f"{vol}:/vol", "--memory", "64m", "--cpus", "1", "--hostname", "hh",
+        IMAGE, "sh", "-c", script,
+    )  # fmt: skip
+    assert got[0] == got[1] == (0, "bar\n/tmp\nfrom the host\nhh\n0\n0\n")
+    assert (vol / "out").read_text() == "x\n"
+
+
+def test_detached_stop_logs_and_the_live_export(podman: Podman) -> None:
+    """`run -d`, `ps`, `logs`, `stop` (its SIGTERM reaches the trap) and the
+    exit code in `inspect`; under umld the container's machine is exported
+    at /run/umld/oci/ID while it runs."""
+    script = 'echo started; trap "echo got TERM; exit 9" TERM; while :; do sleep 0.05; done'
+    results = []
+    for runtime in RUNTIMES:
+        p = podman(runtime, "run", "-d", "--network", "none", IMAGE, "sh", "-c", script)
+        assert p.returncode == 0, p.stderr
+        cid = p.stdout.strip()
+        wait_for(
+            lambda r=runtime, c=cid: "started" in podman(r, "logs", c).stdout,  # type: ignore[misc]
+            "the container's start",
+        )
+        ps = podman(runtime, "ps", "--format", "{{.ID}}")
+        assert cid[:12] in ps.stdout
+        if runtime == UMLD_OCI:
+            export = Path("/run/umld/oci") / cid
+            assert (export / "status").read_text().startswith("name: ")
+            assert len(os.listdir(export / "proc")) >= 2
+        stop = podman(runtime, "stop", "-t", "10", cid)
+        assert stop.returncode == 0, stop.stderr
+        code = podman(runtime, "inspect", cid, "--format", "{{.State.ExitCode}}").stdout.strip()
+        logs = podman(runtime, "logs", cid).stdout
+        assert podman(runtime, "rm", cid).returncode == 0
+        results.append((code, logs))
+        if runtime == UMLD_OCI:
+            gone = Path("/run/umld/oci") / cid
+            wait_for(lambda g=gone: not g.exists(), "the export's end")  # type: ignore[misc]
+    assert results[0] == results[1] == ("9", "started\ngot TERM\n")
