@@ -389,3 +389,39 @@ def test_as_an_ordinary_user(ordinary_user: User, rootfs: Path) -> None:
         p = oci("delete", "--force", "u1")
     assert p.returncode == 0, p.stderr
     assert not (state / "u1").exists()
+
+
+def test_pause_resume_and_ps(umld_oci: Runtime, bundle: Bundle) -> None:
+    """pause stops every process of the container (state "paused", as
+    runc says), resume lets them go on; ps lists their host pids."""
+    counter = bundle.shared / "n"
+    path = bundle.command(
+        "i=0; (sleep 100 &); while :; do i=$((i+1)); echo $i > /shared/n; sleep 0.02; done"
+    ).write()
+    umld_oci("create", "--bundle", str(path), "c1", check=True)
+    umld_oci("start", "c1", check=True)
+    wait_for(lambda: counter.exists() and counter.read_text().strip() not in ("", "1"), "count")
+    pids = json.loads(umld_oci("ps", "--format", "json", "c1", check=True).stdout)
+    # The shell and the sleep 100 at least (each short sleep comes and goes).
+    assert len(pids) >= 2 and sum(os.path.exists(f"/proc/{p}") for p in pids) >= 2
+    umld_oci("pause", "c1", check=True)
+    assert umld_oci.state_of("c1")["status"] == "paused"
+    wait_for(
+        lambda: all(_proc_state(p) in ("T", "t", "") for p in pids), "every process stopped"
+    )
+    held = counter.read_text()
+    time.sleep(0.3)  # a paused container does not count: a window for it to be wrong
+    assert counter.read_text() == held
+    assert umld_oci("pause", "c1").returncode != 0
+    umld_oci("resume", "c1", check=True)
+    assert umld_oci.state_of("c1")["status"] == "running"
+    wait_for(lambda: counter.read_text() != held, "the count to go on")
+    table = umld_oci("ps", "c1", check=True).stdout
+    assert "sleep 100" in table and "PID" in table
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""

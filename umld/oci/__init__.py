@@ -14,6 +14,8 @@ exported live (``/run/umld/oci/ID`` as root) like ``umld run --mount``.
     kill ID [SIGNAL]                             SIGTERM by default
     delete [--force] ID
     run [--bundle DIR] [--pid-file FILE] [--detach] ID
+    pause ID; resume ID                          every process stopped, or on
+    ps [--format table|json] ID                  its processes (host pids)
     list [--quiet]
     features                                     what this runtime does
 
@@ -79,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("delete")
     d.add_argument("--force", "-f", action="store_true")
     d.add_argument("id")
+    for name in ("pause", "resume"):
+        sub.add_parser(name).add_argument("id")
+    ps = sub.add_parser("ps")
+    ps.add_argument("--format", "-f", choices=("table", "json"), default="table")
+    ps.add_argument("id")
+    ps.add_argument("ps_options", nargs="*", help="for ps(1) (table format)")
     ls = sub.add_parser("list")
     ls.add_argument("--quiet", "-q", action="store_true")
     ls.add_argument("--format", "-f", choices=("table", "json"), default="table")
@@ -318,6 +326,35 @@ def _run(args: Any) -> int:
     return shell_status(status) if status is not None else 1
 
 
+def _pause(args: Any) -> int:
+    store = _store(args)
+    record = store.load(args.id)
+    if store.status(record) == "stopped":
+        raise UmldError(f"container {args.id} is not running", 1)
+    answer = store.ask(args.id, args.cmd)
+    if answer != "ok":
+        raise UmldError(
+            f"cannot {args.cmd} container {args.id}: {answer.removeprefix('error: ')}", 1
+        )
+    return 0
+
+
+def _ps(args: Any) -> int:
+    """The host pids of the container's processes: a JSON array, or
+    ps(1)'s table of them (runc ps)."""
+    store = _store(args)
+    record = store.load(args.id)
+    if store.status(record) == "stopped":
+        raise UmldError(f"container {args.id} is not running", 1)
+    pids = [int(p) for p in store.ask(args.id, "pids").split() if p.isdigit()]
+    if args.format == "json":
+        print(json.dumps(pids))
+        return 0
+    sys.stdout.flush()
+    options = args.ps_options or ["-f"]
+    return subprocess.run(["ps", *options, "-p", ",".join(map(str, pids)) or "0"]).returncode
+
+
 def _list(args: Any) -> int:
     store = _store(args)
     rows = []
@@ -412,5 +449,8 @@ _COMMANDS = {
     "delete": _delete,
     "run": _run,
     "list": _list,
+    "pause": _pause,
+    "resume": _pause,
+    "ps": _ps,
     "features": _features,
 }

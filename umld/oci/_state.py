@@ -150,7 +150,7 @@ class Store:
             return "stopped"
         with contextlib.suppress(UmldError):
             answer = self.ask(record.id, "state", timeout=5.0)
-            if answer in ("creating", "created", "running", "stopped"):
+            if answer in ("creating", "created", "running", "paused", "stopped"):
                 return answer
         return "stopped" if not self.alive(record) else "running"
 

@@ -6,10 +6,12 @@ for one line: ``created PID`` once the machine is made and its first
 process waits before the command (the sandbox's ``hold``), or ``error
 WHY``.  From then on it serves ``ctl.sock``:
 
-``state``   ``created``, ``running`` or ``stopped``
+``state``   ``created``, ``running``, ``paused`` or ``stopped``
 ``start``   lets the first process go on (``g`` on the hold socket)
 ``kill N``  signal N to the container's first process; before the start,
             any signal ends the container (its process has not begun)
+``pause``, ``resume``  every process of the machine stopped, or let go on
+``pids``    the host pids of the machine's processes
 
 and it ends when the machine does, with the first process's status
 (``umld run``'s: 128+N for signal N), having written that wait status to
@@ -106,13 +108,30 @@ class Supervisor:
             return "ok"
         if len(words) == 2 and words[0] == "kill" and words[1].isdigit():
             return self._kill(int(words[1]))
+        if words in (["pause"], ["resume"]):
+            return self._pause(words[0])
+        if words == ["pids"]:
+            control = self.control
+            pids = sorted(control.pids().values()) if control is not None else []
+            return " ".join(map(str, pids))
         return f"error: unknown request {line[:60]!r}"
+
+    def _pause(self, verb: str) -> str:
+        """Every process of the machine stopped (SIGSTOP, the export's
+        ``ctl pause``) or let go on; runc's state says ``paused`` meanwhile."""
+        with self._lock:
+            want = "running" if verb == "pause" else "paused"
+            if self.status != want or self.control is None:
+                return f"error: the container is {self.status}, not {want}"
+            self.control.control_machine(verb)
+            self.status = "paused" if verb == "pause" else "running"
+        return "ok"
 
     def _kill(self, signo: int) -> str:
         with self._lock:
             status = self.status
         control = self.control
-        if status == "running" and control is not None:
+        if status in ("running", "paused") and control is not None:
             pid = control.guest_process()
             if pid is not None:
                 try:
