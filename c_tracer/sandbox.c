@@ -1582,7 +1582,9 @@ struct spec {
     const char *domainname;
     uid_t uid;
     gid_t gid;
-    int proc; /* mount a fresh /proc */
+    int ngroups;   /* "groups LIST": the first process's supplementary groups; */
+    gid_t *groups; /* -1: only the primary group, as login(1) would give */
+    int proc;      /* mount a fresh /proc */
     int subreaper;
     int boottime;         /* the guest's uptime starts at 0 */
     int oom_floor_set;    /* oom_score_adj_min lowered (op "oomfloor") */
@@ -1842,8 +1844,22 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
     drop_what_the_caller_lacks();
     /* The guest's identity (credentials(7)); supplementary groups are
      * reset as login(1) would for a user with only a primary group. */
-    if (setgroups(1, &sp->gid) < 0 && errno != EPERM)
+    if (sp->ngroups >= 0) {
+        /* As the caller asked (the OCI runtime's additionalGids, none
+         * at all as runc gives when there are none).  A machine of an
+         * ordinary user cannot (its user namespace has "deny" in
+         * setgroups): its one group is all there is, and nothing else
+         * may be asked. */
+        if (setgroups((size_t)sp->ngroups, sp->groups) < 0) {
+            int only_own = 1;
+            for (int k = 0; k < sp->ngroups; k++)
+                only_own &= sp->groups[k] == sp->gid;
+            if (errno != EPERM || !only_own)
+                die("cannot set the supplementary groups");
+        }
+    } else if (setgroups(1, &sp->gid) < 0 && errno != EPERM) {
         die("setgroups");
+    }
     if (setresgid(sp->gid, sp->gid, sp->gid) < 0)
         die("cannot become gid %u", (unsigned)sp->gid);
     if (setresuid(sp->uid, sp->uid, sp->uid) < 0)
@@ -2353,7 +2369,8 @@ static int enter_main(int argc, char **argv)
                       .cwd_strict = 1,
                       .was_root = host_root(),
                       .net_fd = -1,
-                      .hold_fd = -1};
+                      .hold_fd = -1,
+                      .ngroups = -1};
     int i = 3;
     for (; i < argc; i++) {
         const char *op = argv[i];
@@ -2930,7 +2947,7 @@ int main(int argc, char **argv)
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, &mask);
 
-    struct spec sp = {.uid = 0, .gid = 0, .net_fd = -1, .hold_fd = -1};
+    struct spec sp = {.uid = 0, .gid = 0, .net_fd = -1, .hold_fd = -1, .ngroups = -1};
     sp.files = calloc((size_t)argc, sizeof(char *));
     sp.was_root = host_root();
     sp_was_root = sp.was_root;
@@ -3101,6 +3118,24 @@ int main(int argc, char **argv)
             /* The guest's first process's alone: not the guest's after exec. */
             if (fcntl(sp.net_fd, F_SETFD, FD_CLOEXEC) < 0)
                 die("sandbox: bad network helper socket");
+        } else if (strcmp(op, "groups") == 0) {
+            /* "groups G1,G2,..." or "groups -" (none). */
+            need(argc, i, 1, op);
+            const char *list = argv[++i];
+            sp.ngroups = 0;
+            sp.groups = calloc(strlen(list) / 2 + 2, sizeof(gid_t));
+            if (!sp.groups)
+                die("sandbox: out of memory");
+            for (const char *c = list; strcmp(list, "-") != 0 && *c;) {
+                char *end;
+                unsigned long g = strtoul(c, &end, 10);
+                if (end == c || (*end && *end != ',') || g > UINT32_MAX - 1) {
+                    errno = EINVAL;
+                    die("sandbox: bad groups %s", list);
+                }
+                sp.groups[sp.ngroups++] = (gid_t)g;
+                c = *end ? end + 1 : end;
+            }
         } else if (strcmp(op, "hold") == 0) {
             need(argc, i, 1, op);
             sp.hold_fd = atoi(argv[++i]);

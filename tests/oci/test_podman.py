@@ -113,14 +113,18 @@ def test_env_workdir_user_volume_limits(podman: Podman, tmp_path: Path) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
     (vol / "f").write_text("from the host\n")
-    script = "echo $FOO; pwd; cat /vol/f; hostname; id -u; id -g; echo x > /vol/out"
+    script = "echo $FOO; pwd; cat /vol/f; hostname; id; echo x > /vol/out"
     got = both(
         podman,
         "run", "--rm", "--network", "none", "-e", "FOO=bar", "-w", "/tmp", "-u", "0:0",
         "-v", f"{vol}:/vol", "--memory", "64m", "--cpus", "1", "--hostname", "hh",
+        "--group-add", "5", "--group-add", "7",
         IMAGE, "sh", "-c", script,
     )  # fmt: skip
-    assert got[0] == got[1] == (0, "bar\n/tmp\nfrom the host\nhh\n0\n0\n")
+    assert got[0] == got[1] == (
+        0,
+        "bar\n/tmp\nfrom the host\nhh\nuid=0(root) gid=0(root) groups=0(root),5,7\n",
+    )
     assert (vol / "out").read_text() == "x\n"
 
 

@@ -87,6 +87,9 @@ class Launch(NamedTuple):
     #: machine made, says ``held\n`` and waits for ``g`` before it runs
     #: the command (the OCI runtime's create, then start); None: no wait.
     hold: int | None = None
+    #: The first process's supplementary groups (guest gids); None: its
+    #: primary group alone (as login(1) gives a user with no others).
+    groups: tuple[int, ...] | None = None
 
 
 @final
@@ -603,6 +606,7 @@ class Host:
                 rlimits=m.control.spawn_limits(),
                 tty=(terminal.stage_fd(), *terminal.initial_size) if terminal else None,
                 hold=launch.hold,
+                groups=launch.groups,
             )
             # A machine with a terminal of its own never gets the caller's.
             tty = None if terminal is not None else launch.tty

@@ -293,10 +293,12 @@ def machine_argv(
     rlimits: Sequence[tuple[str, str]],
     tty: tuple[int, int, int] | None = None,
     hold: int | None = None,
+    groups: Sequence[int] | None = None,
 ) -> list[bytes]:
     """umld-sandbox's argument list for a prepared machine (``tty``: the
     socket its terminal's master goes to, and the terminal's size;
-    ``hold``: the socket of the wait before the command, Launch.hold)."""
+    ``hold``: the socket of the wait before the command, Launch.hold;
+    ``groups``: the first process's supplementary groups, Launch.groups)."""
     return sandbox_argv(
         prep.layout,
         files,
@@ -319,6 +321,7 @@ def machine_argv(
         oom_floor=cfg.limits_oom_floor,
         loop=cfg.devices_loop > 0,
         hold=hold,
+        groups=groups,
     )
 
 
@@ -403,6 +406,7 @@ class Machine:
         on_start: Callable[[MachineControl], None] | None = None,
         live: bool | None = None,
         hold: int | None = None,
+        groups: Sequence[int] | None = None,
     ) -> RunResult:
         """Run ``argv`` as the guest's first process.  ``on_start`` gets
         the control before the guest's first instruction; the machine is
@@ -410,7 +414,8 @@ class Machine:
         ``live`` says so, by default when there is an ``on_start``.
         ``hold``: a socket (see :class:`~umld.core.host.Launch`) on which
         the made machine's first process says ``held`` and waits for
-        ``g`` before it runs ``argv``."""
+        ``g`` before it runs ``argv``.  ``groups``: its supplementary
+        groups (None: its primary group alone)."""
         from umld.core.host import Host, Launch, spawn_failure
         from umld.core.terminal import controlling_tty
         from umld.errors import UmldError
@@ -450,6 +455,7 @@ class Machine:
                 sigmask=host.caller_mask,
                 trace_output=(cfg.trace_output or sys.stderr) if cfg.trace else None,
                 hold=hold,
+                groups=None if groups is None else tuple(groups),
             )
             m = host.start_machine(cfg, argv, launch=launch, on_control=on_start)
             self.kernel, self.control = m.kernel, m.control

@@ -625,6 +625,7 @@ class SandboxOps:
         "netns": 0,  # a network namespace of the guest's own, its loopback up
         "netsync": 1,  # FD: the first process asks umld (core/net.py) for its network
         "hold": 1,  # FD: says "held" and waits for "g" before the command (OCI create/start)
+        "groups": 1,  # G1,G2,... or -: the first process's supplementary groups
         "nest": 0,  # /dev/fuse, /dev/net/tun and an uncovered /proc: umld can run inside
     }
     #: umld-sandbox enter PID [OPS] -- CMD: a process in a running machine.
@@ -685,6 +686,7 @@ def sandbox_argv(
     oom_floor: int = 0,
     loop: bool = False,
     hold: int | None = None,
+    groups: Sequence[int] | None = None,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox`` for a new machine.
 
@@ -788,6 +790,8 @@ def sandbox_argv(
             ops.op("netsync", fd)
     if cwd is not None:
         ops.op("cwd", cwd, "strict" if cwd_strict else "fallback")
+    if groups is not None:
+        ops.op("groups", ",".join(map(str, groups)) or "-")
     if hold is not None:
         ops.op("hold", hold)
     return ops.command(argv)

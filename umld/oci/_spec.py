@@ -10,8 +10,9 @@ the field, before anything is made.  The mapping:
 ``root.path``, ``readonly``     ``--root`` (the bundle's tree, written in
                                 place as runc does), ``--read-only-root``
 ``process.args/env/cwd``        the first process, its environment exactly
-``process.user.uid/gid``        ``--uid``/``--gid`` (additionalGids: only the
-                                primary group, which is all a guest gets)
+``process.user``                ``--uid``/``--gid``; additionalGids are the
+                                first process's supplementary groups (a
+                                machine of an ordinary user has one group)
 ``process.rlimits``             set on the machine's first process;
                                 RLIMIT_NOFILE and RLIMIT_NPROC are the
                                 ``limits/*`` settings (soft = hard)
@@ -103,6 +104,8 @@ class Plan:
     annotations: dict[str, str] = field(default_factory=dict)
     #: Where the container's export is mounted; None: not exported.
     mount: str | None = None
+    #: The first process's supplementary groups.
+    groups: list[int] = field(default_factory=list)
 
 
 def _obj(value: object, where: str) -> dict[str, Any]:
@@ -171,7 +174,7 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
         env[key] = value
     if process.get("terminal"):
         raise SpecError("process.terminal: a console (--console-socket) is not supported yet")
-    _user(_obj(process.get("user"), "process.user"), mapping)
+    groups = _user(_obj(process.get("user"), "process.user"), mapping)
     rlimits = _rlimits(_list(process.get("rlimits"), "process.rlimits"), mapping)
     if "hostname" in data:
         mapping["hostname"] = _str(data["hostname"], "hostname")
@@ -204,7 +207,7 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
         parsed = settings.from_mapping(mapping, where="config.json")
     except UsageError as exc:
         raise SpecError(str(exc).removeprefix("umld: ").removeprefix("config.json: ")) from None
-    return Plan(parsed, args, env, cwd, rlimits, hooks, annotations, mount)
+    return Plan(parsed, args, env, cwd, rlimits, hooks, annotations, mount, groups)
 
 
 def _root(bundle: Path, root: dict[str, Any], mapping: dict[str, Any]) -> None:
@@ -217,18 +220,17 @@ def _root(bundle: Path, root: dict[str, Any], mapping: dict[str, Any]) -> None:
         mapping["read_only_root"] = True
 
 
-def _user(user: dict[str, Any], mapping: dict[str, Any]) -> None:
+def _user(user: dict[str, Any], mapping: dict[str, Any]) -> list[int]:
+    """uid and gid into ``mapping``; the supplementary groups returned
+    (exactly additionalGids: none when it is empty, as under runc)."""
     uid = _int(user.get("uid", 0), "process.user.uid")
     gid = _int(user.get("gid", 0), "process.user.gid")
-    extra = {_int(g, "process.user.additionalGids[]") for g in user.get("additionalGids") or ()}
-    if extra - {gid}:
-        raise SpecError(
-            "process.user.additionalGids: a guest has its primary group only "
-            f"(asked for {sorted(extra - {gid})})"
-        )
+    extra = [_int(g, "process.user.additionalGids[]") for g in _list(
+        user.get("additionalGids"), "process.user.additionalGids")]  # fmt: skip
     if user.get("username"):
         raise SpecError("process.user.username is for Windows containers")
     mapping["uid"], mapping["gid"] = uid, gid
+    return list(dict.fromkeys(extra))
 
 
 def _rlimits(items: list[Any], mapping: dict[str, Any]) -> list[tuple[int, int, int]]:

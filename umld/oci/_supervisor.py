@@ -191,6 +191,7 @@ class Supervisor:
                 on_start=on_start,
                 live=self.plan.mount is not None,
                 hold=fd,
+                groups=self.plan.groups,
             )
             status = result.status
         except UmldError as exc:
