@@ -1592,10 +1592,11 @@ struct spec {
     char **files;         /* pairs: host file, guest path, bound after /proc */
     int nfiles;
     int was_root;
-    int netns;   /* the guest's own network namespace ("netns") */
-    int net_fd;  /* umld's network helper, asked once it exists ("netsync FD") */
-    int hold_fd; /* "hold FD": wait here to be started (the OCI runtime's create) */
-    int nest;    /* the guest may run umld ("nest") */
+    int netns;    /* the guest's own network namespace ("netns") */
+    int net_fd;   /* umld's network helper, asked once it exists ("netsync FD") */
+    int hold_fd;  /* "hold FD": wait here to be started (the OCI runtime's create) */
+    int net_join; /* "netjoin PATH": the network namespace the guest joins, -1 */
+    int nest;     /* the guest may run umld ("nest") */
 };
 
 /* "netns": the guest's user namespace gets a network namespace of its own
@@ -2107,6 +2108,13 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
         CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWCGROUP | CLONE_NEWIPC;
     if (sp->netns)
         flags |= CLONE_NEWNET;
+    /* "netjoin": a network namespace made by whoever runs the machine
+     * (an OCI engine's, given by path): joined here, while this stage
+     * still has the rights its owner's namespace asks of setns(2); the
+     * guest's user namespace does not own it, so its root cannot
+     * reconfigure it. */
+    if (sp->net_join >= 0 && setns(sp->net_join, CLONE_NEWNET) < 0)
+        die("cannot join the machine's network namespace");
     long g = syscall(SYS_clone, flags | SIGCHLD, 0, NULL, NULL, 0);
     if (g < 0)
         die("cannot create the guest's user namespace");
@@ -2370,7 +2378,8 @@ static int enter_main(int argc, char **argv)
                       .was_root = host_root(),
                       .net_fd = -1,
                       .hold_fd = -1,
-                      .ngroups = -1};
+                      .ngroups = -1,
+                      .net_join = -1};
     int i = 3;
     for (; i < argc; i++) {
         const char *op = argv[i];
@@ -2947,7 +2956,8 @@ int main(int argc, char **argv)
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, &mask);
 
-    struct spec sp = {.uid = 0, .gid = 0, .net_fd = -1, .hold_fd = -1, .ngroups = -1};
+    struct spec sp = {
+        .uid = 0, .gid = 0, .net_fd = -1, .hold_fd = -1, .ngroups = -1, .net_join = -1};
     sp.files = calloc((size_t)argc, sizeof(char *));
     sp.was_root = host_root();
     sp_was_root = sp.was_root;
@@ -3118,6 +3128,13 @@ int main(int argc, char **argv)
             /* The guest's first process's alone: not the guest's after exec. */
             if (fcntl(sp.net_fd, F_SETFD, FD_CLOEXEC) < 0)
                 die("sandbox: bad network helper socket");
+        } else if (strcmp(op, "netjoin") == 0) {
+            need(argc, i, 1, op);
+            char *path = join("/oldroot", argv[++i]);
+            sp.net_join = open(path, O_RDONLY | O_CLOEXEC);
+            if (sp.net_join < 0)
+                die("cannot open the network namespace %s", argv[i]);
+            free(path);
         } else if (strcmp(op, "groups") == 0) {
             /* "groups G1,G2,..." or "groups -" (none). */
             need(argc, i, 1, op);

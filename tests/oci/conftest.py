@@ -12,7 +12,7 @@ import pytest
 BUSYBOX = shutil.which("busybox")
 APPLETS = (
     "sh", "sleep", "cat", "echo", "true", "false", "ls", "id", "hostname", "env", "pwd",
-    "mv", "touch", "head", "kill", "mkdir", "rm", "ps",
+    "mv", "touch", "head", "kill", "mkdir", "rm", "ps", "grep", "tail", "cut", "wc", "readlink",
 )  # fmt: skip
 
 

@@ -406,9 +406,7 @@ def test_pause_resume_and_ps(umld_oci: Runtime, bundle: Bundle) -> None:
     assert len(pids) >= 2 and sum(os.path.exists(f"/proc/{p}") for p in pids) >= 2
     umld_oci("pause", "c1", check=True)
     assert umld_oci.state_of("c1")["status"] == "paused"
-    wait_for(
-        lambda: all(_proc_state(p) in ("T", "t", "") for p in pids), "every process stopped"
-    )
+    wait_for(lambda: all(_proc_state(p) in ("T", "t", "") for p in pids), "every process stopped")
     held = counter.read_text()
     time.sleep(0.3)  # a paused container does not count: a window for it to be wrong
     assert counter.read_text() == held
@@ -425,3 +423,29 @@ def _proc_state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return ""
+
+
+def test_a_network_namespace_given_by_path_is_joined(
+    umld_oci: Runtime, bundle: Bundle, tmp_path: Path
+) -> None:
+    """linux.namespaces network with a path (an engine's): the container
+    is in that namespace, the very one `ip netns exec` enters."""
+    if os.geteuid() != 0:
+        pytest.skip("ip netns needs root")
+    name = f"umldtest{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        ns = f"/run/netns/{name}"
+        bundle.config["linux"]["namespaces"].append({"type": "network", "path": ns})
+        path = bundle.command("readlink /proc/self/ns/net > /shared/ns").write()
+        umld_oci("run", "--bundle", str(path), "c1", check=True)
+        want = subprocess.run(
+            ["ip", "netns", "exec", name, "readlink", "/proc/self/ns/net"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert (bundle.shared / "ns").read_text() == want
+        assert want != os.readlink("/proc/self/ns/net") + "\n"
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)

@@ -121,9 +121,13 @@ def test_env_workdir_user_volume_limits(podman: Podman, tmp_path: Path) -> None:
         "--group-add", "5", "--group-add", "7",
         IMAGE, "sh", "-c", script,
     )  # fmt: skip
-    assert got[0] == got[1] == (
-        0,
-        "bar\n/tmp\nfrom the host\nhh\nuid=0(root) gid=0(root) groups=0(root),5,7\n",
+    assert (
+        got[0]
+        == got[1]
+        == (
+            0,
+            "bar\n/tmp\nfrom the host\nhh\nuid=0(root) gid=0(root) groups=0(root),5,7\n",
+        )
     )
     assert (vol / "out").read_text() == "x\n"
 
@@ -158,3 +162,12 @@ def test_detached_stop_logs_and_the_live_export(podman: Podman) -> None:
             gone = Path("/run/umld/oci") / cid
             wait_for(lambda g=gone: not g.exists(), "the export's end")  # type: ignore[misc]
     assert results[0] == results[1] == ("9", "started\ngot TERM\n")
+
+
+def test_the_engines_network_is_the_containers(podman: Podman) -> None:
+    """Without --network, podman gives the container its bridge's network
+    namespace by path: the same interfaces and routes under both."""
+    script = "grep -c eth0 /proc/net/dev; grep -c '^eth0' /proc/net/route"
+    got = both(podman, "run", "--rm", IMAGE, "sh", "-c", script)
+    assert got[0] == got[1] == (0, "1\n" + got[0][1].split("\n")[1] + "\n")
+    assert got[0][1].split("\n")[1] != "0"

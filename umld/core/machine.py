@@ -257,7 +257,7 @@ def prepare(
     if memory is not None:
         files.write("/proc/meminfo", meminfo_for(memory))
     check_net(cfg.net, cfg.publish)
-    if cfg.net != "host":
+    if cfg.net != "host" and not cfg.net.startswith("ns:"):
         files.net = MachineNet(
             cfg.net,
             rundir=files.dir,
@@ -322,6 +322,7 @@ def machine_argv(
         loop=cfg.devices_loop > 0,
         hold=hold,
         groups=groups,
+        netjoin=cfg.net[3:] if cfg.net.startswith("ns:") else None,
     )
 
 

@@ -91,8 +91,13 @@ class NetError(ValueError):
 
 
 def parse_mode(text: str) -> str:
-    """``user``, ``none``, ``host`` or ``vde:PATH`` (PATH absolute after ~)."""
+    """``user``, ``none``, ``host``, ``vde:PATH`` (PATH absolute after ~) or
+    ``ns:PATH`` (a network namespace to join, an absolute path)."""
     if text in ("user", "none", "host"):
+        return text
+    if text.startswith("ns:"):
+        if not text[3:].startswith("/"):
+            raise NetError(f"ns: needs the absolute path of a network namespace, not {text[3:]!r}")
         return text
     if text.startswith("vde:"):
         path = text[4:]
@@ -101,7 +106,7 @@ def parse_mode(text: str) -> str:
         if "/" not in path and not path.startswith("~"):
             return text  # a daemon's switch, by name (resolved at start)
         return "vde:" + os.path.abspath(os.path.expanduser(path))
-    raise NetError(f"'user', 'none', 'host', 'vde:NAME' or 'vde:PATH', not {text!r}")
+    raise NetError(f"'user', 'none', 'host', 'vde:NAME', 'vde:PATH' or 'ns:PATH', not {text!r}")
 
 
 class Publish(NamedTuple):
@@ -212,6 +217,12 @@ def check(mode: str, publish: Sequence[Publish] = ()) -> None:
             log.warning("pasta (Debian package passt) is not installed: using slirp4netns")
     elif mode.startswith("vde:"):
         vde.resolve(mode)  # the switch is there (one line if not)
+    elif mode.startswith("ns:"):
+        try:
+            with open(mode[3:], "rb"):
+                pass
+        except OSError as exc:
+            raise UmldError(f"umld: --net {mode}: {exc.strerror}") from None
 
 
 # -- one machine's network -----------------------------------------------------------

@@ -624,6 +624,7 @@ class SandboxOps:
         "cwd": 2,  # DIR strict|fallback
         "netns": 0,  # a network namespace of the guest's own, its loopback up
         "netsync": 1,  # FD: the first process asks umld (core/net.py) for its network
+        "netjoin": 1,  # PATH: the guest joins this network namespace (--net ns:PATH)
         "hold": 1,  # FD: says "held" and waits for "g" before the command (OCI create/start)
         "groups": 1,  # G1,G2,... or -: the first process's supplementary groups
         "nest": 0,  # /dev/fuse, /dev/net/tun and an uncovered /proc: umld can run inside
@@ -687,6 +688,7 @@ def sandbox_argv(
     loop: bool = False,
     hold: int | None = None,
     groups: Sequence[int] | None = None,
+    netjoin: str | None = None,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox`` for a new machine.
 
@@ -788,6 +790,8 @@ def sandbox_argv(
         ops.op("netns")
         for fd in net:
             ops.op("netsync", fd)
+    elif netjoin is not None:
+        ops.op("netjoin", netjoin)
     if cwd is not None:
         ops.op("cwd", cwd, "strict" if cwd_strict else "fallback")
     if groups is not None:

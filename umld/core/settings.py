@@ -273,17 +273,18 @@ class Mounts(ValueType[list[Mount]]):
 
 
 class NetMode(ValueType[str]):
-    """The machine's network: ``user``, ``none``, ``host``, ``vde:NAME`` or ``vde:PATH``."""
+    """The machine's network: ``user``, ``none``, ``host``, ``vde:NAME``,
+    ``vde:PATH`` or ``ns:PATH``."""
 
     def parse(self, value: object) -> str:
-        text = _one_line(value, "user, none, host, vde:NAME or vde:PATH")
+        text = _one_line(value, "user, none, host, vde:NAME, vde:PATH or ns:PATH")
         try:
             return net.parse_mode(text)
         except net.NetError as exc:
             raise SettingError(str(exc)) from None
 
     def describe(self) -> str:
-        return "`user` \\| `none` \\| `host` \\| `vde:NAME` \\| `vde:PATH`"
+        return "`user` \\| `none` \\| `host` \\| `vde:NAME` \\| `vde:PATH` \\| `ns:PATH`"
 
 
 class Publishes(ValueType[list[net.Publish]]):
@@ -451,7 +452,8 @@ SETTINGS: tuple[Setting, ...] = (
             "the machine's network: `user` (its own, user-mode networking by pasta; "
             "`--publish` forwards the host's ports to it), `none` (loopback only), `host` "
             "(the host's own, not isolated), `vde:NAME` or `vde:PATH` (an Ethernet on a "
-            "daemon's VDE switch, or the switch at PATH)",
+            "daemon's VDE switch, or the switch at PATH), `ns:PATH` (the network namespace "
+            "at PATH, made by whoever runs the machine, as root: an OCI engine's)",
             default="user", metavar="MODE"),
     Setting("publish", Publishes(),
             "forward the host's port (on 127.0.0.1 unless HOSTADDR) to the guest's (--net user)",

@@ -362,7 +362,7 @@ def build_tree(control: MachineControl, events: EventLog) -> Directory:
             "dev": _dev_tree(control),
         }
     )
-    if control.net_mode != "host":
+    if control.net_mode != "host" and not control.net_mode.startswith("ns:"):
         # Its own network namespace's interfaces (not the host's).
         tree.add(
             "net",

@@ -19,9 +19,10 @@ the field, before anything is made.  The mapping:
 ``process.terminal``            not yet (a console socket): refused
 ``hostname``                    ``--hostname``
 ``mounts`` bind, tmpfs          ``--bind SRC:DST[:ro]``, ``--tmpfs DST``
-``linux.namespaces`` network    without a path: ``--net none`` (its own,
-                                loopback only); absent: ``--net host``;
-                                with a path: refused (not yet)
+``linux.namespaces`` network    with a path: ``--net ns:PATH`` (joined);
+                                without: ``--net none`` (its own, loopback
+                                only); absent: ``--net host``; a path for
+                                another namespace type: refused
 ``linux.resources``             memory.limit ``--memory``; cpu quota/period
                                 ``--vcpus`` (rounded up); pids.limit
                                 ``limits/nproc``
@@ -292,10 +293,14 @@ def _namespaces(items: list[Any], mapping: dict[str, Any]) -> None:
         kind = _str(ns.get("type"), "linux.namespaces[].type")
         if kind != "network" and kind not in OWN_NAMESPACES:
             raise SpecError(f"linux.namespaces: unknown type {kind!r}")
-        if ns.get("path"):
+        path = ns.get("path")
+        if path and kind == "network":
+            # The engine's (its bridge, its CNI or netavark set-up): joined.
+            mapping.setdefault("net", "ns:" + _str(path, "linux.namespaces[].path"))
+        elif path:
             raise SpecError(
-                f"linux.namespaces: joining the {kind} namespace at {ns['path']} is not "
-                "supported yet"
+                f"linux.namespaces: joining the {kind} namespace at {path} is not supported "
+                "(the machine has its own)"
             )
         kinds.add(kind)
     # Without a network namespace the container shares the runtime's
