@@ -148,9 +148,14 @@ def test_a_guest_server_is_reached_from_the_hosts_loopback(
 
 def test_bad_settings_are_one_line(tmp_path: Path) -> None:
     for options, why in (
-        (["--net=bogus"], "'user', 'none', 'host', 'vde:NAME' or 'vde:PATH', not 'bogus'"),
+        (
+            ["--net=bogus"],
+            "'user', 'none', 'host', 'vde:NAME', 'vde:PATH' or 'ns:PATH', not 'bogus'",
+        ),
         (["--publish=99999:1"], "a port is 1 to 65535"),
         (["--net=vde:/nonexistent/switch"], "vde"),
+        (["--net=ns:relative"], "ns: needs the absolute path of a network namespace"),
+        (["--net=ns:/nonexistent/netns"], "--net ns:/nonexistent/netns: No such file"),
         (["--net=none", "--publish=8080:80"], "--publish 127.0.0.1:8080:80 needs --net user"),
     ):
         r = run([*umld(*options), "/bin/true"])
