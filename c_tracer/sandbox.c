@@ -1647,6 +1647,26 @@ static void net_sync(int fd)
     }
 }
 
+/* "groups G1,G2,..." or "groups -" (none): the supplementary groups of
+ * the process that runs the command (setgroups(2) in guest_main). */
+static void parse_groups(struct spec *sp, const char *list)
+{
+    sp->ngroups = 0;
+    sp->groups = calloc(strlen(list) / 2 + 2, sizeof(gid_t));
+    if (!sp->groups)
+        die("sandbox: out of memory");
+    for (const char *c = list; strcmp(list, "-") != 0 && *c;) {
+        char *end;
+        unsigned long g = strtoul(c, &end, 10);
+        if (end == c || (*end && *end != ',') || g > UINT32_MAX - 1) {
+            errno = EINVAL;
+            die("sandbox: bad groups %s", list);
+        }
+        sp->groups[sp->ngroups++] = (gid_t)g;
+        c = *end ? end + 1 : end;
+    }
+}
+
 /* "hold FD": the machine is made, its first process is about to exec the
  * command; say so ("held") and wait for umld's one byte ("g") before it
  * does: the OCI runtime's create leaves the container here, its start
@@ -2400,6 +2420,9 @@ static int enter_main(int argc, char **argv)
         } else if (strcmp(op, "cwd") == 0) {
             need(argc, i, 1, op);
             sp.cwd = argv[++i];
+        } else if (strcmp(op, "groups") == 0) {
+            need(argc, i, 1, op);
+            parse_groups(&sp, argv[++i]);
         } else if (strcmp(op, "cgroup") == 0) {
             /* One of the machine's cgroups: the new process counts
              * against its limits like the others ("0" is the writer). */
@@ -3136,23 +3159,8 @@ int main(int argc, char **argv)
                 die("cannot open the network namespace %s", argv[i]);
             free(path);
         } else if (strcmp(op, "groups") == 0) {
-            /* "groups G1,G2,..." or "groups -" (none). */
             need(argc, i, 1, op);
-            const char *list = argv[++i];
-            sp.ngroups = 0;
-            sp.groups = calloc(strlen(list) / 2 + 2, sizeof(gid_t));
-            if (!sp.groups)
-                die("sandbox: out of memory");
-            for (const char *c = list; strcmp(list, "-") != 0 && *c;) {
-                char *end;
-                unsigned long g = strtoul(c, &end, 10);
-                if (end == c || (*end && *end != ',') || g > UINT32_MAX - 1) {
-                    errno = EINVAL;
-                    die("sandbox: bad groups %s", list);
-                }
-                sp.groups[sp.ngroups++] = (gid_t)g;
-                c = *end ? end + 1 : end;
-            }
+            parse_groups(&sp, argv[++i]);
         } else if (strcmp(op, "hold") == 0) {
             need(argc, i, 1, op);
             sp.hold_fd = atoi(argv[++i]);

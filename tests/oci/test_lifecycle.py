@@ -449,3 +449,39 @@ def test_a_network_namespace_given_by_path_is_joined(
         assert want != os.readlink("/proc/self/ns/net") + "\n"
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def test_exec_in_a_running_container(umld_oci: Runtime, bundle: Bundle, tmp_path: Path) -> None:
+    """exec runs a command in the container (its names, its files, as the
+    user asked) with the caller's stdio, and ends with its status; with
+    --detach, the pid file names a process that ends as the command does."""
+    path = bundle.command("exec sleep 100").write()
+    umld_oci("create", "--bundle", str(path), "c1", check=True)
+    refused = umld_oci("exec", "c1", "true")
+    assert refused.returncode != 0 and "not running" in refused.stderr
+    umld_oci("start", "c1", check=True)
+    p = umld_oci(
+        "exec", "--cwd", "/tmp", "-e", "X=1", "c1", "sh", "-c", "echo $X $(pwd) $(hostname); exit 4"
+    )
+    assert (p.returncode, p.stdout) == (4, "1 /tmp box\n")
+    process = tmp_path / "process.json"
+    process.write_text(json.dumps({
+        "args": ["sh", "-c", "id -u; id -g; id -G; echo $ONLY"],
+        "env": ["ONLY=this", "PATH=/bin"], "cwd": "/",
+        "user": {"uid": 5, "gid": 6, "additionalGids": [7]},
+    }))  # fmt: skip
+    p = umld_oci("exec", "--process", str(process), "c1")
+    assert (p.returncode, p.stdout) == (0, "5\n6\n6 7\nthis\n")
+    pid_file = tmp_path / "exec.pid"
+    script = "while [ ! -e /shared/go ]; do sleep 0.02; done; exit 6"
+    umld_oci("exec", "-d", "--pid-file", str(pid_file), "c1", "sh", "-c", script, check=True)
+    relay = int(pid_file.read_text())
+    fd = os.pidfd_open(relay)
+    try:
+        assert os.path.exists(f"/proc/{relay}")
+        (bundle.shared / "go").touch()
+        wait_for(lambda: not os.path.exists(f"/proc/{relay}") or _zombie(relay), "the exec's end")
+    finally:
+        os.close(fd)
+    missing = umld_oci("exec", "c1", "/bin/nonexistent")
+    assert missing.returncode == 127

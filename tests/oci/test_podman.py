@@ -171,3 +171,20 @@ def test_the_engines_network_is_the_containers(podman: Podman) -> None:
     got = both(podman, "run", "--rm", IMAGE, "sh", "-c", script)
     assert got[0] == got[1] == (0, "1\n" + got[0][1].split("\n")[1] + "\n")
     assert got[0][1].split("\n")[1] != "0"
+
+
+def test_exec(podman: Podman) -> None:
+    """`podman exec` with -e, -w and -u: the same output and status."""
+    results = []
+    for runtime in RUNTIMES:
+        p = podman(runtime, "run", "-d", "--network", "none", IMAGE, "sleep", "100")
+        assert p.returncode == 0, p.stderr
+        cid = p.stdout.strip()
+        try:
+            a = podman(runtime, "exec", "-e", "X=1", "-w", "/tmp", cid, "sh", "-c",
+                       "echo $X $(pwd); exit 5")  # fmt: skip
+            b = podman(runtime, "exec", "-u", "5:6", cid, "id")
+            results.append((a.returncode, a.stdout, b.returncode, b.stdout))
+        finally:
+            podman(runtime, "rm", "-f", "-t", "0", cid)
+    assert results[0] == results[1] == (5, "1 /tmp\n", 0, "uid=5 gid=6\n")

@@ -139,16 +139,24 @@ class HostedMachine:
         stdio: tuple[int, int, int] | None = None,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        groups: Sequence[int] | None = None,
         on_exit: Callable[[int], None],
     ) -> int:
         """Start ``argv`` inside the running machine (its mounts, identity
-        and pid namespace).  ``stdio`` descriptors become its 0, 1, 2;
+        and pid namespace; ``uid``/``gid``/``groups``: another guest
+        identity than the machine's).  ``stdio`` descriptors become its 0, 1, 2;
         ``on_exit`` gets its raw wait status, on the tracer thread.
         Returns the host pid of the session: the leader of the process
         group the command starts in (alive until ``on_exit``)."""
         if not argv:
             raise UmldError("umld: no command")
-        return self.host.call(lambda: self._exec(list(argv), stdio, env, cwd, on_exit))
+        return self.host.call(
+            lambda: self._exec(
+                list(argv), stdio, env, cwd, on_exit, uid=uid, gid=gid, groups=groups
+            )
+        )
 
     def _exec(
         self,
@@ -157,6 +165,10 @@ class HostedMachine:
         env: Mapping[str, str] | None,
         cwd: str | None,
         on_exit: Callable[[int], None],
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        groups: Sequence[int] | None = None,
     ) -> int:
         kernel = self.kernel
         if kernel is None or self.state != "running" or kernel.root_status is not None:
@@ -173,11 +185,12 @@ class HostedMachine:
         ops = enter_argv(
             kernel.root_pid,
             argv,
-            uid=self.uid,
-            gid=self.gid,
+            uid=self.uid if uid is None else uid,
+            gid=self.gid if gid is None else gid,
             cwd=cwd or "/",
             stdio=inherited,
             cgroups=self.control.cgroups if self.control is not None else (),
+            groups=groups,
         )
         environ = {**_guest_env(self), **(env or {})}
         spec = SpawnSpec(

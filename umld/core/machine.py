@@ -397,6 +397,30 @@ class Machine:
         self.config.validate()
         self.kernel: GuestKernel | None = None
         self.control: MachineControl | None = None
+        self._hosted: Any = None
+
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        stdio: tuple[int, int, int],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        groups: Sequence[int] | None = None,
+        on_exit: Callable[[int], None],
+    ) -> int:
+        """Start ``argv`` in the machine while :meth:`run` runs it (any
+        thread): HostedMachine.exec, the daemon's ``umld exec``."""
+        from umld.errors import UmldError
+
+        if self._hosted is None:
+            raise UmldError("umld: the machine is not running")
+        return int(
+            self._hosted.exec(argv, stdio=stdio, env=env, cwd=cwd, uid=uid, gid=gid,
+                              groups=groups, on_exit=on_exit)
+        )  # fmt: skip
 
     def run(
         self,
@@ -459,7 +483,7 @@ class Machine:
                 groups=None if groups is None else tuple(groups),
             )
             m = host.start_machine(cfg, argv, launch=launch, on_control=on_start)
-            self.kernel, self.control = m.kernel, m.control
+            self.kernel, self.control, self._hosted = m.kernel, m.control, m
             host.serve(until=m.exited.is_set)
         finally:
             host.close()

@@ -635,6 +635,7 @@ class SandboxOps:
         "ids": 2,
         "cwd": 1,
         "cgroup": 1,
+        "groups": 1,  # as NEW_MACHINE's
     }
 
     #: umld-sandbox names PID [OPS]: a running machine's names, set live.
@@ -810,16 +811,20 @@ def enter_argv(
     cwd: str,
     stdio: Sequence[int] = (),
     cgroups: Sequence[str] = (),
+    groups: Sequence[int] | None = None,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox enter``: ``argv`` as a new
     process of the machine whose process ``pid`` is (its namespaces, its
-    cgroups, the machine's uid and gid)."""
+    cgroups, the machine's uid and gid; ``groups``: its supplementary
+    groups, None: the gid alone)."""
     ops = SandboxOps(enter=pid)
     if stdio:
         ops.op("stdio", *stdio)
     for path in cgroups:
         ops.op("cgroup", path)
     ops.op("ids", uid, gid).op("cwd", cwd)
+    if groups is not None:
+        ops.op("groups", ",".join(map(str, groups)) or "-")
     return ops.command(argv)
 
 

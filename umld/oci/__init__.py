@@ -14,6 +14,7 @@ exported live (``/run/umld/oci/ID`` as root) like ``umld run --mount``.
     kill ID [SIGNAL]                             SIGTERM by default
     delete [--force] ID
     run [--bundle DIR] [--pid-file FILE] [--detach] ID
+    exec [--process FILE] [--detach] [--pid-file FILE] ID [CMD...]
     pause ID; resume ID                          every process stopped, or on
     ps [--format table|json] ID                  its processes (host pids)
     list [--quiet]
@@ -81,6 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("delete")
     d.add_argument("--force", "-f", action="store_true")
     d.add_argument("id")
+    ex = sub.add_parser("exec")
+    ex.add_argument("--process", "-p", type=Path, help="the process, as config.json's")
+    ex.add_argument("--detach", "-d", action="store_true")
+    ex.add_argument("--pid-file", type=Path)
+    ex.add_argument("--console-socket")
+    ex.add_argument("--tty", "-t", action="store_true")
+    ex.add_argument("--env", "-e", action="append", default=[])
+    ex.add_argument("--cwd")
+    ex.add_argument("--user", "-u", help="UID[:GID]")
+    ex.add_argument("--preserve-fds", type=int, default=0)
+    ex.add_argument("id")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
     for name in ("pause", "resume"):
         sub.add_parser(name).add_argument("id")
     ps = sub.add_parser("ps")
@@ -326,6 +339,122 @@ def _run(args: Any) -> int:
     return shell_status(status) if status is not None else 1
 
 
+def _exec_request(args: Any, record: Any) -> dict[str, Any]:
+    """What to run (``--process FILE``, or the command and options), as
+    the supervisor's exec takes it."""
+    from umld.oci import _spec
+
+    base = _spec.read(Path(record.bundle)).get("process") or {}
+    if args.process is not None:
+        try:
+            proc = json.loads(args.process.read_text())
+        except (OSError, ValueError) as exc:
+            raise UmldError(f"--process {args.process}: {exc}", 1) from None
+        if not isinstance(proc, dict):
+            raise UmldError(f"--process {args.process}: not a process object", 1)
+    else:
+        proc = {"args": args.command[1:] if args.command[:1] == ["--"] else args.command}
+        proc["env"] = list(base.get("env") or []) + list(args.env)
+        proc["cwd"] = args.cwd or base.get("cwd") or "/"
+        if args.user:
+            uid, _, gid = args.user.partition(":")
+            if not uid.isdigit() or (gid and not gid.isdigit()):
+                raise UsageError(f"--user {args.user!r}: UID[:GID], numbers")
+            proc["user"] = {"uid": int(uid), "gid": int(gid or 0)}
+    if proc.get("terminal") or args.tty or args.console_socket:
+        raise UmldError("exec: a terminal (--tty, --console-socket) is not supported yet", 1)
+    if args.preserve_fds:
+        raise UmldError("exec: --preserve-fds is not supported", 1)
+    argv = proc.get("args") or []
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise UsageError("exec: no command")
+    env = {}
+    for item in proc.get("env") or []:
+        key, sep, value = str(item).partition("=")
+        if sep:
+            env[key] = value
+    user = proc.get("user") or {}
+    return {
+        "args": argv,
+        "env": env,
+        "cwd": proc.get("cwd") or "/",
+        "uid": user.get("uid"),
+        "gid": user.get("gid"),
+        # Exactly additionalGids, none when empty (runc's exec).
+        "groups": list(user.get("additionalGids") or ()),
+    }
+
+
+def _relay(store: Any, container_id: str, request: dict[str, Any], started: int = -1) -> int:
+    """Have the supervisor run ``request`` with this process's stdio; this
+    process then ends as the command does (its status, 128+N for a
+    signal): what an engine's monitor waits for.  ``started``: a pipe
+    that gets ``ok PID`` once the command runs."""
+    import socket
+
+    from umld.core import shell_status
+
+    path = store.dir(container_id) / "ctl.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        try:
+            s.connect(str(path))
+            socket.send_fds(s, [b"exec " + json.dumps(request).encode() + b"\n"], [0, 1, 2])
+            lines = s.makefile("rb")
+            first = lines.readline().decode(errors="replace").strip()
+        except OSError as exc:
+            raise UmldError(f"container {container_id} is not running ({exc})", 1) from None
+        if not first.startswith("pid "):
+            raise UmldError(f"exec: {first.removeprefix('error: ') or 'no answer'}", 1)
+        if started >= 0:
+            os.write(started, f"ok {os.getpid()}\n".encode())
+            os.close(started)
+        last = lines.readline().decode(errors="replace").strip()
+    if not last.startswith("exit "):
+        return 1
+    return shell_status(int(last.removeprefix("exit ")))
+
+
+def _exec(args: Any) -> int:
+    store = _store(args)
+    record = store.load(args.id)
+    if store.status(record) not in ("running", "paused"):
+        raise UmldError(f"cannot exec in container {args.id}: it is not running", 1)
+    request = _exec_request(args, record)
+    if not args.detach:
+        if args.pid_file:
+            args.pid_file.write_text(str(os.getpid()))
+        return _relay(store, args.id, request)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the relay's own process)
+        code = 1
+        try:
+            os.close(r)
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            code = _relay(store, args.id, request, started=w)
+        except UmldError as exc:
+            with contextlib.suppress(OSError):
+                os.write(w, f"error {exc}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    os.waitpid(child, 0)
+    with os.fdopen(r, "rb") as f:
+        answer = f.readline().decode(errors="replace").strip()
+    word, _, rest = answer.partition(" ")
+    if word != "ok" or not rest.isdigit():
+        raise UmldError(rest.removeprefix("umld: ") or "exec: the command did not start", 1)
+    if args.pid_file:
+        tmp = args.pid_file.with_name(args.pid_file.name + ".tmp")
+        tmp.write_text(rest)
+        tmp.replace(args.pid_file)
+    return 0
+
+
 def _pause(args: Any) -> int:
     store = _store(args)
     record = store.load(args.id)
@@ -452,5 +581,6 @@ _COMMANDS = {
     "pause": _pause,
     "resume": _pause,
     "ps": _ps,
+    "exec": _exec,
     "features": _features,
 }

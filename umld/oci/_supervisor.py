@@ -12,6 +12,9 @@ WHY``.  From then on it serves ``ctl.sock``:
             any signal ends the container (its process has not begun)
 ``pause``, ``resume``  every process of the machine stopped, or let go on
 ``pids``    the host pids of the machine's processes
+``exec J``  (with the caller's stdio, SCM_RIGHTS) the command of JSON J
+            (args, env, cwd, uid, gid, groups) started in the machine: ``pid N``,
+            then ``exit S`` when it ends
 
 and it ends when the machine does, with the first process's status
 (``umld run``'s: 128+N for signal N), having written that wait status to
@@ -46,6 +49,7 @@ class Supervisor:
         self.status = "creating"
         self._lock = threading.Lock()
         self.control: Any = None
+        self.machine: Any = None
         # The machine's end of the hold, and ours.
         self._ours, self._theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -83,14 +87,67 @@ class Supervisor:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
-            with conn:
+            # A thread each: an exec's connection lasts as long as its command.
+            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+
+    def _client(self, conn: socket.socket) -> None:
+        with conn:
+            try:
                 conn.settimeout(10)
+                data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
                 try:
-                    line = conn.recv(256).decode(errors="replace").strip()
+                    line = data.decode(errors="replace").strip()
+                    if line.startswith("exec "):
+                        self._exec(conn, line.removeprefix("exec "), fds)
+                        return
                     answer = self._handle(line)
-                    conn.sendall(answer.encode() + b"\n")
-                except OSError:
-                    continue
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                conn.sendall(answer.encode() + b"\n")
+            except OSError:
+                return
+
+    def _exec(self, conn: socket.socket, request: str, fds: list[int]) -> None:
+        """``exec JSON`` with the client's stdin, stdout and stderr: the
+        command started in the machine (``pid N``), then its wait status
+        (``exit S``) once it has ended."""
+        import json
+
+        if len(fds) != 3:
+            conn.sendall(b"error: exec needs the caller's stdin, stdout and stderr\n")
+            return
+        with self._lock:
+            status = self.status
+        if status not in ("running", "paused") or self.machine is None:
+            conn.sendall(f"error: the container is {status}\n".encode())
+            return
+        try:
+            req = json.loads(request)
+            done = threading.Event()
+            result: list[int] = []
+
+            def on_exit(st: int) -> None:
+                result.append(st)
+                done.set()
+
+            pid = self.machine.exec(
+                [str(a) for a in req["args"]],
+                stdio=(fds[0], fds[1], fds[2]),
+                env={str(k): str(v) for k, v in req.get("env", {}).items()},
+                cwd=req.get("cwd") or "/",
+                uid=req.get("uid"),
+                gid=req.get("gid"),
+                groups=[int(g) for g in req.get("groups") or ()],
+                on_exit=on_exit,
+            )
+        except (UmldError, ValueError, KeyError, TypeError) as exc:
+            conn.sendall(f"error: {str(exc).removeprefix('umld: ')}\n".encode())
+            return
+        conn.settimeout(None)
+        conn.sendall(f"pid {pid}\n".encode())
+        done.wait()
+        conn.sendall(f"exit {result[0]}\n".encode())
 
     def _handle(self, line: str) -> str:
         words = line.split()
@@ -184,7 +241,8 @@ class Supervisor:
             )
             fd = self._theirs.fileno()
             os.set_inheritable(fd, True)
-            result = Machine(cfg).run(
+            self.machine = Machine(cfg)
+            result = self.machine.run(
                 self.plan.args,
                 env=self.plan.env,
                 cwd=self.plan.cwd,
