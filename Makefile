@@ -28,8 +28,8 @@ APT_PACKAGES += vde2 iputils-ping tcpdump socat udhcpc
 # strace, gdb and ltrace run inside guests in the tests (the guest's own ptrace).
 APT_PACKAGES += gdb ltrace
 # The OCI runtime's tests compare umld oci with runc on the same bundles,
-# whose root file systems are made from busybox, and podman with each.
-APT_PACKAGES += runc busybox podman
+# whose root file systems are made from busybox, and podman and containerd with each.
+APT_PACKAGES += runc busybox podman containerd
 # What the Linux Test Project's build needs (make conformance, conformance/ltp.py).
 APT_PACKAGES += autoconf automake m4 bison flex libaio-dev libacl1-dev libcap-dev \
 	libnuma-dev libselinux1-dev libssl-dev libtirpc-dev libmnl-dev libkeyutils-dev
