@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -188,3 +189,34 @@ def test_exec(podman: Podman) -> None:
         finally:
             podman(runtime, "rm", "-f", "-t", "0", cid)
     assert results[0] == results[1] == (5, "1 /tmp\n", 0, "uid=5 gid=6\n")
+
+
+def test_an_overlay_root_is_refused_in_one_line(
+    tmp_path_factory: pytest.TempPathFactory, rootfs: Path
+) -> None:
+    """podman's default storage gives an overlayfs mount as the root, which
+    a root-run machine cannot present (it cannot be idmapped): create says
+    so in one line naming the way out; no container runs."""
+    work = tmp_path_factory.mktemp("podman-overlay")
+    p = Podman(work)
+    p.base[p.base.index("vfs")] = "overlay"
+    # The overlay driver wants a short runroot (50 characters at most).
+    runroot = tempfile.mkdtemp(prefix="umld-po-", dir="/tmp")
+    p.base[p.base.index("--runroot") + 1] = runroot
+    tar = work / "rootfs.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(rootfs, arcname=".")
+    env = {**os.environ, "CONTAINERS_CONF": str(work / "containers.conf")}
+    assert subprocess.run([*p.base, "import", str(tar), IMAGE], capture_output=True,
+                          env=env, timeout=120).returncode == 0  # fmt: skip
+    try:
+        r = p(UMLD_OCI, "run", "--rm", "--network", "none", IMAGE, "true")
+        assert r.returncode != 0
+        assert "is an overlayfs mount" in r.stderr and "--storage-driver vfs" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert p(UMLD_OCI, "ps", "-q").stdout.strip() == ""
+    finally:
+        subprocess.run([*p.base, "rm", "-a", "-f"], capture_output=True, env=env, timeout=120)
+        subprocess.run([*p.base, "system", "reset", "-f"], capture_output=True, env=env,
+                       timeout=120)  # fmt: skip
+        shutil.rmtree(runroot, ignore_errors=True)

@@ -216,9 +216,37 @@ def _root(bundle: Path, root: dict[str, Any], mapping: dict[str, Any]) -> None:
     full = Path(path) if path.startswith("/") else bundle / path
     if not full.is_dir():
         raise SpecError(f"root.path {str(full)!r} is not a directory")
-    mapping["root"] = str(full.resolve())
+    resolved = str(full.resolve())
+    if os.geteuid() == 0 and _fstype(resolved) == "overlay":
+        # A root-run machine shows the host's trees to its guest through
+        # idmapped mounts (the guest's root is not the host's), and an
+        # overlayfs mount cannot be idmapped: its files would all be
+        # nobody's, the image unwritable.  Its layers could be; the engine
+        # holds them.
+        raise SpecError(
+            f"root.path {resolved} is an overlayfs mount, which umld cannot present to a "
+            "root-run machine: use the engine's plain-directory storage (podman "
+            "--storage-driver vfs, containerd's native snapshotter)"
+        )
+    mapping["root"] = resolved
     if root.get("readonly"):
         mapping["read_only_root"] = True
+
+
+def _fstype(path: str) -> str | None:
+    """The type of the file system mounted at ``path`` (mountinfo), None
+    if none is mounted there."""
+    found = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                point = left.split()[4].encode().decode("unicode_escape")
+                if point == path:
+                    found = right.split()[0]  # the last mount there is the one seen
+    except OSError:
+        return None
+    return found
 
 
 def _user(user: dict[str, Any], mapping: dict[str, Any]) -> list[int]:
