@@ -131,7 +131,9 @@ def _parser() -> _Parser:
     sp = sub.add_parser("stop", help="stop a machine in the daemon")
     sp.add_argument("name", metavar="NAME")
     with_mount(sp)
-    ls = sub.add_parser("ls", help="list the daemon's machines")
+    ls = sub.add_parser(
+        "ls", help="list the daemon's machines, and the OCI runtime's containers (oci:ID)"
+    )
     with_mount(ls)
     ex = sub.add_parser(
         "exec", help="run a command in a running machine", usage="umld exec NAME -- CMD [ARGS...]"
@@ -468,8 +470,22 @@ def _cmd_daemon(args: argparse.Namespace) -> int:
 
     mount = args.mount or default_mount()
     if args.cmd == "ls":
-        table = client.call(mount, {"op": "ls"})["table"]
-        rows = [line.split("\t") for line in table.splitlines()]
+        from umld import oci
+
+        try:
+            table = client.call(mount, {"op": "ls"})["table"]
+        except UmldError:
+            # No daemon: the OCI runtime's containers may still be there.
+            table = ""
+            containers = oci.table_rows() if args.mount is None else []
+            if not containers:
+                raise
+        else:
+            containers = oci.table_rows() if args.mount is None else []
+        rows = [line.split("\t") for line in table.splitlines()] or [
+            ["NAME", "STATE", "UPTIME", "PROCESSES", "CPU", "RESTART", "COMMAND"]
+        ]
+        rows += containers
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())

@@ -485,3 +485,26 @@ def test_exec_in_a_running_container(umld_oci: Runtime, bundle: Bundle, tmp_path
         os.close(fd)
     missing = umld_oci("exec", "c1", "/bin/nonexistent")
     assert missing.returncode == 127
+
+
+def test_umld_ls_shows_the_runtimes_containers(bundle: Bundle) -> None:
+    """`umld ls` lists the OCI runtime's containers (its default root) as
+    oci:ID, with their state and their command, beside the daemon's."""
+    from umld.oci._state import default_root
+
+    rt = Runtime([sys.executable, "-m", "umld", "oci"], default_root())
+    cid = f"ls-{os.getpid()}"
+    path = bundle.command("exec sleep 100").write()
+    try:
+        rt("create", "--bundle", str(path), cid, check=True)
+        rt("start", cid, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "umld", "ls"], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        rows = [line.split() for line in out.stdout.splitlines()]
+        mine = [r for r in rows if r and r[0] == f"oci:{cid}"]
+        assert mine and mine[0][1] == "running" and mine[0][-2:] == ["sleep", "100"], rows
+    finally:
+        rt("delete", "--force", cid)
+    assert not (default_root() / cid).exists()

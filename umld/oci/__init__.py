@@ -502,6 +502,41 @@ def _list(args: Any) -> int:
     return 0
 
 
+def table_rows(root: Path | None = None) -> list[list[str]]:
+    """``umld ls``'s rows of the OCI runtime's containers (its default root):
+    NAME (``oci:ID``), STATE, UPTIME, PROCESSES (from the live export's
+    status), CPU and RESTART (-), COMMAND."""
+    from umld.oci import _spec
+    from umld.oci._state import Store, default_root
+
+    store = Store(root or default_root())
+    rows = []
+    for container_id in store.ids():
+        try:
+            record = store.load(container_id)
+        except UmldError:
+            continue
+        status = store.status(record)
+        import calendar
+
+        uptime = time.time() - calendar.timegm(time.strptime(record.created, "%Y-%m-%dT%H:%M:%SZ"))
+        procs = "-"
+        if record.mount and status != "stopped":
+            with contextlib.suppress(OSError):
+                for line in (Path(record.mount) / "status").read_text().splitlines():
+                    if line.startswith("processes: "):
+                        procs = line.removeprefix("processes: ")
+        try:
+            argv = (_spec.read(Path(record.bundle)).get("process") or {}).get("args") or []
+        except UmldError:
+            argv = []
+        rows.append(
+            [f"oci:{container_id}", status, f"{uptime:.0f}", procs, "-", "-",
+             " ".join(map(str, argv)) or "-"]
+        )  # fmt: skip
+    return rows
+
+
 def _features(args: Any) -> int:
     from umld import __version__
     from umld.oci._spec import HOOK_STAGES, OWN_NAMESPACES
