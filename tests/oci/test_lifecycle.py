@@ -104,12 +104,16 @@ class Runtime:
     def __call__(
         self, *args: str, bundle: Path | None = None, timeout: float = 60, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
+        # Global options (--log...) go before the runtime's own --root.
+        opts: list[str] = []
+        while args and args[0].startswith("--log"):
+            opts, args = [*opts, *args[:2]], args[2:]
         # Files, not pipes, for its output: a container keeps the
         # runtime's stdio (as under runc), so a pipe would not end at
         # create's exit.
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             code = subprocess.run(
-                [*self.argv, "--root", str(self.state), *args],
+                [*self.argv, *opts, "--root", str(self.state), *args],
                 cwd=bundle or "/",
                 stdout=out,
                 stderr=err,
@@ -508,3 +512,88 @@ def test_umld_ls_shows_the_runtimes_containers(bundle: Bundle) -> None:
     finally:
         rt("delete", "--force", cid)
     assert not (default_root() / cid).exists()
+
+
+@pytest.mark.parametrize("bad", ["../escape", "a/b", "..", ".", "x y", ""])
+def test_an_id_that_is_not_one_name_is_refused(umld_oci: Runtime, bundle: Bundle, bad: str) -> None:
+    path = bundle.command("true").write()
+    p = umld_oci("create", "--bundle", str(path), bad)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) <= 2  # the error (and usage, for "")
+    assert not (umld_oci.state.parent / "escape").exists()
+    assert _ids(umld_oci.state) == []
+
+
+def test_the_guest_never_reaches_the_runtimes_state(
+    umld_oci: Runtime, bundle: Bundle, tmp_path: Path
+) -> None:
+    """Even given the directory that holds the runtime's root (a bind of
+    its parent), the guest finds nothing of it: not its state, not its
+    control socket (which would start, signal and exec)."""
+    bundle.config["mounts"].append(
+        {"destination": "/host", "type": "bind", "source": str(tmp_path), "options": ["rbind"]}
+    )
+    script = (
+        "ls -a /host/umld-state > /shared/listing 2>&1; "
+        "cat /host/umld-state/c1/state.json > /shared/state 2>&1; echo done > /shared/done"
+    )
+    path = bundle.command(script).write()
+    umld_oci("create", "--bundle", str(path), "c1", check=True)
+    assert (umld_oci.state / "c1" / "ctl.sock").exists()
+    umld_oci("start", "c1", check=True)
+    wait_for((bundle.shared / "done").exists, "the guest's look")
+    assert "c1" not in (bundle.shared / "listing").read_text()
+    assert '"pid"' not in (bundle.shared / "state").read_text()
+
+
+def test_errors_go_to_the_json_log(umld_oci: Runtime, tmp_path: Path) -> None:
+    """--log FILE --log-format json: the error an engine shows its user,
+    one JSON object per line, besides the line on stderr."""
+    log = tmp_path / "log.json"
+    p = umld_oci("--log", str(log), "--log-format", "json", "state", "nosuch")
+    assert p.returncode == 1
+    assert p.stderr.strip() == "umld oci: container nosuch does not exist"
+    [entry] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert entry["level"] == "error" and entry["msg"] == "container nosuch does not exist"
+
+
+def test_a_hook_that_hangs_times_out_and_leaves_nothing(umld_oci: Runtime, bundle: Bundle) -> None:
+    before = _machine_cgroups()
+    bundle.config["hooks"] = {
+        "prestart": [{"path": "/bin/sleep", "args": ["sleep", "100"], "timeout": 1}]
+    }
+    path = bundle.command("touch /shared/ran").write()
+    started = time.monotonic()
+    p = umld_oci("create", "--bundle", str(path), "bad")
+    assert p.returncode == 1 and time.monotonic() - started < 30
+    assert "prestart hook /bin/sleep" in p.stderr and "timed out" in p.stderr
+    assert not (umld_oci.state / "bad").exists()
+    assert not (bundle.shared / "ran").exists()
+    wait_for(lambda: _machine_cgroups() <= before, "the machine's cgroups to go")
+
+
+def test_mount_points_of_a_read_only_root_never_follow_its_symlinks(
+    umld_oci: Runtime, rootfs: Path, tmp_path: Path
+) -> None:
+    """The runtime makes the mount points a read-only root lacks; a
+    destination through a symlink of the root is refused, and nothing is
+    made where the symlink points."""
+    mine = tmp_path / "rootfs"
+    shutil.copytree(rootfs, mine, symlinks=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (mine / "evil").symlink_to(outside)
+    b = Bundle(tmp_path / "bundle", mine)
+    b.config["mounts"].append(
+        {"destination": "/evil/inner", "type": "tmpfs", "source": "tmpfs", "options": []}
+    )
+    p = umld_oci("create", "--bundle", str(b.command("true").write()), "bad")
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        "umld oci: config.json: mounts /evil/inner: evil in the root is not a directory "
+        "(a symlink is not followed)"
+    ]
+    assert list(outside.iterdir()) == []
+    b.config["mounts"][-1]["destination"] = "/made/here"
+    umld_oci("run", "--bundle", str(b.write()), "ok", check=True)
+    assert (mine / "made" / "here").is_dir()

@@ -166,6 +166,8 @@ def _create(args: Any) -> int:
         raise UmldError("--console-socket: a container terminal is not supported yet", 1)
     bundle = args.bundle.resolve()
     plan = _spec.plan(bundle, _spec.read(bundle), default_mount=default_mount(container_id))
+    if plan.settings.get("root_readonly") and plan.mount_points:
+        _spec.make_mount_points(plan.settings["root"], plan.mount_points)
     store = _store(args)
     where = store.make(container_id)
     r, w = os.pipe2(os.O_CLOEXEC)

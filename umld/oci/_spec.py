@@ -42,6 +42,7 @@ import json
 import math
 import os
 import resource
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,9 @@ class Plan:
     mount: str | None = None
     #: The first process's supplementary groups.
     groups: list[int] = field(default_factory=list)
+    #: (destination, a directory) of every bind and tmpfs: made in a
+    #: read-only root before the machine (make_mount_points), as runc does.
+    mount_points: list[tuple[str, bool]] = field(default_factory=list)
 
 
 def _obj(value: object, where: str) -> dict[str, Any]:
@@ -181,7 +185,7 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
         mapping["hostname"] = _str(data["hostname"], "hostname")
     if "domainname" in data:
         mapping["domainname"] = _str(data["domainname"], "domainname")
-    _mounts(bundle, _list(data.get("mounts"), "mounts"), mapping)
+    points = _mounts(bundle, _list(data.get("mounts"), "mounts"), mapping)
     linux = _obj(data.get("linux"), "linux")
     _namespaces(_list(linux.get("namespaces"), "linux.namespaces"), mapping)
     _resources(_obj(linux.get("resources"), "linux.resources"), mapping)
@@ -208,7 +212,7 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
         parsed = settings.from_mapping(mapping, where="config.json")
     except UsageError as exc:
         raise SpecError(str(exc).removeprefix("umld: ").removeprefix("config.json: ")) from None
-    return Plan(parsed, args, env, cwd, rlimits, hooks, annotations, mount, groups)
+    return Plan(parsed, args, env, cwd, rlimits, hooks, annotations, mount, groups, points)
 
 
 def _root(bundle: Path, root: dict[str, Any], mapping: dict[str, Any]) -> None:
@@ -284,9 +288,10 @@ def _rlimits(items: list[Any], mapping: dict[str, Any]) -> list[tuple[int, int, 
     return out
 
 
-def _mounts(bundle: Path, items: list[Any], mapping: dict[str, Any]) -> None:
+def _mounts(bundle: Path, items: list[Any], mapping: dict[str, Any]) -> list[tuple[str, bool]]:
     binds: list[str] = []
     ramdisks: list[str] = []
+    points: list[tuple[str, bool]] = []
     for item in items:
         m = _obj(item, "mounts[]")
         dest = _str(m.get("destination"), "mounts[].destination")
@@ -303,15 +308,52 @@ def _mounts(bundle: Path, items: list[Any], mapping: dict[str, Any]) -> None:
             if not src.exists():
                 raise SpecError(f"mounts {dest}: source {str(src)!r} does not exist")
             binds.append(f"{src}:{dest}" + (":ro" if "ro" in options else ""))
+            points.append((dest, src.is_dir()))
         elif kind == "tmpfs":
             sizes = [o.removeprefix("size=") for o in options if o.startswith("size=")]
             ramdisks.append(dest + (f":size={sizes[-1]}" if sizes else ""))
+            points.append((dest, True))
         else:
             raise SpecError(f"mounts {dest}: type {kind!r} is not supported (bind, tmpfs)")
     if binds:
         mapping["bind"] = binds
     if ramdisks:
         mapping["tmpfs"] = ramdisks
+    return points
+
+
+def make_mount_points(root: str, points: list[tuple[str, bool]]) -> None:
+    """The mount points a read-only root lacks, made in it by the runtime
+    (runc makes them before it remounts the root read-only; umld's
+    sandbox makes them as the guest's root, which a read-only tree
+    refuses).  No symlink of the tree is followed (O_NOFOLLOW at every
+    step): a destination through one is refused, never made outside."""
+    for dest, is_dir in points:
+        parts = [p for p in dest.split("/") if p]
+        fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for k, name in enumerate(parts):
+                last = k == len(parts) - 1
+                try:
+                    nxt = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except FileNotFoundError:
+                    if last and not is_dir:
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                        os.close(os.open(name, flags, 0o644, dir_fd=fd))
+                        break
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                    nxt = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                st = os.fstat(nxt)
+                if not last and not stat.S_ISDIR(st.st_mode):
+                    os.close(nxt)
+                    raise SpecError(f"mounts {dest}: {'/'.join(parts[:k + 1])} in the root is not "
+                                    "a directory (a symlink is not followed)")  # fmt: skip
+                os.close(fd)
+                fd = nxt
+        except OSError as exc:
+            raise SpecError(f"mounts {dest}: cannot make its mount point: {exc.strerror}") from None
+        finally:
+            os.close(fd)
 
 
 def _namespaces(items: list[Any], mapping: dict[str, Any]) -> None:
