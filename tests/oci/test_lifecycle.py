@@ -275,7 +275,6 @@ BAD_CONFIGS = {
     "a uid map": lambda c: c["linux"].update(
         uidMappings=[{"containerID": 0, "hostID": 1000, "size": 1}]
     ),
-    "a terminal": lambda c: c["process"].update(terminal=True),
     "a relative cwd": lambda c: c["process"].update(cwd="tmp"),
     "an unknown umld setting": lambda c: c.update(annotations={"umld.warp": "9"}),
     "a bad umld setting": lambda c: c.update(annotations={"umld.vcpus": "many"}),
@@ -597,3 +596,19 @@ def test_mount_points_of_a_read_only_root_never_follow_its_symlinks(
     b.config["mounts"][-1]["destination"] = "/made/here"
     umld_oci("run", "--bundle", str(b.write()), "ok", check=True)
     assert (mine / "made" / "here").is_dir()
+
+
+def test_a_terminal_needs_a_console_socket_and_the_reverse(
+    umld_oci: Runtime, bundle: Bundle, tmp_path: Path
+) -> None:
+    bundle.config["process"]["terminal"] = True
+    path = bundle.command("true").write()
+    p = umld_oci("create", "--bundle", str(path), "bad")
+    assert p.stderr.strip() == "umld oci: process.terminal is set: --console-socket is needed"
+    sock = tmp_path / "console.sock"
+    p = umld_oci("create", "--bundle", str(path), "--console-socket", str(sock), "bad")
+    assert p.returncode == 1 and p.stderr.startswith("umld oci: --console-socket ")
+    bundle.config["process"]["terminal"] = False
+    p = umld_oci("create", "--bundle", str(bundle.write()), "--console-socket", str(sock), "bad")
+    assert p.stderr.strip() == "umld oci: --console-socket given, but process.terminal is not set"
+    assert _ids(umld_oci.state) == []

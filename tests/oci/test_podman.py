@@ -220,3 +220,41 @@ def test_an_overlay_root_is_refused_in_one_line(
         subprocess.run([*p.base, "system", "reset", "-f"], capture_output=True, env=env,
                        timeout=120)  # fmt: skip
         shutil.rmtree(runroot, ignore_errors=True)
+
+
+def _screen(session: str) -> str:
+    return subprocess.run(
+        ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+    ).stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux (make test installs it)")
+def test_run_it_on_a_terminal_driven_with_tmux(podman: Podman) -> None:
+    """`podman run -it` in a tmux window: the shell is on a terminal of
+    its own (/dev/pts/0) the size of tmux's window, takes what is typed,
+    and its exit status comes back; the same under both runtimes."""
+    results = []
+    for i, runtime in enumerate(RUNTIMES):
+        session = f"umld-oci-{os.getpid()}-{i}"
+        env = f"CONTAINERS_CONF={podman.work / 'containers.conf'} PYTHONPATH={ROOT}"
+        command = " ".join([*podman.base, "--runtime", runtime, "run", "-it", "--rm",
+                            "--network", "none", IMAGE, "sh"])  # fmt: skip
+        subprocess.run(
+            ["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30",
+             f"env {env} {command}; echo EXITED $?; sleep 60"],
+            check=True,
+        )  # fmt: skip
+        try:
+            wait_for(
+                lambda s=session: any(ln.rstrip().endswith("#") for ln in _screen(s).splitlines()),  # type: ignore[misc]
+                "the shell's prompt",
+            )
+            subprocess.run(["tmux", "send-keys", "-t", session, "tty; stty size; exit 4", "Enter"],
+                           check=True)  # fmt: skip
+            wait_for(lambda s=session: "EXITED" in _screen(s), "the end")  # type: ignore[misc]
+            lines = [line.strip() for line in _screen(session).splitlines() if line.strip()]
+            start = next(k for k, line in enumerate(lines) if line.endswith("exit 4"))
+            results.append(lines[start + 1 :])
+        finally:
+            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    assert results[0] == results[1] == ["/dev/pts/0", "30 100", "EXITED 4"]

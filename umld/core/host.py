@@ -90,6 +90,11 @@ class Launch(NamedTuple):
     #: The first process's supplementary groups (guest gids); None: its
     #: primary group alone (as login(1) gives a user with no others).
     groups: tuple[int, ...] | None = None
+    #: A socket (inheritable) connected to someone else's console socket
+    #: (an OCI engine's --console-socket): the machine's first process
+    #: runs on a terminal of the guest's own devpts, whose master goes
+    #: there (SCM_RIGHTS), not to umld; None: no such terminal.
+    console: int | None = None
 
 
 @final
@@ -586,10 +591,11 @@ class Host:
                 )
             if files.net is not None and files.net.lazy:
                 kernel.policy.network = files.net
-            if cfg.tty:
+            if cfg.tty and launch.console is None:
                 from umld.core.tty import DEFAULT_SIZE, MachineTerminal
 
                 terminal = MachineTerminal(*(launch.terminal_size or DEFAULT_SIZE))
+            if terminal is not None or launch.console is not None:
                 # Its first process leads a session of its own there.
                 kernel.own_session = True
             m.filter = machine_filter(feats, trace_all=trace_output is not None)
@@ -617,12 +623,18 @@ class Host:
                 cwd_strict=launch.cwd_strict,
                 uts=uts,
                 rlimits=m.control.spawn_limits(),
-                tty=(terminal.stage_fd(), *terminal.initial_size) if terminal else None,
+                tty=(
+                    (terminal.stage_fd(), *terminal.initial_size)
+                    if terminal
+                    else (launch.console, *(launch.terminal_size or (80, 24)))
+                    if launch.console is not None
+                    else None
+                ),
                 hold=launch.hold,
                 groups=launch.groups,
             )
             # A machine with a terminal of its own never gets the caller's.
-            tty = None if terminal is not None else launch.tty
+            tty = None if terminal is not None or launch.console is not None else launch.tty
             spec = SpawnSpec(
                 path=argv[0],
                 argv=argv,

@@ -432,6 +432,8 @@ class Machine:
         live: bool | None = None,
         hold: int | None = None,
         groups: Sequence[int] | None = None,
+        console: int | None = None,
+        console_size: tuple[int, int] | None = None,
     ) -> RunResult:
         """Run ``argv`` as the guest's first process.  ``on_start`` gets
         the control before the guest's first instruction; the machine is
@@ -440,7 +442,9 @@ class Machine:
         ``hold``: a socket (see :class:`~umld.core.host.Launch`) on which
         the made machine's first process says ``held`` and waits for
         ``g`` before it runs ``argv``.  ``groups``: its supplementary
-        groups (None: its primary group alone)."""
+        groups (None: its primary group alone).  ``console``: a socket
+        connected to a console socket (Launch.console), ``console_size``
+        (columns, rows) its terminal's first size."""
         from umld.core.host import Host, Launch, spawn_failure
         from umld.core.terminal import controlling_tty
         from umld.errors import UmldError
@@ -460,7 +464,7 @@ class Machine:
             explicit_cwd = False
         else:
             explicit_cwd = True
-        terminal_size = _caller_size() if cfg.tty else None
+        terminal_size = console_size or (_caller_size() if cfg.tty else None)
         host = Host(cfg.tracer, host_signals=TERMINATING_SIGNALS)
         host.open()
         try:
@@ -481,6 +485,7 @@ class Machine:
                 trace_output=(cfg.trace_output or sys.stderr) if cfg.trace else None,
                 hold=hold,
                 groups=None if groups is None else tuple(groups),
+                console=console,
             )
             m = host.start_machine(cfg, argv, launch=launch, on_control=on_start)
             self.kernel, self.control, self._hosted = m.kernel, m.control, m

@@ -162,10 +162,13 @@ def _create(args: Any) -> int:
     from umld.oci._supervisor import Supervisor, detach
 
     container_id = check_id(args.id)
-    if args.console_socket:
-        raise UmldError("--console-socket: a container terminal is not supported yet", 1)
     bundle = args.bundle.resolve()
     plan = _spec.plan(bundle, _spec.read(bundle), default_mount=default_mount(container_id))
+    if plan.terminal and not args.console_socket:
+        raise UmldError("process.terminal is set: --console-socket is needed", 1)
+    if args.console_socket and not plan.terminal:
+        raise UmldError("--console-socket given, but process.terminal is not set", 1)
+    console = _connect_console(args.console_socket) if plan.terminal else None
     if plan.settings.get("root_readonly") and plan.mount_points:
         _spec.make_mount_points(plan.settings["root"], plan.mount_points)
     store = _store(args)
@@ -181,13 +184,15 @@ def _create(args: Any) -> int:
             detach()
             if os.fork() != 0:
                 os._exit(0)
-            code = Supervisor(store, container_id, plan, w).run()
+            code = Supervisor(store, container_id, plan, w, console).run()
         finally:
             with contextlib.suppress(Exception):
                 sys.stdout.flush()
                 sys.stderr.flush()
             os._exit(code)
     os.close(w)
+    if console is not None:
+        os.close(console)  # the supervisor's now
     os.waitpid(child, 0)
     answer = b""
     while not answer.endswith(b"\n"):
@@ -224,6 +229,20 @@ def _create(args: Any) -> int:
         shutil.rmtree(where, ignore_errors=True)
         raise
     return 0
+
+
+def _connect_console(path: str) -> int:
+    """A connection to the engine's console socket, for the terminal's
+    master (the sandbox sends it there as runc does)."""
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(path)
+    except OSError as exc:
+        s.close()
+        raise UmldError(f"--console-socket {path}: {exc.strerror}", 1) from None
+    return s.detach()
 
 
 def _start(args: Any) -> int:

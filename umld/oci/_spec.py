@@ -16,7 +16,8 @@ the field, before anything is made.  The mapping:
 ``process.rlimits``             set on the machine's first process;
                                 RLIMIT_NOFILE and RLIMIT_NPROC are the
                                 ``limits/*`` settings (soft = hard)
-``process.terminal``            not yet (a console socket): refused
+``process.terminal``            a terminal of the guest's own devpts; its
+                                master to ``--console-socket`` (SCM_RIGHTS)
 ``hostname``                    ``--hostname``
 ``mounts`` bind, tmpfs          ``--bind SRC:DST[:ro]``, ``--tmpfs DST``
 ``linux.namespaces`` network    with a path: ``--net ns:PATH`` (joined);
@@ -111,6 +112,10 @@ class Plan:
     #: (destination, a directory) of every bind and tmpfs: made in a
     #: read-only root before the machine (make_mount_points), as runc does.
     mount_points: list[tuple[str, bool]] = field(default_factory=list)
+    #: process.terminal: the first process on a terminal whose master
+    #: goes to the engine's console socket; its first (columns, rows).
+    terminal: bool = False
+    console_size: tuple[int, int] | None = None
 
 
 def _obj(value: object, where: str) -> dict[str, Any]:
@@ -177,8 +182,14 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
         if not sep or not key:
             raise SpecError(f"process.env entry {item!r} is not KEY=VALUE")
         env[key] = value
-    if process.get("terminal"):
-        raise SpecError("process.terminal: a console (--console-socket) is not supported yet")
+    terminal = bool(process.get("terminal"))
+    size = _obj(process.get("consoleSize"), "process.consoleSize")
+    console_size = None
+    if size:
+        console_size = (
+            _int(size.get("width"), "process.consoleSize.width"),
+            _int(size.get("height"), "process.consoleSize.height"),
+        )
     groups = _user(_obj(process.get("user"), "process.user"), mapping)
     rlimits = _rlimits(_list(process.get("rlimits"), "process.rlimits"), mapping)
     if "hostname" in data:
@@ -212,7 +223,10 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
         parsed = settings.from_mapping(mapping, where="config.json")
     except UsageError as exc:
         raise SpecError(str(exc).removeprefix("umld: ").removeprefix("config.json: ")) from None
-    return Plan(parsed, args, env, cwd, rlimits, hooks, annotations, mount, groups, points)
+    return Plan(
+        parsed, args, env, cwd, rlimits, hooks, annotations, mount, groups, points,
+        terminal, console_size,
+    )  # fmt: skip
 
 
 def _root(bundle: Path, root: dict[str, Any], mapping: dict[str, Any]) -> None:

@@ -40,7 +40,11 @@ log = get_logger("umld.oci")
 
 
 class Supervisor:
-    def __init__(self, store: Store, container_id: str, plan: Plan, ready: int) -> None:
+    def __init__(
+        self, store: Store, container_id: str, plan: Plan, ready: int, console: int | None = None
+    ) -> None:
+        #: A connection to the engine's console socket (process.terminal).
+        self.console = console
         self.store = store
         self.id = container_id
         self.plan = plan
@@ -241,6 +245,8 @@ class Supervisor:
             )
             fd = self._theirs.fileno()
             os.set_inheritable(fd, True)
+            if self.console is not None:
+                os.set_inheritable(self.console, True)
             self.machine = Machine(cfg)
             result = self.machine.run(
                 self.plan.args,
@@ -250,6 +256,8 @@ class Supervisor:
                 live=self.plan.mount is not None,
                 hold=fd,
                 groups=self.plan.groups,
+                console=self.console,
+                console_size=self.plan.console_size,
             )
             status = result.status
         except UmldError as exc:
