@@ -167,7 +167,9 @@ def _parser() -> _Parser:
     at.add_argument(
         "--mount", metavar="DIR", help="a daemon's export, or one `umld run --mount DIR`'s"
     )
-    top = sub.add_parser("top", help="live view of the daemon's machines and processes")
+    top = sub.add_parser(
+        "top", help="live view of the daemon's machines, the OCI containers, and their processes"
+    )
     with_mount(top)
     top.add_argument("--interval", type=float, default=1.0, help="seconds between updates")
     top.add_argument("--once", action="store_true", help="print one frame and exit")

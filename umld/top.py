@@ -41,8 +41,10 @@ def _fields(text: str, sep: str) -> dict[str, str]:
 
 
 class Sampler:
-    def __init__(self, mount: str) -> None:
+    def __init__(self, mount: str, *, with_oci: bool = True) -> None:
         self.mount = mount
+        #: The OCI runtime's containers too (its default root).
+        self.with_oci = with_oci
         self.ticks: dict[tuple[str, str], int] = {}
         self.trapped: dict[str, int] = {}
         #: Per machine: CPU seconds and throttled seconds at the last frame.
@@ -54,25 +56,21 @@ class Sampler:
         now = time.monotonic()
         dt = max(now - self.last, 1e-3)
         self.last = now
-        table = _read(os.path.join(self.mount, "machines"))
-        if not table:
-            raise UmldError(f"umld: no daemon export at {self.mount}")
+        machines = self._machines()
         header: list[str] = []
         rows: list[Row] = []
         ticks: dict[tuple[str, str], int] = {}
-        for line in table.splitlines()[1:]:
-            cols = line.split("\t")
-            name, state = cols[0], cols[1]
-            status = _fields(_read(os.path.join(self.mount, name, "status")), ":")
+        for name, state, uptime, export in machines:
+            status = _fields(_read(os.path.join(export, "status")), ":")
             trapped = int(status.get("trapped", "0") or 0)
             rate = (trapped - self.trapped.get(name, trapped)) / dt
             self.trapped[name] = trapped
             procs = status.get("processes", "-")
             header.append(
-                f"{name:16.16} {state:12.12} up {cols[2]:>6}s  procs {procs:>4}"
+                f"{name:16.16} {state:12.12} up {uptime:>6}s  procs {procs:>4}"
                 f"  syscalls/s {rate:8.0f}" + self._resources(name, status, dt)
             )
-            proc_dir = os.path.join(self.mount, name, "proc")
+            proc_dir = os.path.join(export, "proc")
             try:
                 pids = sorted(os.listdir(proc_dir), key=lambda p: int(p) if p.isdigit() else 0)
             except OSError:
@@ -91,6 +89,25 @@ class Sampler:
         self.ticks = ticks
         rows.sort(key=lambda r: -r.cpu)
         return header, rows
+
+    def _machines(self) -> list[tuple[str, str, str, str]]:
+        """(name, state, uptime, export directory) of the daemon's machines
+        (DIR/machines) and of the OCI runtime's running containers
+        (``oci:ID``, their own exports)."""
+        table = _read(os.path.join(self.mount, "machines"))
+        out = []
+        for line in table.splitlines()[1:]:
+            cols = line.split("\t")
+            out.append((cols[0], cols[1], cols[2], os.path.join(self.mount, cols[0])))
+        if self.with_oci:
+            from umld import oci
+
+            for c in oci.containers():
+                if c["mount"]:
+                    out.append((f"oci:{c['id']}", c["status"], f"{c['uptime']:.0f}", c["mount"]))
+        if not table and not out:
+            raise UmldError(f"umld: no daemon export at {self.mount}, and no OCI container")
+        return out
 
     def _resources(self, name: str, status: dict[str, str], dt: float) -> str:
         """CPU use and throttling (in CPUs, against the machine's vCPUs)

@@ -490,9 +490,10 @@ def test_exec_in_a_running_container(umld_oci: Runtime, bundle: Bundle, tmp_path
     assert missing.returncode == 127
 
 
-def test_umld_ls_shows_the_runtimes_containers(bundle: Bundle) -> None:
+def test_umld_ls_and_top_show_the_runtimes_containers(bundle: Bundle) -> None:
     """`umld ls` lists the OCI runtime's containers (its default root) as
-    oci:ID, with their state and their command, beside the daemon's."""
+    oci:ID, with their state and their command, beside the daemon's;
+    `umld top` shows them and their processes from their exports."""
     from umld.oci._state import default_root
 
     rt = Runtime([sys.executable, "-m", "umld", "oci"], default_root())
@@ -508,6 +509,11 @@ def test_umld_ls_shows_the_runtimes_containers(bundle: Bundle) -> None:
         rows = [line.split() for line in out.stdout.splitlines()]
         mine = [r for r in rows if r and r[0] == f"oci:{cid}"]
         assert mine and mine[0][1] == "running" and mine[0][-2:] == ["sleep", "100"], rows
+        top = subprocess.run(
+            [sys.executable, "-m", "umld", "top", "--once"], capture_output=True, text=True,
+            timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        assert f"oci:{cid}" in top.stdout and "sleep" in top.stdout, top.stdout + top.stderr
     finally:
         rt("delete", "--force", cid)
     assert not (default_root() / cid).exists()

@@ -523,37 +523,51 @@ def _list(args: Any) -> int:
     return 0
 
 
-def table_rows(root: Path | None = None) -> list[list[str]]:
-    """``umld ls``'s rows of the OCI runtime's containers (its default root):
-    NAME (``oci:ID``), STATE, UPTIME, PROCESSES (from the live export's
-    status), CPU and RESTART (-), COMMAND."""
+def containers(root: Path | None = None) -> list[dict[str, Any]]:
+    """The OCI runtime's containers (its default root): id, status,
+    uptime (seconds), mount (its live export, None if it has none or has
+    stopped), argv; for ``umld ls`` and ``umld top``."""
+    import calendar
+
     from umld.oci import _spec
     from umld.oci._state import Store, default_root
 
     store = Store(root or default_root())
-    rows = []
+    out = []
     for container_id in store.ids():
         try:
             record = store.load(container_id)
         except UmldError:
             continue
         status = store.status(record)
-        import calendar
-
-        uptime = time.time() - calendar.timegm(time.strptime(record.created, "%Y-%m-%dT%H:%M:%SZ"))
-        procs = "-"
-        if record.mount and status != "stopped":
-            with contextlib.suppress(OSError):
-                for line in (Path(record.mount) / "status").read_text().splitlines():
-                    if line.startswith("processes: "):
-                        procs = line.removeprefix("processes: ")
+        created = calendar.timegm(time.strptime(record.created, "%Y-%m-%dT%H:%M:%SZ"))
         try:
             argv = (_spec.read(Path(record.bundle)).get("process") or {}).get("args") or []
         except UmldError:
             argv = []
+        live = record.mount if record.mount and status != "stopped" else None
+        out.append(
+            {"id": container_id, "status": status, "uptime": time.time() - created,
+             "mount": live, "argv": [str(a) for a in argv]}
+        )  # fmt: skip
+    return out
+
+
+def table_rows(root: Path | None = None) -> list[list[str]]:
+    """``umld ls``'s rows of the OCI runtime's containers: NAME (``oci:ID``),
+    STATE, UPTIME, PROCESSES (from the live export's status), CPU and
+    RESTART (-), COMMAND."""
+    rows = []
+    for c in containers(root):
+        procs = "-"
+        if c["mount"]:
+            with contextlib.suppress(OSError):
+                for line in (Path(c["mount"]) / "status").read_text().splitlines():
+                    if line.startswith("processes: "):
+                        procs = line.removeprefix("processes: ")
         rows.append(
-            [f"oci:{container_id}", status, f"{uptime:.0f}", procs, "-", "-",
-             " ".join(map(str, argv)) or "-"]
+            [f"oci:{c['id']}", c["status"], f"{c['uptime']:.0f}", procs, "-", "-",
+             " ".join(c["argv"]) or "-"]
         )  # fmt: skip
     return rows
 
