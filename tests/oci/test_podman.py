@@ -143,26 +143,34 @@ def test_detached_stop_logs_and_the_live_export(podman: Podman) -> None:
         p = podman(runtime, "run", "-d", "--network", "none", IMAGE, "sh", "-c", script)
         assert p.returncode == 0, p.stderr
         cid = p.stdout.strip()
-        wait_for(
-            lambda r=runtime, c=cid: "started" in podman(r, "logs", c).stdout,  # type: ignore[misc]
-            "the container's start",
-        )
-        ps = podman(runtime, "ps", "--format", "{{.ID}}")
-        assert cid[:12] in ps.stdout
-        if runtime == UMLD_OCI:
-            export = Path("/run/umld/oci") / cid
-            assert (export / "status").read_text().startswith("name: ")
-            assert len(os.listdir(export / "proc")) >= 2
-        stop = podman(runtime, "stop", "-t", "10", cid)
-        assert stop.returncode == 0, stop.stderr
-        code = podman(runtime, "inspect", cid, "--format", "{{.State.ExitCode}}").stdout.strip()
-        logs = podman(runtime, "logs", cid).stdout
-        assert podman(runtime, "rm", cid).returncode == 0
-        results.append((code, logs))
+        try:
+            results.append(_detached_case(podman, runtime, cid))
+        finally:  # a failure leaves no container running into the next test
+            podman(runtime, "rm", "-f", "-t", "0", cid)
         if runtime == UMLD_OCI:
             gone = Path("/run/umld/oci") / cid
             wait_for(lambda g=gone: not g.exists(), "the export's end")  # type: ignore[misc]
     assert results[0] == results[1] == ("9", "started\ngot TERM\n")
+
+
+def _detached_case(podman: Podman, runtime: str, cid: str) -> tuple[str, str]:
+    """One runtime's run: (the exit code, the logs)."""
+    wait_for(
+        lambda r=runtime, c=cid: "started" in podman(r, "logs", c).stdout,  # type: ignore[misc]
+        "the container's start",
+    )
+    ps = podman(runtime, "ps", "--format", "{{.ID}}")
+    assert cid[:12] in ps.stdout
+    if runtime == UMLD_OCI:
+        export = Path("/run/umld/oci") / cid
+        assert (export / "status").read_text().startswith("name: ")
+        assert len(os.listdir(export / "proc")) >= 2
+    stop = podman(runtime, "stop", "-t", "10", cid)
+    assert stop.returncode == 0, stop.stderr
+    code = podman(runtime, "inspect", cid, "--format", "{{.State.ExitCode}}").stdout.strip()
+    logs = podman(runtime, "logs", cid).stdout
+    assert podman(runtime, "rm", cid).returncode == 0
+    return code, logs
 
 
 def test_the_engines_network_is_the_containers(podman: Podman) -> None:

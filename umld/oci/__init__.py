@@ -37,7 +37,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -159,7 +159,7 @@ def _store(args: Any) -> Any:
 def _create(args: Any) -> int:
     from umld.oci import _spec
     from umld.oci._state import Record, check_id, default_mount, start_time
-    from umld.oci._supervisor import Supervisor, detach
+    from umld.oci._supervisor import Supervisor
 
     container_id = check_id(args.id)
     bundle = args.bundle.resolve()
@@ -173,27 +173,9 @@ def _create(args: Any) -> int:
         _spec.make_mount_points(plan.settings["root"], plan.mount_points)
     store = _store(args)
     where = store.make(container_id)
-    r, w = os.pipe2(os.O_CLOEXEC)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    child = os.fork()
-    if child == 0:  # pragma: no cover (the supervisor's own process)
-        code = 1
-        try:
-            os.close(r)
-            detach()
-            if os.fork() != 0:
-                os._exit(0)
-            code = Supervisor(store, container_id, plan, w, console).run()
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
-    os.close(w)
+    r = _detached(lambda w: Supervisor(store, container_id, plan, w, console).run())
     if console is not None:
         os.close(console)  # the supervisor's now
-    os.waitpid(child, 0)
     answer = b""
     while not answer.endswith(b"\n"):
         chunk = os.read(r, 4096)
@@ -221,14 +203,48 @@ def _create(args: Any) -> int:
         for stage in ("createRuntime", "prestart"):
             _hooks(store, record, stage)
         if args.pid_file:
-            tmp = args.pid_file.with_name(args.pid_file.name + ".tmp")
-            tmp.write_text(str(pid))
-            tmp.replace(args.pid_file)
+            _write_pid_file(args.pid_file, pid)
     except BaseException:
         _destroy(store, record)
         shutil.rmtree(where, ignore_errors=True)
         raise
     return 0
+
+
+def _detached(run: Callable[[int], int]) -> int:
+    """Fork a process that leaves this session and, forked twice, is
+    nobody's child but the subreaper's above us (an engine's monitor,
+    which reaps it); it runs ``run(w)``, ``w`` the write end of a pipe,
+    and exits with what that returns.  Returns the pipe's read end."""
+    from umld.oci._supervisor import detach
+
+    r, w = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the detached process's own)
+        code = 1
+        try:
+            os.close(r)
+            detach()
+            if os.fork() != 0:
+                os._exit(0)
+            code = run(w)
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+    os.close(w)
+    os.waitpid(child, 0)
+    return r
+
+
+def _write_pid_file(path: Path, pid: int) -> None:
+    """``--pid-file``: written whole or not at all (renamed into place)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(str(pid))
+    tmp.replace(path)
 
 
 def _connect_console(path: str) -> int:
@@ -445,34 +461,23 @@ def _exec(args: Any) -> int:
         if args.pid_file:
             args.pid_file.write_text(str(os.getpid()))
         return _relay(store, args.id, request)
-    r, w = os.pipe2(os.O_CLOEXEC)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    child = os.fork()
-    if child == 0:  # pragma: no cover (the relay's own process)
-        code = 1
+
+    def relay(w: int) -> int:
         try:
-            os.close(r)
-            os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
-            code = _relay(store, args.id, request, started=w)
+            return _relay(store, args.id, request, started=w)
         except UmldError as exc:
             with contextlib.suppress(OSError):
                 os.write(w, f"error {exc}\n".encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    os.waitpid(child, 0)
+            return 1
+
+    r = _detached(relay)
     with os.fdopen(r, "rb") as f:
         answer = f.readline().decode(errors="replace").strip()
     word, _, rest = answer.partition(" ")
     if word != "ok" or not rest.isdigit():
         raise UmldError(rest.removeprefix("umld: ") or "exec: the command did not start", 1)
     if args.pid_file:
-        tmp = args.pid_file.with_name(args.pid_file.name + ".tmp")
-        tmp.write_text(rest)
-        tmp.replace(args.pid_file)
+        _write_pid_file(args.pid_file, int(rest))
     return 0
 
 
