@@ -142,8 +142,16 @@ class Runtime:
 def umld_oci(tmp_path: Path) -> Iterator[Runtime]:
     rt = Runtime([sys.executable, "-m", "umld", "oci"], tmp_path / "umld-state")
     yield rt
+    logged = {
+        cid: (rt.state / cid / "supervisor.log").read_text(errors="replace")
+        for cid in _ids(rt.state)
+        if (rt.state / cid / "supervisor.log").exists()
+    }
     for cid in _ids(rt.state):
         rt("delete", "--force", cid)
+    # What went wrong inside a supervisor is an error of its test too.
+    errors = {c: t for c, t in logged.items() if " ERROR: " in t or "Traceback" in t}
+    assert not errors, f"supervisors logged errors: {errors}"
     left = _ids(rt.state)
     assert not left, f"containers left behind: {left}"
     mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]

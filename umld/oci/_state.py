@@ -5,8 +5,8 @@ One directory per container under the runtime's root (``--root``,
 0700: ``state.json`` (written once by ``create``: the bundle, the
 supervisor's pid and start time, the annotations, the export's place),
 ``ctl.sock`` (the supervisor's control socket: ``state``, ``start``,
-``kill N``) and ``exit`` (the wait status, written by the supervisor as
-it ends).
+``kill N``), ``exit`` (the wait status, written by the supervisor as
+it ends) and ``supervisor.log`` (what umld logged while running it).
 
 The container's process, for the spec's ``pid``, is the supervisor: the
 umld that runs the machine, as gVisor's runsc reports its sandbox.  It

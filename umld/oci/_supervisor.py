@@ -208,10 +208,22 @@ class Supervisor:
 
     # -- the machine -------------------------------------------------------------
 
+    def _log_to_file(self) -> None:
+        """What umld logs while it runs this container (an export that
+        failed, a tracer error) also goes to ``supervisor.log`` in its
+        state directory: its stderr is the container's, which the engine
+        keeps as the program's output."""
+        import logging
+
+        handler = logging.FileHandler(self.dir / "supervisor.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        logging.getLogger("umld").addHandler(handler)
+
     def run(self) -> int:
         from umld.core import shell_status
         from umld.core.machine import Config, Machine
 
+        self._log_to_file()
         sock = self.dir / "ctl.sock"
         self._listener.bind(str(sock))
         os.chmod(sock, 0o600)
