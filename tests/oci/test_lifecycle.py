@@ -630,3 +630,30 @@ def test_a_terminal_needs_a_console_socket_and_the_reverse(
     p = umld_oci("create", "--bundle", str(bundle.write()), "--console-socket", str(sock), "bad")
     assert p.stderr.strip() == "umld oci: --console-socket given, but process.terminal is not set"
     assert _ids(umld_oci.state) == []
+
+
+def _processes_with(text: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and not _zombie(int(entry)):
+            try:
+                if text.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def test_a_create_that_gives_up_ends_its_supervisor(
+    umld_oci: Runtime, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """create waits for the machine only so long: then its supervisor and
+    the machine end, and nothing of the container stays."""
+    monkeypatch.setenv("UMLD_OCI_CREATE_TIMEOUT", "0.001")
+    path = bundle.command("touch /shared/ran").write()
+    p = umld_oci("create", "--bundle", str(path), "slow")
+    assert p.returncode == 1
+    assert p.stderr.strip() == "umld oci: the container was not made within 0.001 s"
+    assert not (umld_oci.state / "slow").exists()
+    wait_for(lambda: not _processes_with(str(umld_oci.state)), "the supervisor's end")
+    assert not (bundle.shared / "ran").exists()

@@ -176,15 +176,11 @@ def _create(args: Any) -> int:
     r = _detached(lambda w: Supervisor(store, container_id, plan, w, console).run())
     if console is not None:
         os.close(console)  # the supervisor's now
-    answer = b""
-    while not answer.endswith(b"\n"):
-        chunk = os.read(r, 4096)
-        if not chunk:
-            break
-        answer += chunk
-    os.close(r)
-    word, _, rest = answer.decode(errors="replace").strip().partition(" ")
+    supervisor, word, rest = _created(r, _create_timeout())
     if word != "created" or not rest.isdigit():
+        if supervisor:  # given up on: it and its machine end here
+            with contextlib.suppress(OSError):
+                os.kill(supervisor, signal.SIGKILL)
         shutil.rmtree(where, ignore_errors=True)
         raise UmldError(rest or "the container's supervisor ended before it was created", 1)
     pid = int(rest)
@@ -209,6 +205,46 @@ def _create(args: Any) -> int:
         shutil.rmtree(where, ignore_errors=True)
         raise
     return 0
+
+
+#: How long create waits for the machine to be made (seconds), unless
+#: UMLD_OCI_CREATE_TIMEOUT says (engines have timeouts of their own; this
+#: one keeps a supervisor that never answers from outliving its create).
+CREATE_TIMEOUT = 120.0
+
+
+def _create_timeout() -> float:
+    text = os.environ.get("UMLD_OCI_CREATE_TIMEOUT", "")
+    try:
+        return float(text) if text else CREATE_TIMEOUT
+    except ValueError:
+        raise UsageError(f"UMLD_OCI_CREATE_TIMEOUT={text!r}: a number of seconds") from None
+
+
+def _created(r: int, timeout: float) -> tuple[int, str, str]:
+    """The supervisor's answer on pipe ``r``: (its pid, 0 if it never said,
+    ``created``/``error``, the rest of that line); ``error`` with a reason
+    when it says nothing more within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    data, pid = b"", 0
+    try:
+        while True:
+            while b"\n" in data:
+                line, _, data = data.partition(b"\n")
+                word, _, rest = line.decode(errors="replace").strip().partition(" ")
+                if word == "pid" and rest.isdigit():
+                    pid = int(rest)
+                else:
+                    return pid, word, rest
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                return pid, "error", f"the container was not made within {timeout:g} s"
+            chunk = os.read(r, 4096)
+            if not chunk:
+                return pid, "error", ""
+            data += chunk
+    finally:
+        os.close(r)
 
 
 def _detached(run: Callable[[int], int]) -> int:

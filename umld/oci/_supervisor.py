@@ -223,6 +223,9 @@ class Supervisor:
         from umld.core import shell_status
         from umld.core.machine import Config, Machine
 
+        # Who to end if create gives up waiting (it reads this line first).
+        with contextlib.suppress(OSError):
+            os.write(self._ready, f"pid {os.getpid()}\n".encode())
         self._log_to_file()
         sock = self.dir / "ctl.sock"
         self._listener.bind(str(sock))
