@@ -164,7 +164,8 @@ def _detached_case(podman: Podman, runtime: str, cid: str) -> tuple[str, str]:
     if runtime == UMLD_OCI:
         export = Path("/run/umld/oci") / cid
         assert (export / "status").read_text().startswith("name: ")
-        assert len(os.listdir(export / "proc")) >= 2
+        # Its shell (the loop's sleep comes and goes between two reads).
+        assert len(os.listdir(export / "proc")) >= 1
     stop = podman(runtime, "stop", "-t", "10", cid)
     assert stop.returncode == 0, stop.stderr
     code = podman(runtime, "inspect", cid, "--format", "{{.State.ExitCode}}").stdout.strip()
