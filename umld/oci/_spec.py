@@ -252,19 +252,12 @@ def _root(bundle: Path, root: dict[str, Any], mapping: dict[str, Any]) -> None:
 
 
 def _fstype(path: str) -> str | None:
-    """The type of the file system mounted at ``path`` (mountinfo), None
-    if none is mounted there."""
-    found = None
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                point = left.split()[4].encode().decode("unicode_escape")
-                if point == path:
-                    found = right.split()[0]  # the last mount there is the one seen
-    except OSError:
-        return None
-    return found
+    """The type of the file system mounted at ``path`` (the last mount
+    there is the one seen), None if none is mounted there."""
+    from umld.core import procfs
+
+    found = [m.fstype for m in procfs.mountinfo() if m.point == path]
+    return found[-1] if found else None
 
 
 def _user(user: dict[str, Any], mapping: dict[str, Any]) -> list[int]:
