@@ -181,7 +181,9 @@ def test_lifecycle_create_start_kill_delete(umld_oci: Runtime, bundle: Bundle) -
     st = umld_oci.state_of("c1")
     assert st["status"] == "created" and st["id"] == "c1" and st["bundle"] == str(path)
     assert st["ociVersion"].startswith("1.") and os.path.exists(f"/proc/{st['pid']}")
-    time.sleep(0.3)  # the program must not run before start: a window for it to be wrong
+    # Held before exec: no process of the container runs busybox yet.
+    exes = [os.path.realpath(f"/proc/{p}/exe") for p in _descendants(st["pid"])]
+    assert exes and not any(e.endswith("busybox") for e in exes), exes
     assert not ran.exists(), "the user program ran before start"
     umld_oci("start", "c1", check=True)
     wait_for(ran.exists, "the user program to run after start")
@@ -657,3 +659,21 @@ def test_a_create_that_gives_up_ends_its_supervisor(
     assert not (umld_oci.state / "slow").exists()
     wait_for(lambda: not _processes_with(str(umld_oci.state)), "the supervisor's end")
     assert not (bundle.shared / "ran").exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (by PPid, /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
