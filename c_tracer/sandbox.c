@@ -315,10 +315,68 @@ static void write_id_maps(pid_t pid, const char *proc)
  * guest); it inherits the seccomp filter and makes no call that stops.
  * Never negative (it dies instead): callers cast it to mount_attr's __u64
  * as is. */
+static int userns_with_maps(const char *uid_map, const char *gid_map);
+
+/* "rootids UIDS GIDS": the owners on disk of the tree given as the guest's
+ * root, when an engine gave them other host ids than the guest's (an OCI
+ * bundle made for a user namespace, linux.uidMappings): extents
+ * GUEST:HOST:COUNT, comma-separated.  The root alone is idmapped with
+ * them (host id HOST+k shows as guest id GUEST+k, and what the guest
+ * writes there lands as HOST+k); the guest's processes keep their own
+ * range, and every other tree keeps the guest's idmap. */
+static struct {
+    const char *uids, *gids;
+    int userns;    /* a user namespace with those maps */
+    int attaching; /* the root is being attached: idmap_userns() is it */
+} root_ids = {.userns = -1};
+
+/* user_namespaces(7) map text of "rootids" extents: inside (the ids on
+ * disk) HOST, outside the guest's host id of GUEST. */
+static void format_root_map(char *buf, size_t size, const char *extents, unsigned long base)
+{
+    char *copy = strdup(extents), *save = NULL;
+    size_t used = 0;
+    buf[0] = '\0';
+    for (char *e = strtok_r(copy, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
+        unsigned long guest, host, count;
+        char tail;
+        if (sscanf(e, "%lu:%lu:%lu%c", &guest, &host, &count, &tail) != 3 || count == 0 ||
+            guest + count > ids.count) {
+            errno = 0;
+            die("sandbox: bad rootids extent %s", e);
+        }
+        int n = snprintf(buf + used, size - used, "%lu %lu %lu\n", host, base + guest, count);
+        if (n < 0 || (size_t)n >= size - used) {
+            errno = 0;
+            die("sandbox: too many rootids extents");
+        }
+        used += (size_t)n;
+    }
+    free(copy);
+}
+
 static int idmap_userns(void)
 {
-    if (ids.userns >= 0)
-        return ids.userns;
+    if (root_ids.attaching) {
+        if (root_ids.userns < 0) {
+            char uid_map[4096], gid_map[4096];
+            format_root_map(uid_map, sizeof uid_map, root_ids.uids, ids.uid);
+            format_root_map(gid_map, sizeof gid_map, root_ids.gids, ids.gid);
+            root_ids.userns = userns_with_maps(uid_map, gid_map);
+        }
+        return root_ids.userns;
+    }
+    if (ids.userns < 0) {
+        char uid_map[128], gid_map[128];
+        format_map(uid_map, sizeof uid_map, ids.uid, ids.count, ids.guest_uid);
+        format_map(gid_map, sizeof gid_map, ids.gid, ids.count, ids.guest_gid);
+        ids.userns = userns_with_maps(uid_map, gid_map);
+    }
+    return ids.userns;
+}
+
+static int userns_with_maps(const char *uid_map, const char *gid_map)
+{
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) < 0)
         die("pipe");
@@ -331,16 +389,19 @@ static int idmap_userns(void)
         _exit(read(pipefd[0], &c, 1) < 0);
     }
     close(pipefd[0]);
-    write_id_maps((pid_t)pid, "/oldroot/proc");
     char path[64];
+    snprintf(path, sizeof path, "/oldroot/proc/%ld/uid_map", pid);
+    write_file(path, uid_map);
+    snprintf(path, sizeof path, "/oldroot/proc/%ld/gid_map", pid);
+    write_file(path, gid_map);
     snprintf(path, sizeof path, "/oldroot/proc/%ld/ns/user", pid);
-    ids.userns = open(path, O_RDONLY | O_CLOEXEC);
-    if (ids.userns < 0)
+    int userns = open(path, O_RDONLY | O_CLOEXEC);
+    if (userns < 0)
         die("cannot open %s", path);
     close(pipefd[1]);
     while (waitpid((pid_t)pid, NULL, 0) < 0 && errno == EINTR)
         ;
-    return ids.userns;
+    return userns;
 }
 
 /* Attributes every bind of a host tree gets: set-uid bits and device
@@ -1597,7 +1658,89 @@ struct spec {
     int hold_fd;  /* "hold FD": wait here to be started (the OCI runtime's create) */
     int net_join; /* "netjoin PATH": the network namespace the guest joins, -1 */
     int nest;     /* the guest may run umld ("nest") */
+    int caps_set; /* "caps BND EFF PRM INH AMB": the process's capability sets */
+    uint64_t caps[5];
 };
+
+enum { CAPS_BND, CAPS_EFF, CAPS_PRM, CAPS_INH, CAPS_AMB };
+
+/* "caps BND EFF PRM INH AMB": five masks in hex (bit k: capability k). */
+static void parse_caps(struct spec *sp, char **args)
+{
+    for (int k = 0; k < 5; k++) {
+        char *end;
+        errno = 0;
+        sp->caps[k] = strtoull(args[k], &end, 16);
+        if (errno || end == args[k] || *end) {
+            errno = 0;
+            die("sandbox: bad capability mask %s", args[k]);
+        }
+    }
+    sp->caps_set = 1;
+}
+
+/* The asked capabilities, part one, before the ids change: the bounding
+ * set loses what was not asked (PR_CAPBSET_DROP needs CAP_SETPCAP, which
+ * a new uid would not have), and a process that becomes another uid than
+ * 0 keeps its permitted set across setresuid(2) (PR_SET_KEEPCAPS,
+ * capabilities(7) "Effect of user ID changes on capabilities"). */
+static void caps_before_ids(const struct spec *sp)
+{
+    if (!sp->caps_set)
+        return;
+    for (int cap = 0; cap < 64; cap++) {
+        int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+        if (r < 0)
+            break;
+        if (r == 1 && !(sp->caps[CAPS_BND] >> cap & 1) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
+            die("cannot drop capability %d", cap);
+    }
+    if (sp->uid != 0 && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
+        die("PR_SET_KEEPCAPS");
+}
+
+/* Part two, as the new ids: the effective, permitted and inheritable sets,
+ * then the ambient set (raised only where a capability is permitted and
+ * inheritable, PR_CAP_AMBIENT_RAISE).  What the guest's root never holds
+ * (CAP_SETFCAP of a root-run machine, what umld's caller lacks) is left
+ * out, not an error: a runtime asked for the default set of its kind
+ * gets what the machine has of it. */
+static void caps_after_ids(const struct spec *sp)
+{
+    if (!sp->caps_set)
+        return;
+    struct __user_cap_header_struct head = {.version = _LINUX_CAPABILITY_VERSION_3};
+    struct __user_cap_data_struct data[2];
+    if (syscall(SYS_capget, &head, data) < 0)
+        die("capget");
+    uint64_t have = (uint64_t)data[1].permitted << 32 | data[0].permitted;
+    uint64_t bnd = 0;
+    for (int cap = 0; cap < 64; cap++) {
+        int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+        if (r < 0)
+            break;
+        if (r == 1)
+            bnd |= 1ULL << cap;
+    }
+    uint64_t prm = sp->caps[CAPS_PRM] & have;
+    uint64_t eff = sp->caps[CAPS_EFF] & prm;
+    uint64_t inh = sp->caps[CAPS_INH] &
+                   (have | ((uint64_t)data[1].inheritable << 32 | data[0].inheritable)) & bnd;
+    for (int w = 0; w < 2; w++) {
+        data[w].permitted = (uint32_t)(prm >> 32 * w);
+        data[w].effective = (uint32_t)(eff >> 32 * w);
+        data[w].inheritable = (uint32_t)(inh >> 32 * w);
+    }
+    if (syscall(SYS_capset, &head, data) < 0)
+        die("cannot set the capabilities asked");
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        die("cannot clear the ambient capabilities");
+    uint64_t amb = sp->caps[CAPS_AMB] & prm & inh;
+    for (int cap = 0; cap < 64; cap++)
+        if (amb >> cap & 1 && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
+            die("cannot raise the ambient capability %d", cap);
+    prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0);
+}
 
 /* "netns": the guest's user namespace gets a network namespace of its own
  * (clone(2) with CLONE_NEWUSER|CLONE_NEWNET: the new user namespace owns
@@ -1863,6 +2006,7 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
     if (sp->was_root && prctl(PR_CAPBSET_DROP, CAP_SETFCAP, 0, 0, 0) < 0)
         die("cannot drop CAP_SETFCAP");
     drop_what_the_caller_lacks();
+    caps_before_ids(sp);
     /* The guest's identity (credentials(7)); supplementary groups are
      * reset as login(1) would for a user with only a primary group. */
     if (sp->ngroups >= 0) {
@@ -1885,6 +2029,7 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
         die("cannot become gid %u", (unsigned)sp->gid);
     if (setresuid(sp->uid, sp->uid, sp->uid) < 0)
         die("cannot become uid %u", (unsigned)sp->uid);
+    caps_after_ids(sp);
     /* A session keyring of the guest's own (keyrings(7)): the one
      * inherited from umld's caller would let the guest use the caller's
      * keys.  The user and persistent keyrings are per user namespace. */
@@ -2423,6 +2568,10 @@ static int enter_main(int argc, char **argv)
         } else if (strcmp(op, "groups") == 0) {
             need(argc, i, 1, op);
             parse_groups(&sp, argv[++i]);
+        } else if (strcmp(op, "caps") == 0) {
+            need(argc, i, 5, op);
+            parse_caps(&sp, argv + i + 1);
+            i += 5;
         } else if (strcmp(op, "cgroup") == 0) {
             /* One of the machine's cgroups: the new process counts
              * against its limits like the others ("0" is the writer). */
@@ -3028,8 +3177,10 @@ int main(int argc, char **argv)
                 cow_tree();
             } else {
                 char *from = join("/oldroot", argv[i + 1]);
+                root_ids.attaching = root_ids.uids != NULL;
                 bind_tree(from, "/newroot",
                           BIND_ATTRS | (strcmp(argv[i + 2], "ro") == 0 ? MOUNT_ATTR_RDONLY : 0));
+                root_ids.attaching = 0;
                 free(from);
             }
             i += 2;
@@ -3117,6 +3268,15 @@ int main(int argc, char **argv)
                 die("sandbox: bad subids");
             }
             i += 3;
+        } else if (strcmp(op, "rootids") == 0) {
+            need(argc, i, 2, op);
+            if (!ids.on) {
+                errno = 0;
+                die("sandbox: rootids needs subids first");
+            }
+            root_ids.uids = argv[i + 1];
+            root_ids.gids = argv[i + 2];
+            i += 2;
         } else if (strcmp(op, "cgroup") == 0) {
             need(argc, i, 1, op);
             join_cgroup(argv[++i]);
@@ -3161,6 +3321,10 @@ int main(int argc, char **argv)
         } else if (strcmp(op, "groups") == 0) {
             need(argc, i, 1, op);
             parse_groups(&sp, argv[++i]);
+        } else if (strcmp(op, "caps") == 0) {
+            need(argc, i, 5, op);
+            parse_caps(&sp, argv + i + 1);
+            i += 5;
         } else if (strcmp(op, "hold") == 0) {
             need(argc, i, 1, op);
             sp.hold_fd = atoi(argv[++i]);

@@ -286,8 +286,20 @@ BAD_CONFIGS = {
     "an unknown mount type": lambda c: c["mounts"].append(
         {"destination": "/mnt", "type": "nfs", "source": "server:/x"}
     ),
-    "a uid map": lambda c: c["linux"].update(
-        uidMappings=[{"containerID": 0, "hostID": 1000, "size": 1}]
+    "overlapping uid maps": lambda c: c["linux"].update(
+        uidMappings=[
+            {"containerID": 0, "hostID": 300000, "size": 100},
+            {"containerID": 50, "hostID": 400000, "size": 100},
+        ]
+    ),
+    "a uid map past the machine's ids": lambda c: c["linux"].update(
+        uidMappings=[{"containerID": 0, "hostID": 300000, "size": 70000}]
+    ),
+    "a gid map without a host id": lambda c: c["linux"].update(
+        gidMappings=[{"containerID": 0, "size": 1}]
+    ),
+    "capabilities not a list": lambda c: c["process"].update(
+        capabilities={"bounding": "CAP_KILL"}
     ),
     "a relative cwd": lambda c: c["process"].update(cwd="tmp"),
     "an unknown umld setting": lambda c: c.update(annotations={"umld.warp": "9"}),
@@ -677,3 +689,114 @@ def _descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+# -- ids and capabilities, against runc ---------------------------------------------
+
+#: podman's default capabilities less CAP_SETFCAP, which a root-run
+#: machine's root never holds (sandbox.c: a file capability it set would
+#: be the host root's through the idmap).
+CAPS = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_NET_BIND_SERVICE", "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID", "CAP_SYS_CHROOT",
+]  # fmt: skip
+IDS_SCRIPT = (
+    "stat -c %u:%g /bin/busybox /etc; touch /tmp/made; stat -c %u:%g /tmp/made; "
+    "grep -E '^Cap(Bnd|Eff|Prm|Inh|Amb)' /proc/self/status; "
+    "chown 5:5 /tmp/made && stat -c %u:%g /tmp/made; "
+    "touch /bin/x 2>/dev/null || echo no write to a file of another owner; exit 4"
+)
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    """chown -R that keeps each file's own ids, shifted (as an engine
+    prepares a root file system for a user namespace)."""
+    paths = [str(root)]
+    for dirpath, dirnames, filenames in os.walk(root):
+        paths += [os.path.join(dirpath, name) for name in (*dirnames, *filenames)]
+    for p in paths:
+        st = os.lstat(p)
+        os.lchown(p, uid + st.st_uid, gid + st.st_gid)
+
+
+@pytest.mark.skipif(RUNC is None or os.geteuid() != 0, reason="runc runs here as root")
+def test_id_mappings_and_capabilities_match_runc(tmp_path: Path, rootfs: Path) -> None:
+    """A root file system chowned for a user namespace (linux.uidMappings
+    and gidMappings to host ids 300000..), run with podman's default
+    capabilities: the guest sees the same owners, writes files with the
+    same host ids, holds the same capability sets and is refused the
+    same, under runc and under umld."""
+    # runc's container root must reach its root file system by path: a
+    # directory all may search (pytest's own is root's alone).
+    reachable = Path(tempfile.mkdtemp(prefix="umld-ids-"))
+    os.chmod(reachable, 0o755)
+    try:
+        results = _ids_under_both(tmp_path, rootfs, reachable)
+    finally:
+        shutil.rmtree(reachable)
+    assert results[0] == results[1]
+    code, out, _, uid, gid = results[0]
+    assert code == 4 and (uid, gid) == (300005, 300005), results[0]
+    assert out.startswith("0:0\n0:0\n0:0\n") and "5:5\n" in out, out
+    assert "no write to a file of another owner" in out
+
+
+def _ids_under_both(tmp_path: Path, rootfs: Path, reachable: Path) -> list[tuple[Any, ...]]:
+    results: list[tuple[Any, ...]] = []
+    for name, argv in (("runc", [str(RUNC)]), ("umld", [sys.executable, "-m", "umld", "oci"])):
+        mine = reachable / f"rootfs-{name}"
+        shutil.copytree(rootfs, mine, symlinks=True)
+        (mine / "bin" / "x").write_text("")
+        os.chown(mine / "bin" / "x", 0, 0)  # host root's: outside the maps
+        _chown_tree(mine, 300000, 300000)
+        os.lchown(mine / "bin" / "x", 0, 0)
+        os.chmod(mine / "bin" / "x", 0o644)
+        b = Bundle(tmp_path / f"bundle-{name}", mine)
+        b.config["root"]["readonly"] = False
+        b.config["mounts"] = [m for m in b.config["mounts"] if m["destination"] != "/shared"]
+        b.config["linux"]["namespaces"] += [{"type": "user"}, {"type": "network"}]
+        maps = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+        b.config["linux"]["uidMappings"] = maps
+        b.config["linux"]["gidMappings"] = maps
+        b.config["process"]["capabilities"] = {s: CAPS for s in ("bounding", "effective", "permitted")}
+        rt = Runtime(argv, tmp_path / f"state-{name}")
+        p = rt("run", "--bundle", str(b.command(IDS_SCRIPT).write()), f"ids-{name}", timeout=120)
+        assert (mine / "tmp" / "made").exists(), (name, p)
+        made = os.stat(mine / "tmp" / "made")
+        results.append((p.returncode, p.stdout, p.stderr, made.st_uid, made.st_gid))
+        assert not _ids(rt.state), f"{name} left its container"
+    return results
+
+
+def test_capabilities_of_the_process_and_of_exec(
+    umld_oci: Runtime, bundle: Bundle, tmp_path: Path
+) -> None:
+    """process.capabilities: the first process holds the sets asked (an
+    unknown name is left out, CAP_SETFCAP never held), an ordinary uid
+    keeps only its ambient ones across exec, and exec takes the
+    container's sets, or --process's own."""
+    caps = ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_SETFCAP", "CAP_WARP_DRIVE"]
+    bundle.config["process"]["capabilities"] = {
+        "bounding": caps, "effective": caps, "permitted": caps, "inheritable": caps,
+        "ambient": ["CAP_NET_BIND_SERVICE"],
+    }  # fmt: skip
+    path = bundle.command("grep -E '^Cap' /proc/self/status > /shared/first; exec sleep 100").write()
+    umld_oci("create", "--bundle", str(path), "caps", check=True)
+    umld_oci("start", "caps", check=True)
+    kill_bind = f"{1 << 5 | 1 << 10:016x}"
+    wait_for(lambda: (bundle.shared / "first").exists(), "the first process's capabilities")
+    first = dict(line.split(":\t") for line in (bundle.shared / "first").read_text().splitlines())
+    assert first == {"CapInh": kill_bind, "CapPrm": kill_bind, "CapEff": kill_bind,
+                     "CapBnd": kill_bind, "CapAmb": f"{1 << 10:016x}"}  # fmt: skip
+    p = umld_oci("exec", "caps", "grep", "^CapEff", "/proc/self/status", check=True)
+    assert p.stdout.split() == ["CapEff:", kill_bind]
+    proc = tmp_path / "process.json"
+    proc.write_text(json.dumps({
+        "args": ["grep", "-E", "^Cap(Eff|Bnd)", "/proc/self/status"], "cwd": "/",
+        "user": {"uid": 1000, "gid": 1000},
+        "capabilities": {"bounding": ["CAP_KILL"], "permitted": ["CAP_KILL"],
+                         "inheritable": ["CAP_KILL"], "ambient": ["CAP_KILL"]},
+    }))  # fmt: skip
+    p = umld_oci("exec", "--process", str(proc), "caps", check=True)
+    assert p.stdout.split() == ["CapEff:", f"{1 << 5:016x}", "CapBnd:", f"{1 << 5:016x}"]
+    umld_oci("delete", "--force", "caps", check=True)

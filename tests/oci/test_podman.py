@@ -267,3 +267,48 @@ def test_run_it_on_a_terminal_driven_with_tmux(podman: Podman) -> None:
         finally:
             subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     assert results[0] == results[1] == ["/dev/pts/0", "30 100", "EXITED 4"]
+
+
+def test_capabilities_default_and_dropped(podman: Podman) -> None:
+    """podman's default capabilities, and --cap-drop/--cap-add: the same
+    sets as under runc, but for CAP_SETFCAP (bit 31), which a root-run
+    machine's root never holds (sandbox.c)."""
+    script = "grep -E '^Cap(Bnd|Eff|Prm)' /proc/self/status"
+    setfcap = 1 << 31
+    for opts in ([], ["--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE,KILL"]):
+        got = both(podman, "run", "--rm", "--network", "none", *opts, IMAGE, "sh", "-c", script)
+        assert got[0][0] == got[1][0] == 0, got
+        runc, umld = (dict(line.split(":\t") for line in out.splitlines()) for _, out in got)
+        assert runc.keys() == umld.keys() == {"CapBnd", "CapEff", "CapPrm"}
+        for key in runc:
+            assert int(umld[key], 16) == int(runc[key], 16) & ~setfcap, (opts, runc, umld)
+        if opts:
+            assert int(umld["CapBnd"], 16) == 1 << 5 | 1 << 10
+
+
+def test_a_user_namespace_map(podman: Podman) -> None:
+    """--uidmap/--gidmap: podman copies the image chowned to host ids
+    200000..; the container sees its files as its own and writes new ones
+    with those host ids, as under runc."""
+    script = "stat -c %u:%g / /bin/busybox; touch /made; stat -c %u:%g /made; id -u"
+    results = []
+    for runtime in RUNTIMES:
+        p = podman(
+            runtime, "run", "-d", "--network", "none",
+            "--uidmap", "0:200000:65536", "--gidmap", "0:200000:65536",
+            IMAGE, "sh", "-c", f"{script}; sleep 100",
+        )  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        cid = p.stdout.strip()
+        try:
+            wait_for(
+                lambda r=runtime, c=cid: podman(r, "logs", c).stdout.count("\n") >= 4,  # type: ignore[misc]
+                "the script's output",
+            )
+            logs = podman(runtime, "logs", cid).stdout
+            mount = podman(runtime, "mount", cid).stdout.strip()
+            made = os.stat(Path(mount) / "made")
+            results.append((logs, made.st_uid, made.st_gid))
+        finally:
+            podman(runtime, "rm", "-f", "-t", "0", cid)
+    assert results[0] == results[1] == ("0:0\n0:0\n0:0\n0\n", 200000, 200000)

@@ -35,7 +35,7 @@ from umld.core.kernel import GuestKernel
 from umld.core.machine import Config, features, machine_argv, prepare, uts_for
 from umld.core.policy import MachinePolicy
 from umld.core.privileged import HLT_POLL
-from umld.core.sandbox import SANDBOX, MachineFiles, enter_argv
+from umld.core.sandbox import SANDBOX, Caps, MachineFiles, enter_argv
 from umld.core.syscalls import lookup_table, machine_filter
 from umld.core.terminal import set_foreground, suspend_with_guest
 from umld.errors import UmldError, get_logger
@@ -90,6 +90,9 @@ class Launch(NamedTuple):
     #: The first process's supplementary groups (guest gids); None: its
     #: primary group alone (as login(1) gives a user with no others).
     groups: tuple[int, ...] | None = None
+    #: The first process's capability sets; None: all the machine's root
+    #: has (for uid 0; another uid has none after its exec).
+    caps: Caps | None = None
     #: A socket (inheritable) connected to someone else's console socket
     #: (an OCI engine's --console-socket): the machine's first process
     #: runs on a terminal of the guest's own devpts, whose master goes
@@ -147,11 +150,12 @@ class HostedMachine:
         uid: int | None = None,
         gid: int | None = None,
         groups: Sequence[int] | None = None,
+        caps: Caps | None = None,
         on_exit: Callable[[int], None],
     ) -> int:
         """Start ``argv`` inside the running machine (its mounts, identity
-        and pid namespace; ``uid``/``gid``/``groups``: another guest
-        identity than the machine's).  ``stdio`` descriptors become its 0, 1, 2;
+        and pid namespace; ``uid``/``gid``/``groups``/``caps``: another
+        guest identity than the machine's).  ``stdio`` descriptors become its 0, 1, 2;
         ``on_exit`` gets its raw wait status, on the tracer thread.
         Returns the host pid of the session: the leader of the process
         group the command starts in (alive until ``on_exit``)."""
@@ -159,7 +163,7 @@ class HostedMachine:
             raise UmldError("umld: no command")
         return self.host.call(
             lambda: self._exec(
-                list(argv), stdio, env, cwd, on_exit, uid=uid, gid=gid, groups=groups
+                list(argv), stdio, env, cwd, on_exit, uid=uid, gid=gid, groups=groups, caps=caps
             )
         )
 
@@ -174,6 +178,7 @@ class HostedMachine:
         uid: int | None = None,
         gid: int | None = None,
         groups: Sequence[int] | None = None,
+        caps: Caps | None = None,
     ) -> int:
         kernel = self.kernel
         if kernel is None or self.state != "running" or kernel.root_status is not None:
@@ -196,6 +201,7 @@ class HostedMachine:
             stdio=inherited,
             cgroups=self.control.cgroups if self.control is not None else (),
             groups=groups,
+            caps=caps,
         )
         environ = {**_guest_env(self), **(env or {})}
         spec = SpawnSpec(
@@ -632,6 +638,7 @@ class Host:
                 ),
                 hold=launch.hold,
                 groups=launch.groups,
+                caps=launch.caps,
             )
             # A machine with a terminal of its own never gets the caller's.
             tty = None if terminal is not None or launch.console is not None else launch.tty

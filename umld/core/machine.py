@@ -25,6 +25,7 @@ from umld.core.live import write_cpu_views
 from umld.core.net import MachineNet, Publish, check as check_net, lazy_network
 from umld.core.policy import UtsState
 from umld.core.sandbox import (
+    Caps,
     Layout,
     MachineFiles,
     Mount,
@@ -66,6 +67,8 @@ class Config:
     uname_machine: str | None
     root: str | None
     root_readonly: bool
+    root_uids: tuple[tuple[int, int, int], ...] | None
+    root_gids: tuple[tuple[int, int, int], ...] | None
     upper_size: int | None
     bind: list[Mount]
     tmpfs: list[Mount]
@@ -245,6 +248,12 @@ def prepare(
             "file, cgroup, socket and keyring it can reach",
             name,
         )
+    if (cfg.root_uids or cfg.root_gids) and (ids is None or cfg.root is None):
+        raise UmldError(
+            "umld: --root-uids and --root-gids apply to a --root DIR of a machine run by root "
+            "with ids of its own (not --unsafe-host-ids): the tree is shown through an idmap",
+            125,
+        )
     check_oom_floor(cfg)
     files.cgroup = MachineCgroup.create(name)
     # The configured vCPUs and memory bound the machine; a live one's
@@ -294,11 +303,13 @@ def machine_argv(
     tty: tuple[int, int, int] | None = None,
     hold: int | None = None,
     groups: Sequence[int] | None = None,
+    caps: Caps | None = None,
 ) -> list[bytes]:
     """umld-sandbox's argument list for a prepared machine (``tty``: the
     socket its terminal's master goes to, and the terminal's size;
     ``hold``: the socket of the wait before the command, Launch.hold;
-    ``groups``: the first process's supplementary groups, Launch.groups)."""
+    ``groups``: the first process's supplementary groups, Launch.groups;
+    ``caps``: its capability sets, Launch.caps)."""
     return sandbox_argv(
         prep.layout,
         files,
@@ -323,6 +334,10 @@ def machine_argv(
         hold=hold,
         groups=groups,
         netjoin=cfg.net[3:] if cfg.net.startswith("ns:") else None,
+        root_ids=(cfg.root_uids or (), cfg.root_gids or ())
+        if cfg.root_uids or cfg.root_gids
+        else None,
+        caps=caps,
     )
 
 
@@ -409,6 +424,7 @@ class Machine:
         uid: int | None = None,
         gid: int | None = None,
         groups: Sequence[int] | None = None,
+        caps: Caps | None = None,
         on_exit: Callable[[int], None],
     ) -> int:
         """Start ``argv`` in the machine while :meth:`run` runs it (any
@@ -419,7 +435,7 @@ class Machine:
             raise UmldError("umld: the machine is not running")
         return int(
             self._hosted.exec(argv, stdio=stdio, env=env, cwd=cwd, uid=uid, gid=gid,
-                              groups=groups, on_exit=on_exit)
+                              groups=groups, caps=caps, on_exit=on_exit)
         )  # fmt: skip
 
     def run(
@@ -432,6 +448,7 @@ class Machine:
         live: bool | None = None,
         hold: int | None = None,
         groups: Sequence[int] | None = None,
+        caps: Caps | None = None,
         console: int | None = None,
         console_size: tuple[int, int] | None = None,
     ) -> RunResult:
@@ -442,7 +459,8 @@ class Machine:
         ``hold``: a socket (see :class:`~umld.core.host.Launch`) on which
         the made machine's first process says ``held`` and waits for
         ``g`` before it runs ``argv``.  ``groups``: its supplementary
-        groups (None: its primary group alone).  ``console``: a socket
+        groups (None: its primary group alone); ``caps``: its capability
+        sets (None: all the machine's root has).  ``console``: a socket
         connected to a console socket (Launch.console), ``console_size``
         (columns, rows) its terminal's first size."""
         from umld.core.host import Host, Launch, spawn_failure
@@ -485,6 +503,7 @@ class Machine:
                 trace_output=(cfg.trace_output or sys.stderr) if cfg.trace else None,
                 hold=hold,
                 groups=None if groups is None else tuple(groups),
+                caps=caps,
                 console=console,
             )
             m = host.start_machine(cfg, argv, launch=launch, on_control=on_start)

@@ -585,6 +585,29 @@ def host_memory() -> int:
     return 1 << 30
 
 
+#: Id extents (guest, host, count), as the root_uids setting's.
+IdExtents = tuple[tuple[int, int, int], ...]
+
+
+def _extents(extents: IdExtents) -> str:
+    return ",".join(f"{g}:{h}:{n}" for g, h, n in extents)
+
+
+class Caps(NamedTuple):
+    """A process's capability sets (capabilities(7)), as masks: bit k is
+    capability k.  Given, the guest's process starts with these, less
+    what the machine's root never holds (sandbox.c, caps_after_ids)."""
+
+    bounding: int
+    effective: int
+    permitted: int
+    inheritable: int
+    ambient: int
+
+    def masks(self) -> tuple[str, ...]:
+        return tuple(f"{m:x}" for m in self)
+
+
 class SandboxOps:
     """The argument list of ``umld-sandbox``, built one operation at a time.
 
@@ -602,6 +625,7 @@ class SandboxOps:
         "rlimit": 2,  # nproc|nofile VALUE
         "oomfloor": 1,  # SCORE: the lowest oom_score_adj the guest may set (root, below 0)
         "subids": 3,  # BASEUID BASEGID COUNT: the guest's host ids (root)
+        "rootids": 2,  # UIDS GIDS: the root tree's owners on disk, GUEST:HOST:COUNT,...
         "upper": 2,  # tmpfs OPTIONS | disk IMAGE | dir HOSTDIR: the writes of a cow root
         "writable": 1,  # GUEST: where a cow root's guest writes (an ordinary user's)
         "ids": 2,  # UID GID: the guest's identity
@@ -627,6 +651,7 @@ class SandboxOps:
         "netjoin": 1,  # PATH: the guest joins this network namespace (--net ns:PATH)
         "hold": 1,  # FD: says "held" and waits for "g" before the command (OCI create/start)
         "groups": 1,  # G1,G2,... or -: the first process's supplementary groups
+        "caps": 5,  # BND EFF PRM INH AMB: the first process's capability sets (hex)
         "nest": 0,  # /dev/fuse, /dev/net/tun and an uncovered /proc: umld can run inside
     }
     #: umld-sandbox enter PID [OPS] -- CMD: a process in a running machine.
@@ -636,6 +661,7 @@ class SandboxOps:
         "cwd": 1,
         "cgroup": 1,
         "groups": 1,  # as NEW_MACHINE's
+        "caps": 5,  # as NEW_MACHINE's
     }
 
     #: umld-sandbox names PID [OPS]: a running machine's names, set live.
@@ -690,6 +716,8 @@ def sandbox_argv(
     hold: int | None = None,
     groups: Sequence[int] | None = None,
     netjoin: str | None = None,
+    root_ids: tuple[IdExtents, IdExtents] | None = None,
+    caps: Caps | None = None,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox`` for a new machine.
 
@@ -724,6 +752,12 @@ def sandbox_argv(
     # Before any mount: the idmap of the host trees includes the guest's
     # own uid and gid when they lie above the range.
     ops.op("ids", uid, gid)
+    if root_ids is not None:
+        if ids is None:
+            raise ValueError("the root's own ids need the machine's own ids")
+        # Where an extent list is empty, host id k is guest id k there.
+        uids, gids = (extents or ((0, 0, ids.size),) for extents in root_ids)
+        ops.op("rootids", _extents(uids), _extents(gids))
     table = layout.table()
     root = table[0]
     if root.kind == "cow":
@@ -797,6 +831,8 @@ def sandbox_argv(
         ops.op("cwd", cwd, "strict" if cwd_strict else "fallback")
     if groups is not None:
         ops.op("groups", ",".join(map(str, groups)) or "-")
+    if caps is not None:
+        ops.op("caps", *caps.masks())
     if hold is not None:
         ops.op("hold", hold)
     return ops.command(argv)
@@ -812,11 +848,13 @@ def enter_argv(
     stdio: Sequence[int] = (),
     cgroups: Sequence[str] = (),
     groups: Sequence[int] | None = None,
+    caps: Caps | None = None,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox enter``: ``argv`` as a new
     process of the machine whose process ``pid`` is (its namespaces, its
     cgroups, the machine's uid and gid; ``groups``: its supplementary
-    groups, None: the gid alone)."""
+    groups, None: the gid alone; ``caps``: its capability sets, None: all
+    the machine's root has, as uid 0 has)."""
     ops = SandboxOps(enter=pid)
     if stdio:
         ops.op("stdio", *stdio)
@@ -825,6 +863,8 @@ def enter_argv(
     ops.op("ids", uid, gid).op("cwd", cwd)
     if groups is not None:
         ops.op("groups", ",".join(map(str, groups)) or "-")
+    if caps is not None:
+        ops.op("caps", *caps.masks())
     return ops.command(argv)
 
 

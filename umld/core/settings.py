@@ -26,6 +26,7 @@ in the module that owns the behaviour (see :mod:`umld.core.live`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import resource
@@ -33,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from umld.core import live, net
+from umld.core.ids import SLOT
 from umld.core.sandbox import Mount, parse_bind, parse_disk, parse_size, parse_tmpfs
 from umld.core.syscalls.sys_utsname import UTS_LEN
 from umld.errors import UsageError
@@ -329,6 +331,50 @@ class Cidr(ValueType[str]):
         return "an address/prefix (`10.0.2.15/24`)"
 
 
+class IdMap(ValueType[tuple[tuple[int, int, int], ...]]):
+    """Extents ``GUEST:HOST:COUNT`` (comma-separated, as an OCI engine's
+    uidMappings): guest ids GUEST.. are host ids HOST.. on disk.  Guest ids
+    lie in the machine's range (ids.SLOT); neither side may overlap."""
+
+    #: What a user namespace's map may hold (user_namespaces(7)).
+    MAX_EXTENTS = 340
+
+    def parse(self, value: object) -> tuple[tuple[int, int, int], ...]:
+        if isinstance(value, list | tuple) and all(isinstance(v, list | tuple) for v in value):
+            extents = [tuple(v) for v in value]
+        else:
+            text = _one_line(value, "GUEST:HOST:COUNT extents")
+            extents = [tuple(part.split(":")) for part in text.split(",") if part]
+        out: list[tuple[int, int, int]] = []
+        for extent in extents:
+            try:
+                guest, host, count = (int(v) for v in extent)
+            except (TypeError, ValueError):
+                shown = ":".join(map(str, extent))
+                raise SettingError(f"{shown!r}: an extent is GUEST:HOST:COUNT") from None
+            if count < 1 or guest < 0 or host < 0 or guest + count > SLOT:
+                raise SettingError(
+                    f"{guest}:{host}:{count}: guest ids 0 to {SLOT - 1}, a count of 1 or more"
+                )
+            if host + count > 1 << 32:
+                raise SettingError(f"{guest}:{host}:{count}: host ids end at 4294967295")
+            out.append((guest, host, count))
+        if len(out) > self.MAX_EXTENTS:
+            raise SettingError(f"at most {self.MAX_EXTENTS} extents")
+        for side in (0, 1):
+            spans = sorted((e[side], e[side] + e[2]) for e in out)
+            for (_, end), (start, _) in itertools.pairwise(spans):
+                if start < end:
+                    raise SettingError("the extents overlap")
+        return tuple(out)
+
+    def text(self, value: tuple[tuple[int, int, int], ...]) -> str:
+        return ",".join(f"{g}:{h}:{n}" for g, h, n in value)
+
+    def describe(self) -> str:
+        return "`GUEST:HOST:COUNT[,...]`"
+
+
 def _disk(text: str) -> Mount:
     m = parse_disk(text)
     # mkfs.ext4 refuses less than ~128k; 1M leaves it room for a journal.
@@ -410,6 +456,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("read_only_root", Flag(),
             "the host's / read-only, with private /tmp and $HOME (with --root: DIR read-only)",
             default=False, field="root_readonly"),
+    Setting("root_uids", IdMap(),
+            "with --root, run by root: the tree's owners on disk are host uids HOST.. for "
+            "guest uids GUEST.. (a tree made for a user namespace, an OCI engine's uidMappings)",
+            metavar="GUEST:HOST:COUNT", shown_default="host uid k is guest uid k"),
+    Setting("root_gids", IdMap(), "as --root-uids, for group ids",
+            metavar="GUEST:HOST:COUNT", shown_default="host gid k is guest gid k"),
     Setting("upper_size", Size(1 << 20, 1 << 50, "1M", "1P"),
             "bound of what the guest writes over the host's / (RAM; with --name, a disk image)",
             metavar="SIZE",

@@ -447,6 +447,16 @@ def _exec_request(args: Any, record: Any) -> dict[str, Any]:
         if sep:
             env[key] = value
     user = proc.get("user") or {}
+    # Without --process the container's own process is the model, as in
+    # runc's exec: its capabilities too.
+    where = "--process capabilities" if args.process is not None else "process.capabilities"
+    try:
+        caps = _spec.capabilities(
+            proc.get("capabilities") if args.process is not None else base.get("capabilities"),
+            where,
+        )
+    except _spec.SpecError as exc:
+        raise UmldError(str(exc).removeprefix("config.json: "), 1) from None
     return {
         "args": argv,
         "env": env,
@@ -455,6 +465,7 @@ def _exec_request(args: Any, record: Any) -> dict[str, Any]:
         "gid": user.get("gid"),
         # Exactly additionalGids, none when empty (runc's exec).
         "groups": list(user.get("additionalGids") or ()),
+        "caps": None if caps is None else list(caps),
     }
 
 

@@ -27,7 +27,12 @@ the field, before anything is made.  The mapping:
 ``linux.resources``             memory.limit ``--memory``; cpu quota/period
                                 ``--vcpus`` (rounded up); pids.limit
                                 ``limits/nproc``
-``linux.uidMappings``           refused: umld maps the guest's ids itself
+``linux.uid/gidMappings``       ``--root-uids``/``--root-gids``: the root's
+                                owners on disk (root-run machines; the
+                                guest's processes keep their own host ids)
+``process.capabilities``        the process's five sets (what the machine's
+                                root never holds, CAP_SETFCAP, is left out)
+``process.noNewPrivileges``     always on: umld's seccomp filter sets it
 ``annotations`` ``umld.KEY``    the setting KEY (``umld.vcpus=2``,
                                 ``umld.net/connect=deny``); ``umld.mount``:
                                 where the export goes (``none``: no export)
@@ -48,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from umld.core.sandbox import Caps
 from umld.errors import UmldError, UsageError
 
 #: The runtime-spec versions understood: 1.x.
@@ -69,6 +75,22 @@ OWN_MOUNTS = {
 
 #: Namespaces every machine has of its own (network is decided apart).
 OWN_NAMESPACES = {"pid", "mount", "uts", "ipc", "user", "cgroup", "time"}
+
+#: capabilities(7) by number (linux/capability.h; a test checks them
+#: against the headers).
+CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)  # fmt: skip
+CAP_NUMBER = {name: k for k, name in enumerate(CAPABILITIES)}
+CAP_SETS = ("bounding", "effective", "permitted", "inheritable", "ambient")
 
 RLIMITS = {
     name: getattr(resource, name)
@@ -116,6 +138,8 @@ class Plan:
     #: goes to the engine's console socket; its first (columns, rows).
     terminal: bool = False
     console_size: tuple[int, int] | None = None
+    #: process.capabilities; None: all the machine's root has.
+    caps: Caps | None = None
 
 
 def _obj(value: object, where: str) -> dict[str, Any]:
@@ -200,9 +224,8 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
     linux = _obj(data.get("linux"), "linux")
     _namespaces(_list(linux.get("namespaces"), "linux.namespaces"), mapping)
     _resources(_obj(linux.get("resources"), "linux.resources"), mapping)
-    for key in ("uidMappings", "gidMappings"):
-        if linux.get(key):
-            raise SpecError(f"linux.{key}: umld maps the guest's ids itself; leave it out")
+    _id_mappings(linux, mapping)
+    caps = capabilities(process.get("capabilities"), "process.capabilities")
     annotations = {
         _str(k, "annotations"): _str(v, f"annotations.{k}")
         for k, v in _obj(data.get("annotations"), "annotations").items()
@@ -225,8 +248,51 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
         raise SpecError(str(exc).removeprefix("umld: ").removeprefix("config.json: ")) from None
     return Plan(
         parsed, args, env, cwd, rlimits, hooks, annotations, mount, groups, points,
-        terminal, console_size,
+        terminal, console_size, caps,
     )  # fmt: skip
+
+
+def capabilities(value: object, where: str) -> Caps | None:
+    """A process's ``capabilities`` object as masks (None when absent).  A
+    name this kernel does not know is left out, as runc leaves it out
+    (an engine's default list may be newer than the host)."""
+    if value is None:
+        return None
+    sets = _obj(value, where)
+    masks = []
+    for name in CAP_SETS:
+        mask = 0
+        for cap in _list(sets.get(name), f"{where}.{name}"):
+            number = CAP_NUMBER.get(_str(cap, f"{where}.{name}[]"))
+            if number is not None:
+                mask |= 1 << number
+        masks.append(mask)
+    return Caps(*masks)
+
+
+def _id_mappings(linux: dict[str, Any], mapping: dict[str, Any]) -> None:
+    """linux.uidMappings/gidMappings: the host ids the engine gave the
+    container's files (its root chowned for a user namespace), which the
+    root is shown through (the root_uids/root_gids settings).  The
+    guest's processes keep their own range either way."""
+    for key, setting in (("uidMappings", "root_uids"), ("gidMappings", "root_gids")):
+        items = _list(linux.get(key), f"linux.{key}")
+        if not items:
+            continue
+        if os.geteuid() != 0:
+            raise SpecError(
+                f"linux.{key}: a machine of an ordinary user has that user's ids alone, "
+                "so it cannot show a tree through other ids (rootless engines: not supported)"
+            )
+        extents = []
+        for item in items:
+            entry = _obj(item, f"linux.{key}[]")
+            extents.append((
+                _int(entry.get("containerID"), f"linux.{key}[].containerID"),
+                _int(entry.get("hostID"), f"linux.{key}[].hostID"),
+                _int(entry.get("size"), f"linux.{key}[].size"),
+            ))  # fmt: skip
+        mapping[setting] = extents
 
 
 def _root(bundle: Path, root: dict[str, Any], mapping: dict[str, Any]) -> None:

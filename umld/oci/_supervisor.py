@@ -32,6 +32,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from umld.core.sandbox import Caps
 from umld.errors import UmldError, get_logger
 from umld.oci._spec import Plan
 from umld.oci._state import Store
@@ -143,6 +144,7 @@ class Supervisor:
                 uid=req.get("uid"),
                 gid=req.get("gid"),
                 groups=[int(g) for g in req.get("groups") or ()],
+                caps=None if req.get("caps") is None else Caps(*map(int, req["caps"])),
                 on_exit=on_exit,
             )
         except (UmldError, ValueError, KeyError, TypeError) as exc:
@@ -271,6 +273,7 @@ class Supervisor:
                 live=self.plan.mount is not None,
                 hold=fd,
                 groups=self.plan.groups,
+                caps=self.plan.caps,
                 console=self.console,
                 console_size=self.plan.console_size,
             )
