@@ -97,6 +97,61 @@ def test_fair_share_by_vcpus(backend: str) -> None:
     assert 1.8 <= ratio <= 2.2, f"2-vCPU/1-vCPU CPU time ratio {ratio:.2f}"
 
 
+def _weight_file(umld_pid: int) -> Path:
+    import glob
+
+    for pattern in ("/sys/fs/cgroup/cpu/umld-*-{}", "/sys/fs/cgroup/unified/umld-*-{}"):
+        for d in glob.glob(pattern.format(umld_pid)):
+            for name in ("cpu.weight", "cpu.shares"):
+                if Path(d, name).exists():
+                    return Path(d, name)
+    raise AssertionError(f"no cpu cgroup of umld {umld_pid}")
+
+
+@pytest.mark.slow
+def test_fair_share_by_cpu_weight() -> None:
+    """The same vCPUs (the host's), weights 100 and 300, 3 busy processes
+    each: 3:1; then a live change of the first to 300 evens them."""
+    # Weighs 100 though it has the host's 2 vCPUs: the weight is apart.
+    a = busy_machine(umld_argv("c", "--cpu-weight", "100"), 3, 12)
+    b = busy_machine(umld_argv("c", "--cpu-weight", "300"), 3, 12)
+    try:
+        time.sleep(1.5)  # the keepers' first passes (cpushare.TICK)
+        a0, b0 = usage_usec(a.pid), usage_usec(b.pid)
+        time.sleep(4.0)  # the measured busy duration
+        a1, b1 = usage_usec(a.pid), usage_usec(b.pid)
+    finally:
+        finish(a)
+        finish(b)
+    ratio = (b1 - b0) / (a1 - a0)
+    assert 2.6 <= ratio <= 3.4, f"weight 300 / weight 100 CPU time ratio {ratio:.2f}"
+
+
+def test_cpu_weight_is_live(tmp_path: Path) -> None:
+    """config/cpu_weight: written through to the machine's cgroup (v1
+    cpu.shares at 10.24 per unit); a value out of range is EINVAL with
+    its reason in events, the old weight kept."""
+    mnt = tmp_path / "mnt"
+    p = busy_machine(umld_argv("c", f"--mount={mnt}", "--cpu-weight", "50"), 0, 0)
+    try:
+        wait_for(lambda: (mnt / "config" / "cpu_weight").exists(), "the export")
+        weight = _weight_file(p.pid)
+        unit = 1024 / 100 if weight.name == "cpu.shares" else 1
+        assert int(weight.read_text()) == int(50 * unit)
+        (mnt / "config" / "cpu_weight").write_text("400\n")
+        assert int(weight.read_text()) == int(400 * unit)
+        assert (mnt / "config" / "cpu_weight").read_text().strip() == "400"
+        with pytest.raises(OSError) as exc:
+            (mnt / "config" / "cpu_weight").write_text("0\n")
+        assert exc.value.errno == 22
+        assert "cpu_weight" in events_so_far(mnt)
+        assert int(weight.read_text()) == int(400 * unit)
+        (mnt / "config" / "vcpus").write_text("1\n")  # the weight stays apart
+        assert int(weight.read_text()) == int(400 * unit)
+    finally:
+        finish(p)
+
+
 EIGHT = r"""
 set -e
 nproc

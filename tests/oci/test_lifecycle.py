@@ -298,9 +298,7 @@ BAD_CONFIGS = {
     "a gid map without a host id": lambda c: c["linux"].update(
         gidMappings=[{"containerID": 0, "size": 1}]
     ),
-    "capabilities not a list": lambda c: c["process"].update(
-        capabilities={"bounding": "CAP_KILL"}
-    ),
+    "capabilities not a list": lambda c: c["process"].update(capabilities={"bounding": "CAP_KILL"}),
     "a relative cwd": lambda c: c["process"].update(cwd="tmp"),
     "an unknown umld setting": lambda c: c.update(annotations={"umld.warp": "9"}),
     "a bad umld setting": lambda c: c.update(annotations={"umld.vcpus": "many"}),
@@ -388,6 +386,32 @@ def test_the_container_is_exported_live(umld_oci: Runtime, bundle: Bundle, tmp_p
     wait_for(lambda: umld_oci.state_of("c1")["status"] == "stopped", "stopped")
     umld_oci("delete", "c1", check=True)
     wait_for(lambda: not os.path.ismount(mnt), "the export's unmount")
+
+
+def test_resources_are_the_machines_settings(
+    umld_oci: Runtime, bundle: Bundle, tmp_path: Path
+) -> None:
+    """linux.resources as the export shows the machine's settings: cpu
+    quota/period as vCPUs (rounded up), cpu.shares as its weight
+    (shares/10.24), the memory limit, the pids limit; the guest sees its
+    CPUs."""
+    mnt = tmp_path / "export"
+    bundle.config["annotations"] = {"umld.mount": str(mnt)}
+    bundle.config["linux"]["resources"] = {
+        "cpu": {"quota": 150000, "period": 100000, "shares": 512},
+        "memory": {"limit": 96 << 20},
+        "pids": {"limit": 100},
+    }
+    path = bundle.command("grep -c ^processor /proc/cpuinfo > /shared/cpus; exec sleep 100").write()
+    umld_oci("create", "--bundle", str(path), "res", check=True)
+    umld_oci("start", "res", check=True)
+    wait_for(lambda: (bundle.shared / "cpus").exists(), "the guest's answer")
+    config = mnt / "config"
+    got = {k: (config / k).read_text().strip() for k in ("vcpus", "cpu_weight", "memory")}
+    assert got == {"vcpus": "2", "cpu_weight": "50", "memory": str(96 << 20)}, got
+    assert (config / "limits" / "nproc").read_text().strip() == "100"
+    assert (bundle.shared / "cpus").read_text() == "2\n"
+    umld_oci("delete", "--force", "res", check=True)
 
 
 def test_as_an_ordinary_user(ordinary_user: User, rootfs: Path) -> None:
@@ -758,7 +782,8 @@ def _ids_under_both(tmp_path: Path, rootfs: Path, reachable: Path) -> list[tuple
         maps = [{"containerID": 0, "hostID": 300000, "size": 65536}]
         b.config["linux"]["uidMappings"] = maps
         b.config["linux"]["gidMappings"] = maps
-        b.config["process"]["capabilities"] = {s: CAPS for s in ("bounding", "effective", "permitted")}
+        sets = ("bounding", "effective", "permitted")
+        b.config["process"]["capabilities"] = {s: CAPS for s in sets}
         rt = Runtime(argv, tmp_path / f"state-{name}")
         p = rt("run", "--bundle", str(b.command(IDS_SCRIPT).write()), f"ids-{name}", timeout=120)
         assert (mine / "tmp" / "made").exists(), (name, p)
@@ -780,7 +805,8 @@ def test_capabilities_of_the_process_and_of_exec(
         "bounding": caps, "effective": caps, "permitted": caps, "inheritable": caps,
         "ambient": ["CAP_NET_BIND_SERVICE"],
     }  # fmt: skip
-    path = bundle.command("grep -E '^Cap' /proc/self/status > /shared/first; exec sleep 100").write()
+    script = "grep -E '^Cap' /proc/self/status > /shared/first; exec sleep 100"
+    path = bundle.command(script).write()
     umld_oci("create", "--bundle", str(path), "caps", check=True)
     umld_oci("start", "caps", check=True)
     kill_bind = f"{1 << 5 | 1 << 10:016x}"

@@ -31,7 +31,7 @@ def test_capabilities_become_masks_and_unknown_names_are_left_out() -> None:
                         ambient=1 << 5)  # fmt: skip
     assert caps.masks() == ("21", "0", "0", "0", "20")
     assert _spec.capabilities(None, "x") is None
-    with pytest.raises(_spec.SpecError, match="x.effective"):
+    with pytest.raises(_spec.SpecError, match=r"x\.effective"):
         _spec.capabilities({"effective": "CAP_KILL"}, "x")
 
 

@@ -118,6 +118,10 @@ class MachineCgroup:
         self.dirs = dirs
         #: The host CPUs the machine runs on (set_cpus); None: unbound.
         self.cpus: list[int] | None = None
+        #: Its weight as set (the cpu_weight setting, set_weight); None:
+        #: WEIGHT_PER_VCPU per vCPU, following set_cpus.
+        self.weight: int | None = None
+        self._count = 0
 
     @classmethod
     def create(cls, name: str) -> MachineCgroup | None:
@@ -263,27 +267,22 @@ class MachineCgroup:
 
     def set_cpus(self, vcpus: int | None) -> list[str]:
         """Bound the machine to ``vcpus`` CPUs' worth of time (CFS
-        bandwidth: v2 cpu.max, v1 cpu.cfs_quota_us), weigh it by its vCPUs
-        (v2 cpu.weight, v1 cpu.shares: cpushare reads the weights back as
-        the machines' vCPU counts), and, with fewer vCPUs than the host
-        has, keep its threads on ``vcpus`` host CPUs (cpuset.cpus), the
-        ones the other machines' cpusets use least.  None: the host's CPUs
-        (no bound, weighed as that many vCPUs).  The names of what could
-        not be set (no such controller here)."""
+        bandwidth: v2 cpu.max, v1 cpu.cfs_quota_us), weigh it (v2
+        cpu.weight, v1 cpu.shares; by its vCPUs unless a weight was set,
+        set_weight), and, with fewer vCPUs than the host has, keep its
+        threads on ``vcpus`` host CPUs (cpuset.cpus), the ones the other
+        machines' cpusets use least.  None: the host's CPUs (no bound,
+        weighed as that many vCPUs).  The names of what could not be set
+        (no such controller here)."""
         missing = []
         host = self.host_cpus()
-        count = vcpus or len(host)
+        count = self._count = vcpus or len(host)
         cpu = self.controller_dir("cpu")
         if cpu is None:
             missing.append("cpu")
         else:
             self.set_quota(None if vcpus is None else float(vcpus))
-            if os.path.exists(os.path.join(cpu, "cpu.weight")):
-                weight = min(WEIGHT_PER_VCPU * count, MAX_WEIGHT)
-                _write(os.path.join(cpu, "cpu.weight"), str(weight))
-            else:
-                shares = min(SHARES_PER_VCPU * count, MAX_SHARES)
-                _write(os.path.join(cpu, "cpu.shares"), str(shares))
+            self._write_weight(cpu)
         cpuset = self.controller_dir("cpuset")
         if cpuset is None:
             missing.append("cpuset")
@@ -292,6 +291,26 @@ class MachineCgroup:
             self.cpus = host if count >= len(host) else self._least_used(host, count)
             _write(os.path.join(cpuset, "cpuset.cpus"), format_cpu_list(self.cpus))
         return missing
+
+    def set_weight(self, weight: int | None) -> bool:
+        """The machine's weight against the others on a busy host (the
+        cpu_weight setting: v2 cpu.weight's scale, where a host process
+        weighs 100; v1 cpu.shares gets 10.24 times it).  None: 100 per
+        vCPU again.  False without a cpu controller."""
+        self.weight = weight
+        cpu = self.controller_dir("cpu")
+        if cpu is None:
+            return False
+        self._write_weight(cpu)
+        return True
+
+    def _write_weight(self, cpu: str) -> None:
+        weight = self.weight or WEIGHT_PER_VCPU * (self._count or len(self.host_cpus()))
+        if os.path.exists(os.path.join(cpu, "cpu.weight")):
+            _write(os.path.join(cpu, "cpu.weight"), str(min(weight, MAX_WEIGHT)))
+        else:
+            shares = weight * SHARES_PER_VCPU // WEIGHT_PER_VCPU
+            _write(os.path.join(cpu, "cpu.shares"), str(max(2, min(shares, MAX_SHARES))))
 
     def set_quota(self, cpus: float | None) -> None:
         """The CFS bandwidth quota: ``cpus`` CPUs' worth of time each
@@ -339,8 +358,9 @@ class MachineCgroup:
                         load[c] += 1
         return sorted(sorted(host, key=lambda c: load[c])[:count])
 
-    def vcpus(self) -> float | None:
-        """The machine's vCPU count as its weight says (set_cpus)."""
+    def share(self) -> float | None:
+        """The machine's weight in vCPUs' worth (100 of cpu.weight, 1024
+        of cpu.shares, per vCPU: set_cpus, set_weight)."""
         cpu = self.controller_dir("cpu")
         if cpu is None:
             return None
@@ -349,6 +369,14 @@ class MachineCgroup:
             if text.isdigit():
                 return int(text) / unit
         return None
+
+    def cpu_count(self) -> int | None:
+        """How many host CPUs the machine's cpuset holds (its vCPUs, at
+        most the host's: set_cpus); None without a cpuset."""
+        cpuset = self.controller_dir("cpuset")
+        if cpuset is None:
+            return None
+        return len(parse_cpu_list(_read(os.path.join(cpuset, "cpuset.cpus")))) or None
 
     def cpu_pressure_usec(self) -> int | None:
         """Time at least one of the machine's threads was runnable but not

@@ -220,8 +220,10 @@ class Keeper:
             prev = self._samples.get(key)
             if prev is None or sample.at <= prev.at:
                 continue
-            weight = cgroup.vcpus() or capacity
-            cap = min(weight, capacity)
+            # Its weight (vCPUs unless cpu_weight says otherwise) splits a
+            # busy host; its vCPUs (the CPUs of its cpuset) bound it.
+            weight = cgroup.share() or capacity
+            cap = min(cgroup.cpu_count() or weight, capacity)
             dt = sample.at - prev.at
             now_used = (sample.usage_usec - prev.usage_usec) / 1e6 / dt
             last = self._used.get(key)

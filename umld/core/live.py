@@ -82,6 +82,20 @@ def set_vcpus(control: MachineControl, value: int) -> None:
     write_cpu_views(control.files, value, control.policy.host_cpus())
 
 
+def set_cpu_weight(control: MachineControl, value: int) -> None:
+    """The machine's cgroup weight (cgroups.MachineCgroup.set_weight),
+    which cpushare's keeper splits a busy host by from its next pass."""
+    from umld.core.cpushare import KEEPER
+
+    cgroup = control.files.cgroup
+    try:
+        if cgroup is None or not cgroup.set_weight(value):
+            raise _refuse("the machine has no cpu cgroup of its own here")
+    except OSError as exc:
+        raise _refuse(f"the machine's cpu cgroup refused it: {exc.strerror}") from None
+    KEEPER.changed(control)
+
+
 def write_cpu_views(files: MachineFiles, vcpus: int, host_cpus: list[int]) -> None:
     """What the guest reads of its CPUs: /proc/cpuinfo, /proc/stat (kept
     fresh by cpushare's keeper) and the cpulists of /sys/devices/system/cpu

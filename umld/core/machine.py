@@ -76,6 +76,7 @@ class Config:
     uid: int | None
     gid: int | None
     vcpus: int | None
+    cpu_weight: int | None
     cpuid: str
     memory: int | None
     net: str
@@ -259,6 +260,10 @@ def prepare(
     # The configured vCPUs and memory bound the machine; a live one's
     # defaults (the host's) bound nothing until they are changed.
     unenforced = enforce(files.cgroup, name, vcpus=cfg.vcpus, memory=cfg.memory)
+    if cfg.cpu_weight is not None and (
+        files.cgroup is None or not files.cgroup.set_weight(cfg.cpu_weight)
+    ):
+        log.warning("machine %s: --cpu-weight is not enforced: no cpu cgroup of its own", name)
     check_oom_floor(cfg, unenforced)
     if vcpus is not None:
         cpus = files.cgroup.cpus if files.cgroup is not None else None

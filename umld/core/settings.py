@@ -483,6 +483,10 @@ SETTINGS: tuple[Setting, ...] = (
             "and what the guest sees (more than the host has is fine)",
             live=True, apply=live.set_vcpus,
             metavar="N", shown_default="the host's"),
+    Setting("cpu_weight", Number(1, 10_000),
+            "the machine's weight against the others when the host's CPUs are all busy "
+            "(cgroup v2 cpu.weight: a host process weighs 100; an OCI cpu.shares S is S/10.24)",
+            live=True, apply=live.set_cpu_weight, metavar="W", shown_default="100 per vCPU"),
     Setting("cpuid", Choice("host", "own"),
             "`own`: CPUID shows the machine's vCPUs and names umld as the hypervisor (needs "
             "CPUID faulting, `cpuid_fault` in /proc/cpuinfo); each CPUID then costs a stop",

@@ -626,7 +626,7 @@ def table_rows(root: Path | None = None) -> list[list[str]]:
 
 def _features(args: Any) -> int:
     from umld import __version__
-    from umld.oci._spec import HOOK_STAGES, OWN_NAMESPACES
+    from umld.oci._spec import CAPABILITIES, HOOK_STAGES, OWN_NAMESPACES
     from umld.oci._state import OCI_VERSION
 
     print(
@@ -638,6 +638,7 @@ def _features(args: Any) -> int:
                 "mountOptions": ["bind", "rbind", "ro", "rw", "size"],
                 "linux": {
                     "namespaces": sorted(OWN_NAMESPACES | {"network"}),
+                    "capabilities": list(CAPABILITIES),
                     "cgroup": {"v1": True, "v2": True, "systemd": False},
                     "seccomp": {"enabled": False},
                     "apparmor": {"enabled": False},

@@ -25,7 +25,8 @@ the field, before anything is made.  The mapping:
                                 only); absent: ``--net host``; a path for
                                 another namespace type: refused
 ``linux.resources``             memory.limit ``--memory``; cpu quota/period
-                                ``--vcpus`` (rounded up); pids.limit
+                                ``--vcpus`` (rounded up); cpu.shares
+                                ``--cpu-weight`` (S/10.24); pids.limit
                                 ``limits/nproc``
 ``linux.uid/gidMappings``       ``--root-uids``/``--root-gids``: the root's
                                 owners on disk (root-run machines; the
@@ -461,6 +462,10 @@ def _resources(res: dict[str, Any], mapping: dict[str, Any]) -> None:
         q = _int(quota, "linux.resources.cpu.quota")
         p = _int(period, "linux.resources.cpu.period")
         mapping["vcpus"] = max(1, math.ceil(q / p))
+    if cpu.get("shares") not in (None, 0):
+        # cgroup v1's scale (1024: one process's part) onto cpu.weight's (100).
+        shares = _int(cpu["shares"], "linux.resources.cpu.shares")
+        mapping["cpu_weight"] = max(1, min(10_000, round(shares * 100 / 1024)))
     pids = _obj(res.get("pids"), "linux.resources.pids")
     if pids.get("limit") not in (None, -1, 0):
         mapping["limits/nproc"] = _int(pids["limit"], "linux.resources.pids.limit")
