@@ -30,6 +30,9 @@ APT_PACKAGES += gdb ltrace
 # The OCI runtime's tests compare umld oci with runc on the same bundles,
 # whose root file systems are made from busybox, and podman and containerd with each.
 APT_PACKAGES += runc busybox podman containerd
+# ...and check its JSON against the runtime-spec's own schemas (shipped in
+# Debian's Go package of the spec; runtime-tools' validation suite is not).
+APT_PACKAGES += golang-github-opencontainers-specs-dev
 # What the Linux Test Project's build needs (make conformance, conformance/ltp.py).
 APT_PACKAGES += autoconf automake m4 bison flex libaio-dev libacl1-dev libcap-dev \
 	libnuma-dev libselinux1-dev libssl-dev libtirpc-dev libmnl-dev libkeyutils-dev

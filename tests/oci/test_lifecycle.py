@@ -18,156 +18,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT, User, wait_for
+from tests.oci.conftest import Bundle, Runtime, _ids
 
 pytestmark = [pytest.mark.uses_ptrace, pytest.mark.uses_fuse]
 
 RUNC = shutil.which("runc")
-
-
-class Bundle:
-    def __init__(self, path: Path, rootfs: Path) -> None:
-        self.path = path
-        self.shared = path / "shared"
-        self.shared.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.shared, 0o777)
-        self.config: dict[str, Any] = {
-            "ociVersion": "1.0.2",
-            "root": {"path": str(rootfs), "readonly": True},
-            "process": {
-                "args": ["sh", "-c", "true"],
-                "env": ["PATH=/bin", "HOME=/"],
-                "cwd": "/",
-                "user": {"uid": 0, "gid": 0},
-            },
-            "hostname": "box",
-            # `runc spec`'s mounts: the machine has each of its own.
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {
-                    "destination": "/dev",
-                    "type": "tmpfs",
-                    "source": "tmpfs",
-                    "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
-                },
-                {
-                    "destination": "/dev/pts",
-                    "type": "devpts",
-                    "source": "devpts",
-                    "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
-                },
-                {
-                    "destination": "/dev/shm",
-                    "type": "tmpfs",
-                    "source": "shm",
-                    "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-                },
-                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue"},
-                {
-                    "destination": "/sys",
-                    "type": "sysfs",
-                    "source": "sysfs",
-                    "options": ["nosuid", "noexec", "nodev", "ro"],
-                },
-                {
-                    "destination": "/shared",
-                    "type": "bind",
-                    "source": str(self.shared),
-                    "options": ["rbind", "rw"],
-                },
-            ],
-            "linux": {"namespaces": [{"type": t} for t in ("pid", "mount", "ipc", "uts")]},
-            # Each test's export in its own directory: one a test leaves
-            # behind never stands in another's way.
-            "annotations": {"umld.mount": str(path / "export")},
-        }
-
-    def command(self, script: str) -> Bundle:
-        self.config["process"]["args"] = ["sh", "-c", script]
-        return self
-
-    def write(self) -> Path:
-        (self.path / "config.json").write_text(json.dumps(self.config))
-        return self.path
-
-
-class Runtime:
-    """One runtime's command line with a --root of the test's own."""
-
-    def __init__(self, argv: list[str], state: Path) -> None:
-        self.argv = argv
-        self.state = state
-
-    def __call__(
-        self, *args: str, bundle: Path | None = None, timeout: float = 60, check: bool = False
-    ) -> subprocess.CompletedProcess[str]:
-        # Global options (--log...) go before the runtime's own --root.
-        opts: list[str] = []
-        while args and args[0].startswith("--log"):
-            opts, args = [*opts, *args[:2]], args[2:]
-        # Files, not pipes, for its output: a container keeps the
-        # runtime's stdio (as under runc), so a pipe would not end at
-        # create's exit.
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            code = subprocess.run(
-                [*self.argv, *opts, "--root", str(self.state), *args],
-                cwd=bundle or "/",
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                timeout=timeout,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            ).returncode
-            out.seek(0)
-            err.seek(0)
-            p = subprocess.CompletedProcess(
-                args, code, out.read().decode(errors="replace"), err.read().decode(errors="replace")
-            )
-        if check:
-            assert p.returncode == 0, (args, p.stdout, p.stderr)
-        return p
-
-    def state_of(self, cid: str) -> dict[str, Any]:
-        p = self("state", cid, check=True)
-        return json.loads(p.stdout)  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def umld_oci(tmp_path: Path) -> Iterator[Runtime]:
-    rt = Runtime([sys.executable, "-m", "umld", "oci"], tmp_path / "umld-state")
-    yield rt
-    logged = {
-        cid: (rt.state / cid / "supervisor.log").read_text(errors="replace")
-        for cid in _ids(rt.state)
-        if (rt.state / cid / "supervisor.log").exists()
-    }
-    for cid in _ids(rt.state):
-        rt("delete", "--force", cid)
-    # What went wrong inside a supervisor is an error of its test too.
-    errors = {c: t for c, t in logged.items() if " ERROR: " in t or "Traceback" in t}
-    assert not errors, f"supervisors logged errors: {errors}"
-    left = _ids(rt.state)
-    assert not left, f"containers left behind: {left}"
-    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    mine = [m for m in mounts if m.startswith(str(tmp_path))]
-    for m in mine:  # reported below, and gone before the next test
-        subprocess.run(["fusermount3", "-u", "-z", m], capture_output=True)
-    assert not mine, f"export mounts left behind: {mine}"
-
-
-def _ids(state: Path) -> list[str]:
-    return sorted(p.name for p in state.iterdir()) if state.exists() else []
-
-
-@pytest.fixture
-def bundle(tmp_path: Path, rootfs: Path) -> Bundle:
-    return Bundle(tmp_path / "bundle", rootfs)
 
 
 def test_lifecycle_create_start_kill_delete(umld_oci: Runtime, bundle: Bundle) -> None:
