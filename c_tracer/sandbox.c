@@ -96,6 +96,7 @@
 #endif
 #define KEYCTL_JOIN_SESSION_KEYRING 1    /* linux/keyctl.h */
 #define OVERLAYFS_SUPER_MAGIC 0x794c7630 /* linux/magic.h */
+#define DEVPTS_SUPER_MAGIC 0x1cd1        /* linux/magic.h */
 
 #define EXIT_SETUP 125
 #define STAGING "/tmp"
@@ -1660,7 +1661,45 @@ struct spec {
     int nest;     /* the guest may run umld ("nest") */
     int caps_set; /* "caps BND EFF PRM INH AMB": the process's capability sets */
     uint64_t caps[5];
+    int tty_sock; /* enter's "tty SOCKET COLS ROWS": a terminal of the machine's own */
+    struct winsize tty_size;
 };
+
+/* enter's "tty SOCKET COLS ROWS": the entering process runs on a new
+ * terminal of the machine's devpts, whose master goes to SOCKET (an
+ * engine's console socket: the OCI runtime's exec --tty), as op_tty's
+ * does for the first process.  Made as the guest's own user, once its
+ * ids are set, through the guest's /dev/pts/ptmx, which the guest may
+ * have replaced: what is opened must be a ptmx of a devpts (fstat(2),
+ * fstatfs(2)), else the guest could pass anything to the engine. */
+static void own_tty(const struct spec *sp)
+{
+    if (sp->tty_sock < 0)
+        return;
+    int master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (master < 0)
+        die("cannot open the machine's /dev/pts/ptmx");
+    struct stat st;
+    struct statfs fs;
+    if (fstat(master, &st) < 0 || !S_ISCHR(st.st_mode) || major(st.st_rdev) != 5 ||
+        minor(st.st_rdev) != 2 || fstatfs(master, &fs) < 0 || fs.f_type != DEVPTS_SUPER_MAGIC) {
+        errno = 0;
+        die("the machine's /dev/pts/ptmx is not a devpts terminal multiplexer");
+    }
+    if (fcntl(master, F_SETFL, O_RDWR) < 0)
+        die("fcntl");
+    int unlock = 0;
+    if (ioctl(master, TIOCSPTLCK, &unlock) < 0 || ioctl(master, TIOCSWINSZ, &sp->tty_size) < 0)
+        die("cannot set up the terminal");
+    int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (slave < 0)
+        die("cannot open the terminal");
+    send_fd(sp->tty_sock, master);
+    close(master);
+    close(sp->tty_sock);
+    tty_slave = slave;
+    take_tty();
+}
 
 enum { CAPS_BND, CAPS_EFF, CAPS_PRM, CAPS_INH, CAPS_AMB };
 
@@ -2030,6 +2069,7 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
     if (setresuid(sp->uid, sp->uid, sp->uid) < 0)
         die("cannot become uid %u", (unsigned)sp->uid);
     caps_after_ids(sp);
+    own_tty(sp);
     /* A session keyring of the guest's own (keyrings(7)): the one
      * inherited from umld's caller would let the guest use the caller's
      * keys.  The user and persistent keyrings are per user namespace. */
@@ -2544,7 +2584,8 @@ static int enter_main(int argc, char **argv)
                       .net_fd = -1,
                       .hold_fd = -1,
                       .ngroups = -1,
-                      .net_join = -1};
+                      .net_join = -1,
+                      .tty_sock = -1};
     int i = 3;
     for (; i < argc; i++) {
         const char *op = argv[i];
@@ -2572,6 +2613,14 @@ static int enter_main(int argc, char **argv)
             need(argc, i, 5, op);
             parse_caps(&sp, argv + i + 1);
             i += 5;
+        } else if (strcmp(op, "tty") == 0) {
+            need(argc, i, 3, op);
+            sp.tty_sock = atoi(argv[i + 1]);
+            if (fcntl(sp.tty_sock, F_SETFD, FD_CLOEXEC) < 0)
+                die("sandbox: bad terminal socket");
+            sp.tty_size.ws_col = tty_dimension(argv[i + 2], "width");
+            sp.tty_size.ws_row = tty_dimension(argv[i + 3], "height");
+            i += 3;
         } else if (strcmp(op, "cgroup") == 0) {
             /* One of the machine's cgroups: the new process counts
              * against its limits like the others ("0" is the writer). */
@@ -3128,8 +3177,13 @@ int main(int argc, char **argv)
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, &mask);
 
-    struct spec sp = {
-        .uid = 0, .gid = 0, .net_fd = -1, .hold_fd = -1, .ngroups = -1, .net_join = -1};
+    struct spec sp = {.uid = 0,
+                      .gid = 0,
+                      .net_fd = -1,
+                      .hold_fd = -1,
+                      .ngroups = -1,
+                      .net_join = -1,
+                      .tty_sock = -1};
     sp.files = calloc((size_t)argc, sizeof(char *));
     sp.was_root = host_root();
     sp_was_root = sp.was_root;

@@ -22,7 +22,7 @@ BUSYBOX = shutil.which("busybox")
 APPLETS = (
     "sh", "sleep", "cat", "echo", "true", "false", "ls", "id", "hostname", "env", "pwd",
     "mv", "touch", "head", "kill", "mkdir", "rm", "ps", "grep", "tail", "cut", "wc", "readlink",
-    "tty", "stty", "stat", "chown",
+    "tty", "stty", "stat", "chown", "mount",
 )  # fmt: skip
 
 

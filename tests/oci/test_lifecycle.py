@@ -687,3 +687,126 @@ def test_capabilities_of_the_process_and_of_exec(
     p = umld_oci("exec", "--process", str(proc), "caps", check=True)
     assert p.stdout.split() == ["CapEff:", f"{1 << 5:016x}", "CapBnd:", f"{1 << 5:016x}"]
     umld_oci("delete", "--force", "caps", check=True)
+
+
+class ConsoleSocket:
+    """An engine's console socket: where a runtime sends a terminal's
+    master (SCM_RIGHTS), as conmon and containerd's shim listen."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+
+        self.path = path
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(1)
+        self.server.settimeout(30)
+
+    def received(self) -> list[int]:
+        """The descriptors the next connection sends (none by the timeout:
+        an empty list)."""
+        import socket
+
+        try:
+            conn, _ = self.server.accept()
+        except TimeoutError:
+            return []
+        with conn:
+            conn.settimeout(self.server.gettimeout())
+            try:
+                _, fds, _, _ = socket.recv_fds(conn, 16, 1)
+            except TimeoutError:
+                return []
+        return fds
+
+    def master(self) -> int:
+        fds = self.received()
+        assert len(fds) == 1, fds
+        return fds[0]
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _read_until(fd: int, text: bytes, timeout: float = 30) -> bytes:
+    import select
+
+    got = b""
+    end = time.monotonic() + timeout
+    while text not in got:
+        left = end - time.monotonic()
+        assert left > 0, f"no {text!r} on the terminal: {got!r}"
+        if select.select([fd], [], [], left)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the terminal's last user is gone
+                break
+            got += chunk
+    return got
+
+
+def test_exec_on_a_terminal_of_its_own(umld_oci: Runtime, bundle: Bundle, tmp_path: Path) -> None:
+    """exec --tty --console-socket: the command runs on a new terminal of
+    the container's devpts, sized as process.consoleSize says, whose
+    master reaches the console socket; it reads what is typed there."""
+    path = bundle.command("exec sleep 100").write()
+    umld_oci("create", "--bundle", str(path), "t1", check=True)
+    umld_oci("start", "t1", check=True)
+    console = ConsoleSocket(tmp_path / "console.sock")
+    proc = tmp_path / "process.json"
+    proc.write_text(json.dumps({
+        "args": ["sh", "-c", "tty; stty size; read line; echo typed: $line; exit 6"],
+        "cwd": "/", "env": ["PATH=/bin"], "terminal": True,
+        "consoleSize": {"width": 77, "height": 22},
+    }))  # fmt: skip
+    pid_file = tmp_path / "exec.pid"
+    try:
+        p = umld_oci("exec", "--process", str(proc), "--console-socket", str(console.path),
+                     "--detach", "--pid-file", str(pid_file), "t1")  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        master = console.master()
+        out = _read_until(master, b"22 77")
+        os.write(master, b"hello\n")
+        out += _read_until(master, b"typed: hello")
+        assert b"/dev/pts/" in out, out
+        relay = int(pid_file.read_text())
+        wait_for(lambda: not os.path.exists(f"/proc/{relay}") or _zombie(relay), "the exec's end")
+        os.close(master)
+    finally:
+        console.close()
+    refused = umld_oci("exec", "--tty", "t1", "true")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "umld oci: exec: a terminal (--tty, process.terminal) needs --console-socket"
+    )
+    umld_oci("delete", "--force", "t1", check=True)
+
+
+def test_exec_never_sends_a_ptmx_the_guest_forged(
+    umld_oci: Runtime, bundle: Bundle, tmp_path: Path
+) -> None:
+    """The guest's root covers /dev/pts with a ramdisk holding a FIFO named
+    ptmx: exec --tty refuses in one line and the console socket gets
+    nothing (else the guest would hand the engine a descriptor of its
+    choosing as a terminal)."""
+    bundle.config["root"]["readonly"] = False
+    script = "mount -t tmpfs none /dev/pts && mkfifo /dev/pts/ptmx; touch /shared/ready; sleep 100"
+    mine = tmp_path / "rootfs"
+    shutil.copytree(bundle.config["root"]["path"], mine, symlinks=True)
+    (mine / "bin" / "mkfifo").symlink_to("busybox")
+    bundle.config["root"]["path"] = str(mine)
+    path = bundle.command(script).write()
+    umld_oci("create", "--bundle", str(path), "f1", check=True)
+    umld_oci("start", "f1", check=True)
+    wait_for((bundle.shared / "ready").exists, "the forged ptmx")
+    console = ConsoleSocket(tmp_path / "console.sock")
+    console.server.settimeout(0.5)
+    try:
+        p = umld_oci("exec", "--tty", "--console-socket", str(console.path), "f1", "true")
+        assert p.returncode != 0
+        assert "is not a devpts terminal multiplexer" in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert console.received() == []
+    finally:
+        console.close()
+    umld_oci("delete", "--force", "f1", check=True)

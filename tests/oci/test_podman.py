@@ -269,6 +269,42 @@ def test_run_it_on_a_terminal_driven_with_tmux(podman: Podman) -> None:
     assert results[0] == results[1] == ["/dev/pts/0", "30 100", "EXITED 4"]
 
 
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux (make test installs it)")
+def test_exec_it_on_a_terminal_driven_with_tmux(podman: Podman) -> None:
+    """`podman exec -it` into a running container, in a tmux window: a
+    new terminal of the container's (/dev/pts/1: the first process has
+    none, so 0 goes to the exec's console) the window's size, what is
+    typed, the exit status; the same under both runtimes."""
+    results = []
+    for i, runtime in enumerate(RUNTIMES):
+        p = podman(runtime, "run", "-d", "--network", "none", IMAGE, "sleep", "100")
+        assert p.returncode == 0, p.stderr
+        cid = p.stdout.strip()
+        session = f"umld-oci-exec-{os.getpid()}-{i}"
+        env = f"CONTAINERS_CONF={podman.work / 'containers.conf'} PYTHONPATH={ROOT}"
+        command = " ".join([*podman.base, "--runtime", runtime, "exec", "-it", cid, "sh"])
+        subprocess.run(
+            ["tmux", "new-session", "-d", "-s", session, "-x", "90", "-y", "25",
+             f"env {env} {command}; echo EXITED $?; sleep 60"],
+            check=True,
+        )  # fmt: skip
+        try:
+            wait_for(
+                lambda s=session: any(ln.rstrip().endswith("#") for ln in _screen(s).splitlines()),  # type: ignore[misc]
+                "the shell's prompt",
+            )
+            subprocess.run(["tmux", "send-keys", "-t", session,
+                            "tty | cut -c1-9; stty size; exit 5", "Enter"], check=True)  # fmt: skip
+            wait_for(lambda s=session: "EXITED" in _screen(s), "the end")  # type: ignore[misc]
+            lines = [line.strip() for line in _screen(session).splitlines() if line.strip()]
+            start = next(k for k, line in enumerate(lines) if line.endswith("exit 5"))
+            results.append(lines[start + 1 :])
+        finally:
+            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+            podman(runtime, "rm", "-f", "-t", "0", cid)
+    assert results[0] == results[1] == ["/dev/pts/", "25 90", "EXITED 5"]
+
+
 def test_capabilities_default_and_dropped(podman: Podman) -> None:
     """podman's default capabilities, and --cap-drop/--cap-add: the same
     sets as under runc, but for CAP_SETFCAP (bit 31), which a root-run

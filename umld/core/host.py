@@ -151,19 +151,32 @@ class HostedMachine:
         gid: int | None = None,
         groups: Sequence[int] | None = None,
         caps: Caps | None = None,
+        console: tuple[int, int, int] | None = None,
         on_exit: Callable[[int], None],
     ) -> int:
         """Start ``argv`` inside the running machine (its mounts, identity
         and pid namespace; ``uid``/``gid``/``groups``/``caps``: another
-        guest identity than the machine's).  ``stdio`` descriptors become its 0, 1, 2;
-        ``on_exit`` gets its raw wait status, on the tracer thread.
+        guest identity than the machine's); ``console``: (a socket
+        connected to a console socket, columns, rows): it runs on a new
+        terminal of the machine's, whose master goes there.  ``stdio``
+        descriptors become its 0, 1, 2; ``on_exit`` gets its raw wait
+        status, on the tracer thread.
         Returns the host pid of the session: the leader of the process
         group the command starts in (alive until ``on_exit``)."""
         if not argv:
             raise UmldError("umld: no command")
         return self.host.call(
             lambda: self._exec(
-                list(argv), stdio, env, cwd, on_exit, uid=uid, gid=gid, groups=groups, caps=caps
+                list(argv),
+                stdio,
+                env,
+                cwd,
+                on_exit,
+                uid=uid,
+                gid=gid,
+                groups=groups,
+                caps=caps,
+                console=console,
             )
         )
 
@@ -179,6 +192,7 @@ class HostedMachine:
         gid: int | None = None,
         groups: Sequence[int] | None = None,
         caps: Caps | None = None,
+        console: tuple[int, int, int] | None = None,
     ) -> int:
         kernel = self.kernel
         if kernel is None or self.state != "running" or kernel.root_status is not None:
@@ -190,18 +204,23 @@ class HostedMachine:
             # its child's 0, 1, 2; only the tracer thread spawns, so no
             # other child can inherit them meanwhile.
             inherited = [os.dup(fd) for fd in stdio]
-            for fd in inherited:
-                os.set_inheritable(fd, True)
+        tty = None
+        if console is not None:
+            inherited.append(os.dup(console[0]))
+            tty = (inherited[-1], console[1], console[2])
+        for fd in inherited:
+            os.set_inheritable(fd, True)
         ops = enter_argv(
             kernel.root_pid,
             argv,
             uid=self.uid if uid is None else uid,
             gid=self.gid if gid is None else gid,
             cwd=cwd or "/",
-            stdio=inherited,
+            stdio=inherited[:3] if stdio is not None else (),
             cgroups=self.control.cgroups if self.control is not None else (),
             groups=groups,
             caps=caps,
+            tty=tty,
         )
         environ = {**_guest_env(self), **(env or {})}
         spec = SpawnSpec(

@@ -430,6 +430,7 @@ class Machine:
         gid: int | None = None,
         groups: Sequence[int] | None = None,
         caps: Caps | None = None,
+        console: tuple[int, int, int] | None = None,
         on_exit: Callable[[int], None],
     ) -> int:
         """Start ``argv`` in the machine while :meth:`run` runs it (any
@@ -440,7 +441,7 @@ class Machine:
             raise UmldError("umld: the machine is not running")
         return int(
             self._hosted.exec(argv, stdio=stdio, env=env, cwd=cwd, uid=uid, gid=gid,
-                              groups=groups, caps=caps, on_exit=on_exit)
+                              groups=groups, caps=caps, console=console, on_exit=on_exit)
         )  # fmt: skip
 
     def run(

@@ -662,6 +662,7 @@ class SandboxOps:
         "cgroup": 1,
         "groups": 1,  # as NEW_MACHINE's
         "caps": 5,  # as NEW_MACHINE's
+        "tty": 3,  # SOCKET COLS ROWS: a new terminal of the machine's; its master to SOCKET
     }
 
     #: umld-sandbox names PID [OPS]: a running machine's names, set live.
@@ -849,12 +850,15 @@ def enter_argv(
     cgroups: Sequence[str] = (),
     groups: Sequence[int] | None = None,
     caps: Caps | None = None,
+    tty: tuple[int, int, int] | None = None,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox enter``: ``argv`` as a new
     process of the machine whose process ``pid`` is (its namespaces, its
     cgroups, the machine's uid and gid; ``groups``: its supplementary
     groups, None: the gid alone; ``caps``: its capability sets, None: all
-    the machine's root has, as uid 0 has)."""
+    the machine's root has, as uid 0 has; ``tty``: (socket, columns,
+    rows): it runs on a new terminal of the machine's devpts, whose
+    master goes to the socket, an OCI engine's console socket)."""
     ops = SandboxOps(enter=pid)
     if stdio:
         ops.op("stdio", *stdio)
@@ -865,6 +869,8 @@ def enter_argv(
         ops.op("groups", ",".join(map(str, groups)) or "-")
     if caps is not None:
         ops.op("caps", *caps.masks())
+    if tty is not None:
+        ops.op("tty", *tty)
     return ops.command(argv)
 
 

@@ -434,8 +434,11 @@ def _exec_request(args: Any, record: Any) -> dict[str, Any]:
             if not uid.isdigit() or (gid and not gid.isdigit()):
                 raise UsageError(f"--user {args.user!r}: UID[:GID], numbers")
             proc["user"] = {"uid": int(uid), "gid": int(gid or 0)}
-    if proc.get("terminal") or args.tty or args.console_socket:
-        raise UmldError("exec: a terminal (--tty, --console-socket) is not supported yet", 1)
+    terminal = bool(proc.get("terminal")) or args.tty
+    if terminal and not args.console_socket:
+        raise UmldError("exec: a terminal (--tty, process.terminal) needs --console-socket", 1)
+    if args.console_socket and not terminal:
+        raise UmldError("exec: --console-socket given, but no terminal (--tty) asked", 1)
     if args.preserve_fds:
         raise UmldError("exec: --preserve-fds is not supported", 1)
     argv = proc.get("args") or []
@@ -466,14 +469,36 @@ def _exec_request(args: Any, record: Any) -> dict[str, Any]:
         # Exactly additionalGids, none when empty (runc's exec).
         "groups": list(user.get("additionalGids") or ()),
         "caps": None if caps is None else list(caps),
+        "terminal": terminal,
+        "console_size": _console_size(proc.get("consoleSize")),
     }
 
 
-def _relay(store: Any, container_id: str, request: dict[str, Any], started: int = -1) -> int:
+def _console_size(size: object) -> list[int]:
+    """process.consoleSize as [columns, rows]; 80x24 when absent."""
+    if not isinstance(size, dict):
+        return [80, 24]
+    out = []
+    for key, default in (("width", 80), ("height", 24)):
+        value = size.get(key, default)
+        if not isinstance(value, int) or not 0 < value <= 10000:
+            raise UmldError(f"exec: process.consoleSize.{key} {value!r} is not a size", 1)
+        out.append(value)
+    return out
+
+
+def _relay(
+    store: Any,
+    container_id: str,
+    request: dict[str, Any],
+    started: int = -1,
+    console: int | None = None,
+) -> int:
     """Have the supervisor run ``request`` with this process's stdio; this
     process then ends as the command does (its status, 128+N for a
     signal): what an engine's monitor waits for.  ``started``: a pipe
-    that gets ``ok PID`` once the command runs."""
+    that gets ``ok PID`` once the command runs; ``console``: a connection
+    to the engine's console socket, where the command's terminal goes."""
     import socket
 
     from umld.core import shell_status
@@ -482,7 +507,8 @@ def _relay(store: Any, container_id: str, request: dict[str, Any], started: int 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
         try:
             s.connect(str(path))
-            socket.send_fds(s, [b"exec " + json.dumps(request).encode() + b"\n"], [0, 1, 2])
+            fds = [0, 1, 2] if console is None else [0, 1, 2, console]
+            socket.send_fds(s, [b"exec " + json.dumps(request).encode() + b"\n"], fds)
             lines = s.makefile("rb")
             first = lines.readline().decode(errors="replace").strip()
         except OSError as exc:
@@ -504,20 +530,23 @@ def _exec(args: Any) -> int:
     if store.status(record) not in ("running", "paused"):
         raise UmldError(f"cannot exec in container {args.id}: it is not running", 1)
     request = _exec_request(args, record)
+    console = _connect_console(args.console_socket) if request["terminal"] else None
     if not args.detach:
         if args.pid_file:
             args.pid_file.write_text(str(os.getpid()))
-        return _relay(store, args.id, request)
+        return _relay(store, args.id, request, console=console)
 
     def relay(w: int) -> int:
         try:
-            return _relay(store, args.id, request, started=w)
+            return _relay(store, args.id, request, started=w, console=console)
         except UmldError as exc:
             with contextlib.suppress(OSError):
                 os.write(w, f"error {exc}\n".encode())
             return 1
 
     r = _detached(relay)
+    if console is not None:
+        os.close(console)  # the relay's now
     with os.fdopen(r, "rb") as f:
         answer = f.readline().decode(errors="replace").strip()
     word, _, rest = answer.partition(" ")

@@ -99,7 +99,7 @@ class Supervisor:
         with conn:
             try:
                 conn.settimeout(10)
-                data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+                data, fds, _, _ = socket.recv_fds(conn, 1 << 16, 4)
                 try:
                     line = data.decode(errors="replace").strip()
                     if line.startswith("exec "):
@@ -119,7 +119,7 @@ class Supervisor:
         (``exit S``) once it has ended."""
         import json
 
-        if len(fds) != 3:
+        if len(fds) not in (3, 4):
             conn.sendall(b"error: exec needs the caller's stdin, stdout and stderr\n")
             return
         with self._lock:
@@ -145,6 +145,10 @@ class Supervisor:
                 gid=req.get("gid"),
                 groups=[int(g) for g in req.get("groups") or ()],
                 caps=None if req.get("caps") is None else Caps(*map(int, req["caps"])),
+                # A fourth descriptor: the engine's console socket, connected.
+                console=(fds[3], *map(int, req.get("console_size") or (80, 24)))
+                if len(fds) == 4
+                else None,
                 on_exit=on_exit,
             )
         except (UmldError, ValueError, KeyError, TypeError) as exc:
