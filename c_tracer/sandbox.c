@@ -1237,6 +1237,41 @@ static void op_hide(const char *guest)
     free(target);
 }
 
+/* "mask GUEST", once /proc is there (an OCI bundle's maskedPaths): as
+ * runc masks, a directory becomes an empty read-only one, anything else
+ * /dev/null (read as empty, written to no effect), as mask_proc does. */
+static void op_mask(const char *guest)
+{
+    char *target = join("/newroot", guest);
+    struct stat st;
+    if (lstat(target, &st) == 0 && S_ISDIR(st.st_mode)) {
+        cover_dir(target, guest);
+    } else if (lstat(target, &st) == 0 && !S_ISLNK(st.st_mode)) {
+        if (mount("/oldroot/dev/null", target, NULL, MS_BIND, NULL) < 0)
+            die("cannot mask %s", guest);
+    }
+    free(target);
+}
+
+/* "readonly GUEST": the guest path and all below it read-only (an OCI
+ * bundle's readonlyPaths): bound onto itself, then made read-only
+ * recursively (mount_setattr(2)), as runc does.  A path that does not
+ * exist is skipped, as runc skips it. */
+static void op_readonly(const char *guest)
+{
+    char *target = join("/newroot", guest);
+    struct stat st;
+    if (lstat(target, &st) < 0 || S_ISLNK(st.st_mode)) {
+        free(target);
+        return;
+    }
+    struct mount_attr attr = {.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV};
+    if (mount(target, target, NULL, MS_BIND | MS_REC, NULL) < 0 ||
+        syscall(SYS_mount_setattr, AT_FDCWD, target, AT_RECURSIVE, &attr, sizeof attr) < 0)
+        die("cannot make %s read-only", guest);
+    free(target);
+}
+
 /* Host-global kernel files: masked or read-only, as OCI runtimes do by
  * default (runc's masked and read-only paths). */
 static const char *const proc_masked_files[] = {
@@ -1663,6 +1698,8 @@ struct spec {
     uint64_t caps[5];
     int tty_sock; /* enter's "tty SOCKET COLS ROWS": a terminal of the machine's own */
     struct winsize tty_size;
+    const char **late; /* pairs "mask"|"readonly", GUEST: done once /proc is there */
+    int nlate;
 };
 
 /* enter's "tty SOCKET COLS ROWS": the entering process runs on a new
@@ -2287,6 +2324,14 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
         set_readonly(to, sp->files[2 * i + 1], 0);
         free(from);
         free(to);
+    }
+    /* An OCI bundle's maskedPaths and readonlyPaths, over everything
+     * above (its /proc's included). */
+    for (int i = 0; i + 1 < sp->nlate; i += 2) {
+        if (strcmp(sp->late[i], "mask") == 0)
+            op_mask(sp->late[i + 1]);
+        else
+            op_readonly(sp->late[i + 1]);
     }
     /* pivot_root(".", ".") stacks the old root on the new one; detaching
      * it leaves only the guest's tree (pivot_root(2), NOTES). */
@@ -3195,7 +3240,8 @@ int main(int argc, char **argv)
 
     const char **hides = calloc((size_t)argc, sizeof(char *));
     int nhides = 0;
-    if (!hides)
+    sp.late = calloc((size_t)argc, sizeof(char *));
+    if (!hides || !sp.late)
         die("out of memory");
     if (!sp.was_root)
         become_own_userns();
@@ -3337,6 +3383,15 @@ int main(int argc, char **argv)
         } else if (strcmp(op, "hide") == 0) {
             need(argc, i, 1, op);
             hides[nhides++] = argv[++i];
+        } else if (strcmp(op, "mask") == 0) {
+            /* After /proc and the machine's files (pid1_main). */
+            need(argc, i, 1, op);
+            sp.late[sp.nlate++] = op;
+            sp.late[sp.nlate++] = argv[++i];
+        } else if (strcmp(op, "readonly") == 0) {
+            need(argc, i, 1, op);
+            sp.late[sp.nlate++] = op;
+            sp.late[sp.nlate++] = argv[++i];
         } else if (strcmp(op, "rlimit") == 0) {
             need(argc, i, 2, op);
             set_rlimit(argv[i + 1], argv[i + 2]);

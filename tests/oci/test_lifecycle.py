@@ -810,3 +810,34 @@ def test_exec_never_sends_a_ptmx_the_guest_forged(
     finally:
         console.close()
     umld_oci("delete", "--force", "f1", check=True)
+
+
+MASK_SCRIPT = (
+    "wc -c < /proc/version; ls /etc/secrets | wc -l; cat /etc/secrets/key 2>&1 | wc -c; "
+    "echo 4096 > /proc/sys/kernel/shmmni 2>/dev/null && echo wrote a sysctl || echo sysctl ro; "
+    "touch /shared/ro/x 2>/dev/null && echo wrote || echo ro; touch /shared/rw && echo rw"
+)
+
+
+@pytest.mark.skipif(RUNC is None or os.geteuid() != 0, reason="runc runs here as root")
+def test_masked_and_readonly_paths_match_runc(tmp_path: Path, rootfs: Path) -> None:
+    """linux.maskedPaths (a /proc file, a directory of the root) and
+    readonlyPaths (/proc/sys, a directory of a bind): the same views and
+    the same refusals under runc and umld."""
+    results = []
+    for name, argv in (("runc", [str(RUNC)]), ("umld", [sys.executable, "-m", "umld", "oci"])):
+        mine = tmp_path / f"rootfs-{name}"
+        shutil.copytree(rootfs, mine, symlinks=True)
+        (mine / "etc" / "secrets").mkdir()
+        (mine / "etc" / "secrets" / "key").write_text("hunter2\n")
+        b = Bundle(tmp_path / f"bundle-{name}", mine)
+        (b.shared / "ro").mkdir(mode=0o777)
+        b.config["linux"]["maskedPaths"] = ["/proc/version", "/etc/secrets", "/no/such/path"]
+        b.config["linux"]["readonlyPaths"] = ["/proc/sys", "/shared/ro", "/no/such/dir"]
+        rt = Runtime(argv, tmp_path / f"state-{name}")
+        p = rt("run", "--bundle", str(b.command(MASK_SCRIPT).write()), f"m-{name}", timeout=120)
+        results.append((p.returncode, p.stdout, p.stderr))
+        assert not (b.shared / "ro" / "x").exists()
+        assert not _ids(rt.state), f"{name} left its container"
+    assert results[0] == results[1], results
+    assert results[0][1] == "0\n0\n62\nsysctl ro\nro\nrw\n", results[0]

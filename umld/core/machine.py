@@ -54,8 +54,10 @@ class Config:
     ``trace`` (full-trace mode: every syscall stops and is written to
     ``trace_output``, stderr by default), ``state_dir`` (where named
     machines keep their disk images), ``hidden`` (host paths the guest must
-    not reach although a tree it is given holds them), and ``mounts``
-    (Mount rows added after the binds, ramdisks and disks).
+    not reach although a tree it is given holds them), ``masked`` and
+    ``readonly`` (guest paths covered, or made read-only, once every mount
+    is made: an OCI bundle's maskedPaths and readonlyPaths), and
+    ``mounts`` (Mount rows added after the binds, ramdisks and disks).
     """
 
     # One per start row of umld.core.settings (a test checks), typed for
@@ -102,6 +104,8 @@ class Config:
         trace_output: TextIO | None = None,
         state_dir: str | None = None,
         hidden: Sequence[str] = (),
+        masked: Sequence[str] = (),
+        readonly: Sequence[str] = (),
         mounts: Sequence[Mount] = (),
         **values: Any,
     ) -> None:
@@ -122,6 +126,11 @@ class Config:
         self.trace_output = trace_output
         self.state_dir = state_dir
         self.hidden = list(hidden)
+        for path in (*masked, *readonly):
+            if not path.startswith("/") or "\0" in path:
+                raise UsageError(f"umld: {path!r}: a guest path is absolute")
+        self.masked = list(masked)
+        self.readonly = list(readonly)
         self.extra_mounts = list(mounts)
 
     @property
@@ -329,6 +338,8 @@ def machine_argv(
         ids=prep.ids,
         cgroups=files.cgroup.paths if files.cgroup is not None else (),
         hidden=cfg.hidden,
+        masked=cfg.masked,
+        readonly=cfg.readonly,
         rlimits=rlimits,
         upper=prep.upper,
         tty=tty,

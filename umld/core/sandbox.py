@@ -642,6 +642,8 @@ class SandboxOps:
         "proc": 0,  # a fresh /proc
         "file": 2,  # HOST GUEST: a generated file over /proc or /sys
         "hide": 1,  # GUEST: covered (a socket, an export)
+        "mask": 1,  # GUEST: covered as hide does, once /proc is mounted (maskedPaths)
+        "readonly": 1,  # GUEST: read-only, and all below it, then too (readonlyPaths)
         "boottime": 0,  # uptime from 0 (a time namespace)
         "subreaper": 0,
         "uts": 2,  # HOSTNAME DOMAINNAME
@@ -719,6 +721,8 @@ def sandbox_argv(
     netjoin: str | None = None,
     root_ids: tuple[IdExtents, IdExtents] | None = None,
     caps: Caps | None = None,
+    masked: Sequence[str] = (),
+    readonly: Sequence[str] = (),
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox`` for a new machine.
 
@@ -819,6 +823,12 @@ def sandbox_argv(
     for path in hidden:
         for guest in guest_paths(table, path):
             ops.op("hide", guest)
+    # Guest paths an OCI bundle masks (maskedPaths) or makes read-only
+    # (readonlyPaths), over what every machine masks itself (sandbox.c).
+    for guest in masked:
+        ops.op("mask", guest)
+    for guest in readonly:
+        ops.op("readonly", guest)
     ops.op("boottime").op("subreaper")
     if uts is not None:
         ops.op("uts", *uts)

@@ -34,6 +34,9 @@ the field, before anything is made.  The mapping:
 ``process.capabilities``        the process's five sets (what the machine's
                                 root never holds, CAP_SETFCAP, is left out)
 ``process.noNewPrivileges``     always on: umld's seccomp filter sets it
+``linux.maskedPaths``           covered once every mount is made (a
+                                directory empty, a file empty and read-only)
+``linux.readonlyPaths``         read-only, with all below them
 ``annotations`` ``umld.KEY``    the setting KEY (``umld.vcpus=2``,
                                 ``umld.net/connect=deny``); ``umld.mount``:
                                 where the export goes (``none``: no export)
@@ -141,6 +144,9 @@ class Plan:
     console_size: tuple[int, int] | None = None
     #: process.capabilities; None: all the machine's root has.
     caps: Caps | None = None
+    #: linux.maskedPaths and readonlyPaths (guest paths).
+    masked: list[str] = field(default_factory=list)
+    readonly: list[str] = field(default_factory=list)
 
 
 def _obj(value: object, where: str) -> dict[str, Any]:
@@ -227,6 +233,7 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
     _resources(_obj(linux.get("resources"), "linux.resources"), mapping)
     _id_mappings(linux, mapping)
     caps = capabilities(process.get("capabilities"), "process.capabilities")
+    masked, readonly = (_guest_paths(linux, key) for key in ("maskedPaths", "readonlyPaths"))
     annotations = {
         _str(k, "annotations"): _str(v, f"annotations.{k}")
         for k, v in _obj(data.get("annotations"), "annotations").items()
@@ -249,7 +256,7 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
         raise SpecError(str(exc).removeprefix("umld: ").removeprefix("config.json: ")) from None
     return Plan(
         parsed, args, env, cwd, rlimits, hooks, annotations, mount, groups, points,
-        terminal, console_size, caps,
+        terminal, console_size, caps, masked, readonly,
     )  # fmt: skip
 
 
@@ -269,6 +276,16 @@ def capabilities(value: object, where: str) -> Caps | None:
                 mask |= 1 << number
         masks.append(mask)
     return Caps(*masks)
+
+
+def _guest_paths(linux: dict[str, Any], key: str) -> list[str]:
+    out = []
+    for item in _list(linux.get(key), f"linux.{key}"):
+        path = _str(item, f"linux.{key}[]")
+        if not path.startswith("/") or "\0" in path:
+            raise SpecError(f"linux.{key}: {path!r} is not an absolute path")
+        out.append(os.path.normpath(path))
+    return out
 
 
 def _id_mappings(linux: dict[str, Any], mapping: dict[str, Any]) -> None:

@@ -263,6 +263,8 @@ class Supervisor:
                 **self.plan.settings,
                 # The runtime's own files are never the container's.
                 hidden=[str(self.store.root)],
+                masked=self.plan.masked,
+                readonly=self.plan.readonly,
             )
             fd = self._theirs.fileno()
             os.set_inheritable(fd, True)
