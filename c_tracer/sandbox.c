@@ -48,9 +48,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
 #include <linux/loop.h>
 #include <linux/mount.h>
 #include <linux/nsfs.h>
+#include <linux/seccomp.h>
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
@@ -1700,7 +1702,47 @@ struct spec {
     struct winsize tty_size;
     const char **late; /* pairs "mask"|"readonly", GUEST: done once /proc is there */
     int nlate;
+    struct sock_fprog filter; /* "seccomp FLAGS HEX": installed just before exec */
+    unsigned filter_flags;
 };
+
+/* "seccomp FLAGS HEX": a seccomp-bpf program (struct sock_filter array, in
+ * hex) the process installs just before it runs its command: an OCI
+ * bundle's linux.seccomp, compiled by umld/oci/_seccomp.py, which stacks
+ * on umld's own filter (seccomp(2): the kernel takes the action of
+ * highest precedence of all a thread's filters). */
+static void parse_filter(struct spec *sp, const char *flags, const char *hex)
+{
+    size_t len = strlen(hex);
+    char *end;
+    errno = 0;
+    sp->filter_flags = (unsigned)strtoul(flags, &end, 10);
+    if (errno || *end || len == 0 || len % 16 || len / 16 > 4096) {
+        errno = 0;
+        die("sandbox: bad seccomp program");
+    }
+    unsigned char *bytes = malloc(len / 2);
+    if (!bytes)
+        die("out of memory");
+    for (size_t k = 0; k < len / 2; k++) {
+        unsigned v;
+        if (sscanf(hex + 2 * k, "%2x", &v) != 1) {
+            errno = 0;
+            die("sandbox: bad seccomp program");
+        }
+        bytes[k] = (unsigned char)v;
+    }
+    sp->filter.len = (unsigned short)(len / 16);
+    sp->filter.filter = (struct sock_filter *)bytes;
+}
+
+static void install_filter(const struct spec *sp)
+{
+    if (sp->filter.len == 0)
+        return;
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, sp->filter_flags, &sp->filter) < 0)
+        die("cannot install the container's seccomp filter");
+}
 
 /* enter's "tty SOCKET COLS ROWS": the entering process runs on a new
  * terminal of the machine's devpts, whose master goes to SOCKET (an
@@ -2129,6 +2171,7 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
     if (sp->hold_fd >= 0)
         hold(sp->hold_fd);
     sigprocmask(SIG_SETMASK, mask, NULL);
+    install_filter(sp);
     exec_command(sp->argv);
 }
 
@@ -2658,6 +2701,10 @@ static int enter_main(int argc, char **argv)
             need(argc, i, 5, op);
             parse_caps(&sp, argv + i + 1);
             i += 5;
+        } else if (strcmp(op, "seccomp") == 0) {
+            need(argc, i, 2, op);
+            parse_filter(&sp, argv[i + 1], argv[i + 2]);
+            i += 2;
         } else if (strcmp(op, "tty") == 0) {
             need(argc, i, 3, op);
             sp.tty_sock = atoi(argv[i + 1]);
@@ -3434,6 +3481,10 @@ int main(int argc, char **argv)
             need(argc, i, 5, op);
             parse_caps(&sp, argv + i + 1);
             i += 5;
+        } else if (strcmp(op, "seccomp") == 0) {
+            need(argc, i, 2, op);
+            parse_filter(&sp, argv[i + 1], argv[i + 2]);
+            i += 2;
         } else if (strcmp(op, "hold") == 0) {
             need(argc, i, 1, op);
             sp.hold_fd = atoi(argv[++i]);

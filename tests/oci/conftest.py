@@ -155,6 +155,13 @@ class Runtime:
             assert p.returncode == 0, (args, p.stdout, p.stderr)
         return p
 
+    def diagnosis(self, cid: str) -> str:
+        """The container's state and its supervisor's log, for a test's
+        failure message."""
+        log = self.state / cid / "supervisor.log"
+        text = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+        return f"state: {self('state', cid).stdout.strip()}\nsupervisor.log: {text}"
+
     def state_of(self, cid: str) -> dict[str, Any]:
         p = self("state", cid, check=True)
         return json.loads(p.stdout)  # type: ignore[no-any-return]

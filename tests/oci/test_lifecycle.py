@@ -285,7 +285,9 @@ def test_as_an_ordinary_user(ordinary_user: User, rootfs: Path) -> None:
     b = Bundle(ordinary_user.work / "bundle", mine)
     subprocess.run(["chown", "-R", f"{ordinary_user.uid}:{ordinary_user.gid}", str(b.path)])
     b.config["annotations"] = {"umld.mount": "none"}
-    path = b.command("id -u > /shared/uid; exec sleep 100").write()
+    # Whole or not at all: the file appears only once the id is in it.
+    script = "id -u > /shared/uid.tmp; mv /shared/uid.tmp /shared/uid; exec sleep 100"
+    path = b.command(script).write()
     state = ordinary_user.work / "oci-state"
 
     rt = Runtime(ordinary_user.argv([sys.executable, "-m", "umld", "oci"]), state)
@@ -798,7 +800,10 @@ def test_exec_never_sends_a_ptmx_the_guest_forged(
     path = bundle.command(script).write()
     umld_oci("create", "--bundle", str(path), "f1", check=True)
     umld_oci("start", "f1", check=True)
-    wait_for((bundle.shared / "ready").exists, "the forged ptmx")
+    try:
+        wait_for((bundle.shared / "ready").exists, "the forged ptmx")
+    except AssertionError:
+        raise AssertionError(umld_oci.diagnosis("f1")) from None
     console = ConsoleSocket(tmp_path / "console.sock")
     console.server.settimeout(0.5)
     try:
@@ -841,3 +846,61 @@ def test_masked_and_readonly_paths_match_runc(tmp_path: Path, rootfs: Path) -> N
         assert not _ids(rt.state), f"{name} left its container"
     assert results[0] == results[1], results
     assert results[0][1] == "0\n0\n62\nsysctl ro\nro\nrw\n", results[0]
+
+
+#: A profile with each kind of answer: mkdir denied with EACCES, a signal
+#: (SIGUSR1 by kill(2)) denied by an argument rule, sethostname(2) killing.
+PROFILE: dict[str, Any] = {
+    "defaultAction": "SCMP_ACT_ALLOW",
+    "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+    "syscalls": [
+        {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+        {"names": ["kill"], "action": "SCMP_ACT_ERRNO",
+         "args": [{"index": 1, "value": 10, "op": "SCMP_CMP_EQ"}]},
+        {"names": ["sethostname"], "action": "SCMP_ACT_KILL_PROCESS"},
+    ],
+}  # fmt: skip
+SECCOMP_SCRIPT = (
+    "mkdir /tmp/d; echo mkdir=$?; kill -USR1 $$; echo kill=$?; kill -0 $$; echo kill0=$?; "
+    "sh -c 'hostname x'; echo sethostname=$?; grep ^Seccomp: /proc/self/status"
+)
+
+
+@pytest.mark.skipif(RUNC is None or os.geteuid() != 0, reason="runc runs here as root")
+def test_a_seccomp_profile_matches_runc(tmp_path: Path, rootfs: Path) -> None:
+    """linux.seccomp: the calls it denies fail with its errno (or kill
+    with SIGSYS), the others run, under runc and umld alike; an exec'd
+    process gets the container's filter too."""
+    results = []
+    for name, argv in (("runc", [str(RUNC)]), ("umld", [sys.executable, "-m", "umld", "oci"])):
+        mine = tmp_path / f"rootfs-{name}"
+        shutil.copytree(rootfs, mine, symlinks=True)
+        b = Bundle(tmp_path / f"bundle-{name}", mine)
+        b.config["root"]["readonly"] = False
+        b.config["linux"]["seccomp"] = PROFILE
+        rt = Runtime(argv, tmp_path / f"state-{name}")
+        p = rt("run", "--bundle", str(b.command(SECCOMP_SCRIPT).write()), f"s-{name}", timeout=120)
+        assert not (mine / "tmp" / "d").exists()
+        b.command("exec sleep 100").write()
+        rt("create", "--bundle", str(b.path), f"e-{name}", check=True)
+        rt("start", f"e-{name}", check=True)
+        e = rt("exec", f"e-{name}", "sh", "-c", "mkdir /tmp/e; echo mkdir=$?")
+        rt("delete", "--force", f"e-{name}", check=True)
+        results.append((p.returncode, p.stdout, e.returncode, e.stdout))
+        assert not _ids(rt.state), f"{name} left its container"
+    assert results[0] == results[1], results
+    code, out, _, exec_out = results[0]
+    assert code == 0
+    assert out.startswith("mkdir=1\nkill=1\nkill0=0\nsethostname=159\nSeccomp:\t2\n"), out
+    assert exec_out == "mkdir=1\n"
+
+
+def test_a_profile_umld_cannot_honour_is_refused(umld_oci: Runtime, bundle: Bundle) -> None:
+    bundle.config["linux"]["seccomp"] = {**PROFILE, "defaultAction": "SCMP_ACT_TRACE"}
+    p = umld_oci("create", "--bundle", str(bundle.command("true").write()), "bad")
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [
+        "umld oci: config.json: linux.seccomp.defaultAction SCMP_ACT_TRACE: not supported "
+        "(umld is the container's tracer, so its stops would be umld's own)"
+    ]
+    assert _ids(umld_oci.state) == []

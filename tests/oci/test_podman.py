@@ -348,3 +348,21 @@ def test_a_user_namespace_map(podman: Podman) -> None:
         finally:
             podman(runtime, "rm", "-f", "-t", "0", cid)
     assert results[0] == results[1] == ("0:0\n0:0\n0:0\n0\n", 200000, 200000)
+
+
+def test_a_seccomp_profile(podman: Podman, tmp_path: Path) -> None:
+    """--security-opt seccomp=FILE (every other test runs podman's default
+    profile): denied calls fail with the profile's errno under both
+    runtimes."""
+    import json
+
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                      "errnoRet": 13}],
+    }))  # fmt: skip
+    script = "mkdir /tmp/d; echo mkdir=$?; touch /tmp/f; echo touch=$?"
+    got = both(podman, "run", "--rm", "--network", "none", "--security-opt",
+               f"seccomp={profile}", IMAGE, "sh", "-c", script)  # fmt: skip
+    assert got[0] == got[1] == (0, "mkdir=1\ntouch=0\n"), got

@@ -35,7 +35,7 @@ from umld.core.kernel import GuestKernel
 from umld.core.machine import Config, features, machine_argv, prepare, uts_for
 from umld.core.policy import MachinePolicy
 from umld.core.privileged import HLT_POLL
-from umld.core.sandbox import SANDBOX, Caps, MachineFiles, enter_argv
+from umld.core.sandbox import SANDBOX, Caps, Filter, MachineFiles, enter_argv
 from umld.core.syscalls import lookup_table, machine_filter
 from umld.core.terminal import set_foreground, suspend_with_guest
 from umld.errors import UmldError, get_logger
@@ -93,6 +93,9 @@ class Launch(NamedTuple):
     #: The first process's capability sets; None: all the machine's root
     #: has (for uid 0; another uid has none after its exec).
     caps: Caps | None = None
+    #: A seccomp filter the first process installs over umld's before its
+    #: command; None: umld's alone.
+    seccomp: Filter | None = None
     #: A socket (inheritable) connected to someone else's console socket
     #: (an OCI engine's --console-socket): the machine's first process
     #: runs on a terminal of the guest's own devpts, whose master goes
@@ -151,12 +154,14 @@ class HostedMachine:
         gid: int | None = None,
         groups: Sequence[int] | None = None,
         caps: Caps | None = None,
+        seccomp: Filter | None = None,
         console: tuple[int, int, int] | None = None,
         on_exit: Callable[[int], None],
     ) -> int:
         """Start ``argv`` inside the running machine (its mounts, identity
         and pid namespace; ``uid``/``gid``/``groups``/``caps``: another
-        guest identity than the machine's); ``console``: (a socket
+        guest identity than the machine's; ``seccomp``: a filter over
+        umld's); ``console``: (a socket
         connected to a console socket, columns, rows): it runs on a new
         terminal of the machine's, whose master goes there.  ``stdio``
         descriptors become its 0, 1, 2; ``on_exit`` gets its raw wait
@@ -177,6 +182,7 @@ class HostedMachine:
                 groups=groups,
                 caps=caps,
                 console=console,
+                seccomp=seccomp,
             )
         )
 
@@ -193,6 +199,7 @@ class HostedMachine:
         groups: Sequence[int] | None = None,
         caps: Caps | None = None,
         console: tuple[int, int, int] | None = None,
+        seccomp: Filter | None = None,
     ) -> int:
         kernel = self.kernel
         if kernel is None or self.state != "running" or kernel.root_status is not None:
@@ -220,6 +227,7 @@ class HostedMachine:
             cgroups=self.control.cgroups if self.control is not None else (),
             groups=groups,
             caps=caps,
+            seccomp=seccomp,
             tty=tty,
         )
         environ = {**_guest_env(self), **(env or {})}
@@ -658,6 +666,7 @@ class Host:
                 hold=launch.hold,
                 groups=launch.groups,
                 caps=launch.caps,
+                seccomp=launch.seccomp,
             )
             # A machine with a terminal of its own never gets the caller's.
             tty = None if terminal is not None or launch.console is not None else launch.tty

@@ -26,6 +26,7 @@ from umld.core.net import MachineNet, Publish, check as check_net, lazy_network
 from umld.core.policy import UtsState
 from umld.core.sandbox import (
     Caps,
+    Filter,
     Layout,
     MachineFiles,
     Mount,
@@ -318,12 +319,13 @@ def machine_argv(
     hold: int | None = None,
     groups: Sequence[int] | None = None,
     caps: Caps | None = None,
+    seccomp: Filter | None = None,
 ) -> list[bytes]:
     """umld-sandbox's argument list for a prepared machine (``tty``: the
     socket its terminal's master goes to, and the terminal's size;
     ``hold``: the socket of the wait before the command, Launch.hold;
     ``groups``: the first process's supplementary groups, Launch.groups;
-    ``caps``: its capability sets, Launch.caps)."""
+    ``caps``: its capability sets, Launch.caps; ``seccomp``: Launch.seccomp)."""
     return sandbox_argv(
         prep.layout,
         files,
@@ -354,6 +356,7 @@ def machine_argv(
         if cfg.root_uids or cfg.root_gids
         else None,
         caps=caps,
+        seccomp=seccomp,
     )
 
 
@@ -441,6 +444,7 @@ class Machine:
         gid: int | None = None,
         groups: Sequence[int] | None = None,
         caps: Caps | None = None,
+        seccomp: Filter | None = None,
         console: tuple[int, int, int] | None = None,
         on_exit: Callable[[int], None],
     ) -> int:
@@ -452,7 +456,8 @@ class Machine:
             raise UmldError("umld: the machine is not running")
         return int(
             self._hosted.exec(argv, stdio=stdio, env=env, cwd=cwd, uid=uid, gid=gid,
-                              groups=groups, caps=caps, console=console, on_exit=on_exit)
+                              groups=groups, caps=caps, seccomp=seccomp, console=console,
+                              on_exit=on_exit)
         )  # fmt: skip
 
     def run(
@@ -466,6 +471,7 @@ class Machine:
         hold: int | None = None,
         groups: Sequence[int] | None = None,
         caps: Caps | None = None,
+        seccomp: Filter | None = None,
         console: int | None = None,
         console_size: tuple[int, int] | None = None,
     ) -> RunResult:
@@ -477,7 +483,8 @@ class Machine:
         the made machine's first process says ``held`` and waits for
         ``g`` before it runs ``argv``.  ``groups``: its supplementary
         groups (None: its primary group alone); ``caps``: its capability
-        sets (None: all the machine's root has).  ``console``: a socket
+        sets (None: all the machine's root has); ``seccomp``: a filter it
+        installs over umld's just before ``argv``.  ``console``: a socket
         connected to a console socket (Launch.console), ``console_size``
         (columns, rows) its terminal's first size."""
         from umld.core.host import Host, Launch, spawn_failure
@@ -521,6 +528,7 @@ class Machine:
                 hold=hold,
                 groups=None if groups is None else tuple(groups),
                 caps=caps,
+                seccomp=seccomp,
                 console=console,
             )
             m = host.start_machine(cfg, argv, launch=launch, on_control=on_start)

@@ -608,6 +608,16 @@ class Caps(NamedTuple):
         return tuple(f"{m:x}" for m in self)
 
 
+class Filter(NamedTuple):
+    """A seccomp-bpf program (``struct sock_filter`` array) the guest's
+    process installs just before it runs its command, over umld's own
+    (an OCI bundle's linux.seccomp: umld/oci/_seccomp.py), with the
+    seccomp(2) ``flags``."""
+
+    flags: int
+    program: bytes
+
+
 class SandboxOps:
     """The argument list of ``umld-sandbox``, built one operation at a time.
 
@@ -654,6 +664,7 @@ class SandboxOps:
         "hold": 1,  # FD: says "held" and waits for "g" before the command (OCI create/start)
         "groups": 1,  # G1,G2,... or -: the first process's supplementary groups
         "caps": 5,  # BND EFF PRM INH AMB: the first process's capability sets (hex)
+        "seccomp": 2,  # FLAGS HEX: a seccomp-bpf program installed just before the command
         "nest": 0,  # /dev/fuse, /dev/net/tun and an uncovered /proc: umld can run inside
     }
     #: umld-sandbox enter PID [OPS] -- CMD: a process in a running machine.
@@ -664,6 +675,7 @@ class SandboxOps:
         "cgroup": 1,
         "groups": 1,  # as NEW_MACHINE's
         "caps": 5,  # as NEW_MACHINE's
+        "seccomp": 2,  # as NEW_MACHINE's
         "tty": 3,  # SOCKET COLS ROWS: a new terminal of the machine's; its master to SOCKET
     }
 
@@ -721,6 +733,7 @@ def sandbox_argv(
     netjoin: str | None = None,
     root_ids: tuple[IdExtents, IdExtents] | None = None,
     caps: Caps | None = None,
+    seccomp: Filter | None = None,
     masked: Sequence[str] = (),
     readonly: Sequence[str] = (),
 ) -> list[bytes]:
@@ -844,6 +857,8 @@ def sandbox_argv(
         ops.op("groups", ",".join(map(str, groups)) or "-")
     if caps is not None:
         ops.op("caps", *caps.masks())
+    if seccomp is not None:
+        ops.op("seccomp", seccomp.flags, seccomp.program.hex())
     if hold is not None:
         ops.op("hold", hold)
     return ops.command(argv)
@@ -860,6 +875,7 @@ def enter_argv(
     cgroups: Sequence[str] = (),
     groups: Sequence[int] | None = None,
     caps: Caps | None = None,
+    seccomp: Filter | None = None,
     tty: tuple[int, int, int] | None = None,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox enter``: ``argv`` as a new
@@ -868,7 +884,8 @@ def enter_argv(
     groups, None: the gid alone; ``caps``: its capability sets, None: all
     the machine's root has, as uid 0 has; ``tty``: (socket, columns,
     rows): it runs on a new terminal of the machine's devpts, whose
-    master goes to the socket, an OCI engine's console socket)."""
+    master goes to the socket, an OCI engine's console socket;
+    ``seccomp``: a filter of its own over umld's)."""
     ops = SandboxOps(enter=pid)
     if stdio:
         ops.op("stdio", *stdio)
@@ -879,6 +896,8 @@ def enter_argv(
         ops.op("groups", ",".join(map(str, groups)) or "-")
     if caps is not None:
         ops.op("caps", *caps.masks())
+    if seccomp is not None:
+        ops.op("seccomp", seccomp.flags, seccomp.program.hex())
     if tty is not None:
         ops.op("tty", *tty)
     return ops.command(argv)

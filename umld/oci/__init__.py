@@ -655,6 +655,7 @@ def table_rows(root: Path | None = None) -> list[list[str]]:
 
 def _features(args: Any) -> int:
     from umld import __version__
+    from umld.oci import _seccomp
     from umld.oci._spec import CAPABILITIES, HOOK_STAGES, OWN_NAMESPACES
     from umld.oci._state import OCI_VERSION
 
@@ -669,7 +670,12 @@ def _features(args: Any) -> int:
                     "namespaces": sorted(OWN_NAMESPACES | {"network"}),
                     "capabilities": list(CAPABILITIES),
                     "cgroup": {"v1": True, "v2": True, "systemd": False},
-                    "seccomp": {"enabled": False},
+                    "seccomp": {
+                        "enabled": True,
+                        "actions": sorted(_seccomp.ACTIONS),
+                        "operators": list(_seccomp.OPS),
+                        "archs": sorted(_seccomp.ARCHES),
+                    },
                     "apparmor": {"enabled": False},
                     "selinux": {"enabled": False},
                 },

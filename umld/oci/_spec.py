@@ -34,6 +34,9 @@ the field, before anything is made.  The mapping:
 ``process.capabilities``        the process's five sets (what the machine's
                                 root never holds, CAP_SETFCAP, is left out)
 ``process.noNewPrivileges``     always on: umld's seccomp filter sets it
+``linux.seccomp``               compiled to BPF, installed over umld's own
+                                filter just before the program (TRACE and
+                                NOTIFY actions refused)
 ``linux.maskedPaths``           covered once every mount is made (a
                                 directory empty, a file empty and read-only)
 ``linux.readonlyPaths``         read-only, with all below them
@@ -57,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from umld.core.sandbox import Caps
+from umld.core.sandbox import Caps, Filter
 from umld.errors import UmldError, UsageError
 
 #: The runtime-spec versions understood: 1.x.
@@ -147,6 +150,8 @@ class Plan:
     #: linux.maskedPaths and readonlyPaths (guest paths).
     masked: list[str] = field(default_factory=list)
     readonly: list[str] = field(default_factory=list)
+    #: linux.seccomp, compiled; None: umld's filter alone.
+    seccomp: Filter | None = None
 
 
 def _obj(value: object, where: str) -> dict[str, Any]:
@@ -234,6 +239,7 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
     _id_mappings(linux, mapping)
     caps = capabilities(process.get("capabilities"), "process.capabilities")
     masked, readonly = (_guest_paths(linux, key) for key in ("maskedPaths", "readonlyPaths"))
+    seccomp = seccomp_filter(linux)
     annotations = {
         _str(k, "annotations"): _str(v, f"annotations.{k}")
         for k, v in _obj(data.get("annotations"), "annotations").items()
@@ -256,7 +262,7 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
         raise SpecError(str(exc).removeprefix("umld: ").removeprefix("config.json: ")) from None
     return Plan(
         parsed, args, env, cwd, rlimits, hooks, annotations, mount, groups, points,
-        terminal, console_size, caps, masked, readonly,
+        terminal, console_size, caps, masked, readonly, seccomp,
     )  # fmt: skip
 
 
@@ -276,6 +282,20 @@ def capabilities(value: object, where: str) -> Caps | None:
                 mask |= 1 << number
         masks.append(mask)
     return Caps(*masks)
+
+
+def seccomp_filter(linux: dict[str, Any]) -> Filter | None:
+    """linux.seccomp compiled (umld/oci/_seccomp.py); None when absent."""
+    from umld.oci import _seccomp
+
+    data = _obj(linux.get("seccomp"), "linux.seccomp")
+    if not data:
+        return None
+    try:
+        profile = _seccomp.parse(data)
+        return Filter(profile.flags, _seccomp.compile_profile(profile))
+    except _seccomp.ProfileError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def _guest_paths(linux: dict[str, Any], key: str) -> list[str]:

@@ -145,6 +145,8 @@ class Supervisor:
                 gid=req.get("gid"),
                 groups=[int(g) for g in req.get("groups") or ()],
                 caps=None if req.get("caps") is None else Caps(*map(int, req["caps"])),
+                # The container's own filter, as runc's exec applies it.
+                seccomp=self.plan.seccomp,
                 # A fourth descriptor: the engine's console socket, connected.
                 console=(fds[3], *map(int, req.get("console_size") or (80, 24)))
                 if len(fds) == 4
@@ -280,6 +282,7 @@ class Supervisor:
                 hold=fd,
                 groups=self.plan.groups,
                 caps=self.plan.caps,
+                seccomp=self.plan.seccomp,
                 console=self.console,
                 console_size=self.plan.console_size,
             )
