@@ -166,6 +166,10 @@ def _detached_case(podman: Podman, runtime: str, cid: str) -> tuple[str, str]:
         assert (export / "status").read_text().startswith("name: ")
         # Its shell (the loop's sleep comes and goes between two reads).
         assert len(os.listdir(export / "proc")) >= 1
+        # A setting written there is the container's at once.
+        (export / "config" / "hostname").write_text("renamed\n")
+        got = podman(runtime, "exec", cid, "hostname")
+        assert (got.returncode, got.stdout) == (0, "renamed\n"), got.stderr
     stop = podman(runtime, "stop", "-t", "10", cid)
     assert stop.returncode == 0, stop.stderr
     code = podman(runtime, "inspect", cid, "--format", "{{.State.ExitCode}}").stdout.strip()
