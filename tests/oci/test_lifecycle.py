@@ -904,3 +904,37 @@ def test_a_profile_umld_cannot_honour_is_refused(umld_oci: Runtime, bundle: Bund
         "(umld is the container's tracer, so its stops would be umld's own)"
     ]
     assert _ids(umld_oci.state) == []
+
+
+@pytest.mark.skipif(RUNC is None or os.geteuid() != 0, reason="runc runs here as root")
+@pytest.mark.parametrize("score", [500, -300])
+def test_oom_score_adj_matches_runc(tmp_path: Path, rootfs: Path, score: int) -> None:
+    """process.oomScoreAdj: the container's processes start at it, above
+    0 and below (where a memory limit keeps the machine's OOMs its own);
+    the guest may raise its score and not go below where it started."""
+    script = "cat /proc/self/oom_score_adj; echo 600 > /proc/self/oom_score_adj; " \
+             "echo -1000 > /proc/self/oom_score_adj 2>/dev/null || echo refused"  # fmt: skip
+    results = []
+    for name, argv in (("runc", [str(RUNC)]), ("umld", [sys.executable, "-m", "umld", "oci"])):
+        b = Bundle(tmp_path / f"bundle-{name}", rootfs)
+        b.config["process"]["oomScoreAdj"] = score
+        b.config["linux"]["resources"] = {"memory": {"limit": 256 << 20}}
+        rt = Runtime(argv, tmp_path / f"state-{name}")
+        p = rt("run", "--bundle", str(b.command(script).write()), f"o-{name}", timeout=120)
+        results.append((p.returncode, p.stdout, p.stderr))
+        assert not _ids(rt.state), f"{name} left its container"
+    if score < 0 and not _has_sys_resource():
+        # Lowering a score takes the host's CAP_SYS_RESOURCE (this
+        # project's CI runs without it): both refuse, umld in one line.
+        assert results[0][0] == results[1][0] == 1, results
+        assert results[1][2] == "umld oci: config.json: process.oomScoreAdj: Permission denied\n"
+        return
+    assert results[0] == results[1], results
+    assert results[0][1] == f"{score}\nrefused\n"
+
+
+def _has_sys_resource() -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> 24 & 1)
+    return False

@@ -37,6 +37,9 @@ the field, before anything is made.  The mapping:
 ``linux.seccomp``               compiled to BPF, installed over umld's own
                                 filter just before the program (TRACE and
                                 NOTIFY actions refused)
+``process.oomScoreAdj``         the container's processes start at it; below
+                                0 also ``limits/oom_floor`` (which needs a
+                                memory limit)
 ``linux.maskedPaths``           covered once every mount is made (a
                                 directory empty, a file empty and read-only)
 ``linux.readonlyPaths``         read-only, with all below them
@@ -152,6 +155,8 @@ class Plan:
     readonly: list[str] = field(default_factory=list)
     #: linux.seccomp, compiled; None: umld's filter alone.
     seccomp: Filter | None = None
+    #: process.oomScoreAdj; None: the runtime's own.
+    oom_score_adj: int | None = None
 
 
 def _obj(value: object, where: str) -> dict[str, Any]:
@@ -240,6 +245,16 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
     caps = capabilities(process.get("capabilities"), "process.capabilities")
     masked, readonly = (_guest_paths(linux, key) for key in ("maskedPaths", "readonlyPaths"))
     seccomp = seccomp_filter(linux)
+    oom = None
+    if process.get("oomScoreAdj") is not None:
+        oom = _int(process["oomScoreAdj"], "process.oomScoreAdj")
+        if not -1000 <= oom <= 1000:
+            raise SpecError(f"process.oomScoreAdj {oom}: -1000 to 1000")
+        if oom < 0:
+            # Below 0 the machine's processes may hide from the OOM killer:
+            # umld's rule for that is the limits/oom_floor setting's (a
+            # memory limit of the machine's own, root with CAP_SYS_RESOURCE).
+            mapping.setdefault("limits/oom_floor", oom)
     annotations = {
         _str(k, "annotations"): _str(v, f"annotations.{k}")
         for k, v in _obj(data.get("annotations"), "annotations").items()
@@ -262,7 +277,7 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
         raise SpecError(str(exc).removeprefix("umld: ").removeprefix("config.json: ")) from None
     return Plan(
         parsed, args, env, cwd, rlimits, hooks, annotations, mount, groups, points,
-        terminal, console_size, caps, masked, readonly, seccomp,
+        terminal, console_size, caps, masked, readonly, seccomp, oom,
     )  # fmt: skip
 
 

@@ -259,6 +259,16 @@ class Supervisor:
             except (OSError, ValueError) as exc:
                 self._tell(f"error config.json: process.rlimits: {exc}")
                 return 1
+        if self.plan.oom_score_adj is not None:
+            # Inherited by everything the supervisor starts: the machine's
+            # first process starts at it (and, below 0, writes it back over
+            # the floor the sandbox sets, sandbox.c set_oom_floor).
+            try:
+                with open("/proc/self/oom_score_adj", "w") as f:
+                    f.write(str(self.plan.oom_score_adj))
+            except OSError as exc:
+                self._tell(f"error config.json: process.oomScoreAdj: {exc.strerror}")
+                return 1
         status = None
         try:
             cfg = Config(
