@@ -1261,17 +1261,33 @@ static void op_mask(const char *guest)
  * exist is skipped, as runc skips it. */
 static void op_readonly(const char *guest)
 {
-    char *target = join("/newroot", guest);
     struct stat st;
-    if (lstat(target, &st) < 0 || S_ISLNK(st.st_mode)) {
-        free(target);
+    if (lstat(guest, &st) < 0 || S_ISLNK(st.st_mode))
         return;
-    }
     struct mount_attr attr = {.attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV};
-    if (mount(target, target, NULL, MS_BIND | MS_REC, NULL) < 0 ||
-        syscall(SYS_mount_setattr, AT_FDCWD, target, AT_RECURSIVE, &attr, sizeof attr) < 0)
+    if (mount(guest, guest, NULL, MS_BIND | MS_REC, NULL) < 0 ||
+        syscall(SYS_mount_setattr, AT_FDCWD, guest, AT_RECURSIVE, &attr, sizeof attr) < 0)
         die("cannot make %s read-only", guest);
-    free(target);
+}
+
+/* "sysctl KEY VALUE" (an OCI bundle's linux.sysctl; umld/oci/_spec.py
+ * lets through only keys of the machine's own namespaces): written to
+ * /proc/sys/KEY, dots as slashes, as sysctl(8) does. */
+static void write_sysctl(const char *key, const char *value)
+{
+    char path[512];
+    int n = snprintf(path, sizeof path, "/proc/sys/%s", key);
+    if (n < 0 || (size_t)n >= sizeof path) {
+        errno = 0;
+        die("sandbox: sysctl %s: too long", key);
+    }
+    for (char *p = path + 10; *p; p++)
+        if (*p == '.')
+            *p = '/';
+    int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0 || write(fd, value, strlen(value)) < 0)
+        die("cannot set sysctl %s", key);
+    close(fd);
 }
 
 /* Host-global kernel files: masked or read-only, as OCI runtimes do by
@@ -1702,6 +1718,8 @@ struct spec {
     struct winsize tty_size;
     const char **late; /* pairs "mask"|"readonly", GUEST: done once /proc is there */
     int nlate;
+    const char **sysctls; /* pairs KEY, VALUE ("sysctl"): written before the ids change */
+    int nsysctls;
     struct sock_fprog filter; /* "seccomp FLAGS HEX": installed just before exec */
     unsigned filter_flags;
 };
@@ -1734,6 +1752,29 @@ static void parse_filter(struct spec *sp, const char *flags, const char *hex)
     }
     sp->filter.len = (unsigned short)(len / 16);
     sp->filter.filter = (struct sock_filter *)bytes;
+}
+
+/* The guest's sysctls, and then its read-only paths, by its first process
+ * while it is still its namespaces' root: the IPC namespace (and the
+ * network namespace of its own) exist from its clone on, and /proc/sys
+ * may be among the read-only paths.  A network namespace joined by path
+ * is not the guest's to configure: its sysctls are the stage's to write
+ * (stage_sysctls). */
+static void guest_sysctls_and_readonly(const struct spec *sp)
+{
+    /* An IPC sysctl is writable by its namespace's root uid alone, not by
+     * a capability (ipc_permissions, ipc/ipc_sysctl.c): become the
+     * guest's root for it (the ids change for good below).  Where the
+     * machine has no uid 0 (an ordinary user's with another --uid) the
+     * write fails and says so. */
+    if (sp->nsysctls && seteuid(0) < 0 && errno != EINVAL)
+        die("seteuid");
+    for (int i = 0; i + 1 < sp->nsysctls; i += 2)
+        if (sp->net_join < 0 || strncmp(sp->sysctls[i], "net.", 4) != 0)
+            write_sysctl(sp->sysctls[i], sp->sysctls[i + 1]);
+    for (int i = 0; i + 1 < sp->nlate; i += 2)
+        if (strcmp(sp->late[i], "readonly") == 0)
+            op_readonly(sp->late[i + 1]);
 }
 
 static void install_filter(const struct spec *sp)
@@ -2115,6 +2156,7 @@ static void guest_main(struct spec *sp, const sigset_t *mask)
         die("cannot set the guest's host name");
     if (sp->domainname && setdomainname(sp->domainname, strlen(sp->domainname)) < 0)
         die("cannot set the guest's domain name");
+    guest_sysctls_and_readonly(sp);
     /* Run by root, what the guest writes to a tree it is given lands as
      * root's: no file capability may land with it (a security.capability
      * xattr whose root is the guest's maps to the host's root through the
@@ -2326,6 +2368,34 @@ static void copy_pid_max(void)
     close(fd);
 }
 
+/* The net.* sysctls of a network namespace joined by path, written here,
+ * by the stage that joined it (its owner's root: the engine's rights, as
+ * runc has them).  The group ids of net.ipv4.ping_group_range are read in
+ * the writer's user namespace (ipv4_ping_group_range,
+ * net/ipv4/sysctl_net_ipv4.c): the guest's are given as their host ids,
+ * so that the range means the guest's groups. */
+static void stage_sysctls(const struct spec *sp)
+{
+    for (int i = 0; i + 1 < sp->nsysctls; i += 2) {
+        const char *key = sp->sysctls[i], *value = sp->sysctls[i + 1];
+        if (strncmp(key, "net.", 4) != 0)
+            continue;
+        char text[64];
+        unsigned long lo, hi;
+        char tail;
+        if (ids.on && strcmp(key, "net.ipv4.ping_group_range") == 0) {
+            if (sscanf(value, "%lu %lu%c", &lo, &hi, &tail) != 2) {
+                errno = 0;
+                die("sysctl %s: two group ids expected", key);
+            }
+            snprintf(text, sizeof text, "%u %u", guest_host_id(ids.gid, lo),
+                     guest_host_id(ids.gid, hi));
+            value = text;
+        }
+        write_sysctl(key, value);
+    }
+}
+
 static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
 {
     if (sp->proc) {
@@ -2370,12 +2440,9 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
     }
     /* An OCI bundle's maskedPaths and readonlyPaths, over everything
      * above (its /proc's included). */
-    for (int i = 0; i + 1 < sp->nlate; i += 2) {
+    for (int i = 0; i + 1 < sp->nlate; i += 2)
         if (strcmp(sp->late[i], "mask") == 0)
             op_mask(sp->late[i + 1]);
-        else
-            op_readonly(sp->late[i + 1]);
-    }
     /* pivot_root(".", ".") stacks the old root on the new one; detaching
      * it leaves only the guest's tree (pivot_root(2), NOTES). */
     if (chdir("/newroot") < 0 || syscall(SYS_pivot_root, ".", ".") < 0)
@@ -2408,6 +2475,8 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
      * reconfigure it. */
     if (sp->net_join >= 0 && setns(sp->net_join, CLONE_NEWNET) < 0)
         die("cannot join the machine's network namespace");
+    if (sp->net_join >= 0)
+        stage_sysctls(sp);
     long g = syscall(SYS_clone, flags | SIGCHLD, 0, NULL, NULL, 0);
     if (g < 0)
         die("cannot create the guest's user namespace");
@@ -3288,7 +3357,8 @@ int main(int argc, char **argv)
     const char **hides = calloc((size_t)argc, sizeof(char *));
     int nhides = 0;
     sp.late = calloc((size_t)argc, sizeof(char *));
-    if (!hides || !sp.late)
+    sp.sysctls = calloc((size_t)argc, sizeof(char *));
+    if (!hides || !sp.late || !sp.sysctls)
         die("out of memory");
     if (!sp.was_root)
         become_own_userns();
@@ -3439,6 +3509,11 @@ int main(int argc, char **argv)
             need(argc, i, 1, op);
             sp.late[sp.nlate++] = op;
             sp.late[sp.nlate++] = argv[++i];
+        } else if (strcmp(op, "sysctl") == 0) {
+            need(argc, i, 2, op);
+            sp.sysctls[sp.nsysctls++] = argv[i + 1];
+            sp.sysctls[sp.nsysctls++] = argv[i + 2];
+            i += 2;
         } else if (strcmp(op, "rlimit") == 0) {
             need(argc, i, 2, op);
             set_rlimit(argv[i + 1], argv[i + 2]);

@@ -353,16 +353,28 @@ def test_a_network_namespace_given_by_path_is_joined(
     try:
         ns = f"/run/netns/{name}"
         bundle.config["linux"]["namespaces"].append({"type": "network", "path": ns})
-        path = bundle.command("readlink /proc/self/ns/net > /shared/ns").write()
-        umld_oci("run", "--bundle", str(path), "c1", check=True)
-        want = subprocess.run(
-            ["ip", "netns", "exec", name, "readlink", "/proc/self/ns/net"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        # Its sysctls are the engine's to set (the guest's root does not
+        # own it): written by umld's stage, the group ids the guest's.
+        bundle.config["linux"]["sysctl"] = {
+            "net.ipv4.ping_group_range": "0 5", "net.ipv4.ip_unprivileged_port_start": "80",
+        }  # fmt: skip
+        script = ("readlink /proc/self/ns/net > /shared/ns; "
+                  "cat /proc/sys/net/ipv4/ping_group_range > /shared/range")  # fmt: skip
+        umld_oci("run", "--bundle", str(bundle.command(script).write()), "c1", check=True)
+
+        def inside(*argv: str) -> str:
+            return subprocess.run(["ip", "netns", "exec", name, *argv], capture_output=True,
+                                  text=True, check=True).stdout  # fmt: skip
+
+        want = inside("readlink", "/proc/self/ns/net")
         assert (bundle.shared / "ns").read_text() == want
         assert want != os.readlink("/proc/self/ns/net") + "\n"
+        assert (bundle.shared / "range").read_text() == "0\t5\n"
+        assert inside("cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start") == "80\n"
+        # On the host, the guest's groups are host ids of the machine's
+        # own range (never the host's root group).
+        low, high = map(int, inside("cat", "/proc/sys/net/ipv4/ping_group_range").split())
+        assert low >= 65536 and high == low + 5, (low, high)
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False)
 
@@ -938,3 +950,44 @@ def _has_sys_resource() -> bool:
         if line.startswith("CapEff:"):
             return bool(int(line.split()[1], 16) >> 24 & 1)
     return False
+
+
+SYSCTL_SCRIPT = (
+    "cat /proc/sys/kernel/shmmni /proc/sys/fs/mqueue/msg_max /proc/sys/net/ipv4/ping_group_range; "
+    "hostname; echo 100 > /proc/sys/kernel/shmmni 2>/dev/null || echo sysctl ro"
+)
+
+
+@pytest.mark.skipif(RUNC is None or os.geteuid() != 0, reason="runc runs here as root")
+def test_sysctls_match_runc(tmp_path: Path, rootfs: Path) -> None:
+    """linux.sysctl of the container's own namespaces (IPC, message
+    queues, a network of its own; kernel.hostname), /proc/sys read-only
+    after them: the same values and refusal under runc and umld."""
+    results = []
+    for name, argv in (("runc", [str(RUNC)]), ("umld", [sys.executable, "-m", "umld", "oci"])):
+        b = Bundle(tmp_path / f"bundle-{name}", rootfs)
+        b.config["linux"]["namespaces"].append({"type": "network"})
+        b.config["linux"]["readonlyPaths"] = ["/proc/sys"]
+        b.config["linux"]["sysctl"] = {
+            "kernel.shmmni": "4001", "fs.mqueue.msg_max": "20",
+            "net.ipv4.ping_group_range": "0 0",
+        }  # fmt: skip
+        rt = Runtime(argv, tmp_path / f"state-{name}")
+        p = rt("run", "--bundle", str(b.command(SYSCTL_SCRIPT).write()), f"y-{name}", timeout=120)
+        results.append((p.returncode, p.stdout, p.stderr))
+        assert not _ids(rt.state), f"{name} left its container"
+    assert results[0] == results[1], results
+    assert results[0][1] == "4001\n20\n0\t0\nbox\nsysctl ro\n", results[0]
+
+
+def test_a_sysctl_of_the_hosts_is_refused(umld_oci: Runtime, bundle: Bundle) -> None:
+    for key, why in (
+        ("vm.swappiness", "not in a namespace of the machine's own"),
+        ("net.ipv4.ip_forward", "the machine shares the host's network"),
+        ("kernel.hostname", "conflicts with the hostname field"),
+    ):
+        bundle.config["linux"]["sysctl"] = {key: "1"}
+        p = umld_oci("create", "--bundle", str(bundle.command("true").write()), "bad")
+        assert p.returncode != 0 and why in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert _ids(umld_oci.state) == []

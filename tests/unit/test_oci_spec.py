@@ -92,3 +92,28 @@ def test_an_ordinary_users_machine_refuses_id_mappings(
     maps = [{"containerID": 0, "hostID": 1000, "size": 1}]
     with pytest.raises(_spec.SpecError, match="rootless engines"):
         _spec.plan(tmp_path, _config(gidMappings=maps), default_mount=None)
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("vm.swappiness=1", "not in a namespace of the machine's own"),
+        ("kernel.hostname=x", "the hostname and domainname settings"),
+        ("kernel.shmmax", "KEY=VALUE"),
+        ("../../etc/passwd=1", "not a sysctl name"),
+        ("kernel..shmmax=1", "not a sysctl name"),
+    ],
+)
+def test_a_sysctl_outside_the_machines_namespaces_is_refused(value: str, why: str) -> None:
+    from umld.core.settings import Sysctls
+
+    with pytest.raises(SettingError, match=why):
+        Sysctls().parse(value)
+
+
+def test_sysctls_are_read_as_runc_reads_them() -> None:
+    from umld.core.settings import Sysctls
+
+    got = Sysctls().parse(["kernel.shmmni=4001", "net/ipv4/ping_group_range=0 0", "fs.mqueue.x=1"])
+    assert got == [("kernel.shmmni", "4001"), ("net.ipv4.ping_group_range", "0 0"),
+                   ("fs.mqueue.x", "1")]  # fmt: skip

@@ -76,6 +76,7 @@ class Config:
     bind: list[Mount]
     tmpfs: list[Mount]
     disk: list[Mount]
+    sysctl: list[tuple[str, str]]
     uid: int | None
     gid: int | None
     vcpus: int | None
@@ -265,6 +266,11 @@ def prepare(
             "with ids of its own (not --unsafe-host-ids): the tree is shown through an idmap",
             125,
         )
+    if cfg.net == "host" and any(key.startswith("net.") for key, _ in cfg.sysctl):
+        raise UsageError(
+            "umld: --sysctl net.*: the machine shares the host's network (--net host), whose "
+            "sysctls are the host's"
+        )
     check_oom_floor(cfg)
     files.cgroup = MachineCgroup.create(name)
     # The configured vCPUs and memory bound the machine; a live one's
@@ -357,6 +363,7 @@ def machine_argv(
         else None,
         caps=caps,
         seccomp=seccomp,
+        sysctls=cfg.sysctl,
     )
 
 

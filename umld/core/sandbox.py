@@ -653,7 +653,8 @@ class SandboxOps:
         "file": 2,  # HOST GUEST: a generated file over /proc or /sys
         "hide": 1,  # GUEST: covered (a socket, an export)
         "mask": 1,  # GUEST: covered as hide does, once /proc is mounted (maskedPaths)
-        "readonly": 1,  # GUEST: read-only, and all below it, then too (readonlyPaths)
+        "readonly": 1,  # GUEST: read-only with all below, by the first process (readonlyPaths)
+        "sysctl": 2,  # KEY VALUE: written by the first process (a joined net's: by the stage)
         "boottime": 0,  # uptime from 0 (a time namespace)
         "subreaper": 0,
         "uts": 2,  # HOSTNAME DOMAINNAME
@@ -736,6 +737,7 @@ def sandbox_argv(
     seccomp: Filter | None = None,
     masked: Sequence[str] = (),
     readonly: Sequence[str] = (),
+    sysctls: Sequence[tuple[str, str]] = (),
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox`` for a new machine.
 
@@ -842,6 +844,8 @@ def sandbox_argv(
         ops.op("mask", guest)
     for guest in readonly:
         ops.op("readonly", guest)
+    for key, value in sysctls:
+        ops.op("sysctl", key, value)
     ops.op("boottime").op("subreaper")
     if uts is not None:
         ops.op("uts", *uts)

@@ -375,6 +375,47 @@ class IdMap(ValueType[tuple[tuple[int, int, int], ...]]):
         return "`GUEST:HOST:COUNT[,...]`"
 
 
+class Sysctls(ValueType[list[tuple[str, str]]]):
+    """``KEY=VALUE`` of sysctls the machine's own namespaces hold (as runc
+    allows them: IPC's and POSIX message queues', and the network's when
+    the machine has one; machine.prepare checks that)."""
+
+    toml = "list of strings"
+    repeatable = True
+    IPC = ("kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall",
+           "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced")  # fmt: skip
+    _KEY = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_-]+)+$")
+
+    def parse(self, value: object) -> list[tuple[str, str]]:
+        items = [value] if isinstance(value, str | tuple) else value
+        if not isinstance(items, list | tuple):
+            raise SettingError("a list of KEY=VALUE strings")
+        out = []
+        for item in items:
+            if isinstance(item, tuple) and len(item) == 2:
+                key, text = str(item[0]), str(item[1])
+            elif isinstance(item, str) and "=" in item:
+                key, _, text = item.partition("=")
+            else:
+                raise SettingError(f"{item!r}: KEY=VALUE")
+            key, text = key.strip().replace("/", "."), text.strip()
+            if not self._KEY.match(key) or "\n" in text or "\0" in text:
+                raise SettingError(f"{key}: not a sysctl name and a one-line value")
+            if key in ("kernel.hostname", "kernel.domainname"):
+                raise SettingError(f"{key}: the hostname and domainname settings set it")
+            if key not in self.IPC and not key.startswith(("fs.mqueue.", "net.")):
+                raise SettingError(f"{key}: not in a namespace of the machine's own "
+                                   "(IPC, POSIX message queues, network)")  # fmt: skip
+            out.append((key, text))
+        return out
+
+    def text(self, value: list[tuple[str, str]]) -> str:
+        return " ".join(f"{k}={v}" for k, v in value)
+
+    def describe(self) -> str:
+        return "`KEY=VALUE`, repeatable"
+
+
 def _disk(text: str) -> Mount:
     m = parse_disk(text)
     # mkfs.ext4 refuses less than ~128k; 1M leaves it room for a journal.
@@ -474,6 +515,10 @@ SETTINGS: tuple[Setting, ...] = (
             "a persistent ext4 file system in one image file (created on first use; "
             "an ordinary user's is served by fuse2fs)",
             default=(), metavar="IMAGE:GUEST[:size=1G]"),
+    Setting("sysctl", Sysctls(),
+            "a sysctl of the machine's own namespaces (kernel.shm*, kernel.msg*, kernel.sem, "
+            "fs.mqueue.*; net.* of a network not the host's), set before the first process",
+            default=(), metavar="KEY=VALUE"),
     Setting("uid", Number(0, (1 << 32) - 2), "the guest's user id (0: fake root)", live=True,
             apply=live.fixed_id, metavar="UID", shown_default="the caller's"),
     Setting("gid", Number(0, (1 << 32) - 2), "the guest's group id", live=True,

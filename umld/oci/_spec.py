@@ -37,6 +37,8 @@ the field, before anything is made.  The mapping:
 ``linux.seccomp``               compiled to BPF, installed over umld's own
                                 filter just before the program (TRACE and
                                 NOTIFY actions refused)
+``linux.sysctl``                ``--sysctl`` (namespaced keys only, as runc;
+                                kernel.hostname/domainname: the settings)
 ``process.oomScoreAdj``         the container's processes start at it; below
                                 0 also ``limits/oom_floor`` (which needs a
                                 memory limit)
@@ -245,6 +247,18 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
     caps = capabilities(process.get("capabilities"), "process.capabilities")
     masked, readonly = (_guest_paths(linux, key) for key in ("maskedPaths", "readonlyPaths"))
     seccomp = seccomp_filter(linux)
+    sysctls = []
+    for key, value in _obj(linux.get("sysctl"), "linux.sysctl").items():
+        text = _str(value, f"linux.sysctl.{key}")
+        if key in ("kernel.hostname", "kernel.domainname"):
+            field_name = key.removeprefix("kernel.")
+            if field_name in data:
+                raise SpecError(f"linux.sysctl {key} conflicts with the {field_name} field")
+            mapping[field_name] = text
+        else:
+            sysctls.append(f"{key}={text}")
+    if sysctls:
+        mapping["sysctl"] = sysctls
     oom = None
     if process.get("oomScoreAdj") is not None:
         oom = _int(process["oomScoreAdj"], "process.oomScoreAdj")
