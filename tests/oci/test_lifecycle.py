@@ -233,7 +233,8 @@ def test_the_container_is_exported_live(umld_oci: Runtime, bundle: Bundle, tmp_p
     mnt = tmp_path / "export"
     bundle.config["annotations"] = {"umld.mount": str(mnt)}
     path = bundle.command(
-        "while [ ! -e /shared/go ]; do sleep 0.05; done; hostname > /shared/name"
+        "while [ ! -e /shared/go ]; do sleep 0.05; done; "
+        "hostname > /shared/name.tmp; mv /shared/name.tmp /shared/name"
     ).write()
     umld_oci("create", "--bundle", str(path), "c1", check=True)
     umld_oci("start", "c1", check=True)
@@ -263,7 +264,8 @@ def test_resources_are_the_machines_settings(
         "memory": {"limit": 96 << 20},
         "pids": {"limit": 100},
     }
-    path = bundle.command("grep -c ^processor /proc/cpuinfo > /shared/cpus; exec sleep 100").write()
+    script = "grep -c ^processor /proc/cpuinfo > /shared/c.tmp; mv /shared/c.tmp /shared/cpus"
+    path = bundle.command(f"{script}; exec sleep 100").write()
     umld_oci("create", "--bundle", str(path), "res", check=True)
     umld_oci("start", "res", check=True)
     wait_for(lambda: (bundle.shared / "cpus").exists(), "the guest's answer")
@@ -680,7 +682,8 @@ def test_capabilities_of_the_process_and_of_exec(
         "bounding": caps, "effective": caps, "permitted": caps, "inheritable": caps,
         "ambient": ["CAP_NET_BIND_SERVICE"],
     }  # fmt: skip
-    script = "grep -E '^Cap' /proc/self/status > /shared/first; exec sleep 100"
+    script = "grep -E '^Cap' /proc/self/status > /shared/f.tmp; mv /shared/f.tmp /shared/first"
+    script += "; exec sleep 100"
     path = bundle.command(script).write()
     umld_oci("create", "--bundle", str(path), "caps", check=True)
     umld_oci("start", "caps", check=True)

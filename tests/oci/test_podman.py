@@ -241,6 +241,32 @@ def _screen(session: str) -> str:
     ).stdout
 
 
+def _typed_in_tmux(podman: Podman, session: str, size: tuple[int, int], argv: list[str],
+                   typed: str) -> list[str]:  # fmt: skip
+    """Run podman ``argv`` in a tmux window of ``size`` (columns, rows),
+    type ``typed`` at the shell's prompt, and return the screen's lines
+    after it, up to the EXITED line with podman's status."""
+    env = f"CONTAINERS_CONF={podman.work / 'containers.conf'} PYTHONPATH={ROOT}"
+    command = " ".join([*podman.base, *argv])
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", str(size[0]), "-y", str(size[1]),
+         f"env {env} {command}; echo EXITED $?; sleep 60"],
+        check=True,
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: any(ln.rstrip().endswith("#") for ln in _screen(session).splitlines()),
+            "the shell's prompt",
+        )
+        subprocess.run(["tmux", "send-keys", "-t", session, typed, "Enter"], check=True)
+        wait_for(lambda: "EXITED" in _screen(session), "the end")
+        lines = [line.strip() for line in _screen(session).splitlines() if line.strip()]
+        start = next(k for k, line in enumerate(lines) if line.endswith(typed))
+        return lines[start + 1 :]
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux (make test installs it)")
 def test_run_it_on_a_terminal_driven_with_tmux(podman: Podman) -> None:
     """`podman run -it` in a tmux window: the shell is on a terminal of
@@ -248,63 +274,29 @@ def test_run_it_on_a_terminal_driven_with_tmux(podman: Podman) -> None:
     and its exit status comes back; the same under both runtimes."""
     results = []
     for i, runtime in enumerate(RUNTIMES):
+        argv = ["--runtime", runtime, "run", "-it", "--rm", "--network", "none", IMAGE, "sh"]
         session = f"umld-oci-{os.getpid()}-{i}"
-        env = f"CONTAINERS_CONF={podman.work / 'containers.conf'} PYTHONPATH={ROOT}"
-        command = " ".join([*podman.base, "--runtime", runtime, "run", "-it", "--rm",
-                            "--network", "none", IMAGE, "sh"])  # fmt: skip
-        subprocess.run(
-            ["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30",
-             f"env {env} {command}; echo EXITED $?; sleep 60"],
-            check=True,
-        )  # fmt: skip
-        try:
-            wait_for(
-                lambda s=session: any(ln.rstrip().endswith("#") for ln in _screen(s).splitlines()),  # type: ignore[misc]
-                "the shell's prompt",
-            )
-            subprocess.run(["tmux", "send-keys", "-t", session, "tty; stty size; exit 4", "Enter"],
-                           check=True)  # fmt: skip
-            wait_for(lambda s=session: "EXITED" in _screen(s), "the end")  # type: ignore[misc]
-            lines = [line.strip() for line in _screen(session).splitlines() if line.strip()]
-            start = next(k for k, line in enumerate(lines) if line.endswith("exit 4"))
-            results.append(lines[start + 1 :])
-        finally:
-            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        results.append(_typed_in_tmux(podman, session, (100, 30), argv,
+                                      "tty; stty size; exit 4"))  # fmt: skip
     assert results[0] == results[1] == ["/dev/pts/0", "30 100", "EXITED 4"]
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux (make test installs it)")
 def test_exec_it_on_a_terminal_driven_with_tmux(podman: Podman) -> None:
     """`podman exec -it` into a running container, in a tmux window: a
-    new terminal of the container's (/dev/pts/1: the first process has
-    none, so 0 goes to the exec's console) the window's size, what is
-    typed, the exit status; the same under both runtimes."""
+    new terminal of the container's the window's size, what is typed,
+    the exit status; the same under both runtimes."""
     results = []
     for i, runtime in enumerate(RUNTIMES):
         p = podman(runtime, "run", "-d", "--network", "none", IMAGE, "sleep", "100")
         assert p.returncode == 0, p.stderr
         cid = p.stdout.strip()
-        session = f"umld-oci-exec-{os.getpid()}-{i}"
-        env = f"CONTAINERS_CONF={podman.work / 'containers.conf'} PYTHONPATH={ROOT}"
-        command = " ".join([*podman.base, "--runtime", runtime, "exec", "-it", cid, "sh"])
-        subprocess.run(
-            ["tmux", "new-session", "-d", "-s", session, "-x", "90", "-y", "25",
-             f"env {env} {command}; echo EXITED $?; sleep 60"],
-            check=True,
-        )  # fmt: skip
         try:
-            wait_for(
-                lambda s=session: any(ln.rstrip().endswith("#") for ln in _screen(s).splitlines()),  # type: ignore[misc]
-                "the shell's prompt",
-            )
-            subprocess.run(["tmux", "send-keys", "-t", session,
-                            "tty | cut -c1-9; stty size; exit 5", "Enter"], check=True)  # fmt: skip
-            wait_for(lambda s=session: "EXITED" in _screen(s), "the end")  # type: ignore[misc]
-            lines = [line.strip() for line in _screen(session).splitlines() if line.strip()]
-            start = next(k for k, line in enumerate(lines) if line.endswith("exit 5"))
-            results.append(lines[start + 1 :])
+            argv = ["--runtime", runtime, "exec", "-it", cid, "sh"]
+            session = f"umld-oci-exec-{os.getpid()}-{i}"
+            results.append(_typed_in_tmux(podman, session, (90, 25), argv,
+                                          "tty | cut -c1-9; stty size; exit 5"))  # fmt: skip
         finally:
-            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
             podman(runtime, "rm", "-f", "-t", "0", cid)
     assert results[0] == results[1] == ["/dev/pts/", "25 90", "EXITED 5"]
 

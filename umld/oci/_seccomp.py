@@ -54,6 +54,10 @@ from umld.tracer.seccomp import (
     BPF_W,
     SECCOMP_RET_ALLOW,
     X32_SYSCALL_BIT,
+    Insn,
+    Item,
+    Label,
+    assemble,
 )
 
 # linux/seccomp.h
@@ -229,14 +233,6 @@ def decide(profile: Profile, arch: int, nr: int, args: Sequence[int]) -> int:
 
 # -- the program ---------------------------------------------------------------------
 
-Insn = tuple[int, int, int, int]
-
-
-class _Label:
-    __slots__ = ()
-
-
-_Item = tuple[int, "int | _Label", "int | _Label", int] | _Label
 _LD = BPF_LD | BPF_W | BPF_ABS
 
 
@@ -244,43 +240,25 @@ def _ret(value: int) -> Insn:
     return (BPF_RET | BPF_K, 0, 0, value)
 
 
-def _assemble(items: list[_Item]) -> list[Insn]:
-    where: dict[_Label, int] = {}
-    pc = 0
-    for item in items:
-        if isinstance(item, _Label):
-            where[item] = pc
-        else:
-            pc += 1
-    out: list[Insn] = []
-    for item in items:
-        if isinstance(item, _Label):
-            continue
-        code, jt, jf, k = item
-        here = len(out)
-
-        def rel(t: int | _Label, here: int = here) -> int:
-            off = where[t] - here - 1 if isinstance(t, _Label) else t
-            if not 0 <= off <= _MAX_JUMP:
-                raise ProfileError("linux.seccomp: a call's rules are too long to compile")
-            return off
-
-        out.append((code, rel(jt), rel(jf), k))
-    return out
+def _assemble(items: list[Item]) -> list[Insn]:
+    try:
+        return assemble(items)
+    except ValueError:
+        raise ProfileError("linux.seccomp: a call's rules are too long to compile") from None
 
 
-def _compare(c: Cond, ok: _Label, fail: _Label, *, wide: bool) -> list[_Item]:
+def _compare(c: Cond, ok: Label, fail: Label, *, wide: bool) -> list[Item]:
     """Code that goes to ``ok`` when ``c`` holds, to ``fail`` when not."""
     jeq, jgt, jge = BPF_JMP | BPF_JEQ | BPF_K, BPF_JMP | BPF_JGT | BPF_K, BPF_JMP | BPF_JGE | BPF_K
     lo_off = _OFF_ARGS + 8 * c.arg
     v_lo, v_hi = c.value & _U32, (c.value >> 32) & _U32
     d_lo, d_hi = c.value_two & _U32, (c.value_two >> 32) & _U32
     and_k = BPF_ALU | BPF_AND | BPF_K
-    out: list[_Item] = []
-    low = _Label()
+    out: list[Item] = []
+    low = Label()
     # The high word decides unless it equals; then the low word does.
     # (On i386 only the low word counts: the program starts at ``low``.)
-    hi_equal: list[_Item]
+    hi_equal: list[Item]
     if c.op == "SCMP_CMP_MASKED_EQ":
         if wide:
             out += [(_LD, 0, 0, lo_off + 4), (and_k, 0, 0, v_hi), (jeq, low, fail, d_hi)]
@@ -312,11 +290,11 @@ def _compare(c: Cond, ok: _Label, fail: _Label, *, wide: bool) -> list[_Item]:
 
 
 def _leaf(rules: tuple[Rule, ...], default: int, *, wide: bool) -> list[Insn]:
-    items: list[_Item] = []
+    items: list[Item] = []
     for rule in rules:
-        fail = _Label()
+        fail = Label()
         for c in rule.conds:
-            ok = _Label()
+            ok = Label()
             items += [*_compare(c, ok, fail, wide=wide), ok]
         items += [_ret(rule.ret), fail]
     items.append(_ret(default))

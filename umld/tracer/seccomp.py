@@ -120,32 +120,35 @@ def _insn(code: int, jt: int, jf: int, k: int) -> Insn:
     return (code, jt, jf, k)
 
 
-class _Label:
+class Label:
+    """A place in a program being assembled, a jump's target."""
+
     __slots__ = ()
 
 
-_Target = int | _Label  # a relative offset, or a label placed later
-_Item = tuple[int, _Target, _Target, int] | _Label
+Target = int | Label  # a relative offset, or a label placed later
+Item = tuple[int, Target, Target, int] | Label
 
 
-def _assemble(items: list[_Item]) -> list[Insn]:
-    """Resolve labels into relative jumps (within a leaf: short ones)."""
-    where: dict[_Label, int] = {}
+def assemble(items: list[Item]) -> list[Insn]:
+    """Resolve labels into relative jumps (within a leaf: short ones);
+    ValueError when a jump would be longer than BPF's 8 bits allow."""
+    where: dict[Label, int] = {}
     pc = 0
     for item in items:
-        if isinstance(item, _Label):
+        if isinstance(item, Label):
             where[item] = pc
         else:
             pc += 1
     out: list[Insn] = []
     for item in items:
-        if isinstance(item, _Label):
+        if isinstance(item, Label):
             continue
         code, jt, jf, k = item
         here = len(out)
 
-        def rel(t: _Target, here: int = here) -> int:
-            off = where[t] - here - 1 if isinstance(t, _Label) else t
+        def rel(t: Target, here: int = here) -> int:
+            off = where[t] - here - 1 if isinstance(t, Label) else t
             if not 0 <= off <= _MAX_JUMP:
                 raise ValueError("argument tests too long for one leaf")
             return off
@@ -158,17 +161,17 @@ def _leaf(when: Conditions, *, wide: bool) -> list[Insn]:
     """Code returning TRACE when a clause of ``when`` holds, else ALLOW."""
     if not when:
         return [_insn(BPF_RET | BPF_K, 0, 0, SECCOMP_RET_TRACE)]
-    items: list[_Item] = []
+    items: list[Item] = []
     ld = BPF_LD | BPF_W | BPF_ABS
     for clause in when:
-        fail = _Label()
+        fail = Label()
         for t in _tests(clause):
             if t.op not in _OPS:
                 raise ValueError(f"unknown argument test {t.op!r}")
             lo_off = _OFF_ARGS + 8 * t.arg
             lo, hi = t.value & 0xFFFFFFFF, (t.value >> 32) & 0xFFFFFFFF
             two = t.bits == 64 and wide
-            passed = _Label()
+            passed = Label()
             if t.op == "eq":
                 items += [(ld, 0, 0, lo_off), (BPF_JMP | BPF_JEQ | BPF_K, 0, fail, lo)]
                 if two:
@@ -189,7 +192,7 @@ def _leaf(when: Conditions, *, wide: bool) -> list[Insn]:
             items.append(passed)
         items += [(BPF_RET | BPF_K, 0, 0, SECCOMP_RET_TRACE), fail]
     items.append((BPF_RET | BPF_K, 0, 0, SECCOMP_RET_ALLOW))
-    return _assemble(items)
+    return assemble(items)
 
 
 #: An interval's label: allow (False), trap (True) or trap on conditions.
