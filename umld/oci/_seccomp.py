@@ -301,16 +301,19 @@ def _leaf(rules: tuple[Rule, ...], default: int, *, wide: bool) -> list[Insn]:
     return _assemble(items)
 
 
-def _search(intervals: list[tuple[int, int | None]], leaves: Mapping[int, list[Insn]],
-            default: int) -> list[Insn]:  # fmt: skip
+#: What an interval of numbers does: their rules (None: the default).
+_Mark = tuple[Rule, ...] | None
+
+
+def _search(intervals: list[tuple[int, _Mark]], default: int, *, wide: bool) -> list[Insn]:
     """Code returning the action for nr (in A): ``intervals`` are (start,
-    number with rules or None) sorted by start, each to the next start."""
+    mark) sorted by start, each running to the next start."""
     if len(intervals) == 1:
-        nr = intervals[0][1]
-        return [_ret(default)] if nr is None else leaves[nr]
+        rules = intervals[0][1]
+        return [_ret(default)] if rules is None else _leaf(rules, default, wide=wide)
     mid = len(intervals) // 2
-    left = _search(intervals[:mid], leaves, default)
-    right = _search(intervals[mid:], leaves, default)
+    left = _search(intervals[:mid], default, wide=wide)
+    right = _search(intervals[mid:], default, wide=wide)
     split = intervals[mid][0]
     if len(left) <= _MAX_JUMP:
         return [(BPF_JMP | BPF_JGE | BPF_K, len(left), 0, split), *left, *right]
@@ -320,20 +323,27 @@ def _search(intervals: list[tuple[int, int | None]], leaves: Mapping[int, list[I
 
 def _section(profile: Profile, abi: str, *, wide: bool) -> list[Insn]:
     by_nr = profile.rules[abi]
-    leaves = {nr: _leaf(rules, profile.default, wide=wide) for nr, rules in by_nr.items()}
-    intervals: list[tuple[int, int | None]] = [(0, None)]
+    intervals: list[tuple[int, _Mark]] = [(0, None)]
     for nr in sorted(by_nr):
         if intervals[-1][0] == nr:
-            intervals[-1] = (nr, nr)
+            intervals[-1] = (nr, by_nr[nr])
         else:
-            intervals.append((nr, nr))
+            intervals.append((nr, by_nr[nr]))
         intervals.append((nr + 1, None))
+    # Neighbours that do the same are one interval (an allow-list's run of
+    # allowed numbers is one leaf, not one per number).
+    merged: list[tuple[int, _Mark]] = []
+    for start, mark in intervals:
+        if merged and merged[-1][0] == start:
+            merged[-1] = (start, mark)
+        elif not merged or merged[-1][1] != mark:
+            merged.append((start, mark))
     code: list[Insn] = [(_LD, 0, 0, _OFF_NR)]
     if wide:
         # x32 numbers (and above, -1 included) are not x86_64's.
         x32 = profile.default if "x32" in profile.arches else SECCOMP_RET_KILL_THREAD
         code += [(BPF_JMP | BPF_JGE | BPF_K, 0, 1, X32_SYSCALL_BIT), _ret(x32)]
-    return code + _search(intervals, leaves, profile.default)
+    return code + _search(merged, profile.default, wide=wide)
 
 
 def compile_profile(profile: Profile) -> bytes:
