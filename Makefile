@@ -83,7 +83,7 @@ lint: install
 	$(VENV)/bin/ruff check umld tests bench conformance examples c_tracer setup.py
 	clang-format --dry-run --Werror c_tracer/*.c c_tracer/*.h
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy --strict bench/run.py bench/w7_source.py bench/tty.py bench/net.py
+	$(VENV)/bin/mypy --strict bench/run.py bench/w7_source.py bench/tty.py bench/net.py bench/oci.py
 	$(VENV)/bin/mypy --strict conformance/run.py conformance/ltp.py examples/app_channel.py
 	$(VENV)/bin/mypy --strict c_tracer/build_ffi.py c_tracer/bench.py
 
@@ -108,6 +108,7 @@ bench: install .stamp-bench
 	$(VPY) bench/server.py --json bench/out/server.json
 	$(VPY) bench/server.py --keepalive --json bench/out/server-keepalive.json
 	$(VPY) bench/scale.py --soak 60 --json bench/out/scale.json --plot bench/out/soak.png $(SCALE_ARGS)
+	$(VPY) bench/oci.py --json bench/out/oci.json
 
 bench-quick: install .stamp-bench
 	$(VPY) bench/run.py --quick --plot bench/out/ratios.png $(BENCH_ARGS)
