@@ -620,14 +620,16 @@ USAGES = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] == "oci":
+        # The OCI runtime has runc's command line, parsed on its own, and
+        # before umld's parser is built: that imports the guest kernel,
+        # which an engine's every `state` and `start` would pay (~30 ms).
+        from umld import oci
+
+        return oci.main(words[1:])
     parser = command_parser()
     try:
-        words = list(sys.argv[1:] if argv is None else argv)
-        if words and words[0] == "oci":
-            # The OCI runtime has runc's command line, parsed on its own.
-            from umld import oci
-
-            return oci.main(words[1:])
         tail: list[str] | None = None
         if words and words[0] in ("start", "exec", "switch") and "--" in words:
             # Options may follow NAME; the command is what follows "--".
