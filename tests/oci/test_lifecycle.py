@@ -703,6 +703,10 @@ def test_capabilities_of_the_process_and_of_exec(
     }))  # fmt: skip
     p = umld_oci("exec", "--process", str(proc), "caps", check=True)
     assert p.stdout.split() == ["CapEff:", f"{1 << 5:016x}", "CapBnd:", f"{1 << 5:016x}"]
+    # A --process without capabilities gets the container's (runc's exec).
+    proc.write_text(json.dumps({"args": ["grep", "^CapBnd", "/proc/self/status"], "cwd": "/"}))
+    p = umld_oci("exec", "--process", str(proc), "caps", check=True)
+    assert p.stdout.split() == ["CapBnd:", kill_bind]
     umld_oci("delete", "--force", "caps", check=True)
 
 

@@ -450,13 +450,14 @@ def _exec_request(args: Any, record: Any) -> dict[str, Any]:
         if sep:
             env[key] = value
     user = proc.get("user") or {}
-    # Without --process the container's own process is the model, as in
-    # runc's exec: its capabilities too.
-    where = "--process capabilities" if args.process is not None else "process.capabilities"
+    # The container's capabilities unless --process names its own, as in
+    # runc's exec (libcontainer keeps the container's when the process
+    # has none).
+    own = args.process is not None and proc.get("capabilities") is not None
+    where = "--process capabilities" if own else "process.capabilities"
     try:
         caps = _spec.capabilities(
-            proc.get("capabilities") if args.process is not None else base.get("capabilities"),
-            where,
+            proc.get("capabilities") if own else base.get("capabilities"), where
         )
     except _spec.SpecError as exc:
         raise UmldError(str(exc).removeprefix("config.json: "), 1) from None
