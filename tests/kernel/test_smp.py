@@ -5,6 +5,7 @@ OOM events.  CPU time is read from the machines' own cgroup counters
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -77,23 +78,48 @@ def test_vcpus_bound_cpu_time(backend: str) -> None:
     assert rate <= 1.1, f"{rate:.2f} CPUs used by a 1-vCPU machine"
 
 
-@pytest.mark.slow
-def test_fair_share_by_vcpus(backend: str) -> None:
-    """vcpus 1 and vcpus 2, 3 busy threads each, in two `umld run`s: 2:1."""
-    a = busy_machine(umld_argv(backend, "--vcpus", "1"), 3, 8)
-    b = busy_machine(umld_argv(backend, "--vcpus", "2"), 3, 7.5)
+def _quota_cpus(umld_pid: int) -> float | None:
+    """The CFS quota of the machine of ``umld run`` (pid), in CPUs; None:
+    unbounded (or not found)."""
+    import glob
+
+    for d in glob.glob(f"/sys/fs/cgroup/cpu/umld-*-{umld_pid}"):
+        quota = int(Path(d, "cpu.cfs_quota_us").read_text())
+        return None if quota < 0 else quota / int(Path(d, "cpu.cfs_period_us").read_text())
+    for d in glob.glob(f"/sys/fs/cgroup/unified/umld-*-{umld_pid}"):
+        quota, period = Path(d, "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    return None
+
+
+def busy_ratio(argv_a: list[str], argv_b: list[str], busy: float, measured: float) -> float:
+    """Two machines with 3 busy processes each: the CPU time b got over
+    a's, measured once the keepers have steered (their share quotas are
+    in place: both bounded, and together about the host's CPUs)."""
+    a = busy_machine(argv_a, 3, busy)
+    b = busy_machine(argv_b, 3, busy)
+    host = len(os.sched_getaffinity(0))
+
+    def steered() -> bool:
+        qa, qb = _quota_cpus(a.pid), _quota_cpus(b.pid)
+        return qa is not None and qb is not None and qa + qb < host + 0.5
+
     try:
-        # The keepers steer for a few passes (cpushare.TICK) before the
-        # shares hold: measure from then on.
-        time.sleep(1.5)
+        wait_for(steered, "the keepers' share quotas")
         a0, b0 = usage_usec(a.pid), usage_usec(b.pid)
-        time.sleep(5.0)  # the measured busy duration
+        time.sleep(measured)  # the measured busy duration
         a1, b1 = usage_usec(a.pid), usage_usec(b.pid)
     finally:
         finish(a)
         finish(b)
-    ratio = (b1 - b0) / (a1 - a0)
+    return (b1 - b0) / (a1 - a0)
 
+
+@pytest.mark.slow
+def test_fair_share_by_vcpus(backend: str) -> None:
+    """vcpus 1 and vcpus 2, 3 busy threads each, in two `umld run`s: 2:1."""
+    ratio = busy_ratio(umld_argv(backend, "--vcpus", "1"), umld_argv(backend, "--vcpus", "2"),
+                       busy=8, measured=5.0)  # fmt: skip
     assert 1.8 <= ratio <= 2.2, f"2-vCPU/1-vCPU CPU time ratio {ratio:.2f}"
 
 
@@ -111,19 +137,9 @@ def _weight_file(umld_pid: int) -> Path:
 @pytest.mark.slow
 def test_fair_share_by_cpu_weight() -> None:
     """The same vCPUs (the host's), weights 100 and 300, 3 busy processes
-    each: 3:1; then a live change of the first to 300 evens them."""
-    # Weighs 100 though it has the host's 2 vCPUs: the weight is apart.
-    a = busy_machine(umld_argv("c", "--cpu-weight", "100"), 3, 12)
-    b = busy_machine(umld_argv("c", "--cpu-weight", "300"), 3, 12)
-    try:
-        time.sleep(1.5)  # the keepers' first passes (cpushare.TICK)
-        a0, b0 = usage_usec(a.pid), usage_usec(b.pid)
-        time.sleep(4.0)  # the measured busy duration
-        a1, b1 = usage_usec(a.pid), usage_usec(b.pid)
-    finally:
-        finish(a)
-        finish(b)
-    ratio = (b1 - b0) / (a1 - a0)
+    each: 3:1 (the weight apart from the vCPUs)."""
+    ratio = busy_ratio(umld_argv("c", "--cpu-weight", "100"),
+                       umld_argv("c", "--cpu-weight", "300"), busy=8, measured=4.0)  # fmt: skip
     assert 2.6 <= ratio <= 3.4, f"weight 300 / weight 100 CPU time ratio {ratio:.2f}"
 
 
