@@ -338,6 +338,8 @@ static struct {
 static void format_root_map(char *buf, size_t size, const char *extents, unsigned long base)
 {
     char *copy = strdup(extents), *save = NULL;
+    if (!copy)
+        die("out of memory");
     size_t used = 0;
     buf[0] = '\0';
     for (char *e = strtok_r(copy, ",", &save); e; e = strtok_r(NULL, ",", &save)) {
@@ -1246,12 +1248,12 @@ static void op_mask(const char *guest)
 {
     char *target = join("/newroot", guest);
     struct stat st;
-    if (lstat(target, &st) == 0 && S_ISDIR(st.st_mode)) {
+    if (lstat(target, &st) < 0 || S_ISLNK(st.st_mode))
+        ; /* nothing there to mask, as runc skips it */
+    else if (S_ISDIR(st.st_mode))
         cover_dir(target, guest);
-    } else if (lstat(target, &st) == 0 && !S_ISLNK(st.st_mode)) {
-        if (mount("/oldroot/dev/null", target, NULL, MS_BIND, NULL) < 0)
-            die("cannot mask %s", guest);
-    }
+    else if (mount("/oldroot/dev/null", target, NULL, MS_BIND, NULL) < 0)
+        die("cannot mask %s", guest);
     free(target);
 }
 
@@ -1638,6 +1640,26 @@ static unsigned short tty_dimension(const char *text, const char *what)
     return (unsigned short)v;
 }
 
+/* The new terminal whose MASTER is open: unlocked and sized WS (before
+ * the guest's first instruction: its first `tput cols` already reads it,
+ * TIOCGWINSZ), the master passed on SOCK; both are closed, and the slave,
+ * opened from the master, returned. */
+static int pass_terminal(int master, const struct winsize *ws, int sock)
+{
+    int unlock = 0;
+    if (ioctl(master, TIOCSPTLCK, &unlock) < 0)
+        die("cannot unlock the guest's terminal");
+    if (ioctl(master, TIOCSWINSZ, ws) < 0)
+        die("cannot size the guest's terminal");
+    int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (slave < 0)
+        die("cannot open the guest's terminal");
+    send_fd(sock, master);
+    close(master);
+    close(sock);
+    return slave;
+}
+
 static void op_tty(const char *sock_text, const char *cols, const char *rows)
 {
     int sock = atoi(sock_text);
@@ -1655,20 +1677,7 @@ static void op_tty(const char *sock_text, const char *cols, const char *rows)
     restore_fsids(old);
     if (master < 0)
         die("cannot open the guest's /dev/pts/ptmx (is /dev the machine's own?)");
-    int unlock = 0;
-    if (ioctl(master, TIOCSPTLCK, &unlock) < 0)
-        die("cannot unlock the guest's terminal");
-    /* The size before the guest's first instruction: its first `tput
-     * cols` already reads it (TIOCGWINSZ). */
-    if (ioctl(master, TIOCSWINSZ, &ws) < 0)
-        die("cannot size the guest's terminal");
-    int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (slave < 0)
-        die("cannot open the guest's terminal");
-    send_fd(sock, master);
-    close(master);
-    close(sock);
-    tty_slave = slave;
+    tty_slave = pass_terminal(master, &ws, sock);
 }
 
 /* The guest's first process takes its terminal: a session of its own
@@ -1716,8 +1725,10 @@ struct spec {
     uint64_t caps[5];
     int tty_sock; /* enter's "tty SOCKET COLS ROWS": a terminal of the machine's own */
     struct winsize tty_size;
-    const char **late; /* pairs "mask"|"readonly", GUEST: done once /proc is there */
-    int nlate;
+    const char **masks; /* "mask GUEST": covered by pid 1, once /proc is there */
+    int nmasks;
+    const char **readonlys; /* "readonly GUEST": made so by the first process */
+    int nreadonlys;
     const char **sysctls; /* pairs KEY, VALUE ("sysctl"): written before the ids change */
     int nsysctls;
     struct sock_fprog filter; /* "seccomp FLAGS HEX": installed just before exec */
@@ -1772,9 +1783,8 @@ static void guest_sysctls_and_readonly(const struct spec *sp)
     for (int i = 0; i + 1 < sp->nsysctls; i += 2)
         if (sp->net_join < 0 || strncmp(sp->sysctls[i], "net.", 4) != 0)
             write_sysctl(sp->sysctls[i], sp->sysctls[i + 1]);
-    for (int i = 0; i + 1 < sp->nlate; i += 2)
-        if (strcmp(sp->late[i], "readonly") == 0)
-            op_readonly(sp->late[i + 1]);
+    for (int i = 0; i < sp->nreadonlys; i++)
+        op_readonly(sp->readonlys[i]);
 }
 
 static void install_filter(const struct spec *sp)
@@ -1808,20 +1818,36 @@ static void own_tty(const struct spec *sp)
     }
     if (fcntl(master, F_SETFL, O_RDWR) < 0)
         die("fcntl");
-    int unlock = 0;
-    if (ioctl(master, TIOCSPTLCK, &unlock) < 0 || ioctl(master, TIOCSWINSZ, &sp->tty_size) < 0)
-        die("cannot set up the terminal");
-    int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (slave < 0)
-        die("cannot open the terminal");
-    send_fd(sp->tty_sock, master);
-    close(master);
-    close(sp->tty_sock);
-    tty_slave = slave;
+    tty_slave = pass_terminal(master, &sp->tty_size, sp->tty_sock);
     take_tty();
 }
 
 enum { CAPS_BND, CAPS_EFF, CAPS_PRM, CAPS_INH, CAPS_AMB };
+
+/* The calling thread's capability bounding set (PR_CAPBSET_READ up to the
+ * kernel's last capability, past which it says EINVAL). */
+static uint64_t bounding_set(void)
+{
+    uint64_t set = 0;
+    for (int cap = 0; cap < 64; cap++) {
+        int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+        if (r < 0)
+            break;
+        if (r == 1)
+            set |= 1ULL << cap;
+    }
+    return set;
+}
+
+/* Drop from the bounding set every capability KEEP lacks (CAP_SETPCAP:
+ * before the ids change). */
+static void keep_in_bounding_set(uint64_t keep)
+{
+    uint64_t have = bounding_set();
+    for (int cap = 0; cap < 64; cap++)
+        if (have >> cap & 1 && !(keep >> cap & 1) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
+            die("cannot drop capability %d", cap);
+}
 
 /* "caps BND EFF PRM INH AMB": five masks in hex (bit k: capability k). */
 static void parse_caps(struct spec *sp, char **args)
@@ -1847,13 +1873,7 @@ static void caps_before_ids(const struct spec *sp)
 {
     if (!sp->caps_set)
         return;
-    for (int cap = 0; cap < 64; cap++) {
-        int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
-        if (r < 0)
-            break;
-        if (r == 1 && !(sp->caps[CAPS_BND] >> cap & 1) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
-            die("cannot drop capability %d", cap);
-    }
+    keep_in_bounding_set(sp->caps[CAPS_BND]);
     if (sp->uid != 0 && prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
         die("PR_SET_KEEPCAPS");
 }
@@ -1873,14 +1893,7 @@ static void caps_after_ids(const struct spec *sp)
     if (syscall(SYS_capget, &head, data) < 0)
         die("capget");
     uint64_t have = (uint64_t)data[1].permitted << 32 | data[0].permitted;
-    uint64_t bnd = 0;
-    for (int cap = 0; cap < 64; cap++) {
-        int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
-        if (r < 0)
-            break;
-        if (r == 1)
-            bnd |= 1ULL << cap;
-    }
+    uint64_t bnd = bounding_set();
     uint64_t prm = sp->caps[CAPS_PRM] & have;
     uint64_t eff = sp->caps[CAPS_EFF] & prm;
     uint64_t inh = sp->caps[CAPS_INH] &
@@ -2099,25 +2112,13 @@ static uint64_t caller_bset;
 
 static void read_caller_bset(void)
 {
-    for (int cap = 0; cap < 64; cap++) {
-        int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
-        if (r < 0)
-            break; /* past CAP_LAST_CAP: EINVAL */
-        if (r == 1)
-            caller_bset |= 1ULL << cap;
-    }
+    caller_bset = bounding_set();
 }
 
 /* In the guest's user namespace, before its ids change (CAP_SETPCAP). */
 static void drop_what_the_caller_lacks(void)
 {
-    for (int cap = 0; cap < 64; cap++) {
-        int r = prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
-        if (r < 0)
-            break;
-        if (r == 1 && !(caller_bset >> cap & 1) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
-            die("cannot drop capability %d", cap);
-    }
+    keep_in_bounding_set(caller_bset);
 }
 
 /* "oomfloor SCORE": the lowest oom_score_adj the guest may set.  A write
@@ -2438,11 +2439,10 @@ static void pid1_main(struct spec *sp, int self_fd, const sigset_t *mask)
         free(from);
         free(to);
     }
-    /* An OCI bundle's maskedPaths and readonlyPaths, over everything
-     * above (its /proc's included). */
-    for (int i = 0; i + 1 < sp->nlate; i += 2)
-        if (strcmp(sp->late[i], "mask") == 0)
-            op_mask(sp->late[i + 1]);
+    /* An OCI bundle's maskedPaths, over everything above (its /proc's
+     * included). */
+    for (int i = 0; i < sp->nmasks; i++)
+        op_mask(sp->masks[i]);
     /* pivot_root(".", ".") stacks the old root on the new one; detaching
      * it leaves only the guest's tree (pivot_root(2), NOTES). */
     if (chdir("/newroot") < 0 || syscall(SYS_pivot_root, ".", ".") < 0)
@@ -3356,9 +3356,10 @@ int main(int argc, char **argv)
 
     const char **hides = calloc((size_t)argc, sizeof(char *));
     int nhides = 0;
-    sp.late = calloc((size_t)argc, sizeof(char *));
+    sp.masks = calloc((size_t)argc, sizeof(char *));
+    sp.readonlys = calloc((size_t)argc, sizeof(char *));
     sp.sysctls = calloc((size_t)argc, sizeof(char *));
-    if (!hides || !sp.late || !sp.sysctls)
+    if (!hides || !sp.masks || !sp.readonlys || !sp.sysctls)
         die("out of memory");
     if (!sp.was_root)
         become_own_userns();
@@ -3501,14 +3502,11 @@ int main(int argc, char **argv)
             need(argc, i, 1, op);
             hides[nhides++] = argv[++i];
         } else if (strcmp(op, "mask") == 0) {
-            /* After /proc and the machine's files (pid1_main). */
             need(argc, i, 1, op);
-            sp.late[sp.nlate++] = op;
-            sp.late[sp.nlate++] = argv[++i];
+            sp.masks[sp.nmasks++] = argv[++i];
         } else if (strcmp(op, "readonly") == 0) {
             need(argc, i, 1, op);
-            sp.late[sp.nlate++] = op;
-            sp.late[sp.nlate++] = argv[++i];
+            sp.readonlys[sp.nreadonlys++] = argv[++i];
         } else if (strcmp(op, "sysctl") == 0) {
             need(argc, i, 2, op);
             sp.sysctls[sp.nsysctls++] = argv[i + 1];

@@ -35,7 +35,13 @@ from umld.core.kernel import GuestKernel
 from umld.core.machine import Config, features, machine_argv, prepare, uts_for
 from umld.core.policy import MachinePolicy
 from umld.core.privileged import HLT_POLL
-from umld.core.sandbox import SANDBOX, Caps, Filter, MachineFiles, enter_argv
+from umld.core.sandbox import (
+    DEFAULT_PRIVILEGES,
+    SANDBOX,
+    MachineFiles,
+    Privileges,
+    enter_argv,
+)
 from umld.core.syscalls import lookup_table, machine_filter
 from umld.core.terminal import set_foreground, suspend_with_guest
 from umld.errors import UmldError, get_logger
@@ -87,15 +93,8 @@ class Launch(NamedTuple):
     #: machine made, says ``held\n`` and waits for ``g`` before it runs
     #: the command (the OCI runtime's create, then start); None: no wait.
     hold: int | None = None
-    #: The first process's supplementary groups (guest gids); None: its
-    #: primary group alone (as login(1) gives a user with no others).
-    groups: tuple[int, ...] | None = None
-    #: The first process's capability sets; None: all the machine's root
-    #: has (for uid 0; another uid has none after its exec).
-    caps: Caps | None = None
-    #: A seccomp filter the first process installs over umld's before its
-    #: command; None: umld's alone.
-    seccomp: Filter | None = None
+    #: The first process's groups, capabilities and seccomp filter.
+    privileges: Privileges = DEFAULT_PRIVILEGES
     #: A socket (inheritable) connected to someone else's console socket
     #: (an OCI engine's --console-socket): the machine's first process
     #: runs on a terminal of the guest's own devpts, whose master goes
@@ -152,22 +151,18 @@ class HostedMachine:
         cwd: str | None = None,
         uid: int | None = None,
         gid: int | None = None,
-        groups: Sequence[int] | None = None,
-        caps: Caps | None = None,
-        seccomp: Filter | None = None,
+        privileges: Privileges = DEFAULT_PRIVILEGES,
         console: tuple[int, int, int] | None = None,
         on_exit: Callable[[int], None],
     ) -> int:
         """Start ``argv`` inside the running machine (its mounts, identity
-        and pid namespace; ``uid``/``gid``/``groups``/``caps``: another
-        guest identity than the machine's; ``seccomp``: a filter over
-        umld's); ``console``: (a socket
-        connected to a console socket, columns, rows): it runs on a new
-        terminal of the machine's, whose master goes there.  ``stdio``
-        descriptors become its 0, 1, 2; ``on_exit`` gets its raw wait
-        status, on the tracer thread.
-        Returns the host pid of the session: the leader of the process
-        group the command starts in (alive until ``on_exit``)."""
+        and pid namespace; ``uid``/``gid``/``privileges``: another guest
+        identity than the machine's; ``console``: (a socket connected to
+        a console socket, columns, rows): it runs on a new terminal of the
+        machine's, whose master goes there).  ``stdio`` descriptors become
+        its 0, 1, 2; ``on_exit`` gets its raw wait status, on the tracer
+        thread.  Returns the host pid of the session: the leader of the
+        process group the command starts in (alive until ``on_exit``)."""
         if not argv:
             raise UmldError("umld: no command")
         return self.host.call(
@@ -179,10 +174,8 @@ class HostedMachine:
                 on_exit,
                 uid=uid,
                 gid=gid,
-                groups=groups,
-                caps=caps,
+                privileges=privileges,
                 console=console,
-                seccomp=seccomp,
             )
         )
 
@@ -196,10 +189,8 @@ class HostedMachine:
         *,
         uid: int | None = None,
         gid: int | None = None,
-        groups: Sequence[int] | None = None,
-        caps: Caps | None = None,
+        privileges: Privileges = DEFAULT_PRIVILEGES,
         console: tuple[int, int, int] | None = None,
-        seccomp: Filter | None = None,
     ) -> int:
         kernel = self.kernel
         if kernel is None or self.state != "running" or kernel.root_status is not None:
@@ -225,9 +216,7 @@ class HostedMachine:
             cwd=cwd or "/",
             stdio=inherited[:3] if stdio is not None else (),
             cgroups=self.control.cgroups if self.control is not None else (),
-            groups=groups,
-            caps=caps,
-            seccomp=seccomp,
+            privileges=privileges,
             tty=tty,
         )
         environ = {**_guest_env(self), **(env or {})}
@@ -628,7 +617,13 @@ class Host:
                 from umld.core.tty import DEFAULT_SIZE, MachineTerminal
 
                 terminal = MachineTerminal(*(launch.terminal_size or DEFAULT_SIZE))
-            if terminal is not None or launch.console is not None:
+            # Where the first process's terminal master goes: umld's own
+            # emulator (the tty setting), or an engine's console socket.
+            tty_sock = terminal.stage_fd() if terminal is not None else launch.console
+            tty_size = (
+                terminal.initial_size if terminal is not None else launch.terminal_size or (80, 24)
+            )
+            if tty_sock is not None:
                 # Its first process leads a session of its own there.
                 kernel.own_session = True
             m.filter = machine_filter(feats, trace_all=trace_output is not None)
@@ -656,20 +651,12 @@ class Host:
                 cwd_strict=launch.cwd_strict,
                 uts=uts,
                 rlimits=m.control.spawn_limits(),
-                tty=(
-                    (terminal.stage_fd(), *terminal.initial_size)
-                    if terminal
-                    else (launch.console, *(launch.terminal_size or (80, 24)))
-                    if launch.console is not None
-                    else None
-                ),
+                tty=None if tty_sock is None else (tty_sock, *tty_size),
                 hold=launch.hold,
-                groups=launch.groups,
-                caps=launch.caps,
-                seccomp=launch.seccomp,
+                privileges=launch.privileges,
             )
             # A machine with a terminal of its own never gets the caller's.
-            tty = None if terminal is not None or launch.console is not None else launch.tty
+            tty = None if tty_sock is not None else launch.tty
             spec = SpawnSpec(
                 path=argv[0],
                 argv=argv,

@@ -25,11 +25,12 @@ from umld.core.live import write_cpu_views
 from umld.core.net import MachineNet, Publish, check as check_net, lazy_network
 from umld.core.policy import UtsState
 from umld.core.sandbox import (
-    Caps,
-    Filter,
+    DEFAULT_PRIVILEGES,
+    IdExtents,
     Layout,
     MachineFiles,
     Mount,
+    Privileges,
     host_memory,
     meminfo_for,
     sandbox_argv,
@@ -70,8 +71,8 @@ class Config:
     uname_machine: str | None
     root: str | None
     root_readonly: bool
-    root_uids: tuple[tuple[int, int, int], ...] | None
-    root_gids: tuple[tuple[int, int, int], ...] | None
+    root_uids: IdExtents | None
+    root_gids: IdExtents | None
     upper_size: int | None
     bind: list[Mount]
     tmpfs: list[Mount]
@@ -323,15 +324,12 @@ def machine_argv(
     rlimits: Sequence[tuple[str, str]],
     tty: tuple[int, int, int] | None = None,
     hold: int | None = None,
-    groups: Sequence[int] | None = None,
-    caps: Caps | None = None,
-    seccomp: Filter | None = None,
+    privileges: Privileges = DEFAULT_PRIVILEGES,
 ) -> list[bytes]:
     """umld-sandbox's argument list for a prepared machine (``tty``: the
     socket its terminal's master goes to, and the terminal's size;
     ``hold``: the socket of the wait before the command, Launch.hold;
-    ``groups``: the first process's supplementary groups, Launch.groups;
-    ``caps``: its capability sets, Launch.caps; ``seccomp``: Launch.seccomp)."""
+    ``privileges``: the first process's, Launch.privileges)."""
     return sandbox_argv(
         prep.layout,
         files,
@@ -356,13 +354,11 @@ def machine_argv(
         oom_floor=cfg.limits_oom_floor,
         loop=cfg.devices_loop > 0,
         hold=hold,
-        groups=groups,
+        privileges=privileges,
         netjoin=cfg.net[3:] if cfg.net.startswith("ns:") else None,
         root_ids=(cfg.root_uids or (), cfg.root_gids or ())
         if cfg.root_uids or cfg.root_gids
         else None,
-        caps=caps,
-        seccomp=seccomp,
         sysctls=cfg.sysctl,
     )
 
@@ -449,22 +445,17 @@ class Machine:
         cwd: str | None = None,
         uid: int | None = None,
         gid: int | None = None,
-        groups: Sequence[int] | None = None,
-        caps: Caps | None = None,
-        seccomp: Filter | None = None,
+        privileges: Privileges = DEFAULT_PRIVILEGES,
         console: tuple[int, int, int] | None = None,
         on_exit: Callable[[int], None],
     ) -> int:
         """Start ``argv`` in the machine while :meth:`run` runs it (any
         thread): HostedMachine.exec, the daemon's ``umld exec``."""
-        from umld.errors import UmldError
-
         if self._hosted is None:
             raise UmldError("umld: the machine is not running")
         return int(
             self._hosted.exec(argv, stdio=stdio, env=env, cwd=cwd, uid=uid, gid=gid,
-                              groups=groups, caps=caps, seccomp=seccomp, console=console,
-                              on_exit=on_exit)
+                              privileges=privileges, console=console, on_exit=on_exit)
         )  # fmt: skip
 
     def run(
@@ -476,9 +467,7 @@ class Machine:
         on_start: Callable[[MachineControl], None] | None = None,
         live: bool | None = None,
         hold: int | None = None,
-        groups: Sequence[int] | None = None,
-        caps: Caps | None = None,
-        seccomp: Filter | None = None,
+        privileges: Privileges = DEFAULT_PRIVILEGES,
         console: int | None = None,
         console_size: tuple[int, int] | None = None,
     ) -> RunResult:
@@ -488,10 +477,8 @@ class Machine:
         ``live`` says so, by default when there is an ``on_start``.
         ``hold``: a socket (see :class:`~umld.core.host.Launch`) on which
         the made machine's first process says ``held`` and waits for
-        ``g`` before it runs ``argv``.  ``groups``: its supplementary
-        groups (None: its primary group alone); ``caps``: its capability
-        sets (None: all the machine's root has); ``seccomp``: a filter it
-        installs over umld's just before ``argv``.  ``console``: a socket
+        ``g`` before it runs ``argv``.  ``privileges``: its groups,
+        capabilities and seccomp filter (sandbox.Privileges).  ``console``: a socket
         connected to a console socket (Launch.console), ``console_size``
         (columns, rows) its terminal's first size."""
         from umld.core.host import Host, Launch, spawn_failure
@@ -533,9 +520,7 @@ class Machine:
                 sigmask=host.caller_mask,
                 trace_output=(cfg.trace_output or sys.stderr) if cfg.trace else None,
                 hold=hold,
-                groups=None if groups is None else tuple(groups),
-                caps=caps,
-                seccomp=seccomp,
+                privileges=privileges,
                 console=console,
             )
             m = host.start_machine(cfg, argv, launch=launch, on_control=on_start)

@@ -589,7 +589,9 @@ def host_memory() -> int:
 IdExtents = tuple[tuple[int, int, int], ...]
 
 
-def _extents(extents: IdExtents) -> str:
+def format_extents(extents: IdExtents) -> str:
+    """GUEST:HOST:COUNT,... (the root_uids setting's text, and the
+    sandbox's rootids operation's)."""
     return ",".join(f"{g}:{h}:{n}" for g, h, n in extents)
 
 
@@ -616,6 +618,33 @@ class Filter(NamedTuple):
 
     flags: int
     program: bytes
+
+
+class Privileges(NamedTuple):
+    """What a guest process may do beyond its uid and gid, where its
+    starter says (an OCI bundle's process): its supplementary groups
+    (None: its primary group alone, as login(1) gives a user with no
+    others), its capability sets (None: all the machine's root has; a uid
+    other than 0 keeps none across its exec) and a seccomp filter over
+    umld's (None: umld's alone)."""
+
+    groups: tuple[int, ...] | None = None
+    caps: Caps | None = None
+    seccomp: Filter | None = None
+
+    def add_to(self, ops: SandboxOps) -> None:
+        """Their sandbox operations, the same for a new machine's first
+        process and for an entering one."""
+        if self.groups is not None:
+            ops.op("groups", ",".join(map(str, self.groups)) or "-")
+        if self.caps is not None:
+            ops.op("caps", *self.caps.masks())
+        if self.seccomp is not None:
+            ops.op("seccomp", self.seccomp.flags, self.seccomp.program.hex())
+
+
+#: A process's privileges where nobody says otherwise.
+DEFAULT_PRIVILEGES = Privileges()
 
 
 class SandboxOps:
@@ -730,11 +759,9 @@ def sandbox_argv(
     oom_floor: int = 0,
     loop: bool = False,
     hold: int | None = None,
-    groups: Sequence[int] | None = None,
+    privileges: Privileges = DEFAULT_PRIVILEGES,
     netjoin: str | None = None,
     root_ids: tuple[IdExtents, IdExtents] | None = None,
-    caps: Caps | None = None,
-    seccomp: Filter | None = None,
     masked: Sequence[str] = (),
     readonly: Sequence[str] = (),
     sysctls: Sequence[tuple[str, str]] = (),
@@ -757,7 +784,14 @@ def sandbox_argv(
     one needs (the nest setting).  ``oom_floor``: below 0, the lowest
     oom_score_adj the guest may set (the limits/oom_floor setting).
     ``loop``: the guest's /dev gets loop-control (the devices/loop
-    setting; a root-run machine, ``ids`` given)."""
+    setting; a root-run machine, ``ids`` given).  ``hold``: a socket on
+    which the first process says ``held`` and waits for ``g`` before the
+    command (Launch.hold).  ``privileges``: the first process's groups,
+    capabilities and seccomp filter.  ``netjoin``: a network namespace it
+    joins (--net ns:PATH).  ``root_ids``: the root tree's owners on disk
+    (root_uids, root_gids).  ``masked``, ``readonly``: guest paths covered
+    or made read-only (Config.masked/readonly).  ``sysctls``: (key, value)
+    written before the command (the sysctl setting)."""
     if loop and ids is None:
         raise ValueError("loop devices need the machine's own ids")
     ops = SandboxOps()
@@ -777,7 +811,7 @@ def sandbox_argv(
             raise ValueError("the root's own ids need the machine's own ids")
         # Where an extent list is empty, host id k is guest id k there.
         uids, gids = (extents or ((0, 0, ids.size),) for extents in root_ids)
-        ops.op("rootids", _extents(uids), _extents(gids))
+        ops.op("rootids", format_extents(uids), format_extents(gids))
     table = layout.table()
     root = table[0]
     if root.kind == "cow":
@@ -857,12 +891,7 @@ def sandbox_argv(
         ops.op("netjoin", netjoin)
     if cwd is not None:
         ops.op("cwd", cwd, "strict" if cwd_strict else "fallback")
-    if groups is not None:
-        ops.op("groups", ",".join(map(str, groups)) or "-")
-    if caps is not None:
-        ops.op("caps", *caps.masks())
-    if seccomp is not None:
-        ops.op("seccomp", seccomp.flags, seccomp.program.hex())
+    privileges.add_to(ops)
     if hold is not None:
         ops.op("hold", hold)
     return ops.command(argv)
@@ -877,31 +906,22 @@ def enter_argv(
     cwd: str,
     stdio: Sequence[int] = (),
     cgroups: Sequence[str] = (),
-    groups: Sequence[int] | None = None,
-    caps: Caps | None = None,
-    seccomp: Filter | None = None,
+    privileges: Privileges = DEFAULT_PRIVILEGES,
     tty: tuple[int, int, int] | None = None,
 ) -> list[bytes]:
     """The argument list of ``umld-sandbox enter``: ``argv`` as a new
     process of the machine whose process ``pid`` is (its namespaces, its
-    cgroups, the machine's uid and gid; ``groups``: its supplementary
-    groups, None: the gid alone; ``caps``: its capability sets, None: all
-    the machine's root has, as uid 0 has; ``tty``: (socket, columns,
-    rows): it runs on a new terminal of the machine's devpts, whose
-    master goes to the socket, an OCI engine's console socket;
-    ``seccomp``: a filter of its own over umld's)."""
+    cgroups, the machine's uid and gid; ``privileges``: its groups,
+    capabilities and seccomp filter; ``tty``: (socket, columns, rows):
+    it runs on a new terminal of the machine's devpts, whose master goes
+    to the socket, an OCI engine's console socket)."""
     ops = SandboxOps(enter=pid)
     if stdio:
         ops.op("stdio", *stdio)
     for path in cgroups:
         ops.op("cgroup", path)
     ops.op("ids", uid, gid).op("cwd", cwd)
-    if groups is not None:
-        ops.op("groups", ",".join(map(str, groups)) or "-")
-    if caps is not None:
-        ops.op("caps", *caps.masks())
-    if seccomp is not None:
-        ops.op("seccomp", seccomp.flags, seccomp.program.hex())
+    privileges.add_to(ops)
     if tty is not None:
         ops.op("tty", *tty)
     return ops.command(argv)

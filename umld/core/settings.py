@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from umld.core import live, net
 from umld.core.ids import SLOT
-from umld.core.sandbox import Mount, parse_bind, parse_disk, parse_size, parse_tmpfs
+from umld.core.sandbox import (
+    IdExtents,
+    Mount,
+    format_extents,
+    parse_bind,
+    parse_disk,
+    parse_size,
+    parse_tmpfs,
+)
 from umld.core.syscalls.sys_utsname import UTS_LEN
 from umld.errors import UsageError
 
@@ -331,7 +339,7 @@ class Cidr(ValueType[str]):
         return "an address/prefix (`10.0.2.15/24`)"
 
 
-class IdMap(ValueType[tuple[tuple[int, int, int], ...]]):
+class IdMap(ValueType[IdExtents]):
     """Extents ``GUEST:HOST:COUNT`` (comma-separated, as an OCI engine's
     uidMappings): guest ids GUEST.. are host ids HOST.. on disk.  Guest ids
     lie in the machine's range (ids.SLOT); neither side may overlap."""
@@ -339,7 +347,7 @@ class IdMap(ValueType[tuple[tuple[int, int, int], ...]]):
     #: What a user namespace's map may hold (user_namespaces(7)).
     MAX_EXTENTS = 340
 
-    def parse(self, value: object) -> tuple[tuple[int, int, int], ...]:
+    def parse(self, value: object) -> IdExtents:
         if isinstance(value, list | tuple) and all(isinstance(v, list | tuple) for v in value):
             extents = [tuple(v) for v in value]
         else:
@@ -368,8 +376,8 @@ class IdMap(ValueType[tuple[tuple[int, int, int], ...]]):
                     raise SettingError("the extents overlap")
         return tuple(out)
 
-    def text(self, value: tuple[tuple[int, int, int], ...]) -> str:
-        return ",".join(f"{g}:{h}:{n}" for g, h, n in value)
+    def text(self, value: IdExtents) -> str:
+        return format_extents(value)
 
     def describe(self) -> str:
         return "`GUEST:HOST:COUNT[,...]`"

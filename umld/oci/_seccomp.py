@@ -58,6 +58,7 @@ from umld.tracer.seccomp import (
     Item,
     Label,
     assemble,
+    search,
 )
 
 # linux/seccomp.h
@@ -72,7 +73,6 @@ SECCOMP_FILTER_FLAG_SPEC_ALLOW = 4
 # linux/filter.h: what the comparisons need beyond tracer/seccomp's.
 BPF_ALU, BPF_AND, BPF_JGT = 0x04, 0x50, 0x20
 _OFF_NR, _OFF_ARCH, _OFF_ARGS = 0, 4, 16
-_MAX_JUMP = 255
 #: BPF_MAXINSNS: the longest program the kernel takes.
 MAX_INSNS = 4096
 
@@ -305,22 +305,6 @@ def _leaf(rules: tuple[Rule, ...], default: int, *, wide: bool) -> list[Insn]:
 _Mark = tuple[Rule, ...] | None
 
 
-def _search(intervals: list[tuple[int, _Mark]], default: int, *, wide: bool) -> list[Insn]:
-    """Code returning the action for nr (in A): ``intervals`` are (start,
-    mark) sorted by start, each running to the next start."""
-    if len(intervals) == 1:
-        rules = intervals[0][1]
-        return [_ret(default)] if rules is None else _leaf(rules, default, wide=wide)
-    mid = len(intervals) // 2
-    left = _search(intervals[:mid], default, wide=wide)
-    right = _search(intervals[mid:], default, wide=wide)
-    split = intervals[mid][0]
-    if len(left) <= _MAX_JUMP:
-        return [(BPF_JMP | BPF_JGE | BPF_K, len(left), 0, split), *left, *right]
-    return [(BPF_JMP | BPF_JGE | BPF_K, 0, 1, split), (BPF_JMP | BPF_JA, 0, 0, len(left)),
-            *left, *right]  # fmt: skip
-
-
 def _section(profile: Profile, abi: str, *, wide: bool) -> list[Insn]:
     by_nr = profile.rules[abi]
     intervals: list[tuple[int, _Mark]] = [(0, None)]
@@ -343,7 +327,13 @@ def _section(profile: Profile, abi: str, *, wide: bool) -> list[Insn]:
         # x32 numbers (and above, -1 included) are not x86_64's.
         x32 = profile.default if "x32" in profile.arches else SECCOMP_RET_KILL_THREAD
         code += [(BPF_JMP | BPF_JGE | BPF_K, 0, 1, X32_SYSCALL_BIT), _ret(x32)]
-    return code + _search(merged, profile.default, wide=wide)
+
+    def leaf(rules: _Mark) -> list[Insn]:
+        if rules is None:
+            return [_ret(profile.default)]
+        return _leaf(rules, profile.default, wide=wide)
+
+    return code + search(merged, leaf)
 
 
 def compile_profile(profile: Profile) -> bytes:

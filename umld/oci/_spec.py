@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from umld.core.sandbox import Caps, Filter
+from umld.core.sandbox import DEFAULT_PRIVILEGES, Caps, Filter, Privileges
 from umld.errors import UmldError, UsageError
 
 #: The runtime-spec versions understood: 1.x.
@@ -141,8 +141,6 @@ class Plan:
     annotations: dict[str, str] = field(default_factory=dict)
     #: Where the container's export is mounted; None: not exported.
     mount: str | None = None
-    #: The first process's supplementary groups.
-    groups: list[int] = field(default_factory=list)
     #: (destination, a directory) of every bind and tmpfs: made in a
     #: read-only root before the machine (make_mount_points), as runc does.
     mount_points: list[tuple[str, bool]] = field(default_factory=list)
@@ -150,13 +148,12 @@ class Plan:
     #: goes to the engine's console socket; its first (columns, rows).
     terminal: bool = False
     console_size: tuple[int, int] | None = None
-    #: process.capabilities; None: all the machine's root has.
-    caps: Caps | None = None
     #: linux.maskedPaths and readonlyPaths (guest paths).
     masked: list[str] = field(default_factory=list)
     readonly: list[str] = field(default_factory=list)
-    #: linux.seccomp, compiled; None: umld's filter alone.
-    seccomp: Filter | None = None
+    #: The first process's additionalGids (exactly: none when empty),
+    #: process.capabilities and linux.seccomp, compiled.
+    privileges: Privileges = DEFAULT_PRIVILEGES
     #: process.oomScoreAdj; None: the runtime's own.
     oom_score_adj: int | None = None
 
@@ -290,8 +287,10 @@ def plan(bundle: Path, data: dict[str, Any], *, default_mount: str | None) -> Pl
     except UsageError as exc:
         raise SpecError(str(exc).removeprefix("umld: ").removeprefix("config.json: ")) from None
     return Plan(
-        parsed, args, env, cwd, rlimits, hooks, annotations, mount, groups, points,
-        terminal, console_size, caps, masked, readonly, seccomp, oom,
+        parsed, args, env, cwd, rlimits=rlimits, hooks=hooks, annotations=annotations,
+        mount=mount, mount_points=points, terminal=terminal, console_size=console_size,
+        masked=masked, readonly=readonly, oom_score_adj=oom,
+        privileges=Privileges(tuple(groups), caps, seccomp),
     )  # fmt: skip
 
 

@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from umld.core.sandbox import Caps
+from umld.core.sandbox import Caps, Privileges
 from umld.errors import UmldError, get_logger
 from umld.oci._spec import Plan
 from umld.oci._state import Store
@@ -143,10 +143,12 @@ class Supervisor:
                 cwd=req.get("cwd") or "/",
                 uid=req.get("uid"),
                 gid=req.get("gid"),
-                groups=[int(g) for g in req.get("groups") or ()],
-                caps=None if req.get("caps") is None else Caps(*map(int, req["caps"])),
-                # The container's own filter, as runc's exec applies it.
-                seccomp=self.plan.seccomp,
+                privileges=Privileges(
+                    tuple(int(g) for g in req.get("groups") or ()),
+                    None if req.get("caps") is None else Caps(*map(int, req["caps"])),
+                    # The container's own filter, as runc's exec applies it.
+                    self.plan.privileges.seccomp,
+                ),
                 # A fourth descriptor: the engine's console socket, connected.
                 console=(fds[3], *map(int, req.get("console_size") or (80, 24)))
                 if len(fds) == 4
@@ -290,9 +292,7 @@ class Supervisor:
                 on_start=on_start,
                 live=self.plan.mount is not None,
                 hold=fd,
-                groups=self.plan.groups,
-                caps=self.plan.caps,
-                seccomp=self.plan.seccomp,
+                privileges=self.plan.privileges,
                 console=self.console,
                 console_size=self.plan.console_size,
             )

@@ -24,8 +24,8 @@ a number with tests is its own leaf of the search, where the tests run.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple, TypeAlias
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple, TypeAlias, TypeVar
 
 # linux/filter.h, linux/bpf_common.h
 BPF_LD, BPF_JMP, BPF_RET = 0x00, 0x05, 0x06
@@ -49,6 +49,7 @@ _SECCOMP_DATA = 64
 _MAX_JUMP = 255  # jt/jf are 8-bit
 
 _OPS = ("eq", "ne", "any")
+M = TypeVar("M")  # what an interval of numbers does (search)
 _OP_TEXT = {"eq": "==", "ne": "!=", "any": "&"}
 
 
@@ -199,19 +200,17 @@ def _leaf(when: Conditions, *, wide: bool) -> list[Insn]:
 _Mark = bool | Conditions
 
 
-def _search(intervals: list[tuple[int, _Mark]], *, wide: bool) -> list[Insn]:
-    """Code that returns TRACE or ALLOW for nr (in A) given ``intervals``:
-    (start, label) pairs sorted by start, each running to the next start;
-    the caller guarantees A lies within them."""
+def search(intervals: Sequence[tuple[int, M]], leaf: Callable[[M], list[Insn]]) -> list[Insn]:
+    """A binary search for nr (in A): ``intervals`` are (start, mark)
+    pairs sorted by start, each running to the next start (the caller
+    guarantees A lies within them), and the interval's code is what
+    ``leaf`` gives for its mark.  (Also the OCI runtime's profiles':
+    umld/oci/_seccomp.py.)"""
     if len(intervals) == 1:
-        label = intervals[0][1]
-        if isinstance(label, bool):
-            ret = SECCOMP_RET_TRACE if label else SECCOMP_RET_ALLOW
-            return [_insn(BPF_RET | BPF_K, 0, 0, ret)]
-        return _leaf(label, wide=wide)
+        return leaf(intervals[0][1])
     mid = len(intervals) // 2
-    left = _search(intervals[:mid], wide=wide)
-    right = _search(intervals[mid:], wide=wide)
+    left = search(intervals[:mid], leaf)
+    right = search(intervals[mid:], leaf)
     split = intervals[mid][0]
     if len(left) <= _MAX_JUMP:
         # A >= split -> skip the left subtree.
@@ -260,9 +259,15 @@ def _intervals(rules: Mapping[int, Conditions], *, x32: bool) -> list[tuple[int,
 
 
 def _section(rules: Rules, *, x32: bool, wide: bool) -> list[Insn]:
+    def leaf(label: _Mark) -> list[Insn]:
+        if isinstance(label, bool):
+            ret = SECCOMP_RET_TRACE if label else SECCOMP_RET_ALLOW
+            return [_insn(BPF_RET | BPF_K, 0, 0, ret)]
+        return _leaf(label, wide=wide)
+
     return [
         _insn(BPF_LD | BPF_W | BPF_ABS, 0, 0, _OFF_NR),
-        *_search(_intervals(_as_rules(rules), x32=x32), wide=wide),
+        *search(_intervals(_as_rules(rules), x32=x32), leaf),
     ]
 
 
