@@ -94,8 +94,9 @@ def _quota_cpus(umld_pid: int) -> float | None:
 
 def busy_ratio(argv_a: list[str], argv_b: list[str], busy: float, measured: float) -> float:
     """Two machines with 3 busy processes each: the CPU time b got over
-    a's, measured once the keepers have steered (their share quotas are
-    in place: both bounded, and together about the host's CPUs)."""
+    a's, measured once the keepers have steered (their share quotas in
+    place: both bounded, and together about the host's CPUs; then a
+    second of their passes)."""
     a = busy_machine(argv_a, 3, busy)
     b = busy_machine(argv_b, 3, busy)
     host = len(os.sched_getaffinity(0))
@@ -106,6 +107,10 @@ def busy_ratio(argv_a: list[str], argv_b: list[str], busy: float, measured: floa
 
     try:
         wait_for(steered, "the keepers' share quotas")
+        # From their first quotas the keepers steer what each machine uses
+        # toward its share, which holds after about a second of passes
+        # (cpushare's docstring; measuring at once gave 3.6 for 3).
+        time.sleep(1.0)
         a0, b0 = usage_usec(a.pid), usage_usec(b.pid)
         time.sleep(measured)  # the measured busy duration
         a1, b1 = usage_usec(a.pid), usage_usec(b.pid)
